@@ -1,0 +1,67 @@
+# cython: language_level=3, embedsignature=True, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""tidelog's core: segments, frames, indexes, the writer and the readers.
+
+No Python-API decisions here (argument names, defaults and docs live in src/tidelog/);
+this module does the per-record work and the system calls. The format is docs/FORMAT.md.
+"""
+cimport cython
+from libc.stdint cimport int64_t, int32_t, uint32_t, uint64_t, uint8_t
+from libc.string cimport memcpy, memset, memcmp
+from libc.stdlib cimport malloc, free, calloc, realloc
+from libc.errno cimport errno
+from cpython.buffer cimport (PyObject_GetBuffer, PyBuffer_Release, PyBuffer_FillInfo,
+                             PyBUF_SIMPLE, PyBUF_FULL_RO, PyBuffer_ToContiguous, PyObject_CheckBuffer)
+from cpython.bytes cimport PyBytes_Check, PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.memoryview cimport PyMemoryView_FromObject
+from cpython.long cimport PyLong_Check
+
+from includes.sys cimport *
+
+import os
+import re
+import errno as _errno
+import threading
+import numpy as np
+
+from tidelog.errors import (TidelogError, LogLockedError, OffsetOutOfRangeError, CorruptLogError,
+                            LogClosedError, LogFailedError, FormatVersionError, LogFullError,
+                            NotALogError)
+
+include "frame.pxi"
+include "segment.pxi"
+include "writer.pxi"
+include "reader.pxi"
+
+
+def crc32c(data, uint32_t crc=0):
+    """CRC32C of a bytes-like object, continuing from `crc` (hardware where available)."""
+    cdef Py_buffer view
+    PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+    try:
+        with nogil:
+            crc = tl_crc32c(crc, view.buf, <size_t>view.len)
+    finally:
+        PyBuffer_Release(&view)
+    return crc
+
+
+def crc32c_portable(data, uint32_t crc=0):
+    """CRC32C with the table implementation only (tests compare it with the hardware one)."""
+    cdef Py_buffer view
+    PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+    try:
+        crc = tl_crc32c_sw(crc, view.buf, <size_t>view.len)
+    finally:
+        PyBuffer_Release(&view)
+    return crc
+
+
+def crc32c_hardware():
+    """True when CRC32C uses a CPU instruction on this machine."""
+    return bool(tl_crc32c_hw())
+
+
+FORMAT_VERSION_ = FORMAT_VERSION
+SEGMENT_HEADER_SIZE_ = SEGMENT_HEADER_SIZE
+FRAME_HEADER_SIZE_ = FRAME_HEADER_SIZE
+INDEX_SLOT_BYTES_ = INDEX_SLOT_BYTES

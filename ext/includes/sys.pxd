@@ -1,0 +1,30 @@
+# extern declarations only: the OS and C helpers the core calls.
+from libc.stdint cimport int64_t, uint32_t
+
+cdef extern from "crc32c.h" nogil:
+    uint32_t tl_crc32c(uint32_t crc, const void *buf, size_t length)
+    uint32_t tl_crc32c_sw(uint32_t crc, const void *buf, size_t length)
+    int tl_crc32c_hw()
+
+cdef extern from "tl_sys.h" nogil:
+    void tl_store_u32_release(void *p, uint32_t v)
+    uint32_t tl_load_u32_acquire(const void *p)
+    void tl_store_i64_release(void *p, int64_t v)
+    int64_t tl_load_i64_acquire(const void *p)
+    int64_t tl_now_ns()
+    int tl_datasync(int fd)
+    int tl_preallocate(int fd, int64_t size)
+
+cdef extern from "<sys/mman.h>" nogil:
+    void *mmap(void *addr, size_t length, int prot, int flags, int fd, long offset)
+    int munmap(void *addr, size_t length)
+    int msync(void *addr, size_t length, int flags)
+    void *MAP_FAILED
+    int PROT_READ, PROT_WRITE, MAP_SHARED, MS_SYNC, MS_ASYNC
+
+cdef extern from "<sys/file.h>" nogil:
+    int flock(int fd, int operation)
+    int LOCK_EX, LOCK_NB, LOCK_UN
+
+cdef extern from "<unistd.h>" nogil:
+    int fsync(int fd)

@@ -1,0 +1,340 @@
+# Readers: records, batches and cursors over (mapping, position, length). Every record handed out
+# has passed its frame check (length bounds, CRC32C, offset).
+
+from cpython.bytes cimport PyBytes_FromStringAndSize
+
+
+@cython.freelist(256)
+cdef class Record:
+    """One record. `value` is a read-only zero-copy memoryview into the mapped segment."""
+    cdef readonly int64_t offset
+    cdef readonly int64_t timestamp
+    cdef Mapping _map
+    cdef char* _v
+    cdef Py_ssize_t _vlen
+    cdef char* _k
+    cdef int32_t _klen
+
+    @property
+    def value(self):
+        return make_view(self._map, self._v, self._vlen)
+
+    @property
+    def key(self):
+        if self._klen < 0:
+            return None
+        return PyBytes_FromStringAndSize(self._k, self._klen)
+
+    def __len__(self):
+        return self._vlen
+
+    def __bytes__(self):
+        return PyBytes_FromStringAndSize(self._v, self._vlen)
+
+    def __repr__(self):
+        v = PyBytes_FromStringAndSize(self._v, min(self._vlen, 32))
+        more = "..." if self._vlen > 32 else ""
+        return (f"Record(offset={self.offset}, timestamp={self.timestamp}, key={self.key!r}, "
+                f"value={v!r}{more})")
+
+
+cdef inline Record make_record(Segment seg, size_t pos, uint32_t length):
+    cdef Record r = Record.__new__(Record)
+    cdef char* f = seg.data + pos
+    cdef int32_t klen = rd_i32(f + 24)
+    cdef size_t ka = key_area(klen)
+    r.offset = rd_i64(f + 8)
+    r.timestamp = rd_i64(f + 16)
+    r._map = seg.map
+    r._k = f + FRAME_HEADER_SIZE
+    r._klen = klen
+    r._v = f + FRAME_HEADER_SIZE + ka
+    r._vlen = length - FRAME_HEADER_SIZE - ka
+    return r
+
+
+cdef class RecordBatch:
+    """Consecutive records of one segment: numpy `offsets` and `timestamps`, zero-copy `values`."""
+    cdef readonly object offsets
+    cdef readonly object timestamps
+    cdef Mapping _map
+    cdef object _vpos_a, _vlen_a, _kpos_a, _klen_a
+    cdef const int64_t[::1] _vpos
+    cdef const int64_t[::1] _vlen
+    cdef const int64_t[::1] _kpos
+    cdef const int64_t[::1] _klen
+    cdef Py_ssize_t n
+
+    def __len__(self):
+        return self.n
+
+    @property
+    def values(self):
+        """A sequence of read-only memoryviews, one per record, into the mapping."""
+        cdef ValueList v = ValueList.__new__(ValueList)
+        v.b = self
+        return v
+
+    @property
+    def keys(self):
+        """A list of keys (bytes, or None for a record without one)."""
+        return [None if self._klen[i] < 0 else
+                PyBytes_FromStringAndSize(self._map.addr + self._kpos[i], self._klen[i])
+                for i in range(self.n)]
+
+    @property
+    def nbytes(self):
+        """Bytes of values in the batch."""
+        return int(self._vlen_a.sum()) if self.n else 0
+
+    cdef object view(self, Py_ssize_t i):
+        return make_view(self._map, self._map.addr + self._vpos[i], self._vlen[i])
+
+    def values_array(self, dtype):
+        """The values as one read-only numpy array of `dtype`, without copying when the records
+        lie at a constant stride (same value size and key length); ValueError unless every
+        value has dtype's size."""
+        dt = np.dtype(dtype)
+        cdef Py_ssize_t size = dt.itemsize, stride, n = self.n
+        if size == 0:
+            raise ValueError("dtype: zero-sized dtype")
+        if n and not (self._vlen_a == size).all():
+            raise ValueError(f"values_array: every value must be {size} bytes for dtype {dt}; "
+                             f"sizes range {self._vlen_a.min()}..{self._vlen_a.max()}")
+        if n == 0:
+            a = np.empty(0, dt)
+            a.flags.writeable = False
+            return a
+        stride = self._vpos[1] - self._vpos[0] if n > 1 else size
+        if n > 2 and not (np.diff(self._vpos_a) == stride).all():
+            # keys of different lengths: the values are not evenly spaced, so copy them
+            whole = np.frombuffer(make_view(self._map, self._map.addr, self._map.size), np.uint8)
+            a = whole[self._vpos_a[:, None] + np.arange(size)].view(dt).reshape(n)
+            a.flags.writeable = False
+            return a
+        region = make_view(self._map, self._map.addr + self._vpos[0], (n - 1) * stride + size)
+        return np.ndarray((n,), dt, buffer=region, strides=(stride,))
+
+    def __iter__(self):
+        for i in range(self.n):
+            yield self[i]
+
+    def __getitem__(self, Py_ssize_t i):
+        """The i-th record of the batch."""
+        cdef Record r
+        if i < 0:
+            i += self.n
+        if i < 0 or i >= self.n:
+            raise IndexError("batch index out of range")
+        r = Record.__new__(Record)
+        r.offset = self.offsets[i]
+        r.timestamp = self.timestamps[i]
+        r._map = self._map
+        r._v = self._map.addr + self._vpos[i]
+        r._vlen = self._vlen[i]
+        r._klen = <int32_t>self._klen[i]
+        r._k = self._map.addr + self._kpos[i]
+        return r
+
+    def __repr__(self):
+        if self.n:
+            return f"RecordBatch({self.n} records, offsets {self.offsets[0]}..{self.offsets[self.n - 1]})"
+        return "RecordBatch(0 records)"
+
+
+cdef class ValueList:
+    """The values of a RecordBatch: a sequence of zero-copy memoryviews made on access."""
+    cdef RecordBatch b
+
+    def __len__(self):
+        return self.b.n
+
+    def __getitem__(self, i):
+        cdef Py_ssize_t j
+        if isinstance(i, slice):
+            return [self.b.view(j) for j in range(*i.indices(self.b.n))]
+        j = i
+        if j < 0:
+            j += self.b.n
+        if j < 0 or j >= self.b.n:
+            raise IndexError("values index out of range")
+        return self.b.view(j)
+
+    def __iter__(self):
+        cdef ValueIter it = ValueIter.__new__(ValueIter)
+        it.b = self.b
+        it.i = 0
+        return it
+
+
+cdef class ValueIter:
+    cdef RecordBatch b
+    cdef Py_ssize_t i
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.i >= self.b.n:
+            raise StopIteration
+        self.i += 1
+        return self.b.view(self.i - 1)
+
+
+cdef RecordBatch empty_batch():
+    cdef RecordBatch b = RecordBatch.__new__(RecordBatch)
+    z = np.empty(0, np.int64)
+    b.offsets = z
+    b.timestamps = z
+    b._vpos_a = b._vlen_a = b._kpos_a = b._klen_a = z
+    b._vpos = b._vlen = b._kpos = b._klen = z
+    b.n = 0
+    return b
+
+
+cdef class CursorCore:
+    """Position in a log; iterating yields records until the end offset as of each step."""
+    cdef readonly LogCore log
+    cdef Segment _seg
+    cdef size_t _pos
+    cdef int64_t _next
+    cdef readonly bint durable_only
+
+    def _init(self, LogCore log, int64_t position, bint durable_only):
+        self.log = log
+        self._next = position
+        self._seg = None
+        self.durable_only = durable_only
+
+    @property
+    def position(self):
+        """Offset of the next record this cursor yields."""
+        return self._next
+
+    cdef inline int64_t _limit(self) noexcept:
+        if self.durable_only:
+            return self.log._durable_now()
+        return self.log._end_now()
+
+    def _set_position(self, int64_t offset):
+        self._next = offset
+        self._seg = None
+
+    cdef int _locate(self) except -1:
+        cdef int64_t at
+        cdef Segment seg
+        if self.log._closed:
+            raise LogClosedError(f"{self.log.path}: the log is closed")
+        if self._next < self.log._start_now():
+            raise OffsetOutOfRangeError(
+                f"cursor position {self._next} fell below start_offset {self.log._start_now()} "
+                f"(retention removed it)")
+        seg = self.log._seg_for(self._next)
+        self._pos = seg.find(self._next, &at)
+        self._seg = seg
+        return 0
+
+    cdef inline int _frame(self, uint32_t* length) except -1:
+        """Check the frame at the cursor (locating it first when needed)."""
+        cdef int rc
+        if self._seg is None or (self._seg.next_base >= 0 and self._next >= self._seg.next_base):
+            self._locate()
+        rc = frame_check(self._seg.data, self._seg.cap, self._pos, self._next, length)
+        if rc == FRAME_END:
+            # this process has not seen the writer's roll yet
+            self.log._refresh()
+            self._locate()
+            rc = frame_check(self._seg.data, self._seg.cap, self._pos, self._next, length)
+        if rc != FRAME_OK:
+            if self.log._closed:
+                raise LogClosedError(f"{self.log.path}: the log is closed")
+            raise corrupt(self._seg.path, self._pos, self._next, rc)
+        return 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        cdef uint32_t length
+        cdef Record r
+        if self.log._closed:
+            raise LogClosedError(f"{self.log.path}: the log is closed")
+        if self._next >= self._limit():
+            raise StopIteration
+        self._frame(&length)
+        r = make_record(self._seg, self._pos, length)
+        self._pos += align8(length)
+        self._next += 1
+        return r
+
+    def read_batch(self, Py_ssize_t max_records=65536, max_bytes=None):
+        """Up to max_records consecutive records of one segment (and about max_bytes of values;
+        at least one record when any is there). Empty at the end of the log."""
+        cdef uint32_t length
+        cdef int64_t limit, n_max, i = 0, start
+        cdef int64_t mb = -1, got = 0, vl
+        cdef int32_t klen
+        cdef size_t ka, pos
+        cdef char* f
+        cdef Segment seg
+        cdef int rc
+        if max_records < 1:
+            raise ValueError(f"max_records: must be at least 1, not {max_records}")
+        if max_bytes is not None:
+            mb = max_bytes
+            if mb < 1:
+                raise ValueError(f"max_bytes: must be positive, not {max_bytes}")
+        if self.log._closed:
+            raise LogClosedError(f"{self.log.path}: the log is closed")
+        limit = self._limit()
+        start = self._next
+        if start >= limit:
+            return empty_batch()
+        self._frame(&length)            # locates the segment and checks the first frame
+        seg = self._seg
+        n_max = min(<int64_t>max_records, limit - start)
+        if seg.next_base >= 0:
+            n_max = min(n_max, seg.next_base - start)
+        offs = np.empty(n_max, np.int64)
+        tss = np.empty(n_max, np.int64)
+        vpos = np.empty(n_max, np.int64)
+        vlen = np.empty(n_max, np.int64)
+        kpos = np.empty(n_max, np.int64)
+        klen_a = np.empty(n_max, np.int64)
+        cdef int64_t[::1] o = offs, t = tss, vp = vpos, vn = vlen, kp = kpos, kn = klen_a
+        pos = self._pos
+        while i < n_max:
+            if i:
+                rc = frame_check(seg.data, seg.cap, pos, start + i, &length)
+                if rc == FRAME_END:
+                    break                   # the segment ends here (a reader saw the roll late)
+                if rc != FRAME_OK:
+                    if i:
+                        break               # hand out what is good; the next call raises
+            f = seg.data + pos
+            klen = rd_i32(f + 24)
+            ka = key_area(klen)
+            vl = length - FRAME_HEADER_SIZE - ka
+            if mb >= 0 and i and got + vl > mb:
+                break
+            got += vl
+            o[i] = start + i
+            t[i] = rd_i64(f + 16)
+            kp[i] = pos + FRAME_HEADER_SIZE
+            kn[i] = klen
+            vp[i] = pos + FRAME_HEADER_SIZE + ka
+            vn[i] = vl
+            pos += align8(length)
+            i += 1
+        self._pos = pos
+        self._next = start + i
+        cdef RecordBatch b = RecordBatch.__new__(RecordBatch)
+        b._map = seg.map
+        b.n = i
+        if i < n_max:
+            offs, tss, vpos, vlen, kpos, klen_a = offs[:i], tss[:i], vpos[:i], vlen[:i], kpos[:i], klen_a[:i]
+        b.offsets = offs
+        b.timestamps = tss
+        b._vpos_a, b._vlen_a, b._kpos_a, b._klen_a = vpos, vlen, kpos, klen_a
+        b._vpos, b._vlen, b._kpos, b._klen = vpos, vlen, kpos, klen_a
+        return b

@@ -1,0 +1,251 @@
+# Segments: one preallocated, memory-mapped file and its two index files. Never parses records
+# beyond following lengths and reading the index (docs/FORMAT.md §2, §3).
+
+cdef object raise_oserror(int err, object path):
+    if err == _errno.ENOSPC:
+        raise LogFullError(err, f"{os.strerror(err)}: no space left for the log", path)
+    raise OSError(err, os.strerror(err), path)
+
+
+cdef class Mapping:
+    """One mmap of a file. Unmapped when the last reference (a segment, a record, a view) goes."""
+    cdef char* addr
+    cdef size_t size
+
+    def __dealloc__(self):
+        if self.addr != NULL:
+            munmap(self.addr, self.size)
+            self.addr = NULL
+
+    @property
+    def size(self):
+        return self.size
+
+
+cdef Mapping map_fd(int fd, size_t size, bint writable, object path):
+    cdef Mapping m = Mapping.__new__(Mapping)
+    cdef int prot = PROT_READ | (PROT_WRITE if writable else 0)
+    cdef void* p
+    if size == 0:
+        raise CorruptLogError(f"{path}: empty file", path=path, position=0, offset=None)
+    p = mmap(NULL, size, prot, MAP_SHARED, fd, 0)
+    if p == MAP_FAILED:
+        raise_oserror(errno, path)
+    m.addr = <char*>p
+    m.size = size
+    return m
+
+
+@cython.freelist(128)
+cdef class _Region:
+    """Buffer exporter for a range of a mapping: read-only, keeps the mapping alive."""
+    cdef Mapping mapping
+    cdef char* ptr
+    cdef Py_ssize_t length
+
+    def __getbuffer__(self, Py_buffer* buffer, int flags):
+        PyBuffer_FillInfo(buffer, self, <void*>self.ptr, self.length, 1, flags)
+
+    def __releasebuffer__(self, Py_buffer* buffer):
+        pass
+
+
+cdef inline object make_view(Mapping m, char* p, Py_ssize_t n):
+    cdef _Region r = _Region.__new__(_Region)
+    r.mapping = m
+    r.ptr = p
+    r.length = n
+    return PyMemoryView_FromObject(r)
+
+
+def segment_name(int64_t base):
+    return f"{base:020d}.seg"
+
+
+cdef bytes index_header(bytes magic, int64_t base):
+    cdef bytearray h = bytearray(INDEX_HEADER_SIZE)
+    h[0:8] = magic
+    h[8:12] = (<uint32_t>FORMAT_VERSION).to_bytes(4, "little")
+    h[12:16] = (<uint32_t>INDEX_SLOT_BYTES).to_bytes(4, "little")
+    h[16:24] = base.to_bytes(8, "little", signed=True)
+    h[60:64] = (<uint32_t>tl_crc32c(0, <char*>h, 60)).to_bytes(4, "little")
+    return bytes(h)
+
+
+def segment_header(int64_t base, int64_t capacity, int64_t created_ns):
+    cdef bytearray h = bytearray(SEGMENT_HEADER_SIZE)
+    h[0:8] = SEGMENT_MAGIC
+    h[8:12] = (<uint32_t>FORMAT_VERSION).to_bytes(4, "little")
+    h[12:16] = (<uint32_t>SEGMENT_HEADER_SIZE).to_bytes(4, "little")
+    h[16:24] = base.to_bytes(8, "little", signed=True)
+    h[24:32] = created_ns.to_bytes(8, "little", signed=True)
+    h[32:40] = capacity.to_bytes(8, "little", signed=True)
+    h[60:64] = (<uint32_t>tl_crc32c(0, <char*>h, 60)).to_bytes(4, "little")
+    return bytes(h)
+
+
+def check_segment_header(bytes h, int64_t base, str path):
+    """Raise the right TidelogError unless h is a valid header of segment `base`."""
+    if len(h) < SEGMENT_HEADER_SIZE:
+        raise CorruptLogError(f"{path}: segment shorter than its header ({len(h)} bytes)",
+                              path=path, position=0, offset=base)
+    if h[0:8] != SEGMENT_MAGIC:
+        raise CorruptLogError(f"{path}: not a tidelog segment (bad magic)", path=path, position=0,
+                              offset=base)
+    version = int.from_bytes(h[8:12], "little")
+    if int.from_bytes(h[60:64], "little") != tl_crc32c(0, <const char*>h, 60):
+        raise CorruptLogError(f"{path}: segment header CRC mismatch", path=path, position=0,
+                              offset=base)
+    if version > FORMAT_VERSION:
+        raise FormatVersionError(f"{path}: format version {version}, this tidelog reads up to "
+                                 f"{FORMAT_VERSION}; upgrade tidelog")
+    if int.from_bytes(h[16:24], "little", signed=True) != base:
+        raise CorruptLogError(f"{path}: header base offset does not match the file name",
+                              path=path, position=16, offset=base)
+
+
+cdef class Segment:
+    """A segment file, mapped on first use; its .idx/.tix mapped alongside when valid."""
+    cdef readonly int64_t base
+    cdef readonly str path
+    cdef int fd                 # the writer keeps it open for fdatasync; -1 otherwise
+    cdef Mapping map
+    cdef char* data
+    cdef size_t cap
+    cdef Mapping idx_map
+    cdef Mapping tix_map
+    cdef char* idx              # first entry (u32 rel, u32 pos) or NULL: no usable index
+    cdef char* tix              # first entry (i64 max timestamp) or NULL
+    cdef size_t nslots
+    cdef int64_t next_base      # base of the following segment, -1 while this one is last
+    cdef bint writable
+    cdef public bint index_fresh   # the writer made the index files anew: they must be refilled
+
+    def __cinit__(self):
+        self.fd = -1
+        self.next_base = -1
+
+    def __dealloc__(self):
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    cdef close_fd(self):
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    cdef int ensure(self) except -1:
+        """Map the segment (and its indexes) if it is not mapped yet."""
+        if self.data != NULL:
+            return 0
+        cdef int fd
+        try:
+            fd = os.open(self.path, (os.O_RDWR if self.writable else os.O_RDONLY) | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise OffsetOutOfRangeError(
+                f"segment {self.path} is gone (retention removed it)") from None
+        self.attach(fd)
+        return 0
+
+    cdef attach(self, int fd):
+        """Map the segment open on fd (which it takes over) and its indexes."""
+        try:
+            size = os.fstat(fd).st_size
+            if size < SEGMENT_HEADER_SIZE:
+                raise CorruptLogError(f"{self.path}: segment shorter than its header",
+                                      path=self.path, position=0, offset=self.base)
+            self.map = map_fd(fd, size, self.writable, self.path)
+            self.data = self.map.addr
+            self.cap = size
+        finally:
+            if self.writable:
+                self.fd = fd
+            else:
+                os.close(fd)
+        self.nslots = self.cap // INDEX_SLOT_BYTES + 1
+        self.open_index()
+
+    cdef open_index(self):
+        """Map .idx and .tix when both have a valid header; the writer creates missing ones."""
+        cdef size_t want = INDEX_HEADER_SIZE + self.nslots * 8
+        self.idx = NULL
+        self.tix = NULL
+        stem = self.path[:len(self.path) - 4]
+        maps = []
+        for ext, magic in ((".idx", IDX_MAGIC), (".tix", TIX_MAGIC)):
+            p = stem + ext
+            try:
+                fd = os.open(p, (os.O_RDWR | os.O_CREAT if self.writable else os.O_RDONLY)
+                             | os.O_CLOEXEC, 0o644)
+            except OSError:
+                return
+            try:
+                hdr = os.pread(fd, INDEX_HEADER_SIZE, 0)
+                good = hdr == index_header(magic, self.base) and os.fstat(fd).st_size == want
+                if not good:
+                    if not self.writable:
+                        return
+                    # missing or damaged: start it again, empty; the writer refills it
+                    os.ftruncate(fd, 0)
+                    rc = tl_preallocate(fd, want)
+                    if rc:
+                        raise_oserror(rc, p)
+                    os.pwrite(fd, index_header(magic, self.base), 0)
+                    self.index_fresh = True
+                maps.append(map_fd(fd, want, self.writable, p))
+            finally:
+                os.close(fd)
+        self.idx_map, self.tix_map = maps
+        self.idx = self.idx_map.addr + INDEX_HEADER_SIZE
+        self.tix = self.tix_map.addr + INDEX_HEADER_SIZE
+
+    cdef size_t index_count(self) noexcept:
+        """Number of written index entries (they form a prefix)."""
+        cdef size_t lo = 0, hi = self.nslots, mid
+        if self.idx == NULL:
+            return 0
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if rd_u32(self.idx + mid * 8 + 4) != 0:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
+
+    cdef Py_ssize_t find(self, int64_t offset, int64_t* at_offset) except -2:
+        """Byte position of the frame holding `offset` (which must be in this segment), found
+        through the index and a short walk. Sets at_offset to the offset the walk reached, which
+        is `offset` unless the segment's data ends first (then the position holds no frame)."""
+        cdef size_t lo = 0, hi, mid, pos = SEGMENT_HEADER_SIZE
+        cdef int64_t cur = self.base, rel = offset - self.base
+        cdef uint32_t length, ipos
+        self.ensure()
+        if self.idx != NULL and rel < 0xFFFFFFFF:
+            hi = self.index_count()
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if <int64_t>rd_u32(self.idx + mid * 8) <= rel:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            if lo > 0:
+                ipos = rd_u32(self.idx + (lo - 1) * 8 + 4)
+                # a hint only: use it when a frame with the expected offset is there
+                if (ipos >= SEGMENT_HEADER_SIZE and (ipos & 7) == 0 and
+                        ipos + FRAME_HEADER_SIZE <= self.cap and
+                        rd_i64(self.data + ipos + 8) == self.base + rd_u32(self.idx + (lo - 1) * 8)):
+                    pos = ipos
+                    cur = self.base + rd_u32(self.idx + (lo - 1) * 8)
+        while cur < offset:
+            if pos + FRAME_HEADER_SIZE > self.cap:
+                break
+            length = tl_load_u32_acquire(self.data + pos)
+            if length == 0:
+                break
+            if length < FRAME_HEADER_SIZE or length > self.cap - pos:
+                raise corrupt(self.path, pos, cur, FRAME_BAD_LENGTH)
+            pos += align8(length)
+            cur += 1
+        at_offset[0] = cur
+        return pos

@@ -1,0 +1,989 @@
+# The log: opening (and recovery of the active segment), the writer (offsets, frames, rolls,
+# index entries, sync) and segment lookup for readers. One object serves a writer or a reader.
+
+import stat as _stat
+
+cdef enum:
+    MODE_NONE = 0
+    MODE_BATCH = 1
+    MODE_ALWAYS = 2
+
+SEGMENT_RE = re.compile(r"^(\d{20})\.seg$")
+CONTROL_NAME = "tidelog.ctl"
+LOCK_NAME = "tidelog.lock"
+
+
+cdef inline int64_t ctl_get(char* ctl, int field) noexcept nogil:
+    return tl_load_i64_acquire(ctl + field)
+
+cdef inline void ctl_set(char* ctl, int field, int64_t v) noexcept nogil:
+    tl_store_i64_release(ctl + field, v)
+
+
+cdef struct Item:
+    const char* v
+    size_t vlen
+    const char* k
+    int32_t klen
+    int64_t ts
+
+
+cdef class LogCore:
+    cdef readonly str path
+    cdef bint _readonly
+    cdef bint _closed
+    cdef int _wstate            # 0: appends allowed; else closed / read-only / failed
+    cdef object _failure        # the LogFailedError that stopped the writer
+    cdef int _mode
+    cdef Mapping _ctl_map
+    cdef char* _ctl
+    cdef int _lock_fd
+    cdef int _dir_fd
+    cdef list _segments
+    cdef int64_t* _bases
+    cdef Py_ssize_t _nbases
+    cdef Py_ssize_t _bases_cap
+    cdef int64_t _seg_bytes
+    # writer state: the active segment and where the next frame goes
+    cdef Segment _active
+    cdef char* _w
+    cdef size_t _wpos
+    cdef size_t _wcap
+    cdef int64_t _base
+    cdef int64_t _next
+    cdef int64_t _durable
+    cdef int64_t _start
+    cdef char* _idx
+    cdef char* _tix
+    cdef size_t _next_slot
+    cdef size_t _next_slot_pos
+    cdef int64_t _max_ts
+    cdef list _unsynced
+    cdef bint _dir_dirty
+    cdef bint _busy
+    cdef object _wlock
+    cdef object _sync_lock
+
+    def __cinit__(self):
+        self._lock_fd = -1
+        self._dir_fd = -1
+        self._closed = True
+        self._wstate = 1
+        self._segments = []
+        self._unsynced = []
+
+    def __dealloc__(self):
+        if self._bases != NULL:
+            free(self._bases)
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+        if self._dir_fd >= 0:
+            os.close(self._dir_fd)
+
+    # ---------------------------------------------------------------- opening
+
+    def _open(self, str path, bint readonly, bint create, int64_t segment_bytes, str durability):
+        self.path = path
+        self._readonly = readonly
+        self._seg_bytes = segment_bytes
+        self._mode = {"none": MODE_NONE, "batch": MODE_BATCH, "always": MODE_ALWAYS}[durability]
+        self._wlock = threading.Lock()
+        self._sync_lock = threading.Lock()
+        ctl_path = os.path.join(path, CONTROL_NAME)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            st = None
+        except NotADirectoryError:
+            raise NotALogError(f"{path}: a parent of this path is a file, not a directory") from None
+        if st is None:
+            if readonly or not create:
+                raise FileNotFoundError(_errno.ENOENT, "no tidelog log at this path", path)
+            os.makedirs(path, exist_ok=True)
+        elif not _stat.S_ISDIR(st.st_mode):
+            raise NotALogError(f"{path}: is a file, not a tidelog log directory")
+        if not os.path.exists(ctl_path):
+            others = [e for e in os.listdir(path) if e != LOCK_NAME]
+            if others:
+                raise NotALogError(f"{path}: holds files that are not a tidelog log "
+                                   f"(no {CONTROL_NAME}; found {sorted(others)[0]!r})")
+            if readonly or not create:
+                raise FileNotFoundError(_errno.ENOENT, "no tidelog log at this path", path)
+            self._lock()
+            if not os.path.exists(ctl_path):
+                self._create_control(ctl_path)
+        else:
+            self._check_control(ctl_path)
+            if not readonly:
+                self._lock()
+        fd = os.open(ctl_path, (os.O_RDONLY if readonly else os.O_RDWR) | os.O_CLOEXEC)
+        try:
+            self._ctl_map = map_fd(fd, CONTROL_SIZE, not readonly, ctl_path)
+        finally:
+            os.close(fd)
+        self._ctl = self._ctl_map.addr
+        self._dir_fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        self._closed = False
+        if readonly:
+            self._wstate = 2
+            self._load_segments(False)
+        else:
+            self._open_writer()
+            self._wstate = 0
+
+    cdef _lock(self):
+        fd = os.open(os.path.join(self.path, LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        if flock(fd, LOCK_EX | LOCK_NB) != 0:
+            err = errno
+            os.close(fd)
+            if err in (_errno.EWOULDBLOCK, _errno.EAGAIN):
+                raise LogLockedError(f"{self.path}: another writer has this log open "
+                                     f"(open it with readonly=True to read)")
+            raise_oserror(err, self.path)
+        self._lock_fd = fd
+
+    cdef _create_control(self, str ctl_path):
+        h = bytearray(CONTROL_SIZE)
+        h[0:8] = CONTROL_MAGIC
+        h[8:12] = (<uint32_t>FORMAT_VERSION).to_bytes(4, "little")
+        h[CTL_SEGMENT_BYTES:CTL_SEGMENT_BYTES + 8] = self._seg_bytes.to_bytes(8, "little")
+        tmp = ctl_path + ".tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, bytes(h))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, ctl_path)
+        dfd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+    cdef _check_control(self, str ctl_path):
+        with open(ctl_path, "rb") as f:
+            h = f.read(CONTROL_SIZE)
+        if len(h) < CONTROL_SIZE or h[0:8] != CONTROL_MAGIC:
+            raise NotALogError(f"{ctl_path}: not a tidelog control file (bad magic or size); "
+                               f"this directory does not hold a tidelog log")
+        version = int.from_bytes(h[8:12], "little")
+        if version > FORMAT_VERSION:
+            raise FormatVersionError(f"{self.path}: log format version {version}; this tidelog "
+                                     f"reads up to version {FORMAT_VERSION}: upgrade tidelog")
+
+    cdef list _list_bases(self, bint cleanup):
+        bases = []
+        for name in os.listdir(self.path):
+            m = SEGMENT_RE.match(name)
+            if m:
+                bases.append(int(m.group(1)))
+            elif cleanup and name.endswith(".seg.tmp"):
+                os.unlink(os.path.join(self.path, name))
+        bases.sort()
+        return bases
+
+    cdef Segment _new_segment_obj(self, int64_t base, bint writable):
+        cdef Segment s = Segment.__new__(Segment)
+        s.base = base
+        s.path = os.path.join(self.path, segment_name(base))
+        s.writable = writable
+        return s
+
+    cdef _push_base(self, int64_t base):
+        if self._nbases == self._bases_cap:
+            newcap = max(16, self._bases_cap * 2)
+            p = <int64_t*>realloc_bases(self._bases, newcap)
+            self._bases = p
+            self._bases_cap = newcap
+        self._bases[self._nbases] = base
+        self._nbases += 1
+
+    cdef _load_segments(self, bint check_headers):
+        """(Re)build the segment list from the directory; keeps Segment objects already known."""
+        known = {s.base: s for s in self._segments}
+        bases = self._list_bases(False)
+        segs = []
+        self._nbases = 0
+        for b in bases:
+            s = known.get(b)
+            if s is None:
+                s = self._new_segment_obj(b, False)
+                if check_headers:
+                    self._check_header(s)
+            segs.append(s)
+            self._push_base(b)
+        for i in range(len(segs) - 1):
+            (<Segment>segs[i]).next_base = (<Segment>segs[i + 1]).base
+        if segs:
+            (<Segment>segs[len(segs) - 1]).next_base = -1
+        self._segments = segs
+
+    cdef _check_header(self, Segment s):
+        try:
+            with open(s.path, "rb") as f:
+                h = f.read(SEGMENT_HEADER_SIZE)
+        except FileNotFoundError:
+            raise CorruptLogError(f"{s.path}: segment vanished while opening", path=s.path,
+                                  position=0, offset=s.base) from None
+        check_segment_header(h, s.base, s.path)
+
+    cdef _open_writer(self):
+        cdef char* ctl = self._ctl
+        cdef bint clean = (rd_u32(ctl + CTL_FLAGS) & CTL_FLAG_CLEAN) != 0
+        cdef int64_t c_end = ctl_get(ctl, CTL_END), c_durable = ctl_get(ctl, CTL_DURABLE)
+        cdef int64_t c_start = ctl_get(ctl, CTL_START)
+        cdef Segment act
+        self._list_bases(True)
+        self._load_segments(True)
+        if not self._segments:
+            if c_end != c_start:
+                raise CorruptLogError(f"{self.path}: every segment is missing but the control "
+                                      f"file records offsets {c_start}..{c_end}",
+                                      path=self.path, position=None, offset=c_start)
+            seg = self._create_segment(c_start, self._seg_bytes)
+            self._segments.append(seg)
+            self._push_base(c_start)
+            self._start = c_start
+            self._next = c_start
+            self._set_active(seg, SEGMENT_HEADER_SIZE)
+            self._resume_index(seg, SEGMENT_HEADER_SIZE, c_start, True)
+        else:
+            self._start = (<Segment>self._segments[0]).base
+            act = self._segments[len(self._segments) - 1]
+            act.writable = True
+            act.ensure()
+            pos = None
+            if clean and ctl_get(ctl, CTL_ACTIVE_BASE) == act.base:
+                pos = self._clean_tail(act, c_end, ctl_get(ctl, CTL_ACTIVE_POS))
+            if pos is not None:
+                self._next = c_end
+                self._set_active(act, pos)
+                self._resume_index(act, pos, c_end, act.index_fresh)
+            else:
+                self._recover_active(act, c_durable)
+                self._sync_after_recovery(c_durable)
+        self._durable = self._next
+        ctl_set(ctl, CTL_START, self._start)
+        ctl_set(ctl, CTL_END, self._next)
+        ctl_set(ctl, CTL_DURABLE, self._next)
+        ctl_set(ctl, CTL_ACTIVE_BASE, self._base)
+        ctl_set(ctl, CTL_SEGMENT_BYTES, self._seg_bytes)
+        ctl_set(ctl, CTL_GENERATION, ctl_get(ctl, CTL_GENERATION) + 1)
+        wr_u32(ctl + CTL_FLAGS, rd_u32(ctl + CTL_FLAGS) & ~(<uint32_t>CTL_FLAG_CLEAN))
+        if msync(ctl, CONTROL_SIZE, MS_SYNC) != 0:
+            raise_oserror(errno, os.path.join(self.path, CONTROL_NAME))
+
+    cdef object _clean_tail(self, Segment s, int64_t end, int64_t pos):
+        """After a clean close: check in O(1) that `end` and `pos` describe the segment's end.
+        Returns pos, or None when they do not (then the segment is scanned)."""
+        cdef int64_t at
+        cdef uint32_t length
+        cdef Py_ssize_t p
+        if end < s.base or pos < SEGMENT_HEADER_SIZE or pos > <int64_t>s.cap or (pos & 7):
+            return None
+        if pos + FRAME_HEADER_SIZE <= <int64_t>s.cap and rd_u32(s.data + pos) != 0:
+            return None
+        if end == s.base:
+            return pos if pos == SEGMENT_HEADER_SIZE else None
+        p = s.find(end - 1, &at)
+        if at != end - 1 or frame_check(s.data, s.cap, p, end - 1, &length) != FRAME_OK:
+            return None
+        if p + <int64_t>align8(length) != pos:
+            return None
+        return pos
+
+    cdef _recover_active(self, Segment s, int64_t durable):
+        """Scan the active segment from its start: keep the longest valid prefix (FORMAT.md rules
+        1-5), zero what follows, rebuild its index."""
+        cdef size_t pos = SEGMENT_HEADER_SIZE, bpos
+        cdef int64_t off = s.base, boff
+        cdef uint32_t length, n, k
+        cdef int rc
+        cdef bint ok
+        while True:
+            rc = frame_check(s.data, s.cap, pos, off, &length)
+            if rc != FRAME_OK:
+                break
+            n = rd_u32(s.data + pos + 28)
+            if n == 0:
+                break                                   # a batch follower without its first frame
+            # a batch is kept only whole
+            bpos = pos + align8(length)
+            boff = off + 1
+            ok = True
+            k = 1
+            while k < n:
+                rc = frame_check(s.data, s.cap, bpos, boff, &length)
+                if rc != FRAME_OK or rd_u32(s.data + bpos + 28) != 0:
+                    ok = False
+                    break
+                bpos += align8(length)
+                boff += 1
+                k += 1
+            if not ok:
+                break
+            pos = bpos
+            off = boff
+        if off < durable and durable > s.base:
+            raise corrupt(s.path, pos, off, rc if rc != FRAME_OK else FRAME_BAD_LENGTH)
+        # zero the torn tail (only the chunks that hold something)
+        cdef size_t chunk = 65536, a = pos, b
+        cdef bint dirty = False
+        while a < s.cap:
+            b = min(s.cap, (a // chunk + 1) * chunk)
+            if not all_zero(s.data + a, b - a):
+                memset(s.data + a, 0, b - a)
+                dirty = True
+            a = b
+        self._next = off
+        self._set_active(s, pos)
+        self._resume_index(s, pos, off, True)
+
+    cdef _sync_after_recovery(self, int64_t durable):
+        """Recovery keeps records that may not have been synced: sync them before trusting them."""
+        for seg in self._segments:
+            if (<Segment>seg).next_base < 0 or (<Segment>seg).next_base > durable:
+                (<Segment>seg).writable = True
+                if (<Segment>seg).fd < 0:
+                    (<Segment>seg).fd = os.open((<Segment>seg).path, os.O_RDWR | os.O_CLOEXEC)
+                if tl_datasync((<Segment>seg).fd) != 0:
+                    raise_oserror(errno, (<Segment>seg).path)
+                if seg is not self._active:
+                    (<Segment>seg).close_fd()
+        os.fsync(self._dir_fd)
+
+    cdef _resume_index(self, Segment s, size_t end_pos, int64_t end, bint rebuild):
+        """Set the writer's index cursor for segment s whose data ends at end_pos; rebuild the
+        index from the frames when it is fresh, damaged or does not match the data."""
+        cdef size_t cnt, pos, last_pos
+        cdef uint32_t length
+        cdef int64_t off
+        self._next_slot = 0
+        self._next_slot_pos = 0
+        self._max_ts = -(1 << 62)
+        if s.idx == NULL:
+            return
+        if not rebuild:
+            cnt = s.index_count()
+            if end == s.base:
+                rebuild = cnt != 0
+            else:
+                # the slot of the last frame must be the last written entry
+                off = 0
+                last_pos = s.find(end - 1, &off)
+                rebuild = cnt != last_pos // INDEX_SLOT_BYTES + 1 or off != end - 1
+                if not rebuild:
+                    self._max_ts = rd_i64(s.tix + (cnt - 1) * 8)
+                    pos = rd_u32(s.idx + (cnt - 1) * 8 + 4)
+                    while pos < end_pos:
+                        length = rd_u32(s.data + pos)
+                        if length == 0:
+                            break
+                        self._max_ts = max(self._max_ts, rd_i64(s.data + pos + 16))
+                        pos += align8(length)
+                    self._next_slot = cnt
+                    self._next_slot_pos = cnt * INDEX_SLOT_BYTES
+                    return
+        memset(s.idx, 0, s.nslots * 8)
+        memset(s.tix, 0, s.nslots * 8)
+        pos = SEGMENT_HEADER_SIZE
+        off = s.base
+        while pos < end_pos:
+            length = rd_u32(s.data + pos)
+            if length == 0:
+                break
+            self._index_note(pos, off, rd_i64(s.data + pos + 16))
+            pos += align8(length)
+            off += 1
+        s.index_fresh = False
+
+    cdef _set_active(self, Segment s, size_t pos):
+        self._active = s
+        self._w = s.data
+        self._wcap = s.cap
+        self._wpos = pos
+        self._base = s.base
+        self._idx = s.idx
+        self._tix = s.tix
+        if s not in self._unsynced:
+            self._unsynced.append(s)
+
+    cdef Segment _create_segment(self, int64_t base, int64_t capacity):
+        """A new segment: written under a .tmp name, preallocated, header, then renamed."""
+        cdef Segment s = self._new_segment_obj(base, True)
+        tmp = s.path + ".tmp"
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            rc = tl_preallocate(fd, capacity)
+            if rc:
+                raise_oserror(rc, tmp)
+            os.pwrite(fd, segment_header(base, capacity, tl_now_ns()), 0)
+            os.rename(tmp, s.path)
+        except BaseException:
+            os.close(fd)
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        self._dir_dirty = True
+        s.attach(fd)
+        return s
+
+    # ---------------------------------------------------------------- state
+
+    cdef int _raise_state(self) except -1:
+        if self._closed:
+            raise LogClosedError(f"{self.path}: the log is closed")
+        if self._failure is not None:
+            raise LogFailedError(str(self._failure)) from self._failure
+        if self._readonly:
+            raise TidelogError(f"{self.path}: opened with readonly=True; appends need a writer")
+        raise TidelogError("the writer is not available")
+
+    cdef int _wait_idle(self) except -1:
+        """Another thread is copying a large batch with the GIL released: wait for it."""
+        while self._busy:
+            self._wlock.acquire()
+            self._wlock.release()
+        if self._wstate:
+            self._raise_state()
+        return 0
+
+    cdef inline int64_t _end_now(self) noexcept:
+        if self._readonly:
+            return ctl_get(self._ctl, CTL_END)
+        return self._next
+
+    cdef inline int64_t _start_now(self) noexcept:
+        if self._readonly:
+            return ctl_get(self._ctl, CTL_START)
+        return self._start
+
+    cdef inline int64_t _durable_now(self) noexcept:
+        if self._readonly:
+            return ctl_get(self._ctl, CTL_DURABLE)
+        return self._durable
+
+    @property
+    def start_offset(self):
+        """First offset still in the log."""
+        if self._closed:
+            raise LogClosedError(f"{self.path}: the log is closed")
+        return self._start_now()
+
+    @property
+    def end_offset(self):
+        """The offset the next append gets."""
+        if self._closed:
+            raise LogClosedError(f"{self.path}: the log is closed")
+        return self._end_now()
+
+    @property
+    def durable_offset(self):
+        """Every record below this offset is on stable storage."""
+        if self._closed:
+            raise LogClosedError(f"{self.path}: the log is closed")
+        return self._durable_now()
+
+    @property
+    def closed(self):
+        return self._closed
+
+    @property
+    def readonly(self):
+        return self._readonly
+
+    @property
+    def segment_bytes(self):
+        return self._seg_bytes
+
+    @property
+    def durability(self):
+        return ("none", "batch", "always")[self._mode]
+
+    def __len__(self):
+        if self._closed:
+            raise LogClosedError(f"{self.path}: the log is closed")
+        return self._end_now() - self._start_now()
+
+    # ---------------------------------------------------------------- appending
+
+    cdef inline void _index_note(self, size_t pos, int64_t off, int64_t ts) noexcept nogil:
+        cdef size_t j, last
+        if ts > self._max_ts:
+            self._max_ts = ts
+        if pos >= self._next_slot_pos and self._idx != NULL:
+            j = self._next_slot
+            last = pos // INDEX_SLOT_BYTES
+            while j <= last:
+                wr_i64(self._tix + j * 8, self._max_ts)
+                wr_u32(self._idx + j * 8, <uint32_t>(off - self._base))
+                tl_store_u32_release(self._idx + j * 8 + 4, <uint32_t>pos)
+                j += 1
+            self._next_slot = j
+            self._next_slot_pos = j * INDEX_SLOT_BYTES
+
+    cdef int _make_room(self, size_t need) except -1:
+        """Roll to a new segment so that `need` bytes of frames fit."""
+        if need > <size_t>(self._seg_bytes - SEGMENT_HEADER_SIZE):
+            raise ValueError(f"{need} bytes of frames do not fit in a segment of segment_bytes="
+                             f"{self._seg_bytes} (open the log with a larger segment_bytes)")
+        if self._wpos == SEGMENT_HEADER_SIZE:
+            raise ValueError(f"{need} bytes of frames do not fit in the current segment of "
+                             f"{self._wcap} bytes")
+        cdef Segment old = self._active
+        cdef Segment seg = self._create_segment(self._next, self._seg_bytes)
+        old.next_base = seg.base
+        self._segments.append(seg)
+        self._push_base(seg.base)
+        self._set_active(seg, SEGMENT_HEADER_SIZE)
+        self._next_slot = 0
+        self._next_slot_pos = 0
+        self._max_ts = -(1 << 62)
+        ctl_set(self._ctl, CTL_ACTIVE_BASE, seg.base)
+        return 0
+
+    cdef int64_t _append1(self, const char* v, size_t vlen, const char* k, int32_t klen,
+                          int64_t ts) except -1:
+        cdef size_t need = align8(FRAME_HEADER_SIZE + key_area(klen) + vlen)
+        cdef int64_t off
+        if need > self._wcap - self._wpos:
+            self._make_room(need)
+        off = self._next
+        frame_write(self._w + self._wpos, off, ts, k, klen, v, vlen, 1, True)
+        self._index_note(self._wpos, off, ts)
+        self._wpos += need
+        self._next = off + 1
+        ctl_set(self._ctl, CTL_END, off + 1)
+        return off
+
+    def append(self, value, *, key=None, timestamp=None):
+        """Append one record; returns its offset."""
+        cdef Py_buffer vb, kb
+        cdef const char* vp
+        cdef const char* kp = NULL
+        cdef Py_ssize_t vlen, klen = -1
+        cdef bint vrel = False, krel = False
+        cdef int64_t ts, off
+        if self._wstate:
+            self._raise_state()
+        if self._busy:
+            self._wait_idle()
+        if PyBytes_Check(value):
+            vp = PyBytes_AS_STRING(value)
+            vlen = PyBytes_GET_SIZE(value)
+        else:
+            value = get_buffer(value, &vb, "value")
+            if value is None:
+                vrel = True
+                vp = <const char*>vb.buf
+                vlen = vb.len
+            else:
+                vp = PyBytes_AS_STRING(value)
+                vlen = PyBytes_GET_SIZE(value)
+        try:
+            if key is not None:
+                if PyBytes_Check(key):
+                    kp = PyBytes_AS_STRING(key)
+                    klen = PyBytes_GET_SIZE(key)
+                else:
+                    key = get_buffer(key, &kb, "key")
+                    if key is None:
+                        krel = True
+                        kp = <const char*>kb.buf
+                        klen = kb.len
+                    else:
+                        kp = PyBytes_AS_STRING(key)
+                        klen = PyBytes_GET_SIZE(key)
+                if klen >= 0x7FFFFFFF:
+                    raise ValueError("key: longer than 2 GiB")
+            ts = tl_now_ns() if timestamp is None else to_timestamp(timestamp, "timestamp")
+            if <size_t>vlen > 0xFFFFFFFF - 4096 - <size_t>max(klen, 0):
+                raise ValueError(f"value: {vlen} bytes is larger than a record can be")
+            off = self._append1(vp, <size_t>vlen, kp, <int32_t>klen, ts)
+        finally:
+            if vrel:
+                PyBuffer_Release(&vb)
+            if krel:
+                PyBuffer_Release(&kb)
+        if self._mode == MODE_ALWAYS:
+            self._sync_to(off + 1)
+        return off
+
+    def append_batch(self, values, *, keys=None, timestamps=None, bint atomic=True):
+        """Append many records in one call; returns the first offset (end_offset if empty)."""
+        cdef Item* items = NULL
+        cdef Py_buffer* bufs = NULL
+        cdef Py_buffer abuf
+        cdef bint arel = False
+        cdef Py_ssize_t n = 0, i, nbufs = 0, row = 0
+        cdef int64_t first, now
+        cdef const int64_t[::1] tsv
+        cdef char* base
+        cdef list keep = []
+        if self._wstate:
+            self._raise_state()
+        if self._busy:
+            self._wait_idle()
+        if isinstance(values, np.ndarray):
+            arr = values
+            if arr.ndim == 0:
+                raise TypeError("values: a 0-d array is one value; pass a 1-D or 2-D array")
+            if arr.dtype.hasobject:
+                raise TypeError("values: an array of Python objects is not bytes-like")
+            arr = np.ascontiguousarray(arr)
+            n = arr.shape[0]
+            row = (arr.nbytes // n) if n else 0
+            PyObject_GetBuffer(arr.reshape(-1).view(np.uint8) if arr.nbytes else b"", &abuf, PyBUF_SIMPLE)
+            arel = True
+        else:
+            if isinstance(values, (bytes, bytearray, memoryview, str)):
+                raise TypeError(f"values: expected an iterable of bytes-like objects or a numpy "
+                                f"array, not a single {type(values).__name__}")
+            try:
+                seq = values if isinstance(values, (list, tuple)) else list(values)
+            except TypeError:
+                raise TypeError(f"values: expected an iterable of bytes-like objects or a numpy "
+                                f"array, not {type(values).__name__}") from None
+            n = len(seq)
+        try:
+            items = <Item*>malloc(max(n, 1) * sizeof(Item))
+            bufs = <Py_buffer*>malloc(max(n, 1) * 2 * sizeof(Py_buffer))
+            if items == NULL or bufs == NULL:
+                raise MemoryError()
+            if arel:
+                base = <char*>abuf.buf
+                for i in range(n):
+                    items[i].v = base + i * row
+                    items[i].vlen = <size_t>row
+                    items[i].klen = -1
+            else:
+                for i in range(n):
+                    item = seq[i]
+                    if PyBytes_Check(item):
+                        items[i].v = PyBytes_AS_STRING(item)
+                        items[i].vlen = PyBytes_GET_SIZE(item)
+                    else:
+                        copy = get_buffer(item, &bufs[nbufs], f"values[{i}]")
+                        if copy is None:
+                            items[i].v = <const char*>bufs[nbufs].buf
+                            items[i].vlen = <size_t>bufs[nbufs].len
+                            nbufs += 1
+                        else:
+                            keep.append(copy)
+                            items[i].v = PyBytes_AS_STRING(copy)
+                            items[i].vlen = PyBytes_GET_SIZE(copy)
+                    items[i].klen = -1
+            if keys is not None:
+                if isinstance(keys, (bytes, bytearray, memoryview, str)):
+                    raise TypeError("keys: expected a sequence of keys (bytes-like or None), one per value")
+                kseq = keys if isinstance(keys, (list, tuple)) else list(keys)
+                if len(kseq) != n:
+                    raise ValueError(f"keys: {len(kseq)} keys for {n} values")
+                for i in range(n):
+                    item = kseq[i]
+                    if item is None:
+                        continue
+                    if PyBytes_Check(item):
+                        items[i].k = PyBytes_AS_STRING(item)
+                        items[i].klen = <int32_t>min(PyBytes_GET_SIZE(item), 0x7FFFFFFF)
+                    else:
+                        copy = get_buffer(item, &bufs[nbufs], f"keys[{i}]")
+                        if copy is None:
+                            items[i].k = <const char*>bufs[nbufs].buf
+                            items[i].klen = <int32_t>min(bufs[nbufs].len, 0x7FFFFFFF)
+                            nbufs += 1
+                        else:
+                            keep.append(copy)
+                            items[i].k = PyBytes_AS_STRING(copy)
+                            items[i].klen = <int32_t>min(PyBytes_GET_SIZE(copy), 0x7FFFFFFF)
+            if timestamps is not None:
+                tarr = np.asarray(timestamps)
+                if tarr.dtype.kind not in "iu" or tarr.ndim != 1:
+                    raise TypeError("timestamps: expected a sequence of ints (ns since the epoch)")
+                if len(tarr) != n:
+                    raise ValueError(f"timestamps: {len(tarr)} timestamps for {n} values")
+                if tarr.dtype.kind == "u" and n and tarr.max() > 0x7FFFFFFFFFFFFFFF:
+                    raise ValueError("timestamps: beyond the int64 range")
+                tsv = np.ascontiguousarray(tarr, dtype=np.int64)
+                for i in range(n):
+                    items[i].ts = tsv[i]
+            else:
+                now = tl_now_ns()
+                for i in range(n):
+                    items[i].ts = now
+            for i in range(n):
+                if items[i].vlen > 0xFFFFFFFF - 4096 or items[i].klen == 0x7FFFFFFF:
+                    raise ValueError(f"values[{i}]: larger than a record can be")
+            first = self._next
+            if n:
+                self._write_items(items, n, atomic)
+        finally:
+            for i in range(nbufs):
+                PyBuffer_Release(&bufs[i])
+            if arel:
+                PyBuffer_Release(&abuf)
+            free(items)
+            free(bufs)
+        if self._mode == MODE_ALWAYS and n:
+            self._sync_to(first + n)
+        return first
+
+    cdef int _write_items(self, Item* items, Py_ssize_t n, bint atomic) except -1:
+        cdef Py_ssize_t i, j
+        cdef size_t total = 0, need, room
+        for i in range(n):
+            total += align8(FRAME_HEADER_SIZE + key_area(items[i].klen) + items[i].vlen)
+        if atomic:
+            if total > self._wcap - self._wpos:
+                self._make_room(total)
+            self._write_run(items, n, total)
+            return 0
+        i = 0
+        while i < n:
+            room = self._wcap - self._wpos
+            total = 0
+            j = i
+            while j < n:
+                need = align8(FRAME_HEADER_SIZE + key_area(items[j].klen) + items[j].vlen)
+                if total + need > room:
+                    break
+                total += need
+                j += 1
+            if j == i:
+                self._make_room(align8(FRAME_HEADER_SIZE + key_area(items[i].klen) + items[i].vlen))
+                continue
+            self._write_run(items + i, j - i, total)
+            i = j
+        return 0
+
+    cdef int _write_run(self, Item* items, Py_ssize_t n, size_t total) except -1:
+        """Frames for items[0..n) into the active segment (they fit), published as one batch."""
+        if total >= NOGIL_COPY_BYTES:
+            self._wlock.acquire()
+            self._busy = True
+            try:
+                with nogil:
+                    self._write_frames(items, n)
+            finally:
+                self._busy = False
+                self._wlock.release()
+        else:
+            self._write_frames(items, n)
+        return 0
+
+    cdef void _write_frames(self, Item* items, Py_ssize_t n) noexcept nogil:
+        cdef Py_ssize_t i
+        cdef size_t pos = self._wpos, first_pos = self._wpos
+        cdef int64_t off = self._next
+        for i in range(n):
+            frame_write(self._w + pos, off + i, items[i].ts, items[i].k, items[i].klen,
+                        items[i].v, items[i].vlen, <uint32_t>n if i == 0 else 0, i != 0)
+            self._index_note(pos, off + i, items[i].ts)
+            pos += align8(FRAME_HEADER_SIZE + key_area(items[i].klen) + items[i].vlen)
+        # publish: the first frame's length, then the end offset
+        tl_store_u32_release(self._w + first_pos,
+                             <uint32_t>(FRAME_HEADER_SIZE + key_area(items[0].klen) + items[0].vlen))
+        self._wpos = pos
+        self._next = off + n
+        ctl_set(self._ctl, CTL_END, off + n)
+
+    # ---------------------------------------------------------------- durability
+
+    def sync(self):
+        """Make everything appended so far durable; returns durable_offset."""
+        if self._wstate:
+            self._raise_state()
+        return self._sync_to(self._next)
+
+    cdef int64_t _sync_to(self, int64_t target) except -1:
+        cdef int rc = 0, fd
+        cdef Segment active
+        self._sync_lock.acquire()
+        try:
+            if self._failure is not None:
+                self._raise_state()
+            if target <= self._durable and not self._dir_dirty:
+                return self._durable          # a sync that ran while we waited covered us
+            target = self._next
+            segs = list(self._unsynced)
+            active = self._active
+            dir_dirty = self._dir_dirty
+            self._dir_dirty = False
+            for seg in segs:
+                fd = (<Segment>seg).fd
+                with nogil:
+                    rc = tl_datasync(fd)
+                if rc != 0:
+                    self._fail(errno, (<Segment>seg).path)
+            if dir_dirty:
+                with nogil:
+                    rc = fsync(self._dir_fd)
+                if rc != 0:
+                    self._fail(errno, self.path)
+            for seg in segs:
+                if seg is not active:
+                    self._unsynced.remove(seg)
+                    (<Segment>seg).close_fd()
+            if target > self._durable:
+                self._durable = target
+                ctl_set(self._ctl, CTL_DURABLE, target)
+            return self._durable
+        finally:
+            self._sync_lock.release()
+
+    cdef int _fail(self, int err, str path) except -1:
+        cause = OSError(err, os.strerror(err), path)
+        self._failure = LogFailedError(
+            f"{path}: sync failed ({os.strerror(err)}); the writer is stopped for good and nothing "
+            f"after offset {self._durable} is acknowledged; reopen the log to recover")
+        self._wstate = 3
+        raise self._failure from cause
+
+    def _close(self):
+        """Sync, mark a clean shutdown, release the lock. Idempotent."""
+        cdef char* ctl = self._ctl
+        if self._closed:
+            return
+        if self._busy:
+            self._wait_idle()
+        try:
+            if not self._readonly and self._failure is None:
+                self._sync_to(self._next)
+                for seg in (self._active,):
+                    if (<Segment>seg).idx != NULL:
+                        msync((<Segment>seg).idx_map.addr, (<Segment>seg).idx_map.size, MS_SYNC)
+                        msync((<Segment>seg).tix_map.addr, (<Segment>seg).tix_map.size, MS_SYNC)
+                ctl_set(ctl, CTL_ACTIVE_POS, <int64_t>self._wpos)
+                ctl_set(ctl, CTL_ACTIVE_BASE, self._base)
+                ctl_set(ctl, CTL_END, self._next)
+                ctl_set(ctl, CTL_DURABLE, self._durable)
+                wr_u32(ctl + CTL_FLAGS, rd_u32(ctl + CTL_FLAGS) | CTL_FLAG_CLEAN)
+                if msync(ctl, CONTROL_SIZE, MS_SYNC) != 0:
+                    raise_oserror(errno, os.path.join(self.path, CONTROL_NAME))
+        finally:
+            self._closed = True
+            self._wstate = 1
+            for seg in self._segments:
+                (<Segment>seg).close_fd()
+            self._unsynced = []
+            self._active = None
+            self._w = NULL
+            self._idx = NULL
+            self._tix = NULL
+            self._ctl = NULL
+            self._ctl_map = None
+            self._segments = []
+            self._nbases = 0
+            if self._lock_fd >= 0:
+                os.close(self._lock_fd)
+                self._lock_fd = -1
+            if self._dir_fd >= 0:
+                os.close(self._dir_fd)
+                self._dir_fd = -1
+
+    # ---------------------------------------------------------------- lookup
+
+    cdef Segment _seg_for(self, int64_t offset):
+        """The segment holding `offset` (which the caller checked is in the log)."""
+        cdef Py_ssize_t lo, hi, mid
+        if self._readonly and (self._nbases == 0 or (offset >= self._bases[self._nbases - 1] and
+                               ctl_get(self._ctl, CTL_ACTIVE_BASE) != self._bases[self._nbases - 1])):
+            self._load_segments(False)
+        lo = 0
+        hi = self._nbases
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self._bases[mid] <= offset:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo == 0:
+            if self._readonly:
+                self._load_segments(False)
+                if self._nbases and self._bases[0] <= offset:
+                    return self._seg_for(offset)
+            raise OffsetOutOfRangeError(f"offset {offset} is below the first segment of {self.path}")
+        return self._segments[lo - 1]
+
+    def _refresh(self):
+        if self._readonly:
+            self._load_segments(False)
+
+    def read(self, offset):
+        """The record at `offset`."""
+        cdef int64_t off, at, end
+        cdef Segment seg
+        cdef Py_ssize_t pos
+        cdef uint32_t length
+        cdef int rc
+        if not PyLong_Check(offset):
+            raise TypeError(f"offset: expected an int, not {type(offset).__name__}")
+        if self._closed:
+            raise LogClosedError(f"{self.path}: the log is closed")
+        end = self._end_now()
+        try:
+            off = offset
+        except OverflowError:
+            raise OffsetOutOfRangeError(f"offset {offset} is outside the log "
+                                        f"[{self._start_now()}, {end})") from None
+        if off < self._start_now() or off >= end:
+            raise OffsetOutOfRangeError(f"offset {off} is outside the log [{self._start_now()}, {end})")
+        seg = self._seg_for(off)
+        pos = seg.find(off, &at)
+        rc = frame_check(seg.data, seg.cap, pos, off, &length) if at == off else FRAME_END
+        if rc != FRAME_OK:
+            raise corrupt(seg.path, pos, off, rc)
+        return make_record(seg, pos, length)
+
+    def _segment_info(self):
+        """[(base, path, capacity)] of the segments, for tools."""
+        if self._readonly:
+            self._load_segments(False)
+        return [((<Segment>s).base, (<Segment>s).path) for s in self._segments]
+
+
+cdef void* realloc_bases(int64_t* p, Py_ssize_t n) except NULL:
+    cdef void* q = realloc(p, n * sizeof(int64_t))
+    if q == NULL:
+        raise MemoryError()
+    return q
+
+
+cdef bint all_zero(const char* p, size_t n) noexcept nogil:
+    cdef size_t i = 0
+    cdef uint64_t w
+    while i + 8 <= n:
+        memcpy(&w, p + i, 8)
+        if w != 0:
+            return False
+        i += 8
+    while i < n:
+        if p[i] != 0:
+            return False
+        i += 1
+    return True
+
+
+cdef object get_buffer(object obj, Py_buffer* view, str name):
+    """Fill view with obj's contiguous buffer and return None; or return a bytes copy of a
+    non-contiguous buffer; TypeError naming the argument for anything else."""
+    if not PyObject_CheckBuffer(obj):
+        raise TypeError(f"{name}: expected a bytes-like object (bytes, bytearray, memoryview, "
+                        f"numpy array), not {type(obj).__name__}")
+    try:
+        PyObject_GetBuffer(obj, view, PyBUF_SIMPLE)
+        return None
+    except BufferError:
+        return memoryview(obj).tobytes()
+
+
+cdef int64_t to_timestamp(object t, str name) except? -1:
+    if not PyLong_Check(t):
+        raise TypeError(f"{name}: expected an int (ns since the epoch), not {type(t).__name__}")
+    try:
+        return t
+    except OverflowError:
+        raise ValueError(f"{name}: {t} is outside the int64 range") from None

@@ -1,0 +1,13 @@
+"""tidelog: an embedded, append-only, memory-mapped log with zero-copy reads."""
+
+from tidelog.errors import (TidelogError, LogLockedError, OffsetOutOfRangeError, CorruptLogError,
+                            LogClosedError, LogFailedError, FormatVersionError, LogFullError,
+                            NotALogError)
+from tidelog.log import Log, open
+from tidelog.cursor import Cursor, Record, RecordBatch
+
+__version__ = "0.1.0"
+
+__all__ = ["open", "Log", "Cursor", "Record", "RecordBatch", "TidelogError", "LogLockedError",
+           "OffsetOutOfRangeError", "CorruptLogError", "LogClosedError", "LogFailedError",
+           "FormatVersionError", "LogFullError", "NotALogError", "__version__"]

@@ -1,0 +1,134 @@
+"""Log: open, append, read, cursor, sync, close. The hot paths are the core's (tidelog._core)."""
+
+import os
+import threading
+
+from tidelog import _core
+from tidelog.cursor import Cursor
+from tidelog.errors import LogClosedError
+
+__all__ = ["Log", "open"]
+
+DURABILITY_MODES = ("none", "batch", "always")
+MIN_SEGMENT_BYTES = 4096          # one page of frames at least
+MAX_SEGMENT_BYTES = (1 << 32) - 4096   # positions are stored as u32 (docs/FORMAT.md)
+
+
+def _check_path(path):
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    try:
+        path = os.fspath(path)
+    except TypeError:
+        raise TypeError(f"path: expected a str or os.PathLike, not {type(path).__name__}") from None
+    if not path:
+        raise ValueError("path: empty")
+    return os.path.abspath(path)
+
+
+def _check_positive(name, value, allow_none=False, integer=False):
+    if value is None and allow_none:
+        return None
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        raise TypeError(f"{name}: expected {'an int' if integer else 'a number'}, "
+                        f"not {type(value).__name__}")
+    if not value > 0:
+        raise ValueError(f"{name}: must be positive, not {value!r}")
+    return value
+
+
+class Log(_core.LogCore):
+    """An append-only log in a directory. Use tidelog.open() to get one."""
+
+    def __init__(self, path, *, readonly=False, create=True, segment_bytes=256 << 20,
+                 durability="batch", sync_interval=0.005, retain_bytes=None, retain_seconds=None):
+        path = _check_path(path)
+        segment_bytes = _check_positive("segment_bytes", segment_bytes, integer=True)
+        if not MIN_SEGMENT_BYTES <= segment_bytes <= MAX_SEGMENT_BYTES:
+            raise ValueError(f"segment_bytes: must lie in [{MIN_SEGMENT_BYTES}, "
+                             f"{MAX_SEGMENT_BYTES}], not {segment_bytes}")
+        if not isinstance(durability, str):
+            raise TypeError(f"durability: expected a str, not {type(durability).__name__}")
+        if durability not in DURABILITY_MODES:
+            raise ValueError(f"durability: one of {DURABILITY_MODES}, not {durability!r}")
+        self.sync_interval = _check_positive("sync_interval", sync_interval)
+        self.retain_bytes = _check_positive("retain_bytes", retain_bytes, True, True)
+        self.retain_seconds = _check_positive("retain_seconds", retain_seconds, True)
+        if retain_bytes is not None or retain_seconds is not None:
+            raise NotImplementedError("retain_bytes / retain_seconds: retention is not "
+                                      "implemented yet in this version of tidelog")
+        self._flusher = None
+        self._stop_flusher = threading.Event()
+        self._open(path, bool(readonly), bool(create), segment_bytes, durability)
+        if not readonly and durability == "batch":
+            self._flusher = threading.Thread(target=self._flush_loop, name="tidelog-flusher",
+                                             daemon=True)
+            self._flusher.start()
+
+    def _flush_loop(self):
+        """'batch' durability: sync at least every sync_interval while there is something new."""
+        stop = self._stop_flusher
+        while not stop.wait(self.sync_interval):
+            try:
+                if self.durable_offset < self.end_offset:
+                    self.sync()
+            except Exception:      # closed or failed: the writer reports it to its callers
+                return
+
+    def close(self):
+        """Sync everything, mark a clean shutdown and release the log. Idempotent."""
+        if self._flusher is not None:
+            self._stop_flusher.set()
+            if self._flusher is not threading.current_thread():
+                self._flusher.join()
+            self._flusher = None
+        self._close()
+
+    def __enter__(self):
+        if self.closed:
+            raise LogClosedError(f"{self.path}: the log is closed")
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            if not self.closed:
+                self.close()
+        except Exception:
+            pass
+
+    def __repr__(self):
+        if self.closed:
+            return f"<tidelog.Log {self.path!r} closed>"
+        mode = "readonly" if self.readonly else self.durability
+        return (f"<tidelog.Log {self.path!r} {mode} [{self.start_offset}, {self.end_offset}) "
+                f"durable<{self.durable_offset}>")
+
+    def cursor(self, start="earliest", *, name=None, durable_only=None):
+        """A cursor at `start`: an offset, "earliest" or "latest". Anonymous cursors see every
+        appended record; durable_only=True limits one to durable records."""
+        if self.closed:
+            raise LogClosedError(f"{self.path}: the log is closed")
+        if name is not None:
+            raise NotImplementedError("named cursors (durable positions) are not implemented yet")
+        cur = Cursor.__new__(Cursor)
+        cur._init(self, self.start_offset, bool(durable_only))
+        cur.seek(cur._resolve(start, "start"))
+        return cur
+
+    def segments(self):
+        """[(base_offset, path)] of the segment files, oldest first."""
+        if self.closed:
+            raise LogClosedError(f"{self.path}: the log is closed")
+        return self._segment_info()
+
+
+def open(path, *, readonly=False, create=True, segment_bytes=256 << 20, durability="batch",
+         sync_interval=0.005, retain_bytes=None, retain_seconds=None):
+    """Open (or create) the log in directory `path`. See API.md for every argument."""
+    return Log(path, readonly=readonly, create=create, segment_bytes=segment_bytes,
+               durability=durability, sync_interval=sync_interval, retain_bytes=retain_bytes,
+               retain_seconds=retain_seconds)
