@@ -525,8 +525,20 @@ cdef class LogCore:
             self._next_slot = j
             self._next_slot_pos = j * INDEX_SLOT_BYTES
 
-    cdef int _make_room(self, size_t need) except -1:
-        """Roll to a new segment so that `need` bytes of frames fit."""
+    cdef int _locked_roll(self, size_t need) except -1:
+        """_roll for a single append: rolling calls the OS, which lets other threads run, so
+        they are held off (they wait in _wait_idle) until the new segment is in place."""
+        self._wlock.acquire()
+        self._busy = True
+        try:
+            self._roll(need)
+        finally:
+            self._busy = False
+            self._wlock.release()
+        return 0
+
+    cdef int _roll(self, size_t need) except -1:
+        """Roll to a new segment so that `need` bytes of frames fit (writer lock held)."""
         if need > <size_t>(self._seg_bytes - SEGMENT_HEADER_SIZE):
             raise ValueError(f"{need} bytes of frames do not fit in a segment of segment_bytes="
                              f"{self._seg_bytes} (open the log with a larger segment_bytes)")
@@ -549,8 +561,10 @@ cdef class LogCore:
                           int64_t ts) except -1:
         cdef size_t need = align8(FRAME_HEADER_SIZE + key_area(klen) + vlen)
         cdef int64_t off
+        if self._busy:
+            self._wait_idle()
         if need > self._wcap - self._wpos:
-            self._make_room(need)
+            self._locked_roll(need)
         off = self._next
         frame_write(self._w + self._wpos, off, ts, k, klen, v, vlen, 1, True)
         self._index_note(self._wpos, off, ts)
@@ -569,8 +583,6 @@ cdef class LogCore:
         cdef int64_t ts, off
         if self._wstate:
             self._raise_state()
-        if self._busy:
-            self._wait_idle()
         if PyBytes_Check(value):
             vp = PyBytes_AS_STRING(value)
             vlen = PyBytes_GET_SIZE(value)
@@ -625,8 +637,6 @@ cdef class LogCore:
         cdef list keep = []
         if self._wstate:
             self._raise_state()
-        if self._busy:
-            self._wait_idle()
         if isinstance(values, np.ndarray):
             arr = values
             if arr.ndim == 0:
@@ -717,9 +727,7 @@ cdef class LogCore:
             for i in range(n):
                 if items[i].vlen > 0xFFFFFFFF - 4096 or items[i].klen == 0x7FFFFFFF:
                     raise ValueError(f"values[{i}]: larger than a record can be")
-            first = self._next
-            if n:
-                self._write_items(items, n, atomic)
+            first = self._write_items(items, n, atomic) if n else self._next
         finally:
             for i in range(nbufs):
                 PyBuffer_Release(&bufs[i])
@@ -731,14 +739,30 @@ cdef class LogCore:
             self._sync_to(first + n)
         return first
 
-    cdef int _write_items(self, Item* items, Py_ssize_t n, bint atomic) except -1:
+    cdef int64_t _write_items(self, Item* items, Py_ssize_t n, bint atomic) except -1:
+        """Write the batch holding the writer lock (it may roll or copy without the GIL, which
+        lets other threads run: they wait); returns the first offset."""
+        cdef int64_t first
+        if self._busy:
+            self._wait_idle()
+        self._wlock.acquire()
+        self._busy = True
+        try:
+            first = self._next
+            self._write_locked(items, n, atomic)
+        finally:
+            self._busy = False
+            self._wlock.release()
+        return first
+
+    cdef int _write_locked(self, Item* items, Py_ssize_t n, bint atomic) except -1:
         cdef Py_ssize_t i, j
         cdef size_t total = 0, need, room
         for i in range(n):
             total += align8(FRAME_HEADER_SIZE + key_area(items[i].klen) + items[i].vlen)
         if atomic:
             if total > self._wcap - self._wpos:
-                self._make_room(total)
+                self._roll(total)
             self._write_run(items, n, total)
             return 0
         i = 0
@@ -753,7 +777,7 @@ cdef class LogCore:
                 total += need
                 j += 1
             if j == i:
-                self._make_room(align8(FRAME_HEADER_SIZE + key_area(items[i].klen) + items[i].vlen))
+                self._roll(align8(FRAME_HEADER_SIZE + key_area(items[i].klen) + items[i].vlen))
                 continue
             self._write_run(items + i, j - i, total)
             i = j
@@ -762,14 +786,8 @@ cdef class LogCore:
     cdef int _write_run(self, Item* items, Py_ssize_t n, size_t total) except -1:
         """Frames for items[0..n) into the active segment (they fit), published as one batch."""
         if total >= NOGIL_COPY_BYTES:
-            self._wlock.acquire()
-            self._busy = True
-            try:
-                with nogil:
-                    self._write_frames(items, n)
-            finally:
-                self._busy = False
-                self._wlock.release()
+            with nogil:
+                self._write_frames(items, n)
         else:
             self._write_frames(items, n)
         return 0
@@ -976,7 +994,7 @@ cdef object get_buffer(object obj, Py_buffer* view, str name):
     try:
         PyObject_GetBuffer(obj, view, PyBUF_SIMPLE)
         return None
-    except BufferError:
+    except (BufferError, ValueError):     # not contiguous (memoryview / numpy say it differently)
         return memoryview(obj).tobytes()
 
 

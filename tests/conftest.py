@@ -1,0 +1,46 @@
+"""Shared fixtures: a fresh log directory, and helpers to run real writer processes."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import tidelog
+
+
+@pytest.fixture
+def log_path(tmp_path):
+    return str(tmp_path / "log")
+
+
+@pytest.fixture
+def log(log_path):
+    lg = tidelog.open(log_path, durability="none", segment_bytes=1 << 16)
+    yield lg
+    lg.close()
+
+
+def run_python(code, *args, timeout=60, check=True, **kw):
+    """Run `code` in a fresh interpreter (the installed tidelog), return CompletedProcess."""
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code), *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout, **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"child failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def spawn_python(code, *args, **kw):
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def snapshot_dir(path):
+    """{name: bytes} of every file in a directory (to prove nothing was modified)."""
+    out = {}
+    for name in sorted(os.listdir(path)):
+        p = os.path.join(path, name)
+        if os.path.isfile(p):
+            with open(p, "rb") as f:
+                out[name] = f.read()
+    return out

@@ -1,0 +1,82 @@
+"""Golden bytes: the on-disk format of docs/FORMAT.md, version 1, pinned byte for byte."""
+import os
+import struct
+
+import crc32c as oracle
+
+import tidelog
+
+SEG = "00000000000000000000.seg"
+
+
+def frame(offset, ts, key, value, batch=1):
+    """A frame built from the spec with the oracle CRC (independent of the engine's code)."""
+    ka = 0 if key is None else (len(key) + 7) // 8 * 8
+    length = 32 + ka + len(value)
+    body = struct.pack("<qqiI", offset, ts, -1 if key is None else len(key), batch)
+    body += (key or b"").ljust(ka, b"\0") + value
+    crc = oracle.crc32c(body, oracle.crc32c(struct.pack("<I", length)))
+    f = struct.pack("<II", length, crc) + body
+    return f + b"\0" * (-len(f) % 8)
+
+
+def test_golden_segment_bytes(log_path):
+    with tidelog.open(log_path, segment_bytes=8192, durability="none") as log:
+        log.append(b"hello", key=b"k1", timestamp=1_700_000_000_000_000_000)
+        log.append(b"", timestamp=42)
+        log.append_batch([b"abcdefgh", b"x"], keys=[None, b""], timestamps=[7, 8])
+    with open(os.path.join(log_path, SEG), "rb") as f:
+        data = f.read()
+    assert len(data) == 8192                       # preallocated capacity
+    hdr = data[:64]
+    assert hdr[:8] == b"TDLGSEG\0"
+    assert struct.unpack_from("<IIqqq", hdr, 8)[:2] == (1, 64)
+    assert struct.unpack_from("<q", hdr, 16)[0] == 0            # base offset
+    assert struct.unpack_from("<q", hdr, 32)[0] == 8192         # capacity
+    assert struct.unpack_from("<I", hdr, 60)[0] == oracle.crc32c(hdr[:60])
+    golden = bytes.fromhex(
+        "2d000000" "af4faf0b" "0000000000000000" "00002a36fe9c9717" "02000000" "01000000"
+        "6b31000000000000" "68656c6c6f000000"
+        "20000000" "2a238eac" "0100000000000000" "2a00000000000000" "ffffffff" "01000000"
+        "28000000" "02e5170f" "0200000000000000" "0700000000000000" "ffffffff" "02000000"
+        "6162636465666768"
+        "21000000" "7ccc7357" "0300000000000000" "0800000000000000" "00000000" "00000000"
+        "7800000000000000")
+    expect = (frame(0, 1_700_000_000_000_000_000, b"k1", b"hello") + frame(1, 42, None, b"")
+              + frame(2, 7, None, b"abcdefgh", batch=2) + frame(3, 8, b"", b"x", batch=0))
+    assert expect == golden, expect.hex()         # the spec as written builds these bytes
+    assert data[64:64 + len(golden)] == golden     # and the engine writes exactly them
+    assert data[64 + len(golden):] == bytes(8192 - 64 - len(golden))
+
+
+def test_control_file_layout(log_path):
+    with tidelog.open(log_path, segment_bytes=8192, durability="none") as log:
+        log.append_batch([b"a"] * 3)
+    with open(os.path.join(log_path, "tidelog.ctl"), "rb") as f:
+        ctl = f.read()
+    assert len(ctl) == 4096 and ctl[:8] == b"TDLGCTL\0"
+    version, flags, start, end, durable, abase, apos, segb = struct.unpack_from("<IIqqqqqq", ctl, 8)
+    assert (version, flags & 1, start, end, durable, abase) == (1, 1, 0, 3, 3, 0)
+    assert apos == 64 + 3 * 40 and segb == 8192
+
+
+def test_index_files(log_path):
+    with tidelog.open(log_path, segment_bytes=1 << 16, durability="none") as log:
+        for i in range(300):
+            log.append(b"v" * 100, timestamp=1000 + (i % 7))   # 136-byte frames
+    base = os.path.join(log_path, SEG[:-4])
+    with open(base + ".idx", "rb") as f:
+        idx = f.read()
+    with open(base + ".tix", "rb") as f:
+        tix = f.read()
+    assert idx[:8] == b"TDLGIDX\0" and tix[:8] == b"TDLGTIX\0"
+    nslots = (1 << 16) // 4096 + 1
+    assert len(idx) == len(tix) == 64 + nslots * 8
+    entries = [struct.unpack_from("<II", idx, 64 + 8 * j) for j in range(nslots)]
+    written = [e for e in entries if e[1]]
+    end_pos = 64 + 300 * 136
+    assert len(written) == (end_pos - 136) // 4096 + 1     # slots up to the last frame
+    for j, (rel, pos) in enumerate(written):
+        assert pos >= j * 4096 and pos - 136 < j * 4096 or j == 0
+        assert pos == 64 + rel * 136
+        assert struct.unpack_from("<q", tix, 64 + 8 * j)[0] == 1000 + min(rel, 6)
