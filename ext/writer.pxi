@@ -711,7 +711,7 @@ cdef class LogCore:
                             items[i].klen = <int32_t>min(PyBytes_GET_SIZE(copy), 0x7FFFFFFF)
             if timestamps is not None:
                 tarr = np.asarray(timestamps)
-                if tarr.dtype.kind not in "iu" or tarr.ndim != 1:
+                if tarr.ndim != 1 or (tarr.dtype.kind not in "iu" and tarr.size):
                     raise TypeError("timestamps: expected a sequence of ints (ns since the epoch)")
                 if len(tarr) != n:
                     raise ValueError(f"timestamps: {len(tarr)} timestamps for {n} values")
