@@ -529,7 +529,6 @@ class Lmdb(System):
         env = self._env(d)
         try:
             self._batches(env, values, n)
-            env.sync(True)
         finally:
             env.close()
 
@@ -712,7 +711,7 @@ def counts(size, quick):
         "append": c(64 << 20, 200_000, 2_000),
         "batch": c(128 << 20, 300_000, 2_000),
         "sync": c(32 << 20, 100_000, 2_000),
-        "scan": c(256 << 20, 400_000, 4_000),
+        "scan": c(256 << 20, 200_000, 4_000),
         "read": c(256 << 20, 100_000, 4_000),
     }
 
@@ -736,38 +735,52 @@ def fresh_dir(root):
     return tempfile.mkdtemp(dir=root)
 
 
-def measure_size(systems, size, n, repeat, root, rng, results, errors, log):
+def measure_size(systems, size, n, repeat, root, rng, results, errors, log, read_seconds):
     values = [rng.randbytes(size) for _ in range(BATCH)]
     res = {wl: {s.name: [] for s in systems} for wl, _ in WORKLOADS}
+    wall = {s.name: 0.0 for s in systems}     # every second a system costs, set-up included
     # data sets for scan and read: written once per system, read in every repeat
     data_dirs = {}
+    offsets = [rng.randrange(n["scan"]) for _ in range(n["read"])]
+    n_read = {}
     for s in systems:
+        t_sys = clock()
         d = fresh_dir(root)
         try:
             run_cell(s.prepare, d, values, n["scan"])
             data_dirs[s.name] = d
+            # a warm-up read, which also bounds the reads of a slow system to ~read_seconds
+            k = min(1000, len(offsets))
+            t = run_cell(s.read, d, offsets[:k])
+            n_read[s.name] = min(len(offsets), max(k, int(k / t * read_seconds) // 1000 * 1000))
+        except NotApplicable:
+            pass
         except Exception as e:
             errors.append(f"{s.name} {size} B prepare: {type(e).__name__}: {e}")
-    offsets = [rng.randrange(n["scan"]) for _ in range(n["read"])]
+        wall[s.name] += clock() - t_sys
     for r in range(repeat):
         t_rep = clock()
         order = systems[r % len(systems):] + systems[:r % len(systems)]
         for wl, _ in WORKLOADS:
             for s in order:
                 key = f"{s.name} {size} B {wl}"
+                t_sys = clock()
                 try:
                     if wl in ("scan", "read"):
                         if s.name not in data_dirs:
                             continue
                         d = data_dirs[s.name]
                         if wl == "scan":
-                            t = run_cell(s.scan, d, n["scan"])
+                            count = n["scan"]
+                            t = run_cell(s.scan, d, count)
                         else:
-                            t = run_cell(s.read, d, offsets)
+                            count = n_read[s.name]
+                            t = run_cell(s.read, d, offsets[:count])
                     else:
+                        count = n[wl]
                         d = fresh_dir(root)
                         try:
-                            t = run_cell(getattr(s, wl), d, values, n[wl])
+                            t = run_cell(getattr(s, wl), d, values, count)
                         finally:
                             shutil.rmtree(d, ignore_errors=True)
                 except NotApplicable:
@@ -776,12 +789,17 @@ def measure_size(systems, size, n, repeat, root, rng, results, errors, log):
                 except Exception as e:
                     errors.append(f"{key}: {type(e).__name__}: {e}")
                     continue
+                finally:
+                    wall[s.name] += clock() - t_sys
                 if res[wl][s.name] is not None:
-                    res[wl][s.name].append(n[wl] / t)
+                    res[wl][s.name].append(count / t)
         log(f"  {size} B: repeat {r + 1}/{repeat} done in {clock() - t_rep:.1f} s")
     for d in data_dirs.values():
         shutil.rmtree(d, ignore_errors=True)
+    log("  wall seconds per system (set-up and close included): " +
+        ", ".join(f"{k} {v:.1f}" for k, v in wall.items()))
     results[str(size)] = res
+    return n_read
 
 
 def measure_numpy(systems, n, repeat, root, rng, results, errors, log):
@@ -994,10 +1012,13 @@ def main(argv=None):
         for size in sizes:
             n = counts(size, args.quick)
             log(f"value size {size} B: records per cell {n}")
-            measure_size(systems, size, n, repeat, root, rng, results, errors, log)
+            n_read = measure_size(systems, size, n, repeat, root, rng, results, errors, log,
+                                  0.1 if args.quick else 0.3)
+            fewer = ", ".join(f"{k} {v}" for k, v in n_read.items() if v < n["read"])
             title = (f"== values of {size} B ==  records per cell: append {n['append']}, "
                      f"batch {n['batch']}, sync {n['sync']} ({n['sync'] // BATCH} syncs), "
-                     f"scan {n['scan']}, read {n['read']}")
+                     f"scan {n['scan']}, read {n['read']}"
+                     + (f" (fewer for slow readers: {fewer})" if fewer else ""))
             tables[str(size)] = print_table(title, WORKLOADS, results[str(size)], systems)
             sys.stdout.flush()
         if not args.no_numpy:

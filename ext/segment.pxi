@@ -62,11 +62,11 @@ def segment_name(int64_t base):
     return f"{base:020d}.seg"
 
 
-cdef bytes index_header(bytes magic, int64_t base):
+cdef bytes index_header(bytes magic, uint32_t stride, int64_t base):
     cdef bytearray h = bytearray(INDEX_HEADER_SIZE)
     h[0:8] = magic
     h[8:12] = (<uint32_t>FORMAT_VERSION).to_bytes(4, "little")
-    h[12:16] = (<uint32_t>INDEX_SLOT_BYTES).to_bytes(4, "little")
+    h[12:16] = stride.to_bytes(4, "little")
     h[16:24] = base.to_bytes(8, "little", signed=True)
     h[60:64] = (<uint32_t>tl_crc32c(0, <char*>h, 60)).to_bytes(4, "little")
     return bytes(h)
@@ -114,9 +114,10 @@ cdef class Segment:
     cdef size_t cap
     cdef Mapping idx_map
     cdef Mapping tix_map
-    cdef char* idx              # first entry (u32 rel, u32 pos) or NULL: no usable index
-    cdef char* tix              # first entry (i64 max timestamp) or NULL
-    cdef size_t nslots
+    cdef char* idx              # entry j: u32 position of record base + 16 j; NULL: no index
+    cdef char* tix              # entry j: i64 max timestamp up to record base + 64 j, or NULL
+    cdef size_t idx_slots
+    cdef size_t tix_slots
     cdef int64_t next_base      # base of the following segment, -1 while this one is last
     cdef bint writable
     cdef public bint index_fresh   # the writer made the index files anew: they must be refilled
@@ -163,17 +164,20 @@ cdef class Segment:
                 self.fd = fd
             else:
                 os.close(fd)
-        self.nslots = self.cap // INDEX_SLOT_BYTES + 1
+        # a frame is at least 32 bytes: bounds the number of records, so the entries
+        self.idx_slots = (self.cap - SEGMENT_HEADER_SIZE) // FRAME_HEADER_SIZE // IDX_STRIDE + 1
+        self.tix_slots = (self.cap - SEGMENT_HEADER_SIZE) // FRAME_HEADER_SIZE // TIX_STRIDE + 1
         self.open_index()
 
     cdef open_index(self):
         """Map .idx and .tix when both have a valid header; the writer creates missing ones."""
-        cdef size_t want = INDEX_HEADER_SIZE + self.nslots * 8
         self.idx = NULL
         self.tix = NULL
         stem = self.path[:len(self.path) - 4]
         maps = []
-        for ext, magic in ((".idx", IDX_MAGIC), (".tix", TIX_MAGIC)):
+        for ext, magic, stride, want in (
+                (".idx", IDX_MAGIC, IDX_STRIDE, INDEX_HEADER_SIZE + self.idx_slots * 4),
+                (".tix", TIX_MAGIC, TIX_STRIDE, INDEX_HEADER_SIZE + self.tix_slots * 8)):
             p = stem + ext
             try:
                 fd = os.open(p, (os.O_RDWR | os.O_CREAT if self.writable else os.O_RDONLY)
@@ -182,7 +186,8 @@ cdef class Segment:
                 return
             try:
                 hdr = os.pread(fd, INDEX_HEADER_SIZE, 0)
-                good = hdr == index_header(magic, self.base) and os.fstat(fd).st_size == want
+                good = (hdr == index_header(magic, stride, self.base)
+                        and os.fstat(fd).st_size == want)
                 if not good:
                     if not self.writable:
                         return
@@ -191,7 +196,7 @@ cdef class Segment:
                     rc = tl_preallocate(fd, want)
                     if rc:
                         raise_oserror(rc, p)
-                    os.pwrite(fd, index_header(magic, self.base), 0)
+                    os.pwrite(fd, index_header(magic, stride, self.base), 0)
                     self.index_fresh = True
                 maps.append(map_fd(fd, want, self.writable, p))
             finally:
@@ -200,43 +205,36 @@ cdef class Segment:
         self.idx = self.idx_map.addr + INDEX_HEADER_SIZE
         self.tix = self.tix_map.addr + INDEX_HEADER_SIZE
 
-    cdef size_t index_count(self) noexcept:
-        """Number of written index entries (they form a prefix)."""
-        cdef size_t lo = 0, hi = self.nslots, mid
-        if self.idx == NULL:
+    cdef inline size_t idx_get(self, size_t j) noexcept:
+        """Position of record base + 16 j per the index, or 0 when the entry is unusable."""
+        cdef size_t p
+        if self.idx == NULL or j >= self.idx_slots:
             return 0
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if rd_u32(self.idx + mid * 8 + 4) != 0:
-                lo = mid + 1
-            else:
-                hi = mid
-        return lo
+        p = tl_load_u32_acquire(self.idx + j * 4)
+        if (p < SEGMENT_HEADER_SIZE or (p & 7) or p + FRAME_HEADER_SIZE > self.cap or
+                rd_i64(self.data + p + 8) != self.base + <int64_t>(j * IDX_STRIDE)):
+            return 0
+        return p
 
     cdef Py_ssize_t find(self, int64_t offset, int64_t* at_offset) except -2:
-        """Byte position of the frame holding `offset` (which must be in this segment), found
-        through the index and a short walk. Sets at_offset to the offset the walk reached, which
-        is `offset` unless the segment's data ends first (then the position holds no frame)."""
-        cdef size_t lo = 0, hi, mid, pos = SEGMENT_HEADER_SIZE
-        cdef int64_t cur = self.base, rel = offset - self.base
-        cdef uint32_t length, ipos
+        """Byte position of the frame holding `offset` (which must be in this segment): the
+        index entry at or below it (O(1)), then a walk of < 16 frames. Sets at_offset to the
+        offset the walk reached, which is `offset` unless the segment's data ends first."""
+        cdef size_t pos = SEGMENT_HEADER_SIZE, p = 0
+        cdef int64_t cur = self.base
+        cdef int64_t j
+        cdef int tries = 0
+        cdef uint32_t length
         self.ensure()
-        if self.idx != NULL and rel < 0xFFFFFFFF:
-            hi = self.index_count()
-            while lo < hi:
-                mid = (lo + hi) // 2
-                if <int64_t>rd_u32(self.idx + mid * 8) <= rel:
-                    lo = mid + 1
-                else:
-                    hi = mid
-            if lo > 0:
-                ipos = rd_u32(self.idx + (lo - 1) * 8 + 4)
-                # a hint only: use it when a frame with the expected offset is there
-                if (ipos >= SEGMENT_HEADER_SIZE and (ipos & 7) == 0 and
-                        ipos + FRAME_HEADER_SIZE <= self.cap and
-                        rd_i64(self.data + ipos + 8) == self.base + rd_u32(self.idx + (lo - 1) * 8)):
-                    pos = ipos
-                    cur = self.base + rd_u32(self.idx + (lo - 1) * 8)
+        j = (offset - self.base) // IDX_STRIDE
+        while j > 0 and tries < 64:          # a damaged entry: try the ones below it
+            p = self.idx_get(j)
+            if p:
+                pos = p
+                cur = self.base + j * IDX_STRIDE
+                break
+            j -= 1
+            tries += 1
         while cur < offset:
             if pos + FRAME_HEADER_SIZE > self.cap:
                 break

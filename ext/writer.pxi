@@ -55,8 +55,6 @@ cdef class LogCore:
     cdef int64_t _start
     cdef char* _idx
     cdef char* _tix
-    cdef size_t _next_slot
-    cdef size_t _next_slot_pos
     cdef int64_t _max_ts
     cdef list _unsynced
     cdef bint _dir_dirty
@@ -354,41 +352,42 @@ cdef class LogCore:
         os.fsync(self._dir_fd)
 
     cdef _resume_index(self, Segment s, size_t end_pos, int64_t end, bint rebuild):
-        """Set the writer's index cursor for segment s whose data ends at end_pos; rebuild the
-        index from the frames when it is fresh, damaged or does not match the data."""
-        cdef size_t cnt, pos, last_pos
+        """Make segment s (data ending at end_pos, offset end) the writer's index target:
+        check that its index describes exactly the data, else rebuild it from the frames."""
+        cdef size_t pos
         cdef uint32_t length
-        cdef int64_t off
-        self._next_slot = 0
-        self._next_slot_pos = 0
+        cdef int64_t off, last, at
         self._max_ts = -(1 << 62)
         if s.idx == NULL:
             return
+        last = end - 1 - s.base                      # relative offset of the last record
         if not rebuild:
-            cnt = s.index_count()
-            if end == s.base:
-                rebuild = cnt != 0
+            if last < 0:
+                rebuild = tl_load_u32_acquire(s.idx) != 0
             else:
-                # the slot of the last frame must be the last written entry
-                off = 0
-                last_pos = s.find(end - 1, &off)
-                rebuild = cnt != last_pos // INDEX_SLOT_BYTES + 1 or off != end - 1
-                if not rebuild:
-                    self._max_ts = rd_i64(s.tix + (cnt - 1) * 8)
-                    pos = rd_u32(s.idx + (cnt - 1) * 8 + 4)
-                    while pos < end_pos:
-                        length = rd_u32(s.data + pos)
-                        if length == 0:
-                            break
-                        self._max_ts = max(self._max_ts, rd_i64(s.data + pos + 16))
-                        pos += align8(length)
-                    self._next_slot = cnt
-                    self._next_slot_pos = cnt * INDEX_SLOT_BYTES
-                    return
-        memset(s.idx, 0, s.nslots * 8)
-        memset(s.tix, 0, s.nslots * 8)
+                rebuild = (s.idx_get(<size_t>(last // IDX_STRIDE)) == 0 or
+                           (<size_t>(last // IDX_STRIDE) + 1 < s.idx_slots and
+                            tl_load_u32_acquire(s.idx + (last // IDX_STRIDE + 1) * 4) != 0))
+            if not rebuild and last >= 0:
+                # running max timestamp: the last .tix entry, then the records after it
+                off = s.base + (last // TIX_STRIDE) * TIX_STRIDE
+                self._max_ts = rd_i64(s.tix + (last // TIX_STRIDE) * 8)
+                pos = s.find(off, &at)
+                while pos < end_pos and at < end:
+                    length = rd_u32(s.data + pos)
+                    if length == 0:
+                        break
+                    self._max_ts = max(self._max_ts, rd_i64(s.data + pos + 16))
+                    pos += align8(length)
+                    at += 1
+                return
+        memset(s.idx, 0, s.idx_slots * 4)
+        memset(s.tix, 0, s.tix_slots * 8)
         pos = SEGMENT_HEADER_SIZE
         off = s.base
+        self._idx = s.idx
+        self._tix = s.tix
+        self._base = s.base
         while pos < end_pos:
             length = rd_u32(s.data + pos)
             if length == 0:
@@ -511,19 +510,13 @@ cdef class LogCore:
     # ---------------------------------------------------------------- appending
 
     cdef inline void _index_note(self, size_t pos, int64_t off, int64_t ts) noexcept nogil:
-        cdef size_t j, last
+        cdef uint64_t rel = <uint64_t>(off - self._base)
         if ts > self._max_ts:
             self._max_ts = ts
-        if pos >= self._next_slot_pos and self._idx != NULL:
-            j = self._next_slot
-            last = pos // INDEX_SLOT_BYTES
-            while j <= last:
-                wr_i64(self._tix + j * 8, self._max_ts)
-                wr_u32(self._idx + j * 8, <uint32_t>(off - self._base))
-                tl_store_u32_release(self._idx + j * 8 + 4, <uint32_t>pos)
-                j += 1
-            self._next_slot = j
-            self._next_slot_pos = j * INDEX_SLOT_BYTES
+        if (rel & (IDX_STRIDE - 1)) == 0 and self._idx != NULL:
+            tl_store_u32_release(self._idx + (rel // IDX_STRIDE) * 4, <uint32_t>pos)
+            if (rel & (TIX_STRIDE - 1)) == 0:
+                wr_i64(self._tix + (rel // TIX_STRIDE) * 8, self._max_ts)
 
     cdef int _locked_roll(self, size_t need) except -1:
         """_roll for a single append: rolling calls the OS, which lets other threads run, so
@@ -551,8 +544,6 @@ cdef class LogCore:
         self._segments.append(seg)
         self._push_base(seg.base)
         self._set_active(seg, SEGMENT_HEADER_SIZE)
-        self._next_slot = 0
-        self._next_slot_pos = 0
         self._max_ts = -(1 << 62)
         ctl_set(self._ctl, CTL_ACTIVE_BASE, seg.base)
         return 0
@@ -630,7 +621,7 @@ cdef class LogCore:
         cdef Py_buffer* bufs = NULL
         cdef Py_buffer abuf
         cdef bint arel = False
-        cdef Py_ssize_t n = 0, i, nbufs = 0, row = 0
+        cdef Py_ssize_t n = 0, i, nbufs = 0, bufcap = 0, row = 0
         cdef int64_t first, now
         cdef const int64_t[::1] tsv
         cdef char* base
@@ -660,8 +651,7 @@ cdef class LogCore:
             n = len(seq)
         try:
             items = <Item*>malloc(max(n, 1) * sizeof(Item))
-            bufs = <Py_buffer*>malloc(max(n, 1) * 2 * sizeof(Py_buffer))
-            if items == NULL or bufs == NULL:
+            if items == NULL:
                 raise MemoryError()
             if arel:
                 base = <char*>abuf.buf
@@ -676,6 +666,8 @@ cdef class LogCore:
                         items[i].v = PyBytes_AS_STRING(item)
                         items[i].vlen = PyBytes_GET_SIZE(item)
                     else:
+                        if nbufs == bufcap:
+                            bufs = grow_bufs(bufs, &bufcap)
                         copy = get_buffer(item, &bufs[nbufs], f"values[{i}]")
                         if copy is None:
                             items[i].v = <const char*>bufs[nbufs].buf
@@ -700,6 +692,8 @@ cdef class LogCore:
                         items[i].k = PyBytes_AS_STRING(item)
                         items[i].klen = <int32_t>min(PyBytes_GET_SIZE(item), 0x7FFFFFFF)
                     else:
+                        if nbufs == bufcap:
+                            bufs = grow_bufs(bufs, &bufcap)
                         copy = get_buffer(item, &bufs[nbufs], f"keys[{i}]")
                         if copy is None:
                             items[i].k = <const char*>bufs[nbufs].buf
@@ -967,6 +961,16 @@ cdef void* realloc_bases(int64_t* p, Py_ssize_t n) except NULL:
     cdef void* q = realloc(p, n * sizeof(int64_t))
     if q == NULL:
         raise MemoryError()
+    return q
+
+
+cdef Py_buffer* grow_bufs(Py_buffer* p, Py_ssize_t* cap) except NULL:
+    """Room for more held buffers (only non-bytes elements of a batch need one)."""
+    cdef Py_ssize_t n = max(16, cap[0] * 2)
+    cdef Py_buffer* q = <Py_buffer*>realloc(p, n * sizeof(Py_buffer))
+    if q == NULL:
+        raise MemoryError()
+    cap[0] = n
     return q
 
 

@@ -63,20 +63,23 @@ def test_control_file_layout(log_path):
 def test_index_files(log_path):
     with tidelog.open(log_path, segment_bytes=1 << 16, durability="none") as log:
         for i in range(300):
-            log.append(b"v" * 100, timestamp=1000 + (i % 7))   # 136-byte frames
+            log.append(b"v" * 100, timestamp=1000 + (i % 7) * (-1) ** i)   # 136-byte frames
     base = os.path.join(log_path, SEG[:-4])
     with open(base + ".idx", "rb") as f:
         idx = f.read()
     with open(base + ".tix", "rb") as f:
         tix = f.read()
     assert idx[:8] == b"TDLGIDX\0" and tix[:8] == b"TDLGTIX\0"
-    nslots = (1 << 16) // 4096 + 1
-    assert len(idx) == len(tix) == 64 + nslots * 8
-    entries = [struct.unpack_from("<II", idx, 64 + 8 * j) for j in range(nslots)]
-    written = [e for e in entries if e[1]]
-    end_pos = 64 + 300 * 136
-    assert len(written) == (end_pos - 136) // 4096 + 1     # slots up to the last frame
-    for j, (rel, pos) in enumerate(written):
-        assert pos >= j * 4096 and pos - 136 < j * 4096 or j == 0
-        assert pos == 64 + rel * 136
-        assert struct.unpack_from("<q", tix, 64 + 8 * j)[0] == 1000 + min(rel, 6)
+    assert struct.unpack_from("<IIq", idx, 8) == (1, 16, 0)          # version, stride, base
+    assert struct.unpack_from("<IIq", tix, 8) == (1, 64, 0)
+    assert struct.unpack_from("<I", idx, 60)[0] == oracle.crc32c(idx[:60])
+    max_records = ((1 << 16) - 64) // 32
+    assert len(idx) == 64 + 4 * (max_records // 16 + 1)
+    assert len(tix) == 64 + 8 * (max_records // 64 + 1)
+    for j in range(max_records // 16 + 1):
+        pos = struct.unpack_from("<I", idx, 64 + 4 * j)[0]
+        assert pos == (64 + 16 * j * 136 if 16 * j < 300 else 0)
+    ts = [1000 + (i % 7) * (-1) ** i for i in range(300)]
+    for j in range(max_records // 64 + 1):
+        got = struct.unpack_from("<q", tix, 64 + 8 * j)[0]
+        assert got == (max(ts[:64 * j + 1]) if 64 * j < 300 else 0)
