@@ -94,13 +94,13 @@ class System:
 class Tidelog(System):
     name = "tidelog"
     label = "tidelog"
+    options = {}             # extra keyword arguments for tidelog.open() (--tidelog-option)
     settings = ('durability="none" (page cache; survives a process crash, not a power loss); '
                 'sync row: durability="none" + log.sync() after each batch (fdatasync); '
                 'scan/read through a second handle opened readonly=True')
 
-    @staticmethod
-    def _open(d, **kw):
-        return tidelog.open(os.path.join(d, "log"), durability="none", **kw)
+    def _open(self, d):
+        return tidelog.open(os.path.join(d, "log"), **{"durability": "none", **self.options})
 
     def append(self, d, values, n):
         log = self._open(d)
@@ -708,10 +708,10 @@ def counts(size, quick):
         return max(BATCH, (n // BATCH) * BATCH)
 
     return {
-        "append": c(64 << 20, 200_000, 2_000),
-        "batch": c(128 << 20, 300_000, 2_000),
-        "sync": c(32 << 20, 100_000, 2_000),
-        "scan": c(256 << 20, 200_000, 4_000),
+        "append": c(96 << 20, 300_000, 2_000),
+        "batch": c(160 << 20, 400_000, 2_000),
+        "sync": c(40 << 20, 100_000, 2_000),
+        "scan": c(256 << 20, 300_000, 4_000),
         "read": c(256 << 20, 100_000, 4_000),
     }
 
@@ -931,6 +931,29 @@ def fs_type(path):
     return kind
 
 
+def source_state():
+    """Which tidelog is measured: the git commit of its checkout (and whether it has local
+    changes), and the build time of the compiled core."""
+    state = {"module": os.path.dirname(os.path.abspath(tidelog.__file__))}
+    try:
+        from tidelog import _core
+        state["core_built"] = datetime.datetime.fromtimestamp(
+            os.path.getmtime(_core.__file__), datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except Exception:
+        pass
+    try:
+        import subprocess
+        top = subprocess.run(["git", "-C", state["module"], "rev-parse", "--show-toplevel"],
+                             capture_output=True, text=True, timeout=10)
+        if top.returncode == 0:
+            desc = subprocess.run(["git", "-C", top.stdout.strip(), "describe", "--always",
+                                   "--dirty"], capture_output=True, text=True, timeout=10)
+            state["git"] = desc.stdout.strip()
+    except Exception:
+        pass
+    return state
+
+
 def machine():
     cpu = platform.processor() or platform.machine()
     try:
@@ -952,6 +975,7 @@ def machine():
         "lmdb": f"py-lmdb {lmdb.__version__} (LMDB {'.'.join(map(str, lmdb.version()))})",
         "sqlite": sqlite3.sqlite_version,
         "mmapq": getattr(mmapq, "__version__", "installed") if mmapq else "not installed",
+        "tidelog_source": source_state(),
     }
 
 
@@ -968,6 +992,9 @@ def main(argv=None):
     ap.add_argument("--no-mmapq", action="store_true", help="leave mmapq out even if installed")
     ap.add_argument("--dir", default=None,
                     help="where to make the temporary directory (default: the system's)")
+    ap.add_argument("--tidelog-option", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra keyword for tidelog.open() of the writers, e.g. "
+                         "pretouch=False (VALUE is a Python literal); repeatable")
     ap.add_argument("--json", metavar="PATH", help="save every sample and the summary as JSON")
     args = ap.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
@@ -977,6 +1004,15 @@ def main(argv=None):
     if repeat < 1:
         ap.error("--repeat: at least 1")
 
+    import ast
+    for opt in args.tidelog_option:
+        key, sep, value = opt.partition("=")
+        if not sep or not key.isidentifier():
+            ap.error(f"--tidelog-option: expected KEY=VALUE, not {opt!r}")
+        try:
+            Tidelog.options[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            Tidelog.options[key] = value
     systems = [Tidelog(), RawFile(), Sqlite(), Lmdb()]
     if mmapq is not None and not args.no_mmapq:
         systems.append(Mmapq())
@@ -993,6 +1029,9 @@ def main(argv=None):
         f"machine: {m['cpu']}, {m['cpus']} CPUs; {m['platform']}",
         f"python {m['python']} ({m['implementation']}); tidelog {m['tidelog']}; numpy {m['numpy']}; "
         f"{m['lmdb']}; sqlite {m['sqlite']}; mmapq {m['mmapq']}",
+        f"tidelog from {m['tidelog_source'].get('module')} (git {m['tidelog_source'].get('git', '?')}, "
+        f"core built {m['tidelog_source'].get('core_built', '?')})"
+        + (f"; tidelog.open options {Tidelog.options}" if Tidelog.options else ""),
         f"data in {root} ({fs_type(root)})",
         f"repeats: {repeat} (interleaved); gc disabled inside each cell; records per second",
     ]
@@ -1005,7 +1044,7 @@ def main(argv=None):
         print(f"  {s.label}: {s.settings}")
     print(flush=True)
 
-    results, errors, tables = {}, [], {}
+    results, errors, tables, read_counts = {}, [], {}, {}
     rng = random.Random(20261126)
     t_all = clock()
     try:
@@ -1014,6 +1053,7 @@ def main(argv=None):
             log(f"value size {size} B: records per cell {n}")
             n_read = measure_size(systems, size, n, repeat, root, rng, results, errors, log,
                                   0.1 if args.quick else 0.3)
+            read_counts[str(size)] = n_read
             fewer = ", ".join(f"{k} {v}" for k, v in n_read.items() if v < n["read"])
             title = (f"== values of {size} B ==  records per cell: append {n['append']}, "
                      f"batch {n['batch']}, sync {n['sync']} ({n['sync'] // BATCH} syncs), "
@@ -1045,6 +1085,7 @@ def main(argv=None):
                "repeat": repeat, "batch": BATCH, "elapsed_s": elapsed,
                "settings": {s.name: s.settings for s in systems},
                "counts": {str(s): counts(s, args.quick) for s in sizes},
+               "read_counts": read_counts, "numpy_records": np_count(args.quick),
                "results": {size: {wl: {nm: (summary(v) if v is not None else None)
                                        for nm, v in per.items()}
                                   for wl, per in res.items()}

@@ -10,6 +10,8 @@ cdef enum:
     TIX_STRIDE = 64               # one .tix entry (i64 running max timestamp) per 64 records
     CONTROL_SIZE = 4096           # the control page
     NOGIL_COPY_BYTES = 1 << 20    # batches larger than this copy with the GIL released
+    PRETOUCH_AHEAD = 8 << 20      # the pretoucher keeps this much of the segment faulted in
+    PRETOUCH_CHUNK = 1 << 20      # ... one madvise call (GIL released) at a time
 
 # control page field positions (FORMAT.md §1)
 cdef enum:

@@ -121,6 +121,7 @@ cdef class Segment:
     cdef int64_t next_base      # base of the following segment, -1 while this one is last
     cdef bint writable
     cdef public bint index_fresh   # the writer made the index files anew: they must be refilled
+    cdef size_t touched            # the pretoucher faulted pages in up to here
 
     def __cinit__(self):
         self.fd = -1
@@ -144,8 +145,9 @@ cdef class Segment:
         try:
             fd = os.open(self.path, (os.O_RDWR if self.writable else os.O_RDONLY) | os.O_CLOEXEC)
         except FileNotFoundError:
-            raise OffsetOutOfRangeError(
-                f"segment {self.path} is gone (retention removed it)") from None
+            raise CorruptLogError(f"{self.path}: segment file missing; run `tidelog verify "
+                                  f"{os.path.dirname(self.path)}`", path=self.path, position=None,
+                                  offset=self.base) from None
         self.attach(fd)
         return 0
 

@@ -61,8 +61,12 @@ cdef class LogCore:
     cdef bint _busy
     cdef object _wlock
     cdef object _sync_lock
+    cdef size_t _pf_trigger     # when the write position passes this, wake the pretoucher
+    cdef object _pf_event       # threading.Event of the pretoucher, None when there is none
+    cdef int _pf_how
 
     def __cinit__(self):
+        self._pf_trigger = <size_t>-1
         self._lock_fd = -1
         self._dir_fd = -1
         self._closed = True
@@ -248,6 +252,12 @@ cdef class LogCore:
             self._resume_index(seg, SEGMENT_HEADER_SIZE, c_start, True)
         else:
             self._start = (<Segment>self._segments[0]).base
+            if c_start < self._start and c_end > c_start:
+                raise CorruptLogError(
+                    f"{self.path}: the log starts at offset {c_start} but its first segment "
+                    f"starts at {self._start}: segments are missing", path=self.path,
+                    position=None, offset=c_start)
+            self._check_chain()
             act = self._segments[len(self._segments) - 1]
             act.writable = True
             act.ensure()
@@ -272,6 +282,34 @@ cdef class LogCore:
         if msync(ctl, CONTROL_SIZE, MS_SYNC) != 0:
             raise_oserror(errno, os.path.join(self.path, CONTROL_NAME))
 
+    cdef _check_chain(self):
+        """Every sealed segment must end with the record just before the next segment's base:
+        a gap (a missing or cut segment) is corruption. O(1) per segment through the index."""
+        cdef Segment s
+        cdef int64_t at, last
+        cdef Py_ssize_t p
+        cdef uint32_t length
+        cdef int rc
+        for i in range(len(self._segments) - 1):
+            s = self._segments[i]
+            last = s.next_base - 1
+            if last < s.base:
+                raise CorruptLogError(f"{s.path}: segment holds no record before the next "
+                                      f"segment {s.next_base}", path=s.path, position=None,
+                                      offset=s.base)
+            p = s.find(last, &at)
+            rc = frame_check(s.data, s.cap, p, last, &length) if at == last else FRAME_END
+            if rc == FRAME_OK:
+                at = last + 1
+                p += align8(length)
+                if frame_check(s.data, s.cap, p, -1, &length) != FRAME_END:
+                    rc = FRAME_BAD_OFFSET            # more records than the next base allows
+            if rc != FRAME_OK:
+                raise CorruptLogError(
+                    f"{s.path}: segment does not end at offset {last} where segment "
+                    f"{s.next_base} begins (gap or damage at byte {p}); run `tidelog verify "
+                    f"{self.path}`", path=s.path, position=p, offset=at)
+
     cdef object _clean_tail(self, Segment s, int64_t end, int64_t pos):
         """After a clean close: check in O(1) that `end` and `pos` describe the segment's end.
         Returns pos, or None when they do not (then the segment is scanned)."""
@@ -294,37 +332,38 @@ cdef class LogCore:
     cdef _recover_active(self, Segment s, int64_t durable):
         """Scan the active segment from its start: keep the longest valid prefix (FORMAT.md rules
         1-5), zero what follows, rebuild its index."""
-        cdef size_t pos = SEGMENT_HEADER_SIZE, bpos
-        cdef int64_t off = s.base, boff
+        cdef size_t pos = SEGMENT_HEADER_SIZE, bpos, bad_pos
+        cdef int64_t off = s.base, boff, bad_off
         cdef uint32_t length, n, k
-        cdef int rc
-        cdef bint ok
+        cdef int rc, bad_rc
         while True:
             rc = frame_check(s.data, s.cap, pos, off, &length)
+            bad_pos, bad_off, bad_rc = pos, off, rc
             if rc != FRAME_OK:
                 break
             n = rd_u32(s.data + pos + 28)
             if n == 0:
+                bad_rc = FRAME_BAD_LENGTH
                 break                                   # a batch follower without its first frame
             # a batch is kept only whole
             bpos = pos + align8(length)
             boff = off + 1
-            ok = True
             k = 1
             while k < n:
                 rc = frame_check(s.data, s.cap, bpos, boff, &length)
                 if rc != FRAME_OK or rd_u32(s.data + bpos + 28) != 0:
-                    ok = False
+                    bad_pos, bad_off = bpos, boff
+                    bad_rc = rc if rc != FRAME_OK else FRAME_BAD_LENGTH
                     break
                 bpos += align8(length)
                 boff += 1
                 k += 1
-            if not ok:
+            if k < n:
                 break
             pos = bpos
             off = boff
-        if off < durable and durable > s.base:
-            raise corrupt(s.path, pos, off, rc if rc != FRAME_OK else FRAME_BAD_LENGTH)
+        if off < durable:
+            raise corrupt(s.path, bad_pos, bad_off, bad_rc)
         # zero the torn tail (only the chunks that hold something)
         cdef size_t chunk = 65536, a = pos, b
         cdef bint dirty = False
@@ -398,6 +437,8 @@ cdef class LogCore:
         s.index_fresh = False
 
     cdef _set_active(self, Segment s, size_t pos):
+        if self._pf_event is not None:
+            self._pf_trigger = 0             # a new segment: pretouch its start at once
         self._active = s
         self._w = s.data
         self._wcap = s.cap
@@ -562,6 +603,8 @@ cdef class LogCore:
         self._wpos += need
         self._next = off + 1
         ctl_set(self._ctl, CTL_END, off + 1)
+        if self._wpos >= self._pf_trigger:
+            self._pf_kick()
         return off
 
     def append(self, value, *, key=None, timestamp=None):
@@ -747,6 +790,8 @@ cdef class LogCore:
         finally:
             self._busy = False
             self._wlock.release()
+        if self._wpos >= self._pf_trigger:
+            self._pf_kick()
         return first
 
     cdef int _write_locked(self, Item* items, Py_ssize_t n, bint atomic) except -1:
@@ -801,6 +846,56 @@ cdef class LogCore:
         self._wpos = pos
         self._next = off + n
         ctl_set(self._ctl, CTL_END, off + n)
+
+    # ---------------------------------------------------------------- pretoucher
+
+    cdef int _pf_kick(self) except -1:
+        self._pf_trigger = <size_t>-1
+        if self._pf_event is not None:
+            self._pf_event.set()
+        return 0
+
+    def _pretouch_start(self, event):
+        """Enable the pretoucher: the caller runs _pretouch_loop() in a thread with `event`."""
+        self._pf_event = event
+        self._pf_trigger = 0
+
+    def _pretouch_loop(self):
+        """Fault in the active segment up to PRETOUCH_AHEAD bytes past the write position, with
+        the GIL released, so the writer's stores into the mapping do not take page faults."""
+        cdef Segment seg
+        cdef size_t start, target, chunk
+        cdef int rc = 0
+        event = self._pf_event
+        while True:
+            event.wait()
+            event.clear()
+            if self._closed or self._pf_event is None:
+                return
+            seg = self._active
+            if seg is None or seg.data == NULL:
+                continue
+            target = min(seg.cap, (self._wpos + PRETOUCH_AHEAD) & ~(<size_t>4095))
+            start = max(seg.touched, self._wpos & ~(<size_t>4095))
+            while start < target and self._active is seg and not self._closed:
+                chunk = min(<size_t>PRETOUCH_CHUNK, target - start)
+                with nogil:     # seg (so its mapping) stays referenced by this frame meanwhile
+                    rc = tl_prefault(seg.data + start, chunk, &self._pf_how)
+                if rc != 0:
+                    return      # an optimisation only: stop quietly, the writer faults as before
+                start += chunk
+                seg.touched = start
+            if self._active is seg and not self._closed:
+                self._pf_trigger = 0 if seg.touched >= seg.cap else seg.touched - PRETOUCH_AHEAD // 2
+                if seg.touched >= seg.cap:
+                    self._pf_trigger = <size_t>-1
+
+    def _pretouch_stop(self):
+        event = self._pf_event
+        self._pf_event = None
+        self._pf_trigger = <size_t>-1
+        if event is not None:
+            event.set()
 
     # ---------------------------------------------------------------- durability
 
@@ -917,7 +1012,12 @@ cdef class LogCore:
                 self._load_segments(False)
                 if self._nbases and self._bases[0] <= offset:
                     return self._seg_for(offset)
-            raise OffsetOutOfRangeError(f"offset {offset} is below the first segment of {self.path}")
+            if offset < self._start_now():
+                raise OffsetOutOfRangeError(f"offset {offset} is below start_offset "
+                                            f"{self._start_now()} of {self.path}")
+            raise CorruptLogError(f"{self.path}: the segment holding offset {offset} is missing; "
+                                  f"run `tidelog verify {self.path}`", path=self.path,
+                                  position=None, offset=offset)
         return self._segments[lo - 1]
 
     def _refresh(self):
@@ -951,7 +1051,7 @@ cdef class LogCore:
         return make_record(seg, pos, length)
 
     def _segment_info(self):
-        """[(base, path, capacity)] of the segments, for tools."""
+        """[(base, path)] of the segments, for tools."""
         if self._readonly:
             self._load_segments(False)
         return [((<Segment>s).base, (<Segment>s).path) for s in self._segments]

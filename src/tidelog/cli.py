@@ -207,7 +207,7 @@ def tail(path, n, follow, timeout, fmt):
 
 @cli.command()
 @click.argument("path")
-@click.argument("files", nargs=-1, type=click.Path(dir_okay=False, allow_dash=False))
+@click.argument("files", nargs=-1)
 @click.option("--key", default=None, help="Key (utf-8) for every appended record.")
 def append(path, files, key):
     """Append one record per stdin line (newline stripped), or one per FILE's whole content."""
@@ -218,9 +218,8 @@ def append(path, files, key):
                 values.append(f.read())
         chunks = [values]
     else:
-        stdin = click.get_binary_stream("stdin")
-        chunks = _line_chunks(stdin)
-    key = None if key is None else key.encode()
+        chunks = _line_chunks(sys.stdin.buffer)
+    key = None if key is None else os.fsencode(key)
     first, n = None, 0
     with tidelog.open(path, create=True) as log:
         for chunk in chunks:
@@ -272,6 +271,9 @@ def verify(ctx, path):
             reason = str(exc).split("; run `tidelog verify")[0]
             click.echo(f"DAMAGED file={exc.path} position={exc.position} offset={exc.offset}: "
                        f"{reason}")
+            ctx.exit(1)
+        except tidelog.OffsetOutOfRangeError as exc:     # a segment file is missing
+            click.echo(f"DAMAGED file={log.path} position=None offset={cur.position}: {exc}")
             ctx.exit(1)
     if n != end - start:
         click.echo(f"DAMAGED: read {n} records, the log claims {end - start} "
