@@ -66,6 +66,8 @@ static uint32_t crc32c_hw(uint32_t crc, const void *buf, size_t len) {
     return ~(uint32_t)c;
 }
 static int cpu_has_hw(void) { __builtin_cpu_init(); return __builtin_cpu_supports("sse4.2"); }
+__attribute__((target("sse4.2")))
+static uint32_t crc32c_hw_u32(uint32_t v) { return ~_mm_crc32_u32(0xFFFFFFFFu, v); }
 
 #elif defined(__aarch64__) && (defined(__GNUC__) || defined(__clang__))
 #define TL_HAVE_HW 1
@@ -80,6 +82,8 @@ static int cpu_has_hw(void) { return 1; } /* every Apple arm64 CPU has the CRC e
 #else
 static int cpu_has_hw(void) { return 0; }
 #endif
+__attribute__((target("+crc")))
+static uint32_t crc32c_hw_u32(uint32_t v) { return ~__builtin_aarch64_crc32cw(0xFFFFFFFFu, v); }
 __attribute__((target("+crc")))
 static uint32_t crc32c_hw(uint32_t crc, const void *buf, size_t len) {
     const unsigned char *p = (const unsigned char *)buf;
@@ -107,6 +111,21 @@ int tl_crc32c_hw(void) {
     int m = __atomic_load_n(&mode, __ATOMIC_RELAXED);
     if (!m) m = decide();
     return m == 1;
+}
+
+uint32_t tl_crc32c_u32(uint32_t v) {
+    int m = __atomic_load_n(&mode, __ATOMIC_RELAXED);
+    if (!m) m = decide();
+#ifdef TL_HAVE_HW
+#if !(defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__)
+    if (m == 1) return crc32c_hw_u32(v);
+#endif
+#endif
+    {
+        unsigned char b[4] = {(unsigned char)v, (unsigned char)(v >> 8), (unsigned char)(v >> 16),
+                              (unsigned char)(v >> 24)};
+        return tl_crc32c_sw(0, b, 4);
+    }
 }
 
 uint32_t tl_crc32c(uint32_t crc, const void *buf, size_t len) {

@@ -8,6 +8,8 @@
 uint32_t tl_crc32c(uint32_t crc, const void *buf, size_t len);
 /* The portable table version, always available (tests compare it with the hardware one). */
 uint32_t tl_crc32c_sw(uint32_t crc, const void *buf, size_t len);
+/* CRC32C of the 4 little-endian bytes of v (a frame's length word), from a fresh start. */
+uint32_t tl_crc32c_u32(uint32_t v);
 /* 1 when tl_crc32c uses a CPU instruction. */
 int tl_crc32c_hw(void);
 

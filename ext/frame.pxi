@@ -71,28 +71,25 @@ cdef inline void wr_i64(char* p, int64_t v) noexcept nogil:
 
 cdef inline uint32_t frame_crc(const char* f, uint32_t length) noexcept nogil:
     """CRC32C over the length word, then bytes 8..length-1 of the frame."""
-    cdef uint32_t c = tl_crc32c(0, &length, 4)
-    return tl_crc32c(c, f + 8, length - 8)
+    return tl_crc32c(tl_crc32c_u32(length), f + 8, length - 8)
 
 cdef inline void frame_write(char* f, int64_t offset, int64_t ts, const char* key, int32_t klen,
                              const char* val, size_t vlen, uint32_t batch, bint publish) noexcept nogil:
     """Write one frame at f. With publish, store its length last (release); else leave it 0."""
     cdef size_t ka = key_area(klen)
     cdef uint32_t length = <uint32_t>(FRAME_HEADER_SIZE + ka + vlen)
-    cdef size_t tail
+    cdef uint64_t zero = 0
     wr_i64(f + 8, offset)
     wr_i64(f + 16, ts)
     wr_i32(f + 24, klen)
     wr_u32(f + 28, batch)
+    # padding is zero: clear the last word of the key area and of the frame, then copy over them
     if klen > 0:
+        memcpy(f + FRAME_HEADER_SIZE + ka - 8, &zero, 8)
         memcpy(f + FRAME_HEADER_SIZE, key, <size_t>klen)
-        if ka > <size_t>klen:
-            memset(f + FRAME_HEADER_SIZE + klen, 0, ka - <size_t>klen)
     if vlen:
+        memcpy(f + align8(length) - 8, &zero, 8)
         memcpy(f + FRAME_HEADER_SIZE + ka, val, vlen)
-    tail = align8(length) - length
-    if tail:
-        memset(f + length, 0, tail)
     wr_u32(f + 4, frame_crc(f, length))
     if publish:
         tl_store_u32_release(f, length)

@@ -646,7 +646,7 @@ cdef class LogCore:
                 if klen >= 0x7FFFFFFF:
                     raise ValueError("key: longer than 2 GiB")
             ts = tl_now_ns() if timestamp is None else to_timestamp(timestamp, "timestamp")
-            if <size_t>vlen > 0xFFFFFFFF - 4096 - <size_t>max(klen, 0):
+            if <size_t>vlen > <size_t>(0xFFFFFFFF - 4096) - <size_t>(klen if klen > 0 else 0):
                 raise ValueError(f"value: {vlen} bytes is larger than a record can be")
             off = self._append1(vp, <size_t>vlen, kp, <int32_t>klen, ts)
         finally:
