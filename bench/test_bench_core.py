@@ -24,6 +24,8 @@ import sys
 import numpy as np
 import pytest
 
+pytest.importorskip("pytest_benchmark")   # the `benchmark` fixture (pip install pytest-benchmark)
+
 try:
     import tidelog
 except ImportError:          # a checkout without installing: use ../src

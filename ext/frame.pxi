@@ -10,8 +10,6 @@ cdef enum:
     TIX_STRIDE = 64               # one .tix entry (i64 running max timestamp) per 64 records
     CONTROL_SIZE = 4096           # the control page
     NOGIL_COPY_BYTES = 1 << 20    # batches larger than this copy with the GIL released
-    PRETOUCH_AHEAD = 8 << 20      # the pretoucher keeps this much of the segment faulted in
-    PRETOUCH_CHUNK = 1 << 20      # ... one madvise call (GIL released) at a time
 
 # control page field positions (FORMAT.md §1)
 cdef enum:
@@ -100,7 +98,7 @@ cdef inline int frame_check(const char* data, size_t cap, size_t pos, int64_t ex
     cdef uint32_t length
     cdef int32_t klen
     if pos + FRAME_HEADER_SIZE > cap:
-        return FRAME_END if pos >= cap else FRAME_BAD_LENGTH
+        return FRAME_END            # no frame fits here: the writer rolled before this point
     length = tl_load_u32_acquire(data + pos)
     if length == 0:
         return FRAME_END

@@ -121,7 +121,6 @@ cdef class Segment:
     cdef int64_t next_base      # base of the following segment, -1 while this one is last
     cdef bint writable
     cdef public bint index_fresh   # the writer made the index files anew: they must be refilled
-    cdef size_t touched            # the pretoucher faulted pages in up to here
 
     def __cinit__(self):
         self.fd = -1

@@ -7,7 +7,6 @@
 #include <fcntl.h>
 #include <unistd.h>
 #include <time.h>
-#include <sys/mman.h>
 
 static inline void tl_store_u32_release(void *p, uint32_t v) { __atomic_store_n((uint32_t *)p, v, __ATOMIC_RELEASE); }
 static inline uint32_t tl_load_u32_acquire(const void *p) { return __atomic_load_n((const uint32_t *)p, __ATOMIC_ACQUIRE); }
@@ -47,28 +46,4 @@ static inline int tl_preallocate(int fd, int64_t size) {
 #endif
 }
 
-/* Fault in [addr, addr+length) (page-aligned) ahead of the writer, so its stores do not trap.
- * *how: 0 = not known yet; 1 = MADV_POPULATE_WRITE works (Linux >= 5.14);
- * 2 = read each page instead (maps it; the first store still takes a cheaper fault). */
-#if defined(__linux__) && !defined(MADV_POPULATE_WRITE)
-#define MADV_POPULATE_WRITE 23
-#endif
-static inline int tl_prefault(void *addr, size_t length, int *how) {
-#if defined(__linux__)
-    if (*how <= 1) {
-        if (madvise(addr, length, MADV_POPULATE_WRITE) == 0) { *how = 1; return 0; }
-        if (errno != EINVAL) return -1;
-        *how = 2;
-    }
-#else
-    *how = 2;
-#endif
-    {
-        volatile const char *p = (volatile const char *)addr;
-        char sink = 0;
-        for (size_t i = 0; i < length; i += 4096) sink ^= p[i];
-        (void)sink;
-    }
-    return 0;
-}
 #endif

@@ -61,12 +61,8 @@ cdef class LogCore:
     cdef bint _busy
     cdef object _wlock
     cdef object _sync_lock
-    cdef size_t _pf_trigger     # when the write position passes this, wake the pretoucher
-    cdef object _pf_event       # threading.Event of the pretoucher, None when there is none
-    cdef int _pf_how
 
     def __cinit__(self):
-        self._pf_trigger = <size_t>-1
         self._lock_fd = -1
         self._dir_fd = -1
         self._closed = True
@@ -437,8 +433,6 @@ cdef class LogCore:
         s.index_fresh = False
 
     cdef _set_active(self, Segment s, size_t pos):
-        if self._pf_event is not None:
-            self._pf_trigger = 0             # a new segment: pretouch its start at once
         self._active = s
         self._w = s.data
         self._wcap = s.cap
@@ -603,8 +597,6 @@ cdef class LogCore:
         self._wpos += need
         self._next = off + 1
         ctl_set(self._ctl, CTL_END, off + 1)
-        if self._wpos >= self._pf_trigger:
-            self._pf_kick()
         return off
 
     def append(self, value, *, key=None, timestamp=None):
@@ -790,8 +782,6 @@ cdef class LogCore:
         finally:
             self._busy = False
             self._wlock.release()
-        if self._wpos >= self._pf_trigger:
-            self._pf_kick()
         return first
 
     cdef int _write_locked(self, Item* items, Py_ssize_t n, bint atomic) except -1:
@@ -846,56 +836,6 @@ cdef class LogCore:
         self._wpos = pos
         self._next = off + n
         ctl_set(self._ctl, CTL_END, off + n)
-
-    # ---------------------------------------------------------------- pretoucher
-
-    cdef int _pf_kick(self) except -1:
-        self._pf_trigger = <size_t>-1
-        if self._pf_event is not None:
-            self._pf_event.set()
-        return 0
-
-    def _pretouch_start(self, event):
-        """Enable the pretoucher: the caller runs _pretouch_loop() in a thread with `event`."""
-        self._pf_event = event
-        self._pf_trigger = 0
-
-    def _pretouch_loop(self):
-        """Fault in the active segment up to PRETOUCH_AHEAD bytes past the write position, with
-        the GIL released, so the writer's stores into the mapping do not take page faults."""
-        cdef Segment seg
-        cdef size_t start, target, chunk
-        cdef int rc = 0
-        event = self._pf_event
-        while True:
-            event.wait()
-            event.clear()
-            if self._closed or self._pf_event is None:
-                return
-            seg = self._active
-            if seg is None or seg.data == NULL:
-                continue
-            target = min(seg.cap, (self._wpos + PRETOUCH_AHEAD) & ~(<size_t>4095))
-            start = max(seg.touched, self._wpos & ~(<size_t>4095))
-            while start < target and self._active is seg and not self._closed:
-                chunk = min(<size_t>PRETOUCH_CHUNK, target - start)
-                with nogil:     # seg (so its mapping) stays referenced by this frame meanwhile
-                    rc = tl_prefault(seg.data + start, chunk, &self._pf_how)
-                if rc != 0:
-                    return      # an optimisation only: stop quietly, the writer faults as before
-                start += chunk
-                seg.touched = start
-            if self._active is seg and not self._closed:
-                self._pf_trigger = 0 if seg.touched >= seg.cap else seg.touched - PRETOUCH_AHEAD // 2
-                if seg.touched >= seg.cap:
-                    self._pf_trigger = <size_t>-1
-
-    def _pretouch_stop(self):
-        event = self._pf_event
-        self._pf_event = None
-        self._pf_trigger = <size_t>-1
-        if event is not None:
-            event.set()
 
     # ---------------------------------------------------------------- durability
 

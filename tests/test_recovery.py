@@ -159,3 +159,13 @@ def test_sealed_segment_with_damaged_last_record(log_path):
     with pytest.raises(tidelog.CorruptLogError) as ei:
         tidelog.open(log_path)
     assert (ei.value.offset, ei.value.position) == (last, pos)
+
+
+def test_segment_filled_to_less_than_a_header_from_its_end(log_path):
+    # 64-byte header + a 4008-byte frame leaves 24 bytes: no frame fits there, the writer rolls
+    with tidelog.open(log_path, segment_bytes=4096, durability="none") as log:
+        log.append(b"x" * 3976)
+        log.append(b"y" * 100)
+        assert [b for b, _ in log.segments()] == [0, 1]
+    with tidelog.open(log_path) as log:
+        assert [len(r.value) for r in log.cursor()] == [3976, 100]

@@ -205,14 +205,3 @@ def test_index_used_and_rebuilt(log_path):
     with tidelog.open(log_path, readonly=True) as log:
         assert bytes(log.read(20000).value) == b"more"
 
-
-def test_pretoucher_keeps_data_exact(log_path):
-    with tidelog.open(log_path, segment_bytes=1 << 21, durability="none", pretouch=True) as log:
-        for i in range(20000):
-            log.append(b"%07d" % i * 20)
-        log.append_batch([b"b" * 1000] * 3000, atomic=False)
-        assert len(log.segments()) >= 3
-    with tidelog.open(log_path, readonly=True) as log:
-        vals = [bytes(r.value) for r in log.cursor()]
-    assert vals[:20000] == [b"%07d" % i * 20 for i in range(20000)]
-    assert vals[20000:] == [b"b" * 1000] * 3000

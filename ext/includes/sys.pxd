@@ -23,9 +23,6 @@ cdef extern from "<sys/mman.h>" nogil:
     void *MAP_FAILED
     int PROT_READ, PROT_WRITE, MAP_SHARED, MS_SYNC, MS_ASYNC
 
-cdef extern from "tl_sys.h" nogil:
-    int tl_prefault(void *addr, size_t length, int* how)
-
 cdef extern from "<sys/file.h>" nogil:
     int flock(int fd, int operation)
     int LOCK_EX, LOCK_NB, LOCK_UN

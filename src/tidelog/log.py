@@ -42,8 +42,7 @@ class Log(_core.LogCore):
     """An append-only log in a directory. Use tidelog.open() to get one."""
 
     def __init__(self, path, *, readonly=False, create=True, segment_bytes=256 << 20,
-                 durability="batch", sync_interval=0.005, retain_bytes=None, retain_seconds=None,
-                 pretouch=False):
+                 durability="batch", sync_interval=0.005, retain_bytes=None, retain_seconds=None):
         path = _check_path(path)
         segment_bytes = _check_positive("segment_bytes", segment_bytes, integer=True)
         if not MIN_SEGMENT_BYTES <= segment_bytes <= MAX_SEGMENT_BYTES:
@@ -60,14 +59,8 @@ class Log(_core.LogCore):
             raise NotImplementedError("retain_bytes / retain_seconds: retention is not "
                                       "implemented yet in this version of tidelog")
         self._flusher = None
-        self._pretoucher = None
         self._stop_flusher = threading.Event()
         self._open(path, bool(readonly), bool(create), segment_bytes, durability)
-        if not readonly and pretouch:
-            self._pretouch_start(threading.Event())
-            self._pretoucher = threading.Thread(target=self._pretouch_loop,
-                                                name="tidelog-pretoucher", daemon=True)
-            self._pretoucher.start()
         if not readonly and durability == "batch":
             self._flusher = threading.Thread(target=self._flush_loop, name="tidelog-flusher",
                                              daemon=True)
@@ -90,11 +83,6 @@ class Log(_core.LogCore):
             if self._flusher is not threading.current_thread():
                 self._flusher.join()
             self._flusher = None
-        if self._pretoucher is not None:
-            self._pretouch_stop()
-            if self._pretoucher is not threading.current_thread():
-                self._pretoucher.join()
-            self._pretoucher = None
         self._close()
 
     def __enter__(self):
@@ -139,11 +127,8 @@ class Log(_core.LogCore):
 
 
 def open(path, *, readonly=False, create=True, segment_bytes=256 << 20, durability="batch",
-         sync_interval=0.005, retain_bytes=None, retain_seconds=None, pretouch=False):
-    """Open (or create) the log in directory `path`. See API.md for every argument.
-    pretouch: a background thread faults in the active segment ahead of the writer
-    (MADV_POPULATE_WRITE). Off by default: on the machine measured it gained nothing
-    (bench/README.md)."""
+         sync_interval=0.005, retain_bytes=None, retain_seconds=None):
+    """Open (or create) the log in directory `path`. See API.md for every argument."""
     return Log(path, readonly=readonly, create=create, segment_bytes=segment_bytes,
                durability=durability, sync_interval=sync_interval, retain_bytes=retain_bytes,
-               retain_seconds=retain_seconds, pretouch=pretouch)
+               retain_seconds=retain_seconds)
