@@ -14,6 +14,14 @@ from cpython.buffer cimport (PyObject_GetBuffer, PyBuffer_Release, PyBuffer_Fill
 from cpython.bytes cimport PyBytes_Check, PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.memoryview cimport PyMemoryView_FromObject
 from cpython.long cimport PyLong_Check
+from cpython.ref cimport PyObject
+
+cdef extern from "Python.h":
+    # the same macros on borrowed references, for loops over a list's items without refcounting
+    PyObject** PySequence_Fast_ITEMS(object seq)
+    bint PyBytes_CheckExact_p "PyBytes_CheckExact"(PyObject* o)
+    char* PyBytes_AS_STRING_p "PyBytes_AS_STRING"(PyObject* o)
+    Py_ssize_t PyBytes_GET_SIZE_p "PyBytes_GET_SIZE"(PyObject* o)
 
 from includes.sys cimport *
 

@@ -10,6 +10,8 @@ cdef enum:
     TIX_STRIDE = 64               # one .tix entry (i64 running max timestamp) per 64 records
     CONTROL_SIZE = 4096           # the control page
     NOGIL_COPY_BYTES = 1 << 20    # batches larger than this copy with the GIL released
+    PWRITE_MIN_BYTES = 8 << 10    # batches at least this large are written with pwrite (measured)
+    STAGE_BYTES = 4 << 20         # ... framed in a staging buffer of this size at a time
 
 # control page field positions (FORMAT.md §1)
 cdef enum:

@@ -61,8 +61,12 @@ cdef class LogCore:
     cdef bint _busy
     cdef object _wlock
     cdef object _sync_lock
+    cdef char* _stage           # staging buffer for runs written with pwrite
+    cdef size_t _scap
+    cdef public Py_ssize_t _pwrite_min   # runs of at least this many bytes go through pwrite
 
     def __cinit__(self):
+        self._pwrite_min = PWRITE_MIN_BYTES
         self._lock_fd = -1
         self._dir_fd = -1
         self._closed = True
@@ -71,6 +75,7 @@ cdef class LogCore:
         self._unsynced = []
 
     def __dealloc__(self):
+        free(self._stage)
         if self._bases != NULL:
             free(self._bases)
         if self._lock_fd >= 0:
@@ -660,6 +665,7 @@ cdef class LogCore:
         cdef int64_t first, now
         cdef const int64_t[::1] tsv
         cdef char* base
+        cdef PyObject** objs
         cdef list keep = []
         if self._wstate:
             self._raise_state()
@@ -679,7 +685,7 @@ cdef class LogCore:
                 raise TypeError(f"values: expected an iterable of bytes-like objects or a numpy "
                                 f"array, not a single {type(values).__name__}")
             try:
-                seq = values if isinstance(values, (list, tuple)) else list(values)
+                seq = values if type(values) is list or type(values) is tuple else list(values)
             except TypeError:
                 raise TypeError(f"values: expected an iterable of bytes-like objects or a numpy "
                                 f"array, not {type(values).__name__}") from None
@@ -695,12 +701,14 @@ cdef class LogCore:
                     items[i].vlen = <size_t>row
                     items[i].klen = -1
             else:
+                objs = PySequence_Fast_ITEMS(seq)      # borrowed: seq holds them
                 for i in range(n):
-                    item = seq[i]
-                    if PyBytes_Check(item):
-                        items[i].v = PyBytes_AS_STRING(item)
-                        items[i].vlen = PyBytes_GET_SIZE(item)
+                    items[i].klen = -1
+                    if PyBytes_CheckExact_p(objs[i]):
+                        items[i].v = PyBytes_AS_STRING_p(objs[i])
+                        items[i].vlen = <size_t>PyBytes_GET_SIZE_p(objs[i])
                     else:
+                        item = <object>objs[i]
                         if nbufs == bufcap:
                             bufs = grow_bufs(bufs, &bufcap)
                         copy = get_buffer(item, &bufs[nbufs], f"values[{i}]")
@@ -712,7 +720,6 @@ cdef class LogCore:
                             keep.append(copy)
                             items[i].v = PyBytes_AS_STRING(copy)
                             items[i].vlen = PyBytes_GET_SIZE(copy)
-                    items[i].klen = -1
             if keys is not None:
                 if isinstance(keys, (bytes, bytearray, memoryview, str)):
                     raise TypeError("keys: expected a sequence of keys (bytes-like or None), one per value")
@@ -754,7 +761,7 @@ cdef class LogCore:
                 for i in range(n):
                     items[i].ts = now
             for i in range(n):
-                if items[i].vlen > 0xFFFFFFFF - 4096 or items[i].klen == 0x7FFFFFFF:
+                if items[i].vlen > <size_t>(0xFFFFFFFF - 4096) or items[i].klen == 0x7FFFFFFF:
                     raise ValueError(f"values[{i}]: larger than a record can be")
             first = self._write_items(items, n, atomic) if n else self._next
         finally:
@@ -813,29 +820,77 @@ cdef class LogCore:
         return 0
 
     cdef int _write_run(self, Item* items, Py_ssize_t n, size_t total) except -1:
-        """Frames for items[0..n) into the active segment (they fit), published as one batch."""
-        if total >= NOGIL_COPY_BYTES:
+        """Frames for items[0..n) into the active segment (they fit), published as one batch.
+        Large runs are framed in a staging buffer and written with pwrite: a store through the
+        mapping into a fresh page faults and has the kernel zero the page first, a write of
+        whole pages does not. Either way the first frame's length is stored last (mapping)."""
+        cdef int fd = self._active.fd
+        cdef int err = 0
+        cdef Py_ssize_t i = 0, j
+        cdef size_t pos = self._wpos, chunk, need
+        if total < <size_t>self._pwrite_min or fd < 0:
+            if total >= NOGIL_COPY_BYTES:
+                with nogil:
+                    self._frame_into(items, n, self._w + self._wpos, self._wpos, self._next, n)
+            else:
+                self._frame_into(items, n, self._w + self._wpos, self._wpos, self._next, n)
+            self._publish_run(items, n, total)
+            return 0
+        while i < n:
+            # as many frames as fit the staging buffer (at least one: the buffer grows for it)
+            chunk = 0
+            j = i
+            while j < n:
+                need = align8(FRAME_HEADER_SIZE + key_area(items[j].klen) + items[j].vlen)
+                if j > i and chunk + need > STAGE_BYTES:
+                    break
+                chunk += need
+                j += 1
+            if chunk > self._scap:
+                self._grow_stage(chunk)
             with nogil:
-                self._write_frames(items, n)
-        else:
-            self._write_frames(items, n)
+                self._frame_into(items + i, j - i, self._stage, pos, self._next + i,
+                                 n if i == 0 else 0)
+                err = pwrite_all(fd, self._stage, chunk, pos)
+            if err:
+                # nothing is published; clear what may have reached the file so that stale
+                # frames never follow the next append
+                memset(self._w + self._wpos, 0, pos + chunk - self._wpos)
+                raise_oserror(err, self._active.path)
+            pos += chunk
+            i = j
+        self._publish_run(items, n, total)
         return 0
 
-    cdef void _write_frames(self, Item* items, Py_ssize_t n) noexcept nogil:
+    cdef void _frame_into(self, Item* items, Py_ssize_t n, char* dst, size_t pos, int64_t off,
+                          Py_ssize_t batch) noexcept nogil:
+        """Frame items[0..n) (offsets off..) at dst, which stands for segment position pos. With
+        batch > 0 the first frame starts a batch of that many records and gets no length (it is
+        published last). Index entries are noted."""
         cdef Py_ssize_t i
-        cdef size_t pos = self._wpos, first_pos = self._wpos
-        cdef int64_t off = self._next
+        cdef size_t at = 0
         for i in range(n):
-            frame_write(self._w + pos, off + i, items[i].ts, items[i].k, items[i].klen,
-                        items[i].v, items[i].vlen, <uint32_t>n if i == 0 else 0, i != 0)
-            self._index_note(pos, off + i, items[i].ts)
-            pos += align8(FRAME_HEADER_SIZE + key_area(items[i].klen) + items[i].vlen)
-        # publish: the first frame's length, then the end offset
-        tl_store_u32_release(self._w + first_pos,
+            frame_write(dst + at, off + i, items[i].ts, items[i].k, items[i].klen,
+                        items[i].v, items[i].vlen, <uint32_t>batch if i == 0 else 0,
+                        not (i == 0 and batch != 0))
+            self._index_note(pos + at, off + i, items[i].ts)
+            at += align8(FRAME_HEADER_SIZE + key_area(items[i].klen) + items[i].vlen)
+
+    cdef void _publish_run(self, Item* items, Py_ssize_t n, size_t total) noexcept:
+        """The run's frames are in place: store the first frame's length, then the end offset."""
+        tl_store_u32_release(self._w + self._wpos,
                              <uint32_t>(FRAME_HEADER_SIZE + key_area(items[0].klen) + items[0].vlen))
-        self._wpos = pos
-        self._next = off + n
-        ctl_set(self._ctl, CTL_END, off + n)
+        self._wpos += total
+        self._next += n
+        ctl_set(self._ctl, CTL_END, self._next)
+
+    cdef int _grow_stage(self, size_t need) except -1:
+        cdef char* p = <char*>realloc(self._stage, need)
+        if p == NULL:
+            raise MemoryError()
+        self._stage = p
+        self._scap = need
+        return 0
 
     # ---------------------------------------------------------------- durability
 
@@ -1002,6 +1057,23 @@ cdef void* realloc_bases(int64_t* p, Py_ssize_t n) except NULL:
     if q == NULL:
         raise MemoryError()
     return q
+
+
+cdef int pwrite_all(int fd, const char* buf, size_t n, size_t pos) noexcept nogil:
+    """pwrite every byte (short writes and EINTR retried); 0 or an errno."""
+    cdef ssize_t w
+    while n:
+        w = pwrite(fd, buf, n, <off_t>pos)
+        if w < 0:
+            if errno == EINTR:
+                continue
+            return errno
+        if w == 0:
+            return EIO
+        buf += w
+        pos += <size_t>w
+        n -= <size_t>w
+    return 0
 
 
 cdef Py_buffer* grow_bufs(Py_buffer* p, Py_ssize_t* cap) except NULL:

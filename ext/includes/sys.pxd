@@ -29,3 +29,8 @@ cdef extern from "<sys/file.h>" nogil:
 
 cdef extern from "<unistd.h>" nogil:
     int fsync(int fd)
+    ctypedef long off_t
+    ssize_t pwrite(int fd, const void *buf, size_t count, off_t offset)
+
+cdef extern from "<errno.h>" nogil:
+    int EINTR, EIO
