@@ -41,6 +41,9 @@ include "writer.pxi"
 include "reader.pxi"
 
 
+tl_crc32c_hw()      # choose the CRC32C implementation (and build its tables) once, at import
+
+
 def crc32c(data, uint32_t crc=0):
     """CRC32C of a bytes-like object, continuing from `crc` (hardware where available)."""
     cdef Py_buffer view

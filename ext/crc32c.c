@@ -46,29 +46,63 @@ uint32_t tl_crc32c_sw(uint32_t crc, const void *buf, size_t len) {
     return ~crc;
 }
 
+/* Combining CRCs of adjacent blocks: advancing a CRC register over n zero bytes is linear over
+ * GF(2), a 32x32 bit matrix; shift tables apply it a byte of the register at a time. Long inputs
+ * are cut into three blocks whose CRCs run as three independent instruction chains (the crc32
+ * instruction has a latency of 3 cycles and a throughput of 1), then combined. */
+#define SHORT_BLOCK 256
+#define LONG_BLOCK 8192
+static uint32_t shift_short[4][256], shift_long[4][256];
+
+static uint32_t gf2_times(const uint32_t *mat, uint32_t vec) {
+    uint32_t sum = 0;
+    for (int k = 0; vec; k++, vec >>= 1)
+        if (vec & 1) sum ^= mat[k];
+    return sum;
+}
+
+static void gf2_mul(uint32_t *out, const uint32_t *a, const uint32_t *b) {  /* out = a * b */
+    uint32_t t[32];
+    for (int k = 0; k < 32; k++) t[k] = gf2_times(a, b[k]);
+    memcpy(out, t, sizeof t);
+}
+
+/* the operator advancing a register over n zero bytes */
+static void zeros_operator(uint32_t *op, size_t n) {
+    uint32_t byte[32], bit[32];
+    bit[0] = POLY;                                   /* one zero bit */
+    for (int k = 1; k < 32; k++) bit[k] = 1u << (k - 1);
+    gf2_mul(byte, bit, bit);                         /* 2 bits */
+    gf2_mul(byte, byte, byte);                       /* 4 bits */
+    gf2_mul(byte, byte, byte);                       /* 8 bits: one byte */
+    for (int k = 0; k < 32; k++) op[k] = 1u << k;    /* identity */
+    while (n) {
+        if (n & 1) gf2_mul(op, byte, op);
+        gf2_mul(byte, byte, byte);
+        n >>= 1;
+    }
+}
+
+static void make_shift_table(uint32_t table[4][256], size_t n) {
+    uint32_t op[32];
+    zeros_operator(op, n);
+    for (int j = 0; j < 4; j++)
+        for (uint32_t b = 0; b < 256; b++) table[j][b] = gf2_times(op, b << (8 * j));
+}
+
+static inline uint32_t shift(uint32_t table[4][256], uint32_t c) {
+    return table[0][c & 0xff] ^ table[1][(c >> 8) & 0xff] ^ table[2][(c >> 16) & 0xff] ^
+           table[3][c >> 24];
+}
+
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <nmmintrin.h>
 #define TL_HAVE_HW 1
-__attribute__((target("sse4.2")))
-static uint32_t crc32c_hw(uint32_t crc, const void *buf, size_t len) {
-    const unsigned char *p = (const unsigned char *)buf;
-    uint64_t c = ~crc;
-    while (len && ((uintptr_t)p & 7)) { c = _mm_crc32_u8((uint32_t)c, *p++); len--; }
-    while (len >= 32) {
-        uint64_t a, b, d, e;
-        memcpy(&a, p, 8); memcpy(&b, p + 8, 8); memcpy(&d, p + 16, 8); memcpy(&e, p + 24, 8);
-        c = _mm_crc32_u64(c, a); c = _mm_crc32_u64(c, b);
-        c = _mm_crc32_u64(c, d); c = _mm_crc32_u64(c, e);
-        p += 32; len -= 32;
-    }
-    while (len >= 8) { uint64_t a; memcpy(&a, p, 8); c = _mm_crc32_u64(c, a); p += 8; len -= 8; }
-    while (len--) c = _mm_crc32_u8((uint32_t)c, *p++);
-    return ~(uint32_t)c;
-}
+#define CRC64(c, p) _mm_crc32_u64((c), (p))
+#define CRC8(c, b) _mm_crc32_u8((uint32_t)(c), (b))
+#define HW_TARGET __attribute__((target("sse4.2")))
 static int cpu_has_hw(void) { __builtin_cpu_init(); return __builtin_cpu_supports("sse4.2"); }
-__attribute__((target("sse4.2")))
-static uint32_t crc32c_hw_u32(uint32_t v) { return ~_mm_crc32_u32(0xFFFFFFFFu, v); }
-
+HW_TARGET static uint32_t crc32c_hw_u32(uint32_t v) { return ~_mm_crc32_u32(0xFFFFFFFFu, v); }
 #elif defined(__aarch64__) && (defined(__GNUC__) || defined(__clang__))
 #define TL_HAVE_HW 1
 #if defined(__linux__)
@@ -82,16 +116,41 @@ static int cpu_has_hw(void) { return 1; } /* every Apple arm64 CPU has the CRC e
 #else
 static int cpu_has_hw(void) { return 0; }
 #endif
-__attribute__((target("+crc")))
-static uint32_t crc32c_hw_u32(uint32_t v) { return ~__builtin_aarch64_crc32cw(0xFFFFFFFFu, v); }
-__attribute__((target("+crc")))
-static uint32_t crc32c_hw(uint32_t crc, const void *buf, size_t len) {
+#define CRC64(c, p) __builtin_aarch64_crc32cx((uint32_t)(c), (p))
+#define CRC8(c, b) __builtin_aarch64_crc32cb((uint32_t)(c), (b))
+#define HW_TARGET __attribute__((target("+crc")))
+HW_TARGET static uint32_t crc32c_hw_u32(uint32_t v) { return ~__builtin_aarch64_crc32cw(0xFFFFFFFFu, v); }
+#endif
+
+#ifdef TL_HAVE_HW
+static inline uint64_t load64(const unsigned char *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+
+/* three chains over blocks of `block` bytes at p, p+block, p+2 block: 3 block bytes consumed */
+#define TRIPLE(block, table)                                                             \
+    while (len >= 3 * (block)) {                                                         \
+        uint64_t c1 = 0, c2 = 0;                                                         \
+        const unsigned char *end = p + (block);                                          \
+        do {                                                                             \
+            c = CRC64(c, load64(p));                                                     \
+            c1 = CRC64(c1, load64(p + (block)));                                         \
+            c2 = CRC64(c2, load64(p + 2 * (block)));                                     \
+            p += 8;                                                                      \
+        } while (p < end);                                                               \
+        c = shift(table, (uint32_t)c) ^ (uint32_t)c1;                                    \
+        c = shift(table, (uint32_t)c) ^ (uint32_t)c2;                                    \
+        p += 2 * (block);                                                                \
+        len -= 3 * (block);                                                              \
+    }
+
+HW_TARGET static uint32_t crc32c_hw(uint32_t crc, const void *buf, size_t len) {
     const unsigned char *p = (const unsigned char *)buf;
-    uint32_t c = ~crc;
-    while (len && ((uintptr_t)p & 7)) { c = __builtin_aarch64_crc32cb(c, *p++); len--; }
-    while (len >= 8) { uint64_t a; memcpy(&a, p, 8); c = __builtin_aarch64_crc32cx(c, a); p += 8; len -= 8; }
-    while (len--) c = __builtin_aarch64_crc32cb(c, *p++);
-    return ~c;
+    uint64_t c = ~crc;
+    while (len && ((uintptr_t)p & 7)) { c = CRC8(c, *p++); len--; }
+    TRIPLE(LONG_BLOCK, shift_long)
+    TRIPLE(SHORT_BLOCK, shift_short)
+    while (len >= 8) { c = CRC64(c, load64(p)); p += 8; len -= 8; }
+    while (len--) c = CRC8(c, *p++);
+    return ~(uint32_t)c;
 }
 #endif
 
@@ -101,20 +160,24 @@ static int mode = 0;
 static int decide(void) {
     int m = 2;
 #ifdef TL_HAVE_HW
-    if (cpu_has_hw()) m = 1;
+    if (cpu_has_hw()) {
+        make_shift_table(shift_short, SHORT_BLOCK);
+        make_shift_table(shift_long, LONG_BLOCK);
+        m = 1;
+    }
 #endif
-    __atomic_store_n(&mode, m, __ATOMIC_RELAXED);
+    __atomic_store_n(&mode, m, __ATOMIC_RELEASE);   /* after the shift tables */
     return m;
 }
 
 int tl_crc32c_hw(void) {
-    int m = __atomic_load_n(&mode, __ATOMIC_RELAXED);
+    int m = __atomic_load_n(&mode, __ATOMIC_ACQUIRE);
     if (!m) m = decide();
     return m == 1;
 }
 
 uint32_t tl_crc32c_u32(uint32_t v) {
-    int m = __atomic_load_n(&mode, __ATOMIC_RELAXED);
+    int m = __atomic_load_n(&mode, __ATOMIC_ACQUIRE);
     if (!m) m = decide();
 #ifdef TL_HAVE_HW
 #if !(defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__)
@@ -129,7 +192,7 @@ uint32_t tl_crc32c_u32(uint32_t v) {
 }
 
 uint32_t tl_crc32c(uint32_t crc, const void *buf, size_t len) {
-    int m = __atomic_load_n(&mode, __ATOMIC_RELAXED);
+    int m = __atomic_load_n(&mode, __ATOMIC_ACQUIRE);
     if (!m) m = decide();
 #ifdef TL_HAVE_HW
     if (m == 1) return crc32c_hw(crc, buf, len);

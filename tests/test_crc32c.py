@@ -31,3 +31,16 @@ def test_matches_oracle_any_alignment(data, skip):
 def test_continuation(a, b):
     assert _core.crc32c(b, _core.crc32c(a)) == oracle.crc32c(a + b)
     assert _core.crc32c_portable(b, _core.crc32c_portable(a)) == oracle.crc32c(a + b)
+
+
+def test_long_inputs_all_block_paths():
+    # three chains of 8 KiB and of 256 B blocks, plus the tails, at several alignments
+    import os
+    import random
+    rng = random.Random(7)
+    data = os.urandom(3 * 8192 * 3 + 3 * 256 * 2 + 77)
+    for _ in range(40):
+        a = rng.randrange(0, 64)
+        b = rng.randrange(a, len(data) + 1)
+        assert _core.crc32c(memoryview(data)[a:b]) == oracle.crc32c(data[a:b])
+    assert _core.crc32c(data) == oracle.crc32c(data)
