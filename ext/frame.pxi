@@ -94,9 +94,9 @@ cdef inline void frame_write(char* f, int64_t offset, int64_t ts, const char* ke
     if publish:
         tl_store_u32_release(f, length)
 
-cdef inline int frame_check(const char* data, size_t cap, size_t pos, int64_t expect,
+cdef inline int frame_shape(const char* data, size_t cap, size_t pos, int64_t expect,
                             uint32_t* out_len) noexcept nogil:
-    """Check the frame at data+pos against FORMAT.md rules 1-4 (expect < 0: any offset)."""
+    """FORMAT.md rules 1, 2 and 4 for the frame at data+pos (expect < 0: any offset); no CRC."""
     cdef uint32_t length
     cdef int32_t klen
     if pos + FRAME_HEADER_SIZE > cap:
@@ -109,12 +109,18 @@ cdef inline int frame_check(const char* data, size_t cap, size_t pos, int64_t ex
     klen = rd_i32(data + pos + 24)
     if klen < -1 or FRAME_HEADER_SIZE + key_area(klen) > length:
         return FRAME_BAD_KEY
-    if frame_crc(data + pos, length) != rd_u32(data + pos + 4):
-        return FRAME_BAD_CRC
     if expect >= 0 and rd_i64(data + pos + 8) != expect:
         return FRAME_BAD_OFFSET
     out_len[0] = length
     return FRAME_OK
+
+cdef inline int frame_check(const char* data, size_t cap, size_t pos, int64_t expect,
+                            uint32_t* out_len) noexcept nogil:
+    """Check the frame at data+pos against FORMAT.md rules 1-4 (expect < 0: any offset)."""
+    cdef int rc = frame_shape(data, cap, pos, expect, out_len)
+    if rc == FRAME_OK and frame_crc(data + pos, out_len[0]) != rd_u32(data + pos + 4):
+        return FRAME_BAD_CRC
+    return rc
 
 FRAME_PROBLEMS = {
     FRAME_BAD_LENGTH: "frame length out of bounds",

@@ -1,12 +1,18 @@
 /* Small portable helpers for the Cython core: atomics and OS calls that differ between systems. */
 #ifndef TIDELOG_SYS_H
 #define TIDELOG_SYS_H
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE 1
+#endif
 #include <stdint.h>
 #include <stddef.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <unistd.h>
 #include <time.h>
+#if defined(__linux__)
+#include <linux/falloc.h>
+#endif
 
 static inline void tl_store_u32_release(void *p, uint32_t v) { __atomic_store_n((uint32_t *)p, v, __ATOMIC_RELEASE); }
 static inline uint32_t tl_load_u32_acquire(const void *p) { return __atomic_load_n((const uint32_t *)p, __ATOMIC_ACQUIRE); }
@@ -46,4 +52,15 @@ static inline int tl_preallocate(int fd, int64_t size) {
 #endif
 }
 
+/* Zero [offset, offset+length) of a file, keeping its blocks allocated; -1 where unsupported. */
+static inline int tl_zero_range(int fd, int64_t offset, int64_t length) {
+#if defined(__linux__) && defined(FALLOC_FL_ZERO_RANGE)
+    int rc;
+    do { rc = fallocate(fd, FALLOC_FL_ZERO_RANGE, offset, length); } while (rc != 0 && errno == EINTR);
+    return rc;
+#else
+    (void)fd; (void)offset; (void)length;
+    return -1;
+#endif
+}
 #endif

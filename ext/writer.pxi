@@ -238,9 +238,10 @@ cdef class LogCore:
         cdef int64_t c_start = ctl_get(ctl, CTL_START)
         cdef Segment act
         self._list_bases(True)
-        self._load_segments(True)
+        self._load_segments(False)
+        self._check_headers(clean, c_durable)
         if not self._segments:
-            if c_end != c_start:
+            if c_end != c_start and (clean or c_durable > c_start):
                 raise CorruptLogError(f"{self.path}: every segment is missing but the control "
                                       f"file records offsets {c_start}..{c_end}",
                                       path=self.path, position=None, offset=c_start)
@@ -251,6 +252,7 @@ cdef class LogCore:
             self._next = c_start
             self._set_active(seg, SEGMENT_HEADER_SIZE)
             self._resume_index(seg, SEGMENT_HEADER_SIZE, c_start, True)
+            self._sync_after_recovery(0)
         else:
             self._start = (<Segment>self._segments[0]).base
             if c_start < self._start and c_end > c_start:
@@ -258,20 +260,20 @@ cdef class LogCore:
                     f"{self.path}: the log starts at offset {c_start} but its first segment "
                     f"starts at {self._start}: segments are missing", path=self.path,
                     position=None, offset=c_start)
-            self._check_chain()
             act = self._segments[len(self._segments) - 1]
-            act.writable = True
-            act.ensure()
             pos = None
             if clean and ctl_get(ctl, CTL_ACTIVE_BASE) == act.base:
+                self._check_chain(len(self._segments) - 1)
+                act.writable = True
+                act.ensure()
                 pos = self._clean_tail(act, c_end, ctl_get(ctl, CTL_ACTIVE_POS))
             if pos is not None:
                 self._next = c_end
                 self._set_active(act, pos)
                 self._resume_index(act, pos, c_end, act.index_fresh)
             else:
-                self._recover_active(act, c_durable)
-                self._sync_after_recovery(c_durable)
+                first = self._recover(c_durable)
+                self._sync_after_recovery(first)
         self._durable = self._next
         ctl_set(ctl, CTL_START, self._start)
         ctl_set(ctl, CTL_END, self._next)
@@ -283,15 +285,49 @@ cdef class LogCore:
         if msync(ctl, CONTROL_SIZE, MS_SYNC) != 0:
             raise_oserror(errno, os.path.join(self.path, CONTROL_NAME))
 
-    cdef _check_chain(self):
-        """Every sealed segment must end with the record just before the next segment's base:
-        a gap (a missing or cut segment) is corruption. O(1) per segment through the index."""
+    cdef _check_headers(self, bint clean, int64_t durable):
+        """Every segment header must be valid, except after an unclean stop: a segment whose
+        header never reached the disk was never synced, so neither it nor any later segment
+        holds an acknowledged record (a sync covering a later one would have synced it too);
+        those are deleted. One below the durable offset is corruption."""
+        cdef Segment s
+        for i in range(len(self._segments)):
+            s = self._segments[i]
+            try:
+                self._check_header(s)
+            except FormatVersionError:
+                raise
+            except CorruptLogError:
+                if clean or s.base < durable or i == 0:
+                    raise
+                self._drop_segments(i)
+                return
+
+    cdef _drop_segments(self, Py_ssize_t i):
+        """Delete segments i.. (a torn tail after an unclean stop) and their indexes."""
+        for seg in self._segments[i:]:
+            (<Segment>seg).close_fd()
+            stem = (<Segment>seg).path[:len((<Segment>seg).path) - 4]
+            for ext in (".seg", ".idx", ".tix"):
+                try:
+                    os.unlink(stem + ext)
+                except FileNotFoundError:
+                    pass
+        del self._segments[i:]
+        self._nbases = i
+        if i:
+            (<Segment>self._segments[i - 1]).next_base = -1
+        self._dir_dirty = True
+
+    cdef _check_chain(self, Py_ssize_t upto):
+        """Segments [0, upto) must each end with the record just before the next segment's
+        base: a gap (a missing or cut segment) is corruption. O(1) per segment (index)."""
         cdef Segment s
         cdef int64_t at, last
         cdef Py_ssize_t p
         cdef uint32_t length
         cdef int rc
-        for i in range(len(self._segments) - 1):
+        for i in range(upto):
             s = self._segments[i]
             last = s.next_base - 1
             if last < s.base:
@@ -330,66 +366,110 @@ cdef class LogCore:
             return None
         return pos
 
-    cdef _recover_active(self, Segment s, int64_t durable):
-        """Scan the active segment from its start: keep the longest valid prefix (FORMAT.md rules
-        1-5), zero what follows, rebuild its index."""
-        cdef size_t pos = SEGMENT_HEADER_SIZE, bpos, bad_pos
-        cdef int64_t off = s.base, boff, bad_off
+    cdef Py_ssize_t _recover(self, int64_t durable) except -1:
+        """After an unclean stop: from the durable offset in the control page (the checkpoint of
+        the last successful sync; its position is found through the index), follow the frames (FORMAT.md
+        rules 1-6) across segments; keep the longest valid prefix, delete the segments after its
+        end, zero the rest of its last segment and rebuild that segment's index. Anything
+        invalid below the durable offset is corruption. Returns the index of the first segment
+        scanned (everything from there on is synced before the log is used)."""
+        cdef Py_ssize_t i, first
+        cdef Segment s, nxt
+        cdef size_t pos
+        cdef int64_t off, at
+        cdef Py_ssize_t p
+        cdef uint32_t length
+        cdef object bad = None
+        segs = self._segments
+        # the segment holding the durable offset (the scan starts there)
+        first = 0
+        for i in range(len(segs)):
+            if (<Segment>segs[i]).base <= durable:
+                first = i
+        self._check_chain(first)
+        s = segs[first]
+        s.writable = True
+        s.ensure()
+        pos = SEGMENT_HEADER_SIZE
+        off = s.base
+        if durable > s.base:
+            # start right after record durable - 1 when the index leads to it (records below
+            # the checkpoint were synced; damage there is caught by the read that reaches it)
+            p = s.find(durable - 1, &at)
+            if at == durable - 1 and frame_shape(s.data, s.cap, p, at, &length) == FRAME_OK:
+                pos = p + align8(length)
+                off = durable
+        i = first
+        while True:
+            pos, off, bad = self._scan_frames(s, pos, off)
+            if bad is not None or i + 1 == len(segs):
+                break
+            nxt = segs[i + 1]
+            if off != nxt.base:
+                # this segment's data ends before the next one begins: its tail was lost
+                bad = (s.path, pos, off, FRAME_END)
+                break
+            i += 1
+            s = nxt
+            s.writable = True
+            s.ensure()
+            pos = SEGMENT_HEADER_SIZE
+        if off < durable:
+            if bad is None:
+                bad = (s.path, pos, off, FRAME_END)
+            raise corrupt(bad[0], bad[1], bad[2], bad[3])
+        if i + 1 < len(segs):
+            self._drop_segments(i + 1)
+        zero_tail(s, pos)
+        self._next = off
+        self._set_active(s, pos)
+        self._resume_index(s, pos, off, True)
+        return first
+
+    cdef tuple _scan_frames(self, Segment s, size_t pos, int64_t off):
+        """Follow valid frames from pos (offset off); a batch counts only whole. Returns
+        (position, offset) where the valid data ends and None, or the damage found there as
+        (path, position, offset, problem) when it is not a clean end."""
+        cdef size_t bpos
+        cdef int64_t boff
         cdef uint32_t length, n, k
-        cdef int rc, bad_rc
+        cdef int rc
         while True:
             rc = frame_check(s.data, s.cap, pos, off, &length)
-            bad_pos, bad_off, bad_rc = pos, off, rc
+            if rc == FRAME_END:
+                return pos, off, None
             if rc != FRAME_OK:
-                break
+                return pos, off, (s.path, pos, off, rc)
             n = rd_u32(s.data + pos + 28)
             if n == 0:
-                bad_rc = FRAME_BAD_LENGTH
-                break                                   # a batch follower without its first frame
-            # a batch is kept only whole
+                return pos, off, (s.path, pos, off, FRAME_BAD_LENGTH)   # follower without head
             bpos = pos + align8(length)
             boff = off + 1
             k = 1
             while k < n:
                 rc = frame_check(s.data, s.cap, bpos, boff, &length)
                 if rc != FRAME_OK or rd_u32(s.data + bpos + 28) != 0:
-                    bad_pos, bad_off = bpos, boff
-                    bad_rc = rc if rc != FRAME_OK else FRAME_BAD_LENGTH
-                    break
+                    return pos, off, (s.path, bpos, boff, rc if rc != FRAME_OK else FRAME_BAD_LENGTH)
                 bpos += align8(length)
                 boff += 1
                 k += 1
-            if k < n:
-                break
             pos = bpos
             off = boff
-        if off < durable:
-            raise corrupt(s.path, bad_pos, bad_off, bad_rc)
-        # zero the torn tail (only the chunks that hold something)
-        cdef size_t chunk = 65536, a = pos, b
-        cdef bint dirty = False
-        while a < s.cap:
-            b = min(s.cap, (a // chunk + 1) * chunk)
-            if not all_zero(s.data + a, b - a):
-                memset(s.data + a, 0, b - a)
-                dirty = True
-            a = b
-        self._next = off
-        self._set_active(s, pos)
-        self._resume_index(s, pos, off, True)
 
-    cdef _sync_after_recovery(self, int64_t durable):
-        """Recovery keeps records that may not have been synced: sync them before trusting them."""
-        for seg in self._segments:
-            if (<Segment>seg).next_base < 0 or (<Segment>seg).next_base > durable:
-                (<Segment>seg).writable = True
-                if (<Segment>seg).fd < 0:
-                    (<Segment>seg).fd = os.open((<Segment>seg).path, os.O_RDWR | os.O_CLOEXEC)
-                if tl_datasync((<Segment>seg).fd) != 0:
-                    raise_oserror(errno, (<Segment>seg).path)
-                if seg is not self._active:
-                    (<Segment>seg).close_fd()
+    cdef _sync_after_recovery(self, Py_ssize_t first):
+        """Recovery keeps records that may not have been synced: sync them (and the directory)
+        before anything is acknowledged on top of them."""
+        cdef Segment seg
+        for j in range(first, len(self._segments)):
+            seg = self._segments[j]
+            if seg.fd < 0:
+                seg.fd = os.open(seg.path, os.O_RDWR | os.O_CLOEXEC)
+            if tl_datasync(seg.fd) != 0:
+                raise_oserror(errno, seg.path)
+            if seg is not self._active:
+                seg.close_fd()
         os.fsync(self._dir_fd)
+        self._dir_dirty = False
 
     cdef _resume_index(self, Segment s, size_t end_pos, int64_t end, bint rebuild):
         """Make segment s (data ending at end_pos, offset end) the writer's index target:
@@ -1074,6 +1154,22 @@ cdef int pwrite_all(int fd, const char* buf, size_t n, size_t pos) noexcept nogi
         pos += <size_t>w
         n -= <size_t>w
     return 0
+
+
+cdef zero_tail(Segment s, size_t pos):
+    """Zero a segment from pos to its end, so that no stale frame can follow the next append:
+    fallocate(FALLOC_FL_ZERO_RANGE) where the system has it (the blocks stay allocated), else
+    by clearing through the mapping whatever is not zero."""
+    cdef size_t chunk = 65536, a = pos, b
+    if pos >= s.cap:
+        return
+    if tl_zero_range(s.fd, pos, s.cap - pos) == 0:
+        return
+    while a < s.cap:
+        b = min(s.cap, (a // chunk + 1) * chunk)
+        if not all_zero(s.data + a, b - a):
+            memset(s.data + a, 0, b - a)
+        a = b
 
 
 cdef Py_buffer* grow_bufs(Py_buffer* p, Py_ssize_t* cap) except NULL:

@@ -71,10 +71,36 @@ def test_unclean_reopen_reports_damage_before_durable_point(log_path):
     pos = frame_pos(log_path, 700)
     flip(log_path, SEG0, pos + 36)
     mark_unclean(log_path)
-    with pytest.raises(tidelog.CorruptLogError) as ei:
-        tidelog.open(log_path)
-    assert ei.value.offset == 700 and ei.value.position == pos
-    assert ei.value.path == os.path.join(log_path, SEG0)
+    # recovery scans from the durable checkpoint (offset 1000): the damage below it is reported
+    # by the read that reaches it, with file, position and offset
+    with tidelog.open(log_path) as log:
+        assert log.end_offset == 1000
+        with pytest.raises(tidelog.CorruptLogError) as ei:
+            log.read(700)
+        assert (ei.value.offset, ei.value.position) == (700, pos)
+        assert ei.value.path == os.path.join(log_path, SEG0)
+
+
+def set_ctl(path, end=None, durable=None):
+    with open(os.path.join(path, "tidelog.ctl"), "r+b") as f:
+        if end is not None:
+            f.seek(24)
+            f.write(struct.pack("<q", end))
+        if durable is not None:
+            f.seek(32)
+            f.write(struct.pack("<q", durable))
+
+
+def test_unclean_reopen_cuts_at_damage_above_durable_offset(log_path):
+    with tidelog.open(log_path, segment_bytes=1 << 20, durability="none") as log:
+        for i in range(1000):
+            log.append(b"value-%06d" % i)
+    flip(log_path, SEG0, frame_pos(log_path, 700) + 36)
+    mark_unclean(log_path)
+    set_ctl(log_path, durable=500)       # 500.. were never acknowledged: a torn tail
+    with tidelog.open(log_path) as log:
+        assert log.end_offset == 700
+        assert bytes(log.read(699).value) == b"value-000699"
 
 
 def test_unclean_reopen_cuts_torn_tail(log_path):
@@ -169,3 +195,48 @@ def test_segment_filled_to_less_than_a_header_from_its_end(log_path):
         assert [b for b, _ in log.segments()] == [0, 1]
     with tidelog.open(log_path) as log:
         assert [len(r.value) for r in log.cursor()] == [3976, 100]
+
+
+def test_power_loss_tear_in_sealed_segment_drops_later_segments(log_path):
+    """A sealed segment lost its tail while the next segments reached the disk (writeback
+    order): nothing after the durable offset was acknowledged, so the log is cut at the tear."""
+    with tidelog.open(log_path, segment_bytes=4096, durability="none") as log:
+        for i in range(300):
+            log.append(b"r%04d" % i + b"." * 90)          # single records, not batches
+        bases = [b for b, _ in log.segments()]
+    mark_unclean(log_path)
+    set_ctl(log_path, durable=bases[2])
+    last_of_2 = bases[3] - 1
+    pos = frame_pos(log_path, last_of_2, base=bases[2])
+    with open(os.path.join(log_path, "%020d.seg" % bases[2]), "r+b") as f:
+        f.seek(pos)
+        f.write(bytes(4096 - pos))            # its last record never reached the disk
+    with tidelog.open(log_path, durability="none") as log:
+        assert log.end_offset == last_of_2
+        assert [b for b, _ in log.segments()] == bases[:3]
+        assert log.append(b"new") == last_of_2
+    assert not os.path.exists(os.path.join(log_path, "%020d.seg" % bases[3]))
+    with tidelog.open(log_path, readonly=True) as log:
+        vals = [bytes(r.value) for r in log.cursor()]
+    assert vals[:last_of_2] == [b"r%04d" % i + b"." * 90 for i in range(last_of_2)]
+    assert vals[last_of_2:] == [b"new"]
+
+
+def test_power_loss_torn_segment_header_is_dropped(log_path):
+    bases = make_segments(log_path)
+    mark_unclean(log_path)
+    set_ctl(log_path, durable=bases[-2])
+    with open(os.path.join(log_path, "%020d.seg" % bases[-1]), "r+b") as f:
+        f.write(bytes(64))                    # the last segment's header never reached the disk
+    with tidelog.open(log_path, durability="none") as log:
+        assert log.end_offset == bases[-1]
+        assert [b for b, _ in log.segments()] == bases[:-1]
+
+
+def test_torn_segment_header_below_durable_offset_is_corruption(log_path):
+    bases = make_segments(log_path)
+    mark_unclean(log_path)
+    with open(os.path.join(log_path, "%020d.seg" % bases[-1]), "r+b") as f:
+        f.write(bytes(64))
+    with pytest.raises(tidelog.CorruptLogError):
+        tidelog.open(log_path)                 # durable offset 300 lies beyond that segment

@@ -15,6 +15,7 @@ cdef extern from "tl_sys.h" nogil:
     int64_t tl_now_ns()
     int tl_datasync(int fd)
     int tl_preallocate(int fd, int64_t size)
+    int tl_zero_range(int fd, int64_t offset, int64_t length)
 
 cdef extern from "<sys/mman.h>" nogil:
     void *mmap(void *addr, size_t length, int prot, int flags, int fd, long offset)
