@@ -12,6 +12,7 @@ from conftest import run_python
 from powerloss import build_shim, check_recovered, power_loss_image, run_writer, value
 
 CYCLES = int(os.environ.get("TIDELOG_POWERLOSS_CYCLES", "12"))
+SEED = int(os.environ.get("TIDELOG_FAULT_SEED", random.randrange(1 << 30)))   # reported on failure
 
 
 @pytest.fixture(scope="module")
@@ -53,14 +54,14 @@ def power_loss_cycles(tmp_path, shim, mode, unsafe, cycles, seed):
 
 @pytest.mark.parametrize("mode", ["none", "batch", "always"])
 def test_power_loss_keeps_every_acknowledged_record(tmp_path, shim, mode):
-    acked, lost, images, corrupt = power_loss_cycles(tmp_path, shim, mode, False, CYCLES, 99)
+    acked, lost, images, corrupt = power_loss_cycles(tmp_path, shim, mode, False, CYCLES, SEED)
     assert acked > 0 and images == 3 * CYCLES
-    assert (lost, corrupt) == (0, 0)
+    assert (lost, corrupt) == (0, 0), f"TIDELOG_FAULT_SEED={SEED}"
 
 
 def test_power_loss_negative_control(tmp_path, shim):
     """An engine that acknowledges without syncing must be caught by the same test."""
-    acked, lost, _, corrupt = power_loss_cycles(tmp_path, shim, "none", True, 4, 7)
+    acked, lost, _, corrupt = power_loss_cycles(tmp_path, shim, "none", True, 4, SEED)
     assert acked > 0 and lost + corrupt > 0      # silently lost, or reported as corruption
 
 
