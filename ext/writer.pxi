@@ -62,6 +62,7 @@ cdef class LogCore:
     cdef object _wlock
     cdef object _sync_lock
     cdef public bint _unsafe_ack_without_sync   # tests' negative control only: never set it
+    cdef readonly object _durable_cv            # notified whenever durable_offset advances
     cdef char* _stage           # staging buffer for runs written with pwrite
     cdef size_t _scap
     cdef public Py_ssize_t _pwrite_min   # runs of at least this many bytes go through pwrite
@@ -93,6 +94,7 @@ cdef class LogCore:
         self._mode = {"none": MODE_NONE, "batch": MODE_BATCH, "always": MODE_ALWAYS}[durability]
         self._wlock = threading.Lock()
         self._sync_lock = threading.Lock()
+        self._durable_cv = threading.Condition()
         ctl_path = os.path.join(path, CONTROL_NAME)
         try:
             st = os.stat(path)
@@ -612,6 +614,11 @@ cdef class LogCore:
         return self._closed
 
     @property
+    def failure(self):
+        """The LogFailedError that stopped the writer (a sync failed), or None."""
+        return self._failure
+
+    @property
     def readonly(self):
         return self._readonly
 
@@ -1015,6 +1022,8 @@ cdef class LogCore:
             if target > self._durable:
                 self._durable = target
                 ctl_set(self._ctl, CTL_DURABLE, target)
+                with self._durable_cv:
+                    self._durable_cv.notify_all()
             return self._durable
         finally:
             self._sync_lock.release()
@@ -1025,6 +1034,8 @@ cdef class LogCore:
             f"{path}: sync failed ({os.strerror(err)}); the writer is stopped for good and nothing "
             f"after offset {self._durable} is acknowledged; reopen the log to recover")
         self._wstate = 3
+        with self._durable_cv:
+            self._durable_cv.notify_all()
         raise self._failure from cause
 
     def _close(self):

@@ -221,3 +221,38 @@ def test_batch_write_paths_agree(log_path, pwrite_min):
         recs = list(log.cursor())
     assert [bytes(r.value) for r in recs] == vals + vals * 3 + [b"single"]
     assert [r.key for r in recs[:5000]] == [b"k%d" % j for j in range(5000)]
+
+
+def test_wait_durable(log_path):
+    import threading
+    import time
+    with tidelog.open(log_path, durability="none") as log:
+        off = log.append(b"a")
+        assert log.wait_durable(off, timeout=0.05) is False      # nobody syncs in "none"
+        threading.Timer(0.05, log.sync).start()
+        assert log.wait_durable(off, timeout=30) is True
+        assert log.wait_durable(off) is True                     # already durable
+        with pytest.raises(TypeError, match="offset"):
+            log.wait_durable("1")
+        with pytest.raises(ValueError, match="timeout"):
+            log.wait_durable(off, timeout=-1)
+    with tidelog.open(log_path, durability="batch", sync_interval=0.002) as log:
+        off = log.append(b"b")
+        t = time.monotonic()
+        assert log.wait_durable(off, timeout=30) and log.durable_offset > off
+        assert time.monotonic() - t < 30
+    with tidelog.open(log_path, durability="always") as log:
+        results = []
+
+        def waiter(o):
+            results.append(log.wait_durable(o, timeout=30))
+        off = log.end_offset
+        th = threading.Thread(target=waiter, args=(off,))
+        th.start()
+        log.append(b"c")
+        th.join()
+        assert results == [True]
+    reader = tidelog.open(log_path, readonly=True)
+    assert reader.wait_durable(off, timeout=1) is True
+    assert reader.wait_durable(off + 5, timeout=0.05) is False
+    reader.close()

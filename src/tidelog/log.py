@@ -2,10 +2,11 @@
 
 import os
 import threading
+import time
 
 from tidelog import _core
 from tidelog.cursor import Cursor
-from tidelog.errors import LogClosedError
+from tidelog.errors import LogClosedError, LogFailedError
 
 __all__ = ["Log", "open"]
 
@@ -76,6 +77,43 @@ class Log(_core.LogCore):
             except Exception:      # closed or failed: the writer reports it to its callers
                 return
 
+    def wait_durable(self, offset, timeout=None):
+        """Block until durable_offset > offset (True) or `timeout` seconds pass (False).
+        In "none" mode only a sync() (in any thread) or close() makes progress.
+        LogFailedError if the writer stops meanwhile."""
+        if isinstance(offset, bool) or not isinstance(offset, int):
+            raise TypeError(f"offset: expected an int, not {type(offset).__name__}")
+        if timeout is not None:
+            timeout = float(timeout)
+            if timeout < 0:
+                raise ValueError(f"timeout: must not be negative, not {timeout}")
+        if self.readonly:
+            return self._poll(lambda: self.durable_offset > offset, timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        cv = self._durable_cv
+        with cv:
+            while self.durable_offset <= offset:
+                if self.closed:
+                    raise LogClosedError(f"{self.path}: the log is closed")
+                if self.failure is not None:
+                    raise LogFailedError(str(self.failure)) from self.failure
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                cv.wait(left)
+        return True
+
+    @staticmethod
+    def _poll(done, timeout):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 1e-4
+        while not done():
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(delay)
+            delay = min(delay * 2, 0.01)
+        return True
+
     def close(self):
         """Sync everything, mark a clean shutdown and release the log. Idempotent."""
         if self._flusher is not None:
@@ -84,6 +122,8 @@ class Log(_core.LogCore):
                 self._flusher.join()
             self._flusher = None
         self._close()
+        with self._durable_cv:
+            self._durable_cv.notify_all()
 
     def __enter__(self):
         if self.closed:
