@@ -109,7 +109,8 @@ cdef class LogCore:
         elif not _stat.S_ISDIR(st.st_mode):
             raise NotALogError(f"{path}: is a file, not a tidelog log directory")
         if not os.path.exists(ctl_path):
-            others = [e for e in os.listdir(path) if e != LOCK_NAME]
+            # a creation that crashed leaves only our lock and control .tmp: finish it
+            others = [e for e in os.listdir(path) if e not in (LOCK_NAME, CONTROL_NAME + ".tmp")]
             if others:
                 raise NotALogError(f"{path}: holds files that are not a tidelog log "
                                    f"(no {CONTROL_NAME}; found {sorted(others)[0]!r})")

@@ -225,3 +225,15 @@ def test_lock_released_when_writer_dies(log_path):
     """, log_path)
     with tidelog.open(log_path) as log:
         assert log.end_offset == 1
+
+
+def test_creation_interrupted_before_the_control_file(tmp_path):
+    d = tmp_path / "log"
+    d.mkdir()
+    (d / "tidelog.lock").write_bytes(b"")
+    (d / "tidelog.ctl.tmp").write_bytes(b"TDLGCTL\0")        # a crash while creating the log
+    with pytest.raises(FileNotFoundError):
+        tidelog.open(str(d), readonly=True)
+    with tidelog.open(str(d)) as log:
+        assert log.append(b"a") == 0
+    assert not (d / "tidelog.ctl.tmp").exists()
