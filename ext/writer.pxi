@@ -1081,6 +1081,29 @@ cdef class LogCore:
                 os.close(self._dir_fd)
                 self._dir_fd = -1
 
+    def _abandon(self):
+        """For tests: let go of the log as a killed process would: no sync, no clean mark; the
+        lock and descriptors are released, the page cache keeps what was written."""
+        if self._closed:
+            return
+        self._closed = True
+        self._wstate = 1
+        for seg in self._segments:
+            (<Segment>seg).close_fd()
+        self._unsynced = []
+        self._active = None
+        self._w = NULL
+        self._ctl = NULL
+        self._ctl_map = None
+        self._segments = []
+        self._nbases = 0
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+        if self._dir_fd >= 0:
+            os.close(self._dir_fd)
+            self._dir_fd = -1
+
     # ---------------------------------------------------------------- lookup
 
     cdef Segment _seg_for(self, int64_t offset):

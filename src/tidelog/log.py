@@ -114,6 +114,14 @@ class Log(_core.LogCore):
             delay = min(delay * 2, 0.01)
         return True
 
+    def _crash(self):
+        """For tests: stop as a killed process would (no sync, no clean shutdown)."""
+        if self._flusher is not None:
+            self._stop_flusher.set()
+            self._flusher.join()
+            self._flusher = None
+        self._abandon()
+
     def close(self):
         """Sync everything, mark a clean shutdown and release the log. Idempotent."""
         if self._flusher is not None:
