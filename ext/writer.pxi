@@ -63,6 +63,8 @@ cdef class LogCore:
     cdef object _sync_lock
     cdef public bint _unsafe_ack_without_sync   # tests' negative control only: never set it
     cdef readonly object _durable_cv            # notified whenever durable_offset advances
+    cdef object _repair                         # None, or "truncate": cut at the first damage
+    cdef readonly object repaired               # what a repair cut: (path, position, offset, why)
     cdef char* _stage           # staging buffer for runs written with pwrite
     cdef size_t _scap
     cdef public Py_ssize_t _pwrite_min   # runs of at least this many bytes go through pwrite
@@ -87,8 +89,10 @@ cdef class LogCore:
 
     # ---------------------------------------------------------------- opening
 
-    def _open(self, str path, bint readonly, bint create, int64_t segment_bytes, str durability):
+    def _open(self, str path, bint readonly, bint create, int64_t segment_bytes, str durability,
+              repair=None):
         self.path = path
+        self._repair = repair
         self._readonly = readonly
         self._seg_bytes = segment_bytes
         self._mode = {"none": MODE_NONE, "batch": MODE_BATCH, "always": MODE_ALWAYS}[durability]
@@ -243,7 +247,8 @@ cdef class LogCore:
         cdef Segment act
         self._list_bases(True)
         self._load_segments(False)
-        self._check_headers(clean, c_durable)
+        self._check_headers(clean and self._repair is None,
+                            -1 if self._repair is not None else c_durable)
         if not self._segments:
             if c_end != c_start and (clean or c_durable > c_start):
                 raise CorruptLogError(f"{self.path}: every segment is missing but the control "
@@ -266,7 +271,7 @@ cdef class LogCore:
                     position=None, offset=c_start)
             act = self._segments[len(self._segments) - 1]
             pos = None
-            if clean and ctl_get(ctl, CTL_ACTIVE_BASE) == act.base:
+            if clean and ctl_get(ctl, CTL_ACTIVE_BASE) == act.base and self._repair is None:
                 self._check_chain(len(self._segments) - 1)
                 act.writable = True
                 act.ensure()
@@ -304,6 +309,8 @@ cdef class LogCore:
             except CorruptLogError:
                 if clean or s.base < durable or i == 0:
                     raise
+                if self._repair is not None:
+                    self.repaired = (s.path, 0, s.base, "segment header damaged")
                 self._drop_segments(i)
                 return
 
@@ -385,10 +392,10 @@ cdef class LogCore:
         cdef uint32_t length
         cdef object bad = None
         segs = self._segments
-        # the segment holding the durable offset (the scan starts there)
+        # the segment holding the durable offset (the scan starts there); a repair reads all
         first = 0
         for i in range(len(segs)):
-            if (<Segment>segs[i]).base <= durable:
+            if (<Segment>segs[i]).base <= durable and self._repair is None:
                 first = i
         self._check_chain(first)
         s = segs[first]
@@ -396,7 +403,7 @@ cdef class LogCore:
         s.ensure()
         pos = SEGMENT_HEADER_SIZE
         off = s.base
-        if durable > s.base:
+        if durable > s.base and self._repair is None:
             # start right after record durable - 1 when the index leads to it (records below
             # the checkpoint were synced; damage there is caught by the read that reaches it)
             p = s.find(durable - 1, &at)
@@ -418,7 +425,11 @@ cdef class LogCore:
             s.writable = True
             s.ensure()
             pos = SEGMENT_HEADER_SIZE
-        if off < durable:
+        if self._repair is not None:
+            if bad is not None or i + 1 < len(segs) or off < durable:
+                self.repaired = (bad or (s.path, pos, off, FRAME_END))[:3] + (
+                    FRAME_PROBLEMS.get((bad or (0, 0, 0, FRAME_END))[3]),)
+        elif off < durable:
             if bad is None:
                 bad = (s.path, pos, off, FRAME_END)
             raise corrupt(bad[0], bad[1], bad[2], bad[3])
@@ -1163,6 +1174,43 @@ cdef class LogCore:
             raise corrupt(seg.path, pos, off, rc)
         return make_record(seg, pos, length)
 
+    def _index_problems(self):
+        """[(index file, entries that disagree with the frames)] for segments whose .idx or
+        .tix is missing, damaged or wrong. Reads every frame's length (not its CRC)."""
+        out = []
+        if self._readonly:
+            self._load_segments(False)
+        for seg in self._segments:
+            bad = index_mismatches(seg, self._end_now())
+            if bad:
+                out.append(((<Segment>seg).path[:len((<Segment>seg).path) - 4] + ".idx", bad))
+        return out
+
+    def _rebuild_indexes(self):
+        """Rewrite every sealed segment's index files from its frames (the active segment's
+        index is the writer's own). For repairs."""
+        cdef Segment seg, fresh
+        if self._readonly:
+            raise TidelogError("rebuilding indexes needs the writer")
+        n = 0
+        for i in range(len(self._segments) - 1):
+            seg = self._segments[i]
+            if not index_mismatches(seg, self._next):
+                continue
+            fresh = self._new_segment_obj(seg.base, True)
+            fresh.next_base = seg.next_base
+            for ext in (".idx", ".tix"):
+                try:
+                    os.unlink(seg.path[:len(seg.path) - 4] + ext)
+                except FileNotFoundError:
+                    pass
+            fresh.ensure()
+            rebuild_index(fresh)
+            fresh.close_fd()
+            self._segments[i] = fresh
+            n += 1
+        return n
+
     def _segment_info(self):
         """[(base, path)] of the segments, for tools."""
         if self._readonly:
@@ -1192,6 +1240,55 @@ cdef int pwrite_all(int fd, const char* buf, size_t n, size_t pos) noexcept nogi
         pos += <size_t>w
         n -= <size_t>w
     return 0
+
+
+cdef Py_ssize_t index_mismatches(Segment s, int64_t log_end) except -1:
+    """Index entries of s that are missing or disagree with its frames (hints that would cost a
+    scan), counting a missing index as one."""
+    cdef size_t pos = SEGMENT_HEADER_SIZE
+    cdef int64_t off, end
+    cdef uint32_t length
+    cdef uint64_t rel
+    cdef int64_t maxts = -(1 << 62), ts
+    cdef Py_ssize_t bad = 0
+    s.ensure()
+    if s.idx == NULL:
+        return 1
+    off = s.base
+    end = s.next_base if s.next_base >= 0 else log_end
+    while off < end and frame_shape(s.data, s.cap, pos, off, &length) == FRAME_OK:
+        rel = <uint64_t>(off - s.base)
+        ts = rd_i64(s.data + pos + 16)
+        if ts > maxts:
+            maxts = ts
+        if rel % IDX_STRIDE == 0 and rd_u32(s.idx + (rel // IDX_STRIDE) * 4) != pos:
+            bad += 1
+        if rel % TIX_STRIDE == 0 and rd_i64(s.tix + (rel // TIX_STRIDE) * 8) != maxts:
+            bad += 1
+        pos += align8(length)
+        off += 1
+    return bad
+
+
+cdef rebuild_index(Segment s):
+    """Fill the (fresh, zeroed) index files of a writable segment from its frames."""
+    cdef size_t pos = SEGMENT_HEADER_SIZE
+    cdef int64_t off = s.base, ts, maxts = -(1 << 62)
+    cdef uint32_t length
+    cdef uint64_t rel
+    while frame_shape(s.data, s.cap, pos, off, &length) == FRAME_OK:
+        rel = <uint64_t>(off - s.base)
+        ts = rd_i64(s.data + pos + 16)
+        if ts > maxts:
+            maxts = ts
+        if rel % IDX_STRIDE == 0:
+            wr_u32(s.idx + (rel // IDX_STRIDE) * 4, <uint32_t>pos)
+        if rel % TIX_STRIDE == 0:
+            wr_i64(s.tix + (rel // TIX_STRIDE) * 8, maxts)
+        pos += align8(length)
+        off += 1
+    msync(s.idx_map.addr, s.idx_map.size, MS_SYNC)
+    msync(s.tix_map.addr, s.tix_map.size, MS_SYNC)
 
 
 cdef zero_tail(Segment s, size_t pos):

@@ -302,3 +302,41 @@ def test_tail_follow_ctrl_c_exits_0(filled_log):
             proc.wait()
     assert proc.returncode == 0, err
     assert b"Traceback" not in err
+
+
+def test_verify_reports_index_damage_and_repair_rebuilds(tmp_path):
+    import os
+    from click.testing import CliRunner
+    from tidelog.cli import cli
+    path = str(tmp_path / "log")
+    with tidelog.open(path, segment_bytes=4096, durability="none") as log:
+        for i in range(200):
+            log.append(b"r%04d" % i + b"." * 90)
+        bases = [b for b, _ in log.segments()]
+    os.unlink(os.path.join(path, "%020d.idx" % bases[1]))
+    r = CliRunner().invoke(cli, ["verify", path])
+    assert r.exit_code == 0 and "index" in r.output and "1 index file" in r.output
+    r = CliRunner().invoke(cli, ["repair", path])
+    assert r.exit_code == 0 and "rebuilt the index files of 1 segment" in r.output, r.output
+    r = CliRunner().invoke(cli, ["verify", path])
+    assert r.exit_code == 0 and "index" not in r.output.replace("index files", "")
+
+
+def test_repair_truncate(tmp_path):
+    import os
+    from click.testing import CliRunner
+    from tidelog.cli import cli
+    path = str(tmp_path / "log")
+    with tidelog.open(path, segment_bytes=1 << 16, durability="none") as log:
+        for i in range(100):
+            log.append(b"v%04d" % i)
+    seg = os.path.join(path, "%020d.seg" % 0)
+    with open(seg, "r+b") as f:
+        f.seek(64 + 40 * 60 + 33)                 # a byte of record 60
+        f.write(b"\xff")
+    assert CliRunner().invoke(cli, ["verify", path]).exit_code == 1
+    r = CliRunner().invoke(cli, ["repair", "--truncate", path])
+    assert r.exit_code == 0 and "truncated at offset 60" in r.output, r.output
+    assert CliRunner().invoke(cli, ["verify", path]).exit_code == 0
+    r = CliRunner().invoke(cli, ["repair", str(tmp_path / "missing")])
+    assert r.exit_code == 2 and "Traceback" not in r.output

@@ -240,3 +240,25 @@ def test_torn_segment_header_below_durable_offset_is_corruption(log_path):
         f.write(bytes(64))
     with pytest.raises(tidelog.CorruptLogError):
         tidelog.open(log_path)                 # durable offset 300 lies beyond that segment
+
+
+def test_repair_truncate_cuts_at_the_first_damage(log_path):
+    with tidelog.open(log_path, segment_bytes=4096, durability="none") as log:
+        for i in range(300):
+            log.append(b"r%04d" % i + b"." * 90)
+        bases = [b for b, _ in log.segments()]
+    victim = bases[2] + 3
+    pos = frame_pos(log_path, victim, base=bases[2])
+    flip(log_path, "%020d.seg" % bases[2], pos + 40)
+    with pytest.raises(tidelog.CorruptLogError):       # the default: reported, nothing changed
+        with tidelog.open(log_path) as log:
+            list(log.cursor())
+    with tidelog.open(log_path, repair="truncate") as log:
+        assert log.end_offset == victim
+        assert log.repaired[1:3] == (pos, victim) and "CRC" in log.repaired[3]
+        assert [b for b, _ in log.segments()] == bases[:3]
+    with tidelog.open(log_path) as log:                # a clean, shorter log
+        assert log.repaired is None
+        assert [bytes(r.value)[:5] for r in log.cursor()] == [b"r%04d" % i for i in range(victim)]
+    with pytest.raises(ValueError, match="repair"):
+        tidelog.open(log_path, repair="salvage-everything")

@@ -275,11 +275,40 @@ def verify(ctx, path):
         except tidelog.OffsetOutOfRangeError as exc:     # a segment file is missing
             click.echo(f"DAMAGED file={log.path} position=None offset={cur.position}: {exc}")
             ctx.exit(1)
-    if n != end - start:
-        click.echo(f"DAMAGED: read {n} records, the log claims {end - start} "
-                   f"([{start}, {end}))")
-        ctx.exit(1)
-    click.echo(f"ok: {n} records [{start}, {end}) verified")
+        if n != end - start:
+            click.echo(f"DAMAGED: read {n} records, the log claims {end - start} "
+                       f"([{start}, {end}))")
+            ctx.exit(1)
+        indexes = log._index_problems()
+    for name, bad in indexes:
+        # indexes are hints: lookups still work (slower); `tidelog repair` rewrites them
+        click.echo(f"index {name}: {bad} entries wrong or missing (rebuilt by `tidelog repair`)")
+    click.echo(f"ok: {n} records [{start}, {end}) verified"
+               + (f"; {len(indexes)} index file(s) to rebuild" if indexes else ""))
+
+
+@cli.command()
+@click.argument("path", type=click.Path())
+@click.option("--truncate", is_flag=True,
+              help="Cut the log at the first damaged record, deleting it and everything after it "
+                   "(acknowledged or not). Without it, only indexes are rebuilt.")
+@click.pass_context
+def repair(ctx, path, truncate):
+    """Repair a log: rebuild damaged index files; with --truncate, also cut the log at the first
+    damaged record (check first with `tidelog verify`). Needs the writer lock."""
+    log = tidelog.open(path, create=False, durability="none",
+                       repair="truncate" if truncate else None)
+    try:
+        if log.repaired:
+            where, pos, off, why = log.repaired
+            click.echo(f"truncated at offset {off} ({where}, byte {pos}: {why}); "
+                       f"the log now holds [{log.start_offset}, {log.end_offset})")
+        elif truncate:
+            click.echo(f"no damaged record: the log holds [{log.start_offset}, {log.end_offset})")
+        n = log._rebuild_indexes()
+        click.echo(f"rebuilt the index files of {n} segment(s)")
+    finally:
+        log.close()
 
 
 @cli.command()

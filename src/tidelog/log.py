@@ -43,8 +43,13 @@ class Log(_core.LogCore):
     """An append-only log in a directory. Use tidelog.open() to get one."""
 
     def __init__(self, path, *, readonly=False, create=True, segment_bytes=256 << 20,
-                 durability="batch", sync_interval=0.005, retain_bytes=None, retain_seconds=None):
+                 durability="batch", sync_interval=0.005, retain_bytes=None, retain_seconds=None,
+                 repair=None):
         path = _check_path(path)
+        if repair not in (None, "truncate"):
+            raise ValueError(f"repair: None or 'truncate', not {repair!r}")
+        if repair is not None and readonly:
+            raise ValueError("repair: a repair needs a writer (readonly=False)")
         segment_bytes = _check_positive("segment_bytes", segment_bytes, integer=True)
         if not MIN_SEGMENT_BYTES <= segment_bytes <= MAX_SEGMENT_BYTES:
             raise ValueError(f"segment_bytes: must lie in [{MIN_SEGMENT_BYTES}, "
@@ -61,7 +66,7 @@ class Log(_core.LogCore):
                                       "implemented yet in this version of tidelog")
         self._flusher = None
         self._stop_flusher = threading.Event()
-        self._open(path, bool(readonly), bool(create), segment_bytes, durability)
+        self._open(path, bool(readonly), bool(create), segment_bytes, durability, repair)
         if not readonly and durability == "batch":
             self._flusher = threading.Thread(target=self._flush_loop, name="tidelog-flusher",
                                              daemon=True)
@@ -175,8 +180,12 @@ class Log(_core.LogCore):
 
 
 def open(path, *, readonly=False, create=True, segment_bytes=256 << 20, durability="batch",
-         sync_interval=0.005, retain_bytes=None, retain_seconds=None):
-    """Open (or create) the log in directory `path`. See API.md for every argument."""
+         sync_interval=0.005, retain_bytes=None, retain_seconds=None, repair=None):
+    """Open (or create) the log in directory `path`. See API.md for every argument.
+
+    repair="truncate" (an operator's opt-in, see `tidelog repair`): check every frame from the
+    start and cut the log at the first damage, deleting what follows it, acknowledged or not;
+    `log.repaired` then says where it cut (path, position, offset, problem) or is None."""
     return Log(path, readonly=readonly, create=create, segment_bytes=segment_bytes,
                durability=durability, sync_interval=sync_interval, retain_bytes=retain_bytes,
-               retain_seconds=retain_seconds)
+               retain_seconds=retain_seconds, repair=repair)
