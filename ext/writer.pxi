@@ -60,7 +60,7 @@ cdef class LogCore:
     cdef bint _dir_dirty
     cdef bint _busy
     cdef object _wlock
-    cdef object _sync_lock
+    cdef bint _syncing          # a leader is syncing (group commit, under _durable_cv)
     cdef public bint _unsafe_ack_without_sync   # tests' negative control only: never set it
     cdef readonly object _durable_cv            # notified whenever durable_offset advances
     cdef object _repair                         # None, or "truncate": cut at the first damage
@@ -97,7 +97,6 @@ cdef class LogCore:
         self._seg_bytes = segment_bytes
         self._mode = {"none": MODE_NONE, "batch": MODE_BATCH, "always": MODE_ALWAYS}[durability]
         self._wlock = threading.Lock()
-        self._sync_lock = threading.Lock()
         self._durable_cv = threading.Condition()
         ctl_path = os.path.join(path, CONTROL_NAME)
         try:
@@ -1001,19 +1000,29 @@ cdef class LogCore:
         return self._sync_to(self._next)
 
     cdef int64_t _sync_to(self, int64_t target) except -1:
+        """Group commit: one thread at a time (the leader) syncs everything appended so far, with
+        no lock held; the others wait on the condition and all wake when it is done: those it
+        covered return, one of the rest leads the next sync."""
         cdef int rc = 0, fd
         cdef Segment active
-        self._sync_lock.acquire()
-        try:
-            if self._failure is not None:
-                self._raise_state()
-            if target <= self._durable and not self._dir_dirty:
-                return self._durable          # a sync that ran while we waited covered us
+        cdef bint ok = False
+        cv = self._durable_cv
+        with cv:
+            while True:
+                if self._failure is not None:
+                    self._raise_state()
+                if target <= self._durable and not self._dir_dirty:
+                    return self._durable          # a sync that ran meanwhile covered us
+                if not self._syncing:
+                    break
+                cv.wait()
+            self._syncing = True
             target = self._next
             segs = list(self._unsynced)
             active = self._active
             dir_dirty = self._dir_dirty
             self._dir_dirty = False
+        try:
             for seg in segs:
                 fd = (<Segment>seg).fd
                 if self._unsafe_ack_without_sync:
@@ -1027,18 +1036,20 @@ cdef class LogCore:
                     rc = fsync(self._dir_fd)
                 if rc != 0:
                     self._fail(errno, self.path)
-            for seg in segs:
-                if seg is not active:
-                    self._unsynced.remove(seg)
-                    (<Segment>seg).close_fd()
-            if target > self._durable:
-                self._durable = target
-                ctl_set(self._ctl, CTL_DURABLE, target)
-                with self._durable_cv:
-                    self._durable_cv.notify_all()
-            return self._durable
+            ok = True
         finally:
-            self._sync_lock.release()
+            with cv:
+                self._syncing = False
+                if ok:
+                    for seg in segs:
+                        if seg is not active:
+                            self._unsynced.remove(seg)
+                            (<Segment>seg).close_fd()
+                    if target > self._durable:
+                        self._durable = target
+                        ctl_set(self._ctl, CTL_DURABLE, target)
+                cv.notify_all()
+        return self._durable
 
     cdef int _fail(self, int err, str path) except -1:
         cause = OSError(err, os.strerror(err), path)

@@ -256,3 +256,20 @@ def test_wait_durable(log_path):
     assert reader.wait_durable(off, timeout=1) is True
     assert reader.wait_durable(off + 5, timeout=0.05) is False
     reader.close()
+
+
+def test_always_mode_threads_each_append_returns_durable(log_path):
+    import threading
+    errors = []
+    with tidelog.open(log_path, durability="always", segment_bytes=1 << 16) as log:
+        def work(t):
+            for i in range(150):
+                off = log.append(b"%d-%d" % (t, i) + b"." * 100)
+                if log.durable_offset <= off:
+                    errors.append((t, off, log.durable_offset))
+        ths = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+        for th in ths:
+            th.start()
+        for th in ths:
+            th.join()
+        assert not errors and log.durable_offset == log.end_offset == 600
