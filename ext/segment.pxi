@@ -112,6 +112,7 @@ cdef class Segment:
     cdef Mapping map
     cdef char* data
     cdef size_t cap
+    cdef bint mapped_rw         # the mapping is writable
     cdef Mapping idx_map
     cdef Mapping tix_map
     cdef char* idx              # entry j: u32 position of record base + 16 j; NULL: no index
@@ -137,10 +138,14 @@ cdef class Segment:
             self.fd = -1
 
     cdef int ensure(self) except -1:
-        """Map the segment (and its indexes) if it is not mapped yet."""
-        if self.data != NULL:
+        """Map the segment (and its indexes) if it is not mapped yet, or map it again writable
+        when it became writable after a read-only mapping (views of the old one stay valid)."""
+        if self.data != NULL and (self.mapped_rw or not self.writable):
             return 0
         cdef int fd
+        self.data = NULL
+        self.idx = NULL
+        self.tix = NULL
         try:
             fd = os.open(self.path, (os.O_RDWR if self.writable else os.O_RDONLY) | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -159,7 +164,8 @@ cdef class Segment:
                                       path=self.path, position=0, offset=self.base)
             self.map = map_fd(fd, size, self.writable, self.path)
             self.data = self.map.addr
-            self.cap = size
+            self.cap = size & ~(<size_t>7)      # frames are 8-byte aligned: never run past it
+            self.mapped_rw = self.writable
         finally:
             if self.writable:
                 self.fd = fd

@@ -8,6 +8,8 @@ cdef enum:
     MODE_BATCH = 1
     MODE_ALWAYS = 2
 
+from time import monotonic as _monotonic
+CTL_PERSIST_SECONDS = 1.0       # the control page (durable checkpoint) is synced at most this often
 SEGMENT_RE = re.compile(r"^(\d{20})\.seg$")
 CONTROL_NAME = "tidelog.ctl"
 LOCK_NAME = "tidelog.lock"
@@ -61,6 +63,8 @@ cdef class LogCore:
     cdef bint _busy
     cdef object _wlock
     cdef bint _syncing          # a leader is syncing (group commit, under _durable_cv)
+    cdef bint _closing
+    cdef double _ctl_persisted  # monotonic time the control page was last synced
     cdef public bint _unsafe_ack_without_sync   # tests' negative control only: never set it
     cdef readonly object _durable_cv            # notified whenever durable_offset advances
     cdef object _repair                         # None, or "truncate": cut at the first damage
@@ -133,13 +137,18 @@ cdef class LogCore:
             os.close(fd)
         self._ctl = self._ctl_map.addr
         self._dir_fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            if readonly:
+                self._load_segments(False)
+            else:
+                self._open_writer()
+        except BaseException:
+            # a failed open leaves the files as they are: no sync, no clean mark
+            self._closed = False
+            self._abandon()
+            raise
         self._closed = False
-        if readonly:
-            self._wstate = 2
-            self._load_segments(False)
-        else:
-            self._open_writer()
-            self._wstate = 0
+        self._wstate = 2 if readonly else 0
 
     cdef _lock(self):
         fd = os.open(os.path.join(self.path, LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -210,11 +219,14 @@ cdef class LogCore:
         self._nbases += 1
 
     cdef _load_segments(self, bint check_headers):
-        """(Re)build the segment list from the directory; keeps Segment objects already known."""
+        """(Re)build the segment list from the directory; keeps Segment objects already known.
+        The list and the bases array are built aside and swapped with no Python call between,
+        so another thread of this process never sees them disagree."""
+        cdef int64_t* bases_c
+        cdef Py_ssize_t n
         known = {s.base: s for s in self._segments}
         bases = self._list_bases(False)
         segs = []
-        self._nbases = 0
         for b in bases:
             s = known.get(b)
             if s is None:
@@ -222,11 +234,23 @@ cdef class LogCore:
                 if check_headers:
                     self._check_header(s)
             segs.append(s)
-            self._push_base(b)
         for i in range(len(segs) - 1):
             (<Segment>segs[i]).next_base = (<Segment>segs[i + 1]).base
         if segs:
             (<Segment>segs[len(segs) - 1]).next_base = -1
+        n = len(segs)
+        if self._nbases and (n == 0 or (<Segment>segs[n - 1]).base < self._bases[self._nbases - 1]):
+            return          # another thread swapped in a newer listing meanwhile: keep it
+                            # (a listing that only adds a missed middle segment is not older)
+        bases_c = <int64_t*>malloc(max(n, 16) * sizeof(int64_t))
+        if bases_c == NULL:
+            raise MemoryError()
+        for i in range(n):
+            bases_c[i] = (<Segment>segs[i]).base
+        free(self._bases)
+        self._bases = bases_c
+        self._bases_cap = max(n, 16)
+        self._nbases = n
         self._segments = segs
 
     cdef _check_header(self, Segment s):
@@ -567,7 +591,7 @@ cdef class LogCore:
     # ---------------------------------------------------------------- state
 
     cdef int _raise_state(self) except -1:
-        if self._closed:
+        if self._closed or self._closing:
             raise LogClosedError(f"{self.path}: the log is closed")
         if self._failure is not None:
             raise LogFailedError(str(self._failure)) from self._failure
@@ -625,6 +649,11 @@ cdef class LogCore:
         return self._closed
 
     @property
+    def _durable_value(self):
+        """durable_offset, also after close() (for waiters woken by it)."""
+        return self._durable_now() if not self._closed else self._durable
+
+    @property
     def failure(self):
         """The LogFailedError that stopped the writer (a sync failed), or None."""
         return self._failure
@@ -663,7 +692,10 @@ cdef class LogCore:
         self._wlock.acquire()
         self._busy = True
         try:
-            self._roll(need)
+            if self._wstate:
+                self._raise_state()
+            if need > self._wcap - self._wpos:      # another thread may have rolled meanwhile
+                self._roll(need)
         finally:
             self._busy = False
             self._wlock.release()
@@ -705,6 +737,8 @@ cdef class LogCore:
 
     def append(self, value, *, key=None, timestamp=None):
         """Append one record; returns its offset."""
+        # (close() sets _closing and then _wstate: an append that passed the check below holds
+        # the GIL until its record is published, which close() waits for)
         cdef Py_buffer vb, kb
         cdef const char* vp
         cdef const char* kp = NULL
@@ -883,6 +917,8 @@ cdef class LogCore:
         self._wlock.acquire()
         self._busy = True
         try:
+            if self._wstate:                # closed (or failed) while the batch was prepared
+                self._raise_state()
             first = self._next
             self._write_locked(items, n, atomic)
         finally:
@@ -995,7 +1031,7 @@ cdef class LogCore:
 
     def sync(self):
         """Make everything appended so far durable; returns durable_offset."""
-        if self._wstate:
+        if self._wstate or self._closing:
             self._raise_state()
         return self._sync_to(self._next)
 
@@ -1036,6 +1072,16 @@ cdef class LogCore:
                     rc = fsync(self._dir_fd)
                 if rc != 0:
                     self._fail(errno, self.path)
+            now = _monotonic()
+            if now - self._ctl_persisted >= CTL_PERSIST_SECONDS and target > self._durable:
+                # the durable checkpoint on disk lags the real one by at most this interval
+                # (recovery treats damage below it as corruption, above it as a torn tail)
+                ctl_set(self._ctl, CTL_DURABLE, target)
+                with nogil:
+                    rc = msync(self._ctl, CONTROL_SIZE, MS_SYNC)
+                if rc != 0:
+                    self._fail(errno, os.path.join(self.path, CONTROL_NAME))
+                self._ctl_persisted = now
             ok = True
         finally:
             with cv:
@@ -1062,19 +1108,19 @@ cdef class LogCore:
         raise self._failure from cause
 
     def _close(self):
-        """Sync, mark a clean shutdown, release the lock. Idempotent."""
+        """Sync, mark a clean shutdown, release the lock. Idempotent; safe against appends and
+        other close() calls in other threads (they wait for it or get LogClosedError)."""
         cdef char* ctl = self._ctl
-        if self._closed:
+        if self._closed or self._closing:
             return
-        if self._busy:
-            self._wait_idle()
+        self._closing = True                 # new appends and syncs are refused from here on
+        self._wlock.acquire()                # a batch or roll in progress finishes first
         try:
             if not self._readonly and self._failure is None:
                 self._sync_to(self._next)
-                for seg in (self._active,):
-                    if (<Segment>seg).idx != NULL:
-                        msync((<Segment>seg).idx_map.addr, (<Segment>seg).idx_map.size, MS_SYNC)
-                        msync((<Segment>seg).tix_map.addr, (<Segment>seg).tix_map.size, MS_SYNC)
+                if self._active is not None and self._active.idx != NULL:
+                    msync(self._active.idx_map.addr, self._active.idx_map.size, MS_SYNC)
+                    msync(self._active.tix_map.addr, self._active.tix_map.size, MS_SYNC)
                 ctl_set(ctl, CTL_ACTIVE_POS, <int64_t>self._wpos)
                 ctl_set(ctl, CTL_ACTIVE_BASE, self._base)
                 ctl_set(ctl, CTL_END, self._next)
@@ -1085,36 +1131,19 @@ cdef class LogCore:
         finally:
             self._closed = True
             self._wstate = 1
-            for seg in self._segments:
-                (<Segment>seg).close_fd()
-            self._unsynced = []
-            self._active = None
-            self._w = NULL
-            self._idx = NULL
-            self._tix = NULL
-            self._ctl = NULL
-            self._ctl_map = None
-            self._segments = []
-            self._nbases = 0
-            if self._lock_fd >= 0:
-                os.close(self._lock_fd)
-                self._lock_fd = -1
-            if self._dir_fd >= 0:
-                os.close(self._dir_fd)
-                self._dir_fd = -1
+            self._teardown()
+            self._wlock.release()
 
-    def _abandon(self):
-        """For tests: let go of the log as a killed process would: no sync, no clean mark; the
-        lock and descriptors are released, the page cache keeps what was written."""
-        if self._closed:
-            return
-        self._closed = True
-        self._wstate = 1
+    cdef _teardown(self):
         for seg in self._segments:
             (<Segment>seg).close_fd()
         self._unsynced = []
         self._active = None
         self._w = NULL
+        self._wcap = 0
+        self._wpos = 0
+        self._idx = NULL
+        self._tix = NULL
         self._ctl = NULL
         self._ctl_map = None
         self._segments = []
@@ -1125,6 +1154,16 @@ cdef class LogCore:
         if self._dir_fd >= 0:
             os.close(self._dir_fd)
             self._dir_fd = -1
+
+    def _abandon(self):
+        """Let go of the log as a killed process would: no sync, no clean mark; the lock and
+        descriptors are released, the page cache keeps what was written. (A failed open ends
+        this way; tests use it to simulate a crash.)"""
+        if self._closed:
+            return
+        self._closed = True
+        self._wstate = 1
+        self._teardown()
 
     # ---------------------------------------------------------------- lookup
 
@@ -1153,6 +1192,9 @@ cdef class LogCore:
             raise CorruptLogError(f"{self.path}: the segment holding offset {offset} is missing; "
                                   f"run `tidelog verify {self.path}`", path=self.path,
                                   position=None, offset=offset)
+        if lo > len(self._segments):
+            raise CorruptLogError(f"{self.path}: segment list changed while reading",
+                                  path=self.path, position=None, offset=offset)
         return self._segments[lo - 1]
 
     def _refresh(self):
@@ -1180,6 +1222,12 @@ cdef class LogCore:
             raise OffsetOutOfRangeError(f"offset {off} is outside the log [{self._start_now()}, {end})")
         seg = self._seg_for(off)
         pos = seg.find(off, &at)
+        if at != off and self._readonly:
+            # a directory listing taken while the writer renamed a new segment into place can
+            # miss it (readdir is not atomic against renames): list again before calling it damage
+            self._load_segments(False)
+            seg = self._seg_for(off)
+            pos = seg.find(off, &at)
         rc = frame_check(seg.data, seg.cap, pos, off, &length) if at == off else FRAME_END
         if rc != FRAME_OK:
             raise corrupt(seg.path, pos, off, rc)
@@ -1189,6 +1237,8 @@ cdef class LogCore:
         """[(index file, entries that disagree with the frames)] for segments whose .idx or
         .tix is missing, damaged or wrong. Reads every frame's length (not its CRC)."""
         out = []
+        if self._closed:
+            raise LogClosedError(f"{self.path}: the log is closed")
         if self._readonly:
             self._load_segments(False)
         for seg in self._segments:
@@ -1216,6 +1266,8 @@ cdef class LogCore:
                 except FileNotFoundError:
                     pass
             fresh.ensure()
+            if fresh.idx == NULL:
+                raise TidelogError(f"{fresh.path}: could not make its index files")
             rebuild_index(fresh)
             fresh.close_fd()
             self._segments[i] = fresh

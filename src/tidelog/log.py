@@ -3,6 +3,7 @@
 import os
 import threading
 import time
+import weakref
 
 from tidelog import _core
 from tidelog.cursor import Cursor
@@ -68,19 +69,13 @@ class Log(_core.LogCore):
         self._stop_flusher = threading.Event()
         self._open(path, bool(readonly), bool(create), segment_bytes, durability, repair)
         if not readonly and durability == "batch":
-            self._flusher = threading.Thread(target=self._flush_loop, name="tidelog-flusher",
-                                             daemon=True)
+            # the thread holds only a weak reference: a Log dropped without close() is collected
+            # (and closed) as usual
+            self._flusher = threading.Thread(
+                target=_flush_loop, args=(weakref.ref(self), self._stop_flusher, self.sync_interval),
+                name="tidelog-flusher", daemon=True)
             self._flusher.start()
 
-    def _flush_loop(self):
-        """'batch' durability: sync at least every sync_interval while there is something new."""
-        stop = self._stop_flusher
-        while not stop.wait(self.sync_interval):
-            try:
-                if self.durable_offset < self.end_offset:
-                    self.sync()
-            except Exception:      # closed or failed: the writer reports it to its callers
-                return
 
     def wait_durable(self, offset, timeout=None):
         """Block until durable_offset > offset (True) or `timeout` seconds pass (False).
@@ -97,7 +92,7 @@ class Log(_core.LogCore):
         deadline = None if timeout is None else time.monotonic() + timeout
         cv = self._durable_cv
         with cv:
-            while self.durable_offset <= offset:
+            while self._durable_value <= offset:
                 if self.closed:
                     raise LogClosedError(f"{self.path}: the log is closed")
                 if self.failure is not None:
@@ -177,6 +172,21 @@ class Log(_core.LogCore):
         if self.closed:
             raise LogClosedError(f"{self.path}: the log is closed")
         return self._segment_info()
+
+
+def _flush_loop(ref, stop, interval):
+    """'batch' durability: sync at least every `interval` seconds while there is something new."""
+    while not stop.wait(interval):
+        log = ref()
+        if log is None:
+            return
+        try:
+            if log.durable_offset < log.end_offset:
+                log.sync()
+        except Exception:          # closed or failed: the writer reports it to its callers
+            return
+        finally:
+            del log
 
 
 def open(path, *, readonly=False, create=True, segment_bytes=256 << 20, durability="batch",
