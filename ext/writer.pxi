@@ -139,7 +139,7 @@ cdef class LogCore:
         self._dir_fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             if readonly:
-                self._load_segments(False)
+                self._load_segments()
             else:
                 self._open_writer()
         except BaseException:
@@ -218,7 +218,7 @@ cdef class LogCore:
         self._bases[self._nbases] = base
         self._nbases += 1
 
-    cdef _load_segments(self, bint check_headers):
+    cdef _load_segments(self):
         """(Re)build the segment list from the directory; keeps Segment objects already known.
         The list and the bases array are built aside and swapped with no Python call between,
         so another thread of this process never sees them disagree."""
@@ -231,8 +231,6 @@ cdef class LogCore:
             s = known.get(b)
             if s is None:
                 s = self._new_segment_obj(b, False)
-                if check_headers:
-                    self._check_header(s)
             segs.append(s)
         for i in range(len(segs) - 1):
             (<Segment>segs[i]).next_base = (<Segment>segs[i + 1]).base
@@ -269,7 +267,7 @@ cdef class LogCore:
         cdef int64_t c_start = ctl_get(ctl, CTL_START)
         cdef Segment act
         self._list_bases(True)
-        self._load_segments(False)
+        self._load_segments()
         self._check_headers(clean and self._repair is None,
                             -1 if self._repair is not None else c_durable)
         if not self._segments:
@@ -1172,7 +1170,7 @@ cdef class LogCore:
         cdef Py_ssize_t lo, hi, mid
         if self._readonly and (self._nbases == 0 or (offset >= self._bases[self._nbases - 1] and
                                ctl_get(self._ctl, CTL_ACTIVE_BASE) != self._bases[self._nbases - 1])):
-            self._load_segments(False)
+            self._load_segments()
         lo = 0
         hi = self._nbases
         while lo < hi:
@@ -1183,7 +1181,7 @@ cdef class LogCore:
                 hi = mid
         if lo == 0:
             if self._readonly:
-                self._load_segments(False)
+                self._load_segments()
                 if self._nbases and self._bases[0] <= offset:
                     return self._seg_for(offset)
             if offset < self._start_now():
@@ -1199,7 +1197,7 @@ cdef class LogCore:
 
     def _refresh(self):
         if self._readonly:
-            self._load_segments(False)
+            self._load_segments()
 
     def read(self, offset):
         """The record at `offset`."""
@@ -1225,7 +1223,7 @@ cdef class LogCore:
         if at != off and self._readonly:
             # a directory listing taken while the writer renamed a new segment into place can
             # miss it (readdir is not atomic against renames): list again before calling it damage
-            self._load_segments(False)
+            self._load_segments()
             seg = self._seg_for(off)
             pos = seg.find(off, &at)
         rc = frame_check(seg.data, seg.cap, pos, off, &length) if at == off else FRAME_END
@@ -1240,7 +1238,7 @@ cdef class LogCore:
         if self._closed:
             raise LogClosedError(f"{self.path}: the log is closed")
         if self._readonly:
-            self._load_segments(False)
+            self._load_segments()
         for seg in self._segments:
             bad = index_mismatches(seg, self._end_now())
             if bad:
@@ -1277,7 +1275,7 @@ cdef class LogCore:
     def _segment_info(self):
         """[(base, path)] of the segments, for tools."""
         if self._readonly:
-            self._load_segments(False)
+            self._load_segments()
         return [((<Segment>s).base, (<Segment>s).path) for s in self._segments]
 
 

@@ -238,9 +238,7 @@ def test_wait_durable(log_path):
             log.wait_durable(off, timeout=-1)
     with tidelog.open(log_path, durability="batch", sync_interval=0.002) as log:
         off = log.append(b"b")
-        t = time.monotonic()
         assert log.wait_durable(off, timeout=30) and log.durable_offset > off
-        assert time.monotonic() - t < 30
     with tidelog.open(log_path, durability="always") as log:
         results = []
 
