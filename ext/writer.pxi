@@ -1272,6 +1272,35 @@ cdef class LogCore:
             n += 1
         return n
 
+    def _salvage(self):
+        """Yield every CRC-valid record of the log in offset order, skipping damage: after a bad
+        frame, look for the next valid one at every 8-byte position (an operator's last resort,
+        see `tidelog repair --salvage-to`). Offsets may then have gaps."""
+        cdef Segment seg
+        cdef size_t pos
+        cdef uint32_t length
+        cdef int64_t last = -1, off
+        cdef int rc
+        if self._closed:
+            raise LogClosedError(f"{self.path}: the log is closed")
+        if self._readonly:
+            self._load_segments()
+        for seg in list(self._segments):
+            try:
+                seg.ensure()
+            except (CorruptLogError, OSError):
+                continue                                  # a missing or unreadable segment
+            pos = SEGMENT_HEADER_SIZE
+            while pos + FRAME_HEADER_SIZE <= seg.cap:
+                rc = frame_check(seg.data, seg.cap, pos, -1, &length)
+                off = rd_i64(seg.data + pos + 8) if rc == FRAME_OK else -1
+                if rc == FRAME_OK and off > last:
+                    yield make_record(seg, pos, length)
+                    last = off
+                    pos += align8(length)
+                else:
+                    pos += FRAME_ALIGN
+
     def _segment_info(self):
         """[(base, path)] of the segments, for tools."""
         if self._readonly:

@@ -340,3 +340,40 @@ def test_repair_truncate(tmp_path):
     assert CliRunner().invoke(cli, ["verify", path]).exit_code == 0
     r = CliRunner().invoke(cli, ["repair", str(tmp_path / "missing")])
     assert r.exit_code == 2 and "Traceback" not in r.output
+
+
+def test_repair_salvage_copies_everything_readable(tmp_path):
+    import os
+    import struct
+    from click.testing import CliRunner
+    from tidelog.cli import cli
+    path, out = str(tmp_path / "log"), str(tmp_path / "salvaged")
+    with tidelog.open(path, segment_bytes=4096, durability="none") as log:
+        for i in range(200):
+            log.append(b"v%04d" % i + b"." * 60, key=b"k%d" % i, timestamp=1000 + i)
+        bases = [b for b, _ in log.segments()]
+    seg = os.path.join(path, "%020d.seg" % bases[1])
+    with open(seg, "rb") as f:
+        data = f.read()
+    pos = [64]
+    for _ in range(5):                                # frame positions, walking the file
+        pos.append(pos[-1] + (struct.unpack_from("<I", data, pos[-1])[0] + 7) // 8 * 8)
+    with open(seg, "r+b") as f:                       # damage the 3rd record of segment 1
+        f.seek(pos[2] + 40)
+        f.write(b"\xff")
+        f.seek(pos[4])                                # and garble the 5th one's length
+        f.write(struct.pack("<I", 7))
+    os.unlink(os.path.join(path, "%020d.seg" % bases[3]))   # and lose a whole segment
+    r = CliRunner().invoke(cli, ["repair", "--salvage-to", out, path])
+    assert r.exit_code == 0, r.output
+    lost = set([bases[1] + 2, bases[1] + 4]) | set(range(bases[3], bases[4]))
+    keep = [i for i in range(200) if i not in lost]
+    assert f"salvaged {len(keep)} records" in r.output
+    with tidelog.open(out, readonly=True) as log:
+        recs = list(log.cursor())
+    assert [bytes(r.value)[:5] for r in recs] == [b"v%04d" % i for i in keep]
+    assert [r.key for r in recs] == [b"k%d" % i for i in keep]
+    assert [r.timestamp for r in recs] == [1000 + i for i in keep]
+    assert f"lost offsets [{bases[1] + 2}, {bases[1] + 3})" in r.output
+    r = CliRunner().invoke(cli, ["repair", "--salvage-to", out, path])
+    assert r.exit_code == 2                           # refuses to write into a non-empty dir

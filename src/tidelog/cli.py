@@ -292,10 +292,38 @@ def verify(ctx, path):
 @click.option("--truncate", is_flag=True,
               help="Cut the log at the first damaged record, deleting it and everything after it "
                    "(acknowledged or not). Without it, only indexes are rebuilt.")
+@click.option("--salvage-to", "salvage_to", type=click.Path(), default=None,
+              help="Leave the log as it is and copy every CRC-valid record, skipping damage, into "
+                   "a new log at this path (offsets there are renumbered; keys and timestamps "
+                   "kept).")
 @click.pass_context
-def repair(ctx, path, truncate):
+def repair(ctx, path, truncate, salvage_to):
     """Repair a log: rebuild damaged index files; with --truncate, also cut the log at the first
-    damaged record (check first with `tidelog verify`). Needs the writer lock."""
+    damaged record; with --salvage-to OUT, copy what is readable around damage into a new log.
+    Check first with `tidelog verify`. Needs the writer lock (not for --salvage-to)."""
+    if salvage_to is not None:
+        if truncate:
+            raise CliError("--truncate and --salvage-to exclude each other")
+        if os.path.exists(salvage_to) and os.listdir(salvage_to):
+            raise CliError(f"{salvage_to}: exists and is not empty")
+        kept = 0
+        gaps = []
+        expect = None
+        with tidelog.open(path, readonly=True) as src, \
+                tidelog.open(salvage_to, durability="none") as dst:
+            for rec in src._salvage():
+                if expect is not None and rec.offset != expect:
+                    gaps.append((expect, rec.offset))
+                dst.append(bytes(rec.value), key=rec.key, timestamp=rec.timestamp)
+                expect = rec.offset + 1
+                kept += 1
+            end = src.end_offset
+        if expect is not None and expect < end:
+            gaps.append((expect, end))
+        click.echo(f"salvaged {kept} records into {salvage_to}")
+        for a, b in gaps:
+            click.echo(f"lost offsets [{a}, {b})")
+        return
     log = tidelog.open(path, create=False, durability="none",
                        repair="truncate" if truncate else None)
     try:
