@@ -93,6 +93,8 @@ cdef inline void frame_write(char* f, int64_t offset, int64_t ts, const char* ke
     wr_u32(f + 4, frame_crc(f, length))
     if publish:
         tl_store_u32_release(f, length)
+    else:
+        wr_u32(f, 0)            # (a staging buffer holds old bytes there) published later
 
 cdef inline int frame_shape(const char* data, size_t cap, size_t pos, int64_t expect,
                             uint32_t* out_len) noexcept nogil:

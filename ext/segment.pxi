@@ -113,6 +113,18 @@ cdef class Segment:
     cdef char* data
     cdef size_t cap
     cdef bint mapped_rw         # the mapping is writable
+    cdef object ino             # inode of the mapped file (a reader notices a replaced one)
+
+    cdef Py_ssize_t find_checked(self, int64_t offset, uint32_t* length, int* rc) except -2:
+        """find() and frame_check() of the frame found; when that fails, once more by walking
+        from the segment start (the index is a hint: a stale entry must not look like damage)."""
+        cdef int64_t at
+        cdef Py_ssize_t p = self.find(offset, &at)
+        rc[0] = frame_check(self.data, self.cap, p, offset, length) if at == offset else FRAME_END
+        if rc[0] != FRAME_OK:
+            p = self.find(offset, &at, False)
+            rc[0] = frame_check(self.data, self.cap, p, offset, length) if at == offset else FRAME_END
+        return p
     cdef Mapping idx_map
     cdef Mapping tix_map
     cdef char* idx              # entry j: u32 position of record base + 16 j; NULL: no index
@@ -162,6 +174,7 @@ cdef class Segment:
             if size < SEGMENT_HEADER_SIZE:
                 raise CorruptLogError(f"{self.path}: segment shorter than its header",
                                       path=self.path, position=0, offset=self.base)
+            self.ino = os.fstat(fd).st_ino
             self.map = map_fd(fd, size, self.writable, self.path)
             self.data = self.map.addr
             self.cap = size & ~(<size_t>7)      # frames are 8-byte aligned: never run past it
@@ -198,11 +211,11 @@ cdef class Segment:
                 if not good:
                     if not self.writable:
                         return
-                    # missing or damaged: start it again, empty; the writer refills it
+                    # missing or damaged: start it again, empty; the writer refills it. If
+                    # that fails (a full disk), go on without an index: it is only a hint
                     os.ftruncate(fd, 0)
-                    rc = tl_preallocate(fd, want)
-                    if rc:
-                        raise_oserror(rc, p)
+                    if tl_preallocate(fd, want):
+                        return
                     os.pwrite(fd, index_header(magic, stride, self.base), 0)
                     self.index_fresh = True
                 maps.append(map_fd(fd, want, self.writable, p))
@@ -223,7 +236,7 @@ cdef class Segment:
             return 0
         return p
 
-    cdef Py_ssize_t find(self, int64_t offset, int64_t* at_offset) except -2:
+    cdef Py_ssize_t find(self, int64_t offset, int64_t* at_offset, bint use_index=True) except -2:
         """Byte position of the frame holding `offset` (which must be in this segment): the
         index entry at or below it (O(1)), then a walk of < 16 frames. Sets at_offset to the
         offset the walk reached, which is `offset` unless the segment's data ends first."""
@@ -233,7 +246,7 @@ cdef class Segment:
         cdef int tries = 0
         cdef uint32_t length
         self.ensure()
-        j = (offset - self.base) // IDX_STRIDE
+        j = (offset - self.base) // IDX_STRIDE if use_index else 0
         while j > 0 and tries < 64:          # a damaged entry: try the ones below it
             p = self.idx_get(j)
             if p:
@@ -249,6 +262,11 @@ cdef class Segment:
             if length == 0:
                 break
             if length < FRAME_HEADER_SIZE or length > self.cap - pos:
+                if cur != self.base:
+                    # the index entry led astray (a stale or damaged hint): walk from the start
+                    pos = SEGMENT_HEADER_SIZE
+                    cur = self.base
+                    continue
                 raise corrupt(self.path, pos, cur, FRAME_BAD_LENGTH)
             pos += align8(length)
             cur += 1

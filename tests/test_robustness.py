@@ -153,3 +153,81 @@ def test_wait_durable_woken_by_close(log_path):
     log.close()                                      # close syncs: the waiter sees it
     th.join()
     assert got == [True]
+
+
+def test_close_racing_appends_in_always_mode(log_path):
+    for _ in range(4):
+        shutil.rmtree(log_path, ignore_errors=True)
+        log = tidelog.open(log_path, durability="always")
+        stop = threading.Event()
+
+        def writer():
+            while not stop.is_set():
+                try:
+                    log.append(b"r" * 50)
+                except tidelog.LogClosedError:
+                    return
+        ths = [threading.Thread(target=writer) for _ in range(3)]
+        for t in ths:
+            t.start()
+        time.sleep(0.05)
+        log.close()
+        stop.set()
+        for t in ths:
+            t.join()
+        with open(os.path.join(log_path, "tidelog.ctl"), "rb") as f:
+            ctl = f.read(64)
+        flags, _, end, durable = struct.unpack_from("<IqqQ", ctl, 12)
+        assert not (flags & 1) or end == durable      # "clean" only when everything is durable
+        with tidelog.open(log_path) as again:
+            assert again.end_offset >= durable
+
+
+def test_junk_after_a_sealed_segments_last_record_is_ignored(log_path):
+    with tidelog.open(log_path, segment_bytes=4096, durability="none") as log:
+        for i in range(100):
+            log.append(b"r%04d" % i + b"." * 90)
+    seg = os.path.join(log_path, segments(log_path)[0])
+    with open(seg, "r+b") as f:
+        f.seek(4090)
+        f.write(b"\x7f")                               # unused space of a sealed segment
+    with tidelog.open(log_path) as log:
+        assert [bytes(r.value)[:5] for r in log.cursor()] == [b"r%04d" % i for i in range(100)]
+    with tidelog.open(log_path, repair="truncate") as log:
+        assert log.repaired is None and log.end_offset == 100
+
+
+def test_stale_index_entry_is_only_a_hint(log_path):
+    with tidelog.open(log_path, segment_bytes=1 << 16, durability="none") as log:
+        for i in range(100):
+            log.append(b"v%04d" % i)
+    idx = os.path.join(log_path, "%020d.idx" % 0)
+    with open(idx, "r+b") as f:                       # entry 2 (record 32) points elsewhere,
+        f.seek(64 + 2 * 4)                            # at a frame with a wrong offset field
+        f.write(struct.pack("<I", 64 + 40 * 31))
+    with tidelog.open(log_path) as log:               # reads and the writer's checks walk instead
+        assert bytes(log.read(32).value) == b"v0032"
+        assert bytes(log.read(40).value) == b"v0040"
+    mark = os.path.join(log_path, "tidelog.ctl")
+    with open(mark, "r+b") as f:
+        f.seek(12)
+        f.write(struct.pack("<I", 0))                 # unclean: recovery starts from the index
+    with tidelog.open(log_path) as log:
+        assert log.end_offset == 100
+
+
+def test_reader_notices_a_segment_file_replaced_by_a_repair(log_path):
+    with tidelog.open(log_path, segment_bytes=4096, durability="none") as log:
+        for i in range(100):
+            log.append(b"old-%04d" % i + b"x" * 80)
+    r = tidelog.open(log_path, readonly=True)
+    assert bytes(r.read(40).value)[:8] == b"old-0040"
+    with open(os.path.join(log_path, segments(log_path)[0]), "r+b") as f:
+        f.seek(64 + 10 * 120 + 40)
+        f.write(b"\xff")
+    with tidelog.open(log_path, segment_bytes=4096, durability="none", repair="truncate") as w:
+        assert w.end_offset == 10
+        for i in range(10, 60):
+            w.append(b"new-%04d" % i + b"y" * 80)
+        assert bytes(r.read(40).value)[:8] == b"new-0040"
+    r.close()

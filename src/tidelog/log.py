@@ -67,6 +67,7 @@ class Log(_core.LogCore):
                                       "implemented yet in this version of tidelog")
         self._flusher = None
         self._stop_flusher = threading.Event()
+        self._interval_ns = int(self.sync_interval * 1e9)
         self._open(path, bool(readonly), bool(create), segment_bytes, durability, repair)
         if not readonly and durability == "batch":
             # the thread holds only a weak reference: a Log dropped without close() is collected
@@ -129,9 +130,11 @@ class Log(_core.LogCore):
             if self._flusher is not threading.current_thread():
                 self._flusher.join()
             self._flusher = None
-        self._close()
-        with self._durable_cv:
-            self._durable_cv.notify_all()
+        try:
+            self._close()
+        finally:
+            with self._durable_cv:
+                self._durable_cv.notify_all()
 
     def __enter__(self):
         if self.closed:
@@ -181,7 +184,8 @@ def _flush_loop(ref, stop, interval):
         if log is None:
             return
         try:
-            if log.durable_offset < log.end_offset:
+            # appenders run an overdue sync themselves; this covers the quiet moments
+            if log.durable_offset < log.end_offset and log._since_sync >= interval * 0.5:
                 log.sync()
         except Exception:          # closed or failed: the writer reports it to its callers
             return
