@@ -408,8 +408,8 @@ cdef class LogCore:
         return pos
 
     cdef Py_ssize_t _recover(self, int64_t durable) except -1:
-        """After an unclean stop: from the durable offset in the control page (the checkpoint of
-        the last successful sync; its position is found through the index), follow the frames (FORMAT.md
+        """After an unclean stop: from the start of the segment holding the durable offset in the
+        control page (the checkpoint of the last successful sync), follow the frames (FORMAT.md
         rules 1-6) across segments; keep the longest valid prefix, delete the segments after its
         end, zero the rest of its last segment and rebuild that segment's index. Anything
         invalid below the durable offset is corruption. Returns the index of the first segment
@@ -432,15 +432,11 @@ cdef class LogCore:
         s = segs[first]
         s.writable = True
         s.ensure()
+        # from the start of that segment, not from the record at the checkpoint: batch rules
+        # need a batch's first frame, and the checkpoint is only as good as the control page
+        # that holds it (at most one segment is scanned more)
         pos = SEGMENT_HEADER_SIZE
         off = s.base
-        if durable > s.base and self._repair is None:
-            # start right after record durable - 1 when the index leads to it (records below
-            # the checkpoint were synced; damage there is caught by the read that reaches it)
-            p = s.find_checked(durable - 1, &length, &rc)
-            if rc == FRAME_OK:
-                pos = p + align8(length)
-                off = durable
         i = first
         while True:
             nxt = segs[i + 1] if i + 1 < len(segs) else None
