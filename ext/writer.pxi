@@ -417,10 +417,7 @@ cdef class LogCore:
         cdef Py_ssize_t i, first
         cdef Segment s, nxt
         cdef size_t pos
-        cdef int64_t off, at
-        cdef Py_ssize_t p
-        cdef uint32_t length
-        cdef int rc
+        cdef int64_t off
         cdef object bad = None
         segs = self._segments
         # the segment holding the durable offset (the scan starts there); a repair reads all
