@@ -15,6 +15,8 @@ class Cursor(_core.CursorCore):
     """Iterate records from a position; read_batch for zero-copy batches. Get one from
     Log.cursor()."""
 
+    name = None
+
     def _resolve(self, where, name):
         log = self.log
         if where == "earliest":
@@ -56,5 +58,17 @@ class Cursor(_core.CursorCore):
             if not self.wait(timeout):
                 return
 
+    def commit(self, offset=None):
+        """Durably store this named cursor's position (or `offset`, which must lie in
+        [start_offset, durable_offset]); on stable storage when it returns."""
+        if self.name is None:
+            raise TypeError("commit: an anonymous cursor has no stored position; open one with "
+                            "log.cursor(name=...)")
+        if offset is None:
+            offset = self.position
+        self.log._positions().put(self.name, self.log._check_commit_offset(offset))
+        return offset
+
     def __repr__(self):
-        return f"<tidelog.Cursor at {self.position} of {self.log.path!r}>"
+        name = "" if self.name is None else f" {self.name!r}"
+        return f"<tidelog.Cursor{name} at {self.position} of {self.log.path!r}>"

@@ -7,7 +7,8 @@ import weakref
 
 from tidelog import _core
 from tidelog.cursor import Cursor
-from tidelog.errors import LogClosedError, LogFailedError
+from tidelog.errors import LogClosedError, LogFailedError, OffsetOutOfRangeError
+from tidelog.positions import PositionStore, check_name
 
 __all__ = ["Log", "open"]
 
@@ -66,6 +67,8 @@ class Log(_core.LogCore):
             raise NotImplementedError("retain_bytes / retain_seconds: retention is not "
                                       "implemented yet in this version of tidelog")
         self._flusher = None
+        self._store = None
+        self._store_lock = threading.Lock()
         self._stop_flusher = threading.Event()
         self._interval_ns = int(self.sync_interval * 1e9)
         self._open(path, bool(readonly), bool(create), segment_bytes, durability, repair)
@@ -135,6 +138,9 @@ class Log(_core.LogCore):
         finally:
             with self._durable_cv:
                 self._durable_cv.notify_all()
+            store, self._store = self._store, None
+            if store is not None:
+                store.close()
 
     def __enter__(self):
         if self.closed:
@@ -159,16 +165,90 @@ class Log(_core.LogCore):
                 f"durable<{self.durable_offset}>")
 
     def cursor(self, start="earliest", *, name=None, durable_only=None):
-        """A cursor at `start`: an offset, "earliest" or "latest". Anonymous cursors see every
-        appended record; durable_only=True limits one to durable records."""
+        """A cursor at `start`: an offset, "earliest" or "latest".
+
+        Anonymous cursors see every appended record. A named cursor (`name`) resumes from the
+        position last committed under that name (else from `start`), commits with
+        `cur.commit()`, and reads durable records only; `durable_only` overrides either
+        default. A committed position beyond the log's end (records lost to a repair or to a
+        power loss in "none" mode) raises OffsetOutOfRangeError rather than skipping ahead:
+        rewind it with `log.set_position(name, offset)`."""
         if self.closed:
             raise LogClosedError(f"{self.path}: the log is closed")
         if name is not None:
-            raise NotImplementedError("named cursors (durable positions) are not implemented yet")
+            check_name(name)
+        if durable_only is None:
+            durable_only = name is not None
         cur = Cursor.__new__(Cursor)
         cur._init(self, self.start_offset, bool(durable_only))
-        cur.seek(cur._resolve(start, "start"))
+        cur.name = name
+        stored = None if name is None else self._positions().get(name)
+        if stored is not None:
+            position = stored[0]
+            end = self.end_offset
+            if position > end:
+                raise OffsetOutOfRangeError(
+                    f"subscriber {name!r}: committed position {position} is beyond the end of "
+                    f"{self.path} ({end}): records it had read are gone (a repair cut the log, or "
+                    f"a power loss in 'none' mode); rewind it with log.set_position({name!r}, "
+                    f"offset) or `tidelog positions set`")
+            cur._set_position(position)    # below start_offset: its next read says so
+        else:
+            cur.seek(cur._resolve(start, "start"))
         return cur
+
+    def _positions(self):
+        """The positions store (LMDB), opened on first use."""
+        if self._store is None:
+            with self._store_lock:
+                if self.closed:
+                    raise LogClosedError(f"{self.path}: the log is closed")
+                if self._store is None:
+                    self._store = PositionStore(self.path)
+        return self._store
+
+    def _check_commit_offset(self, offset, what="offset"):
+        if isinstance(offset, bool) or not isinstance(offset, int):
+            raise TypeError(f"{what}: expected an int, not {type(offset).__name__}")
+        start, durable = self.start_offset, self.durable_offset
+        if not start <= offset <= durable:
+            raise ValueError(f"{what}: {offset} is outside [start_offset, durable_offset] = "
+                             f"[{start}, {durable}]" + (
+                                 " (sync() or wait_durable() first: a committed position never "
+                                 "runs ahead of what survives a power loss)"
+                                 if offset > durable else ""))
+        return offset
+
+    def positions(self):
+        """{name: position} of every named subscriber (replayers included)."""
+        if self.closed:
+            raise LogClosedError(f"{self.path}: the log is closed")
+        return {k: v[0] for k, v in sorted(self._positions().all().items())}
+
+    def position_info(self):
+        """{name: (position, commit time in ns since the epoch)} of every subscriber."""
+        if self.closed:
+            raise LogClosedError(f"{self.path}: the log is closed")
+        return dict(sorted(self._positions().all().items()))
+
+    def lag(self):
+        """{name: end_offset - position} per named subscriber."""
+        positions = self.positions()
+        end = self.end_offset
+        return {k: end - v for k, v in positions.items()}
+
+    def set_position(self, name, offset):
+        """Store `offset` as subscriber `name`'s position (an operator rewinding or skipping a
+        consumer); it must lie in [start_offset, durable_offset]."""
+        check_name(name)
+        self._positions().put(name, self._check_commit_offset(offset))
+
+    def delete_position(self, name):
+        """Forget subscriber `name`. KeyError if it has no position."""
+        if self.closed:
+            raise LogClosedError(f"{self.path}: the log is closed")
+        if not self._positions().delete(name):
+            raise KeyError(f"no subscriber named {name!r} in {self.path}")
 
     def segments(self):
         """[(base_offset, path)] of the segment files, oldest first."""

@@ -1,0 +1,132 @@
+"""Named subscriber positions (and replayers' checkpoints) in an LMDB environment inside the log
+directory: `<log>/positions/`. py-lmdb with its safe defaults (sync and metasync on): a write
+transaction is on stable storage when its commit returns. Any process may commit (LMDB locks).
+
+LMDB must not be opened twice by one process at once (its locks are per process), so every Log of
+this process on the same directory shares one environment, reference-counted here; a child made by
+fork() opens its own.
+"""
+
+import os
+import struct
+import threading
+import time
+
+import lmdb
+
+from tidelog.errors import TidelogError
+
+__all__ = ["PositionStore", "POSITIONS_DIR"]
+
+POSITIONS_DIR = "positions"
+MAP_SIZE = 1 << 36             # address space only: on Linux the file grows with the data
+MAX_DBS = 64                   # positions, checkpoints, digests, and one per replayer view
+POSITION = struct.Struct("<qq")        # position, commit time (ns since the epoch)
+MAX_NAME_BYTES = 400           # LMDB keys are at most 511 bytes; leave room for prefixes
+
+_lock = threading.Lock()
+_envs = {}                     # (pid, st_dev, st_ino) -> [lmdb.Environment, refcount]
+
+
+def check_name(name, what="name"):
+    if not isinstance(name, str):
+        raise TypeError(f"{what}: expected a str, not {type(name).__name__}")
+    raw = name.encode("utf-8")
+    if not raw:
+        raise ValueError(f"{what}: must not be empty")
+    if len(raw) > MAX_NAME_BYTES:
+        raise ValueError(f"{what}: at most {MAX_NAME_BYTES} bytes in UTF-8, not {len(raw)}")
+    if "\0" in name:
+        raise ValueError(f"{what}: must not contain NUL")
+    return raw
+
+
+class PositionStore:
+    """The positions environment of one log, shared by every Log of this process on it."""
+
+    def __init__(self, log_path, create=True):
+        self.path = os.path.join(log_path, POSITIONS_DIR)
+        if not os.path.isdir(self.path):
+            if not create:
+                raise FileNotFoundError(f"{self.path}: no positions stored for this log")
+            try:
+                os.makedirs(self.path, exist_ok=True)
+            except OSError as e:
+                raise TidelogError(f"{self.path}: cannot create the positions store: "
+                                   f"{e.strerror}") from e
+        st = os.stat(self.path)
+        self._key = (os.getpid(), st.st_dev, st.st_ino)
+        with _lock:
+            entry = _envs.get(self._key)
+            if entry is None:
+                try:
+                    env = lmdb.open(self.path, map_size=MAP_SIZE, max_dbs=MAX_DBS, subdir=True,
+                                    sync=True, metasync=True, lock=True, create=True,
+                                    readahead=False)
+                except lmdb.Error as e:
+                    raise TidelogError(f"{self.path}: cannot open the positions store: {e}") from e
+                entry = _envs[self._key] = [env, 0]
+            entry[1] += 1
+        self.env = entry[0]
+        self._dbs = {}
+        self._closed = False
+        self.positions_db = self.db("positions")
+
+    def db(self, name):
+        """A named LMDB database of this environment (created on first use)."""
+        d = self._dbs.get(name)
+        if d is None:
+            d = self._dbs[name] = self.env.open_db(name.encode("utf-8"), create=True)
+        return d
+
+    def close(self):
+        if self._closed:
+            return
+        self._closed = True
+        with _lock:
+            entry = _envs.get(self._key)
+            if entry is None:
+                return
+            entry[1] -= 1
+            if entry[1] == 0:
+                del _envs[self._key]
+                entry[0].close()
+
+    # -- positions (a transaction may be passed to share it, e.g. with a replayer's checkpoint)
+
+    def get(self, name, txn=None):
+        """(position, commit time ns) of subscriber `name`, or None."""
+        key = check_name(name)
+        if txn is None:
+            with self.env.begin(db=self.positions_db) as t:
+                raw = t.get(key, db=self.positions_db)
+        else:
+            raw = txn.get(key, db=self.positions_db)
+        return None if raw is None else POSITION.unpack(raw)
+
+    def put(self, name, position, txn=None):
+        """Store `position` for `name`: durable when this (or the given) transaction commits."""
+        key = check_name(name)
+        value = POSITION.pack(position, time.time_ns())
+        if txn is not None:
+            txn.put(key, value, db=self.positions_db)
+            return
+        with self.env.begin(write=True) as t:
+            t.put(key, value, db=self.positions_db)
+
+    def delete(self, name, txn=None):
+        """Forget subscriber `name`; True if it had a position."""
+        key = check_name(name)
+        if txn is not None:
+            return txn.delete(key, db=self.positions_db)
+        with self.env.begin(write=True) as t:
+            return t.delete(key, db=self.positions_db)
+
+    def all(self):
+        """{name: (position, commit time ns)} of every subscriber."""
+        with self.env.begin(db=self.positions_db) as t:
+            return {k.decode("utf-8"): POSITION.unpack(v) for k, v in t.cursor()}
+
+    def write(self):
+        """A write transaction (a context manager): commit on success, abort on error."""
+        return self.env.begin(write=True)
