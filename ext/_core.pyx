@@ -15,6 +15,7 @@ from cpython.bytes cimport PyBytes_Check, PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.memoryview cimport PyMemoryView_FromObject
 from cpython.long cimport PyLong_Check
 from cpython.ref cimport PyObject
+from cpython.exc cimport PyErr_CheckSignals
 
 cdef extern from "Python.h":
     # the same macros on borrowed references, for loops over a list's items without refcounting
@@ -29,6 +30,7 @@ import os
 import re
 import errno as _errno
 import threading
+import warnings
 import numpy as np
 
 from tidelog.errors import (TidelogError, LogLockedError, OffsetOutOfRangeError, CorruptLogError,

@@ -23,6 +23,9 @@ cdef enum:
     CTL_ACTIVE_POS = 48
     CTL_SEGMENT_BYTES = 56
     CTL_GENERATION = 64
+    CTL_WAKE_END = 72             # wake word pair for end_offset: u32 sequence (the futex word),
+                                  # then u32 sleepers flag (nonzero: someone may sleep on it)
+    CTL_WAKE_DURABLE = 80         # the same for durable_offset
     CTL_FLAG_CLEAN = 1
 
 # frame check results

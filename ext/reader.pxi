@@ -229,8 +229,15 @@ cdef class CursorCore:
             raise OffsetOutOfRangeError(
                 f"cursor position {self._next} fell below start_offset {self.log._start_now()} "
                 f"(retention removed it)")
-        seg = self.log._seg_for(self._next)
-        self._pos = seg.find(self._next, &at)
+        try:
+            seg = self.log._seg_for(self._next)
+            self._pos = seg.find(self._next, &at)
+        except CorruptLogError:
+            if self._next < self.log._start_now():      # retention deleted it meanwhile
+                raise OffsetOutOfRangeError(
+                    f"cursor position {self._next} fell below start_offset "
+                    f"{self.log._start_now()} (retention removed it)") from None
+            raise
         self._seg = seg
         return 0
 

@@ -22,6 +22,67 @@ cdef inline void ctl_set(char* ctl, int field, int64_t v) noexcept nogil:
     tl_store_i64_release(ctl + field, v)
 
 
+cdef inline int wake_word(int field) noexcept nogil:
+    return CTL_WAKE_DURABLE if field == CTL_DURABLE else CTL_WAKE_END
+
+
+cdef void wake_sleepers(char* w) noexcept nogil:
+    """Wake every reader sleeping on the wake word pair at `w` (in any process)."""
+    tl_xchg_u32(w + 4, 0)
+    tl_add_u32(w, 1)
+    tl_futex_wake(w)
+
+
+cdef enum:
+    WAIT_SLICE_NS = 1000000000  # a sleeper looks at signals and close() at least this often
+
+cdef int wait_ctl(char* ctl, int field, int64_t position, int64_t deadline, int64_t spin_ns,
+                  bint rw) noexcept nogil:
+    """Wait until the control page's `field` (end or durable offset) > position. 1: it is;
+    0: `deadline` (monotonic ns; < 0: none) passed; 2: woken or a slice passed without it (the
+    caller checks close(), signals and cancellation, then calls again).
+
+    Spin for spin_ns first (the lowest latency when records come often), then sleep on the wake
+    word: set the sleepers flag, read the wake sequence, and only then check the offset, so a
+    publisher that stored the offset after our check sees the flag and bumps the sequence, which
+    makes the futex wait return at once (docs/FORMAT.md §1). Without a writable control page
+    (a read-only file), poll every millisecond."""
+    cdef int64_t now = tl_mono_ns(), until, left
+    cdef uint32_t seq = 0
+    cdef int i
+    cdef char* w = ctl + wake_word(field)
+    until = now + spin_ns
+    if deadline >= 0 and until > deadline:
+        until = deadline
+    while True:
+        if tl_load_i64_acquire(ctl + field) > position:
+            return 1
+        if now >= until:
+            break
+        for i in range(64):
+            tl_cpu_relax()
+        now = tl_mono_ns()
+    until = now + WAIT_SLICE_NS
+    if deadline >= 0 and deadline < until:
+        until = deadline
+    while True:
+        if rw:
+            tl_store_u32_seqcst(w + 4, 1)
+            seq = tl_load_u32_seqcst(w)
+            if tl_load_u32_seqcst(w + 4) == 0:
+                continue            # a publisher cleared it meanwhile: set it again
+        if tl_load_i64_seqcst(ctl + field) > position:
+            return 1
+        now = tl_mono_ns()
+        if now >= until:
+            return 0 if deadline >= 0 and now >= deadline else 2
+        left = until - now
+        if rw:
+            tl_futex_wait(w, seq, left)
+            return 2
+        tl_sleep_ns(left if left < 1000000 else 1000000)
+
+
 cdef struct Item:
     const char* v
     size_t vlen
@@ -37,6 +98,10 @@ cdef class LogCore:
     cdef int _wstate            # 0: appends allowed; else closed / read-only / failed
     cdef object _failure        # the LogFailedError that stopped the writer
     cdef int _mode
+    cdef public int64_t _retain_bytes   # retention policies (-1: none), set before _open
+    cdef public int64_t _retain_ns
+    cdef int _waiting           # threads of this process in _wait_for
+    cdef bint _ctl_rw           # the control page is mapped writable (sleepers can set the flag)
     cdef Mapping _ctl_map
     cdef char* _ctl
     cdef int _lock_fd
@@ -77,6 +142,8 @@ cdef class LogCore:
     cdef public Py_ssize_t _pwrite_min   # runs of at least this many bytes go through pwrite
 
     def __cinit__(self):
+        self._retain_bytes = -1
+        self._retain_ns = -1
         self._pwrite_min = PWRITE_MIN_BYTES
         self._lock_fd = -1
         self._dir_fd = -1
@@ -133,9 +200,18 @@ cdef class LogCore:
             self._check_control(ctl_path)
             if not readonly:
                 self._lock()
-        fd = os.open(ctl_path, (os.O_RDONLY if readonly else os.O_RDWR) | os.O_CLOEXEC)
+        # readers map it writable too when they may: sleeping followers set the sleepers flag
+        # (without, they poll)
         try:
-            self._ctl_map = map_fd(fd, CONTROL_SIZE, not readonly, ctl_path)
+            fd = os.open(ctl_path, os.O_RDWR | os.O_CLOEXEC)
+            self._ctl_rw = True
+        except PermissionError:
+            if not readonly:
+                raise
+            fd = os.open(ctl_path, os.O_RDONLY | os.O_CLOEXEC)
+            self._ctl_rw = False
+        try:
+            self._ctl_map = map_fd(fd, CONTROL_SIZE, self._ctl_rw, ctl_path)
         finally:
             os.close(fd)
         self._ctl = self._ctl_map.addr
@@ -281,6 +357,16 @@ cdef class LogCore:
         cdef Segment act
         self._list_bases(True)
         self._load_segments()
+        k = 0
+        bases = [(<Segment>x).base for x in self._segments]
+        if c_start in bases and c_start <= c_durable <= c_end:      # (a plausible checkpoint)
+            k = bases.index(c_start)
+        if k:       # a retention stopped midway: its new start is persisted, delete the rest
+            unlink_segment_files(self._segments[:k])
+            os.fsync(self._dir_fd)
+            self._segments = []
+            self._nbases = 0
+            self._load_segments()
         self._check_headers(clean and self._repair is None,
                             -1 if self._repair is not None else c_durable)
         if not self._segments:
@@ -629,6 +715,55 @@ cdef class LogCore:
             self._raise_state()
         return 0
 
+    cdef inline void _publish(self, int field, int64_t value) noexcept nogil:
+        """Store end_offset or durable_offset for readers, then wake any that sleep."""
+        cdef char* w = self._ctl + wake_word(field)
+        tl_store_i64_seqcst(self._ctl + field, value)
+        if tl_load_u32_seqcst(w + 4):
+            wake_sleepers(w)
+
+    def _wait_for(self, int64_t position, bint durable, timeout=None, double spin=0.0,
+                  cancel=None):
+        """Block until end_offset (durable_offset when `durable`) > position: True; False when
+        `timeout` seconds pass first or `cancel` (a threading.Event) is set. The GIL is released
+        while waiting; signal handlers run (KeyboardInterrupt propagates)."""
+        cdef Mapping m = self._ctl_map       # keeps the page mapped if close() runs meanwhile
+        cdef char* ctl
+        cdef int field = CTL_DURABLE if durable else CTL_END
+        cdef int64_t deadline = -1, spin_ns = <int64_t>(spin * 1e9)
+        cdef bint rw = self._ctl_rw
+        cdef int r
+        if self._closed or m is None:
+            raise LogClosedError(f"{self.path}: the log is closed")
+        if timeout is not None:
+            deadline = tl_mono_ns() + <int64_t>(max(0.0, <double>timeout) * 1e9)
+        ctl = m.addr
+        self._waiting += 1
+        try:
+            while True:
+                with nogil:
+                    r = wait_ctl(ctl, field, position, deadline, spin_ns, rw)
+                if r == 1:
+                    return True
+                if r == 0:
+                    return False
+                if self._closed:
+                    raise LogClosedError(f"{self.path}: the log is closed")
+                if cancel is not None and cancel.is_set():
+                    return False
+                PyErr_CheckSignals()
+                spin_ns = 0
+        finally:
+            self._waiting -= 1
+
+    def _wake_sleepers(self):
+        """Wake every sleeper on this log (they check their conditions again)."""
+        if self._ctl != NULL and self._ctl_rw:
+            tl_add_u32(self._ctl + CTL_WAKE_END, 1)
+            tl_futex_wake(self._ctl + CTL_WAKE_END)
+            tl_add_u32(self._ctl + CTL_WAKE_DURABLE, 1)
+            tl_futex_wake(self._ctl + CTL_WAKE_DURABLE)
+
     cdef inline int64_t _end_now(self) noexcept:
         if self._readonly:
             return ctl_get(self._ctl, CTL_END)
@@ -743,7 +878,120 @@ cdef class LogCore:
         self._set_active(seg, SEGMENT_HEADER_SIZE)
         self._max_ts = -(1 << 62)
         ctl_set(self._ctl, CTL_ACTIVE_BASE, seg.base)
+        if self._retain_bytes >= 0 or self._retain_ns >= 0:
+            try:
+                self._retain()
+            except OSError as e:     # the append itself succeeded: report, do not fail it
+                warnings.warn(f"{self.path}: retention failed: {e}", RuntimeWarning)
         return 0
+
+    # ---------------------------------------------------------------- retention
+
+    def truncate_before(self, offset):
+        """Delete the whole segments that lie entirely below `offset` (never the active one);
+        returns the new start_offset. Readers that still map a deleted segment keep their views
+        (the file is unlinked, not unmapped); a read below start_offset gets
+        OffsetOutOfRangeError."""
+        cdef int64_t off, end
+        cdef Py_ssize_t k = 0
+        if not PyLong_Check(offset):
+            raise TypeError(f"offset: expected an int, not {type(offset).__name__}")
+        if self._wstate:
+            self._raise_state()
+        end = self._next
+        if offset > end:
+            raise ValueError(f"offset: {offset} is beyond end_offset {end}")
+        off = offset
+        self._wlock.acquire()
+        self._busy = True
+        try:
+            if self._wstate:
+                self._raise_state()
+            while (k + 1 < len(self._segments) and
+                   (<Segment>self._segments[k + 1]).base <= off):
+                k += 1
+            self._drop_front(k)
+        finally:
+            self._busy = False
+            self._wlock.release()
+        return self._start
+
+    def _apply_retention(self):
+        """Apply retain_bytes / retain_seconds now (the writer also does at every roll)."""
+        if self._wstate:
+            self._raise_state()
+        self._wlock.acquire()
+        self._busy = True
+        try:
+            self._retain()
+        finally:
+            self._busy = False
+            self._wlock.release()
+
+    cdef _retain(self):
+        """Delete the oldest sealed segments while the log holds more than retain_bytes (files
+        are preallocated: a segment counts its capacity) or their newest record is older than
+        retain_seconds."""
+        cdef Py_ssize_t k = 0, n = len(self._segments)
+        cdef Segment seg
+        cdef int64_t cutoff
+        if self._retain_bytes >= 0:
+            sizes = []
+            for seg in self._segments:
+                try:
+                    sizes.append(os.stat(seg.path).st_size)
+                except FileNotFoundError:
+                    sizes.append(0)
+            total = sum(sizes)
+            while k < n - 1 and total > self._retain_bytes:
+                total -= sizes[k]
+                k += 1
+        if self._retain_ns >= 0:
+            cutoff = tl_now_ns() - self._retain_ns
+            while k < n - 1:
+                seg = self._segments[k]
+                if seg_max_time(seg, (<Segment>self._segments[k + 1]).base) >= cutoff:
+                    break
+                k += 1
+        self._drop_front(k)
+
+    cdef _drop_front(self, Py_ssize_t k):
+        """Delete the k oldest segments (sealed ones). The new start_offset is persisted in the
+        control page first: a crash midway leaves only files below it, which the next open
+        deletes. The list and bases array are swapped with no Python call between (other
+        threads read them)."""
+        cdef int64_t* bases_c
+        cdef Py_ssize_t n, i
+        cdef int64_t new_start
+        if k <= 0:
+            return
+        if k >= len(self._segments):
+            raise AssertionError("retention never deletes the active segment")
+        dropped = self._segments[:k]
+        keep = self._segments[k:]
+        n = len(keep)
+        new_start = (<Segment>keep[0]).base
+        ctl_set(self._ctl, CTL_START, new_start)
+        if msync(self._ctl, CONTROL_SIZE, MS_SYNC) != 0:
+            raise_oserror(errno, os.path.join(self.path, CONTROL_NAME))
+        bases_c = <int64_t*>malloc(max(n, 16) * sizeof(int64_t))
+        if bases_c == NULL:
+            raise MemoryError()
+        for i in range(n):
+            bases_c[i] = (<Segment>keep[i]).base
+        old = <size_t>self._bases
+        self._bases = bases_c
+        self._bases_cap = max(n, 16)
+        self._nbases = n
+        self._segments = keep
+        self._start = new_start
+        free(<int64_t*>old)
+        with self._durable_cv:
+            for seg in dropped:
+                if seg in self._unsynced:       # a syncing leader keeps its own reference
+                    self._unsynced.remove(seg)
+        unlink_segment_files(dropped)
+        os.fsync(self._dir_fd)
 
     cdef int64_t _append1(self, const char* v, size_t vlen, const char* k, int32_t klen,
                           int64_t ts) except -1:
@@ -758,7 +1006,7 @@ cdef class LogCore:
         self._index_note(self._wpos, off, ts)
         self._wpos += need
         self._next = off + 1
-        ctl_set(self._ctl, CTL_END, off + 1)
+        self._publish(CTL_END, off + 1)
         return off
 
     def append(self, value, *, key=None, timestamp=None):
@@ -1053,7 +1301,7 @@ cdef class LogCore:
                              <uint32_t>(FRAME_HEADER_SIZE + key_area(items[0].klen) + items[0].vlen))
         self._wpos += total
         self._next += n
-        ctl_set(self._ctl, CTL_END, self._next)
+        self._publish(CTL_END, self._next)
 
     cdef int _grow_stage(self, size_t need) except -1:
         cdef char* p = <char*>realloc(self._stage, need)
@@ -1133,12 +1381,12 @@ cdef class LogCore:
                 self._syncing = False
                 if ok:
                     for seg in segs:
-                        if seg is not active:
-                            self._unsynced.remove(seg)
+                        if seg is not active and seg in self._unsynced:   # (retention may
+                            self._unsynced.remove(seg)                      # have dropped it)
                             (<Segment>seg).close_fd()
                     if target > self._durable:
                         self._durable = target
-                        ctl_set(self._ctl, CTL_DURABLE, target)
+                        self._publish(CTL_DURABLE, target)
                 cv.notify_all()
         return self._durable
 
@@ -1187,6 +1435,8 @@ cdef class LogCore:
             self._wlock.release()
 
     cdef _teardown(self):
+        if self._ctl != NULL and self._waiting:
+            self._wake_sleepers()        # this process's sleepers see the log closed
         for seg in self._segments:
             (<Segment>seg).close_fd()
         self._unsynced = []
@@ -1273,8 +1523,14 @@ cdef class LogCore:
                                         f"[{self._start_now()}, {end})") from None
         if off < self._start_now() or off >= end:
             raise OffsetOutOfRangeError(f"offset {off} is outside the log [{self._start_now()}, {end})")
-        seg = self._seg_for(off)
-        pos = seg.find_checked(off, &length, &rc)
+        try:
+            seg = self._seg_for(off)
+            pos = seg.find_checked(off, &length, &rc)
+        except CorruptLogError:
+            if off < self._start_now():         # retention deleted it meanwhile
+                raise OffsetOutOfRangeError(f"offset {off} is below start_offset "
+                                            f"{self._start_now()} of {self.path}") from None
+            raise
         if rc != FRAME_OK and self._readonly:
             # a directory listing taken while the writer renamed a new segment into place can
             # miss it (readdir is not atomic against renames): list again before calling it damage
@@ -1284,6 +1540,30 @@ cdef class LogCore:
         if rc != FRAME_OK:
             raise corrupt(seg.path, pos, off, rc)
         return make_record(seg, pos, length)
+
+    def offset_for_time(self, timestamp):
+        """The first offset whose record has timestamp >= `timestamp` (ns since the epoch), or
+        end_offset when there is none. Timestamps may go backwards: each segment's time index
+        holds the running maximum every 64 records, which is monotonic, so a binary search
+        finds the 64-record window where the maximum first reaches `timestamp`; the record
+        there is the first one at or after it."""
+        cdef int64_t ts = to_timestamp(timestamp, "timestamp")
+        cdef int64_t end, off, last, r
+        cdef Segment seg
+        if self._closed:
+            raise LogClosedError(f"{self.path}: the log is closed")
+        end = self._end_now()
+        off = self._start_now()
+        while off < end:
+            seg = self._seg_for(off)
+            last = end if seg.next_base < 0 or seg.next_base > end else seg.next_base
+            r = seg_first_at(seg, max(off, seg.base), last, ts)
+            if r >= 0:
+                return r
+            if seg.next_base < 0 or seg.next_base <= off:
+                break
+            off = seg.next_base
+        return end
 
     def _index_problems(self):
         """[(index file, entries that disagree with the frames)] for segments whose .idx or
@@ -1412,6 +1692,91 @@ cdef Py_ssize_t index_mismatches(Segment s, int64_t log_end) except -1:
         pos += align8(length)
         off += 1
     return bad
+
+
+cdef unlink_segment_files(list segs):
+    for seg in segs:
+        stem = (<Segment>seg).path[:len((<Segment>seg).path) - 4]
+        for ext in (".seg", ".idx", ".tix"):
+            try:
+                os.unlink(stem + ext)
+            except FileNotFoundError:
+                pass
+
+
+cdef int64_t seg_max_time(Segment seg, int64_t next_base) except? -1:
+    """The newest timestamp in a sealed segment [seg.base, next_base): the last time-index entry,
+    then the records after it."""
+    cdef int64_t j, first = seg.base, m = -(1 << 62), off, at
+    cdef uint32_t length
+    cdef Py_ssize_t pos
+    cdef int rc
+    seg.ensure()
+    if seg.tix != NULL and next_base > seg.base:
+        j = min((next_base - 1 - seg.base) // TIX_STRIDE, <int64_t>seg.tix_slots - 1)
+        m = rd_i64(seg.tix + j * 8)
+        first = seg.base + j * TIX_STRIDE
+    if first >= next_base:
+        return m
+    pos = seg.find_checked(first, &length, &rc)
+    off = first
+    while True:
+        if rc != FRAME_OK:
+            raise corrupt(seg.path, pos, off, rc)
+        m = max(m, rd_i64(seg.data + pos + 16))
+        off += 1
+        if off >= next_base:
+            return m
+        pos += align8(length)
+        rc = frame_check(seg.data, seg.cap, pos, off, &length)
+
+
+cdef int64_t seg_scan_time(Segment seg, int64_t first, int64_t last, int64_t ts) except -2:
+    """First offset in [first, last) of `seg` whose timestamp >= ts, or -1. Checks each frame."""
+    cdef int64_t at, off = first
+    cdef uint32_t length
+    cdef Py_ssize_t pos
+    cdef int rc
+    if first >= last:
+        return -1
+    pos = seg.find_checked(first, &length, &rc)
+    while True:
+        if rc != FRAME_OK:
+            raise corrupt(seg.path, pos, off, rc)
+        if rd_i64(seg.data + pos + 16) >= ts:
+            return off
+        off += 1
+        if off >= last:
+            return -1
+        pos += align8(length)
+        rc = frame_check(seg.data, seg.cap, pos, off, &length)
+
+
+cdef int64_t seg_first_at(Segment seg, int64_t first, int64_t last, int64_t ts) except -2:
+    """First offset in [first, last) of `seg` with timestamp >= ts, or -1: through the time
+    index (running maxima at records base + 64 j) when there is one, else by a scan. An index
+    that disagrees with the frames (it is only a hint) falls back to the scan."""
+    cdef int64_t lo, hi, mid, jmax, r, a
+    seg.ensure()
+    if seg.tix == NULL or last <= seg.base:
+        return seg_scan_time(seg, first, last, ts)
+    jmax = min((last - 1 - seg.base) // TIX_STRIDE, <int64_t>seg.tix_slots - 1)
+    lo = 0
+    hi = jmax + 1
+    while lo < hi:                      # smallest j with tix[j] >= ts
+        mid = (lo + hi) // 2
+        if rd_i64(seg.tix + mid * 8) >= ts:
+            hi = mid
+        else:
+            lo = mid + 1
+    if lo > jmax:                       # only the records after the last entry may qualify
+        a = seg.base + jmax * TIX_STRIDE + 1
+        return seg_scan_time(seg, max(first, a), last, ts)
+    a = seg.base if lo == 0 else seg.base + (lo - 1) * TIX_STRIDE + 1
+    r = seg_scan_time(seg, max(first, a), min(last, seg.base + lo * TIX_STRIDE + 1), ts)
+    if r >= 0 or first > seg.base + lo * TIX_STRIDE:
+        return r if r >= 0 else seg_scan_time(seg, first, last, ts)
+    return seg_scan_time(seg, first, last, ts)     # a stale or damaged entry
 
 
 cdef rebuild_index(Segment s):

@@ -13,6 +13,17 @@ cdef extern from "tl_sys.h" nogil:
     void tl_store_i64_release(void *p, int64_t v)
     int64_t tl_load_i64_acquire(const void *p)
     int64_t tl_now_ns()
+    int64_t tl_mono_ns()
+    void tl_sleep_ns(int64_t ns)
+    void tl_store_i64_seqcst(void *p, int64_t v)
+    void tl_store_u32_seqcst(void *p, uint32_t v)
+    uint32_t tl_load_u32_seqcst(const void *p)
+    int64_t tl_load_i64_seqcst(const void *p)
+    uint32_t tl_xchg_u32(void *p, uint32_t v)
+    uint32_t tl_add_u32(void *p, uint32_t v)
+    void tl_cpu_relax()
+    int tl_futex_wait(void *addr, uint32_t val, int64_t timeout_ns)
+    int tl_futex_wake(void *addr)
     int tl_datasync(int fd)
     int tl_preallocate(int fd, int64_t size)
     int tl_zero_range(int fd, int64_t offset, int64_t length)
@@ -34,4 +45,4 @@ cdef extern from "<unistd.h>" nogil:
     ssize_t pwrite(int fd, const void *buf, size_t count, off_t offset)
 
 cdef extern from "<errno.h>" nogil:
-    int EINTR, EIO
+    int EINTR, EIO, EAGAIN, ETIMEDOUT

@@ -1,11 +1,14 @@
 """Cursor: a position in a log; Record and RecordBatch come from the core."""
 
-import time
+import asyncio
+import threading
 
 from tidelog import _core
 from tidelog.errors import OffsetOutOfRangeError
 
 __all__ = ["Cursor", "Record", "RecordBatch"]
+
+DEFAULT_SPIN = 50e-6     # seconds a waiting cursor spins before it sleeps (latency vs. CPU)
 
 Record = _core.Record
 RecordBatch = _core.RecordBatch
@@ -36,27 +39,59 @@ class Cursor(_core.CursorCore):
             raise OffsetOutOfRangeError(f"offset {offset} is outside [{start}, {end}]")
         self._set_position(offset)
 
-    def wait(self, timeout=None):
-        """Block until a record at self.position exists (True) or `timeout` seconds pass (False).
-        Interim implementation: polls with a backoff of at most 1 ms."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        delay = 1e-5
-        while True:
-            limit = self.log.durable_offset if self.durable_only else self.log.end_offset
-            if self.position < limit:
-                return True
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
-            time.sleep(delay if deadline is None else min(delay, max(0.0, deadline - time.monotonic())))
-            delay = min(delay * 2, 1e-3)
+    def seek_time(self, timestamp_ns):
+        """Move to the first record with timestamp >= timestamp_ns (the end if none)."""
+        self.seek(self.log.offset_for_time(timestamp_ns))
 
-    def follow(self, timeout=None):
-        """Yield records as the writer appends; stop after `timeout` seconds without a new one."""
+    def wait(self, timeout=None, *, spin=DEFAULT_SPIN):
+        """Block until a record at self.position exists (True) or `timeout` seconds pass (False;
+        None: no limit). Spins for `spin` seconds first, then sleeps until the writer (in any
+        process) publishes: a futex on the shared control page, so an idle follower uses no CPU.
+        A named (durable-only) cursor waits for the record to be durable."""
+        if timeout is not None:
+            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+                raise TypeError(f"timeout: expected a number or None, not {type(timeout).__name__}")
+            if timeout < 0:
+                raise ValueError(f"timeout: must not be negative, not {timeout}")
+        if isinstance(spin, bool) or not isinstance(spin, (int, float)) or spin < 0:
+            raise ValueError(f"spin: a non-negative number of seconds, not {spin!r}")
+        return self.log._wait_for(self.position, self.durable_only, timeout, float(spin))
+
+    def follow(self, timeout=None, *, spin=DEFAULT_SPIN):
+        """Yield records as the writer appends, across segment rolls and writer restarts; stop
+        after `timeout` seconds without a new record (None: never)."""
         while True:
             for rec in self:
                 yield rec
-            if not self.wait(timeout):
+            if not self.wait(timeout, spin=spin):
                 return
+
+    async def follow_async(self, timeout=None, *, yield_every=1024):
+        """follow() for asyncio: an async iterator that never blocks the event loop (it waits in
+        a worker thread, cancellable) and yields to the loop every `yield_every` records."""
+        loop = asyncio.get_running_loop()
+        n = 0
+        while True:
+            for rec in self:
+                yield rec
+                n += 1
+                if n % yield_every == 0:
+                    await asyncio.sleep(0)
+            if not await self._wait_async(loop, timeout):
+                return
+
+    async def _wait_async(self, loop, timeout):
+        if self.position < (self.log.durable_offset if self.durable_only else self.log.end_offset):
+            return True
+        cancel = threading.Event()
+        fut = loop.run_in_executor(None, self.log._wait_for, self.position, self.durable_only,
+                                   timeout, 0.0, cancel)
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            cancel.set()
+            self.log._wake_sleepers()       # the worker thread returns at once
+            raise
 
     def commit(self, offset=None):
         """Durably store this named cursor's position (or `offset`, which must lie in

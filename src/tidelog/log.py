@@ -63,15 +63,22 @@ class Log(_core.LogCore):
         self.sync_interval = _check_positive("sync_interval", sync_interval)
         self.retain_bytes = _check_positive("retain_bytes", retain_bytes, True, True)
         self.retain_seconds = _check_positive("retain_seconds", retain_seconds, True)
-        if retain_bytes is not None or retain_seconds is not None:
-            raise NotImplementedError("retain_bytes / retain_seconds: retention is not "
-                                      "implemented yet in this version of tidelog")
+        if self.retain_bytes is not None:
+            self._retain_bytes = self.retain_bytes
+        if self.retain_seconds is not None:
+            self._retain_ns = int(self.retain_seconds * 1e9)
         self._flusher = None
         self._store = None
         self._store_lock = threading.Lock()
         self._stop_flusher = threading.Event()
         self._interval_ns = int(self.sync_interval * 1e9)
         self._open(path, bool(readonly), bool(create), segment_bytes, durability, repair)
+        if not readonly and (retain_bytes is not None or retain_seconds is not None):
+            try:
+                self._apply_retention()
+            except BaseException:
+                self._abandon()
+                raise
         if not readonly and durability == "batch":
             # the thread holds only a weak reference: a Log dropped without close() is collected
             # (and closed) as usual
@@ -92,7 +99,7 @@ class Log(_core.LogCore):
             if timeout < 0:
                 raise ValueError(f"timeout: must not be negative, not {timeout}")
         if self.readonly:
-            return self._poll(lambda: self.durable_offset > offset, timeout)
+            return self._wait_for(offset, True, timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         cv = self._durable_cv
         with cv:
@@ -105,17 +112,6 @@ class Log(_core.LogCore):
                 if left is not None and left <= 0:
                     return False
                 cv.wait(left)
-        return True
-
-    @staticmethod
-    def _poll(done, timeout):
-        deadline = None if timeout is None else time.monotonic() + timeout
-        delay = 1e-4
-        while not done():
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
-            time.sleep(delay)
-            delay = min(delay * 2, 0.01)
         return True
 
     def _crash(self):
