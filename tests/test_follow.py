@@ -234,3 +234,22 @@ def test_readonly_wait_durable_sleeps_until_the_writer_syncs(log_path):
             assert r.wait_durable(0, timeout=5) is True
         finally:
             r.close()
+
+
+def test_follow_batches_yields_every_record_once(log_path):
+    with tidelog.open(log_path, durability="none", segment_bytes=8192) as lg:
+        cur = lg.cursor(0)
+        seen = []
+
+        def consume():
+            for b in cur.follow_batches(timeout=1.0, max_records=37):
+                assert len(b) > 0
+                seen.extend(b.offsets.tolist())
+        t = threading.Thread(target=consume)
+        t.start()
+        for i in range(2000):
+            lg.append(b"%d" % i)
+            if i % 300 == 0:
+                time.sleep(0.01)
+        t.join(30)
+        assert seen == list(range(2000))

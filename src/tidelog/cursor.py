@@ -66,6 +66,17 @@ class Cursor(_core.CursorCore):
             if not self.wait(timeout, spin=spin):
                 return
 
+    def follow_batches(self, timeout=None, *, max_records=65536, max_bytes=None,
+                       spin=DEFAULT_SPIN):
+        """follow() a batch at a time: yields non-empty RecordBatches (zero-copy, one segment
+        each) as the writer appends; the way for a consumer to keep up with a fast writer."""
+        while True:
+            batch = self.read_batch(max_records, max_bytes)
+            if len(batch):
+                yield batch
+            elif not self.wait(timeout, spin=spin):
+                return
+
     async def follow_async(self, timeout=None, *, yield_every=1024):
         """follow() for asyncio: an async iterator that never blocks the event loop (it waits in
         a worker thread, cancellable) and yields to the loop every `yield_every` records."""
