@@ -864,14 +864,27 @@ cdef class LogCore:
 
     cdef int _roll(self, size_t need) except -1:
         """Roll to a new segment so that `need` bytes of frames fit (writer lock held)."""
+        cdef Segment seg
         if need > <size_t>(self._seg_bytes - SEGMENT_HEADER_SIZE):
             raise ValueError(f"{need} bytes of frames do not fit in a segment of segment_bytes="
                              f"{self._seg_bytes} (open the log with a larger segment_bytes)")
+        cdef Segment old = self._active
         if self._wpos == SEGMENT_HEADER_SIZE:
+            if self._wcap < <size_t>self._seg_bytes:
+                # an empty active segment made with a smaller segment_bytes (an earlier open):
+                # replace it by one of today's size (nothing in it to lose; readers notice the
+                # new file by its inode)
+                seg = self._create_segment(old.base, self._seg_bytes)
+                self._segments[len(self._segments) - 1] = seg
+                with self._durable_cv:
+                    if old in self._unsynced:       # a syncing leader keeps its reference
+                        self._unsynced.remove(old)
+                self._set_active(seg, SEGMENT_HEADER_SIZE)
+                self._max_ts = -(1 << 62)
+                return 0
             raise ValueError(f"{need} bytes of frames do not fit in the current segment of "
                              f"{self._wcap} bytes")
-        cdef Segment old = self._active
-        cdef Segment seg = self._create_segment(self._next, self._seg_bytes)
+        seg = self._create_segment(self._next, self._seg_bytes)
         old.next_base = seg.base
         self._segments.append(seg)
         self._push_base(seg.base)

@@ -231,3 +231,35 @@ def test_reader_notices_a_segment_file_replaced_by_a_repair(log_path):
             w.append(b"new-%04d" % i + b"y" * 80)
         assert bytes(r.read(40).value)[:8] == b"new-0040"
     r.close()
+
+
+def test_reopen_with_larger_segment_bytes_and_an_empty_active_segment(tmp_path):
+    """The active segment is empty and was made with a smaller segment_bytes: a record that fits
+    the new size replaces it instead of being refused; readers follow."""
+    path = str(tmp_path / "l")
+    tidelog.open(path, durability="none", segment_bytes=4096).close()     # one empty segment
+    early = tidelog.open(path, readonly=True)
+    early_cur = early.cursor(0)
+    assert list(early_cur) == []                 # it has mapped the small segment
+    with tidelog.open(path, durability="none", segment_bytes=1 << 16) as log:
+        log.append(b"z" * 20000)                 # refused with ValueError before the fix
+        assert [len(x.value) for x in early_cur] == [20000]
+    early.close()
+    with tidelog.open(path, readonly=True) as r:
+        assert [len(x.value) for x in r.cursor(0)] == [20000]
+    path = str(tmp_path / "l2")
+    with tidelog.open(path, durability="none", segment_bytes=4096) as log:
+        log.append(b"a" * 3000)
+        log.append(b"b" * 3000)                  # rolls: the second segment holds it
+        log.append(b"c" * 3000)                  # rolls again
+    r = tidelog.open(path, readonly=True)
+    cur = r.cursor(0)
+    assert [bytes(x.value[:1]) for x in cur] == [b"a", b"b", b"c"]
+    with tidelog.open(path, durability="none", segment_bytes=1 << 16) as log:
+        log.append(b"d" * 20000)                 # does not fit the 4 KiB active segment
+        log.append(b"e" * 20000)
+        assert [bytes(x.value[:1]) for x in log.cursor(0)] == [b"a", b"b", b"c", b"d", b"e"]
+        assert [bytes(x.value[:1]) for x in cur] == [b"d", b"e"]
+    with tidelog.open(path) as log:
+        assert [len(x.value) for x in log.cursor(0)] == [3000] * 3 + [20000] * 2
+    r.close()
