@@ -133,7 +133,8 @@ cdef class LogCore:
     cdef int64_t _last_sync_ns  # when the last successful sync started ("batch" mode deadline)
     cdef public int64_t _interval_ns   # "batch" mode: sync_interval in ns
     cdef double _ctl_persisted  # monotonic time the control page was last synced
-    cdef public bint _unsafe_ack_without_sync   # tests' negative control only: never set it
+    cdef bint _unsafe_ack                       # tests' negative control only: never set it
+    cdef tl_flusher* _nf        # "batch" mode: the native flusher thread (NULL otherwise)
     cdef readonly object _durable_cv            # notified whenever durable_offset advances
     cdef object _repair                         # None, or "truncate": cut at the first damage
     cdef readonly object repaired               # what a repair cut: (path, position, offset, why)
@@ -153,6 +154,9 @@ cdef class LogCore:
         self._unsynced = []
 
     def __dealloc__(self):
+        if self._nf != NULL:
+            tl_flusher_free(self._nf)
+            self._nf = NULL
         free(self._stage)
         if self._bases != NULL:
             free(self._bases)
@@ -228,6 +232,65 @@ cdef class LogCore:
             raise
         self._closed = False
         self._wstate = 2 if readonly else 0
+        if not readonly and self._mode == MODE_BATCH:
+            self._start_flusher()
+
+    cdef _start_flusher(self):
+        self._nf = tl_flusher_new(&self._durable, &self._wstate, self._ctl, CONTROL_SIZE,
+                                  CTL_END, CTL_DURABLE, CTL_WAKE_DURABLE, self._interval_ns,
+                                  <int64_t>(CTL_PERSIST_SECONDS * 1e9))
+        if self._nf == NULL:
+            raise MemoryError()
+        self._nf.unsafe_no_sync = self._unsafe_ack
+        self._nf_update()
+        rc = tl_flusher_start(self._nf)
+        if rc:
+            tl_flusher_free(self._nf)
+            self._nf = NULL
+            raise OSError(rc, f"cannot start the flusher thread: {os.strerror(rc)}")
+
+    cdef _stop_flusher(self):
+        cdef tl_flusher* f = self._nf
+        if f != NULL:
+            with nogil:
+                tl_flusher_free(f)          # waits for a sync in progress
+            self._nf = NULL
+
+    cdef void _nf_update(self):
+        """Hand the native flusher the active segment when it is the only file to sync."""
+        if self._nf == NULL:
+            return
+        simple = (self._active is not None and not self._dir_dirty and
+                  len(self._unsynced) == 1 and self._unsynced[0] is self._active)
+        tl_flusher_set_fd(self._nf, self._active.fd if simple else -1)
+
+    cdef int _native_failed(self) except -1:
+        """Raise LogFailedError if the native flusher's sync failed."""
+        cdef int err
+        if self._nf != NULL:
+            err = tl_flusher_err(self._nf)
+            if err:
+                if self._failure is not None:
+                    raise self._failure
+                self._fail(err, self._active.path if self._active is not None else self.path)
+        return 0
+
+    @property
+    def _unsafe_ack_without_sync(self):
+        return self._unsafe_ack
+
+    @_unsafe_ack_without_sync.setter
+    def _unsafe_ack_without_sync(self, bint v):
+        self._unsafe_ack = v
+        if self._nf != NULL:
+            self._nf.unsafe_no_sync = v
+
+    @property
+    def _native_flusher(self):
+        """(running with a file to sync, successful syncs) of the native flusher, or None."""
+        if self._nf == NULL:
+            return None
+        return (tl_flusher_fd(self._nf) >= 0, self._nf.syncs)
 
     cdef _lock(self):
         fd = os.open(os.path.join(self.path, LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -698,6 +761,8 @@ cdef class LogCore:
     # ---------------------------------------------------------------- state
 
     cdef int _raise_state(self) except -1:
+        if self._failure is None and not self._closed:
+            self._native_failed()
         if self._closed or self._closing:
             raise LogClosedError(f"{self.path}: the log is closed")
         if self._failure is not None:
@@ -747,8 +812,14 @@ cdef class LogCore:
                     return True
                 if r == 0:
                     return False
+                if tl_load_i64_seqcst(ctl + field) > position:
+                    return True             # (close() syncs, then wakes: the last word counts)
                 if self._closed:
                     raise LogClosedError(f"{self.path}: the log is closed")
+                if durable and not self._readonly:
+                    if self._failure is not None:
+                        raise LogFailedError(str(self._failure)) from self._failure
+                    self._native_failed()
                 if cancel is not None and cancel.is_set():
                     return False
                 PyErr_CheckSignals()
@@ -865,6 +936,8 @@ cdef class LogCore:
     cdef int _roll(self, size_t need) except -1:
         """Roll to a new segment so that `need` bytes of frames fit (writer lock held)."""
         cdef Segment seg
+        if self._nf != NULL:
+            tl_flusher_set_fd(self._nf, -1)     # two files to sync now: Python's sync does it
         if need > <size_t>(self._seg_bytes - SEGMENT_HEADER_SIZE):
             raise ValueError(f"{need} bytes of frames do not fit in a segment of segment_bytes="
                              f"{self._seg_bytes} (open the log with a larger segment_bytes)")
@@ -1074,7 +1147,8 @@ cdef class LogCore:
                 PyBuffer_Release(&kb)
         if self._mode == MODE_ALWAYS:
             self._sync_to(off + 1)
-        elif self._mode == MODE_BATCH and now - self._last_sync_ns >= self._interval_ns:
+        elif (self._mode == MODE_BATCH and now - self._last_sync_ns >= self._interval_ns and
+                (self._nf == NULL or tl_flusher_fd(self._nf) < 0)):
             self._batch_due(off + 1)
         return off
 
@@ -1198,7 +1272,8 @@ cdef class LogCore:
             self._sync_to(first + n)
         elif n and self._mode == MODE_BATCH:
             now = tl_now_ns()
-            if now - self._last_sync_ns >= self._interval_ns:
+            if (now - self._last_sync_ns >= self._interval_ns and
+                    (self._nf == NULL or tl_flusher_fd(self._nf) < 0)):
                 self._batch_due(first + n)
         return first
 
@@ -1352,10 +1427,14 @@ cdef class LogCore:
             while True:
                 if self._failure is not None or self._closed:
                     self._raise_state()
+                self._native_failed()
                 if target <= self._durable and not self._dir_dirty:
                     return self._durable          # a sync that ran meanwhile covered us
                 if not self._syncing:
-                    break
+                    if self._nf == NULL or tl_owner_try(self._nf, TL_OWNER_PYTHON):
+                        break
+                    cv.wait(0.0002)               # the native flusher is syncing: soon done
+                    continue
                 cv.wait()
             self._syncing = True
             self._last_sync_ns = tl_now_ns()
@@ -1367,13 +1446,13 @@ cdef class LogCore:
         try:
             for seg in segs:
                 fd = (<Segment>seg).fd
-                if self._unsafe_ack_without_sync:
+                if self._unsafe_ack:
                     continue
                 with nogil:
                     rc = tl_datasync(fd)
                 if rc != 0:
                     self._fail(errno, (<Segment>seg).path)
-            if dir_dirty and not self._unsafe_ack_without_sync:
+            if dir_dirty and not self._unsafe_ack:
                 with nogil:
                     rc = fsync(self._dir_fd)
                 if rc != 0:
@@ -1393,6 +1472,8 @@ cdef class LogCore:
             with cv:
                 self._syncing = False
                 if ok:
+                    if self._nf != NULL:
+                        target = max(target, self._durable)   # (the native one's, if later)
                     for seg in segs:
                         if seg is not active and seg in self._unsynced:   # (retention may
                             self._unsynced.remove(seg)                      # have dropped it)
@@ -1400,6 +1481,9 @@ cdef class LogCore:
                     if target > self._durable:
                         self._durable = target
                         self._publish(CTL_DURABLE, target)
+                    self._nf_update()
+                if self._nf != NULL:
+                    tl_owner_release(self._nf)
                 cv.notify_all()
         return self._durable
 
@@ -1411,6 +1495,7 @@ cdef class LogCore:
         self._wstate = 3
         with self._durable_cv:
             self._durable_cv.notify_all()
+        self._wake_sleepers()
         raise self._failure from cause
 
     def _close(self):
@@ -1424,6 +1509,13 @@ cdef class LogCore:
             self._wstate = 1
         self._wlock.acquire()                # a batch or roll in progress finishes first
         try:
+            err = tl_flusher_err(self._nf) if self._nf != NULL else 0
+            self._stop_flusher()
+            if err and self._failure is None:
+                try:                         # recorded, not raised: close() still closes
+                    self._fail(err, self._active.path if self._active is not None else self.path)
+                except LogFailedError:
+                    pass
             if not self._readonly and self._failure is None:
                 self._sync_to(self._next)
                 if self._active is not None and self._active.idx != NULL:
@@ -1476,6 +1568,7 @@ cdef class LogCore:
         this way; tests use it to simulate a crash.)"""
         if self._closed:
             return
+        self._stop_flusher()
         self._closed = True
         self._wstate = 1
         self._teardown()

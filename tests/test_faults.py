@@ -59,9 +59,11 @@ def test_power_loss_keeps_every_acknowledged_record(tmp_path, shim, mode):
     assert (lost, corrupt) == (0, 0), f"TIDELOG_FAULT_SEED={SEED}"
 
 
-def test_power_loss_negative_control(tmp_path, shim):
-    """An engine that acknowledges without syncing must be caught by the same test."""
-    acked, lost, _, corrupt = power_loss_cycles(tmp_path, shim, "none", True, 4, SEED)
+@pytest.mark.parametrize("mode", ["none", "batch"])
+def test_power_loss_negative_control(tmp_path, shim, mode):
+    """An engine that acknowledges without syncing must be caught by the same test ("batch":
+    through the native flusher thread)."""
+    acked, lost, _, corrupt = power_loss_cycles(tmp_path, shim, mode, True, 4, SEED)
     assert acked > 0 and lost + corrupt > 0      # silently lost, or reported as corruption
 
 

@@ -46,3 +46,20 @@ cdef extern from "<unistd.h>" nogil:
 
 cdef extern from "<errno.h>" nogil:
     int EINTR, EIO, EAGAIN, ETIMEDOUT
+
+cdef extern from "tl_flusher.h" nogil:
+    ctypedef struct tl_flusher:
+        int unsafe_no_sync
+        int64_t last_sync_at
+        int64_t syncs
+    int TL_OWNER_PYTHON
+    tl_flusher* tl_flusher_new(int64_t* durable, int* wstate, char* ctl, size_t ctl_size,
+                               int end_field, int durable_field, int wake_durable,
+                               int64_t interval_ns, int64_t persist_ns)
+    int tl_flusher_start(tl_flusher* f)
+    void tl_flusher_free(tl_flusher* f)
+    void tl_flusher_set_fd(tl_flusher* f, int fd)
+    int tl_flusher_fd(tl_flusher* f)
+    int tl_flusher_err(tl_flusher* f)
+    int tl_owner_try(tl_flusher* f, int who)
+    void tl_owner_release(tl_flusher* f)

@@ -98,21 +98,13 @@ class Log(_core.LogCore):
             timeout = float(timeout)
             if timeout < 0:
                 raise ValueError(f"timeout: must not be negative, not {timeout}")
-        if self.readonly:
-            return self._wait_for(offset, True, timeout)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        cv = self._durable_cv
-        with cv:
-            while self._durable_value <= offset:
-                if self.closed:
-                    raise LogClosedError(f"{self.path}: the log is closed")
-                if self.failure is not None:
-                    raise LogFailedError(str(self.failure)) from self.failure
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    return False
-                cv.wait(left)
-        return True
+        if self.closed:
+            raise LogClosedError(f"{self.path}: the log is closed")
+        if self.failure is not None:
+            raise LogFailedError(str(self.failure)) from self.failure
+        # the writer (its sync paths or native flusher) and readers alike sleep on the control
+        # page's durable word; a failure or close() wakes them
+        return self._wait_for(offset, True, timeout)
 
     def _crash(self):
         """For tests: stop as a killed process would (no sync, no clean shutdown)."""
@@ -261,6 +253,9 @@ def _flush_loop(ref, stop, interval):
             return
         try:
             # appenders run an overdue sync themselves; this covers the quiet moments
+            native = log._native_flusher
+            if native is not None and native[0]:
+                continue                # the native flusher has it
             if log.durable_offset < log.end_offset and log._since_sync >= interval * 0.5:
                 log.sync()
         except Exception:          # closed or failed: the writer reports it to its callers
