@@ -24,8 +24,8 @@ class Cursor(_core.CursorCore):
         log = self.log
         if where == "earliest":
             return log.start_offset
-        if where == "latest":
-            return log.end_offset
+        if where == "latest":       # a durable-only cursor: the latest durable record
+            return log.durable_offset if self.durable_only else log.end_offset
         if isinstance(where, bool) or not isinstance(where, int):
             raise TypeError(f"{name}: expected an int offset, 'earliest' or 'latest', "
                             f"not {where!r}")

@@ -8,7 +8,7 @@ import weakref
 from tidelog import _core
 from tidelog.cursor import Cursor
 from tidelog.errors import LogClosedError, LogFailedError, OffsetOutOfRangeError
-from tidelog.positions import PositionStore, check_name
+from tidelog.positions import POSITIONS_DIR, PositionStore, check_name
 
 __all__ = ["Log", "open"]
 
@@ -170,7 +170,8 @@ class Log(_core.LogCore):
         cur = Cursor.__new__(Cursor)
         cur._init(self, self.start_offset, bool(durable_only))
         cur.name = name
-        stored = None if name is None else self._positions().get(name)
+        store = None if name is None else self._positions(create=False)
+        stored = None if store is None else store.get(name)
         if stored is not None:
             position = stored[0]
             end = self.end_offset
@@ -185,13 +186,16 @@ class Log(_core.LogCore):
             cur.seek(cur._resolve(start, "start"))
         return cur
 
-    def _positions(self):
-        """The positions store (LMDB), opened on first use."""
+    def _positions(self, create=True):
+        """The positions store (LMDB), opened on first use; None when there is none yet and
+        create is False (reading positions never creates the store)."""
         if self._store is None:
             with self._store_lock:
                 if self.closed:
                     raise LogClosedError(f"{self.path}: the log is closed")
                 if self._store is None:
+                    if not create and not os.path.isdir(os.path.join(self.path, POSITIONS_DIR)):
+                        return None
                     self._store = PositionStore(self.path)
         return self._store
 
@@ -202,8 +206,8 @@ class Log(_core.LogCore):
         if not start <= offset <= durable:
             raise ValueError(f"{what}: {offset} is outside [start_offset, durable_offset] = "
                              f"[{start}, {durable}]" + (
-                                 " (sync() or wait_durable() first: a committed position never "
-                                 "runs ahead of what survives a power loss)"
+                                 " (a committed position never runs ahead of what survives a "
+                                 "power loss: the writer must sync first)"
                                  if offset > durable else ""))
         return offset
 
@@ -211,13 +215,15 @@ class Log(_core.LogCore):
         """{name: position} of every named subscriber (replayers included)."""
         if self.closed:
             raise LogClosedError(f"{self.path}: the log is closed")
-        return {k: v[0] for k, v in sorted(self._positions().all().items())}
+        store = self._positions(create=False)
+        return {} if store is None else {k: v[0] for k, v in sorted(store.all().items())}
 
     def position_info(self):
         """{name: (position, commit time in ns since the epoch)} of every subscriber."""
         if self.closed:
             raise LogClosedError(f"{self.path}: the log is closed")
-        return dict(sorted(self._positions().all().items()))
+        store = self._positions(create=False)
+        return {} if store is None else dict(sorted(store.all().items()))
 
     def lag(self):
         """{name: end_offset - position} per named subscriber."""
@@ -235,7 +241,9 @@ class Log(_core.LogCore):
         """Forget subscriber `name`. KeyError if it has no position."""
         if self.closed:
             raise LogClosedError(f"{self.path}: the log is closed")
-        if not self._positions().delete(name):
+        check_name(name)
+        store = self._positions(create=False)
+        if store is None or not store.delete(name):
             raise KeyError(f"no subscriber named {name!r} in {self.path}")
 
     def segments(self):

@@ -28,6 +28,31 @@ _lock = threading.Lock()
 _envs = {}                     # (pid, st_dev, st_ino) -> [lmdb.Environment, refcount]
 
 
+def _after_fork_in_child():
+    """A forked child must not use its parent's environments (LMDB's rule): close them (that
+    clears only reader slots of this pid) and let each store open a fresh one on next use."""
+    global _lock
+    _lock = threading.Lock()
+    for env, _ in list(_envs.values()):
+        try:
+            env.close()
+        except Exception:
+            pass
+    _envs.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _fsync_dir(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def check_name(name, what="name"):
     if not isinstance(name, str):
         raise TypeError(f"{what}: expected a str, not {type(name).__name__}")
@@ -46,6 +71,7 @@ class PositionStore:
 
     def __init__(self, log_path, create=True):
         self.path = os.path.join(log_path, POSITIONS_DIR)
+        made = False
         if not os.path.isdir(self.path):
             if not create:
                 raise FileNotFoundError(f"{self.path}: no positions stored for this log")
@@ -54,10 +80,21 @@ class PositionStore:
             except OSError as e:
                 raise TidelogError(f"{self.path}: cannot create the positions store: "
                                    f"{e.strerror}") from e
+            made = True
+        self._closed = False
+        self._pid = None
+        self._acquire()
+        # the directory entries of a new store (and of LMDB's files in it) must be durable
+        # before a commit counts: two directory fsyncs per open store
+        _fsync_dir(self.path)
+        if made:
+            _fsync_dir(log_path)
+
+    def _acquire(self):
         st = os.stat(self.path)
-        self._key = (os.getpid(), st.st_dev, st.st_ino)
+        key = (os.getpid(), st.st_dev, st.st_ino)
         with _lock:
-            entry = _envs.get(self._key)
+            entry = _envs.get(key)
             if entry is None:
                 try:
                     env = lmdb.open(self.path, map_size=MAP_SIZE, max_dbs=MAX_DBS, subdir=True,
@@ -65,24 +102,37 @@ class PositionStore:
                                     readahead=False)
                 except lmdb.Error as e:
                     raise TidelogError(f"{self.path}: cannot open the positions store: {e}") from e
-                entry = _envs[self._key] = [env, 0]
+                entry = _envs[key] = [env, 0]
             entry[1] += 1
-        self.env = entry[0]
+        self._key = key
+        self._pid = key[0]
+        self._env = entry[0]
         self._dbs = {}
-        self._closed = False
         self.positions_db = self.db("positions")
+
+    @property
+    def env(self):
+        """The LMDB environment (a forked child gets its own on first use)."""
+        if self._pid != os.getpid():
+            if self._closed:
+                raise TidelogError(f"{self.path}: the positions store is closed")
+            self._acquire()
+        return self._env
 
     def db(self, name):
         """A named LMDB database of this environment (created on first use)."""
+        env = self.env
         d = self._dbs.get(name)
         if d is None:
-            d = self._dbs[name] = self.env.open_db(name.encode("utf-8"), create=True)
+            d = self._dbs[name] = env.open_db(name.encode("utf-8"), create=True)
         return d
 
     def close(self):
         if self._closed:
             return
         self._closed = True
+        if self._pid != os.getpid():
+            return
         with _lock:
             entry = _envs.get(self._key)
             if entry is None:
