@@ -39,13 +39,14 @@ cdef class Record:
 
 
 cdef inline Record make_record(Segment seg, size_t pos, uint32_t length):
-    cdef Record r = Record.__new__(Record)
-    cdef char* f = seg.data + pos
+    cdef Mapping m = seg.map        # held across the allocation below (it may run a GC, whose
+    cdef Record r = Record.__new__(Record)     # finalizers could make the log unmap seg)
+    cdef char* f = m.addr + pos
     cdef int32_t klen = rd_i32(f + 24)
     cdef size_t ka = key_area(klen)
     r.offset = rd_i64(f + 8)
     r.timestamp = rd_i64(f + 16)
-    r._map = seg.map
+    r._map = m
     r._k = f + FRAME_HEADER_SIZE
     r._klen = klen
     r._v = f + FRAME_HEADER_SIZE + ka
@@ -244,7 +245,8 @@ cdef class CursorCore:
     cdef inline int _frame(self, uint32_t* length) except -1:
         """Check the frame at the cursor (locating it first when needed)."""
         cdef int rc
-        if self._seg is None or (self._seg.next_base >= 0 and self._next >= self._seg.next_base):
+        if (self._seg is None or self._seg.data == NULL or
+                (self._seg.next_base >= 0 and self._next >= self._seg.next_base)):
             self._locate()
         rc = frame_check(self._seg.data, self._seg.cap, self._pos, self._next, length)
         if rc == FRAME_END:
@@ -299,6 +301,8 @@ cdef class CursorCore:
             return empty_batch()
         self._frame(&length)            # locates the segment and checks the first frame
         seg = self._seg
+        cdef Mapping m = seg.map        # the loop uses m.addr: numpy calls below may run a GC
+        cdef char* data = m.addr
         n_max = min(<int64_t>max_records, limit - start)
         if seg.next_base >= 0:
             n_max = min(n_max, seg.next_base - start)
@@ -312,13 +316,13 @@ cdef class CursorCore:
         pos = self._pos
         while i < n_max:
             if i:
-                rc = frame_check(seg.data, seg.cap, pos, start + i, &length)
+                rc = frame_check(data, seg.cap, pos, start + i, &length)
                 if rc == FRAME_END:
                     break                   # the segment ends here (a reader saw the roll late)
                 if rc != FRAME_OK:
                     if i:
                         break               # hand out what is good; the next call raises
-            f = seg.data + pos
+            f = data + pos
             klen = rd_i32(f + 24)
             ka = key_area(klen)
             vl = length - FRAME_HEADER_SIZE - ka
@@ -336,7 +340,7 @@ cdef class CursorCore:
         self._pos = pos
         self._next = start + i
         cdef RecordBatch b = RecordBatch.__new__(RecordBatch)
-        b._map = seg.map
+        b._map = m
         b.n = i
         if i < n_max:
             offs, tss, vpos, vlen, kpos, klen_a = offs[:i], tss[:i], vpos[:i], vlen[:i], kpos[:i], klen_a[:i]

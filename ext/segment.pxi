@@ -144,6 +144,17 @@ cdef class Segment:
             os.close(self.fd)
             self.fd = -1
 
+    cdef unmap(self):
+        """Let go of the mapping (views and records keep theirs alive); the next use maps the
+        file again. A reader's RSS stays bounded as a scan moves on."""
+        self.map = None
+        self.data = NULL
+        self.idx_map = None
+        self.tix_map = None
+        self.idx = NULL
+        self.tix = NULL
+        self.mapped_rw = False
+
     cdef close_fd(self):
         if self.fd >= 0:
             os.close(self.fd)
@@ -180,9 +191,9 @@ cdef class Segment:
             self.cap = size & ~(<size_t>7)      # frames are 8-byte aligned: never run past it
             self.mapped_rw = self.writable
         finally:
-            if self.writable:
+            if self.writable and self.fd < 0:
                 self.fd = fd
-            else:
+            else:                   # (mapped again after unmap(): the writer's fd stays)
                 os.close(fd)
         # a frame is at least 32 bytes: bounds the number of records, so the entries
         self.idx_slots = (self.cap - SEGMENT_HEADER_SIZE) // FRAME_HEADER_SIZE // IDX_STRIDE + 1

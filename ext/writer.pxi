@@ -9,6 +9,7 @@ cdef enum:
     MODE_ALWAYS = 2
 
 from time import monotonic as _monotonic
+MAX_MAPPED_SEGMENTS = 8        # sealed segments a Log keeps mapped for reading (RSS bound)
 CTL_PERSIST_SECONDS = 1.0       # the control page (durable checkpoint) is synced at most this often
 SEGMENT_RE = re.compile(r"^(\d{20})\.seg$")
 CONTROL_NAME = "tidelog.ctl"
@@ -101,6 +102,8 @@ cdef class LogCore:
     cdef public int64_t _retain_bytes   # retention policies (-1: none), set before _open
     cdef public int64_t _retain_ns
     cdef int _waiting           # threads of this process in _wait_for
+    cdef list _lru              # sealed segments this object mapped for reading, latest last
+    cdef public Py_ssize_t _max_mapped   # at most this many of them stay mapped
     cdef bint _ctl_rw           # the control page is mapped writable (sleepers can set the flag)
     cdef Mapping _ctl_map
     cdef char* _ctl
@@ -143,6 +146,8 @@ cdef class LogCore:
     cdef public Py_ssize_t _pwrite_min   # runs of at least this many bytes go through pwrite
 
     def __cinit__(self):
+        self._lru = []
+        self._max_mapped = MAX_MAPPED_SEGMENTS
         self._retain_bytes = -1
         self._retain_ns = -1
         self._pwrite_min = PWRITE_MIN_BYTES
@@ -1076,6 +1081,7 @@ cdef class LogCore:
             for seg in dropped:
                 if seg in self._unsynced:       # a syncing leader keeps its own reference
                     self._unsynced.remove(seg)
+        self._lru = [x for x in self._lru if x not in dropped]
         unlink_segment_files(dropped)
         os.fsync(self._dir_fd)
 
@@ -1604,7 +1610,26 @@ cdef class LogCore:
         if lo > len(self._segments):
             raise CorruptLogError(f"{self.path}: segment list changed while reading",
                                   path=self.path, position=None, offset=offset)
-        return self._segments[lo - 1]
+        seg = self._segments[lo - 1]
+        if not (self._lru and self._lru[len(self._lru) - 1] is seg):
+            self._touch(seg)
+        return seg
+
+    cdef _touch(self, Segment seg):
+        """seg is being read: keep it mapped, unmap the least recently read beyond
+        _max_mapped (never the active segment)."""
+        cdef Segment old
+        if seg is self._active:
+            return
+        try:
+            self._lru.remove(seg)
+        except ValueError:
+            pass
+        self._lru.append(seg)
+        while len(self._lru) > self._max_mapped:
+            old = self._lru.pop(0)
+            if old is not self._active:
+                old.unmap()
 
     def _refresh(self):
         if self._readonly:
@@ -1736,6 +1761,8 @@ cdef class LogCore:
                 off = rd_i64(seg.data + pos + 8) if rc == FRAME_OK else -1
                 if rc == FRAME_OK and off > last:
                     yield make_record(seg, pos, length)
+                    if seg.data == NULL:
+                        seg.ensure()            # unmapped meanwhile: the positions still hold
                     last = off
                     pos += align8(length)
                 else:
