@@ -32,10 +32,12 @@ class Cursor(_core.CursorCore):
         return where
 
     def seek(self, offset):
-        """Move to `offset`, which must lie in [start_offset, end_offset]."""
+        """Move to `offset`, which must lie in [start_offset, end_offset] ("earliest" and
+        "latest" always do: retention moving start_offset meanwhile shows on the next read)."""
+        named = offset in ("earliest", "latest") if isinstance(offset, str) else False
         offset = self._resolve(offset, "offset")
         start, end = self.log.start_offset, self.log.end_offset
-        if not start <= offset <= end:
+        if not named and not start <= offset <= end:
             raise OffsetOutOfRangeError(f"offset {offset} is outside [{start}, {end}]")
         self._set_position(offset)
 
