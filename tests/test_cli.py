@@ -212,16 +212,17 @@ def test_lag_without_subscribers(run, filled_log):
     assert "no subscribers" in result.output
 
 
-def test_lag_table(run, filled_log, monkeypatch):
-    # positions() is not in the core yet: the table is drawn from whatever it will return
-    monkeypatch.setattr(tidelog.Log, "positions", lambda self: {"indexer": 5, "mailer": 2},
-                        raising=False)
+def test_lag_table(run, filled_log):
+    # more in test_cli_subscribers.py
+    with tidelog.open(filled_log, readonly=True) as log:
+        log.set_position("indexer", 5)
+        log.set_position("mailer", 2)
     result = run("lag", filled_log)
     assert result.exit_code == 0
     rows = [line.replace("│", " ").split() for line in result.output.splitlines()]
-    assert ["indexer", "5", "0", "leads"] in rows
-    assert ["mailer", "2", "3"] in rows
-    assert run("info", filled_log).output.splitlines()[-1].split() == ["subscribers:", "2"]
+    assert ["indexer", "5", "0", "0", "B"] == rows[4][:5] and rows[4][-1] == "leads"
+    assert ["mailer", "2", "3", "15", "B"] == rows[5][:5] and rows[5][-1].endswith("Z)")
+    assert "subscribers:    2" in run("info", filled_log).output.splitlines()
 
 
 def test_demo_with_path(run, tmp_path):
@@ -230,8 +231,14 @@ def test_demo_with_path(run, tmp_path):
     assert result.exit_code == 0, result.output
     assert "verified: 20,000 records" in result.output
     assert "records/s" in result.output
+    # the story: a live subscriber, a replayer killed and resumed exactly, determinism checks
+    assert "exactly once:" in result.output
+    assert "determinism: ClickCounter: deterministic" in result.output
+    assert "FlakyCounter (reads state outside the log): NOT deterministic" in result.output
     with tidelog.open(path, readonly=True) as log:
-        assert len(log) == 22_000
+        assert len(log) == 22_000 + 20_000 // 4          # + the wave the live subscriber follows
+        assert set(log.positions()) == {"indexer", "mailer", "counts"}
+        assert log.lag()["indexer"] == 0 and log.lag()["mailer"] > 0
         first = json.loads(bytes(log.read(0)))
         assert first["seq"] == 0 and log.read(0).key == f"u{first['user'][1:]}".encode()
     assert run("verify", path).exit_code == 0

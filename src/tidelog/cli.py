@@ -18,13 +18,19 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 import tidelog
+from tidelog.positions import POSITIONS_DIR
 
 __all__ = ["main", "cli"]
 
 BATCH = 65536         # records per read_batch
 CHUNK = 10_000        # records per append_batch in demo, bench and append
+INFO_SUBSCRIBERS = 20 # subscribers `info` lists one per line (`lag` shows them all)
+LAG_SCAN_RECORDS = 5_000_000  # `lag` reads at most this many records to count bytes behind
+LAG_SCAN_BYTES = 1 << 30      # ... and about this many value bytes (~0.3 s from the page cache)
+LAG_SAMPLE = 4096             # records near the end that estimate the record size first
 
 
 class CliError(Exception):
@@ -124,14 +130,48 @@ def _progress(console):
 
 
 def _subscribers(log):
-    """{name: position}, or None when this tidelog has no named subscriber positions."""
-    positions = getattr(log, "positions", None)
-    if positions is None:
-        return None
-    try:
-        return dict(positions())
-    except NotImplementedError:
-        return None
+    """{name: (position, commit time ns)} of the named subscribers, by name. A log that never
+    stored a position has no positions store: {} then, without creating one (looking at a log
+    leaves it as it was)."""
+    if not os.path.isdir(os.path.join(log.path, POSITIONS_DIR)):
+        return {}
+    return log.position_info()
+
+
+def _replayers(log):
+    """Names of the subscribers that are replayers: they have a checkpoint, and their position
+    moves only with their checkpointed state. Call only when the positions store exists."""
+    from tidelog import replay
+    store = log._positions()
+    db = store.db(replay.CHECKPOINTS_DB)
+    with store.env.begin(db=db) as txn:
+        return {bytes(k).decode("utf-8") for k in txn.cursor().iternext(keys=True, values=False)}
+
+
+def _ago(ns, now_ns):
+    """A commit time as its age, '42s ago', '5m ago', '3h ago', '2d ago'."""
+    s = (now_ns - ns) / 1e9
+    if s < 0:
+        return "in the future"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= size:
+            return f"{int(s // size)}{unit} ago"
+    return f"{int(s)}s ago"
+
+
+def _size(n):
+    """Bytes for people: 512 B, 12.0 KiB, 3.4 GiB."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+def _wide_console():
+    """A console for tables: the terminal's width, or a wide one when the output is piped (a
+    table cut to 80 columns would wrap subscriber names and times)."""
+    console = Console()
+    return console if console.is_terminal else Console(width=max(console.width, 200))
 
 
 def _rate(n, seconds):
@@ -156,13 +196,21 @@ def info(path):
         subs = _subscribers(log)
     seg_bytes = sum(os.stat(p).st_size for _, p in segs)
     all_bytes = sum(e.stat().st_blocks * 512 for e in os.scandir(log.path) if e.is_file())
+    store = os.path.join(log.path, POSITIONS_DIR)
+    if os.path.isdir(store):
+        all_bytes += sum(e.stat().st_blocks * 512 for e in os.scandir(store) if e.is_file())
     rows = [("path", log.path), ("start_offset", start), ("end_offset", end),
             ("durable_offset", durable), ("records", end - start),
             ("segments", f"{len(segs)} ({seg_bytes:,} bytes)"),
-            ("disk usage", f"{all_bytes:,} bytes (segments, indexes, control)"),
-            ("subscribers", "not supported by this version" if subs is None else len(subs))]
+            ("disk usage", f"{all_bytes:,} bytes (segments, indexes, control, positions)"),
+            ("subscribers", len(subs))]
     for name, value in rows:
         click.echo(f"{name + ':':<16}{value}")
+    for name, (pos, _) in list(subs.items())[:INFO_SUBSCRIBERS]:
+        click.echo(f"  {name + ':':<13} position {pos}, lag {end - pos}")
+    if len(subs) > INFO_SUBSCRIBERS:
+        click.echo(f"  ... and {len(subs) - INFO_SUBSCRIBERS} more (`tidelog lag {path}` lists "
+                   f"them all)")
 
 
 @cli.command()
@@ -341,20 +389,203 @@ def repair(ctx, path, truncate, salvage_to):
 
 @cli.command()
 @click.argument("path")
-def lag(path):
-    """Named subscribers: their positions, their lag, and who leads."""
+@click.option("--exact", is_flag=True,
+              help="Count the bytes of every record behind every subscriber, however far back "
+                   "(reads them all).")
+def lag(path, exact):
+    """Named subscribers: position, lag in records and in bytes, last commit, and who leads.
+
+    Lag counts to the log's end offset (everything appended, durable or not). Lag in bytes is
+    the value bytes (keys and framing not counted) of the records from a subscriber's position
+    to the end, counted in one read pass shared by all subscribers. Without --exact the pass
+    reads at most ~5M records / ~1 GiB before the end, and bytes further back are extrapolated
+    from the mean value size of what it read (shown with ~). Safe while a writer appends: the
+    log is opened read-only."""
     with _open_ro(path) as log:
-        end = log.end_offset
         subs = _subscribers(log)
+        if not subs:
+            click.echo(f"no subscribers: no named positions are stored in {log.path}")
+            return
+        start, end, durable = log.start_offset, log.end_offset, log.durable_offset
+        behind, problem = _bytes_behind(log, [pos for pos, _ in subs.values()], end, exact)
+        replayers = _replayers(log)
+    now = time.time_ns()
+    lead = max((pos for pos, _ in subs.values() if pos <= end), default=None)
+    table = Table()
+    table.add_column("subscriber")
+    for column in ("position", "lag (records)", "lag (bytes)"):
+        table.add_column(column, justify="right")
+    table.add_column("last commit")
+    table.add_column("")
+    for name, (pos, committed) in sorted(subs.items(), key=lambda kv: (-kv[1][0], kv[0])):
+        nbytes, approx = behind.get(pos, (None, False))
+        if pos > end:
+            shown = "-"
+        else:
+            shown = "?" if nbytes is None else ("~" if approx else "") + _size(nbytes)
+        notes = [note for note, yes in (("leads", pos == lead),
+                                        ("below start", pos < start),
+                                        ("beyond end", pos > end),
+                                        ("replayer", name in replayers)) if yes]
+        table.add_row(Text(name), str(pos), str(end - pos), shown,
+                      f"{_ago(committed, now)} ({_iso(committed)[:19]}Z)", ", ".join(notes))
+    click.echo(f"{log.path}: records [{start}, {end}), durable below {durable}")
+    _wide_console().print(table)
+    if problem:
+        click.echo(f"tidelog: lag in bytes unknown: {_describe(problem)}", err=True)
+    if any(pos > end for pos, _ in subs.values()):
+        click.echo("beyond end: records that subscriber had read are gone (a repair cut the log); "
+                   f"rewind it with `tidelog positions {path} set NAME OFFSET`", err=True)
+
+
+def _bytes_behind(log, offsets, end, exact):
+    """({position: (value bytes in [position, end), approximate?)}, problem or None).
+
+    One pass from the lowest position serves every subscriber: read_batch stops at each
+    position, so each gets its exact share. Unless `exact`, the pass starts at most about
+    LAG_SCAN_RECORDS records / LAG_SCAN_BYTES bytes before `end` (the bytes of LAG_SAMPLE records
+    at the end estimate how many records that is); bytes further back are extrapolated from the
+    mean value size of the records read. A position below start_offset counts from there (the
+    records before it are gone); one beyond `end` gets no entry."""
+    start = log.start_offset
+    inside = sorted({max(pos, start) for pos in offsets if pos <= end})
+    if not inside:
+        return {}, None
+    lo = scan_lo = inside[0]
+    try:
+        if not exact and end - lo > LAG_SAMPLE:
+            sample = log.cursor(end - LAG_SAMPLE).read_batch(LAG_SAMPLE)   # one segment's
+            mean = sample.nbytes / len(sample) if len(sample) else 0
+            window = LAG_SCAN_RECORDS if not mean else int(LAG_SCAN_BYTES / mean)
+            scan_lo = max(lo, end - max(LAG_SAMPLE, min(LAG_SCAN_RECORDS, window)))
+        marks = [pos for pos in inside if pos >= scan_lo]
+        before = {}          # position -> value bytes in [scan_lo, position)
+        cur = log.cursor(scan_lo)
+        at, total, i = scan_lo, 0, 0
+        while True:
+            while i < len(marks) and marks[i] <= at:
+                before[marks[i]] = total
+                i += 1
+            if at >= end:
+                break
+            batch = cur.read_batch(min(BATCH, (marks[i] if i < len(marks) else end) - at))
+            if not len(batch):
+                return {}, CliError(f"the log ends at {at}, before its end offset {end}")
+            total += batch.nbytes
+            at += len(batch)
+    except (tidelog.CorruptLogError, tidelog.OffsetOutOfRangeError) as exc:
+        return {}, exc
+    mean = total / (end - scan_lo) if end > scan_lo else 0.0
+    out = {}
+    for pos in offsets:
+        if pos > end:
+            continue
+        at = max(pos, start)
+        if at >= scan_lo:
+            out[pos] = (total - before[at], False)
+        else:
+            out[pos] = (total + round((scan_lo - at) * mean), True)
+    return out, None
+
+
+@cli.group(invoke_without_command=True, subcommand_metavar="[list | set NAME OFFSET | delete NAME]")
+@click.argument("path")
+@click.pass_context
+def positions(ctx, path):
+    """List, set or delete named subscribers' positions.
+
+    \b
+    tidelog positions PATH                  list: name, position, lag, last commit, kind (tabs)
+    tidelog positions PATH set NAME OFFSET  store OFFSET as NAME's position
+    tidelog positions PATH delete NAME      forget subscriber NAME
+
+    OFFSET is an offset in [start_offset, durable_offset], `earliest` (start_offset) or `latest`
+    (durable_offset); `set` creates NAME if it has no position yet, and refuses a replayer (its
+    position moves only with its state). Works while a writer holds the log (the log is opened
+    read-only; positions are writable from any process). Stop the subscriber first: a running
+    one overwrites its position on its next commit."""
+    ctx.obj = path
+    if ctx.invoked_subcommand is None:
+        _list_positions(path)
+
+
+@positions.command("list", short_help="List subscribers (the default).")
+@click.pass_obj
+def positions_list(path):
+    """Name, position, lag in records, last commit time (ISO 8601 UTC) and kind (cursor or
+    replayer), tab-separated."""
+    _list_positions(path)
+
+
+def _list_positions(path):
+    with _open_ro(path) as log:
+        subs = _subscribers(log)
+        end = log.end_offset
+        replayers = _replayers(log) if subs else set()
     if not subs:
-        why = " (this version of tidelog has no named subscriber positions)" if subs is None else ""
-        click.echo(f"no subscribers{why}")
-        return
-    lead = max(subs.values())
-    table = Table("subscriber", "position", "lag", "")
-    for name, pos in sorted(subs.items(), key=lambda kv: -kv[1]):
-        table.add_row(name, str(pos), str(end - pos), "leads" if pos == lead else "")
-    Console().print(table)
+        click.echo(f"no subscribers: no named positions are stored in {log.path}", err=True)
+    for name, (pos, committed) in subs.items():
+        kind = "replayer" if name in replayers else "cursor"
+        click.echo(f"{name}\t{pos}\t{end - pos}\t{_iso(committed)}\t{kind}")
+
+
+def _offset_arg(log, text):
+    """OFFSET of `positions set`: an int, 'earliest' or 'latest'."""
+    if text == "earliest":
+        return log.start_offset
+    if text == "latest":
+        return log.durable_offset
+    try:
+        return int(text)
+    except ValueError:
+        raise CliError(f"offset: expected an integer, 'earliest' or 'latest', "
+                       f"not {text!r}") from None
+
+
+@positions.command("set", short_help="Store NAME's position.")
+@click.argument("name")
+@click.argument("offset")
+@click.pass_obj
+def positions_set(path, name, offset):
+    """Store OFFSET (an offset in [start_offset, durable_offset], `earliest` or `latest`) as
+    subscriber NAME's position, creating NAME if needed. A replayer's position moves only with
+    its checkpointed state: this refuses it (delete the replayer to start it over)."""
+    with _open_ro(path) as log:
+        old = _subscribers(log).get(name)
+        if old is not None and name in _replayers(log):
+            raise CliError(f"subscriber {name!r} is a replayer: its position moves only with its "
+                           f"checkpointed state (at {old[0]}); start it over with `tidelog "
+                           f"positions {path} delete {name}`")
+        offset = _offset_arg(log, offset)
+        try:
+            log.set_position(name, offset)
+        except (TypeError, ValueError) as exc:
+            raise CliError(f"subscriber {name!r}: {exc}") from None
+    was = "new subscriber" if old is None else f"was {old[0]}"
+    click.echo(f"{name}: position {offset} ({was})")
+
+
+@positions.command("delete", short_help="Forget subscriber NAME.")
+@click.argument("name")
+@click.pass_obj
+def positions_delete(path, name):
+    """Forget subscriber NAME: its next `cursor(name=...)` starts afresh. A replayer loses its
+    checkpoint, digests and view too (stop it first), and its next run starts over."""
+    with _open_ro(path) as log:
+        old = _subscribers(log).get(name)
+        if old is None:
+            raise CliError(f"no subscriber named {name!r} in {log.path}")
+        replayer = name in _replayers(log)
+        try:
+            if replayer:
+                from tidelog.replay import delete_replayer
+                delete_replayer(log, name)
+            else:
+                log.delete_position(name)
+        except KeyError:                 # deleted meanwhile by someone else
+            raise CliError(f"no subscriber named {name!r} in {log.path}") from None
+    extra = "; a replayer: its checkpoint, digests and view are gone too" if replayer else ""
+    click.echo(f"{name}: deleted (was at {old[0]}{extra})")
 
 
 # ------------------------------------------------------------------------------- demo, bench
@@ -393,7 +624,12 @@ def _result_table(title, rows):
               help="Records for the single-call append phase.")
 @click.pass_context
 def demo(ctx, path, events, singles):
-    """Ingest a synthetic click stream, read it back, verify it, report throughput.
+    """The main job: ingest -> tail -> replay, on a synthetic click stream.
+
+    Ingest events, read them back and verify them (throughput); two named subscribers, one
+    following live while a second wave arrives, one slow, and their lag; a replayer building
+    per-user counts in another process, killed with SIGKILL mid-replay and resumed exactly; a
+    determinism check of the counting machine, and of one that breaks the rules.
 
     PATH defaults to a temporary directory, removed at the end; a given PATH is kept (and may
     already hold a log: the demo appends to it)."""
@@ -402,7 +638,10 @@ def demo(ctx, path, events, singles):
     if path is None:
         tmp = path = tempfile.mkdtemp(prefix="tidelog-demo-")
     try:
+        t0 = time.perf_counter()
         ok = _demo(console, path, events, singles)
+        ok = _demo_story(console, path, events) and ok
+        click.echo(f"demo took {time.perf_counter() - t0:.1f} s")
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -410,6 +649,47 @@ def demo(ctx, path, events, singles):
     click.echo(f"log: {path} ({where})")
     if not ok:
         ctx.exit(1)
+
+
+def _demo_story(console, path, events):
+    from tidelog import demo as story
+    rng = np.random.default_rng(7)
+    ok = True
+    with tidelog.open(path) as log:
+        wave = max(1, events // 4)
+
+        def ingest_more():
+            for lo in range(0, wave, CHUNK):
+                values, keys = _events(rng, 10 ** 9 + lo, min(CHUNK, wave - lo))
+                log.append_batch(values, keys=keys)
+        lags, got, secs, _ = story.subscribers(log, console, ingest_more)
+        info = log.position_info()
+        table = Table("subscriber", "position", "lag (records)", title="subscribers")
+        lead = max(lags, key=lambda k: -lags[k]) if lags else None
+        for name, lag in lags.items():
+            table.add_row(name + (" (leads)" if name == lead else ""), f"{info[name][0]:,}",
+                          f"{lag:,}")
+        console.print(table)
+        click.echo(f"live tail: 'indexer' followed {got:,} records while {wave:,} more were "
+                   f"appended ({secs:.2f} s), committing as it went")
+
+        r = story.replay_with_crash(log, console, rng)
+        click.echo(f"replay: a replayer in a child process was killed (SIGKILL) after position "
+                   f"{r['killed_after']:,}; a new one resumed from its checkpoint at "
+                   f"{r['resumed_from']:,} and reached {r['end']:,} in {r['resumed_secs']:.2f} s")
+        if r["exact"]:
+            click.echo(f"exactly once: its per-user counts ({r['total']:,} clicks; user "
+                       f"{r['top']} leads with {r['top_count']}) equal a fresh fold of the log")
+        else:
+            ok = False
+            click.echo("tidelog: demo: the resumed replayer's counts differ from a fresh fold",
+                       err=True)
+        good, t_good, bad = story.determinism(log)
+        click.echo(f"determinism: ClickCounter: {good} ({t_good:.2f} s)")
+        click.echo(f"determinism: FlakyCounter (reads state outside the log): {bad}")
+        if not good or bad:
+            ok = False
+    return ok
 
 
 def _demo(console, path, events, singles):
@@ -532,6 +812,137 @@ def bench(records, size):
         ("append (1 per call) + sync", records, records * size, t_single),
         (f"append_batch ({CHUNK:,}) + sync", n_batch, n_batch * size, t_batch),
         ("scan via read_batch", scanned, scanned_bytes, t_scan)]))
+
+
+# ------------------------------------------------------------------------------- replay
+
+def _load_factory(spec):
+    """The callable named by --machine MODULE:FACTORY (FACTORY may be dotted: mod:Class.make).
+    The current directory is importable, as with `python -m`."""
+    import importlib
+    module, sep, attr = spec.partition(":")
+    if not sep or not module or not attr:
+        raise CliError(f"--machine: expected MODULE:FACTORY (e.g. mypkg.machines:Counter), "
+                       f"not {spec!r}")
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        obj = importlib.import_module(module)
+    except Exception as exc:           # ImportError, or whatever the module raises on import
+        raise CliError(f"--machine: cannot import {module!r}: {type(exc).__name__}: "
+                       f"{exc}") from None
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise CliError(f"--machine: {module!r} has no attribute {attr!r}") from None
+    if not callable(obj):
+        raise CliError(f"--machine: {spec} is a {type(obj).__name__}, not a callable that "
+                       f"returns a machine")
+    return obj
+
+
+def _make_machine(factory, spec):
+    try:
+        return factory()
+    except Exception as exc:
+        raise CliError(f"--machine: {spec}() raised {type(exc).__name__}: {exc}") from None
+
+
+def _replay_progress(console):
+    return Progress(TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[rate]:>16}"), TextColumn("lag {task.fields[lag]}"),
+                    TimeElapsedColumn(), console=console, disable=not console.is_terminal)
+
+
+@cli.command()
+@click.argument("path")
+@click.option("--machine", "spec", required=True, metavar="MODULE:FACTORY",
+              help="What to replay into: FACTORY() returns a machine (apply/snapshot/restore, or "
+                   "a tidelog.LmdbView). The current directory is importable.")
+@click.option("--name", default=None,
+              help="Replayer name: its checkpoint and position (default: the --machine value).")
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=100_000,
+              show_default=True, help="Checkpoint at every multiple of this offset.")
+@click.option("--checkpoint-interval", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Also checkpoint after this many seconds.")
+@click.option("--until", type=click.IntRange(min=0), default=None,
+              help="Stop before this offset (default: the durable end).")
+@click.option("-f", "--follow", is_flag=True,
+              help="Keep applying records as they are appended, until Ctrl-C or SIGTERM "
+                   "(checkpoints, exits 0).")
+@click.option("--replica-of", default=None, metavar="NAME",
+              help="Compare digests with replayer NAME at every common checkpoint.")
+@click.option("--verify-determinism", "determinism", is_flag=True,
+              help="Store nothing: replay into two fresh machines side by side and report the "
+                   "first checkpoint (and record) where their states differ.")
+@click.pass_context
+def replay(ctx, path, spec, name, checkpoint_every, checkpoint_interval, until, follow,
+           replica_of, determinism):
+    """Replay the log's durable records into a state machine, resuming from its last checkpoint.
+
+    Exit 0 when done (or stopped by Ctrl-C / SIGTERM after a checkpoint); 1 when a replica
+    diverged (--replica-of) or the machine is not deterministic (--verify-determinism); 2 on a
+    missing or unreadable log or a bad --machine."""
+    factory = _load_factory(spec)
+    with _open_ro(path) as log:
+        if determinism:
+            if follow or replica_of is not None:
+                raise CliError("--verify-determinism excludes --follow and --replica-of")
+            try:
+                report = tidelog.verify_determinism(log, factory, until=until,
+                                                    checkpoint_every=checkpoint_every,
+                                                    raise_on_divergence=False)
+            except (TypeError, ValueError) as exc:
+                raise CliError(str(exc)) from None
+            click.echo(str(report))
+            ctx.exit(0 if report else 1)
+        machine = _make_machine(factory, spec)
+        try:
+            rep = tidelog.Replayer(log, machine, name=spec if name is None else name,
+                                   checkpoint_every=checkpoint_every,
+                                   checkpoint_interval=checkpoint_interval,
+                                   replica_of=replica_of)
+            if until is not None and until < rep.position:
+                raise ValueError(f"--until: {until} is below the replayer's position "
+                                 f"{rep.position}")
+        except (TypeError, ValueError) as exc:
+            raise CliError(str(exc)) from None
+        first = rep.position
+        console = Console(stderr=True)
+        t0 = time.perf_counter()
+        try:
+            with _replay_progress(console) as prog:
+                task = prog.add_task("replay", total=None, rate="", lag="")
+                seen = [time.monotonic(), first]
+
+                def progress(r, final=False):
+                    now = time.monotonic()
+                    if now - seen[0] < 0.1 and not final:
+                        return
+                    pos, end = r.position, log.end_offset
+                    rate = (pos - seen[1]) / max(now - seen[0], 1e-9)
+                    seen[:] = [now, pos]
+                    target = end if until is None else min(until, max(end, pos))
+                    prog.update(task, completed=pos - first, total=max(target - first, 0),
+                                rate=f"{rate:,.0f} rec/s", lag=f"{end - pos:,}")
+
+                progress(rep, True)
+                pos = rep.run(until=until, follow=follow, progress=progress)
+                progress(rep, True)
+        except tidelog.ReplicaDivergedError as exc:
+            click.echo(f"tidelog: error: {_describe(exc)}", err=True)
+            ctx.exit(1)
+        seconds = time.perf_counter() - t0
+        lag = log.end_offset - pos
+    rep.close()
+    why = ""
+    if rep.stopped_by is not None:
+        import signal
+        why = f" (stopped by {signal.Signals(rep.stopped_by).name})"
+    click.echo(f"replayed {pos - first:,} records [{first}, {pos}) in {seconds:.2f} s "
+               f"({_rate(pos - first, seconds):,.0f} records/s){why}; replayer {rep.name!r} "
+               f"checkpointed at {pos}, lag {lag:,}")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 __all__ = ["TidelogError", "LogLockedError", "OffsetOutOfRangeError", "CorruptLogError",
            "LogClosedError", "LogFailedError", "FormatVersionError", "LogFullError",
-           "NotALogError"]
+           "NotALogError", "ReplicaDivergedError"]
 
 
 class TidelogError(Exception):
@@ -45,3 +45,26 @@ class LogFullError(TidelogError, OSError):
 
 class NotALogError(TidelogError, NotADirectoryError):
     """The path is a file, or a directory that holds something other than a tidelog log."""
+
+
+class ReplicaDivergedError(TidelogError):
+    """Two replicas of a state machine reached different states after the same records.
+
+    `.offset` is the first checkpoint offset whose digests differ (the state after applying every
+    record below it); `.since` the last checkpoint offset where they agreed (None: none compared
+    before), so the offending record lies in [since, offset); `.record` that record's offset when
+    a record-by-record re-run pinned it down, else None. `.name` and `.reference` name the two
+    replicas, `.digest` and `.expected` are their digests at `.offset`; `.report` is the
+    DeterminismReport when verify_determinism raised it."""
+
+    def __init__(self, message, *, offset=None, since=None, record=None, name=None,
+                 reference=None, digest=None, expected=None, report=None):
+        super().__init__(message)
+        self.offset = offset
+        self.since = since
+        self.record = record
+        self.name = name
+        self.reference = reference
+        self.digest = digest
+        self.expected = expected
+        self.report = report

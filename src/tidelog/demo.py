@@ -1,0 +1,209 @@
+"""The `tidelog demo` story after the ingest: subscribers and their lag, a replayer building
+per-user counts, a crash of the replayer and its exact resume, and a determinism check.
+
+`ClickCounter` is a real machine: `tidelog replay PATH --machine tidelog.demo:ClickCounter`
+works on a demo log.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+
+import tidelog
+
+__all__ = ["ClickCounter", "FlakyCounter", "subscribers", "replay_with_crash", "determinism"]
+
+USERS = 100_000           # the demo's user ids are 0 .. USERS-1, keys b"u%06d"
+KEY_LEN = 7
+_DIGITS = 10 ** np.arange(KEY_LEN - 2, -1, -1, dtype=np.int64)
+
+
+def _users(batch):
+    """User ids of a batch's keys, vectorized (keys b"u%06d"); None if some key is another shape."""
+    try:
+        raw = b"".join(batch.keys)
+    except TypeError:                       # a record without a key
+        return None
+    n = len(batch)
+    if len(raw) != n * KEY_LEN:
+        return None
+    a = np.frombuffer(raw, np.uint8).reshape(n, KEY_LEN)
+    digits = a[:, 1:].astype(np.int64) - 48
+    if not ((a[:, 0] == ord("u")).all() and ((digits >= 0) & (digits <= 9)).all()):
+        return None
+    return digits @ _DIGITS
+
+
+class ClickCounter:
+    """Clicks per user: deterministic, so replicas agree and a resumed replay is exact."""
+
+    def __init__(self):
+        self.counts = np.zeros(USERS, np.int64)
+        self.other = 0            # records that are not demo click events
+
+    def apply(self, record):
+        k = record.key
+        if k is not None and len(k) == KEY_LEN and k[:1] == b"u":
+            self.counts[int(k[1:])] += 1
+        else:
+            self.other += 1
+
+    def apply_batch(self, batch):
+        users = _users(batch)
+        if users is None:
+            for rec in batch:
+                self.apply(rec)
+            return
+        self.counts += np.bincount(users, minlength=USERS)
+
+    def snapshot(self):
+        return self.counts.tobytes() + self.other.to_bytes(8, "little")
+
+    def restore(self, snapshot):
+        self.counts = np.frombuffer(snapshot[:-8], np.int64).copy()
+        self.other = int.from_bytes(snapshot[-8:], "little")
+
+
+class FlakyCounter(ClickCounter):
+    """A machine that breaks the rule: its effect depends on state outside the log (a counter
+    shared by every instance, as a clock or a global would be), so replicas disagree."""
+
+    calls = 0
+
+    def apply(self, record):
+        super().apply(record)
+        FlakyCounter.calls += 1
+        if FlakyCounter.calls % 1_000_003 == 0:
+            self.counts[0] += 1
+
+    def apply_batch(self, batch):
+        super().apply_batch(batch)
+        FlakyCounter.calls += 1
+        if FlakyCounter.calls == 5:         # the 5th batch in this process, whichever replica
+            self.counts[0] += 1
+
+
+def fold(log, upto):
+    """The reference: counts of the first `upto` records straight from the log."""
+    m = ClickCounter()
+    cur = log.cursor(log.start_offset)
+    while cur.position < upto:
+        b = cur.read_batch(min(65536, upto - cur.position))
+        if not len(b):
+            break
+        m.apply_batch(b)
+    return m
+
+
+def subscribers(log, console, ingest_more):
+    """A fast subscriber follows the log live in a thread (committing as it goes) while
+    `ingest_more()` appends a second wave; a slow one reads a quarter and commits. Returns
+    ({name: lag}, records the live follower received, seconds)."""
+    end0 = log.end_offset
+    fast = log.cursor(name="indexer")
+    got = [0]
+    stop = threading.Event()
+
+    def follow():
+        for batch in fast.follow_batches(timeout=0.5):
+            got[0] += len(batch)
+            fast.commit()
+            if stop.is_set() and fast.position >= log.durable_offset:
+                return
+    t = threading.Thread(target=follow, name="indexer")
+    t0 = time.perf_counter()
+    t.start()
+    ingest_more()
+    log.sync()
+    stop.set()
+    t.join()
+    secs = time.perf_counter() - t0
+    slow = log.cursor(name="mailer")
+    target = slow.position + (log.durable_offset - slow.position) // 4
+    while slow.position < target:
+        if not len(slow.read_batch(min(4096, target - slow.position))):
+            break
+        time.sleep(0.0005)                 # a slow consumer: it does real work per batch
+    slow.commit()
+    return log.lag(), got[0], secs, end0
+
+
+_CHILD = """
+import sys, tidelog
+from tidelog.demo import ClickCounter
+log = tidelog.open(sys.argv[1], readonly=True)
+rep = tidelog.Replayer(log, ClickCounter(), name="counts", checkpoint_every=int(sys.argv[2]))
+print("start", rep.position, flush=True)
+cur_step = int(sys.argv[2]) // 4
+while rep.position < log.durable_offset:
+    rep.run(until=min(log.durable_offset, rep.position + cur_step))
+    print("at", rep.position, flush=True)
+print("done", rep.position, flush=True)
+"""
+
+
+def checkpoint_every_for(log):
+    """About ten checkpoints over the log, at least every 1000 records, at most every 100k."""
+    return int(min(100_000, max(1000, (log.durable_offset - log.start_offset) // 10)))
+
+
+def replay_with_crash(log, console, rng, checkpoint_every=None):
+    """A replayer in a child process is killed (SIGKILL) mid-replay; a new Replayer of the same
+    name resumes from its last checkpoint. Its counts must equal a fresh fold of the log:
+    nothing lost, nothing counted twice."""
+    end = log.durable_offset
+    if checkpoint_every is None:
+        checkpoint_every = checkpoint_every_for(log)
+    child = subprocess.Popen([sys.executable, "-c", _CHILD, log.path, str(checkpoint_every)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    killed_at = None
+    try:
+        first = child.stdout.readline().split()
+        if first[:1] != ["start"]:
+            raise RuntimeError(f"replayer child failed: {child.stderr.read()[-500:]}")
+        want = int(rng.integers(1, 6))
+        seen = 0
+        for line in child.stdout:
+            parts = line.split()
+            if parts[0] == "at":
+                seen += 1
+                if seen >= want:
+                    time.sleep(float(rng.uniform(0, 0.02)))
+                    child.send_signal(signal.SIGKILL)
+                    killed_at = int(parts[1])
+                    break
+            elif parts[0] == "done":
+                break
+        child.wait(30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    t0 = time.perf_counter()
+    rep = tidelog.Replayer(log, ClickCounter(), name="counts", checkpoint_every=checkpoint_every)
+    resumed_from = rep.position
+    rep.run(until=end)
+    resumed_secs = time.perf_counter() - t0
+    state = rep.machine
+    ref = fold(log, end)
+    exact = np.array_equal(state.counts, ref.counts) and state.other == ref.other
+    return dict(killed_after=killed_at, resumed_from=resumed_from, end=end, exact=exact,
+                resumed_secs=resumed_secs, total=int(ref.counts.sum()), top=int(ref.counts.argmax()),
+                top_count=int(ref.counts.max()))
+
+
+def determinism(log):
+    """verify_determinism on the honest machine (agrees) and on FlakyCounter (caught)."""
+    every = checkpoint_every_for(log)
+    t0 = time.perf_counter()
+    good = tidelog.verify_determinism(log, ClickCounter, checkpoint_every=every)
+    t_good = time.perf_counter() - t0
+    FlakyCounter.calls = 0
+    bad = tidelog.verify_determinism(log, FlakyCounter, checkpoint_every=every,
+                                     raise_on_divergence=False, locate_record=False)
+    return good, t_good, bad
