@@ -43,6 +43,7 @@ include "writer.pxi"
 include "reader.pxi"
 
 
+tl_flusher_init_fork_handler()
 tl_crc32c_hw()      # choose the CRC32C implementation (and build its tables) once, at import
 
 

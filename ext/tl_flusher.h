@@ -22,11 +22,23 @@
 #define TL_OWNER_PYTHON 1
 #define TL_OWNER_NATIVE 2
 
+/* Bumped in the child by fork(): a flusher started before belongs to the parent. */
+static volatile int tl_fork_gen = 0;
+static void tl_on_fork_child(void) { tl_fork_gen++; }
+static inline void tl_flusher_init_fork_handler(void) {
+    static int done = 0;
+    if (!done) {
+        pthread_atfork(NULL, NULL, tl_on_fork_child);
+        done = 1;
+    }
+}
+
 typedef struct {
     pthread_t thread;
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int started;
+    int fork_gen;                /* tl_fork_gen when started: another value means a fork child */
     int stop;                    /* under mu */
     int owner;                   /* atomic: who is syncing */
     int fd;                      /* atomic: the only file to sync, or -1 (Python syncs) */
@@ -152,13 +164,22 @@ static tl_flusher *tl_flusher_new(int64_t *durable, int *wstate, char *ctl, size
 /* 0, or an errno value. */
 static int tl_flusher_start(tl_flusher *f) {
     int rc = pthread_create(&f->thread, NULL, tl_flusher_main, f);
-    if (rc == 0) f->started = 1;
+    if (rc == 0) {
+        f->started = 1;
+        f->fork_gen = tl_fork_gen;
+    }
     return rc;
 }
 
-/* Stop the thread (waiting for a sync in progress) and free it. */
+/* Stop the thread (waiting for a sync in progress) and free it. In a child made by fork() the
+   thread does not exist (and the mutex may be held by a thread that does not either): only the
+   memory goes. */
 static void tl_flusher_free(tl_flusher *f) {
     if (!f) return;
+    if (f->started && f->fork_gen != tl_fork_gen) {
+        free(f);
+        return;
+    }
     if (f->started) {
         pthread_mutex_lock(&f->mu);
         f->stop = 1;
@@ -174,6 +195,11 @@ static void tl_flusher_free(tl_flusher *f) {
 static inline void tl_flusher_set_fd(tl_flusher *f, int fd) {
     __atomic_store_n(&f->fd, fd, __ATOMIC_SEQ_CST);
 }
+/* The thread runs in this process (not a fork child's copy) and has a file to sync. */
+static inline int tl_flusher_active(tl_flusher *f) {
+    return f->fork_gen == tl_fork_gen && __atomic_load_n(&f->fd, __ATOMIC_SEQ_CST) >= 0;
+}
+static inline int tl_flusher_forked(tl_flusher *f) { return f->started && f->fork_gen != tl_fork_gen; }
 static inline int tl_flusher_fd(tl_flusher *f) { return __atomic_load_n(&f->fd, __ATOMIC_SEQ_CST); }
 static inline int tl_flusher_err(tl_flusher *f) { return __atomic_load_n(&f->err, __ATOMIC_SEQ_CST); }
 static inline int tl_flusher_owner(tl_flusher *f) { return __atomic_load_n(&f->owner, __ATOMIC_SEQ_CST); }

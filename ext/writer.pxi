@@ -295,7 +295,7 @@ cdef class LogCore:
         """(running with a file to sync, successful syncs) of the native flusher, or None."""
         if self._nf == NULL:
             return None
-        return (tl_flusher_fd(self._nf) >= 0, self._nf.syncs)
+        return (bool(tl_flusher_active(self._nf)), self._nf.syncs)
 
     cdef _lock(self):
         fd = os.open(os.path.join(self.path, LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -1154,7 +1154,7 @@ cdef class LogCore:
         if self._mode == MODE_ALWAYS:
             self._sync_to(off + 1)
         elif (self._mode == MODE_BATCH and now - self._last_sync_ns >= self._interval_ns and
-                (self._nf == NULL or tl_flusher_fd(self._nf) < 0)):
+                (self._nf == NULL or not tl_flusher_active(self._nf))):
             self._batch_due(off + 1)
         return off
 
@@ -1279,7 +1279,7 @@ cdef class LogCore:
         elif n and self._mode == MODE_BATCH:
             now = tl_now_ns()
             if (now - self._last_sync_ns >= self._interval_ns and
-                    (self._nf == NULL or tl_flusher_fd(self._nf) < 0)):
+                    (self._nf == NULL or not tl_flusher_active(self._nf))):
                 self._batch_due(first + n)
         return first
 
@@ -1429,6 +1429,8 @@ cdef class LogCore:
         cdef Segment active
         cdef bint ok = False
         cv = self._durable_cv
+        if self._nf != NULL and tl_flusher_forked(self._nf):
+            self._stop_flusher()            # a fork child's copy: the thread is the parent's
         with cv:
             while True:
                 if self._failure is not None or self._closed:

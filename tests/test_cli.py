@@ -15,7 +15,8 @@ from click.testing import CliRunner
 import tidelog
 from tidelog.cli import cli
 
-COMMANDS = ["info", "dump", "tail", "append", "verify", "lag", "demo", "bench"]
+COMMANDS = ["info", "dump", "tail", "append", "verify", "lag", "positions", "replay", "demo",
+            "bench"]
 READERS = ["info", "dump", "tail", "verify", "lag"]
 
 

@@ -102,6 +102,10 @@ class PositionStore:
                                     readahead=False)
                 except lmdb.Error as e:
                     raise TidelogError(f"{self.path}: cannot open the positions store: {e}") from e
+                try:
+                    env.reader_check()        # free reader slots left by killed processes
+                except lmdb.Error:
+                    pass
                 entry = _envs[key] = [env, 0]
             entry[1] += 1
         self._key = key
