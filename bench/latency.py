@@ -9,7 +9,8 @@ reaches its loop - the record's timestamp, taken by append):
 1. latency, "stream": an append every 20 us; the follower spins between records (its default
    spin of 50 us covers the gap).
 2. latency, "sleeping": an append every 500 us; the follower has gone to sleep on the futex each
-   time, so this is the wake-up path.
+   time, so this is the wake-up path; and the same with the follower spinning for 1 ms
+   (`follow(spin=1e-3)`) before it sleeps: the latency/CPU knob.
 3. throughput: the writer appends single records as fast as it can while the follower follows
    with follow_batches(); the follower's sustained rate and how far behind it ends.
 4. commit(): durable position commits per second (LMDB, synced).
@@ -41,7 +42,7 @@ FOLLOWER = textwrap.dedent("""
     now = time.time_ns
     t0 = None
     if sys.argv[4] == "records":
-        for rec in cur.follow(timeout=30):
+        for rec in cur.follow(timeout=30, spin=float(sys.argv[5])):
             lat[i] = now() - rec.timestamp
             if t0 is None:
                 t0 = time.perf_counter()
@@ -61,10 +62,11 @@ FOLLOWER = textwrap.dedent("""
 """)
 
 
-def follow_run(path, n, gap, out):
+def follow_run(path, n, gap, out, spin):
     """The writer paces n appends `gap` seconds apart; returns the follower's latencies (ns)."""
     log = tidelog.open(path, durability="none", segment_bytes=64 << 20)
-    p = subprocess.Popen([sys.executable, "-c", FOLLOWER, path, str(n), out, "records"],
+    p = subprocess.Popen([sys.executable, "-c", FOLLOWER, path, str(n), out, "records",
+                          str(spin)],
                          stdout=subprocess.PIPE, text=True)
     try:
         assert p.stdout.readline().strip() == "ready"
@@ -137,9 +139,11 @@ def main():
     try:
         rows = []
         runs = {}
-        for name, gap in (("stream (20 us gap)", 20e-6), ("sleeping (500 us gap)", 500e-6)):
+        for name, gap, spin in (("stream (20 us gap)", 20e-6, 50e-6),
+                                ("sleeping (500 us gap)", 500e-6, 50e-6),
+                                ("500 us gap, spin=1 ms", 500e-6, 1e-3)):
             lat, t_write, got, secs = follow_run(os.path.join(tmp, name[:5]), args.events, gap,
-                                                 os.path.join(tmp, "lat.npy"))
+                                                 os.path.join(tmp, "lat.npy"), spin)
             assert got == args.events, (got, args.events)
             runs[name] = lat
             p50, p99, p999, mx = pct(lat)
