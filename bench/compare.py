@@ -67,7 +67,9 @@ WORKLOADS = [
     ("append", "append: 1 call/record"),
     ("batch", "append_batch of 1000"),
     ("sync", "batch 1000 + sync each"),
+    ("sync1", "sync after every record"),
     ("scan", "full scan"),
+    ("iter", "iterate record by record"),
     ("read", "random read(offset)"),
 ]
 NP_WORKLOADS = [
@@ -86,6 +88,10 @@ class System:
     name = "?"
     label = "?"
     settings = ""            # how it is configured: durability of each row
+
+    def iter(self, d, n):
+        """Record by record: a peer's scan already is (tidelog's scan goes by batches)."""
+        return self.scan(d, n)
 
 
 class Tidelog(System):
@@ -140,6 +146,20 @@ class Tidelog(System):
             log.close()
         return t
 
+    def sync1(self, d, values, n):
+        log = self._open(d)
+        try:
+            append, sync = log.append, log.sync
+            t0 = clock()
+            for i in range(n):
+                append(values[i % len(values)])
+                sync()
+            t = clock() - t0
+            assert log.durable_offset == n
+        finally:
+            log.close()
+        return t
+
     def prepare(self, d, values, n):
         log = self._open(d)
         try:
@@ -147,6 +167,20 @@ class Tidelog(System):
                 log.append_batch(values)
         finally:
             log.close()
+
+    def iter(self, d, n):
+        log = tidelog.open(os.path.join(d, "log"), readonly=True)
+        try:
+            count = 0
+            t0 = clock()
+            for rec in log.cursor():
+                len(rec.value)
+                count += 1
+            t = clock() - t0
+        finally:
+            log.close()
+        assert count == n, (count, n)
+        return t
 
     def scan(self, d, n):
         log = tidelog.open(os.path.join(d, "log"), readonly=True)
@@ -271,6 +305,20 @@ class RawFile(System):
                 write(frames(values))
                 flush()
                 fsync(fd)
+            t = clock() - t0
+        return t
+
+    def sync1(self, d, values, n):
+        pack, fdatasync = FRAME.pack, os.fdatasync
+        with open(self._path(d), "wb") as f:
+            write, flush, fd = f.write, f.flush, f.fileno()
+            t0 = clock()
+            for i in range(n):
+                v = values[i % len(values)]
+                write(pack(len(v)))
+                write(v)
+                flush()
+                fdatasync(fd)
             t = clock() - t0
         return t
 
@@ -400,6 +448,17 @@ class Sqlite(System):
         finally:
             con.close()
 
+    def sync1(self, d, values, n):
+        con = self._connect(d, "FULL")
+        try:
+            execute, sql = con.execute, self.INSERT
+            t0 = clock()
+            for i in range(n):
+                execute(sql, (values[i % len(values)],))      # autocommit: one txn each
+            return clock() - t0
+        finally:
+            con.close()
+
     def prepare(self, d, values, n):
         con = self._connect(d)
         try:
@@ -521,6 +580,18 @@ class Lmdb(System):
         finally:
             env.close()
 
+    def sync1(self, d, values, n):
+        env = self._env(d, sync=True)
+        try:
+            pack = KEY.pack
+            t0 = clock()
+            for i in range(n):
+                with env.begin(write=True) as txn:
+                    txn.put(pack(i), values[i % len(values)], append=True)
+            return clock() - t0
+        finally:
+            env.close()
+
     def prepare(self, d, values, n):
         env = self._env(d)
         try:
@@ -637,6 +708,8 @@ class Mmapq(System):
     def sync(self, d, values, n):
         raise NotApplicable("no sync/flush in mmapq's Python API")
 
+    sync1 = sync
+
     def prepare(self, d, values, n):
         q = mmapq.IndexedQueue.create(d, "q")
         a = q.create_appender()
@@ -707,6 +780,7 @@ def counts(size, quick):
         "append": c(96 << 20, 300_000, 2_000),
         "batch": c(160 << 20, 400_000, 2_000),
         "sync": c(40 << 20, 100_000, 2_000),
+        "sync1": 500 if quick else 2_000,
         "scan": c(256 << 20, 300_000, 4_000),
         "read": c(256 << 20, 100_000, 4_000),
     }
@@ -762,13 +836,13 @@ def measure_size(systems, size, n, repeat, root, rng, results, errors, log, read
                 key = f"{s.name} {size} B {wl}"
                 t_sys = clock()
                 try:
-                    if wl in ("scan", "read"):
+                    if wl in ("scan", "iter", "read"):
                         if s.name not in data_dirs:
                             continue
                         d = data_dirs[s.name]
-                        if wl == "scan":
+                        if wl in ("scan", "iter"):
                             count = n["scan"]
-                            t = run_cell(s.scan, d, count)
+                            t = run_cell(getattr(s, wl), d, count)
                         else:
                             count = n_read[s.name]
                             t = run_cell(s.read, d, offsets[:count])
