@@ -9,7 +9,7 @@ cdef enum:
     MODE_ALWAYS = 2
 
 from time import monotonic as _monotonic
-MAX_MAPPED_SEGMENTS = 8        # sealed segments a Log keeps mapped for reading (RSS bound)
+MAX_MAPPED_SEGMENTS = 4        # sealed segments a Log keeps mapped for reading (RSS bound)
 CTL_PERSIST_SECONDS = 1.0       # the control page (durable checkpoint) is synced at most this often
 SEGMENT_RE = re.compile(r"^(\d{20})\.seg$")
 CONTROL_NAME = "tidelog.ctl"
