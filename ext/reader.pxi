@@ -65,6 +65,8 @@ cdef class RecordBatch:
     cdef const int64_t[::1] _kpos
     cdef const int64_t[::1] _klen
     cdef Py_ssize_t n
+    cdef int64_t _ulen          # every value has this length (-1: not known to be uniform)
+    cdef int64_t _ustride       # ... and the values lie at this constant stride (-1: not)
 
     def __len__(self):
         return self.n
@@ -99,6 +101,14 @@ cdef class RecordBatch:
         cdef Py_ssize_t size = dt.itemsize, stride, n = self.n
         if size == 0:
             raise ValueError("dtype: zero-sized dtype")
+        if n and self._ulen >= 0 and self._ustride >= 0:
+            # read_batch saw every value's length and position: no numpy passes needed
+            if self._ulen != size:
+                raise ValueError(f"values_array: every value must be {size} bytes for dtype "
+                                 f"{dt}; they are {self._ulen} bytes")
+            region = make_view(self._map, self._map.addr + self._vpos[0],
+                               (n - 1) * self._ustride + size)
+            return np.ndarray((n,), dt, buffer=region, strides=(self._ustride,))
         if n and not (self._vlen_a == size).all():
             raise ValueError(f"values_array: every value must be {size} bytes for dtype {dt}; "
                              f"sizes range {self._vlen_a.min()}..{self._vlen_a.max()}")
@@ -190,6 +200,7 @@ cdef RecordBatch empty_batch():
     b._vpos_a = b._vlen_a = b._kpos_a = b._klen_a = z
     b._vpos = b._vlen = b._kpos = b._klen = z
     b.n = 0
+    b._ulen = b._ustride = -1
     return b
 
 
@@ -314,6 +325,8 @@ cdef class CursorCore:
         klen_a = np.empty(n_max, np.int64)
         cdef int64_t[::1] o = offs, t = tss, vp = vpos, vn = vlen, kp = kpos, kn = klen_a
         pos = self._pos
+        cdef int64_t ulen = -1, ustride = -1, prev_vp = -1
+        cdef bint uniform = True
         while i < n_max:
             if i:
                 rc = frame_check(data, seg.cap, pos, start + i, &length)
@@ -329,6 +342,16 @@ cdef class CursorCore:
             if mb >= 0 and i and got + vl > mb:
                 break
             got += vl
+            if uniform:
+                if i == 0:
+                    ulen = vl
+                elif vl != ulen:
+                    uniform = False
+                elif i == 1:
+                    ustride = <int64_t>(pos + FRAME_HEADER_SIZE + ka) - prev_vp
+                elif <int64_t>(pos + FRAME_HEADER_SIZE + ka) - prev_vp != ustride:
+                    uniform = False
+                prev_vp = pos + FRAME_HEADER_SIZE + ka
             o[i] = start + i
             t[i] = rd_i64(f + 16)
             kp[i] = pos + FRAME_HEADER_SIZE
@@ -342,6 +365,8 @@ cdef class CursorCore:
         cdef RecordBatch b = RecordBatch.__new__(RecordBatch)
         b._map = m
         b.n = i
+        b._ulen = ulen if uniform else -1
+        b._ustride = (ustride if i > 1 else ulen) if uniform else -1
         if i < n_max:
             offs, tss, vpos, vlen, kpos, klen_a = offs[:i], tss[:i], vpos[:i], vlen[:i], kpos[:i], klen_a[:i]
         b.offsets = offs

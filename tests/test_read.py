@@ -5,6 +5,7 @@ import threading
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 import tidelog
 from conftest import spawn_python
@@ -198,3 +199,31 @@ def test_threads_append_across_many_rolls(log_path):
         for t in range(4):
             nums = [int(bytes(r.value)[2:8]) for r in recs if bytes(r.value)[:1] == b"%d" % t]
             assert nums == list(range(1500))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(recs=st.lists(st.tuples(st.sampled_from([8, 16]), st.one_of(st.none(), st.binary(max_size=9))),
+                     min_size=1, max_size=60),
+       max_records=st.integers(1, 70))
+def test_values_array_agrees_with_values(tmp_path_factory, recs, max_records):
+    """values_array (its fast path when read_batch saw uniform sizes and stride, or the numpy
+    checks) equals the values one by one, or refuses with ValueError."""
+    path = str(tmp_path_factory.mktemp("va") / "log")
+    with tidelog.open(path, durability="none") as log:
+        for i, (size, key) in enumerate(recs):
+            log.append(bytes([i % 251]) * size, key=key)
+        cur = log.cursor()
+        while True:
+            b = cur.read_batch(max_records)
+            if not len(b):
+                break
+            vals = [bytes(v) for v in b.values]
+            for dt in ("V8", "V16", np.int64):
+                want = np.dtype(dt).itemsize
+                if all(len(v) == want for v in vals):
+                    a = b.values_array(dt)
+                    assert [x.tobytes() for x in a] == vals
+                    assert not a.flags.writeable
+                else:
+                    with pytest.raises(ValueError):
+                        b.values_array(dt)
