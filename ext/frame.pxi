@@ -6,7 +6,8 @@ cdef enum:
     FRAME_HEADER_SIZE = 32        # length, crc, offset, timestamp, key length, batch count
     FRAME_ALIGN = 8               # frames and values start 8-byte aligned (numpy views)
     INDEX_HEADER_SIZE = 64        # header of .idx / .tix files
-    IDX_STRIDE = 16               # one .idx entry (u32 position) per 16 records: O(1) seek
+    IDX_STRIDE = 4                # one .idx entry (u32 position) per 4 records in new index
+                                  # files: O(1) seek, a walk of < 4 frames (older files: 16)
     TIX_STRIDE = 64               # one .tix entry (i64 running max timestamp) per 64 records
     CONTROL_SIZE = 4096           # the control page
     NOGIL_COPY_BYTES = 1 << 20    # batches larger than this copy with the GIL released

@@ -104,6 +104,13 @@ def check_segment_header(bytes h, int64_t base, str path):
                               path=path, position=16, offset=base)
 
 
+IDX_STRIDES_READ = (4, 8, 16, 32, 64)
+
+
+cdef inline size_t idx_slots_for(size_t cap, size_t stride) noexcept:
+    return (cap - SEGMENT_HEADER_SIZE) // FRAME_HEADER_SIZE // stride + 1
+
+
 cdef class Segment:
     """A segment file, mapped on first use; its .idx/.tix mapped alongside when valid."""
     cdef readonly int64_t base
@@ -130,6 +137,7 @@ cdef class Segment:
     cdef char* idx              # entry j: u32 position of record base + 16 j; NULL: no index
     cdef char* tix              # entry j: i64 max timestamp up to record base + 64 j, or NULL
     cdef size_t idx_slots
+    cdef size_t idx_stride      # records per .idx entry: the file's header says (4; older: 16)
     cdef size_t tix_slots
     cdef int64_t next_base      # base of the following segment, -1 while this one is last
     cdef bint writable
@@ -196,7 +204,8 @@ cdef class Segment:
             else:                   # (mapped again after unmap(): the writer's fd stays)
                 os.close(fd)
         # a frame is at least 32 bytes: bounds the number of records, so the entries
-        self.idx_slots = (self.cap - SEGMENT_HEADER_SIZE) // FRAME_HEADER_SIZE // IDX_STRIDE + 1
+        self.idx_stride = IDX_STRIDE
+        self.idx_slots = idx_slots_for(self.cap, IDX_STRIDE)
         self.tix_slots = (self.cap - SEGMENT_HEADER_SIZE) // FRAME_HEADER_SIZE // TIX_STRIDE + 1
         self.open_index()
 
@@ -217,8 +226,17 @@ cdef class Segment:
                 return
             try:
                 hdr = os.pread(fd, INDEX_HEADER_SIZE, 0)
+                if ext == ".idx" and len(hdr) == INDEX_HEADER_SIZE:
+                    # an index written with another stride stays usable (older logs: 16)
+                    st = int.from_bytes(hdr[12:16], "little")
+                    if st in IDX_STRIDES_READ and st != stride:
+                        stride = st
+                        want = INDEX_HEADER_SIZE + idx_slots_for(self.cap, st) * 4
                 good = (hdr == index_header(magic, stride, self.base)
                         and os.fstat(fd).st_size == want)
+                if not good and ext == ".idx":
+                    stride = IDX_STRIDE
+                    want = INDEX_HEADER_SIZE + idx_slots_for(self.cap, IDX_STRIDE) * 4
                 if not good:
                     if not self.writable:
                         return
@@ -230,6 +248,9 @@ cdef class Segment:
                     os.pwrite(fd, index_header(magic, stride, self.base), 0)
                     self.index_fresh = True
                 maps.append(map_fd(fd, want, self.writable, p))
+                if ext == ".idx":
+                    self.idx_stride = stride
+                    self.idx_slots = (want - INDEX_HEADER_SIZE) // 4
             finally:
                 os.close(fd)
         self.idx_map, self.tix_map = maps
@@ -237,13 +258,13 @@ cdef class Segment:
         self.tix = self.tix_map.addr + INDEX_HEADER_SIZE
 
     cdef inline size_t idx_get(self, size_t j) noexcept:
-        """Position of record base + 16 j per the index, or 0 when the entry is unusable."""
+        """Position of record base + stride j per the index, or 0 when the entry is unusable."""
         cdef size_t p
         if self.idx == NULL or j >= self.idx_slots:
             return 0
         p = tl_load_u32_acquire(self.idx + j * 4)
         if (p < SEGMENT_HEADER_SIZE or (p & 7) or p + FRAME_HEADER_SIZE > self.cap or
-                rd_i64(self.data + p + 8) != self.base + <int64_t>(j * IDX_STRIDE)):
+                rd_i64(self.data + p + 8) != self.base + <int64_t>(j * self.idx_stride)):
             return 0
         return p
 
@@ -257,12 +278,12 @@ cdef class Segment:
         cdef int tries = 0
         cdef uint32_t length
         self.ensure()
-        j = (offset - self.base) // IDX_STRIDE if use_index else 0
+        j = (offset - self.base) // <int64_t>self.idx_stride if use_index else 0
         while j > 0 and tries < 64:          # a damaged entry: try the ones below it
             p = self.idx_get(j)
             if p:
                 pos = p
-                cur = self.base + j * IDX_STRIDE
+                cur = self.base + j * <int64_t>self.idx_stride
                 break
             j -= 1
             tries += 1

@@ -124,6 +124,7 @@ cdef class LogCore:
     cdef int64_t _durable
     cdef int64_t _start
     cdef char* _idx
+    cdef uint64_t _idx_stride   # the active segment's .idx stride (a power of two)
     cdef char* _tix
     cdef int64_t _max_ts
     cdef list _unsynced
@@ -682,9 +683,10 @@ cdef class LogCore:
             if last < 0:
                 rebuild = tl_load_u32_acquire(s.idx) != 0
             else:
-                rebuild = (s.idx_get(<size_t>(last // IDX_STRIDE)) == 0 or
-                           (<size_t>(last // IDX_STRIDE) + 1 < s.idx_slots and
-                            tl_load_u32_acquire(s.idx + (last // IDX_STRIDE + 1) * 4) != 0))
+                rebuild = (s.idx_get(<size_t>(last // <int64_t>s.idx_stride)) == 0 or
+                           (<size_t>(last // <int64_t>s.idx_stride) + 1 < s.idx_slots and
+                            tl_load_u32_acquire(s.idx + (last // <int64_t>s.idx_stride + 1) * 4)
+                            != 0))
             if not rebuild and last >= 0:
                 # running max timestamp: the last .tix entry, then the records after it
                 off = s.base + (last // TIX_STRIDE) * TIX_STRIDE
@@ -703,6 +705,7 @@ cdef class LogCore:
         pos = SEGMENT_HEADER_SIZE
         off = s.base
         self._idx = s.idx
+        self._idx_stride = s.idx_stride
         self._tix = s.tix
         self._base = s.base
         while pos < end_pos:
@@ -721,6 +724,7 @@ cdef class LogCore:
         self._wpos = pos
         self._base = s.base
         self._idx = s.idx
+        self._idx_stride = s.idx_stride
         self._tix = s.tix
         if s not in self._unsynced:
             self._unsynced.append(s)
@@ -918,8 +922,8 @@ cdef class LogCore:
         cdef uint64_t rel = <uint64_t>(off - self._base)
         if ts > self._max_ts:
             self._max_ts = ts
-        if (rel & (IDX_STRIDE - 1)) == 0 and self._idx != NULL:
-            tl_store_u32_release(self._idx + (rel // IDX_STRIDE) * 4, <uint32_t>pos)
+        if (rel & (self._idx_stride - 1)) == 0 and self._idx != NULL:
+            tl_store_u32_release(self._idx + (rel // self._idx_stride) * 4, <uint32_t>pos)
             if (rel & (TIX_STRIDE - 1)) == 0:
                 wr_i64(self._tix + (rel // TIX_STRIDE) * 8, self._max_ts)
 
@@ -1820,7 +1824,7 @@ cdef Py_ssize_t index_mismatches(Segment s, int64_t log_end) except -1:
         ts = rd_i64(s.data + pos + 16)
         if ts > maxts:
             maxts = ts
-        if rel % IDX_STRIDE == 0 and rd_u32(s.idx + (rel // IDX_STRIDE) * 4) != pos:
+        if rel % s.idx_stride == 0 and rd_u32(s.idx + (rel // s.idx_stride) * 4) != pos:
             bad += 1
         if rel % TIX_STRIDE == 0 and rd_i64(s.tix + (rel // TIX_STRIDE) * 8) != maxts:
             bad += 1
@@ -1925,8 +1929,8 @@ cdef rebuild_index(Segment s):
         ts = rd_i64(s.data + pos + 16)
         if ts > maxts:
             maxts = ts
-        if rel % IDX_STRIDE == 0:
-            wr_u32(s.idx + (rel // IDX_STRIDE) * 4, <uint32_t>pos)
+        if rel % s.idx_stride == 0:
+            wr_u32(s.idx + (rel // s.idx_stride) * 4, <uint32_t>pos)
         if rel % TIX_STRIDE == 0:
             wr_i64(s.tix + (rel // TIX_STRIDE) * 8, maxts)
         pos += align8(length)

@@ -70,16 +70,48 @@ def test_index_files(log_path):
     with open(base + ".tix", "rb") as f:
         tix = f.read()
     assert idx[:8] == b"TDLGIDX\0" and tix[:8] == b"TDLGTIX\0"
-    assert struct.unpack_from("<IIq", idx, 8) == (1, 16, 0)          # version, stride, base
+    assert struct.unpack_from("<IIq", idx, 8) == (1, 4, 0)           # version, stride, base
     assert struct.unpack_from("<IIq", tix, 8) == (1, 64, 0)
     assert struct.unpack_from("<I", idx, 60)[0] == oracle.crc32c(idx[:60])
     max_records = ((1 << 16) - 64) // 32
-    assert len(idx) == 64 + 4 * (max_records // 16 + 1)
+    assert len(idx) == 64 + 4 * (max_records // 4 + 1)
     assert len(tix) == 64 + 8 * (max_records // 64 + 1)
-    for j in range(max_records // 16 + 1):
+    for j in range(max_records // 4 + 1):
         pos = struct.unpack_from("<I", idx, 64 + 4 * j)[0]
-        assert pos == (64 + 16 * j * 136 if 16 * j < 300 else 0)
+        assert pos == (64 + 4 * j * 136 if 4 * j < 300 else 0)
     ts = [1000 + (i % 7) * (-1) ** i for i in range(300)]
     for j in range(max_records // 64 + 1):
         got = struct.unpack_from("<q", tix, 64 + 8 * j)[0]
         assert got == (max(ts[:64 * j + 1]) if 64 * j < 300 else 0)
+
+
+def test_index_files_of_stride_16_still_serve(log_path):
+    """Logs written before the .idx stride became 4 have stride-16 index files (the header says
+    so): readers and writers use them as they are."""
+    with tidelog.open(log_path, segment_bytes=1 << 16, durability="none") as log:
+        for i in range(300):
+            log.append(b"v" * 100)
+    base = os.path.join(log_path, SEG[:-4])
+    max_records = ((1 << 16) - 64) // 32
+    hdr = bytearray(64)
+    hdr[0:8] = b"TDLGIDX\0"
+    struct.pack_into("<IIq", hdr, 8, 1, 16, 0)
+    struct.pack_into("<I", hdr, 60, oracle.crc32c(bytes(hdr[:60])))
+    entries = bytearray(4 * (max_records // 16 + 1))
+    for j in range(300 // 16 + 1):
+        struct.pack_into("<I", entries, 4 * j, 64 + 16 * j * 136)
+    with open(base + ".idx", "wb") as f:
+        f.write(bytes(hdr) + bytes(entries))
+    with tidelog.open(log_path, readonly=True) as r:
+        assert [bytes(r.read(o).value[:1]) for o in (0, 15, 16, 17, 299)] == [b"v"] * 5
+        assert r._index_problems() == []                # the old index checks out as valid
+    with tidelog.open(log_path, segment_bytes=1 << 16, durability="none") as log:
+        for i in range(100):                            # the writer fills it at stride 16
+            log.append(b"w" * 100)
+    with open(base + ".idx", "rb") as f:
+        idx = f.read()
+    assert struct.unpack_from("<IIq", idx, 8) == (1, 16, 0)
+    assert struct.unpack_from("<I", idx, 64 + 4 * 20)[0] == 64 + 320 * 136
+    with tidelog.open(log_path, readonly=True) as r:
+        assert r._index_problems() == []
+        assert [r.read(o).offset for o in range(0, 400, 7)] == list(range(0, 400, 7))

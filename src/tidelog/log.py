@@ -183,7 +183,8 @@ class Log(_core.LogCore):
                     f"offset) or `tidelog positions set`")
             cur._set_position(position)    # below start_offset: its next read says so
         else:
-            cur.seek(cur._resolve(start, "start"))
+            named = isinstance(start, str) and start in ("earliest", "latest")
+            cur.seek(start if named else cur._resolve(start, "start"))
         return cur
 
     def _positions(self, create=True):
