@@ -1115,6 +1115,7 @@ cdef class LogCore:
         cdef Py_ssize_t vlen, klen = -1
         cdef bint vrel = False, krel = False
         cdef int64_t ts, off, now
+        cdef Item item
         if self._wstate:
             self._raise_state()
         if PyBytes_Check(value):
@@ -1149,7 +1150,17 @@ cdef class LogCore:
             ts = now if timestamp is None else to_timestamp(timestamp, "timestamp")
             if <size_t>vlen > <size_t>(0xFFFFFFFF - 4096) - <size_t>(klen if klen > 0 else 0):
                 raise ValueError(f"value: {vlen} bytes is larger than a record can be")
-            off = self._append1(vp, <size_t>vlen, kp, <int32_t>klen, ts)
+            if vlen >= self._pwrite_min:
+                # a large record: staged and written with pwrite like a batch (a store through
+                # the mapping would first make the kernel zero each fresh page)
+                item.v = vp
+                item.vlen = <size_t>vlen
+                item.k = kp
+                item.klen = <int32_t>klen
+                item.ts = ts
+                off = self._write_items(&item, 1, True)
+            else:
+                off = self._append1(vp, <size_t>vlen, kp, <int32_t>klen, ts)
         finally:
             if vrel:
                 PyBuffer_Release(&vb)
