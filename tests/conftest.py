@@ -35,6 +35,19 @@ def spawn_python(code, *args, **kw):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
+def read_pipe_lines(rfd):
+    """Every complete line a (killed) child wrote to the pipe, which this closes: the kill may
+    cut the last one."""
+    chunks = []
+    while True:
+        b = os.read(rfd, 1 << 16)
+        if not b:
+            break
+        chunks.append(b)
+    os.close(rfd)
+    return b"".join(chunks).split(b"\n")[:-1]
+
+
 def snapshot_dir(path):
     """{name: bytes} of every file in a directory (to prove nothing was modified)."""
     out = {}

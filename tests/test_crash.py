@@ -12,6 +12,7 @@ import time
 import pytest
 
 import tidelog
+from conftest import read_pipe_lines
 
 CYCLES = int(os.environ.get("TIDELOG_CRASH_CYCLES", "200"))
 FRESH_EVERY = 40          # a new log directory every so many cycles keeps the log small
@@ -49,14 +50,7 @@ def writer(path, mode, wfd, seed):
 
 
 def read_acks(rfd):
-    chunks = []
-    while True:
-        b = os.read(rfd, 1 << 16)
-        if not b:
-            break
-        chunks.append(b)
-    os.close(rfd)
-    lines = b"".join(chunks).split(b"\n")[:-1]      # complete lines only: the kill may cut one
+    lines = read_pipe_lines(rfd)
     errors = [l for l in lines if l.startswith(b"error")]
     assert not errors, errors[0]
     start = [int(l.split()[1]) for l in lines if l.startswith(b"start ")]

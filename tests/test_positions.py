@@ -16,7 +16,7 @@ import pytest
 import tidelog
 from tidelog.positions import PositionStore
 
-from conftest import spawn_python
+from conftest import read_pipe_lines, spawn_python
 
 CYCLES = int(os.environ.get("TIDELOG_POSITION_CRASH_CYCLES", "100"))
 needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
@@ -36,14 +36,7 @@ def fill(log, n):
 
 def read_lines(rfd):
     """Complete lines the killed child wrote (the kill may cut the last one)."""
-    chunks = []
-    while True:
-        b = os.read(rfd, 1 << 16)
-        if not b:
-            break
-        chunks.append(b)
-    os.close(rfd)
-    lines = b"".join(chunks).split(b"\n")[:-1]
+    lines = read_pipe_lines(rfd)
     errors = [line for line in lines if line.startswith(b"error")]
     assert not errors, errors[0].decode()
     return [line.split() for line in lines]

@@ -22,7 +22,7 @@ import tidelog
 from tidelog.cli import cli
 from tidelog.replay import check_replica, delete_replayer, read_view, replayers
 
-from conftest import spawn_python
+from conftest import read_pipe_lines, spawn_python
 
 CYCLES = int(os.environ.get("TIDELOG_REPLAY_CRASH_CYCLES", "50"))
 
@@ -580,15 +580,6 @@ def _replay_child(path, kind, every, wfd):
         os._exit(1)
 
 
-def _read_all(rfd):
-    chunks = []
-    while True:
-        b = os.read(rfd, 1 << 16)
-        if not b:
-            break
-        chunks.append(b)
-    os.close(rfd)
-    return b"".join(chunks).split(b"\n")[:-1]
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
@@ -614,7 +605,7 @@ def test_kill9_replay_is_exactly_once(tmp_path, kind):
             time.sleep(rng.uniform(0.0, 0.04))
             os.kill(pid, signal.SIGKILL)
             _, status = os.waitpid(pid, 0)
-            lines = _read_all(r)
+            lines = read_pipe_lines(r)
             errors = [l for l in lines if l.startswith(b"error")]
             assert not errors, f"seed {seed} cycle {cycle}: {errors[0]}"
             starts = [int(l.split()[1]) for l in lines if l.startswith(b"start")]
