@@ -137,6 +137,7 @@ cdef class Segment:
     cdef char* idx              # entry j: u32 position of record base + 16 j; NULL: no index
     cdef char* tix              # entry j: i64 max timestamp up to record base + 64 j, or NULL
     cdef size_t idx_slots
+    cdef bint mapping           # ensure() is mapping it (another thread must not unmap it)
     cdef size_t idx_stride      # records per .idx entry: the file's header says (4; older: 16)
     cdef size_t tix_slots
     cdef int64_t next_base      # base of the following segment, -1 while this one is last
@@ -146,6 +147,9 @@ cdef class Segment:
     def __cinit__(self):
         self.fd = -1
         self.next_base = -1
+        # never 0: another thread may look a record up (a division by the stride) while this
+        # one maps the segment (data is set before the index files are opened, GIL released)
+        self.idx_stride = IDX_STRIDE
 
     def __dealloc__(self):
         if self.fd >= 0:
@@ -170,20 +174,28 @@ cdef class Segment:
 
     cdef int ensure(self) except -1:
         """Map the segment (and its indexes) if it is not mapped yet, or map it again writable
-        when it became writable after a read-only mapping (views of the old one stay valid)."""
-        if self.data != NULL and (self.mapped_rw or not self.writable):
-            return 0
+        when it became writable after a read-only mapping (views of the old one stay valid).
+
+        Mapping calls the OS, which lets other threads run; one of them may unmap this segment
+        meanwhile (its Log's LRU skips a segment being mapped, but the loop makes sure): on
+        return it is mapped, and stays so until the caller next lets other threads run."""
         cdef int fd
-        self.data = NULL
-        self.idx = NULL
-        self.tix = NULL
-        try:
-            fd = os.open(self.path, (os.O_RDWR if self.writable else os.O_RDONLY) | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise CorruptLogError(f"{self.path}: segment file missing; run `tidelog verify "
-                                  f"{os.path.dirname(self.path)}`", path=self.path, position=None,
-                                  offset=self.base) from None
-        self.attach(fd)
+        while self.data == NULL or (self.writable and not self.mapped_rw):
+            self.mapping = True
+            try:
+                self.data = NULL
+                self.idx = NULL
+                self.tix = NULL
+                try:
+                    fd = os.open(self.path, (os.O_RDWR if self.writable else os.O_RDONLY)
+                                 | os.O_CLOEXEC)
+                except FileNotFoundError:
+                    raise CorruptLogError(f"{self.path}: segment file missing; run `tidelog "
+                                          f"verify {os.path.dirname(self.path)}`", path=self.path,
+                                          position=None, offset=self.base) from None
+                self.attach(fd)
+            finally:
+                self.mapping = False
         return 0
 
     cdef attach(self, int fd):
@@ -204,8 +216,7 @@ cdef class Segment:
             else:                   # (mapped again after unmap(): the writer's fd stays)
                 os.close(fd)
         # a frame is at least 32 bytes: bounds the number of records, so the entries
-        self.idx_stride = IDX_STRIDE
-        self.idx_slots = idx_slots_for(self.cap, IDX_STRIDE)
+        self.idx_slots = idx_slots_for(self.cap, self.idx_stride)
         self.tix_slots = (self.cap - SEGMENT_HEADER_SIZE) // FRAME_HEADER_SIZE // TIX_STRIDE + 1
         self.open_index()
 
@@ -216,7 +227,8 @@ cdef class Segment:
         stem = self.path[:len(self.path) - 4]
         maps = []
         for ext, magic, stride, want in (
-                (".idx", IDX_MAGIC, IDX_STRIDE, INDEX_HEADER_SIZE + self.idx_slots * 4),
+                (".idx", IDX_MAGIC, IDX_STRIDE,
+                 INDEX_HEADER_SIZE + idx_slots_for(self.cap, IDX_STRIDE) * 4),
                 (".tix", TIX_MAGIC, TIX_STRIDE, INDEX_HEADER_SIZE + self.tix_slots * 8)):
             p = stem + ext
             try:

@@ -1645,6 +1645,9 @@ cdef class LogCore:
         self._lru.append(seg)
         while len(self._lru) > self._max_mapped:
             old = self._lru.pop(0)
+            if old.mapping:                 # another thread is mapping it: not now
+                self._lru.append(old)
+                break
             if old is not self._active:
                 old.unmap()
 

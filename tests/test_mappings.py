@@ -70,3 +70,34 @@ def test_writer_reads_old_segments_and_keeps_appending(log_path):
         assert [r.offset for r in log.cursor(0)] == list(range(3000))
     with tidelog.open(log_path) as log:
         assert log.end_offset == 3000
+
+
+def test_threads_reading_while_segments_are_mapped_and_unmapped(log_path):
+    """Threads of one process look records up while each lookup maps a segment and unmaps
+    another (one mapped at a time): mapping lets other threads run, and a segment being mapped
+    must not be unmapped under it (this crashed the interpreter before the fix)."""
+    import threading
+    with tidelog.open(log_path, durability="none", segment_bytes=8192) as log:
+        for i in range(20000):
+            log.append(b"%06d" % i + b"." * 60)
+    errors = []
+    with tidelog.open(log_path, readonly=True) as r:
+        r._max_mapped = 1
+
+        def reader(seed):
+            rng = random.Random(seed)
+            try:
+                for _ in range(20000):
+                    o = rng.randrange(20000)
+                    assert bytes(r.read(o).value[:6]) == b"%06d" % o
+                cur = r.cursor(rng.randrange(20000))
+                for rec in cur:
+                    assert bytes(rec.value[:6]) == b"%06d" % rec.offset
+            except Exception as e:          # pragma: no cover - reported below
+                errors.append(e)
+        ts = [threading.Thread(target=reader, args=(s,)) for s in range(3)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+    assert not errors, errors[0]
