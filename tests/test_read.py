@@ -209,7 +209,7 @@ def test_values_array_agrees_with_values(tmp_path_factory, recs, max_records):
     """values_array (its fast path when read_batch saw uniform sizes and stride, or the numpy
     checks) equals the values one by one, or refuses with ValueError."""
     path = str(tmp_path_factory.mktemp("va") / "log")
-    with tidelog.open(path, durability="none") as log:
+    with tidelog.open(path, durability="none", segment_bytes=1 << 16) as log:
         for i, (size, key) in enumerate(recs):
             log.append(bytes([i % 251]) * size, key=key)
         cur = log.cursor()
