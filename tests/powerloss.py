@@ -67,7 +67,9 @@ def run_writer(path, mode, env, seconds, rng, unsafe=False):
     assert first.startswith("start"), child.stderr.read()
     time.sleep(rng.uniform(0.01, seconds))
     os.kill(child.pid, signal.SIGKILL)
-    out, _ = child.communicate()
+    out, err = child.communicate()
+    # killed by us, not ended by itself (the interposer aborts when it cannot record a sync)
+    assert child.returncode == -signal.SIGKILL, f"writer ended with {child.returncode}: {err[-500:]}"
     acked = 0
     for line in out.split("\n")[:-1]:
         if line.startswith("ack "):
