@@ -5,13 +5,29 @@ import sys
 import textwrap
 
 import pytest
+from click.testing import CliRunner
 
 import tidelog
+from tidelog.cli import cli
 
 
 @pytest.fixture
 def log_path(tmp_path):
     return str(tmp_path / "log")
+
+
+@pytest.fixture
+def run():
+    """Invoke the `tidelog` command line in this process: run("info", path) -> click Result
+    (stdout and stderr kept apart)."""
+    try:
+        runner = CliRunner(mix_stderr=False)     # click 8.1
+    except TypeError:
+        runner = CliRunner()                     # click >= 8.2 keeps stderr apart by itself
+
+    def invoke(*args, input=None):
+        return runner.invoke(cli, [str(a) for a in args], input=input, catch_exceptions=False)
+    return invoke
 
 
 @pytest.fixture

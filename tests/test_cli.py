@@ -20,17 +20,6 @@ COMMANDS = ["info", "dump", "tail", "append", "verify", "lag", "positions", "rep
 READERS = ["info", "dump", "tail", "verify", "lag"]
 
 
-@pytest.fixture
-def run():
-    try:
-        runner = CliRunner(mix_stderr=False)     # click 8.1
-    except TypeError:
-        runner = CliRunner()                     # click >= 8.2 keeps stderr apart by itself
-
-    def invoke(*args, input=None):
-        return runner.invoke(cli, [str(a) for a in args], input=input, catch_exceptions=False)
-    return invoke
-
 
 @pytest.fixture
 def filled_log(tmp_path):

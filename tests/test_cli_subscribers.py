@@ -7,26 +7,13 @@ import subprocess
 import sys
 
 import pytest
-from click.testing import CliRunner
 
 import tidelog
 from tidelog import cli as cli_module
-from tidelog.cli import cli
 from tidelog.positions import PositionStore
 
 from conftest import spawn_python
 
-
-@pytest.fixture
-def run():
-    try:
-        runner = CliRunner(mix_stderr=False)     # click 8.1
-    except TypeError:
-        runner = CliRunner()                     # click >= 8.2 keeps stderr apart by itself
-
-    def invoke(*args, input=None):
-        return runner.invoke(cli, [str(a) for a in args], input=input, catch_exceptions=False)
-    return invoke
 
 
 def size(off):

@@ -16,10 +16,8 @@ import types
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 import tidelog
-from tidelog.cli import cli
 from tidelog.replay import check_replica, delete_replayer, read_view, replayers
 
 from conftest import read_pipe_lines, spawn_python
@@ -698,16 +696,6 @@ def test_follow_stops_cleanly_on_signal(tmp_path, machines_module, sig):
 
 # ------------------------------------------------------------------------------- CLI
 
-@pytest.fixture
-def run():
-    try:
-        runner = CliRunner(mix_stderr=False)     # click 8.1
-    except TypeError:
-        runner = CliRunner()                     # click >= 8.2 keeps stderr apart by itself
-
-    def invoke(*args):
-        return runner.invoke(cli, [str(a) for a in args], catch_exceptions=False)
-    return invoke
 
 
 def assert_one_line_error(result, code=2):
