@@ -62,55 +62,53 @@ FOLLOWER = textwrap.dedent("""
 """)
 
 
-def follow_run(path, n, gap, out, spin):
-    """The writer paces n appends `gap` seconds apart; returns the follower's latencies (ns)."""
-    log = tidelog.open(path, durability="none", segment_bytes=64 << 20)
-    p = subprocess.Popen([sys.executable, "-c", FOLLOWER, path, str(n), out, "records",
-                          str(spin)],
+def with_follower(path, n, out, mode, spin, segment_bytes, write):
+    """A writer log and a follower child (FOLLOWER in `mode`) reading n records; write(log) runs
+    once the follower is ready. Returns (write's result, records the follower got, seconds from
+    its first record to its last, its time.time_ns() at the end)."""
+    log = tidelog.open(path, durability="none", segment_bytes=segment_bytes)
+    p = subprocess.Popen([sys.executable, "-c", FOLLOWER, path, str(n), out, mode, str(spin)],
                          stdout=subprocess.PIPE, text=True)
     try:
         assert p.stdout.readline().strip() == "ready"
         time.sleep(0.3)
+        result = write(log)
+        line = p.stdout.readline().split()
+        p.wait(60)
+    finally:
+        p.kill()
+        log.close()
+    return result, int(line[0]), float(line[1]), int(line[2])
+
+
+def follow_run(path, n, gap, out, spin):
+    """The writer paces n appends `gap` seconds apart; returns the follower's latencies (ns)."""
+    def paced(log):
         value = b"x" * 100
-        t_write = time.perf_counter()
         clock = time.perf_counter
+        t0 = clock()
         for _ in range(n):
             due = clock() + gap
             log.append(value)
             while clock() < due:
                 pass
-        t_write = time.perf_counter() - t_write
-        line = p.stdout.readline().split()
-        p.wait(60)
-    finally:
-        p.kill()
-        log.close()
-    got, secs, done_ns = int(line[0]), float(line[1]), int(line[2])
+        return clock() - t0
+    t_write, got, secs, _ = with_follower(path, n, out, "records", spin, 64 << 20, paced)
     return np.load(out), t_write, got, secs
 
 
 def throughput_run(path, n):
     """Single-call appends at full speed with a follower in another process."""
-    log = tidelog.open(path, durability="none", segment_bytes=256 << 20)
-    p = subprocess.Popen([sys.executable, "-c", FOLLOWER, path, str(n),
-                          os.path.join(os.path.dirname(path), "tput.npy"), "batches"],
-                         stdout=subprocess.PIPE, text=True)
-    try:
-        assert p.stdout.readline().strip() == "ready"
-        time.sleep(0.3)
+    def full_speed(log):
         value = b"x" * 100
         append = log.append
         t0 = time.perf_counter()
         for _ in range(n):
             append(value)
-        t_write = time.perf_counter() - t0
-        end_ns = time.time_ns()
-        line = p.stdout.readline().split()
-        p.wait(60)
-    finally:
-        p.kill()
-        log.close()
-    got, secs, done_ns = int(line[0]), float(line[1]), int(line[2])
+        return time.perf_counter() - t0, time.time_ns()
+    (t_write, end_ns), got, secs, done_ns = with_follower(
+        path, n, os.path.join(os.path.dirname(path), "tput.npy"), "batches", 0.0, 256 << 20,
+        full_speed)
     return n / t_write, got / secs, (done_ns - end_ns) / 1e6
 
 

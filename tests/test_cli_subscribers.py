@@ -169,13 +169,7 @@ def test_lag_position_beyond_the_end(run, subs_log):
 
 def test_lag_position_below_start(run, subs_log):
     with tidelog.open(subs_log, segment_bytes=1 << 14) as log:
-        truncate = getattr(log, "truncate_before", None)
-        if truncate is None:
-            pytest.skip("truncate_before is not implemented yet")
-        try:
-            truncate(600)
-        except NotImplementedError:
-            pytest.skip("truncate_before is not implemented yet")
+        log.truncate_before(600)
         start = log.start_offset
     assert 0 < start <= 600
     rows = table_rows(run("lag", subs_log).stdout)

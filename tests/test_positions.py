@@ -339,13 +339,7 @@ def test_commit_below_start_offset(log):
     for _ in range(10):
         fill(log, 200)                              # many 64 KiB segments
     log.sync()
-    truncate = getattr(log, "truncate_before", None)
-    if truncate is None:
-        pytest.skip("truncate_before is not implemented yet")
-    try:
-        truncate(1500)
-    except NotImplementedError:
-        pytest.skip("truncate_before is not implemented yet")
+    log.truncate_before(1500)
     start = log.start_offset
     assert 0 < start <= 1500
     with pytest.raises(ValueError, match="offset"):

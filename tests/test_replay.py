@@ -140,6 +140,13 @@ def x_of(off):
     return (off * 2654435761) % (1 << 32)
 
 
+def wait_position(log, name, at_least, deadline):
+    """Poll until subscriber `name` committed a position >= at_least, or the deadline passes
+    (the caller's assertions then say what is missing)."""
+    while log.positions().get(name, 0) < at_least and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def fill(log, n):
     """Append n 16-byte records (x, y = offset) and sync."""
     first = log.end_offset
@@ -674,11 +681,9 @@ def test_follow_stops_cleanly_on_signal(tmp_path, machines_module, sig):
         try:
             assert proc.stdout.readline().split() == ["ready", "0"]
             deadline = time.monotonic() + 20
-            while log.positions().get("f", 0) < 20 and time.monotonic() < deadline:
-                time.sleep(0.01)
+            wait_position(log, "f", 20, deadline)
             fill(log, 33)                                   # it follows the writer
-            while log.positions().get("f", 0) < 50 and time.monotonic() < deadline:
-                time.sleep(0.01)
+            wait_position(log, "f", 50, deadline)
             assert log.positions()["f"] == 50
             proc.send_signal(sig)
             out, err = proc.communicate(timeout=20)
@@ -769,11 +774,9 @@ def test_cli_replay_follow_stops_on_sigterm(tmp_path, machines_module):
                             "--checkpoint-every", "10", "--follow", cwd=str(machines_module))
         try:
             deadline = time.monotonic() + 20
-            while log.positions().get("f", 0) < 40 and time.monotonic() < deadline:
-                time.sleep(0.01)
+            wait_position(log, "f", 40, deadline)
             fill(log, 25)
-            while log.positions().get("f", 0) < 60 and time.monotonic() < deadline:
-                time.sleep(0.01)
+            wait_position(log, "f", 60, deadline)
             proc.send_signal(signal.SIGTERM)
             out, err = proc.communicate(timeout=20)
         finally:

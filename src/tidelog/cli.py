@@ -129,23 +129,11 @@ def _progress(console):
                     TimeElapsedColumn(), console=console, disable=not console.is_terminal)
 
 
-def _subscribers(log):
-    """{name: (position, commit time ns)} of the named subscribers, by name. A log that never
-    stored a position has no positions store: {} then, without creating one (looking at a log
-    leaves it as it was)."""
-    if not os.path.isdir(os.path.join(log.path, POSITIONS_DIR)):
-        return {}
-    return log.position_info()
-
-
 def _replayers(log):
     """Names of the subscribers that are replayers: they have a checkpoint, and their position
-    moves only with their checkpointed state. Call only when the positions store exists."""
+    moves only with their checkpointed state (reading this creates nothing)."""
     from tidelog import replay
-    store = log._positions()
-    db = store.db(replay.CHECKPOINTS_DB)
-    with store.env.begin(db=db) as txn:
-        return {bytes(k).decode("utf-8") for k in txn.cursor().iternext(keys=True, values=False)}
+    return set(replay.replayers(log))
 
 
 def _ago(ns, now_ns):
@@ -193,7 +181,7 @@ def info(path):
     with _open_ro(path) as log:
         start, end, durable = log.start_offset, log.end_offset, log.durable_offset
         segs = log.segments()
-        subs = _subscribers(log)
+        subs = log.position_info()
     seg_bytes = sum(os.stat(p).st_size for _, p in segs)
     all_bytes = sum(e.stat().st_blocks * 512 for e in os.scandir(log.path) if e.is_file())
     store = os.path.join(log.path, POSITIONS_DIR)
@@ -402,7 +390,7 @@ def lag(path, exact):
     from the mean value size of what it read (shown with ~). Safe while a writer appends: the
     log is opened read-only."""
     with _open_ro(path) as log:
-        subs = _subscribers(log)
+        subs = log.position_info()
         if not subs:
             click.echo(f"no subscribers: no named positions are stored in {log.path}")
             return
@@ -519,7 +507,7 @@ def positions_list(path):
 
 def _list_positions(path):
     with _open_ro(path) as log:
-        subs = _subscribers(log)
+        subs = log.position_info()
         end = log.end_offset
         replayers = _replayers(log) if subs else set()
     if not subs:
@@ -551,7 +539,7 @@ def positions_set(path, name, offset):
     subscriber NAME's position, creating NAME if needed. A replayer's position moves only with
     its checkpointed state: this refuses it (delete the replayer to start it over)."""
     with _open_ro(path) as log:
-        old = _subscribers(log).get(name)
+        old = log.position_info().get(name)
         if old is not None and name in _replayers(log):
             raise CliError(f"subscriber {name!r} is a replayer: its position moves only with its "
                            f"checkpointed state (at {old[0]}); start it over with `tidelog "
@@ -572,7 +560,7 @@ def positions_delete(path, name):
     """Forget subscriber NAME: its next `cursor(name=...)` starts afresh. A replayer loses its
     checkpoint, digests and view too (stop it first), and its next run starts over."""
     with _open_ro(path) as log:
-        old = _subscribers(log).get(name)
+        old = log.position_info().get(name)
         if old is None:
             raise CliError(f"no subscriber named {name!r} in {log.path}")
         replayer = name in _replayers(log)
