@@ -23,6 +23,7 @@ cdef extern from "Python.h":
     bint PyBytes_CheckExact_p "PyBytes_CheckExact"(PyObject* o)
     char* PyBytes_AS_STRING_p "PyBytes_AS_STRING"(PyObject* o)
     Py_ssize_t PyBytes_GET_SIZE_p "PyBytes_GET_SIZE"(PyObject* o)
+    Py_buffer* PyMemoryView_GET_BUFFER(object mv)
 
 from includes.sys cimport *
 

@@ -9,7 +9,7 @@ cdef class Record:
     """One record. `value` is a read-only zero-copy memoryview into the mapped segment."""
     cdef readonly int64_t offset
     cdef readonly int64_t timestamp
-    cdef Mapping _map
+    cdef object _mv             # the segment's memoryview: keeps the mapping alive
     cdef char* _v
     cdef Py_ssize_t _vlen
     cdef char* _k
@@ -17,7 +17,7 @@ cdef class Record:
 
     @property
     def value(self):
-        return make_view(self._map, self._v, self._vlen)
+        return tl_subview(self._mv, self._v, self._vlen)
 
     @property
     def key(self):
@@ -39,14 +39,14 @@ cdef class Record:
 
 
 cdef inline Record make_record(Segment seg, size_t pos, uint32_t length):
-    cdef Mapping m = seg.map        # held across the allocation below (it may run a GC, whose
+    mv = seg.mv                     # held across the allocation below (it may run a GC, whose
     cdef Record r = Record.__new__(Record)     # finalizers could make the log unmap seg)
-    cdef char* f = m.addr + pos
+    cdef char* f = <char*>PyMemoryView_GET_BUFFER(mv).buf + pos
     cdef int32_t klen = rd_i32(f + 24)
     cdef size_t ka = key_area(klen)
     r.offset = rd_i64(f + 8)
     r.timestamp = rd_i64(f + 16)
-    r._map = m
+    r._mv = mv
     r._k = f + FRAME_HEADER_SIZE
     r._klen = klen
     r._v = f + FRAME_HEADER_SIZE + ka
@@ -59,6 +59,7 @@ cdef class RecordBatch:
     cdef readonly object offsets
     cdef readonly object timestamps
     cdef Mapping _map
+    cdef object _mv             # a memoryview of all of _map: the values are made from it
     cdef object _vpos_a, _vlen_a, _kpos_a, _klen_a
     cdef const int64_t[::1] _vpos
     cdef const int64_t[::1] _vlen
@@ -91,7 +92,7 @@ cdef class RecordBatch:
         return int(self._vlen_a.sum()) if self.n else 0
 
     cdef object view(self, Py_ssize_t i):
-        return make_view(self._map, self._map.addr + self._vpos[i], self._vlen[i])
+        return tl_subview(self._mv, self._map.addr + self._vpos[i], self._vlen[i])
 
     def values_array(self, dtype):
         """The values as one read-only numpy array of `dtype`, without copying when the records
@@ -106,8 +107,8 @@ cdef class RecordBatch:
             if self._ulen != size:
                 raise ValueError(f"values_array: every value must be {size} bytes for dtype "
                                  f"{dt}; they are {self._ulen} bytes")
-            region = make_view(self._map, self._map.addr + self._vpos[0],
-                               (n - 1) * self._ustride + size)
+            region = tl_subview(self._mv, self._map.addr + self._vpos[0],
+                                (n - 1) * self._ustride + size)
             return np.ndarray((n,), dt, buffer=region, strides=(self._ustride,))
         if n and not (self._vlen_a == size).all():
             raise ValueError(f"values_array: every value must be {size} bytes for dtype {dt}; "
@@ -119,11 +120,11 @@ cdef class RecordBatch:
         stride = self._vpos[1] - self._vpos[0] if n > 1 else size
         if n > 2 and not (np.diff(self._vpos_a) == stride).all():
             # keys of different lengths: the values are not evenly spaced, so copy them
-            whole = np.frombuffer(make_view(self._map, self._map.addr, self._map.size), np.uint8)
+            whole = np.frombuffer(self._mv, np.uint8)
             a = whole[self._vpos_a[:, None] + np.arange(size)].view(dt).reshape(n)
             a.flags.writeable = False
             return a
-        region = make_view(self._map, self._map.addr + self._vpos[0], (n - 1) * stride + size)
+        region = tl_subview(self._mv, self._map.addr + self._vpos[0], (n - 1) * stride + size)
         return np.ndarray((n,), dt, buffer=region, strides=(stride,))
 
     def __iter__(self):
@@ -140,7 +141,7 @@ cdef class RecordBatch:
         r = Record.__new__(Record)
         r.offset = self.offsets[i]
         r.timestamp = self.timestamps[i]
-        r._map = self._map
+        r._mv = self._mv
         r._v = self._map.addr + self._vpos[i]
         r._vlen = self._vlen[i]
         r._klen = <int32_t>self._klen[i]
@@ -313,6 +314,7 @@ cdef class CursorCore:
         self._frame(&length)            # locates the segment and checks the first frame
         seg = self._seg
         cdef Mapping m = seg.map        # the loop uses m.addr: numpy calls below may run a GC
+        mv = seg.mv
         cdef char* data = m.addr
         n_max = min(<int64_t>max_records, limit - start)
         if seg.next_base >= 0:
@@ -364,6 +366,7 @@ cdef class CursorCore:
         self._next = start + i
         cdef RecordBatch b = RecordBatch.__new__(RecordBatch)
         b._map = m
+        b._mv = mv
         b.n = i
         b._ulen = ulen if uniform else -1
         b._ustride = (ustride if i > 1 else ulen) if uniform else -1

@@ -21,6 +21,13 @@ cdef class Mapping:
     def size(self):
         return self.size
 
+    def __getbuffer__(self, Py_buffer* buffer, int flags):
+        # read-only, even over a writable mapping: records are never changed through a view
+        PyBuffer_FillInfo(buffer, self, <void*>self.addr, self.size, 1, flags)
+
+    def __releasebuffer__(self, Py_buffer* buffer):
+        pass
+
 
 cdef Mapping map_fd(int fd, size_t size, bint writable, object path):
     cdef Mapping m = Mapping.__new__(Mapping)
@@ -34,28 +41,6 @@ cdef Mapping map_fd(int fd, size_t size, bint writable, object path):
     m.addr = <char*>p
     m.size = size
     return m
-
-
-@cython.freelist(128)
-cdef class _Region:
-    """Buffer exporter for a range of a mapping: read-only, keeps the mapping alive."""
-    cdef Mapping mapping
-    cdef char* ptr
-    cdef Py_ssize_t length
-
-    def __getbuffer__(self, Py_buffer* buffer, int flags):
-        PyBuffer_FillInfo(buffer, self, <void*>self.ptr, self.length, 1, flags)
-
-    def __releasebuffer__(self, Py_buffer* buffer):
-        pass
-
-
-cdef inline object make_view(Mapping m, char* p, Py_ssize_t n):
-    cdef _Region r = _Region.__new__(_Region)
-    r.mapping = m
-    r.ptr = p
-    r.length = n
-    return PyMemoryView_FromObject(r)
 
 
 def segment_name(int64_t base):
@@ -117,6 +102,7 @@ cdef class Segment:
     cdef readonly str path
     cdef int fd                 # the writer keeps it open for fdatasync; -1 otherwise
     cdef Mapping map
+    cdef object mv              # a memoryview of all of map: record views are made from it
     cdef char* data
     cdef size_t cap
     cdef bint mapped_rw         # the mapping is writable
@@ -160,6 +146,7 @@ cdef class Segment:
         """Let go of the mapping (views and records keep theirs alive); the next use maps the
         file again. A reader's RSS stays bounded as a scan moves on."""
         self.map = None
+        self.mv = None
         self.data = NULL
         self.idx_map = None
         self.tix_map = None
@@ -207,6 +194,7 @@ cdef class Segment:
                                       path=self.path, position=0, offset=self.base)
             self.ino = os.fstat(fd).st_ino
             self.map = map_fd(fd, size, self.writable, self.path)
+            self.mv = PyMemoryView_FromObject(self.map)
             self.data = self.map.addr
             self.cap = size & ~(<size_t>7)      # frames are 8-byte aligned: never run past it
             self.mapped_rw = self.writable

@@ -64,6 +64,35 @@ def test_values_are_zero_copy_and_read_only(log):
     assert np.frombuffer(b.values[0], np.uint8).ctypes.data == a1.ctypes.data
 
 
+def test_value_views_are_ordinary_memoryviews(log):
+    # views of one segment share one managed buffer (ext/tl_view.h): each must still behave as
+    # a memoryview of exactly its own bytes
+    vals = [bytes([i]) * (i * 7 % 50) for i in range(60)]
+    log.append_batch(vals, keys=[b"k%d" % i if i % 3 else None for i in range(60)])
+    batch = log.cursor().read_batch()
+    views = list(batch.values)
+    for i, v in enumerate(views):
+        n = len(vals[i])
+        assert (v.nbytes, v.shape, v.strides, v.ndim) == (n, (n,), (1,), 1)
+        assert v.format == "B" and v.itemsize == 1 and v.readonly
+        assert v.c_contiguous and v.contiguous
+        assert v.tobytes() == vals[i] and v == vals[i] and hash(v) == hash(vals[i])
+        assert bytes(v[1:-1]) == vals[i][1:-1] and v[::2].tobytes() == vals[i][::2]
+        assert bytes(log.read(i).value) == vals[i]
+        if n >= 4:
+            m = n // 4 * 4
+            assert v[:m].cast("I").tolist() == memoryview(vals[i][:m]).cast("I").tolist()
+    views[5].release()                     # releasing one leaves the others (and new ones) whole
+    with pytest.raises(ValueError):
+        bytes(views[5])
+    assert [bytes(v) for v in views[6:]] == vals[6:]
+    assert [bytes(v) for v in batch.values] == vals
+    with pytest.raises(TypeError):
+        views[7][0] = 1
+    with memoryview(views[8]) as again:
+        assert again == vals[8]
+
+
 def test_values_array_is_a_strided_view(log):
     a = np.arange(1000, dtype=np.float64)
     log.append_batch(a)

@@ -66,3 +66,6 @@ cdef extern from "tl_flusher.h" nogil:
     int tl_flusher_err(tl_flusher* f)
     int tl_owner_try(tl_flusher* f, int who)
     void tl_owner_release(tl_flusher* f)
+
+cdef extern from "tl_view.h":
+    object tl_subview(object base, const char* p, Py_ssize_t n)
