@@ -76,6 +76,12 @@ def crc32c_hardware():
     return bool(tl_crc32c_hw())
 
 
+def crc32c_implementation():
+    """Which CRC32C runs here: "crc32" (the instruction), "crc32+clmul" (the instruction, short
+    inputs in three chains combined by carry-less multiply) or "table"."""
+    return {1: "crc32", 2: "table", 3: "crc32+clmul"}[tl_crc32c_mode()]
+
+
 FORMAT_VERSION_ = FORMAT_VERSION
 SEGMENT_HEADER_SIZE_ = SEGMENT_HEADER_SIZE
 FRAME_HEADER_SIZE_ = FRAME_HEADER_SIZE

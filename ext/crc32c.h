@@ -12,5 +12,7 @@ uint32_t tl_crc32c_sw(uint32_t crc, const void *buf, size_t len);
 uint32_t tl_crc32c_u32(uint32_t v);
 /* 1 when tl_crc32c uses a CPU instruction. */
 int tl_crc32c_hw(void);
+/* The implementation in use: 1 crc32 instruction, 2 tables, 3 crc32 and carry-less multiply. */
+int tl_crc32c_mode(void);
 
 #endif

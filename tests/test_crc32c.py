@@ -16,6 +16,23 @@ def test_hardware_used_where_available():
         info = f.read()
     if "sse4_2" in info or " crc32" in info:
         assert _core.crc32c_hardware()
+    if "sse4_2" in info and "pclmulqdq" in info:
+        assert _core.crc32c_implementation() == "crc32+clmul"
+
+
+def test_every_short_length_and_alignment():
+    # short inputs: one chain below 48 bytes, three chains combined by carry-less multiply up to
+    # 768, then blocks of 256; every length and start alignment of those ranges, and continuing
+    # from a non-zero CRC (the frame CRC starts from the length word's)
+    import random
+    rng = random.Random(11)
+    data = bytes(rng.randrange(256) for _ in range(2000))
+    for n in range(0, 1100):
+        for a in range(8):
+            chunk = data[a:a + n]
+            want = oracle.crc32c(chunk)
+            assert _core.crc32c(memoryview(data)[a:a + n]) == want, (n, a)
+        assert _core.crc32c(chunk, 0xDEADBEEF) == oracle.crc32c(chunk, 0xDEADBEEF), n
 
 
 @given(st.binary(max_size=5000), st.integers(0, 15))

@@ -6,6 +6,7 @@ cdef extern from "crc32c.h" nogil:
     uint32_t tl_crc32c_u32(uint32_t v)
     uint32_t tl_crc32c_sw(uint32_t crc, const void *buf, size_t length)
     int tl_crc32c_hw()
+    int tl_crc32c_mode()
 
 cdef extern from "tl_sys.h" nogil:
     void tl_store_u32_release(void *p, uint32_t v)
