@@ -56,21 +56,32 @@ cdef inline Record make_record(Segment seg, size_t pos, uint32_t length):
 
 cdef class RecordBatch:
     """Consecutive records of one segment: numpy `offsets` and `timestamps`, zero-copy `values`."""
-    cdef readonly object offsets
     cdef readonly object timestamps
+    cdef object _offsets        # made on first use: offsets are consecutive from _first
+    cdef int64_t _first
     cdef Mapping _map
     cdef object _mv             # a memoryview of all of _map: the values are made from it
-    cdef object _vpos_a, _vlen_a, _kpos_a, _klen_a
-    cdef const int64_t[::1] _vpos
-    cdef const int64_t[::1] _vlen
-    cdef const int64_t[::1] _kpos
-    cdef const int64_t[::1] _klen
+    # per record: the value's position and length, the key's length (-1: none). Segments are
+    # < 4 GiB, so 32 bits each: 12 bytes per record (with the timestamp 20) keep a batch of
+    # 65536 inside the L2 cache while its values are made
+    cdef object _vpos_a, _vlen_a, _klen_a
+    cdef const uint32_t[::1] _vpos
+    cdef const uint32_t[::1] _vlen
+    cdef const int32_t[::1] _klen
+    cdef int64_t _nbytes
     cdef Py_ssize_t n
     cdef int64_t _ulen          # every value has this length (-1: not known to be uniform)
     cdef int64_t _ustride       # ... and the values lie at this constant stride (-1: not)
 
     def __len__(self):
         return self.n
+
+    @property
+    def offsets(self):
+        """The records' offsets, an int64 numpy array."""
+        if self._offsets is None:
+            self._offsets = np.arange(self._first, self._first + self.n, dtype=np.int64)
+        return self._offsets
 
     @property
     def values(self):
@@ -83,13 +94,16 @@ cdef class RecordBatch:
     def keys(self):
         """A list of keys (bytes, or None for a record without one)."""
         return [None if self._klen[i] < 0 else
-                PyBytes_FromStringAndSize(self._map.addr + self._kpos[i], self._klen[i])
+                PyBytes_FromStringAndSize(self._map.addr + self._kpos(i), self._klen[i])
                 for i in range(self.n)]
+
+    cdef inline size_t _kpos(self, Py_ssize_t i):
+        return self._vpos[i] - key_area(self._klen[i])
 
     @property
     def nbytes(self):
         """Bytes of values in the batch."""
-        return int(self._vlen_a.sum()) if self.n else 0
+        return self._nbytes
 
     cdef object view(self, Py_ssize_t i):
         return tl_subview(self._mv, self._map.addr + self._vpos[i], self._vlen[i])
@@ -139,18 +153,18 @@ cdef class RecordBatch:
         if i < 0 or i >= self.n:
             raise IndexError("batch index out of range")
         r = Record.__new__(Record)
-        r.offset = self.offsets[i]
+        r.offset = self._first + i
         r.timestamp = self.timestamps[i]
         r._mv = self._mv
         r._v = self._map.addr + self._vpos[i]
         r._vlen = self._vlen[i]
-        r._klen = <int32_t>self._klen[i]
-        r._k = self._map.addr + self._kpos[i]
+        r._klen = self._klen[i]
+        r._k = self._map.addr + self._kpos(i)
         return r
 
     def __repr__(self):
         if self.n:
-            return f"RecordBatch({self.n} records, offsets {self.offsets[0]}..{self.offsets[self.n - 1]})"
+            return f"RecordBatch({self.n} records, offsets {self._first}..{self._first + self.n - 1})"
         return "RecordBatch(0 records)"
 
 
@@ -196,10 +210,12 @@ cdef class ValueIter:
 cdef RecordBatch empty_batch():
     cdef RecordBatch b = RecordBatch.__new__(RecordBatch)
     z = np.empty(0, np.int64)
-    b.offsets = z
+    b._offsets = z
     b.timestamps = z
-    b._vpos_a = b._vlen_a = b._kpos_a = b._klen_a = z
-    b._vpos = b._vlen = b._kpos = b._klen = z
+    b._vpos_a = b._vlen_a = np.empty(0, np.uint32)
+    b._klen_a = np.empty(0, np.int32)
+    b._vpos, b._vlen, b._klen = b._vpos_a, b._vlen_a, b._klen_a
+    b._nbytes = 0
     b.n = 0
     b._ulen = b._ustride = -1
     return b
@@ -319,15 +335,15 @@ cdef class CursorCore:
         n_max = min(<int64_t>max_records, limit - start)
         if seg.next_base >= 0:
             n_max = min(n_max, seg.next_base - start)
-        offs = np.empty(n_max, np.int64)
         tss = np.empty(n_max, np.int64)
-        vpos = np.empty(n_max, np.int64)
-        vlen = np.empty(n_max, np.int64)
-        kpos = np.empty(n_max, np.int64)
-        klen_a = np.empty(n_max, np.int64)
-        cdef int64_t[::1] o = offs, t = tss, vp = vpos, vn = vlen, kp = kpos, kn = klen_a
+        vpos = np.empty(n_max, np.uint32)
+        vlen = np.empty(n_max, np.uint32)
+        klen_a = np.empty(n_max, np.int32)
+        cdef int64_t[::1] t = tss
+        cdef uint32_t[::1] vp = vpos, vn = vlen
+        cdef int32_t[::1] kn = klen_a
         pos = self._pos
-        cdef int64_t ulen = -1, ustride = -1, prev_vp = -1
+        cdef int64_t ulen = -1, ustride = -1, prev_vp = -1, at
         cdef bint uniform = True
         while i < n_max:
             if i:
@@ -335,8 +351,7 @@ cdef class CursorCore:
                 if rc == FRAME_END:
                     break                   # the segment ends here (a reader saw the roll late)
                 if rc != FRAME_OK:
-                    if i:
-                        break               # hand out what is good; the next call raises
+                    break                   # hand out what is good; the next call raises
             f = data + pos
             klen = rd_i32(f + 24)
             ka = key_area(klen)
@@ -344,22 +359,21 @@ cdef class CursorCore:
             if mb >= 0 and i and got + vl > mb:
                 break
             got += vl
+            at = <int64_t>(pos + FRAME_HEADER_SIZE + ka)
             if uniform:
                 if i == 0:
                     ulen = vl
                 elif vl != ulen:
                     uniform = False
                 elif i == 1:
-                    ustride = <int64_t>(pos + FRAME_HEADER_SIZE + ka) - prev_vp
-                elif <int64_t>(pos + FRAME_HEADER_SIZE + ka) - prev_vp != ustride:
+                    ustride = at - prev_vp
+                elif at - prev_vp != ustride:
                     uniform = False
-                prev_vp = pos + FRAME_HEADER_SIZE + ka
-            o[i] = start + i
+                prev_vp = at
             t[i] = rd_i64(f + 16)
-            kp[i] = pos + FRAME_HEADER_SIZE
             kn[i] = klen
-            vp[i] = pos + FRAME_HEADER_SIZE + ka
-            vn[i] = vl
+            vp[i] = <uint32_t>at
+            vn[i] = <uint32_t>vl
             pos += align8(length)
             i += 1
         self._pos = pos
@@ -368,12 +382,13 @@ cdef class CursorCore:
         b._map = m
         b._mv = mv
         b.n = i
+        b._first = start
+        b._nbytes = got
         b._ulen = ulen if uniform else -1
         b._ustride = (ustride if i > 1 else ulen) if uniform else -1
         if i < n_max:
-            offs, tss, vpos, vlen, kpos, klen_a = offs[:i], tss[:i], vpos[:i], vlen[:i], kpos[:i], klen_a[:i]
-        b.offsets = offs
+            tss, vpos, vlen, klen_a = tss[:i], vpos[:i], vlen[:i], klen_a[:i]
         b.timestamps = tss
-        b._vpos_a, b._vlen_a, b._kpos_a, b._klen_a = vpos, vlen, kpos, klen_a
-        b._vpos, b._vlen, b._kpos, b._klen = vpos, vlen, kpos, klen_a
+        b._vpos_a, b._vlen_a, b._klen_a = vpos, vlen, klen_a
+        b._vpos, b._vlen, b._klen = vpos, vlen, klen_a
         return b

@@ -71,6 +71,10 @@ def test_value_views_are_ordinary_memoryviews(log):
     log.append_batch(vals, keys=[b"k%d" % i if i % 3 else None for i in range(60)])
     batch = log.cursor().read_batch()
     views = list(batch.values)
+    keys = [b"k%d" % i if i % 3 else None for i in range(60)]
+    assert batch.keys == keys and [batch[i].key for i in range(60)] == keys
+    assert batch.nbytes == sum(map(len, vals)) and list(batch.offsets) == list(range(60))
+    assert [bytes(batch[i].value) for i in range(-60, 0)] == vals
     for i, v in enumerate(views):
         n = len(vals[i])
         assert (v.nbytes, v.shape, v.strides, v.ndim) == (n, (n,), (1,), 1)
