@@ -60,6 +60,17 @@ def crc32c(data, uint32_t crc=0):
     return crc
 
 
+def frame_crc32c(uint32_t length, data):
+    """The CRC a frame of `length` bytes carries, over `data` (its bytes from 8 on)."""
+    cdef Py_buffer view
+    PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+    try:
+        crc = tl_crc32c_frame(length, view.buf, <size_t>view.len)
+    finally:
+        PyBuffer_Release(&view)
+    return crc
+
+
 def crc32c_portable(data, uint32_t crc=0):
     """CRC32C with the table implementation only (tests compare it with the hardware one)."""
     cdef Py_buffer view

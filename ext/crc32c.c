@@ -192,10 +192,8 @@ static inline uint32_t shift_clmul(uint64_t c, uint32_t k) {
     return (uint32_t)_mm_crc32_u64(0, (uint64_t)_mm_cvtsi128_si64(prod));
 }
 
-__attribute__((target("sse4.2,pclmul")))
-static uint32_t crc32c_hw_clmul(uint32_t crc, const void *buf, size_t len) {
-    const unsigned char *p = (const unsigned char *)buf;
-    uint64_t c = ~crc;
+__attribute__((always_inline, target("sse4.2,pclmul")))
+static inline uint64_t clmul_body(uint64_t c, const unsigned char *p, size_t len) {
     while (len && ((uintptr_t)p & 7)) { c = CRC8(c, *p++); len--; }
     TRIPLE(LONG_BLOCK, shift_long)
     TRIPLE(SHORT_BLOCK, shift_short)
@@ -214,7 +212,17 @@ static uint32_t crc32c_hw_clmul(uint32_t crc, const void *buf, size_t len) {
         len -= 3 * block;
     }
     TAIL
-    return ~(uint32_t)c;
+    return c;
+}
+
+__attribute__((target("sse4.2,pclmul")))
+static uint32_t crc32c_hw_clmul(uint32_t crc, const void *buf, size_t len) {
+    return ~(uint32_t)clmul_body(~crc, (const unsigned char *)buf, len);
+}
+
+__attribute__((target("sse4.2,pclmul")))
+static uint32_t crc32c_hw_clmul_frame(uint32_t length, const void *buf, size_t len) {
+    return ~(uint32_t)clmul_body(CRC32W(0xFFFFFFFFu, length), (const unsigned char *)buf, len);
 }
 static int cpu_has_clmul(void) { __builtin_cpu_init(); return __builtin_cpu_supports("pclmul"); }
 #define TL_HAVE_CLMUL 1
@@ -278,4 +286,11 @@ uint32_t tl_crc32c(uint32_t crc, const void *buf, size_t len) {
     if (m == 1) return crc32c_hw(crc, buf, len);
 #endif
     return tl_crc32c_sw(crc, buf, len);
+}
+
+uint32_t tl_crc32c_frame(uint32_t length, const void *buf, size_t len) {
+#ifdef TL_HAVE_CLMUL
+    if (__atomic_load_n(&mode, __ATOMIC_ACQUIRE) == 3) return crc32c_hw_clmul_frame(length, buf, len);
+#endif
+    return tl_crc32c(tl_crc32c_u32(length), buf, len);
 }

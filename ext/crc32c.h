@@ -10,6 +10,8 @@ uint32_t tl_crc32c(uint32_t crc, const void *buf, size_t len);
 uint32_t tl_crc32c_sw(uint32_t crc, const void *buf, size_t len);
 /* CRC32C of the 4 little-endian bytes of v (a frame's length word), from a fresh start. */
 uint32_t tl_crc32c_u32(uint32_t v);
+/* tl_crc32c(tl_crc32c_u32(length), buf, len) in one call: a frame's CRC (FORMAT.md §2). */
+uint32_t tl_crc32c_frame(uint32_t length, const void *buf, size_t len);
 /* 1 when tl_crc32c uses a CPU instruction. */
 int tl_crc32c_hw(void);
 /* The implementation in use: 1 crc32 instruction, 2 tables, 3 crc32 and carry-less multiply. */

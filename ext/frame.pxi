@@ -75,7 +75,7 @@ cdef inline void wr_i64(char* p, int64_t v) noexcept nogil:
 
 cdef inline uint32_t frame_crc(const char* f, uint32_t length) noexcept nogil:
     """CRC32C over the length word, then bytes 8..length-1 of the frame."""
-    return tl_crc32c(tl_crc32c_u32(length), f + 8, length - 8)
+    return tl_crc32c_frame(length, f + 8, length - 8)
 
 cdef inline void frame_write(char* f, int64_t offset, int64_t ts, const char* key, int32_t klen,
                              const char* val, size_t vlen, uint32_t batch, bint publish) noexcept nogil:

@@ -61,3 +61,8 @@ def test_long_inputs_all_block_paths():
         b = rng.randrange(a, len(data) + 1)
         assert _core.crc32c(memoryview(data)[a:b]) == oracle.crc32c(data[a:b])
     assert _core.crc32c(data) == oracle.crc32c(data)
+
+
+@given(st.integers(0, 2**32 - 1), st.binary(max_size=2000))
+def test_frame_crc_is_the_length_word_then_the_bytes(length, data):
+    assert _core.frame_crc32c(length, data) == oracle.crc32c(data, oracle.crc32c(length.to_bytes(4, "little")))

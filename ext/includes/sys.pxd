@@ -4,6 +4,7 @@ from libc.stdint cimport int64_t, uint32_t
 cdef extern from "crc32c.h" nogil:
     uint32_t tl_crc32c(uint32_t crc, const void *buf, size_t length)
     uint32_t tl_crc32c_u32(uint32_t v)
+    uint32_t tl_crc32c_frame(uint32_t length, const void *buf, size_t n)
     uint32_t tl_crc32c_sw(uint32_t crc, const void *buf, size_t length)
     int tl_crc32c_hw()
     int tl_crc32c_mode()
