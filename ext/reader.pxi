@@ -5,6 +5,7 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 
 
 @cython.freelist(256)
+@cython.no_gc       # holds only a memoryview of a mapping, which cannot lead back: no cycles
 cdef class Record:
     """One record. `value` is a read-only zero-copy memoryview into the mapped segment."""
     cdef readonly int64_t offset
