@@ -13,6 +13,8 @@ cdef enum:
     NOGIL_COPY_BYTES = 1 << 20    # batches larger than this copy with the GIL released
     PWRITE_MIN_BYTES = 8 << 10    # batches at least this large are written with pwrite (measured)
     STAGE_BYTES = 4 << 20         # ... framed in a staging buffer of this size at a time
+    PRETOUCH_WINDOW = 1 << 20     # the pretoucher keeps this many bytes ahead of the writer
+    PRETOUCH_CHUNK = 128 << 10    # ... populating this many per call
 
 # control page field positions (FORMAT.md §1)
 cdef enum:

@@ -69,5 +69,15 @@ cdef extern from "tl_flusher.h" nogil:
     int tl_owner_try(tl_flusher* f, int who)
     void tl_owner_release(tl_flusher* f)
 
+cdef extern from "tl_toucher.h" nogil:
+    ctypedef struct tl_toucher:
+        pass
+    tl_toucher* tl_toucher_start(const size_t* wpos, size_t window, size_t chunk)
+    void tl_toucher_target(tl_toucher* t, char* base, size_t size)
+    void tl_toucher_kick(tl_toucher* t, size_t pos)
+    void tl_toucher_free(tl_toucher* t)
+    int64_t tl_toucher_populated(tl_toucher* t)
+    int tl_toucher_err(tl_toucher* t)
+
 cdef extern from "tl_view.h":
     object tl_subview(object base, const char* p, Py_ssize_t n)
