@@ -1586,6 +1586,7 @@ cdef class LogCore:
         try:
             err = tl_flusher_err(self._nf) if self._nf != NULL else 0
             self._stop_flusher()
+            self._stop_pretoucher()          # (its pages ahead need not be synced below)
             if err and self._failure is None:
                 try:                         # recorded, not raised: close() still closes
                     self._fail(err, self._active.path if self._active is not None else self.path)
