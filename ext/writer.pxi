@@ -246,19 +246,18 @@ cdef class LogCore:
         self._wstate = 2 if readonly else 0
         if not readonly and self._mode == MODE_BATCH:
             self._start_flusher()
-        if not readonly and self._mode != MODE_ALWAYS and self._pretouch:
+        if not readonly and self._mode == MODE_NONE and self._pretouch:
             self._start_pretoucher()
 
     cdef _start_pretoucher(self):
         """A thread that faults in the pages ahead of the writer (ext/tl_toucher.h): single
-        appends of 100 B went from ~200 to ~150 ns and of 1 KiB from ~1 us to ~0.55 us (bench/
-        README.md). Not with durability="always", nor once sync() has been called: the pages it
-        populates are dirty, so a sync may write up to PRETOUCH_WINDOW of zeros ahead of the
-        data, which a log that syncs every record or on demand should not pay in sync latency.
-        In "batch" mode the flusher's syncs write those zeros once (a page is written twice when
-        the writer fills it after a sync wrote its zeros: slow writers, bounded by the window per
-        half-window of progress). No thread (not Linux, no memory): the writer takes its own
-        faults, as before."""
+        appends of 100 B went from ~210 to ~155 ns and of 1 KiB from ~0.6-1 us to ~0.54 us
+        (bench/README.md). Only for durability="none", and only until the first sync() call:
+        the pages it populates are dirty, so a sync writes the zeros ahead of the data, and its
+        page_mkwrite calls hold journal handles that the sync's commit waits for. Measured in
+        "batch" mode: appends 3.8 -> 5.0 M/s but the gap between durable points 13.5 -> 18.1 ms
+        median (100 B) and 16.5 -> 52.7 ms (1 KiB) - the durability promise comes first. No
+        thread (not Linux, no memory): the writer takes its own faults, as before."""
         self._tt = tl_toucher_start(&self._wpos, PRETOUCH_WINDOW, PRETOUCH_CHUNK)
         if self._tt != NULL and self._active is not None:
             tl_toucher_target(self._tt, self._w, self._active.map.size)
