@@ -119,10 +119,19 @@ static tl_toucher *tl_toucher_start(const size_t *wpos, size_t window, size_t ch
     t->window = window;
     t->chunk = chunk;
     t->fork_gen = tl_fork_gen;
-    if (pthread_create(&t->thread, NULL, tl_toucher_main, t) != 0) {
-        pthread_mutex_destroy(&t->mu);
-        free(t);
-        return NULL;
+    {
+        /* it only calls madvise and futex: a small stack (one thread per log that appends) */
+        pthread_attr_t attr;
+        int rc;
+        pthread_attr_init(&attr);
+        pthread_attr_setstacksize(&attr, 64 * 1024);
+        rc = pthread_create(&t->thread, &attr, tl_toucher_main, t);
+        pthread_attr_destroy(&attr);
+        if (rc != 0) {
+            pthread_mutex_destroy(&t->mu);
+            free(t);
+            return NULL;
+        }
     }
     t->started = 1;
     return t;
