@@ -60,8 +60,8 @@ cdef class RecordBatch:
     cdef readonly object timestamps
     cdef object _offsets        # made on first use: offsets are consecutive from _first
     cdef int64_t _first
-    cdef Mapping _map
-    cdef object _mv             # a memoryview of all of _map: the values are made from it
+    cdef object _mv             # a memoryview of the segment's mapping (keeps it alive) ...
+    cdef char* _addr            # ... which starts here: the values are made from it
     # per record: the value's position and length, the key's length (-1: none). Segments are
     # < 4 GiB, so 32 bits each: 12 bytes per record (with the timestamp 20) keep a batch of
     # 65536 inside the L2 cache while its values are made
@@ -95,7 +95,7 @@ cdef class RecordBatch:
     def keys(self):
         """A list of keys (bytes, or None for a record without one)."""
         return [None if self._klen[i] < 0 else
-                PyBytes_FromStringAndSize(self._map.addr + self._kpos(i), self._klen[i])
+                PyBytes_FromStringAndSize(self._addr + self._kpos(i), self._klen[i])
                 for i in range(self.n)]
 
     cdef inline size_t _kpos(self, Py_ssize_t i):
@@ -107,7 +107,7 @@ cdef class RecordBatch:
         return self._nbytes
 
     cdef object view(self, Py_ssize_t i):
-        return tl_subview(self._mv, self._map.addr + self._vpos[i], self._vlen[i])
+        return tl_subview(self._mv, self._addr + self._vpos[i], self._vlen[i])
 
     def values_array(self, dtype):
         """The values as one read-only numpy array of `dtype`, without copying when the records
@@ -122,7 +122,7 @@ cdef class RecordBatch:
             if self._ulen != size:
                 raise ValueError(f"values_array: every value must be {size} bytes for dtype "
                                  f"{dt}; they are {self._ulen} bytes")
-            region = tl_subview(self._mv, self._map.addr + self._vpos[0],
+            region = tl_subview(self._mv, self._addr + self._vpos[0],
                                 (n - 1) * self._ustride + size)
             return np.ndarray((n,), dt, buffer=region, strides=(self._ustride,))
         if n and not (self._vlen_a == size).all():
@@ -139,7 +139,7 @@ cdef class RecordBatch:
             a = whole[self._vpos_a[:, None] + np.arange(size)].view(dt).reshape(n)
             a.flags.writeable = False
             return a
-        region = tl_subview(self._mv, self._map.addr + self._vpos[0], (n - 1) * stride + size)
+        region = tl_subview(self._mv, self._addr + self._vpos[0], (n - 1) * stride + size)
         return np.ndarray((n,), dt, buffer=region, strides=(stride,))
 
     def __iter__(self):
@@ -157,10 +157,10 @@ cdef class RecordBatch:
         r.offset = self._first + i
         r.timestamp = self.timestamps[i]
         r._mv = self._mv
-        r._v = self._map.addr + self._vpos[i]
+        r._v = self._addr + self._vpos[i]
         r._vlen = self._vlen[i]
         r._klen = self._klen[i]
-        r._k = self._map.addr + self._kpos(i)
+        r._k = self._addr + self._kpos(i)
         return r
 
     def __repr__(self):
@@ -330,9 +330,8 @@ cdef class CursorCore:
             return empty_batch()
         self._frame(&length)            # locates the segment and checks the first frame
         seg = self._seg
-        cdef Mapping m = seg.map        # the loop uses m.addr: numpy calls below may run a GC
-        mv = seg.mv
-        cdef char* data = m.addr
+        mv = seg.mv                     # held: numpy calls below may run a GC, whose finalizers
+        cdef char* data = <char*>PyMemoryView_GET_BUFFER(mv).buf   # could make the log unmap seg
         n_max = min(<int64_t>max_records, limit - start)
         if seg.next_base >= 0:
             n_max = min(n_max, seg.next_base - start)
@@ -380,8 +379,8 @@ cdef class CursorCore:
         self._pos = pos
         self._next = start + i
         cdef RecordBatch b = RecordBatch.__new__(RecordBatch)
-        b._map = m
         b._mv = mv
+        b._addr = data
         b.n = i
         b._first = start
         b._nbytes = got

@@ -32,7 +32,6 @@
 typedef struct {
     pthread_t thread;
     pthread_mutex_t mu;          /* held while populating; a target change takes it */
-    int started;
     int fork_gen;                /* tl_fork_gen when started: another value means a fork child */
     int stop;                    /* atomic */
     uint32_t seq;                /* futex word: bumped to wake the thread */
@@ -133,7 +132,6 @@ static tl_toucher *tl_toucher_start(const size_t *wpos, size_t window, size_t ch
             return NULL;
         }
     }
-    t->started = 1;
     return t;
 #else
     (void)wpos; (void)window; (void)chunk;

@@ -140,7 +140,6 @@ cdef class LogCore:
     cdef bint _unsafe_ack                       # tests' negative control only: never set it
     cdef tl_flusher* _nf        # "batch" mode: the native flusher thread (NULL otherwise)
     cdef tl_toucher* _tt        # the pretoucher thread (NULL: none, see _start_pretoucher)
-    cdef public bint _pretouch  # start one (set before _open; tests and benchmarks turn it off)
     cdef readonly object _durable_cv            # notified whenever durable_offset advances
     cdef object _repair                         # None, or "truncate": cut at the first damage
     cdef readonly object repaired               # what a repair cut: (path, position, offset, why)
@@ -160,7 +159,6 @@ cdef class LogCore:
         self._wstate = 1
         self._segments = []
         self._unsynced = []
-        self._pretouch = True
 
     def __dealloc__(self):
         if self._tt != NULL:
@@ -246,7 +244,7 @@ cdef class LogCore:
         self._wstate = 2 if readonly else 0
         if not readonly and self._mode == MODE_BATCH:
             self._start_flusher()
-        if not readonly and self._mode == MODE_NONE and self._pretouch:
+        if not readonly and self._mode == MODE_NONE:
             self._start_pretoucher()
 
     cdef _start_pretoucher(self):
@@ -270,7 +268,7 @@ cdef class LogCore:
                 tl_toucher_free(t)          # waits for a chunk in progress
 
     def _pretouch_off(self):
-        """Stop the pretoucher (benchmarks compare with and without it)."""
+        """Stop the pretoucher (bench/pretouch.py compares with and without it)."""
         self._stop_pretoucher()
 
     @property
@@ -1477,12 +1475,7 @@ cdef class LogCore:
 
     def sync(self):
         """Make everything appended so far durable; returns durable_offset."""
-        if self._tt != NULL:
-            self._stop_pretoucher()         # a log that syncs: see _start_pretoucher
-        return self._sync()
-
-    def _sync(self):
-        """sync() for the log's own background flushing (the pretoucher goes on)."""
+        self._stop_pretoucher()             # a log that syncs: see _start_pretoucher
         if self._wstate or self._closing:
             self._raise_state()
         return self._sync_to(self._next)

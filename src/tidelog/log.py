@@ -266,7 +266,7 @@ def _flush_loop(ref, stop, interval):
             if native is not None and native[0]:
                 continue                # the native flusher has it
             if log.durable_offset < log.end_offset and log._since_sync >= interval * 0.5:
-                log._sync()
+                log.sync()
         except Exception:          # closed or failed: the writer reports it to its callers
             return
         finally:
