@@ -16,6 +16,7 @@ from cpython.memoryview cimport PyMemoryView_FromObject
 from cpython.long cimport PyLong_Check
 from cpython.ref cimport PyObject
 from cpython.exc cimport PyErr_CheckSignals
+from posix.unistd cimport getpid
 
 cdef extern from "Python.h":
     # the same macros on borrowed references, for loops over a list's items without refcounting
@@ -36,7 +37,7 @@ import numpy as np
 
 from tidelog.errors import (TidelogError, LogLockedError, OffsetOutOfRangeError, CorruptLogError,
                             LogClosedError, LogFailedError, FormatVersionError, LogFullError,
-                            NotALogError)
+                            NotALogError, LogForkedError)
 
 include "frame.pxi"
 include "segment.pxi"

@@ -253,21 +253,22 @@ cdef class CursorCore:
     cdef int _locate(self) except -1:
         cdef int64_t at
         cdef Segment seg
-        if self.log._closed:
-            raise LogClosedError(f"{self.log.path}: the log is closed")
+        self.log._check_open()
         if self._next < self.log._start_now():
             raise OffsetOutOfRangeError(
                 f"cursor position {self._next} fell below start_offset {self.log._start_now()} "
                 f"(retention removed it)")
         try:
             seg = self.log._seg_for(self._next)
-            self._pos = seg.find(self._next, &at)
+            self._pos = seg.find(self._next, &at)       # (mapping it lets threads run)
         except CorruptLogError:
+            self.log._check_open()
             if self._next < self.log._start_now():      # retention deleted it meanwhile
                 raise OffsetOutOfRangeError(
                     f"cursor position {self._next} fell below start_offset "
                     f"{self.log._start_now()} (retention removed it)") from None
             raise
+        self.log._check_open()
         self._seg = seg
         return 0
 
@@ -284,8 +285,7 @@ cdef class CursorCore:
             self._locate()
             rc = frame_check(self._seg.data, self._seg.cap, self._pos, self._next, length)
         if rc != FRAME_OK:
-            if self.log._closed:
-                raise LogClosedError(f"{self.log.path}: the log is closed")
+            self.log._check_open()
             raise corrupt(self._seg.path, self._pos, self._next, rc)
         return 0
 
@@ -295,8 +295,7 @@ cdef class CursorCore:
     def __next__(self):
         cdef uint32_t length
         cdef Record r
-        if self.log._closed:
-            raise LogClosedError(f"{self.log.path}: the log is closed")
+        self.log._check_open()
         if self._next >= self._limit():
             raise StopIteration
         self._frame(&length)
@@ -322,8 +321,7 @@ cdef class CursorCore:
             mb = max_bytes
             if mb < 1:
                 raise ValueError(f"max_bytes: must be positive, not {max_bytes}")
-        if self.log._closed:
-            raise LogClosedError(f"{self.log.path}: the log is closed")
+        self.log._check_open()
         limit = self._limit()
         start = self._next
         if start >= limit:

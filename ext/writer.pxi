@@ -1,5 +1,17 @@
 # The log: opening (and recovery of the active segment), the writer (offsets, frames, rolls,
 # index entries, sync) and segment lookup for readers. One object serves a writer or a reader.
+#
+# Lifecycle (who may touch what, when): close() sets _closing and _wstate, takes _wlock (a batch
+# or roll in progress finishes first), syncs, waits for a syncing leader, then sets _closed and
+# tears down. Anything that may let another thread run - a Python call, an os call, a lock that
+# blocks, an allocation that may run the GC (finalizers) - may let close() run meanwhile; after it
+# the code re-checks through _check_open() (readers) or _check_write() (writers) before it touches
+# the control page, the segment list or the writer's state again. The control page stays mapped
+# until the object is collected, so a check missed would read a stale page, never an unmapped one.
+# A Log belongs to the process that opened it: in a fork() child its copy is "inherited"
+# (tl_fork_gen moved on): a reader reads on; a writer refuses everything with LogForkedError; and
+# close() or GC of either lets go of this process's descriptors and mappings and writes nothing
+# the parent shares (no sync, no control page, no wake-up, no lock its threads may have held).
 
 import stat as _stat
 
@@ -133,6 +145,8 @@ cdef class LogCore:
     cdef object _wlock
     cdef bint _syncing          # a leader is syncing (group commit, under _durable_cv)
     cdef bint _closing
+    cdef int _fork_gen          # tl_fork_gen at open: another value means a fork child's copy
+    cdef long _pid              # the process that opened it (for messages)
     cdef int64_t _gen           # readers: the writer generation the segment list was loaded at
     cdef int64_t _last_sync_ns  # when the last successful sync started ("batch" mode deadline)
     cdef public int64_t _interval_ns   # "batch" mode: sync_interval in ns
@@ -182,6 +196,8 @@ cdef class LogCore:
         self.path = path
         self._repair = repair
         self._readonly = readonly
+        self._fork_gen = tl_fork_gen
+        self._pid = getpid()
         self._seg_bytes = segment_bytes
         self._mode = {"none": MODE_NONE, "batch": MODE_BATCH, "always": MODE_ALWAYS}[durability]
         self._wlock = threading.Lock()
@@ -808,7 +824,36 @@ cdef class LogCore:
 
     # ---------------------------------------------------------------- state
 
+    cdef inline bint _inherited(self) noexcept:
+        """This object was opened by an ancestor of this process (it is a fork() child's copy)."""
+        return self._fork_gen != tl_fork_gen
+
+    cdef inline int _check_open(self) except -1:
+        """The re-check for reading (see the lifecycle rule at the top): LogClosedError once
+        close() began its teardown; LogForkedError for a writer inherited through fork()."""
+        if self._closed or (self._fork_gen != tl_fork_gen and not self._readonly):
+            self._raise_closed()
+        return 0
+
+    cdef inline int _check_write(self) except -1:
+        """The re-check for writing: LogClosedError (closing too), LogFailedError, LogForkedError,
+        or the read-only error, unless appends are allowed."""
+        if self._wstate or self._fork_gen != tl_fork_gen:
+            self._raise_state()
+        return 0
+
+    cdef int _raise_closed(self) except -1:
+        if not self._closed:
+            raise LogForkedError(
+                f"{self.path}: this Log was opened by process {self._pid}, and this process "
+                f"({getpid()}) is a fork() child of it: a writer belongs to the process that "
+                f"opened it, and its copy here must not touch the log; open the log in this "
+                f"process (readonly=True to read)")
+        raise LogClosedError(f"{self.path}: the log is closed")
+
     cdef int _raise_state(self) except -1:
+        if self._inherited() and not self._readonly:
+            self._raise_closed()
         if self._failure is None and not self._closed:
             self._native_failed()
         if self._closed or self._closing:
@@ -824,8 +869,7 @@ cdef class LogCore:
         while self._busy:
             self._wlock.acquire()
             self._wlock.release()
-        if self._wstate:
-            self._raise_state()
+        self._check_write()
         return 0
 
     cdef inline void _publish(self, int field, int64_t value) noexcept nogil:
@@ -846,8 +890,7 @@ cdef class LogCore:
         cdef int64_t deadline = -1, spin_ns = <int64_t>(spin * 1e9)
         cdef bint rw = self._ctl_rw
         cdef int r
-        if self._closed or m is None:
-            raise LogClosedError(f"{self.path}: the log is closed")
+        self._check_open()
         if timeout is not None:
             deadline = tl_mono_ns() + <int64_t>(max(0.0, <double>timeout) * 1e9)
         ctl = m.addr
@@ -862,8 +905,7 @@ cdef class LogCore:
                     return False
                 if tl_load_i64_seqcst(ctl + field) > position:
                     return True             # (close() syncs, then wakes: the last word counts)
-                if self._closed:
-                    raise LogClosedError(f"{self.path}: the log is closed")
+                self._check_open()
                 if durable and not self._readonly:
                     if self._failure is not None:
                         raise LogFailedError(str(self._failure)) from self._failure
@@ -901,27 +943,29 @@ cdef class LogCore:
     @property
     def start_offset(self):
         """First offset still in the log."""
-        if self._closed:
-            raise LogClosedError(f"{self.path}: the log is closed")
+        self._check_open()
         return self._start_now()
 
     @property
     def end_offset(self):
         """The offset the next append gets."""
-        if self._closed:
-            raise LogClosedError(f"{self.path}: the log is closed")
+        self._check_open()
         return self._end_now()
 
     @property
     def durable_offset(self):
         """Every record below this offset is on stable storage."""
-        if self._closed:
-            raise LogClosedError(f"{self.path}: the log is closed")
+        self._check_open()
         return self._durable_now()
 
     @property
     def closed(self):
         return self._closed
+
+    @property
+    def _inherited_copy(self):
+        """True in a fork() child for a Log its parent opened (close() then only lets go)."""
+        return self._inherited()
 
     @property
     def _since_sync(self):
@@ -951,8 +995,7 @@ cdef class LogCore:
         return ("none", "batch", "always")[self._mode]
 
     def __len__(self):
-        if self._closed:
-            raise LogClosedError(f"{self.path}: the log is closed")
+        self._check_open()
         return self._end_now() - self._start_now()
 
     # ---------------------------------------------------------------- appending
@@ -972,8 +1015,7 @@ cdef class LogCore:
         self._wlock.acquire()
         self._busy = True
         try:
-            if self._wstate:
-                self._raise_state()
+            self._check_write()
             if need > self._wcap - self._wpos:      # another thread may have rolled meanwhile
                 self._roll(need)
         finally:
@@ -1030,8 +1072,7 @@ cdef class LogCore:
         cdef Py_ssize_t k = 0
         if not PyLong_Check(offset):
             raise TypeError(f"offset: expected an int, not {type(offset).__name__}")
-        if self._wstate:
-            self._raise_state()
+        self._check_write()
         end = self._next
         if offset > end:
             raise ValueError(f"offset: {offset} is beyond end_offset {end}")
@@ -1039,8 +1080,7 @@ cdef class LogCore:
         self._wlock.acquire()
         self._busy = True
         try:
-            if self._wstate:
-                self._raise_state()
+            self._check_write()
             while (k + 1 < len(self._segments) and
                    (<Segment>self._segments[k + 1]).base <= off):
                 k += 1
@@ -1052,11 +1092,11 @@ cdef class LogCore:
 
     def _apply_retention(self):
         """Apply retain_bytes / retain_seconds now (the writer also does at every roll)."""
-        if self._wstate:
-            self._raise_state()
+        self._check_write()
         self._wlock.acquire()
         self._busy = True
         try:
+            self._check_write()
             self._retain()
         finally:
             self._busy = False
@@ -1134,6 +1174,8 @@ cdef class LogCore:
         cdef int64_t off
         if self._busy:
             self._wait_idle()
+        else:
+            self._check_write()     # the caller's argument handling may have let close() run
         if need > self._wcap - self._wpos:
             self._locked_roll(need)
         off = self._next
@@ -1157,8 +1199,7 @@ cdef class LogCore:
         cdef bint vrel = False, krel = False
         cdef int64_t ts, off, now
         cdef Item item
-        if self._wstate:
-            self._raise_state()
+        self._check_write()
         if PyBytes_Check(value):
             vp = PyBytes_AS_STRING(value)
             vlen = PyBytes_GET_SIZE(value)
@@ -1226,8 +1267,7 @@ cdef class LogCore:
         cdef char* base
         cdef PyObject** objs
         cdef list keep = []
-        if self._wstate:
-            self._raise_state()
+        self._check_write()
         if isinstance(values, np.ndarray):
             arr = values
             if arr.ndim == 0:
@@ -1348,8 +1388,7 @@ cdef class LogCore:
         self._wlock.acquire()
         self._busy = True
         try:
-            if self._wstate:                # closed (or failed) while the batch was prepared
-                self._raise_state()
+            self._check_write()             # closed (or failed) while the batch was prepared
             first = self._next
             self._write_locked(items, n, atomic)
         finally:
@@ -1467,7 +1506,11 @@ cdef class LogCore:
         """"batch" mode, a sync is due and this appending thread holds the GIL that the flusher
         thread would need to start it (measured: under a tight append loop the flusher then syncs
         every ~30 ms instead of 5): keep the promise "synced at least every sync_interval" here.
-        (Yielding the GIL to the flusher instead was tried: gaps of 10 ms median, 39 ms p99.)"""
+        (Yielding the GIL to the flusher instead was tried: gaps of 10 ms median, 39 ms p99.)
+        Once close() began, nothing: it syncs every record published before (the caller's too,
+        whose append must then return its offset, not LogClosedError)."""
+        if self._closing:
+            return 0
         self._sync_to(target)
         return 0
 
@@ -1475,8 +1518,9 @@ cdef class LogCore:
 
     def sync(self):
         """Make everything appended so far durable; returns durable_offset."""
+        self._check_write()
         self._stop_pretoucher()             # a log that syncs: see _start_pretoucher
-        if self._wstate or self._closing:
+        if self._closing:                   # (stopping it let other threads run)
             self._raise_state()
         return self._sync_to(self._next)
 
@@ -1492,11 +1536,13 @@ cdef class LogCore:
             self._stop_flusher()            # a fork child's copy: the thread is the parent's
         with cv:
             while True:
+                # covered first: a record that a sync (close()'s last one included) made durable
+                # is acknowledged, whatever happened to the log since
+                if target <= self._durable and not self._dir_dirty:
+                    return self._durable          # a sync that ran meanwhile covered us
                 if self._failure is not None or self._closed:
                     self._raise_state()
                 self._native_failed()
-                if target <= self._durable and not self._dir_dirty:
-                    return self._durable          # a sync that ran meanwhile covered us
                 if not self._syncing:
                     if self._nf == NULL or tl_owner_try(self._nf, TL_OWNER_PYTHON):
                         break
@@ -1569,7 +1615,12 @@ cdef class LogCore:
         """Sync, mark a clean shutdown, release the lock. Idempotent; safe against appends and
         other close() calls in other threads (they wait for it or get LogClosedError)."""
         cdef char* ctl = self._ctl
-        if self._closed or self._closing:
+        if self._closed:
+            return
+        if self._inherited():
+            self._let_go()                   # a fork child's copy: touch nothing shared
+            return
+        if self._closing:
             return
         self._closing = True                 # new appends and syncs are refused from here on
         if not self._wstate:
@@ -1608,8 +1659,11 @@ cdef class LogCore:
             self._wlock.release()
 
     cdef _teardown(self):
+        """Let go of descriptors, the segment list and the writer's mapping (_closed is set: a
+        thread that raced this sees it at its next check). The control page stays mapped (one
+        page) until the object goes, so that such a thread never touches an unmapped one."""
         self._stop_pretoucher()          # before any mapping goes
-        if self._ctl != NULL and self._waiting:
+        if self._ctl != NULL and self._waiting and not self._inherited():
             self._wake_sleepers()        # this process's sleepers see the log closed
         for seg in self._segments:
             (<Segment>seg).close_fd()
@@ -1620,8 +1674,6 @@ cdef class LogCore:
         self._wpos = 0
         self._idx = NULL
         self._tix = NULL
-        self._ctl = NULL
-        self._ctl_map = None
         self._segments = []
         self._nbases = 0
         if self._lock_fd >= 0:
@@ -1637,20 +1689,38 @@ cdef class LogCore:
         this way; tests use it to simulate a crash.)"""
         if self._closed:
             return
+        if self._inherited():
+            self._let_go()
+            return
         self._stop_flusher()
         self._closed = True
         self._wstate = 1
         self._teardown()
 
+    cdef _let_go(self):
+        """close() or GC of a fork child's copy of a Log its parent opened: release this
+        process's descriptors (the lock's too: the parent's descriptor keeps the flock) and
+        mappings, and nothing else. The flusher and pretoucher threads are the parent's (only
+        their memory goes here), and no lock is taken: a thread of the parent may have held it
+        at fork() time, and it does not exist here."""
+        self._closed = True
+        self._closing = True
+        self._wstate = 1
+        self._stop_flusher()
+        self._teardown()
+
     # ---------------------------------------------------------------- lookup
 
     cdef Segment _seg_for(self, int64_t offset):
-        """The segment holding `offset` (which the caller checked is in the log)."""
+        """The segment holding `offset` (which the caller checked is in the log). Listing the
+        directory lets other threads run: checks the log is still open after it."""
         cdef Py_ssize_t lo, hi, mid
+        self._check_open()
         if self._readonly and (self._nbases == 0 or self._gen != ctl_get(self._ctl, CTL_GENERATION)
                                or (offset >= self._bases[self._nbases - 1] and
                                ctl_get(self._ctl, CTL_ACTIVE_BASE) != self._bases[self._nbases - 1])):
             self._load_segments()
+            self._check_open()
         lo = 0
         hi = self._nbases
         while lo < hi:
@@ -1662,6 +1732,7 @@ cdef class LogCore:
         if lo == 0:
             if self._readonly:
                 self._load_segments()
+                self._check_open()
                 if self._nbases and self._bases[0] <= offset:
                     return self._seg_for(offset)
             if offset < self._start_now():
@@ -1710,8 +1781,7 @@ cdef class LogCore:
         cdef int rc
         if not PyLong_Check(offset):
             raise TypeError(f"offset: expected an int, not {type(offset).__name__}")
-        if self._closed:
-            raise LogClosedError(f"{self.path}: the log is closed")
+        self._check_open()
         end = self._end_now()
         try:
             off = offset
@@ -1722,18 +1792,21 @@ cdef class LogCore:
             raise OffsetOutOfRangeError(f"offset {off} is outside the log [{self._start_now()}, {end})")
         try:
             seg = self._seg_for(off)
-            pos = seg.find_checked(off, &length, &rc)
+            pos = seg.find_checked(off, &length, &rc)       # (mapping it lets threads run)
         except CorruptLogError:
+            self._check_open()
             if off < self._start_now():         # retention deleted it meanwhile
                 raise OffsetOutOfRangeError(f"offset {off} is below start_offset "
                                             f"{self._start_now()} of {self.path}") from None
             raise
+        self._check_open()
         if rc != FRAME_OK and self._readonly:
             # a directory listing taken while the writer renamed a new segment into place can
             # miss it (readdir is not atomic against renames): list again before calling it damage
             self._load_segments()
             seg = self._seg_for(off)
             pos = seg.find_checked(off, &length, &rc)
+            self._check_open()
         if rc != FRAME_OK:
             raise corrupt(seg.path, pos, off, rc)
         return make_record(seg, pos, length)
@@ -1747,8 +1820,7 @@ cdef class LogCore:
         cdef int64_t ts = to_timestamp(timestamp, "timestamp")
         cdef int64_t end, off, last, r
         cdef Segment seg
-        if self._closed:
-            raise LogClosedError(f"{self.path}: the log is closed")
+        self._check_open()
         end = self._end_now()
         off = self._start_now()
         while off < end:
@@ -1766,11 +1838,11 @@ cdef class LogCore:
         """[(index file, entries that disagree with the frames)] for segments whose .idx or
         .tix is missing, damaged or wrong. Reads every frame's length (not its CRC)."""
         out = []
-        if self._closed:
-            raise LogClosedError(f"{self.path}: the log is closed")
+        self._check_open()
         if self._readonly:
             self._load_segments()
         for seg in self._segments:
+            self._check_open()          # (the last segment's mapping let threads run)
             bad = index_mismatches(seg, self._end_now())
             if bad:
                 out.append(((<Segment>seg).path[:len((<Segment>seg).path) - 4] + ".idx", bad))
@@ -1812,8 +1884,7 @@ cdef class LogCore:
         cdef uint32_t length
         cdef int64_t last = -1, off
         cdef int rc
-        if self._closed:
-            raise LogClosedError(f"{self.path}: the log is closed")
+        self._check_open()
         if self._readonly:
             self._load_segments()
         for seg in list(self._segments):
@@ -1836,8 +1907,10 @@ cdef class LogCore:
 
     def _segment_info(self):
         """[(base, path)] of the segments, for tools."""
+        self._check_open()
         if self._readonly:
             self._load_segments()
+            self._check_open()
         return [((<Segment>s).base, (<Segment>s).path) for s in self._segments]
 
 

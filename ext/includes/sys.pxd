@@ -65,6 +65,7 @@ cdef extern from "tl_flusher.h" nogil:
     int tl_flusher_active(tl_flusher* f)
     int tl_flusher_forked(tl_flusher* f)
     void tl_flusher_init_fork_handler()
+    int tl_fork_gen                # bumped in a fork() child (pthread_atfork): whose object is it
     int tl_flusher_err(tl_flusher* f)
     int tl_owner_try(tl_flusher* f, int who)
     void tl_owner_release(tl_flusher* f)

@@ -2,7 +2,7 @@
 
 from tidelog.errors import (TidelogError, LogLockedError, OffsetOutOfRangeError, CorruptLogError,
                             LogClosedError, LogFailedError, FormatVersionError, LogFullError,
-                            NotALogError, ReplicaDivergedError)
+                            NotALogError, ReplicaDivergedError, LogForkedError)
 from tidelog.log import Log, open
 from tidelog.cursor import Cursor, Record, RecordBatch
 from tidelog.replay import Replayer, LmdbView, DeterminismReport, verify_determinism
@@ -12,4 +12,5 @@ __version__ = "0.1.0"
 __all__ = ["open", "Log", "Cursor", "Record", "RecordBatch", "TidelogError", "LogLockedError",
            "OffsetOutOfRangeError", "CorruptLogError", "LogClosedError", "LogFailedError",
            "FormatVersionError", "LogFullError", "NotALogError", "ReplicaDivergedError",
-           "Replayer", "LmdbView", "DeterminismReport", "verify_determinism", "__version__"]
+           "LogForkedError", "Replayer", "LmdbView", "DeterminismReport", "verify_determinism",
+           "__version__"]

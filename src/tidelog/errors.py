@@ -2,7 +2,7 @@
 
 __all__ = ["TidelogError", "LogLockedError", "OffsetOutOfRangeError", "CorruptLogError",
            "LogClosedError", "LogFailedError", "FormatVersionError", "LogFullError",
-           "NotALogError", "ReplicaDivergedError"]
+           "NotALogError", "ReplicaDivergedError", "LogForkedError"]
 
 
 class TidelogError(Exception):
@@ -33,6 +33,11 @@ class LogClosedError(TidelogError, ValueError):
 
 class LogFailedError(TidelogError):
     """A sync failed: the writer is stopped for good (fail-stop); reopen to recover."""
+
+
+class LogForkedError(TidelogError):
+    """A writer Log used in a fork() child of the process that opened it: the log belongs to
+    the parent; the child opens the log itself (readonly=True to read)."""
 
 
 class FormatVersionError(TidelogError):

@@ -115,17 +115,24 @@ class Log(_core.LogCore):
         self._abandon()
 
     def close(self):
-        """Sync everything, mark a clean shutdown and release the log. Idempotent."""
+        """Sync everything, mark a clean shutdown and release the log. Idempotent.
+
+        In a fork() child, a Log its parent opened is only let go (this process's descriptors
+        and mappings): nothing the parent shares is written, and no lock its threads may have
+        held at fork() time is taken."""
+        inherited = self._inherited_copy
         if self._flusher is not None:
-            self._stop_flusher.set()
-            if self._flusher is not threading.current_thread():
-                self._flusher.join()
+            if not inherited:               # (in a child the thread is the parent's)
+                self._stop_flusher.set()
+                if self._flusher is not threading.current_thread():
+                    self._flusher.join()
             self._flusher = None
         try:
             self._close()
         finally:
-            with self._durable_cv:
-                self._durable_cv.notify_all()
+            if not inherited:
+                with self._durable_cv:
+                    self._durable_cv.notify_all()
             store, self._store = self._store, None
             if store is not None:
                 store.close()
