@@ -57,9 +57,15 @@ def by_time(r):
     r.offset_for_time(1000 + mid + 1)
 
 kinds = [read_missing, read_good, cursor_missing, batch_missing, by_time]
+wkinds = [read_good, lambda r: r.cursor(rng.choice(good)).read_batch(50), by_time]
+whole = path + "-whole"                  # (a writer does not open with a segment missing)
+with tidelog.open(whole, segment_bytes=4096, durability="none") as w:
+    for i in range(300):
+        w.append(b"%05d" % i + b"x" * 95, timestamp=1000 + i)
 unexpected = []
-for _ in range(rounds):
-    r = tidelog.open(path, readonly=True)
+for rnd in range(rounds):
+    writer = rnd % 3 == 2                # a writer's Log read by other threads of its process
+    r = tidelog.open(whole, durability="none") if writer else tidelog.open(path, readonly=True)
     r._max_mapped = 1
     def loop(op):
         while True:
@@ -72,7 +78,8 @@ for _ in range(rounds):
             except BaseException as e:
                 unexpected.append(repr(e))
                 return
-    threads = [threading.Thread(target=loop, args=(rng.choice(kinds),)) for _ in range(2)]
+    threads = [threading.Thread(target=loop, args=(rng.choice(wkinds if writer else kinds),))
+               for _ in range(2)]
     for t in threads:
         t.start()
     time.sleep(rng.uniform(0, 0.003))
