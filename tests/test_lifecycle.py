@@ -114,7 +114,7 @@ def test_close_racing_appenders_ack_exactly_what_is_kept(tmp_path, mode):
     # LogClosedError and left no record behind (a caller that retries must not duplicate)
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
-    for rnd in range(8):
+    for rnd in range(12):
         path = str(tmp_path / f"log{rnd}")
         # small segments and interval: "batch" appenders sync themselves after rolls
         log = tidelog.open(path, durability=mode, segment_bytes=1 << 14, sync_interval=0.0005)
