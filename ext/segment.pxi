@@ -277,6 +277,7 @@ cdef class Segment:
         cdef int64_t j
         cdef int tries = 0
         cdef uint32_t length
+        cdef bint hinted = False        # the walk started at an index entry (a hint)
         self.ensure()
         j = (offset - self.base) // <int64_t>self.idx_stride if use_index else 0
         while j > 0 and tries < 64:          # a damaged entry: try the ones below it
@@ -284,6 +285,7 @@ cdef class Segment:
             if p:
                 pos = p
                 cur = self.base + j * <int64_t>self.idx_stride
+                hinted = True
                 break
             j -= 1
             tries += 1
@@ -294,10 +296,11 @@ cdef class Segment:
             if length == 0:
                 break
             if length < FRAME_HEADER_SIZE or length > self.cap - pos:
-                if cur != self.base:
+                if hinted:
                     # the index entry led astray (a stale or damaged hint): walk from the start
                     pos = SEGMENT_HEADER_SIZE
                     cur = self.base
+                    hinted = False
                     continue
                 raise corrupt(self.path, pos, cur, FRAME_BAD_LENGTH)
             pos += align8(length)
