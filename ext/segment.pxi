@@ -91,6 +91,8 @@ def check_segment_header(bytes h, int64_t base, str path):
 
 IDX_STRIDES_READ = (4, 8, 16, 32, 64)
 
+from libc.stdint cimport INT64_MIN
+
 
 cdef inline size_t idx_slots_for(size_t cap, size_t stride) noexcept:
     return (cap - SEGMENT_HEADER_SIZE) // FRAME_HEADER_SIZE // stride + 1
@@ -126,12 +128,16 @@ cdef class Segment:
     cdef bint mapping           # ensure() is mapping it (another thread must not unmap it)
     cdef size_t idx_stride      # records per .idx entry: the file's header says (4; older: 16)
     cdef size_t tix_slots
+    cdef size_t tix_sorted      # leading .tix entries found never to decrease (of this mapping)
+    cdef int64_t tix_pk, tix_pe, tix_pv    # every record of .tix windows tix_pk..tix_pe (the
+                                # frames, CRC-checked) has a timestamp <= tix_pv; pk -1: none
     cdef int64_t next_base      # base of the following segment, -1 while this one is last
     cdef bint writable
     cdef public bint index_fresh   # the writer made the index files anew: they must be refilled
 
     def __cinit__(self):
         self.fd = -1
+        self.tix_pk = -1
         self.next_base = -1
         # never 0: another thread may look a record up (a division by the stride) while this
         # one maps the segment (data is set before the index files are opened, GIL released)
@@ -256,6 +262,7 @@ cdef class Segment:
         self.idx_map, self.tix_map = maps
         self.idx = self.idx_map.addr + INDEX_HEADER_SIZE
         self.tix = self.tix_map.addr + INDEX_HEADER_SIZE
+        self.tix_sorted = 0
 
     cdef inline size_t idx_get(self, size_t j) noexcept:
         """Position of record base + stride j per the index, or 0 when the entry is unusable."""

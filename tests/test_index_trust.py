@@ -46,6 +46,143 @@ def written(ents):
     return n
 
 
+def zero_all(ents):
+    return [0] * len(ents)
+
+
+def zero_some(ents):        # as a power loss leaves them: some entries never reached the disk
+    return [0 if j % 3 == 1 else e for j, e in enumerate(ents)]
+
+
+def scramble(ents):
+    n = written(ents)
+    head = ents[:n]
+    random.Random(n).shuffle(head)
+    return head + ents[n:]
+
+
+def reverse(ents):
+    n = written(ents)
+    return ents[:n][::-1] + ents[n:]
+
+
+def shift_down(ents):       # each entry claims the next one's maximum (overstated)
+    n = written(ents)
+    return ents[1:n] + [ents[n - 1]] + ents[n:] if n else ents
+
+
+def shift_up(ents):         # each entry claims the previous one's maximum (understated)
+    n = written(ents)
+    return ([ents[0] - 1] + ents[:n - 1] + ents[n:]) if n else ents
+
+
+def lower(ents):            # in order, each a little below the truth
+    n = written(ents)
+    return [e - 3 for e in ents[:n]] + ents[n:]
+
+
+def small(ents):            # in order, nonzero, but far below every timestamp
+    n = written(ents)
+    return list(range(1, n + 1)) + ents[n:]
+
+
+def huge(ents):
+    n = written(ents)
+    return [10 ** 18] * n + ents[n:]
+
+
+TIX_DAMAGE = [zero_all, zero_some, scramble, reverse, shift_down, shift_up, lower, small, huge]
+
+
+def first_at(ts, t):
+    return next((i for i, x in enumerate(ts) if x >= t), len(ts))
+
+
+def timestamps(kind, n, seed):
+    rnd = random.Random(seed)
+    if kind == "monotonic":
+        return [1000 + i for i in range(n)]
+    if kind == "steps":                  # monotonic with repeats
+        return [1000 + i // 7 for i in range(n)]
+    if kind == "late":                   # mostly growing, some records from the past
+        return [1000 + i if rnd.random() > 0.05 else 1000 + rnd.randrange(i + 1) for i in range(n)]
+    return [rnd.randrange(1000, 3000) for _ in range(n)]       # "random"
+
+
+def make_log(path, ts):
+    with tidelog.open(path, durability="none", segment_bytes=SEG_BYTES) as log:
+        log.append_batch([b"x"] * len(ts), timestamps=ts, atomic=False)
+        assert len(log.segments()) > 3
+
+
+def queries(ts):
+    qs = {min(ts) - 1, max(ts), max(ts) + 1, 0, 1010, 10 ** 18}
+    for t in ts[::37]:
+        qs.update((t - 1, t, t + 1))
+    return sorted(qs)
+
+
+def check_time_lookups(path, ts):
+    """offset_for_time and seek_time against a scan of the list, in a reader and a writer."""
+    with tidelog.open(path, readonly=True) as r:
+        for q in queries(ts):
+            assert r.offset_for_time(q) == first_at(ts, q), q
+        cur = r.cursor()
+        for q in queries(ts)[::5]:
+            cur.seek_time(q)
+            want = first_at(ts, q)
+            assert cur.position == want
+            if want < len(ts):
+                rec = next(cur)
+                assert (rec.offset, rec.timestamp) == (want, ts[want])
+    with tidelog.open(path, durability="none", segment_bytes=SEG_BYTES) as w:
+        for q in queries(ts)[::3]:
+            assert w.offset_for_time(q) == first_at(ts, q), q
+
+
+def test_zeroed_time_index_gives_the_first_record_not_a_later_one(log_path):
+    """The issue's case: every .tix entry 0 under a valid header (a power loss: the index files
+    of sealed segments are never synced)."""
+    with tidelog.open(log_path, durability="none") as log:
+        for i in range(400):
+            log.append(b"x", timestamp=1000 + i)
+    for f in tix_files(log_path):
+        rewrite_entries(f, 8, zero_all)
+    with tidelog.open(log_path, readonly=True) as r:
+        assert r.offset_for_time(1010) == 10
+        cur = r.cursor()
+        cur.seek_time(1010)
+        assert next(cur).offset == 10
+
+
+@pytest.mark.parametrize("damage", TIX_DAMAGE, ids=lambda f: f.__name__)
+@pytest.mark.parametrize("kind", ["monotonic", "steps", "late", "random"])
+def test_damaged_time_index_never_gives_a_wrong_answer(tmp_path, kind, damage):
+    path = str(tmp_path / "log")
+    ts = timestamps(kind, 1500, seed=len(kind))
+    make_log(path, ts)
+    for f in tix_files(path):
+        rewrite_entries(f, 8, damage)
+    check_time_lookups(path, ts)
+
+
+def test_damaged_active_time_index_is_rebuilt_not_carried_on(log_path):
+    """A writer reopening after a clean close seeds its running maximum from the active
+    segment's last .tix entry: a zeroed one is not taken as the maximum (the entries written
+    after it would understate every earlier record)."""
+    ts = [5000] * 10 + [1000] * 100
+    with tidelog.open(log_path, durability="none") as log:
+        log.append_batch([b"x"] * len(ts), timestamps=ts, atomic=False)
+    for f in tix_files(log_path):
+        rewrite_entries(f, 8, zero_all)
+    more = [1000] * 300
+    with tidelog.open(log_path, durability="none") as log:
+        log.append_batch([b"x"] * len(more), timestamps=more, atomic=False)
+        assert log._index_problems() == []
+    ts += more
+    check_time_lookups(log_path, ts)
+
+
 # ------------------------------------------------------------------ offset index (.idx)
 
 
