@@ -92,6 +92,7 @@ def check_segment_header(bytes h, int64_t base, str path):
 IDX_STRIDES_READ = (4, 8, 16, 32, 64)
 
 from libc.stdint cimport INT64_MIN
+cdef int64_t TS_UNKNOWN = INT64_MIN     # Segment.newest_ts not known
 
 
 cdef inline size_t idx_slots_for(size_t cap, size_t stride) noexcept:
@@ -134,9 +135,13 @@ cdef class Segment:
     cdef int64_t next_base      # base of the following segment, -1 while this one is last
     cdef bint writable
     cdef public bint index_fresh   # the writer made the index files anew: they must be refilled
+    cdef int64_t newest_ts      # the newest timestamp of its records when known for sure (read
+                                # from CRC-checked frames, or this writer filled the segment
+                                # from empty), else TS_UNKNOWN; never taken from the .tix
 
     def __cinit__(self):
         self.fd = -1
+        self.newest_ts = TS_UNKNOWN
         self.tix_pk = -1
         self.next_base = -1
         # never 0: another thread may look a record up (a division by the stride) while this

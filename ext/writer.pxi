@@ -780,6 +780,7 @@ cdef class LogCore:
     cdef Segment _create_segment(self, int64_t base, int64_t capacity):
         """A new segment: written under a .tmp name, preallocated, header, then renamed."""
         cdef Segment s = self._new_segment_obj(base, True)
+        s.newest_ts = -(1 << 62)        # empty: this writer's running max will cover it all
         for ext in (".idx", ".tix"):             # left over from a segment of the same base
             try:
                 os.unlink(s.path[:len(s.path) - 4] + ext)
@@ -1016,6 +1017,8 @@ cdef class LogCore:
                              f"{self._wcap} bytes")
         seg = self._create_segment(self._next, self._seg_bytes)
         old.next_base = seg.base
+        if old.newest_ts != TS_UNKNOWN:
+            old.newest_ts = self._max_ts    # filled from empty here: the running max is exact
         self._segments.append(seg)
         self._push_base(seg.base)
         self._set_active(seg, SEGMENT_HEADER_SIZE)
@@ -1093,7 +1096,7 @@ cdef class LogCore:
             cutoff = tl_now_ns() - self._retain_ns
             while k < n - 1:
                 seg = self._segments[k]
-                if seg_max_time(seg, (<Segment>self._segments[k + 1]).base) >= cutoff:
+                if seg_holds_newer(seg, (<Segment>self._segments[k + 1]).base, cutoff):
                     break
                 k += 1
         self._drop_front(k)
@@ -1912,31 +1915,64 @@ cdef unlink_segment_files(list segs):
                 pass
 
 
-cdef int64_t seg_max_time(Segment seg, int64_t next_base) except? -1:
-    """The newest timestamp in a sealed segment [seg.base, next_base): the last time-index entry,
-    then the records after it."""
-    cdef int64_t j, first = seg.base, m = -(1 << 62), off, at
+cdef int frames_max_ts(const char* data, size_t cap, size_t* pos, int64_t* off, int64_t end,
+                       int64_t* newest) noexcept nogil:
+    """Check the frames from *pos (offset *off) up to offset `end` (FORMAT.md rules 1-4, CRC
+    included) and raise *newest to the newest timestamp among them. FRAME_OK, or the problem
+    of the frame at *pos / *off."""
     cdef uint32_t length
-    cdef Py_ssize_t pos
     cdef int rc
-    seg.ensure()
-    if seg.tix != NULL and next_base > seg.base:
-        j = min((next_base - 1 - seg.base) // TIX_STRIDE, <int64_t>seg.tix_slots - 1)
-        m = rd_i64(seg.tix + j * 8)
-        first = seg.base + j * TIX_STRIDE
-    if first >= next_base:
-        return m
-    pos = seg.find_checked(first, &length, &rc)
-    off = first
-    while True:
+    cdef int64_t t
+    while off[0] < end:
+        rc = frame_check(data, cap, pos[0], off[0], &length)
+        if rc != FRAME_OK:
+            return rc
+        t = rd_i64(data + pos[0] + 16)
+        if t > newest[0]:
+            newest[0] = t
+        pos[0] += align8(length)
+        off[0] += 1
+    return FRAME_OK
+
+
+cdef bint seg_holds_newer(Segment seg, int64_t next_base, int64_t cutoff) except -1:
+    """Whether the sealed segment [seg.base, next_base) holds a record with timestamp >= cutoff
+    (retention by time keeps it then). Decided from CRC-checked frames only, never from the
+    time index: its pages are not synced, and after a power loss its entries read 0, which
+    would make recent records look old. The last record answers when it is that new
+    (timestamps mostly grow); otherwise every frame is read, once: the newest timestamp is
+    kept in seg.newest_ts (which a writer also knows for the segments it filled from empty).
+    A mapping made here is released."""
+    cdef bint was_mapped = seg.data != NULL
+    cdef Py_ssize_t p
+    cdef size_t pos = SEGMENT_HEADER_SIZE
+    cdef int64_t off = seg.base, newest = INT64_MIN
+    cdef uint32_t length
+    cdef int rc
+    cdef const char* data
+    cdef size_t cap
+    if seg.newest_ts != TS_UNKNOWN:
+        return seg.newest_ts >= cutoff
+    if next_base <= seg.base:
+        return False
+    try:
+        p = seg.find_checked(next_base - 1, &length, &rc)
+        if rc != FRAME_OK:
+            raise corrupt(seg.path, p, next_base - 1, rc)
+        if rd_i64(seg.data + p + 16) >= cutoff:
+            return True
+        m = seg.map                     # held: the mapping stays while the GIL is released
+        data = seg.data
+        cap = seg.cap
+        with nogil:
+            rc = frames_max_ts(data, cap, &pos, &off, next_base, &newest)
         if rc != FRAME_OK:
             raise corrupt(seg.path, pos, off, rc)
-        m = max(m, rd_i64(seg.data + pos + 16))
-        off += 1
-        if off >= next_base:
-            return m
-        pos += align8(length)
-        rc = frame_check(seg.data, seg.cap, pos, off, &length)
+        seg.newest_ts = newest
+        return newest >= cutoff
+    finally:
+        if not was_mapped and not seg.mapping:
+            seg.unmap()
 
 
 cdef int64_t seg_scan_time(Segment seg, int64_t first, int64_t last, int64_t ts) except -2:

@@ -183,6 +183,73 @@ def test_damaged_active_time_index_is_rebuilt_not_carried_on(log_path):
     check_time_lookups(log_path, ts)
 
 
+# ------------------------------------------------------------------ retention by time
+
+
+def recent_middle_log(path, recent_at):
+    """Old records, with recent ones (now) at the offsets in recent_at: the newest record of
+    their segments is not the last one."""
+    now = time.time_ns()
+    old = now - 3600 * 10 ** 9
+    ts = [now if i in recent_at else old for i in range(1000)]
+    with tidelog.open(path, durability="none", segment_bytes=SEG_BYTES) as log:
+        for t in ts:
+            log.append(b"x", timestamp=t)
+        bases = [b for b, _ in log.segments()]
+    assert len(bases) >= 5
+    return ts, bases
+
+
+@pytest.mark.parametrize("damage", TIX_DAMAGE + [None], ids=lambda f: f.__name__ if f else "intact")
+def test_retain_seconds_keeps_segments_with_recent_records(log_path, damage):
+    """retain_seconds may delete a segment only when its CRC-checked frames show every record
+    older than the cutoff; the time index is never asked."""
+    recent = (10, 300)                   # in the 1st and 2nd segments, neither one's last record
+    ts, bases = recent_middle_log(log_path, set(recent))
+    assert bases[1] < recent[1] < bases[2]
+    if damage is not None:
+        for f in tix_files(log_path):
+            rewrite_entries(f, 8, damage)
+    with tidelog.open(log_path, durability="none", segment_bytes=SEG_BYTES,
+                      retain_seconds=60) as log:
+        assert log.start_offset == 0
+        for off in recent:
+            assert log.read(off).timestamp == ts[off]
+    # and retention still works: without the recent records everything old goes
+    with tidelog.open(log_path, durability="none", segment_bytes=SEG_BYTES) as log:
+        log.truncate_before(bases[2])
+    with tidelog.open(log_path, durability="none", segment_bytes=SEG_BYTES,
+                      retain_seconds=60) as log:
+        assert log.start_offset == bases[-1]
+
+
+def test_retain_seconds_in_a_live_writer_with_indexes_zeroed_under_it(log_path):
+    """The segments a writer filled itself, whose indexes are then zeroed on disk: retention
+    at the following rolls keeps every segment holding a record newer than the cutoff."""
+    now = time.time_ns()
+    old = now - 3600 * 10 ** 9
+    with tidelog.open(log_path, durability="none", segment_bytes=SEG_BYTES,
+                      retain_seconds=60) as log:
+        for i in range(600):
+            log.append(b"x", timestamp=now if i == 250 else old)
+        assert log.start_offset <= 250
+        for f in tix_files(log_path):
+            rewrite_entries(f, 8, zero_all)
+        for i in range(600):
+            log.append(b"x", timestamp=old)
+        log._apply_retention()
+        assert log.start_offset <= 250
+        assert log.read(250).timestamp == now
+        log.append(b"x", timestamp=now)
+    # a writer that did not fill them reads the frames
+    for f in tix_files(log_path):
+        rewrite_entries(f, 8, zero_all)
+    with tidelog.open(log_path, durability="none", segment_bytes=SEG_BYTES,
+                      retain_seconds=60) as log:
+        assert log.start_offset <= 250
+        assert log.read(250).timestamp == now
+
+
 # ------------------------------------------------------------------ offset index (.idx)
 
 
@@ -270,3 +337,20 @@ def test_damaged_frame_with_unusable_index_is_reported_not_a_hang(log_path):
     assert proc.stdout.split() == ["corrupt", "5", str(64 + 5 * 40)]
 
 
+# ------------------------------------------------------------------ reporting stays
+
+
+def test_verify_still_reports_damaged_indexes(log_path, run):
+    ts = timestamps("late", 1500, seed=1)
+    make_log(log_path, ts)
+    rewrite_entries(tix_files(log_path)[0], 8, zero_all)
+    rewrite_entries(idx_files(log_path)[1], 4, idx_scramble)
+    res = run("verify", log_path)
+    assert res.exit_code == 0
+    assert "index file(s) to rebuild" in res.stdout
+    assert res.stdout.count("entries wrong or missing") == 2
+    res = run("repair", log_path)
+    assert res.exit_code == 0
+    res = run("verify", log_path)
+    assert "to rebuild" not in res.stdout
+    check_time_lookups(log_path, ts)
