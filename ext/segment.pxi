@@ -91,6 +91,9 @@ def check_segment_header(bytes h, int64_t base, str path):
 
 IDX_STRIDES_READ = (4, 8, 16, 32, 64)
 
+from libc.stdint cimport INT64_MIN
+cdef int64_t TS_UNKNOWN = INT64_MIN     # Segment.newest_ts not known
+
 
 cdef inline size_t idx_slots_for(size_t cap, size_t stride) noexcept:
     return (cap - SEGMENT_HEADER_SIZE) // FRAME_HEADER_SIZE // stride + 1
@@ -126,12 +129,20 @@ cdef class Segment:
     cdef bint mapping           # ensure() is mapping it (another thread must not unmap it)
     cdef size_t idx_stride      # records per .idx entry: the file's header says (4; older: 16)
     cdef size_t tix_slots
+    cdef size_t tix_sorted      # leading .tix entries found never to decrease (of this mapping)
+    cdef int64_t tix_pk, tix_pe, tix_pv    # every record of .tix windows tix_pk..tix_pe (the
+                                # frames, CRC-checked) has a timestamp <= tix_pv; pk -1: none
     cdef int64_t next_base      # base of the following segment, -1 while this one is last
     cdef bint writable
     cdef public bint index_fresh   # the writer made the index files anew: they must be refilled
+    cdef int64_t newest_ts      # the newest timestamp of its records when known for sure (read
+                                # from CRC-checked frames, or this writer filled the segment
+                                # from empty), else TS_UNKNOWN; never taken from the .tix
 
     def __cinit__(self):
         self.fd = -1
+        self.newest_ts = TS_UNKNOWN
+        self.tix_pk = -1
         self.next_base = -1
         # never 0: another thread may look a record up (a division by the stride) while this
         # one maps the segment (data is set before the index files are opened, GIL released)
@@ -256,6 +267,7 @@ cdef class Segment:
         self.idx_map, self.tix_map = maps
         self.idx = self.idx_map.addr + INDEX_HEADER_SIZE
         self.tix = self.tix_map.addr + INDEX_HEADER_SIZE
+        self.tix_sorted = 0
 
     cdef inline size_t idx_get(self, size_t j) noexcept:
         """Position of record base + stride j per the index, or 0 when the entry is unusable."""
@@ -277,6 +289,7 @@ cdef class Segment:
         cdef int64_t j
         cdef int tries = 0
         cdef uint32_t length
+        cdef bint hinted = False        # the walk started at an index entry (a hint)
         self.ensure()
         j = (offset - self.base) // <int64_t>self.idx_stride if use_index else 0
         while j > 0 and tries < 64:          # a damaged entry: try the ones below it
@@ -284,6 +297,7 @@ cdef class Segment:
             if p:
                 pos = p
                 cur = self.base + j * <int64_t>self.idx_stride
+                hinted = True
                 break
             j -= 1
             tries += 1
@@ -294,10 +308,11 @@ cdef class Segment:
             if length == 0:
                 break
             if length < FRAME_HEADER_SIZE or length > self.cap - pos:
-                if cur != self.base:
+                if hinted:
                     # the index entry led astray (a stale or damaged hint): walk from the start
                     pos = SEGMENT_HEADER_SIZE
                     cur = self.base
+                    hinted = False
                     continue
                 raise corrupt(self.path, pos, cur, FRAME_BAD_LENGTH)
             pos += align8(length)
