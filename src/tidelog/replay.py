@@ -66,6 +66,7 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import NamedTuple, Optional
 
+from tidelog import _core
 from tidelog.errors import (LogClosedError, OffsetOutOfRangeError, ReplicaDivergedError,
                             TidelogError)
 from tidelog.positions import check_name
@@ -330,6 +331,14 @@ def _compare(txn, cp_db, dg_db, own, name, reference, verified, agreed, upto):
     return (verified, agreed), compared
 
 
+def _raised_by_core(exc):
+    """Whether `exc` came straight out of tidelog's core (a cursor read), not out of a function
+    the loop called: the first frame below the loop's own belongs to the extension module."""
+    tb = exc.__traceback__
+    below = None if tb is None else tb.tb_next
+    return below is not None and below.tb_frame.f_globals.get("__name__") == _core.__name__
+
+
 class _Alarm:
     """A thread that calls `brake()` once the deadline last given to set() has passed: it ends a
     long per-record step when a checkpoint (checkpoint_interval) or progress() is due, so the
@@ -347,8 +356,10 @@ class _Alarm:
     def set(self, due):
         """Brake at time.monotonic() `due` (inf: never), replacing the previous deadline."""
         with self._cond:
+            earlier = self._due is None or due < self._due
             self._due = due
-            self._cond.notify()
+            if earlier:             # a later deadline: the thread finds out when it wakes
+                self._cond.notify()
 
     def close(self):
         with self._cond:
@@ -446,7 +457,7 @@ class Replayer:
         if not callable(self._apply_batch):
             self._apply_batch = None
         self._stop = False
-        self._ticks = []                # the running step's countdown: _brake() empties it
+        self._brake_step = None         # ends the running step (set by each step)
         self._braked = False
         self._running = False
         self._failed = None
@@ -579,13 +590,13 @@ class Replayer:
         self._brake()
 
     def _brake(self):
-        """End the running step before its next record (any thread, or a signal handler).
-
-        The per-record loop counts down a list of the step's length (`zip(ticks, cursor)`, as
-        cheap as `islice(cursor, n)`); emptying the list ends the loop before it pulls the next
-        record, with no flag to look at per record. `_braked` covers a step not begun yet."""
+        """End the running step before its next record or batch (any thread, or a signal
+        handler): each step's loop looks at a flag of its own (a closure cell, the cheapest
+        thing a loop can test); `_braked` covers a step that has not begun yet."""
         self._braked = True
-        self._ticks.clear()
+        step = self._brake_step
+        if step is not None:
+            step()
 
     def run(self, until=None, follow=False, *, progress=None, signals=None):
         """Apply durable records with offset < until, checkpoint, return the new position.
@@ -704,16 +715,20 @@ class Replayer:
     def _apply_to(self, stop):
         """Apply the records [position, stop), all of them durable, or fewer when braked."""
         cur = self._cur
-        first = cur.position
-        n = stop - first
+        n = stop - cur.position
         txn = self._begin() if self._view else None
-        batch_fn = self._apply_batch
+        braked = False
+
+        def brake():                # a closure cell: the cheapest flag a loop can look at
+            nonlocal braked
+            braked = True
+        self._brake_step = brake
+        if self._braked or self._stop:      # braked before this step began
+            return
         machine = self.machine
+        batch_fn = self._apply_batch
         if batch_fn is not None:
-            ticks = self._ticks = [None]        # emptied by _brake: no next batch
-            if self._braked or self._stop:
-                ticks.clear()
-            while n > 0 and ticks:
+            while n > 0 and not braked:
                 at = cur.position
                 batch = cur.read_batch(min(n, BATCH_RECORDS))
                 k = len(batch)
@@ -730,38 +745,27 @@ class Replayer:
                            f"in the batch of records [{at}, {at + k})", self.name)
                     raise
                 n -= k
-            if n > 0 and ticks:
-                raise TidelogError(f"replayer {self.name!r}: stopped at {cur.position} short of "
-                                   f"{stop}, below durable_offset")
-            return
-        ticks = self._ticks = [None] * n
-        if self._braked or self._stop:         # braked before this step began
-            ticks.clear()
-        countdown = iter(ticks)
-        # a plain for loop: since Python 3.11 it calls a Python apply() without a new C frame,
-        # which makes it faster than any map()/deque() formulation; zip() pulls a tick before
-        # each record, so an emptied `ticks` ends the loop without taking a record
-        apply = self._apply
-        try:
-            if txn is None:
-                for _, rec in zip(countdown, cur):
-                    apply(rec)
-            else:
-                for _, rec in zip(countdown, cur):
-                    apply(rec, txn)
-        except Exception as exc:
-            # whose exception? zip pulled one tick per record it asked the cursor for: one more
-            # tick than records taken means the cursor raised, as many means apply() did
-            taken = cur.position - first
-            if ticks:
-                mine = n - countdown.__length_hint__() == taken
-            else:                               # braked meanwhile: judge by the type
-                mine = not isinstance(exc, TidelogError)
-            if mine and taken:
-                at = first + taken - 1
-                _blame(exc, machine, "apply", at, f"at record offset {at}", self.name)
-            raise
-        if cur.position != stop and ticks:
+        else:
+            # a plain for loop: since Python 3.11 it calls a Python apply() without a new C
+            # frame, which makes it faster than any map()/deque() formulation
+            apply = self._apply
+            try:
+                if txn is None:
+                    for rec in islice(cur, n):
+                        apply(rec)
+                        if braked:
+                            break
+                else:
+                    for rec in islice(cur, n):
+                        apply(rec, txn)
+                        if braked:
+                            break
+            except Exception as exc:
+                if not _raised_by_core(exc):        # the cursor's errors are not the machine's
+                    at = cur.position - 1
+                    _blame(exc, machine, "apply", at, f"at record offset {at}", self.name)
+                raise
+        if cur.position != stop and not braked:
             raise TidelogError(f"replayer {self.name!r}: stopped at {cur.position} short of "
                                f"{stop}, below durable_offset")
 
@@ -1018,7 +1022,7 @@ def delete_replayer(log, name):
     """Forget replayer `name`: its position, checkpoint, digests and view. True if it had any.
     (A live Replayer of that name in this process must not be used afterwards.)"""
     _check_log(log)
-    name_b = check_name(name, "name")
+    name_b = check_name(name, "name", existing=True)
     store = log._positions()
     cp_db, dg_db = store.db(CHECKPOINTS_DB), store.db(DIGESTS_DB)
     found = False
@@ -1045,7 +1049,7 @@ def read_view(log, name):
     a context manager: ``with read_view(log, "counts") as txn: txn.get(b"u42")``. KeyError when
     there is no such view."""
     _check_log(log)
-    check_name(name, "name")
+    check_name(name, "name", existing=True)
     store, (db,) = _existing_dbs(log, VIEW_DB_PREFIX + name)
     if db is None:
         raise KeyError(f"no replayer view named {name!r} in {log.path}")
