@@ -33,6 +33,7 @@ __all__ = ["main", "cli"]
 BATCH = 65536         # records per read_batch
 CHUNK = 10_000        # records per append_batch in demo, bench and append
 INFO_SUBSCRIBERS = 20 # subscribers `info` lists one per line (`lag` shows them all)
+DEMO_MAX = 100_000_000 # most events `demo` ingests (and records `bench` appends): ~10 GB
 LAG_SCAN_RECORDS = 5_000_000  # `lag` reads at most this many records to count bytes behind
 LAG_SCAN_BYTES = 1 << 30      # ... and about this many value bytes (~0.3 s from the page cache)
 LAG_SAMPLE = 4096             # records near the end that estimate the record size first
@@ -643,10 +644,11 @@ def _result_table(title, rows):
 
 @cli.command()
 @click.argument("path", required=False)
-@click.option("--events", type=click.IntRange(min=1), default=1_000_000, show_default=True,
-              help="Events to ingest with append_batch.")
-@click.option("--singles", type=click.IntRange(min=0), default=200_000, show_default=True,
-              help="Records for the single-call append phase.")
+@click.option("--events", type=click.IntRange(min=1, max=DEMO_MAX), default=1_000_000,
+              show_default=True, help=f"Events to ingest with append_batch (at most "
+                                      f"{DEMO_MAX:,}: ~{DEMO_MAX // 10**7} GB).")
+@click.option("--singles", type=click.IntRange(min=0, max=DEMO_MAX), default=200_000,
+              show_default=True, help="Records for the single-call append phase.")
 @click.pass_context
 def demo(ctx, path, events, singles):
     """The main job: ingest -> tail -> replay, on a synthetic click stream.
@@ -699,9 +701,17 @@ def _demo_story(console, path, events):
                    f"appended ({secs:.2f} s), committing as it went")
 
         r = story.replay_with_crash(log, console, rng)
-        click.echo(f"replay: a replayer in a child process was killed (SIGKILL) after position "
-                   f"{r['killed_after']:,}; a new one resumed from its checkpoint at "
-                   f"{r['resumed_from']:,} and reached {r['end']:,} in {r['resumed_secs']:.2f} s")
+        if r["killed_after"] is None:
+            click.echo(f"replay: replayer 'counts' was already at the end ({r['end']:,}): "
+                       f"nothing to replay, so no crash to show")
+        else:
+            since = (f"its last checkpoint at {r['resumed_from']:,}" if r["checkpointed"] else
+                     f"{r['resumed_from']:,} (no checkpoint yet: where it first began)")
+            click.echo(f"replay: a replayer in a child process applied records "
+                       f"[{r['start']:,}, {r['killed_after']:,}) (checkpointing every "
+                       f"{r['every']:,}) and was killed (SIGKILL) before its next checkpoint; "
+                       f"a new one resumed from {since} and reached {r['end']:,} in "
+                       f"{r['resumed_secs']:.2f} s")
         if r["exact"]:
             click.echo(f"exactly once: its per-user counts ({r['total']:,} clicks; user "
                        f"{r['top']} leads with {r['top_count']}) equal a fresh fold of the log")
@@ -795,7 +805,8 @@ def _demo(console, path, events, singles):
 
 
 @cli.command()
-@click.option("--records", type=click.IntRange(min=CHUNK), default=2_000_000, show_default=True,
+@click.option("--records", type=click.IntRange(min=CHUNK, max=DEMO_MAX), default=2_000_000,
+              show_default=True,
               help="Records per append phase (the scan reads both).")
 @click.option("--size", type=click.IntRange(min=0), default=100, show_default=True,
               help="Value size in bytes.")
