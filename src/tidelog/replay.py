@@ -604,9 +604,9 @@ class Replayer:
         until:   None: up to the durable end (as it moves meanwhile); an int: stop there.
         follow:  keep applying records as they become durable, until `until`, stop(), SIGINT or
                  SIGTERM.
-        progress: a callable, called with this Replayer after each step (a few ms of work, and
-                 at least every 0.1 s while records are applied) and while a following replayer
-                 waits.
+        progress: a callable, called with this Replayer after each step (a few ms of work; a
+                 per-record step is cut short to call it at least every 0.1 s, an apply_batch
+                 step lasts one batch) and while a following replayer waits.
         signals: stop (checkpoint and return) on SIGINT and SIGTERM: handlers installed for the
                  run when called on the main thread, the previous ones restored after;
                  `stopped_by` then holds the signal number. None (default): when `follow`.
