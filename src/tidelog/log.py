@@ -249,7 +249,7 @@ class Log(_core.LogCore):
         """Forget subscriber `name`. KeyError if it has no position."""
         if self.closed:
             raise LogClosedError(f"{self.path}: the log is closed")
-        check_name(name)
+        check_name(name, existing=True)      # also one an older tidelog let in
         store = self._positions(create=False)
         if store is None or not store.delete(name):
             raise KeyError(f"no subscriber named {name!r} in {self.path}")

@@ -11,6 +11,7 @@ import os
 import struct
 import threading
 import time
+import unicodedata
 
 import lmdb
 
@@ -53,16 +54,31 @@ def _fsync_dir(path):
         os.close(fd)
 
 
-def check_name(name, what="name"):
+def check_name(name, what="name", *, existing=False):
+    """The UTF-8 key of subscriber name `name`, or TypeError/ValueError naming `what`.
+
+    A name holds no control characters (C0, DEL, C1: a tab or a newline would forge rows in
+    listings). `existing=True` lets through a name that only looks up or deletes what is stored,
+    so that one stored by an older tidelog can still be read and deleted (still no NUL)."""
     if not isinstance(name, str):
         raise TypeError(f"{what}: expected a str, not {type(name).__name__}")
-    raw = name.encode("utf-8")
+    try:
+        raw = name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{what}: must be valid Unicode; {name!r} holds a lone surrogate") \
+            from None
     if not raw:
         raise ValueError(f"{what}: must not be empty")
     if len(raw) > MAX_NAME_BYTES:
         raise ValueError(f"{what}: at most {MAX_NAME_BYTES} bytes in UTF-8, not {len(raw)}")
     if "\0" in name:
         raise ValueError(f"{what}: must not contain NUL")
+    if not existing:
+        bad = sorted({ch for ch in name if unicodedata.category(ch) == "Cc"})
+        if bad:
+            shown = ", ".join(f"U+{ord(ch):04X} {ch!r}" for ch in bad)
+            raise ValueError(f"{what}: must not contain control characters; {name!r} holds "
+                             f"{shown}")
     return raw
 
 
@@ -150,7 +166,7 @@ class PositionStore:
 
     def get(self, name, txn=None):
         """(position, commit time ns) of subscriber `name`, or None."""
-        key = check_name(name)
+        key = check_name(name, existing=True)
         if txn is None:
             with self.env.begin(db=self.positions_db) as t:
                 raw = t.get(key, db=self.positions_db)
@@ -170,7 +186,7 @@ class PositionStore:
 
     def delete(self, name, txn=None):
         """Forget subscriber `name`; True if it had a position."""
-        key = check_name(name)
+        key = check_name(name, existing=True)
         if txn is not None:
             return txn.delete(key, db=self.positions_db)
         with self.env.begin(write=True) as t:

@@ -66,18 +66,22 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import NamedTuple, Optional
 
+from tidelog import _core
 from tidelog.errors import (LogClosedError, OffsetOutOfRangeError, ReplicaDivergedError,
                             TidelogError)
 from tidelog.positions import check_name
 
 __all__ = ["Replayer", "LmdbView", "verify_determinism", "DeterminismReport", "Checkpoint",
-           "check_replica", "delete_replayer", "read_view", "replayers"]
+           "check_replica", "delete_replayer", "read_view", "replayers", "MachineCall",
+           "machine_call"]
 
-CHUNK_RECORDS = 16384          # records per step of the per-record loop: stop(), signals, time
-                               # and progress are looked at this often (a few ms)
+CHUNK_RECORDS = 16384          # records per step of the per-record loop (progress is called
+                               # after each step); stop(), signals and checkpoint_interval end a
+                               # step early, between two records (see Replayer._brake)
 BATCH_RECORDS = 65536          # at most this many records per apply_batch call (one read_batch)
 IDLE_WAIT = 0.05               # seconds a following replayer waits for records between looks
                                # at stop()
+PROGRESS_EVERY = 0.1           # seconds: a per-record step that runs longer is cut for progress()
 DIGEST_SIZE = 16               # bytes of blake2b: an accidental collision is out of reach
 CHECKPOINTS_DB = "checkpoints"
 DIGESTS_DB = "digests"
@@ -211,6 +215,41 @@ def _digest_of(machine, view, snap=None, txn=None):
     return d
 
 
+class MachineCall(NamedTuple):
+    """Where a replay machine's own code raised: the exception carries this as
+    ``exc.tidelog_machine_call`` (and, on Python 3.11+, as a note in its traceback)."""
+    machine: str                # the machine's class name
+    method: str                 # "apply", "apply_batch", "snapshot", "digest" or "restore"
+    offset: Optional[int]       # the record (apply), the batch's first record (apply_batch),
+                                # or the checkpoint's offset (snapshot, digest, restore)
+    where: str                  # e.g. "at record offset 650"
+    replayer: Optional[str]     # the replayer's name (None: ephemeral)
+
+    def __str__(self):
+        who = "" if self.replayer is None else f" (replayer {self.replayer!r})"
+        return f"{self.machine}.{self.method}() raised {self.where}{who}"
+
+
+def machine_call(exc):
+    """The MachineCall of an exception raised by a replay machine's method, else None."""
+    call = getattr(exc, "tidelog_machine_call", None)
+    return call if isinstance(call, MachineCall) else None
+
+
+def _blame(exc, machine, method, offset, where, replayer):
+    """Mark `exc`, raised by machine.<method>, with the method and the record offset; the
+    exception itself propagates unchanged (its type is the machine's business)."""
+    if machine_call(exc) is not None:       # the innermost call already said where
+        return
+    call = MachineCall(type(machine).__name__, method, offset, where, replayer)
+    try:
+        exc.tidelog_machine_call = call
+    except (AttributeError, TypeError):     # an exception type without a __dict__
+        return
+    if hasattr(exc, "add_note"):
+        exc.add_note(f"tidelog: {call}")
+
+
 class Checkpoint(NamedTuple):
     """A replayer's stored checkpoint, as replayers(log) lists them."""
     kind: str                   # "snapshot" or "view"
@@ -292,6 +331,55 @@ def _compare(txn, cp_db, dg_db, own, name, reference, verified, agreed, upto):
     return (verified, agreed), compared
 
 
+def _raised_by_core(exc):
+    """Whether `exc` came straight out of tidelog's core (a cursor read), not out of a function
+    the loop called: the first frame below the loop's own belongs to the extension module."""
+    tb = exc.__traceback__
+    below = None if tb is None else tb.tb_next
+    return below is not None and below.tb_frame.f_globals.get("__name__") == _core.__name__
+
+
+class _Alarm:
+    """A thread that calls `brake()` once the deadline last given to set() has passed: it ends a
+    long per-record step when a checkpoint (checkpoint_interval) or progress() is due, so the
+    per-record loop never reads a clock. One per run() that needs it."""
+
+    def __init__(self, brake):
+        self._brake = brake
+        self._cond = threading.Condition()
+        self._due = None
+        self._done = False
+        self._thread = threading.Thread(target=self._main, name="tidelog-replay-alarm",
+                                        daemon=True)
+        self._thread.start()
+
+    def set(self, due):
+        """Brake at time.monotonic() `due` (inf: never), replacing the previous deadline."""
+        with self._cond:
+            earlier = self._due is None or due < self._due
+            self._due = due
+            if earlier:             # a later deadline: the thread finds out when it wakes
+                self._cond.notify()
+
+    def close(self):
+        with self._cond:
+            self._done = True
+            self._cond.notify()
+        self._thread.join()
+
+    def _main(self):
+        with self._cond:
+            while not self._done:
+                left = None if self._due is None else self._due - time.monotonic()
+                if left is not None and left <= 0:
+                    self._due = None
+                    self._brake()
+                elif left is None or left == float("inf"):
+                    self._cond.wait()
+                else:
+                    self._cond.wait(left)
+
+
 class Replayer:
     """Apply a log's durable records, in order, to a deterministic state machine; checkpoint its
     state and position together in one LMDB transaction; resume from the last checkpoint.
@@ -369,6 +457,8 @@ class Replayer:
         if not callable(self._apply_batch):
             self._apply_batch = None
         self._stop = False
+        self._brake_step = None         # ends the running step (set by each step)
+        self._braked = False
         self._running = False
         self._failed = None
         self._closed = False
@@ -453,7 +543,12 @@ class Replayer:
         if not self._view:
             if snap is None:
                 raise TidelogError(f"replayer {name!r}: its checkpoint has no snapshot")
-            self.machine.restore(snap)
+            try:
+                self.machine.restore(snap)
+            except Exception as exc:
+                _blame(exc, self.machine, "restore", cp_pos,
+                       f"restoring the checkpoint at offset {cp_pos}", name)
+                raise
         self._checkpointed = cp_pos
         if cp.replica_of == self.replica_of:     # else: compare with the new reference afresh
             self._verified = cp.verified
@@ -488,24 +583,42 @@ class Replayer:
     # ------------------------------------------------------------------ running
 
     def stop(self):
-        """Make a running run() checkpoint and return soon (within one step of a few ms). Safe
-        from any thread and from signal handlers; a stop() while no run() is going makes the
-        next run() return at once."""
+        """Make a running run() checkpoint and return soon: before the next record (per-record
+        apply) or the next batch (apply_batch). Safe from any thread and from signal handlers; a
+        stop() while no run() is going makes the next run() return at once."""
         self._stop = True
+        self._brake()
 
-    def run(self, until=None, follow=False, *, progress=None):
+    def _brake(self):
+        """End the running step before its next record or batch (any thread, or a signal
+        handler): each step's loop looks at a flag of its own (a closure cell, the cheapest
+        thing a loop can test); `_braked` covers a step that has not begun yet."""
+        self._braked = True
+        step = self._brake_step
+        if step is not None:
+            step()
+
+    def run(self, until=None, follow=False, *, progress=None, signals=None):
         """Apply durable records with offset < until, checkpoint, return the new position.
 
         until:   None: up to the durable end (as it moves meanwhile); an int: stop there.
         follow:  keep applying records as they become durable, until `until`, stop(), SIGINT or
-                 SIGTERM (handlers installed for the run when called on the main thread, the
-                 previous ones restored after; `stopped_by` then holds the signal number).
-        progress: a callable, called with this Replayer after each step (a few ms of work) and
-                 while a following replayer waits.
+                 SIGTERM.
+        progress: a callable, called with this Replayer after each step (a few ms of work; a
+                 per-record step is cut short to call it at least every 0.1 s, an apply_batch
+                 step lasts one batch) and while a following replayer waits.
+        signals: stop (checkpoint and return) on SIGINT and SIGTERM: handlers installed for the
+                 run when called on the main thread, the previous ones restored after;
+                 `stopped_by` then holds the signal number. None (default): when `follow`.
+
+        stop(), a signal and `checkpoint_interval` take effect before the next record (or, with
+        apply_batch, the next batch).
 
         If the machine (or reading, or a checkpoint) raises, the exception propagates and this
         Replayer is unusable: its machine holds part of a step. Make a new Replayer with a fresh
-        machine: it resumes from the last checkpoint."""
+        machine: it resumes from the last checkpoint. An exception raised by the machine's own
+        method carries `tidelog_machine_call` (a MachineCall: the method and the record offset;
+        see machine_call())."""
         self._check_usable()
         if until is not None:
             if not _is_int(until):
@@ -518,9 +631,13 @@ class Replayer:
             raise TypeError(f"follow: expected a bool, not {type(follow).__name__}")
         if progress is not None and not callable(progress):
             raise TypeError(f"progress: expected a callable, not {type(progress).__name__}")
+        if signals is None:
+            signals = follow
+        elif not isinstance(signals, bool):
+            raise TypeError(f"signals: expected a bool or None, not {type(signals).__name__}")
         old = {}
         self.stopped_by = None
-        if follow and threading.current_thread() is threading.main_thread():
+        if signals and threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 if signal.getsignal(sig) is not signal.SIG_IGN:   # ignored stays ignored
                     old[sig] = signal.signal(sig, self._on_signal)
@@ -539,74 +656,116 @@ class Replayer:
 
     def _on_signal(self, signum, frame):
         self.stopped_by = signum
-        self._stop = True
+        self.stop()
 
     def _run(self, until, follow, progress):
         cur, log = self._cur, self.log
         every, interval = self.checkpoint_every, self.checkpoint_interval
         chunk = CHUNK_RECORDS if self._apply_batch is None else BATCH_RECORDS
-        while not self._stop:
-            pos = cur.position
-            if until is not None and pos >= until:
-                break
-            end = log.durable_offset
-            if until is not None and until < end:
-                end = until
-            if pos >= end:
-                if not follow:
+        alarm = None
+        if self._apply_batch is None and (interval is not None or progress is not None):
+            alarm = _Alarm(self._brake)     # ends a long per-record step when something is due
+        last_progress = time.monotonic()
+        try:
+            while not self._stop:
+                self._braked = False
+                pos = cur.position
+                if until is not None and pos >= until:
                     break
-                if self._dirty() and (self._view or (
+                end = log.durable_offset
+                if until is not None and until < end:
+                    end = until
+                if pos >= end:
+                    if not follow:
+                        break
+                    if self._dirty() and (self._view or (
+                            interval is not None
+                            and time.monotonic() - self._last_cp_time >= interval)):
+                        self.checkpoint()
+                    if progress is not None:
+                        progress(self)
+                    cur.wait(IDLE_WAIT)
+                    continue
+                if alarm is not None:
+                    due = float("inf")
+                    if interval is not None:
+                        due = self._last_cp_time + interval
+                    if progress is not None:
+                        due = min(due, last_progress + PROGRESS_EVERY)
+                    alarm.set(due)
+                next_cp = (pos // every + 1) * every
+                self._apply_to(min(end, next_cp, pos + chunk))
+                if cur.position == next_cp or (
                         interval is not None
-                        and time.monotonic() - self._last_cp_time >= interval)):
+                        and time.monotonic() - self._last_cp_time >= interval):
                     self.checkpoint()
                 if progress is not None:
                     progress(self)
-                cur.wait(IDLE_WAIT)
-                continue
-            next_cp = (pos // every + 1) * every
-            self._apply_to(min(end, next_cp, pos + chunk))
-            if cur.position == next_cp or (
-                    interval is not None
-                    and time.monotonic() - self._last_cp_time >= interval):
+                    last_progress = time.monotonic()
+            if self._dirty():
                 self.checkpoint()
-            if progress is not None:
-                progress(self)
-        if self._dirty():
-            self.checkpoint()
+        finally:
+            if alarm is not None:
+                alarm.close()
 
     def _dirty(self):
         return self._cur.position != (self._start if self._checkpointed is None
                                       else self._checkpointed)
 
     def _apply_to(self, stop):
-        """Apply the records [position, stop), all of them durable."""
+        """Apply the records [position, stop), all of them durable, or fewer when braked."""
         cur = self._cur
         n = stop - cur.position
         txn = self._begin() if self._view else None
+        braked = False
+
+        def brake():                # a closure cell: the cheapest flag a loop can look at
+            nonlocal braked
+            braked = True
+        self._brake_step = brake
+        if self._braked or self._stop:      # braked before this step began
+            return
+        machine = self.machine
         batch_fn = self._apply_batch
         if batch_fn is not None:
-            while n > 0:
+            while n > 0 and not braked:
+                at = cur.position
                 batch = cur.read_batch(min(n, BATCH_RECORDS))
                 k = len(batch)
                 if not k:
                     raise TidelogError(f"replayer {self.name!r}: record {cur.position} is below "
                                        f"durable_offset but could not be read")
-                if txn is None:
-                    batch_fn(batch)
-                else:
-                    batch_fn(batch, txn)
+                try:
+                    if txn is None:
+                        batch_fn(batch)
+                    else:
+                        batch_fn(batch, txn)
+                except Exception as exc:
+                    _blame(exc, machine, "apply_batch", at,
+                           f"in the batch of records [{at}, {at + k})", self.name)
+                    raise
                 n -= k
         else:
             # a plain for loop: since Python 3.11 it calls a Python apply() without a new C
             # frame, which makes it faster than any map()/deque() formulation
             apply = self._apply
-            if txn is None:
-                for rec in islice(cur, n):
-                    apply(rec)
-            else:
-                for rec in islice(cur, n):
-                    apply(rec, txn)
-        if cur.position != stop:
+            try:
+                if txn is None:
+                    for rec in islice(cur, n):
+                        apply(rec)
+                        if braked:
+                            break
+                else:
+                    for rec in islice(cur, n):
+                        apply(rec, txn)
+                        if braked:
+                            break
+            except Exception as exc:
+                if not _raised_by_core(exc):        # the cursor's errors are not the machine's
+                    at = cur.position - 1
+                    _blame(exc, machine, "apply", at, f"at record offset {at}", self.name)
+                raise
+        if cur.position != stop and not braked:
             raise TidelogError(f"replayer {self.name!r}: stopped at {cur.position} short of "
                                f"{stop}, below durable_offset")
 
@@ -661,8 +820,14 @@ class Replayer:
 
     def _checkpoint_snapshot(self, pos):
         m = self.machine
-        snap = _as_bytes(m.snapshot(), "snapshot()")
-        digest = _digest_of(m, False, snap) if self.record_digests else None
+        method = "snapshot"
+        try:
+            snap = _as_bytes(m.snapshot(), "snapshot()")
+            method = "digest"
+            digest = _digest_of(m, False, snap) if self.record_digests else None
+        except Exception as exc:
+            _blame(exc, m, method, pos, f"at the checkpoint at offset {pos}", self.name)
+            raise
         if self.name is None:
             self._remember(pos, digest)
             self._last_snapshot = snap
@@ -675,7 +840,13 @@ class Replayer:
     def _checkpoint_view(self, pos):
         txn = self._begin()
         try:
-            digest = _digest_of(self.machine, True, txn=txn) if self.record_digests else None
+            try:
+                digest = (_digest_of(self.machine, True, txn=txn) if self.record_digests
+                          else None)
+            except Exception as exc:
+                _blame(exc, self.machine, "digest", pos, f"at the checkpoint at offset {pos}",
+                       self.name)
+                raise
             if self.name is None:
                 self._remember(pos, digest, txn)
                 txn.commit()        # into the never-committed parent
@@ -851,7 +1022,7 @@ def delete_replayer(log, name):
     """Forget replayer `name`: its position, checkpoint, digests and view. True if it had any.
     (A live Replayer of that name in this process must not be used afterwards.)"""
     _check_log(log)
-    name_b = check_name(name, "name")
+    name_b = check_name(name, "name", existing=True)
     store = log._positions()
     cp_db, dg_db = store.db(CHECKPOINTS_DB), store.db(DIGESTS_DB)
     found = False
@@ -878,7 +1049,7 @@ def read_view(log, name):
     a context manager: ``with read_view(log, "counts") as txn: txn.get(b"u42")``. KeyError when
     there is no such view."""
     _check_log(log)
-    check_name(name, "name")
+    check_name(name, "name", existing=True)
     store, (db,) = _existing_dbs(log, VIEW_DB_PREFIX + name)
     if db is None:
         raise KeyError(f"no replayer view named {name!r} in {log.path}")
@@ -967,14 +1138,26 @@ def _locate_record(log, factory, snapshot, start, stop):
     """The first record in [start, stop) after which two fresh machines (restored from
     `snapshot`, or new when None) applying the same records have different digests, or None."""
     m1, m2 = factory(), factory()
-    if snapshot is not None:
-        m1.restore(snapshot)
-        m2.restore(snapshot)
-    for rec in islice(log.cursor(start, durable_only=True), stop - start):
-        m1.apply(rec)
-        m2.apply(rec)
-        d1 = _digest_of(m1, False, _as_bytes(m1.snapshot(), "snapshot()"))
-        d2 = _digest_of(m2, False, _as_bytes(m2.snapshot(), "snapshot()"))
-        if d1 != d2:
-            return rec.offset
+    method, at = "restore", start
+    try:
+        if snapshot is not None:
+            m1.restore(snapshot)
+            m2.restore(snapshot)
+        method = None                   # reading the log: not the machine's doing
+        for rec in islice(log.cursor(start, durable_only=True), stop - start):
+            at = rec.offset
+            method = "apply"
+            m1.apply(rec)
+            m2.apply(rec)
+            method = "snapshot"
+            s1, s2 = _as_bytes(m1.snapshot(), "snapshot()"), _as_bytes(m2.snapshot(), "snapshot()")
+            method = "digest"
+            if _digest_of(m1, False, s1) != _digest_of(m2, False, s2):
+                return rec.offset
+            method = None
+    except Exception as exc:
+        if method is not None:
+            _blame(exc, m1, method, at,
+                   f"at record offset {at} (locating the first differing record)", None)
+        raise
     return None
