@@ -195,7 +195,7 @@ class Log(_core.LogCore):
                 if self.closed:
                     raise LogClosedError(f"{self.path}: the log is closed")
                 if self._store is None:
-                    if not create and not os.path.isdir(os.path.join(self.path, POSITIONS_DIR)):
+                    if not create and not PositionStore.exists(self.path):
                         return None
                     self._store = PositionStore(self.path)
         return self._store
