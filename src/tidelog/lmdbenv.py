@@ -214,7 +214,7 @@ class LmdbEnv:
                     f"transaction (an LmdbView replayer between checkpoints: is this a commit "
                     f"from its apply()?); a second one would deadlock. Commit cursors from "
                     f"outside apply(), or write through the view's txn")
-            while self._growing:
+            while self._growing and not self._active.get(me):   # (a grow waits for those)
                 self._cond.wait()
             self._active[me] = self._active.get(me, 0) + 1
             if write:
@@ -245,6 +245,7 @@ class LmdbEnv:
             except lmdb.MapResizedError:
                 self._leave(write)
                 self.grow(0)
+                continue
             except lmdb.Error as e:
                 self._leave(write)
                 raise self.translate(e, "begin a transaction") from e
