@@ -505,18 +505,23 @@ class TemporaryEnv(LmdbEnv):
 
     def __init__(self, *, what, max_dbs):
         self._tmpdir = tempfile.mkdtemp(prefix="tidelog-view-")
+        # deleted by close(), else when this object goes or the process exits (not by a fork
+        # child: the directory is its parent's)
+        self._remove = weakref.finalize(self, _remove_tree, os.getpid(), self._tmpdir)
         try:
             super().__init__(self._tmpdir, what=what, max_dbs=max_dbs, durable=False)
         except BaseException:
-            shutil.rmtree(self._tmpdir, ignore_errors=True)
+            self._remove()
             raise
 
     def close(self):
-        mine = self._pid == os.getpid()
-        was = self._closed
         super().close()
-        if mine and not was:
-            shutil.rmtree(self._tmpdir, ignore_errors=True)
+        self._remove()
+
+
+def _remove_tree(pid, path):
+    if os.getpid() == pid:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def temporary(*, what, max_dbs=4):

@@ -910,7 +910,7 @@ def delete_replayer(log, name):
     name_b = check_name(name, "name")
     store = log._positions()
     cp_db, dg_db = store.db(CHECKPOINTS_DB), store.db(DIGESTS_DB)
-    store.positions_db
+    store.positions_db                  # opened before the write transaction, as the others
     view_key = VIEW_DB_PREFIX + name
 
     def delete(txn):
