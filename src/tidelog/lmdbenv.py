@@ -48,6 +48,7 @@ _shared = {}                   # (pid, st_dev, st_ino) -> LmdbEnv shared by this
 _all = weakref.WeakSet()       # every open LmdbEnv of this process (for the fork hook)
 _abandoned = []                # environments a fork child inherited busy: kept, never closed
 _busy_inherited = set()        # (st_dev, st_ino) of those: unusable in this process
+_pid = os.getpid()             # this process (os.getpid() is a system call; fork updates this)
 
 
 class StoreFullError(TidelogError):
@@ -60,8 +61,9 @@ def is_map_full(exc):
 
 
 def _after_fork_in_child():
-    global _lock
+    global _lock, _pid
     _lock = threading.Lock()
+    _pid = os.getpid()
     for env in list(_all):
         env._forked()
     _shared.clear()
@@ -99,8 +101,9 @@ class LmdbEnv:
     def __init__(self, path, *, what, max_dbs, durable=True, create=True):
         self.path = path
         self.what = what                     # "the positions store", for messages
-        self._pid = os.getpid()
-        self._cond = threading.Condition(threading.Lock())
+        self._pid = _pid
+        self._mu = threading.Lock()
+        self._cond = threading.Condition(self._mu)    # a grow waits on it, and for it
         self._active = {}                    # thread ident -> transactions open through us
         self._writer = None                  # thread ident holding our write transaction
         self._write_txn = None               # ... and that transaction
@@ -198,7 +201,7 @@ class LmdbEnv:
             return 0
 
     def _check(self):
-        if self._pid != os.getpid():
+        if self._pid != _pid:
             raise TidelogError(f"{self.path}: {self.what} was opened by the parent of this "
                                f"forked process; open the log again in this process")
         if self._closed:
@@ -207,13 +210,13 @@ class LmdbEnv:
     def _enter(self, write):
         """Count a transaction about to begin (waits while a grow is in progress)."""
         me = threading.get_ident()
-        with self._cond:
-            if write and self._writer == me:
-                raise TidelogError(
-                    f"{self.path}: {self.what}: this thread already holds its write "
-                    f"transaction (an LmdbView replayer between checkpoints: is this a commit "
-                    f"from its apply()?); a second one would deadlock. Commit cursors from "
-                    f"outside apply(), or write through the view's txn")
+        if write and self._writer == me:
+            raise TidelogError(
+                f"{self.path}: {self.what}: this thread already holds its write "
+                f"transaction (an LmdbView replayer between checkpoints: is this a commit "
+                f"from its apply()?); a second one would deadlock. Commit cursors from "
+                f"outside apply(), or write through the view's txn")
+        with self._mu:
             while self._growing and not self._active.get(me):   # (a grow waits for those)
                 self._cond.wait()
             self._active[me] = self._active.get(me, 0) + 1
@@ -222,7 +225,7 @@ class LmdbEnv:
 
     def _leave(self, write):
         me = threading.get_ident()
-        with self._cond:
+        with self._mu:
             n = self._active.get(me, 0) - 1
             if n > 0:
                 self._active[me] = n
@@ -230,7 +233,8 @@ class LmdbEnv:
                 self._active.pop(me, None)
             if write and self._writer == me:
                 self._writer = None
-            self._cond.notify_all()
+            if self._growing:
+                self._cond.notify_all()
 
     def _begin(self, write, db=None):
         """A raw transaction, counted; grows the map when another process grew the file."""
@@ -260,7 +264,7 @@ class LmdbEnv:
     def end(self, txn, commit=False):
         """Commit (or abort) a transaction from _begin/begin_write; always uncounts it. A child
         of fork() drops its parent's transactions without aborting them."""
-        if self._pid != os.getpid():
+        if self._pid != _pid:
             return
         write = txn is self._write_txn
         if write:
@@ -366,9 +370,11 @@ class LmdbEnv:
         for _ in range(NOLOCK_RETRIES):
             txn = self._begin(False, db)
             try:
+                if self.locked:
+                    return fn(txn)
                 seen = txn.id()
                 result = fn(txn)
-                if not self.locked and self.raw.info()["last_txnid"] > seen + 1:
+                if self.raw.info()["last_txnid"] > seen + 1:
                     continue    # two commits meanwhile: pages read may have been reused
                 return result
             except lmdb.Error as e:
@@ -414,9 +420,10 @@ class LmdbEnv:
     def _forked(self):
         """In a fork child: close this inherited environment if no transaction was open,
         else drop it without closing (closing would abort the parent's transactions)."""
-        if self._pid == os.getpid():
+        if self._pid == _pid:
             return
-        self._cond = threading.Condition(threading.Lock())
+        self._mu = threading.Lock()
+        self._cond = threading.Condition(self._mu)
         if self._closed:
             return
         self._closed = True
@@ -432,7 +439,7 @@ class LmdbEnv:
             pass
 
     def close(self):
-        if self._closed or self._pid != os.getpid():
+        if self._closed or self._pid != _pid:
             self._closed = True
             return
         self._closed = True
@@ -477,7 +484,7 @@ class HeldReader:
 def acquire(path, *, what, max_dbs, create=True):
     """The LmdbEnv of directory `path` shared by this process (reference-counted: release())."""
     st = os.stat(path)
-    key = (os.getpid(), st.st_dev, st.st_ino)
+    key = (_pid, st.st_dev, st.st_ino)
     with _lock:
         env = _shared.get(key)
         if env is None or env._closed:
@@ -489,7 +496,7 @@ def acquire(path, *, what, max_dbs, create=True):
 
 def release(env):
     """Drop one reference from acquire(); the last one closes the environment."""
-    if env._pid != os.getpid():
+    if env._pid != _pid:
         return
     with _lock:
         env._refs -= 1
