@@ -511,3 +511,57 @@ def test_full_disk_is_a_tidelog_error(tmp_path):
         assert "LogFullError True" in line and "no space left" in line, line
         assert "free space" in line
     assert lines[2] == "after: 3"
+
+
+def test_a_lockless_reader_never_sees_a_torn_snapshot(ro_dir):
+    """A reader that may not write LMDB's lock file reads without a reader slot; while a writer
+    commits all 200 positions at once, again and again, every read must see one commit."""
+    path = os.path.join(ro_dir, "log")
+    log = tidelog.open(path, segment_bytes=1 << 20)
+    fill(log, 100)
+    names = [f"sub-{i:03d}-" + "x" * 100 for i in range(200)]
+    store = log._positions()
+    store.write(lambda txn: [store.put(n, 0, txn) for n in names])
+    log.close()
+    make_readonly(path, False)
+    os.chmod(path, 0o755)
+    os.chmod(os.path.join(path, "positions"), 0o755)
+    for f in ("data.mdb", "lock.mdb"):
+        os.chmod(os.path.join(path, "positions", f), 0o644)      # root writes, nobody reads
+    reader = subprocess.Popen([sys.executable, "-c", textwrap.dedent('''
+        import os, sys, time
+        import tidelog
+        path = sys.argv[1]
+        if os.geteuid() == 0:
+            os.setgroups([]); os.setgid(65534); os.setuid(65534)
+        if os.geteuid() == 0:
+            sys.exit("could not drop privileges")
+        sys.path[:] = []
+        log = tidelog.open(path, readonly=True)
+        assert not log._positions().shared.locked
+        reads = torn = 0
+        seen = set()
+        print("ready", flush=True)
+        while not os.path.exists(os.path.join("/tmp", sys.argv[2])):
+            p = log.positions()
+            reads += 1
+            torn += len(set(p.values())) != 1
+            seen |= set(p.values())
+        print(reads, torn, len(seen))
+        '''), path, os.path.basename(ro_dir) + ".done"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert reader.stdout.readline().strip() == "ready"
+        log = tidelog.open(path, readonly=True)
+        store = log._positions()
+        for i in range(1, 300):
+            store.write(lambda txn, i=i: [store.put(n, i, txn) for n in names])
+        log.close()
+    finally:
+        open(ro_dir + ".done", "w").close()
+    try:
+        out, _ = reader.communicate(timeout=60)
+    finally:
+        os.unlink(ro_dir + ".done")
+    assert reader.returncode == 0, out
+    reads, torn, seen = map(int, out.split())
+    assert torn == 0 and reads > 10 and seen > 10, (reads, torn, seen)

@@ -11,10 +11,14 @@ mapping, which invalidates every transaction of the environment in this process,
 until none is open (tidelog begins every transaction here and counts them).
 
 Read-only. Where this process may not write the store (a log in a read-only directory, files of
-another user), the environment is opened read-only; without write access to LMDB's lock file,
-also without a lock (MDB_NOLOCK): such a reader has no reader slot to protect its snapshot from
-writers, so `read` checks after each transaction that no writer committed twice meanwhile (only
-then could a page it read have been reused) and reads again if one did.
+another user), the environment is opened read-only. Without write access to LMDB's lock file
+too, a reader would have no reader slot to protect its snapshot from writers: a writer may reuse
+the pages it walks, which gives torn reads and can even trip LMDB's assertions (abort()). So
+such a reader never walks the live file: it copies it (a plain sequential read, retried until no
+writer committed twice during the copy: only then could a copied page have been reused) into a
+private temporary directory and reads the copy, taken again when a writer committed since and
+no transaction of the copy is open. Its reads are consistent snapshots, at most as old as the
+last transaction it began.
 
 fork(). LMDB forbids using a parent's environment in a child, and py-lmdb refuses to open one
 twice in a process; closing it in the child would abort the transactions the child inherited,
@@ -41,7 +45,7 @@ __all__ = ["LmdbEnv", "StoreFullError", "acquire", "temporary", "is_map_full"]
 INITIAL_MAP = 1 << 20          # bytes of address space a new map starts with
 MAX_MAP = 1 << 40              # a map grows (doubling) up to this
 GROW_WAIT = 60.0               # seconds a grow waits for other threads' transactions to end
-NOLOCK_RETRIES = 1000          # reads of a lock-less reader redone at most this often
+NOLOCK_RETRIES = 1000          # copies a lock-less reader makes at most for one snapshot
 
 _lock = threading.Lock()
 _shared = {}                   # (pid, st_dev, st_ino) -> LmdbEnv shared by this process
@@ -125,13 +129,24 @@ class LmdbEnv:
                 raise TidelogError(f"{path}: {what} holds no data and cannot be created here "
                                    f"(no write permission)")
         self.locked = self.writable or _writable(lockf)
+        self._max_dbs = max_dbs
         size = _pow2_at_least(2 * (os.path.getsize(data) if exists else 0))
+        self._probe = None              # lock-less: the live files, for their meta pages only
         try:
-            self.raw = lmdb.open(path, map_size=size, max_dbs=max_dbs, subdir=True,
-                                 readonly=not self.writable, lock=self.locked,
-                                 create=self.writable, sync=durable, metasync=durable,
-                                 readahead=False, max_spare_txns=0)
-        except lmdb.Error as e:
+            if self.locked:
+                self.raw = lmdb.open(path, map_size=size, max_dbs=max_dbs, subdir=True,
+                                     readonly=not self.writable, lock=True,
+                                     create=self.writable, sync=durable, metasync=durable,
+                                     readahead=False, max_spare_txns=0)
+            else:
+                self.raw = None
+                self._copy_dir = tempfile.mkdtemp(prefix="tidelog-ro-")
+                self._remove = weakref.finalize(self, _remove_tree, _pid, self._copy_dir)
+                self._probe = lmdb.open(path, map_size=size, max_dbs=max_dbs, subdir=True,
+                                        readonly=True, lock=False, create=False,
+                                        readahead=False, max_spare_txns=0)
+                self._copy()
+        except (lmdb.Error, OSError) as e:
             key = self._file_key()
             if key is not None and key in _busy_inherited:
                 raise TidelogError(
@@ -146,6 +161,47 @@ class LmdbEnv:
             except lmdb.Error:
                 pass
         _all.add(self)
+
+    def _copy(self):
+        """(Lock-less reader) copy the live data file, consistently, and open the copy."""
+        src = os.path.join(self.path, "data.mdb")
+        tmp = os.path.join(self._copy_dir, "data.mdb.new")
+        for _ in range(NOLOCK_RETRIES):
+            before = self._probe.info()["last_txnid"]
+            with open(src, "rb") as f, open(tmp, "wb") as g:
+                shutil.copyfileobj(f, g, 1 << 20)
+            if self._probe.info()["last_txnid"] <= before + 1:
+                break
+        else:
+            raise TidelogError(f"{self.path}: {self.what}: writers commit too fast to read it "
+                               f"without a lock; retry, or read as a user that may write it")
+        if self.raw is not None:
+            self.raw.close()
+            self.raw = None
+        self._dbs = {}
+        os.replace(tmp, os.path.join(self._copy_dir, "data.mdb"))
+        self.raw = lmdb.open(self._copy_dir, map_size=_pow2_at_least(2 * os.path.getsize(src)),
+                             max_dbs=self._max_dbs, subdir=True, readonly=True, lock=False,
+                             create=False, readahead=False, max_spare_txns=0)
+        self._copied = before
+        # every named database now: a handle opened after a transaction began is unusable in it
+        with self.raw.begin() as txn:
+            names = [bytes(k) for k in txn.cursor().iternext(values=False)]
+        for key in names:
+            try:
+                self._dbs[key.decode("utf-8")] = self.raw.open_db(key, create=False)
+            except (lmdb.Error, UnicodeDecodeError):
+                pass                    # a plain key, not a database
+
+    def _refresh(self):
+        """(Lock-less reader) copy the live file again if a writer committed since, unless a
+        transaction of the copy is open."""
+        with self._mu:
+            if not self._active and self._probe.info()["last_txnid"] != self._copied:
+                try:
+                    self._copy()
+                except (lmdb.Error, OSError) as e:
+                    raise self.translate(e, "read") from e
 
     def _file_key(self):
         try:
@@ -242,10 +298,13 @@ class LmdbEnv:
         if write and not self.writable:
             raise TidelogError(f"{self.path}: {self.what}: cannot write: permission denied "
                                f"(this process may only read it; run as the log's owner)")
+        if self._probe is not None:
+            self._refresh()
         for _ in range(64):
             self._enter(write)
             try:
-                txn = self.raw.begin(write=write, db=db)
+                handle = self.db(db) if isinstance(db, str) else db
+                txn = self.raw.begin(write=write, db=handle)
             except lmdb.MapResizedError:
                 self._leave(write)
                 self.grow(0)
@@ -338,9 +397,14 @@ class LmdbEnv:
         if d is None:
             self._check()
             key = name.encode("utf-8")
+            if self._probe is not None:
+                raise TidelogError(f"{self.path}: {self.what} has no database {name!r}")
+            if txn is None and self._writer == threading.get_ident():
+                txn = self._write_txn       # a transaction of its own would deadlock
             try:
                 if txn is not None:
-                    d = self.raw.open_db(key, txn=txn, create=self.writable)
+                    # valid once txn commits (an abort closes it): not cached
+                    return self.raw.open_db(key, txn=txn, create=self.writable)
                 elif self.writable:
                     d = self.write(lambda t: self.raw.open_db(key, txn=t, create=True))
                 else:       # (py-lmdb keeps a handle opened in a read transaction only
@@ -361,28 +425,29 @@ class LmdbEnv:
         self._dbs.pop(name, None)
 
     def has_db(self, name):
-        """Whether named database `name` exists (reading creates nothing)."""
+        """Whether named database `name` exists (reading creates nothing); if it does, its
+        handle is open (call this before a transaction that uses it)."""
+        if self._probe is not None:
+            self._check()
+            self._refresh()
+            return name in self._dbs
+        if name in self._dbs:
+            return True
         key = name.encode("utf-8")
-        return self.read(lambda t: t.get(key) is not None)   # named databases: main db keys
+        if not self.read(lambda t: t.get(key) is not None):   # named databases: main db keys
+            return False
+        self.db(name)
+        return True
 
     def read(self, fn, db=None):
         """fn(txn) in a read transaction; its result."""
-        for _ in range(NOLOCK_RETRIES):
-            txn = self._begin(False, db)
-            try:
-                if self.locked:
-                    return fn(txn)
-                seen = txn.id()
-                result = fn(txn)
-                if self.raw.info()["last_txnid"] > seen + 1:
-                    continue    # two commits meanwhile: pages read may have been reused
-                return result
-            except lmdb.Error as e:
-                raise self.translate(e, "read") from e
-            finally:
-                self.end(txn)
-        raise TidelogError(f"{self.path}: {self.what}: writers commit too fast to read it "
-                           f"without a lock; retry, or read as a user that may write it")
+        txn = self._begin(False, db)
+        try:
+            return fn(txn)
+        except lmdb.Error as e:
+            raise self.translate(e, "read") from e
+        finally:
+            self.end(txn)
 
     def write(self, fn):
         """fn(txn) in a write transaction, committed (durable when `sync`); its result. A full
@@ -412,7 +477,7 @@ class LmdbEnv:
 
     def reader(self, db=None):
         """A read transaction for the caller to hold: a context manager (and the transaction's
-        methods), ended by __exit__ or abort()."""
+        methods), ended by __exit__ or abort(). `db`: the name of its default database."""
         return HeldReader(self, self._begin(False, db))
 
     # ------------------------------------------------------------------ lifetime
@@ -428,13 +493,15 @@ class LmdbEnv:
             return
         self._closed = True
         if self._active or self._writer is not None:
-            _abandoned.append(self.raw)
+            _abandoned.append((self.raw, self._probe))
             key = self._file_key()
             if key is not None:
                 _busy_inherited.add(key)
             return
         try:
             self.raw.close()
+            if self._probe is not None:
+                self._probe.close()
         except Exception:
             pass
 
@@ -445,6 +512,9 @@ class LmdbEnv:
         self._closed = True
         _all.discard(self)
         self.raw.close()
+        if self._probe is not None:
+            self._probe.close()
+            self._remove()
 
 
 class HeldReader:

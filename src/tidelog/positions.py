@@ -81,6 +81,8 @@ class PositionStore:
     def _acquire(self):
         self._shared = lmdbenv.acquire(self.path, what=WHAT, max_dbs=MAX_DBS)
         self._pid = os.getpid()
+        if self._shared.writable:
+            self._shared.db("positions")    # now, before any transaction that uses it
 
     @property
     def shared(self):
@@ -137,8 +139,7 @@ class PositionStore:
         if txn is None:
             if not self.writable and not self.has_db("positions"):
                 return None
-            db = self.positions_db
-            raw = self.read(lambda t: t.get(key, db=db))
+            raw = self.read(lambda t: t.get(key, db=self.positions_db))
         else:
             raw = txn.get(key, db=self.positions_db)
         return None if raw is None else POSITION.unpack(raw)
@@ -165,6 +166,6 @@ class PositionStore:
         """{name: (position, commit time ns)} of every subscriber."""
         if not self.writable and not self.has_db("positions"):
             return {}
-        db = self.positions_db
+        # handles are looked up inside the transaction: a lock-less reader's copy may be new
         return self.read(lambda t: {k.decode("utf-8"): POSITION.unpack(v)
-                                    for k, v in t.cursor(db=db)})
+                                    for k, v in t.cursor(db=self.positions_db)})

@@ -440,9 +440,9 @@ class Replayer:
     def _restore(self, start):
         """Load the checkpoint of self.name; returns the position to resume from."""
         store, name = self._store, self.name
-        cp_db = self._cp_db
 
         def load(txn):
+            cp_db = self._cp_db
             raw = txn.get(self._name_b, db=cp_db)
             snap = None
             if raw is not None and not self._view:
@@ -505,9 +505,8 @@ class Replayer:
         ephemeral)."""
         if self.name is None:
             return dict(self._mem_digests)
-        dg_db = self._dg_db
         return self._store.read(lambda txn: {o: bytes(d) for o, d in
-                                             _stored_digests(txn, dg_db, self._prefix, 0)})
+                                             _stored_digests(txn, self._dg_db, self._prefix, 0)})
 
     def __repr__(self):
         name = "(ephemeral)" if self.name is None else repr(self.name)
@@ -827,7 +826,7 @@ class Replayer:
         if self.name is None:
             raise TypeError("read: an ephemeral view is never committed; read it through the "
                             "transaction its apply() gets")
-        return self._store.shared.reader(db=self._view_db)
+        return self._store.shared.reader(db=VIEW_DB_PREFIX + self.name)
 
     def _check_usable(self, running_ok=False):
         if self._closed:
@@ -868,13 +867,13 @@ class Replayer:
 # ---------------------------------------------------------------------- module functions
 
 def _existing_dbs(log, *names):
-    """(store, [handle or None per name]) without creating anything: reading never creates the
-    positions store or a database in it. store is None when there is no store."""
+    """(store, [whether it exists, per name]) without creating anything: reading never creates
+    the positions store or a database in it. store is None when there is no store. (Handles
+    are looked up inside each transaction: a lock-less reader's copy may change between.)"""
     store = log._positions(create=False)
     if store is None:
-        return None, [None] * len(names)
-    present = [store.has_db(n) for n in names]
-    return store, [store.db(n) if p else None for n, p in zip(names, present)]
+        return None, [False] * len(names)
+    return store, [store.has_db(n) for n in names]
 
 
 def check_replica(log, name, reference):
@@ -884,23 +883,27 @@ def check_replica(log, name, reference):
     _check_log(log)
     name_b = check_name(name, "name")
     check_name(reference, "reference")
-    store, (cp_db, dg_db) = _existing_dbs(log, CHECKPOINTS_DB, DIGESTS_DB)
-    if cp_db is None or dg_db is None:
+    store, (has_cp, has_dg) = _existing_dbs(log, CHECKPOINTS_DB, DIGESTS_DB)
+    if not (has_cp and has_dg):
         return 0, None
-    (_, agreed), n = store.read(
-        lambda txn: _compare(txn, cp_db, dg_db, _stored_digests(txn, dg_db, name_b + b"\0", 0),
-                             name, reference, -1, -1, 1 << 62))
+
+    def compare(txn):
+        cp_db, dg_db = store.db(CHECKPOINTS_DB), store.db(DIGESTS_DB)
+        return _compare(txn, cp_db, dg_db, _stored_digests(txn, dg_db, name_b + b"\0", 0),
+                        name, reference, -1, -1, 1 << 62)
+
+    (_, agreed), n = store.read(compare)
     return n, None if agreed < 0 else agreed
 
 
 def replayers(log):
     """{name: Checkpoint} of every replayer with a checkpoint in this log's positions store."""
     _check_log(log)
-    store, (cp_db,) = _existing_dbs(log, CHECKPOINTS_DB)
-    if cp_db is None:
+    store, (has_cp,) = _existing_dbs(log, CHECKPOINTS_DB)
+    if not has_cp:
         return {}
-    return store.read(lambda txn: {bytes(k).decode("utf-8"): _unpack(v)
-                                   for k, v in txn.cursor(db=cp_db) if b"\0" not in k})
+    return store.read(lambda txn: {bytes(k).decode("utf-8"): _unpack(v) for k, v in
+                                   txn.cursor(db=store.db(CHECKPOINTS_DB)) if b"\0" not in k})
 
 
 def delete_replayer(log, name):
@@ -938,10 +941,10 @@ def read_view(log, name):
     there is no such view."""
     _check_log(log)
     check_name(name, "name")
-    store, (db,) = _existing_dbs(log, VIEW_DB_PREFIX + name)
-    if db is None:
+    store, (has_view,) = _existing_dbs(log, VIEW_DB_PREFIX + name)
+    if not has_view:
         raise KeyError(f"no replayer view named {name!r} in {log.path}")
-    return store.shared.reader(db=db)
+    return store.shared.reader(db=VIEW_DB_PREFIX + name)
 
 
 def verify_determinism(log, factory, *, until=None, checkpoint_every=10_000, locate_record=True,
