@@ -7,8 +7,6 @@ import json
 import os
 import resource
 import shutil
-import stat
-import struct
 import subprocess
 import sys
 import tempfile
@@ -18,7 +16,7 @@ import pytest
 
 import tidelog
 from tidelog import lmdbenv
-from tidelog.replay import delete_replayer, read_view, replayers
+from tidelog.replay import read_view, replayers
 
 NOBODY = 65534
 
@@ -58,14 +56,6 @@ exec(MACHINES)
 
 class WideView(View):                       # noqa: F821 (defined by MACHINES)
     PAD = 300
-
-
-class Tagged(tidelog.LmdbView):
-    def __init__(self, tag):
-        self.tag = tag
-
-    def apply(self, rec, txn):
-        txn.put(b"k%07d" % rec.offset, b"%s-%d" % (self.tag, rec.offset))
 
 
 def fill(log, n, size=8):

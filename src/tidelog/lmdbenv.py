@@ -29,7 +29,6 @@ max_spare_txns=0), and reopens it on next use; otherwise it drops the environmen
 closing it, and using the store in that child raises TidelogError.
 """
 
-import errno
 import os
 import shutil
 import tempfile

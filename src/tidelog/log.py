@@ -8,7 +8,7 @@ import weakref
 from tidelog import _core
 from tidelog.cursor import Cursor
 from tidelog.errors import LogClosedError, LogFailedError, OffsetOutOfRangeError
-from tidelog.positions import POSITIONS_DIR, PositionStore, check_name
+from tidelog.positions import PositionStore, check_name
 
 __all__ = ["Log", "open"]
 
