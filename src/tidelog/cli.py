@@ -218,17 +218,24 @@ def info(path):
     with _open_ro(path) as log:
         start, end, durable = log.start_offset, log.end_offset, log.durable_offset
         segs = log.segments()
-        subs = log.position_info()
+        try:
+            subs, subs_problem = log.position_info(), None
+        except (tidelog.TidelogError, OSError) as exc:     # show the rest of what is known
+            subs, subs_problem = {}, exc
     seg_bytes = sum(os.stat(p).st_size for _, p in segs)
     all_bytes = sum(e.stat().st_blocks * 512 for e in os.scandir(log.path) if e.is_file())
     store = os.path.join(log.path, POSITIONS_DIR)
-    if os.path.isdir(store):
-        all_bytes += sum(e.stat().st_blocks * 512 for e in os.scandir(store) if e.is_file())
+    try:
+        if os.path.isdir(store):
+            all_bytes += sum(e.stat().st_blocks * 512 for e in os.scandir(store) if e.is_file())
+    except OSError:
+        pass                            # an unreadable store: its bytes are not counted
     rows = [("path", log.path), ("start_offset", start), ("end_offset", end),
             ("durable_offset", durable), ("records", end - start),
             ("segments", f"{len(segs)} ({seg_bytes:,} bytes)"),
             ("disk usage", f"{all_bytes:,} bytes (segments, indexes, control, positions)"),
-            ("subscribers", len(subs))]
+            ("subscribers", len(subs) if subs_problem is None
+             else f"unknown ({_describe(subs_problem)})")]
     for name, value in rows:
         click.echo(f"{name + ':':<16}{value}")
     for name, (pos, _) in list(subs.items())[:INFO_SUBSCRIBERS]:

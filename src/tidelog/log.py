@@ -8,7 +8,7 @@ import weakref
 from tidelog import _core
 from tidelog.cursor import Cursor
 from tidelog.errors import LogClosedError, LogFailedError, OffsetOutOfRangeError
-from tidelog.positions import POSITIONS_DIR, PositionStore, check_name
+from tidelog.positions import PositionStore, check_name
 
 __all__ = ["Log", "open"]
 
@@ -202,7 +202,7 @@ class Log(_core.LogCore):
                 if self.closed:
                     raise LogClosedError(f"{self.path}: the log is closed")
                 if self._store is None:
-                    if not create and not os.path.isdir(os.path.join(self.path, POSITIONS_DIR)):
+                    if not create and not PositionStore.exists(self.path):
                         return None
                     self._store = PositionStore(self.path)
         return self._store

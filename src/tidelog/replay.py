@@ -61,12 +61,12 @@ import signal
 import struct
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 from itertools import islice
 from typing import NamedTuple, Optional
 
 from tidelog import _core
+from tidelog import lmdbenv
 from tidelog.errors import (LogClosedError, OffsetOutOfRangeError, ReplicaDivergedError,
                             TidelogError)
 from tidelog.positions import check_name
@@ -391,7 +391,8 @@ class Replayer:
               log.positions() / log.lag()). A Replayer of a name that has a checkpoint restores
               it (machine.restore(snapshot); a view's data is already in place) and resumes.
               None: an ephemeral replayer that stores nothing and starts at the log's start
-              (a view then lives in a transaction that is never committed: close() drops it).
+              (a view then lives in a temporary LMDB environment outside the log, deleted by
+              close()).
     checkpoint_every: checkpoint whenever the position reaches a multiple of this (records).
     checkpoint_interval: also checkpoint once this many seconds passed since the last one
               (None: no time-based checkpoints). Checkpoints also happen when run() returns and,
@@ -408,7 +409,7 @@ class Replayer:
     """
 
     def __init__(self, log, machine, *, name, checkpoint_every=100_000, checkpoint_interval=None,
-                 replica_of=None, digests=True, digest_history=None, _parent_txn=None):
+                 replica_of=None, digests=True, digest_history=None):
         _check_log(log)
         view = _check_machine(machine)
         name_b = None if name is None else check_name(name, "name")
@@ -463,8 +464,7 @@ class Replayer:
         self._failed = None
         self._closed = False
         self._txn = None                # a view's open write transaction (between checkpoints)
-        self._own_parent = None         # an ephemeral view's never-committed transaction
-        self._parent = _parent_txn
+        self._txn_env = None            # ... and the LmdbEnv it belongs to
         self._checkpointed = None       # position of the last checkpoint (stored or restored)
         self._verified = -1             # replica: digests compared through this offset
         self._agreed = -1               # replica: last offset where the digests were equal
@@ -472,28 +472,26 @@ class Replayer:
         self._last_snapshot = None      # ephemeral: the snapshot of the last checkpoint
         self._last_cp_time = time.monotonic()
 
+        # LMDB handles (databases) belong to one environment, and a fork() child gets its own:
+        # they are looked up (cached per environment) on each use, never kept here
         self._store = None
-        if name is not None or replica_of is not None or view:
+        self._tmp_env = None            # an ephemeral view's scratch environment
+        if name is not None or replica_of is not None:
             self._store = store = log._positions()
-            store.env.reader_check()    # free reader slots of killed processes
-            self._cp_db = store.db(CHECKPOINTS_DB)
-            self._dg_db = store.db(DIGESTS_DB)
+            if store.shared.locked and store.writable:
+                store.env.reader_check()    # free reader slots of killed processes
+            self._open_dbs()
         start = log.start_offset
         if name is not None:
             start = self._restore(start)
-            if view:        # after _restore, which may drop a forgotten replayer's view
-                self._view_db = store.db(VIEW_DB_PREFIX + name)
         elif view:
-            if self._parent is None:
-                self._parent = self._own_parent = store.env.begin(write=True)
-            tmp = f"{VIEW_DB_PREFIX}~ephemeral-{uuid.uuid4().hex}".encode()
+            self._tmp_env = lmdbenv.temporary(what="an ephemeral view's scratch store")
+        if view:        # after _restore, which may drop a forgotten replayer's view
             try:
-                self._view_db = store.env.open_db(tmp, txn=self._parent, create=True)
+                machine.db = self._view_db
             except BaseException:
                 self.close()
                 raise
-        if view:
-            machine.db = self._view_db
         self._start = start
         try:
             self._cur = log.cursor(start, durable_only=True)
@@ -501,17 +499,47 @@ class Replayer:
             self.close()
             raise
 
+    # ------------------------------------------------------------------ LMDB handles
+
+    @property
+    def _cp_db(self):
+        return self._store.db(CHECKPOINTS_DB)
+
+    @property
+    def _dg_db(self):
+        return self._store.db(DIGESTS_DB)
+
+    @property
+    def _view_env(self):
+        return self._tmp_env if self.name is None else self._store.shared
+
+    @property
+    def _view_db(self):
+        return self._view_env.db("view" if self.name is None else VIEW_DB_PREFIX + self.name)
+
+    def _open_dbs(self):
+        """Open (or look up) every handle this replayer uses before a transaction begins:
+        opening a database takes a transaction of its own."""
+        if self._store is not None:
+            self._store.positions_db, self._cp_db, self._dg_db
+        if self._view and (self._tmp_env is not None or self.name is not None):
+            self.machine.db = self._view_db
+
     # ------------------------------------------------------------------ restore
 
     def _restore(self, start):
         """Load the checkpoint of self.name; returns the position to resume from."""
         store, name = self._store, self.name
-        with store.env.begin() as txn:
-            pos = store.get(name, txn)
-            raw = txn.get(self._name_b, db=self._cp_db)
+
+        def load(txn):
+            cp_db = self._cp_db
+            raw = txn.get(self._name_b, db=cp_db)
             snap = None
             if raw is not None and not self._view:
-                snap = txn.get(self._name_b + SNAPSHOT_SUFFIX, db=self._cp_db)
+                snap = txn.get(self._name_b + SNAPSHOT_SUFFIX, db=cp_db)
+            return store.get(name, txn), raw, snap
+
+        pos, raw, snap = store.read(load)
         if raw is None:
             if pos is not None:
                 raise ValueError(
@@ -572,8 +600,8 @@ class Replayer:
         ephemeral)."""
         if self.name is None:
             return dict(self._mem_digests)
-        with self._store.env.begin() as txn:
-            return {o: bytes(d) for o, d in _stored_digests(txn, self._dg_db, self._prefix, 0)}
+        return self._store.read(lambda txn: {o: bytes(d) for o, d in
+                                             _stored_digests(txn, self._dg_db, self._prefix, 0)})
 
     def __repr__(self):
         name = "(ephemeral)" if self.name is None else repr(self.name)
@@ -713,7 +741,32 @@ class Replayer:
                                       else self._checkpointed)
 
     def _apply_to(self, stop):
-        """Apply the records [position, stop), all of them durable, or fewer when braked."""
+        """Apply the records [position, stop), all of them durable (or fewer when braked). A view whose map filled
+        up is grown, and the records since the last checkpoint applied again (its state is
+        its aborted transaction's writes)."""
+        while True:
+            try:
+                return self._apply_range(stop)
+            except Exception as exc:
+                if not (self._view and lmdbenv.is_map_full(exc)):
+                    raise
+                self._regrow()
+
+    def _regrow(self):
+        """A view's map is full: drop its transaction, grow the map, rewind to the last
+        checkpoint."""
+        env = self._txn_env or self._view_env
+        self._end_txn()
+        env.grow()
+        self._cur.seek(self._start if self._checkpointed is None else self._checkpointed)
+
+    def _end_txn(self, commit=False):
+        txn, self._txn = self._txn, None
+        env, self._txn_env = self._txn_env, None
+        if txn is not None:
+            env.end(txn, commit)
+
+    def _apply_range(self, stop):
         cur = self._cur
         n = stop - cur.position
         txn = self._begin() if self._view else None
@@ -772,17 +825,16 @@ class Replayer:
     def _begin(self):
         """A view's write transaction (begun at the first record after a checkpoint)."""
         if self._txn is None:
-            env = self._store.env
-            if self.name is None:
-                self._txn = env.begin(write=True, parent=self._parent, db=self._view_db)
-            else:
-                txn = env.begin(write=True, db=self._view_db)
+            self._open_dbs()
+            env = self._view_env
+            txn = env.begin_write(db=self.machine.db)
+            if self.name is not None:
                 try:
                     self._fence(txn)
                 except BaseException:
-                    txn.abort()
+                    env.end(txn)
                     raise
-                self._txn = txn
+            self._txn, self._txn_env = txn, env
         return self._txn
 
     def _fence(self, txn):
@@ -832,35 +884,45 @@ class Replayer:
             self._remember(pos, digest)
             self._last_snapshot = snap
             return
-        with self._store.write() as txn:
+        self._open_dbs()
+
+        def write(txn):
             self._fence(txn)
-            verified = self._write_checkpoint(txn, pos, digest, snap)
-        self._verified, self._agreed = verified
+            return self._write_checkpoint(txn, pos, digest, snap)
+
+        self._verified, self._agreed = self._store.write(write)
 
     def _checkpoint_view(self, pos):
-        txn = self._begin()
-        try:
+        while True:
+            txn = self._begin()
             try:
-                digest = (_digest_of(self.machine, True, txn=txn) if self.record_digests
-                          else None)
+                try:
+                    digest = (_digest_of(self.machine, True, txn=txn) if self.record_digests
+                              else None)
+                except Exception as exc:
+                    _blame(exc, self.machine, "digest", pos, f"at the checkpoint at offset {pos}",
+                           self.name)
+                    raise
+                if self.name is None:
+                    self._remember(pos, digest)
+                    self._end_txn(commit=True)      # into the scratch environment
+                    return
+                verified = self._write_checkpoint(txn, pos, digest, b"")
+                self._end_txn(commit=True)
             except Exception as exc:
-                _blame(exc, self.machine, "digest", pos, f"at the checkpoint at offset {pos}",
-                       self.name)
+                if not lmdbenv.is_map_full(exc):
+                    self._end_txn()
+                    raise
+                self._regrow()                      # then apply again what the txn held
+                self._apply_to(pos)
+                continue
+            except BaseException:
+                self._end_txn()
                 raise
-            if self.name is None:
-                self._remember(pos, digest, txn)
-                txn.commit()        # into the never-committed parent
-                return
-            verified = self._write_checkpoint(txn, pos, digest, b"")
-            txn.commit()
-        except BaseException:
-            txn.abort()
-            raise
-        finally:
-            self._txn = None
-        self._verified, self._agreed = verified
+            self._verified, self._agreed = verified
+            return
 
-    def _remember(self, pos, digest, txn=None):
+    def _remember(self, pos, digest):
         """An ephemeral checkpoint: keep the digest in memory, compare it with the reference."""
         if digest is None:
             return
@@ -869,11 +931,8 @@ class Replayer:
         else:
             self._mem_digests.append((pos, digest))
         if self.replica_of is not None:
-            if txn is None:
-                with self._store.env.begin() as rtxn:
-                    self._verified, self._agreed = self._compare_in(rtxn, pos)
-            else:
-                self._verified, self._agreed = self._compare_in(txn, pos)
+            self._open_dbs()
+            self._verified, self._agreed = self._store.read(lambda t: self._compare_in(t, pos))
 
     def _write_checkpoint(self, txn, pos, digest, snap):
         """Put digest, position and header (+ snapshot) into txn; returns the new
@@ -924,8 +983,8 @@ class Replayer:
         if self.replica_of is None:
             raise TypeError("verify: this replayer has no replica_of")
         self._check_usable(running_ok=True)
-        with self._store.env.begin() as txn:
-            self._verified, self._agreed = self._compare_in(txn, 1 << 62)
+        self._open_dbs()
+        self._verified, self._agreed = self._store.read(lambda t: self._compare_in(t, 1 << 62))
         return None if self._agreed < 0 else self._agreed
 
     # ------------------------------------------------------------------ views, lifecycle
@@ -938,7 +997,7 @@ class Replayer:
         if self.name is None:
             raise TypeError("read: an ephemeral view is never committed; read it through the "
                             "transaction its apply() gets")
-        return self._store.env.begin(db=self._view_db)
+        return self._store.shared.reader(db=VIEW_DB_PREFIX + self.name)
 
     def _check_usable(self, running_ok=False):
         if self._closed:
@@ -954,9 +1013,7 @@ class Replayer:
     def _fail(self, exc):
         if self._failed is None:
             self._failed = exc
-        txn, self._txn = self._txn, None
-        if txn is not None:
-            txn.abort()
+        self._end_txn()
 
     def close(self):
         """Drop a view's uncommitted work (what came after the last checkpoint; an ephemeral
@@ -964,12 +1021,12 @@ class Replayer:
         if self._closed:
             return
         self._closed = True
-        txn, self._txn = self._txn, None
-        if txn is not None:
-            txn.abort()
-        parent, self._own_parent = self._own_parent, None
-        if parent is not None:
-            parent.abort()
+        try:
+            self._end_txn()
+        finally:
+            env, self._tmp_env = self._tmp_env, None
+            if env is not None:
+                env.close()
 
     def __enter__(self):
         return self
@@ -981,14 +1038,13 @@ class Replayer:
 # ---------------------------------------------------------------------- module functions
 
 def _existing_dbs(log, *names):
-    """(store, [handle or None per name]) without creating anything: reading never creates the
-    positions store or a database in it. store is None when there is no store."""
+    """(store, [whether it exists, per name]) without creating anything: reading never creates
+    the positions store or a database in it. store is None when there is no store. (Handles
+    are looked up inside each transaction: a lock-less reader's copy may change between.)"""
     store = log._positions(create=False)
     if store is None:
-        return None, [None] * len(names)
-    with store.env.begin() as txn:              # named databases are keys of the main database
-        present = [txn.get(n.encode("utf-8")) is not None for n in names]
-    return store, [store.db(n) if p else None for n, p in zip(names, present)]
+        return None, [False] * len(names)
+    return store, [store.has_db(n) for n in names]
 
 
 def check_replica(log, name, reference):
@@ -998,24 +1054,27 @@ def check_replica(log, name, reference):
     _check_log(log)
     name_b = check_name(name, "name")
     check_name(reference, "reference")
-    store, (cp_db, dg_db) = _existing_dbs(log, CHECKPOINTS_DB, DIGESTS_DB)
-    if cp_db is None or dg_db is None:
+    store, (has_cp, has_dg) = _existing_dbs(log, CHECKPOINTS_DB, DIGESTS_DB)
+    if not (has_cp and has_dg):
         return 0, None
-    with store.env.begin() as txn:
-        (_, agreed), n = _compare(txn, cp_db, dg_db, _stored_digests(txn, dg_db, name_b + b"\0", 0),
-                                  name, reference, -1, -1, 1 << 62)
+
+    def compare(txn):
+        cp_db, dg_db = store.db(CHECKPOINTS_DB), store.db(DIGESTS_DB)
+        return _compare(txn, cp_db, dg_db, _stored_digests(txn, dg_db, name_b + b"\0", 0),
+                        name, reference, -1, -1, 1 << 62)
+
+    (_, agreed), n = store.read(compare)
     return n, None if agreed < 0 else agreed
 
 
 def replayers(log):
     """{name: Checkpoint} of every replayer with a checkpoint in this log's positions store."""
     _check_log(log)
-    store, (cp_db,) = _existing_dbs(log, CHECKPOINTS_DB)
-    if cp_db is None:
+    store, (has_cp,) = _existing_dbs(log, CHECKPOINTS_DB)
+    if not has_cp:
         return {}
-    with store.env.begin() as txn:
-        return {bytes(k).decode("utf-8"): _unpack(v) for k, v in txn.cursor(db=cp_db)
-                if b"\0" not in k}
+    return store.read(lambda txn: {bytes(k).decode("utf-8"): _unpack(v) for k, v in
+                                   txn.cursor(db=store.db(CHECKPOINTS_DB)) if b"\0" not in k})
 
 
 def delete_replayer(log, name):
@@ -1025,10 +1084,11 @@ def delete_replayer(log, name):
     name_b = check_name(name, "name", existing=True)
     store = log._positions()
     cp_db, dg_db = store.db(CHECKPOINTS_DB), store.db(DIGESTS_DB)
-    found = False
+    store.positions_db                  # opened before the write transaction, as the others
     view_key = VIEW_DB_PREFIX + name
-    with store.write() as txn:
-        found |= store.delete(name, txn)
+
+    def delete(txn):
+        found = store.delete(name, txn)
         found |= txn.delete(name_b, db=cp_db)
         txn.delete(name_b + SNAPSHOT_SUFFIX, db=cp_db)
         keys = [k for k, _ in _stored_digests(txn, dg_db, name_b + b"\0", 0)]
@@ -1036,12 +1096,14 @@ def delete_replayer(log, name):
             txn.delete(_dkey(name_b + b"\0", off), db=dg_db)
         found |= bool(keys)
         if txn.get(view_key.encode(), db=None) is not None:    # a named db lives in the main db
-            db = store.env.open_db(view_key.encode(), txn=txn, create=False)
-            txn.drop(db, delete=True)
+            txn.drop(store.shared.db(view_key, txn=txn), delete=True)
             found = True
-    # the handle is gone with the database (PositionStore caches handles by name)
-    getattr(store, "_dbs", {}).pop(view_key, None)
-    return found
+        return found
+
+    try:
+        return store.write(delete)
+    finally:
+        store.shared.forget_db(view_key)    # the handle is gone with the database
 
 
 def read_view(log, name):
@@ -1050,19 +1112,18 @@ def read_view(log, name):
     there is no such view."""
     _check_log(log)
     check_name(name, "name", existing=True)
-    store, (db,) = _existing_dbs(log, VIEW_DB_PREFIX + name)
-    if db is None:
+    store, (has_view,) = _existing_dbs(log, VIEW_DB_PREFIX + name)
+    if not has_view:
         raise KeyError(f"no replayer view named {name!r} in {log.path}")
-    return store.env.begin(db=db)
+    return store.shared.reader(db=VIEW_DB_PREFIX + name)
 
 
 def verify_determinism(log, factory, *, until=None, checkpoint_every=10_000, locate_record=True,
                        raise_on_divergence=True):
     """Replay the log into two fresh machines from `factory()` side by side, stepping both to each
     multiple of `checkpoint_every` (and to `until`, default the durable end) and comparing their
-    digests there. Stores nothing: no positions, no checkpoints (two LmdbViews live in one LMDB
-    write transaction that is aborted at the end; other committers to the positions store wait
-    for it meanwhile).
+    digests there. Stores nothing: no positions, no checkpoints, nothing in the log's directory
+    (two LmdbViews live in temporary LMDB environments outside the log, deleted at the end).
 
     Returns a DeterminismReport. At the first checkpoint offset whose digests differ, with
     `locate_record` (snapshot machines), the interval since the last agreement is re-run record
@@ -1090,16 +1151,10 @@ def verify_determinism(log, factory, *, until=None, checkpoint_every=10_000, loc
     view = _check_machine(ma, "factory()")
     if _check_machine(mb, "factory()") != view or ma is mb:
         raise TypeError("factory: must return a new machine of the same kind on every call")
-    parent = None
-    if view:
-        store = log._positions()
-        store.db(CHECKPOINTS_DB)        # open (and cache) these before the write transaction:
-        store.db(DIGESTS_DB)            # opening a database takes one of its own
-        parent = store.env.begin(write=True)
     a = b = None
     try:
-        a = Replayer(log, ma, name=None, checkpoint_every=checkpoint_every, _parent_txn=parent)
-        b = Replayer(log, mb, name=None, checkpoint_every=checkpoint_every, _parent_txn=parent)
+        a = Replayer(log, ma, name=None, checkpoint_every=checkpoint_every)
+        b = Replayer(log, mb, name=None, checkpoint_every=checkpoint_every)
         pos, since, compared, agreed_snapshot = start, None, 0, None
         report = None
         while pos < until:
@@ -1126,8 +1181,6 @@ def verify_determinism(log, factory, *, until=None, checkpoint_every=10_000, loc
         for r in (a, b):
             if r is not None:
                 r.close()
-        if parent is not None:
-            parent.abort()
     if not report and raise_on_divergence:
         raise ReplicaDivergedError(str(report), offset=report.offset, since=report.since,
                                    record=report.record, report=report)
