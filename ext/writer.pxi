@@ -360,8 +360,7 @@ cdef class LogCore:
 
     cdef int _pressure(self) except -1:
         """"batch" mode: the writer has written another pressure_step bytes or reached the
-        bound as last seen. If it is
-        _max_unsynced bytes ahead of the durable point, wait (GIL released) until a sync brings
+        bound as last seen. If it is _max_unsynced bytes ahead of the durable point, wait (GIL released) until a sync brings
         it back under (the window a power loss can take stays bounded under any load, as
         Kafka's flush.messages or PostgreSQL's wal_writer_flush_after bound theirs); if it is
         half that far, have the flusher start a sync now. Called before anything is written:
@@ -372,6 +371,11 @@ cdef class LogCore:
         while self._written - tl_load_i64_acquire(&self._durable_bytes) >= self._max_unsynced:
             if self._wstate:
                 self._raise_state()
+            if self._durable >= self._next:
+                # every record is durable: the flusher counted its bytes before it read its
+                # target, and a record that came in between is covered but not counted
+                tl_store_i64_release(&self._durable_bytes, self._written)
+                break
             if self._nf == NULL or not tl_flusher_active(self._nf):
                 self._sync_to(self._next)          # after a roll Python's group commit syncs
                 continue

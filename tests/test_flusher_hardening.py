@@ -4,7 +4,6 @@ the sync interposer, tests/shim/synclog.c, never with a clock), the pretoucher s
 writer too slow to gain from it, and "batch" mode's bound on unsynced bytes (open()'s
 max_unsynced_bytes) holds without ever deadlocking against close(), sync() or a failed sync."""
 import os
-import signal
 import struct
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import time
 import pytest
 
 import tidelog
-from tidelog.errors import LogClosedError, LogFailedError
+from tidelog.errors import LogClosedError
 from powerloss import build_shim
 
 CTL_DURABLE = 32        # docs/FORMAT.md: the control page's durable checkpoint (int64 LE)
