@@ -72,22 +72,24 @@ def with_follower(path, n, out, mode, spin, opts, write, pretouch=True):
     """A writer log (tidelog.open(path, **opts)) and a follower child (FOLLOWER in `mode`)
     reading n records; write(log) runs once the follower is ready. Returns (write's result,
     records the follower got, seconds from its first record to its last, its time.time_ns() at
-    the end)."""
+    the end, and the pretoucher's (bytes populated, errno) or None)."""
     log = tidelog.open(path, **opts)
     if not pretouch:
         log._pretouch_off()
+    touched = None
     p = subprocess.Popen([sys.executable, "-c", FOLLOWER, path, str(n), out, mode, str(spin)],
                          stdout=subprocess.PIPE, text=True)
     try:
         assert p.stdout.readline().strip() == "ready"
         time.sleep(0.3)
         result = write(log)
+        touched = log._pretoucher
         line = p.stdout.readline().split()
         p.wait(60)
     finally:
         p.kill()
         log.close()
-    return result, int(line[0]), float(line[1]), int(line[2])
+    return result, int(line[0]), float(line[1]), int(line[2]), touched
 
 
 def follow_run(path, n, gap, out, spin, opts, pretouch=True):
@@ -102,8 +104,9 @@ def follow_run(path, n, gap, out, spin, opts, pretouch=True):
             while clock() < due:
                 pass
         return clock() - t0
-    t_write, got, secs, _ = with_follower(path, n, out, "records", spin, opts, paced, pretouch)
-    return np.load(out), t_write, got, secs
+    t_write, got, secs, _, touched = with_follower(path, n, out, "records", spin, opts, paced,
+                                                   pretouch)
+    return np.load(out), t_write, got, secs, touched
 
 
 def throughput_run(path, n):
@@ -115,7 +118,7 @@ def throughput_run(path, n):
         for _ in range(n):
             append(value)
         return time.perf_counter() - t0, time.time_ns()
-    (t_write, end_ns), got, secs, done_ns = with_follower(
+    (t_write, end_ns), got, secs, done_ns, _ = with_follower(
         path, n, os.path.join(os.path.dirname(path), "tput.npy"), "batches", 0.0, {},
         full_speed)
     return n / t_write, got / secs, (done_ns - end_ns) / 1e6
@@ -156,18 +159,20 @@ def main():
         runs = {}
         for key in args.rows.split(","):
             name, gap, spin, opts, pretouch = table[key]
-            lat, t_write, got, secs = follow_run(os.path.join(tmp, key), args.events, gap,
+            lat, t_write, got, secs, touched = follow_run(os.path.join(tmp, key), args.events, gap,
                                                  os.path.join(tmp, "lat.npy"), spin, opts,
                                                  pretouch)
             assert got == args.events, (got, args.events)
             runs[name] = lat
             p50, p99, p999, mx = pct(lat)
-            rows.append((name, len(lat), p50, p99, p999, mx))
+            rows.append((name, len(lat), p50, p99, p999, mx,
+                         "-" if touched is None else f"{touched[0] / 1e6:.1f}"))
         print(f"tidelog {tidelog.__version__}, cross-process tail latency, 100 B records, "
               f"anonymous cursor, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-        print(f"{'run':<27}{'events':>8}{'p50 us':>9}{'p99 us':>9}{'p99.9 us':>10}{'max us':>9}")
+        print(f"{'run':<27}{'events':>8}{'p50 us':>9}{'p99 us':>9}{'p99.9 us':>10}{'max us':>9}"
+              f"{'pretouched MB':>15}")
         for r in rows:
-            print(f"{r[0]:<27}{r[1]:>8}{r[2]:>9.1f}{r[3]:>9.1f}{r[4]:>10.1f}{r[5]:>9.1f}")
+            print(f"{r[0]:<27}{r[1]:>8}{r[2]:>9.1f}{r[3]:>9.1f}{r[4]:>10.1f}{r[5]:>9.1f}{r[6]:>15}")
         if args.no_extras:
             return
         w, f, behind = throughput_run(os.path.join(tmp, "tput"), args.throughput_events)
