@@ -15,6 +15,7 @@ cdef enum:
     STAGE_BYTES = 4 << 20         # ... framed in a staging buffer of this size at a time
     PRETOUCH_WINDOW = 1 << 20     # the pretoucher keeps this many bytes ahead of the writer
     PRETOUCH_CHUNK = 128 << 10    # ... populating this many per call
+    PRETOUCH_MIN_RATE = 64 << 20  # ... for a writer of at least this many bytes/s (tl_toucher.h)
 
 # control page field positions (FORMAT.md §1)
 cdef enum:

@@ -14,6 +14,7 @@
 # the parent shares (no sync, no control page, no wake-up, no lock its threads may have held).
 
 import stat as _stat
+from libc.stdint cimport INT64_MAX
 
 cdef enum:
     MODE_NONE = 0
@@ -150,7 +151,12 @@ cdef class LogCore:
     cdef int64_t _gen           # readers: the writer generation the segment list was loaded at
     cdef int64_t _last_sync_ns  # when the last successful sync started ("batch" mode deadline)
     cdef public int64_t _interval_ns   # "batch" mode: sync_interval in ns
-    cdef double _ctl_persisted  # monotonic time the control page was last synced
+    cdef double _ctl_persisted  # monotonic time the control page was last synced (no flusher)
+    cdef int64_t _written       # bytes of frames written since open (the flusher reads it)
+    cdef int64_t _durable_bytes # ... of them durable: _written when the last sync began
+    cdef int64_t _kick_at       # at this _written, an append calls _pressure ("batch" mode)
+    cdef public int64_t _max_unsynced   # "batch" mode: appends wait this many bytes ahead of
+                                        # the durable point (-1: never), set before _open
     cdef bint _unsafe_ack                       # tests' negative control only: never set it
     cdef tl_flusher* _nf        # "batch" mode: the native flusher thread (NULL otherwise)
     cdef tl_toucher* _tt        # the pretoucher thread (NULL: none, see _start_pretoucher)
@@ -167,6 +173,8 @@ cdef class LogCore:
         self._retain_bytes = -1
         self._retain_ns = -1
         self._pwrite_min = PWRITE_MIN_BYTES
+        self._max_unsynced = -1
+        self._kick_at = INT64_MAX
         self._lock_fd = -1
         self._dir_fd = -1
         self._closed = True
@@ -258,7 +266,7 @@ cdef class LogCore:
             raise
         self._closed = False
         self._wstate = 2 if readonly else 0
-        if not readonly and self._mode == MODE_BATCH:
+        if not readonly:
             self._start_flusher()
         if not readonly and self._mode == MODE_NONE:
             self._start_pretoucher()
@@ -272,7 +280,7 @@ cdef class LogCore:
         "batch" mode: appends 3.8 -> 5.0 M/s but the gap between durable points 13.5 -> 18.1 ms
         median (100 B) and 16.5 -> 52.7 ms (1 KiB) - the durability promise comes first. No
         thread (not Linux, no memory): the writer takes its own faults, as before."""
-        self._tt = tl_toucher_start(&self._wpos, PRETOUCH_WINDOW, PRETOUCH_CHUNK)
+        self._tt = tl_toucher_start(&self._wpos, PRETOUCH_WINDOW, PRETOUCH_CHUNK, PRETOUCH_MIN_RATE)
         if self._tt != NULL and self._active is not None:
             tl_toucher_target(self._tt, self._w, self._active.map.size)
 
@@ -295,11 +303,20 @@ cdef class LogCore:
         return (tl_toucher_populated(self._tt), tl_toucher_err(self._tt))
 
     cdef _start_flusher(self):
-        self._nf = tl_flusher_new(&self._durable, &self._wstate, self._ctl, CONTROL_SIZE,
-                                  CTL_END, CTL_DURABLE, CTL_WAKE_DURABLE, self._interval_ns,
+        """The writer's durability thread (ext/tl_flusher.h): in every mode it persists the
+        durable checkpoint within CTL_PERSIST_SECONDS of a sync that moved it, also when the
+        writer has gone quiet; in "batch" mode it makes the syncs, every sync_interval and
+        early when the writer is max_unsynced / 2 bytes ahead of the durable point."""
+        cdef bint batch = self._mode == MODE_BATCH
+        cdef int64_t bound = self._max_unsynced if batch else -1
+        self._nf = tl_flusher_new(&self._durable, &self._written, &self._durable_bytes,
+                                  &self._wstate, self._ctl, CONTROL_SIZE, CTL_END, CTL_DURABLE,
+                                  CTL_WAKE_DURABLE, batch, self._interval_ns,
+                                  bound // 2 if bound > 0 else 0,
                                   <int64_t>(CTL_PERSIST_SECONDS * 1e9))
         if self._nf == NULL:
             raise MemoryError()
+        self._kick_at = self._written + pressure_step(bound) if bound > 0 else INT64_MAX
         self._nf.unsafe_no_sync = self._unsafe_ack
         self._nf_update()
         rc = tl_flusher_start(self._nf)
@@ -350,6 +367,54 @@ cdef class LogCore:
         if self._nf == NULL:
             return None
         return (bool(tl_flusher_active(self._nf)), self._nf.syncs)
+
+    @property
+    def _unsynced_bytes(self):
+        """Bytes of frames written and not yet covered by a completed sync (as the bound on
+        them counts: 0 after a sync of everything)."""
+        return self._written - tl_load_i64_acquire(&self._durable_bytes)
+
+    cdef int _pressure(self) except -1:
+        """"batch" mode: the writer has written another pressure_step bytes or reached the
+        bound as last seen. If it is _max_unsynced bytes ahead of the durable point, wait (GIL released) until a sync brings
+        it back under (the window a power loss can take stays bounded under any load, as
+        Kafka's flush.messages or PostgreSQL's wal_writer_flush_after bound theirs); if it is
+        half that far, have the flusher start a sync now. Called before anything is written:
+        an append that raises here (closed, failed, a signal) left no record."""
+        cdef Mapping m
+        cdef int64_t at
+        cdef int r
+        while self._written - tl_load_i64_acquire(&self._durable_bytes) >= self._max_unsynced:
+            if self._wstate:
+                self._raise_state()
+            if self._durable >= self._next:
+                # every record is durable: the flusher counted its bytes before it read its
+                # target, and a record that came in between is covered but not counted
+                tl_store_i64_release(&self._durable_bytes, self._written)
+                break
+            if self._nf == NULL or not tl_flusher_active(self._nf):
+                self._sync_to(self._next)          # after a roll Python's group commit syncs
+                continue
+            tl_flusher_kick(self._nf)
+            m = self._ctl_map                      # stays mapped if close() runs meanwhile
+            at = self._durable
+            self._waiting += 1
+            try:
+                with nogil:
+                    r = wait_ctl(m.addr, CTL_DURABLE, at, -1, 0, True)
+            finally:
+                self._waiting -= 1
+            PyErr_CheckSignals()
+        if self._wstate:
+            self._raise_state()
+        at = tl_load_i64_acquire(&self._durable_bytes)
+        if self._nf != NULL and self._written - at >= self._max_unsynced // 2:
+            tl_flusher_kick(self._nf)
+        # look again after another step, and at the latest where the bound is (a sync that
+        # ends meanwhile only moves that further)
+        self._kick_at = min(self._written + pressure_step(self._max_unsynced),
+                            at + self._max_unsynced)
+        return 0
 
     cdef _lock(self):
         fd = os.open(os.path.join(self.path, LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -1184,6 +1249,8 @@ cdef class LogCore:
                           int64_t ts) except -1:
         cdef size_t need = align8(FRAME_HEADER_SIZE + key_area(klen) + vlen)
         cdef int64_t off
+        if self._written >= self._kick_at:
+            self._pressure()
         if self._busy:
             self._wait_idle()
         else:
@@ -1194,6 +1261,7 @@ cdef class LogCore:
         frame_write(self._w + self._wpos, off, ts, k, klen, v, vlen, 1, True)
         self._index_note(self._wpos, off, ts)
         self._wpos += need
+        self._written += need
         if self._tt != NULL:
             tl_toucher_kick(self._tt, self._wpos)
         self._next = off + 1
@@ -1395,6 +1463,8 @@ cdef class LogCore:
         """Write the batch holding the writer lock (it may roll or copy without the GIL, which
         lets other threads run: they wait); returns the first offset."""
         cdef int64_t first
+        if self._written >= self._kick_at:
+            self._pressure()
         if self._busy:
             self._wait_idle()
         self._wlock.acquire()
@@ -1503,6 +1573,7 @@ cdef class LogCore:
         tl_store_u32_release(self._w + self._wpos,
                              <uint32_t>(FRAME_HEADER_SIZE + key_area(items[0].klen) + items[0].vlen))
         self._wpos += total
+        self._written += total
         self._next += n
         self._publish(CTL_END, self._next)
 
@@ -1564,6 +1635,7 @@ cdef class LogCore:
             self._syncing = True
             self._last_sync_ns = tl_now_ns()
             target = self._next
+            written = self._written
             segs = list(self._unsynced)
             active = self._active
             dir_dirty = self._dir_dirty
@@ -1583,7 +1655,9 @@ cdef class LogCore:
                 if rc != 0:
                     self._fail(errno, self.path)
             now = _monotonic()
-            if now - self._ctl_persisted >= CTL_PERSIST_SECONDS and target > self._durable:
+            if (self._nf == NULL and now - self._ctl_persisted >= CTL_PERSIST_SECONDS and
+                    target > self._durable):
+                # (with a flusher thread, it persists the checkpoint: _start_flusher)
                 # the durable checkpoint on disk lags the real one by at most this interval
                 # (recovery treats damage below it as corruption, above it as a torn tail)
                 ctl_set(self._ctl, CTL_DURABLE, target)
@@ -1603,9 +1677,13 @@ cdef class LogCore:
                         if seg is not active and seg in self._unsynced:   # (retention may
                             self._unsynced.remove(seg)                      # have dropped it)
                             (<Segment>seg).close_fd()
+                    if written > self._durable_bytes:
+                        tl_store_i64_release(&self._durable_bytes, written)
                     if target > self._durable:
                         self._durable = target
                         self._publish(CTL_DURABLE, target)
+                        if self._nf != NULL:
+                            tl_flusher_note_durable(self._nf)
                     self._nf_update()
                 if self._nf != NULL:
                     tl_owner_release(self._nf)
@@ -1924,6 +2002,11 @@ cdef class LogCore:
             self._load_segments()
             self._check_open()
         return [((<Segment>s).base, (<Segment>s).path) for s in self._segments]
+
+
+cdef inline int64_t pressure_step(int64_t bound) noexcept nogil:
+    """How often (bytes written) an appender in "batch" mode looks at how far ahead it is."""
+    return max(bound // 8, <int64_t>4096)
 
 
 cdef void* realloc_bases(int64_t* p, Py_ssize_t n) except NULL:
