@@ -1806,7 +1806,9 @@ cdef class LogCore:
     def _salvage(self):
         """Yield every CRC-valid record of the log in offset order, skipping damage: after a bad
         frame, look for the next valid one at every 8-byte position (an operator's last resort,
-        see `tidelog repair --salvage-to`). Offsets may then have gaps."""
+        see `tidelog repair --salvage-to`). Offsets may then have gaps. Reads segments with a
+        damaged header too, one at a time (each is unmapped when done, whatever its records'
+        views keep alive)."""
         cdef Segment seg
         cdef size_t pos
         cdef uint32_t length
@@ -1816,7 +1818,9 @@ cdef class LogCore:
             raise LogClosedError(f"{self.path}: the log is closed")
         if self._readonly:
             self._load_segments()
-        for seg in list(self._segments):
+        for known in list(self._segments):
+            seg = self._new_segment_obj((<Segment>known).base, False)
+            seg.any_header = True
             try:
                 seg.ensure()
             except (CorruptLogError, OSError):
@@ -1833,6 +1837,7 @@ cdef class LogCore:
                     pos += align8(length)
                 else:
                     pos += FRAME_ALIGN
+            seg.unmap()
 
     def _segment_info(self):
         """[(base, path)] of the segments, for tools."""

@@ -1,0 +1,203 @@
+"""Segment files as untrusted input, and how many of them a Log keeps mapped (issue 11, items 2
+and 7): every mapping of a segment, a reader's or the writer's, first checks the file's size and
+header (docs/FORMAT.md §2), and however many segments a log has, a Log keeps a bounded number of
+them mapped, so a log of 30,000 segments opens and appends (vm.max_map_count is ~65,000)."""
+import os
+import struct
+
+import crc32c as oracle
+import pytest
+
+import tidelog
+
+MAX_SEGMENT_BYTES = (1 << 32) - 4096        # positions in a segment are u32 (FORMAT.md §2)
+SEG_BYTES = 4096                            # the smallest segment_bytes
+
+
+def seg_name(base, ext=".seg"):
+    return "%020d%s" % (base, ext)
+
+
+def segment_header(base, capacity, version=1, magic=b"TDLGSEG\0"):
+    """The 64-byte segment header of FORMAT.md §2, built from the spec with the oracle CRC."""
+    h = bytearray(64)
+    h[0:8] = magic
+    struct.pack_into("<IIqqq", h, 8, version, 64, base, 1_700_000_000_000_000_000, capacity)
+    struct.pack_into("<I", h, 60, oracle.crc32c(bytes(h[:60])))
+    return bytes(h)
+
+
+def index_header(magic, stride, base):
+    h = bytearray(64)
+    h[0:8] = magic
+    struct.pack_into("<IIq", h, 8, 1, stride, base)
+    struct.pack_into("<I", h, 60, oracle.crc32c(bytes(h[:60])))
+    return bytes(h)
+
+
+def frame_bytes(offset, ts, value):
+    """A frame without a key (FORMAT.md §2), with the oracle CRC, padded to 8 bytes."""
+    length = 32 + len(value)
+    body = struct.pack("<qqiI", offset, ts, -1, 1) + value
+    f = struct.pack("<II", length, oracle.crc32c(body, oracle.crc32c(struct.pack("<I", length))))
+    f += body
+    return f + bytes(-len(f) % 8)
+
+
+def set_ctl(path, **fields):
+    """Overwrite control page fields (FORMAT.md §1)."""
+    at = {"flags": (12, "<I"), "start": (16, "<q"), "end": (24, "<q"), "durable": (32, "<q"),
+          "active_base": (40, "<q"), "active_pos": (48, "<q")}
+    with open(os.path.join(path, "tidelog.ctl"), "r+b") as f:
+        for name, v in fields.items():
+            off, fmt = at[name]
+            f.seek(off)
+            f.write(struct.pack(fmt, v))
+
+
+def live_mappings(path):
+    """Mappings in this process of the log's segment and index files (deleted ones included)."""
+    n = 0
+    with open("/proc/self/maps") as f:
+        for line in f:
+            fields = line.split(maxsplit=5)
+            name = fields[5].strip().removesuffix(" (deleted)") if len(fields) == 6 else ""
+            if name.startswith(path + "/") and name.endswith((".seg", ".idx", ".tix")):
+                n += 1
+    return n
+
+
+# ---------------------------------------------------------------- item 2: size and header checks
+
+def make_oversized_segment(path, size):
+    """A log of records 0 and 1 in one segment of `size` bytes (a sparse file): record 0's value
+    runs to byte 2**32 + 8, where record 1 lies. Every frame and the header are valid; only the
+    size is not (positions are u32: record 1's value would be read at byte 40)."""
+    with tidelog.open(path, segment_bytes=8192, durability="none") as log:
+        log.append(b"placeholder")
+    seg = os.path.join(path, seg_name(0))
+    for ext in (".idx", ".tix"):
+        os.unlink(seg[:-4] + ext)
+    len0 = (1 << 32) - 56                        # < 2**32, as rule 1 asks
+    pos1 = 64 + len0                             # = 2**32 + 8
+    head0 = struct.pack("<qqiI", 0, 1, -1, 1)
+    crc0 = oracle.crc32c(head0, oracle.crc32c(struct.pack("<I", len0)))
+    zeros = bytes(64 << 20)
+    left = len0 - 32                             # record 0's value: zeros (a hole)
+    while left:
+        n = min(left, len(zeros))
+        crc0 = oracle.crc32c(zeros if n == len(zeros) else zeros[:n], crc0)
+        left -= n
+    secret = b"RECORD-1" * 8
+    with open(seg, "w+b") as f:
+        f.truncate(size)
+        f.write(segment_header(0, size))
+        f.seek(64)
+        f.write(struct.pack("<II", len0, crc0) + head0)
+        f.seek(pos1)
+        f.write(frame_bytes(1, 2, secret))
+    set_ctl(path, end=2, durable=2, active_pos=pos1 + 32 + len(secret))
+    return seg, secret
+
+
+def test_a_reader_refuses_a_segment_larger_than_the_maximum(log_path):
+    """A crafted sparse segment > 4 GiB: read_batch stored record 1's value position as u32 and
+    handed out bytes 40.. of the file (header and record 0's frame header) as its value, bytes
+    no CRC covered. Now every read refuses the file, by name."""
+    seg, secret = make_oversized_segment(log_path, (1 << 32) + 4096)
+    with tidelog.open(log_path, readonly=True) as r:
+        assert r.end_offset == 2
+        for attempt in (lambda: r.read(1), lambda: r.read(0),
+                        lambda: r.cursor(1).read_batch(), lambda: r.cursor(0).read_batch(),
+                        lambda: list(r.cursor(0)), lambda: r.offset_for_time(0)):
+            with pytest.raises(tidelog.CorruptLogError) as ei:
+                attempt()
+            assert ei.value.path == seg and ei.value.offset == 0
+            assert "larger than a segment can be" in str(ei.value)
+    with pytest.raises(tidelog.CorruptLogError):          # and so does a writer
+        tidelog.open(log_path, durability="none")
+    assert os.path.getsize(seg) == (1 << 32) + 4096       # which changed nothing
+
+
+def test_a_segment_of_the_maximum_size_is_read(log_path):
+    """The bound is the largest size whose positions fit in u32 (log.py's MAX_SEGMENT_BYTES)."""
+    assert tidelog.log.MAX_SEGMENT_BYTES == MAX_SEGMENT_BYTES
+    with tidelog.open(log_path, segment_bytes=8192, durability="none") as log:
+        log.append(b"placeholder")
+    seg = os.path.join(log_path, seg_name(0))
+    for ext in (".idx", ".tix"):
+        os.unlink(seg[:-4] + ext)
+    with open(seg, "w+b") as f:
+        f.truncate(MAX_SEGMENT_BYTES)
+        f.write(segment_header(0, MAX_SEGMENT_BYTES) + frame_bytes(0, 5, b"v0")
+                + frame_bytes(1, 6, b"v1"))
+    set_ctl(log_path, end=2, durable=2)
+    with tidelog.open(log_path, readonly=True) as r:
+        assert bytes(r.read(1).value) == b"v1"
+        assert [bytes(v) for v in r.cursor(0).read_batch().values] == [b"v0", b"v1"]
+    with pytest.raises(ValueError, match="segment_bytes"):
+        tidelog.open(log_path + "2", segment_bytes=MAX_SEGMENT_BYTES + 8)
+
+
+def make_three_segments(path):
+    with tidelog.open(path, segment_bytes=SEG_BYTES, durability="none") as log:
+        for i in range(30):
+            log.append(b"r%04d" % i + b"." * 995)
+        bases = [b for b, _ in log.segments()]
+    assert len(bases) >= 3
+    return bases
+
+
+def damage_header(path, base, how):
+    p = os.path.join(path, seg_name(base))
+    with open(p, "r+b") as f:
+        h = bytearray(f.read(64))
+        if how == "magic":
+            h[0:8] = b"NOTASEG\0"
+        elif how == "crc":
+            h[24] ^= 1                          # a bit of the creation time
+        else:
+            if how == "version0":
+                struct.pack_into("<I", h, 8, 0)
+            elif how == "version2":
+                struct.pack_into("<I", h, 8, 2)
+            elif how == "base":
+                struct.pack_into("<q", h, 16, base + 1)
+            struct.pack_into("<I", h, 60, oracle.crc32c(bytes(h[:60])))   # a valid CRC
+        f.seek(0)
+        f.write(h)
+    return p
+
+
+@pytest.mark.parametrize("how", ["magic", "crc", "version0", "version2", "base"])
+def test_readers_check_segment_headers(log_path, how):
+    """Readers never looked at a segment's header: one whose magic, version, base or CRC is
+    wrong was read as if it were the segment its name says."""
+    bases = make_three_segments(log_path)
+    seg = damage_header(log_path, bases[1], how)
+    want = tidelog.FormatVersionError if how == "version2" else tidelog.CorruptLogError
+    with tidelog.open(log_path, readonly=True) as r:
+        assert bytes(r.read(0).value[:5]) == b"r0000"          # segment 0 is fine
+        for attempt in (lambda: r.read(bases[1]), lambda: r.cursor(bases[1]).read_batch(),
+                        lambda: list(r.cursor(0))):
+            with pytest.raises(want) as ei:
+                attempt()
+            assert seg in str(ei.value)
+            if want is tidelog.CorruptLogError:
+                assert ei.value.path == seg and ei.value.offset == bases[1]
+        assert bytes(r.read(bases[2]).value[:5]) == b"r%04d" % bases[2]   # segment 2 too
+    with pytest.raises(want):
+        tidelog.open(log_path, durability="none")
+
+
+def test_salvage_still_reads_a_segment_whose_header_is_damaged(log_path, tmp_path, run):
+    """`tidelog repair --salvage-to` copies every CRC-valid record: a damaged header does not
+    make it skip the segment's records."""
+    bases = make_three_segments(log_path)
+    damage_header(log_path, bases[1], "crc")
+    out = str(tmp_path / "salvaged")
+    r = run("repair", "--salvage-to", out, log_path)
+    assert r.exit_code == 0, r.output
+    assert "salvaged 30 records" in r.output
+    with tidelog.open(out, readonly=True) as log:
+        assert [bytes(x.value[:5]) for x in log.cursor()] == [b"r%04d" % i for i in range(30)]
