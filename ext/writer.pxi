@@ -9,7 +9,7 @@ cdef enum:
     MODE_ALWAYS = 2
 
 from time import monotonic as _monotonic
-MAX_MAPPED_SEGMENTS = 4        # sealed segments a Log keeps mapped for reading (RSS bound)
+MAX_MAPPED_SEGMENTS = 4        # sealed segments a Log keeps mapped (RSS and vm.max_map_count bound)
 CTL_PERSIST_SECONDS = 1.0       # the control page (durable checkpoint) is synced at most this often
 SEGMENT_RE = re.compile(r"^(\d{20})\.seg$")
 CONTROL_NAME = "tidelog.ctl"
@@ -102,7 +102,9 @@ cdef class LogCore:
     cdef public int64_t _retain_bytes   # retention policies (-1: none), set before _open
     cdef public int64_t _retain_ns
     cdef int _waiting           # threads of this process in _wait_for
-    cdef list _lru              # sealed segments this object mapped for reading, latest last
+    cdef list _lru              # sealed segments this object mapped, latest last: reads, checks
+                                # at open, retention and rolls all go through _touch, so at most
+                                # _max_mapped stay mapped however many segments the log has
     cdef public Py_ssize_t _max_mapped   # at most this many of them stay mapped
     cdef bint _ctl_rw           # the control page is mapped writable (sleepers can set the flag)
     cdef Mapping _ctl_map
@@ -572,6 +574,7 @@ cdef class LogCore:
                 raise CorruptLogError(f"{s.path}: segment holds no record before the next "
                                       f"segment {s.next_base}", path=s.path, position=None,
                                       offset=s.base)
+            self._touch(s)
             p = s.find_checked(last, &length, &rc)
             at = last
             if rc != FRAME_OK:
@@ -637,6 +640,8 @@ cdef class LogCore:
                 bad = (s.path, pos, off, FRAME_END)
                 break
             i += 1
+            s.writable = False          # sealed: scanned, only its fd is needed (for the sync)
+            self._touch(s)
             s = nxt
             s.writable = True
             s.ensure()
@@ -1010,6 +1015,8 @@ cdef class LogCore:
         self._segments.append(seg)
         self._push_base(seg.base)
         self._set_active(seg, SEGMENT_HEADER_SIZE)
+        old.writable = False        # sealed: mapped again read-only, its fd kept only until a sync
+        self._touch(old)
         self._max_ts = -(1 << 62)
         ctl_set(self._ctl, CTL_ACTIVE_BASE, seg.base)
         if self._retain_bytes >= 0 or self._retain_ns >= 0:
@@ -1084,6 +1091,7 @@ cdef class LogCore:
             cutoff = tl_now_ns() - self._retain_ns
             while k < n - 1:
                 seg = self._segments[k]
+                self._touch(seg)
                 if seg_max_time(seg, (<Segment>self._segments[k + 1]).base) >= cutoff:
                     break
                 k += 1
@@ -1623,6 +1631,7 @@ cdef class LogCore:
         self._ctl = NULL
         self._ctl_map = None
         self._segments = []
+        self._lru = []                   # (views keep the mappings they need)
         self._nbases = 0
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
@@ -1679,8 +1688,9 @@ cdef class LogCore:
         return seg
 
     cdef _touch(self, Segment seg):
-        """seg is being read: keep it mapped, unmap the least recently read beyond
-        _max_mapped (never the active segment)."""
+        """seg is about to be read (or was just sealed): keep it mapped, unmap the least
+        recently used beyond _max_mapped (never the active segment). Every use of a sealed
+        segment's mapping comes here first."""
         cdef Segment old
         if seg is self._active:
             return
@@ -1771,6 +1781,7 @@ cdef class LogCore:
         if self._readonly:
             self._load_segments()
         for seg in self._segments:
+            self._touch(seg)
             bad = index_mismatches(seg, self._end_now())
             if bad:
                 out.append(((<Segment>seg).path[:len((<Segment>seg).path) - 4] + ".idx", bad))
@@ -1785,6 +1796,7 @@ cdef class LogCore:
         n = 0
         for i in range(len(self._segments) - 1):
             seg = self._segments[i]
+            self._touch(seg)
             if not index_mismatches(seg, self._next):
                 continue
             fresh = self._new_segment_obj(seg.base, True)
@@ -1799,7 +1811,9 @@ cdef class LogCore:
                 raise TidelogError(f"{fresh.path}: could not make its index files")
             rebuild_index(fresh)
             fresh.close_fd()
+            fresh.writable = False
             self._segments[i] = fresh
+            self._touch(fresh)
             n += 1
         return n
 

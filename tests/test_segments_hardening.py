@@ -4,6 +4,7 @@ header (docs/FORMAT.md §2), and however many segments a log has, a Log keeps a 
 them mapped, so a log of 30,000 segments opens and appends (vm.max_map_count is ~65,000)."""
 import os
 import struct
+import time
 
 import crc32c as oracle
 import pytest
@@ -201,3 +202,100 @@ def test_salvage_still_reads_a_segment_whose_header_is_damaged(log_path, tmp_pat
     assert "salvaged 30 records" in r.output
     with tidelog.open(out, readonly=True) as log:
         assert [bytes(x.value[:5]) for x in log.cursor()] == [b"r%04d" % i for i in range(30)]
+
+
+# ---------------------------------------------------------------- item 7: bounded mappings
+
+def make_many_segments(path, n, ts_base=None, clean=True):
+    """A log of n segments of SEG_BYTES, one 100-byte record each, written as the writer writes
+    them (header, frame, .idx and .tix), but directly: a writer would take ~1-5 ms a roll."""
+    with tidelog.open(path, segment_bytes=SEG_BYTES, durability="none"):
+        pass                                    # the control page
+    for ext in (".seg", ".idx", ".tix"):
+        os.unlink(os.path.join(path, seg_name(0, ext)))
+    ts_base = time.time_ns() if ts_base is None else ts_base
+    idx_size = 64 + ((SEG_BYTES - 64) // 32 // 4 + 1) * 4
+    tix_size = 64 + ((SEG_BYTES - 64) // 32 // 64 + 1) * 8
+    hdr = bytearray(segment_header(0, SEG_BYTES))
+    for b in range(n):
+        ts = ts_base + b
+        f = frame_bytes(b, ts, b"%08d" % b + b"." * 92)
+        struct.pack_into("<q", hdr, 16, b)
+        struct.pack_into("<I", hdr, 60, oracle.crc32c(bytes(hdr[:60])))
+        for ext, data, size in (
+                (".seg", bytes(hdr) + f, SEG_BYTES),
+                (".idx", index_header(b"TDLGIDX\0", 4, b) + struct.pack("<I", 64), idx_size),
+                (".tix", index_header(b"TDLGTIX\0", 64, b) + struct.pack("<q", ts), tix_size)):
+            fd = os.open(os.path.join(path, seg_name(b, ext)), os.O_WRONLY | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, data)
+                # the rest is zero: a hole (writing 4 KiB per file is ten times slower here)
+                if ext == ".seg" and b == n - 1:
+                    os.posix_fallocate(fd, 0, size)     # the writer's active segment
+                else:
+                    os.ftruncate(fd, size)
+            finally:
+                os.close(fd)
+    set_ctl(path, start=0, end=n, durable=n, active_base=n - 1, active_pos=64 + len(f),
+            flags=1 if clean else 0)
+
+
+MANY = int(os.environ.get("TIDELOG_TEST_MANY_SEGMENTS", "500"))
+
+
+@pytest.mark.parametrize("clean", [True, False], ids=["clean", "after-crash"])
+def test_a_writer_keeps_few_segments_mapped_however_many_the_log_has(log_path, clean):
+    """Opening checked every segment through its own mappings and kept them all: 3 per segment
+    (.seg, .idx, .tix), so ~21,000 segments exceeded vm.max_map_count and open() failed.
+    TIDELOG_TEST_MANY_SEGMENTS=30000 runs it at that size (a minute or so)."""
+    make_many_segments(log_path, MANY, clean=clean)
+    with tidelog.open(log_path, segment_bytes=SEG_BYTES, durability="none") as log:
+        bound = 3 * (log._max_mapped + 1)         # the LRU's sealed segments and the active one
+        assert (log.start_offset, log.end_offset) == (0, MANY)
+        assert live_mappings(log_path) <= bound
+        for i in range(40):                     # rolls: a segment of its own each
+            assert log.append(b"new%05d" % i + b"+" * 3000) == MANY + i
+        assert live_mappings(log_path) <= bound
+        for off in (0, MANY // 2, MANY - 1):
+            assert bytes(log.read(off).value[:8]) == b"%08d" % off
+        assert bytes(log.read(MANY + 39).value[:8]) == b"new00039"
+        assert live_mappings(log_path) <= bound
+    assert live_mappings(log_path) == 0
+    with tidelog.open(log_path, readonly=True) as r:
+        n = 0
+        cur = r.cursor(0)
+        while len(b := cur.read_batch()):
+            n += len(b)
+        assert n == MANY + 40
+        assert live_mappings(log_path) <= 3 * r._max_mapped + 3
+
+
+def test_retention_by_time_over_many_segments_keeps_few_mapped(log_path):
+    """retain_seconds looks at each old segment's newest timestamp: every one it looked at
+    stayed mapped until the deletion (at TIDELOG_TEST_MANY_SEGMENTS=30000: ENOMEM at open)."""
+    make_many_segments(log_path, MANY, ts_base=1_000_000_000)    # records of 1970
+    with tidelog.open(log_path, segment_bytes=SEG_BYTES, durability="none",
+                      retain_seconds=3600) as log:
+        assert log.start_offset == MANY - 1         # everything but the active segment
+        assert log.append(b"after") == MANY
+        assert live_mappings(log_path) <= 3 * (log._max_mapped + 1)
+    assert sorted(os.listdir(log_path))[0] == seg_name(MANY - 1, ".idx")
+
+
+def test_a_writer_that_rolls_many_times_keeps_few_segments_mapped(log_path):
+    """Every segment a writer sealed stayed mapped for the writer's lifetime. Sealed segments
+    are read-only: mapped again for a read, they keep no descriptor open."""
+    with tidelog.open(log_path, segment_bytes=SEG_BYTES, durability="none") as log:
+        for i in range(200):
+            log.append(b"%06d" % i + b"." * 3000)
+            if i % 50 == 49:
+                log.sync()                      # (closes the sealed segments' descriptors)
+        assert len(log.segments()) == 200
+        assert live_mappings(log_path) <= 3 * (log._max_mapped + 1)
+        log.sync()
+        fds = len(os.listdir("/proc/self/fd"))
+        assert [bytes(r.value[:6]) for r in log.cursor(0)] == [b"%06d" % i for i in range(200)]
+        for i in range(0, 200, 7):
+            assert bytes(log.read(i).value[:6]) == b"%06d" % i
+        assert live_mappings(log_path) <= 3 * (log._max_mapped + 1)
+        assert len(os.listdir("/proc/self/fd")) <= fds
