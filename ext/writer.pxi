@@ -622,8 +622,7 @@ cdef class LogCore:
                 first = i
         self._check_chain(first)
         s = segs[first]
-        s.writable = True
-        s.ensure()
+        s.ensure()                      # read-only while scanning: only the last one is written
         # from the start of that segment, not from the record at the checkpoint: batch rules
         # need a batch's first frame, and the checkpoint is only as good as the control page
         # that holds it (at most one segment is scanned more)
@@ -640,10 +639,8 @@ cdef class LogCore:
                 bad = (s.path, pos, off, FRAME_END)
                 break
             i += 1
-            s.writable = False          # sealed: scanned, only its fd is needed (for the sync)
-            self._touch(s)
+            self._touch(s)              # sealed: scanned (a repair scans them all)
             s = nxt
-            s.writable = True
             s.ensure()
             pos = SEGMENT_HEADER_SIZE
         if self._repair is not None:
@@ -656,6 +653,8 @@ cdef class LogCore:
             raise corrupt(bad[0], bad[1], bad[2], bad[3])
         if i + 1 < len(segs):
             self._drop_segments(i + 1)
+        s.writable = True
+        s.ensure()                      # mapped again writable, with a descriptor kept
         zero_tail(s, pos)
         self._next = off
         self._set_active(s, pos)

@@ -10,6 +10,7 @@ import crc32c as oracle
 import pytest
 
 import tidelog
+from conftest import run_python
 
 MAX_SEGMENT_BYTES = (1 << 32) - 4096        # positions in a segment are u32 (FORMAT.md §2)
 SEG_BYTES = 4096                            # the smallest segment_bytes
@@ -299,3 +300,24 @@ def test_a_writer_that_rolls_many_times_keeps_few_segments_mapped(log_path):
             assert bytes(log.read(i).value[:6]) == b"%06d" % i
         assert live_mappings(log_path) <= 3 * (log._max_mapped + 1)
         assert len(os.listdir("/proc/self/fd")) <= fds
+
+
+def test_a_repair_scans_every_segment_with_few_mappings_and_descriptors(log_path):
+    """A repair scans the whole log: each scanned segment kept a writable mapping and an open
+    descriptor until the end of the scan (EMFILE past `ulimit -n` segments). Run under a limit
+    of 64 descriptors, over 500 segments."""
+    make_many_segments(log_path, 500, clean=False)
+    proc = run_python("""
+        import resource, sys
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+        import tidelog
+        log = tidelog.open(sys.argv[1], repair="truncate", durability="none")
+        assert log.repaired is None and log.end_offset == 500, (log.repaired, log.end_offset)
+        maps = [ln for ln in open("/proc/self/maps") if sys.argv[1] + "/0" in ln]
+        assert len(maps) <= 3 * (log._max_mapped + 1), len(maps)
+        assert bytes(log.read(0).value[:8]) == b"00000000"
+        log.append(b"after")
+        log.close()
+        print("ok")
+        """, log_path, check=False)
+    assert proc.returncode == 0 and proc.stdout == "ok\n", proc.stderr[-2000:]
