@@ -248,7 +248,8 @@ MANY = int(os.environ.get("TIDELOG_TEST_MANY_SEGMENTS", "500"))
 def test_a_writer_keeps_few_segments_mapped_however_many_the_log_has(log_path, clean):
     """Opening checked every segment through its own mappings and kept them all: 3 per segment
     (.seg, .idx, .tix), so ~21,000 segments exceeded vm.max_map_count and open() failed.
-    TIDELOG_TEST_MANY_SEGMENTS=30000 runs it at that size (a minute or so)."""
+    TIDELOG_TEST_MANY_SEGMENTS=30000 runs the tests of many segments at that size (20-40 s a
+    test here; 9cca872 fails them with ENOMEM at ~21,700 segments)."""
     make_many_segments(log_path, MANY, clean=clean)
     with tidelog.open(log_path, segment_bytes=SEG_BYTES, durability="none") as log:
         bound = 3 * (log._max_mapped + 1)         # the LRU's sealed segments and the active one
