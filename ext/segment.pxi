@@ -81,6 +81,9 @@ def check_segment_header(bytes h, int64_t base, str path):
     if int.from_bytes(h[60:64], "little") != tl_crc32c(0, <const char*>h, 60):
         raise CorruptLogError(f"{path}: segment header CRC mismatch", path=path, position=0,
                               offset=base)
+    if version < 1:
+        raise CorruptLogError(f"{path}: segment header names format version {version}",
+                              path=path, position=8, offset=base)
     if version > FORMAT_VERSION:
         raise FormatVersionError(f"{path}: format version {version}, this tidelog reads up to "
                                  f"{FORMAT_VERSION}; upgrade tidelog")
@@ -138,6 +141,7 @@ cdef class Segment:
     cdef int64_t newest_ts      # the newest timestamp of its records when known for sure (read
                                 # from CRC-checked frames, or this writer filled the segment
                                 # from empty), else TS_UNKNOWN; never taken from the .tix
+    cdef bint any_header        # map it even with a damaged header (salvage reads what it can)
 
     def __cinit__(self):
         self.fd = -1
@@ -197,14 +201,28 @@ cdef class Segment:
         return 0
 
     cdef attach(self, int fd):
-        """Map the segment open on fd (which it takes over) and its indexes."""
+        """Map the segment open on fd (which it takes over) and its indexes. Every mapping, the
+        writer's and a reader's, first checks the file: its size (positions in a segment are
+        u32, so a larger file is refused, never mapped) and its header (magic, version, base,
+        CRC; FORMAT.md §2), so no byte of a file that is not this segment is ever read."""
+        cdef Mapping m
         try:
-            size = os.fstat(fd).st_size
+            st = os.fstat(fd)
+            size = st.st_size
             if size < SEGMENT_HEADER_SIZE:
                 raise CorruptLogError(f"{self.path}: segment shorter than its header",
                                       path=self.path, position=0, offset=self.base)
-            self.ino = os.fstat(fd).st_ino
-            self.map = map_fd(fd, size, self.writable, self.path)
+            if size > MAX_SEGMENT_BYTES:
+                raise CorruptLogError(
+                    f"{self.path}: segment file of {size} bytes, larger than a segment can be "
+                    f"({MAX_SEGMENT_BYTES} bytes); run `tidelog verify "
+                    f"{os.path.dirname(self.path)}`", path=self.path, position=MAX_SEGMENT_BYTES,
+                    offset=self.base)
+            m = map_fd(fd, size, self.writable, self.path)
+            if not self.any_header:
+                check_segment_header(m.addr[:SEGMENT_HEADER_SIZE], self.base, self.path)
+            self.ino = st.st_ino
+            self.map = m
             self.mv = PyMemoryView_FromObject(self.map)
             self.data = self.map.addr
             self.cap = size & ~(<size_t>7)      # frames are 8-byte aligned: never run past it

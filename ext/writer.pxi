@@ -22,7 +22,7 @@ cdef enum:
     MODE_ALWAYS = 2
 
 from time import monotonic as _monotonic
-MAX_MAPPED_SEGMENTS = 4        # sealed segments a Log keeps mapped for reading (RSS bound)
+MAX_MAPPED_SEGMENTS = 4        # sealed segments a Log keeps mapped (RSS and vm.max_map_count bound)
 CTL_PERSIST_SECONDS = 1.0       # the control page (durable checkpoint) is synced at most this often
 SEGMENT_RE = re.compile(r"^(\d{20})\.seg$")
 CONTROL_NAME = "tidelog.ctl"
@@ -115,7 +115,9 @@ cdef class LogCore:
     cdef public int64_t _retain_bytes   # retention policies (-1: none), set before _open
     cdef public int64_t _retain_ns
     cdef int _waiting           # threads of this process in _wait_for
-    cdef list _lru              # sealed segments this object mapped for reading, latest last
+    cdef list _lru              # sealed segments this object mapped, latest last: reads, checks
+                                # at open, retention and rolls all go through _touch, so at most
+                                # _max_mapped stay mapped however many segments the log has
     cdef public Py_ssize_t _max_mapped   # at most this many of them stay mapped
     cdef bint _ctl_rw           # the control page is mapped writable (sleepers can set the flag)
     cdef Mapping _ctl_map
@@ -653,6 +655,7 @@ cdef class LogCore:
                 raise CorruptLogError(f"{s.path}: segment holds no record before the next "
                                       f"segment {s.next_base}", path=s.path, position=None,
                                       offset=s.base)
+            self._touch(s)
             p = s.find_checked(last, &length, &rc)
             at = last
             if rc != FRAME_OK:
@@ -700,8 +703,7 @@ cdef class LogCore:
                 first = i
         self._check_chain(first)
         s = segs[first]
-        s.writable = True
-        s.ensure()
+        s.ensure()                      # read-only while scanning: only the last one is written
         # from the start of that segment, not from the record at the checkpoint: batch rules
         # need a batch's first frame, and the checkpoint is only as good as the control page
         # that holds it (at most one segment is scanned more)
@@ -718,8 +720,8 @@ cdef class LogCore:
                 bad = (s.path, pos, off, FRAME_END)
                 break
             i += 1
+            self._touch(s)              # sealed: scanned (a repair scans them all)
             s = nxt
-            s.writable = True
             s.ensure()
             pos = SEGMENT_HEADER_SIZE
         if self._repair is not None:
@@ -732,6 +734,8 @@ cdef class LogCore:
             raise corrupt(bad[0], bad[1], bad[2], bad[3])
         if i + 1 < len(segs):
             self._drop_segments(i + 1)
+        s.writable = True
+        s.ensure()                      # mapped again writable, with a descriptor kept
         zero_tail(s, pos)
         self._next = off
         self._set_active(s, pos)
@@ -1129,6 +1133,8 @@ cdef class LogCore:
         self._segments.append(seg)
         self._push_base(seg.base)
         self._set_active(seg, SEGMENT_HEADER_SIZE)
+        old.writable = False        # sealed: mapped again read-only, its fd kept only until a sync
+        self._touch(old)
         self._max_ts = -(1 << 62)
         ctl_set(self._ctl, CTL_ACTIVE_BASE, seg.base)
         if self._retain_bytes >= 0 or self._retain_ns >= 0:
@@ -1201,6 +1207,7 @@ cdef class LogCore:
             cutoff = tl_now_ns() - self._retain_ns
             while k < n - 1:
                 seg = self._segments[k]
+                self._touch(seg)
                 if seg_holds_newer(seg, (<Segment>self._segments[k + 1]).base, cutoff):
                     break
                 k += 1
@@ -1765,6 +1772,7 @@ cdef class LogCore:
         self._idx = NULL
         self._tix = NULL
         self._segments = []
+        self._lru = []                   # (views keep the mappings they need)
         self._nbases = 0
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
@@ -1840,8 +1848,9 @@ cdef class LogCore:
         return seg
 
     cdef _touch(self, Segment seg):
-        """seg is being read: keep it mapped, unmap the least recently read beyond
-        _max_mapped (never the active segment)."""
+        """seg is about to be read (or was just sealed): keep it mapped, unmap the least
+        recently used beyond _max_mapped (never the active segment). Every use of a sealed
+        segment's mapping comes here first."""
         cdef Segment old
         if seg is self._active:
             return
@@ -1932,6 +1941,7 @@ cdef class LogCore:
         if self._readonly:
             self._load_segments()
         for seg in self._segments:
+            self._touch(seg)
             self._check_open()          # (the last segment's mapping let threads run)
             bad = index_mismatches(seg, self._end_now())
             if bad:
@@ -1947,6 +1957,7 @@ cdef class LogCore:
         n = 0
         for i in range(len(self._segments) - 1):
             seg = self._segments[i]
+            self._touch(seg)
             if not index_mismatches(seg, self._next):
                 continue
             fresh = self._new_segment_obj(seg.base, True)
@@ -1961,14 +1972,18 @@ cdef class LogCore:
                 raise TidelogError(f"{fresh.path}: could not make its index files")
             rebuild_index(fresh)
             fresh.close_fd()
+            fresh.writable = False
             self._segments[i] = fresh
+            self._touch(fresh)
             n += 1
         return n
 
     def _salvage(self):
         """Yield every CRC-valid record of the log in offset order, skipping damage: after a bad
         frame, look for the next valid one at every 8-byte position (an operator's last resort,
-        see `tidelog repair --salvage-to`). Offsets may then have gaps."""
+        see `tidelog repair --salvage-to`). Offsets may then have gaps. Reads segments with a
+        damaged header too, one at a time (each is unmapped when done, whatever its records'
+        views keep alive)."""
         cdef Segment seg
         cdef size_t pos
         cdef uint32_t length
@@ -1977,7 +1992,9 @@ cdef class LogCore:
         self._check_open()
         if self._readonly:
             self._load_segments()
-        for seg in list(self._segments):
+        for known in list(self._segments):
+            seg = self._new_segment_obj((<Segment>known).base, False)
+            seg.any_header = True
             try:
                 seg.ensure()
             except (CorruptLogError, OSError):
@@ -1994,6 +2011,7 @@ cdef class LogCore:
                     pos += align8(length)
                 else:
                     pos += FRAME_ALIGN
+            seg.unmap()
 
     def _segment_info(self):
         """[(base, path)] of the segments, for tools."""

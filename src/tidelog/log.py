@@ -14,7 +14,7 @@ __all__ = ["Log", "open"]
 
 DURABILITY_MODES = ("none", "batch", "always")
 MIN_SEGMENT_BYTES = 4096          # one page of frames at least
-MAX_SEGMENT_BYTES = (1 << 32) - 4096   # positions are stored as u32 (docs/FORMAT.md)
+MAX_SEGMENT_BYTES = _core.MAX_SEGMENT_BYTES_   # positions are stored as u32 (docs/FORMAT.md)
 MAX_UNSYNCED_BYTES = 4 << 20      # "batch" mode: appends wait this far ahead of durable_offset
 MIN_UNSYNCED_BYTES = 4096
 
