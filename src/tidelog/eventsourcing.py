@@ -41,7 +41,8 @@ import lmdb
 import tidelog
 
 __all__ = ["TidelogFactory", "TidelogAggregateRecorder", "TidelogApplicationRecorder",
-           "TidelogTrackingRecorder", "TidelogProcessRecorder", "TidelogStore", "TidelogSubscription"]
+           "TidelogTrackingRecorder", "TidelogProcessRecorder", "TidelogStore", "TidelogSubscription",
+           "decode_event", "TopicCounts"]
 
 FORMAT = 1
 DEFAULT_SEGMENT_BYTES = 64 << 20
@@ -90,7 +91,7 @@ def _encode(event, tracking=None):
     if not isinstance(state, (bytes, bytearray, memoryview)):
         raise TypeError(f"state: expected bytes, not {type(state).__name__}")
     return b"".join((_HEAD.pack(flags, kind, event.originator_version, len(raw), len(topic),
-                                len(trk)), raw, topic, trk, state)), raw
+                                len(trk)), raw, topic, trk, state)), str(event.originator_id).encode("utf-8")
 
 
 def _parse_head(value):
@@ -122,6 +123,43 @@ def _decode(value, nid=None):
                            topic=topic.decode("utf-8"), state=state)
     return Notification(id=nid, originator_id=oid, originator_version=version,
                         topic=topic.decode("utf-8"), state=state)
+
+
+def _fsync_dir(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def decode_event(record):
+    """The eventsourcing Notification a record of an events log holds (id = offset + 1): for
+    readers of the log itself (a tidelog Replayer, a cursor)."""
+    return _decode(record.value, record.offset + 1)
+
+
+class TopicCounts:
+    """A replay machine for `tidelog replay LOG --machine tidelog.eventsourcing:TopicCounts`:
+    events per topic of an events log."""
+
+    def __init__(self):
+        self.counts = {}
+
+    def apply(self, record):
+        topic = _parse_head(record.value)[4].decode("utf-8")
+        self.counts[topic] = self.counts.get(topic, 0) + 1
+
+    def snapshot(self):
+        import json
+        return json.dumps(self.counts, sort_keys=True).encode("utf-8")
+
+    def restore(self, snapshot):
+        import json
+        self.counts = json.loads(snapshot)
+
+    def __repr__(self):
+        return f"TopicCounts({self.counts})"
 
 
 def _tidelog_error(exc):
@@ -189,8 +227,12 @@ class TidelogStore:
             if not create:
                 raise OperationalError(f"{path}: no such tidelog store (CREATE_TABLE is off)")
             os.makedirs(path, exist_ok=True)
+        fresh = not os.path.isdir(os.path.join(path, "index"))
         self.env = lmdb.open(os.path.join(path, "index"), map_size=MAP_SIZE, max_dbs=16,
                              max_readers=1024, sync=True, metasync=False, subdir=True)
+        if fresh:      # LMDB does not sync directory entries: a power loss could drop its files
+            for d in (os.path.join(path, "index"), path):
+                _fsync_dir(d)
         self.idx = self.env.open_db(b"idx")
         self.tracking_db = self.env.open_db(b"tracking")
         self.meta = self.env.open_db(b"meta")
@@ -329,9 +371,9 @@ class TidelogStore:
             values, keys = [], []
             last = len(events) - 1
             for i, e in enumerate(events):
-                v, raw = _encode(e, tracking if i == last else None)
+                v, key = _encode(e, tracking if i == last else None)   # key: the id as text
                 values.append(v)
-                keys.append(raw)
+                keys.append(key)
             try:
                 first = self.log.append_batch(values, keys=keys)
             except ValueError as exc:
