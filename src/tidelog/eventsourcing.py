@@ -17,6 +17,7 @@ inserts; index entries wait in an in-memory overlay until they are committed to 
 """
 from __future__ import annotations
 
+import atexit
 import os
 import struct
 import threading
@@ -196,6 +197,19 @@ class TidelogStore:
                 cls._registry[real] = store
             store._refs += 1
             return store
+
+    @classmethod
+    def close_all(cls):
+        """Close every store this process holds (at interpreter exit: index flushed, logs closed
+        cleanly)."""
+        with cls._registry_lock:
+            stores = list(cls._registry.values())
+            cls._registry.clear()
+        for store in stores:
+            try:
+                store.close()
+            except Exception:
+                pass
 
     def release(self):
         with self._registry_lock:
@@ -444,18 +458,19 @@ class TidelogStore:
             self.failure = exc
             raise OperationalError(f"{self.path}: index commit failed: {exc}") from exc
         self._last_flush = time.monotonic()
-        for end, entries, first, t in batch:
-            for okey, vkey in entries:
-                ov = self._overlay.get(okey)
-                if ov is not None:
-                    ov.pop(vkey, None)
-                    if not ov:
-                        self._overlay.pop(okey, None)
+        with self._lock:            # an insert may be adding to the same originator's dict
+            for end, entries, first, t in batch:
+                for okey, vkey in entries:
+                    ov = self._overlay.get(okey)
+                    if ov is not None:
+                        ov.pop(vkey, None)
+                        if not ov:
+                            del self._overlay[okey]
 
     def insert_tracking(self, tracking):
         """A tracking-only update: checked, then committed to LMDB with the durable overlay."""
         self._check_writable()
-        with self._lock:
+        with self._flush_lock, self._lock:      # lock order: _flush_lock, then _lock
             self._check_writable()
             with self.env.begin() as txn:
                 self._check_tracking(txn, tracking)
@@ -465,17 +480,17 @@ class TidelogStore:
                 except tidelog.TidelogError as exc:
                     self.failure = exc
                     raise _tidelog_error(exc) from exc
-            self.flush_index(tracking)
+            self._flush_locked(tracking)
 
     @contextmanager
     def transaction(self, tracking=None):
         """An LMDB write transaction that also records `tracking` (checked first): a view's state
         and its tracking record commit together, or neither does."""
         self._check_writable()
-        with self._lock:
+        with self._flush_lock, self._lock:
             if tracking is not None and self.log is not None:
                 self.log.sync()
-                self.flush_index()
+                self._flush_locked(None)
             with self.env.begin(write=True) as txn:
                 if tracking is not None:
                     self._check_tracking(txn, tracking)
@@ -607,9 +622,9 @@ class TidelogStore:
             return
         try:
             if self.log is not None and not self.readonly and self.failure is None:
-                with self._lock:
+                with self._flush_lock, self._lock:
                     self.log.sync()
-                    self.flush_index()
+                    self._flush_locked(None)
         finally:
             self.closed = True
             with self._changed:
@@ -617,6 +632,9 @@ class TidelogStore:
             if self.log is not None:
                 self.log.close()
             self.env.close()
+
+
+atexit.register(TidelogStore.close_all)
 
 
 class _StoreHolder:
