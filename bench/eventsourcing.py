@@ -19,6 +19,10 @@ import threading
 import time
 from uuid import uuid4
 
+# this file's name shadows the library when run as a script: drop bench/ from the path
+_here = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
+
 from eventsourcing.persistence import StoredEvent, Tracking
 from eventsourcing.sqlite import (SQLiteApplicationRecorder, SQLiteDatastore,
                                   SQLiteProcessRecorder)

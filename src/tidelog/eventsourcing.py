@@ -25,7 +25,7 @@ import time
 import weakref
 from collections import deque
 from contextlib import contextmanager
-from uuid import UUID
+from uuid import UUID, SafeUUID
 
 try:
     from eventsourcing.persistence import (
@@ -112,18 +112,36 @@ def _parse_head(value):
 
 
 def _oid_from(kind, raw):
-    return UUID(bytes=raw) if kind == OID_UUID else raw.decode("utf-8")
+    if kind == OID_UUID:
+        u = object.__new__(UUID)            # UUID(bytes=raw) without its argument checks
+        object.__setattr__(u, "int", int.from_bytes(raw, "big"))
+        object.__setattr__(u, "is_safe", SafeUUID.unknown)
+        return u
+    return raw.decode("utf-8")
+
+
+_topics = {}
 
 
 def _decode(value, nid=None):
-    flags, kind, raw, version, topic, _trk, p = _parse_head(value)
-    oid = _oid_from(kind, raw)
-    state = bytes(value[p:])
+    """The StoredEvent (or, given its id, the Notification) a log record holds."""
+    v = bytes(value)            # one copy: `state` must be bytes anyway
+    flags, kind, version, nraw, ntopic, ntrk = _HEAD.unpack_from(v, 0)
+    p = _HEAD.size
+    oid = _oid_from(kind, v[p:p + nraw])
+    p += nraw
+    tb = v[p:p + ntopic]
+    topic = _topics.get(tb)
+    if topic is None:
+        topic = tb.decode("utf-8")
+        if len(_topics) < 4096:
+            _topics[tb] = topic
+    state = v[p + ntopic + ntrk:]
     if nid is None:
-        return StoredEvent(originator_id=oid, originator_version=version,
-                           topic=topic.decode("utf-8"), state=state)
-    return Notification(id=nid, originator_id=oid, originator_version=version,
-                        topic=topic.decode("utf-8"), state=state)
+        return StoredEvent(originator_id=oid, originator_version=version, topic=topic,
+                           state=state)
+    return Notification(id=nid, originator_id=oid, originator_version=version, topic=topic,
+                        state=state)
 
 
 def _fsync_dir(path):
@@ -256,7 +274,8 @@ class TidelogStore:
         except BaseException:
             self.env.close()
             raise
-        self.committed_end = self.log.end_offset if (self.log and not self.readonly) else 0
+        self.committed_end = (self.log.end_offset if self.log is not None and not self.readonly
+                              else 0)
 
     def _open_log(self, logpath, segment_bytes):
         try:
@@ -577,7 +596,35 @@ class TidelogStore:
         return out
 
     def read_events(self, offsets):
-        return [_decode(self.log.read(off).value) for off in offsets]
+        """The stored events at `offsets` (in that order); runs of consecutive offsets (an
+        aggregate's events of one insert) are read as batches."""
+        out = []
+        i, n = 0, len(offsets)
+        cur = None
+        while i < n:
+            j = i + 1
+            step = offsets[j] - offsets[i] if j < n else 1
+            if step not in (1, -1):
+                out.append(_decode(self.log.read(offsets[i]).value))
+                i = j
+                continue
+            while j < n and offsets[j] - offsets[j - 1] == step:
+                j += 1
+            lo = min(offsets[i], offsets[j - 1])
+            if cur is None:
+                cur = self.log.cursor(start=lo)
+            else:
+                cur.seek(lo)
+            run = []
+            while len(run) < j - i:
+                batch = cur.read_batch(max_records=j - i - len(run))
+                if len(batch) == 0:
+                    raise DatabaseError(f"{self.path}: the index names offset "
+                                        f"{cur.position}, past the log's end")
+                run.extend(_decode(v) for v in batch.values)
+            out.extend(run if step == 1 else reversed(run))
+            i = j
+        return out
 
     def notifications(self, lo, hi, limit, topics):
         """Notifications of offsets [lo, hi) (hi capped at the committed end), topic-filtered."""
