@@ -226,6 +226,27 @@ class TestStoreSharing(WithTmp):
             c.insert_events([ev(oid, 2)])
         c.close()
 
+    def test_nothing_visible_before_durable(self):
+        """A reader sees an insert's tracking, events and notification ids only once it is
+        durable (a projection's wait() returned before its events could be read)."""
+        r = TidelogProcessRecorder(self.store())
+        log = r.store.log
+        seen = []
+        sync = log.sync
+
+        def observing_sync():
+            seen.append((r.max_tracking_id("up"), r.max_notification_id(),
+                         len(r.select_events("a")), len(r.select_notifications(1, 10))))
+            return sync()
+
+        log.sync = observing_sync
+        r.insert_events([ev("a", 1), ev("a", 2)], tracking=Tracking("up", 5))
+        assert seen == [(None, None, 0, 0)]
+        assert (r.max_tracking_id("up"), r.max_notification_id(), len(r.select_events("a"))) \
+            == (5, 2, 2)
+        del log.sync
+        r.close()
+
     def test_conflict_writes_nothing(self):
         r = TidelogProcessRecorder(self.store())
         oid = uuid4()

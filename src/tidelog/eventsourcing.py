@@ -251,6 +251,7 @@ class TidelogStore:
         self._pending = deque()               # (end offset, [(oid key, vkey, offset)], tracking)
         self._overlay = {}                    # oid key -> {version key: offset}, not yet in LMDB
         self._overlay_tracking = {}           # name -> max notification id, not yet in LMDB
+        self._visible_tracking = {}           # ... of those, the committed ones
         self._last_flush = time.monotonic()
         self._dbs = {}
         if segment_bytes is None:
@@ -354,8 +355,10 @@ class TidelogStore:
             raise OperationalError(f"{self.path}: the store stopped after a failure "
                                    f"({self.failure!r}); reopen it to recover")
 
-    def _max_tracking(self, txn, name):
-        v = self._overlay_tracking.get(name)
+    def _max_tracking(self, txn, name, pending=True):
+        """The tracking id of `name`: with `pending`, counting inserts not yet durable (for the
+        checks of new inserts); without, only what readers may see."""
+        v = (self._overlay_tracking if pending else self._visible_tracking).get(name)
         raw = txn.get(name.encode("utf-8"), db=self.tracking_db)
         w = None if raw is None else _TRACK.unpack(raw)[0]
         if v is None:
@@ -420,11 +423,12 @@ class TidelogStore:
             if tracking is not None:
                 self._overlay_tracking[tracking.application_name] = tracking.notification_id
             self._pending.append((first + n, entries, first, tracking))
-        self._commit(first + n)
+        self._commit(first + n, tracking)
         return first
 
-    def _commit(self, end):
-        """Make everything below `end` durable (shared fdatasync), publish it, maybe index it."""
+    def _commit(self, end, tracking=None):
+        """Make everything below `end` durable (shared fdatasync), publish it (and `tracking`),
+        maybe index it."""
         try:
             self.log.sync()
         except tidelog.TidelogError as exc:
@@ -433,6 +437,10 @@ class TidelogStore:
         with self._changed:
             if end > self.committed_end:
                 self.committed_end = end
+            if tracking is not None:
+                name = tracking.application_name
+                if tracking.notification_id > self._visible_tracking.get(name, -1):
+                    self._visible_tracking[name] = tracking.notification_id
             self._changed.notify_all()
         if (len(self._pending) >= FLUSH_EVERY
                 or time.monotonic() - self._last_flush >= FLUSH_SECONDS):
@@ -456,6 +464,15 @@ class TidelogStore:
             batch.append(self._pending.popleft())
         if not batch and tracking is None:
             return
+        if batch:       # durable: publish them before the index makes them visible
+            with self._changed:
+                if batch[-1][0] > self.committed_end:
+                    self.committed_end = batch[-1][0]
+                for _end, _entries, _first, t in batch:
+                    if t is not None and t.notification_id > self._visible_tracking.get(
+                            t.application_name, -1):
+                        self._visible_tracking[t.application_name] = t.notification_id
+                self._changed.notify_all()
         try:
             with self.env.begin(write=True) as txn:
                 trk = {}
@@ -547,7 +564,7 @@ class TidelogStore:
                     best = trk[1]
             return best
         with self.env.begin() as txn:
-            return self._max_tracking(txn, name)
+            return self._max_tracking(txn, name, pending=False)
 
     def _scan(self, lo, hi):
         if hi <= lo:
