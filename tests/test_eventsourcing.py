@@ -447,13 +447,15 @@ print(json.dumps(out))
 def _run_writer(path, point, after, rng_sleep, env=None):
     child = subprocess.Popen([sys.executable, "-c", CRASH_WRITER, path, point, str(after)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    first = ""
     if rng_sleep is not None:
-        line = child.stdout.readline()
-        assert line.startswith("start"), child.stderr.read()
+        first = child.stdout.readline()
+        assert first.startswith("start"), child.stderr.read()
         time.sleep(rng_sleep)
         os.kill(child.pid, signal.SIGKILL)
     out, err = child.communicate(timeout=120)
     assert child.returncode == -signal.SIGKILL, err[-2000:]
+    out = first + out           # the "start" line, read above or not
     acks = [tuple(map(int, line.split()[1:])) for line in out.split("\n")
             if line.startswith("ack ")]
     start = int(out.split("\n")[0].split()[1])
