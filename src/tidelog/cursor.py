@@ -3,7 +3,7 @@
 import asyncio
 import threading
 
-from tidelog import _core
+from tidelog import _args, _core
 from tidelog.errors import OffsetOutOfRangeError
 
 __all__ = ["Cursor", "Record", "RecordBatch"]
@@ -22,14 +22,15 @@ class Cursor(_core.CursorCore):
 
     def _resolve(self, where, name):
         log = self.log
-        if where == "earliest":
+        if isinstance(where, str) and where == "earliest":
             return log.start_offset
-        if where == "latest":       # a durable-only cursor: the latest durable record
+        if isinstance(where, str) and where == "latest":   # durable-only: the latest durable
             return log.durable_offset if self.durable_only else log.end_offset
-        if isinstance(where, bool) or not isinstance(where, int):
+        try:
+            return _args.integer(where, name)
+        except TypeError:
             raise TypeError(f"{name}: expected an int offset, 'earliest' or 'latest', "
-                            f"not {where!r}")
-        return where
+                            f"not {where!r}") from None
 
     def seek(self, offset):
         """Move to `offset`, which must lie in [start_offset, end_offset] ("earliest" and
@@ -43,25 +44,25 @@ class Cursor(_core.CursorCore):
 
     def seek_time(self, timestamp_ns):
         """Move to the first record with timestamp >= timestamp_ns (the end if none)."""
-        self.seek(self.log.offset_for_time(timestamp_ns))
+        self.seek(self.log.offset_for_time(_args.offset(timestamp_ns, "timestamp_ns")))
 
     def wait(self, timeout=None, *, spin=DEFAULT_SPIN):
         """Block until a record at self.position exists (True) or `timeout` seconds pass (False;
         None: no limit). Spins for `spin` seconds first, then sleeps until the writer (in any
         process) publishes: a futex on the shared control page, so an idle follower uses no CPU.
         A named (durable-only) cursor waits for the record to be durable."""
-        if timeout is not None:
-            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-                raise TypeError(f"timeout: expected a number or None, not {type(timeout).__name__}")
-            if timeout < 0:
-                raise ValueError(f"timeout: must not be negative, not {timeout}")
-        if isinstance(spin, bool) or not isinstance(spin, (int, float)) or spin < 0:
-            raise ValueError(f"spin: a non-negative number of seconds, not {spin!r}")
-        return self.log._wait_for(self.position, self.durable_only, timeout, float(spin))
+        timeout = _args.timeout(timeout)
+        spin = _args.seconds(spin, "spin", allow_zero=True)
+        return self.log._wait_for(self.position, self.durable_only, timeout, spin)
 
     def follow(self, timeout=None, *, spin=DEFAULT_SPIN):
         """Yield records as the writer appends, across segment rolls and writer restarts; stop
         after `timeout` seconds without a new record (None: never)."""
+        timeout = _args.timeout(timeout)
+        spin = _args.seconds(spin, "spin", allow_zero=True)
+        return self._follow(timeout, spin)
+
+    def _follow(self, timeout, spin):
         while True:
             for rec in self:
                 yield rec
@@ -72,6 +73,13 @@ class Cursor(_core.CursorCore):
                        spin=DEFAULT_SPIN):
         """follow() a batch at a time: yields non-empty RecordBatches (zero-copy, one segment
         each) as the writer appends; the way for a consumer to keep up with a fast writer."""
+        timeout = _args.timeout(timeout)
+        max_records = _args.count(max_records, "max_records")
+        max_bytes = None if max_bytes is None else _args.count(max_bytes, "max_bytes")
+        spin = _args.seconds(spin, "spin", allow_zero=True)
+        return self._follow_batches(timeout, max_records, max_bytes, spin)
+
+    def _follow_batches(self, timeout, max_records, max_bytes, spin):
         while True:
             batch = self.read_batch(max_records, max_bytes)
             if len(batch):
@@ -79,9 +87,14 @@ class Cursor(_core.CursorCore):
             elif not self.wait(timeout, spin=spin):
                 return
 
-    async def follow_async(self, timeout=None, *, yield_every=1024):
+    def follow_async(self, timeout=None, *, yield_every=1024):
         """follow() for asyncio: an async iterator that never blocks the event loop (it waits in
         a worker thread, cancellable) and yields to the loop every `yield_every` records."""
+        timeout = _args.timeout(timeout)
+        yield_every = _args.count(yield_every, "yield_every")
+        return self._follow_async(timeout, yield_every)
+
+    async def _follow_async(self, timeout, yield_every):
         loop = asyncio.get_running_loop()
         n = 0
         while True:
@@ -112,9 +125,8 @@ class Cursor(_core.CursorCore):
         if self.name is None:
             raise TypeError("commit: an anonymous cursor has no stored position; open one with "
                             "log.cursor(name=...)")
-        if offset is None:
-            offset = self.position
-        self.log._positions().put(self.name, self.log._check_commit_offset(offset))
+        offset = self.log._check_commit_offset(self.position if offset is None else offset)
+        self.log._positions().put(self.name, offset)
         return offset
 
     def __repr__(self):
