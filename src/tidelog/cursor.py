@@ -169,12 +169,14 @@ class AsyncWaiter:
                 self._wake(log)
             self._cond.notify()
         if position < self._offset(log):        # it moved meanwhile: no need to wait
-            self.discard(fut)
+            with self._cond:
+                self._waiting.pop(fut, None)
             if not fut.done():
                 fut.set_result(True)
 
     def discard(self, fut):
-        """Forget `fut` (done, cancelled or timed out); called on its loop."""
+        """Forget `fut` (done, cancelled or timed out); called on its loop. The last one
+        cancelled or timed out sends the thread off the log."""
         with self._cond:
             if self._waiting.pop(fut, None) is not None and not self._waiting:
                 if self._seen is not None:
@@ -186,9 +188,10 @@ class AsyncWaiter:
             log._wake_sleepers()
 
     def _run(self):
+        idle = False                # the last look found no task to wake
         while True:
             with self._cond:
-                if not self._waiting:
+                if idle and not self._waiting:
                     self._cond.wait(WAITER_LINGER)
                     if not self._waiting:
                         self._thread = None
@@ -209,13 +212,18 @@ class AsyncWaiter:
                         if position < v:
                             del self._waiting[fut]
                             settle.append((fut, (loop, position)))
+                idle = not settle and not self._waiting
             for fut, (loop, _) in settle:
                 _settle_soon(loop, fut, True, error)
             if error is not None:
                 return
             try:
-                if self._waiting:
-                    log._wait_for(v, self._durable, None, 0.0, self._kick)
+                if not idle:
+                    # also when the tasks just woken have not come back yet: they register
+                    # while this sleeps (no wake-up of this thread needed), as a follower does
+                    # after each record; with nobody waiting, only for WAITER_LINGER
+                    log._wait_for(v, self._durable, None if self._waiting else WAITER_LINGER,
+                                  0.0, self._kick)
             except BaseException as e:          # closed, or the writer failed (durable)
                 with self._cond:
                     settle = list(self._waiting.items())
