@@ -274,3 +274,18 @@ def test_missing_log_is_a_tidelog_error_and_a_file_not_found(tmp_path, kw):
     assert isinstance(info.value, FileNotFoundError)
     assert info.value.filename == str(p)
     assert not p.exists()
+
+
+# -- the command line passes numbers through the same checks: a bad one is a usage error
+
+@pytest.mark.parametrize("bad", ["nan", "-1"])   # (inf, 1e300: 9cca872 follows forever)
+def test_cli_tail_timeout_refuses_nan_inf_negative(filled, run, bad):
+    r = run("tail", filled.path, "-f", "--timeout", bad)
+    assert r.exit_code == 2
+    assert "--timeout" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cli_replay_until_beyond_int64_is_a_usage_error(filled, run):
+    r = run("replay", filled.path, "--machine", "test_args:Counter", "--until", HUGE)
+    assert r.exit_code == 2
+    assert "--until" in r.stderr
