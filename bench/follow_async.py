@@ -2,9 +2,11 @@
 loop's default executor per waiting task (9cca872), interleaved A/B (ABBA) in one process.
 
     PYTHONPATH=src python bench/follow_async.py [--rounds 10] [--events 300] [--gap 500e-6]
+                                                [--same-process]
 
-A writer thread appends one record every `gap` seconds (the follower has gone to sleep each
-time: the wake-up path); one follow_async task receives them. Latency = time.time_ns() when the
+A writer in a child process (with --same-process: a thread here) appends one record every `gap`
+seconds (the follower has gone to sleep each time: the wake-up path); one follow_async task on a
+readonly Log receives them. Latency = time.time_ns() when the
 record reaches the task - the record's timestamp (taken by append). The "executor" variant is a
 copy of 9cca872's waiting (loop.run_in_executor of the same core wait), kept here only to compare.
 Prints p50 / p99 per variant (medians over rounds).
@@ -13,6 +15,8 @@ import argparse
 import asyncio
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -38,16 +42,23 @@ async def executor_wait(log, position, durable, timeout):
         raise
 
 
-def one_round(log, events, gap, variant):
+WRITER = """
+import sys, time, tidelog
+log = tidelog.open(sys.argv[1], durability="none")
+print("ready", flush=True)
+for line in sys.stdin:
+    n, gap = line.split()
+    for i in range(int(n)):
+        log.append(b"x" * 100)
+        time.sleep(float(gap))
+    print("done", flush=True)
+"""
+
+
+def one_round(log, writer, events, gap, variant):
     cursor_mod.wait_async = variant
     lat = []
     start = log.end_offset
-
-    def writer():
-        time.sleep(0.01)
-        for i in range(events):
-            log.append(b"x" * 100)
-            time.sleep(gap)
 
     async def follower():
         async for rec in log.cursor(start).follow_async():
@@ -55,10 +66,20 @@ def one_round(log, events, gap, variant):
             if len(lat) == events:
                 return
 
-    t = threading.Thread(target=writer)
-    t.start()
-    asyncio.run(follower())
-    t.join()
+    if writer is None:                   # --same-process: a writer thread here
+        def write():
+            for i in range(events):
+                log.append(b"x" * 100)
+                time.sleep(gap)
+        t = threading.Thread(target=write)
+        t.start()
+        asyncio.run(follower())
+        t.join()
+    else:
+        writer.stdin.write(f"{events} {gap}\n")
+        writer.stdin.flush()
+        asyncio.run(follower())
+        writer.stdout.readline()
     return np.array(lat, dtype=np.int64)
 
 
@@ -67,19 +88,34 @@ def main():
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--events", type=int, default=300)
     ap.add_argument("--gap", type=float, default=500e-6)
+    ap.add_argument("--same-process", action="store_true",
+                    help="the writer is a thread of this process (three threads share one GIL)")
     a = ap.parse_args()
     d = tempfile.mkdtemp()
+    path = os.path.join(d, "log")
     variants = {"executor (9cca872)": executor_wait, "waiter thread": cursor_mod.wait_async}
     res = {k: [] for k in variants}
+    writer = None
     try:
-        with tidelog.open(os.path.join(d, "log"), durability="none") as log:
+        if a.same_process:
+            log = tidelog.open(path, durability="none")
+        else:
+            tidelog.open(path, durability="none").close()
+            writer = subprocess.Popen([sys.executable, "-c", WRITER, path], text=True,
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            assert writer.stdout.readline() == "ready\n"
+            log = tidelog.open(path, readonly=True)
+        with log:
             for r in range(a.rounds):
                 order = list(variants.items())
                 for name, fn in (order if r % 2 else order[::-1]):     # ABBA: no order bias
-                    lat = one_round(log, a.events, a.gap, fn)
+                    lat = one_round(log, writer, a.events, a.gap, fn)
                     res[name].append((np.percentile(lat, 50), np.percentile(lat, 99)))
     finally:
         cursor_mod.wait_async = variants["waiter thread"]
+        if writer is not None:
+            writer.stdin.close()
+            writer.wait()
         shutil.rmtree(d)
     for name, r in res.items():
         r = np.array(r)
