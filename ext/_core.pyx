@@ -13,7 +13,7 @@ from cpython.buffer cimport (PyObject_GetBuffer, PyBuffer_Release, PyBuffer_Fill
                              PyBUF_SIMPLE, PyBUF_FULL_RO, PyBuffer_ToContiguous, PyObject_CheckBuffer)
 from cpython.bytes cimport PyBytes_Check, PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.memoryview cimport PyMemoryView_FromObject
-from cpython.long cimport PyLong_Check
+from cpython.long cimport PyLong_Check, PyLong_CheckExact
 from cpython.ref cimport PyObject
 from cpython.exc cimport PyErr_CheckSignals
 from posix.unistd cimport getpid
@@ -37,7 +37,8 @@ import numpy as np
 
 from tidelog.errors import (TidelogError, LogLockedError, OffsetOutOfRangeError, CorruptLogError,
                             LogClosedError, LogFailedError, FormatVersionError, LogFullError,
-                            NotALogError, LogForkedError)
+                            NotALogError, LogForkedError, LogNotFoundError)
+from tidelog import _args       # the shared argument checks (numpy integers, bool refused, bounds)
 
 include "frame.pxi"
 include "segment.pxi"

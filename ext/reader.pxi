@@ -311,7 +311,7 @@ cdef class CursorCore:
         self._next += 1
         return r
 
-    def read_batch(self, Py_ssize_t max_records=65536, max_bytes=None):
+    def read_batch(self, max_records=65536, max_bytes=None):
         """Up to max_records consecutive records of one segment (and about max_bytes of values;
         at least one record when any is there). Empty at the end of the log."""
         cdef uint32_t length
@@ -322,12 +322,10 @@ cdef class CursorCore:
         cdef char* f
         cdef Segment seg
         cdef int rc
-        if max_records < 1:
-            raise ValueError(f"max_records: must be at least 1, not {max_records}")
+        if not (PyLong_CheckExact(max_records) and 1 <= max_records <= 0x7FFFFFFFFFFFFFFF):
+            max_records = _args.count(max_records, "max_records")
         if max_bytes is not None:
-            mb = max_bytes
-            if mb < 1:
-                raise ValueError(f"max_bytes: must be positive, not {max_bytes}")
+            mb = _args.count(max_bytes, "max_bytes")
         self.log._check_open()
         limit = self._limit()
         start = self._next

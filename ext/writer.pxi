@@ -221,7 +221,7 @@ cdef class LogCore:
             raise NotALogError(f"{path}: a parent of this path is a file, not a directory") from None
         if st is None:
             if readonly or not create:
-                raise FileNotFoundError(_errno.ENOENT, "no tidelog log at this path", path)
+                raise LogNotFoundError(_errno.ENOENT, "no tidelog log at this path", path)
             os.makedirs(path, exist_ok=True)
         elif not _stat.S_ISDIR(st.st_mode):
             raise NotALogError(f"{path}: is a file, not a tidelog log directory")
@@ -232,7 +232,7 @@ cdef class LogCore:
                 raise NotALogError(f"{path}: holds files that are not a tidelog log "
                                    f"(no {CONTROL_NAME}; found {sorted(others)[0]!r})")
             if readonly or not create:
-                raise FileNotFoundError(_errno.ENOENT, "no tidelog log at this path", path)
+                raise LogNotFoundError(_errno.ENOENT, "no tidelog log at this path", path)
             self._lock()
             if not os.path.exists(ctl_path):
                 self._create_control(ctl_path)
@@ -1153,13 +1153,11 @@ cdef class LogCore:
         OffsetOutOfRangeError."""
         cdef int64_t off, end
         cdef Py_ssize_t k = 0
-        if not PyLong_Check(offset):
-            raise TypeError(f"offset: expected an int, not {type(offset).__name__}")
+        off = _args.offset(offset)
         self._check_write()
         end = self._next
-        if offset > end:
-            raise ValueError(f"offset: {offset} is beyond end_offset {end}")
-        off = offset
+        if off > end:
+            raise ValueError(f"offset: {off} is beyond end_offset {end}")
         self._wlock.acquire()
         self._busy = True
         try:
@@ -1878,8 +1876,8 @@ cdef class LogCore:
         cdef Py_ssize_t pos
         cdef uint32_t length
         cdef int rc
-        if not PyLong_Check(offset):
-            raise TypeError(f"offset: expected an int, not {type(offset).__name__}")
+        if not PyLong_CheckExact(offset):
+            offset = _args.integer(offset, "offset")      # numpy integers; never a bool
         self._check_open()
         end = self._end_now()
         try:
@@ -2376,8 +2374,12 @@ cdef object get_buffer(object obj, Py_buffer* view, str name):
 
 
 cdef int64_t to_timestamp(object t, str name) except? -1:
-    if not PyLong_Check(t):
-        raise TypeError(f"{name}: expected an int (ns since the epoch), not {type(t).__name__}")
+    if not PyLong_CheckExact(t):
+        try:
+            t = _args.integer(t, name)      # numpy integers; never a bool
+        except TypeError:
+            raise TypeError(f"{name}: expected an int (ns since the epoch), not "
+                            f"{type(t).__name__}") from None
     try:
         return t
     except OverflowError:

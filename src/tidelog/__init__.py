@@ -2,7 +2,8 @@
 
 from tidelog.errors import (TidelogError, LogLockedError, OffsetOutOfRangeError, CorruptLogError,
                             LogClosedError, LogFailedError, FormatVersionError, LogFullError,
-                            NotALogError, ReplicaDivergedError, LogForkedError)
+                            NotALogError, ReplicaDivergedError, LogForkedError,
+                            LogNotFoundError)
 from tidelog.log import Log, open
 from tidelog.cursor import Cursor, Record, RecordBatch
 from tidelog.replay import Replayer, LmdbView, DeterminismReport, verify_determinism
@@ -11,6 +12,6 @@ __version__ = "0.1.0"
 
 __all__ = ["open", "Log", "Cursor", "Record", "RecordBatch", "TidelogError", "LogLockedError",
            "OffsetOutOfRangeError", "CorruptLogError", "LogClosedError", "LogFailedError",
-           "FormatVersionError", "LogFullError", "NotALogError", "ReplicaDivergedError",
-           "LogForkedError", "Replayer", "LmdbView", "DeterminismReport", "verify_determinism",
-           "__version__"]
+           "FormatVersionError", "LogFullError", "NotALogError", "LogNotFoundError",
+           "ReplicaDivergedError", "LogForkedError", "Replayer", "LmdbView", "DeterminismReport",
+           "verify_determinism", "__version__"]

@@ -25,6 +25,7 @@ from rich.table import Table
 from rich.text import Text
 
 import tidelog
+from tidelog import _args
 from tidelog.positions import POSITIONS_DIR
 from tidelog.replay import machine_call
 
@@ -261,13 +262,20 @@ def dump(path, start, count, fmt):
         _print_batches(cur, left if count is None else min(count, left), _formatter(fmt))
 
 
+def _timeout_arg(ctx, param, value):
+    try:
+        return _args.timeout(value, "--timeout")
+    except ValueError as exc:
+        raise click.BadParameter(str(exc).split(": ", 1)[-1]) from None
+
+
 @cli.command()
 @click.argument("path")
 @click.option("-n", "--lines", "n", type=click.IntRange(min=0), default=10, show_default=True,
               help="How many of the last records to print.")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing records as they are appended "
                                                      "(Ctrl-C to stop).")
-@click.option("--timeout", type=click.FloatRange(min=0), default=None,
+@click.option("--timeout", type=float, default=None, callback=_timeout_arg,
               help="With -f: stop after this many seconds without a new record.")
 @_FORMAT
 def tail(path, n, follow, timeout, fmt):
@@ -909,7 +917,7 @@ def _replay_progress(console):
               show_default=True, help="Checkpoint at every multiple of this offset.")
 @click.option("--checkpoint-interval", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Also checkpoint after this many seconds.")
-@click.option("--until", type=click.IntRange(min=0), default=None,
+@click.option("--until", type=click.IntRange(min=0, max=_args.INT64_MAX), default=None,
               help="Stop before this offset (default: the durable end).")
 @click.option("-f", "--follow", is_flag=True,
               help="Keep applying records as they are appended, until Ctrl-C or SIGTERM "

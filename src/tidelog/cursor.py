@@ -1,14 +1,19 @@
-"""Cursor: a position in a log; Record and RecordBatch come from the core."""
+"""Cursor: a position in a log; Record and RecordBatch come from the core. Also the asyncio
+waiting of follow_async: AsyncWaiter, one waiter thread per log (and per offset it watches) that
+wakes every task waiting on that log, so no waiting task holds a thread of a shared pool."""
 
 import asyncio
+import os
 import threading
+import weakref
 
-from tidelog import _core
+from tidelog import _args, _core
 from tidelog.errors import OffsetOutOfRangeError
 
 __all__ = ["Cursor", "Record", "RecordBatch"]
 
 DEFAULT_SPIN = 50e-6     # seconds a waiting cursor spins before it sleeps (latency vs. CPU)
+WAITER_LINGER = 5.0      # seconds an idle waiter thread stays for the next wait before it exits
 
 Record = _core.Record
 RecordBatch = _core.RecordBatch
@@ -22,14 +27,15 @@ class Cursor(_core.CursorCore):
 
     def _resolve(self, where, name):
         log = self.log
-        if where == "earliest":
+        if isinstance(where, str) and where == "earliest":
             return log.start_offset
-        if where == "latest":       # a durable-only cursor: the latest durable record
+        if isinstance(where, str) and where == "latest":   # durable-only: the latest durable
             return log.durable_offset if self.durable_only else log.end_offset
-        if isinstance(where, bool) or not isinstance(where, int):
+        try:
+            return _args.integer(where, name)
+        except TypeError:
             raise TypeError(f"{name}: expected an int offset, 'earliest' or 'latest', "
-                            f"not {where!r}")
-        return where
+                            f"not {where!r}") from None
 
     def seek(self, offset):
         """Move to `offset`, which must lie in [start_offset, end_offset] ("earliest" and
@@ -43,25 +49,25 @@ class Cursor(_core.CursorCore):
 
     def seek_time(self, timestamp_ns):
         """Move to the first record with timestamp >= timestamp_ns (the end if none)."""
-        self.seek(self.log.offset_for_time(timestamp_ns))
+        self.seek(self.log.offset_for_time(_args.offset(timestamp_ns, "timestamp_ns")))
 
     def wait(self, timeout=None, *, spin=DEFAULT_SPIN):
         """Block until a record at self.position exists (True) or `timeout` seconds pass (False;
         None: no limit). Spins for `spin` seconds first, then sleeps until the writer (in any
         process) publishes: a futex on the shared control page, so an idle follower uses no CPU.
         A named (durable-only) cursor waits for the record to be durable."""
-        if timeout is not None:
-            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-                raise TypeError(f"timeout: expected a number or None, not {type(timeout).__name__}")
-            if timeout < 0:
-                raise ValueError(f"timeout: must not be negative, not {timeout}")
-        if isinstance(spin, bool) or not isinstance(spin, (int, float)) or spin < 0:
-            raise ValueError(f"spin: a non-negative number of seconds, not {spin!r}")
-        return self.log._wait_for(self.position, self.durable_only, timeout, float(spin))
+        timeout = _args.timeout(timeout)
+        spin = _args.seconds(spin, "spin", allow_zero=True)
+        return self.log._wait_for(self.position, self.durable_only, timeout, spin)
 
     def follow(self, timeout=None, *, spin=DEFAULT_SPIN):
         """Yield records as the writer appends, across segment rolls and writer restarts; stop
         after `timeout` seconds without a new record (None: never)."""
+        timeout = _args.timeout(timeout)
+        spin = _args.seconds(spin, "spin", allow_zero=True)
+        return self._follow(timeout, spin)
+
+    def _follow(self, timeout, spin):
         while True:
             for rec in self:
                 yield rec
@@ -72,6 +78,13 @@ class Cursor(_core.CursorCore):
                        spin=DEFAULT_SPIN):
         """follow() a batch at a time: yields non-empty RecordBatches (zero-copy, one segment
         each) as the writer appends; the way for a consumer to keep up with a fast writer."""
+        timeout = _args.timeout(timeout)
+        max_records = _args.count(max_records, "max_records")
+        max_bytes = None if max_bytes is None else _args.count(max_bytes, "max_bytes")
+        spin = _args.seconds(spin, "spin", allow_zero=True)
+        return self._follow_batches(timeout, max_records, max_bytes, spin)
+
+    def _follow_batches(self, timeout, max_records, max_bytes, spin):
         while True:
             batch = self.read_batch(max_records, max_bytes)
             if len(batch):
@@ -79,10 +92,16 @@ class Cursor(_core.CursorCore):
             elif not self.wait(timeout, spin=spin):
                 return
 
-    async def follow_async(self, timeout=None, *, yield_every=1024):
-        """follow() for asyncio: an async iterator that never blocks the event loop (it waits in
-        a worker thread, cancellable) and yields to the loop every `yield_every` records."""
-        loop = asyncio.get_running_loop()
+    def follow_async(self, timeout=None, *, yield_every=1024):
+        """follow() for asyncio: an async iterator that never blocks the event loop and holds no
+        thread of a shared pool while it waits (one waiter thread per log wakes every waiting
+        task; see AsyncWaiter); yields to the loop every `yield_every` records. Cancelling the
+        task, or the loop shutting down, ends the wait at once."""
+        timeout = _args.timeout(timeout)
+        yield_every = _args.count(yield_every, "yield_every")
+        return self._follow_async(timeout, yield_every)
+
+    async def _follow_async(self, timeout, yield_every):
         n = 0
         while True:
             for rec in self:
@@ -90,21 +109,8 @@ class Cursor(_core.CursorCore):
                 n += 1
                 if n % yield_every == 0:
                     await asyncio.sleep(0)
-            if not await self._wait_async(loop, timeout):
+            if not await wait_async(self.log, self.position, self.durable_only, timeout):
                 return
-
-    async def _wait_async(self, loop, timeout):
-        if self.position < (self.log.durable_offset if self.durable_only else self.log.end_offset):
-            return True
-        cancel = threading.Event()
-        fut = loop.run_in_executor(None, self.log._wait_for, self.position, self.durable_only,
-                                   timeout, 0.0, cancel)
-        try:
-            return await fut
-        except asyncio.CancelledError:
-            cancel.set()
-            self.log._wake_sleepers()       # the worker thread returns at once
-            raise
 
     def commit(self, offset=None):
         """Durably store this named cursor's position (or `offset`, which must lie in
@@ -112,11 +118,181 @@ class Cursor(_core.CursorCore):
         if self.name is None:
             raise TypeError("commit: an anonymous cursor has no stored position; open one with "
                             "log.cursor(name=...)")
-        if offset is None:
-            offset = self.position
-        self.log._positions().put(self.name, self.log._check_commit_offset(offset))
+        offset = self.log._check_commit_offset(self.position if offset is None else offset)
+        self.log._positions().put(self.name, offset)
         return offset
 
     def __repr__(self):
         name = "" if self.name is None else f" {self.name!r}"
         return f"<tidelog.Cursor{name} at {self.position} of {self.log.path!r}>"
+
+
+class AsyncWaiter:
+    """Wakes the asyncio tasks that wait for one log's end_offset (durable_offset when
+    `durable`) to pass their positions, in any number of event loops.
+
+    Owns `_waiting` ({future: (loop, position)}), `_thread`, `_seen` and `_kick`, all under
+    `_cond`'s lock. The thread (a daemon: it never delays interpreter exit, and it is no
+    executor's worker, so loop shutdown never waits for it) repeats: look at the offset `v`,
+    settle every future whose position is below it (through its loop's call_soon_threadsafe),
+    then sleep in the core's futex wait until the offset passes `v` (the GIL released). Every
+    future still registered has a position >= `v` -- a task registers only after it saw the
+    offset <= its position, and re-checks after registering -- so the first change any of them
+    needs wakes the thread. A registration below `v` (the offset went back: a writer restarted
+    after a crash) kicks it. A future cancelled or timed out is dropped on its loop; when none
+    is left the thread is kicked off the log (it holds only a weak reference between waits, so
+    a dropped log is still collected) and exits after WAITER_LINGER seconds without work.
+    close() of the log wakes the thread, which fails every future with LogClosedError."""
+
+    def __init__(self, log, durable):
+        self._ref = weakref.ref(log)
+        self._durable = durable
+        self._cond = threading.Condition(threading.Lock())
+        self._waiting = {}
+        self._thread = None
+        self._seen = None           # the offset the thread sleeps to see passed, or None
+        self._kick = threading.Event()
+
+    def _offset(self, log):
+        return log.durable_offset if self._durable else log.end_offset
+
+    def add(self, fut, loop, position):
+        """Register `fut` to get True once the offset passes `position`."""
+        log = self._ref()
+        with self._cond:
+            self._waiting[fut] = (loop, position)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="tidelog-async-waiter",
+                                                daemon=True)
+                self._thread.start()
+            elif self._seen is not None and position < self._seen:
+                self._wake(log)
+            self._cond.notify()
+        if position < self._offset(log):        # it moved meanwhile: no need to wait
+            with self._cond:
+                self._waiting.pop(fut, None)
+            if not fut.done():
+                fut.set_result(True)
+
+    def discard(self, fut):
+        """Forget `fut` (done, cancelled or timed out); called on its loop. The last one
+        cancelled or timed out sends the thread off the log."""
+        with self._cond:
+            if self._waiting.pop(fut, None) is not None and not self._waiting:
+                if self._seen is not None:
+                    self._wake(self._ref())     # let go of the log now
+
+    def _wake(self, log):
+        self._kick.set()
+        if log is not None:
+            log._wake_sleepers()
+
+    def _run(self):
+        idle = False                # the last look found no task to wake
+        while True:
+            with self._cond:
+                if idle and not self._waiting:
+                    self._cond.wait(WAITER_LINGER)
+                    if not self._waiting:
+                        self._thread = None
+                        return
+                self._kick.clear()
+                log = self._ref()
+                settle, error = [], None
+                try:
+                    if log is None:
+                        raise ReferenceError("the log was collected")
+                    v = self._seen = self._offset(log)
+                except BaseException as e:      # closed (LogClosedError) or gone
+                    error, settle = e, list(self._waiting.items())
+                    self._waiting.clear()
+                    self._thread = self._seen = None
+                else:
+                    for fut, (loop, position) in list(self._waiting.items()):
+                        if position < v:
+                            del self._waiting[fut]
+                            settle.append((fut, (loop, position)))
+                idle = not settle and not self._waiting
+            for fut, (loop, _) in settle:
+                _settle_soon(loop, fut, True, error)
+            if error is not None:
+                return
+            try:
+                if not idle:
+                    # also when the tasks just woken have not come back yet: they register
+                    # while this sleeps (no wake-up of this thread needed), as a follower does
+                    # after each record; with nobody waiting, only for WAITER_LINGER
+                    log._wait_for(v, self._durable, None if self._waiting else WAITER_LINGER,
+                                  0.0, self._kick)
+            except BaseException as e:          # closed, or the writer failed (durable)
+                with self._cond:
+                    settle = list(self._waiting.items())
+                    self._waiting.clear()
+                    self._thread = self._seen = None
+                for fut, (loop, _) in settle:
+                    _settle_soon(loop, fut, True, e)
+                return
+            finally:
+                self._seen = None
+                del log
+
+
+def _settle(fut, result, error):
+    if not fut.done():
+        if error is None:
+            fut.set_result(result)
+        else:
+            fut.set_exception(error)
+
+
+def _settle_soon(loop, fut, result, error=None):
+    try:
+        loop.call_soon_threadsafe(_settle, fut, result, error)
+    except RuntimeError:        # the loop is closed: nobody waits for it any more
+        pass
+
+
+_waiters_lock = threading.Lock()
+_waiters = weakref.WeakKeyDictionary()     # log -> [AsyncWaiter of end_offset, of durable_offset]
+
+
+def _waiter_for(log, durable):
+    with _waiters_lock:
+        pair = _waiters.get(log)
+        if pair is None:
+            pair = _waiters[log] = [None, None]
+        w = pair[durable]
+        if w is None:
+            w = pair[durable] = AsyncWaiter(log, durable)
+        return w
+
+
+def _after_fork_in_child():
+    """A fork child has none of the waiter threads (nor can it trust their locks): start over."""
+    global _waiters_lock, _waiters
+    _waiters_lock = threading.Lock()
+    _waiters = weakref.WeakKeyDictionary()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+async def wait_async(log, position, durable, timeout):
+    """True once `log`'s end_offset (durable_offset when `durable`) is past `position`, False
+    after `timeout` seconds (None: no limit). Waits on the log's AsyncWaiter, never in a pool."""
+    if position < (log.durable_offset if durable else log.end_offset):
+        return True
+    if timeout is not None and timeout <= 0:
+        return False
+    loop = asyncio.get_running_loop()
+    fut = loop.create_future()
+    waiter = _waiter_for(log, bool(durable))
+    timer = None if timeout is None else loop.call_later(timeout, _settle, fut, False, None)
+    try:
+        waiter.add(fut, loop, position)
+        return await fut
+    finally:
+        if timer is not None:
+            timer.cancel()
+        waiter.discard(fut)

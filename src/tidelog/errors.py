@@ -2,7 +2,7 @@
 
 __all__ = ["TidelogError", "LogLockedError", "OffsetOutOfRangeError", "CorruptLogError",
            "LogClosedError", "LogFailedError", "FormatVersionError", "LogFullError",
-           "NotALogError", "ReplicaDivergedError", "LogForkedError"]
+           "NotALogError", "LogNotFoundError", "ReplicaDivergedError", "LogForkedError"]
 
 
 class TidelogError(Exception):
@@ -50,6 +50,10 @@ class LogFullError(TidelogError, OSError):
 
 class NotALogError(TidelogError, NotADirectoryError):
     """The path is a file, or a directory that holds something other than a tidelog log."""
+
+
+class LogNotFoundError(TidelogError, FileNotFoundError):
+    """No log at the path (open with readonly=True or create=False never creates one)."""
 
 
 class ReplicaDivergedError(TidelogError):

@@ -5,7 +5,7 @@ import threading
 import time
 import weakref
 
-from tidelog import _core
+from tidelog import _args, _core
 from tidelog.cursor import Cursor
 from tidelog.errors import LogClosedError, LogFailedError, OffsetOutOfRangeError
 from tidelog.positions import PositionStore, check_name
@@ -32,28 +32,10 @@ def _check_path(path):
 
 
 def _check_unsynced(value):
-    """open()'s max_unsynced_bytes: None (no bound) or an int of at least one page."""
+    """open()'s max_unsynced_bytes: None (no bound) or a byte count of at least one page."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"max_unsynced_bytes: expected an int (bytes) or None, "
-                        f"not {type(value).__name__}")
-    if value < MIN_UNSYNCED_BYTES:
-        raise ValueError(f"max_unsynced_bytes: must be at least {MIN_UNSYNCED_BYTES} (bytes) or "
-                         f"None, not {value!r}")
-    return value
-
-
-def _check_positive(name, value, allow_none=False, integer=False):
-    if value is None and allow_none:
-        return None
-    kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds):
-        raise TypeError(f"{name}: expected {'an int' if integer else 'a number'}, "
-                        f"not {type(value).__name__}")
-    if not value > 0:
-        raise ValueError(f"{name}: must be positive, not {value!r}")
-    return value
+    return _args.count(value, "max_unsynced_bytes", MIN_UNSYNCED_BYTES)
 
 
 class Log(_core.LogCore):
@@ -67,17 +49,16 @@ class Log(_core.LogCore):
             raise ValueError(f"repair: None or 'truncate', not {repair!r}")
         if repair is not None and readonly:
             raise ValueError("repair: a repair needs a writer (readonly=False)")
-        segment_bytes = _check_positive("segment_bytes", segment_bytes, integer=True)
-        if not MIN_SEGMENT_BYTES <= segment_bytes <= MAX_SEGMENT_BYTES:
-            raise ValueError(f"segment_bytes: must lie in [{MIN_SEGMENT_BYTES}, "
-                             f"{MAX_SEGMENT_BYTES}], not {segment_bytes}")
+        segment_bytes = _args.count(segment_bytes, "segment_bytes", MIN_SEGMENT_BYTES,
+                                    MAX_SEGMENT_BYTES)
         if not isinstance(durability, str):
             raise TypeError(f"durability: expected a str, not {type(durability).__name__}")
         if durability not in DURABILITY_MODES:
             raise ValueError(f"durability: one of {DURABILITY_MODES}, not {durability!r}")
-        self.sync_interval = _check_positive("sync_interval", sync_interval)
-        self.retain_bytes = _check_positive("retain_bytes", retain_bytes, True, True)
-        self.retain_seconds = _check_positive("retain_seconds", retain_seconds, True)
+        self.sync_interval = _args.seconds(sync_interval, "sync_interval")
+        self.retain_bytes = (None if retain_bytes is None else
+                             _args.count(retain_bytes, "retain_bytes"))
+        self.retain_seconds = _args.seconds(retain_seconds, "retain_seconds", allow_none=True)
         if self.retain_bytes is not None:
             self._retain_bytes = self.retain_bytes
         if self.retain_seconds is not None:
@@ -109,12 +90,8 @@ class Log(_core.LogCore):
         """Block until durable_offset > offset (True) or `timeout` seconds pass (False).
         In "none" mode only a sync() (in any thread) or close() makes progress.
         LogFailedError if the writer stops meanwhile."""
-        if isinstance(offset, bool) or not isinstance(offset, int):
-            raise TypeError(f"offset: expected an int, not {type(offset).__name__}")
-        if timeout is not None:
-            timeout = float(timeout)
-            if timeout < 0:
-                raise ValueError(f"timeout: must not be negative, not {timeout}")
+        offset = _args.offset(offset)
+        timeout = _args.timeout(timeout)
         if self.closed:
             raise LogClosedError(f"{self.path}: the log is closed")
         if self.failure is not None:
@@ -225,8 +202,7 @@ class Log(_core.LogCore):
         return self._store
 
     def _check_commit_offset(self, offset, what="offset"):
-        if isinstance(offset, bool) or not isinstance(offset, int):
-            raise TypeError(f"{what}: expected an int, not {type(offset).__name__}")
+        offset = _args.offset(offset, what)
         start, durable = self.start_offset, self.durable_offset
         if not start <= offset <= durable:
             raise ValueError(f"{what}: {offset} is outside [start_offset, durable_offset] = "

@@ -65,8 +65,7 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import NamedTuple, Optional
 
-from tidelog import _core
-from tidelog import lmdbenv
+from tidelog import _args, _core, lmdbenv
 from tidelog.errors import (LogClosedError, OffsetOutOfRangeError, ReplicaDivergedError,
                             TidelogError)
 from tidelog.positions import check_name
@@ -158,10 +157,6 @@ class DeterminismReport:
                  if self.record is not None else "")
         return (f"NOT deterministic: the replicas' states differ at checkpoint offset "
                 f"{self.offset} ({since}){where}")
-
-
-def _is_int(v):
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _check_log(log):
@@ -413,19 +408,9 @@ class Replayer:
         _check_log(log)
         view = _check_machine(machine)
         name_b = None if name is None else check_name(name, "name")
-        if not _is_int(checkpoint_every):
-            raise TypeError(f"checkpoint_every: expected an int, not "
-                            f"{type(checkpoint_every).__name__}")
-        if checkpoint_every < 1:
-            raise ValueError(f"checkpoint_every: must be at least 1, not {checkpoint_every}")
-        if checkpoint_interval is not None:
-            if isinstance(checkpoint_interval, bool) or not isinstance(checkpoint_interval,
-                                                                       (int, float)):
-                raise TypeError(f"checkpoint_interval: expected a number of seconds or None, "
-                                f"not {type(checkpoint_interval).__name__}")
-            if not checkpoint_interval > 0:
-                raise ValueError(f"checkpoint_interval: must be positive, not "
-                                 f"{checkpoint_interval!r}")
+        checkpoint_every = _args.count(checkpoint_every, "checkpoint_every")
+        checkpoint_interval = _args.seconds(checkpoint_interval, "checkpoint_interval",
+                                            allow_none=True)
         if not isinstance(digests, bool):
             raise TypeError(f"digests: expected a bool, not {type(digests).__name__}")
         if replica_of is not None:
@@ -435,11 +420,7 @@ class Replayer:
             if not digests:
                 raise ValueError("replica_of: a replica compares digests; it needs digests=True")
         if digest_history is not None:
-            if not _is_int(digest_history):
-                raise TypeError(f"digest_history: expected an int or None, not "
-                                f"{type(digest_history).__name__}")
-            if digest_history < 1:
-                raise ValueError(f"digest_history: must be at least 1, not {digest_history}")
+            digest_history = _args.count(digest_history, "digest_history")
 
         self.log = log
         self.machine = machine
@@ -649,9 +630,7 @@ class Replayer:
         see machine_call())."""
         self._check_usable()
         if until is not None:
-            if not _is_int(until):
-                raise TypeError(f"until: expected an int offset or None, not "
-                                f"{type(until).__name__}")
+            until = _args.offset(until, "until")
             if until < self.position:
                 raise ValueError(f"until: {until} is below the replayer's position "
                                  f"{self.position} (applied records cannot be taken back)")
@@ -1135,16 +1114,11 @@ def verify_determinism(log, factory, *, until=None, checkpoint_every=10_000, loc
     if not callable(factory):
         raise TypeError(f"factory: expected a callable that returns a fresh machine, not "
                         f"{type(factory).__name__}")
-    if not _is_int(checkpoint_every):
-        raise TypeError(f"checkpoint_every: expected an int, not {type(checkpoint_every).__name__}")
-    if checkpoint_every < 1:
-        raise ValueError(f"checkpoint_every: must be at least 1, not {checkpoint_every}")
+    checkpoint_every = _args.count(checkpoint_every, "checkpoint_every")
     start, durable = log.start_offset, log.durable_offset
     if until is None:
         until = durable
-    elif not _is_int(until):
-        raise TypeError(f"until: expected an int offset or None, not {type(until).__name__}")
-    elif not start <= until <= durable:
+    elif not start <= (until := _args.offset(until, "until")) <= durable:
         raise ValueError(f"until: {until} is outside [start_offset, durable_offset] = "
                          f"[{start}, {durable}]")
     ma, mb = factory(), factory()
