@@ -7,7 +7,11 @@
   4. reopen after kill -9 with 1 GiB unsynced in the active segment (target <= 1 s)
   5. clean reopen of a log of 40 segments (target <= 50 ms)
 
-  python bench/durability.py [--quick] [--dir DIR]
+  python bench/durability.py [--quick] [--dir DIR] [--batch-only] [--max-unsynced-bytes N]
+
+--batch-only runs 1 and the gap measurement alone (for A/B runs of two builds);
+--max-unsynced-bytes passes open()'s bound on unsynced bytes ("none": no bound; default: the
+library's default, 4 MiB) to the "batch" mode logs.
 """
 import argparse
 import os
@@ -24,6 +28,7 @@ import time
 import tidelog
 
 VALUE = b"x" * 100
+BATCH_OPTS = {}         # extra tidelog.open() keywords for the "batch" mode logs (main())
 
 
 def fresh(d, name):
@@ -33,7 +38,8 @@ def fresh(d, name):
 
 
 def t_append(d, mode, n):
-    with tidelog.open(fresh(d, "a-" + mode), durability=mode) as log:
+    with tidelog.open(fresh(d, "a-" + mode), durability=mode,
+                      **(BATCH_OPTS if mode == "batch" else {})) as log:
         app = log.append
         t = time.perf_counter()
         for _ in range(n):
@@ -45,7 +51,8 @@ def batch_sync_gaps(d, seconds):
     """durability="batch" under a tight single-append loop: the time between successive advances
     of durable_offset, as the appending thread sees them (every 1000 appends)."""
     gaps = []
-    with tidelog.open(fresh(d, "gaps"), durability="batch", sync_interval=0.005) as log:
+    with tidelog.open(fresh(d, "gaps"), durability="batch", sync_interval=0.005,
+                      **BATCH_OPTS) as log:
         last_d, last_t = 0, time.monotonic()
         t0 = last_t
         app = log.append
@@ -170,23 +177,33 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--dir", default=None)
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--batch-only", action="store_true")
+    ap.add_argument("--max-unsynced-bytes", default=None)
     a = ap.parse_args(argv)
+    if a.max_unsynced_bytes is not None:
+        BATCH_OPTS["max_unsynced_bytes"] = (None if a.max_unsynced_bytes == "none"
+                                            else int(a.max_unsynced_bytes))
     q = 8 if a.quick else 1
     d = tempfile.mkdtemp(prefix="tidelog-dur-", dir=a.dir)
     print(f"tidelog bench/durability.py  {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     print(f"command: python bench/durability.py {' '.join(argv or sys.argv[1:])}")
     print(f"data in {d}; repeats {a.repeat} interleaved; records/s median (min..max)")
+    with tidelog.open(fresh(d, "probe")) as probe:
+        print(f"tidelog from {os.path.dirname(tidelog.__file__)}; batch mode max_unsynced_bytes "
+              f"{BATCH_OPTS.get('max_unsynced_bytes', getattr(probe, 'max_unsynced_bytes', 'n/a (no bound)'))}")
     try:
         rows = {k: [] for k in ("none", "batch", "bsync", "raw_bsync", "al1", "al4", "raw_al")}
         for _ in range(a.repeat):
             rows["none"].append(t_append(d, "none", 400_000 // q))
             rows["batch"].append(t_append(d, "batch", 400_000 // q))
+            if a.batch_only:
+                continue
             rows["bsync"].append(t_batch_sync(d, 200 // q))
             rows["raw_bsync"].append(raw_batch_sync(d, 200 // q))
             rows["al1"].append(t_always(d, 1, 2000 // q))
             rows["raw_al"].append(raw_always(d, 2000 // q))
             rows["al4"].append(t_always(d, 4, 2000 // q))
-        m = {k: med(v) for k, v in rows.items()}
+        m = {k: med(v) for k, v in rows.items() if v}
 
         def line(label, k, ref=None, target=None):
             r = f"  x{m[k][0] / m[ref][0]:.2f} of {ref}" if ref else ""
@@ -195,6 +212,11 @@ def main(argv=None):
         print()
         line("append 100 B, durability=none", "none")
         line("append 100 B, durability=batch", "batch", "none", ">= 0.8x")
+        if a.batch_only:
+            med_g, p99_g, max_g, n_g = batch_sync_gaps(d, 3 / q)
+            print(f"durability=batch (sync_interval 5 ms) under a tight append loop: {n_g} syncs, "
+                  f"gap median {med_g * 1e3:.1f} ms, p99 {p99_g * 1e3:.1f} ms, max {max_g * 1e3:.1f} ms")
+            return
         line("batch of 1000 + sync(), tidelog", "bsync", "raw_bsync", ">= 1.5x")
         line("batch of 1000 + fdatasync, raw file", "raw_bsync")
         line("durability=always, 1 thread", "al1", "raw_al", ">= 0.9x")

@@ -15,6 +15,11 @@ cdef enum:
     STAGE_BYTES = 4 << 20         # ... framed in a staging buffer of this size at a time
     PRETOUCH_WINDOW = 1 << 20     # the pretoucher keeps this many bytes ahead of the writer
     PRETOUCH_CHUNK = 128 << 10    # ... populating this many per call
+    PRETOUCH_MIN_RATE = 64 << 20  # ... for a writer of at least this many bytes/s (tl_toucher.h)
+
+# Positions inside a segment (of frames in .idx entries, of values in a RecordBatch) are u32: no
+# segment may be larger than this (FORMAT.md §2). A writer never makes one; a reader refuses one.
+cdef int64_t MAX_SEGMENT_BYTES = (1 << 32) - 4096
 
 # control page field positions (FORMAT.md §1)
 cdef enum:

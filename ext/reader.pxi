@@ -229,6 +229,8 @@ cdef class CursorCore:
     cdef size_t _pos
     cdef int64_t _next
     cdef readonly bint durable_only
+    cdef uint32_t _llen         # _locate's check of the frame it found: its length ...
+    cdef int _lrc               # ... and the frame_check result
 
     def _init(self, LogCore log, int64_t position, bint durable_only):
         self.log = log
@@ -251,7 +253,6 @@ cdef class CursorCore:
         self._seg = None
 
     cdef int _locate(self) except -1:
-        cdef int64_t at
         cdef Segment seg
         self.log._check_open()
         if self._next < self.log._start_now():
@@ -260,7 +261,9 @@ cdef class CursorCore:
                 f"(retention removed it)")
         try:
             seg = self.log._seg_for(self._next)
-            self._pos = seg.find(self._next, &at)       # (mapping it lets threads run)
+            # checked, and found again without the index when that led astray (a hint);
+            # mapping it lets threads run
+            self._pos = seg.find_checked(self._next, &self._llen, &self._lrc)
         except CorruptLogError:
             self.log._check_open()
             if self._next < self.log._start_now():      # retention deleted it meanwhile
@@ -278,12 +281,16 @@ cdef class CursorCore:
         if (self._seg is None or self._seg.data == NULL or
                 (self._seg.next_base >= 0 and self._next >= self._seg.next_base)):
             self._locate()
-        rc = frame_check(self._seg.data, self._seg.cap, self._pos, self._next, length)
+            rc = self._lrc
+            length[0] = self._llen
+        else:
+            rc = frame_check(self._seg.data, self._seg.cap, self._pos, self._next, length)
         if rc == FRAME_END:
             # this process has not seen the writer's roll yet
             self.log._refresh()
             self._locate()
-            rc = frame_check(self._seg.data, self._seg.cap, self._pos, self._next, length)
+            rc = self._lrc
+            length[0] = self._llen
         if rc != FRAME_OK:
             self.log._check_open()
             raise corrupt(self._seg.path, self._pos, self._next, rc)

@@ -81,6 +81,9 @@ def check_segment_header(bytes h, int64_t base, str path):
     if int.from_bytes(h[60:64], "little") != tl_crc32c(0, <const char*>h, 60):
         raise CorruptLogError(f"{path}: segment header CRC mismatch", path=path, position=0,
                               offset=base)
+    if version < 1:
+        raise CorruptLogError(f"{path}: segment header names format version {version}",
+                              path=path, position=8, offset=base)
     if version > FORMAT_VERSION:
         raise FormatVersionError(f"{path}: format version {version}, this tidelog reads up to "
                                  f"{FORMAT_VERSION}; upgrade tidelog")
@@ -90,6 +93,9 @@ def check_segment_header(bytes h, int64_t base, str path):
 
 
 IDX_STRIDES_READ = (4, 8, 16, 32, 64)
+
+from libc.stdint cimport INT64_MIN
+cdef int64_t TS_UNKNOWN = INT64_MIN     # Segment.newest_ts not known
 
 
 cdef inline size_t idx_slots_for(size_t cap, size_t stride) noexcept:
@@ -126,12 +132,21 @@ cdef class Segment:
     cdef bint mapping           # ensure() is mapping it (another thread must not unmap it)
     cdef size_t idx_stride      # records per .idx entry: the file's header says (4; older: 16)
     cdef size_t tix_slots
+    cdef size_t tix_sorted      # leading .tix entries found never to decrease (of this mapping)
+    cdef int64_t tix_pk, tix_pe, tix_pv    # every record of .tix windows tix_pk..tix_pe (the
+                                # frames, CRC-checked) has a timestamp <= tix_pv; pk -1: none
     cdef int64_t next_base      # base of the following segment, -1 while this one is last
     cdef bint writable
     cdef public bint index_fresh   # the writer made the index files anew: they must be refilled
+    cdef int64_t newest_ts      # the newest timestamp of its records when known for sure (read
+                                # from CRC-checked frames, or this writer filled the segment
+                                # from empty), else TS_UNKNOWN; never taken from the .tix
+    cdef bint any_header        # map it even with a damaged header (salvage reads what it can)
 
     def __cinit__(self):
         self.fd = -1
+        self.newest_ts = TS_UNKNOWN
+        self.tix_pk = -1
         self.next_base = -1
         # never 0: another thread may look a record up (a division by the stride) while this
         # one maps the segment (data is set before the index files are opened, GIL released)
@@ -187,14 +202,28 @@ cdef class Segment:
         return 0
 
     cdef attach(self, int fd):
-        """Map the segment open on fd (which it takes over) and its indexes."""
+        """Map the segment open on fd (which it takes over) and its indexes. Every mapping, the
+        writer's and a reader's, first checks the file: its size (positions in a segment are
+        u32, so a larger file is refused, never mapped) and its header (magic, version, base,
+        CRC; FORMAT.md §2), so no byte of a file that is not this segment is ever read."""
+        cdef Mapping m
         try:
-            size = os.fstat(fd).st_size
+            st = os.fstat(fd)
+            size = st.st_size
             if size < SEGMENT_HEADER_SIZE:
                 raise CorruptLogError(f"{self.path}: segment shorter than its header",
                                       path=self.path, position=0, offset=self.base)
-            self.ino = os.fstat(fd).st_ino
-            self.map = map_fd(fd, size, self.writable, self.path)
+            if size > MAX_SEGMENT_BYTES:
+                raise CorruptLogError(
+                    f"{self.path}: segment file of {size} bytes, larger than a segment can be "
+                    f"({MAX_SEGMENT_BYTES} bytes); run `tidelog verify "
+                    f"{os.path.dirname(self.path)}`", path=self.path, position=MAX_SEGMENT_BYTES,
+                    offset=self.base)
+            m = map_fd(fd, size, self.writable, self.path)
+            if not self.any_header:
+                check_segment_header(m.addr[:SEGMENT_HEADER_SIZE], self.base, self.path)
+            self.ino = st.st_ino
+            self.map = m
             self.mv = PyMemoryView_FromObject(self.map)
             self.data = self.map.addr
             self.cap = size & ~(<size_t>7)      # frames are 8-byte aligned: never run past it
@@ -257,6 +286,7 @@ cdef class Segment:
         self.idx_map, self.tix_map = maps
         self.idx = self.idx_map.addr + INDEX_HEADER_SIZE
         self.tix = self.tix_map.addr + INDEX_HEADER_SIZE
+        self.tix_sorted = 0
 
     cdef inline size_t idx_get(self, size_t j) noexcept:
         """Position of record base + stride j per the index, or 0 when the entry is unusable."""
@@ -278,6 +308,7 @@ cdef class Segment:
         cdef int64_t j
         cdef int tries = 0
         cdef uint32_t length
+        cdef bint hinted = False        # the walk started at an index entry (a hint)
         self.ensure()
         j = (offset - self.base) // <int64_t>self.idx_stride if use_index else 0
         while j > 0 and tries < 64:          # a damaged entry: try the ones below it
@@ -285,6 +316,7 @@ cdef class Segment:
             if p:
                 pos = p
                 cur = self.base + j * <int64_t>self.idx_stride
+                hinted = True
                 break
             j -= 1
             tries += 1
@@ -295,10 +327,11 @@ cdef class Segment:
             if length == 0:
                 break
             if length < FRAME_HEADER_SIZE or length > self.cap - pos:
-                if cur != self.base:
+                if hinted:
                     # the index entry led astray (a stale or damaged hint): walk from the start
                     pos = SEGMENT_HEADER_SIZE
                     cur = self.base
+                    hinted = False
                     continue
                 raise corrupt(self.path, pos, cur, FRAME_BAD_LENGTH)
             pos += align8(length)

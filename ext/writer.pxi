@@ -20,6 +20,7 @@
 # close() it makes from inside is deferred to the moment it leaves the writer.
 
 import stat as _stat
+from libc.stdint cimport INT64_MAX
 
 cdef extern from "Python.h":
     unsigned long PyThread_get_thread_ident()
@@ -30,7 +31,7 @@ cdef enum:
     MODE_ALWAYS = 2
 
 from time import monotonic as _monotonic
-MAX_MAPPED_SEGMENTS = 4        # sealed segments a Log keeps mapped for reading (RSS bound)
+MAX_MAPPED_SEGMENTS = 4        # sealed segments a Log keeps mapped (RSS and vm.max_map_count bound)
 CTL_PERSIST_SECONDS = 1.0       # the control page (durable checkpoint) is synced at most this often
 SEGMENT_RE = re.compile(r"^(\d{20})\.seg$")
 CONTROL_NAME = "tidelog.ctl"
@@ -124,7 +125,9 @@ cdef class LogCore:
     cdef public int64_t _retain_bytes   # retention policies (-1: none), set before _open
     cdef public int64_t _retain_ns
     cdef int _waiting           # threads of this process in _wait_for
-    cdef list _lru              # sealed segments this object mapped for reading, latest last
+    cdef list _lru              # sealed segments this object mapped, latest last: reads, checks
+                                # at open, retention and rolls all go through _touch, so at most
+                                # _max_mapped stay mapped however many segments the log has
     cdef public Py_ssize_t _max_mapped   # at most this many of them stay mapped
     cdef bint _ctl_rw           # the control page is mapped writable (sleepers can set the flag)
     cdef Mapping _ctl_map
@@ -164,7 +167,12 @@ cdef class LogCore:
     cdef int64_t _gen           # readers: the writer generation the segment list was loaded at
     cdef int64_t _last_sync_ns  # when the last successful sync started ("batch" mode deadline)
     cdef public int64_t _interval_ns   # "batch" mode: sync_interval in ns
-    cdef double _ctl_persisted  # monotonic time the control page was last synced
+    cdef double _ctl_persisted  # monotonic time the control page was last synced (no flusher)
+    cdef int64_t _written       # bytes of frames written since open (the flusher reads it)
+    cdef int64_t _durable_bytes # ... of them durable: _written when the last sync began
+    cdef int64_t _kick_at       # at this _written, an append calls _pressure ("batch" mode)
+    cdef public int64_t _max_unsynced   # "batch" mode: appends wait this many bytes ahead of
+                                        # the durable point (-1: never), set before _open
     cdef bint _unsafe_ack                       # tests' negative control only: never set it
     cdef tl_flusher* _nf        # "batch" mode: the native flusher thread (NULL otherwise)
     cdef tl_toucher* _tt        # the pretoucher thread (NULL: none, see _start_pretoucher)
@@ -181,6 +189,8 @@ cdef class LogCore:
         self._retain_bytes = -1
         self._retain_ns = -1
         self._pwrite_min = PWRITE_MIN_BYTES
+        self._max_unsynced = -1
+        self._kick_at = INT64_MAX
         self._lock_fd = -1
         self._dir_fd = -1
         self._closed = True
@@ -273,7 +283,7 @@ cdef class LogCore:
             raise
         self._closed = False
         self._wstate = 2 if readonly else 0
-        if not readonly and self._mode == MODE_BATCH:
+        if not readonly:
             self._start_flusher()
         if not readonly and self._mode == MODE_NONE:
             self._start_pretoucher()
@@ -287,7 +297,7 @@ cdef class LogCore:
         "batch" mode: appends 3.8 -> 5.0 M/s but the gap between durable points 13.5 -> 18.1 ms
         median (100 B) and 16.5 -> 52.7 ms (1 KiB) - the durability promise comes first. No
         thread (not Linux, no memory): the writer takes its own faults, as before."""
-        self._tt = tl_toucher_start(&self._wpos, PRETOUCH_WINDOW, PRETOUCH_CHUNK)
+        self._tt = tl_toucher_start(&self._wpos, PRETOUCH_WINDOW, PRETOUCH_CHUNK, PRETOUCH_MIN_RATE)
         if self._tt != NULL and self._active is not None:
             tl_toucher_target(self._tt, self._w, self._active.map.size)
 
@@ -310,11 +320,20 @@ cdef class LogCore:
         return (tl_toucher_populated(self._tt), tl_toucher_err(self._tt))
 
     cdef _start_flusher(self):
-        self._nf = tl_flusher_new(&self._durable, &self._wstate, self._ctl, CONTROL_SIZE,
-                                  CTL_END, CTL_DURABLE, CTL_WAKE_DURABLE, self._interval_ns,
+        """The writer's durability thread (ext/tl_flusher.h): in every mode it persists the
+        durable checkpoint within CTL_PERSIST_SECONDS of a sync that moved it, also when the
+        writer has gone quiet; in "batch" mode it makes the syncs, every sync_interval and
+        early when the writer is max_unsynced / 2 bytes ahead of the durable point."""
+        cdef bint batch = self._mode == MODE_BATCH
+        cdef int64_t bound = self._max_unsynced if batch else -1
+        self._nf = tl_flusher_new(&self._durable, &self._written, &self._durable_bytes,
+                                  &self._wstate, self._ctl, CONTROL_SIZE, CTL_END, CTL_DURABLE,
+                                  CTL_WAKE_DURABLE, batch, self._interval_ns,
+                                  bound // 2 if bound > 0 else 0,
                                   <int64_t>(CTL_PERSIST_SECONDS * 1e9))
         if self._nf == NULL:
             raise MemoryError()
+        self._kick_at = self._written + pressure_step(bound) if bound > 0 else INT64_MAX
         self._nf.unsafe_no_sync = self._unsafe_ack
         self._nf_update()
         rc = tl_flusher_start(self._nf)
@@ -365,6 +384,54 @@ cdef class LogCore:
         if self._nf == NULL:
             return None
         return (bool(tl_flusher_active(self._nf)), self._nf.syncs)
+
+    @property
+    def _unsynced_bytes(self):
+        """Bytes of frames written and not yet covered by a completed sync (as the bound on
+        them counts: 0 after a sync of everything)."""
+        return self._written - tl_load_i64_acquire(&self._durable_bytes)
+
+    cdef int _pressure(self) except -1:
+        """"batch" mode: the writer has written another pressure_step bytes or reached the
+        bound as last seen. If it is _max_unsynced bytes ahead of the durable point, wait (GIL released) until a sync brings
+        it back under (the window a power loss can take stays bounded under any load, as
+        Kafka's flush.messages or PostgreSQL's wal_writer_flush_after bound theirs); if it is
+        half that far, have the flusher start a sync now. Called before anything is written:
+        an append that raises here (closed, failed, a signal) left no record."""
+        cdef Mapping m
+        cdef int64_t at
+        cdef int r
+        while self._written - tl_load_i64_acquire(&self._durable_bytes) >= self._max_unsynced:
+            if self._wstate:
+                self._raise_state()
+            if self._durable >= self._next:
+                # every record is durable: the flusher counted its bytes before it read its
+                # target, and a record that came in between is covered but not counted
+                tl_store_i64_release(&self._durable_bytes, self._written)
+                break
+            if self._nf == NULL or not tl_flusher_active(self._nf):
+                self._sync_to(self._next)          # after a roll Python's group commit syncs
+                continue
+            tl_flusher_kick(self._nf)
+            m = self._ctl_map                      # stays mapped if close() runs meanwhile
+            at = self._durable
+            self._waiting += 1
+            try:
+                with nogil:
+                    r = wait_ctl(m.addr, CTL_DURABLE, at, -1, 0, True)
+            finally:
+                self._waiting -= 1
+            PyErr_CheckSignals()
+        if self._wstate:
+            self._raise_state()
+        at = tl_load_i64_acquire(&self._durable_bytes)
+        if self._nf != NULL and self._written - at >= self._max_unsynced // 2:
+            tl_flusher_kick(self._nf)
+        # look again after another step, and at the latest where the bound is (a sync that
+        # ends meanwhile only moves that further)
+        self._kick_at = min(self._written + pressure_step(self._max_unsynced),
+                            at + self._max_unsynced)
+        return 0
 
     cdef _lock(self):
         fd = os.open(os.path.join(self.path, LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -603,6 +670,7 @@ cdef class LogCore:
                 raise CorruptLogError(f"{s.path}: segment holds no record before the next "
                                       f"segment {s.next_base}", path=s.path, position=None,
                                       offset=s.base)
+            self._touch(s)
             p = s.find_checked(last, &length, &rc)
             at = last
             if rc != FRAME_OK:
@@ -650,8 +718,7 @@ cdef class LogCore:
                 first = i
         self._check_chain(first)
         s = segs[first]
-        s.writable = True
-        s.ensure()
+        s.ensure()                      # read-only while scanning: only the last one is written
         # from the start of that segment, not from the record at the checkpoint: batch rules
         # need a batch's first frame, and the checkpoint is only as good as the control page
         # that holds it (at most one segment is scanned more)
@@ -668,8 +735,8 @@ cdef class LogCore:
                 bad = (s.path, pos, off, FRAME_END)
                 break
             i += 1
+            self._touch(s)              # sealed: scanned (a repair scans them all)
             s = nxt
-            s.writable = True
             s.ensure()
             pos = SEGMENT_HEADER_SIZE
         if self._repair is not None:
@@ -682,6 +749,8 @@ cdef class LogCore:
             raise corrupt(bad[0], bad[1], bad[2], bad[3])
         if i + 1 < len(segs):
             self._drop_segments(i + 1)
+        s.writable = True
+        s.ensure()                      # mapped again writable, with a descriptor kept
         zero_tail(s, pos)
         self._next = off
         self._set_active(s, pos)
@@ -742,7 +811,7 @@ cdef class LogCore:
         check that its index describes exactly the data, else rebuild it from the frames."""
         cdef size_t pos
         cdef uint32_t length
-        cdef int64_t off, last, at
+        cdef int64_t off, last, at, j, m
         self._max_ts = -(1 << 62)
         if s.idx == NULL:
             return
@@ -756,10 +825,19 @@ cdef class LogCore:
                             tl_load_u32_acquire(s.idx + (last // <int64_t>s.idx_stride + 1) * 4)
                             != 0))
             if not rebuild and last >= 0:
-                # running max timestamp: the last .tix entry, then the records after it
-                off = s.base + (last // TIX_STRIDE) * TIX_STRIDE
-                self._max_ts = rd_i64(s.tix + (last // TIX_STRIDE) * 8)
+                # running max timestamp: the last .tix entry, then the records after it. The
+                # entry seeds the entries to come, so it must look right: not 0 (not written),
+                # not below the one before it or its own record's timestamp, none after it
+                j = last // TIX_STRIDE
+                off = s.base + j * TIX_STRIDE
+                m = rd_i64(s.tix + j * 8)
                 pos = s.find(off, &at)
+                rebuild = (at != off or frame_shape(s.data, s.cap, pos, off, &length) != FRAME_OK
+                           or m == 0 or m < rd_i64(s.data + pos + 16)
+                           or (j > 0 and m < rd_i64(s.tix + (j - 1) * 8))
+                           or (<size_t>j + 1 < s.tix_slots and rd_i64(s.tix + (j + 1) * 8) != 0))
+            if not rebuild and last >= 0:
+                self._max_ts = m
                 while pos < end_pos and at < end:
                     length = rd_u32(s.data + pos)
                     if length == 0:
@@ -802,6 +880,7 @@ cdef class LogCore:
     cdef Segment _create_segment(self, int64_t base, int64_t capacity):
         """A new segment: written under a .tmp name, preallocated, header, then renamed."""
         cdef Segment s = self._new_segment_obj(base, True)
+        s.newest_ts = -(1 << 62)        # empty: this writer's running max will cover it all
         for ext in (".idx", ".tix"):             # left over from a segment of the same base
             try:
                 os.unlink(s.path[:len(s.path) - 4] + ext)
@@ -1113,9 +1192,13 @@ cdef class LogCore:
                              f"{self._wcap} bytes")
         seg = self._create_segment(self._next, self._seg_bytes)
         old.next_base = seg.base
+        if old.newest_ts != TS_UNKNOWN:
+            old.newest_ts = self._max_ts    # filled from empty here: the running max is exact
         self._segments.append(seg)
         self._push_base(seg.base)
         self._set_active(seg, SEGMENT_HEADER_SIZE)
+        old.writable = False        # sealed: mapped again read-only, its fd kept only until a sync
+        self._touch(old)
         self._max_ts = -(1 << 62)
         ctl_set(self._ctl, CTL_ACTIVE_BASE, seg.base)
         if self._retain_bytes >= 0 or self._retain_ns >= 0:
@@ -1184,7 +1267,8 @@ cdef class LogCore:
             cutoff = tl_now_ns() - self._retain_ns
             while k < n - 1:
                 seg = self._segments[k]
-                if seg_max_time(seg, (<Segment>self._segments[k + 1]).base) >= cutoff:
+                self._touch(seg)
+                if seg_holds_newer(seg, (<Segment>self._segments[k + 1]).base, cutoff):
                     break
                 k += 1
         self._drop_front(k)
@@ -1232,6 +1316,8 @@ cdef class LogCore:
                           int64_t ts) except -1:
         cdef size_t need = align8(FRAME_HEADER_SIZE + key_area(klen) + vlen)
         cdef int64_t off
+        if self._written >= self._kick_at:
+            self._pressure()
         if self._busy:
             self._wait_idle()
         else:
@@ -1243,6 +1329,7 @@ cdef class LogCore:
         frame_write(self._w + self._wpos, off, ts, k, klen, v, vlen, 1, True)
         self._index_note(self._wpos, off, ts)
         self._wpos += need
+        self._written += need
         if self._tt != NULL:
             tl_toucher_kick(self._tt, self._wpos)
         self._next = off + 1
@@ -1444,6 +1531,8 @@ cdef class LogCore:
         """Write the batch holding the writer lock (it may roll or copy without the GIL, which
         lets other threads run: they wait); returns the first offset."""
         cdef int64_t first
+        if self._written >= self._kick_at:
+            self._pressure()
         if self._busy:
             self._wait_idle()
         self._lock_writer()
@@ -1550,6 +1639,7 @@ cdef class LogCore:
         tl_store_u32_release(self._w + self._wpos,
                              <uint32_t>(FRAME_HEADER_SIZE + key_area(items[0].klen) + items[0].vlen))
         self._wpos += total
+        self._written += total
         self._next += n
         self._publish(CTL_END, self._next)
 
@@ -1617,6 +1707,7 @@ cdef class LogCore:
             self._sync_tid = PyThread_get_thread_ident()
             self._last_sync_ns = tl_now_ns()
             target = self._next
+            written = self._written
             segs = list(self._unsynced)
             active = self._active
             dir_dirty = self._dir_dirty
@@ -1638,7 +1729,9 @@ cdef class LogCore:
                 if rc != 0:
                     self._fail(errno, self.path)
             now = _monotonic()
-            if now - self._ctl_persisted >= CTL_PERSIST_SECONDS and target > self._durable:
+            if (self._nf == NULL and now - self._ctl_persisted >= CTL_PERSIST_SECONDS and
+                    target > self._durable):
+                # (with a flusher thread, it persists the checkpoint: _start_flusher)
                 # the durable checkpoint on disk lags the real one by at most this interval
                 # (recovery treats damage below it as corruption, above it as a torn tail)
                 ctl_set(self._ctl, CTL_DURABLE, target)
@@ -1649,10 +1742,11 @@ cdef class LogCore:
                 self._ctl_persisted = now
             ok = True
         finally:
-            self._end_sync(ok, target, segs, active)
+            self._end_sync(ok, target, written, segs, active)
         return self._durable
 
-    cdef int _end_sync(self, bint ok, int64_t target, list segs, Segment active) except -1:
+    cdef int _end_sync(self, bint ok, int64_t target, int64_t written, list segs,
+                       Segment active) except -1:
         """The leader's epilogue: publish what it made durable and give up the leadership before
         anything that may run Python-level code (a signal handler may raise there, e.g.
         KeyboardInterrupt, or call this log again; with the leadership kept, every later sync
@@ -1666,9 +1760,13 @@ cdef class LogCore:
                 if seg is not active and seg in self._unsynced:   # (retention may
                     self._unsynced.remove(seg)                      # have dropped it)
                     done.append(seg)
+            if written > self._durable_bytes:
+                tl_store_i64_release(&self._durable_bytes, written)
             if target > self._durable:
                 self._durable = target
                 self._publish(CTL_DURABLE, target)
+                if self._nf != NULL:
+                    tl_flusher_note_durable(self._nf)
             self._nf_update()
         self._syncing = False
         self._sync_tid = 0
@@ -1771,6 +1869,7 @@ cdef class LogCore:
         self._idx = NULL
         self._tix = NULL
         self._segments = []
+        self._lru = []                   # (views keep the mappings they need)
         self._nbases = 0
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
@@ -1846,8 +1945,9 @@ cdef class LogCore:
         return seg
 
     cdef _touch(self, Segment seg):
-        """seg is being read: keep it mapped, unmap the least recently read beyond
-        _max_mapped (never the active segment)."""
+        """seg is about to be read (or was just sealed): keep it mapped, unmap the least
+        recently used beyond _max_mapped (never the active segment). Every use of a sealed
+        segment's mapping comes here first."""
         cdef Segment old
         if seg is self._active:
             return
@@ -1938,6 +2038,7 @@ cdef class LogCore:
         if self._readonly:
             self._load_segments()
         for seg in self._segments:
+            self._touch(seg)
             self._check_open()          # (the last segment's mapping let threads run)
             bad = index_mismatches(seg, self._end_now())
             if bad:
@@ -1953,6 +2054,7 @@ cdef class LogCore:
         n = 0
         for i in range(len(self._segments) - 1):
             seg = self._segments[i]
+            self._touch(seg)
             if not index_mismatches(seg, self._next):
                 continue
             fresh = self._new_segment_obj(seg.base, True)
@@ -1967,14 +2069,18 @@ cdef class LogCore:
                 raise TidelogError(f"{fresh.path}: could not make its index files")
             rebuild_index(fresh)
             fresh.close_fd()
+            fresh.writable = False
             self._segments[i] = fresh
+            self._touch(fresh)
             n += 1
         return n
 
     def _salvage(self):
         """Yield every CRC-valid record of the log in offset order, skipping damage: after a bad
         frame, look for the next valid one at every 8-byte position (an operator's last resort,
-        see `tidelog repair --salvage-to`). Offsets may then have gaps."""
+        see `tidelog repair --salvage-to`). Offsets may then have gaps. Reads segments with a
+        damaged header too, one at a time (each is unmapped when done, whatever its records'
+        views keep alive)."""
         cdef Segment seg
         cdef size_t pos
         cdef uint32_t length
@@ -1983,7 +2089,9 @@ cdef class LogCore:
         self._check_open()
         if self._readonly:
             self._load_segments()
-        for seg in list(self._segments):
+        for known in list(self._segments):
+            seg = self._new_segment_obj((<Segment>known).base, False)
+            seg.any_header = True
             try:
                 seg.ensure()
             except (CorruptLogError, OSError):
@@ -2000,6 +2108,7 @@ cdef class LogCore:
                     pos += align8(length)
                 else:
                     pos += FRAME_ALIGN
+            seg.unmap()
 
     def _segment_info(self):
         """[(base, path)] of the segments, for tools."""
@@ -2008,6 +2117,11 @@ cdef class LogCore:
             self._load_segments()
             self._check_open()
         return [((<Segment>s).base, (<Segment>s).path) for s in self._segments]
+
+
+cdef inline int64_t pressure_step(int64_t bound) noexcept nogil:
+    """How often (bytes written) an appender in "batch" mode looks at how far ahead it is."""
+    return max(bound // 8, <int64_t>4096)
 
 
 cdef void* realloc_bases(int64_t* p, Py_ssize_t n) except NULL:
@@ -2072,31 +2186,64 @@ cdef unlink_segment_files(list segs):
                 pass
 
 
-cdef int64_t seg_max_time(Segment seg, int64_t next_base) except? -1:
-    """The newest timestamp in a sealed segment [seg.base, next_base): the last time-index entry,
-    then the records after it."""
-    cdef int64_t j, first = seg.base, m = -(1 << 62), off, at
+cdef int frames_max_ts(const char* data, size_t cap, size_t* pos, int64_t* off, int64_t end,
+                       int64_t* newest) noexcept nogil:
+    """Check the frames from *pos (offset *off) up to offset `end` (FORMAT.md rules 1-4, CRC
+    included) and raise *newest to the newest timestamp among them. FRAME_OK, or the problem
+    of the frame at *pos / *off."""
     cdef uint32_t length
-    cdef Py_ssize_t pos
     cdef int rc
-    seg.ensure()
-    if seg.tix != NULL and next_base > seg.base:
-        j = min((next_base - 1 - seg.base) // TIX_STRIDE, <int64_t>seg.tix_slots - 1)
-        m = rd_i64(seg.tix + j * 8)
-        first = seg.base + j * TIX_STRIDE
-    if first >= next_base:
-        return m
-    pos = seg.find_checked(first, &length, &rc)
-    off = first
-    while True:
+    cdef int64_t t
+    while off[0] < end:
+        rc = frame_check(data, cap, pos[0], off[0], &length)
+        if rc != FRAME_OK:
+            return rc
+        t = rd_i64(data + pos[0] + 16)
+        if t > newest[0]:
+            newest[0] = t
+        pos[0] += align8(length)
+        off[0] += 1
+    return FRAME_OK
+
+
+cdef bint seg_holds_newer(Segment seg, int64_t next_base, int64_t cutoff) except -1:
+    """Whether the sealed segment [seg.base, next_base) holds a record with timestamp >= cutoff
+    (retention by time keeps it then). Decided from CRC-checked frames only, never from the
+    time index: its pages are not synced, and after a power loss its entries read 0, which
+    would make recent records look old. The last record answers when it is that new
+    (timestamps mostly grow); otherwise every frame is read, once: the newest timestamp is
+    kept in seg.newest_ts (which a writer also knows for the segments it filled from empty).
+    A mapping made here is released."""
+    cdef bint was_mapped = seg.data != NULL
+    cdef Py_ssize_t p
+    cdef size_t pos = SEGMENT_HEADER_SIZE
+    cdef int64_t off = seg.base, newest = INT64_MIN
+    cdef uint32_t length
+    cdef int rc
+    cdef const char* data
+    cdef size_t cap
+    if seg.newest_ts != TS_UNKNOWN:
+        return seg.newest_ts >= cutoff
+    if next_base <= seg.base:
+        return False
+    try:
+        p = seg.find_checked(next_base - 1, &length, &rc)
+        if rc != FRAME_OK:
+            raise corrupt(seg.path, p, next_base - 1, rc)
+        if rd_i64(seg.data + p + 16) >= cutoff:
+            return True
+        m = seg.map                     # held: the mapping stays while the GIL is released
+        data = seg.data
+        cap = seg.cap
+        with nogil:
+            rc = frames_max_ts(data, cap, &pos, &off, next_base, &newest)
         if rc != FRAME_OK:
             raise corrupt(seg.path, pos, off, rc)
-        m = max(m, rd_i64(seg.data + pos + 16))
-        off += 1
-        if off >= next_base:
-            return m
-        pos += align8(length)
-        rc = frame_check(seg.data, seg.cap, pos, off, &length)
+        seg.newest_ts = newest
+        return newest >= cutoff
+    finally:
+        if not was_mapped and not seg.mapping:
+            seg.unmap()
 
 
 cdef int64_t seg_scan_time(Segment seg, int64_t first, int64_t last, int64_t ts) except -2:
@@ -2120,15 +2267,79 @@ cdef int64_t seg_scan_time(Segment seg, int64_t first, int64_t last, int64_t ts)
         rc = frame_check(seg.data, seg.cap, pos, off, &length)
 
 
-cdef int64_t seg_first_at(Segment seg, int64_t first, int64_t last, int64_t ts) except -2:
-    """First offset in [first, last) of `seg` with timestamp >= ts, or -1: through the time
-    index (running maxima at records base + 64 j) when there is one, else by a scan. An index
-    that disagrees with the frames (it is only a hint) falls back to the scan."""
-    cdef int64_t lo, hi, mid, jmax, r, a
-    seg.ensure()
+cdef enum:
+    TIX_UNUSABLE = -3       # tix_first_at: the time index cannot answer, scan instead
+
+
+cdef bint tix_in_order(Segment seg, int64_t jmax) noexcept:
+    """Whether .tix entries 0..jmax never decrease, as running maxima must (entries scrambled
+    or partly rewritten fail it). Entries found in order are remembered: each is read once."""
+    cdef size_t j = seg.tix_sorted
+    cdef int64_t prev = rd_i64(seg.tix + (j - 1) * 8) if j else INT64_MIN, t
+    while <int64_t>j <= jmax:
+        t = rd_i64(seg.tix + j * 8)
+        if t < prev:
+            return False
+        prev = t
+        j += 1
+    if j > seg.tix_sorted:
+        seg.tix_sorted = j
+    return True
+
+
+cdef int scan_window(Segment seg, int64_t a, int64_t b, int64_t ts, bint stop,
+                     int64_t* newest, int64_t* found) except -2:
+    """Read records [a, b) of seg, each CRC-checked: raise *newest to their newest timestamp
+    and set *found (when < 0) to the first whose timestamp >= ts; with stop, return as soon as
+    one is found. FRAME_OK, or the problem of a frame (the caller falls back to a scan)."""
+    cdef Py_ssize_t pos
+    cdef uint32_t length
+    cdef int rc
+    cdef int64_t off = a, t
+    if a >= b:
+        return FRAME_OK
+    pos = seg.find_checked(a, &length, &rc)
+    while True:
+        if rc != FRAME_OK:
+            return rc
+        t = rd_i64(seg.data + pos + 16)
+        if t >= ts and found[0] < 0:
+            found[0] = off
+            if stop:
+                return FRAME_OK
+        if t > newest[0]:
+            newest[0] = t
+        off += 1
+        if off >= b:
+            return FRAME_OK
+        pos += align8(length)
+        rc = frame_check(seg.data, seg.cap, pos, off, &length)
+
+
+cdef int64_t tix_first_at(Segment seg, int64_t last, int64_t ts) except -2:
+    """First offset in [seg.base, last) whose timestamp >= ts as the time index says, checked
+    against the frames: -1 for none, TIX_UNUSABLE when the index cannot be used for it.
+
+    Entry j is the running maximum of records base .. base + 64 j: it must be the larger of
+    entry j-1 and the newest record of its window (base + 64 (j-1), base + 64 j]. A binary
+    search finds lo with entry lo-1 < ts <= entry lo, and the answer rests on those two
+    entries: entry lo-1 says no record up to base + 64 (lo-1) reaches ts, entry lo that one in
+    its window does. So the entries must never decrease, entry lo-1 must not be 0 (FORMAT.md:
+    not written), the windows since the entry where the maximum became entry lo-1 must reach
+    exactly that value, and window lo with it must give entry lo (frames read whole,
+    CRC-checked); the answer is the first record of window lo reaching ts. A power loss
+    leaves each entry right or 0, and scrambled entries are out of order: both are caught,
+    and so are entries shifted, copied or lowered. What is not: entries before that plateau
+    rewritten in order to values that agree with every frame read here (the index stays a
+    hint, trusted that far; only a scan proves). Cost: the windows of one plateau, which is
+    one window when timestamps grow, up to the segment when they are random (then remembered:
+    the same plateau's frames are not read again)."""
+    cdef int64_t jmax, lo, hi, mid, k, bound, b, r = -1, newest, unused = -1
     if seg.tix == NULL or last <= seg.base:
-        return seg_scan_time(seg, first, last, ts)
+        return TIX_UNUSABLE
     jmax = min((last - 1 - seg.base) // TIX_STRIDE, <int64_t>seg.tix_slots - 1)
+    if not tix_in_order(seg, jmax):
+        return TIX_UNUSABLE
     lo = 0
     hi = jmax + 1
     while lo < hi:                      # smallest j with tix[j] >= ts
@@ -2137,14 +2348,53 @@ cdef int64_t seg_first_at(Segment seg, int64_t first, int64_t last, int64_t ts) 
             hi = mid
         else:
             lo = mid + 1
-    if lo > jmax:                       # only the records after the last entry may qualify
-        a = seg.base + jmax * TIX_STRIDE + 1
-        return seg_scan_time(seg, max(first, a), last, ts)
-    a = seg.base if lo == 0 else seg.base + (lo - 1) * TIX_STRIDE + 1
-    r = seg_scan_time(seg, max(first, a), min(last, seg.base + lo * TIX_STRIDE + 1), ts)
-    if r >= 0 or first > seg.base + lo * TIX_STRIDE:
-        return r if r >= 0 else seg_scan_time(seg, first, last, ts)
-    return seg_scan_time(seg, first, last, ts)     # a stale or damaged entry
+    newest = INT64_MIN
+    if lo > 0:
+        bound = rd_i64(seg.tix + (lo - 1) * 8)
+        if bound == 0:
+            return TIX_UNUSABLE
+        k = 0                           # the entry where the running maximum became `bound`
+        hi = lo - 1
+        while k < hi:
+            mid = (k + hi) // 2
+            if rd_i64(seg.tix + mid * 8) >= bound:
+                hi = mid
+            else:
+                k = mid + 1
+        if seg.tix_pk >= 0 and seg.tix_pk <= k and lo - 1 <= seg.tix_pe and bound == seg.tix_pv:
+            newest = bound              # those frames were read before (they never change)
+        else:
+            if k > 0:
+                newest = rd_i64(seg.tix + (k - 1) * 8)
+            # windows k .. lo-1 (a plateau of equal entries): their records reach `bound`
+            if (scan_window(seg, seg.base + (k - 1) * TIX_STRIDE + 1 if k > 0 else seg.base,
+                            seg.base + (lo - 1) * TIX_STRIDE + 1, INT64_MIN, False, &newest,
+                            &unused) != FRAME_OK or newest != bound):
+                return TIX_UNUSABLE
+            seg.tix_pk = k
+            seg.tix_pe = lo - 1
+            seg.tix_pv = bound
+    b = last if lo > jmax else seg.base + lo * TIX_STRIDE + 1      # window lo ends before b
+    # (past the last entry nothing checks the window: the first record found answers)
+    if scan_window(seg, seg.base + (lo - 1) * TIX_STRIDE + 1 if lo > 0 else seg.base, b, ts,
+                   lo > jmax, &newest, &r) != FRAME_OK:
+        return TIX_UNUSABLE             # (the scan that follows reports real damage)
+    if lo <= jmax and newest != rd_i64(seg.tix + lo * 8):
+        return TIX_UNUSABLE
+    return r
+
+
+cdef int64_t seg_first_at(Segment seg, int64_t first, int64_t last, int64_t ts) except -2:
+    """First offset in [first, last) of `seg` with timestamp >= ts, or -1: through the time
+    index when it can answer (tix_first_at checks it against the frames), else by a scan."""
+    cdef int64_t r
+    if first >= last:
+        return -1
+    seg.ensure()
+    r = tix_first_at(seg, last, ts)
+    if r == TIX_UNUSABLE or (r >= 0 and r < first):
+        return seg_scan_time(seg, first, last, ts)
+    return r
 
 
 cdef rebuild_index(Segment s):

@@ -150,23 +150,26 @@ def test_follower_survives_a_writer_crash_and_restart(log_path):
 
 
 def test_an_idle_follower_uses_no_cpu(log_path):
-    """A follower with nothing to read sleeps in the kernel (a futex), not in a poll loop."""
+    """A follower with nothing to read sleeps in the kernel (a futex), not in a poll loop. A
+    poll loop burns CPU in every wait, while a sleeper's CPU time is near zero but may be inflated
+    by the machine's other load now and then: the least of three waits must be near zero."""
     with tidelog.open(log_path) as lg:
         lg.append(b"x")
         out = run_python("""
             import resource, sys, time, tidelog
             log = tidelog.open(sys.argv[1], readonly=True)
             cur = log.cursor("latest")
-            r0 = resource.getrusage(resource.RUSAGE_SELF)
-            t = time.monotonic()
-            assert cur.wait(1.5) is False
-            r1 = resource.getrusage(resource.RUSAGE_SELF)
-            cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
-            print(cpu, time.monotonic() - t)
+            for _ in range(3):
+                r0 = resource.getrusage(resource.RUSAGE_SELF)
+                t = time.monotonic()
+                assert cur.wait(1.0) is False
+                r1 = resource.getrusage(resource.RUSAGE_SELF)
+                cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+                print(cpu, time.monotonic() - t)
         """, log_path).stdout.split()
-        cpu, wall = float(out[0]), float(out[1])
-        assert wall >= 1.4
-        assert cpu < 0.05, f"an idle wait burned {cpu:.3f} s of CPU in {wall:.2f} s"
+        cpus, walls = [float(x) for x in out[0::2]], [float(x) for x in out[1::2]]
+        assert len(cpus) == 3 and min(walls) >= 0.9
+        assert min(cpus) < 0.03, f"idle waits of 1 s burned {cpus} s of CPU"
 
 
 def test_follow_timeout_stops(log):

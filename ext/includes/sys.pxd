@@ -54,10 +54,14 @@ cdef extern from "tl_flusher.h" nogil:
         int unsafe_no_sync
         int64_t last_sync_at
         int64_t syncs
+        int64_t persists
     int TL_OWNER_PYTHON
-    tl_flusher* tl_flusher_new(int64_t* durable, int* wstate, char* ctl, size_t ctl_size,
-                               int end_field, int durable_field, int wake_durable,
-                               int64_t interval_ns, int64_t persist_ns)
+    tl_flusher* tl_flusher_new(int64_t* durable, const int64_t* written, int64_t* durable_bytes,
+                               int* wstate, char* ctl, size_t ctl_size, int end_field,
+                               int durable_field, int wake_durable, int sync_data,
+                               int64_t interval_ns, int64_t soft, int64_t persist_ns)
+    void tl_flusher_kick(tl_flusher* f)
+    void tl_flusher_note_durable(tl_flusher* f)
     int tl_flusher_start(tl_flusher* f)
     void tl_flusher_free(tl_flusher* f)
     void tl_flusher_set_fd(tl_flusher* f, int fd)
@@ -73,7 +77,7 @@ cdef extern from "tl_flusher.h" nogil:
 cdef extern from "tl_toucher.h" nogil:
     ctypedef struct tl_toucher:
         pass
-    tl_toucher* tl_toucher_start(const size_t* wpos, size_t window, size_t chunk)
+    tl_toucher* tl_toucher_start(const size_t* wpos, size_t window, size_t chunk, int64_t min_rate)
     void tl_toucher_target(tl_toucher* t, char* base, size_t size)
     void tl_toucher_kick(tl_toucher* t, size_t pos)
     void tl_toucher_free(tl_toucher* t)

@@ -1,7 +1,11 @@
 """The `tidelog` command line: click parses, rich draws progress bars and tables.
 
-Every command that fails on the log itself (missing, not a log, locked, damaged, unreadable)
-prints one line `tidelog: error: <message>` to stderr and exits 2; `verify` exits 1 on damage.
+Every command that fails, on the log itself (missing, not a log, locked, damaged, unreadable), on
+a bad argument, or in a replay machine's code, prints one line `tidelog: error: <message>` to
+stderr and exits 2: one place, `_Group.invoke`, turns any exception into that line (set
+TIDELOG_TRACEBACK=1 to get the traceback instead). `verify` exits 1 on damage, `replay` 1 when a
+replica diverged or a machine is not deterministic. Names of subscribers are printed with
+backslash escapes for backslashes and unprintable characters (`_shown`).
 """
 
 import base64
@@ -22,12 +26,14 @@ from rich.text import Text
 
 import tidelog
 from tidelog.positions import POSITIONS_DIR
+from tidelog.replay import machine_call
 
 __all__ = ["main", "cli"]
 
 BATCH = 65536         # records per read_batch
 CHUNK = 10_000        # records per append_batch in demo, bench and append
 INFO_SUBSCRIBERS = 20 # subscribers `info` lists one per line (`lag` shows them all)
+DEMO_MAX = 100_000_000 # most events `demo` ingests (and records `bench` appends): ~10 GB
 LAG_SCAN_RECORDS = 5_000_000  # `lag` reads at most this many records to count bytes behind
 LAG_SCAN_BYTES = 1 << 30      # ... and about this many value bytes (~0.3 s from the page cache)
 LAG_SAMPLE = 4096             # records near the end that estimate the record size first
@@ -37,21 +43,52 @@ class CliError(Exception):
     """A failure worth one line on stderr and exit status 2."""
 
 
+# exceptions whose message says it all; any other kind is named in the line too
+_PLAIN = (tidelog.TidelogError, OSError, CliError, TypeError, ValueError)
+
+
 def _describe(exc):
+    """One line for any exception: the message, the machine method and record offset when a
+    replay machine raised it, the exception's type when that is not obvious."""
     if isinstance(exc, OSError) and exc.strerror:
         msg = f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
     else:
         msg = str(exc) or type(exc).__name__
-    return msg.replace("\n", "\\n")
+    call = machine_call(exc)
+    if call is not None:
+        msg = f"machine {call}: {type(exc).__name__}: {msg}"
+    elif not isinstance(exc, _PLAIN):
+        msg = f"{type(exc).__name__}: {msg}"
+    return _shown(msg, backslash=False)
+
+
+def _shown(text, backslash=True):
+    """`text` safe to print on one line: unprintable characters (controls, line separators,
+    bidi overrides) as escapes, \\t, \\n, \\x1b, \\u202e; with `backslash`, backslashes doubled
+    so that the escapes are unambiguous (names in tab-separated output)."""
+    if text.isprintable() and not (backslash and "\\" in text):
+        return text
+    out = []
+    for ch in text:
+        if ch == "\\" and backslash:
+            out.append("\\\\")
+        elif ch.isprintable():
+            out.append(ch)
+        else:
+            out.append(repr(ch)[1:-1])
+    return "".join(out)
 
 
 class _Group(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except BrokenPipeError:
-            raise                       # click quiets stdout and exits 1
-        except (tidelog.TidelogError, OSError, CliError) as exc:
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort,
+                BrokenPipeError):
+            raise                       # click's own exits; a closed stdout: click exits 1
+        except Exception as exc:
+            if os.environ.get("TIDELOG_TRACEBACK"):
+                raise
             click.echo(f"tidelog: error: {_describe(exc)}", err=True)
             ctx.exit(2)
 
@@ -181,21 +218,28 @@ def info(path):
     with _open_ro(path) as log:
         start, end, durable = log.start_offset, log.end_offset, log.durable_offset
         segs = log.segments()
-        subs = log.position_info()
+        try:
+            subs, subs_problem = log.position_info(), None
+        except (tidelog.TidelogError, OSError) as exc:     # show the rest of what is known
+            subs, subs_problem = {}, exc
     seg_bytes = sum(os.stat(p).st_size for _, p in segs)
     all_bytes = sum(e.stat().st_blocks * 512 for e in os.scandir(log.path) if e.is_file())
     store = os.path.join(log.path, POSITIONS_DIR)
-    if os.path.isdir(store):
-        all_bytes += sum(e.stat().st_blocks * 512 for e in os.scandir(store) if e.is_file())
+    try:
+        if os.path.isdir(store):
+            all_bytes += sum(e.stat().st_blocks * 512 for e in os.scandir(store) if e.is_file())
+    except OSError:
+        pass                            # an unreadable store: its bytes are not counted
     rows = [("path", log.path), ("start_offset", start), ("end_offset", end),
             ("durable_offset", durable), ("records", end - start),
             ("segments", f"{len(segs)} ({seg_bytes:,} bytes)"),
             ("disk usage", f"{all_bytes:,} bytes (segments, indexes, control, positions)"),
-            ("subscribers", len(subs))]
+            ("subscribers", len(subs) if subs_problem is None
+             else f"unknown ({_describe(subs_problem)})")]
     for name, value in rows:
         click.echo(f"{name + ':':<16}{value}")
     for name, (pos, _) in list(subs.items())[:INFO_SUBSCRIBERS]:
-        click.echo(f"  {name + ':':<13} position {pos}, lag {end - pos}")
+        click.echo(f"  {_shown(name) + ':':<13} position {pos}, lag {end - pos}")
     if len(subs) > INFO_SUBSCRIBERS:
         click.echo(f"  ... and {len(subs) - INFO_SUBSCRIBERS} more (`tidelog lag {path}` lists "
                    f"them all)")
@@ -415,7 +459,7 @@ def lag(path, exact):
                                         ("below start", pos < start),
                                         ("beyond end", pos > end),
                                         ("replayer", name in replayers)) if yes]
-        table.add_row(Text(name), str(pos), str(end - pos), shown,
+        table.add_row(Text(_shown(name)), str(pos), str(end - pos), shown,
                       f"{_ago(committed, now)} ({_iso(committed)[:19]}Z)", ", ".join(notes))
     click.echo(f"{log.path}: records [{start}, {end}), durable below {durable}")
     _wide_console().print(table)
@@ -501,7 +545,8 @@ def positions(ctx, path):
 @click.pass_obj
 def positions_list(path):
     """Name, position, lag in records, last commit time (ISO 8601 UTC) and kind (cursor or
-    replayer), tab-separated."""
+    replayer), tab-separated. A name is printed with backslash escapes for backslashes and
+    unprintable characters (a name stored by an older tidelog may hold a tab or a newline)."""
     _list_positions(path)
 
 
@@ -514,7 +559,7 @@ def _list_positions(path):
         click.echo(f"no subscribers: no named positions are stored in {log.path}", err=True)
     for name, (pos, committed) in subs.items():
         kind = "replayer" if name in replayers else "cursor"
-        click.echo(f"{name}\t{pos}\t{end - pos}\t{_iso(committed)}\t{kind}")
+        click.echo(f"{_shown(name)}\t{pos}\t{end - pos}\t{_iso(committed)}\t{kind}")
 
 
 def _offset_arg(log, text):
@@ -550,7 +595,7 @@ def positions_set(path, name, offset):
         except (TypeError, ValueError) as exc:
             raise CliError(f"subscriber {name!r}: {exc}") from None
     was = "new subscriber" if old is None else f"was {old[0]}"
-    click.echo(f"{name}: position {offset} ({was})")
+    click.echo(f"{_shown(name)}: position {offset} ({was})")
 
 
 @positions.command("delete", short_help="Forget subscriber NAME.")
@@ -573,7 +618,7 @@ def positions_delete(path, name):
         except KeyError:                 # deleted meanwhile by someone else
             raise CliError(f"no subscriber named {name!r} in {log.path}") from None
     extra = "; a replayer: its checkpoint, digests and view are gone too" if replayer else ""
-    click.echo(f"{name}: deleted (was at {old[0]}{extra})")
+    click.echo(f"{_shown(name)}: deleted (was at {old[0]}{extra})")
 
 
 # ------------------------------------------------------------------------------- demo, bench
@@ -606,10 +651,11 @@ def _result_table(title, rows):
 
 @cli.command()
 @click.argument("path", required=False)
-@click.option("--events", type=click.IntRange(min=1), default=1_000_000, show_default=True,
-              help="Events to ingest with append_batch.")
-@click.option("--singles", type=click.IntRange(min=0), default=200_000, show_default=True,
-              help="Records for the single-call append phase.")
+@click.option("--events", type=click.IntRange(min=1, max=DEMO_MAX), default=1_000_000,
+              show_default=True, help=f"Events to ingest with append_batch (at most "
+                                      f"{DEMO_MAX:,}: ~{DEMO_MAX // 10**7} GB).")
+@click.option("--singles", type=click.IntRange(min=0, max=DEMO_MAX), default=200_000,
+              show_default=True, help="Records for the single-call append phase.")
 @click.pass_context
 def demo(ctx, path, events, singles):
     """The main job: ingest -> tail -> replay, on a synthetic click stream.
@@ -662,9 +708,17 @@ def _demo_story(console, path, events):
                    f"appended ({secs:.2f} s), committing as it went")
 
         r = story.replay_with_crash(log, console, rng)
-        click.echo(f"replay: a replayer in a child process was killed (SIGKILL) after position "
-                   f"{r['killed_after']:,}; a new one resumed from its checkpoint at "
-                   f"{r['resumed_from']:,} and reached {r['end']:,} in {r['resumed_secs']:.2f} s")
+        if r["killed_after"] is None:
+            click.echo(f"replay: replayer 'counts' was already at the end ({r['end']:,}): "
+                       f"nothing to replay, so no crash to show")
+        else:
+            since = (f"its last checkpoint at {r['resumed_from']:,}" if r["checkpointed"] else
+                     f"{r['resumed_from']:,} (no checkpoint yet: where it first began)")
+            click.echo(f"replay: a replayer in a child process applied records "
+                       f"[{r['start']:,}, {r['killed_after']:,}) (checkpointing every "
+                       f"{r['every']:,}) and was killed (SIGKILL) before its next checkpoint; "
+                       f"a new one resumed from {since} and reached {r['end']:,} in "
+                       f"{r['resumed_secs']:.2f} s")
         if r["exact"]:
             click.echo(f"exactly once: its per-user counts ({r['total']:,} clicks; user "
                        f"{r['top']} leads with {r['top_count']}) equal a fresh fold of the log")
@@ -758,7 +812,8 @@ def _demo(console, path, events, singles):
 
 
 @cli.command()
-@click.option("--records", type=click.IntRange(min=CHUNK), default=2_000_000, show_default=True,
+@click.option("--records", type=click.IntRange(min=CHUNK, max=DEMO_MAX), default=2_000_000,
+              show_default=True,
               help="Records per append phase (the scan reads both).")
 @click.option("--size", type=click.IntRange(min=0), default=100, show_default=True,
               help="Value size in bytes.")
@@ -871,14 +926,16 @@ def replay(ctx, path, spec, name, checkpoint_every, checkpoint_interval, until, 
 
     Exit 0 when done (or stopped by Ctrl-C / SIGTERM after a checkpoint); 1 when a replica
     diverged (--replica-of) or the machine is not deterministic (--verify-determinism); 2 on a
-    missing or unreadable log or a bad --machine."""
+    missing or unreadable log, a bad --machine, or an exception raised by the machine (one line
+    naming the method and the record offset; the state stays at the last checkpoint)."""
     factory = _load_factory(spec)
     with _open_ro(path) as log:
         if determinism:
             if follow or replica_of is not None:
                 raise CliError("--verify-determinism excludes --follow and --replica-of")
             try:
-                report = tidelog.verify_determinism(log, factory, until=until,
+                report = tidelog.verify_determinism(log, lambda: _make_machine(factory, spec),
+                                                    until=until,
                                                     checkpoint_every=checkpoint_every,
                                                     raise_on_divergence=False)
             except (TypeError, ValueError) as exc:
@@ -916,7 +973,8 @@ def replay(ctx, path, spec, name, checkpoint_every, checkpoint_interval, until, 
                                 rate=f"{rate:,.0f} rec/s", lag=f"{end - pos:,}")
 
                 progress(rep, True)
-                pos = rep.run(until=until, follow=follow, progress=progress)
+                # Ctrl-C / SIGTERM: checkpoint and exit 0, also without --follow
+                pos = rep.run(until=until, follow=follow, progress=progress, signals=True)
                 progress(rep, True)
         except tidelog.ReplicaDivergedError as exc:
             click.echo(f"tidelog: error: {_describe(exc)}", err=True)

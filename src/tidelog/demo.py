@@ -70,22 +70,32 @@ class ClickCounter:
 
 
 class FlakyCounter(ClickCounter):
-    """A machine that breaks the rule: its effect depends on state outside the log (a counter
-    shared by every instance, as a clock or a global would be), so replicas disagree."""
+    """A machine that breaks the rule: its state depends on something outside the log, how many
+    calls this process made before (a counter shared by every instance, as a clock or a global
+    would be), so two replicas that apply the same records disagree."""
 
     calls = 0
+
+    def __init__(self):
+        super().__init__()
+        self.last_call = 0
 
     def apply(self, record):
         super().apply(record)
         FlakyCounter.calls += 1
-        if FlakyCounter.calls % 1_000_003 == 0:
-            self.counts[0] += 1
+        self.last_call = FlakyCounter.calls
 
     def apply_batch(self, batch):
         super().apply_batch(batch)
         FlakyCounter.calls += 1
-        if FlakyCounter.calls == 5:         # the 5th batch in this process, whichever replica
-            self.counts[0] += 1
+        self.last_call = FlakyCounter.calls
+
+    def snapshot(self):
+        return super().snapshot() + self.last_call.to_bytes(8, "little")
+
+    def restore(self, snapshot):
+        super().restore(snapshot[:-8])
+        self.last_call = int.from_bytes(snapshot[-8:], "little")
 
 
 def fold(log, upto):
@@ -136,65 +146,86 @@ def subscribers(log, console, ingest_more):
 _CHILD = """
 import sys, tidelog
 from tidelog.demo import ClickCounter
-log = tidelog.open(sys.argv[1], readonly=True)
-rep = tidelog.Replayer(log, ClickCounter(), name="counts", checkpoint_every=int(sys.argv[2]))
-print("start", rep.position, flush=True)
-cur_step = int(sys.argv[2]) // 4
-while rep.position < log.durable_offset:
-    rep.run(until=min(log.durable_offset, rep.position + cur_step))
-    print("at", rep.position, flush=True)
+
+path, every, fraction, end = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+
+
+class Paused(ClickCounter):
+    # after the batch that reaches kill_at, say so and wait: the parent kills this process
+    # there, holding applied records that no checkpoint covers yet
+    def apply_batch(self, batch):
+        super().apply_batch(batch)
+        applied = int(batch.offsets[-1]) + 1
+        if applied >= kill_at:
+            print("applied", applied, flush=True)
+            sys.stdin.readline()
+
+
+log = tidelog.open(path, readonly=True)
+rep = tidelog.Replayer(log, Paused(), name="counts", checkpoint_every=every)
+start = rep.position
+kill_at = start + max(1, int((end - start) * fraction))
+print("start", start, flush=True)
+rep.run(until=max(end, start))
 print("done", rep.position, flush=True)
 """
 
 
 def checkpoint_every_for(log):
-    """About ten checkpoints over the log, at least every 1000 records, at most every 100k."""
-    return int(min(100_000, max(1000, (log.durable_offset - log.start_offset) // 10)))
+    """About ten checkpoints over the log (at least one record apart, at most 100k)."""
+    return int(min(100_000, max(1, (log.durable_offset - log.start_offset) // 10)))
 
 
 def replay_with_crash(log, console, rng, checkpoint_every=None):
-    """A replayer in a child process is killed (SIGKILL) mid-replay; a new Replayer of the same
-    name resumes from its last checkpoint. Its counts must equal a fresh fold of the log:
-    nothing lost, nothing counted twice."""
+    """A replayer in a child process applies part of the log and is killed (SIGKILL) before its
+    next checkpoint; a new Replayer of the same name resumes from its last checkpoint. Its counts
+    must equal a fresh fold of the log: nothing lost, nothing counted twice.
+
+    Returns a dict: `start` (where the child's replayer began), `killed_after` (it had applied
+    the records below this offset when it was killed; None when there was nothing to replay, so
+    no kill), `resumed_from` (the new replayer's position, its last checkpoint), `checkpointed`
+    (whether a checkpoint existed), `every`, `end`, `exact` and the counts' summary."""
     end = log.durable_offset
-    if checkpoint_every is None:
-        checkpoint_every = checkpoint_every_for(log)
-    child = subprocess.Popen([sys.executable, "-c", _CHILD, log.path, str(checkpoint_every)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    every = checkpoint_every_for(log) if checkpoint_every is None else checkpoint_every
+    fraction = float(rng.uniform(0.3, 0.8))
+    child = subprocess.Popen([sys.executable, "-c", _CHILD, log.path, str(every), repr(fraction),
+                              str(end)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
     killed_at = None
     try:
         first = child.stdout.readline().split()
         if first[:1] != ["start"]:
             raise RuntimeError(f"replayer child failed: {child.stderr.read()[-500:]}")
-        want = int(rng.integers(1, 6))
-        seen = 0
-        for line in child.stdout:
-            parts = line.split()
-            if parts[0] == "at":
-                seen += 1
-                if seen >= want:
-                    time.sleep(float(rng.uniform(0, 0.02)))
-                    child.send_signal(signal.SIGKILL)
-                    killed_at = int(parts[1])
-                    break
-            elif parts[0] == "done":
-                break
+        start = int(first[1])
+        line = child.stdout.readline().split()
+        if line[:1] == ["applied"]:
+            killed_at = int(line[1])
+            child.send_signal(signal.SIGKILL)
+        elif line[:1] != ["done"]:
+            raise RuntimeError(f"replayer child failed: {child.stderr.read()[-500:]}")
         child.wait(30)
     finally:
         if child.poll() is None:
             child.kill()
             child.wait()
+        for f in (child.stdin, child.stdout, child.stderr):
+            f.close()
+    if killed_at is not None and child.returncode != -signal.SIGKILL:
+        raise RuntimeError(f"replayer child exited with status {child.returncode} before it "
+                           f"was killed")
     t0 = time.perf_counter()
-    rep = tidelog.Replayer(log, ClickCounter(), name="counts", checkpoint_every=checkpoint_every)
+    rep = tidelog.Replayer(log, ClickCounter(), name="counts", checkpoint_every=every)
     resumed_from = rep.position
+    checkpointed = rep.checkpoint_position is not None
     rep.run(until=end)
     resumed_secs = time.perf_counter() - t0
     state = rep.machine
     ref = fold(log, end)
     exact = np.array_equal(state.counts, ref.counts) and state.other == ref.other
-    return dict(killed_after=killed_at, resumed_from=resumed_from, end=end, exact=exact,
-                resumed_secs=resumed_secs, total=int(ref.counts.sum()), top=int(ref.counts.argmax()),
-                top_count=int(ref.counts.max()))
+    return dict(start=start, killed_after=killed_at, resumed_from=resumed_from,
+                checkpointed=checkpointed, every=every, end=end, exact=exact,
+                resumed_secs=resumed_secs, total=int(ref.counts.sum()),
+                top=int(ref.counts.argmax()), top_count=int(ref.counts.max()))
 
 
 def determinism(log):

@@ -8,13 +8,15 @@ import weakref
 from tidelog import _core
 from tidelog.cursor import Cursor
 from tidelog.errors import LogClosedError, LogFailedError, OffsetOutOfRangeError
-from tidelog.positions import POSITIONS_DIR, PositionStore, check_name
+from tidelog.positions import PositionStore, check_name
 
 __all__ = ["Log", "open"]
 
 DURABILITY_MODES = ("none", "batch", "always")
 MIN_SEGMENT_BYTES = 4096          # one page of frames at least
-MAX_SEGMENT_BYTES = (1 << 32) - 4096   # positions are stored as u32 (docs/FORMAT.md)
+MAX_SEGMENT_BYTES = _core.MAX_SEGMENT_BYTES_   # positions are stored as u32 (docs/FORMAT.md)
+MAX_UNSYNCED_BYTES = 4 << 20      # "batch" mode: appends wait this far ahead of durable_offset
+MIN_UNSYNCED_BYTES = 4096
 
 
 def _check_path(path):
@@ -27,6 +29,19 @@ def _check_path(path):
     if not path:
         raise ValueError("path: empty")
     return os.path.abspath(path)
+
+
+def _check_unsynced(value):
+    """open()'s max_unsynced_bytes: None (no bound) or an int of at least one page."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"max_unsynced_bytes: expected an int (bytes) or None, "
+                        f"not {type(value).__name__}")
+    if value < MIN_UNSYNCED_BYTES:
+        raise ValueError(f"max_unsynced_bytes: must be at least {MIN_UNSYNCED_BYTES} (bytes) or "
+                         f"None, not {value!r}")
+    return value
 
 
 def _check_positive(name, value, allow_none=False, integer=False):
@@ -46,7 +61,7 @@ class Log(_core.LogCore):
 
     def __init__(self, path, *, readonly=False, create=True, segment_bytes=256 << 20,
                  durability="batch", sync_interval=0.005, retain_bytes=None, retain_seconds=None,
-                 repair=None):
+                 repair=None, max_unsynced_bytes=MAX_UNSYNCED_BYTES):
         path = _check_path(path)
         if repair not in (None, "truncate"):
             raise ValueError(f"repair: None or 'truncate', not {repair!r}")
@@ -72,6 +87,8 @@ class Log(_core.LogCore):
         self._store_lock = threading.Lock()
         self._stop_flusher = threading.Event()
         self._interval_ns = int(self.sync_interval * 1e9)
+        self.max_unsynced_bytes = _check_unsynced(max_unsynced_bytes)
+        self._max_unsynced = -1 if max_unsynced_bytes is None else max_unsynced_bytes
         self._open(path, bool(readonly), bool(create), segment_bytes, durability, repair)
         if not readonly and (retain_bytes is not None or retain_seconds is not None):
             try:
@@ -204,7 +221,7 @@ class Log(_core.LogCore):
                 if self.closed:
                     raise LogClosedError(f"{self.path}: the log is closed")
                 if self._store is None:
-                    if not create and not os.path.isdir(os.path.join(self.path, POSITIONS_DIR)):
+                    if not create and not PositionStore.exists(self.path):
                         return None
                     self._store = PositionStore(self.path)
         return self._store
@@ -251,7 +268,7 @@ class Log(_core.LogCore):
         """Forget subscriber `name`. KeyError if it has no position."""
         if self.closed:
             raise LogClosedError(f"{self.path}: the log is closed")
-        check_name(name)
+        check_name(name, existing=True)      # also one an older tidelog let in
         store = self._positions(create=False)
         if store is None or not store.delete(name):
             raise KeyError(f"no subscriber named {name!r} in {self.path}")
@@ -283,12 +300,18 @@ def _flush_loop(ref, stop, interval):
 
 
 def open(path, *, readonly=False, create=True, segment_bytes=256 << 20, durability="batch",
-         sync_interval=0.005, retain_bytes=None, retain_seconds=None, repair=None):
+         sync_interval=0.005, retain_bytes=None, retain_seconds=None, repair=None,
+         max_unsynced_bytes=MAX_UNSYNCED_BYTES):
     """Open (or create) the log in directory `path`. See API.md for every argument.
 
     repair="truncate" (an operator's opt-in, see `tidelog repair`): check every frame from the
     start and cut the log at the first damage, deleting what follows it, acknowledged or not;
-    `log.repaired` then says where it cut (path, position, offset, problem) or is None."""
+    `log.repaired` then says where it cut (path, position, offset, problem) or is None.
+
+    max_unsynced_bytes ("batch" mode): an append that finds the writer this many bytes of frames
+    ahead of durable_offset waits until a sync brings it back under (None: never waits), and the
+    flusher starts a sync early at half of it; this bounds what a power loss can take under any
+    load (README, "Durability")."""
     return Log(path, readonly=readonly, create=create, segment_bytes=segment_bytes,
                durability=durability, sync_interval=sync_interval, retain_bytes=retain_bytes,
-               retain_seconds=retain_seconds, repair=repair)
+               retain_seconds=retain_seconds, repair=repair, max_unsynced_bytes=max_unsynced_bytes)

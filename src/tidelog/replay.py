@@ -61,23 +61,27 @@ import signal
 import struct
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 from itertools import islice
 from typing import NamedTuple, Optional
 
+from tidelog import _core
+from tidelog import lmdbenv
 from tidelog.errors import (LogClosedError, OffsetOutOfRangeError, ReplicaDivergedError,
                             TidelogError)
 from tidelog.positions import check_name
 
 __all__ = ["Replayer", "LmdbView", "verify_determinism", "DeterminismReport", "Checkpoint",
-           "check_replica", "delete_replayer", "read_view", "replayers"]
+           "check_replica", "delete_replayer", "read_view", "replayers", "MachineCall",
+           "machine_call"]
 
-CHUNK_RECORDS = 16384          # records per step of the per-record loop: stop(), signals, time
-                               # and progress are looked at this often (a few ms)
+CHUNK_RECORDS = 16384          # records per step of the per-record loop (progress is called
+                               # after each step); stop(), signals and checkpoint_interval end a
+                               # step early, between two records (see Replayer._brake)
 BATCH_RECORDS = 65536          # at most this many records per apply_batch call (one read_batch)
 IDLE_WAIT = 0.05               # seconds a following replayer waits for records between looks
                                # at stop()
+PROGRESS_EVERY = 0.1           # seconds: a per-record step that runs longer is cut for progress()
 DIGEST_SIZE = 16               # bytes of blake2b: an accidental collision is out of reach
 CHECKPOINTS_DB = "checkpoints"
 DIGESTS_DB = "digests"
@@ -211,6 +215,41 @@ def _digest_of(machine, view, snap=None, txn=None):
     return d
 
 
+class MachineCall(NamedTuple):
+    """Where a replay machine's own code raised: the exception carries this as
+    ``exc.tidelog_machine_call`` (and, on Python 3.11+, as a note in its traceback)."""
+    machine: str                # the machine's class name
+    method: str                 # "apply", "apply_batch", "snapshot", "digest" or "restore"
+    offset: Optional[int]       # the record (apply), the batch's first record (apply_batch),
+                                # or the checkpoint's offset (snapshot, digest, restore)
+    where: str                  # e.g. "at record offset 650"
+    replayer: Optional[str]     # the replayer's name (None: ephemeral)
+
+    def __str__(self):
+        who = "" if self.replayer is None else f" (replayer {self.replayer!r})"
+        return f"{self.machine}.{self.method}() raised {self.where}{who}"
+
+
+def machine_call(exc):
+    """The MachineCall of an exception raised by a replay machine's method, else None."""
+    call = getattr(exc, "tidelog_machine_call", None)
+    return call if isinstance(call, MachineCall) else None
+
+
+def _blame(exc, machine, method, offset, where, replayer):
+    """Mark `exc`, raised by machine.<method>, with the method and the record offset; the
+    exception itself propagates unchanged (its type is the machine's business)."""
+    if machine_call(exc) is not None:       # the innermost call already said where
+        return
+    call = MachineCall(type(machine).__name__, method, offset, where, replayer)
+    try:
+        exc.tidelog_machine_call = call
+    except (AttributeError, TypeError):     # an exception type without a __dict__
+        return
+    if hasattr(exc, "add_note"):
+        exc.add_note(f"tidelog: {call}")
+
+
 class Checkpoint(NamedTuple):
     """A replayer's stored checkpoint, as replayers(log) lists them."""
     kind: str                   # "snapshot" or "view"
@@ -292,6 +331,55 @@ def _compare(txn, cp_db, dg_db, own, name, reference, verified, agreed, upto):
     return (verified, agreed), compared
 
 
+def _raised_by_core(exc):
+    """Whether `exc` came straight out of tidelog's core (a cursor read), not out of a function
+    the loop called: the first frame below the loop's own belongs to the extension module."""
+    tb = exc.__traceback__
+    below = None if tb is None else tb.tb_next
+    return below is not None and below.tb_frame.f_globals.get("__name__") == _core.__name__
+
+
+class _Alarm:
+    """A thread that calls `brake()` once the deadline last given to set() has passed: it ends a
+    long per-record step when a checkpoint (checkpoint_interval) or progress() is due, so the
+    per-record loop never reads a clock. One per run() that needs it."""
+
+    def __init__(self, brake):
+        self._brake = brake
+        self._cond = threading.Condition()
+        self._due = None
+        self._done = False
+        self._thread = threading.Thread(target=self._main, name="tidelog-replay-alarm",
+                                        daemon=True)
+        self._thread.start()
+
+    def set(self, due):
+        """Brake at time.monotonic() `due` (inf: never), replacing the previous deadline."""
+        with self._cond:
+            earlier = self._due is None or due < self._due
+            self._due = due
+            if earlier:             # a later deadline: the thread finds out when it wakes
+                self._cond.notify()
+
+    def close(self):
+        with self._cond:
+            self._done = True
+            self._cond.notify()
+        self._thread.join()
+
+    def _main(self):
+        with self._cond:
+            while not self._done:
+                left = None if self._due is None else self._due - time.monotonic()
+                if left is not None and left <= 0:
+                    self._due = None
+                    self._brake()
+                elif left is None or left == float("inf"):
+                    self._cond.wait()
+                else:
+                    self._cond.wait(left)
+
+
 class Replayer:
     """Apply a log's durable records, in order, to a deterministic state machine; checkpoint its
     state and position together in one LMDB transaction; resume from the last checkpoint.
@@ -303,7 +391,8 @@ class Replayer:
               log.positions() / log.lag()). A Replayer of a name that has a checkpoint restores
               it (machine.restore(snapshot); a view's data is already in place) and resumes.
               None: an ephemeral replayer that stores nothing and starts at the log's start
-              (a view then lives in a transaction that is never committed: close() drops it).
+              (a view then lives in a temporary LMDB environment outside the log, deleted by
+              close()).
     checkpoint_every: checkpoint whenever the position reaches a multiple of this (records).
     checkpoint_interval: also checkpoint once this many seconds passed since the last one
               (None: no time-based checkpoints). Checkpoints also happen when run() returns and,
@@ -320,7 +409,7 @@ class Replayer:
     """
 
     def __init__(self, log, machine, *, name, checkpoint_every=100_000, checkpoint_interval=None,
-                 replica_of=None, digests=True, digest_history=None, _parent_txn=None):
+                 replica_of=None, digests=True, digest_history=None):
         _check_log(log)
         view = _check_machine(machine)
         name_b = None if name is None else check_name(name, "name")
@@ -369,12 +458,13 @@ class Replayer:
         if not callable(self._apply_batch):
             self._apply_batch = None
         self._stop = False
+        self._brake_step = None         # ends the running step (set by each step)
+        self._braked = False
         self._running = False
         self._failed = None
         self._closed = False
         self._txn = None                # a view's open write transaction (between checkpoints)
-        self._own_parent = None         # an ephemeral view's never-committed transaction
-        self._parent = _parent_txn
+        self._txn_env = None            # ... and the LmdbEnv it belongs to
         self._checkpointed = None       # position of the last checkpoint (stored or restored)
         self._verified = -1             # replica: digests compared through this offset
         self._agreed = -1               # replica: last offset where the digests were equal
@@ -382,28 +472,26 @@ class Replayer:
         self._last_snapshot = None      # ephemeral: the snapshot of the last checkpoint
         self._last_cp_time = time.monotonic()
 
+        # LMDB handles (databases) belong to one environment, and a fork() child gets its own:
+        # they are looked up (cached per environment) on each use, never kept here
         self._store = None
-        if name is not None or replica_of is not None or view:
+        self._tmp_env = None            # an ephemeral view's scratch environment
+        if name is not None or replica_of is not None:
             self._store = store = log._positions()
-            store.env.reader_check()    # free reader slots of killed processes
-            self._cp_db = store.db(CHECKPOINTS_DB)
-            self._dg_db = store.db(DIGESTS_DB)
+            if store.shared.locked and store.writable:
+                store.env.reader_check()    # free reader slots of killed processes
+            self._open_dbs()
         start = log.start_offset
         if name is not None:
             start = self._restore(start)
-            if view:        # after _restore, which may drop a forgotten replayer's view
-                self._view_db = store.db(VIEW_DB_PREFIX + name)
         elif view:
-            if self._parent is None:
-                self._parent = self._own_parent = store.env.begin(write=True)
-            tmp = f"{VIEW_DB_PREFIX}~ephemeral-{uuid.uuid4().hex}".encode()
+            self._tmp_env = lmdbenv.temporary(what="an ephemeral view's scratch store")
+        if view:        # after _restore, which may drop a forgotten replayer's view
             try:
-                self._view_db = store.env.open_db(tmp, txn=self._parent, create=True)
+                machine.db = self._view_db
             except BaseException:
                 self.close()
                 raise
-        if view:
-            machine.db = self._view_db
         self._start = start
         try:
             self._cur = log.cursor(start, durable_only=True)
@@ -411,17 +499,47 @@ class Replayer:
             self.close()
             raise
 
+    # ------------------------------------------------------------------ LMDB handles
+
+    @property
+    def _cp_db(self):
+        return self._store.db(CHECKPOINTS_DB)
+
+    @property
+    def _dg_db(self):
+        return self._store.db(DIGESTS_DB)
+
+    @property
+    def _view_env(self):
+        return self._tmp_env if self.name is None else self._store.shared
+
+    @property
+    def _view_db(self):
+        return self._view_env.db("view" if self.name is None else VIEW_DB_PREFIX + self.name)
+
+    def _open_dbs(self):
+        """Open (or look up) every handle this replayer uses before a transaction begins:
+        opening a database takes a transaction of its own."""
+        if self._store is not None:
+            self._store.positions_db, self._cp_db, self._dg_db
+        if self._view and (self._tmp_env is not None or self.name is not None):
+            self.machine.db = self._view_db
+
     # ------------------------------------------------------------------ restore
 
     def _restore(self, start):
         """Load the checkpoint of self.name; returns the position to resume from."""
         store, name = self._store, self.name
-        with store.env.begin() as txn:
-            pos = store.get(name, txn)
-            raw = txn.get(self._name_b, db=self._cp_db)
+
+        def load(txn):
+            cp_db = self._cp_db
+            raw = txn.get(self._name_b, db=cp_db)
             snap = None
             if raw is not None and not self._view:
-                snap = txn.get(self._name_b + SNAPSHOT_SUFFIX, db=self._cp_db)
+                snap = txn.get(self._name_b + SNAPSHOT_SUFFIX, db=cp_db)
+            return store.get(name, txn), raw, snap
+
+        pos, raw, snap = store.read(load)
         if raw is None:
             if pos is not None:
                 raise ValueError(
@@ -453,7 +571,12 @@ class Replayer:
         if not self._view:
             if snap is None:
                 raise TidelogError(f"replayer {name!r}: its checkpoint has no snapshot")
-            self.machine.restore(snap)
+            try:
+                self.machine.restore(snap)
+            except Exception as exc:
+                _blame(exc, self.machine, "restore", cp_pos,
+                       f"restoring the checkpoint at offset {cp_pos}", name)
+                raise
         self._checkpointed = cp_pos
         if cp.replica_of == self.replica_of:     # else: compare with the new reference afresh
             self._verified = cp.verified
@@ -477,8 +600,8 @@ class Replayer:
         ephemeral)."""
         if self.name is None:
             return dict(self._mem_digests)
-        with self._store.env.begin() as txn:
-            return {o: bytes(d) for o, d in _stored_digests(txn, self._dg_db, self._prefix, 0)}
+        return self._store.read(lambda txn: {o: bytes(d) for o, d in
+                                             _stored_digests(txn, self._dg_db, self._prefix, 0)})
 
     def __repr__(self):
         name = "(ephemeral)" if self.name is None else repr(self.name)
@@ -488,24 +611,42 @@ class Replayer:
     # ------------------------------------------------------------------ running
 
     def stop(self):
-        """Make a running run() checkpoint and return soon (within one step of a few ms). Safe
-        from any thread and from signal handlers; a stop() while no run() is going makes the
-        next run() return at once."""
+        """Make a running run() checkpoint and return soon: before the next record (per-record
+        apply) or the next batch (apply_batch). Safe from any thread and from signal handlers; a
+        stop() while no run() is going makes the next run() return at once."""
         self._stop = True
+        self._brake()
 
-    def run(self, until=None, follow=False, *, progress=None):
+    def _brake(self):
+        """End the running step before its next record or batch (any thread, or a signal
+        handler): each step's loop looks at a flag of its own (a closure cell, the cheapest
+        thing a loop can test); `_braked` covers a step that has not begun yet."""
+        self._braked = True
+        step = self._brake_step
+        if step is not None:
+            step()
+
+    def run(self, until=None, follow=False, *, progress=None, signals=None):
         """Apply durable records with offset < until, checkpoint, return the new position.
 
         until:   None: up to the durable end (as it moves meanwhile); an int: stop there.
         follow:  keep applying records as they become durable, until `until`, stop(), SIGINT or
-                 SIGTERM (handlers installed for the run when called on the main thread, the
-                 previous ones restored after; `stopped_by` then holds the signal number).
-        progress: a callable, called with this Replayer after each step (a few ms of work) and
-                 while a following replayer waits.
+                 SIGTERM.
+        progress: a callable, called with this Replayer after each step (a few ms of work; a
+                 per-record step is cut short to call it at least every 0.1 s, an apply_batch
+                 step lasts one batch) and while a following replayer waits.
+        signals: stop (checkpoint and return) on SIGINT and SIGTERM: handlers installed for the
+                 run when called on the main thread, the previous ones restored after;
+                 `stopped_by` then holds the signal number. None (default): when `follow`.
+
+        stop(), a signal and `checkpoint_interval` take effect before the next record (or, with
+        apply_batch, the next batch).
 
         If the machine (or reading, or a checkpoint) raises, the exception propagates and this
         Replayer is unusable: its machine holds part of a step. Make a new Replayer with a fresh
-        machine: it resumes from the last checkpoint."""
+        machine: it resumes from the last checkpoint. An exception raised by the machine's own
+        method carries `tidelog_machine_call` (a MachineCall: the method and the record offset;
+        see machine_call())."""
         self._check_usable()
         if until is not None:
             if not _is_int(until):
@@ -518,9 +659,13 @@ class Replayer:
             raise TypeError(f"follow: expected a bool, not {type(follow).__name__}")
         if progress is not None and not callable(progress):
             raise TypeError(f"progress: expected a callable, not {type(progress).__name__}")
+        if signals is None:
+            signals = follow
+        elif not isinstance(signals, bool):
+            raise TypeError(f"signals: expected a bool or None, not {type(signals).__name__}")
         old = {}
         self.stopped_by = None
-        if follow and threading.current_thread() is threading.main_thread():
+        if signals and threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 if signal.getsignal(sig) is not signal.SIG_IGN:   # ignored stays ignored
                     old[sig] = signal.signal(sig, self._on_signal)
@@ -539,91 +684,157 @@ class Replayer:
 
     def _on_signal(self, signum, frame):
         self.stopped_by = signum
-        self._stop = True
+        self.stop()
 
     def _run(self, until, follow, progress):
         cur, log = self._cur, self.log
         every, interval = self.checkpoint_every, self.checkpoint_interval
         chunk = CHUNK_RECORDS if self._apply_batch is None else BATCH_RECORDS
-        while not self._stop:
-            pos = cur.position
-            if until is not None and pos >= until:
-                break
-            end = log.durable_offset
-            if until is not None and until < end:
-                end = until
-            if pos >= end:
-                if not follow:
+        alarm = None
+        if self._apply_batch is None and (interval is not None or progress is not None):
+            alarm = _Alarm(self._brake)     # ends a long per-record step when something is due
+        last_progress = time.monotonic()
+        try:
+            while not self._stop:
+                self._braked = False
+                pos = cur.position
+                if until is not None and pos >= until:
                     break
-                if self._dirty() and (self._view or (
+                end = log.durable_offset
+                if until is not None and until < end:
+                    end = until
+                if pos >= end:
+                    if not follow:
+                        break
+                    if self._dirty() and (self._view or (
+                            interval is not None
+                            and time.monotonic() - self._last_cp_time >= interval)):
+                        self.checkpoint()
+                    if progress is not None:
+                        progress(self)
+                    cur.wait(IDLE_WAIT)
+                    continue
+                if alarm is not None:
+                    due = float("inf")
+                    if interval is not None:
+                        due = self._last_cp_time + interval
+                    if progress is not None:
+                        due = min(due, last_progress + PROGRESS_EVERY)
+                    alarm.set(due)
+                next_cp = (pos // every + 1) * every
+                self._apply_to(min(end, next_cp, pos + chunk))
+                if cur.position == next_cp or (
                         interval is not None
-                        and time.monotonic() - self._last_cp_time >= interval)):
+                        and time.monotonic() - self._last_cp_time >= interval):
                     self.checkpoint()
                 if progress is not None:
                     progress(self)
-                cur.wait(IDLE_WAIT)
-                continue
-            next_cp = (pos // every + 1) * every
-            self._apply_to(min(end, next_cp, pos + chunk))
-            if cur.position == next_cp or (
-                    interval is not None
-                    and time.monotonic() - self._last_cp_time >= interval):
+                    last_progress = time.monotonic()
+            if self._dirty():
                 self.checkpoint()
-            if progress is not None:
-                progress(self)
-        if self._dirty():
-            self.checkpoint()
+        finally:
+            if alarm is not None:
+                alarm.close()
 
     def _dirty(self):
         return self._cur.position != (self._start if self._checkpointed is None
                                       else self._checkpointed)
 
     def _apply_to(self, stop):
-        """Apply the records [position, stop), all of them durable."""
+        """Apply the records [position, stop), all of them durable (or fewer when braked). A view whose map filled
+        up is grown, and the records since the last checkpoint applied again (its state is
+        its aborted transaction's writes)."""
+        while True:
+            try:
+                return self._apply_range(stop)
+            except Exception as exc:
+                if not (self._view and lmdbenv.is_map_full(exc)):
+                    raise
+                self._regrow()
+
+    def _regrow(self):
+        """A view's map is full: drop its transaction, grow the map, rewind to the last
+        checkpoint."""
+        env = self._txn_env or self._view_env
+        self._end_txn()
+        env.grow()
+        self._cur.seek(self._start if self._checkpointed is None else self._checkpointed)
+
+    def _end_txn(self, commit=False):
+        txn, self._txn = self._txn, None
+        env, self._txn_env = self._txn_env, None
+        if txn is not None:
+            env.end(txn, commit)
+
+    def _apply_range(self, stop):
         cur = self._cur
         n = stop - cur.position
         txn = self._begin() if self._view else None
+        braked = False
+
+        def brake():                # a closure cell: the cheapest flag a loop can look at
+            nonlocal braked
+            braked = True
+        self._brake_step = brake
+        if self._braked or self._stop:      # braked before this step began
+            return
+        machine = self.machine
         batch_fn = self._apply_batch
         if batch_fn is not None:
-            while n > 0:
+            while n > 0 and not braked:
+                at = cur.position
                 batch = cur.read_batch(min(n, BATCH_RECORDS))
                 k = len(batch)
                 if not k:
                     raise TidelogError(f"replayer {self.name!r}: record {cur.position} is below "
                                        f"durable_offset but could not be read")
-                if txn is None:
-                    batch_fn(batch)
-                else:
-                    batch_fn(batch, txn)
+                try:
+                    if txn is None:
+                        batch_fn(batch)
+                    else:
+                        batch_fn(batch, txn)
+                except Exception as exc:
+                    _blame(exc, machine, "apply_batch", at,
+                           f"in the batch of records [{at}, {at + k})", self.name)
+                    raise
                 n -= k
         else:
             # a plain for loop: since Python 3.11 it calls a Python apply() without a new C
             # frame, which makes it faster than any map()/deque() formulation
             apply = self._apply
-            if txn is None:
-                for rec in islice(cur, n):
-                    apply(rec)
-            else:
-                for rec in islice(cur, n):
-                    apply(rec, txn)
-        if cur.position != stop:
+            try:
+                if txn is None:
+                    for rec in islice(cur, n):
+                        apply(rec)
+                        if braked:
+                            break
+                else:
+                    for rec in islice(cur, n):
+                        apply(rec, txn)
+                        if braked:
+                            break
+            except Exception as exc:
+                if not _raised_by_core(exc):        # the cursor's errors are not the machine's
+                    at = cur.position - 1
+                    _blame(exc, machine, "apply", at, f"at record offset {at}", self.name)
+                raise
+        if cur.position != stop and not braked:
             raise TidelogError(f"replayer {self.name!r}: stopped at {cur.position} short of "
                                f"{stop}, below durable_offset")
 
     def _begin(self):
         """A view's write transaction (begun at the first record after a checkpoint)."""
         if self._txn is None:
-            env = self._store.env
-            if self.name is None:
-                self._txn = env.begin(write=True, parent=self._parent, db=self._view_db)
-            else:
-                txn = env.begin(write=True, db=self._view_db)
+            self._open_dbs()
+            env = self._view_env
+            txn = env.begin_write(db=self.machine.db)
+            if self.name is not None:
                 try:
                     self._fence(txn)
                 except BaseException:
-                    txn.abort()
+                    env.end(txn)
                     raise
-                self._txn = txn
+            self._txn, self._txn_env = txn, env
         return self._txn
 
     def _fence(self, txn):
@@ -661,35 +872,57 @@ class Replayer:
 
     def _checkpoint_snapshot(self, pos):
         m = self.machine
-        snap = _as_bytes(m.snapshot(), "snapshot()")
-        digest = _digest_of(m, False, snap) if self.record_digests else None
+        method = "snapshot"
+        try:
+            snap = _as_bytes(m.snapshot(), "snapshot()")
+            method = "digest"
+            digest = _digest_of(m, False, snap) if self.record_digests else None
+        except Exception as exc:
+            _blame(exc, m, method, pos, f"at the checkpoint at offset {pos}", self.name)
+            raise
         if self.name is None:
             self._remember(pos, digest)
             self._last_snapshot = snap
             return
-        with self._store.write() as txn:
+        self._open_dbs()
+
+        def write(txn):
             self._fence(txn)
-            verified = self._write_checkpoint(txn, pos, digest, snap)
-        self._verified, self._agreed = verified
+            return self._write_checkpoint(txn, pos, digest, snap)
+
+        self._verified, self._agreed = self._store.write(write)
 
     def _checkpoint_view(self, pos):
-        txn = self._begin()
-        try:
-            digest = _digest_of(self.machine, True, txn=txn) if self.record_digests else None
-            if self.name is None:
-                self._remember(pos, digest, txn)
-                txn.commit()        # into the never-committed parent
-                return
-            verified = self._write_checkpoint(txn, pos, digest, b"")
-            txn.commit()
-        except BaseException:
-            txn.abort()
-            raise
-        finally:
-            self._txn = None
-        self._verified, self._agreed = verified
+        while True:
+            txn = self._begin()
+            try:
+                try:
+                    digest = (_digest_of(self.machine, True, txn=txn) if self.record_digests
+                              else None)
+                except Exception as exc:
+                    _blame(exc, self.machine, "digest", pos, f"at the checkpoint at offset {pos}",
+                           self.name)
+                    raise
+                if self.name is None:
+                    self._remember(pos, digest)
+                    self._end_txn(commit=True)      # into the scratch environment
+                    return
+                verified = self._write_checkpoint(txn, pos, digest, b"")
+                self._end_txn(commit=True)
+            except Exception as exc:
+                if not lmdbenv.is_map_full(exc):
+                    self._end_txn()
+                    raise
+                self._regrow()                      # then apply again what the txn held
+                self._apply_to(pos)
+                continue
+            except BaseException:
+                self._end_txn()
+                raise
+            self._verified, self._agreed = verified
+            return
 
-    def _remember(self, pos, digest, txn=None):
+    def _remember(self, pos, digest):
         """An ephemeral checkpoint: keep the digest in memory, compare it with the reference."""
         if digest is None:
             return
@@ -698,11 +931,8 @@ class Replayer:
         else:
             self._mem_digests.append((pos, digest))
         if self.replica_of is not None:
-            if txn is None:
-                with self._store.env.begin() as rtxn:
-                    self._verified, self._agreed = self._compare_in(rtxn, pos)
-            else:
-                self._verified, self._agreed = self._compare_in(txn, pos)
+            self._open_dbs()
+            self._verified, self._agreed = self._store.read(lambda t: self._compare_in(t, pos))
 
     def _write_checkpoint(self, txn, pos, digest, snap):
         """Put digest, position and header (+ snapshot) into txn; returns the new
@@ -753,8 +983,8 @@ class Replayer:
         if self.replica_of is None:
             raise TypeError("verify: this replayer has no replica_of")
         self._check_usable(running_ok=True)
-        with self._store.env.begin() as txn:
-            self._verified, self._agreed = self._compare_in(txn, 1 << 62)
+        self._open_dbs()
+        self._verified, self._agreed = self._store.read(lambda t: self._compare_in(t, 1 << 62))
         return None if self._agreed < 0 else self._agreed
 
     # ------------------------------------------------------------------ views, lifecycle
@@ -767,7 +997,7 @@ class Replayer:
         if self.name is None:
             raise TypeError("read: an ephemeral view is never committed; read it through the "
                             "transaction its apply() gets")
-        return self._store.env.begin(db=self._view_db)
+        return self._store.shared.reader(db=VIEW_DB_PREFIX + self.name)
 
     def _check_usable(self, running_ok=False):
         if self._closed:
@@ -783,9 +1013,7 @@ class Replayer:
     def _fail(self, exc):
         if self._failed is None:
             self._failed = exc
-        txn, self._txn = self._txn, None
-        if txn is not None:
-            txn.abort()
+        self._end_txn()
 
     def close(self):
         """Drop a view's uncommitted work (what came after the last checkpoint; an ephemeral
@@ -793,12 +1021,12 @@ class Replayer:
         if self._closed:
             return
         self._closed = True
-        txn, self._txn = self._txn, None
-        if txn is not None:
-            txn.abort()
-        parent, self._own_parent = self._own_parent, None
-        if parent is not None:
-            parent.abort()
+        try:
+            self._end_txn()
+        finally:
+            env, self._tmp_env = self._tmp_env, None
+            if env is not None:
+                env.close()
 
     def __enter__(self):
         return self
@@ -810,14 +1038,13 @@ class Replayer:
 # ---------------------------------------------------------------------- module functions
 
 def _existing_dbs(log, *names):
-    """(store, [handle or None per name]) without creating anything: reading never creates the
-    positions store or a database in it. store is None when there is no store."""
+    """(store, [whether it exists, per name]) without creating anything: reading never creates
+    the positions store or a database in it. store is None when there is no store. (Handles
+    are looked up inside each transaction: a lock-less reader's copy may change between.)"""
     store = log._positions(create=False)
     if store is None:
-        return None, [None] * len(names)
-    with store.env.begin() as txn:              # named databases are keys of the main database
-        present = [txn.get(n.encode("utf-8")) is not None for n in names]
-    return store, [store.db(n) if p else None for n, p in zip(names, present)]
+        return None, [False] * len(names)
+    return store, [store.has_db(n) for n in names]
 
 
 def check_replica(log, name, reference):
@@ -827,37 +1054,41 @@ def check_replica(log, name, reference):
     _check_log(log)
     name_b = check_name(name, "name")
     check_name(reference, "reference")
-    store, (cp_db, dg_db) = _existing_dbs(log, CHECKPOINTS_DB, DIGESTS_DB)
-    if cp_db is None or dg_db is None:
+    store, (has_cp, has_dg) = _existing_dbs(log, CHECKPOINTS_DB, DIGESTS_DB)
+    if not (has_cp and has_dg):
         return 0, None
-    with store.env.begin() as txn:
-        (_, agreed), n = _compare(txn, cp_db, dg_db, _stored_digests(txn, dg_db, name_b + b"\0", 0),
-                                  name, reference, -1, -1, 1 << 62)
+
+    def compare(txn):
+        cp_db, dg_db = store.db(CHECKPOINTS_DB), store.db(DIGESTS_DB)
+        return _compare(txn, cp_db, dg_db, _stored_digests(txn, dg_db, name_b + b"\0", 0),
+                        name, reference, -1, -1, 1 << 62)
+
+    (_, agreed), n = store.read(compare)
     return n, None if agreed < 0 else agreed
 
 
 def replayers(log):
     """{name: Checkpoint} of every replayer with a checkpoint in this log's positions store."""
     _check_log(log)
-    store, (cp_db,) = _existing_dbs(log, CHECKPOINTS_DB)
-    if cp_db is None:
+    store, (has_cp,) = _existing_dbs(log, CHECKPOINTS_DB)
+    if not has_cp:
         return {}
-    with store.env.begin() as txn:
-        return {bytes(k).decode("utf-8"): _unpack(v) for k, v in txn.cursor(db=cp_db)
-                if b"\0" not in k}
+    return store.read(lambda txn: {bytes(k).decode("utf-8"): _unpack(v) for k, v in
+                                   txn.cursor(db=store.db(CHECKPOINTS_DB)) if b"\0" not in k})
 
 
 def delete_replayer(log, name):
     """Forget replayer `name`: its position, checkpoint, digests and view. True if it had any.
     (A live Replayer of that name in this process must not be used afterwards.)"""
     _check_log(log)
-    name_b = check_name(name, "name")
+    name_b = check_name(name, "name", existing=True)
     store = log._positions()
     cp_db, dg_db = store.db(CHECKPOINTS_DB), store.db(DIGESTS_DB)
-    found = False
+    store.positions_db                  # opened before the write transaction, as the others
     view_key = VIEW_DB_PREFIX + name
-    with store.write() as txn:
-        found |= store.delete(name, txn)
+
+    def delete(txn):
+        found = store.delete(name, txn)
         found |= txn.delete(name_b, db=cp_db)
         txn.delete(name_b + SNAPSHOT_SUFFIX, db=cp_db)
         keys = [k for k, _ in _stored_digests(txn, dg_db, name_b + b"\0", 0)]
@@ -865,12 +1096,14 @@ def delete_replayer(log, name):
             txn.delete(_dkey(name_b + b"\0", off), db=dg_db)
         found |= bool(keys)
         if txn.get(view_key.encode(), db=None) is not None:    # a named db lives in the main db
-            db = store.env.open_db(view_key.encode(), txn=txn, create=False)
-            txn.drop(db, delete=True)
+            txn.drop(store.shared.db(view_key, txn=txn), delete=True)
             found = True
-    # the handle is gone with the database (PositionStore caches handles by name)
-    getattr(store, "_dbs", {}).pop(view_key, None)
-    return found
+        return found
+
+    try:
+        return store.write(delete)
+    finally:
+        store.shared.forget_db(view_key)    # the handle is gone with the database
 
 
 def read_view(log, name):
@@ -878,20 +1111,19 @@ def read_view(log, name):
     a context manager: ``with read_view(log, "counts") as txn: txn.get(b"u42")``. KeyError when
     there is no such view."""
     _check_log(log)
-    check_name(name, "name")
-    store, (db,) = _existing_dbs(log, VIEW_DB_PREFIX + name)
-    if db is None:
+    check_name(name, "name", existing=True)
+    store, (has_view,) = _existing_dbs(log, VIEW_DB_PREFIX + name)
+    if not has_view:
         raise KeyError(f"no replayer view named {name!r} in {log.path}")
-    return store.env.begin(db=db)
+    return store.shared.reader(db=VIEW_DB_PREFIX + name)
 
 
 def verify_determinism(log, factory, *, until=None, checkpoint_every=10_000, locate_record=True,
                        raise_on_divergence=True):
     """Replay the log into two fresh machines from `factory()` side by side, stepping both to each
     multiple of `checkpoint_every` (and to `until`, default the durable end) and comparing their
-    digests there. Stores nothing: no positions, no checkpoints (two LmdbViews live in one LMDB
-    write transaction that is aborted at the end; other committers to the positions store wait
-    for it meanwhile).
+    digests there. Stores nothing: no positions, no checkpoints, nothing in the log's directory
+    (two LmdbViews live in temporary LMDB environments outside the log, deleted at the end).
 
     Returns a DeterminismReport. At the first checkpoint offset whose digests differ, with
     `locate_record` (snapshot machines), the interval since the last agreement is re-run record
@@ -919,16 +1151,10 @@ def verify_determinism(log, factory, *, until=None, checkpoint_every=10_000, loc
     view = _check_machine(ma, "factory()")
     if _check_machine(mb, "factory()") != view or ma is mb:
         raise TypeError("factory: must return a new machine of the same kind on every call")
-    parent = None
-    if view:
-        store = log._positions()
-        store.db(CHECKPOINTS_DB)        # open (and cache) these before the write transaction:
-        store.db(DIGESTS_DB)            # opening a database takes one of its own
-        parent = store.env.begin(write=True)
     a = b = None
     try:
-        a = Replayer(log, ma, name=None, checkpoint_every=checkpoint_every, _parent_txn=parent)
-        b = Replayer(log, mb, name=None, checkpoint_every=checkpoint_every, _parent_txn=parent)
+        a = Replayer(log, ma, name=None, checkpoint_every=checkpoint_every)
+        b = Replayer(log, mb, name=None, checkpoint_every=checkpoint_every)
         pos, since, compared, agreed_snapshot = start, None, 0, None
         report = None
         while pos < until:
@@ -955,8 +1181,6 @@ def verify_determinism(log, factory, *, until=None, checkpoint_every=10_000, loc
         for r in (a, b):
             if r is not None:
                 r.close()
-        if parent is not None:
-            parent.abort()
     if not report and raise_on_divergence:
         raise ReplicaDivergedError(str(report), offset=report.offset, since=report.since,
                                    record=report.record, report=report)
@@ -967,14 +1191,26 @@ def _locate_record(log, factory, snapshot, start, stop):
     """The first record in [start, stop) after which two fresh machines (restored from
     `snapshot`, or new when None) applying the same records have different digests, or None."""
     m1, m2 = factory(), factory()
-    if snapshot is not None:
-        m1.restore(snapshot)
-        m2.restore(snapshot)
-    for rec in islice(log.cursor(start, durable_only=True), stop - start):
-        m1.apply(rec)
-        m2.apply(rec)
-        d1 = _digest_of(m1, False, _as_bytes(m1.snapshot(), "snapshot()"))
-        d2 = _digest_of(m2, False, _as_bytes(m2.snapshot(), "snapshot()"))
-        if d1 != d2:
-            return rec.offset
+    method, at = "restore", start
+    try:
+        if snapshot is not None:
+            m1.restore(snapshot)
+            m2.restore(snapshot)
+        method = None                   # reading the log: not the machine's doing
+        for rec in islice(log.cursor(start, durable_only=True), stop - start):
+            at = rec.offset
+            method = "apply"
+            m1.apply(rec)
+            m2.apply(rec)
+            method = "snapshot"
+            s1, s2 = _as_bytes(m1.snapshot(), "snapshot()"), _as_bytes(m2.snapshot(), "snapshot()")
+            method = "digest"
+            if _digest_of(m1, False, s1) != _digest_of(m2, False, s2):
+                return rec.offset
+            method = None
+    except Exception as exc:
+        if method is not None:
+            _blame(exc, m1, method, at,
+                   f"at record offset {at} (locating the first differing record)", None)
+        raise
     return None

@@ -1,0 +1,903 @@
+"""tidelog as a persistence module for the `eventsourcing` library (extra `tidelog[eventsourcing]`).
+
+Owns: TidelogFactory, the four recorders, TidelogStore (one store = what SQLite calls a table) and
+its per-process registry, the store's record format and its LMDB index. Uses tidelog's public API
+only.
+
+Select it with PERSISTENCE_MODULE=tidelog.eventsourcing and TIDELOG_PATH=<directory>
+(<APPNAME>_TIDELOG_PATH overrides it per application). Optional: TIDELOG_SEGMENT_BYTES.
+
+Design: the tidelog log is the source of truth; notification id = offset + 1. LMDB holds derived
+data (the (originator_id, version) -> offset index, tracking, `indexed_upto`) and may lag the log,
+never lead it: on open a writer re-indexes [indexed_upto, end) from the log. The tracking record of
+an insert travels in its last log record, so exactly-once survives a crash between the log sync and
+the index commit. Inserts are checked before anything is appended (nothing is written on a
+conflict), appended as one atomic batch, and made durable by a group commit shared by concurrent
+inserts; index entries wait in an in-memory overlay until they are committed to LMDB in bulk.
+"""
+from __future__ import annotations
+
+import atexit
+import os
+import struct
+import threading
+import time
+import weakref
+from collections import deque
+from contextlib import contextmanager
+from uuid import UUID, SafeUUID
+
+try:
+    from eventsourcing.persistence import (
+        AggregateRecorder, ApplicationRecorder, DatabaseError, DataError, InfrastructureFactory,
+        IntegrityError, InterfaceError, Notification, OperationalError, ProcessRecorder,
+        StoredEvent, Subscription, TrackingRecorder)
+    from eventsourcing.utils import resolve_topic
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError("tidelog.eventsourcing needs the `eventsourcing` library: "
+                      "pip install 'tidelog[eventsourcing]'") from exc
+
+import lmdb
+
+import tidelog
+
+__all__ = ["TidelogFactory", "TidelogAggregateRecorder", "TidelogApplicationRecorder",
+           "TidelogTrackingRecorder", "TidelogProcessRecorder", "TidelogStore", "TidelogSubscription",
+           "decode_event", "TopicCounts"]
+
+FORMAT = 1
+DEFAULT_SEGMENT_BYTES = 64 << 20
+FLUSH_EVERY = 512          # pending inserts before the index overlay is committed to LMDB
+FLUSH_SECONDS = 0.2        # ... or this long since the last commit
+MAP_SIZE = 1 << 40         # LMDB reserves address space only
+
+# log record: flags, oid type, version, oid length, topic length, tracking length;
+# then oid, topic (utf-8), tracking (int64 id + utf-8 name, on the last record of an insert), state
+_HEAD = struct.Struct("<BBqIII")
+_TRACK = struct.Struct("<q")
+_BE64 = struct.Struct(">Q")
+F_TRACKING = 1
+F_END = 2                  # last record of an insert
+OID_UUID, OID_STR = 0, 1
+
+
+def _oid_bytes(oid):
+    if isinstance(oid, UUID):
+        return OID_UUID, oid.bytes
+    if isinstance(oid, str):
+        return OID_STR, oid.encode("utf-8")
+    raise TypeError(f"originator_id: expected a UUID or a str, not {type(oid).__name__}")
+
+
+def _oid_key(kind, raw):
+    """The index prefix of one originator: unambiguous, so a prefix scan never mixes two ids."""
+    return bytes((kind,)) + struct.pack(">I", len(raw)) + raw
+
+
+def _version_key(version):
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise TypeError(f"originator_version: expected an int, not {type(version).__name__}")
+    return _BE64.pack((version + (1 << 63)) & 0xFFFFFFFFFFFFFFFF)
+
+
+def _encode(event, tracking=None):
+    kind, raw = _oid_bytes(event.originator_id)
+    topic = event.topic.encode("utf-8")
+    flags = 0
+    trk = b""
+    if tracking is not None:
+        flags |= F_TRACKING
+        trk = _TRACK.pack(tracking.notification_id) + tracking.application_name.encode("utf-8")
+    state = event.state
+    if not isinstance(state, (bytes, bytearray, memoryview)):
+        raise TypeError(f"state: expected bytes, not {type(state).__name__}")
+    return b"".join((_HEAD.pack(flags, kind, event.originator_version, len(raw), len(topic),
+                                len(trk)), raw, topic, trk, state)), str(event.originator_id).encode("utf-8")
+
+
+def _parse_head(value):
+    """(flags, oid key, version, topic bytes, tracking or None, state start) of a log record."""
+    flags, kind, version, nraw, ntopic, ntrk = _HEAD.unpack_from(value, 0)
+    p = _HEAD.size
+    raw = bytes(value[p:p + nraw])
+    p += nraw
+    topic = bytes(value[p:p + ntopic])
+    p += ntopic
+    trk = None
+    if ntrk:
+        (nid,) = _TRACK.unpack_from(value, p)
+        trk = (bytes(value[p + 8:p + ntrk]).decode("utf-8"), nid)
+        p += ntrk
+    return flags, kind, raw, version, topic, trk, p
+
+
+def _oid_from(kind, raw):
+    if kind == OID_UUID:
+        u = object.__new__(UUID)            # UUID(bytes=raw) without its argument checks
+        object.__setattr__(u, "int", int.from_bytes(raw, "big"))
+        object.__setattr__(u, "is_safe", SafeUUID.unknown)
+        return u
+    return raw.decode("utf-8")
+
+
+_topics = {}
+
+
+def _decode(value, nid=None):
+    """The StoredEvent (or, given its id, the Notification) a log record holds."""
+    v = bytes(value)            # one copy: `state` must be bytes anyway
+    flags, kind, version, nraw, ntopic, ntrk = _HEAD.unpack_from(v, 0)
+    p = _HEAD.size
+    oid = _oid_from(kind, v[p:p + nraw])
+    p += nraw
+    tb = v[p:p + ntopic]
+    topic = _topics.get(tb)
+    if topic is None:
+        topic = tb.decode("utf-8")
+        if len(_topics) < 4096:
+            _topics[tb] = topic
+    state = v[p + ntopic + ntrk:]
+    if nid is None:
+        return StoredEvent(originator_id=oid, originator_version=version, topic=topic,
+                           state=state)
+    return Notification(id=nid, originator_id=oid, originator_version=version, topic=topic,
+                        state=state)
+
+
+def _fsync_dir(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def decode_event(record):
+    """The eventsourcing Notification a record of an events log holds (id = offset + 1): for
+    readers of the log itself (a tidelog Replayer, a cursor)."""
+    return _decode(record.value, record.offset + 1)
+
+
+class TopicCounts:
+    """A replay machine for `tidelog replay LOG --machine tidelog.eventsourcing:TopicCounts`:
+    events per topic of an events log."""
+
+    def __init__(self):
+        self.counts = {}
+
+    def apply(self, record):
+        topic = _parse_head(record.value)[4].decode("utf-8")
+        self.counts[topic] = self.counts.get(topic, 0) + 1
+
+    def snapshot(self):
+        import json
+        return json.dumps(self.counts, sort_keys=True).encode("utf-8")
+
+    def restore(self, snapshot):
+        import json
+        self.counts = json.loads(snapshot)
+
+    def __repr__(self):
+        return f"TopicCounts({self.counts})"
+
+
+def _tidelog_error(exc):
+    """The eventsourcing (PEP 249) error for a tidelog error."""
+    if isinstance(exc, tidelog.LogLockedError):
+        return OperationalError(str(exc))
+    if isinstance(exc, tidelog.CorruptLogError):
+        return DatabaseError(str(exc))
+    if isinstance(exc, (tidelog.LogClosedError,)):
+        return InterfaceError(str(exc))
+    return OperationalError(str(exc))
+
+
+class TidelogStore:
+    """One store: a tidelog log (`log/`, unless `with_log=False`) plus an LMDB env (`index/`).
+
+    Get one with TidelogStore.acquire(path): stores are shared per process (one writer per log),
+    reference-counted; release() drops a reference and closes the store with the last one. If
+    another process holds the log's writer, the store opens read-only: reads and subscriptions
+    work, writes raise OperationalError."""
+
+    _registry = {}
+    _registry_lock = threading.Lock()
+
+    @classmethod
+    def acquire(cls, path, *, with_log=True, create=True, segment_bytes=None):
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"path: expected a str or os.PathLike, not {type(path).__name__}")
+        real = os.path.realpath(os.fspath(path))
+        with cls._registry_lock:
+            store = cls._registry.get(real)
+            if store is None:
+                store = cls(real, with_log=with_log, create=create, segment_bytes=segment_bytes)
+                cls._registry[real] = store
+            store._refs += 1
+            return store
+
+    @classmethod
+    def close_all(cls):
+        """Close every store this process holds (at interpreter exit: index flushed, logs closed
+        cleanly)."""
+        with cls._registry_lock:
+            stores = list(cls._registry.values())
+            cls._registry.clear()
+        for store in stores:
+            try:
+                store.close()
+            except Exception:
+                pass
+
+    def release(self):
+        with self._registry_lock:
+            self._refs -= 1
+            if self._refs > 0:
+                return
+            if self._registry.get(self.path) is self:
+                del self._registry[self.path]
+        self.close()
+
+    def __init__(self, path, *, with_log=True, create=True, segment_bytes=None):
+        self.path = path
+        self._refs = 0
+        self.closed = False
+        self.failure = None
+        self.readonly = False
+        self.log = None
+        self._lock = threading.RLock()        # serialises checks + append (insert order)
+        self._flush_lock = threading.Lock()   # one LMDB index commit at a time
+        self._changed = threading.Condition()  # committed_end advanced
+        self._pending = deque()               # (end offset, [(oid key, vkey, offset)], tracking)
+        self._overlay = {}                    # oid key -> {version key: offset}, not yet in LMDB
+        self._overlay_tracking = {}           # name -> max notification id, not yet in LMDB
+        self._visible_tracking = {}           # ... of those, the committed ones
+        self._last_flush = time.monotonic()
+        self._dbs = {}
+        if segment_bytes is None:
+            segment_bytes = DEFAULT_SEGMENT_BYTES
+        if not os.path.isdir(path):
+            if not create:
+                raise OperationalError(f"{path}: no such tidelog store (CREATE_TABLE is off)")
+            os.makedirs(path, exist_ok=True)
+        fresh = not os.path.isdir(os.path.join(path, "index"))
+        self.env = lmdb.open(os.path.join(path, "index"), map_size=MAP_SIZE, max_dbs=16,
+                             max_readers=1024, sync=True, metasync=False, subdir=True)
+        if fresh:      # LMDB does not sync directory entries: a power loss could drop its files
+            for d in (os.path.join(path, "index"), path):
+                _fsync_dir(d)
+        self.idx = self.env.open_db(b"idx")
+        self.tracking_db = self.env.open_db(b"tracking")
+        self.meta = self.env.open_db(b"meta")
+        try:
+            if with_log or os.path.isdir(os.path.join(path, "log")):
+                self._open_log(os.path.join(path, "log"), segment_bytes)
+        except BaseException:
+            self.env.close()
+            raise
+        self.committed_end = (self.log.end_offset if self.log is not None and not self.readonly
+                              else 0)
+
+    def _open_log(self, logpath, segment_bytes):
+        try:
+            self.log = tidelog.open(logpath, segment_bytes=segment_bytes, durability="none")
+        except tidelog.LogLockedError:
+            self.log = tidelog.open(logpath, readonly=True)
+            self.readonly = True
+            return
+        except tidelog.TidelogError as exc:
+            raise _tidelog_error(exc) from exc
+        if self.log.retain_bytes is not None or self.log.retain_seconds is not None:
+            raise DatabaseError(f"{logpath}: an event store must not have retention")
+        try:
+            self.recover()
+        except BaseException:
+            self.log.close()
+            raise
+
+    # -- recovery: the index catches up with the log, never leads it ------------------------------
+
+    def indexed_upto(self, txn=None):
+        if txn is None:
+            with self.env.begin() as t:
+                return self.indexed_upto(t)
+        v = txn.get(b"indexed_upto", db=self.meta)
+        return 0 if v is None else _BE64.unpack(v)[0]
+
+    def recover(self):
+        """Index every record in [indexed_upto, end) of the log (a writer only; idempotent)."""
+        end = self.log.end_offset
+        with self.env.begin(write=True) as txn:
+            upto = self.indexed_upto(txn)
+            if upto > end:
+                raise DatabaseError(
+                    f"{self.path}: the index reaches offset {upto} but the log ends at {end} "
+                    f"(acknowledged events are missing from the log); refusing to open")
+            if upto < self.log.start_offset:
+                raise DatabaseError(f"{self.path}: the log starts at {self.log.start_offset}, "
+                                    f"after the indexed point {upto}")
+            if txn.get(b"format", db=self.meta) is None:
+                txn.put(b"format", b"%d" % FORMAT, db=self.meta)
+            if upto == end:
+                return 0
+            tracking = {}
+            cur = self.log.cursor(start=upto)
+            while cur.position < end:
+                batch = cur.read_batch(max_records=min(65536, end - cur.position))
+                if len(batch) == 0:
+                    break
+                for off, value in zip(batch.offsets.tolist(), batch.values):
+                    flags, kind, raw, version, _t, trk, _p = _parse_head(value)
+                    txn.put(_oid_key(kind, raw) + _version_key(version), _BE64.pack(off),
+                            db=self.idx)
+                    if trk is not None and trk[1] > tracking.get(trk[0], -1):
+                        tracking[trk[0]] = trk[1]
+            for name, nid in tracking.items():
+                self._put_tracking_max(txn, name, nid)
+            txn.put(b"indexed_upto", _BE64.pack(end), db=self.meta)
+        return end - upto
+
+    def _put_tracking_max(self, txn, name, nid):
+        key = name.encode("utf-8")
+        old = txn.get(key, db=self.tracking_db)
+        if old is None or _TRACK.unpack(old)[0] < nid:
+            txn.put(key, _TRACK.pack(nid), db=self.tracking_db)
+
+    # -- writing ----------------------------------------------------------------------------------
+
+    def _check_writable(self):
+        if self.closed:
+            raise InterfaceError(f"{self.path}: the store is closed")
+        if self.readonly:
+            raise OperationalError(f"{self.path}: another process holds this store's writer "
+                                   f"(tidelog.LogLockedError); this process can only read")
+        if self.failure is not None:
+            raise OperationalError(f"{self.path}: the store stopped after a failure "
+                                   f"({self.failure!r}); reopen it to recover")
+
+    def _max_tracking(self, txn, name, pending=True):
+        """The tracking id of `name`: with `pending`, counting inserts not yet durable (for the
+        checks of new inserts); without, only what readers may see."""
+        v = (self._overlay_tracking if pending else self._visible_tracking).get(name)
+        raw = txn.get(name.encode("utf-8"), db=self.tracking_db)
+        w = None if raw is None else _TRACK.unpack(raw)[0]
+        if v is None:
+            return w
+        return v if w is None else max(v, w)
+
+    def _check_tracking(self, txn, tracking):
+        if not isinstance(tracking.notification_id, int):
+            raise TypeError("tracking.notification_id: expected an int")
+        current = self._max_tracking(txn, tracking.application_name)
+        if current is not None and tracking.notification_id <= current:
+            raise IntegrityError(f"tracking notification id {tracking.notification_id} for "
+                                 f"{tracking.application_name!r} is not greater than the "
+                                 f"recorded {current}")
+
+    def insert(self, events, tracking=None):
+        """Record `events` (and `tracking`) all or nothing; returns the first offset (or None
+        for no events). IntegrityError, with nothing written, on any conflict."""
+        self._check_writable()
+        if self.log is None:
+            raise OperationalError(f"{self.path}: this store holds tracking records only")
+        if not events:
+            if tracking is not None:
+                self.insert_tracking(tracking)
+            return None
+        with self._lock:
+            self._check_writable()
+            entries = []
+            seen = set()
+            with self.env.begin() as txn:
+                for e in events:
+                    kind, raw = _oid_bytes(e.originator_id)
+                    okey = _oid_key(kind, raw)
+                    vkey = _version_key(e.originator_version)
+                    if (okey, vkey) in seen:
+                        raise IntegrityError(f"stored events are not unique: {e.originator_id} "
+                                             f"version {e.originator_version} appears twice")
+                    seen.add((okey, vkey))
+                    ov = self._overlay.get(okey)
+                    if (ov is not None and vkey in ov) or txn.get(okey + vkey, db=self.idx):
+                        raise IntegrityError(f"stored event already recorded: "
+                                             f"{e.originator_id} version {e.originator_version}")
+                    entries.append((okey, vkey))
+                if tracking is not None:
+                    self._check_tracking(txn, tracking)
+            values, keys = [], []
+            last = len(events) - 1
+            for i, e in enumerate(events):
+                v, key = _encode(e, tracking if i == last else None)   # key: the id as text
+                values.append(v)
+                keys.append(key)
+            try:
+                first = self.log.append_batch(values, keys=keys)
+            except ValueError as exc:
+                raise DataError(f"{self.path}: {exc} (set TIDELOG_SEGMENT_BYTES larger)") from exc
+            except tidelog.TidelogError as exc:
+                self.failure = exc
+                raise _tidelog_error(exc) from exc
+            n = len(values)
+            for i, (okey, vkey) in enumerate(entries):
+                self._overlay.setdefault(okey, {})[vkey] = first + i
+            if tracking is not None:
+                self._overlay_tracking[tracking.application_name] = tracking.notification_id
+            self._pending.append((first + n, entries, first, tracking))
+        self._commit(first + n, tracking)
+        return first
+
+    def _commit(self, end, tracking=None):
+        """Make everything below `end` durable (shared fdatasync), publish it (and `tracking`),
+        maybe index it."""
+        try:
+            self.log.sync()
+        except tidelog.TidelogError as exc:
+            self.failure = exc
+            raise _tidelog_error(exc) from exc
+        with self._changed:
+            if end > self.committed_end:
+                self.committed_end = end
+            if tracking is not None:
+                name = tracking.application_name
+                if tracking.notification_id > self._visible_tracking.get(name, -1):
+                    self._visible_tracking[name] = tracking.notification_id
+            self._changed.notify_all()
+        if (len(self._pending) >= FLUSH_EVERY
+                or time.monotonic() - self._last_flush >= FLUSH_SECONDS):
+            self.flush_index(blocking=False)
+
+    def flush_index(self, tracking=None, blocking=True):
+        """Commit the durable part of the overlay (and `tracking`) to LMDB in one transaction.
+        With blocking=False, return False at once if another thread is committing."""
+        if not self._flush_lock.acquire(blocking=blocking):
+            return False
+        try:
+            self._flush_locked(tracking)
+        finally:
+            self._flush_lock.release()
+        return True
+
+    def _flush_locked(self, tracking):
+        durable = self.log.durable_offset if self.log is not None else 0
+        batch = []
+        while self._pending and self._pending[0][0] <= durable:
+            batch.append(self._pending.popleft())
+        if not batch and tracking is None:
+            return
+        if batch:       # durable: publish them before the index makes them visible
+            with self._changed:
+                if batch[-1][0] > self.committed_end:
+                    self.committed_end = batch[-1][0]
+                for _end, _entries, _first, t in batch:
+                    if t is not None and t.notification_id > self._visible_tracking.get(
+                            t.application_name, -1):
+                        self._visible_tracking[t.application_name] = t.notification_id
+                self._changed.notify_all()
+        try:
+            with self.env.begin(write=True) as txn:
+                trk = {}
+                for end, entries, first, t in batch:
+                    for i, (okey, vkey) in enumerate(entries):
+                        txn.put(okey + vkey, _BE64.pack(first + i), db=self.idx)
+                    if t is not None:
+                        trk[t.application_name] = max(t.notification_id,
+                                                      trk.get(t.application_name, -1))
+                for name, nid in trk.items():
+                    self._put_tracking_max(txn, name, nid)
+                if tracking is not None:
+                    self._put_tracking_max(txn, tracking.application_name,
+                                           tracking.notification_id)
+                if batch:
+                    txn.put(b"indexed_upto", _BE64.pack(batch[-1][0]), db=self.meta)
+        except lmdb.Error as exc:
+            # the log is ahead of the index: fail-stop, a reopen re-indexes from the log
+            self.failure = exc
+            raise OperationalError(f"{self.path}: index commit failed: {exc}") from exc
+        self._last_flush = time.monotonic()
+        with self._lock:            # an insert may be adding to the same originator's dict
+            for end, entries, first, t in batch:
+                for okey, vkey in entries:
+                    ov = self._overlay.get(okey)
+                    if ov is not None:
+                        ov.pop(vkey, None)
+                        if not ov:
+                            del self._overlay[okey]
+
+    def insert_tracking(self, tracking):
+        """A tracking-only update: checked, then committed to LMDB with the durable overlay."""
+        self._check_writable()
+        with self._flush_lock, self._lock:      # lock order: _flush_lock, then _lock
+            self._check_writable()
+            with self.env.begin() as txn:
+                self._check_tracking(txn, tracking)
+            if self.log is not None:
+                try:
+                    self.log.sync()      # the index never leads the log
+                except tidelog.TidelogError as exc:
+                    self.failure = exc
+                    raise _tidelog_error(exc) from exc
+            self._flush_locked(tracking)
+
+    @contextmanager
+    def transaction(self, tracking=None):
+        """An LMDB write transaction that also records `tracking` (checked first): a view's state
+        and its tracking record commit together, or neither does."""
+        self._check_writable()
+        with self._flush_lock, self._lock:
+            if tracking is not None and self.log is not None:
+                self.log.sync()
+                self._flush_locked(None)
+            with self.env.begin(write=True) as txn:
+                if tracking is not None:
+                    self._check_tracking(txn, tracking)
+                    self._put_tracking_max(txn, tracking.application_name,
+                                           tracking.notification_id)
+                yield txn
+
+    def named_db(self, name):
+        """An LMDB database handle of this store's env, opened (created) once per store."""
+        with self._registry_lock:
+            db = self._dbs.get(name)
+            if db is None:
+                db = self._dbs[name] = self.env.open_db(name)
+            return db
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    def end(self):
+        """The exclusive end of what readers may see: committed inserts only."""
+        if self.log is None:
+            return 0
+        if self.readonly:
+            return self.log.durable_offset
+        return self.committed_end
+
+    def max_tracking_id(self, name):
+        if self.readonly:
+            best = None
+            with self.env.begin() as txn:
+                best = self._max_tracking(txn, name)
+                upto = self.indexed_upto(txn)
+            for off, value in self._scan(upto, self.end()):
+                trk = _parse_head(value)[5]
+                if trk is not None and trk[0] == name and (best is None or trk[1] > best):
+                    best = trk[1]
+            return best
+        with self.env.begin() as txn:
+            return self._max_tracking(txn, name, pending=False)
+
+    def _scan(self, lo, hi):
+        if hi <= lo:
+            return
+        cur = self.log.cursor(start=lo)
+        while cur.position < hi:
+            batch = cur.read_batch(max_records=min(4096, hi - cur.position))
+            if len(batch) == 0:
+                return
+            yield from zip(batch.offsets.tolist(), batch.values)
+
+    def event_offsets(self, oid, gt, lte, desc, limit):
+        kind, raw = _oid_bytes(oid)
+        okey = _oid_key(kind, raw)
+        end = self.end()
+        found = {}
+        ov = self._overlay.get(okey)
+        if ov:
+            for vkey, off in list(ov.items()):
+                if off < end:
+                    found[vkey] = off
+        with self.env.begin() as txn:
+            cur = txn.cursor(db=self.idx)
+            if cur.set_range(okey):
+                for k, v in cur:
+                    if not k.startswith(okey) or len(k) != len(okey) + 8:
+                        break
+                    found.setdefault(k[len(okey):], _BE64.unpack(v)[0])
+            upto = self.indexed_upto(txn) if self.readonly else None
+        if self.readonly:
+            for off, value in self._scan(upto, end):
+                flags, k2, raw2, version, _t, _trk, _p = _parse_head(value)
+                if k2 == kind and raw2 == raw:
+                    found.setdefault(_version_key(version), off)
+        items = sorted(found.items(), reverse=desc)
+        out = []
+        for vkey, off in items:
+            version = _BE64.unpack(vkey)[0] - (1 << 63)
+            if gt is not None and not version > gt:
+                continue
+            if lte is not None and not version <= lte:
+                continue
+            out.append(off)
+            if limit is not None and len(out) >= limit:
+                break
+        return out
+
+    def read_events(self, offsets):
+        """The stored events at `offsets` (in that order); runs of consecutive offsets (an
+        aggregate's events of one insert) are read as batches."""
+        out = []
+        i, n = 0, len(offsets)
+        cur = None
+        while i < n:
+            j = i + 1
+            step = offsets[j] - offsets[i] if j < n else 1
+            if step not in (1, -1):
+                out.append(_decode(self.log.read(offsets[i]).value))
+                i = j
+                continue
+            while j < n and offsets[j] - offsets[j - 1] == step:
+                j += 1
+            lo = min(offsets[i], offsets[j - 1])
+            if cur is None:
+                cur = self.log.cursor(start=lo)
+            else:
+                cur.seek(lo)
+            run = []
+            while len(run) < j - i:
+                batch = cur.read_batch(max_records=j - i - len(run))
+                if len(batch) == 0:
+                    raise DatabaseError(f"{self.path}: the index names offset "
+                                        f"{cur.position}, past the log's end")
+                run.extend(_decode(v) for v in batch.values)
+            out.extend(run if step == 1 else reversed(run))
+            i = j
+        return out
+
+    def notifications(self, lo, hi, limit, topics):
+        """Notifications of offsets [lo, hi) (hi capped at the committed end), topic-filtered."""
+        hi = min(hi, self.end())
+        out = []
+        if hi <= lo or limit <= 0:
+            return out
+        want = {t.encode("utf-8") for t in topics} if topics else None
+        cur = self.log.cursor(start=lo)
+        while cur.position < hi:
+            batch = cur.read_batch(max_records=min(4096, hi - cur.position,
+                                                   65536 if want else limit - len(out)))
+            if len(batch) == 0:
+                break
+            for off, value in zip(batch.offsets.tolist(), batch.values):
+                if want is not None and _parse_head(value)[4] not in want:
+                    continue
+                out.append(_decode(value, off + 1))
+                if len(out) >= limit:
+                    return out
+        return out
+
+    def wait_for_change(self, seen_end, timeout):
+        """Block until end() passes `seen_end` or `timeout` seconds pass."""
+        if self.readonly:
+            deadline = time.monotonic() + timeout
+            cur = self.log.cursor(start=min(seen_end, self.log.end_offset))
+            while self.end() <= seen_end:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                if cur.position <= seen_end and not cur.wait(timeout=min(left, 0.05)):
+                    continue
+                time.sleep(0.001)        # appended, not yet durable
+            return True
+        with self._changed:
+            return self._changed.wait_for(lambda: self.committed_end > seen_end or self.closed,
+                                          timeout)
+
+    def close(self):
+        if self.closed:
+            return
+        try:
+            if self.log is not None and not self.readonly and self.failure is None:
+                with self._flush_lock, self._lock:
+                    self.log.sync()
+                    self._flush_locked(None)
+        finally:
+            self.closed = True
+            with self._changed:
+                self._changed.notify_all()
+            if self.log is not None:
+                self.log.close()
+            self.env.close()
+
+
+atexit.register(TidelogStore.close_all)
+
+
+class _StoreHolder:
+    """What every recorder shares: its store reference, released once (close() or collection)."""
+
+    def __init__(self, store):
+        if not isinstance(store, TidelogStore):
+            raise TypeError(f"store: expected a TidelogStore, not {type(store).__name__}")
+        self.store = store
+        self._finalizer = weakref.finalize(self, store.release)
+
+    def close(self):
+        """Release this recorder's reference to its store."""
+        self._finalizer()
+
+
+class TidelogAggregateRecorder(_StoreHolder, AggregateRecorder):
+    """Stored events of aggregates, in a TidelogStore."""
+
+    def __init__(self, store):
+        _StoreHolder.__init__(self, store)
+
+    def insert_events(self, stored_events, **kwargs):
+        self.store.insert(list(stored_events))
+        return None
+
+    def select_events(self, originator_id, *, gt=None, lte=None, desc=False, limit=None):
+        store = self.store
+        return store.read_events(store.event_offsets(originator_id, gt, lte, desc, limit))
+
+
+class TidelogApplicationRecorder(TidelogAggregateRecorder, ApplicationRecorder):
+    """Stored events in the application sequence: notification id = log offset + 1."""
+
+    def insert_events(self, stored_events, **kwargs):
+        stored_events = list(stored_events)
+        first = self.store.insert(stored_events)
+        if first is None:
+            return []
+        return list(range(first + 1, first + 1 + len(stored_events)))
+
+    def select_notifications(self, start, limit, stop=None, topics=(), *,
+                             inclusive_of_start=True):
+        if start is None:
+            lo = 0
+        else:
+            lo = start - 1 if inclusive_of_start else start
+        lo = max(lo, 0)
+        hi = self.store.end() if stop is None else max(stop, 0)
+        return self.store.notifications(lo, hi, limit, topics)
+
+    def max_notification_id(self):
+        return self.store.end() or None
+
+    def subscribe(self, gt=None, topics=()):
+        return TidelogSubscription(self, gt=gt, topics=topics)
+
+
+class TidelogSubscription(Subscription):
+    """Notifications with id > gt: what is recorded, then new ones as they are committed (in this
+    process through a condition; across processes on tidelog's wake-up of readers)."""
+
+    def __init__(self, recorder, gt=None, topics=()):
+        super().__init__(recorder=recorder, gt=gt, topics=topics)
+        self.store = recorder.store
+        self.topics = tuple(topics)
+        self.position = max(gt or 0, 0)     # offsets below it are scanned
+        self.buffer = deque()
+        self.stopped = threading.Event()
+
+    def stop(self):
+        super().stop()
+        self.stopped.set()
+
+    def __next__(self):
+        store = self.store
+        while True:
+            if self.stopped.is_set():
+                raise StopIteration
+            if self.buffer:
+                return self.buffer.popleft()
+            seen = store.end()
+            got = store.notifications(self.position, seen, 500, self.topics)
+            if got:
+                self.buffer.extend(got)
+            # fewer than the limit: everything below `seen` is scanned (a topic filter may
+            # have skipped it all)
+            self.position = got[-1].id if len(got) == 500 else max(seen, self.position)
+            if not got:
+                store.wait_for_change(self.position, 0.1)
+
+
+class TidelogTrackingRecorder(_StoreHolder, TrackingRecorder):
+    """Tracking records in a store's LMDB. A view subclass keeps its own state in `view_db()`
+    and writes it with `transaction(tracking)`, so state and tracking commit together."""
+
+    def __init__(self, store):
+        _StoreHolder.__init__(self, store)
+
+    def insert_tracking(self, tracking):
+        self.store.insert_tracking(tracking)
+
+    def max_tracking_id(self, application_name):
+        return self.store.max_tracking_id(application_name)
+
+    def view_db(self, name=b"view"):
+        """A named LMDB database of this store for a view's own state (the first call for a
+        name must come outside a transaction: it may create the database)."""
+        if isinstance(name, str):
+            name = name.encode("utf-8")
+        if name in (b"idx", b"tracking", b"meta"):
+            raise ValueError(f"name: {name!r} is reserved")
+        return self.store.named_db(b"view:" + name)
+
+    def transaction(self, tracking=None):
+        """An LMDB write transaction (context manager) that also records `tracking`."""
+        return self.store.transaction(tracking)
+
+    def read_transaction(self):
+        """An LMDB read transaction (context manager)."""
+        return self.store.env.begin()
+
+
+class TidelogProcessRecorder(TidelogTrackingRecorder, TidelogApplicationRecorder, ProcessRecorder):
+    """Events and the tracking record of the upstream notification they came from, atomically."""
+
+    def __init__(self, store):
+        _StoreHolder.__init__(self, store)
+
+    def insert_events(self, stored_events, **kwargs):
+        stored_events = list(stored_events)
+        first = self.store.insert(stored_events, kwargs.get("tracking"))
+        if first is None:
+            return []
+        return list(range(first + 1, first + 1 + len(stored_events)))
+
+
+class TidelogFactory(InfrastructureFactory[TidelogTrackingRecorder]):
+    """Builds tidelog recorders under TIDELOG_PATH: a store per <app name>_<purpose>."""
+
+    TIDELOG_PATH = "TIDELOG_PATH"
+    TIDELOG_SEGMENT_BYTES = "TIDELOG_SEGMENT_BYTES"
+    CREATE_TABLE = "CREATE_TABLE"
+    tracking_recorder_class = TidelogTrackingRecorder
+
+    def __init__(self, env):
+        super().__init__(env)
+        root = self.env.get(self.TIDELOG_PATH)
+        if not root:
+            raise EnvironmentError(
+                f"tidelog.eventsourcing: set {self.TIDELOG_PATH} (or "
+                f"{(self.env.name or 'APPNAME').upper()}_{self.TIDELOG_PATH}) to a directory")
+        self.root = root
+        seg = self.env.get(self.TIDELOG_SEGMENT_BYTES)
+        try:
+            self.segment_bytes = int(seg) if seg else None
+        except ValueError:
+            raise ValueError(f"{self.TIDELOG_SEGMENT_BYTES}: an int, not {seg!r}") from None
+        self.prefix = self.env.name.lower() or "stored"
+        self._recorders = []
+
+    def _create(self):
+        v = (self.env.get(self.CREATE_TABLE) or "yes").lower()
+        return v not in ("n", "no", "f", "false", "off", "0")
+
+    def _store(self, purpose, with_log=True):
+        os.makedirs(self.root, exist_ok=True)
+        return TidelogStore.acquire(os.path.join(self.root, f"{self.prefix}_{purpose}"),
+                                    with_log=with_log, create=self._create(),
+                                    segment_bytes=self.segment_bytes)
+
+    def _keep(self, recorder):
+        self._recorders.append(weakref.ref(recorder))
+        return recorder
+
+    def aggregate_recorder(self, purpose="events"):
+        return self._keep(TidelogAggregateRecorder(self._store(purpose)))
+
+    def application_recorder(self):
+        return self._keep(TidelogApplicationRecorder(self._store("events")))
+
+    def tracking_recorder(self, tracking_recorder_class=None):
+        if tracking_recorder_class is None:
+            topic = self.env.get(self.TRACKING_RECORDER_TOPIC)
+            tracking_recorder_class = (resolve_topic(topic) if topic
+                                       else self.tracking_recorder_class)
+        if not (isinstance(tracking_recorder_class, type)
+                and issubclass(tracking_recorder_class, TidelogTrackingRecorder)):
+            raise TypeError(f"tracking_recorder_class: expected a TidelogTrackingRecorder "
+                            f"subclass, not {tracking_recorder_class!r}")
+        return self._keep(tracking_recorder_class(self._store("tracking", with_log=False)))
+
+    def process_recorder(self):
+        return self._keep(TidelogProcessRecorder(self._store("events")))
+
+    def close(self):
+        """Release the stores of every recorder this factory built."""
+        refs, self._recorders = self._recorders, []
+        for ref in refs:
+            r = ref()
+            if r is not None:
+                r.close()
