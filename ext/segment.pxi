@@ -170,9 +170,10 @@ cdef class Segment:
         self.mapped_rw = False
 
     cdef close_fd(self):
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        cdef int fd = self.fd
+        self.fd = -1                # first: os.close lets other threads run (one may close too)
+        if fd >= 0:
+            os.close(fd)
 
     cdef int ensure(self) except -1:
         """Map the segment (and its indexes) if it is not mapped yet, or map it again writable

@@ -12,9 +12,18 @@
 # (tl_fork_gen moved on): a reader reads on; a writer refuses everything with LogForkedError; and
 # close() or GC of either lets go of this process's descriptors and mappings and writes nothing
 # the parent shares (no sync, no control page, no wake-up, no lock its threads may have held).
+# Code may also run inside a call in the same thread: a signal handler (at any Python-level call,
+# e.g. threading.Condition's methods; it may raise, e.g. KeyboardInterrupt) or a finalizer (at any
+# allocation). So: the leader's epilogue of a sync gives up its leadership before any such call;
+# the thread that holds _wlock or leads a sync is known (_wlock_tid, _sync_tid): a writing call
+# it makes again from inside (which would wait for itself) gets RuntimeError at once, and a
+# close() it makes from inside is deferred to the moment it leaves the writer.
 
 import stat as _stat
 from libc.stdint cimport INT64_MAX
+
+cdef extern from "Python.h":
+    unsigned long PyThread_get_thread_ident()
 
 cdef enum:
     MODE_NONE = 0
@@ -26,6 +35,7 @@ MAX_MAPPED_SEGMENTS = 4        # sealed segments a Log keeps mapped (RSS and vm.
 CTL_PERSIST_SECONDS = 1.0       # the control page (durable checkpoint) is synced at most this often
 SEGMENT_RE = re.compile(r"^(\d{20})\.seg$")
 CONTROL_NAME = "tidelog.ctl"
+SYNC_WAIT_SLICE = 0.1           # a thread waiting for a sync leader looks again at least this often
 LOCK_NAME = "tidelog.lock"
 
 
@@ -148,6 +158,10 @@ cdef class LogCore:
     cdef object _wlock
     cdef bint _syncing          # a leader is syncing (group commit, under _durable_cv)
     cdef bint _closing
+    cdef unsigned long _wlock_tid   # the thread holding _wlock (0: none)
+    cdef unsigned long _sync_tid    # the thread leading a sync (0: none)
+    cdef bint _close_deferred   # close() was called inside the writer by the thread in it
+    cdef object _cv_lock        # _durable_cv's lock (taken directly: no Python-level code runs)
     cdef int _fork_gen          # tl_fork_gen at open: another value means a fork child's copy
     cdef long _pid              # the process that opened it (for messages)
     cdef int64_t _gen           # readers: the writer generation the segment list was loaded at
@@ -211,7 +225,8 @@ cdef class LogCore:
         self._seg_bytes = segment_bytes
         self._mode = {"none": MODE_NONE, "batch": MODE_BATCH, "always": MODE_ALWAYS}[durability]
         self._wlock = threading.Lock()
-        self._durable_cv = threading.Condition()
+        self._cv_lock = threading.RLock()
+        self._durable_cv = threading.Condition(self._cv_lock)
         ctl_path = os.path.join(path, CONTROL_NAME)
         try:
             st = os.stat(path)
@@ -921,6 +936,57 @@ cdef class LogCore:
             self._raise_state()
         return 0
 
+    cdef inline int _check_entry(self) except -1:
+        """_check_write() at the start of a writing call (append, append_batch, sync,
+        truncate_before): also refuses one that a signal handler or a finalizer makes while its
+        thread is inside the writer (holding _wlock or leading a sync): it would wait for itself."""
+        if self._wstate or self._fork_gen != tl_fork_gen:
+            self._raise_state()
+        if self._wlock_tid or self._sync_tid:
+            if self._inside():
+                raise RuntimeError(
+                    f"reentrant call inside {self.path}: a signal handler or finalizer called the "
+                    f"log while its thread was inside the log's writer (a sync or a segment roll), "
+                    f"which it would wait for; let the handler set a flag and write after the "
+                    f"interrupted call returns (close() is allowed: it completes as the writer's "
+                    f"call ends)")
+        return 0
+
+    cdef inline bint _inside(self):
+        """The calling thread holds _wlock or leads a sync (so it may not wait for either)."""
+        cdef unsigned long me = PyThread_get_thread_ident()
+        return self._wlock_tid == me or self._sync_tid == me
+
+    @property
+    def _inside_writer(self):
+        """True in a signal handler or finalizer that runs inside this thread's own sync or roll
+        (Log.close() then does not wait for the flusher thread, which may wait for this one)."""
+        return (self._wlock_tid != 0 or self._sync_tid != 0) and self._inside()
+
+    cdef int _lock_writer(self) except -1:
+        """Take _wlock (a roll, a batch, a retention: other threads wait in _wait_idle)."""
+        self._wlock.acquire()
+        self._wlock_tid = PyThread_get_thread_ident()
+        self._busy = True
+        return 0
+
+    cdef int _unlock_writer(self) except -1:
+        """Release _wlock; then a close() deferred meanwhile runs (the caller re-checks)."""
+        self._busy = False
+        self._wlock_tid = 0
+        self._wlock.release()
+        if self._close_deferred and self._sync_tid != PyThread_get_thread_ident():
+            self._deferred_close()
+        return 0
+
+    cdef int _deferred_close(self) except -1:
+        """The close() a signal handler or finalizer asked for inside this thread's writer call."""
+        if self._close_deferred and not self._closed:
+            self._close_deferred = False
+            self._closing = False
+            self._close()
+        return 0
+
     cdef int _raise_closed(self) except -1:
         if not self._closed:
             raise LogForkedError(
@@ -1091,15 +1157,13 @@ cdef class LogCore:
     cdef int _locked_roll(self, size_t need) except -1:
         """_roll for a single append: rolling calls the OS, which lets other threads run, so
         they are held off (they wait in _wait_idle) until the new segment is in place."""
-        self._wlock.acquire()
-        self._busy = True
+        self._lock_writer()
         try:
             self._check_write()
             if need > self._wcap - self._wpos:      # another thread may have rolled meanwhile
                 self._roll(need)
         finally:
-            self._busy = False
-            self._wlock.release()
+            self._unlock_writer()
         return 0
 
     cdef int _roll(self, size_t need) except -1:
@@ -1154,12 +1218,11 @@ cdef class LogCore:
         cdef int64_t off, end
         cdef Py_ssize_t k = 0
         off = _args.offset(offset)
-        self._check_write()
+        self._check_entry()
         end = self._next
         if off > end:
             raise ValueError(f"offset: {off} is beyond end_offset {end}")
-        self._wlock.acquire()
-        self._busy = True
+        self._lock_writer()
         try:
             self._check_write()
             while (k + 1 < len(self._segments) and
@@ -1167,21 +1230,18 @@ cdef class LogCore:
                 k += 1
             self._drop_front(k)
         finally:
-            self._busy = False
-            self._wlock.release()
+            self._unlock_writer()
         return self._start
 
     def _apply_retention(self):
         """Apply retain_bytes / retain_seconds now (the writer also does at every roll)."""
-        self._check_write()
-        self._wlock.acquire()
-        self._busy = True
+        self._check_entry()
+        self._lock_writer()
         try:
             self._check_write()
             self._retain()
         finally:
-            self._busy = False
-            self._wlock.release()
+            self._unlock_writer()
 
     cdef _retain(self):
         """Delete the oldest sealed segments while the log holds more than retain_bytes (files
@@ -1262,6 +1322,7 @@ cdef class LogCore:
             self._check_write()     # the caller's argument handling may have let close() run
         if need > self._wcap - self._wpos:
             self._locked_roll(need)
+            self._check_write()     # a close() deferred during the roll ran as it ended
         off = self._next
         frame_write(self._w + self._wpos, off, ts, k, klen, v, vlen, 1, True)
         self._index_note(self._wpos, off, ts)
@@ -1284,7 +1345,7 @@ cdef class LogCore:
         cdef bint vrel = False, krel = False
         cdef int64_t ts, off, now
         cdef Item item
-        self._check_write()
+        self._check_entry()
         if PyBytes_Check(value):
             vp = PyBytes_AS_STRING(value)
             vlen = PyBytes_GET_SIZE(value)
@@ -1352,7 +1413,7 @@ cdef class LogCore:
         cdef char* base
         cdef PyObject** objs
         cdef list keep = []
-        self._check_write()
+        self._check_entry()
         if isinstance(values, np.ndarray):
             arr = values
             if arr.ndim == 0:
@@ -1472,15 +1533,13 @@ cdef class LogCore:
             self._pressure()
         if self._busy:
             self._wait_idle()
-        self._wlock.acquire()
-        self._busy = True
+        self._lock_writer()
         try:
             self._check_write()             # closed (or failed) while the batch was prepared
             first = self._next
             self._write_locked(items, n, atomic)
         finally:
-            self._busy = False
-            self._wlock.release()
+            self._unlock_writer()
         return first
 
     cdef int _write_locked(self, Item* items, Py_ssize_t n, bint atomic) except -1:
@@ -1606,7 +1665,7 @@ cdef class LogCore:
 
     def sync(self):
         """Make everything appended so far durable; returns durable_offset."""
-        self._check_write()
+        self._check_entry()
         self._stop_pretoucher()             # a log that syncs: see _start_pretoucher
         if self._closing:                   # (stopping it let other threads run)
             self._raise_state()
@@ -1620,9 +1679,13 @@ cdef class LogCore:
         cdef Segment active
         cdef bint ok = False
         cv = self._durable_cv
+        lock = self._cv_lock
         if self._nf != NULL and tl_flusher_forked(self._nf):
             self._stop_flusher()            # a fork child's copy: the thread is the parent's
-        with cv:
+        # (the lock is taken and released by direct calls, not `with cv:`, whose Python-level
+        # __enter__/__exit__ a signal handler could interrupt: see the lifecycle rule on top)
+        lock.acquire()
+        try:
             while True:
                 # covered first: a record that a sync (close()'s last one included) made durable
                 # is acknowledged, whatever happened to the log since
@@ -1636,8 +1699,10 @@ cdef class LogCore:
                         break
                     cv.wait(0.0002)               # the native flusher is syncing: soon done
                     continue
-                cv.wait()
+                cv.wait(SYNC_WAIT_SLICE)          # (a notification lost to an interrupt costs
+                                                  # at most this)
             self._syncing = True
+            self._sync_tid = PyThread_get_thread_ident()
             self._last_sync_ns = tl_now_ns()
             target = self._next
             written = self._written
@@ -1645,6 +1710,8 @@ cdef class LogCore:
             active = self._active
             dir_dirty = self._dir_dirty
             self._dir_dirty = False
+        finally:
+            lock.release()
         try:
             for seg in segs:
                 fd = (<Segment>seg).fd
@@ -1673,27 +1740,46 @@ cdef class LogCore:
                 self._ctl_persisted = now
             ok = True
         finally:
-            with cv:
-                self._syncing = False
-                if ok:
-                    if self._nf != NULL:
-                        target = max(target, self._durable)   # (the native one's, if later)
-                    for seg in segs:
-                        if seg is not active and seg in self._unsynced:   # (retention may
-                            self._unsynced.remove(seg)                      # have dropped it)
-                            (<Segment>seg).close_fd()
-                    if written > self._durable_bytes:
-                        tl_store_i64_release(&self._durable_bytes, written)
-                    if target > self._durable:
-                        self._durable = target
-                        self._publish(CTL_DURABLE, target)
-                        if self._nf != NULL:
-                            tl_flusher_note_durable(self._nf)
-                    self._nf_update()
-                if self._nf != NULL:
-                    tl_owner_release(self._nf)
-                cv.notify_all()
+            self._end_sync(ok, target, written, segs, active)
         return self._durable
+
+    cdef int _end_sync(self, bint ok, int64_t target, int64_t written, list segs,
+                       Segment active) except -1:
+        """The leader's epilogue: publish what it made durable and give up the leadership before
+        anything that may run Python-level code (a signal handler may raise there, e.g.
+        KeyboardInterrupt, or call this log again; with the leadership kept, every later sync
+        and close() would wait for it forever); then wake the waiters, then run a close() that
+        such code deferred."""
+        cdef list done = []
+        if ok:
+            if self._nf != NULL:
+                target = max(target, self._durable)   # (the native one's, if later)
+            for seg in segs:
+                if seg is not active and seg in self._unsynced:   # (retention may
+                    self._unsynced.remove(seg)                      # have dropped it)
+                    done.append(seg)
+            if written > self._durable_bytes:
+                tl_store_i64_release(&self._durable_bytes, written)
+            if target > self._durable:
+                self._durable = target
+                self._publish(CTL_DURABLE, target)
+                if self._nf != NULL:
+                    tl_flusher_note_durable(self._nf)
+            self._nf_update()
+        self._syncing = False
+        self._sync_tid = 0
+        if self._nf != NULL:
+            tl_owner_release(self._nf)
+        for seg in done:                  # (out of _unsynced: no other leader syncs them)
+            (<Segment>seg).close_fd()
+        self._cv_lock.acquire()
+        try:
+            self._durable_cv.notify_all()
+        finally:
+            self._cv_lock.release()
+        if self._close_deferred and self._wlock_tid != PyThread_get_thread_ident():
+            self._deferred_close()
+        return 0
 
     cdef int _fail(self, int err, str path) except -1:
         cause = OSError(err, os.strerror(err), path)
@@ -1720,7 +1806,14 @@ cdef class LogCore:
         self._closing = True                 # new appends and syncs are refused from here on
         if not self._wstate:
             self._wstate = 1
+        if (self._wlock_tid or self._sync_tid) and self._inside():
+            # a signal handler or finalizer inside this thread's own roll or sync: waiting for
+            # it would wait for ourselves; it closes the log as it ends (_unlock_writer,
+            # _end_sync). Appends are refused from now on.
+            self._close_deferred = True
+            return
         self._wlock.acquire()                # a batch or roll in progress finishes first
+        self._wlock_tid = PyThread_get_thread_ident()
         try:
             err = tl_flusher_err(self._nf) if self._nf != NULL else 0
             self._stop_flusher()
@@ -1744,13 +1837,17 @@ cdef class LogCore:
                 if msync(ctl, CONTROL_SIZE, MS_SYNC) != 0:
                     raise_oserror(errno, os.path.join(self.path, CONTROL_NAME))
         finally:
-            with self._durable_cv:               # a leader still syncing (an append in "always"
-                while self._syncing:             # mode that passed its check) finishes first;
-                    self._durable_cv.wait()      # none starts after this (it checks _closed)
+            self._cv_lock.acquire()              # a leader still syncing (an append in "always"
+            try:                                 # mode that passed its check) finishes first;
+                while self._syncing:             # none starts after this (it checks _closed)
+                    self._durable_cv.wait(SYNC_WAIT_SLICE)
                 self._closed = True
                 self._wstate = 1
                 self._durable_cv.notify_all()
+            finally:
+                self._cv_lock.release()
             self._teardown()
+            self._wlock_tid = 0
             self._wlock.release()
 
     cdef _teardown(self):

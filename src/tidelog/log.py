@@ -118,7 +118,9 @@ class Log(_core.LogCore):
         if self._flusher is not None:
             if not inherited:               # (in a child the thread is the parent's)
                 self._stop_flusher.set()
-                if self._flusher is not threading.current_thread():
+                # (not from a signal handler or finalizer inside this thread's own sync: the
+                # flusher may be waiting for that sync; it stops by itself)
+                if self._flusher is not threading.current_thread() and not self._inside_writer:
                     self._flusher.join()
             self._flusher = None
         try:
