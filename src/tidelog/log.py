@@ -16,6 +16,19 @@ DURABILITY_MODES = ("none", "batch", "always")
 MIN_SEGMENT_BYTES = 4096          # one page of frames at least
 MAX_SEGMENT_BYTES = (1 << 32) - 4096   # positions are stored as u32 (docs/FORMAT.md)
 
+_logs = weakref.WeakSet()         # every Log of this process (for the fork hook)
+
+
+def _after_fork_in_child():
+    # a lock another thread held at fork() stays held for good in the child (that thread is
+    # not there to release it): every Log's store lock starts afresh
+    for log in list(_logs):
+        log._store_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
 
 def _check_path(path):
     if isinstance(path, bytes):
@@ -70,6 +83,7 @@ class Log(_core.LogCore):
         self._flusher = None
         self._store = None
         self._store_lock = threading.Lock()
+        _logs.add(self)
         self._stop_flusher = threading.Event()
         self._interval_ns = int(self.sync_interval * 1e9)
         self._open(path, bool(readonly), bool(create), segment_bytes, durability, repair)
