@@ -108,3 +108,31 @@ def test_replay_any_machine_exception_is_one_line_exit_2(run, small_log, attack_
     assert len(lines) == 1 and lines[0].startswith("tidelog: error: "), r.stderr
     assert f"{machine}.apply() raised at record offset 0" in lines[0]
     assert says in lines[0]
+
+
+# --------------------------------------------------------------------- LMDB: named database limit
+
+class _Counter(tidelog.LmdbView):
+    def apply(self, rec, txn):
+        txn.put(b"k", b"%d" % rec.offset)
+
+
+def test_too_many_views_says_what_to_do_in_tidelog_terms(tmp_path):
+    """Each LmdbView replayer is a named database of the positions store, whose number is
+    capped: the error must say so in tidelog's terms (not py-lmdb's advice to pass a larger
+    Environment(max_dbs=), which a user cannot), and the store must stay usable."""
+    with tidelog.open(str(tmp_path / "log"), durability="none") as log:
+        log.append_batch([b"x"] * 3)
+        log.sync()
+        with pytest.raises(tidelog.TidelogError) as info:
+            for i in range(200):
+                with tidelog.Replayer(log, _Counter(), name=f"view{i}") as rep:
+                    rep.run()
+        msg = str(info.value)
+        assert "Environment(max_dbs" not in msg and "delete_replayer" in msg, msg
+        from tidelog.replay import delete_replayer
+        assert delete_replayer(log, "view0")
+        with tidelog.Replayer(log, _Counter(), name="another") as rep:    # room again
+            assert rep.run() == 3
+        log.set_position("after", 2)
+        assert log.position_info()["after"][0] == 2
