@@ -136,3 +136,30 @@ def test_too_many_views_says_what_to_do_in_tidelog_terms(tmp_path):
             assert rep.run() == 3
         log.set_position("after", 2)
         assert log.position_info()["after"][0] == 2
+
+
+# --------------------------------------------------------------------- snapshots that are not state
+
+class _ObjectArraySnapshot:
+    """snapshot() returns a numpy object array: its buffer holds pointers, not the state."""
+    def apply(self, rec):
+        pass
+
+    def snapshot(self):
+        import numpy as np
+        return np.array([object(), object()], dtype=object)
+
+    def restore(self, snap):
+        pass
+
+
+def test_a_snapshot_of_python_objects_is_refused(tmp_path):
+    with tidelog.open(str(tmp_path / "log"), durability="none") as log:
+        log.append_batch([b"x"] * 3)
+        log.sync()
+        rep = tidelog.Replayer(log, _ObjectArraySnapshot(), name="objs")
+        with pytest.raises(TypeError, match="snapshot") as info:
+            rep.run()
+        from tidelog.replay import machine_call
+        assert machine_call(info.value).method == "snapshot"
+        assert "objs" not in tidelog.replay.replayers(log)      # nothing stored

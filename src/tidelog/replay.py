@@ -194,9 +194,13 @@ def _as_bytes(value, what):
     if isinstance(value, bytes):
         return value
     try:
-        return bytes(memoryview(value))
+        view = memoryview(value)
     except TypeError:
         raise TypeError(f"{what}: expected bytes, not {type(value).__name__}") from None
+    if "O" in view.format:      # Python object pointers (a numpy object array): not state
+        raise TypeError(f"{what}: expected bytes, not a buffer of Python objects "
+                        f"({type(value).__name__} of format {view.format!r})")
+    return bytes(view)
 
 
 def _digest_of(machine, view, snap=None, txn=None):
