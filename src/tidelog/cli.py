@@ -54,7 +54,10 @@ def _describe(exc):
     if isinstance(exc, OSError) and exc.strerror:
         msg = f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
     else:
-        msg = str(exc) or type(exc).__name__
+        try:
+            msg = str(exc) or type(exc).__name__
+        except Exception:               # a machine's exception whose __str__ raises
+            msg = f"{type(exc).__name__} (its message cannot be shown: str() raised)"
     call = machine_call(exc)
     if call is not None:
         msg = f"machine {call}: {type(exc).__name__}: {msg}"
@@ -87,7 +90,9 @@ class _Group(click.Group):
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort,
                 BrokenPipeError):
             raise                       # click's own exits; a closed stdout: click exits 1
-        except Exception as exc:
+        except (KeyboardInterrupt, SystemExit):
+            raise                       # Ctrl-C (click: "Aborted!"), an explicit exit status
+        except BaseException as exc:    # also a machine's BaseException subclass, GeneratorExit
             if os.environ.get("TIDELOG_TRACEBACK"):
                 raise
             click.echo(f"tidelog: error: {_describe(exc)}", err=True)

@@ -228,6 +228,12 @@ class LmdbEnv:
         if isinstance(e, lmdb.MemoryError) or "Cannot allocate memory" in msg:
             return TidelogError(f"{where}: cannot {doing}: out of memory or address space "
                                 f"({msg}); raise `ulimit -v` or close other logs")
+        if isinstance(e, lmdb.DbsFullError):
+            return TidelogError(f"{where}: cannot {doing}: it holds the most named databases "
+                                f"tidelog opens in one store ({self._max_dbs}: one per LmdbView "
+                                f"replayer, plus tidelog's own); delete replayers it no longer "
+                                f"needs (tidelog.replay.delete_replayer, or `tidelog positions "
+                                f"PATH delete NAME`)")
         if isinstance(e, lmdb.ReadersFullError):
             return TidelogError(f"{where}: cannot {doing}: too many readers; close idle "
                                 f"processes that read this log")

@@ -18,6 +18,19 @@ MAX_SEGMENT_BYTES = _core.MAX_SEGMENT_BYTES_   # positions are stored as u32 (do
 MAX_UNSYNCED_BYTES = 4 << 20      # "batch" mode: appends wait this far ahead of durable_offset
 MIN_UNSYNCED_BYTES = 4096
 
+_logs = weakref.WeakSet()         # every Log of this process (for the fork hook)
+
+
+def _after_fork_in_child():
+    # a lock another thread held at fork() stays held for good in the child (that thread is
+    # not there to release it): every Log's store lock starts afresh
+    for log in list(_logs):
+        log._store_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
 
 def _check_path(path):
     if isinstance(path, bytes):
@@ -66,6 +79,7 @@ class Log(_core.LogCore):
         self._flusher = None
         self._store = None
         self._store_lock = threading.Lock()
+        _logs.add(self)
         self._stop_flusher = threading.Event()
         self._interval_ns = int(self.sync_interval * 1e9)
         self.max_unsynced_bytes = _check_unsynced(max_unsynced_bytes)

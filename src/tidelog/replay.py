@@ -189,9 +189,13 @@ def _as_bytes(value, what):
     if isinstance(value, bytes):
         return value
     try:
-        return bytes(memoryview(value))
+        view = memoryview(value)
     except TypeError:
         raise TypeError(f"{what}: expected bytes, not {type(value).__name__}") from None
+    if "O" in view.format:      # Python object pointers (a numpy object array): not state
+        raise TypeError(f"{what}: expected bytes, not a buffer of Python objects "
+                        f"({type(value).__name__} of format {view.format!r})")
+    return bytes(view)
 
 
 def _digest_of(machine, view, snap=None, txn=None):
@@ -234,8 +238,8 @@ def machine_call(exc):
 def _blame(exc, machine, method, offset, where, replayer):
     """Mark `exc`, raised by machine.<method>, with the method and the record offset; the
     exception itself propagates unchanged (its type is the machine's business)."""
-    if machine_call(exc) is not None:       # the innermost call already said where
-        return
+    if machine_call(exc) is not None or isinstance(exc, KeyboardInterrupt):
+        return                              # said already (innermost call), or not its doing
     call = MachineCall(type(machine).__name__, method, offset, where, replayer)
     try:
         exc.tidelog_machine_call = call
@@ -554,7 +558,7 @@ class Replayer:
                 raise TidelogError(f"replayer {name!r}: its checkpoint has no snapshot")
             try:
                 self.machine.restore(snap)
-            except Exception as exc:
+            except BaseException as exc:
                 _blame(exc, self.machine, "restore", cp_pos,
                        f"restoring the checkpoint at offset {cp_pos}", name)
                 raise
@@ -772,7 +776,7 @@ class Replayer:
                         batch_fn(batch)
                     else:
                         batch_fn(batch, txn)
-                except Exception as exc:
+                except BaseException as exc:
                     _blame(exc, machine, "apply_batch", at,
                            f"in the batch of records [{at}, {at + k})", self.name)
                     raise
@@ -792,7 +796,7 @@ class Replayer:
                         apply(rec, txn)
                         if braked:
                             break
-            except Exception as exc:
+            except BaseException as exc:
                 if not _raised_by_core(exc):        # the cursor's errors are not the machine's
                     at = cur.position - 1
                     _blame(exc, machine, "apply", at, f"at record offset {at}", self.name)
@@ -856,7 +860,7 @@ class Replayer:
             snap = _as_bytes(m.snapshot(), "snapshot()")
             method = "digest"
             digest = _digest_of(m, False, snap) if self.record_digests else None
-        except Exception as exc:
+        except BaseException as exc:
             _blame(exc, m, method, pos, f"at the checkpoint at offset {pos}", self.name)
             raise
         if self.name is None:
@@ -878,7 +882,7 @@ class Replayer:
                 try:
                     digest = (_digest_of(self.machine, True, txn=txn) if self.record_digests
                               else None)
-                except Exception as exc:
+                except BaseException as exc:
                     _blame(exc, self.machine, "digest", pos, f"at the checkpoint at offset {pos}",
                            self.name)
                     raise
@@ -1182,7 +1186,7 @@ def _locate_record(log, factory, snapshot, start, stop):
             if _digest_of(m1, False, s1) != _digest_of(m2, False, s2):
                 return rec.offset
             method = None
-    except Exception as exc:
+    except BaseException as exc:
         if method is not None:
             _blame(exc, m1, method, at,
                    f"at record offset {at} (locating the first differing record)", None)
