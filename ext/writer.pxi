@@ -154,6 +154,7 @@ cdef class LogCore:
     cdef int64_t _max_ts
     cdef list _unsynced
     cdef bint _dir_dirty
+    cdef bint _rolling          # _roll is under way: the native flusher gets no file (_nf_update)
     cdef bint _busy
     cdef object _wlock
     cdef bint _syncing          # a leader is syncing (group commit, under _durable_cv)
@@ -353,7 +354,10 @@ cdef class LogCore:
         """Hand the native flusher the active segment when it is the only file to sync."""
         if self._nf == NULL:
             return
-        simple = (self._active is not None and not self._dir_dirty and
+        # not during a roll: it let other threads run (os calls) before the new segment shows
+        # in _dir_dirty/_unsynced, and handing the old segment back then would let the flusher
+        # acknowledge records of the new one with a sync of the old
+        simple = (not self._rolling and self._active is not None and not self._dir_dirty and
                   len(self._unsynced) == 1 and self._unsynced[0] is self._active)
         tl_flusher_set_fd(self._nf, self._active.fd if simple else -1)
 
@@ -1167,10 +1171,19 @@ cdef class LogCore:
         return 0
 
     cdef int _roll(self, size_t need) except -1:
-        """Roll to a new segment so that `need` bytes of frames fit (writer lock held)."""
+        """Roll to a new segment so that `need` bytes of frames fit (writer lock held). The
+        native flusher has no file from here until a Python sync has synced both and the
+        directory (_nf_update)."""
+        self._rolling = True
+        try:
+            if self._nf != NULL:
+                tl_flusher_set_fd(self._nf, -1)  # two files to sync now: Python's sync does it
+            return self._roll_to(need)
+        finally:
+            self._rolling = False
+
+    cdef int _roll_to(self, size_t need) except -1:
         cdef Segment seg
-        if self._nf != NULL:
-            tl_flusher_set_fd(self._nf, -1)     # two files to sync now: Python's sync does it
         if need > <size_t>(self._seg_bytes - SEGMENT_HEADER_SIZE):
             raise ValueError(f"{need} bytes of frames do not fit in a segment of segment_bytes="
                              f"{self._seg_bytes} (open the log with a larger segment_bytes)")
