@@ -589,6 +589,89 @@ def test_index_ahead_of_log_refuses(tmp_path):
         TidelogStore.acquire(path, segment_bytes=SEG)
 
 
+
+# -- the index goes through tidelog.lmdbenv: a small map that grows, not 1 TiB per store ----------
+
+MANY_STORES = textwrap.dedent("""
+    import os, resource, sys
+    from uuid import uuid4
+    from eventsourcing.persistence import StoredEvent
+    from tidelog.eventsourcing import TidelogStore, TidelogApplicationRecorder
+
+    def vm_size():
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmSize:"):
+                    return int(line.split()[1]) * 1024
+    limit = vm_size() + (2 << 30)          # 2 GiB of address space for 24 stores
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    recs = []
+    for i in range(24):
+        s = TidelogStore.acquire(os.path.join(sys.argv[1], "s%d" % i), segment_bytes=1 << 20)
+        r = TidelogApplicationRecorder(s)
+        r.insert_events([StoredEvent(uuid4(), 1, "t", b"x")])
+        recs.append(r)
+    print("ok", sum(r.max_notification_id() for r in recs))
+""")
+
+
+class TestIndexMap(WithTmp):
+    def test_many_stores_under_address_space_limit(self):
+        out = subprocess.run([sys.executable, "-c", MANY_STORES, self.tmp], capture_output=True,
+                             text=True, timeout=120)
+        assert out.stdout.strip() == "ok 24", out.stderr[-2000:]
+
+    def test_index_grows_past_its_initial_map(self):
+        from tidelog import lmdbenv
+        s = self.store()
+        assert s.env.map_size == lmdbenv.INITIAL_MAP
+        r = TidelogApplicationRecorder(s)
+        oids = [uuid4() for _ in range(20000)]
+        for i in range(0, len(oids), 500):
+            r.insert_events([StoredEvent(o, 1, "t", b"") for o in oids[i:i + 500]])
+        s.flush_index()
+        assert s.env.map_size > lmdbenv.INITIAL_MAP
+        assert s.indexed_upto() == 20000
+        r.close()
+        s = self.store()              # reopened: the index is complete and readable
+        r = TidelogApplicationRecorder(s)
+        for o in oids[::997] + oids[-1:]:
+            assert [e.originator_version for e in r.select_events(o)] == [1]
+        r.close()
+
+    def test_view_transactions_grow_the_map(self):
+        s = self.store("t", with_log=False)
+        rec = TidelogTrackingRecorder(s)
+        db = rec.view_db()
+        for i in range(1, 301):       # 3 MB of view state through transaction(): never full
+            with rec.transaction(Tracking("up", i)) as txn:
+                txn.put(b"k%d" % i, b"v" * 10000, db=db)
+        assert rec.max_tracking_id("up") == 300
+        with rec.read_transaction() as txn:
+            assert txn.get(b"k299", db=db) == b"v" * 10000
+        rec.close()
+
+    def test_huge_view_transaction_asks_for_a_retry(self):
+        s = self.store("t", with_log=False)
+        rec = TidelogTrackingRecorder(s)
+        db = rec.view_db()
+        with pytest.raises(OperationalError, match="run the transaction again"):
+            with rec.transaction(Tracking("up", 1)) as txn:
+                for i in range(8000):
+                    txn.put(b"k%d" % i, b"v" * 1000, db=db)
+        assert rec.max_tracking_id("up") is None      # nothing committed
+        for attempt in range(10):     # each full map at least doubles it
+            try:
+                with rec.transaction(Tracking("up", 1)) as txn:
+                    for i in range(8000):
+                        txn.put(b"k%d" % i, b"v" * 1000, db=db)
+                break
+            except OperationalError:
+                assert rec.max_tracking_id("up") is None
+        assert rec.max_tracking_id("up") == 1
+        rec.close()
+
+
 del (AggregateRecorderTestCase, ApplicationRecorderTestCase, TrackingRecorderTestCase,
      ProcessRecorderTestCase, NonInterleavingNotificationIDsBaseCase,
      InfrastructureFactoryTestCase, ApplicationTestCase, ExampleApplicationTestCase,

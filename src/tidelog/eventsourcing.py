@@ -40,6 +40,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 import lmdb
 
 import tidelog
+from tidelog import lmdbenv
 
 __all__ = ["TidelogFactory", "TidelogAggregateRecorder", "TidelogApplicationRecorder",
            "TidelogTrackingRecorder", "TidelogProcessRecorder", "TidelogStore", "TidelogSubscription",
@@ -49,7 +50,7 @@ FORMAT = 1
 DEFAULT_SEGMENT_BYTES = 64 << 20
 FLUSH_EVERY = 512          # pending inserts before the index overlay is committed to LMDB
 FLUSH_SECONDS = 0.2        # ... or this long since the last commit
-MAP_SIZE = 1 << 40         # LMDB reserves address space only
+VIEW_HEADROOM = 1 << 20    # free map bytes ensured before a view's write transaction
 
 # log record: flags, oid type, version, oid length, topic length, tracking length;
 # then oid, topic (utf-8), tracking (int64 id + utf-8 name, on the last record of an insert), state
@@ -192,6 +193,14 @@ def _tidelog_error(exc):
     return OperationalError(str(exc))
 
 
+def _index_error(env, exc, doing):
+    """The eventsourcing error for an error of the LMDB index (py-lmdb's, or lmdbenv's
+    translation of one)."""
+    if isinstance(exc, lmdb.Error):
+        exc = env.translate(exc, doing)
+    return _tidelog_error(exc)
+
+
 class TidelogStore:
     """One store: a tidelog log (`log/`, unless `with_log=False`) plus an LMDB env (`index/`).
 
@@ -260,23 +269,50 @@ class TidelogStore:
             if not create:
                 raise OperationalError(f"{path}: no such tidelog store (CREATE_TABLE is off)")
             os.makedirs(path, exist_ok=True)
-        fresh = not os.path.isdir(os.path.join(path, "index"))
-        self.env = lmdb.open(os.path.join(path, "index"), map_size=MAP_SIZE, max_dbs=16,
-                             max_readers=1024, sync=True, metasync=False, subdir=True)
-        if fresh:      # LMDB does not sync directory entries: a power loss could drop its files
-            for d in (os.path.join(path, "index"), path):
-                _fsync_dir(d)
-        self.idx = self.env.open_db(b"idx")
-        self.tracking_db = self.env.open_db(b"tracking")
-        self.meta = self.env.open_db(b"meta")
+        index = os.path.join(path, "index")
+        fresh = not os.path.exists(os.path.join(index, "data.mdb"))
         try:
+            os.makedirs(index, exist_ok=True)
+            # lmdbenv: a map that starts small and grows, shared per process, fork-aware
+            self.env = lmdbenv.acquire(index, what="the event store's index", max_dbs=16)
+        except OSError as exc:
+            raise OperationalError(f"{index}: cannot open the event store's index: "
+                                   f"{exc}") from exc
+        except tidelog.TidelogError as exc:
+            raise _tidelog_error(exc) from exc
+        try:
+            if fresh:  # LMDB does not sync directory entries: a power loss could drop its files
+                for d in (index, path):
+                    _fsync_dir(d)
+            with self._index_errors("open its databases"):
+                self.idx = self.env.db("idx")
+                self.tracking_db = self.env.db("tracking")
+                self.meta = self.env.db("meta")
             if with_log or os.path.isdir(os.path.join(path, "log")):
                 self._open_log(os.path.join(path, "log"), segment_bytes)
         except BaseException:
-            self.env.close()
+            lmdbenv.release(self.env)
             raise
         self.committed_end = (self.log.end_offset if self.log is not None and not self.readonly
                               else 0)
+
+    @contextmanager
+    def _index_errors(self, doing):
+        """Errors of the LMDB index leave as eventsourcing (PEP 249) errors."""
+        try:
+            yield
+        except (lmdb.Error, tidelog.TidelogError) as exc:
+            raise _index_error(self.env, exc, doing) from exc
+
+    def _reader(self):
+        """A read transaction of the index (a context manager)."""
+        with self._index_errors("read"):
+            return self.env.reader()
+
+    def _write(self, fn, doing="write"):
+        """fn(txn) in an index write transaction, committed; run again after the map grew."""
+        with self._index_errors(doing):
+            return self.env.write(fn)
 
     def _open_log(self, logpath, segment_bytes):
         try:
@@ -299,7 +335,7 @@ class TidelogStore:
 
     def indexed_upto(self, txn=None):
         if txn is None:
-            with self.env.begin() as t:
+            with self._index_errors("read"), self.env.reader() as t:
                 return self.indexed_upto(t)
         v = txn.get(b"indexed_upto", db=self.meta)
         return 0 if v is None else _BE64.unpack(v)[0]
@@ -307,7 +343,8 @@ class TidelogStore:
     def recover(self):
         """Index every record in [indexed_upto, end) of the log (a writer only; idempotent)."""
         end = self.log.end_offset
-        with self.env.begin(write=True) as txn:
+
+        def index(txn):
             upto = self.indexed_upto(txn)
             if upto > end:
                 raise DatabaseError(
@@ -335,7 +372,9 @@ class TidelogStore:
             for name, nid in tracking.items():
                 self._put_tracking_max(txn, name, nid)
             txn.put(b"indexed_upto", _BE64.pack(end), db=self.meta)
-        return end - upto
+            return end - upto
+
+        return self._write(index, "re-index from the log")
 
     def _put_tracking_max(self, txn, name, nid):
         key = name.encode("utf-8")
@@ -388,7 +427,7 @@ class TidelogStore:
             self._check_writable()
             entries = []
             seen = set()
-            with self.env.begin() as txn:
+            with self._index_errors("read"), self.env.reader() as txn:
                 for e in events:
                     kind, raw = _oid_bytes(e.originator_id)
                     okey = _oid_key(kind, raw)
@@ -473,23 +512,25 @@ class TidelogStore:
                             t.application_name, -1):
                         self._visible_tracking[t.application_name] = t.notification_id
                 self._changed.notify_all()
+        def commit(txn):
+            trk = {}
+            for end, entries, first, t in batch:
+                for i, (okey, vkey) in enumerate(entries):
+                    txn.put(okey + vkey, _BE64.pack(first + i), db=self.idx)
+                if t is not None:
+                    trk[t.application_name] = max(t.notification_id,
+                                                  trk.get(t.application_name, -1))
+            for name, nid in trk.items():
+                self._put_tracking_max(txn, name, nid)
+            if tracking is not None:
+                self._put_tracking_max(txn, tracking.application_name,
+                                       tracking.notification_id)
+            if batch:
+                txn.put(b"indexed_upto", _BE64.pack(batch[-1][0]), db=self.meta)
+
         try:
-            with self.env.begin(write=True) as txn:
-                trk = {}
-                for end, entries, first, t in batch:
-                    for i, (okey, vkey) in enumerate(entries):
-                        txn.put(okey + vkey, _BE64.pack(first + i), db=self.idx)
-                    if t is not None:
-                        trk[t.application_name] = max(t.notification_id,
-                                                      trk.get(t.application_name, -1))
-                for name, nid in trk.items():
-                    self._put_tracking_max(txn, name, nid)
-                if tracking is not None:
-                    self._put_tracking_max(txn, tracking.application_name,
-                                           tracking.notification_id)
-                if batch:
-                    txn.put(b"indexed_upto", _BE64.pack(batch[-1][0]), db=self.meta)
-        except lmdb.Error as exc:
+            self._write(commit, "commit the index")
+        except (OperationalError, DatabaseError, InterfaceError) as exc:
             # the log is ahead of the index: fail-stop, a reopen re-indexes from the log
             self.failure = exc
             raise OperationalError(f"{self.path}: index commit failed: {exc}") from exc
@@ -508,7 +549,7 @@ class TidelogStore:
         self._check_writable()
         with self._flush_lock, self._lock:      # lock order: _flush_lock, then _lock
             self._check_writable()
-            with self.env.begin() as txn:
+            with self._index_errors("read"), self.env.reader() as txn:
                 self._check_tracking(txn, tracking)
             if self.log is not None:
                 try:
@@ -527,19 +568,50 @@ class TidelogStore:
             if tracking is not None and self.log is not None:
                 self.log.sync()
                 self._flush_locked(None)
-            with self.env.begin(write=True) as txn:
+            # the caller's block cannot be run again after a full map: make room first
+            with self._index_errors("grow its map"):
+                self.env.reserve(VIEW_HEADROOM)
+            with self._index_errors("begin a transaction"):
+                txn = self.env.begin_write()
+            try:
                 if tracking is not None:
                     self._check_tracking(txn, tracking)
                     self._put_tracking_max(txn, tracking.application_name,
                                            tracking.notification_id)
                 yield txn
+            except BaseException as exc:
+                self.env.end(txn)
+                if lmdbenv.is_map_full(exc):
+                    with self._index_errors("grow its map"):
+                        self.env.grow()
+                    raise OperationalError(f"{self.path}: the index map was full; it has "
+                                           f"grown: run the transaction again") from exc
+                if isinstance(exc, lmdb.Error):
+                    raise _index_error(self.env, exc, "write") from exc
+                raise
+            try:
+                self.env.end(txn, commit=True)
+            except BaseException as exc:
+                if lmdbenv.is_map_full(exc):
+                    with self._index_errors("grow its map"):
+                        self.env.grow()
+                    raise OperationalError(f"{self.path}: the index map was full; it has "
+                                           f"grown: run the transaction again") from exc
+                if isinstance(exc, (lmdb.Error, tidelog.TidelogError)):
+                    raise _index_error(self.env, exc, "commit") from exc
+                raise
 
     def named_db(self, name):
         """An LMDB database handle of this store's env, opened (created) once per store."""
         with self._registry_lock:
             db = self._dbs.get(name)
             if db is None:
-                db = self._dbs[name] = self.env.open_db(name)
+                try:
+                    text = name.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise ValueError(f"name: {name!r} is not UTF-8") from None
+                with self._index_errors("open a database"):
+                    db = self._dbs[name] = self.env.db(text)
             return db
 
     # -- reading ----------------------------------------------------------------------------------
@@ -555,7 +627,7 @@ class TidelogStore:
     def max_tracking_id(self, name):
         if self.readonly:
             best = None
-            with self.env.begin() as txn:
+            with self._index_errors("read"), self.env.reader() as txn:
                 best = self._max_tracking(txn, name)
                 upto = self.indexed_upto(txn)
             for off, value in self._scan(upto, self.end()):
@@ -563,7 +635,7 @@ class TidelogStore:
                 if trk is not None and trk[0] == name and (best is None or trk[1] > best):
                     best = trk[1]
             return best
-        with self.env.begin() as txn:
+        with self._index_errors("read"), self.env.reader() as txn:
             return self._max_tracking(txn, name, pending=False)
 
     def _scan(self, lo, hi):
@@ -586,7 +658,7 @@ class TidelogStore:
             for vkey, off in list(ov.items()):
                 if off < end:
                     found[vkey] = off
-        with self.env.begin() as txn:
+        with self._index_errors("read"), self.env.reader() as txn:
             cur = txn.cursor(db=self.idx)
             if cur.set_range(okey):
                 for k, v in cur:
@@ -695,7 +767,7 @@ class TidelogStore:
                 self._changed.notify_all()
             if self.log is not None:
                 self.log.close()
-            self.env.close()
+            lmdbenv.release(self.env)
 
 
 atexit.register(TidelogStore.close_all)
@@ -819,7 +891,7 @@ class TidelogTrackingRecorder(_StoreHolder, TrackingRecorder):
 
     def read_transaction(self):
         """An LMDB read transaction (context manager)."""
-        return self.store.env.begin()
+        return self.store._reader()
 
 
 class TidelogProcessRecorder(TidelogTrackingRecorder, TidelogApplicationRecorder, ProcessRecorder):

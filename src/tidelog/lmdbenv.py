@@ -388,6 +388,20 @@ class LmdbEnv:
                 self._growing = False
                 self._cond.notify_all()
 
+    def reserve(self, nbytes):
+        """Grow the map now if fewer than `nbytes` of it are free: for a caller about to run, in
+        a write transaction, code that cannot be run again after a full map (a `with` block)."""
+        self._check()
+        if not self.writable:
+            return
+        try:
+            info = self.raw.info()
+            used = (info["last_pgno"] + 1) * self.raw.stat()["psize"]
+        except lmdb.Error as e:
+            raise self.translate(e, "read its size") from e
+        if info["map_size"] - used < nbytes:
+            self.grow(used + nbytes)
+
     # ------------------------------------------------------------------ transactions
 
     def db(self, name, txn=None):
