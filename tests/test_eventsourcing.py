@@ -672,6 +672,52 @@ class TestIndexMap(WithTmp):
         rec.close()
 
 
+
+# -- hostile input --------------------------------------------------------------------------------
+
+class TestOddInput(WithTmp):
+    def test_long_originator_ids_are_indexed(self):
+        """An id longer than an LMDB key was acknowledged, then failed the index commit: the
+        store stopped, and every reopen failed re-indexing it."""
+        s = self.store()
+        r = TidelogApplicationRecorder(s)
+        long_a, long_b = "x" * 600, "x" * 599 + "y"
+        assert r.insert_events([ev(long_a, 1), ev(long_a, 2), ev(long_b, 1), ev("", 1)]) == [
+            1, 2, 3, 4]
+        s.flush_index()
+        with pytest.raises(IntegrityError):
+            r.insert_events([ev(long_a, 2)])
+        assert [e.originator_version for e in r.select_events(long_a)] == [1, 2]
+        assert [e.originator_id for e in r.select_events(long_b)] == [long_b]
+        assert r.select_events("x" * 601) == []
+        r.close()
+        r = TidelogApplicationRecorder(self.store())      # reopened: re-indexed from the log
+        assert [e.originator_version for e in r.select_events(long_a, desc=True)] == [2, 1]
+        assert r.insert_events([ev(long_a, 3)]) == [5]
+        r.close()
+
+    def test_bad_input_is_refused_before_anything_is_written(self):
+        s = self.store()
+        r = TidelogProcessRecorder(s)
+        cases = [
+            (ValueError, "originator_version", [ev("a", 1 << 63)], None),
+            (ValueError, "originator_id", [ev("\ud800", 1)], None),
+            (ValueError, "topic", [ev("a", 1, topic="\ud800")], None),
+            (TypeError, "topic", [ev("a", 1, topic=5)], None),
+            (TypeError, "stored_events", [None], None),
+            (ValueError, "tracking.notification_id", [ev("a", 1)], Tracking("up", 1 << 64)),
+            (ValueError, "tracking.application_name", [ev("a", 1)], Tracking("\udc00", 1)),
+            (ValueError, "tracking.application_name", [ev("a", 1)], Tracking("u" * 600, 1)),
+        ]
+        for exc, arg, events, tracking in cases:
+            with pytest.raises(exc, match=arg):
+                r.insert_events(events, tracking=tracking)
+        assert r.max_notification_id() is None
+        assert r.insert_events([ev("a", 1)], tracking=Tracking("up", 1)) == [1]
+        assert r.select_events("a", limit=0) == []
+        r.close()
+
+
 del (AggregateRecorderTestCase, ApplicationRecorderTestCase, TrackingRecorderTestCase,
      ProcessRecorderTestCase, NonInterleavingNotificationIDsBaseCase,
      InfrastructureFactoryTestCase, ApplicationTestCase, ExampleApplicationTestCase,

@@ -18,6 +18,7 @@ inserts; index entries wait in an in-memory overlay until they are committed to 
 from __future__ import annotations
 
 import atexit
+import hashlib
 import os
 import struct
 import threading
@@ -60,35 +61,55 @@ _BE64 = struct.Struct(">Q")
 F_TRACKING = 1
 F_END = 2                  # last record of an insert
 OID_UUID, OID_STR = 0, 1
+LONG_OID = 256             # longer originator ids are hashed in index keys
 
 
 def _oid_bytes(oid):
     if isinstance(oid, UUID):
         return OID_UUID, oid.bytes
     if isinstance(oid, str):
-        return OID_STR, oid.encode("utf-8")
+        try:
+            return OID_STR, oid.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"originator_id: not encodable as UTF-8 ({exc})") from None
     raise TypeError(f"originator_id: expected a UUID or a str, not {type(oid).__name__}")
 
 
 def _oid_key(kind, raw):
-    """The index prefix of one originator: unambiguous, so a prefix scan never mixes two ids."""
+    """The index prefix of one originator: unambiguous, so a prefix scan never mixes two ids.
+    An id longer than LONG_OID bytes is keyed by its length and SHA-256 (an LMDB key holds at
+    most 511 bytes)."""
+    if len(raw) > LONG_OID:
+        return bytes((kind | 0x80,)) + struct.pack(">I", len(raw)) + hashlib.sha256(raw).digest()
     return bytes((kind,)) + struct.pack(">I", len(raw)) + raw
 
 
 def _version_key(version):
     if isinstance(version, bool) or not isinstance(version, int):
         raise TypeError(f"originator_version: expected an int, not {type(version).__name__}")
+    if not -(1 << 63) <= version < (1 << 63):
+        raise ValueError(f"originator_version: {version} is out of the 64-bit range")
     return _BE64.pack((version + (1 << 63)) & 0xFFFFFFFFFFFFFFFF)
+
+
+def _text(value, what):
+    if not isinstance(value, str):
+        raise TypeError(f"{what}: expected a str, not {type(value).__name__}")
+    try:
+        return value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"{what}: not encodable as UTF-8 ({exc})") from None
 
 
 def _encode(event, tracking=None):
     kind, raw = _oid_bytes(event.originator_id)
-    topic = event.topic.encode("utf-8")
+    topic = _text(event.topic, "topic")
     flags = 0
     trk = b""
     if tracking is not None:
         flags |= F_TRACKING
-        trk = _TRACK.pack(tracking.notification_id) + tracking.application_name.encode("utf-8")
+        trk = _TRACK.pack(tracking.notification_id) + _text(tracking.application_name,
+                                                            "tracking.application_name")
     state = event.state
     if not isinstance(state, (bytes, bytearray, memoryview)):
         raise TypeError(f"state: expected bytes, not {type(state).__name__}")
@@ -405,8 +426,14 @@ class TidelogStore:
         return v if w is None else max(v, w)
 
     def _check_tracking(self, txn, tracking):
-        if not isinstance(tracking.notification_id, int):
-            raise TypeError("tracking.notification_id: expected an int")
+        nid = tracking.notification_id
+        if isinstance(nid, bool) or not isinstance(nid, int):
+            raise TypeError(f"tracking.notification_id: expected an int, not "
+                            f"{type(nid).__name__}")
+        if not -(1 << 63) <= nid < (1 << 63):
+            raise ValueError(f"tracking.notification_id: {nid} is out of the 64-bit range")
+        if len(_text(tracking.application_name, "tracking.application_name")) > 480:
+            raise ValueError("tracking.application_name: longer than 480 bytes of UTF-8")
         current = self._max_tracking(txn, tracking.application_name)
         if current is not None and tracking.notification_id <= current:
             raise IntegrityError(f"tracking notification id {tracking.notification_id} for "
@@ -429,6 +456,9 @@ class TidelogStore:
             seen = set()
             with self._index_errors("read"), self.env.reader() as txn:
                 for e in events:
+                    if not isinstance(e, StoredEvent):
+                        raise TypeError(f"stored_events: expected StoredEvent items, not "
+                                        f"{type(e).__name__}")
                     kind, raw = _oid_bytes(e.originator_id)
                     okey = _oid_key(kind, raw)
                     vkey = _version_key(e.originator_version)
@@ -651,6 +681,8 @@ class TidelogStore:
     def event_offsets(self, oid, gt, lte, desc, limit):
         kind, raw = _oid_bytes(oid)
         okey = _oid_key(kind, raw)
+        if limit is not None and limit <= 0:
+            return []
         end = self.end()
         found = {}
         ov = self._overlay.get(okey)
