@@ -718,6 +718,72 @@ class TestOddInput(WithTmp):
         r.close()
 
 
+
+class TestLifecycle(WithTmp):
+    def test_close_while_a_subscription_iterates(self):
+        """The iterating thread spun forever (busy) once the store closed under it."""
+        import threading
+        from eventsourcing.persistence import InterfaceError
+        r = TidelogApplicationRecorder(self.store())
+        r.insert_events([ev("a", v) for v in range(1, 51)])
+        got, errors, started = [], [], threading.Event()
+
+        def follow():
+            try:
+                with r.subscribe(gt=0) as sub:
+                    for n in sub:
+                        got.append(n.id)
+                        if len(got) == 50:
+                            started.set()
+            except Exception as e:
+                errors.append(e)
+        t = threading.Thread(target=follow, daemon=True)
+        t.start()
+        assert started.wait(60)
+        r.close()
+        t.join(60)
+        assert not t.is_alive()
+        assert got == list(range(1, 51))
+        assert len(errors) == 1 and isinstance(errors[0], InterfaceError), errors
+
+    def test_fork_child_opens_its_own_store(self):
+        """A child got its parent's store (and writer) from the registry: LogForkedError, a
+        tidelog error, on every use and at its exit."""
+        path = os.path.join(self.tmp, "s")
+        r = TidelogApplicationRecorder(self.store())
+        r.insert_events([ev("a", 1)])
+        rfd, wfd = os.pipe()
+        pid = os.fork()
+        if pid == 0:            # pragma: no cover - the child
+            out = []
+            try:
+                s2 = TidelogStore.acquire(path)
+                r2 = TidelogApplicationRecorder(s2)
+                out.append(f"same={s2 is r.store} readonly={s2.readonly}")
+                out.append("ids=" + ",".join(str(n.id) for n in r2.select_notifications(1, 9)))
+                for rec in (r2, r):
+                    try:
+                        rec.insert_events([ev("b", 1)])
+                        out.append("inserted")
+                    except OperationalError as e:
+                        out.append("refused")
+                r2.close()
+            except BaseException as e:
+                out.append(f"error {type(e).__name__} {e}")
+            os.write(wfd, "\n".join(out).encode())
+            os._exit(0)
+        os.close(wfd)
+        with os.fdopen(rfd) as f:
+            lines = f.read().split("\n")
+        os.waitpid(pid, 0)
+        assert lines == ["same=False readonly=True", "ids=1", "refused", "refused"]
+        assert r.insert_events([ev("a", 2)]) == [2]        # the parent's writer is intact
+        r.close()
+        r = TidelogApplicationRecorder(self.store())
+        assert [n.originator_id for n in r.select_notifications(1, 9)] == ["a", "a"]
+        r.close()
+
+
 del (AggregateRecorderTestCase, ApplicationRecorderTestCase, TrackingRecorderTestCase,
      ProcessRecorderTestCase, NonInterleavingNotificationIDsBaseCase,
      InfrastructureFactoryTestCase, ApplicationTestCase, ExampleApplicationTestCase,

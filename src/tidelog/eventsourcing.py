@@ -259,6 +259,16 @@ class TidelogStore:
             except Exception:
                 pass
 
+    @classmethod
+    def _after_fork_in_child(cls):
+        """A fork() child starts with no stores of its own: the parent's belong to the parent
+        (its log writer, its locks, its LMDB environment); acquire() opens them again here."""
+        cls._registry_lock = threading.Lock()
+        stores = list(cls._registry.values())
+        cls._registry = {}
+        for store in stores:
+            store.inherited = True
+
     def release(self):
         with self._registry_lock:
             self._refs -= 1
@@ -272,6 +282,7 @@ class TidelogStore:
         self.path = path
         self._refs = 0
         self.closed = False
+        self.inherited = False                # by a fork() child from its parent: unusable
         self.failure = None
         self.readonly = False
         self.log = None
@@ -405,9 +416,15 @@ class TidelogStore:
 
     # -- writing ----------------------------------------------------------------------------------
 
-    def _check_writable(self):
+    def _check_open(self):
+        if self.inherited:
+            raise OperationalError(f"{self.path}: this store was opened by the parent of this "
+                                   f"forked process; acquire it again in this process")
         if self.closed:
             raise InterfaceError(f"{self.path}: the store is closed")
+
+    def _check_writable(self):
+        self._check_open()
         if self.readonly:
             raise OperationalError(f"{self.path}: another process holds this store's writer "
                                    f"(tidelog.LogLockedError); this process can only read")
@@ -648,6 +665,7 @@ class TidelogStore:
 
     def end(self):
         """The exclusive end of what readers may see: committed inserts only."""
+        self._check_open()
         if self.log is None:
             return 0
         if self.readonly:
@@ -719,6 +737,13 @@ class TidelogStore:
     def read_events(self, offsets):
         """The stored events at `offsets` (in that order); runs of consecutive offsets (an
         aggregate's events of one insert) are read as batches."""
+        try:
+            return self._read_events(offsets)
+        except tidelog.TidelogError as exc:
+            self._check_open()
+            raise _tidelog_error(exc) from exc
+
+    def _read_events(self, offsets):
         out = []
         i, n = 0, len(offsets)
         cur = None
@@ -749,6 +774,13 @@ class TidelogStore:
 
     def notifications(self, lo, hi, limit, topics):
         """Notifications of offsets [lo, hi) (hi capped at the committed end), topic-filtered."""
+        try:
+            return self._notifications(lo, hi, limit, topics)
+        except tidelog.TidelogError as exc:
+            self._check_open()          # closed meanwhile: InterfaceError
+            raise _tidelog_error(exc) from exc
+
+    def _notifications(self, lo, hi, limit, topics):
         hi = min(hi, self.end())
         out = []
         if hi <= lo or limit <= 0:
@@ -771,22 +803,35 @@ class TidelogStore:
     def wait_for_change(self, seen_end, timeout):
         """Block until end() passes `seen_end` or `timeout` seconds pass."""
         if self.readonly:
-            deadline = time.monotonic() + timeout
-            cur = self.log.cursor(start=min(seen_end, self.log.end_offset))
-            while self.end() <= seen_end:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                if cur.position <= seen_end and not cur.wait(timeout=min(left, 0.05)):
-                    continue
-                time.sleep(0.001)        # appended, not yet durable
-            return True
+            try:
+                return self._wait_readonly(seen_end, timeout)
+            except tidelog.TidelogError as exc:
+                self._check_open()
+                raise _tidelog_error(exc) from exc
         with self._changed:
             return self._changed.wait_for(lambda: self.committed_end > seen_end or self.closed,
                                           timeout)
 
+    def _wait_readonly(self, seen_end, timeout):
+        deadline = time.monotonic() + timeout
+        cur = self.log.cursor(start=min(seen_end, self.log.end_offset))
+        while self.end() <= seen_end:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if cur.position <= seen_end and not cur.wait(timeout=min(left, 0.05)):
+                continue
+            time.sleep(0.001)        # appended, not yet durable
+        return True
+
     def close(self):
         if self.closed:
+            return
+        if self.inherited:      # a fork() child only lets go of its copy: nothing is written
+            self.closed = True
+            if self.log is not None:
+                self.log.close()
+            lmdbenv.release(self.env)
             return
         try:
             if self.log is not None and not self.readonly and self.failure is None:
@@ -803,6 +848,8 @@ class TidelogStore:
 
 
 atexit.register(TidelogStore.close_all)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=TidelogStore._after_fork_in_child)
 
 
 class _StoreHolder:
