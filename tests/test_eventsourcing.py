@@ -784,6 +784,52 @@ class TestLifecycle(WithTmp):
         r.close()
 
 
+
+FULL_DISK = """
+import os, sys
+from eventsourcing.persistence import StoredEvent, Tracking, OperationalError
+from tidelog.eventsourcing import TidelogStore, TidelogProcessRecorder
+root = sys.argv[1]
+r = TidelogProcessRecorder(TidelogStore.acquire(os.path.join(root, "s"), segment_bytes=1 << 20))
+v = 0
+while True:
+    try:
+        r.insert_events([StoredEvent("a", v + 1, "t", b"x" * 3000)], tracking=Tracking("up", v + 1))
+        v += 1
+    except OperationalError as e:
+        print("full", "No space" in str(e) or "no space" in str(e), flush=True)
+        break
+os.unlink(os.path.join(root, "filler"))
+r.insert_events([StoredEvent("a", v + 1, "t", b"y")], tracking=Tracking("up", v + 1))
+print("after", r.max_notification_id() == v + 1, len(r.select_events("a")) == v + 1,
+      r.max_tracking_id("up") == v + 1)
+r.close()
+r = TidelogProcessRecorder(TidelogStore.acquire(os.path.join(root, "s")))
+print("reopened", r.max_notification_id() == v + 1, r.select_events("a", desc=True, limit=1)[0].state == b"y")
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
+                    reason="needs root and unshare(1) for a private tmpfs")
+def test_full_disk_then_space_freed(tmp_path):
+    """A full disk stopped the store for good (reopen needed) although nothing was appended;
+    now the insert is refused, and the next one after space is freed succeeds."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    script = tmp_path / "full.py"
+    script.write_text(FULL_DISK)
+    out = subprocess.run(
+        ["unshare", "-m", "sh", "-c",
+         f"mount -t tmpfs -o size=8m tmpfs {mnt} && "
+         f"dd if=/dev/zero of={mnt}/filler bs=1M count=4 2>/dev/null && "
+         f"{sys.executable} {script} {mnt}"],
+        capture_output=True, text=True, timeout=300)
+    if "mount:" in out.stderr or "unshare:" in out.stderr:
+        pytest.skip(f"no private tmpfs here: {out.stderr.strip()}")
+    assert out.stdout.split("\n")[:3] == ["full True", "after True True True",
+                                           "reopened True True"], out.stderr[-3000:]
+
+
 del (AggregateRecorderTestCase, ApplicationRecorderTestCase, TrackingRecorderTestCase,
      ProcessRecorderTestCase, NonInterleavingNotificationIDsBaseCase,
      InfrastructureFactoryTestCase, ApplicationTestCase, ExampleApplicationTestCase,

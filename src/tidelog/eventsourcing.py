@@ -496,13 +496,19 @@ class TidelogStore:
                 v, key = _encode(e, tracking if i == last else None)   # key: the id as text
                 values.append(v)
                 keys.append(key)
+            before = self.log.end_offset
             try:
                 first = self.log.append_batch(values, keys=keys)
-            except ValueError as exc:
-                raise DataError(f"{self.path}: {exc} (set TIDELOG_SEGMENT_BYTES larger)") from exc
             except tidelog.TidelogError as exc:
+                self._check_open()
+                if isinstance(exc, tidelog.LogFullError) and self.log.end_offset == before:
+                    # nothing was appended: the store stays usable once space is freed
+                    raise OperationalError(f"{self.path}: no space left for the log ({exc}); "
+                                           f"nothing was written: free space and retry") from exc
                 self.failure = exc
                 raise _tidelog_error(exc) from exc
+            except ValueError as exc:
+                raise DataError(f"{self.path}: {exc} (set TIDELOG_SEGMENT_BYTES larger)") from exc
             n = len(values)
             for i, (okey, vkey) in enumerate(entries):
                 self._overlay.setdefault(okey, {})[vkey] = first + i
