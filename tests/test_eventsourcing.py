@@ -830,6 +830,32 @@ def test_full_disk_then_space_freed(tmp_path):
                                            "reopened True True"], out.stderr[-3000:]
 
 
+
+def test_many_threads_hold_read_transactions(tmp_path):
+    """300 threads each holding a view's read transaction: the index has 1024 reader slots
+    (lmdbenv's default of 126 refused the 127th with "too many readers")."""
+    import threading
+    rec = TidelogTrackingRecorder(TidelogStore.acquire(str(tmp_path / "t"), with_log=False))
+    rec.insert_tracking(Tracking("up", 1))
+    n = 300
+    inside, errors = threading.Barrier(n), []
+
+    def read():
+        try:
+            with rec.read_transaction():
+                inside.wait(60)
+        except Exception as e:
+            errors.append(e)
+            inside.abort()
+    threads = [threading.Thread(target=read) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    rec.close()
+
+
 del (AggregateRecorderTestCase, ApplicationRecorderTestCase, TrackingRecorderTestCase,
      ProcessRecorderTestCase, NonInterleavingNotificationIDsBaseCase,
      InfrastructureFactoryTestCase, ApplicationTestCase, ExampleApplicationTestCase,

@@ -52,6 +52,7 @@ DEFAULT_SEGMENT_BYTES = 64 << 20
 FLUSH_EVERY = 512          # pending inserts before the index overlay is committed to LMDB
 FLUSH_SECONDS = 0.2        # ... or this long since the last commit
 VIEW_HEADROOM = 1 << 20    # free map bytes ensured before a view's write transaction
+MAX_READERS = 1024         # index read transactions open at once (threads of all processes)
 
 # log record: flags, oid type, version, oid length, topic length, tracking length;
 # then oid, topic (utf-8), tracking (int64 id + utf-8 name, on the last record of an insert), state
@@ -306,7 +307,8 @@ class TidelogStore:
         try:
             os.makedirs(index, exist_ok=True)
             # lmdbenv: a map that starts small and grows, shared per process, fork-aware
-            self.env = lmdbenv.acquire(index, what="the event store's index", max_dbs=16)
+            self.env = lmdbenv.acquire(index, what="the event store's index", max_dbs=16,
+                                       max_readers=MAX_READERS)
         except OSError as exc:
             raise OperationalError(f"{index}: cannot open the event store's index: "
                                    f"{exc}") from exc
