@@ -856,6 +856,43 @@ def test_many_threads_hold_read_transactions(tmp_path):
     rec.close()
 
 
+
+TRACKER = """
+import sys
+from eventsourcing.persistence import Tracking, IntegrityError
+from tidelog.eventsourcing import TidelogStore, TidelogTrackingRecorder
+r = TidelogTrackingRecorder(TidelogStore.acquire(sys.argv[1], with_log=False))
+print("ready", flush=True)
+sys.stdin.readline()
+ok = 0
+for i in range(1, 301):
+    try:
+        r.insert_tracking(Tracking("up", i))
+        ok += 1
+    except IntegrityError:
+        pass
+print(ok, flush=True)
+"""
+
+
+def test_tracking_store_shared_by_processes_accepts_each_id_once(tmp_path):
+    """A tracking store has no log, hence no writer lock: processes racing insert_tracking
+    each checked in a read transaction, then wrote: an id was accepted twice (583 of 300)."""
+    path = str(tmp_path / "t")
+    procs = [subprocess.Popen([sys.executable, "-c", TRACKER, path], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True) for _ in range(3)]
+    for p in procs:
+        assert p.stdout.readline().strip() == "ready"
+    for p in procs:
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    total = sum(int(p.communicate(timeout=120)[0]) for p in procs)
+    assert total == 300
+    rec = TidelogTrackingRecorder(TidelogStore.acquire(path, with_log=False))
+    assert rec.max_tracking_id("up") == 300
+    rec.close()
+
+
 del (AggregateRecorderTestCase, ApplicationRecorderTestCase, TrackingRecorderTestCase,
      ProcessRecorderTestCase, NonInterleavingNotificationIDsBaseCase,
      InfrastructureFactoryTestCase, ApplicationTestCase, ExampleApplicationTestCase,

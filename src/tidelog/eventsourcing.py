@@ -602,6 +602,16 @@ class TidelogStore:
     def insert_tracking(self, tracking):
         """A tracking-only update: checked, then committed to LMDB with the durable overlay."""
         self._check_writable()
+        if self.log is None:
+            # no log, no writer lock: other processes may write this store too, so the check
+            # and the update are one LMDB write transaction (serialised across processes)
+            def record(txn):
+                self._check_tracking(txn, tracking)
+                self._put_tracking_max(txn, tracking.application_name, tracking.notification_id)
+            with self._lock:
+                self._check_writable()
+                self._write(record, "record tracking")
+            return
         with self._flush_lock, self._lock:      # lock order: _flush_lock, then _lock
             self._check_writable()
             with self._index_errors("read"), self.env.reader() as txn:
