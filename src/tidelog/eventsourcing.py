@@ -2,7 +2,7 @@
 
 Owns: TidelogFactory, the four recorders, TidelogStore (one store = what SQLite calls a table) and
 its per-process registry, the store's record format and its LMDB index. Uses tidelog's public API
-only.
+only; the index is opened, grown and handled across fork() by tidelog.lmdbenv.
 
 Select it with PERSISTENCE_MODULE=tidelog.eventsourcing and TIDELOG_PATH=<directory>
 (<APPNAME>_TIDELOG_PATH overrides it per application). Optional: TIDELOG_SEGMENT_BYTES.
@@ -336,6 +336,7 @@ class TidelogStore:
         try:
             yield
         except (lmdb.Error, tidelog.TidelogError) as exc:
+            self._check_open()          # closed (or inherited) meanwhile: say that
             raise _index_error(self.env, exc, doing) from exc
 
     def _reader(self):
