@@ -589,6 +589,310 @@ def test_index_ahead_of_log_refuses(tmp_path):
         TidelogStore.acquire(path, segment_bytes=SEG)
 
 
+
+# -- the index goes through tidelog.lmdbenv: a small map that grows, not 1 TiB per store ----------
+
+MANY_STORES = textwrap.dedent("""
+    import os, resource, sys
+    from uuid import uuid4
+    from eventsourcing.persistence import StoredEvent
+    from tidelog.eventsourcing import TidelogStore, TidelogApplicationRecorder
+
+    def vm_size():
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmSize:"):
+                    return int(line.split()[1]) * 1024
+    limit = vm_size() + (2 << 30)          # 2 GiB of address space for 24 stores
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    recs = []
+    for i in range(24):
+        s = TidelogStore.acquire(os.path.join(sys.argv[1], "s%d" % i), segment_bytes=1 << 20)
+        r = TidelogApplicationRecorder(s)
+        r.insert_events([StoredEvent(uuid4(), 1, "t", b"x")])
+        recs.append(r)
+    print("ok", sum(r.max_notification_id() for r in recs))
+""")
+
+
+class TestIndexMap(WithTmp):
+    def test_many_stores_under_address_space_limit(self):
+        out = subprocess.run([sys.executable, "-c", MANY_STORES, self.tmp], capture_output=True,
+                             text=True, timeout=120)
+        assert out.stdout.strip() == "ok 24", out.stderr[-2000:]
+
+    def test_index_grows_past_its_initial_map(self):
+        from tidelog import lmdbenv
+        s = self.store()
+        assert s.env.map_size == lmdbenv.INITIAL_MAP
+        r = TidelogApplicationRecorder(s)
+        oids = [uuid4() for _ in range(20000)]
+        for i in range(0, len(oids), 500):
+            r.insert_events([StoredEvent(o, 1, "t", b"") for o in oids[i:i + 500]])
+        s.flush_index()
+        assert s.env.map_size > lmdbenv.INITIAL_MAP
+        assert s.indexed_upto() == 20000
+        r.close()
+        s = self.store()              # reopened: the index is complete and readable
+        r = TidelogApplicationRecorder(s)
+        for o in oids[::997] + oids[-1:]:
+            assert [e.originator_version for e in r.select_events(o)] == [1]
+        r.close()
+
+    def test_view_transactions_grow_the_map(self):
+        s = self.store("t", with_log=False)
+        rec = TidelogTrackingRecorder(s)
+        db = rec.view_db()
+        for i in range(1, 301):       # 3 MB of view state through transaction(): never full
+            with rec.transaction(Tracking("up", i)) as txn:
+                txn.put(b"k%d" % i, b"v" * 10000, db=db)
+        assert rec.max_tracking_id("up") == 300
+        with rec.read_transaction() as txn:
+            assert txn.get(b"k299", db=db) == b"v" * 10000
+        rec.close()
+
+    def test_huge_view_transaction_asks_for_a_retry(self):
+        s = self.store("t", with_log=False)
+        rec = TidelogTrackingRecorder(s)
+        db = rec.view_db()
+        with pytest.raises(OperationalError, match="run the transaction again"):
+            with rec.transaction(Tracking("up", 1)) as txn:
+                for i in range(8000):
+                    txn.put(b"k%d" % i, b"v" * 1000, db=db)
+        assert rec.max_tracking_id("up") is None      # nothing committed
+        for attempt in range(10):     # each full map at least doubles it
+            try:
+                with rec.transaction(Tracking("up", 1)) as txn:
+                    for i in range(8000):
+                        txn.put(b"k%d" % i, b"v" * 1000, db=db)
+                break
+            except OperationalError:
+                assert rec.max_tracking_id("up") is None
+        assert rec.max_tracking_id("up") == 1
+        rec.close()
+
+
+
+# -- hostile input --------------------------------------------------------------------------------
+
+class TestOddInput(WithTmp):
+    def test_long_originator_ids_are_indexed(self):
+        """An id longer than an LMDB key was acknowledged, then failed the index commit: the
+        store stopped, and every reopen failed re-indexing it."""
+        s = self.store()
+        r = TidelogApplicationRecorder(s)
+        long_a, long_b = "x" * 600, "x" * 599 + "y"
+        assert r.insert_events([ev(long_a, 1), ev(long_a, 2), ev(long_b, 1), ev("", 1)]) == [
+            1, 2, 3, 4]
+        s.flush_index()
+        with pytest.raises(IntegrityError):
+            r.insert_events([ev(long_a, 2)])
+        assert [e.originator_version for e in r.select_events(long_a)] == [1, 2]
+        assert [e.originator_id for e in r.select_events(long_b)] == [long_b]
+        assert r.select_events("x" * 601) == []
+        r.close()
+        r = TidelogApplicationRecorder(self.store())      # reopened: re-indexed from the log
+        assert [e.originator_version for e in r.select_events(long_a, desc=True)] == [2, 1]
+        assert r.insert_events([ev(long_a, 3)]) == [5]
+        r.close()
+
+    def test_bad_input_is_refused_before_anything_is_written(self):
+        s = self.store()
+        r = TidelogProcessRecorder(s)
+        cases = [
+            (ValueError, "originator_version", [ev("a", 1 << 63)], None),
+            (ValueError, "originator_id", [ev("\ud800", 1)], None),
+            (ValueError, "topic", [ev("a", 1, topic="\ud800")], None),
+            (TypeError, "topic", [ev("a", 1, topic=5)], None),
+            (TypeError, "stored_events", [None], None),
+            (ValueError, "tracking.notification_id", [ev("a", 1)], Tracking("up", 1 << 64)),
+            (ValueError, "tracking.application_name", [ev("a", 1)], Tracking("\udc00", 1)),
+            (ValueError, "tracking.application_name", [ev("a", 1)], Tracking("u" * 600, 1)),
+        ]
+        for exc, arg, events, tracking in cases:
+            with pytest.raises(exc, match=arg):
+                r.insert_events(events, tracking=tracking)
+        assert r.max_notification_id() is None
+        assert r.insert_events([ev("a", 1)], tracking=Tracking("up", 1)) == [1]
+        assert r.select_events("a", limit=0) == []
+        r.close()
+
+
+
+class TestLifecycle(WithTmp):
+    def test_close_while_a_subscription_iterates(self):
+        """The iterating thread spun forever (busy) once the store closed under it."""
+        import threading
+        from eventsourcing.persistence import InterfaceError
+        r = TidelogApplicationRecorder(self.store())
+        r.insert_events([ev("a", v) for v in range(1, 51)])
+        got, errors, started = [], [], threading.Event()
+
+        def follow():
+            try:
+                with r.subscribe(gt=0) as sub:
+                    for n in sub:
+                        got.append(n.id)
+                        if len(got) == 50:
+                            started.set()
+            except Exception as e:
+                errors.append(e)
+        t = threading.Thread(target=follow, daemon=True)
+        t.start()
+        assert started.wait(60)
+        r.close()
+        t.join(60)
+        assert not t.is_alive()
+        assert got == list(range(1, 51))
+        assert len(errors) == 1 and isinstance(errors[0], InterfaceError), errors
+
+    def test_fork_child_opens_its_own_store(self):
+        """A child got its parent's store (and writer) from the registry: LogForkedError, a
+        tidelog error, on every use and at its exit."""
+        path = os.path.join(self.tmp, "s")
+        r = TidelogApplicationRecorder(self.store())
+        r.insert_events([ev("a", 1)])
+        rfd, wfd = os.pipe()
+        pid = os.fork()
+        if pid == 0:            # pragma: no cover - the child
+            out = []
+            try:
+                s2 = TidelogStore.acquire(path)
+                r2 = TidelogApplicationRecorder(s2)
+                out.append(f"same={s2 is r.store} readonly={s2.readonly}")
+                out.append("ids=" + ",".join(str(n.id) for n in r2.select_notifications(1, 9)))
+                for rec in (r2, r):
+                    try:
+                        rec.insert_events([ev("b", 1)])
+                        out.append("inserted")
+                    except OperationalError as e:
+                        out.append("refused")
+                r2.close()
+            except BaseException as e:
+                out.append(f"error {type(e).__name__} {e}")
+            os.write(wfd, "\n".join(out).encode())
+            os._exit(0)
+        os.close(wfd)
+        with os.fdopen(rfd) as f:
+            lines = f.read().split("\n")
+        os.waitpid(pid, 0)
+        assert lines == ["same=False readonly=True", "ids=1", "refused", "refused"]
+        assert r.insert_events([ev("a", 2)]) == [2]        # the parent's writer is intact
+        r.close()
+        r = TidelogApplicationRecorder(self.store())
+        assert [n.originator_id for n in r.select_notifications(1, 9)] == ["a", "a"]
+        r.close()
+
+
+
+FULL_DISK = """
+import os, sys
+from eventsourcing.persistence import StoredEvent, Tracking, OperationalError
+from tidelog.eventsourcing import TidelogStore, TidelogProcessRecorder
+root = sys.argv[1]
+r = TidelogProcessRecorder(TidelogStore.acquire(os.path.join(root, "s"), segment_bytes=1 << 20))
+v = 0
+while True:
+    try:
+        r.insert_events([StoredEvent("a", v + 1, "t", b"x" * 3000)], tracking=Tracking("up", v + 1))
+        v += 1
+    except OperationalError as e:
+        print("full", "No space" in str(e) or "no space" in str(e), flush=True)
+        break
+os.unlink(os.path.join(root, "filler"))
+r.insert_events([StoredEvent("a", v + 1, "t", b"y")], tracking=Tracking("up", v + 1))
+print("after", r.max_notification_id() == v + 1, len(r.select_events("a")) == v + 1,
+      r.max_tracking_id("up") == v + 1)
+r.close()
+r = TidelogProcessRecorder(TidelogStore.acquire(os.path.join(root, "s")))
+print("reopened", r.max_notification_id() == v + 1, r.select_events("a", desc=True, limit=1)[0].state == b"y")
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
+                    reason="needs root and unshare(1) for a private tmpfs")
+def test_full_disk_then_space_freed(tmp_path):
+    """A full disk stopped the store for good (reopen needed) although nothing was appended;
+    now the insert is refused, and the next one after space is freed succeeds."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    script = tmp_path / "full.py"
+    script.write_text(FULL_DISK)
+    out = subprocess.run(
+        ["unshare", "-m", "sh", "-c",
+         f"mount -t tmpfs -o size=8m tmpfs {mnt} && "
+         f"dd if=/dev/zero of={mnt}/filler bs=1M count=4 2>/dev/null && "
+         f"{sys.executable} {script} {mnt}"],
+        capture_output=True, text=True, timeout=300)
+    if "mount:" in out.stderr or "unshare:" in out.stderr:
+        pytest.skip(f"no private tmpfs here: {out.stderr.strip()}")
+    assert out.stdout.split("\n")[:3] == ["full True", "after True True True",
+                                           "reopened True True"], out.stderr[-3000:]
+
+
+
+def test_many_threads_hold_read_transactions(tmp_path):
+    """300 threads each holding a view's read transaction: the index has 1024 reader slots
+    (lmdbenv's default of 126 refused the 127th with "too many readers")."""
+    import threading
+    rec = TidelogTrackingRecorder(TidelogStore.acquire(str(tmp_path / "t"), with_log=False))
+    rec.insert_tracking(Tracking("up", 1))
+    n = 300
+    inside, errors = threading.Barrier(n), []
+
+    def read():
+        try:
+            with rec.read_transaction():
+                inside.wait(60)
+        except Exception as e:
+            errors.append(e)
+            inside.abort()
+    threads = [threading.Thread(target=read) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    rec.close()
+
+
+
+TRACKER = """
+import sys
+from eventsourcing.persistence import Tracking, IntegrityError
+from tidelog.eventsourcing import TidelogStore, TidelogTrackingRecorder
+r = TidelogTrackingRecorder(TidelogStore.acquire(sys.argv[1], with_log=False))
+print("ready", flush=True)
+sys.stdin.readline()
+ok = 0
+for i in range(1, 301):
+    try:
+        r.insert_tracking(Tracking("up", i))
+        ok += 1
+    except IntegrityError:
+        pass
+print(ok, flush=True)
+"""
+
+
+def test_tracking_store_shared_by_processes_accepts_each_id_once(tmp_path):
+    """A tracking store has no log, hence no writer lock: processes racing insert_tracking
+    each checked in a read transaction, then wrote: an id was accepted twice (583 of 300)."""
+    path = str(tmp_path / "t")
+    procs = [subprocess.Popen([sys.executable, "-c", TRACKER, path], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True) for _ in range(3)]
+    for p in procs:
+        assert p.stdout.readline().strip() == "ready"
+    for p in procs:
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    total = sum(int(p.communicate(timeout=120)[0]) for p in procs)
+    assert total == 300
+    rec = TidelogTrackingRecorder(TidelogStore.acquire(path, with_log=False))
+    assert rec.max_tracking_id("up") == 300
+    rec.close()
+
+
 del (AggregateRecorderTestCase, ApplicationRecorderTestCase, TrackingRecorderTestCase,
      ProcessRecorderTestCase, NonInterleavingNotificationIDsBaseCase,
      InfrastructureFactoryTestCase, ApplicationTestCase, ExampleApplicationTestCase,

@@ -2,7 +2,7 @@
 
 Owns: TidelogFactory, the four recorders, TidelogStore (one store = what SQLite calls a table) and
 its per-process registry, the store's record format and its LMDB index. Uses tidelog's public API
-only.
+only; the index is opened, grown and handled across fork() by tidelog.lmdbenv.
 
 Select it with PERSISTENCE_MODULE=tidelog.eventsourcing and TIDELOG_PATH=<directory>
 (<APPNAME>_TIDELOG_PATH overrides it per application). Optional: TIDELOG_SEGMENT_BYTES.
@@ -18,6 +18,7 @@ inserts; index entries wait in an in-memory overlay until they are committed to 
 from __future__ import annotations
 
 import atexit
+import hashlib
 import os
 import struct
 import threading
@@ -40,6 +41,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 import lmdb
 
 import tidelog
+from tidelog import lmdbenv
 
 __all__ = ["TidelogFactory", "TidelogAggregateRecorder", "TidelogApplicationRecorder",
            "TidelogTrackingRecorder", "TidelogProcessRecorder", "TidelogStore", "TidelogSubscription",
@@ -49,7 +51,8 @@ FORMAT = 1
 DEFAULT_SEGMENT_BYTES = 64 << 20
 FLUSH_EVERY = 512          # pending inserts before the index overlay is committed to LMDB
 FLUSH_SECONDS = 0.2        # ... or this long since the last commit
-MAP_SIZE = 1 << 40         # LMDB reserves address space only
+VIEW_HEADROOM = 1 << 20    # free map bytes ensured before a view's write transaction
+MAX_READERS = 1024         # index read transactions open at once (threads of all processes)
 
 # log record: flags, oid type, version, oid length, topic length, tracking length;
 # then oid, topic (utf-8), tracking (int64 id + utf-8 name, on the last record of an insert), state
@@ -59,35 +62,55 @@ _BE64 = struct.Struct(">Q")
 F_TRACKING = 1
 F_END = 2                  # last record of an insert
 OID_UUID, OID_STR = 0, 1
+LONG_OID = 256             # longer originator ids are hashed in index keys
 
 
 def _oid_bytes(oid):
     if isinstance(oid, UUID):
         return OID_UUID, oid.bytes
     if isinstance(oid, str):
-        return OID_STR, oid.encode("utf-8")
+        try:
+            return OID_STR, oid.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"originator_id: not encodable as UTF-8 ({exc})") from None
     raise TypeError(f"originator_id: expected a UUID or a str, not {type(oid).__name__}")
 
 
 def _oid_key(kind, raw):
-    """The index prefix of one originator: unambiguous, so a prefix scan never mixes two ids."""
+    """The index prefix of one originator: unambiguous, so a prefix scan never mixes two ids.
+    An id longer than LONG_OID bytes is keyed by its length and SHA-256 (an LMDB key holds at
+    most 511 bytes)."""
+    if len(raw) > LONG_OID:
+        return bytes((kind | 0x80,)) + struct.pack(">I", len(raw)) + hashlib.sha256(raw).digest()
     return bytes((kind,)) + struct.pack(">I", len(raw)) + raw
 
 
 def _version_key(version):
     if isinstance(version, bool) or not isinstance(version, int):
         raise TypeError(f"originator_version: expected an int, not {type(version).__name__}")
+    if not -(1 << 63) <= version < (1 << 63):
+        raise ValueError(f"originator_version: {version} is out of the 64-bit range")
     return _BE64.pack((version + (1 << 63)) & 0xFFFFFFFFFFFFFFFF)
+
+
+def _text(value, what):
+    if not isinstance(value, str):
+        raise TypeError(f"{what}: expected a str, not {type(value).__name__}")
+    try:
+        return value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"{what}: not encodable as UTF-8 ({exc})") from None
 
 
 def _encode(event, tracking=None):
     kind, raw = _oid_bytes(event.originator_id)
-    topic = event.topic.encode("utf-8")
+    topic = _text(event.topic, "topic")
     flags = 0
     trk = b""
     if tracking is not None:
         flags |= F_TRACKING
-        trk = _TRACK.pack(tracking.notification_id) + tracking.application_name.encode("utf-8")
+        trk = _TRACK.pack(tracking.notification_id) + _text(tracking.application_name,
+                                                            "tracking.application_name")
     state = event.state
     if not isinstance(state, (bytes, bytearray, memoryview)):
         raise TypeError(f"state: expected bytes, not {type(state).__name__}")
@@ -192,6 +215,14 @@ def _tidelog_error(exc):
     return OperationalError(str(exc))
 
 
+def _index_error(env, exc, doing):
+    """The eventsourcing error for an error of the LMDB index (py-lmdb's, or lmdbenv's
+    translation of one)."""
+    if isinstance(exc, lmdb.Error):
+        exc = env.translate(exc, doing)
+    return _tidelog_error(exc)
+
+
 class TidelogStore:
     """One store: a tidelog log (`log/`, unless `with_log=False`) plus an LMDB env (`index/`).
 
@@ -229,6 +260,16 @@ class TidelogStore:
             except Exception:
                 pass
 
+    @classmethod
+    def _after_fork_in_child(cls):
+        """A fork() child starts with no stores of its own: the parent's belong to the parent
+        (its log writer, its locks, its LMDB environment); acquire() opens them again here."""
+        cls._registry_lock = threading.Lock()
+        stores = list(cls._registry.values())
+        cls._registry = {}
+        for store in stores:
+            store.inherited = True
+
     def release(self):
         with self._registry_lock:
             self._refs -= 1
@@ -242,6 +283,7 @@ class TidelogStore:
         self.path = path
         self._refs = 0
         self.closed = False
+        self.inherited = False                # by a fork() child from its parent: unusable
         self.failure = None
         self.readonly = False
         self.log = None
@@ -260,23 +302,52 @@ class TidelogStore:
             if not create:
                 raise OperationalError(f"{path}: no such tidelog store (CREATE_TABLE is off)")
             os.makedirs(path, exist_ok=True)
-        fresh = not os.path.isdir(os.path.join(path, "index"))
-        self.env = lmdb.open(os.path.join(path, "index"), map_size=MAP_SIZE, max_dbs=16,
-                             max_readers=1024, sync=True, metasync=False, subdir=True)
-        if fresh:      # LMDB does not sync directory entries: a power loss could drop its files
-            for d in (os.path.join(path, "index"), path):
-                _fsync_dir(d)
-        self.idx = self.env.open_db(b"idx")
-        self.tracking_db = self.env.open_db(b"tracking")
-        self.meta = self.env.open_db(b"meta")
+        index = os.path.join(path, "index")
+        fresh = not os.path.exists(os.path.join(index, "data.mdb"))
         try:
+            os.makedirs(index, exist_ok=True)
+            # lmdbenv: a map that starts small and grows, shared per process, fork-aware
+            self.env = lmdbenv.acquire(index, what="the event store's index", max_dbs=16,
+                                       max_readers=MAX_READERS)
+        except OSError as exc:
+            raise OperationalError(f"{index}: cannot open the event store's index: "
+                                   f"{exc}") from exc
+        except tidelog.TidelogError as exc:
+            raise _tidelog_error(exc) from exc
+        try:
+            if fresh:  # LMDB does not sync directory entries: a power loss could drop its files
+                for d in (index, path):
+                    _fsync_dir(d)
+            with self._index_errors("open its databases"):
+                self.idx = self.env.db("idx")
+                self.tracking_db = self.env.db("tracking")
+                self.meta = self.env.db("meta")
             if with_log or os.path.isdir(os.path.join(path, "log")):
                 self._open_log(os.path.join(path, "log"), segment_bytes)
         except BaseException:
-            self.env.close()
+            lmdbenv.release(self.env)
             raise
         self.committed_end = (self.log.end_offset if self.log is not None and not self.readonly
                               else 0)
+
+    @contextmanager
+    def _index_errors(self, doing):
+        """Errors of the LMDB index leave as eventsourcing (PEP 249) errors."""
+        try:
+            yield
+        except (lmdb.Error, tidelog.TidelogError) as exc:
+            self._check_open()          # closed (or inherited) meanwhile: say that
+            raise _index_error(self.env, exc, doing) from exc
+
+    def _reader(self):
+        """A read transaction of the index (a context manager)."""
+        with self._index_errors("read"):
+            return self.env.reader()
+
+    def _write(self, fn, doing="write"):
+        """fn(txn) in an index write transaction, committed; run again after the map grew."""
+        with self._index_errors(doing):
+            return self.env.write(fn)
 
     def _open_log(self, logpath, segment_bytes):
         try:
@@ -299,7 +370,7 @@ class TidelogStore:
 
     def indexed_upto(self, txn=None):
         if txn is None:
-            with self.env.begin() as t:
+            with self._index_errors("read"), self.env.reader() as t:
                 return self.indexed_upto(t)
         v = txn.get(b"indexed_upto", db=self.meta)
         return 0 if v is None else _BE64.unpack(v)[0]
@@ -307,7 +378,8 @@ class TidelogStore:
     def recover(self):
         """Index every record in [indexed_upto, end) of the log (a writer only; idempotent)."""
         end = self.log.end_offset
-        with self.env.begin(write=True) as txn:
+
+        def index(txn):
             upto = self.indexed_upto(txn)
             if upto > end:
                 raise DatabaseError(
@@ -335,7 +407,9 @@ class TidelogStore:
             for name, nid in tracking.items():
                 self._put_tracking_max(txn, name, nid)
             txn.put(b"indexed_upto", _BE64.pack(end), db=self.meta)
-        return end - upto
+            return end - upto
+
+        return self._write(index, "re-index from the log")
 
     def _put_tracking_max(self, txn, name, nid):
         key = name.encode("utf-8")
@@ -345,9 +419,15 @@ class TidelogStore:
 
     # -- writing ----------------------------------------------------------------------------------
 
-    def _check_writable(self):
+    def _check_open(self):
+        if self.inherited:
+            raise OperationalError(f"{self.path}: this store was opened by the parent of this "
+                                   f"forked process; acquire it again in this process")
         if self.closed:
             raise InterfaceError(f"{self.path}: the store is closed")
+
+    def _check_writable(self):
+        self._check_open()
         if self.readonly:
             raise OperationalError(f"{self.path}: another process holds this store's writer "
                                    f"(tidelog.LogLockedError); this process can only read")
@@ -366,8 +446,14 @@ class TidelogStore:
         return v if w is None else max(v, w)
 
     def _check_tracking(self, txn, tracking):
-        if not isinstance(tracking.notification_id, int):
-            raise TypeError("tracking.notification_id: expected an int")
+        nid = tracking.notification_id
+        if isinstance(nid, bool) or not isinstance(nid, int):
+            raise TypeError(f"tracking.notification_id: expected an int, not "
+                            f"{type(nid).__name__}")
+        if not -(1 << 63) <= nid < (1 << 63):
+            raise ValueError(f"tracking.notification_id: {nid} is out of the 64-bit range")
+        if len(_text(tracking.application_name, "tracking.application_name")) > 480:
+            raise ValueError("tracking.application_name: longer than 480 bytes of UTF-8")
         current = self._max_tracking(txn, tracking.application_name)
         if current is not None and tracking.notification_id <= current:
             raise IntegrityError(f"tracking notification id {tracking.notification_id} for "
@@ -388,8 +474,11 @@ class TidelogStore:
             self._check_writable()
             entries = []
             seen = set()
-            with self.env.begin() as txn:
+            with self._index_errors("read"), self.env.reader() as txn:
                 for e in events:
+                    if not isinstance(e, StoredEvent):
+                        raise TypeError(f"stored_events: expected StoredEvent items, not "
+                                        f"{type(e).__name__}")
                     kind, raw = _oid_bytes(e.originator_id)
                     okey = _oid_key(kind, raw)
                     vkey = _version_key(e.originator_version)
@@ -410,13 +499,19 @@ class TidelogStore:
                 v, key = _encode(e, tracking if i == last else None)   # key: the id as text
                 values.append(v)
                 keys.append(key)
+            before = self.log.end_offset
             try:
                 first = self.log.append_batch(values, keys=keys)
-            except ValueError as exc:
-                raise DataError(f"{self.path}: {exc} (set TIDELOG_SEGMENT_BYTES larger)") from exc
             except tidelog.TidelogError as exc:
+                self._check_open()
+                if isinstance(exc, tidelog.LogFullError) and self.log.end_offset == before:
+                    # nothing was appended: the store stays usable once space is freed
+                    raise OperationalError(f"{self.path}: no space left for the log ({exc}); "
+                                           f"nothing was written: free space and retry") from exc
                 self.failure = exc
                 raise _tidelog_error(exc) from exc
+            except ValueError as exc:
+                raise DataError(f"{self.path}: {exc} (set TIDELOG_SEGMENT_BYTES larger)") from exc
             n = len(values)
             for i, (okey, vkey) in enumerate(entries):
                 self._overlay.setdefault(okey, {})[vkey] = first + i
@@ -473,23 +568,25 @@ class TidelogStore:
                             t.application_name, -1):
                         self._visible_tracking[t.application_name] = t.notification_id
                 self._changed.notify_all()
+        def commit(txn):
+            trk = {}
+            for end, entries, first, t in batch:
+                for i, (okey, vkey) in enumerate(entries):
+                    txn.put(okey + vkey, _BE64.pack(first + i), db=self.idx)
+                if t is not None:
+                    trk[t.application_name] = max(t.notification_id,
+                                                  trk.get(t.application_name, -1))
+            for name, nid in trk.items():
+                self._put_tracking_max(txn, name, nid)
+            if tracking is not None:
+                self._put_tracking_max(txn, tracking.application_name,
+                                       tracking.notification_id)
+            if batch:
+                txn.put(b"indexed_upto", _BE64.pack(batch[-1][0]), db=self.meta)
+
         try:
-            with self.env.begin(write=True) as txn:
-                trk = {}
-                for end, entries, first, t in batch:
-                    for i, (okey, vkey) in enumerate(entries):
-                        txn.put(okey + vkey, _BE64.pack(first + i), db=self.idx)
-                    if t is not None:
-                        trk[t.application_name] = max(t.notification_id,
-                                                      trk.get(t.application_name, -1))
-                for name, nid in trk.items():
-                    self._put_tracking_max(txn, name, nid)
-                if tracking is not None:
-                    self._put_tracking_max(txn, tracking.application_name,
-                                           tracking.notification_id)
-                if batch:
-                    txn.put(b"indexed_upto", _BE64.pack(batch[-1][0]), db=self.meta)
-        except lmdb.Error as exc:
+            self._write(commit, "commit the index")
+        except (OperationalError, DatabaseError, InterfaceError) as exc:
             # the log is ahead of the index: fail-stop, a reopen re-indexes from the log
             self.failure = exc
             raise OperationalError(f"{self.path}: index commit failed: {exc}") from exc
@@ -506,9 +603,19 @@ class TidelogStore:
     def insert_tracking(self, tracking):
         """A tracking-only update: checked, then committed to LMDB with the durable overlay."""
         self._check_writable()
+        if self.log is None:
+            # no log, no writer lock: other processes may write this store too, so the check
+            # and the update are one LMDB write transaction (serialised across processes)
+            def record(txn):
+                self._check_tracking(txn, tracking)
+                self._put_tracking_max(txn, tracking.application_name, tracking.notification_id)
+            with self._lock:
+                self._check_writable()
+                self._write(record, "record tracking")
+            return
         with self._flush_lock, self._lock:      # lock order: _flush_lock, then _lock
             self._check_writable()
-            with self.env.begin() as txn:
+            with self._index_errors("read"), self.env.reader() as txn:
                 self._check_tracking(txn, tracking)
             if self.log is not None:
                 try:
@@ -527,25 +634,57 @@ class TidelogStore:
             if tracking is not None and self.log is not None:
                 self.log.sync()
                 self._flush_locked(None)
-            with self.env.begin(write=True) as txn:
+            # the caller's block cannot be run again after a full map: make room first
+            with self._index_errors("grow its map"):
+                self.env.reserve(VIEW_HEADROOM)
+            with self._index_errors("begin a transaction"):
+                txn = self.env.begin_write()
+            try:
                 if tracking is not None:
                     self._check_tracking(txn, tracking)
                     self._put_tracking_max(txn, tracking.application_name,
                                            tracking.notification_id)
                 yield txn
+            except BaseException as exc:
+                self.env.end(txn)
+                if lmdbenv.is_map_full(exc):
+                    with self._index_errors("grow its map"):
+                        self.env.grow()
+                    raise OperationalError(f"{self.path}: the index map was full; it has "
+                                           f"grown: run the transaction again") from exc
+                if isinstance(exc, lmdb.Error):
+                    raise _index_error(self.env, exc, "write") from exc
+                raise
+            try:
+                self.env.end(txn, commit=True)
+            except BaseException as exc:
+                if lmdbenv.is_map_full(exc):
+                    with self._index_errors("grow its map"):
+                        self.env.grow()
+                    raise OperationalError(f"{self.path}: the index map was full; it has "
+                                           f"grown: run the transaction again") from exc
+                if isinstance(exc, (lmdb.Error, tidelog.TidelogError)):
+                    raise _index_error(self.env, exc, "commit") from exc
+                raise
 
     def named_db(self, name):
         """An LMDB database handle of this store's env, opened (created) once per store."""
         with self._registry_lock:
             db = self._dbs.get(name)
             if db is None:
-                db = self._dbs[name] = self.env.open_db(name)
+                try:
+                    text = name.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise ValueError(f"name: {name!r} is not UTF-8") from None
+                with self._index_errors("open a database"):
+                    db = self._dbs[name] = self.env.db(text)
             return db
 
     # -- reading ----------------------------------------------------------------------------------
 
     def end(self):
         """The exclusive end of what readers may see: committed inserts only."""
+        self._check_open()
         if self.log is None:
             return 0
         if self.readonly:
@@ -555,7 +694,7 @@ class TidelogStore:
     def max_tracking_id(self, name):
         if self.readonly:
             best = None
-            with self.env.begin() as txn:
+            with self._index_errors("read"), self.env.reader() as txn:
                 best = self._max_tracking(txn, name)
                 upto = self.indexed_upto(txn)
             for off, value in self._scan(upto, self.end()):
@@ -563,7 +702,7 @@ class TidelogStore:
                 if trk is not None and trk[0] == name and (best is None or trk[1] > best):
                     best = trk[1]
             return best
-        with self.env.begin() as txn:
+        with self._index_errors("read"), self.env.reader() as txn:
             return self._max_tracking(txn, name, pending=False)
 
     def _scan(self, lo, hi):
@@ -579,6 +718,8 @@ class TidelogStore:
     def event_offsets(self, oid, gt, lte, desc, limit):
         kind, raw = _oid_bytes(oid)
         okey = _oid_key(kind, raw)
+        if limit is not None and limit <= 0:
+            return []
         end = self.end()
         found = {}
         ov = self._overlay.get(okey)
@@ -586,7 +727,7 @@ class TidelogStore:
             for vkey, off in list(ov.items()):
                 if off < end:
                     found[vkey] = off
-        with self.env.begin() as txn:
+        with self._index_errors("read"), self.env.reader() as txn:
             cur = txn.cursor(db=self.idx)
             if cur.set_range(okey):
                 for k, v in cur:
@@ -615,6 +756,13 @@ class TidelogStore:
     def read_events(self, offsets):
         """The stored events at `offsets` (in that order); runs of consecutive offsets (an
         aggregate's events of one insert) are read as batches."""
+        try:
+            return self._read_events(offsets)
+        except tidelog.TidelogError as exc:
+            self._check_open()
+            raise _tidelog_error(exc) from exc
+
+    def _read_events(self, offsets):
         out = []
         i, n = 0, len(offsets)
         cur = None
@@ -645,6 +793,13 @@ class TidelogStore:
 
     def notifications(self, lo, hi, limit, topics):
         """Notifications of offsets [lo, hi) (hi capped at the committed end), topic-filtered."""
+        try:
+            return self._notifications(lo, hi, limit, topics)
+        except tidelog.TidelogError as exc:
+            self._check_open()          # closed meanwhile: InterfaceError
+            raise _tidelog_error(exc) from exc
+
+    def _notifications(self, lo, hi, limit, topics):
         hi = min(hi, self.end())
         out = []
         if hi <= lo or limit <= 0:
@@ -667,22 +822,35 @@ class TidelogStore:
     def wait_for_change(self, seen_end, timeout):
         """Block until end() passes `seen_end` or `timeout` seconds pass."""
         if self.readonly:
-            deadline = time.monotonic() + timeout
-            cur = self.log.cursor(start=min(seen_end, self.log.end_offset))
-            while self.end() <= seen_end:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                if cur.position <= seen_end and not cur.wait(timeout=min(left, 0.05)):
-                    continue
-                time.sleep(0.001)        # appended, not yet durable
-            return True
+            try:
+                return self._wait_readonly(seen_end, timeout)
+            except tidelog.TidelogError as exc:
+                self._check_open()
+                raise _tidelog_error(exc) from exc
         with self._changed:
             return self._changed.wait_for(lambda: self.committed_end > seen_end or self.closed,
                                           timeout)
 
+    def _wait_readonly(self, seen_end, timeout):
+        deadline = time.monotonic() + timeout
+        cur = self.log.cursor(start=min(seen_end, self.log.end_offset))
+        while self.end() <= seen_end:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if cur.position <= seen_end and not cur.wait(timeout=min(left, 0.05)):
+                continue
+            time.sleep(0.001)        # appended, not yet durable
+        return True
+
     def close(self):
         if self.closed:
+            return
+        if self.inherited:      # a fork() child only lets go of its copy: nothing is written
+            self.closed = True
+            if self.log is not None:
+                self.log.close()
+            lmdbenv.release(self.env)
             return
         try:
             if self.log is not None and not self.readonly and self.failure is None:
@@ -695,10 +863,12 @@ class TidelogStore:
                 self._changed.notify_all()
             if self.log is not None:
                 self.log.close()
-            self.env.close()
+            lmdbenv.release(self.env)
 
 
 atexit.register(TidelogStore.close_all)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=TidelogStore._after_fork_in_child)
 
 
 class _StoreHolder:
@@ -819,7 +989,7 @@ class TidelogTrackingRecorder(_StoreHolder, TrackingRecorder):
 
     def read_transaction(self):
         """An LMDB read transaction (context manager)."""
-        return self.store.env.begin()
+        return self.store._reader()
 
 
 class TidelogProcessRecorder(TidelogTrackingRecorder, TidelogApplicationRecorder, ProcessRecorder):

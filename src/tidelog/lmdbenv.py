@@ -101,7 +101,7 @@ class LmdbEnv:
     transaction across calls (a view between checkpoints); `reader(db)` a read transaction for
     the caller to hold (a context manager). Every lmdb error leaves as a TidelogError."""
 
-    def __init__(self, path, *, what, max_dbs, durable=True, create=True):
+    def __init__(self, path, *, what, max_dbs, durable=True, create=True, max_readers=126):
         self.path = path
         self.what = what                     # "the positions store", for messages
         self._pid = _pid
@@ -134,6 +134,7 @@ class LmdbEnv:
         try:
             if self.locked:
                 self.raw = lmdb.open(path, map_size=size, max_dbs=max_dbs, subdir=True,
+                                     max_readers=max_readers,
                                      readonly=not self.writable, lock=True,
                                      create=self.writable, sync=durable, metasync=durable,
                                      readahead=False, max_spare_txns=0)
@@ -394,6 +395,20 @@ class LmdbEnv:
                 self._growing = False
                 self._cond.notify_all()
 
+    def reserve(self, nbytes):
+        """Grow the map now if fewer than `nbytes` of it are free: for a caller about to run, in
+        a write transaction, code that cannot be run again after a full map (a `with` block)."""
+        self._check()
+        if not self.writable:
+            return
+        try:
+            info = self.raw.info()
+            used = (info["last_pgno"] + 1) * self.raw.stat()["psize"]
+        except lmdb.Error as e:
+            raise self.translate(e, "read its size") from e
+        if info["map_size"] - used < nbytes:
+            self.grow(used + nbytes)
+
     # ------------------------------------------------------------------ transactions
 
     def db(self, name, txn=None):
@@ -556,14 +571,17 @@ class HeldReader:
             pass
 
 
-def acquire(path, *, what, max_dbs, create=True):
-    """The LmdbEnv of directory `path` shared by this process (reference-counted: release())."""
+def acquire(path, *, what, max_dbs, create=True, max_readers=126):
+    """The LmdbEnv of directory `path` shared by this process (reference-counted: release()).
+    `max_readers`: read transactions open at once, over all processes (set by the first
+    process that opens the environment)."""
     st = os.stat(path)
     key = (_pid, st.st_dev, st.st_ino)
     with _lock:
         env = _shared.get(key)
         if env is None or env._closed:
-            env = _shared[key] = LmdbEnv(path, what=what, max_dbs=max_dbs, create=create)
+            env = _shared[key] = LmdbEnv(path, what=what, max_dbs=max_dbs, create=create,
+                                         max_readers=max_readers)
             env._key = key
         env._refs += 1
         return env
