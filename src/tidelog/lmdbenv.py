@@ -37,6 +37,13 @@ import weakref
 
 import lmdb
 
+try:    # py-lmdb >= 3 imports this helper at an environment's first open; import it now, so a
+    # fork() while another thread opens one cannot leave the child on the import lock, and a
+    # process that later drops privileges (or empties sys.path) still opens environments
+    import lmdb._envid  # noqa: F401
+except ImportError:     # older py-lmdb: nothing imported late
+    pass
+
 from tidelog.errors import LogFullError, TidelogError
 
 __all__ = ["LmdbEnv", "StoreFullError", "acquire", "temporary", "is_map_full"]
