@@ -191,6 +191,13 @@ import contextlib, io, json, os, sys
 import lmdb, click, rich.console, rich.table, rich.text, rich.markup
 import tidelog, tidelog.cli, tidelog.replay
 from tidelog.replay import read_view, replayers
+import importlib, pkgutil               # rich imports some of its modules only when first used
+for _m in pkgutil.iter_modules(rich.__path__):
+    try:
+        if _m.name != "__main__":
+            importlib.import_module("rich." + _m.name)
+    except ImportError:                 # (its Windows-only modules)
+        pass
 path = sys.argv[1]
 if os.geteuid() == 0:                   # drop to nobody (root ignores permissions)
     os.setgroups([])
