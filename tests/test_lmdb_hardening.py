@@ -186,13 +186,11 @@ def test_fork_during_a_transaction_gives_the_child_a_clear_error(tmp_path):
 
 # ------------------------------------------------------------------ 13, 21: read-only directories
 
-RO_SCRIPT = '''
-import contextlib, io, json, os, sys
-import lmdb, click, rich.console, rich.table, rich.text, rich.markup
+AS_NOBODY = '''
+import contextlib, importlib, io, json, os, pkgutil, sys, time
+import lmdb, click, rich
 import tidelog, tidelog.cli, tidelog.replay
-from tidelog.replay import read_view, replayers
-import importlib, pkgutil               # rich imports some of its modules only when first used
-for _m in pkgutil.iter_modules(rich.__path__):
+for _m in pkgutil.iter_modules(rich.__path__):   # rich imports some modules only on first use
     try:
         if _m.name != "__main__":
             importlib.import_module("rich." + _m.name)
@@ -200,12 +198,16 @@ for _m in pkgutil.iter_modules(rich.__path__):
         pass
 path = sys.argv[1]
 if os.geteuid() == 0:                   # drop to nobody (root ignores permissions)
-    os.setgroups([])
-    os.setgid(65534)
-    os.setuid(65534)
-if os.geteuid() == 0 or os.access(path, os.W_OK):
+    os.setgroups([]); os.setgid(65534); os.setuid(65534)
+if os.geteuid() == 0:
     sys.exit("could not drop privileges: the test would prove nothing")
 sys.path[:] = []                        # as in CI, whose venv nobody cannot read
+'''
+
+RO_SCRIPT = '''
+from tidelog.replay import read_view, replayers
+if os.access(path, os.W_OK):
+    sys.exit("nobody may write the log: the test would prove nothing")
 out = {}
 log = tidelog.open(path, readonly=True)
 out["positions"] = log.positions()
@@ -259,7 +261,7 @@ def make_readonly(path, lock_writable):
 def as_nobody(code, *args):
     """Run code as a user without write access: as root, it imports first, then drops to
     nobody (so that CI's private venv need not be readable); else it runs as this user."""
-    return run_py(code, *args)
+    return run_py(AS_NOBODY + textwrap.dedent(code), *args)
 
 
 @pytest.mark.parametrize("lock_writable", [False, True], ids=["lock-readonly", "lock-writable"])
@@ -301,15 +303,6 @@ def test_info_shows_what_it_can_when_positions_are_unreadable(ro_dir):
     make_readonly(path, False)
     os.chmod(os.path.join(path, "positions"), 0o500)          # not even readable by others
     proc = as_nobody('''
-        import contextlib, io, os, sys
-        import click, rich.console, rich.table, rich.text, rich.markup
-        import tidelog, tidelog.cli, tidelog.replay
-        path = sys.argv[1]
-        if os.geteuid() == 0:
-            os.setgroups([]); os.setgid(65534); os.setuid(65534)
-        if os.geteuid() == 0:
-            sys.exit("could not drop privileges")
-        sys.path[:] = []
         try:
             tidelog.cli.main(["info", path])
         except SystemExit as e:
@@ -535,15 +528,7 @@ def test_a_lockless_reader_never_sees_a_torn_snapshot(ro_dir):
     os.chmod(os.path.join(path, "positions"), 0o755)
     for f in ("data.mdb", "lock.mdb"):
         os.chmod(os.path.join(path, "positions", f), 0o644)      # root writes, nobody reads
-    reader = subprocess.Popen([sys.executable, "-c", textwrap.dedent('''
-        import os, sys, time
-        import tidelog
-        path = sys.argv[1]
-        if os.geteuid() == 0:
-            os.setgroups([]); os.setgid(65534); os.setuid(65534)
-        if os.geteuid() == 0:
-            sys.exit("could not drop privileges")
-        sys.path[:] = []
+    reader = subprocess.Popen([sys.executable, "-c", AS_NOBODY + textwrap.dedent('''
         log = tidelog.open(path, readonly=True)
         assert not log._positions().shared.locked
         reads = torn = 0
