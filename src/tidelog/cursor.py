@@ -58,7 +58,7 @@ class Cursor(_core.CursorCore):
         A named (durable-only) cursor waits for the record to be durable."""
         timeout = _args.timeout(timeout)
         spin = _args.seconds(spin, "spin", allow_zero=True)
-        return self.log._wait_for(self.position, self.durable_only, timeout, spin)
+        return self.log.wait_for(self.position, self.durable_only, timeout, spin)
 
     def follow(self, timeout=None, *, spin=DEFAULT_SPIN):
         """Yield records as the writer appends, across segment rolls and writer restarts; stop
@@ -118,8 +118,8 @@ class Cursor(_core.CursorCore):
         if self.name is None:
             raise TypeError("commit: an anonymous cursor has no stored position; open one with "
                             "log.cursor(name=...)")
-        offset = self.log._check_commit_offset(self.position if offset is None else offset)
-        self.log._positions().put(self.name, offset)
+        offset = self.log.check_commit_offset(self.position if offset is None else offset)
+        self.log.position_store().put(self.name, offset)
         return offset
 
     def __repr__(self):
@@ -185,7 +185,7 @@ class AsyncWaiter:
     def _wake(self, log):
         self._kick.set()
         if log is not None:
-            log._wake_sleepers()
+            log.wake_sleepers()
 
     def _run(self):
         idle = False                # the last look found no task to wake
@@ -222,7 +222,7 @@ class AsyncWaiter:
                     # also when the tasks just woken have not come back yet: they register
                     # while this sleeps (no wake-up of this thread needed), as a follower does
                     # after each record; with nobody waiting, only for WAITER_LINGER
-                    log._wait_for(v, self._durable, None if self._waiting else WAITER_LINGER,
+                    log.wait_for(v, self._durable, None if self._waiting else WAITER_LINGER,
                                   0.0, self._kick)
             except BaseException as e:          # closed, or the writer failed (durable)
                 with self._cond:

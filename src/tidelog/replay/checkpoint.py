@@ -31,7 +31,7 @@ NO_DIGEST = bytes(DIGEST_SIZE)
 OFFSET = struct.Struct(">q")    # big-endian, so a name's digests sort by offset
 
 
-def _as_bytes(value, what):
+def as_bytes(value, what):
     if isinstance(value, bytes):
         return value
     try:
@@ -44,7 +44,7 @@ def _as_bytes(value, what):
     return bytes(view)
 
 
-def _digest_of(machine, view, snap=None, txn=None):
+def digest_of(machine, view, snap=None, txn=None):
     """The digest of a machine's state: its digest() when it has one, else blake2b of snap."""
     if view:
         d = machine.digest(txn)
@@ -54,7 +54,7 @@ def _digest_of(machine, view, snap=None, txn=None):
             d = custom()
         else:
             return hashlib.blake2b(snap, digest_size=DIGEST_SIZE).digest()
-    d = _as_bytes(d, "digest()")
+    d = as_bytes(d, "digest()")
     if len(d) != DIGEST_SIZE:      # any length is fine: fold it to the stored size
         d = hashlib.blake2b(d, digest_size=DIGEST_SIZE).digest()
     return d
@@ -73,7 +73,7 @@ class Checkpoint(NamedTuple):
     verified: int               # ... and how far it has compared (-1: not yet)
 
 
-def _unpack(raw):
+def unpack_header(raw):
     """The Checkpoint of a stored header."""
     if raw is None or len(raw) < HEADER.size:
         raise TidelogError("replayer checkpoint: truncated header")
@@ -87,14 +87,14 @@ def _unpack(raw):
                       None if agreed < 0 else agreed, verified)
 
 
-def _dkey(prefix, offset):
+def digest_key(prefix, offset):
     return prefix + OFFSET.pack(offset)
 
 
-def _stored_digests(txn, db, prefix, start):
+def stored_digests(txn, db, prefix, start):
     """(offset, digest) of the name whose digest keys start with `prefix`, from offset `start`."""
     cur = txn.cursor(db=db)
-    if not cur.set_range(_dkey(prefix, max(start, 0))):
+    if not cur.set_range(digest_key(prefix, max(start, 0))):
         return
     n = len(prefix)
     for k, v in cur.iternext():

@@ -1,6 +1,6 @@
 """Replica comparison: a replayer's digests against its reference's, offset by offset.
 
-Owns the rule of agreement (`_compare`): walk a replica's (offset, digest) pairs in order,
+Owns the rule of agreement (`compare_digests`): walk a replica's (offset, digest) pairs in order,
 compare each with the reference's digest at the same offset, skip offsets the reference passed
 without a digest, stop at one it has not reached, and raise ReplicaDivergedError at the first
 difference. `check_replica(log, name, reference)` applies it to two stored replayers. Reads
@@ -9,10 +9,11 @@ inside its caller's (or its own read) transaction; writes nothing.
 
 from tidelog.errors import ReplicaDivergedError
 from tidelog.positions import check_name
-from tidelog.replay.checkpoint import CHECKPOINTS_DB, DIGESTS_DB, _dkey, _stored_digests, _unpack
-from tidelog.replay.store import _check_log, _existing_dbs
+from tidelog.replay.checkpoint import (CHECKPOINTS_DB, DIGESTS_DB, digest_key, stored_digests,
+                                       unpack_header)
+from tidelog.replay.store import check_log, existing_dbs
 
-def _compare(txn, cp_db, dg_db, own, name, reference, verified, agreed, upto):
+def compare_digests(txn, cp_db, dg_db, own, name, reference, verified, agreed, upto):
     """Compare `own` digests ((offset, digest) ascending, offsets > verified) with those of
     `reference` up to offset `upto`; returns the new (verified, agreed) and how many offsets were
     compared; ReplicaDivergedError at
@@ -20,7 +21,7 @@ def _compare(txn, cp_db, dg_db, own, name, reference, verified, agreed, upto):
     one it has not reached yet stops the comparison (to be resumed later)."""
     ref = check_name(reference, "replica_of")
     raw = txn.get(ref, db=cp_db)
-    ref_pos = None if raw is None else _unpack(raw).position
+    ref_pos = None if raw is None else unpack_header(raw).position
     prefix = ref + b"\0"
     compared = 0
     for off, digest in own:
@@ -28,7 +29,7 @@ def _compare(txn, cp_db, dg_db, own, name, reference, verified, agreed, upto):
             break
         if off <= verified:
             continue
-        theirs = txn.get(_dkey(prefix, off), db=dg_db)
+        theirs = txn.get(digest_key(prefix, off), db=dg_db)
         if theirs is None:
             if ref_pos is None or ref_pos < off:
                 break
@@ -56,16 +57,16 @@ def check_replica(log, name, reference):
     """Compare the stored digests of replayer `name` with those of `reference` at every common
     checkpoint offset. Returns (offsets compared, last offset where they agree or None);
     ReplicaDivergedError at the first difference."""
-    _check_log(log)
+    check_log(log)
     name_b = check_name(name, "name")
     check_name(reference, "reference")
-    store, (has_cp, has_dg) = _existing_dbs(log, CHECKPOINTS_DB, DIGESTS_DB)
+    store, (has_cp, has_dg) = existing_dbs(log, CHECKPOINTS_DB, DIGESTS_DB)
     if not (has_cp and has_dg):
         return 0, None
 
     def compare(txn):
         cp_db, dg_db = store.db(CHECKPOINTS_DB), store.db(DIGESTS_DB)
-        return _compare(txn, cp_db, dg_db, _stored_digests(txn, dg_db, name_b + b"\0", 0),
+        return compare_digests(txn, cp_db, dg_db, stored_digests(txn, dg_db, name_b + b"\0", 0),
                         name, reference, -1, -1, 1 << 62)
 
     (_, agreed), n = store.read(compare)

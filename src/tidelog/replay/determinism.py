@@ -11,10 +11,10 @@ from typing import Optional
 
 from tidelog import _args
 from tidelog.errors import ReplicaDivergedError
-from tidelog.replay.checkpoint import _as_bytes, _digest_of
-from tidelog.replay.machine import _blame, _check_machine
+from tidelog.replay.checkpoint import as_bytes, digest_of
+from tidelog.replay.machine import blame, check_machine
 from tidelog.replay.replayer import Replayer
-from tidelog.replay.store import _check_log
+from tidelog.replay.store import check_log
 
 @dataclass(frozen=True)
 class DeterminismReport:
@@ -56,7 +56,7 @@ def verify_determinism(log, factory, *, until=None, checkpoint_every=10_000, loc
     after each record, to name the first record whose effect differs (`report.record`; None if
     the re-run does not reproduce it). Then ReplicaDivergedError (with `.report`) unless
     `raise_on_divergence=False`."""
-    _check_log(log)
+    check_log(log)
     if not callable(factory):
         raise TypeError(f"factory: expected a callable that returns a fresh machine, not "
                         f"{type(factory).__name__}")
@@ -68,8 +68,8 @@ def verify_determinism(log, factory, *, until=None, checkpoint_every=10_000, loc
         raise ValueError(f"until: {until} is outside [start_offset, durable_offset] = "
                          f"[{start}, {durable}]")
     ma, mb = factory(), factory()
-    view = _check_machine(ma, "factory()")
-    if _check_machine(mb, "factory()") != view or ma is mb:
+    view = check_machine(ma, "factory()")
+    if check_machine(mb, "factory()") != view or ma is mb:
         raise TypeError("factory: must return a new machine of the same kind on every call")
     a = b = None
     try:
@@ -81,7 +81,7 @@ def verify_determinism(log, factory, *, until=None, checkpoint_every=10_000, loc
             cp = min(until, (pos // checkpoint_every + 1) * checkpoint_every)
             a.run(until=cp)
             b.run(until=cp)
-            (oa, da), (ob, db) = a._mem_digests[-1], b._mem_digests[-1]
+            (oa, da), (ob, db) = a.last_digest, b.last_digest
             assert oa == ob == cp, (oa, ob, cp)
             compared += 1
             if da != db:
@@ -94,7 +94,7 @@ def verify_determinism(log, factory, *, until=None, checkpoint_every=10_000, loc
                 break
             since, pos = cp, cp
             if not view:
-                agreed_snapshot = a._last_snapshot
+                agreed_snapshot = a.last_snapshot
         if report is None:
             report = DeterminismReport(True, start, pos, compared, checkpoint_every, since=since)
     finally:
@@ -123,14 +123,14 @@ def _locate_record(log, factory, snapshot, start, stop):
             m1.apply(rec)
             m2.apply(rec)
             method = "snapshot"
-            s1, s2 = _as_bytes(m1.snapshot(), "snapshot()"), _as_bytes(m2.snapshot(), "snapshot()")
+            s1, s2 = as_bytes(m1.snapshot(), "snapshot()"), as_bytes(m2.snapshot(), "snapshot()")
             method = "digest"
-            if _digest_of(m1, False, s1) != _digest_of(m2, False, s2):
+            if digest_of(m1, False, s1) != digest_of(m2, False, s2):
                 return rec.offset
             method = None
     except BaseException as exc:
         if method is not None:
-            _blame(exc, m1, method, at,
+            blame(exc, m1, method, at,
                    f"at record offset {at} (locating the first differing record)", None)
         raise
     return None

@@ -1,7 +1,7 @@
 """What a replay machine is, and what its code is blamed for.
 
 Owns the machine contract: `LmdbView` (the base class of a view machine, with the default digest
-of its database), the checks that an object is a machine (`_check_machine`), and `MachineCall`:
+of its database), the checks that an object is a machine (`check_machine`), and `MachineCall`:
 the mark (`exc.tidelog_machine_call`, plus a note) put on an exception that a machine's own
 method raised, naming the method and the record offset. Holds no state; releases nothing.
 """
@@ -47,7 +47,7 @@ class LmdbView:
 
 
 
-def _check_machine(machine, what="machine"):
+def check_machine(machine, what="machine"):
     if isinstance(machine, type):
         raise TypeError(f"{what}: expected a machine object, not the class {machine.__name__} "
                         f"(pass an instance: {machine.__name__}())")
@@ -86,7 +86,7 @@ def machine_call(exc):
     return call if isinstance(call, MachineCall) else None
 
 
-def _blame(exc, machine, method, offset, where, replayer):
+def blame(exc, machine, method, offset, where, replayer):
     """Mark `exc`, raised by machine.<method>, with the method and the record offset; the
     exception itself propagates unchanged (its type is the machine's business)."""
     if machine_call(exc) is not None or isinstance(exc, KeyboardInterrupt):

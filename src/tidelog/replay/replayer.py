@@ -22,11 +22,11 @@ from tidelog.errors import OffsetOutOfRangeError, TidelogError
 from tidelog.positions import check_name
 from tidelog.replay.checkpoint import (CHECKPOINTS_DB, DIGEST_SIZE, DIGESTS_DB, FORMAT, HEADER,
                                        KIND_NAMES, KIND_SNAPSHOT, KIND_VIEW, MAGIC, NO_DIGEST,
-                                       OFFSET, SNAPSHOT_SUFFIX, VIEW_DB_PREFIX, _as_bytes,
-                                       _digest_of, _dkey, _stored_digests, _unpack)
-from tidelog.replay.compare import _compare
-from tidelog.replay.machine import _blame, _check_machine
-from tidelog.replay.store import _check_log, delete_replayer
+                                       OFFSET, SNAPSHOT_SUFFIX, VIEW_DB_PREFIX, as_bytes,
+                                       digest_of, digest_key, stored_digests, unpack_header)
+from tidelog.replay.compare import compare_digests
+from tidelog.replay.machine import blame, check_machine
+from tidelog.replay.store import check_log, delete_replayer
 
 CHUNK_RECORDS = 16384          # records per step of the per-record loop (progress is called
                                # after each step); stop(), signals and checkpoint_interval end a
@@ -116,8 +116,8 @@ class Replayer:
 
     def __init__(self, log, machine, *, name, checkpoint_every=100_000, checkpoint_interval=None,
                  replica_of=None, digests=True, digest_history=None):
-        _check_log(log)
-        view = _check_machine(machine)
+        check_log(log)
+        view = check_machine(machine)
         name_b = None if name is None else check_name(name, "name")
         checkpoint_every = _args.count(checkpoint_every, "checkpoint_every")
         checkpoint_interval = _args.seconds(checkpoint_interval, "checkpoint_interval",
@@ -169,7 +169,7 @@ class Replayer:
         self._store = None
         self._tmp_env = None            # an ephemeral view's scratch environment
         if name is not None or replica_of is not None:
-            self._store = store = log._positions()
+            self._store = store = log.position_store()
             if store.shared.locked and store.writable:
                 store.env.reader_check()    # free reader slots of killed processes
             self._open_dbs()
@@ -238,7 +238,7 @@ class Replayer:
                     f"name: {name!r} is the position of a named cursor, not a replayer "
                     f"(pick another name, or log.delete_position({name!r}) first)")
             return start
-        cp = _unpack(raw)
+        cp = unpack_header(raw)
         kind, cp_pos = (KIND_VIEW if cp.kind == "view" else KIND_SNAPSHOT), cp.position
         if pos is None:
             # log.delete_position(name) forgot this replayer: start over, clearing what is left
@@ -266,7 +266,7 @@ class Replayer:
             try:
                 self.machine.restore(snap)
             except BaseException as exc:
-                _blame(exc, self.machine, "restore", cp_pos,
+                blame(exc, self.machine, "restore", cp_pos,
                        f"restoring the checkpoint at offset {cp_pos}", name)
                 raise
         self._checkpointed = cp_pos
@@ -293,7 +293,19 @@ class Replayer:
         if self.name is None:
             return dict(self._mem_digests)
         return self._store.read(lambda txn: {o: bytes(d) for o, d in
-                                             _stored_digests(txn, self._dg_db, self._prefix, 0)})
+                                             stored_digests(txn, self._dg_db, self._prefix, 0)})
+
+    @property
+    def last_digest(self):
+        """(offset, digest) of an ephemeral replayer's latest checkpoint, kept in memory (None
+        before the first one, or for a named replayer: see digests())."""
+        return self._mem_digests[-1] if self._mem_digests else None
+
+    @property
+    def last_snapshot(self):
+        """The snapshot an ephemeral snapshot-machine replayer took at its latest checkpoint
+        (None before the first one, for a view, or for a named replayer)."""
+        return self._last_snapshot
 
     def __repr__(self):
         name = "(ephemeral)" if self.name is None else repr(self.name)
@@ -484,7 +496,7 @@ class Replayer:
                     else:
                         batch_fn(batch, txn)
                 except BaseException as exc:
-                    _blame(exc, machine, "apply_batch", at,
+                    blame(exc, machine, "apply_batch", at,
                            f"in the batch of records [{at}, {at + k})", self.name)
                     raise
                 n -= k
@@ -506,7 +518,7 @@ class Replayer:
             except BaseException as exc:
                 if not _raised_by_core(exc):        # the cursor's errors are not the machine's
                     at = cur.position - 1
-                    _blame(exc, machine, "apply", at, f"at record offset {at}", self.name)
+                    blame(exc, machine, "apply", at, f"at record offset {at}", self.name)
                 raise
         if cur.position != stop and not braked:
             raise TidelogError(f"replayer {self.name!r}: stopped at {cur.position} short of "
@@ -531,7 +543,7 @@ class Replayer:
         """Raise unless the stored checkpoint and position are still the ones this replayer
         restored or wrote (another replayer of the same name would double-apply records)."""
         raw = txn.get(self._name_b, db=self._cp_db)
-        stored = None if raw is None else _unpack(raw).position
+        stored = None if raw is None else unpack_header(raw).position
         pos = self._store.get(self.name, txn)
         if stored != self._checkpointed or (pos is not None and pos[0] != stored) or (
                 pos is None and stored is not None):
@@ -564,11 +576,11 @@ class Replayer:
         m = self.machine
         method = "snapshot"
         try:
-            snap = _as_bytes(m.snapshot(), "snapshot()")
+            snap = as_bytes(m.snapshot(), "snapshot()")
             method = "digest"
-            digest = _digest_of(m, False, snap) if self.record_digests else None
+            digest = digest_of(m, False, snap) if self.record_digests else None
         except BaseException as exc:
-            _blame(exc, m, method, pos, f"at the checkpoint at offset {pos}", self.name)
+            blame(exc, m, method, pos, f"at the checkpoint at offset {pos}", self.name)
             raise
         if self.name is None:
             self._remember(pos, digest)
@@ -587,10 +599,10 @@ class Replayer:
             txn = self._begin()
             try:
                 try:
-                    digest = (_digest_of(self.machine, True, txn=txn) if self.record_digests
+                    digest = (digest_of(self.machine, True, txn=txn) if self.record_digests
                               else None)
                 except BaseException as exc:
-                    _blame(exc, self.machine, "digest", pos, f"at the checkpoint at offset {pos}",
+                    blame(exc, self.machine, "digest", pos, f"at the checkpoint at offset {pos}",
                            self.name)
                     raise
                 if self.name is None:
@@ -629,7 +641,7 @@ class Replayer:
         (verified, agreed) of a replica, to take effect once txn commits."""
         verified = (self._verified, self._agreed)
         if digest is not None:
-            txn.put(_dkey(self._prefix, pos), digest, db=self._dg_db)
+            txn.put(digest_key(self._prefix, pos), digest, db=self._dg_db)
             if self.digest_history is not None:
                 self._prune(txn, pos - self.digest_history)
             if self.replica_of is not None:
@@ -659,10 +671,10 @@ class Replayer:
         if self.name is None:
             i = bisect.bisect_right(self._mem_digests, (self._verified, b"\xff" * DIGEST_SIZE))
             return iter(self._mem_digests[i:])
-        return _stored_digests(txn, self._dg_db, self._prefix, self._verified + 1)
+        return stored_digests(txn, self._dg_db, self._prefix, self._verified + 1)
 
     def _compare_in(self, txn, upto):
-        return _compare(txn, self._cp_db, self._dg_db, self._own_digests(txn), self.name,
+        return compare_digests(txn, self._cp_db, self._dg_db, self._own_digests(txn), self.name,
                         self.replica_of, self._verified, self._agreed, upto)[0]
 
     def verify(self):

@@ -3,16 +3,16 @@
 Owns the module functions over a log's positions store that need no running Replayer:
 `replayers(log)` (every stored Checkpoint), `read_view(log, name)`, `delete_replayer(log, name)`
 (one write transaction removing a name's position, checkpoint, snapshot, digests and view), and
-the argument check shared by every replay entry point (`_check_log`). Reading never creates the
-store or a database in it (`_existing_dbs`). The format of what they read is checkpoint.py's.
+the argument check shared by every replay entry point (`check_log`). Reading never creates the
+store or a database in it (`existing_dbs`). The format of what they read is checkpoint.py's.
 """
 
 from tidelog.errors import LogClosedError
 from tidelog.positions import check_name
 from tidelog.replay.checkpoint import (CHECKPOINTS_DB, DIGESTS_DB, SNAPSHOT_SUFFIX,
-                                       VIEW_DB_PREFIX, _dkey, _stored_digests, _unpack)
+                                       VIEW_DB_PREFIX, digest_key, stored_digests, unpack_header)
 
-def _check_log(log):
+def check_log(log):
     from tidelog.log import Log
     if not isinstance(log, Log):
         raise TypeError(f"log: expected a tidelog.Log (from tidelog.open), not "
@@ -22,11 +22,11 @@ def _check_log(log):
 
 
 
-def _existing_dbs(log, *names):
+def existing_dbs(log, *names):
     """(store, [whether it exists, per name]) without creating anything: reading never creates
     the positions store or a database in it. store is None when there is no store. (Handles
     are looked up inside each transaction: a lock-less reader's copy may change between.)"""
-    store = log._positions(create=False)
+    store = log.position_store(create=False)
     if store is None:
         return None, [False] * len(names)
     return store, [store.has_db(n) for n in names]
@@ -35,20 +35,20 @@ def _existing_dbs(log, *names):
 
 def replayers(log):
     """{name: Checkpoint} of every replayer with a checkpoint in this log's positions store."""
-    _check_log(log)
-    store, (has_cp,) = _existing_dbs(log, CHECKPOINTS_DB)
+    check_log(log)
+    store, (has_cp,) = existing_dbs(log, CHECKPOINTS_DB)
     if not has_cp:
         return {}
-    return store.read(lambda txn: {bytes(k).decode("utf-8"): _unpack(v) for k, v in
+    return store.read(lambda txn: {bytes(k).decode("utf-8"): unpack_header(v) for k, v in
                                    txn.cursor(db=store.db(CHECKPOINTS_DB)) if b"\0" not in k})
 
 
 def delete_replayer(log, name):
     """Forget replayer `name`: its position, checkpoint, digests and view. True if it had any.
     (A live Replayer of that name in this process must not be used afterwards.)"""
-    _check_log(log)
+    check_log(log)
     name_b = check_name(name, "name", existing=True)
-    store = log._positions()
+    store = log.position_store()
     cp_db, dg_db = store.db(CHECKPOINTS_DB), store.db(DIGESTS_DB)
     store.positions_db                  # opened before the write transaction, as the others
     view_key = VIEW_DB_PREFIX + name
@@ -57,9 +57,9 @@ def delete_replayer(log, name):
         found = store.delete(name, txn)
         found |= txn.delete(name_b, db=cp_db)
         txn.delete(name_b + SNAPSHOT_SUFFIX, db=cp_db)
-        keys = [k for k, _ in _stored_digests(txn, dg_db, name_b + b"\0", 0)]
+        keys = [k for k, _ in stored_digests(txn, dg_db, name_b + b"\0", 0)]
         for off in keys:
-            txn.delete(_dkey(name_b + b"\0", off), db=dg_db)
+            txn.delete(digest_key(name_b + b"\0", off), db=dg_db)
         found |= bool(keys)
         if txn.get(view_key.encode(), db=None) is not None:    # a named db lives in the main db
             txn.drop(store.shared.db(view_key, txn=txn), delete=True)
@@ -76,9 +76,9 @@ def read_view(log, name):
     """A read transaction on the view of LmdbView replayer `name` (default database the view),
     a context manager: ``with read_view(log, "counts") as txn: txn.get(b"u42")``. KeyError when
     there is no such view."""
-    _check_log(log)
+    check_log(log)
     check_name(name, "name", existing=True)
-    store, (has_view,) = _existing_dbs(log, VIEW_DB_PREFIX + name)
+    store, (has_view,) = existing_dbs(log, VIEW_DB_PREFIX + name)
     if not has_view:
         raise KeyError(f"no replayer view named {name!r} in {log.path}")
     return store.shared.reader(db=VIEW_DB_PREFIX + name)
