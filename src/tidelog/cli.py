@@ -15,17 +15,17 @@ import shutil
 import sys
 import tempfile
 import time
-import zlib
 
 import click
-import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
 import tidelog
-from tidelog import _args
+from tidelog import _args, quickbench
+from tidelog import demo as demo_story
+from tidelog.clishow import _progress, _rate
 from tidelog.positions import POSITIONS_DIR
 from tidelog.replay import machine_call
 
@@ -167,11 +167,6 @@ def _print_batches(cur, count, line):
         click.echo("\n".join(line(rec) for rec in batch))
 
 
-def _progress(console):
-    return Progress(TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=console, disable=not console.is_terminal)
-
-
 def _replayers(log):
     """Names of the subscribers that are replayers: they have a checkpoint, and their position
     moves only with their checkpointed state (reading this creates nothing)."""
@@ -203,10 +198,6 @@ def _wide_console():
     table cut to 80 columns would wrap subscriber names and times)."""
     console = Console()
     return console if console.is_terminal else Console(width=max(console.width, 200))
-
-
-def _rate(n, seconds):
-    return n / seconds if seconds > 0 else float("inf")
 
 
 _FORMAT = click.option("--format", "fmt", type=click.Choice(["text", "hex", "json"]),
@@ -636,32 +627,6 @@ def positions_delete(path, name):
 
 # ------------------------------------------------------------------------------- demo, bench
 
-_TYPES = (b"click", b"view", b"scroll", b"add_to_cart", b"purchase")
-_PAGES = (b"home", b"search", b"product", b"cart", b"checkout")
-_EVENT = b'{"seq":%d,"ts":%d,"user":"u%06d","type":"%s","page":"/%s/%d","x":%d,"y":%d}'
-
-
-def _events(rng, seq, n):
-    """n synthetic click events (~100 bytes of JSON each) and their keys (the user)."""
-    users = rng.integers(0, 100_000, n).tolist()
-    kinds = rng.integers(0, len(_TYPES), n).tolist()
-    pages = rng.integers(0, len(_PAGES), n).tolist()
-    items = rng.integers(0, 10_000, n).tolist()
-    xy = rng.integers(0, 2048, (2, n)).tolist()
-    ts = 1_700_000_000_000 + seq
-    values = [_EVENT % (seq + i, ts + i, u, _TYPES[k], _PAGES[p], it, x, y)
-              for i, (u, k, p, it, x, y) in enumerate(zip(users, kinds, pages, items, *xy))]
-    return values, [b"u%06d" % u for u in users]
-
-
-def _result_table(title, rows):
-    table = Table("phase", "records", "seconds", "records/s", "MB/s", title=title)
-    for name, n, nbytes, seconds in rows:
-        table.add_row(name, f"{n:,}", f"{seconds:.3f}", f"{_rate(n, seconds):,.0f}",
-                      "" if nbytes is None else f"{_rate(nbytes, seconds) / 1e6:,.1f}")
-    return table
-
-
 @cli.command()
 @click.argument("path", required=False)
 @click.option("--events", type=click.IntRange(min=1, max=DEMO_MAX), default=1_000_000,
@@ -685,10 +650,7 @@ def demo(ctx, path, events, singles):
     if path is None:
         tmp = path = tempfile.mkdtemp(prefix="tidelog-demo-")
     try:
-        t0 = time.perf_counter()
-        ok = _demo(console, path, events, singles)
-        ok = _demo_story(console, path, events) and ok
-        click.echo(f"demo took {time.perf_counter() - t0:.1f} s")
+        ok = demo_story.run(console, path, events, singles)
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -696,132 +658,6 @@ def demo(ctx, path, events, singles):
     click.echo(f"log: {path} ({where})")
     if not ok:
         ctx.exit(1)
-
-
-def _demo_story(console, path, events):
-    from tidelog import demo as story
-    rng = np.random.default_rng(7)
-    ok = True
-    with tidelog.open(path) as log:
-        wave = max(1, events // 4)
-
-        def ingest_more():
-            for lo in range(0, wave, CHUNK):
-                values, keys = _events(rng, 10 ** 9 + lo, min(CHUNK, wave - lo))
-                log.append_batch(values, keys=keys)
-        lags, got, secs, _ = story.subscribers(log, console, ingest_more)
-        info = log.position_info()
-        table = Table("subscriber", "position", "lag (records)", title="subscribers")
-        lead = max(lags, key=lambda k: -lags[k]) if lags else None
-        for name, lag in lags.items():
-            table.add_row(name + (" (leads)" if name == lead else ""), f"{info[name][0]:,}",
-                          f"{lag:,}")
-        console.print(table)
-        click.echo(f"live tail: 'indexer' followed {got:,} records while {wave:,} more were "
-                   f"appended ({secs:.2f} s), committing as it went")
-
-        r = story.replay_with_crash(log, console, rng)
-        if r["killed_after"] is None:
-            click.echo(f"replay: replayer 'counts' was already at the end ({r['end']:,}): "
-                       f"nothing to replay, so no crash to show")
-        else:
-            since = (f"its last checkpoint at {r['resumed_from']:,}" if r["checkpointed"] else
-                     f"{r['resumed_from']:,} (no checkpoint yet: where it first began)")
-            click.echo(f"replay: a replayer in a child process applied records "
-                       f"[{r['start']:,}, {r['killed_after']:,}) (checkpointing every "
-                       f"{r['every']:,}) and was killed (SIGKILL) before its next checkpoint; "
-                       f"a new one resumed from {since} and reached {r['end']:,} in "
-                       f"{r['resumed_secs']:.2f} s")
-        if r["exact"]:
-            click.echo(f"exactly once: its per-user counts ({r['total']:,} clicks; user "
-                       f"{r['top']} leads with {r['top_count']}) equal a fresh fold of the log")
-        else:
-            ok = False
-            click.echo("tidelog: demo: the resumed replayer's counts differ from a fresh fold",
-                       err=True)
-        good, t_good, bad = story.determinism(log)
-        click.echo(f"determinism: ClickCounter: {good} ({t_good:.2f} s)")
-        click.echo(f"determinism: FlakyCounter (reads state outside the log): {bad}")
-        if not good or bad:
-            ok = False
-    return ok
-
-
-def _demo(console, path, events, singles):
-    rng = np.random.default_rng(2024)
-    wcrc = kcrc = 0
-    nbytes = 0
-    t_gen = t_append = 0.0
-    with tidelog.open(path) as log:
-        first = log.end_offset
-        click.echo(f"demo: {events:,} click events (~100 B, keyed by user) into {log.path}")
-        with _progress(console) as prog:
-            task = prog.add_task("ingest", total=events)
-            for lo in range(0, events, CHUNK):
-                t0 = time.perf_counter()
-                values, keys = _events(rng, lo, min(CHUNK, events - lo))
-                t1 = time.perf_counter()
-                log.append_batch(values, keys=keys)
-                t_append += time.perf_counter() - t1
-                t_gen += t1 - t0
-                wv, wk = b"".join(values), b"".join(keys)
-                wcrc, kcrc = zlib.crc32(wv, wcrc), zlib.crc32(wk, kcrc)
-                nbytes += len(wv) + len(wk)
-                prog.advance(task, len(values))
-        t0 = time.perf_counter()
-        log.sync()
-        t_sync = time.perf_counter() - t0
-
-        rcrc = rkcrc = 0
-        n = 0
-        contiguous = True
-        crc32 = zlib.crc32
-        cur = log.cursor(first)
-        t_batches = 0.0
-        t0 = time.perf_counter()
-        with _progress(console) as prog:
-            task = prog.add_task("read + verify", total=events)
-            while n < events:
-                t1 = time.perf_counter()
-                batch = cur.read_batch(min(BATCH, events - n))
-                t_batches += time.perf_counter() - t1
-                if not len(batch):
-                    break
-                contiguous &= bool(batch.offsets[0] == first + n)
-                for v in batch.values:       # one view at a time: no garbage-collector churn
-                    rcrc = crc32(v, rcrc)
-                rkcrc = crc32(b"".join(k or b"" for k in batch.keys), rkcrc)
-                n += len(batch)
-                prog.advance(task, len(batch))
-        t_read = time.perf_counter() - t0
-
-        values, keys = _events(rng, events, singles)
-        append1 = log.append
-        t0 = time.perf_counter()
-        for v, k in zip(values, keys):
-            append1(v, key=k)
-        t_single = time.perf_counter() - t0
-        single_bytes = sum(map(len, values)) + sum(map(len, keys))
-        t0 = time.perf_counter()
-        log.sync()
-        t_single_sync = time.perf_counter() - t0
-
-    ok = n == events and contiguous and rcrc == wcrc and rkcrc == kcrc
-    rows = [("append_batch + sync", events, nbytes, t_append + t_sync),
-            ("read_batch (CRC-checked)", n, nbytes, t_batches),
-            ("read_batch + Python crc32", n, nbytes, t_read)]
-    if singles:
-        rows.append(("append (1 per call) + sync", singles, single_bytes,
-                     t_single + t_single_sync))
-    console.print(_result_table("throughput (MB/s: key + value bytes)", rows))
-    click.echo(f"(generating the events took {t_gen:.2f} s, not counted above)")
-    if ok:
-        click.echo(f"verified: {n:,} records read back, offsets contiguous, "
-                      f"crc32 values {rcrc:08x} keys {rkcrc:08x} match what was written")
-    else:
-        click.echo(f"tidelog: demo: MISMATCH: wrote {events} records (crc32 {wcrc:08x}/{kcrc:08x}), "
-                   f"read {n} (crc32 {rcrc:08x}/{rkcrc:08x}, contiguous={contiguous})", err=True)
-    return ok
 
 
 @cli.command()
@@ -832,43 +668,7 @@ def _demo(console, path, events, singles):
               help="Value size in bytes.")
 def bench(records, size):
     """A quick benchmark (a few seconds) in a temporary directory: append, append_batch, scan."""
-    console = Console()
-    rng = np.random.default_rng(1)
-    chunk = [bytes(v) for v in rng.integers(0, 256, (CHUNK, size), dtype=np.uint8)]
-    tmp = tempfile.mkdtemp(prefix="tidelog-bench-")
-    try:
-        with tidelog.open(tmp) as log:
-            append1 = log.append
-            t0 = time.perf_counter()
-            for i in range(records):
-                append1(chunk[i % CHUNK])
-            log.sync()
-            t_single = time.perf_counter() - t0
-
-            t0 = time.perf_counter()
-            for _ in range(records // CHUNK):
-                log.append_batch(chunk)
-            log.sync()
-            t_batch = time.perf_counter() - t0
-            n_batch = records // CHUNK * CHUNK
-
-            cur = log.cursor("earliest")
-            scanned = scanned_bytes = 0
-            t0 = time.perf_counter()
-            while True:
-                batch = cur.read_batch()
-                if not len(batch):
-                    break
-                scanned += len(batch)
-                scanned_bytes += batch.nbytes
-            t_scan = time.perf_counter() - t0
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    console.print(_result_table(f"tidelog bench: {size} B values, durability=batch", [
-        ("append (1 per call) + sync", records, records * size, t_single),
-        (f"append_batch ({CHUNK:,}) + sync", n_batch, n_batch * size, t_batch),
-        ("scan via read_batch", scanned, scanned_bytes, t_scan)]))
-
+    quickbench.run(records, size)
 
 # ------------------------------------------------------------------------------- replay
 
