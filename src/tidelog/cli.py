@@ -23,7 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 import tidelog
-from tidelog import _args, quickbench
+from tidelog import _args, lagbytes, quickbench
 from tidelog import demo as demo_story
 from tidelog.clishow import _progress, _rate
 from tidelog.positions import POSITIONS_DIR
@@ -35,9 +35,9 @@ BATCH = 65536         # records per read_batch
 CHUNK = 10_000        # records per append_batch in demo, bench and append
 INFO_SUBSCRIBERS = 20 # subscribers `info` lists one per line (`lag` shows them all)
 DEMO_MAX = 100_000_000 # most events `demo` ingests (and records `bench` appends): ~10 GB
-LAG_SCAN_RECORDS = 5_000_000  # `lag` reads at most this many records to count bytes behind
-LAG_SCAN_BYTES = 1 << 30      # ... and about this many value bytes (~0.3 s from the page cache)
-LAG_SAMPLE = 4096             # records near the end that estimate the record size first
+LAG_SCAN_RECORDS = lagbytes.SCAN_RECORDS  # `lag` reads at most this many records to count
+LAG_SCAN_BYTES = lagbytes.SCAN_BYTES      # bytes behind, and about this many value bytes
+LAG_SAMPLE = lagbytes.SAMPLE              # records near the end that estimate the record size
 
 
 class CliError(Exception):
@@ -443,7 +443,9 @@ def lag(path, exact):
             click.echo(f"no subscribers: no named positions are stored in {log.path}")
             return
         start, end, durable = log.start_offset, log.end_offset, log.durable_offset
-        behind, problem = _bytes_behind(log, [pos for pos, _ in subs.values()], end, exact)
+        behind, problem = lagbytes.bytes_behind(log, [pos for pos, _ in subs.values()], end, exact,
+                                                 sample=LAG_SAMPLE, scan_records=LAG_SCAN_RECORDS,
+                                                 scan_bytes=LAG_SCAN_BYTES)
         replayers = _replayers(log)
     now = time.time_ns()
     lead = max((pos for pos, _ in subs.values() if pos <= end), default=None)
@@ -472,56 +474,6 @@ def lag(path, exact):
     if any(pos > end for pos, _ in subs.values()):
         click.echo("beyond end: records that subscriber had read are gone (a repair cut the log); "
                    f"rewind it with `tidelog positions {path} set NAME OFFSET`", err=True)
-
-
-def _bytes_behind(log, offsets, end, exact):
-    """({position: (value bytes in [position, end), approximate?)}, problem or None).
-
-    One pass from the lowest position serves every subscriber: read_batch stops at each
-    position, so each gets its exact share. Unless `exact`, the pass starts at most about
-    LAG_SCAN_RECORDS records / LAG_SCAN_BYTES bytes before `end` (the bytes of LAG_SAMPLE records
-    at the end estimate how many records that is); bytes further back are extrapolated from the
-    mean value size of the records read. A position below start_offset counts from there (the
-    records before it are gone); one beyond `end` gets no entry."""
-    start = log.start_offset
-    inside = sorted({max(pos, start) for pos in offsets if pos <= end})
-    if not inside:
-        return {}, None
-    lo = scan_lo = inside[0]
-    try:
-        if not exact and end - lo > LAG_SAMPLE:
-            sample = log.cursor(end - LAG_SAMPLE).read_batch(LAG_SAMPLE)   # one segment's
-            mean = sample.nbytes / len(sample) if len(sample) else 0
-            window = LAG_SCAN_RECORDS if not mean else int(LAG_SCAN_BYTES / mean)
-            scan_lo = max(lo, end - max(LAG_SAMPLE, min(LAG_SCAN_RECORDS, window)))
-        marks = [pos for pos in inside if pos >= scan_lo]
-        before = {}          # position -> value bytes in [scan_lo, position)
-        cur = log.cursor(scan_lo)
-        at, total, i = scan_lo, 0, 0
-        while True:
-            while i < len(marks) and marks[i] <= at:
-                before[marks[i]] = total
-                i += 1
-            if at >= end:
-                break
-            batch = cur.read_batch(min(BATCH, (marks[i] if i < len(marks) else end) - at))
-            if not len(batch):
-                return {}, CliError(f"the log ends at {at}, before its end offset {end}")
-            total += batch.nbytes
-            at += len(batch)
-    except (tidelog.CorruptLogError, tidelog.OffsetOutOfRangeError) as exc:
-        return {}, exc
-    mean = total / (end - scan_lo) if end > scan_lo else 0.0
-    out = {}
-    for pos in offsets:
-        if pos > end:
-            continue
-        at = max(pos, start)
-        if at >= scan_lo:
-            out[pos] = (total - before[at], False)
-        else:
-            out[pos] = (total + round((scan_lo - at) * mean), True)
-    return out, None
 
 
 @cli.group(invoke_without_command=True, subcommand_metavar="[list | set NAME OFFSET | delete NAME]")
