@@ -25,14 +25,14 @@ from rich.text import Text
 import tidelog
 from tidelog import _args, lagbytes, quickbench
 from tidelog import demo as demo_story
-from tidelog.clishow import _progress, _rate
+from tidelog.clishow import progress_bar, rate, result_table
 from tidelog.positions import POSITIONS_DIR
 from tidelog.replay import machine_call
 
 __all__ = ["main", "cli"]
 
 BATCH = 65536         # records per read_batch
-CHUNK = 10_000        # records per append_batch in demo, bench and append
+CHUNK = 10_000        # records per append_batch in `append`
 INFO_SUBSCRIBERS = 20 # subscribers `info` lists one per line (`lag` shows them all)
 DEMO_MAX = 100_000_000 # most events `demo` ingests (and records `bench` appends): ~10 GB
 LAG_SCAN_RECORDS = lagbytes.SCAN_RECORDS  # `lag` reads at most this many records to count
@@ -343,7 +343,7 @@ def verify(ctx, path):
         cur = log.cursor(start)
         n = 0
         try:
-            with _progress(console) as prog:
+            with progress_bar(console) as prog:
                 task = prog.add_task("verify", total=end - start)
                 while cur.position < end:
                     batch = cur.read_batch(min(BATCH, end - cur.position))
@@ -613,14 +613,16 @@ def demo(ctx, path, events, singles):
 
 
 @cli.command()
-@click.option("--records", type=click.IntRange(min=CHUNK, max=DEMO_MAX), default=2_000_000,
+@click.option("--records", type=click.IntRange(min=quickbench.CHUNK, max=DEMO_MAX),
+              default=2_000_000,
               show_default=True,
               help="Records per append phase (the scan reads both).")
 @click.option("--size", type=click.IntRange(min=0), default=100, show_default=True,
               help="Value size in bytes.")
 def bench(records, size):
     """A quick benchmark (a few seconds) in a temporary directory: append, append_batch, scan."""
-    quickbench.run(records, size)
+    rows = quickbench.run(records, size)
+    Console().print(result_table(f"tidelog bench: {size} B values, durability=batch", rows))
 
 # ------------------------------------------------------------------------------- replay
 
@@ -752,7 +754,7 @@ def replay(ctx, path, spec, name, checkpoint_every, checkpoint_interval, until, 
         import signal
         why = f" (stopped by {signal.Signals(rep.stopped_by).name})"
     click.echo(f"replayed {pos - first:,} records [{first}, {pos}) in {seconds:.2f} s "
-               f"({_rate(pos - first, seconds):,.0f} records/s){why}; replayer {rep.name!r} "
+               f"({rate(pos - first, seconds):,.0f} records/s){why}; replayer {rep.name!r} "
                f"checkpointed at {pos}, lag {lag:,}")
 
 

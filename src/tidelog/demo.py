@@ -1,11 +1,15 @@
-"""The `tidelog demo` story after the ingest: subscribers and their lag, a replayer building
-per-user counts, a crash of the replayer and its exact resume, and a determinism check.
+"""`tidelog demo`: the whole story the command tells, and the machines it uses.
+
+`run(console, path, events, singles)` is the command's body (the CLI only parses its options,
+picks the directory and sets the exit status): ingest synthetic click events and read them back
+(throughput, CRC-checked), two named subscribers and their lag while a second wave arrives, a
+replayer in a child process killed with SIGKILL and resumed exactly, and the determinism check
+of an honest machine and of a counter-example. Holds no state between calls.
 
 `ClickCounter` is a real machine: `tidelog replay PATH --machine tidelog.demo:ClickCounter`
 works on a demo log.
 """
 
-import os
 import signal
 import subprocess
 import sys
@@ -18,9 +22,10 @@ import numpy as np
 from rich.table import Table
 
 import tidelog
-from tidelog.clishow import _progress, _result_table
+from tidelog.clishow import progress_bar, result_table
 
-__all__ = ["ClickCounter", "FlakyCounter", "subscribers", "replay_with_crash", "determinism"]
+__all__ = ["ClickCounter", "FlakyCounter", "subscribers", "replay_with_crash", "determinism",
+           "run"]
 
 USERS = 100_000           # the demo's user ids are 0 .. USERS-1, keys b"u%06d"
 KEY_LEN = 7
@@ -244,9 +249,7 @@ def determinism(log):
     return good, t_good, bad
 
 
-# ------------------------------------------------------------------------------- the command's story
-# (moved from cli.py: the ingest phase, then the subscribers, the replayer's crash and the
-# determinism check)
+# ------------------------------------------------------------------------------- the command
 
 CHUNK = 10_000        # events per append_batch
 BATCH = 65536         # records per read_batch
@@ -255,8 +258,8 @@ BATCH = 65536         # records per read_batch
 def run(console, path, events, singles):
     """The whole demo on the log at `path`; True when every check held."""
     t0 = time.perf_counter()
-    ok = _demo(console, path, events, singles)
-    ok = _demo_story(console, path, events) and ok
+    ok = _ingest(console, path, events, singles)
+    ok = _story(console, path, events) and ok
     click.echo(f"demo took {time.perf_counter() - t0:.1f} s")
     return ok
 
@@ -266,7 +269,7 @@ _PAGES = (b"home", b"search", b"product", b"cart", b"checkout")
 _EVENT = b'{"seq":%d,"ts":%d,"user":"u%06d","type":"%s","page":"/%s/%d","x":%d,"y":%d}'
 
 
-def _events(rng, seq, n):
+def _click_events(rng, seq, n):
     """n synthetic click events (~100 bytes of JSON each) and their keys (the user)."""
     users = rng.integers(0, 100_000, n).tolist()
     kinds = rng.integers(0, len(_TYPES), n).tolist()
@@ -279,9 +282,7 @@ def _events(rng, seq, n):
     return values, [b"u%06d" % u for u in users]
 
 
-
-def _demo_story(console, path, events):
-    from tidelog import demo as story
+def _story(console, path, events):
     rng = np.random.default_rng(7)
     ok = True
     with tidelog.open(path) as log:
@@ -289,9 +290,9 @@ def _demo_story(console, path, events):
 
         def ingest_more():
             for lo in range(0, wave, CHUNK):
-                values, keys = _events(rng, 10 ** 9 + lo, min(CHUNK, wave - lo))
+                values, keys = _click_events(rng, 10 ** 9 + lo, min(CHUNK, wave - lo))
                 log.append_batch(values, keys=keys)
-        lags, got, secs, _ = story.subscribers(log, console, ingest_more)
+        lags, got, secs, _ = subscribers(log, console, ingest_more)
         info = log.position_info()
         table = Table("subscriber", "position", "lag (records)", title="subscribers")
         lead = max(lags, key=lambda k: -lags[k]) if lags else None
@@ -302,7 +303,7 @@ def _demo_story(console, path, events):
         click.echo(f"live tail: 'indexer' followed {got:,} records while {wave:,} more were "
                    f"appended ({secs:.2f} s), committing as it went")
 
-        r = story.replay_with_crash(log, console, rng)
+        r = replay_with_crash(log, console, rng)
         if r["killed_after"] is None:
             click.echo(f"replay: replayer 'counts' was already at the end ({r['end']:,}): "
                        f"nothing to replay, so no crash to show")
@@ -321,7 +322,7 @@ def _demo_story(console, path, events):
             ok = False
             click.echo("tidelog: demo: the resumed replayer's counts differ from a fresh fold",
                        err=True)
-        good, t_good, bad = story.determinism(log)
+        good, t_good, bad = determinism(log)
         click.echo(f"determinism: ClickCounter: {good} ({t_good:.2f} s)")
         click.echo(f"determinism: FlakyCounter (reads state outside the log): {bad}")
         if not good or bad:
@@ -329,7 +330,7 @@ def _demo_story(console, path, events):
     return ok
 
 
-def _demo(console, path, events, singles):
+def _ingest(console, path, events, singles):
     rng = np.random.default_rng(2024)
     wcrc = kcrc = 0
     nbytes = 0
@@ -337,11 +338,11 @@ def _demo(console, path, events, singles):
     with tidelog.open(path) as log:
         first = log.end_offset
         click.echo(f"demo: {events:,} click events (~100 B, keyed by user) into {log.path}")
-        with _progress(console) as prog:
+        with progress_bar(console) as prog:
             task = prog.add_task("ingest", total=events)
             for lo in range(0, events, CHUNK):
                 t0 = time.perf_counter()
-                values, keys = _events(rng, lo, min(CHUNK, events - lo))
+                values, keys = _click_events(rng, lo, min(CHUNK, events - lo))
                 t1 = time.perf_counter()
                 log.append_batch(values, keys=keys)
                 t_append += time.perf_counter() - t1
@@ -361,7 +362,7 @@ def _demo(console, path, events, singles):
         cur = log.cursor(first)
         t_batches = 0.0
         t0 = time.perf_counter()
-        with _progress(console) as prog:
+        with progress_bar(console) as prog:
             task = prog.add_task("read + verify", total=events)
             while n < events:
                 t1 = time.perf_counter()
@@ -377,7 +378,7 @@ def _demo(console, path, events, singles):
                 prog.advance(task, len(batch))
         t_read = time.perf_counter() - t0
 
-        values, keys = _events(rng, events, singles)
+        values, keys = _click_events(rng, events, singles)
         append1 = log.append
         t0 = time.perf_counter()
         for v, k in zip(values, keys):
@@ -395,7 +396,7 @@ def _demo(console, path, events, singles):
     if singles:
         rows.append(("append (1 per call) + sync", singles, single_bytes,
                      t_single + t_single_sync))
-    console.print(_result_table("throughput (MB/s: key + value bytes)", rows))
+    console.print(result_table("throughput (MB/s: key + value bytes)", rows))
     click.echo(f"(generating the events took {t_gen:.2f} s, not counted above)")
     if ok:
         click.echo(f"verified: {n:,} records read back, offsets contiguous, "

@@ -7,16 +7,15 @@ import tempfile
 import time
 
 import numpy as np
-from rich.console import Console
 
 import tidelog
-from tidelog.clishow import _result_table
 
 CHUNK = 10_000        # records per append_batch
 
 
 def run(records, size):
-    console = Console()
+    """Append `records` values of `size` bytes one per call, then as many in batches of CHUNK,
+    then scan both; returns the throughput rows (phase, records, bytes, seconds)."""
     rng = np.random.default_rng(1)
     chunk = [bytes(v) for v in rng.integers(0, 256, (CHUNK, size), dtype=np.uint8)]
     tmp = tempfile.mkdtemp(prefix="tidelog-bench-")
@@ -48,7 +47,6 @@ def run(records, size):
             t_scan = time.perf_counter() - t0
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    console.print(_result_table(f"tidelog bench: {size} B values, durability=batch", [
-        ("append (1 per call) + sync", records, records * size, t_single),
-        (f"append_batch ({CHUNK:,}) + sync", n_batch, n_batch * size, t_batch),
-        ("scan via read_batch", scanned, scanned_bytes, t_scan)]))
+    return [("append (1 per call) + sync", records, records * size, t_single),
+            (f"append_batch ({CHUNK:,}) + sync", n_batch, n_batch * size, t_batch),
+            ("scan via read_batch", scanned, scanned_bytes, t_scan)]
