@@ -338,37 +338,27 @@ def verify(ctx, path):
 
     Exit 0 when clean, 1 on damage (one line: file, byte position, offset)."""
     console = Console(stderr=True)
-    with _open_ro(path) as log:
-        start, end = log.start_offset, log.end_offset
-        cur = log.cursor(start)
-        n = 0
-        try:
-            with progress_bar(console) as prog:
-                task = prog.add_task("verify", total=end - start)
-                while cur.position < end:
-                    batch = cur.read_batch(min(BATCH, end - cur.position))
-                    if not len(batch):
-                        break
-                    n += len(batch)
-                    prog.advance(task, len(batch))
-        except tidelog.CorruptLogError as exc:
-            reason = str(exc).split("; run `tidelog verify")[0]
-            click.echo(f"DAMAGED file={exc.path} position={exc.position} offset={exc.offset}: "
-                       f"{reason}")
-            ctx.exit(1)
-        except tidelog.OffsetOutOfRangeError as exc:     # a segment file is missing
-            click.echo(f"DAMAGED file={log.path} position=None offset={cur.position}: {exc}")
-            ctx.exit(1)
-        if n != end - start:
-            click.echo(f"DAMAGED: read {n} records, the log claims {end - start} "
-                       f"([{start}, {end}))")
-            ctx.exit(1)
-        indexes = log._index_problems()
-    for name, bad in indexes:
+    with progress_bar(console) as prog:
+        task = []
+
+        def progress(done, total):
+            if not task:
+                task.append(prog.add_task("verify", total=total))
+            prog.update(task[0], completed=done)
+        report = tidelog.verify(path, progress=progress)
+    damage = report.damage
+    if damage is not None:
+        if damage.file is None:
+            click.echo(f"DAMAGED: {damage.reason}")
+        else:
+            click.echo(f"DAMAGED file={damage.file} position={damage.position} "
+                       f"offset={damage.offset}: {damage.reason}")
+        ctx.exit(1)
+    for name, bad in report.indexes:
         # indexes are hints: lookups still work (slower); `tidelog repair` rewrites them
         click.echo(f"index {name}: {bad} entries wrong or missing (rebuilt by `tidelog repair`)")
-    click.echo(f"ok: {n} records [{start}, {end}) verified"
-               + (f"; {len(indexes)} index file(s) to rebuild" if indexes else ""))
+    click.echo(f"ok: {report.records} records [{report.start}, {report.end}) verified"
+               + (f"; {len(report.indexes)} index file(s) to rebuild" if report.indexes else ""))
 
 
 @cli.command()
@@ -390,37 +380,19 @@ def repair(ctx, path, truncate, salvage_to):
             raise CliError("--truncate and --salvage-to exclude each other")
         if os.path.exists(salvage_to) and os.listdir(salvage_to):
             raise CliError(f"{salvage_to}: exists and is not empty")
-        kept = 0
-        gaps = []
-        expect = None
-        with tidelog.open(path, readonly=True) as src, \
-                tidelog.open(salvage_to, durability="none") as dst:
-            for rec in src._salvage():
-                if expect is not None and rec.offset != expect:
-                    gaps.append((expect, rec.offset))
-                dst.append(bytes(rec.value), key=rec.key, timestamp=rec.timestamp)
-                expect = rec.offset + 1
-                kept += 1
-            end = src.end_offset
-        if expect is not None and expect < end:
-            gaps.append((expect, end))
-        click.echo(f"salvaged {kept} records into {salvage_to}")
-        for a, b in gaps:
+        report = tidelog.salvage(path, salvage_to)
+        click.echo(f"salvaged {report.records} records into {salvage_to}")
+        for a, b in report.lost:
             click.echo(f"lost offsets [{a}, {b})")
         return
-    log = tidelog.open(path, create=False, durability="none",
-                       repair="truncate" if truncate else None)
-    try:
-        if log.repaired:
-            where, pos, off, why = log.repaired
-            click.echo(f"truncated at offset {off} ({where}, byte {pos}: {why}); "
-                       f"the log now holds [{log.start_offset}, {log.end_offset})")
-        elif truncate:
-            click.echo(f"no damaged record: the log holds [{log.start_offset}, {log.end_offset})")
-        n = log._rebuild_indexes()
-        click.echo(f"rebuilt the index files of {n} segment(s)")
-    finally:
-        log.close()
+    report = tidelog.repair(path, truncate=truncate)
+    if report.truncated:
+        where, pos, off, why = report.truncated
+        click.echo(f"truncated at offset {off} ({where}, byte {pos}: {why}); "
+                   f"the log now holds [{report.start}, {report.end})")
+    elif truncate:
+        click.echo(f"no damaged record: the log holds [{report.start}, {report.end})")
+    click.echo(f"rebuilt the index files of {report.indexes_rebuilt} segment(s)")
 
 
 @cli.command()
