@@ -25,7 +25,9 @@ class Cursor(_core.CursorCore):
 
     name = None
 
-    def _resolve(self, where, name):
+    def resolve_offset(self, where, name="offset"):
+        """`where` (an int offset, "earliest" or "latest") as an int offset for this cursor, or
+        TypeError naming `name`. (Log.cursor uses it for its `start`.)"""
         log = self.log
         if isinstance(where, str) and where == "earliest":
             return log.start_offset
@@ -41,7 +43,7 @@ class Cursor(_core.CursorCore):
         """Move to `offset`, which must lie in [start_offset, end_offset] ("earliest" and
         "latest" always do: retention moving start_offset meanwhile shows on the next read)."""
         named = offset in ("earliest", "latest") if isinstance(offset, str) else False
-        offset = self._resolve(offset, "offset")
+        offset = self.resolve_offset(offset, "offset")
         start, end = self.log.start_offset, self.log.end_offset
         if not named and not start <= offset <= end:
             raise OffsetOutOfRangeError(f"offset {offset} is outside [{start}, {end}]")

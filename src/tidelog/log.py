@@ -201,7 +201,7 @@ class Log(_core.LogCore):
             cur._set_position(position)    # below start_offset: its next read says so
         else:
             named = isinstance(start, str) and start in ("earliest", "latest")
-            cur.seek(start if named else cur._resolve(start, "start"))
+            cur.seek(start if named else cur.resolve_offset(start, "start"))
         return cur
 
     def position_store(self, create=True):
