@@ -11,6 +11,7 @@ backslash escapes for backslashes and unprintable characters (`_shown`).
 import base64
 import json
 import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -578,8 +579,10 @@ def demo(ctx, path, events, singles):
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-    where = "temporary, removed" if tmp is not None else "kept"
-    click.echo(f"log: {path} ({where})")
+    if tmp is not None:
+        click.echo(f"log: {path} (temporary, removed)")
+    else:
+        click.echo(f"log: {path} (kept): inspect it with `tidelog info {shlex.quote(path)}`")
     if not ok:
         ctx.exit(1)
 

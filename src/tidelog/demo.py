@@ -258,8 +258,8 @@ BATCH = 65536         # records per read_batch
 def run(console, path, events, singles):
     """The whole demo on the log at `path`; True when every check held."""
     t0 = time.perf_counter()
-    ok = _ingest(console, path, events, singles)
-    ok = _story(console, path, events) and ok
+    ok, first = _ingest(console, path, events, singles)
+    ok = _story(console, path, events, singles, first) and ok
     click.echo(f"demo took {time.perf_counter() - t0:.1f} s")
     return ok
 
@@ -282,7 +282,9 @@ def _click_events(rng, seq, n):
     return values, [b"u%06d" % u for u in users]
 
 
-def _story(console, path, events):
+def _story(console, path, events, singles, first):
+    """After the ingest (which began at offset `first`): subscribers, the replayer's crash and
+    resume, the determinism checks. True when every check held."""
     rng = np.random.default_rng(7)
     ok = True
     with tidelog.open(path) as log:
@@ -292,16 +294,30 @@ def _story(console, path, events):
             for lo in range(0, wave, CHUNK):
                 values, keys = _click_events(rng, 10 ** 9 + lo, min(CHUNK, wave - lo))
                 log.append_batch(values, keys=keys)
-        lags, got, secs, _ = subscribers(log, console, ingest_more)
+        click.echo(f"subscribers: two named cursors read while a second wave of {wave:,} events "
+                   f"is appended")
+        lags, got, secs, before = subscribers(log, console, ingest_more)
         info = log.position_info()
+        end = log.end_offset
         table = Table("subscriber", "position", "lag (records)", title="subscribers")
         lead = max(lags, key=lambda k: -lags[k]) if lags else None
         for name, lag in lags.items():
             table.add_row(name + (" (leads)" if name == lead else ""), f"{info[name][0]:,}",
                           f"{lag:,}")
         console.print(table)
-        click.echo(f"live tail: 'indexer' followed {got:,} records while {wave:,} more were "
-                   f"appended ({secs:.2f} s), committing as it went")
+        ingested = f"{before - first:,} ingested above"
+        if singles:
+            ingested += f" ({before - first - singles:,} in batches + {singles:,} one per call)"
+        start = log.start_offset
+        earlier = f"{first - start:,} from earlier runs, " if first > start else ""
+        click.echo(f"the log now holds {len(log):,} records: {earlier}{ingested}, and the "
+                   f"second wave of {end - before:,}")
+        indexer, mailer = info["indexer"][0], info["mailer"][0]
+        click.echo(f"live tail: 'indexer' followed the log from offset {indexer - got:,} and read "
+                   f"{got:,} records, the second wave included as it was appended ({secs:.2f} s), "
+                   f"committing as it went: lag {end - indexer:,}")
+        click.echo(f"slow consumer: 'mailer' does some work per batch; it read a quarter of "
+                   f"what was waiting for it and committed at {mailer:,}: lag {end - mailer:,}")
 
         r = replay_with_crash(log, console, rng)
         if r["killed_after"] is None:
@@ -324,9 +340,15 @@ def _story(console, path, events):
                        err=True)
         good, t_good, bad = determinism(log)
         click.echo(f"determinism: ClickCounter: {good} ({t_good:.2f} s)")
+        click.echo("counter-example: FlakyCounter breaks the rule on purpose: its apply() also "
+                   "counts the calls this process has made (state outside the log, as a clock "
+                   "or a global would be), so two replicas fed the same records end in "
+                   "different states; verify_determinism must catch it:")
         click.echo(f"determinism: FlakyCounter (reads state outside the log): {bad}")
         if not good or bad:
             ok = False
+            if bad:
+                click.echo("tidelog: demo: the counter-example was not caught", err=True)
     return ok
 
 
@@ -404,4 +426,4 @@ def _ingest(console, path, events, singles):
     else:
         click.echo(f"tidelog: demo: MISMATCH: wrote {events} records (crc32 {wcrc:08x}/{kcrc:08x}), "
                    f"read {n} (crc32 {rcrc:08x}/{rkcrc:08x}, contiguous={contiguous})", err=True)
-    return ok
+    return ok, first
