@@ -116,3 +116,17 @@ def test_progress_must_be_callable(tmp_path):
     fill(path, n=3)
     with pytest.raises(TypeError, match="progress"):
         tidelog.verify(path, progress=3)
+
+
+def test_salvage_counts_a_lost_first_segment(tmp_path):
+    """Records lost before the first readable one are reported too (the CLI used to start
+    counting gaps at the first record it could read)."""
+    path, out = str(tmp_path / "log"), str(tmp_path / "salvaged")
+    bases = fill(path)
+    os.unlink(os.path.join(path, "%020d.seg" % bases[0]))
+    report = tidelog.salvage(path, out)
+    assert report.lost == [(0, bases[1])] and report.records == 200 - bases[1]
+    for base in bases[1:]:
+        os.unlink(os.path.join(path, "%020d.seg" % base))
+    report = tidelog.salvage(path, str(tmp_path / "nothing"))
+    assert report.records == 0 and report.lost == [(0, 200)]

@@ -130,15 +130,15 @@ def salvage(path, out):
         raise ValueError(f"out: {out} exists and is not empty")
     kept = 0
     gaps = []
-    expect = None
     with tidelog.open(path, readonly=True) as src, tidelog.open(out, durability="none") as dst:
+        expect = src.start_offset
         for rec in src.salvage():
-            if expect is not None and rec.offset != expect:
+            if rec.offset > expect:
                 gaps.append((expect, rec.offset))
             dst.append(bytes(rec.value), key=rec.key, timestamp=rec.timestamp)
-            expect = rec.offset + 1
+            expect = max(expect, rec.offset + 1)
             kept += 1
         end = src.end_offset
-    if expect is not None and expect < end:
+    if expect < end:
         gaps.append((expect, end))
     return SalvageReport(out, kept, gaps)
