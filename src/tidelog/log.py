@@ -1,14 +1,26 @@
 """Log: open, append, read, cursor, sync, close. The hot paths are the core's (tidelog._core)."""
 
+from __future__ import annotations
+
 import os
 import threading
 import time
 import weakref
+from typing import TYPE_CHECKING, Literal, Union, overload
 
 from tidelog import _args, _core
 from tidelog.cursor import Cursor
 from tidelog.errors import LogClosedError, LogFailedError, OffsetOutOfRangeError
 from tidelog.positions import PositionStore, check_name
+
+if TYPE_CHECKING:
+    from typing import SupportsIndex
+
+    from typing_extensions import Self, TypeAlias
+
+    #: what open() takes as a path: a str, bytes or os.PathLike
+    PathArg: TypeAlias = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
+    Durability: TypeAlias = Literal["none", "batch", "always"]
 
 __all__ = ["Log", "open"]
 
@@ -18,10 +30,10 @@ MAX_SEGMENT_BYTES = _core.MAX_SEGMENT_BYTES_   # positions are stored as u32 (do
 MAX_UNSYNCED_BYTES = 4 << 20      # "batch" mode: appends wait this far ahead of durable_offset
 MIN_UNSYNCED_BYTES = 4096
 
-_logs = weakref.WeakSet()         # every Log of this process (for the fork hook)
+_logs: weakref.WeakSet[Log] = weakref.WeakSet()         # every Log of this process (for the fork hook)
 
 
-def _after_fork_in_child():
+def _after_fork_in_child() -> None:
     # a lock another thread held at fork() stays held for good in the child (that thread is
     # not there to release it): every Log's store lock starts afresh
     for log in list(_logs):
@@ -32,19 +44,17 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _check_path(path):
-    if isinstance(path, bytes):
+def _check_path(path: object) -> str:
+    if isinstance(path, (bytes, os.PathLike)):
         path = os.fsdecode(path)
-    try:
-        path = os.fspath(path)
-    except TypeError:
-        raise TypeError(f"path: expected a str or os.PathLike, not {type(path).__name__}") from None
+    if not isinstance(path, str):
+        raise TypeError(f"path: expected a str or os.PathLike, not {type(path).__name__}")
     if not path:
         raise ValueError("path: empty")
     return os.path.abspath(path)
 
 
-def _check_unsynced(value):
+def _check_unsynced(value: SupportsIndex | None) -> int | None:
     """open()'s max_unsynced_bytes: None (no bound) or a byte count of at least one page."""
     if value is None:
         return None
@@ -54,9 +64,11 @@ def _check_unsynced(value):
 class Log(_core.LogCore):
     """An append-only log in a directory. Use tidelog.open() to get one."""
 
-    def __init__(self, path, *, readonly=False, create=True, segment_bytes=256 << 20,
-                 durability="batch", sync_interval=0.005, retain_bytes=None, retain_seconds=None,
-                 repair=None, max_unsynced_bytes=MAX_UNSYNCED_BYTES):
+    def __init__(self, path: PathArg, *, readonly: bool = False, create: bool = True,
+                 segment_bytes: SupportsIndex = 256 << 20, durability: Durability = "batch",
+                 sync_interval: float = 0.005, retain_bytes: SupportsIndex | None = None,
+                 retain_seconds: float | None = None, repair: Literal["truncate"] | None = None,
+                 max_unsynced_bytes: SupportsIndex | None = MAX_UNSYNCED_BYTES) -> None:
         path = _check_path(path)
         if repair not in (None, "truncate"):
             raise ValueError(f"repair: None or 'truncate', not {repair!r}")
@@ -76,14 +88,14 @@ class Log(_core.LogCore):
             self._retain_bytes = self.retain_bytes
         if self.retain_seconds is not None:
             self._retain_ns = int(self.retain_seconds * 1e9)
-        self._flusher = None
-        self._store = None
+        self._flusher: threading.Thread | None = None
+        self._store: PositionStore | None = None
         self._store_lock = threading.Lock()
         _logs.add(self)
         self._stop_flusher = threading.Event()
         self._interval_ns = int(self.sync_interval * 1e9)
         self.max_unsynced_bytes = _check_unsynced(max_unsynced_bytes)
-        self._max_unsynced = -1 if max_unsynced_bytes is None else max_unsynced_bytes
+        self._max_unsynced = -1 if self.max_unsynced_bytes is None else self.max_unsynced_bytes
         self._open(path, bool(readonly), bool(create), segment_bytes, durability, repair)
         if not readonly and (retain_bytes is not None or retain_seconds is not None):
             try:
@@ -100,7 +112,7 @@ class Log(_core.LogCore):
             self._flusher.start()
 
 
-    def wait_durable(self, offset, timeout=None):
+    def wait_durable(self, offset: SupportsIndex, timeout: float | None = None) -> bool:
         """Block until durable_offset > offset (True) or `timeout` seconds pass (False).
         In "none" mode only a sync() (in any thread) or close() makes progress.
         LogFailedError if the writer stops meanwhile."""
@@ -114,7 +126,7 @@ class Log(_core.LogCore):
         # page's durable word; a failure or close() wakes them
         return self._wait_for(offset, True, timeout)
 
-    def _crash(self):
+    def _crash(self) -> None:
         """For tests: stop as a killed process would (no sync, no clean shutdown)."""
         if self._flusher is not None:
             self._stop_flusher.set()
@@ -122,7 +134,7 @@ class Log(_core.LogCore):
             self._flusher = None
         self._abandon()
 
-    def close(self):
+    def close(self) -> None:
         """Sync everything, mark a clean shutdown and release the log. Idempotent.
 
         In a fork() child, a Log its parent opened is only let go (this process's descriptors
@@ -147,29 +159,30 @@ class Log(_core.LogCore):
             if store is not None:
                 store.close()
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         if self.closed:
             raise LogClosedError(f"{self.path}: the log is closed")
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def __del__(self):
+    def __del__(self) -> None:
         try:
             if not self.closed:
                 self.close()
         except Exception:
             pass
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         if self.closed:
             return f"<tidelog.Log {self.path!r} closed>"
         mode = "readonly" if self.readonly else self.durability
         return (f"<tidelog.Log {self.path!r} {mode} [{self.start_offset}, {self.end_offset}) "
                 f"durable<{self.durable_offset}>")
 
-    def cursor(self, start="earliest", *, name=None, durable_only=None):
+    def cursor(self, start: SupportsIndex | Literal["earliest", "latest"] = "earliest", *,
+               name: str | None = None, durable_only: bool | None = None) -> Cursor:
         """A cursor at `start`: an offset, "earliest" or "latest".
 
         Anonymous cursors see every appended record. A named cursor (`name`) resumes from the
@@ -188,7 +201,7 @@ class Log(_core.LogCore):
         cur._init(self, self.start_offset, bool(durable_only))
         cur.name = name
         store = None if name is None else self._positions(create=False)
-        stored = None if store is None else store.get(name)
+        stored = None if store is None or name is None else store.get(name)
         if stored is not None:
             position = stored[0]
             end = self.end_offset
@@ -204,7 +217,12 @@ class Log(_core.LogCore):
             cur.seek(start if named else cur._resolve(start, "start"))
         return cur
 
-    def _positions(self, create=True):
+    @overload
+    def _positions(self, create: Literal[True] = True) -> PositionStore: ...
+    @overload
+    def _positions(self, create: bool) -> PositionStore | None: ...
+
+    def _positions(self, create: bool = True) -> PositionStore | None:
         """The positions store (LMDB), opened on first use; None when there is none yet and
         create is False (reading positions never creates the store)."""
         if self._store is None:
@@ -217,7 +235,7 @@ class Log(_core.LogCore):
                     self._store = PositionStore(self.path)
         return self._store
 
-    def _check_commit_offset(self, offset, what="offset"):
+    def _check_commit_offset(self, offset: SupportsIndex, what: str = "offset") -> int:
         offset = _args.offset(offset, what)
         start, durable = self.start_offset, self.durable_offset
         if not start <= offset <= durable:
@@ -228,33 +246,33 @@ class Log(_core.LogCore):
                                  if offset > durable else ""))
         return offset
 
-    def positions(self):
+    def positions(self) -> dict[str, int]:
         """{name: position} of every named subscriber (replayers included)."""
         if self.closed:
             raise LogClosedError(f"{self.path}: the log is closed")
         store = self._positions(create=False)
         return {} if store is None else {k: v[0] for k, v in sorted(store.all().items())}
 
-    def position_info(self):
+    def position_info(self) -> dict[str, tuple[int, int]]:
         """{name: (position, commit time in ns since the epoch)} of every subscriber."""
         if self.closed:
             raise LogClosedError(f"{self.path}: the log is closed")
         store = self._positions(create=False)
         return {} if store is None else dict(sorted(store.all().items()))
 
-    def lag(self):
+    def lag(self) -> dict[str, int]:
         """{name: end_offset - position} per named subscriber."""
         positions = self.positions()
         end = self.end_offset
         return {k: end - v for k, v in positions.items()}
 
-    def set_position(self, name, offset):
+    def set_position(self, name: str, offset: SupportsIndex) -> None:
         """Store `offset` as subscriber `name`'s position (an operator rewinding or skipping a
         consumer); it must lie in [start_offset, durable_offset]."""
         check_name(name)
         self._positions().put(name, self._check_commit_offset(offset))
 
-    def delete_position(self, name):
+    def delete_position(self, name: str) -> None:
         """Forget subscriber `name`. KeyError if it has no position."""
         if self.closed:
             raise LogClosedError(f"{self.path}: the log is closed")
@@ -263,14 +281,14 @@ class Log(_core.LogCore):
         if store is None or not store.delete(name):
             raise KeyError(f"no subscriber named {name!r} in {self.path}")
 
-    def segments(self):
+    def segments(self) -> list[tuple[int, str]]:
         """[(base_offset, path)] of the segment files, oldest first."""
         if self.closed:
             raise LogClosedError(f"{self.path}: the log is closed")
         return self._segment_info()
 
 
-def _flush_loop(ref, stop, interval):
+def _flush_loop(ref: weakref.ReferenceType[Log], stop: threading.Event, interval: float) -> None:
     """'batch' durability: sync at least every `interval` seconds while there is something new."""
     while not stop.wait(interval):
         log = ref()
@@ -289,9 +307,11 @@ def _flush_loop(ref, stop, interval):
             del log
 
 
-def open(path, *, readonly=False, create=True, segment_bytes=256 << 20, durability="batch",
-         sync_interval=0.005, retain_bytes=None, retain_seconds=None, repair=None,
-         max_unsynced_bytes=MAX_UNSYNCED_BYTES):
+def open(path: PathArg, *, readonly: bool = False, create: bool = True,
+         segment_bytes: SupportsIndex = 256 << 20, durability: Durability = "batch",
+         sync_interval: float = 0.005, retain_bytes: SupportsIndex | None = None,
+         retain_seconds: float | None = None, repair: Literal["truncate"] | None = None,
+         max_unsynced_bytes: SupportsIndex | None = MAX_UNSYNCED_BYTES) -> Log:
     """Open (or create) the log in directory `path`. See API.md for every argument.
 
     repair="truncate" (an operator's opt-in, see `tidelog repair`): check every frame from the
