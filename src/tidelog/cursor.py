@@ -32,8 +32,15 @@ RecordBatch = _core.RecordBatch
 
 
 class Cursor(_core.CursorCore):
-    """Iterate records from a position; read_batch for zero-copy batches. Get one from
-    Log.cursor()."""
+    """A position in a log: iterate it for :class:`Record` objects, or call :meth:`read_batch`
+    for zero-copy batches. Get one from :meth:`Log.cursor`.
+
+    ``position`` (int) is the offset of the next record it yields. Iterating yields records
+    until it reaches the end offset as of each step (it keeps up with appends meanwhile), then
+    stops; :meth:`follow` waits for more. Anonymous cursors see every appended record; named
+    ones (and ``durable_only=True``) only durable records. Reading raises
+    :exc:`OffsetOutOfRangeError` when the position fell below `start_offset` (retention),
+    :exc:`CorruptLogError` at damage, :exc:`LogClosedError` once the log is closed."""
 
     #: the subscriber name of a named cursor (Log.cursor(name=...)), None for an anonymous one
     name: str | None = None
@@ -55,8 +62,11 @@ class Cursor(_core.CursorCore):
                             f"not {where!r}") from None
 
     def seek(self, offset: Where) -> None:
-        """Move to `offset`, which must lie in [start_offset, end_offset] ("earliest" and
-        "latest" always do: retention moving start_offset meanwhile shows on the next read)."""
+        """Move to `offset`: an int, ``"earliest"`` (`start_offset`) or ``"latest"``
+        (`end_offset`; `durable_offset` for a durable-only cursor).
+
+        An int must lie in ``[start_offset, end_offset]``, else :exc:`OffsetOutOfRangeError`
+        (retention moving `start_offset` meanwhile shows on the next read)."""
         named = offset in ("earliest", "latest") if isinstance(offset, str) else False
         offset = self._resolve(offset, "offset")
         start, end = self.log.start_offset, self.log.end_offset
@@ -65,7 +75,8 @@ class Cursor(_core.CursorCore):
         self._set_position(offset)
 
     def seek_time(self, timestamp_ns: SupportsIndex) -> None:
-        """Move to the first record with timestamp >= timestamp_ns (the end if none)."""
+        """Move to the first record with a timestamp >= `timestamp_ns` (int, nanoseconds since
+        the epoch), or to the end when there is none."""
         self.seek(self.log.offset_for_time(_args.offset(timestamp_ns, "timestamp_ns")))
 
     def wait(self, timeout: float | None = None, *, spin: float = DEFAULT_SPIN) -> bool:
@@ -135,8 +146,12 @@ class Cursor(_core.CursorCore):
                 return
 
     def commit(self, offset: SupportsIndex | None = None) -> int:
-        """Durably store this named cursor's position (or `offset`, which must lie in
-        [start_offset, durable_offset]); on stable storage when it returns."""
+        """Durably store this named cursor's position (or `offset`, an int) under its name and
+        return the offset stored; on stable storage when it returns.
+
+        The offset must lie in ``[start_offset, durable_offset]`` (a committed position never
+        runs ahead of what survives a power loss), else ValueError. TypeError for an anonymous
+        cursor (no name)."""
         if self.name is None:
             raise TypeError("commit: an anonymous cursor has no stored position; open one with "
                             "log.cursor(name=...)")

@@ -62,7 +62,70 @@ def _check_unsynced(value: SupportsIndex | None) -> int | None:
 
 
 class Log(_core.LogCore):
-    """An append-only log in a directory. Use tidelog.open() to get one."""
+    """An append-only log in a directory. Get one from :func:`tidelog.open` (same arguments).
+
+    Every record has an offset, a dense int64 assigned at append (0, 1, 2, ...): the log's
+    logical clock. The log holds the records ``[start_offset, end_offset)``.
+
+    Attributes (read-only; on a reader they follow the writer, in any process):
+
+    - ``start_offset`` (int): the first offset still in the log (grows with retention).
+    - ``end_offset`` (int): the offset the next append gets.
+    - ``durable_offset`` (int): every record below it is on stable storage ("acknowledged").
+    - ``len(log)`` (int): ``end_offset - start_offset``.
+    - ``path`` (str): the log's directory, absolute.
+    - ``readonly`` (bool), ``durability`` (str), ``segment_bytes`` (int, bytes),
+      ``sync_interval`` (float, seconds), ``retain_bytes`` (int or None),
+      ``retain_seconds`` (float or None), ``max_unsynced_bytes`` (int or None): as opened.
+    - ``closed`` (bool): :meth:`close` was called.
+    - ``failure``: the :exc:`LogFailedError` that stopped the writer (a sync failed), or None.
+    - ``repaired``: after ``open(repair="truncate")``, (path, byte position, offset, problem)
+      of the cut, else None.
+
+    Reading any of the offsets, or calling any method below, on a closed log raises
+    :exc:`LogClosedError`; a writer used in a ``fork()`` child raises :exc:`LogForkedError`.
+
+    Writing (the core's methods; a reader gets :exc:`TidelogError` for each):
+
+    ``append(value, *, key=None, timestamp=None) -> int``
+        Append one record and return its offset. `value` and `key` (None: no key) are any
+        bytes-like object (bytes, bytearray, memoryview, numpy array), stored verbatim; a
+        ``str`` gets TypeError. `timestamp` (int, nanoseconds since the epoch) defaults to the
+        time of the append. A value too large for a segment gets ValueError. In
+        ``"always"`` mode it returns once the record is durable. :exc:`LogFailedError` once a
+        sync failed; :exc:`LogFullError` when the disk is full.
+
+    ``append_batch(values, *, keys=None, timestamps=None, atomic=True) -> int``
+        Append many records in one call and return the first one's offset (`end_offset` for
+        an empty batch); they get consecutive offsets. `values`: an iterable of bytes-like
+        objects, or a numpy array (2-D uint8: one record per row; 1-D of a fixed-size dtype:
+        one per element). `keys`: a sequence of bytes-like or None, one per value.
+        `timestamps`: a sequence of ints (ns), one per value. Atomic: after any crash the batch
+        is in the log whole or not at all, and readers never see part of it; so it must fit in
+        one segment (else ValueError), unless ``atomic=False`` splits it across segments with
+        prefix semantics. A bad element gets TypeError and nothing of the batch is appended.
+
+    ``sync() -> int``
+        Make everything appended so far durable (fdatasync, shared with concurrent callers)
+        and return `durable_offset`. :exc:`LogFailedError` if the sync fails: the writer stops
+        for good (fail-stop, never retried; reopen the log to recover from what is on disk).
+
+    ``truncate_before(offset) -> int``
+        Delete the whole segments that lie entirely below `offset` (never the active one) and
+        return the new `start_offset`. Views of deleted segments stay valid; a read below the
+        new start gets :exc:`OffsetOutOfRangeError`. ValueError if `offset` > `end_offset`.
+
+    Reading:
+
+    ``read(offset) -> Record``
+        The record at `offset` (any integer, numpy's too), CRC-checked.
+        :exc:`OffsetOutOfRangeError` (an IndexError) outside ``[start_offset, end_offset)``;
+        :exc:`CorruptLogError` when the record is damaged on disk.
+
+    ``offset_for_time(timestamp) -> int``
+        The first offset whose record has a timestamp >= `timestamp` (int, ns since the
+        epoch), or `end_offset` when there is none. Timestamps may go backwards.
+    """
 
     def __init__(self, path: PathArg, *, readonly: bool = False, create: bool = True,
                  segment_bytes: SupportsIndex = 256 << 20, durability: Durability = "batch",
@@ -312,16 +375,55 @@ def open(path: PathArg, *, readonly: bool = False, create: bool = True,
          sync_interval: float = 0.005, retain_bytes: SupportsIndex | None = None,
          retain_seconds: float | None = None, repair: Literal["truncate"] | None = None,
          max_unsynced_bytes: SupportsIndex | None = MAX_UNSYNCED_BYTES) -> Log:
-    """Open (or create) the log in directory `path`. See API.md for every argument.
+    """Open (or create) the log in directory `path` and return it as a :class:`Log`.
 
-    repair="truncate" (an operator's opt-in, see `tidelog repair`): check every frame from the
-    start and cut the log at the first damage, deleting what follows it, acknowledged or not;
-    `log.repaired` then says where it cut (path, position, offset, problem) or is None.
+    A log is a directory of segment files, named by their first offset. One process at a time
+    may write it (a writer); any number of readers (``readonly=True``), in any process, read it
+    while the writer appends. Use the log as a context manager, or call :meth:`Log.close`.
 
-    max_unsynced_bytes ("batch" mode): an append that finds the writer this many bytes of frames
-    ahead of durable_offset waits until a sync brings it back under (None: never waits), and the
-    flusher starts a sync early at half of it; this bounds what a power loss can take under any
-    load (README, "Durability")."""
+    Arguments (all but `path` keyword-only):
+
+    - `path` (str, bytes or os.PathLike): the log's directory. Created with its parents when
+      missing, unless `readonly` or ``create=False``.
+    - `readonly` (bool, default False): open as a reader: nothing is created or written, no
+      lock is taken; `end_offset`, `durable_offset` and `start_offset` follow the writer.
+    - `create` (bool, default True): False makes a missing log an error instead.
+    - `segment_bytes` (int, bytes, default 256 MiB; 4096 at least): the writer rolls to a new
+      segment file once the current one would pass this size; a batch must fit in one segment
+      (see :meth:`Log.append_batch`). Applies to new segments; existing ones keep their size.
+    - `durability` (str, default ``"batch"``): when appends reach stable storage.
+      ``"none"``: only when you call :meth:`Log.sync` or :meth:`Log.close` (a process crash
+      loses nothing, a power loss everything since the last sync). ``"batch"``: a background
+      flusher syncs at least every `sync_interval` seconds while there is something new
+      (group commit: concurrent syncs share one fdatasync). ``"always"``: :meth:`Log.append`
+      returns only once its record is durable.
+    - `sync_interval` (float, seconds, default 0.005): the ``"batch"`` flusher's period; finite
+      and positive.
+    - `retain_bytes` (int, bytes, default None: no limit): retention; delete the oldest whole
+      segments while the log is larger than this (each segment counts its full size). Applied
+      at open and as segments roll; never the active segment.
+    - `retain_seconds` (float, seconds, default None: no limit): retention; delete whole
+      segments whose newest record is older than this.
+    - `repair` (``None`` or ``"truncate"``, default None): ``"truncate"`` (an operator's
+      opt-in, as ``tidelog repair --truncate`` does) checks every frame from the start and
+      cuts the log at the first damage, deleting everything after it, acknowledged or not;
+      `log.repaired` then says where it cut (path, byte position, offset, problem), or is None.
+      Needs a writer.
+    - `max_unsynced_bytes` (int, bytes, default 4 MiB; None: no bound; 4096 at least):
+      ``"batch"`` mode's backpressure: an append that finds the writer this many bytes of
+      frames ahead of `durable_offset` waits until a sync brings it back under, and the flusher
+      starts a sync early at half of it. This bounds what a power loss can take under any load.
+
+    Returns the open :class:`Log`; after opening, ``durable_offset == end_offset`` (recovery
+    syncs what it keeps and cuts a torn tail).
+
+    Raises :exc:`LogLockedError` when another writer (in any process, this one included) has
+    the log open; :exc:`LogNotFoundError` when there is no log and `readonly` or
+    ``create=False``; :exc:`NotALogError` when `path` is a file or a directory holding
+    something else; :exc:`FormatVersionError` for a log of a newer format;
+    :exc:`CorruptLogError` when damage lies below the durable point (never dropped silently:
+    see ``tidelog verify`` and ``tidelog repair``); :exc:`LogFullError` when the disk is full;
+    TypeError or ValueError, naming the argument, for a bad argument."""
     return Log(path, readonly=readonly, create=create, segment_bytes=segment_bytes,
                durability=durability, sync_interval=sync_interval, retain_bytes=retain_bytes,
                retain_seconds=retain_seconds, repair=repair, max_unsynced_bytes=max_unsynced_bytes)
