@@ -14,7 +14,8 @@ import tidelog
 
 HERE = Path(__file__).resolve().parent
 SCRIPT = HERE / "typing_user_script.py"
-# the modules that carry their own annotations (replay, cli, demo, eventsourcing: not yet)
+# the modules annotated throughout (replay: its public signatures only; cli, demo and
+# eventsourcing: not yet)
 TYPED_MODULES = ["tidelog", "tidelog.log", "tidelog.cursor", "tidelog.positions",
                  "tidelog.errors", "tidelog._args", "tidelog.lmdbenv", "tidelog._core"]
 

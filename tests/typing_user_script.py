@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import os
+import struct
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 import tidelog
+import tidelog.replay
 
 
 def write(path: Path) -> tuple[int, int]:
@@ -138,12 +141,53 @@ def errors(path: Path) -> None:
     assert version
 
 
+class Counter:                      # a snapshot machine
+    def __init__(self) -> None:
+        self.n = 0
+
+    def apply(self, record: tidelog.Record) -> None:
+        self.n += 1
+
+    def snapshot(self) -> bytes:
+        return struct.pack("<q", self.n)
+
+    def restore(self, snap: bytes) -> None:
+        (self.n,) = struct.unpack("<q", snap)
+
+
+class Keys(tidelog.LmdbView):         # a view machine
+    def apply(self, record: tidelog.Record, txn: Any) -> None:
+        txn.put(b"%d" % record.offset, record.key or b"")
+
+
+def replay(path: Path) -> None:
+    with tidelog.open(path, readonly=True) as log:
+        counter = Counter()
+        rep = tidelog.Replayer(log, counter, name="counter", checkpoint_every=50)
+        position: int = rep.run()
+        assert position == rep.position == log.durable_offset == counter.n + log.start_offset
+        rep.stop()
+        assert rep.run(follow=True) == position       # stopped before it began
+        at: int = rep.checkpoint()
+        assert rep.checkpoint_position == at
+        digests: dict[int, bytes] = rep.digests()
+        assert digests
+        view = tidelog.Replayer(log, Keys(), name="keys")
+        view.run(until=10)
+        assert sorted(tidelog.replay.replayers(log)) == ["counter", "keys"]
+        assert tidelog.replay.delete_replayer(log, "keys")
+        report: tidelog.DeterminismReport = tidelog.verify_determinism(log, Counter,
+                                                                       checkpoint_every=50)
+        assert report and report.deterministic
+
+
 def main() -> None:
     path = Path(sys.argv[1]) / "events.log"
     off, first = write(path)
     read(path, off, first)
     assert asyncio.run(follow_async(path)) > 0
     subscribers(path)
+    replay(path)
     errors(path)
     print("ok")
 
