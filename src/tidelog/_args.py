@@ -28,12 +28,19 @@ INT64_MIN = -(1 << 63)
 MAX_SECONDS = float(1 << 62) / 1e9
 
 
+def _is_bool(value: object) -> bool:
+    """bool, or numpy's bool scalar (which numpy < 2 lets through operator.index, with a
+    DeprecationWarning)."""
+    return isinstance(value, bool) or (type(value).__name__ in ("bool_", "bool")
+                                       and type(value).__module__ == "numpy")
+
+
 def integer(value: object, name: str) -> int:
     """Any integer (int, numpy integer, anything with __index__) except bool, as an int."""
-    if isinstance(value, bool):
-        raise TypeError(f"{name}: expected an int, not bool")
     if type(value) is int:
         return value
+    if _is_bool(value):
+        raise TypeError(f"{name}: expected an int, not bool")
     try:
         return operator.index(cast(SupportsIndex, value))
     except TypeError:
@@ -59,7 +66,7 @@ def count(value: object, name: str, minimum: int = 1, maximum: int = INT64_MAX) 
 
 
 def _number(value: object, name: str, what: str) -> float:
-    if isinstance(value, bool):
+    if _is_bool(value):
         raise TypeError(f"{name}: expected {what}, not bool")
     if not isinstance(value, numbers.Real):      # int, float, numpy numbers, Fraction
         try:
