@@ -204,6 +204,18 @@ def test_records_and_batches_go_to_a_spawned_pool_worker(log):
     assert same_batch(back, batch)
 
 
+def test_logs_and_cursors_refuse_pickling_clearly(log):
+    log.append(b"x")
+    for obj, what in [(log, "send its path"), (log.cursor(), "open a cursor in the other"),
+                      (log.cursor(name="n"), "open a cursor in the other")]:
+        for protocol in PROTOCOLS:
+            with pytest.raises(TypeError, match=what):
+                pickle.dumps(obj, protocol)
+        with pytest.raises(TypeError, match=what):
+            copy.copy(obj)
+    assert bytes(pickle.loads(pickle.dumps(log.read_batch(0).values))[0]) == b"x"
+
+
 def test_a_tampered_pickle_gets_an_error_never_a_crash():
     mk, mkb = _core._record_from_pickle, _core._batch_from_pickle
     assert mk(1, 2, 3, b"keyvalue") == mk(1, 2, 3, b"keyvalue")

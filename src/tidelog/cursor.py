@@ -185,6 +185,11 @@ class Cursor(_core.CursorCore):
         self._check_usable()
         return self
 
+    def __reduce__(self):
+        raise TypeError("a tidelog Cursor cannot be pickled (it reads a log this process "
+                        "opened): send its position (and name), and open a cursor in the other "
+                        "process; records and batches pickle")
+
     def __exit__(self, *exc):
         self.close()
 

@@ -153,6 +153,11 @@ class Log(_core.LogCore):
             raise LogClosedError(f"{self.path}: the log is closed")
         return self
 
+    def __reduce__(self):
+        raise TypeError(f"a tidelog Log cannot be pickled (it holds this process's mappings "
+                        f"and locks): send its path {self.path!r} and open it in the other "
+                        f"process (readonly=True for a reader)")
+
     def __exit__(self, *exc):
         self.close()
 
