@@ -404,7 +404,8 @@ cdef class CursorCore:
         return self.log._end_now()
 
     def _set_position(self, int64_t offset):
-        self._check_usable()
+        if self.closed:
+            raise cursor_closed(self)
         self._next = offset
         self._seg = None
 
@@ -484,7 +485,8 @@ cdef class CursorCore:
             max_records = _args.count(max_records, "max_records")
         if max_bytes is not None:
             mb = _args.count(max_bytes, "max_bytes")
-        self._check_usable()
+        if self.closed:
+            raise cursor_closed(self)
         self.log._check_open()
         limit = self._limit()
         start = self._next
