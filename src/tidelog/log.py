@@ -176,6 +176,10 @@ class Log(_core.LogCore):
                 warnings.warn(f"unclosed tidelog writer {self.path!r}: close it, or use "
                               f"`with tidelog.open(...) as log:`", ResourceWarning, stacklevel=2,
                               source=self)
+        except Warning:
+            raise
+        except Exception:
+            pass            # (at interpreter exit the warnings machinery may be half gone)
         finally:
             try:
                 self.close()
