@@ -393,16 +393,22 @@ def test_poll_refuses_bad_max_records(log, max_records, exc):
 
 
 @pytest.mark.parametrize("mode", ["writer", "reader"])
-def test_close_from_another_thread_ends_a_waiting_poll(log_path, mode):
+@pytest.mark.parametrize("call", ["poll", "wait", "follow", "follow_batches"])
+def test_close_from_another_thread_ends_a_waiting_poll(log_path, mode, call):
     writer = tidelog.open(log_path, durability="none")
     log = writer if mode == "writer" else tidelog.open(log_path, readonly=True)
     for _ in range(3):
-        cur = log.cursor()
+        cur = log.cursor(log.end_offset)
         outcome = []
 
         def poll():
             try:
-                outcome.append(cur.poll())
+                if call == "poll":
+                    outcome.append(cur.poll())
+                elif call == "wait":
+                    outcome.append(cur.wait())
+                else:
+                    outcome.append(next(getattr(cur, call)()))
             except BaseException as e:          # noqa: BLE001 -- reported below
                 outcome.append(e)
         t = threading.Thread(target=poll, daemon=True)

@@ -61,7 +61,10 @@ class Cursor(_core.CursorCore):
         timeout = _args.timeout(timeout)
         spin = _args.seconds(spin, "spin", allow_zero=True)
         self._check_usable()
-        return self.log._wait_for(self.position, self.durable_only, timeout, spin)
+        woke = self.log._wait_for(self.position, self.durable_only, timeout, spin,
+                                  self._cancel_event())
+        self._check_usable()            # close() from another thread ended the wait
+        return woke
 
     def follow(self, timeout=None, *, spin=DEFAULT_SPIN):
         """Yield records as the writer appends, across segment rolls and writer restarts; stop
@@ -143,11 +146,7 @@ class Cursor(_core.CursorCore):
         timeout = _args.timeout(timeout)
         max_records = _args.count(max_records, "max_records")
         max_bytes = None if max_bytes is None else _args.count(max_bytes, "max_bytes")
-        self._check_usable()
-        cancel = self.__dict__.get("_poll_cancel")
-        if cancel is None:
-            cancel = self.__dict__.setdefault("_poll_cancel", threading.Event())
-        self._check_usable()            # a close() that ran before the event existed
+        cancel = self._cancel_event()
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             batch = self.read_batch(max_records, max_bytes)
@@ -158,6 +157,16 @@ class Cursor(_core.CursorCore):
                 return batch
             self.log._wait_for(self.position, self.durable_only, left, DEFAULT_SPIN, cancel)
             self._check_usable()
+
+    def _cancel_event(self):
+        """The Event close() sets to end this cursor's waits (made on first use); raises if the
+        cursor is closed, also by a close() that ran before the event existed."""
+        self._check_usable()
+        cancel = self.__dict__.get("_cancel")
+        if cancel is None:
+            cancel = self.__dict__.setdefault("_cancel", threading.Event())
+        self._check_usable()
+        return cancel
 
     def committed(self):
         """The position last committed under this named cursor's name (by any cursor or process
@@ -170,16 +179,18 @@ class Cursor(_core.CursorCore):
 
     def close(self):
         """Stop using the cursor: every later read, seek, wait, poll or commit raises
-        LogClosedError; a poll waiting in another thread ends with it. Idempotent. A named
+        LogClosedError; a poll, wait or follow waiting in another thread ends with it (at once
+        on a writer's log, within a second on a reader's; follow_async at its next record).
+        Idempotent. A named
         cursor's committed position stays (close() does not commit: call commit() first); the
         log stays open. `position` and `closed` can still be read."""
         self._mark_closed()
-        cancel = self.__dict__.get("_poll_cancel")
+        cancel = self.__dict__.get("_cancel")
         log = self.log
         if cancel is not None:
             cancel.set()
             if log is not None and not log.closed and not log._inherited_copy:
-                log._wake_sleepers()    # a poll asleep on a writer's log: look at once
+                log._wake_sleepers()    # a wait asleep on a writer's log: look at once
 
     def __enter__(self):
         self._check_usable()
