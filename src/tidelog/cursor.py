@@ -181,9 +181,8 @@ class Cursor(_core.CursorCore):
         """Stop using the cursor: every later read, seek, wait, poll or commit raises
         LogClosedError; a poll, wait or follow waiting in another thread ends with it (at once
         on a writer's log, within a second on a reader's; follow_async at its next record).
-        Idempotent. A named
-        cursor's committed position stays (close() does not commit: call commit() first); the
-        log stays open. `position` and `closed` can still be read."""
+        Idempotent. A named cursor's committed position stays (close() does not commit: call
+        commit() first); the log stays open. `position` and `closed` can still be read."""
         self._mark_closed()
         cancel = self.__dict__.get("_cancel")
         log = self.log
@@ -196,13 +195,13 @@ class Cursor(_core.CursorCore):
         self._check_usable()
         return self
 
+    def __exit__(self, *exc):
+        self.close()
+
     def __reduce__(self):
         raise TypeError("a tidelog Cursor cannot be pickled (it reads a log this process "
                         "opened): send its position (and name), and open a cursor in the other "
                         "process; records and batches pickle")
-
-    def __exit__(self, *exc):
-        self.close()
 
     def __repr__(self):
         name = "" if self.name is None else f" {self.name!r}"

@@ -153,13 +153,13 @@ class Log(_core.LogCore):
             raise LogClosedError(f"{self.path}: the log is closed")
         return self
 
+    def __exit__(self, *exc):
+        self.close()
+
     def __reduce__(self):
         raise TypeError(f"a tidelog Log cannot be pickled (it holds this process's mappings "
                         f"and locks): send its path {self.path!r} and open it in the other "
                         f"process (readonly=True for a reader)")
-
-    def __exit__(self, *exc):
-        self.close()
 
     def __del__(self):
         try:
@@ -300,7 +300,7 @@ class Log(_core.LogCore):
         read(). `offset` must lie in [start_offset, end_offset] (end_offset: an empty batch),
         else OffsetOutOfRangeError."""
         if isinstance(offset, str):
-            raise TypeError(f"offset: expected an int, not str")
+            raise TypeError("offset: expected an int, not str")
         offset = _args.offset(offset)
         max_records = _args.count(max_records, "max_records")
         max_bytes = None if max_bytes is None else _args.count(max_bytes, "max_bytes")
@@ -347,8 +347,8 @@ class Log(_core.LogCore):
                 with os.scandir(d) as entries:
                     for e in entries:
                         try:
-                            if e.is_file(follow_symlinks=False):
-                                disk += e.stat(follow_symlinks=False).st_blocks * 512
+                            if e.is_file():
+                                disk += e.stat().st_blocks * 512
                         except FileNotFoundError:
                             pass
             except (FileNotFoundError, NotADirectoryError, PermissionError):
