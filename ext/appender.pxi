@@ -135,7 +135,7 @@ cdef inline void index_note(LogCore self, size_t pos, int64_t off, int64_t ts) n
 
 
 cdef int locked_roll(LogCore self, size_t need) except -1:
-    """_roll for a single append: rolling calls the OS, which lets other threads run, so
+    """roll() for a single append: rolling calls the OS, which lets other threads run, so
     they are held off (they wait in _wait_idle) until the new segment is in place."""
     self._lock_writer()
     try:
@@ -150,7 +150,7 @@ cdef int locked_roll(LogCore self, size_t need) except -1:
 cdef int roll(LogCore self, size_t need) except -1:
     """Roll to a new segment so that `need` bytes of frames fit (writer lock held). The
     native flusher has no file from here until a Python sync has synced both and the
-    directory (_nf_update)."""
+    directory (nf_update)."""
     self._rolling = True
     try:
         if self._nf != NULL:

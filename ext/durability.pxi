@@ -153,7 +153,7 @@ cdef int batch_due(LogCore self, int64_t target) except -1:
 
 cdef object sync_now(LogCore self):
     self._check_entry()
-    stop_pretoucher(self)             # a log that syncs: see _start_pretoucher
+    stop_pretoucher(self)             # a log that syncs: see start_pretoucher
     if self._closing:                   # (stopping it let other threads run)
         self._raise_state()
     return sync_to(self, self._next)
@@ -217,7 +217,7 @@ cdef int64_t sync_to(LogCore self, int64_t target) except -1:
         now = _monotonic()
         if (self._nf == NULL and now - self._ctl_persisted >= CTL_PERSIST_SECONDS and
                 target > self._durable):
-            # (with a flusher thread, it persists the checkpoint: _start_flusher)
+            # (with a flusher thread, it persists the checkpoint: start_flusher)
             # the durable checkpoint on disk lags the real one by at most this interval
             # (recovery treats damage below it as corruption, above it as a torn tail)
             ctl_set(self._ctl, CTL_DURABLE, target)

@@ -56,9 +56,9 @@ cdef class LogCore:
     cdef int _mode
     cdef public int64_t _retain_bytes   # retention policies (-1: none), set before _open
     cdef public int64_t _retain_ns
-    cdef int _waiting           # threads of this process in _wait_for
+    cdef int _waiting           # threads of this process in wait_for
     cdef list _lru              # sealed segments this object mapped, latest last: reads, checks
-                                # at open, retention and rolls all go through _touch, so at most
+                                # at open, retention and rolls all go through touch_segment, so at most
                                 # _max_mapped stay mapped however many segments the log has
     cdef public Py_ssize_t _max_mapped   # at most this many of them stay mapped
     cdef bint _ctl_rw           # the control page is mapped writable (sleepers can set the flag)
@@ -86,7 +86,7 @@ cdef class LogCore:
     cdef int64_t _max_ts
     cdef list _unsynced
     cdef bint _dir_dirty
-    cdef bint _rolling          # _roll is under way: the native flusher gets no file (_nf_update)
+    cdef bint _rolling          # roll() is under way: the native flusher gets no file (nf_update)
     cdef bint _busy
     cdef object _wlock
     cdef bint _syncing          # a leader is syncing (group commit, under _durable_cv)
@@ -103,12 +103,12 @@ cdef class LogCore:
     cdef double _ctl_persisted  # monotonic time the control page was last synced (no flusher)
     cdef int64_t _written       # bytes of frames written since open (the flusher reads it)
     cdef int64_t _durable_bytes # ... of them durable: _written when the last sync began
-    cdef int64_t _kick_at       # at this _written, an append calls _pressure ("batch" mode)
+    cdef int64_t _kick_at       # at this _written, an append calls pressure ("batch" mode)
     cdef public int64_t _max_unsynced   # "batch" mode: appends wait this many bytes ahead of
                                         # the durable point (-1: never), set before _open
     cdef bint _unsafe_ack                       # tests' negative control only: never set it
     cdef tl_flusher* _nf        # "batch" mode: the native flusher thread (NULL otherwise)
-    cdef tl_toucher* _tt        # the pretoucher thread (NULL: none, see _start_pretoucher)
+    cdef tl_toucher* _tt        # the pretoucher thread (NULL: none, see start_pretoucher)
     cdef readonly object _durable_cv            # notified whenever durable_offset advances
     cdef object _repair                         # None, or "truncate": cut at the first damage
     cdef readonly object repaired               # what a repair cut: (path, position, offset, why)
@@ -502,7 +502,7 @@ cdef class LogCore:
         if (self._wlock_tid or self._sync_tid) and self._inside():
             # a signal handler or finalizer inside this thread's own roll or sync: waiting for
             # it would wait for ourselves; it closes the log as it ends (_unlock_writer,
-            # _end_sync). Appends are refused from now on.
+            # end_sync). Appends are refused from now on.
             self._close_deferred = True
             return
         self._wlock.acquire()                # a batch or roll in progress finishes first
