@@ -417,7 +417,7 @@ cdef class CursorCore:
                 f"cursor position {self._next} fell below start_offset {self.log._start_now()} "
                 f"(retention removed it)")
         try:
-            seg = self.log._seg_for(self._next)
+            seg = seg_for(self.log, self._next)
             # checked, and found again without the index when that led astray (a hint);
             # mapping it lets threads run
             self._pos = seg.find_checked(self._next, &self._llen, &self._lrc)
