@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 import weakref
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any, Literal, SupportsIndex, Union
@@ -15,7 +16,9 @@ from tidelog import _args, _core
 from tidelog.errors import OffsetOutOfRangeError
 
 if TYPE_CHECKING:
-    from typing_extensions import TypeAlias
+    from typing import NoReturn
+
+    from typing_extensions import Self, TypeAlias
 
     from tidelog.log import Log
 
@@ -67,6 +70,7 @@ class Cursor(_core.CursorCore):
 
         An int must lie in ``[start_offset, end_offset]``, else :exc:`OffsetOutOfRangeError`
         (retention moving `start_offset` meanwhile shows on the next read)."""
+        self._check_usable()
         named = offset in ("earliest", "latest") if isinstance(offset, str) else False
         offset = self._resolve(offset, "offset")
         start, end = self.log.start_offset, self.log.end_offset
@@ -86,7 +90,11 @@ class Cursor(_core.CursorCore):
         A named (durable-only) cursor waits for the record to be durable."""
         timeout = _args.timeout(timeout)
         spin = _args.seconds(spin, "spin", allow_zero=True)
-        return self.log._wait_for(self.position, self.durable_only, timeout, spin)
+        self._check_usable()
+        woke = self.log._wait_for(self.position, self.durable_only, timeout, spin,
+                                  self._cancel_event())
+        self._check_usable()            # close() from another thread ended the wait
+        return woke
 
     def follow(self, timeout: float | None = None, *,
                spin: float = DEFAULT_SPIN) -> Iterator[Record]:
@@ -94,6 +102,7 @@ class Cursor(_core.CursorCore):
         after `timeout` seconds without a new record (None: never)."""
         timeout = _args.timeout(timeout)
         spin = _args.seconds(spin, "spin", allow_zero=True)
+        self._check_usable()
         return self._follow(timeout, spin)
 
     def _follow(self, timeout: float | None, spin: float) -> Iterator[Record]:
@@ -112,6 +121,7 @@ class Cursor(_core.CursorCore):
         max_records = _args.count(max_records, "max_records")
         max_bytes = None if max_bytes is None else _args.count(max_bytes, "max_bytes")
         spin = _args.seconds(spin, "spin", allow_zero=True)
+        self._check_usable()
         return self._follow_batches(timeout, max_records, max_bytes, spin)
 
     def _follow_batches(self, timeout: float | None, max_records: int, max_bytes: int | None,
@@ -131,6 +141,7 @@ class Cursor(_core.CursorCore):
         task, or the loop shutting down, ends the wait at once."""
         timeout = _args.timeout(timeout)
         yield_every = _args.count(yield_every, "yield_every")
+        self._check_usable()
         return self._follow_async(timeout, yield_every)
 
     async def _follow_async(self, timeout: float | None,
@@ -155,9 +166,84 @@ class Cursor(_core.CursorCore):
         if self.name is None:
             raise TypeError("commit: an anonymous cursor has no stored position; open one with "
                             "log.cursor(name=...)")
+        self._check_usable()
         offset = self.log._check_commit_offset(self.position if offset is None else offset)
         self.log._positions().put(self.name, offset)
         return offset
+
+    # ------------------------------------------------ the shapes of Kafka consumers and sqlite3
+
+    def poll(self, timeout: float | None = None, max_records: SupportsIndex = 65536, *,
+             max_bytes: SupportsIndex | None = None) -> RecordBatch:
+        """The next records as a :class:`RecordBatch`, as a Kafka consumer's poll: what is there
+        now (up to `max_records` records of one segment, about `max_bytes` bytes of values; None:
+        no limit), else wait up to `timeout` seconds (None: until a record comes; 0: do not
+        wait) for the first to come. An empty batch means the timeout passed. The position
+        moves past what it returns.
+
+        A named cursor polls durable records only, as it reads. close() of the cursor from
+        another thread ends a waiting poll with :exc:`LogClosedError` (at once on a writer's
+        log, within a second on a reader's); so does close() of the log."""
+        timeout = _args.timeout(timeout)
+        max_records = _args.count(max_records, "max_records")
+        max_bytes = None if max_bytes is None else _args.count(max_bytes, "max_bytes")
+        cancel = self._cancel_event()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            batch = self.read_batch(max_records, max_bytes)
+            if len(batch):
+                return batch
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return batch
+            self.log._wait_for(self.position, self.durable_only, left, DEFAULT_SPIN, cancel)
+            self._check_usable()
+
+    def _cancel_event(self) -> threading.Event:
+        """The Event close() sets to end this cursor's waits (made on first use); raises if the
+        cursor is closed, also by a close() that ran before the event existed."""
+        self._check_usable()
+        cancel: threading.Event | None = self.__dict__.get("_cancel")
+        if cancel is None:
+            cancel = self.__dict__.setdefault("_cancel", threading.Event())
+        self._check_usable()
+        return cancel
+
+    def committed(self) -> int | None:
+        """The position (int) last committed under this named cursor's name (by any cursor or
+        process with that name), or None when there is none; not this cursor's current
+        position. TypeError for an anonymous cursor."""
+        if self.name is None:
+            raise TypeError("committed: an anonymous cursor has no stored position; open one "
+                            "with log.cursor(name=...)")
+        self._check_usable()
+        return self.log.positions().get(self.name)
+
+    def close(self) -> None:
+        """Stop using the cursor: every later read, seek, wait, poll or commit raises
+        :exc:`LogClosedError`; a poll, wait or follow waiting in another thread ends with it (at
+        once on a writer's log, within a second on a reader's; follow_async at its next record).
+        Idempotent. A named cursor's committed position stays (close() does not commit: call
+        commit() first); the log stays open. `position` and `closed` can still be read."""
+        self._mark_closed()
+        cancel = self.__dict__.get("_cancel")
+        log = self.log
+        if cancel is not None:
+            cancel.set()
+            if log is not None and not log.closed and not log._inherited_copy:
+                log._wake_sleepers()    # a wait asleep on a writer's log: look at once
+
+    def __enter__(self) -> Self:
+        self._check_usable()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError("a tidelog Cursor cannot be pickled (it reads a log this process "
+                        "opened): send its position (and name), and open a cursor in the other "
+                        "process; records and batches pickle")
 
     def __repr__(self) -> str:
         name = "" if self.name is None else f" {self.name!r}"
