@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pickle
 import struct
 import sys
 import time
@@ -83,6 +84,18 @@ def read(path: Path, off: int, first: int) -> None:
             assert len(b) <= 10
         segments: list[tuple[int, str]] = log.segments()
         assert segments[0][0] == 0
+        whole: tidelog.RecordBatch = log.read_batch(first, 3, max_bytes=None)
+        assert [bytes(v) for v in whole.values] == [b"a", b"b", b"c"]
+        copy: tidelog.Record = pickle.loads(pickle.dumps(log.read(off)))
+        assert copy == log.read(off) and hash(copy) == hash(log.read(off))
+        again: tidelog.RecordBatch = pickle.loads(pickle.dumps(whole))
+        assert again.keys == whole.keys
+        stats: dict[str, Any] = log.stats()
+        assert stats["records"] == len(log)
+        with log.cursor(first) as polling:
+            got: tidelog.RecordBatch = polling.poll(timeout=0.0, max_records=2, max_bytes=None)
+            assert len(got) == 2 and not polling.closed
+        assert polling.closed
     finally:
         log.close()
 
@@ -101,6 +114,8 @@ def subscribers(path: Path) -> None:
         for _ in cur:
             pass
         committed: int = cur.commit()
+        stored: int | None = cur.committed()
+        assert stored == committed
         cur.commit(offset=0)
         assert cur.name == "indexer" and committed == log.end_offset
         positions: dict[str, int] = log.positions()
