@@ -402,24 +402,28 @@ cdef class LogCore:
 
     @property
     def start_offset(self):
-        """First offset still in the log."""
+        """The first offset still in the log (int; grows with retention). On a reader it
+        follows the writer. LogClosedError once closed."""
         self._check_open()
         return self._start_now()
 
     @property
     def end_offset(self):
-        """The offset the next append gets."""
+        """The offset the next append gets (int): the log holds [start_offset, end_offset). On
+        a reader it follows the writer. LogClosedError once closed."""
         self._check_open()
         return self._end_now()
 
     @property
     def durable_offset(self):
-        """Every record below this offset is on stable storage."""
+        """Every record below this offset (int) is on stable storage: acknowledged, it survives
+        a power loss. On a reader it follows the writer. LogClosedError once closed."""
         self._check_open()
         return self._durable_now()
 
     @property
     def closed(self):
+        """True once close() was called."""
         return self._closed
 
     @property
@@ -444,14 +448,17 @@ cdef class LogCore:
 
     @property
     def readonly(self):
+        """True for a reader (opened with readonly=True)."""
         return self._readonly
 
     @property
     def segment_bytes(self):
+        """The size in bytes at which the writer rolls to a new segment (open()'s argument)."""
         return self._seg_bytes
 
     @property
     def durability(self):
+        """The durability mode: "none", "batch" or "always" (open()'s argument)."""
         return ("none", "batch", "always")[self._mode]
 
     def __len__(self):
@@ -472,17 +479,45 @@ cdef class LogCore:
         return apply_retention(self)
 
     def append(self, value, *, key=None, timestamp=None):
-        """Append one record; returns its offset."""
+        """Append one record and return its offset (int).
+
+        `value` (bytes-like: bytes, bytearray, memoryview, numpy array; stored verbatim) and
+        `key` (bytes-like, or None: no key) are copied into the log. `timestamp` (int,
+        nanoseconds since the epoch; default: now) is stored with it. In "always" mode this
+        returns once the record is durable; in "batch" mode it may wait while the writer is
+        max_unsynced_bytes ahead of durable_offset.
+
+        Raises TypeError for a value or key that is not bytes-like (a str, say), ValueError
+        for a record too large for a segment, LogFullError (an OSError) when the disk is full,
+        LogFailedError once a sync failed (fail-stop), LogClosedError once closed, TidelogError
+        on a reader and LogForkedError in a fork() child."""
         return append_one(self, value, key, timestamp)
 
     def append_batch(self, values, *, keys=None, timestamps=None, bint atomic=True):
-        """Append many records in one call; returns the first offset (end_offset if empty)."""
+        """Append many records in one call and return the first one's offset (int; end_offset
+        for an empty batch); they get consecutive offsets.
+
+        `values`: an iterable of bytes-like objects, or a numpy array (2-D uint8: a record per
+        row; 1-D of a fixed-size dtype: a record per element). `keys`: a sequence of bytes-like
+        objects or None, one per value (default None: no keys). `timestamps`: a sequence of ints
+        (ns since the epoch), one per value (default: now). `atomic` (default True): after any
+        crash the batch is in the log whole or not at all, and readers never see part of it; so
+        it must fit in one segment (else ValueError). atomic=False splits a larger batch across
+        segments, with prefix semantics.
+
+        Raises TypeError for a bad element (nothing of the batch is appended), ValueError for
+        keys/timestamps of the wrong length or a batch too large, and what append() raises."""
         return append_many(self, values, keys, timestamps, atomic)
 
     # ---- durability (bodies: durability.pxi) and closing
 
     def sync(self):
-        """Make everything appended so far durable; returns durable_offset."""
+        """Make everything appended so far durable and return durable_offset (int).
+
+        One fdatasync covers every segment written since the last sync (group commit: threads
+        syncing at once share it). Raises LogFailedError if the sync fails: the writer stops
+        for good (fail-stop; the sync is never retried; reopen the log to recover from what is
+        on disk). LogClosedError once closed; TidelogError on a reader."""
         return sync_now(self)
 
     def _close(self):
@@ -601,7 +636,12 @@ cdef class LogCore:
         return refresh_segments(self)
 
     def read(self, offset):
-        """The record at `offset`."""
+        """The Record at `offset` (any integer, numpy's too; not a bool), CRC-checked; its value
+        is a zero-copy view of the mapped segment.
+
+        Raises OffsetOutOfRangeError (an IndexError) outside [start_offset, end_offset),
+        CorruptLogError when the record is damaged on disk, TypeError for a non-integer,
+        LogClosedError once closed."""
         return read_one(self, offset)
 
     def offset_for_time(self, timestamp):

@@ -7,7 +7,18 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 @cython.freelist(256)
 @cython.no_gc       # holds only a memoryview of a mapping, which cannot lead back: no cycles
 cdef class Record:
-    """One record. `value` is a read-only zero-copy memoryview into the mapped segment.
+    """One record, as :meth:`Log.read`, a cursor or a :class:`RecordBatch` hands it out (every
+    record handed out has passed its CRC32C check). Not made by users.
+
+    Attributes (read-only):
+
+    - ``offset`` (int): its offset in the log.
+    - ``timestamp`` (int): nanoseconds since the epoch, set at append unless given there.
+    - ``key`` (bytes or None): its key, copied; None when it was appended without one.
+    - ``value`` (memoryview): its value, a read-only zero-copy view into the mapped segment.
+      The view stays valid (the mapping stays alive) as long as it exists, also after the
+      log is closed or retention deleted the segment.
+    - ``len(record)``: the value's length in bytes; ``bytes(record)``: a copy of the value.
 
     Records compare equal by (offset, timestamp, key, value bytes) and hash consistently with
     that (so they work in sets and as dict keys). A record pickles with a copy of its key and
@@ -123,8 +134,18 @@ cdef inline Record make_record(Segment seg, size_t pos, uint32_t length):
 
 
 cdef class RecordBatch:
-    """Consecutive records of one segment: numpy `offsets` and `timestamps`, zero-copy `values`.
-    A batch pickles with a copy of its keys and values (see __reduce__)."""
+    """Consecutive records of one segment, from :meth:`Cursor.read_batch`,
+    :meth:`Cursor.poll`, :meth:`Log.read_batch` or :meth:`Cursor.follow_batches`: numpy
+    `offsets` and `timestamps`, zero-copy `values`.
+
+    A batch holds the records of one segment only (that keeps :meth:`values_array` zero-copy),
+    so it may hold fewer than asked for; an empty batch means the cursor was at the end.
+    ``len(batch)`` is its record count; ``batch[i]`` (negative i counts from the end;
+    IndexError outside) and iteration give :class:`Record` objects. A batch pickles with a
+    copy of its keys and values.
+
+    - ``timestamps``: the records' timestamps (ns since the epoch), an int64 numpy array.
+    """
     cdef readonly object timestamps
     cdef object _offsets        # made on first use: offsets are consecutive from _first
     cdef int64_t _first
@@ -178,9 +199,12 @@ cdef class RecordBatch:
         return tl_subview(self._mv, self._addr + self._vpos[i], self._vlen[i])
 
     def values_array(self, dtype):
-        """The values as one read-only numpy array of `dtype`, without copying when the records
-        lie at a constant stride (same value size and key length); ValueError unless every
-        value has dtype's size."""
+        """The values as one read-only numpy array of `dtype` (anything numpy.dtype() takes),
+        one element per record.
+
+        Zero-copy (a strided view of the mapping) when the records lie at a constant stride
+        (same value size and key length), else a copy. Raises ValueError unless every value is
+        exactly dtype's item size in bytes (or for a zero-sized dtype)."""
         dt = np.dtype(dtype)
         cdef Py_ssize_t size = dt.itemsize, stride, n = self.n
         if size == 0:
@@ -367,7 +391,13 @@ cdef object cursor_closed(CursorCore cur):
 
 
 cdef class CursorCore:
-    """Position in a log; iterating yields records until the end offset as of each step."""
+    """Position in a log; iterating yields records until the end offset as of each step.
+
+    - ``log``: the :class:`Log` it reads.
+    - ``durable_only`` (bool): it reads only records below `durable_offset`.
+    - ``closed`` (bool): close() was called; every later read, seek and wait raises
+      :exc:`LogClosedError`.
+    """
     cdef readonly LogCore log
     cdef Segment _seg
     cdef size_t _pos
@@ -471,8 +501,14 @@ cdef class CursorCore:
         return r
 
     def read_batch(self, max_records=65536, max_bytes=None):
-        """Up to max_records consecutive records of one segment (and about max_bytes of values;
-        at least one record when any is there). Empty at the end of the log."""
+        """The next records, as a :class:`RecordBatch`, and move past them.
+
+        `max_records` (int, default 65536; at least 1): at most this many records.
+        `max_bytes` (int, bytes, default None: no limit): stop after about this many bytes of
+        values (at least one record when any is there). The batch holds records of one segment
+        only, so it may be shorter; it is empty at the end of the log (the end offset, or the
+        durable offset for a durable-only cursor). Raises :exc:`OffsetOutOfRangeError` when the
+        position fell below `start_offset` (retention), :exc:`CorruptLogError` at damage."""
         cdef uint32_t length
         cdef int64_t limit, n_max, i = 0, start
         cdef int64_t mb = -1, got = 0, vl

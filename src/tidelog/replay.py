@@ -55,6 +55,8 @@ digests with the other's at every common offset, in order, as each checkpoint co
 and reports the first difference, down to the record when a record-by-record re-run shows it.
 """
 
+from __future__ import annotations
+
 import bisect
 import hashlib
 import signal
@@ -63,12 +65,15 @@ import threading
 import time
 from dataclasses import dataclass
 from itertools import islice
-from typing import NamedTuple, Optional
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional
 
 from tidelog import _args, _core, lmdbenv
 from tidelog.errors import (LogClosedError, OffsetOutOfRangeError, ReplicaDivergedError,
                             TidelogError)
 from tidelog.positions import check_name
+
+if TYPE_CHECKING:
+    from tidelog.log import Log
 
 __all__ = ["Replayer", "LmdbView", "verify_determinism", "DeterminismReport", "Checkpoint",
            "check_replica", "delete_replayer", "read_view", "replayers", "MachineCall",
@@ -118,10 +123,10 @@ class LmdbView:
 
     db = None
 
-    def apply(self, record, txn):
+    def apply(self, record: _core.Record, txn: Any) -> None:
         raise NotImplementedError(f"{type(self).__name__}.apply(record, txn)")
 
-    def digest(self, txn):
+    def digest(self, txn: Any) -> bytes:
         """blake2b of every (key, value) of the view, in key order, length-prefixed."""
         h = hashlib.blake2b(digest_size=DIGEST_SIZE)
         update = h.update
@@ -145,7 +150,7 @@ class DeterminismReport:
     since: Optional[int] = None     # last checkpoint offset where they agreed
     record: Optional[int] = None    # the first record after which a re-run's states differ
 
-    def __bool__(self):
+    def __bool__(self) -> bool:
         return self.deterministic
 
     def __str__(self):
@@ -407,8 +412,10 @@ class Replayer:
     Not thread-safe, except stop(), which any thread (or a signal handler) may call.
     """
 
-    def __init__(self, log, machine, *, name, checkpoint_every=100_000, checkpoint_interval=None,
-                 replica_of=None, digests=True, digest_history=None):
+    def __init__(self, log: Log, machine: Any, *, name: str | None,
+                 checkpoint_every: int = 100_000, checkpoint_interval: float | None = None,
+                 replica_of: str | None = None, digests: bool = True,
+                 digest_history: int | None = None) -> None:
         _check_log(log)
         view = _check_machine(machine)
         name_b = None if name is None else check_name(name, "name")
@@ -571,16 +578,16 @@ class Replayer:
     # ------------------------------------------------------------------ properties
 
     @property
-    def position(self):
+    def position(self) -> int:
         """The offset of the next record to apply (every record below it is in the state)."""
         return self._cur.position
 
     @property
-    def checkpoint_position(self):
+    def checkpoint_position(self) -> int | None:
         """The position of the last checkpoint (stored, or restored at construction), or None."""
         return self._checkpointed
 
-    def digests(self):
+    def digests(self) -> dict[int, bytes]:
         """{offset: digest} of this replayer's checkpoints (stored, or in memory when
         ephemeral)."""
         if self.name is None:
@@ -595,7 +602,7 @@ class Replayer:
 
     # ------------------------------------------------------------------ running
 
-    def stop(self):
+    def stop(self) -> None:
         """Make a running run() checkpoint and return soon: before the next record (per-record
         apply) or the next batch (apply_batch). Safe from any thread and from signal handlers; a
         stop() while no run() is going makes the next run() return at once."""
@@ -611,7 +618,9 @@ class Replayer:
         if step is not None:
             step()
 
-    def run(self, until=None, follow=False, *, progress=None, signals=None):
+    def run(self, until: int | None = None, follow: bool = False, *,
+            progress: Callable[[Replayer], object] | None = None,
+            signals: bool | None = None) -> int:
         """Apply durable records with offset < until, checkpoint, return the new position.
 
         until:   None: up to the durable end (as it moves meanwhile); an int: stop there.
@@ -836,7 +845,7 @@ class Replayer:
 
     # ------------------------------------------------------------------ checkpoints
 
-    def checkpoint(self):
+    def checkpoint(self) -> int:
         """Checkpoint now: the state (snapshot, or the view's writes), its digest and the
         position, in one LMDB write transaction. Returns the position."""
         self._check_usable(running_ok=True)
@@ -972,7 +981,7 @@ class Replayer:
 
     # ------------------------------------------------------------------ views, lifecycle
 
-    def read(self):
+    def read(self) -> Any:
         """A read transaction on this replayer's view (a context manager; default database the
         view): ``with rep.read() as txn: txn.get(key)``. It sees the last checkpoint."""
         if not self._view:
@@ -1050,7 +1059,7 @@ def check_replica(log, name, reference):
     return n, None if agreed < 0 else agreed
 
 
-def replayers(log):
+def replayers(log: Log) -> dict[str, Checkpoint]:
     """{name: Checkpoint} of every replayer with a checkpoint in this log's positions store."""
     _check_log(log)
     store, (has_cp,) = _existing_dbs(log, CHECKPOINTS_DB)
@@ -1060,7 +1069,7 @@ def replayers(log):
                                    txn.cursor(db=store.db(CHECKPOINTS_DB)) if b"\0" not in k})
 
 
-def delete_replayer(log, name):
+def delete_replayer(log: Log, name: str) -> bool:
     """Forget replayer `name`: its position, checkpoint, digests and view. True if it had any.
     (A live Replayer of that name in this process must not be used afterwards.)"""
     _check_log(log)
@@ -1089,7 +1098,7 @@ def delete_replayer(log, name):
         store.shared.forget_db(view_key)    # the handle is gone with the database
 
 
-def read_view(log, name):
+def read_view(log: Log, name: str) -> Any:
     """A read transaction on the view of LmdbView replayer `name` (default database the view),
     a context manager: ``with read_view(log, "counts") as txn: txn.get(b"u42")``. KeyError when
     there is no such view."""
@@ -1101,8 +1110,9 @@ def read_view(log, name):
     return store.shared.reader(db=VIEW_DB_PREFIX + name)
 
 
-def verify_determinism(log, factory, *, until=None, checkpoint_every=10_000, locate_record=True,
-                       raise_on_divergence=True):
+def verify_determinism(log: Log, factory: Callable[[], Any], *, until: int | None = None,
+                       checkpoint_every: int = 10_000, locate_record: bool = True,
+                       raise_on_divergence: bool = True) -> DeterminismReport:
     """Replay the log into two fresh machines from `factory()` side by side, stepping both to each
     multiple of `checkpoint_every` (and to `until`, default the durable end) and comparing their
     digests there. Stores nothing: no positions, no checkpoints, nothing in the log's directory
