@@ -44,6 +44,7 @@ include "frame.pxi"
 include "segment.pxi"
 include "writer.pxi"
 include "reader.pxi"
+include "prealloc.pxi"
 
 
 tl_flusher_init_fork_handler()

@@ -300,7 +300,7 @@ cdef class LogCore:
         thread (not Linux, no memory): the writer takes its own faults, as before."""
         self._tt = tl_toucher_start(&self._wpos, PRETOUCH_WINDOW, PRETOUCH_CHUNK, PRETOUCH_MIN_RATE)
         if self._tt != NULL and self._active is not None:
-            tl_toucher_target(self._tt, self._w, self._active.map.size)
+            tl_toucher_target(self._tt, self._w, self._wcap)
 
     cdef _stop_pretoucher(self):
         cdef tl_toucher* t = self._tt
@@ -873,11 +873,12 @@ cdef class LogCore:
         self._wcap = s.cap
         self._wpos = pos
         self._base = s.base
+        cover_index(self, s, pos)           # prealloc.pxi (the index may be dropped)
         self._idx = s.idx
         self._idx_stride = s.idx_stride
         self._tix = s.tix
         if self._tt != NULL:
-            tl_toucher_target(self._tt, self._w, s.map.size)
+            tl_toucher_target(self._tt, self._w, s.cap)
         if s not in self._unsynced:
             self._unsynced.append(s)
 
@@ -893,7 +894,7 @@ cdef class LogCore:
         tmp = s.path + ".tmp"
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
-            rc = tl_preallocate(fd, capacity)
+            rc = tl_preallocate(fd, prealloc_first(capacity))       # prealloc.pxi: in steps
             if rc:
                 raise_oserror(rc, tmp)
             os.pwrite(fd, segment_header(base, capacity, tl_now_ns()), 0)
@@ -1174,6 +1175,8 @@ cdef class LogCore:
         """Roll to a new segment so that `need` bytes of frames fit (writer lock held). The
         native flusher has no file from here until a Python sync has synced both and the
         directory (_nf_update)."""
+        if grow_active(self, need):     # prealloc.pxi: room by allocating a step further
+            return 0
         self._rolling = True
         try:
             if self._nf != NULL:
@@ -2178,9 +2181,11 @@ cdef Py_ssize_t index_mismatches(Segment s, int64_t log_end) except -1:
         ts = rd_i64(s.data + pos + 16)
         if ts > maxts:
             maxts = ts
-        if rel % s.idx_stride == 0 and rd_u32(s.idx + (rel // s.idx_stride) * 4) != pos:
+        if rel % s.idx_stride == 0 and (rel // s.idx_stride >= s.idx_slots or
+                                        rd_u32(s.idx + (rel // s.idx_stride) * 4) != pos):
             bad += 1
-        if rel % TIX_STRIDE == 0 and rd_i64(s.tix + (rel // TIX_STRIDE) * 8) != maxts:
+        if rel % TIX_STRIDE == 0 and (rel // TIX_STRIDE >= s.tix_slots or
+                                      rd_i64(s.tix + (rel // TIX_STRIDE) * 8) != maxts):
             bad += 1
         pos += align8(length)
         off += 1
@@ -2275,7 +2280,7 @@ cdef int64_t seg_scan_time(Segment seg, int64_t first, int64_t last, int64_t ts)
         if off >= last:
             return -1
         pos += align8(length)
-        rc = frame_check(seg.data, seg.cap, pos, off, &length)
+        rc = seg.check(pos, off, &length)
 
 
 cdef enum:
@@ -2324,7 +2329,7 @@ cdef int scan_window(Segment seg, int64_t a, int64_t b, int64_t ts, bint stop,
         if off >= b:
             return FRAME_OK
         pos += align8(length)
-        rc = frame_check(seg.data, seg.cap, pos, off, &length)
+        rc = seg.check(pos, off, &length)
 
 
 cdef int64_t tix_first_at(Segment seg, int64_t last, int64_t ts) except -2:
