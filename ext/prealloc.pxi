@@ -120,3 +120,12 @@ cdef bint grow_active(LogCore log, size_t need) except -1:
     if log._tt != NULL:
         tl_toucher_extend(log._tt, log._w, log._wcap)
     return True
+
+
+cdef int fit_after_roll(LogCore log, size_t need) except -1:
+    """A roll made a new segment (PREALLOC_FIRST bytes allocated): allocate it as far as the
+    `need` bytes that rolled need (LogFullError when the disk refuses: nothing is written)."""
+    if need > log._wcap - log._wpos and not grow_active(log, need):
+        raise ValueError(f"{need} bytes of frames do not fit in a segment of "
+                         f"{log._active.ncap} bytes")
+    return 0

@@ -1181,7 +1181,8 @@ cdef class LogCore:
         try:
             if self._nf != NULL:
                 tl_flusher_set_fd(self._nf, -1)  # two files to sync now: Python's sync does it
-            return self._roll_to(need)
+            self._roll_to(need)
+            return fit_after_roll(self, need)   # prealloc.pxi: the new file is one step long
         finally:
             self._rolling = False
 
