@@ -1,13 +1,17 @@
-# Allocation ahead in steps (the disk footprint): a segment file starts at PREALLOC_FIRST bytes
-# and its writer allocates it further, a step at a time, just before a record would not fit in
-# what is allocated; its .idx and .tix grow with it, always first, to hold the entries of every
-# record the allocated part can hold. Owns the sizes of the active segment's files: only the
-# writer calls grow_active / cover_index (holding its writer lock); readers only ever look at the
-# sizes (Segment.grew). Lets other threads run only inside fallocate (GIL released, the writer
-# lock held).
+# Allocation ahead in steps (the disk footprint): a segment file is made at its full size (its
+# capacity) but with only its first PREALLOC_FIRST bytes allocated, the rest holes; its writer
+# allocates it further (fallocate inside the file), a step at a time, just before a record would
+# not fit in what is allocated; its .idx and .tix grow with it (in size), always first, to hold
+# the entries of every record the allocated part can hold. (The size stays the capacity: page
+# faults on a file whose size moves up just ahead of the writer map one page each, where a
+# full-size file gets several per fault - appends of 100 B were 30 % slower that way.) Owns the
+# allocation of the active segment's files: only the writer calls prealloc_activate /
+# grow_active (holding its writer lock); readers only ever look at sizes (Segment.grew,
+# grew_index). Lets other threads run only inside fallocate (GIL released, writer lock held).
 #
 # The guarantee is the one full preallocation gave: every byte the writer stores through its
-# mapping, and every page the pretoucher populates, lies inside the allocated part, so a full disk
+# mapping, and every page the pretoucher populates, lies inside the allocated part (less a
+# slack page, so readers never fault a hole either), so a full disk
 # is ENOSPC from fallocate - LogFullError at the append that needed the step, with nothing of it
 # written and every earlier record kept - never a SIGBUS. Files never shrink while a log is open
 # (a reader maps each at its nominal size and reads only what the file held when it looked).
@@ -17,6 +21,7 @@ cdef enum:
     PREALLOC_MAX_STEP = 8 << 20     # steps double from PREALLOC_FIRST up to this, then stay
     PREALLOC_ALIGN = 64 << 10       # segment sizes are multiples of this (or the capacity)
     INDEX_ALIGN = 4096              # index file sizes are multiples of this (or the nominal)
+    PREALLOC_SLACK = 4096           # the writer stops this far before the end of what is allocated
 
 
 cdef size_t nominal_capacity(bytes h, size_t size, int64_t base, str path) except 0:
@@ -77,14 +82,61 @@ cdef int index_cover_err(Segment s, int64_t records) except -1:
     return 0
 
 
-cdef int cover_index(LogCore log, Segment s, size_t pos) except -1:
-    """s becomes the writer's segment with its data ending at pos (offset log._next): make its
-    index files hold an entry for every record that fits in its allocated part. If they cannot
-    grow (a full disk), the segment goes on without an index (a hint: readers then walk)."""
+cdef inline size_t writer_limit(Segment s, size_t wpos) noexcept:
+    """How far the writer may store: what is allocated, less PREALLOC_SLACK (so a reader that
+    looks at the length word after the last frame reads an allocated block: on a full tmpfs a
+    read of a hole faults), all of it once the file is allocated to its capacity. Never below
+    wpos (a writer that could not allocate asks again at its next append)."""
+    cdef size_t lim
+    if s.alloc >= s.ncap:
+        lim = s.cap
+    elif s.alloc > PREALLOC_SLACK:
+        lim = min((s.alloc - PREALLOC_SLACK) & ~(<size_t>7), s.cap)
+    else:
+        lim = 0
+    return max(lim, wpos)
+
+
+cdef int prealloc_new_file(int fd, int64_t capacity) except -1:
+    """A new segment file: its first step allocated, its size the capacity (the rest holes,
+    allocated as the writer advances). 0, or an errno value (nothing is allocated then)."""
+    cdef int64_t first = prealloc_first(capacity) if TL_PREALLOC_STEPS else capacity
+    cdef int rc = tl_preallocate(fd, first)
+    if rc == 0 and first < capacity:
+        try:
+            os.ftruncate(fd, capacity)
+        except OSError as e:
+            rc = e.errno or _errno.EIO
+    return rc
+
+
+cdef int prealloc_activate(LogCore log, Segment s, size_t pos) except -1:
+    """s becomes the writer's segment with its data ending at pos (offset log._next): its file
+    at full size, allocated at least to pos and a slack (else the next append asks again), the
+    writer's limit set, and its index files holding an entry for every record that fits below
+    that limit. If they cannot grow (a full disk), the segment goes on without an index (a
+    hint: readers then walk)."""
+    cdef size_t want
+    cdef int err = 0
+    cdef int fd = s.fd
+    if fd >= 0 and s.cap < (s.ncap & ~(<size_t>7)):
+        try:                            # a file shorter than its capacity: give it its size
+            os.ftruncate(fd, s.ncap)
+            s.cap = s.ncap & ~(<size_t>7)
+        except OSError:
+            pass
+    want = min((pos + PREALLOC_SLACK + PREALLOC_ALIGN - 1) // PREALLOC_ALIGN * PREALLOC_ALIGN,
+               s.ncap)
+    if fd >= 0 and want > s.alloc:
+        with nogil:
+            err = tl_grow_file(fd, s.alloc, want)
+        if not err:
+            s.alloc = want
+    log._wcap = writer_limit(s, pos)
     if s.idx == NULL:
         return 0
     if index_cover_err(s, (log._next - s.base) +
-                       <int64_t>((s.cap - pos) // FRAME_HEADER_SIZE if s.cap > pos else 0)):
+                       <int64_t>((log._wcap - pos) // FRAME_HEADER_SIZE)):
         s.idx = NULL
         s.tix = NULL
         s.idx_map = None
@@ -93,18 +145,19 @@ cdef int cover_index(LogCore log, Segment s, size_t pos) except -1:
 
 
 cdef bint grow_active(LogCore log, size_t need) except -1:
-    """`need` bytes of frames do not fit in what is allocated of the active segment: allocate a
-    step further (index files first) when they fit in its capacity. True when they now fit;
-    False when a roll is needed; LogFullError (ENOSPC) or OSError when the disk refuses, with
-    nothing written."""
+    """`need` bytes of frames do not fit below the writer's limit in the active segment:
+    allocate a step further (index files first) when they fit in its capacity. True when they
+    now fit; False when a roll is needed; LogFullError (ENOSPC) or OSError when the disk
+    refuses, with nothing written."""
     cdef Segment s = log._active
-    cdef size_t end = log._wpos + need, cur = log._wcap, target, step
+    cdef size_t end = log._wpos + need, cur, target, step
     cdef int err = 0
     cdef int fd
     if s is None or s.fd < 0 or end > (s.ncap & ~(<size_t>7)):
         return False
+    cur = s.alloc
     step = min(max(cur, <size_t>PREALLOC_FIRST), <size_t>PREALLOC_MAX_STEP)
-    target = max(end, cur + step)
+    target = max(end + PREALLOC_SLACK, cur + step)
     target = min((target + PREALLOC_ALIGN - 1) // PREALLOC_ALIGN * PREALLOC_ALIGN, s.ncap)
     err = index_cover_err(s, (log._next - s.base) +
                           <int64_t>((target - log._wpos) // FRAME_HEADER_SIZE))
@@ -115,8 +168,10 @@ cdef bint grow_active(LogCore log, size_t need) except -1:
         err = tl_grow_file(fd, cur, target)
     if err:
         raise_oserror(err, s.path)
-    s.cap = target & ~(<size_t>7)
-    log._wcap = s.cap
+    s.alloc = target
+    if target > s.cap:                  # (a file shorter than its capacity grows in size)
+        s.cap = min(target, s.ncap) & ~(<size_t>7)
+    log._wcap = writer_limit(s, log._wpos)
     if log._tt != NULL:
         tl_toucher_extend(log._tt, log._w, log._wcap)
     return True

@@ -1,9 +1,10 @@
 # Segments: one memory-mapped file and its two index files. Never parses records beyond following
-# lengths and reading the index (docs/FORMAT.md §2, §3). A segment is mapped at its nominal
-# capacity (the header says) but allocated on disk in steps as the writer advances
-# (ext/prealloc.pxi): `cap` is what was allocated when last looked at, and no byte at or past it
-# is ever read (a page past the end of the file would SIGBUS); a reader looks again (grew()) when
-# the data seems to run past it.
+# lengths and reading the index (docs/FORMAT.md §2, §3). A segment file has its nominal capacity
+# as its size, but its blocks are allocated in steps as the writer advances (ext/prealloc.pxi);
+# its index files grow in size. A file may also be shorter than its capacity (cut, or made
+# by an earlier version that grew files): `cap` is the size seen when it was mapped and no byte
+# at or past it is ever read (a page past the end of a file would SIGBUS); a reader looks again
+# (grew(), grew_index()) when the data or the index seem to run past what it saw.
 
 cdef object raise_oserror(int err, object path):
     if err == _errno.ENOSPC:
@@ -116,6 +117,7 @@ cdef class Segment:
     cdef char* data
     cdef size_t cap             # bytes allocated (the file's size, 8-aligned) as last seen
     cdef size_t ncap            # nominal capacity: the mapping's length (file <= ncap)
+    cdef size_t alloc           # the writer's: bytes allocated from the start (prealloc.pxi)
     cdef tuple fpaths           # (.seg, .idx, .tix) paths as bytes (grew(), prealloc.pxi)
     cdef uint64_t ino_c         # ino as a C value
     cdef bint mapped_rw         # the mapping is writable
@@ -159,7 +161,17 @@ cdef class Segment:
         c = min(<size_t>size, self.ncap) & ~(<size_t>7)
         if c <= self.cap:
             return False
-        if self.idx != NULL:
+        self.grew_index()
+        self.cap = c
+        return True
+
+    cdef int grew_index(self) except -1:
+        """Take the index files' sizes again (their writer grows them in steps, ahead of the
+        records): entries past what this mapping saw become usable. Like grew(), lets no other
+        thread run."""
+        cdef int64_t size
+        cdef size_t n
+        if self.idx != NULL and self.fpaths is not None:
             size = tl_file_size(<bytes>self.fpaths[1], NULL)
             if size > INDEX_HEADER_SIZE:
                 n = min(<size_t>(size - INDEX_HEADER_SIZE) // 4,
@@ -172,8 +184,7 @@ cdef class Segment:
                         (self.tix_map.size - INDEX_HEADER_SIZE) // 8)
                 if n > self.tix_slots:
                     self.tix_slots = n
-        self.cap = c
-        return True
+        return 0
     cdef Mapping idx_map
     cdef Mapping tix_map
     cdef char* idx              # entry j: u32 position of record base + 16 j; NULL: no index
@@ -280,6 +291,7 @@ cdef class Segment:
             self.ino = st.st_ino
             self.ino_c = st.st_ino
             self.ncap = ncap
+            self.alloc = tl_allocated_end(fd, size) if self.writable else size
             self.fpaths = segment_fpaths(self.path)
             self.map = m
             self.mv = PyMemoryView_FromObject(self.map)
@@ -339,8 +351,8 @@ cdef class Segment:
                     # the allocated part can hold; the writer refills it. If that fails (a
                     # full disk), go on without an index: it is only a hint
                     os.ftruncate(fd, 0)
-                    have = index_alloc_bytes(INDEX_HEADER_SIZE + idx_slots_for(self.cap, stride)
-                                             * unit, want)      # prealloc.pxi
+                    have = index_alloc_bytes(INDEX_HEADER_SIZE + idx_slots_for(
+                        min(self.cap, self.alloc), stride) * unit, want)      # prealloc.pxi
                     if tl_preallocate(fd, have):
                         return
                     os.pwrite(fd, index_header(magic, stride, self.base), 0)
@@ -380,6 +392,8 @@ cdef class Segment:
         cdef bint hinted = False        # the walk started at an index entry (a hint)
         self.ensure()
         j = (offset - self.base) // <int64_t>self.idx_stride if use_index else 0
+        if j >= <int64_t>self.idx_slots and self.idx != NULL and not self.writable:
+            self.grew_index()       # the writer of another Log grew the index since
         while j > 0 and tries < 64:          # a damaged entry: try the ones below it
             p = self.idx_get(j)
             if p:

@@ -45,6 +45,26 @@ static inline int tl_grow_path(const char *path, int64_t from, int64_t to) {
     return rc;
 }
 
+/* Where the allocated prefix of fd ends: the first hole at or after 0 (SEEK_HOLE), at most
+   size; size where holes cannot be found (then everything counts as allocated). */
+static inline int64_t tl_allocated_end(int fd, int64_t size) {
+#if defined(SEEK_HOLE)
+    off_t h = lseek(fd, 0, SEEK_HOLE);
+    if (h >= 0 && (int64_t)h < size) return (int64_t)h;
+#else
+    (void)fd;
+#endif
+    return size;
+}
+
+/* Whether files are allocated in steps here: on macOS F_PREALLOCATE only extends a file, so a
+   segment is allocated whole when created (as before). */
+#if defined(__APPLE__)
+#define TL_PREALLOC_STEPS 0
+#else
+#define TL_PREALLOC_STEPS 1
+#endif
+
 /* The size of the file at path (its inode in *ino), or -1 (errno set). Takes no lock and
    allocates nothing: callable with the GIL held where no other thread may run. */
 static inline int64_t tl_file_size(const char *path, uint64_t *ino) {

@@ -873,12 +873,12 @@ cdef class LogCore:
         self._wcap = s.cap
         self._wpos = pos
         self._base = s.base
-        cover_index(self, s, pos)           # prealloc.pxi (the index may be dropped)
+        prealloc_activate(self, s, pos)     # prealloc.pxi: sets _wcap (the index may be dropped)
         self._idx = s.idx
         self._idx_stride = s.idx_stride
         self._tix = s.tix
         if self._tt != NULL:
-            tl_toucher_target(self._tt, self._w, s.cap)
+            tl_toucher_target(self._tt, self._w, self._wcap)
         if s not in self._unsynced:
             self._unsynced.append(s)
 
@@ -894,7 +894,7 @@ cdef class LogCore:
         tmp = s.path + ".tmp"
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
-            rc = tl_preallocate(fd, prealloc_first(capacity))       # prealloc.pxi: in steps
+            rc = prealloc_new_file(fd, capacity)        # prealloc.pxi: the first step
             if rc:
                 raise_oserror(rc, tmp)
             os.pwrite(fd, segment_header(base, capacity, tl_now_ns()), 0)
@@ -2440,12 +2440,13 @@ cdef zero_tail(Segment s, size_t pos):
     fallocate(FALLOC_FL_ZERO_RANGE) where the system has it (the blocks stay allocated), else
     by clearing through the mapping whatever is not zero."""
     cdef size_t chunk = 65536, a = pos, b
-    if pos >= s.cap:
+    cdef size_t end = min(s.cap, s.alloc)      # prealloc.pxi: beyond it holes (zeros)
+    if pos >= end:
         return
-    if tl_zero_range(s.fd, pos, s.cap - pos) == 0:
+    if tl_zero_range(s.fd, pos, end - pos) == 0:
         return
-    while a < s.cap:
-        b = min(s.cap, (a // chunk + 1) * chunk)
+    while a < end:
+        b = min(end, (a // chunk + 1) * chunk)
         if not all_zero(s.data + a, b - a):
             memset(s.data + a, 0, b - a)
         a = b
