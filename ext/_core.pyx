@@ -42,7 +42,14 @@ from tidelog import _args       # the shared argument checks (numpy integers, bo
 
 include "frame.pxi"
 include "segment.pxi"
-include "writer.pxi"
+include "control.pxi"
+include "logcore.pxi"
+include "segset.pxi"
+include "recovery.pxi"
+include "appender.pxi"
+include "durability.pxi"
+include "retention.pxi"
+include "lookup.pxi"
 include "reader.pxi"
 include "prealloc.pxi"
 

@@ -5,6 +5,7 @@ wakes every task waiting on that log, so no waiting task holds a thread of a sha
 import asyncio
 import os
 import threading
+import time
 import weakref
 
 from tidelog import _args, _core
@@ -40,6 +41,7 @@ class Cursor(_core.CursorCore):
     def seek(self, offset):
         """Move to `offset`, which must lie in [start_offset, end_offset] ("earliest" and
         "latest" always do: retention moving start_offset meanwhile shows on the next read)."""
+        self._check_usable()
         named = offset in ("earliest", "latest") if isinstance(offset, str) else False
         offset = self._resolve(offset, "offset")
         start, end = self.log.start_offset, self.log.end_offset
@@ -58,13 +60,18 @@ class Cursor(_core.CursorCore):
         A named (durable-only) cursor waits for the record to be durable."""
         timeout = _args.timeout(timeout)
         spin = _args.seconds(spin, "spin", allow_zero=True)
-        return self.log._wait_for(self.position, self.durable_only, timeout, spin)
+        self._check_usable()
+        woke = self.log._wait_for(self.position, self.durable_only, timeout, spin,
+                                  self._cancel_event())
+        self._check_usable()            # close() from another thread ended the wait
+        return woke
 
     def follow(self, timeout=None, *, spin=DEFAULT_SPIN):
         """Yield records as the writer appends, across segment rolls and writer restarts; stop
         after `timeout` seconds without a new record (None: never)."""
         timeout = _args.timeout(timeout)
         spin = _args.seconds(spin, "spin", allow_zero=True)
+        self._check_usable()
         return self._follow(timeout, spin)
 
     def _follow(self, timeout, spin):
@@ -82,6 +89,7 @@ class Cursor(_core.CursorCore):
         max_records = _args.count(max_records, "max_records")
         max_bytes = None if max_bytes is None else _args.count(max_bytes, "max_bytes")
         spin = _args.seconds(spin, "spin", allow_zero=True)
+        self._check_usable()
         return self._follow_batches(timeout, max_records, max_bytes, spin)
 
     def _follow_batches(self, timeout, max_records, max_bytes, spin):
@@ -99,6 +107,7 @@ class Cursor(_core.CursorCore):
         task, or the loop shutting down, ends the wait at once."""
         timeout = _args.timeout(timeout)
         yield_every = _args.count(yield_every, "yield_every")
+        self._check_usable()
         return self._follow_async(timeout, yield_every)
 
     async def _follow_async(self, timeout, yield_every):
@@ -118,9 +127,81 @@ class Cursor(_core.CursorCore):
         if self.name is None:
             raise TypeError("commit: an anonymous cursor has no stored position; open one with "
                             "log.cursor(name=...)")
+        self._check_usable()
         offset = self.log._check_commit_offset(self.position if offset is None else offset)
         self.log._positions().put(self.name, offset)
         return offset
+
+    # ------------------------------------------------ the shapes of Kafka consumers and sqlite3
+
+    def poll(self, timeout=None, max_records=65536, *, max_bytes=None):
+        """The next records as a RecordBatch, as a Kafka consumer's poll: what is there now (up
+        to `max_records` records of one segment, about `max_bytes` of values), else wait up to
+        `timeout` seconds (None: until a record comes; 0: do not wait) for the first to come.
+        An empty batch means the timeout passed. The position moves past what it returns.
+
+        A named cursor polls durable records only, as it reads. close() of the cursor from
+        another thread ends a waiting poll with LogClosedError (at once on a writer's log, within
+        a second on a reader's); so does close() of the log."""
+        timeout = _args.timeout(timeout)
+        max_records = _args.count(max_records, "max_records")
+        max_bytes = None if max_bytes is None else _args.count(max_bytes, "max_bytes")
+        cancel = self._cancel_event()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            batch = self.read_batch(max_records, max_bytes)
+            if len(batch):
+                return batch
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return batch
+            self.log._wait_for(self.position, self.durable_only, left, DEFAULT_SPIN, cancel)
+            self._check_usable()
+
+    def _cancel_event(self):
+        """The Event close() sets to end this cursor's waits (made on first use); raises if the
+        cursor is closed, also by a close() that ran before the event existed."""
+        self._check_usable()
+        cancel = self.__dict__.get("_cancel")
+        if cancel is None:
+            cancel = self.__dict__.setdefault("_cancel", threading.Event())
+        self._check_usable()
+        return cancel
+
+    def committed(self):
+        """The position last committed under this named cursor's name (by any cursor or process
+        with that name), or None when there is none; not this cursor's current position."""
+        if self.name is None:
+            raise TypeError("committed: an anonymous cursor has no stored position; open one "
+                            "with log.cursor(name=...)")
+        self._check_usable()
+        return self.log.positions().get(self.name)
+
+    def close(self):
+        """Stop using the cursor: every later read, seek, wait, poll or commit raises
+        LogClosedError; a poll, wait or follow waiting in another thread ends with it (at once
+        on a writer's log, within a second on a reader's; follow_async at its next record).
+        Idempotent. A named cursor's committed position stays (close() does not commit: call
+        commit() first); the log stays open. `position` and `closed` can still be read."""
+        self._mark_closed()
+        cancel = self.__dict__.get("_cancel")
+        log = self.log
+        if cancel is not None:
+            cancel.set()
+            if log is not None and not log.closed and not log._inherited_copy:
+                log._wake_sleepers()    # a wait asleep on a writer's log: look at once
+
+    def __enter__(self):
+        self._check_usable()
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __reduce__(self):
+        raise TypeError("a tidelog Cursor cannot be pickled (it reads a log this process "
+                        "opened): send its position (and name), and open a cursor in the other "
+                        "process; records and batches pickle")
 
     def __repr__(self):
         name = "" if self.name is None else f" {self.name!r}"

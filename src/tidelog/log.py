@@ -3,12 +3,13 @@
 import os
 import threading
 import time
+import warnings
 import weakref
 
 from tidelog import _args, _core
 from tidelog.cursor import Cursor
-from tidelog.errors import LogClosedError, LogFailedError, OffsetOutOfRangeError
-from tidelog.positions import PositionStore, check_name
+from tidelog.errors import LogClosedError, LogFailedError, OffsetOutOfRangeError, TidelogError
+from tidelog.positions import POSITIONS_DIR, PositionStore, check_name
 
 __all__ = ["Log", "open"]
 
@@ -155,12 +156,35 @@ class Log(_core.LogCore):
     def __exit__(self, *exc):
         self.close()
 
+    def __reduce__(self):
+        raise TypeError(f"a tidelog Log cannot be pickled (it holds this process's mappings "
+                        f"and locks): send its path {self.path!r} and open it in the other "
+                        f"process (readonly=True for a reader)")
+
     def __del__(self):
         try:
-            if not self.closed:
-                self.close()
+            if self.closed:
+                return
+            # as an unclosed file does: a writer held its lock, descriptors and (in "none" mode)
+            # unsynced records until the collector came (a reader holds nothing that matters;
+            # a fork child's copy is its parent's to close)
+            warn = not self.readonly and not self._inherited_copy
         except Exception:
-            pass
+            return
+        try:
+            if warn:        # (raises under -W error: reported as unraisable, as files are)
+                warnings.warn(f"unclosed tidelog writer {self.path!r}: close it, or use "
+                              f"`with tidelog.open(...) as log:`", ResourceWarning, stacklevel=2,
+                              source=self)
+        except Warning:
+            raise
+        except Exception:
+            pass            # (at interpreter exit the warnings machinery may be half gone)
+        finally:
+            try:
+                self.close()
+            except Exception:
+                pass
 
     def __repr__(self):
         if self.closed:
@@ -268,6 +292,76 @@ class Log(_core.LogCore):
         if self.closed:
             raise LogClosedError(f"{self.path}: the log is closed")
         return self._segment_info()
+
+    def read_batch(self, offset, max_records=65536, *, max_bytes=None):
+        """Up to `max_records` consecutive records from `offset` as a RecordBatch (zero-copy,
+        records of one segment: it may hold fewer; about `max_bytes` of values, at least one
+        record), as Cursor.read_batch without a cursor. Every record appended is visible, as to
+        read(). `offset` must lie in [start_offset, end_offset] (end_offset: an empty batch),
+        else OffsetOutOfRangeError."""
+        if isinstance(offset, str):
+            raise TypeError("offset: expected an int, not str")
+        offset = _args.offset(offset)
+        max_records = _args.count(max_records, "max_records")
+        max_bytes = None if max_bytes is None else _args.count(max_bytes, "max_bytes")
+        if self.closed:
+            raise LogClosedError(f"{self.path}: the log is closed")
+        start, end = self.start_offset, self.end_offset
+        if not start <= offset <= end:
+            raise OffsetOutOfRangeError(f"offset {offset} is outside [{start}, {end}] of "
+                                        f"{self.path}")
+        cur = Cursor.__new__(Cursor)
+        cur._init(self, offset, False)
+        return cur.read_batch(max_records, max_bytes)
+
+    def stats(self):
+        """What `tidelog info` shows, as a dict:
+
+        - "path" (str), "start_offset", "end_offset", "durable_offset", "records" (int; read
+          in that order: durable <= end and start <= end even while a writer appends)
+        - "segments": how many segment files; "segment_file_bytes": their sizes added up
+        - "disk_bytes": bytes the log's files take on disk (allocated blocks: segments,
+          indexes, control page, positions store)
+        - "subscribers": {name: {"position", "lag" (end_offset - position),
+          "committed_ns" (commit time, ns since the epoch)}} of every named subscriber, or None
+          when the positions store cannot be read; then "subscribers_error" holds the
+          exception (TidelogError or OSError) that said why, else None.
+        A file that retention removes meanwhile is left out of the sizes."""
+        if self.closed:
+            raise LogClosedError(f"{self.path}: the log is closed")
+        start, durable, end = self.start_offset, self.durable_offset, self.end_offset
+        segs = self.segments()
+        try:
+            subs, problem = self.position_info(), None
+        except (TidelogError, OSError) as exc:      # the rest is still worth showing
+            subs, problem = None, exc
+        seg_bytes = 0
+        for _, p in segs:
+            try:
+                seg_bytes += os.stat(p).st_size
+            except FileNotFoundError:
+                pass                    # retention removed it meanwhile
+        disk = 0
+        for d in (self.path, os.path.join(self.path, POSITIONS_DIR)):
+            try:
+                with os.scandir(d) as entries:
+                    for e in entries:
+                        try:
+                            if e.is_file():
+                                disk += e.stat().st_blocks * 512
+                        except FileNotFoundError:
+                            pass
+            except (FileNotFoundError, NotADirectoryError, PermissionError):
+                pass                    # no positions store (yet), or an unreadable one
+        return {
+            "path": self.path, "start_offset": start, "end_offset": end,
+            "durable_offset": durable, "records": end - start,
+            "segments": len(segs), "segment_file_bytes": seg_bytes, "disk_bytes": disk,
+            "subscribers": None if subs is None else {
+                name: {"position": pos, "lag": end - pos, "committed_ns": t}
+                for name, (pos, t) in subs.items()},
+            "subscribers_error": problem,
+        }
 
 
 def _flush_loop(ref, stop, interval):
