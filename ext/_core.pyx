@@ -53,6 +53,7 @@ include "durability.pxi"
 include "retention.pxi"
 include "lookup.pxi"
 include "reader.pxi"
+include "prealloc.pxi"
 
 
 tl_flusher_init_fork_handler()

@@ -75,11 +75,12 @@ cdef set_active(LogCore self, Segment s, size_t pos):
     self._wcap = s.cap
     self._wpos = pos
     self._base = s.base
+    prealloc_activate(self, s, pos)     # prealloc.pxi: sets _wcap (the index may be dropped)
     self._idx = s.idx
     self._idx_stride = s.idx_stride
     self._tix = s.tix
     if self._tt != NULL:
-        tl_toucher_target(self._tt, self._w, s.map.size)
+        tl_toucher_target(self._tt, self._w, self._wcap)
     if s not in self._unsynced:
         self._unsynced.append(s)
 
@@ -96,7 +97,7 @@ cdef Segment create_segment(LogCore self, int64_t base, int64_t capacity):
     tmp = s.path + ".tmp"
     fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
-        rc = tl_preallocate(fd, capacity)
+        rc = prealloc_new_file(fd, capacity)        # prealloc.pxi: the first step
         if rc:
             raise_oserror(rc, tmp)
         os.pwrite(fd, segment_header(base, capacity, tl_now_ns()), 0)
@@ -151,11 +152,14 @@ cdef int roll(LogCore self, size_t need) except -1:
     """Roll to a new segment so that `need` bytes of frames fit (writer lock held). The
     native flusher has no file from here until a Python sync has synced both and the
     directory (nf_update)."""
+    if grow_active(self, need):     # prealloc.pxi: room by allocating a step further
+        return 0
     self._rolling = True
     try:
         if self._nf != NULL:
             tl_flusher_set_fd(self._nf, -1)  # two files to sync now: Python's sync does it
-        return roll_to(self, need)
+        roll_to(self, need)
+        return fit_after_roll(self, need)   # prealloc.pxi: the new file is one step long
     finally:
         self._rolling = False
 

@@ -84,7 +84,7 @@ cdef int64_t seg_scan_time(Segment seg, int64_t first, int64_t last, int64_t ts)
         if off >= last:
             return -1
         pos += align8(length)
-        rc = frame_check(seg.data, seg.cap, pos, off, &length)
+        rc = seg.check(pos, off, &length)
 
 
 cdef enum:
@@ -133,7 +133,7 @@ cdef int scan_window(Segment seg, int64_t a, int64_t b, int64_t ts, bint stop,
         if off >= b:
             return FRAME_OK
         pos += align8(length)
-        rc = frame_check(seg.data, seg.cap, pos, off, &length)
+        rc = seg.check(pos, off, &length)
 
 
 cdef int64_t tix_first_at(Segment seg, int64_t last, int64_t ts) except -2:

@@ -471,7 +471,7 @@ cdef class CursorCore:
             rc = self._lrc
             length[0] = self._llen
         else:
-            rc = frame_check(self._seg.data, self._seg.cap, self._pos, self._next, length)
+            rc = self._seg.check(self._pos, self._next, length)
         if rc == FRAME_END:
             # this process has not seen the writer's roll yet
             self.log._refresh()

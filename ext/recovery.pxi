@@ -27,9 +27,11 @@ cdef Py_ssize_t index_mismatches(Segment s, int64_t log_end) except -1:
         ts = rd_i64(s.data + pos + 16)
         if ts > maxts:
             maxts = ts
-        if rel % s.idx_stride == 0 and rd_u32(s.idx + (rel // s.idx_stride) * 4) != pos:
+        if rel % s.idx_stride == 0 and (rel // s.idx_stride >= s.idx_slots or
+                                        rd_u32(s.idx + (rel // s.idx_stride) * 4) != pos):
             bad += 1
-        if rel % TIX_STRIDE == 0 and rd_i64(s.tix + (rel // TIX_STRIDE) * 8) != maxts:
+        if rel % TIX_STRIDE == 0 and (rel // TIX_STRIDE >= s.tix_slots or
+                                      rd_i64(s.tix + (rel // TIX_STRIDE) * 8) != maxts):
             bad += 1
         pos += align8(length)
         off += 1
@@ -62,12 +64,13 @@ cdef zero_tail(Segment s, size_t pos):
     fallocate(FALLOC_FL_ZERO_RANGE) where the system has it (the blocks stay allocated), else
     by clearing through the mapping whatever is not zero."""
     cdef size_t chunk = 65536, a = pos, b
-    if pos >= s.cap:
+    cdef size_t end = min(s.cap, s.alloc)      # prealloc.pxi: beyond it holes (zeros)
+    if pos >= end:
         return
-    if tl_zero_range(s.fd, pos, s.cap - pos) == 0:
+    if tl_zero_range(s.fd, pos, end - pos) == 0:
         return
-    while a < s.cap:
-        b = min(s.cap, (a // chunk + 1) * chunk)
+    while a < end:
+        b = min(end, (a // chunk + 1) * chunk)
         if not all_zero(s.data + a, b - a):
             memset(s.data + a, 0, b - a)
         a = b
