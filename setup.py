@@ -10,8 +10,15 @@ if sys.platform == "win32":
              "Windows is not supported")
 
 debug = os.environ.get("TIDELOG_DEBUG") == "1"   # -O0 -g with ASan/UBSan for the core
-cflags = ["-O0", "-g", "-fsanitize=address,undefined", "-fno-omit-frame-pointer"] if debug else ["-O2"]
-ldflags = ["-fsanitize=address,undefined"] if debug else []
+if debug:
+    cflags = ["-O0", "-g", "-fsanitize=address,undefined", "-fno-omit-frame-pointer"]
+    ldflags = ["-fsanitize=address,undefined"]
+else:
+    # a release build carries no debug info and no symbol table beyond what the dynamic loader
+    # needs (PyInit__core): -g0 overrides the -g in Python's own CFLAGS, and the linker strips
+    # (GNU ld / lld: -s; Apple's ld64: -S drops debug symbols, -x local ones). 4.3 MB -> 0.7 MB.
+    cflags = ["-O2", "-g0"]
+    ldflags = ["-Wl,-S,-x"] if sys.platform == "darwin" else ["-Wl,-s"]
 
 ext = Extension(
     "tidelog._core",

@@ -1,7 +1,7 @@
 """follow_async wake-up latency: the waiter thread per log (now) against a worker thread of the
 loop's default executor per waiting task (9cca872), interleaved A/B (ABBA) in one process.
 
-    PYTHONPATH=src python bench/follow_async.py [--rounds 10] [--events 300] [--gap 500e-6]
+    python bench/follow_async.py [--rounds 10] [--events 300] [--gap 500e-6]
                                                 [--same-process]
 
 A writer in a child process (with --same-process: a thread here) appends one record every `gap`

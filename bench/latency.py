@@ -1,6 +1,6 @@
 """Tailing across processes: append -> a follower in another process receives it.
 
-    PYTHONPATH=src python bench/latency.py [--events 100000] [--rows ROWS] [--png bench/latency.png]
+    python bench/latency.py [--events 100000] [--rows ROWS] [--png bench/latency.png]
 
 The writer is opened with tidelog.open()'s defaults, the settings a user gets ("batch"
 durability: the flusher thread syncs every 5 ms meanwhile; 256 MiB segments), except in the rows

@@ -3,7 +3,7 @@ single-call appends of 100 B and 1 KiB (stored through the mapping: the thread's
 append_batch of 1000 x 100 B (written with pwrite: it should make no difference), all with
 durability="none" into fresh logs.
 
-  PYTHONPATH=src python bench/pretouch.py [--quick] [--repeat N] [--dir DIR]
+  python bench/pretouch.py [--quick] [--repeat N] [--dir DIR]
 """
 import argparse
 import gc

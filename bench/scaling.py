@@ -1,7 +1,7 @@
 """How cost grows with the log: append and scan throughput for logs of 1, 10 and 100 segments and
 one of 10 GB; open time against the number of segments; memory (RSS) while scanning.
 
-    PYTHONPATH=src python bench/scaling.py [--dir DIR] [--big-gb 10] [--quick]
+    python bench/scaling.py [--dir DIR] [--big-gb 10] [--quick]
 
 Records of 1 KiB written with append_batch of 1000 (durability="none", then close(), which
 syncs: not timed); scans by a readonly handle with read_batch + values_array (every record

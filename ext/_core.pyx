@@ -1,4 +1,6 @@
-# cython: language_level=3, embedsignature=True, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+# cython: language_level=3, embedsignature=True, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False, freethreading_compatible=False
+# (freethreading_compatible=False: a free-threaded interpreter turns the GIL back on when it
+# imports this module; the core relies on the GIL and is not proven safe without it)
 """tidelog's core: segments, frames, indexes, the writer and the readers.
 
 No Python-API decisions here (argument names, defaults and docs live in src/tidelog/);
@@ -42,8 +44,16 @@ from tidelog import _args       # the shared argument checks (numpy integers, bo
 
 include "frame.pxi"
 include "segment.pxi"
-include "writer.pxi"
+include "control.pxi"
+include "logcore.pxi"
+include "segset.pxi"
+include "recovery.pxi"
+include "appender.pxi"
+include "durability.pxi"
+include "retention.pxi"
+include "lookup.pxi"
 include "reader.pxi"
+include "prealloc.pxi"
 
 
 tl_flusher_init_fork_handler()

@@ -7,7 +7,22 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 @cython.freelist(256)
 @cython.no_gc       # holds only a memoryview of a mapping, which cannot lead back: no cycles
 cdef class Record:
-    """One record. `value` is a read-only zero-copy memoryview into the mapped segment."""
+    """One record, as :meth:`Log.read`, a cursor or a :class:`RecordBatch` hands it out (every
+    record handed out has passed its CRC32C check). Not made by users.
+
+    Attributes (read-only):
+
+    - ``offset`` (int): its offset in the log.
+    - ``timestamp`` (int): nanoseconds since the epoch, set at append unless given there.
+    - ``key`` (bytes or None): its key, copied; None when it was appended without one.
+    - ``value`` (memoryview): its value, a read-only zero-copy view into the mapped segment.
+      The view stays valid (the mapping stays alive) as long as it exists, also after the
+      log is closed or retention deleted the segment.
+    - ``len(record)``: the value's length in bytes; ``bytes(record)``: a copy of the value.
+
+    Records compare equal by (offset, timestamp, key, value bytes) and hash consistently with
+    that (so they work in sets and as dict keys). A record pickles with a copy of its key and
+    value (for a multiprocessing worker, say): the copy needs neither the log nor its files."""
     cdef readonly int64_t offset
     cdef readonly int64_t timestamp
     cdef object _mv             # the segment's memoryview: keeps the mapping alive
@@ -32,11 +47,74 @@ cdef class Record:
     def __bytes__(self):
         return PyBytes_FromStringAndSize(self._v, self._vlen)
 
+    def __eq__(self, other):
+        """Records are equal when their offset, timestamp, key (None differs from b"") and value
+        bytes are: a record read from a log equals its unpickled copy, and records of two logs
+        compare by content."""
+        cdef Record o
+        if not isinstance(other, Record):
+            return NotImplemented
+        o = other
+        return (self.offset == o.offset and self.timestamp == o.timestamp and
+                self._klen == o._klen and self._vlen == o._vlen and
+                (self._klen <= 0 or memcmp(self._k, o._k, <size_t>self._klen) == 0) and
+                (self._vlen == 0 or memcmp(self._v, o._v, <size_t>self._vlen) == 0))
+
+    def __ne__(self, other):
+        eq = self.__eq__(other)
+        return eq if eq is NotImplemented else not eq
+
+    def __hash__(self):
+        """Hashable, consistently with ==, in O(1): the hash covers the offset, the timestamp
+        and the value's length (records are immutable; equal records agree on all three)."""
+        return hash((self.offset, self.timestamp, self._vlen))
+
+    def __reduce__(self):
+        """Pickling copies the key and value bytes (a record read from a log points into the
+        mapped segment): the copy unpickles, in any process, to an equal Record whose value is a
+        read-only memoryview of its own bytes."""
+        cdef Py_ssize_t ka = self._klen if self._klen > 0 else 0
+        blob = PyBytes_FromStringAndSize(NULL, ka + self._vlen)    # (_mv keeps our bytes alive)
+        cdef char* b = PyBytes_AS_STRING(blob)
+        if ka:
+            memcpy(b, self._k, <size_t>ka)
+        if self._vlen:
+            memcpy(b + ka, self._v, <size_t>self._vlen)
+        return (_record_from_pickle, (self.offset, self.timestamp, self._klen, blob))
+
     def __repr__(self):
         v = PyBytes_FromStringAndSize(self._v, min(self._vlen, 32))
         more = "..." if self._vlen > 32 else ""
         return (f"Record(offset={self.offset}, timestamp={self.timestamp}, key={self.key!r}, "
                 f"value={v!r}{more})")
+
+
+def _record_from_pickle(offset, timestamp, klen, blob):
+    """Rebuild a pickled Record: `blob` holds its key (klen bytes; -1: no key) then its value.
+    Checks what it is given: a pickle is data from outside."""
+    cdef Record r
+    cdef int32_t kl
+    cdef Py_ssize_t size, ka
+    if type(blob) is not bytes:
+        raise TypeError(f"Record pickle: expected bytes, not {type(blob).__name__}")
+    size = PyBytes_GET_SIZE(blob)
+    offset = _args.offset(offset, "offset")
+    timestamp = _args.offset(timestamp, "timestamp")
+    klen = _args.integer(klen, "klen")
+    if not -1 <= klen <= size or klen > 0x7FFFFFFF:
+        raise ValueError(f"Record pickle: key length {klen} does not fit {size} bytes")
+    kl = klen
+    ka = kl if kl > 0 else 0
+    mv = memoryview(blob)               # (keeps blob alive: the pointers below are into it)
+    r = Record.__new__(Record)
+    r.offset = offset
+    r.timestamp = timestamp
+    r._mv = mv
+    r._k = PyBytes_AS_STRING(blob)
+    r._klen = kl
+    r._v = r._k + ka
+    r._vlen = size - ka
+    return r
 
 
 cdef inline Record make_record(Segment seg, size_t pos, uint32_t length):
@@ -56,7 +134,18 @@ cdef inline Record make_record(Segment seg, size_t pos, uint32_t length):
 
 
 cdef class RecordBatch:
-    """Consecutive records of one segment: numpy `offsets` and `timestamps`, zero-copy `values`."""
+    """Consecutive records of one segment, from :meth:`Cursor.read_batch`,
+    :meth:`Cursor.poll`, :meth:`Log.read_batch` or :meth:`Cursor.follow_batches`: numpy
+    `offsets` and `timestamps`, zero-copy `values`.
+
+    A batch holds the records of one segment only (that keeps :meth:`values_array` zero-copy),
+    so it may hold fewer than asked for; an empty batch means the cursor was at the end.
+    ``len(batch)`` is its record count; ``batch[i]`` (negative i counts from the end;
+    IndexError outside) and iteration give :class:`Record` objects. A batch pickles with a
+    copy of its keys and values.
+
+    - ``timestamps``: the records' timestamps (ns since the epoch), an int64 numpy array.
+    """
     cdef readonly object timestamps
     cdef object _offsets        # made on first use: offsets are consecutive from _first
     cdef int64_t _first
@@ -110,9 +199,12 @@ cdef class RecordBatch:
         return tl_subview(self._mv, self._addr + self._vpos[i], self._vlen[i])
 
     def values_array(self, dtype):
-        """The values as one read-only numpy array of `dtype`, without copying when the records
-        lie at a constant stride (same value size and key length); ValueError unless every
-        value has dtype's size."""
+        """The values as one read-only numpy array of `dtype` (anything numpy.dtype() takes),
+        one element per record.
+
+        Zero-copy (a strided view of the mapping) when the records lie at a constant stride
+        (same value size and key length), else a copy. Raises ValueError unless every value is
+        exactly dtype's item size in bytes (or for a zero-sized dtype)."""
         dt = np.dtype(dtype)
         cdef Py_ssize_t size = dt.itemsize, stride, n = self.n
         if size == 0:
@@ -163,10 +255,79 @@ cdef class RecordBatch:
         r._k = self._addr + self._kpos(i)
         return r
 
+    def __reduce__(self):
+        """Pickling copies the records' keys and values into one bytes object, packed 8-byte
+        aligned as in a segment: the copy unpickles, in any process, to a batch with the same
+        offsets, timestamps, keys and values (values_array still without copying when the
+        values lie at a constant stride) that no longer refers to the log."""
+        cdef Py_ssize_t i, n = self.n
+        cdef size_t total = 0, at = 0, ka, vl
+        mv = self._mv                   # (keeps the mapping for the copy below)
+        for i in range(n):
+            total += key_area(self._klen[i]) + align8(self._vlen[i])
+        blob = PyBytes_FromStringAndSize(NULL, total)
+        cdef char* b = PyBytes_AS_STRING(blob)
+        for i in range(n):
+            ka = key_area(self._klen[i])
+            vl = self._vlen[i]
+            if ka:
+                memcpy(b + at, self._addr + self._kpos(i), ka)
+                memset(b + at + self._klen[i], 0, ka - <size_t>self._klen[i])
+                at += ka
+            memcpy(b + at, self._addr + self._vpos[i], vl)
+            memset(b + at + vl, 0, align8(vl) - vl)
+            at += align8(vl)
+        return (_batch_from_pickle, (self._first, np.array(self.timestamps, np.int64),
+                                     np.array(self._klen_a, np.int32),
+                                     np.array(self._vlen_a, np.uint32), blob))
+
     def __repr__(self):
         if self.n:
             return f"RecordBatch({self.n} records, offsets {self._first}..{self._first + self.n - 1})"
         return "RecordBatch(0 records)"
+
+
+def _batch_from_pickle(first, timestamps, klen, vlen, blob):
+    """Rebuild a pickled RecordBatch: per record its timestamp, key length (-1: no key) and
+    value length; `blob` holds each record's key area then its value, 8-byte aligned. Checks
+    what it is given: a pickle is data from outside."""
+    cdef RecordBatch b
+    if type(blob) is not bytes:
+        raise TypeError(f"RecordBatch pickle: expected bytes, not {type(blob).__name__}")
+    first = _args.offset(first, "first")
+    tss = np.array(timestamps, np.int64)
+    kl = np.array(klen, np.int32)
+    vl = np.array(vlen, np.uint32)
+    n = len(tss)
+    if tss.ndim != 1 or kl.shape != (n,) or vl.shape != (n,):
+        raise ValueError("RecordBatch pickle: timestamps, key and value lengths disagree")
+    if n and (first + n - 1 > _args.INT64_MAX or first < 0):
+        raise ValueError(f"RecordBatch pickle: offsets {first}.. out of range")
+    if n and kl.min() < -1:
+        raise ValueError("RecordBatch pickle: a key length below -1")
+    kspace = np.where(kl < 0, 0, (kl.astype(np.int64) + 7) & ~7)
+    vspace = (vl.astype(np.int64) + 7) & ~7
+    ends = np.cumsum(kspace + vspace)
+    if (int(ends[n - 1]) if n else 0) != len(blob) or len(blob) > MAX_SEGMENT_BYTES:
+        raise ValueError(f"RecordBatch pickle: {len(blob)} bytes do not match the lengths")
+    vpos = (ends - vspace).astype(np.uint32)
+    b = RecordBatch.__new__(RecordBatch)
+    b._mv = memoryview(blob)
+    b._addr = PyBytes_AS_STRING(blob)
+    b.n = n
+    b._first = first
+    b._nbytes = int(vl.sum(dtype=np.int64))
+    b._ulen = b._ustride = -1
+    if n and (vl == vl[0]).all():
+        if n == 1:
+            b._ulen = b._ustride = vl[0]
+        elif (np.diff(vpos.astype(np.int64)) == int(vpos[1]) - int(vpos[0])).all():
+            b._ulen = vl[0]
+            b._ustride = int(vpos[1]) - int(vpos[0])
+    b.timestamps = tss
+    b._vpos_a, b._vlen_a, b._klen_a = vpos, vl, kl
+    b._vpos, b._vlen, b._klen = vpos, vl, kl
+    return b
 
 
 cdef class ValueList:
@@ -222,8 +383,21 @@ cdef RecordBatch empty_batch():
     return b
 
 
+cdef object cursor_closed(CursorCore cur):
+    name = getattr(cur, "name", None)
+    what = "cursor" if name is None else f"cursor {name!r}"
+    where = "" if cur.log is None else f" of {cur.log.path}"
+    return LogClosedError(f"{what}{where} is closed: open another with log.cursor()")
+
+
 cdef class CursorCore:
-    """Position in a log; iterating yields records until the end offset as of each step."""
+    """Position in a log; iterating yields records until the end offset as of each step.
+
+    - ``log``: the :class:`Log` it reads.
+    - ``durable_only`` (bool): it reads only records below `durable_offset`.
+    - ``closed`` (bool): close() was called; every later read, seek and wait raises
+      :exc:`LogClosedError`.
+    """
     cdef readonly LogCore log
     cdef Segment _seg
     cdef size_t _pos
@@ -231,6 +405,17 @@ cdef class CursorCore:
     cdef readonly bint durable_only
     cdef uint32_t _llen         # _locate's check of the frame it found: its length ...
     cdef int _lrc               # ... and the frame_check result
+    cdef readonly bint closed   # close() was called: every read, seek and wait refuses
+
+    def _mark_closed(self):
+        """Refuse every later use (the cursor holds nothing that needs releasing: the log owns
+        the mappings); a read running in another thread meanwhile finishes as it would have."""
+        self.closed = True
+
+    def _check_usable(self):
+        """LogClosedError naming the cursor once it is closed."""
+        if self.closed:
+            raise cursor_closed(self)
 
     def _init(self, LogCore log, int64_t position, bint durable_only):
         self.log = log
@@ -249,6 +434,8 @@ cdef class CursorCore:
         return self.log._end_now()
 
     def _set_position(self, int64_t offset):
+        if self.closed:
+            raise cursor_closed(self)
         self._next = offset
         self._seg = None
 
@@ -260,7 +447,7 @@ cdef class CursorCore:
                 f"cursor position {self._next} fell below start_offset {self.log._start_now()} "
                 f"(retention removed it)")
         try:
-            seg = self.log._seg_for(self._next)
+            seg = seg_for(self.log, self._next)
             # checked, and found again without the index when that led astray (a hint);
             # mapping it lets threads run
             self._pos = seg.find_checked(self._next, &self._llen, &self._lrc)
@@ -284,7 +471,7 @@ cdef class CursorCore:
             rc = self._lrc
             length[0] = self._llen
         else:
-            rc = frame_check(self._seg.data, self._seg.cap, self._pos, self._next, length)
+            rc = self._seg.check(self._pos, self._next, length)
         if rc == FRAME_END:
             # this process has not seen the writer's roll yet
             self.log._refresh()
@@ -302,6 +489,8 @@ cdef class CursorCore:
     def __next__(self):
         cdef uint32_t length
         cdef Record r
+        if self.closed:
+            raise cursor_closed(self)
         self.log._check_open()
         if self._next >= self._limit():
             raise StopIteration
@@ -312,8 +501,14 @@ cdef class CursorCore:
         return r
 
     def read_batch(self, max_records=65536, max_bytes=None):
-        """Up to max_records consecutive records of one segment (and about max_bytes of values;
-        at least one record when any is there). Empty at the end of the log."""
+        """The next records, as a :class:`RecordBatch`, and move past them.
+
+        `max_records` (int, default 65536; at least 1): at most this many records.
+        `max_bytes` (int, bytes, default None: no limit): stop after about this many bytes of
+        values (at least one record when any is there). The batch holds records of one segment
+        only, so it may be shorter; it is empty at the end of the log (the end offset, or the
+        durable offset for a durable-only cursor). Raises :exc:`OffsetOutOfRangeError` when the
+        position fell below `start_offset` (retention), :exc:`CorruptLogError` at damage."""
         cdef uint32_t length
         cdef int64_t limit, n_max, i = 0, start
         cdef int64_t mb = -1, got = 0, vl
@@ -326,6 +521,8 @@ cdef class CursorCore:
             max_records = _args.count(max_records, "max_records")
         if max_bytes is not None:
             mb = _args.count(max_bytes, "max_bytes")
+        if self.closed:
+            raise cursor_closed(self)
         self.log._check_open()
         limit = self._limit()
         start = self._next

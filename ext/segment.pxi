@@ -1,5 +1,10 @@
-# Segments: one preallocated, memory-mapped file and its two index files. Never parses records
-# beyond following lengths and reading the index (docs/FORMAT.md §2, §3).
+# Segments: one memory-mapped file and its two index files. Never parses records beyond following
+# lengths and reading the index (docs/FORMAT.md §2, §3). A segment file has its nominal capacity
+# as its size, but its blocks are allocated in steps as the writer advances (ext/prealloc.pxi);
+# its index files grow in size. A file may also be shorter than its capacity (cut, or made
+# by an earlier version that grew files): `cap` is the size seen when it was mapped and no byte
+# at or past it is ever read (a page past the end of a file would SIGBUS); a reader looks again
+# (grew(), grew_index()) when the data or the index seem to run past what it saw.
 
 cdef object raise_oserror(int err, object path):
     if err == _errno.ENOSPC:
@@ -110,7 +115,11 @@ cdef class Segment:
     cdef Mapping map
     cdef object mv              # a memoryview of all of map: record views are made from it
     cdef char* data
-    cdef size_t cap
+    cdef size_t cap             # bytes allocated (the file's size, 8-aligned) as last seen
+    cdef size_t ncap            # nominal capacity: the mapping's length (file <= ncap)
+    cdef size_t alloc           # the writer's: bytes allocated from the start (prealloc.pxi)
+    cdef tuple fpaths           # (.seg, .idx, .tix) paths as bytes (grew(), prealloc.pxi)
+    cdef uint64_t ino_c         # ino as a C value
     cdef bint mapped_rw         # the mapping is writable
     cdef object ino             # inode of the mapped file (a reader notices a replaced one)
 
@@ -123,7 +132,59 @@ cdef class Segment:
         if rc[0] != FRAME_OK:
             p = self.find(offset, &at, False)
             rc[0] = frame_check(self.data, self.cap, p, offset, length) if at == offset else FRAME_END
+            if rc[0] != FRAME_OK and self.grew():     # the writer allocated more since: again
+                return self.find_checked(offset, length, rc)
         return p
+
+    cdef inline int check(self, size_t pos, int64_t offset, uint32_t* length) except -2:
+        """frame_check of the frame at pos, looking again at the file's size when it seems to
+        run past what was allocated when this segment was mapped (never lets threads run)."""
+        cdef int rc = frame_check(self.data, self.cap, pos, offset, length)
+        if rc != FRAME_OK and self.grew():
+            rc = frame_check(self.data, self.cap, pos, offset, length)
+        return rc
+
+    cdef bint grew(self) except -1:
+        """Take the file's size again (the writer of another Log allocates it in steps): True
+        when more of it is allocated than `cap` said, which then says so. The index files are
+        looked at after the segment (their writer grows them first), so their entries cover the
+        records of the part seen. No Python call and no allocation: no other thread runs, and
+        the mapping stays as the caller found it."""
+        cdef uint64_t ino = 0
+        cdef int64_t size
+        cdef size_t c, n
+        if self.data == NULL or self.fpaths is None or self.cap >= (self.ncap & ~(<size_t>7)):
+            return False
+        size = tl_file_size(<bytes>self.fpaths[0], &ino)
+        if size < 0 or ino != self.ino_c:
+            return False            # gone or replaced: the segment list is reloaded elsewhere
+        c = min(<size_t>size, self.ncap) & ~(<size_t>7)
+        if c <= self.cap:
+            return False
+        self.grew_index()
+        self.cap = c
+        return True
+
+    cdef int grew_index(self) except -1:
+        """Take the index files' sizes again (their writer grows them in steps, ahead of the
+        records): entries past what this mapping saw become usable. Like grew(), lets no other
+        thread run."""
+        cdef int64_t size
+        cdef size_t n
+        if self.idx != NULL and self.fpaths is not None:
+            size = tl_file_size(<bytes>self.fpaths[1], NULL)
+            if size > INDEX_HEADER_SIZE:
+                n = min(<size_t>(size - INDEX_HEADER_SIZE) // 4,
+                        (self.idx_map.size - INDEX_HEADER_SIZE) // 4)
+                if n > self.idx_slots:
+                    self.idx_slots = n
+            size = tl_file_size(<bytes>self.fpaths[2], NULL)
+            if size > INDEX_HEADER_SIZE:
+                n = min(<size_t>(size - INDEX_HEADER_SIZE) // 8,
+                        (self.tix_map.size - INDEX_HEADER_SIZE) // 8)
+                if n > self.tix_slots:
+                    self.tix_slots = n
+        return 0
     cdef Mapping idx_map
     cdef Mapping tix_map
     cdef char* idx              # entry j: u32 position of record base + 16 j; NULL: no index
@@ -205,8 +266,10 @@ cdef class Segment:
         """Map the segment open on fd (which it takes over) and its indexes. Every mapping, the
         writer's and a reader's, first checks the file: its size (positions in a segment are
         u32, so a larger file is refused, never mapped) and its header (magic, version, base,
-        CRC; FORMAT.md §2), so no byte of a file that is not this segment is ever read."""
+        CRC; FORMAT.md §2), so no byte of a file that is not this segment is ever read. The
+        mapping spans the header's capacity; the file may be shorter (allocated in steps)."""
         cdef Mapping m
+        cdef size_t ncap
         try:
             st = os.fstat(fd)
             size = st.st_size
@@ -219,10 +282,17 @@ cdef class Segment:
                     f"({MAX_SEGMENT_BYTES} bytes); run `tidelog verify "
                     f"{os.path.dirname(self.path)}`", path=self.path, position=MAX_SEGMENT_BYTES,
                     offset=self.base)
-            m = map_fd(fd, size, self.writable, self.path)
+            ncap = size
             if not self.any_header:
-                check_segment_header(m.addr[:SEGMENT_HEADER_SIZE], self.base, self.path)
+                h = os.pread(fd, SEGMENT_HEADER_SIZE, 0)
+                check_segment_header(h, self.base, self.path)
+                ncap = nominal_capacity(h, size, self.base, self.path)     # prealloc.pxi
+            m = map_fd(fd, ncap, self.writable, self.path)
             self.ino = st.st_ino
+            self.ino_c = st.st_ino
+            self.ncap = ncap
+            self.alloc = tl_allocated_end(fd, size) if self.writable else size
+            self.fpaths = segment_fpaths(self.path)
             self.map = m
             self.mv = PyMemoryView_FromObject(self.map)
             self.data = self.map.addr
@@ -233,21 +303,25 @@ cdef class Segment:
                 self.fd = fd
             else:                   # (mapped again after unmap(): the writer's fd stays)
                 os.close(fd)
-        # a frame is at least 32 bytes: bounds the number of records, so the entries
-        self.idx_slots = idx_slots_for(self.cap, self.idx_stride)
-        self.tix_slots = (self.cap - SEGMENT_HEADER_SIZE) // FRAME_HEADER_SIZE // TIX_STRIDE + 1
         self.open_index()
 
     cdef open_index(self):
-        """Map .idx and .tix when both have a valid header; the writer creates missing ones."""
+        """Map .idx and .tix when both have a valid header; the writer creates missing ones.
+        Each is mapped at its nominal size (entries for the most records the nominal capacity
+        can hold: a frame is at least 32 bytes) and allocated in steps like the segment: only
+        the entries inside the file (idx_slots, tix_slots) are ever read or written."""
+        cdef size_t unit, have
         self.idx = NULL
         self.tix = NULL
         stem = self.path[:len(self.path) - 4]
         maps = []
+        slots = []
         for ext, magic, stride, want in (
                 (".idx", IDX_MAGIC, IDX_STRIDE,
-                 INDEX_HEADER_SIZE + idx_slots_for(self.cap, IDX_STRIDE) * 4),
-                (".tix", TIX_MAGIC, TIX_STRIDE, INDEX_HEADER_SIZE + self.tix_slots * 8)):
+                 INDEX_HEADER_SIZE + idx_slots_for(self.ncap, IDX_STRIDE) * 4),
+                (".tix", TIX_MAGIC, TIX_STRIDE,
+                 INDEX_HEADER_SIZE + idx_slots_for(self.ncap, TIX_STRIDE) * 8)):
+            unit = 4 if ext == ".idx" else 8
             p = stem + ext
             try:
                 fd = os.open(p, (os.O_RDWR | os.O_CREAT if self.writable else os.O_RDONLY)
@@ -261,28 +335,35 @@ cdef class Segment:
                     st = int.from_bytes(hdr[12:16], "little")
                     if st in IDX_STRIDES_READ and st != stride:
                         stride = st
-                        want = INDEX_HEADER_SIZE + idx_slots_for(self.cap, st) * 4
+                        want = INDEX_HEADER_SIZE + idx_slots_for(self.ncap, st) * 4
+                have = os.fstat(fd).st_size
+                # (allocated in steps: any size up to the nominal one; the entries past the
+                # records are zeros, which read as "not written")
                 good = (hdr == index_header(magic, stride, self.base)
-                        and os.fstat(fd).st_size == want)
+                        and INDEX_HEADER_SIZE <= have <= want)
                 if not good and ext == ".idx":
                     stride = IDX_STRIDE
-                    want = INDEX_HEADER_SIZE + idx_slots_for(self.cap, IDX_STRIDE) * 4
+                    want = INDEX_HEADER_SIZE + idx_slots_for(self.ncap, IDX_STRIDE) * 4
                 if not good:
                     if not self.writable:
                         return
-                    # missing or damaged: start it again, empty; the writer refills it. If
-                    # that fails (a full disk), go on without an index: it is only a hint
+                    # missing or damaged: start it again, empty, with entries for every record
+                    # the allocated part can hold; the writer refills it. If that fails (a
+                    # full disk), go on without an index: it is only a hint
                     os.ftruncate(fd, 0)
-                    if tl_preallocate(fd, want):
+                    have = index_alloc_bytes(INDEX_HEADER_SIZE + idx_slots_for(
+                        min(self.cap, self.alloc), stride) * unit, want)      # prealloc.pxi
+                    if tl_preallocate(fd, have):
                         return
                     os.pwrite(fd, index_header(magic, stride, self.base), 0)
                     self.index_fresh = True
                 maps.append(map_fd(fd, want, self.writable, p))
+                slots.append((have - INDEX_HEADER_SIZE) // unit)
                 if ext == ".idx":
                     self.idx_stride = stride
-                    self.idx_slots = (want - INDEX_HEADER_SIZE) // 4
             finally:
                 os.close(fd)
+        self.idx_slots, self.tix_slots = slots
         self.idx_map, self.tix_map = maps
         self.idx = self.idx_map.addr + INDEX_HEADER_SIZE
         self.tix = self.tix_map.addr + INDEX_HEADER_SIZE
@@ -311,6 +392,8 @@ cdef class Segment:
         cdef bint hinted = False        # the walk started at an index entry (a hint)
         self.ensure()
         j = (offset - self.base) // <int64_t>self.idx_stride if use_index else 0
+        if j >= <int64_t>self.idx_slots and self.idx != NULL and not self.writable:
+            self.grew_index()       # the writer of another Log grew the index since
         while j > 0 and tries < 64:          # a damaged entry: try the ones below it
             p = self.idx_get(j)
             if p:
@@ -327,6 +410,8 @@ cdef class Segment:
             if length == 0:
                 break
             if length < FRAME_HEADER_SIZE or length > self.cap - pos:
+                if length >= FRAME_HEADER_SIZE and self.grew():
+                    continue                # the writer allocated more since it was mapped
                 if hinted:
                     # the index entry led astray (a stale or damaged hint): walk from the start
                     pos = SEGMENT_HEADER_SIZE

@@ -1,11 +1,11 @@
 /* The writer's durability thread: a native thread that never needs the GIL. Every writer has
-   one (ext/writer.pxi, LogCore._start_flusher); it does two jobs.
+   one (ext/durability.pxi, start_flusher); it does two jobs.
 
    1. "batch" mode only (`sync_data`): every interval it makes the records published so far
       durable with one fdatasync of the active segment, then advances the writer's durable
       offset and publishes it in the control page (waking followers of the durable offset). It
       also starts a sync before the interval is up when the writer is `soft` bytes ahead of what
-      is durable (the writer wakes it; see LogCore._pressure, which makes appenders wait at
+      is durable (the writer wakes it; see pressure() in durability.pxi, which makes appenders wait at
       twice that). It handles only the steady state, where the active segment is the only file
       with unsynced data: after a roll (two files and a directory entry to sync) the writer sets
       `fd` to -1 and its Python code syncs instead, then hands `fd` back.

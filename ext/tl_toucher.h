@@ -5,8 +5,11 @@
    every 100-byte record. This thread runs ahead of the writer and asks the kernel to do that work
    for the next `window` bytes with madvise(MADV_POPULATE_WRITE) (Linux 5.14), which maps the
    pages writable without changing a byte of them, so the writer's stores find them ready. The
-   pages it touches beyond the end are zeros (the segment is preallocated), which the format reads
-   as "no frame here", and they stay zeros until the writer fills them.
+   pages it touches beyond the end are zeros (allocated ahead of the writer, ext/prealloc.pxi),
+   which the format reads as "no frame here", and they stay zeros until the writer fills them.
+   It never touches a page beyond what is allocated: its target's size is the allocated part,
+   moved on by tl_toucher_extend when the writer allocates another step (a page of the mapping
+   past the end of the file would fail, or SIGBUS a store).
 
    Everything here is a hint: the writer never waits for this thread except to change its target
    (mu is held while a chunk is populated, so a mapping is never let go of mid-call), and the thread
@@ -60,12 +63,13 @@ typedef struct {
 /* The next chunk to populate, or 0 when there is none (under mu). */
 static size_t tl_toucher_due(tl_toucher *t) {
     size_t w, lim, n;
-    if (t->base == NULL || t->front >= t->size) return 0;
+    size_t size = __atomic_load_n(&t->size, __ATOMIC_ACQUIRE);   /* tl_toucher_extend grows it */
+    if (t->base == NULL || t->front >= size) return 0;
     w = __atomic_load_n(t->wpos, __ATOMIC_RELAXED);
     if (t->front < w) t->front = (w + t->page - 1) / t->page * t->page;  /* behind: skip ahead */
     lim = __atomic_load_n(&t->want, __ATOMIC_SEQ_CST);
     lim = (lim + t->page - 1) / t->page * t->page;           /* whole pages: front stays aligned */
-    if (lim > t->size) lim = t->size;
+    if (lim > size) lim = size;
     if (t->front >= lim) return 0;
     n = lim - t->front;
     return n < t->chunk ? n : t->chunk;
@@ -85,7 +89,7 @@ static void *tl_toucher_main(void *arg) {
                 /* EINVAL: the kernel predates it; anything else (a hole that cannot be filled
                    on a full disk, a signal): leave this target to the writer */
                 __atomic_store_n(&t->err, errno, __ATOMIC_SEQ_CST);
-                t->front = t->size;
+                t->front = (size_t)-1;
             } else {
                 t->front += n;
                 __atomic_add_fetch(&t->populated, (int64_t)n, __ATOMIC_RELAXED);
@@ -166,11 +170,20 @@ static void tl_toucher_target(tl_toucher *t, char *base, size_t size) {
     if (t->fork_gen != tl_fork_gen) return;      /* a fork child's copy: no thread */
     pthread_mutex_lock(&t->mu);
     t->base = base;
-    t->size = size / t->page * t->page;
+    __atomic_store_n(&t->size, size / t->page * t->page, __ATOMIC_RELEASE);
     t->front = 0;
     __atomic_store_n(&t->want, 0, __ATOMIC_SEQ_CST);   /* until the writer's next kick */
     t->asked = 0;
     pthread_mutex_unlock(&t->mu);
+}
+
+/* The target base[0:size) grew (its file was allocated further): populate up to the new size.
+   No lock: the thread reads the size atomically, and a larger one is only ever safe to use
+   (the file is allocated that far before this is called). A call for another base is ignored. */
+static void tl_toucher_extend(tl_toucher *t, char *base, size_t size) {
+    if (t->fork_gen != tl_fork_gen) return;
+    if (__atomic_load_n(&t->base, __ATOMIC_ACQUIRE) != base) return;
+    __atomic_store_n(&t->size, size / t->page * t->page, __ATOMIC_RELEASE);
 }
 
 /* Stop the thread (after the chunk in progress) and free it. In a fork child only the memory. */

@@ -20,6 +20,7 @@ CORE_PRIVATE = {
     ("log.py", "_since_sync"),         # LogCore._since_sync, read by _flush_loop
     ("log.py", "_wait_for"),           # LogCore._wait_for, published as Log.wait_for
     ("log.py", "_wake_sleepers"),      # LogCore._wake_sleepers, published as Log.wake_sleepers
+    ("log.py", "_inherited_copy"),     # LogCore._inherited_copy, published as Log.inherited_copy
 }
 
 

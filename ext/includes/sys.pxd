@@ -1,5 +1,5 @@
 # extern declarations only: the OS and C helpers the core calls.
-from libc.stdint cimport int64_t, uint32_t
+from libc.stdint cimport int64_t, uint32_t, uint64_t
 
 cdef extern from "crc32c.h" nogil:
     uint32_t tl_crc32c(uint32_t crc, const void *buf, size_t length)
@@ -86,3 +86,11 @@ cdef extern from "tl_toucher.h" nogil:
 
 cdef extern from "tl_view.h":
     object tl_subview(object base, const char* p, Py_ssize_t n)
+    void tl_toucher_extend(tl_toucher* t, char* base, size_t size)
+
+cdef extern from "tl_prealloc.h" nogil:
+    int tl_grow_file(int fd, int64_t start, int64_t end)
+    int tl_grow_path(const char* path, int64_t start, int64_t end)
+    int64_t tl_file_size(const char* path, uint64_t* ino)
+    int64_t tl_allocated_end(int fd, int64_t size)
+    int TL_PREALLOC_STEPS

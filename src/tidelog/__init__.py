@@ -9,7 +9,7 @@ from tidelog.cursor import Cursor, Record, RecordBatch
 from tidelog.replay import Replayer, LmdbView, DeterminismReport, verify_determinism
 from tidelog.tools import verify, repair, salvage
 
-__version__ = "0.1.0"
+__version__: str = "0.1.0"
 
 __all__ = ["open", "Log", "Cursor", "Record", "RecordBatch", "TidelogError", "LogLockedError",
            "OffsetOutOfRangeError", "CorruptLogError", "LogClosedError", "LogFailedError",

@@ -10,9 +10,12 @@ struct packing, nanosecond arithmetic, thread timeouts) cannot overflow.
 Pure Python, no state, no imports from the rest of tidelog: the core imports it too.
 """
 
+from __future__ import annotations
+
 import math
 import numbers
 import operator
+from typing import Literal, SupportsIndex, cast, overload
 
 __all__ = ["INT64_MAX", "INT64_MIN", "MAX_SECONDS", "integer", "offset", "count", "timeout",
            "seconds"]
@@ -25,19 +28,26 @@ INT64_MIN = -(1 << 63)
 MAX_SECONDS = float(1 << 62) / 1e9
 
 
-def integer(value, name):
+def _is_bool(value: object) -> bool:
+    """bool, or numpy's bool scalar (which numpy < 2 lets through operator.index, with a
+    DeprecationWarning)."""
+    return isinstance(value, bool) or (type(value).__name__ in ("bool_", "bool")
+                                       and type(value).__module__ == "numpy")
+
+
+def integer(value: object, name: str) -> int:
     """Any integer (int, numpy integer, anything with __index__) except bool, as an int."""
-    if isinstance(value, bool):
-        raise TypeError(f"{name}: expected an int, not bool")
     if type(value) is int:
         return value
+    if _is_bool(value):
+        raise TypeError(f"{name}: expected an int, not bool")
     try:
-        return operator.index(value)
+        return operator.index(cast(SupportsIndex, value))
     except TypeError:
         raise TypeError(f"{name}: expected an int, not {type(value).__name__}") from None
 
 
-def offset(value, name="offset"):
+def offset(value: object, name: str = "offset") -> int:
     """An offset (or a timestamp in ns): an integer in the int64 range."""
     value = integer(value, name)
     if not INT64_MIN <= value <= INT64_MAX:
@@ -45,7 +55,7 @@ def offset(value, name="offset"):
     return value
 
 
-def count(value, name, minimum=1, maximum=INT64_MAX):
+def count(value: object, name: str, minimum: int = 1, maximum: int = INT64_MAX) -> int:
     """A count (records, bytes, ...): an integer in [minimum, maximum]."""
     value = integer(value, name)
     if value < minimum:
@@ -55,12 +65,12 @@ def count(value, name, minimum=1, maximum=INT64_MAX):
     return value
 
 
-def _number(value, name, what):
-    if isinstance(value, bool):
+def _number(value: object, name: str, what: str) -> float:
+    if _is_bool(value):
         raise TypeError(f"{name}: expected {what}, not bool")
     if not isinstance(value, numbers.Real):      # int, float, numpy numbers, Fraction
         try:
-            value = operator.index(value)
+            value = operator.index(cast(SupportsIndex, value))
         except TypeError:
             raise TypeError(f"{name}: expected {what}, not {type(value).__name__}") from None
     try:
@@ -73,7 +83,17 @@ def _number(value, name, what):
     return f
 
 
-def seconds(value, name, *, allow_none=False, allow_zero=False):
+@overload
+def seconds(value: None, name: str, *, allow_none: Literal[True],
+            allow_zero: bool = False) -> None: ...
+@overload
+def seconds(value: object, name: str, *, allow_none: Literal[True],
+            allow_zero: bool = False) -> float | None: ...
+@overload
+def seconds(value: object, name: str, *, allow_none: Literal[False] = False,
+            allow_zero: bool = False) -> float: ...
+def seconds(value: object, name: str, *, allow_none: bool = False,
+            allow_zero: bool = False) -> float | None:
     """A duration in seconds (int or float; numpy numbers too): positive (or >= 0 with
     allow_zero), finite and at most MAX_SECONDS. None passes through when allow_none."""
     if value is None and allow_none:
@@ -88,6 +108,6 @@ def seconds(value, name, *, allow_none=False, allow_zero=False):
     return f
 
 
-def timeout(value, name="timeout"):
+def timeout(value: object, name: str = "timeout") -> float | None:
     """A timeout: None (no limit) or a non-negative, finite number of seconds."""
     return seconds(value, name, allow_none=True, allow_zero=True)

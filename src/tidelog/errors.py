@@ -1,5 +1,9 @@
 """The exception hierarchy: every tidelog error derives from TidelogError."""
 
+from __future__ import annotations
+
+from typing import Any
+
 __all__ = ["TidelogError", "LogLockedError", "OffsetOutOfRangeError", "CorruptLogError",
            "LogClosedError", "LogFailedError", "FormatVersionError", "LogFullError",
            "NotALogError", "LogNotFoundError", "ReplicaDivergedError", "LogForkedError"]
@@ -20,7 +24,8 @@ class OffsetOutOfRangeError(TidelogError, IndexError):
 class CorruptLogError(TidelogError):
     """Damage on disk: `.path`, `.position` (byte) and `.offset` say where, when known."""
 
-    def __init__(self, message, *, path=None, position=None, offset=None):
+    def __init__(self, message: str, *, path: str | None = None, position: int | None = None,
+                 offset: int | None = None) -> None:
         super().__init__(message)
         self.path = path
         self.position = position
@@ -66,8 +71,10 @@ class ReplicaDivergedError(TidelogError):
     replicas, `.digest` and `.expected` are their digests at `.offset`; `.report` is the
     DeterminismReport when verify_determinism raised it."""
 
-    def __init__(self, message, *, offset=None, since=None, record=None, name=None,
-                 reference=None, digest=None, expected=None, report=None):
+    def __init__(self, message: str, *, offset: int | None = None, since: int | None = None,
+                 record: int | None = None, name: str | None = None,
+                 reference: str | None = None, digest: bytes | None = None,
+                 expected: bytes | None = None, report: Any = None) -> None:
         super().__init__(message)
         self.offset = offset
         self.since = since

@@ -29,11 +29,15 @@ max_spare_txns=0), and reopens it on next use; otherwise it drops the environmen
 closing it, and using the store in that child raises TidelogError.
 """
 
+from __future__ import annotations
+
 import os
 import shutil
 import tempfile
 import threading
 import weakref
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import lmdb
 
@@ -53,11 +57,13 @@ MAX_MAP = 1 << 40              # a map grows (doubling) up to this
 GROW_WAIT = 60.0               # seconds a grow waits for other threads' transactions to end
 NOLOCK_RETRIES = 1000          # copies a lock-less reader makes at most for one snapshot
 
+T = TypeVar("T")
+
 _lock = threading.Lock()
-_shared = {}                   # (pid, st_dev, st_ino) -> LmdbEnv shared by this process
-_all = weakref.WeakSet()       # every open LmdbEnv of this process (for the fork hook)
-_abandoned = []                # environments a fork child inherited busy: kept, never closed
-_busy_inherited = set()        # (st_dev, st_ino) of those: unusable in this process
+_shared: dict[tuple[int, int, int], LmdbEnv] = {}                   # (pid, st_dev, st_ino) -> LmdbEnv shared by this process
+_all: weakref.WeakSet[LmdbEnv] = weakref.WeakSet()       # every open LmdbEnv of this process (for the fork hook)
+_abandoned: list[tuple[Any, Any]] = []                # environments a fork child inherited busy: kept, never closed
+_busy_inherited: set[tuple[int, int]] = set()        # (st_dev, st_ino) of those: unusable in this process
 _pid = os.getpid()             # this process (os.getpid() is a system call; fork updates this)
 
 
@@ -65,12 +71,12 @@ class StoreFullError(TidelogError):
     """An LMDB store cannot take more data (its map cannot grow further)."""
 
 
-def is_map_full(exc):
+def is_map_full(exc: BaseException) -> bool:
     """True for py-lmdb's MapFullError (raised inside a machine's apply) and its translation."""
     return isinstance(exc, (lmdb.MapFullError, StoreFullError))
 
 
-def _after_fork_in_child():
+def _after_fork_in_child() -> None:
     global _lock, _pid
     _lock = threading.Lock()
     _pid = os.getpid()
@@ -83,18 +89,18 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _pow2_at_least(n):
+def _pow2_at_least(n: int) -> int:
     size = INITIAL_MAP
     while size < n:
         size <<= 1
     return size
 
 
-def _writable(path):
+def _writable(path: str) -> bool:
     return os.access(path, os.W_OK)
 
 
-def _disk_full(path):
+def _disk_full(path: str) -> bool:
     try:
         st = os.statvfs(path)
     except OSError:
@@ -108,19 +114,22 @@ class LmdbEnv:
     transaction across calls (a view between checkpoints); `reader(db)` a read transaction for
     the caller to hold (a context manager). Every lmdb error leaves as a TidelogError."""
 
-    def __init__(self, path, *, what, max_dbs, durable=True, create=True, max_readers=126):
+    def __init__(self, path: str, *, what: str, max_dbs: int, durable: bool = True,
+                 create: bool = True, max_readers: int = 126) -> None:
         self.path = path
         self.what = what                     # "the positions store", for messages
         self._pid = _pid
         self._mu = threading.Lock()
         self._cond = threading.Condition(self._mu)    # a grow waits on it, and for it
-        self._active = {}                    # thread ident -> transactions open through us
-        self._writer = None                  # thread ident holding our write transaction
-        self._write_txn = None               # ... and that transaction
+        self._active: dict[int, int] = {}    # thread ident -> transactions open through us
+        self._writer: int | None = None      # thread ident holding our write transaction
+        self._write_txn: Any = None          # ... and that transaction
         self._growing = False
         self._refs = 0
         self._closed = False
-        self._dbs = {}                       # name -> handle
+        self._dbs: dict[str, Any] = {}       # name -> handle
+        self._key: tuple[int, int, int] | None = None     # acquire()'s key in _shared
+        self.raw: Any               # the lmdb.Environment (None while a copy is being made)
         if not os.access(path, os.R_OK | os.X_OK):
             raise TidelogError(f"{path}: cannot read {what}: permission denied")
         data = os.path.join(path, "data.mdb")
@@ -137,7 +146,7 @@ class LmdbEnv:
         self.locked = self.writable or _writable(lockf)
         self._max_dbs = max_dbs
         size = _pow2_at_least(2 * (os.path.getsize(data) if exists else 0))
-        self._probe = None              # lock-less: the live files, for their meta pages only
+        self._probe: Any = None         # lock-less: the live files, for their meta pages only
         try:
             if self.locked:
                 self.raw = lmdb.open(path, map_size=size, max_dbs=max_dbs, subdir=True,
@@ -169,7 +178,7 @@ class LmdbEnv:
                 pass
         _all.add(self)
 
-    def _copy(self):
+    def _copy(self) -> None:
         """(Lock-less reader) copy the live data file, consistently, and open the copy."""
         src = os.path.join(self.path, "data.mdb")
         tmp = os.path.join(self._copy_dir, "data.mdb.new")
@@ -200,7 +209,7 @@ class LmdbEnv:
             except (lmdb.Error, UnicodeDecodeError):
                 pass                    # a plain key, not a database
 
-    def _refresh(self):
+    def _refresh(self) -> None:
         """(Lock-less reader) copy the live file again if a writer committed since, unless a
         transaction of the copy is open."""
         with self._mu:
@@ -210,7 +219,7 @@ class LmdbEnv:
                 except (lmdb.Error, OSError) as e:
                     raise self.translate(e, "read") from e
 
-    def _file_key(self):
+    def _file_key(self) -> tuple[int, int] | None:
         try:
             st = os.stat(os.path.join(self.path, "data.mdb"))
         except OSError:
@@ -219,7 +228,7 @@ class LmdbEnv:
 
     # ------------------------------------------------------------------ errors
 
-    def translate(self, e, doing):
+    def translate(self, e: BaseException, doing: str) -> BaseException:
         """A TidelogError (with what to do) for py-lmdb's exception `e`."""
         if isinstance(e, TidelogError):
             return e
@@ -263,20 +272,20 @@ class LmdbEnv:
     # ------------------------------------------------------------------ state
 
     @property
-    def map_size(self):
+    def map_size(self) -> int:
         try:
-            return self.raw.info()["map_size"]
+            return int(self.raw.info()["map_size"])
         except lmdb.Error:
             return 0
 
-    def _check(self):
+    def _check(self) -> None:
         if self._pid != _pid:
             raise TidelogError(f"{self.path}: {self.what} was opened by the parent of this "
                                f"forked process; open the log again in this process")
         if self._closed:
             raise TidelogError(f"{self.path}: {self.what} is closed")
 
-    def _enter(self, write):
+    def _enter(self, write: bool) -> None:
         """Count a transaction about to begin (waits while a grow is in progress)."""
         me = threading.get_ident()
         if write and self._writer == me:
@@ -292,7 +301,7 @@ class LmdbEnv:
             if write:
                 self._writer = me
 
-    def _leave(self, write):
+    def _leave(self, write: bool) -> None:
         me = threading.get_ident()
         with self._mu:
             n = self._active.get(me, 0) - 1
@@ -305,7 +314,7 @@ class LmdbEnv:
             if self._growing:
                 self._cond.notify_all()
 
-    def _begin(self, write, db=None):
+    def _begin(self, write: bool, db: str | None = None) -> Any:
         """A raw transaction, counted; grows the map when another process grew the file."""
         self._check()
         if write and not self.writable:
@@ -333,7 +342,7 @@ class LmdbEnv:
             return txn
         raise TidelogError(f"{self.path}: {self.what}: the map keeps being resized")
 
-    def end(self, txn, commit=False):
+    def end(self, txn: Any, commit: bool = False) -> None:
         """Commit (or abort) a transaction from _begin/begin_write; always uncounts it. A child
         of fork() drops its parent's transactions without aborting them."""
         if self._pid != _pid:
@@ -359,7 +368,7 @@ class LmdbEnv:
                     pass
             self._leave(write)
 
-    def grow(self, at_least=None):
+    def grow(self, at_least: int | None = None) -> None:
         """Double the map (or adopt a size another process set, at_least=0) once no transaction
         of this environment is open in this process."""
         me = threading.get_ident()
@@ -402,7 +411,7 @@ class LmdbEnv:
                 self._growing = False
                 self._cond.notify_all()
 
-    def reserve(self, nbytes):
+    def reserve(self, nbytes: int) -> None:
         """Grow the map now if fewer than `nbytes` of it are free: for a caller about to run, in
         a write transaction, code that cannot be run again after a full map (a `with` block)."""
         self._check()
@@ -418,7 +427,7 @@ class LmdbEnv:
 
     # ------------------------------------------------------------------ transactions
 
-    def db(self, name, txn=None):
+    def db(self, name: str, txn: Any = None) -> Any:
         """The handle of named database `name` (created on first use when writable)."""
         d = self._dbs.get(name)
         if d is None:
@@ -448,10 +457,10 @@ class LmdbEnv:
             self._dbs[name] = d
         return d
 
-    def forget_db(self, name):
+    def forget_db(self, name: str) -> None:
         self._dbs.pop(name, None)
 
-    def has_db(self, name):
+    def has_db(self, name: str) -> bool:
         """Whether named database `name` exists (reading creates nothing); if it does, its
         handle is open (call this before a transaction that uses it)."""
         if self._probe is not None:
@@ -466,7 +475,7 @@ class LmdbEnv:
         self.db(name)
         return True
 
-    def read(self, fn, db=None):
+    def read(self, fn: Callable[[Any], T], db: str | None = None) -> T:
         """fn(txn) in a read transaction; its result."""
         txn = self._begin(False, db)
         try:
@@ -476,7 +485,7 @@ class LmdbEnv:
         finally:
             self.end(txn)
 
-    def write(self, fn):
+    def write(self, fn: Callable[[Any], T]) -> T:
         """fn(txn) in a write transaction, committed (durable when `sync`); its result. A full
         map is grown and fn run again in a new transaction."""
         while True:
@@ -498,18 +507,18 @@ class LmdbEnv:
                 continue
             return result
 
-    def begin_write(self, db=None):
+    def begin_write(self, db: str | None = None) -> Any:
         """A write transaction the caller keeps across calls; end it with end()."""
         return self._begin(True, db)
 
-    def reader(self, db=None):
+    def reader(self, db: str | None = None) -> HeldReader:
         """A read transaction for the caller to hold: a context manager (and the transaction's
         methods), ended by __exit__ or abort(). `db`: the name of its default database."""
         return HeldReader(self, self._begin(False, db))
 
     # ------------------------------------------------------------------ lifetime
 
-    def _forked(self):
+    def _forked(self) -> None:
         """In a fork child: close this inherited environment if no transaction was open,
         else drop it without closing (closing would abort the parent's transactions)."""
         if self._pid == _pid:
@@ -532,7 +541,7 @@ class LmdbEnv:
         except Exception:
             pass
 
-    def close(self):
+    def close(self) -> None:
         if self._closed or self._pid != _pid:
             self._closed = True
             return
@@ -548,37 +557,38 @@ class HeldReader:
     """A read transaction handed to a caller: use it in a `with` block (it is what `as` gives)
     or call its methods and abort() it; ended at most once."""
 
-    def __init__(self, env, txn):
+    def __init__(self, env: LmdbEnv, txn: Any) -> None:
         self._env = env
         self._txn = txn
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> Any:
         txn = self.__dict__.get("_txn")
         if txn is None:
             raise TidelogError("the read transaction has ended")
         return getattr(txn, name)
 
-    def __enter__(self):
+    def __enter__(self) -> HeldReader:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.abort()
 
-    def abort(self):
+    def abort(self) -> None:
         txn, self._txn = self._txn, None
         if txn is not None:
             self._env.end(txn)
 
     commit = abort
 
-    def __del__(self):
+    def __del__(self) -> None:
         try:
             self.abort()
         except Exception:
             pass
 
 
-def acquire(path, *, what, max_dbs, create=True, max_readers=126):
+def acquire(path: str, *, what: str, max_dbs: int, create: bool = True,
+            max_readers: int = 126) -> LmdbEnv:
     """The LmdbEnv of directory `path` shared by this process (reference-counted: release()).
     `max_readers`: read transactions open at once, over all processes (set by the first
     process that opens the environment)."""
@@ -594,7 +604,7 @@ def acquire(path, *, what, max_dbs, create=True, max_readers=126):
         return env
 
 
-def release(env):
+def release(env: LmdbEnv) -> None:
     """Drop one reference from acquire(); the last one closes the environment."""
     if env._pid != _pid:
         return
@@ -602,7 +612,7 @@ def release(env):
         env._refs -= 1
         if env._refs > 0:
             return
-        if _shared.get(env._key) is env:
+        if env._key is not None and _shared.get(env._key) is env:
             del _shared[env._key]
     env.close()
 
@@ -610,7 +620,7 @@ def release(env):
 class TemporaryEnv(LmdbEnv):
     """An environment in a new temporary directory (no sync), deleted by close()."""
 
-    def __init__(self, *, what, max_dbs):
+    def __init__(self, *, what: str, max_dbs: int) -> None:
         self._tmpdir = tempfile.mkdtemp(prefix="tidelog-view-")
         # deleted by close(), else when this object goes or the process exits (not by a fork
         # child: the directory is its parent's)
@@ -621,16 +631,16 @@ class TemporaryEnv(LmdbEnv):
             self._remove()
             raise
 
-    def close(self):
+    def close(self) -> None:
         super().close()
         self._remove()
 
 
-def _remove_tree(pid, path):
+def _remove_tree(pid: int, path: str) -> None:
     if os.getpid() == pid:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def temporary(*, what, max_dbs=4):
+def temporary(*, what: str, max_dbs: int = 4) -> TemporaryEnv:
     """A TemporaryEnv: scratch space that stores nothing anywhere it would be kept."""
     return TemporaryEnv(what=what, max_dbs=max_dbs)

@@ -1,14 +1,27 @@
 """Log: open, append, read, cursor, sync, close. The hot paths are the core's (tidelog._core)."""
 
+from __future__ import annotations
+
 import os
 import threading
 import time
+import warnings
 import weakref
+from typing import TYPE_CHECKING, Literal, Union, overload
 
 from tidelog import _args, _core
 from tidelog.cursor import Cursor
-from tidelog.errors import LogClosedError, LogFailedError, OffsetOutOfRangeError
-from tidelog.positions import PositionStore, check_name
+from tidelog.errors import LogClosedError, LogFailedError, OffsetOutOfRangeError, TidelogError
+from tidelog.positions import POSITIONS_DIR, PositionStore, check_name
+
+if TYPE_CHECKING:
+    from typing import Any, Iterator, NoReturn, SupportsIndex
+
+    from typing_extensions import Self, TypeAlias
+
+    #: what open() takes as a path: a str, bytes or os.PathLike
+    PathArg: TypeAlias = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
+    Durability: TypeAlias = Literal["none", "batch", "always"]
 
 __all__ = ["Log", "open"]
 
@@ -18,10 +31,10 @@ MAX_SEGMENT_BYTES = _core.MAX_SEGMENT_BYTES_   # positions are stored as u32 (do
 MAX_UNSYNCED_BYTES = 4 << 20      # "batch" mode: appends wait this far ahead of durable_offset
 MIN_UNSYNCED_BYTES = 4096
 
-_logs = weakref.WeakSet()         # every Log of this process (for the fork hook)
+_logs: weakref.WeakSet[Log] = weakref.WeakSet()         # every Log of this process (for the fork hook)
 
 
-def _after_fork_in_child():
+def _after_fork_in_child() -> None:
     # a lock another thread held at fork() stays held for good in the child (that thread is
     # not there to release it): every Log's store lock starts afresh
     for log in list(_logs):
@@ -32,19 +45,17 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _check_path(path):
-    if isinstance(path, bytes):
+def _check_path(path: object) -> str:
+    if isinstance(path, (bytes, os.PathLike)):
         path = os.fsdecode(path)
-    try:
-        path = os.fspath(path)
-    except TypeError:
-        raise TypeError(f"path: expected a str or os.PathLike, not {type(path).__name__}") from None
+    if not isinstance(path, str):
+        raise TypeError(f"path: expected a str or os.PathLike, not {type(path).__name__}")
     if not path:
         raise ValueError("path: empty")
     return os.path.abspath(path)
 
 
-def _check_unsynced(value):
+def _check_unsynced(value: SupportsIndex | None) -> int | None:
     """open()'s max_unsynced_bytes: None (no bound) or a byte count of at least one page."""
     if value is None:
         return None
@@ -52,11 +63,76 @@ def _check_unsynced(value):
 
 
 class Log(_core.LogCore):
-    """An append-only log in a directory. Use tidelog.open() to get one."""
+    """An append-only log in a directory. Get one from :func:`tidelog.open` (same arguments).
 
-    def __init__(self, path, *, readonly=False, create=True, segment_bytes=256 << 20,
-                 durability="batch", sync_interval=0.005, retain_bytes=None, retain_seconds=None,
-                 repair=None, max_unsynced_bytes=MAX_UNSYNCED_BYTES):
+    Every record has an offset, a dense int64 assigned at append (0, 1, 2, ...): the log's
+    logical clock. The log holds the records ``[start_offset, end_offset)``.
+
+    Attributes (read-only; on a reader they follow the writer, in any process):
+
+    - ``start_offset`` (int): the first offset still in the log (grows with retention).
+    - ``end_offset`` (int): the offset the next append gets.
+    - ``durable_offset`` (int): every record below it is on stable storage ("acknowledged").
+    - ``len(log)`` (int): ``end_offset - start_offset``.
+    - ``path`` (str): the log's directory, absolute.
+    - ``readonly`` (bool), ``durability`` (str), ``segment_bytes`` (int, bytes),
+      ``sync_interval`` (float, seconds), ``retain_bytes`` (int or None),
+      ``retain_seconds`` (float or None), ``max_unsynced_bytes`` (int or None): as opened.
+    - ``closed`` (bool): :meth:`close` was called.
+    - ``failure``: the :exc:`LogFailedError` that stopped the writer (a sync failed), or None.
+    - ``repaired``: after ``open(repair="truncate")``, (path, byte position, offset, problem)
+      of the cut, else None.
+
+    Reading any of the offsets, or calling any method below, on a closed log raises
+    :exc:`LogClosedError`; a writer used in a ``fork()`` child raises :exc:`LogForkedError`.
+
+    Writing (the core's methods; a reader gets :exc:`TidelogError` for each):
+
+    ``append(value, *, key=None, timestamp=None) -> int``
+        Append one record and return its offset. `value` and `key` (None: no key) are any
+        bytes-like object (bytes, bytearray, memoryview, numpy array), stored verbatim; a
+        ``str`` gets TypeError. `timestamp` (int, nanoseconds since the epoch) defaults to the
+        time of the append. A value too large for a segment gets ValueError. In
+        ``"always"`` mode it returns once the record is durable. :exc:`LogFailedError` once a
+        sync failed; :exc:`LogFullError` when the disk is full.
+
+    ``append_batch(values, *, keys=None, timestamps=None, atomic=True) -> int``
+        Append many records in one call and return the first one's offset (`end_offset` for
+        an empty batch); they get consecutive offsets. `values`: an iterable of bytes-like
+        objects, or a numpy array (2-D uint8: one record per row; 1-D of a fixed-size dtype:
+        one per element). `keys`: a sequence of bytes-like or None, one per value.
+        `timestamps`: a sequence of ints (ns), one per value. Atomic: after any crash the batch
+        is in the log whole or not at all, and readers never see part of it; so it must fit in
+        one segment (else ValueError), unless ``atomic=False`` splits it across segments with
+        prefix semantics. A bad element gets TypeError and nothing of the batch is appended.
+
+    ``sync() -> int``
+        Make everything appended so far durable (fdatasync, shared with concurrent callers)
+        and return `durable_offset`. :exc:`LogFailedError` if the sync fails: the writer stops
+        for good (fail-stop, never retried; reopen the log to recover from what is on disk).
+
+    ``truncate_before(offset) -> int``
+        Delete the whole segments that lie entirely below `offset` (never the active one) and
+        return the new `start_offset`. Views of deleted segments stay valid; a read below the
+        new start gets :exc:`OffsetOutOfRangeError`. ValueError if `offset` > `end_offset`.
+
+    Reading:
+
+    ``read(offset) -> Record``
+        The record at `offset` (any integer, numpy's too), CRC-checked.
+        :exc:`OffsetOutOfRangeError` (an IndexError) outside ``[start_offset, end_offset)``;
+        :exc:`CorruptLogError` when the record is damaged on disk.
+
+    ``offset_for_time(timestamp) -> int``
+        The first offset whose record has a timestamp >= `timestamp` (int, ns since the
+        epoch), or `end_offset` when there is none. Timestamps may go backwards.
+    """
+
+    def __init__(self, path: PathArg, *, readonly: bool = False, create: bool = True,
+                 segment_bytes: SupportsIndex = 256 << 20, durability: Durability = "batch",
+                 sync_interval: float = 0.005, retain_bytes: SupportsIndex | None = None,
+                 retain_seconds: float | None = None, repair: Literal["truncate"] | None = None,
+                 max_unsynced_bytes: SupportsIndex | None = MAX_UNSYNCED_BYTES) -> None:
         path = _check_path(path)
         if repair not in (None, "truncate"):
             raise ValueError(f"repair: None or 'truncate', not {repair!r}")
@@ -76,14 +152,14 @@ class Log(_core.LogCore):
             self._retain_bytes = self.retain_bytes
         if self.retain_seconds is not None:
             self._retain_ns = int(self.retain_seconds * 1e9)
-        self._flusher = None
-        self._store = None
+        self._flusher: threading.Thread | None = None
+        self._store: PositionStore | None = None
         self._store_lock = threading.Lock()
         _logs.add(self)
         self._stop_flusher = threading.Event()
         self._interval_ns = int(self.sync_interval * 1e9)
         self.max_unsynced_bytes = _check_unsynced(max_unsynced_bytes)
-        self._max_unsynced = -1 if max_unsynced_bytes is None else max_unsynced_bytes
+        self._max_unsynced = -1 if self.max_unsynced_bytes is None else self.max_unsynced_bytes
         self._open(path, bool(readonly), bool(create), segment_bytes, durability, repair)
         if not readonly and (retain_bytes is not None or retain_seconds is not None):
             try:
@@ -100,7 +176,7 @@ class Log(_core.LogCore):
             self._flusher.start()
 
 
-    def wait_durable(self, offset, timeout=None):
+    def wait_durable(self, offset: SupportsIndex, timeout: float | None = None) -> bool:
         """Block until durable_offset > offset (True) or `timeout` seconds pass (False).
         In "none" mode only a sync() (in any thread) or close() makes progress.
         LogFailedError if the writer stops meanwhile."""
@@ -114,7 +190,7 @@ class Log(_core.LogCore):
         # page's durable word; a failure or close() wakes them
         return self._wait_for(offset, True, timeout)
 
-    def _crash(self):
+    def _crash(self) -> None:
         """For tests: stop as a killed process would (no sync, no clean shutdown)."""
         if self._flusher is not None:
             self._stop_flusher.set()
@@ -122,7 +198,7 @@ class Log(_core.LogCore):
             self._flusher = None
         self._abandon()
 
-    def close(self):
+    def close(self) -> None:
         """Sync everything, mark a clean shutdown and release the log. Idempotent.
 
         In a fork() child, a Log its parent opened is only let go (this process's descriptors
@@ -147,29 +223,53 @@ class Log(_core.LogCore):
             if store is not None:
                 store.close()
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         if self.closed:
             raise LogClosedError(f"{self.path}: the log is closed")
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def __del__(self):
-        try:
-            if not self.closed:
-                self.close()
-        except Exception:
-            pass
+    def __reduce__(self) -> NoReturn:
+        raise TypeError(f"a tidelog Log cannot be pickled (it holds this process's mappings "
+                        f"and locks): send its path {self.path!r} and open it in the other "
+                        f"process (readonly=True for a reader)")
 
-    def __repr__(self):
+    def __del__(self) -> None:
+        try:
+            if self.closed:
+                return
+            # as an unclosed file does: a writer held its lock, descriptors and (in "none" mode)
+            # unsynced records until the collector came (a reader holds nothing that matters;
+            # a fork child's copy is its parent's to close)
+            warn = not self.readonly and not self._inherited_copy
+        except Exception:
+            return
+        try:
+            if warn:        # (raises under -W error: reported as unraisable, as files are)
+                warnings.warn(f"unclosed tidelog writer {self.path!r}: close it, or use "
+                              f"`with tidelog.open(...) as log:`", ResourceWarning, stacklevel=2,
+                              source=self)
+        except Warning:
+            raise
+        except Exception:
+            pass            # (at interpreter exit the warnings machinery may be half gone)
+        finally:
+            try:
+                self.close()
+            except Exception:
+                pass
+
+    def __repr__(self) -> str:
         if self.closed:
             return f"<tidelog.Log {self.path!r} closed>"
         mode = "readonly" if self.readonly else self.durability
         return (f"<tidelog.Log {self.path!r} {mode} [{self.start_offset}, {self.end_offset}) "
                 f"durable<{self.durable_offset}>")
 
-    def cursor(self, start="earliest", *, name=None, durable_only=None):
+    def cursor(self, start: SupportsIndex | Literal["earliest", "latest"] = "earliest", *,
+               name: str | None = None, durable_only: bool | None = None) -> Cursor:
         """A cursor at `start`: an offset, "earliest" or "latest".
 
         Anonymous cursors see every appended record. A named cursor (`name`) resumes from the
@@ -188,7 +288,7 @@ class Log(_core.LogCore):
         cur._init(self, self.start_offset, bool(durable_only))
         cur.name = name
         store = None if name is None else self.position_store(create=False)
-        stored = None if store is None else store.get(name)
+        stored = None if store is None or name is None else store.get(name)
         if stored is not None:
             position = stored[0]
             end = self.end_offset
@@ -204,7 +304,12 @@ class Log(_core.LogCore):
             cur.seek(start if named else cur.resolve_offset(start, "start"))
         return cur
 
-    def position_store(self, create=True):
+    @overload
+    def position_store(self, create: Literal[True] = True) -> PositionStore: ...
+    @overload
+    def position_store(self, create: bool) -> PositionStore | None: ...
+
+    def position_store(self, create: bool = True) -> PositionStore | None:
         """The positions store (a tidelog.positions.PositionStore in LMDB), opened on first use;
         None when there is none yet and create is False (reading positions never creates the
         store). For tidelog's own modules (named cursors, replayers): not advertised."""
@@ -220,7 +325,7 @@ class Log(_core.LogCore):
 
     _positions = position_store     # the older spelling (tests reach the store through it)
 
-    def check_commit_offset(self, offset, what="offset"):
+    def check_commit_offset(self, offset: SupportsIndex, what: str = "offset") -> int:
         """`offset` as an int if a position may be committed there: in [start_offset,
         durable_offset]; else TypeError/ValueError naming `what`. (Named cursors use it.)"""
         offset = _args.offset(offset, what)
@@ -233,33 +338,33 @@ class Log(_core.LogCore):
                                  if offset > durable else ""))
         return offset
 
-    def positions(self):
+    def positions(self) -> dict[str, int]:
         """{name: position} of every named subscriber (replayers included)."""
         if self.closed:
             raise LogClosedError(f"{self.path}: the log is closed")
         store = self.position_store(create=False)
         return {} if store is None else {k: v[0] for k, v in sorted(store.all().items())}
 
-    def position_info(self):
+    def position_info(self) -> dict[str, tuple[int, int]]:
         """{name: (position, commit time in ns since the epoch)} of every subscriber."""
         if self.closed:
             raise LogClosedError(f"{self.path}: the log is closed")
         store = self.position_store(create=False)
         return {} if store is None else dict(sorted(store.all().items()))
 
-    def lag(self):
+    def lag(self) -> dict[str, int]:
         """{name: end_offset - position} per named subscriber."""
         positions = self.positions()
         end = self.end_offset
         return {k: end - v for k, v in positions.items()}
 
-    def set_position(self, name, offset):
+    def set_position(self, name: str, offset: SupportsIndex) -> None:
         """Store `offset` as subscriber `name`'s position (an operator rewinding or skipping a
         consumer); it must lie in [start_offset, durable_offset]."""
         check_name(name)
         self.position_store().put(name, self.check_commit_offset(offset))
 
-    def delete_position(self, name):
+    def delete_position(self, name: str) -> None:
         """Forget subscriber `name`. KeyError if it has no position."""
         if self.closed:
             raise LogClosedError(f"{self.path}: the log is closed")
@@ -268,7 +373,7 @@ class Log(_core.LogCore):
         if store is None or not store.delete(name):
             raise KeyError(f"no subscriber named {name!r} in {self.path}")
 
-    def segments(self):
+    def segments(self) -> list[tuple[int, str]]:
         """[(base_offset, path)] of the segment files, oldest first."""
         if self.closed:
             raise LogClosedError(f"{self.path}: the log is closed")
@@ -280,25 +385,99 @@ class Log(_core.LogCore):
 
     wait_for = _core.LogCore._wait_for              # (position, durable, timeout, spin, cancel)
     wake_sleepers = _core.LogCore._wake_sleepers
+    inherited_copy = _core.LogCore._inherited_copy  # True in a fork() child for a parent's Log
 
-    def index_problems(self):
+    def index_problems(self) -> list[tuple[str, int]]:
         """[(index file, entries that disagree with the frames)] of the segments whose .idx or
         .tix is missing, damaged or wrong (indexes are hints: lookups still work, slower). Reads
         every frame's length, not its CRC (`tidelog verify`)."""
         return self._index_problems()
 
-    def rebuild_indexes(self):
+    def rebuild_indexes(self) -> int:
         """Rewrite the index files of every sealed segment whose indexes disagree with its
         frames; returns how many segments it rewrote. Needs the writer (`tidelog repair`)."""
         return self._rebuild_indexes()
 
-    def salvage(self):
+    def salvage(self) -> Iterator[_core.Record]:
         """Yield every CRC-valid record in offset order, skipping damage (offsets may then have
         gaps): an operator's last resort (`tidelog repair --salvage-to`)."""
         return self._salvage()
 
+    def read_batch(self, offset: SupportsIndex, max_records: SupportsIndex = 65536, *,
+                   max_bytes: SupportsIndex | None = None) -> _core.RecordBatch:
+        """Up to `max_records` consecutive records from `offset` as a RecordBatch (zero-copy,
+        records of one segment: it may hold fewer; about `max_bytes` of values, at least one
+        record), as Cursor.read_batch without a cursor. Every record appended is visible, as to
+        read(). `offset` must lie in [start_offset, end_offset] (end_offset: an empty batch),
+        else OffsetOutOfRangeError."""
+        if isinstance(offset, str):
+            raise TypeError("offset: expected an int, not str")
+        offset = _args.offset(offset)
+        max_records = _args.count(max_records, "max_records")
+        max_bytes = None if max_bytes is None else _args.count(max_bytes, "max_bytes")
+        if self.closed:
+            raise LogClosedError(f"{self.path}: the log is closed")
+        start, end = self.start_offset, self.end_offset
+        if not start <= offset <= end:
+            raise OffsetOutOfRangeError(f"offset {offset} is outside [{start}, {end}] of "
+                                        f"{self.path}")
+        cur = Cursor.__new__(Cursor)
+        cur._init(self, offset, False)
+        return cur.read_batch(max_records, max_bytes)
 
-def _flush_loop(ref, stop, interval):
+    def stats(self) -> dict[str, Any]:
+        """What `tidelog info` shows, as a dict:
+
+        - "path" (str), "start_offset", "end_offset", "durable_offset", "records" (int; read
+          in that order: durable <= end and start <= end even while a writer appends)
+        - "segments": how many segment files; "segment_file_bytes": their sizes added up
+        - "disk_bytes": bytes the log's files take on disk (allocated blocks: segments,
+          indexes, control page, positions store)
+        - "subscribers": {name: {"position", "lag" (end_offset - position),
+          "committed_ns" (commit time, ns since the epoch)}} of every named subscriber, or None
+          when the positions store cannot be read; then "subscribers_error" holds the
+          exception (TidelogError or OSError) that said why, else None.
+
+        A file that retention removes meanwhile is left out of the sizes. Raises
+        :exc:`LogClosedError` once the log is closed."""
+        if self.closed:
+            raise LogClosedError(f"{self.path}: the log is closed")
+        start, durable, end = self.start_offset, self.durable_offset, self.end_offset
+        segs = self.segments()
+        try:
+            subs, problem = self.position_info(), None
+        except (TidelogError, OSError) as exc:      # the rest is still worth showing
+            subs, problem = None, exc
+        seg_bytes = 0
+        for _, p in segs:
+            try:
+                seg_bytes += os.stat(p).st_size
+            except FileNotFoundError:
+                pass                    # retention removed it meanwhile
+        disk = 0
+        for d in (self.path, os.path.join(self.path, POSITIONS_DIR)):
+            try:
+                with os.scandir(d) as entries:
+                    for e in entries:
+                        try:
+                            if e.is_file():
+                                disk += e.stat().st_blocks * 512
+                        except FileNotFoundError:
+                            pass
+            except (FileNotFoundError, NotADirectoryError, PermissionError):
+                pass                    # no positions store (yet), or an unreadable one
+        return {
+            "path": self.path, "start_offset": start, "end_offset": end,
+            "durable_offset": durable, "records": end - start,
+            "segments": len(segs), "segment_file_bytes": seg_bytes, "disk_bytes": disk,
+            "subscribers": None if subs is None else {
+                name: {"position": pos, "lag": end - pos, "committed_ns": t}
+                for name, (pos, t) in subs.items()},
+            "subscribers_error": problem,
+        }
+
+
+def _flush_loop(ref: weakref.ReferenceType[Log], stop: threading.Event, interval: float) -> None:
     """'batch' durability: sync at least every `interval` seconds while there is something new."""
     while not stop.wait(interval):
         log = ref()
@@ -317,19 +496,60 @@ def _flush_loop(ref, stop, interval):
             del log
 
 
-def open(path, *, readonly=False, create=True, segment_bytes=256 << 20, durability="batch",
-         sync_interval=0.005, retain_bytes=None, retain_seconds=None, repair=None,
-         max_unsynced_bytes=MAX_UNSYNCED_BYTES):
-    """Open (or create) the log in directory `path`. See API.md for every argument.
+def open(path: PathArg, *, readonly: bool = False, create: bool = True,
+         segment_bytes: SupportsIndex = 256 << 20, durability: Durability = "batch",
+         sync_interval: float = 0.005, retain_bytes: SupportsIndex | None = None,
+         retain_seconds: float | None = None, repair: Literal["truncate"] | None = None,
+         max_unsynced_bytes: SupportsIndex | None = MAX_UNSYNCED_BYTES) -> Log:
+    """Open (or create) the log in directory `path` and return it as a :class:`Log`.
 
-    repair="truncate" (an operator's opt-in, see `tidelog repair`): check every frame from the
-    start and cut the log at the first damage, deleting what follows it, acknowledged or not;
-    `log.repaired` then says where it cut (path, position, offset, problem) or is None.
+    A log is a directory of segment files, named by their first offset. One process at a time
+    may write it (a writer); any number of readers (``readonly=True``), in any process, read it
+    while the writer appends. Use the log as a context manager, or call :meth:`Log.close`.
 
-    max_unsynced_bytes ("batch" mode): an append that finds the writer this many bytes of frames
-    ahead of durable_offset waits until a sync brings it back under (None: never waits), and the
-    flusher starts a sync early at half of it; this bounds what a power loss can take under any
-    load (README, "Durability")."""
+    Arguments (all but `path` keyword-only):
+
+    - `path` (str, bytes or os.PathLike): the log's directory. Created with its parents when
+      missing, unless `readonly` or ``create=False``.
+    - `readonly` (bool, default False): open as a reader: nothing is created or written, no
+      lock is taken; `end_offset`, `durable_offset` and `start_offset` follow the writer.
+    - `create` (bool, default True): False makes a missing log an error instead.
+    - `segment_bytes` (int, bytes, default 256 MiB; 4096 at least): the writer rolls to a new
+      segment file once the current one would pass this size; a batch must fit in one segment
+      (see :meth:`Log.append_batch`). Applies to new segments; existing ones keep their size.
+    - `durability` (str, default ``"batch"``): when appends reach stable storage.
+      ``"none"``: only when you call :meth:`Log.sync` or :meth:`Log.close` (a process crash
+      loses nothing, a power loss everything since the last sync). ``"batch"``: a background
+      flusher syncs at least every `sync_interval` seconds while there is something new
+      (group commit: concurrent syncs share one fdatasync). ``"always"``: :meth:`Log.append`
+      returns only once its record is durable.
+    - `sync_interval` (float, seconds, default 0.005): the ``"batch"`` flusher's period; finite
+      and positive.
+    - `retain_bytes` (int, bytes, default None: no limit): retention; delete the oldest whole
+      segments while the log is larger than this (each segment counts its full size). Applied
+      at open and as segments roll; never the active segment.
+    - `retain_seconds` (float, seconds, default None: no limit): retention; delete whole
+      segments whose newest record is older than this.
+    - `repair` (``None`` or ``"truncate"``, default None): ``"truncate"`` (an operator's
+      opt-in, as ``tidelog repair --truncate`` does) checks every frame from the start and
+      cuts the log at the first damage, deleting everything after it, acknowledged or not;
+      `log.repaired` then says where it cut (path, byte position, offset, problem), or is None.
+      Needs a writer.
+    - `max_unsynced_bytes` (int, bytes, default 4 MiB; None: no bound; 4096 at least):
+      ``"batch"`` mode's backpressure: an append that finds the writer this many bytes of
+      frames ahead of `durable_offset` waits until a sync brings it back under, and the flusher
+      starts a sync early at half of it. This bounds what a power loss can take under any load.
+
+    Returns the open :class:`Log`; after opening, ``durable_offset == end_offset`` (recovery
+    syncs what it keeps and cuts a torn tail).
+
+    Raises :exc:`LogLockedError` when another writer (in any process, this one included) has
+    the log open; :exc:`LogNotFoundError` when there is no log and `readonly` or
+    ``create=False``; :exc:`NotALogError` when `path` is a file or a directory holding
+    something else; :exc:`FormatVersionError` for a log of a newer format;
+    :exc:`CorruptLogError` when damage lies below the durable point (never dropped silently:
+    see ``tidelog verify`` and ``tidelog repair``); :exc:`LogFullError` when the disk is full;
+    TypeError or ValueError, naming the argument, for a bad argument."""
     return Log(path, readonly=readonly, create=create, segment_bytes=segment_bytes,
                durability=durability, sync_interval=sync_interval, retain_bytes=retain_bytes,
                retain_seconds=retain_seconds, repair=repair, max_unsynced_bytes=max_unsynced_bytes)

@@ -7,10 +7,14 @@ and opened read-only where this process may not write by tidelog.lmdbenv, which 
 py-lmdb's errors into tidelog errors.
 """
 
+from __future__ import annotations
+
 import os
 import struct
 import time
 import unicodedata
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from tidelog import lmdbenv
 from tidelog.errors import TidelogError
@@ -22,9 +26,10 @@ MAX_DBS = 64                   # positions, checkpoints, digests, and one per re
 POSITION = struct.Struct("<qq")        # position, commit time (ns since the epoch)
 MAX_NAME_BYTES = 400           # LMDB keys are at most 511 bytes; leave room for prefixes
 WHAT = "the positions store"
+T = TypeVar("T")
 
 
-def _fsync_dir(path):
+def _fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -32,7 +37,7 @@ def _fsync_dir(path):
         os.close(fd)
 
 
-def check_name(name, what="name", *, existing=False):
+def check_name(name: object, what: str = "name", *, existing: bool = False) -> bytes:
     """The UTF-8 key of subscriber name `name`, or TypeError/ValueError naming `what`.
 
     A name holds no control characters (C0, DEL, C1: a tab or a newline would forge rows in
@@ -63,7 +68,7 @@ def check_name(name, what="name", *, existing=False):
 class PositionStore:
     """The positions environment of one log, shared by every Log of this process on it."""
 
-    def __init__(self, log_path, create=True):
+    def __init__(self, log_path: str, create: bool = True) -> None:
         self.path = os.path.join(log_path, POSITIONS_DIR)
         made = False
         if not os.path.isdir(self.path):
@@ -76,7 +81,8 @@ class PositionStore:
                                    f"{e.strerror}") from e
             made = True
         self._closed = False
-        self._pid = None
+        self._pid: int | None = None
+        self._shared: lmdbenv.LmdbEnv
         self._acquire()
         if self._shared.writable:
             # the directory entries of a new store (and of LMDB's files in it) must be durable
@@ -86,7 +92,7 @@ class PositionStore:
                 _fsync_dir(log_path)
 
     @staticmethod
-    def exists(log_path):
+    def exists(log_path: str) -> bool:
         """Whether the log at `log_path` has a positions store with data (reading creates
         nothing, and a store this process could not create counts as none)."""
         path = os.path.join(log_path, POSITIONS_DIR)
@@ -94,14 +100,14 @@ class PositionStore:
                                         or not os.access(path, os.R_OK | os.X_OK)
                                         or os.access(path, os.W_OK))
 
-    def _acquire(self):
+    def _acquire(self) -> None:
         self._shared = lmdbenv.acquire(self.path, what=WHAT, max_dbs=MAX_DBS)
         self._pid = os.getpid()
         if self._shared.writable:
             self._shared.db("positions")    # now, before any transaction that uses it
 
     @property
-    def shared(self):
+    def shared(self) -> lmdbenv.LmdbEnv:
         """The tidelog.lmdbenv.LmdbEnv (a forked child gets its own on first use)."""
         if self._pid != os.getpid():
             if self._closed:
@@ -110,27 +116,27 @@ class PositionStore:
         return self._shared
 
     @property
-    def env(self):
+    def env(self) -> Any:
         """The py-lmdb Environment."""
         return self.shared.raw
 
     @property
-    def writable(self):
+    def writable(self) -> bool:
         return self.shared.writable
 
     @property
-    def positions_db(self):
+    def positions_db(self) -> Any:
         return self.db("positions")
 
-    def db(self, name):
+    def db(self, name: str) -> Any:
         """The handle of a named LMDB database of this environment (created on first use where
         this process may write), valid in this process."""
         return self.shared.db(name)
 
-    def has_db(self, name):
+    def has_db(self, name: str) -> bool:
         return self.shared.has_db(name)
 
-    def close(self):
+    def close(self) -> None:
         if self._closed:
             return
         self._closed = True
@@ -140,16 +146,16 @@ class PositionStore:
 
     # -- transactions: fn(txn) run in one (a write is retried in a new one when the map grew)
 
-    def read(self, fn):
+    def read(self, fn: Callable[[Any], T]) -> T:
         return self.shared.read(fn)
 
-    def write(self, fn):
+    def write(self, fn: Callable[[Any], T]) -> T:
         """fn(txn) in a write transaction, committed (on stable storage) when this returns."""
         return self.shared.write(fn)
 
     # -- positions (a transaction may be passed to share it, e.g. with a replayer's checkpoint)
 
-    def get(self, name, txn=None):
+    def get(self, name: str, txn: Any = None) -> tuple[int, int] | None:
         """(position, commit time ns) of subscriber `name`, or None."""
         key = check_name(name, existing=True)
         if txn is None:
@@ -160,7 +166,7 @@ class PositionStore:
             raw = txn.get(key, db=self.positions_db)
         return None if raw is None else POSITION.unpack(raw)
 
-    def put(self, name, position, txn=None):
+    def put(self, name: str, position: int, txn: Any = None) -> None:
         """Store `position` for `name`: durable when this (or the given) transaction commits."""
         key = check_name(name)
         value = POSITION.pack(position, time.time_ns())
@@ -170,15 +176,15 @@ class PositionStore:
             return
         self.write(lambda t: t.put(key, value, db=db))
 
-    def delete(self, name, txn=None):
+    def delete(self, name: str, txn: Any = None) -> bool:
         """Forget subscriber `name`; True if it had a position."""
         key = check_name(name, existing=True)
         if txn is not None:
-            return txn.delete(key, db=self.positions_db)
+            return bool(txn.delete(key, db=self.positions_db))
         db = self.positions_db
-        return self.write(lambda t: t.delete(key, db=db))
+        return bool(self.write(lambda t: t.delete(key, db=db)))
 
-    def all(self):
+    def all(self) -> dict[str, tuple[int, int]]:
         """{name: (position, commit time ns)} of every subscriber."""
         if not self.writable and not self.has_db("positions"):
             return {}

@@ -60,7 +60,6 @@ def digest_of(machine, view, snap=None, txn=None):
     return d
 
 
-
 class Checkpoint(NamedTuple):
     """A replayer's stored checkpoint, as replayers(log) lists them."""
     kind: str                   # "snapshot" or "view"

@@ -13,6 +13,7 @@ from tidelog.replay.checkpoint import (CHECKPOINTS_DB, DIGESTS_DB, digest_key, s
                                        unpack_header)
 from tidelog.replay.store import check_log, existing_dbs
 
+
 def compare_digests(txn, cp_db, dg_db, own, name, reference, verified, agreed, upto):
     """Compare `own` digests ((offset, digest) ascending, offsets > verified) with those of
     `reference` up to offset `upto`; returns the new (verified, agreed) and how many offsets were
@@ -50,7 +51,6 @@ def compare_digests(txn, cp_db, dg_db, own, name, reference, verified, agreed, u
         verified = agreed = off
         compared += 1
     return (verified, agreed), compared
-
 
 
 def check_replica(log, name, reference):

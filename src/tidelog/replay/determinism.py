@@ -5,9 +5,11 @@ the log's directory) stepped to the same checkpoint offsets, their digests compa
 first difference, a record-by-record re-run from the last agreeing snapshot (`_locate_record`).
 """
 
+from __future__ import annotations
+
 from dataclasses import dataclass
 from itertools import islice
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from tidelog import _args
 from tidelog.errors import ReplicaDivergedError
@@ -15,6 +17,11 @@ from tidelog.replay.checkpoint import as_bytes, digest_of
 from tidelog.replay.machine import blame, check_machine
 from tidelog.replay.replayer import Replayer
 from tidelog.replay.store import check_log
+
+
+if TYPE_CHECKING:
+    from tidelog.log import Log
+
 
 @dataclass(frozen=True)
 class DeterminismReport:
@@ -28,7 +35,7 @@ class DeterminismReport:
     since: Optional[int] = None     # last checkpoint offset where they agreed
     record: Optional[int] = None    # the first record after which a re-run's states differ
 
-    def __bool__(self):
+    def __bool__(self) -> bool:
         return self.deterministic
 
     def __str__(self):
@@ -42,9 +49,9 @@ class DeterminismReport:
                 f"{self.offset} ({since}){where}")
 
 
-
-def verify_determinism(log, factory, *, until=None, checkpoint_every=10_000, locate_record=True,
-                       raise_on_divergence=True):
+def verify_determinism(log: Log, factory: Callable[[], Any], *, until: int | None = None,
+                       checkpoint_every: int = 10_000, locate_record: bool = True,
+                       raise_on_divergence: bool = True) -> DeterminismReport:
     """Replay the log into two fresh machines from `factory()` side by side, stepping both to each
     multiple of `checkpoint_every` (and to `until`, default the durable end) and comparing their
     digests there. Stores nothing: no positions, no checkpoints, nothing in the log's directory

@@ -6,10 +6,15 @@ the mark (`exc.tidelog_machine_call`, plus a note) put on an exception that a ma
 method raised, naming the method and the record offset. Holds no state; releases nothing.
 """
 
+from __future__ import annotations
+
 import hashlib
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
+
+from tidelog import _core
 
 from tidelog.replay.checkpoint import DIGEST_SIZE
+
 
 class LmdbView:
     """Base class of a machine whose state is a materialized view: key/values in its own LMDB
@@ -31,10 +36,10 @@ class LmdbView:
 
     db = None
 
-    def apply(self, record, txn):
+    def apply(self, record: _core.Record, txn: Any) -> None:
         raise NotImplementedError(f"{type(self).__name__}.apply(record, txn)")
 
-    def digest(self, txn):
+    def digest(self, txn: Any) -> bytes:
         """blake2b of every (key, value) of the view, in key order, length-prefixed."""
         h = hashlib.blake2b(digest_size=DIGEST_SIZE)
         update = h.update
@@ -44,7 +49,6 @@ class LmdbView:
             update(len(v).to_bytes(8, "little"))
             update(v)
         return h.digest()
-
 
 
 def check_machine(machine, what="machine"):
@@ -62,7 +66,6 @@ def check_machine(machine, what="machine"):
     if view and type(machine).apply is LmdbView.apply:
         raise TypeError(f"{what}: {type(machine).__name__} does not define apply(record, txn)")
     return view
-
 
 
 class MachineCall(NamedTuple):

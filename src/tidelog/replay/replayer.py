@@ -11,11 +11,14 @@ machine's apply runs Python code that may do anything, which is why a failure le
 Replayer unusable.
 """
 
+from __future__ import annotations
+
 import bisect
 import signal
 import threading
 import time
 from itertools import islice
+from typing import TYPE_CHECKING, Any, Callable
 
 from tidelog import _args, _core, lmdbenv
 from tidelog.errors import OffsetOutOfRangeError, TidelogError
@@ -27,6 +30,10 @@ from tidelog.replay.checkpoint import (CHECKPOINTS_DB, DIGEST_SIZE, DIGESTS_DB, 
 from tidelog.replay.compare import compare_digests
 from tidelog.replay.machine import blame, check_machine
 from tidelog.replay.store import check_log, delete_replayer
+
+
+if TYPE_CHECKING:
+    from tidelog.log import Log
 
 CHUNK_RECORDS = 16384          # records per step of the per-record loop (progress is called
                                # after each step); stop(), signals and checkpoint_interval end a
@@ -114,8 +121,10 @@ class Replayer:
     Not thread-safe, except stop(), which any thread (or a signal handler) may call.
     """
 
-    def __init__(self, log, machine, *, name, checkpoint_every=100_000, checkpoint_interval=None,
-                 replica_of=None, digests=True, digest_history=None):
+    def __init__(self, log: Log, machine: Any, *, name: str | None,
+                 checkpoint_every: int = 100_000, checkpoint_interval: float | None = None,
+                 replica_of: str | None = None, digests: bool = True,
+                 digest_history: int | None = None) -> None:
         check_log(log)
         view = check_machine(machine)
         name_b = None if name is None else check_name(name, "name")
@@ -278,16 +287,16 @@ class Replayer:
     # ------------------------------------------------------------------ properties
 
     @property
-    def position(self):
+    def position(self) -> int:
         """The offset of the next record to apply (every record below it is in the state)."""
         return self._cur.position
 
     @property
-    def checkpoint_position(self):
+    def checkpoint_position(self) -> int | None:
         """The position of the last checkpoint (stored, or restored at construction), or None."""
         return self._checkpointed
 
-    def digests(self):
+    def digests(self) -> dict[int, bytes]:
         """{offset: digest} of this replayer's checkpoints (stored, or in memory when
         ephemeral)."""
         if self.name is None:
@@ -296,13 +305,13 @@ class Replayer:
                                              stored_digests(txn, self._dg_db, self._prefix, 0)})
 
     @property
-    def last_digest(self):
+    def last_digest(self) -> tuple[int, bytes] | None:
         """(offset, digest) of an ephemeral replayer's latest checkpoint, kept in memory (None
         before the first one, or for a named replayer: see digests())."""
         return self._mem_digests[-1] if self._mem_digests else None
 
     @property
-    def last_snapshot(self):
+    def last_snapshot(self) -> bytes | None:
         """The snapshot an ephemeral snapshot-machine replayer took at its latest checkpoint
         (None before the first one, for a view, or for a named replayer)."""
         return self._last_snapshot
@@ -314,7 +323,7 @@ class Replayer:
 
     # ------------------------------------------------------------------ running
 
-    def stop(self):
+    def stop(self) -> None:
         """Make a running run() checkpoint and return soon: before the next record (per-record
         apply) or the next batch (apply_batch). Safe from any thread and from signal handlers; a
         stop() while no run() is going makes the next run() return at once."""
@@ -330,7 +339,9 @@ class Replayer:
         if step is not None:
             step()
 
-    def run(self, until=None, follow=False, *, progress=None, signals=None):
+    def run(self, until: int | None = None, follow: bool = False, *,
+            progress: Callable[[Replayer], object] | None = None,
+            signals: bool | None = None) -> int:
         """Apply durable records with offset < until, checkpoint, return the new position.
 
         until:   None: up to the durable end (as it moves meanwhile); an int: stop there.
@@ -555,7 +566,7 @@ class Replayer:
 
     # ------------------------------------------------------------------ checkpoints
 
-    def checkpoint(self):
+    def checkpoint(self) -> int:
         """Checkpoint now: the state (snapshot, or the view's writes), its digest and the
         position, in one LMDB write transaction. Returns the position."""
         self._check_usable(running_ok=True)
@@ -691,7 +702,7 @@ class Replayer:
 
     # ------------------------------------------------------------------ views, lifecycle
 
-    def read(self):
+    def read(self) -> Any:
         """A read transaction on this replayer's view (a context manager; default database the
         view): ``with rep.read() as txn: txn.get(key)``. It sees the last checkpoint."""
         if not self._view:

@@ -7,10 +7,20 @@ the argument check shared by every replay entry point (`check_log`). Reading nev
 store or a database in it (`existing_dbs`). The format of what they read is checkpoint.py's.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from tidelog.errors import LogClosedError
 from tidelog.positions import check_name
 from tidelog.replay.checkpoint import (CHECKPOINTS_DB, DIGESTS_DB, SNAPSHOT_SUFFIX,
-                                       VIEW_DB_PREFIX, digest_key, stored_digests, unpack_header)
+                                       VIEW_DB_PREFIX, Checkpoint, digest_key, stored_digests,
+                                       unpack_header)
+
+
+if TYPE_CHECKING:
+    from tidelog.log import Log
+
 
 def check_log(log):
     from tidelog.log import Log
@@ -19,7 +29,6 @@ def check_log(log):
                         f"{type(log).__name__}")
     if log.closed:
         raise LogClosedError(f"{log.path}: the log is closed")
-
 
 
 def existing_dbs(log, *names):
@@ -32,8 +41,7 @@ def existing_dbs(log, *names):
     return store, [store.has_db(n) for n in names]
 
 
-
-def replayers(log):
+def replayers(log: Log) -> dict[str, Checkpoint]:
     """{name: Checkpoint} of every replayer with a checkpoint in this log's positions store."""
     check_log(log)
     store, (has_cp,) = existing_dbs(log, CHECKPOINTS_DB)
@@ -43,7 +51,7 @@ def replayers(log):
                                    txn.cursor(db=store.db(CHECKPOINTS_DB)) if b"\0" not in k})
 
 
-def delete_replayer(log, name):
+def delete_replayer(log: Log, name: str) -> bool:
     """Forget replayer `name`: its position, checkpoint, digests and view. True if it had any.
     (A live Replayer of that name in this process must not be used afterwards.)"""
     check_log(log)
@@ -72,7 +80,7 @@ def delete_replayer(log, name):
         store.shared.forget_db(view_key)    # the handle is gone with the database
 
 
-def read_view(log, name):
+def read_view(log: Log, name: str) -> Any:
     """A read transaction on the view of LmdbView replayer `name` (default database the view),
     a context manager: ``with read_view(log, "counts") as txn: txn.get(b"u42")``. KeyError when
     there is no such view."""

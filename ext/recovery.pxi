@@ -1,0 +1,421 @@
+# Recovery at open and the operator tools, as functions over a LogCore's segment set:
+# open_writer (checks, torn-tail cut, index catch-up, the active segment to write on), recover
+# (scan from the durable checkpoint, cut at the first damage or refuse), clean_tail / zero_tail,
+# resume_index / rebuild_index, and the tools behind `tidelog verify|repair`: index_problems,
+# rebuild_indexes, salvage.
+# Writes (at open only, before any other thread can see the LogCore): _base, _next, _durable,
+# _start, _max_ts, _idx, _tix, _idx_stride, _segments/_nbases (dropping a damaged tail), repaired.
+# The tools run on a writer that holds the lock, or on a read-only LogCore (they write nothing).
+
+
+cdef Py_ssize_t index_mismatches(Segment s, int64_t log_end) except -1:
+    """Index entries of s that are missing or disagree with its frames (hints that would cost a
+    scan), counting a missing index as one."""
+    cdef size_t pos = SEGMENT_HEADER_SIZE
+    cdef int64_t off, end
+    cdef uint32_t length
+    cdef uint64_t rel
+    cdef int64_t maxts = -(1 << 62), ts
+    cdef Py_ssize_t bad = 0
+    s.ensure()
+    if s.idx == NULL:
+        return 1
+    off = s.base
+    end = s.next_base if s.next_base >= 0 else log_end
+    while off < end and frame_shape(s.data, s.cap, pos, off, &length) == FRAME_OK:
+        rel = <uint64_t>(off - s.base)
+        ts = rd_i64(s.data + pos + 16)
+        if ts > maxts:
+            maxts = ts
+        if rel % s.idx_stride == 0 and (rel // s.idx_stride >= s.idx_slots or
+                                        rd_u32(s.idx + (rel // s.idx_stride) * 4) != pos):
+            bad += 1
+        if rel % TIX_STRIDE == 0 and (rel // TIX_STRIDE >= s.tix_slots or
+                                      rd_i64(s.tix + (rel // TIX_STRIDE) * 8) != maxts):
+            bad += 1
+        pos += align8(length)
+        off += 1
+    return bad
+
+
+cdef rebuild_index(Segment s):
+    """Fill the (fresh, zeroed) index files of a writable segment from its frames."""
+    cdef size_t pos = SEGMENT_HEADER_SIZE
+    cdef int64_t off = s.base, ts, maxts = -(1 << 62)
+    cdef uint32_t length
+    cdef uint64_t rel
+    while frame_shape(s.data, s.cap, pos, off, &length) == FRAME_OK:
+        rel = <uint64_t>(off - s.base)
+        ts = rd_i64(s.data + pos + 16)
+        if ts > maxts:
+            maxts = ts
+        if rel % s.idx_stride == 0:
+            wr_u32(s.idx + (rel // s.idx_stride) * 4, <uint32_t>pos)
+        if rel % TIX_STRIDE == 0:
+            wr_i64(s.tix + (rel // TIX_STRIDE) * 8, maxts)
+        pos += align8(length)
+        off += 1
+    msync(s.idx_map.addr, s.idx_map.size, MS_SYNC)
+    msync(s.tix_map.addr, s.tix_map.size, MS_SYNC)
+
+
+cdef zero_tail(Segment s, size_t pos):
+    """Zero a segment from pos to its end, so that no stale frame can follow the next append:
+    fallocate(FALLOC_FL_ZERO_RANGE) where the system has it (the blocks stay allocated), else
+    by clearing through the mapping whatever is not zero."""
+    cdef size_t chunk = 65536, a = pos, b
+    cdef size_t end = min(s.cap, s.alloc)      # prealloc.pxi: beyond it holes (zeros)
+    if pos >= end:
+        return
+    if tl_zero_range(s.fd, pos, end - pos) == 0:
+        return
+    while a < end:
+        b = min(end, (a // chunk + 1) * chunk)
+        if not all_zero(s.data + a, b - a):
+            memset(s.data + a, 0, b - a)
+        a = b
+
+
+cdef bint all_zero(const char* p, size_t n) noexcept nogil:
+    cdef size_t i = 0
+    cdef uint64_t w
+    while i + 8 <= n:
+        memcpy(&w, p + i, 8)
+        if w != 0:
+            return False
+        i += 8
+    while i < n:
+        if p[i] != 0:
+            return False
+        i += 1
+    return True
+
+
+cdef open_writer(LogCore self):
+    cdef char* ctl = self._ctl
+    cdef bint clean = (rd_u32(ctl + CTL_FLAGS) & CTL_FLAG_CLEAN) != 0
+    cdef int64_t c_end = ctl_get(ctl, CTL_END), c_durable = ctl_get(ctl, CTL_DURABLE)
+    cdef int64_t c_start = ctl_get(ctl, CTL_START)
+    cdef Segment act
+    list_bases(self, True)
+    load_segments(self)
+    k = 0
+    bases = [(<Segment>x).base for x in self._segments]
+    if c_start in bases and c_start <= c_durable <= c_end:      # (a plausible checkpoint)
+        k = bases.index(c_start)
+    if k:       # a retention stopped midway: its new start is persisted, delete the rest
+        unlink_segment_files(self._segments[:k])
+        os.fsync(self._dir_fd)
+        self._segments = []
+        self._nbases = 0
+        load_segments(self)
+    check_headers(self, clean and self._repair is None,
+                        -1 if self._repair is not None else c_durable)
+    if not self._segments:
+        if c_end != c_start and (clean or c_durable > c_start):
+            raise CorruptLogError(f"{self.path}: every segment is missing but the control "
+                                  f"file records offsets {c_start}..{c_end}",
+                                  path=self.path, position=None, offset=c_start)
+        seg = create_segment(self, c_start, self._seg_bytes)
+        self._segments.append(seg)
+        push_base(self, c_start)
+        self._start = c_start
+        self._next = c_start
+        set_active(self, seg, SEGMENT_HEADER_SIZE)
+        resume_index(self, seg, SEGMENT_HEADER_SIZE, c_start, True)
+        sync_after_recovery(self, 0)
+    else:
+        self._start = (<Segment>self._segments[0]).base
+        if c_start < self._start and c_end > c_start:
+            raise CorruptLogError(
+                f"{self.path}: the log starts at offset {c_start} but its first segment "
+                f"starts at {self._start}: segments are missing", path=self.path,
+                position=None, offset=c_start)
+        act = self._segments[len(self._segments) - 1]
+        pos = None
+        if (clean and ctl_get(ctl, CTL_ACTIVE_BASE) == act.base and self._repair is None
+                and c_durable == c_end):
+            check_chain(self, len(self._segments) - 1)
+            act.writable = True
+            act.ensure()
+            pos = clean_tail(self, act, c_end, ctl_get(ctl, CTL_ACTIVE_POS))
+        if pos is not None:
+            self._next = c_end
+            set_active(self, act, pos)
+            resume_index(self, act, pos, c_end, act.index_fresh)
+        else:
+            first = recover(self, c_durable)
+            sync_after_recovery(self, first)
+    self._durable = self._next
+    ctl_set(ctl, CTL_START, self._start)
+    ctl_set(ctl, CTL_END, self._next)
+    ctl_set(ctl, CTL_DURABLE, self._next)
+    ctl_set(ctl, CTL_ACTIVE_BASE, self._base)
+    ctl_set(ctl, CTL_SEGMENT_BYTES, self._seg_bytes)
+    ctl_set(ctl, CTL_GENERATION, ctl_get(ctl, CTL_GENERATION) + 1)
+    wr_u32(ctl + CTL_FLAGS, rd_u32(ctl + CTL_FLAGS) & ~(<uint32_t>CTL_FLAG_CLEAN))
+    if msync(ctl, CONTROL_SIZE, MS_SYNC) != 0:
+        raise_oserror(errno, os.path.join(self.path, CONTROL_NAME))
+
+
+cdef object clean_tail(LogCore self, Segment s, int64_t end, int64_t pos):
+    """After a clean close: check in O(1) that `end` and `pos` describe the segment's end.
+    Returns pos, or None when they do not (then the segment is scanned)."""
+    cdef int64_t at
+    cdef uint32_t length
+    cdef Py_ssize_t p
+    if end < s.base or pos < SEGMENT_HEADER_SIZE or pos > <int64_t>s.cap or (pos & 7):
+        return None
+    if pos + FRAME_HEADER_SIZE <= <int64_t>s.cap and rd_u32(s.data + pos) != 0:
+        return None
+    if end == s.base:
+        return pos if pos == SEGMENT_HEADER_SIZE else None
+    p = s.find(end - 1, &at)
+    if at != end - 1 or frame_check(s.data, s.cap, p, end - 1, &length) != FRAME_OK:
+        return None
+    if p + <int64_t>align8(length) != pos:
+        return None
+    return pos
+
+
+cdef Py_ssize_t recover(LogCore self, int64_t durable) except -1:
+    """After an unclean stop: from the start of the segment holding the durable offset in the
+    control page (the checkpoint of the last successful sync), follow the frames (FORMAT.md
+    rules 1-6) across segments; keep the longest valid prefix, delete the segments after its
+    end, zero the rest of its last segment and rebuild that segment's index. Anything
+    invalid below the durable offset is corruption. Returns the index of the first segment
+    scanned (everything from there on is synced before the log is used)."""
+    cdef Py_ssize_t i, first
+    cdef Segment s, nxt
+    cdef size_t pos
+    cdef int64_t off
+    cdef object bad = None
+    segs = self._segments
+    # the segment holding the durable offset (the scan starts there); a repair reads all
+    first = 0
+    for i in range(len(segs)):
+        if (<Segment>segs[i]).base <= durable and self._repair is None:
+            first = i
+    check_chain(self, first)
+    s = segs[first]
+    s.ensure()                      # read-only while scanning: only the last one is written
+    # from the start of that segment, not from the record at the checkpoint: batch rules
+    # need a batch's first frame, and the checkpoint is only as good as the control page
+    # that holds it (at most one segment is scanned more)
+    pos = SEGMENT_HEADER_SIZE
+    off = s.base
+    i = first
+    while True:
+        nxt = segs[i + 1] if i + 1 < len(segs) else None
+        pos, off, bad = scan_frames(self, s, pos, off, nxt.base if nxt is not None else -1)
+        if bad is not None or nxt is None:
+            break
+        if off != nxt.base:
+            # this segment's data ends before the next one begins: its tail was lost
+            bad = (s.path, pos, off, FRAME_END)
+            break
+        i += 1
+        touch_segment(self, s)              # sealed: scanned (a repair scans them all)
+        s = nxt
+        s.ensure()
+        pos = SEGMENT_HEADER_SIZE
+    if self._repair is not None:
+        if bad is not None or i + 1 < len(segs) or off < durable:
+            self.repaired = (bad or (s.path, pos, off, FRAME_END))[:3] + (
+                FRAME_PROBLEMS.get((bad or (0, 0, 0, FRAME_END))[3]),)
+    elif off < durable:
+        if bad is None:
+            bad = (s.path, pos, off, FRAME_END)
+        raise corrupt(bad[0], bad[1], bad[2], bad[3])
+    if i + 1 < len(segs):
+        drop_segments(self, i + 1)
+    s.writable = True
+    s.ensure()                      # mapped again writable, with a descriptor kept
+    zero_tail(s, pos)
+    self._next = off
+    set_active(self, s, pos)
+    resume_index(self, s, pos, off, True)
+    return first
+
+
+cdef tuple scan_frames(LogCore self, Segment s, size_t pos, int64_t off, int64_t limit):
+    """Follow valid frames from pos (offset off) up to offset `limit` (the next segment's
+    base; -1: none; what a sealed segment holds after it is ignored); a batch counts only
+    whole. Returns
+    (position, offset) where the valid data ends and None, or the damage found there as
+    (path, position, offset, problem) when it is not a clean end."""
+    cdef size_t bpos
+    cdef int64_t boff
+    cdef uint32_t length, n, k
+    cdef int rc
+    while True:
+        if off == limit:
+            return pos, off, None
+        rc = frame_check(s.data, s.cap, pos, off, &length)
+        if rc == FRAME_END:
+            return pos, off, None
+        if rc != FRAME_OK:
+            return pos, off, (s.path, pos, off, rc)
+        n = rd_u32(s.data + pos + 28)
+        if n == 0:
+            return pos, off, (s.path, pos, off, FRAME_BAD_LENGTH)   # follower without head
+        bpos = pos + align8(length)
+        boff = off + 1
+        k = 1
+        while k < n:
+            rc = frame_check(s.data, s.cap, bpos, boff, &length)
+            if rc != FRAME_OK or rd_u32(s.data + bpos + 28) != 0:
+                return pos, off, (s.path, bpos, boff, rc if rc != FRAME_OK else FRAME_BAD_LENGTH)
+            bpos += align8(length)
+            boff += 1
+            k += 1
+        pos = bpos
+        off = boff
+
+
+cdef sync_after_recovery(LogCore self, Py_ssize_t first):
+    """Recovery keeps records that may not have been synced: sync them (and the directory)
+    before anything is acknowledged on top of them."""
+    cdef Segment seg
+    for j in range(first, len(self._segments)):
+        seg = self._segments[j]
+        if seg.fd < 0:
+            seg.fd = os.open(seg.path, os.O_RDWR | os.O_CLOEXEC)
+        if tl_datasync(seg.fd) != 0:
+            raise_oserror(errno, seg.path)
+        if seg is not self._active:
+            seg.close_fd()
+    os.fsync(self._dir_fd)
+    self._dir_dirty = False
+
+
+cdef resume_index(LogCore self, Segment s, size_t end_pos, int64_t end, bint rebuild):
+    """Make segment s (data ending at end_pos, offset end) the writer's index target:
+    check that its index describes exactly the data, else rebuild it from the frames."""
+    cdef size_t pos
+    cdef uint32_t length
+    cdef int64_t off, last, at, j, m
+    self._max_ts = -(1 << 62)
+    if s.idx == NULL:
+        return
+    last = end - 1 - s.base                      # relative offset of the last record
+    if not rebuild:
+        if last < 0:
+            rebuild = tl_load_u32_acquire(s.idx) != 0
+        else:
+            rebuild = (s.idx_get(<size_t>(last // <int64_t>s.idx_stride)) == 0 or
+                       (<size_t>(last // <int64_t>s.idx_stride) + 1 < s.idx_slots and
+                        tl_load_u32_acquire(s.idx + (last // <int64_t>s.idx_stride + 1) * 4)
+                        != 0))
+        if not rebuild and last >= 0:
+            # running max timestamp: the last .tix entry, then the records after it. The
+            # entry seeds the entries to come, so it must look right: not 0 (not written),
+            # not below the one before it or its own record's timestamp, none after it
+            j = last // TIX_STRIDE
+            off = s.base + j * TIX_STRIDE
+            m = rd_i64(s.tix + j * 8)
+            pos = s.find(off, &at)
+            rebuild = (at != off or frame_shape(s.data, s.cap, pos, off, &length) != FRAME_OK
+                       or m == 0 or m < rd_i64(s.data + pos + 16)
+                       or (j > 0 and m < rd_i64(s.tix + (j - 1) * 8))
+                       or (<size_t>j + 1 < s.tix_slots and rd_i64(s.tix + (j + 1) * 8) != 0))
+        if not rebuild and last >= 0:
+            self._max_ts = m
+            while pos < end_pos and at < end:
+                length = rd_u32(s.data + pos)
+                if length == 0:
+                    break
+                self._max_ts = max(self._max_ts, rd_i64(s.data + pos + 16))
+                pos += align8(length)
+                at += 1
+            return
+    memset(s.idx, 0, s.idx_slots * 4)
+    memset(s.tix, 0, s.tix_slots * 8)
+    pos = SEGMENT_HEADER_SIZE
+    off = s.base
+    self._idx = s.idx
+    self._idx_stride = s.idx_stride
+    self._tix = s.tix
+    self._base = s.base
+    while pos < end_pos:
+        length = rd_u32(s.data + pos)
+        if length == 0:
+            break
+        index_note(self, pos, off, rd_i64(s.data + pos + 16))
+        pos += align8(length)
+        off += 1
+    s.index_fresh = False
+
+
+cdef object index_problems(LogCore self):
+    out = []
+    self._check_open()
+    if self._readonly:
+        load_segments(self)
+    for seg in self._segments:
+        touch_segment(self, seg)
+        self._check_open()          # (the last segment's mapping let threads run)
+        bad = index_mismatches(seg, self._end_now())
+        if bad:
+            out.append(((<Segment>seg).path[:len((<Segment>seg).path) - 4] + ".idx", bad))
+    return out
+
+
+cdef object rebuild_indexes(LogCore self):
+    cdef Segment seg, fresh
+    if self._readonly:
+        raise TidelogError("rebuilding indexes needs the writer")
+    n = 0
+    for i in range(len(self._segments) - 1):
+        seg = self._segments[i]
+        touch_segment(self, seg)
+        if not index_mismatches(seg, self._next):
+            continue
+        fresh = new_segment_obj(self, seg.base, True)
+        fresh.next_base = seg.next_base
+        for ext in (".idx", ".tix"):
+            try:
+                os.unlink(seg.path[:len(seg.path) - 4] + ext)
+            except FileNotFoundError:
+                pass
+        fresh.ensure()
+        if fresh.idx == NULL:
+            raise TidelogError(f"{fresh.path}: could not make its index files")
+        rebuild_index(fresh)
+        fresh.close_fd()
+        fresh.writable = False
+        self._segments[i] = fresh
+        touch_segment(self, fresh)
+        n += 1
+    return n
+
+
+def salvage(LogCore self):
+    cdef Segment seg
+    cdef size_t pos
+    cdef uint32_t length
+    cdef int64_t last = -1, off
+    cdef int rc
+    self._check_open()
+    if self._readonly:
+        load_segments(self)
+    for known in list(self._segments):
+        seg = new_segment_obj(self, (<Segment>known).base, False)
+        seg.any_header = True
+        try:
+            seg.ensure()
+        except (CorruptLogError, OSError):
+            continue                                  # a missing or unreadable segment
+        pos = SEGMENT_HEADER_SIZE
+        while pos + FRAME_HEADER_SIZE <= seg.cap:
+            rc = frame_check(seg.data, seg.cap, pos, -1, &length)
+            off = rd_i64(seg.data + pos + 8) if rc == FRAME_OK else -1
+            if rc == FRAME_OK and off > last:
+                yield make_record(seg, pos, length)
+                if seg.data == NULL:
+                    seg.ensure()            # unmapped meanwhile: the positions still hold
+                last = off
+                pos += align8(length)
+            else:
+                pos += FRAME_ALIGN
+        seg.unmap()
