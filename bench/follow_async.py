@@ -33,12 +33,12 @@ async def executor_wait(log, position, durable, timeout):
         return True
     loop = asyncio.get_running_loop()
     cancel = threading.Event()
-    fut = loop.run_in_executor(None, log._wait_for, position, durable, timeout, 0.0, cancel)
+    fut = loop.run_in_executor(None, log.wait_for, position, durable, timeout, 0.0, cancel)
     try:
         return await fut
     except asyncio.CancelledError:
         cancel.set()
-        log._wake_sleepers()
+        log.wake_sleepers()
         raise
 
 

@@ -7,6 +7,7 @@ from tidelog.errors import (TidelogError, LogLockedError, OffsetOutOfRangeError,
 from tidelog.log import Log, open
 from tidelog.cursor import Cursor, Record, RecordBatch
 from tidelog.replay import Replayer, LmdbView, DeterminismReport, verify_determinism
+from tidelog.tools import verify, repair, salvage
 
 __version__: str = "0.1.0"
 
@@ -14,4 +15,4 @@ __all__ = ["open", "Log", "Cursor", "Record", "RecordBatch", "TidelogError", "Lo
            "OffsetOutOfRangeError", "CorruptLogError", "LogClosedError", "LogFailedError",
            "FormatVersionError", "LogFullError", "NotALogError", "LogNotFoundError",
            "ReplicaDivergedError", "LogForkedError", "Replayer", "LmdbView", "DeterminismReport",
-           "verify_determinism", "__version__"]
+           "verify_determinism", "verify", "repair", "salvage", "__version__"]

@@ -11,33 +11,34 @@ backslash escapes for backslashes and unprintable characters (`_shown`).
 import base64
 import json
 import os
+import shlex
 import shutil
 import sys
 import tempfile
 import time
-import zlib
 
 import click
-import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
 import tidelog
-from tidelog import _args
+from tidelog import _args, lagbytes, quickbench
+from tidelog import demo as demo_story
+from tidelog.clishow import progress_bar, rate, result_table
 from tidelog.positions import POSITIONS_DIR
 from tidelog.replay import machine_call
 
 __all__ = ["main", "cli"]
 
 BATCH = 65536         # records per read_batch
-CHUNK = 10_000        # records per append_batch in demo, bench and append
+CHUNK = 10_000        # records per append_batch in `append`
 INFO_SUBSCRIBERS = 20 # subscribers `info` lists one per line (`lag` shows them all)
 DEMO_MAX = 100_000_000 # most events `demo` ingests (and records `bench` appends): ~10 GB
-LAG_SCAN_RECORDS = 5_000_000  # `lag` reads at most this many records to count bytes behind
-LAG_SCAN_BYTES = 1 << 30      # ... and about this many value bytes (~0.3 s from the page cache)
-LAG_SAMPLE = 4096             # records near the end that estimate the record size first
+LAG_SCAN_RECORDS = lagbytes.SCAN_RECORDS  # `lag` reads at most this many records to count
+LAG_SCAN_BYTES = lagbytes.SCAN_BYTES      # bytes behind, and about this many value bytes
+LAG_SAMPLE = lagbytes.SAMPLE              # records near the end that estimate the record size
 
 
 class CliError(Exception):
@@ -167,11 +168,6 @@ def _print_batches(cur, count, line):
         click.echo("\n".join(line(rec) for rec in batch))
 
 
-def _progress(console):
-    return Progress(TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=console, disable=not console.is_terminal)
-
-
 def _replayers(log):
     """Names of the subscribers that are replayers: they have a checkpoint, and their position
     moves only with their checkpointed state (reading this creates nothing)."""
@@ -203,10 +199,6 @@ def _wide_console():
     table cut to 80 columns would wrap subscriber names and times)."""
     console = Console()
     return console if console.is_terminal else Console(width=max(console.width, 200))
-
-
-def _rate(n, seconds):
-    return n / seconds if seconds > 0 else float("inf")
 
 
 _FORMAT = click.option("--format", "fmt", type=click.Choice(["text", "hex", "json"]),
@@ -347,37 +339,27 @@ def verify(ctx, path):
 
     Exit 0 when clean, 1 on damage (one line: file, byte position, offset)."""
     console = Console(stderr=True)
-    with _open_ro(path) as log:
-        start, end = log.start_offset, log.end_offset
-        cur = log.cursor(start)
-        n = 0
-        try:
-            with _progress(console) as prog:
-                task = prog.add_task("verify", total=end - start)
-                while cur.position < end:
-                    batch = cur.read_batch(min(BATCH, end - cur.position))
-                    if not len(batch):
-                        break
-                    n += len(batch)
-                    prog.advance(task, len(batch))
-        except tidelog.CorruptLogError as exc:
-            reason = str(exc).split("; run `tidelog verify")[0]
-            click.echo(f"DAMAGED file={exc.path} position={exc.position} offset={exc.offset}: "
-                       f"{reason}")
-            ctx.exit(1)
-        except tidelog.OffsetOutOfRangeError as exc:     # a segment file is missing
-            click.echo(f"DAMAGED file={log.path} position=None offset={cur.position}: {exc}")
-            ctx.exit(1)
-        if n != end - start:
-            click.echo(f"DAMAGED: read {n} records, the log claims {end - start} "
-                       f"([{start}, {end}))")
-            ctx.exit(1)
-        indexes = log._index_problems()
-    for name, bad in indexes:
+    with progress_bar(console) as prog:
+        task = []
+
+        def progress(done, total):
+            if not task:
+                task.append(prog.add_task("verify", total=total))
+            prog.update(task[0], completed=done)
+        report = tidelog.verify(path, progress=progress)
+    damage = report.damage
+    if damage is not None:
+        if damage.file is None:
+            click.echo(f"DAMAGED: {damage.reason}")
+        else:
+            click.echo(f"DAMAGED file={damage.file} position={damage.position} "
+                       f"offset={damage.offset}: {damage.reason}")
+        ctx.exit(1)
+    for name, bad in report.indexes:
         # indexes are hints: lookups still work (slower); `tidelog repair` rewrites them
         click.echo(f"index {name}: {bad} entries wrong or missing (rebuilt by `tidelog repair`)")
-    click.echo(f"ok: {n} records [{start}, {end}) verified"
-               + (f"; {len(indexes)} index file(s) to rebuild" if indexes else ""))
+    click.echo(f"ok: {report.records} records [{report.start}, {report.end}) verified"
+               + (f"; {len(report.indexes)} index file(s) to rebuild" if report.indexes else ""))
 
 
 @cli.command()
@@ -399,37 +381,19 @@ def repair(ctx, path, truncate, salvage_to):
             raise CliError("--truncate and --salvage-to exclude each other")
         if os.path.exists(salvage_to) and os.listdir(salvage_to):
             raise CliError(f"{salvage_to}: exists and is not empty")
-        kept = 0
-        gaps = []
-        expect = None
-        with tidelog.open(path, readonly=True) as src, \
-                tidelog.open(salvage_to, durability="none") as dst:
-            for rec in src._salvage():
-                if expect is not None and rec.offset != expect:
-                    gaps.append((expect, rec.offset))
-                dst.append(bytes(rec.value), key=rec.key, timestamp=rec.timestamp)
-                expect = rec.offset + 1
-                kept += 1
-            end = src.end_offset
-        if expect is not None and expect < end:
-            gaps.append((expect, end))
-        click.echo(f"salvaged {kept} records into {salvage_to}")
-        for a, b in gaps:
+        report = tidelog.salvage(path, salvage_to)
+        click.echo(f"salvaged {report.records} records into {salvage_to}")
+        for a, b in report.lost:
             click.echo(f"lost offsets [{a}, {b})")
         return
-    log = tidelog.open(path, create=False, durability="none",
-                       repair="truncate" if truncate else None)
-    try:
-        if log.repaired:
-            where, pos, off, why = log.repaired
-            click.echo(f"truncated at offset {off} ({where}, byte {pos}: {why}); "
-                       f"the log now holds [{log.start_offset}, {log.end_offset})")
-        elif truncate:
-            click.echo(f"no damaged record: the log holds [{log.start_offset}, {log.end_offset})")
-        n = log._rebuild_indexes()
-        click.echo(f"rebuilt the index files of {n} segment(s)")
-    finally:
-        log.close()
+    report = tidelog.repair(path, truncate=truncate)
+    if report.truncated:
+        where, pos, off, why = report.truncated
+        click.echo(f"truncated at offset {off} ({where}, byte {pos}: {why}); "
+                   f"the log now holds [{report.start}, {report.end})")
+    elif truncate:
+        click.echo(f"no damaged record: the log holds [{report.start}, {report.end})")
+    click.echo(f"rebuilt the index files of {report.indexes_rebuilt} segment(s)")
 
 
 @cli.command()
@@ -452,7 +416,9 @@ def lag(path, exact):
             click.echo(f"no subscribers: no named positions are stored in {log.path}")
             return
         start, end, durable = log.start_offset, log.end_offset, log.durable_offset
-        behind, problem = _bytes_behind(log, [pos for pos, _ in subs.values()], end, exact)
+        behind, problem = lagbytes.bytes_behind(log, [pos for pos, _ in subs.values()], end, exact,
+                                                 sample=LAG_SAMPLE, scan_records=LAG_SCAN_RECORDS,
+                                                 scan_bytes=LAG_SCAN_BYTES)
         replayers = _replayers(log)
     now = time.time_ns()
     lead = max((pos for pos, _ in subs.values() if pos <= end), default=None)
@@ -481,56 +447,6 @@ def lag(path, exact):
     if any(pos > end for pos, _ in subs.values()):
         click.echo("beyond end: records that subscriber had read are gone (a repair cut the log); "
                    f"rewind it with `tidelog positions {path} set NAME OFFSET`", err=True)
-
-
-def _bytes_behind(log, offsets, end, exact):
-    """({position: (value bytes in [position, end), approximate?)}, problem or None).
-
-    One pass from the lowest position serves every subscriber: read_batch stops at each
-    position, so each gets its exact share. Unless `exact`, the pass starts at most about
-    LAG_SCAN_RECORDS records / LAG_SCAN_BYTES bytes before `end` (the bytes of LAG_SAMPLE records
-    at the end estimate how many records that is); bytes further back are extrapolated from the
-    mean value size of the records read. A position below start_offset counts from there (the
-    records before it are gone); one beyond `end` gets no entry."""
-    start = log.start_offset
-    inside = sorted({max(pos, start) for pos in offsets if pos <= end})
-    if not inside:
-        return {}, None
-    lo = scan_lo = inside[0]
-    try:
-        if not exact and end - lo > LAG_SAMPLE:
-            sample = log.cursor(end - LAG_SAMPLE).read_batch(LAG_SAMPLE)   # one segment's
-            mean = sample.nbytes / len(sample) if len(sample) else 0
-            window = LAG_SCAN_RECORDS if not mean else int(LAG_SCAN_BYTES / mean)
-            scan_lo = max(lo, end - max(LAG_SAMPLE, min(LAG_SCAN_RECORDS, window)))
-        marks = [pos for pos in inside if pos >= scan_lo]
-        before = {}          # position -> value bytes in [scan_lo, position)
-        cur = log.cursor(scan_lo)
-        at, total, i = scan_lo, 0, 0
-        while True:
-            while i < len(marks) and marks[i] <= at:
-                before[marks[i]] = total
-                i += 1
-            if at >= end:
-                break
-            batch = cur.read_batch(min(BATCH, (marks[i] if i < len(marks) else end) - at))
-            if not len(batch):
-                return {}, CliError(f"the log ends at {at}, before its end offset {end}")
-            total += batch.nbytes
-            at += len(batch)
-    except (tidelog.CorruptLogError, tidelog.OffsetOutOfRangeError) as exc:
-        return {}, exc
-    mean = total / (end - scan_lo) if end > scan_lo else 0.0
-    out = {}
-    for pos in offsets:
-        if pos > end:
-            continue
-        at = max(pos, start)
-        if at >= scan_lo:
-            out[pos] = (total - before[at], False)
-        else:
-            out[pos] = (total + round((scan_lo - at) * mean), True)
-    return out, None
 
 
 @cli.group(invoke_without_command=True, subcommand_metavar="[list | set NAME OFFSET | delete NAME]")
@@ -636,32 +552,6 @@ def positions_delete(path, name):
 
 # ------------------------------------------------------------------------------- demo, bench
 
-_TYPES = (b"click", b"view", b"scroll", b"add_to_cart", b"purchase")
-_PAGES = (b"home", b"search", b"product", b"cart", b"checkout")
-_EVENT = b'{"seq":%d,"ts":%d,"user":"u%06d","type":"%s","page":"/%s/%d","x":%d,"y":%d}'
-
-
-def _events(rng, seq, n):
-    """n synthetic click events (~100 bytes of JSON each) and their keys (the user)."""
-    users = rng.integers(0, 100_000, n).tolist()
-    kinds = rng.integers(0, len(_TYPES), n).tolist()
-    pages = rng.integers(0, len(_PAGES), n).tolist()
-    items = rng.integers(0, 10_000, n).tolist()
-    xy = rng.integers(0, 2048, (2, n)).tolist()
-    ts = 1_700_000_000_000 + seq
-    values = [_EVENT % (seq + i, ts + i, u, _TYPES[k], _PAGES[p], it, x, y)
-              for i, (u, k, p, it, x, y) in enumerate(zip(users, kinds, pages, items, *xy))]
-    return values, [b"u%06d" % u for u in users]
-
-
-def _result_table(title, rows):
-    table = Table("phase", "records", "seconds", "records/s", "MB/s", title=title)
-    for name, n, nbytes, seconds in rows:
-        table.add_row(name, f"{n:,}", f"{seconds:.3f}", f"{_rate(n, seconds):,.0f}",
-                      "" if nbytes is None else f"{_rate(nbytes, seconds) / 1e6:,.1f}")
-    return table
-
-
 @cli.command()
 @click.argument("path", required=False)
 @click.option("--events", type=click.IntRange(min=1, max=DEMO_MAX), default=1_000_000,
@@ -685,190 +575,29 @@ def demo(ctx, path, events, singles):
     if path is None:
         tmp = path = tempfile.mkdtemp(prefix="tidelog-demo-")
     try:
-        t0 = time.perf_counter()
-        ok = _demo(console, path, events, singles)
-        ok = _demo_story(console, path, events) and ok
-        click.echo(f"demo took {time.perf_counter() - t0:.1f} s")
+        ok = demo_story.run(console, path, events, singles)
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-    where = "temporary, removed" if tmp is not None else "kept"
-    click.echo(f"log: {path} ({where})")
+    if tmp is not None:
+        click.echo(f"log: {path} (temporary, removed)")
+    else:
+        click.echo(f"log: {path} (kept): inspect it with `tidelog info {shlex.quote(path)}`")
     if not ok:
         ctx.exit(1)
 
 
-def _demo_story(console, path, events):
-    from tidelog import demo as story
-    rng = np.random.default_rng(7)
-    ok = True
-    with tidelog.open(path) as log:
-        wave = max(1, events // 4)
-
-        def ingest_more():
-            for lo in range(0, wave, CHUNK):
-                values, keys = _events(rng, 10 ** 9 + lo, min(CHUNK, wave - lo))
-                log.append_batch(values, keys=keys)
-        lags, got, secs, _ = story.subscribers(log, console, ingest_more)
-        info = log.position_info()
-        table = Table("subscriber", "position", "lag (records)", title="subscribers")
-        lead = max(lags, key=lambda k: -lags[k]) if lags else None
-        for name, lag in lags.items():
-            table.add_row(name + (" (leads)" if name == lead else ""), f"{info[name][0]:,}",
-                          f"{lag:,}")
-        console.print(table)
-        click.echo(f"live tail: 'indexer' followed {got:,} records while {wave:,} more were "
-                   f"appended ({secs:.2f} s), committing as it went")
-
-        r = story.replay_with_crash(log, console, rng)
-        if r["killed_after"] is None:
-            click.echo(f"replay: replayer 'counts' was already at the end ({r['end']:,}): "
-                       f"nothing to replay, so no crash to show")
-        else:
-            since = (f"its last checkpoint at {r['resumed_from']:,}" if r["checkpointed"] else
-                     f"{r['resumed_from']:,} (no checkpoint yet: where it first began)")
-            click.echo(f"replay: a replayer in a child process applied records "
-                       f"[{r['start']:,}, {r['killed_after']:,}) (checkpointing every "
-                       f"{r['every']:,}) and was killed (SIGKILL) before its next checkpoint; "
-                       f"a new one resumed from {since} and reached {r['end']:,} in "
-                       f"{r['resumed_secs']:.2f} s")
-        if r["exact"]:
-            click.echo(f"exactly once: its per-user counts ({r['total']:,} clicks; user "
-                       f"{r['top']} leads with {r['top_count']}) equal a fresh fold of the log")
-        else:
-            ok = False
-            click.echo("tidelog: demo: the resumed replayer's counts differ from a fresh fold",
-                       err=True)
-        good, t_good, bad = story.determinism(log)
-        click.echo(f"determinism: ClickCounter: {good} ({t_good:.2f} s)")
-        click.echo(f"determinism: FlakyCounter (reads state outside the log): {bad}")
-        if not good or bad:
-            ok = False
-    return ok
-
-
-def _demo(console, path, events, singles):
-    rng = np.random.default_rng(2024)
-    wcrc = kcrc = 0
-    nbytes = 0
-    t_gen = t_append = 0.0
-    with tidelog.open(path) as log:
-        first = log.end_offset
-        click.echo(f"demo: {events:,} click events (~100 B, keyed by user) into {log.path}")
-        with _progress(console) as prog:
-            task = prog.add_task("ingest", total=events)
-            for lo in range(0, events, CHUNK):
-                t0 = time.perf_counter()
-                values, keys = _events(rng, lo, min(CHUNK, events - lo))
-                t1 = time.perf_counter()
-                log.append_batch(values, keys=keys)
-                t_append += time.perf_counter() - t1
-                t_gen += t1 - t0
-                wv, wk = b"".join(values), b"".join(keys)
-                wcrc, kcrc = zlib.crc32(wv, wcrc), zlib.crc32(wk, kcrc)
-                nbytes += len(wv) + len(wk)
-                prog.advance(task, len(values))
-        t0 = time.perf_counter()
-        log.sync()
-        t_sync = time.perf_counter() - t0
-
-        rcrc = rkcrc = 0
-        n = 0
-        contiguous = True
-        crc32 = zlib.crc32
-        cur = log.cursor(first)
-        t_batches = 0.0
-        t0 = time.perf_counter()
-        with _progress(console) as prog:
-            task = prog.add_task("read + verify", total=events)
-            while n < events:
-                t1 = time.perf_counter()
-                batch = cur.read_batch(min(BATCH, events - n))
-                t_batches += time.perf_counter() - t1
-                if not len(batch):
-                    break
-                contiguous &= bool(batch.offsets[0] == first + n)
-                for v in batch.values:       # one view at a time: no garbage-collector churn
-                    rcrc = crc32(v, rcrc)
-                rkcrc = crc32(b"".join(k or b"" for k in batch.keys), rkcrc)
-                n += len(batch)
-                prog.advance(task, len(batch))
-        t_read = time.perf_counter() - t0
-
-        values, keys = _events(rng, events, singles)
-        append1 = log.append
-        t0 = time.perf_counter()
-        for v, k in zip(values, keys):
-            append1(v, key=k)
-        t_single = time.perf_counter() - t0
-        single_bytes = sum(map(len, values)) + sum(map(len, keys))
-        t0 = time.perf_counter()
-        log.sync()
-        t_single_sync = time.perf_counter() - t0
-
-    ok = n == events and contiguous and rcrc == wcrc and rkcrc == kcrc
-    rows = [("append_batch + sync", events, nbytes, t_append + t_sync),
-            ("read_batch (CRC-checked)", n, nbytes, t_batches),
-            ("read_batch + Python crc32", n, nbytes, t_read)]
-    if singles:
-        rows.append(("append (1 per call) + sync", singles, single_bytes,
-                     t_single + t_single_sync))
-    console.print(_result_table("throughput (MB/s: key + value bytes)", rows))
-    click.echo(f"(generating the events took {t_gen:.2f} s, not counted above)")
-    if ok:
-        click.echo(f"verified: {n:,} records read back, offsets contiguous, "
-                      f"crc32 values {rcrc:08x} keys {rkcrc:08x} match what was written")
-    else:
-        click.echo(f"tidelog: demo: MISMATCH: wrote {events} records (crc32 {wcrc:08x}/{kcrc:08x}), "
-                   f"read {n} (crc32 {rcrc:08x}/{rkcrc:08x}, contiguous={contiguous})", err=True)
-    return ok
-
-
 @cli.command()
-@click.option("--records", type=click.IntRange(min=CHUNK, max=DEMO_MAX), default=2_000_000,
+@click.option("--records", type=click.IntRange(min=quickbench.CHUNK, max=DEMO_MAX),
+              default=2_000_000,
               show_default=True,
               help="Records per append phase (the scan reads both).")
 @click.option("--size", type=click.IntRange(min=0), default=100, show_default=True,
               help="Value size in bytes.")
 def bench(records, size):
     """A quick benchmark (a few seconds) in a temporary directory: append, append_batch, scan."""
-    console = Console()
-    rng = np.random.default_rng(1)
-    chunk = [bytes(v) for v in rng.integers(0, 256, (CHUNK, size), dtype=np.uint8)]
-    tmp = tempfile.mkdtemp(prefix="tidelog-bench-")
-    try:
-        with tidelog.open(tmp) as log:
-            append1 = log.append
-            t0 = time.perf_counter()
-            for i in range(records):
-                append1(chunk[i % CHUNK])
-            log.sync()
-            t_single = time.perf_counter() - t0
-
-            t0 = time.perf_counter()
-            for _ in range(records // CHUNK):
-                log.append_batch(chunk)
-            log.sync()
-            t_batch = time.perf_counter() - t0
-            n_batch = records // CHUNK * CHUNK
-
-            cur = log.cursor("earliest")
-            scanned = scanned_bytes = 0
-            t0 = time.perf_counter()
-            while True:
-                batch = cur.read_batch()
-                if not len(batch):
-                    break
-                scanned += len(batch)
-                scanned_bytes += batch.nbytes
-            t_scan = time.perf_counter() - t0
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    console.print(_result_table(f"tidelog bench: {size} B values, durability=batch", [
-        ("append (1 per call) + sync", records, records * size, t_single),
-        (f"append_batch ({CHUNK:,}) + sync", n_batch, n_batch * size, t_batch),
-        ("scan via read_batch", scanned, scanned_bytes, t_scan)]))
-
+    rows = quickbench.run(records, size)
+    Console().print(result_table(f"tidelog bench: {size} B values, durability=batch", rows))
 
 # ------------------------------------------------------------------------------- replay
 
@@ -1000,7 +729,7 @@ def replay(ctx, path, spec, name, checkpoint_every, checkpoint_interval, until, 
         import signal
         why = f" (stopped by {signal.Signals(rep.stopped_by).name})"
     click.echo(f"replayed {pos - first:,} records [{first}, {pos}) in {seconds:.2f} s "
-               f"({_rate(pos - first, seconds):,.0f} records/s){why}; replayer {rep.name!r} "
+               f"({rate(pos - first, seconds):,.0f} records/s){why}; replayer {rep.name!r} "
                f"checkpointed at {pos}, lag {lag:,}")
 
 

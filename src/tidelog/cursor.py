@@ -52,7 +52,9 @@ class Cursor(_core.CursorCore):
         @property
         def log(self) -> Log: ...
 
-    def _resolve(self, where: object, name: str) -> int:
+    def resolve_offset(self, where: object, name: str = "offset") -> int:
+        """`where` (an int offset, "earliest" or "latest") as an int offset for this cursor, or
+        TypeError naming `name`. (Log.cursor uses it for its `start`.)"""
         log = self.log
         if isinstance(where, str) and where == "earliest":
             return log.start_offset
@@ -72,7 +74,7 @@ class Cursor(_core.CursorCore):
         (retention moving `start_offset` meanwhile shows on the next read)."""
         self._check_usable()
         named = offset in ("earliest", "latest") if isinstance(offset, str) else False
-        offset = self._resolve(offset, "offset")
+        offset = self.resolve_offset(offset, "offset")
         start, end = self.log.start_offset, self.log.end_offset
         if not named and not start <= offset <= end:
             raise OffsetOutOfRangeError(f"offset {offset} is outside [{start}, {end}]")
@@ -91,7 +93,7 @@ class Cursor(_core.CursorCore):
         timeout = _args.timeout(timeout)
         spin = _args.seconds(spin, "spin", allow_zero=True)
         self._check_usable()
-        woke = self.log._wait_for(self.position, self.durable_only, timeout, spin,
+        woke = self.log.wait_for(self.position, self.durable_only, timeout, spin,
                                   self._cancel_event())
         self._check_usable()            # close() from another thread ended the wait
         return woke
@@ -167,8 +169,8 @@ class Cursor(_core.CursorCore):
             raise TypeError("commit: an anonymous cursor has no stored position; open one with "
                             "log.cursor(name=...)")
         self._check_usable()
-        offset = self.log._check_commit_offset(self.position if offset is None else offset)
-        self.log._positions().put(self.name, offset)
+        offset = self.log.check_commit_offset(self.position if offset is None else offset)
+        self.log.position_store().put(self.name, offset)
         return offset
 
     # ------------------------------------------------ the shapes of Kafka consumers and sqlite3
@@ -196,7 +198,7 @@ class Cursor(_core.CursorCore):
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 return batch
-            self.log._wait_for(self.position, self.durable_only, left, DEFAULT_SPIN, cancel)
+            self.log.wait_for(self.position, self.durable_only, left, DEFAULT_SPIN, cancel)
             self._check_usable()
 
     def _cancel_event(self) -> threading.Event:
@@ -230,8 +232,8 @@ class Cursor(_core.CursorCore):
         log = self.log
         if cancel is not None:
             cancel.set()
-            if log is not None and not log.closed and not log._inherited_copy:
-                log._wake_sleepers()    # a wait asleep on a writer's log: look at once
+            if log is not None and not log.closed and not log.inherited_copy:
+                log.wake_sleepers()    # a wait asleep on a writer's log: look at once
 
     def __enter__(self) -> Self:
         self._check_usable()
@@ -310,7 +312,7 @@ class AsyncWaiter:
     def _wake(self, log: Log | None) -> None:
         self._kick.set()
         if log is not None:
-            log._wake_sleepers()
+            log.wake_sleepers()
 
     def _run(self) -> None:
         idle = False                # the last look found no task to wake
@@ -348,7 +350,7 @@ class AsyncWaiter:
                     # while this sleeps (no wake-up of this thread needed), as a follower does
                     # after each record; with nobody waiting, only for WAITER_LINGER
                     assert log is not None      # (else error was set above)
-                    log._wait_for(v, self._durable, None if self._waiting else WAITER_LINGER,
+                    log.wait_for(v, self._durable, None if self._waiting else WAITER_LINGER,
                                   0.0, self._kick)
             except BaseException as e:          # closed, or the writer failed (durable)
                 with self._cond:

@@ -1,22 +1,31 @@
-"""The `tidelog demo` story after the ingest: subscribers and their lag, a replayer building
-per-user counts, a crash of the replayer and its exact resume, and a determinism check.
+"""`tidelog demo`: the whole story the command tells, and the machines it uses.
+
+`run(console, path, events, singles)` is the command's body (the CLI only parses its options,
+picks the directory and sets the exit status): ingest synthetic click events and read them back
+(throughput, CRC-checked), two named subscribers and their lag while a second wave arrives, a
+replayer in a child process killed with SIGKILL and resumed exactly, and the determinism check
+of an honest machine and of a counter-example. Holds no state between calls.
 
 `ClickCounter` is a real machine: `tidelog replay PATH --machine tidelog.demo:ClickCounter`
 works on a demo log.
 """
 
-import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+import zlib
 
+import click
 import numpy as np
+from rich.table import Table
 
 import tidelog
+from tidelog.clishow import progress_bar, result_table
 
-__all__ = ["ClickCounter", "FlakyCounter", "subscribers", "replay_with_crash", "determinism"]
+__all__ = ["ClickCounter", "FlakyCounter", "subscribers", "replay_with_crash", "determinism",
+           "run"]
 
 USERS = 100_000           # the demo's user ids are 0 .. USERS-1, keys b"u%06d"
 KEY_LEN = 7
@@ -238,3 +247,183 @@ def determinism(log):
     bad = tidelog.verify_determinism(log, FlakyCounter, checkpoint_every=every,
                                      raise_on_divergence=False, locate_record=False)
     return good, t_good, bad
+
+
+# ------------------------------------------------------------------------------- the command
+
+CHUNK = 10_000        # events per append_batch
+BATCH = 65536         # records per read_batch
+
+
+def run(console, path, events, singles):
+    """The whole demo on the log at `path`; True when every check held."""
+    t0 = time.perf_counter()
+    ok, first = _ingest(console, path, events, singles)
+    ok = _story(console, path, events, singles, first) and ok
+    click.echo(f"demo took {time.perf_counter() - t0:.1f} s")
+    return ok
+
+
+_TYPES = (b"click", b"view", b"scroll", b"add_to_cart", b"purchase")
+_PAGES = (b"home", b"search", b"product", b"cart", b"checkout")
+_EVENT = b'{"seq":%d,"ts":%d,"user":"u%06d","type":"%s","page":"/%s/%d","x":%d,"y":%d}'
+
+
+def _click_events(rng, seq, n):
+    """n synthetic click events (~100 bytes of JSON each) and their keys (the user)."""
+    users = rng.integers(0, 100_000, n).tolist()
+    kinds = rng.integers(0, len(_TYPES), n).tolist()
+    pages = rng.integers(0, len(_PAGES), n).tolist()
+    items = rng.integers(0, 10_000, n).tolist()
+    xy = rng.integers(0, 2048, (2, n)).tolist()
+    ts = 1_700_000_000_000 + seq
+    values = [_EVENT % (seq + i, ts + i, u, _TYPES[k], _PAGES[p], it, x, y)
+              for i, (u, k, p, it, x, y) in enumerate(zip(users, kinds, pages, items, *xy))]
+    return values, [b"u%06d" % u for u in users]
+
+
+def _story(console, path, events, singles, first):
+    """After the ingest (which began at offset `first`): subscribers, the replayer's crash and
+    resume, the determinism checks. True when every check held."""
+    rng = np.random.default_rng(7)
+    ok = True
+    with tidelog.open(path) as log:
+        wave = max(1, events // 4)
+
+        def ingest_more():
+            for lo in range(0, wave, CHUNK):
+                values, keys = _click_events(rng, 10 ** 9 + lo, min(CHUNK, wave - lo))
+                log.append_batch(values, keys=keys)
+        click.echo(f"subscribers: two named cursors read while a second wave of {wave:,} events "
+                   f"is appended")
+        lags, got, secs, before = subscribers(log, console, ingest_more)
+        info = log.position_info()
+        end = log.end_offset
+        table = Table("subscriber", "position", "lag (records)", title="subscribers")
+        lead = max(lags, key=lambda k: -lags[k]) if lags else None
+        for name, lag in lags.items():
+            table.add_row(name + (" (leads)" if name == lead else ""), f"{info[name][0]:,}",
+                          f"{lag:,}")
+        console.print(table)
+        ingested = f"{before - first:,} ingested above"
+        if singles:
+            ingested += f" ({before - first - singles:,} in batches + {singles:,} one per call)"
+        start = log.start_offset
+        earlier = f"{first - start:,} from earlier runs, " if first > start else ""
+        click.echo(f"the log now holds {len(log):,} records: {earlier}{ingested}, and the "
+                   f"second wave of {end - before:,}")
+        indexer, mailer = info["indexer"][0], info["mailer"][0]
+        click.echo(f"live tail: 'indexer' followed the log from offset {indexer - got:,} and read "
+                   f"{got:,} records, the second wave included as it was appended ({secs:.2f} s), "
+                   f"committing as it went: lag {end - indexer:,}")
+        click.echo(f"slow consumer: 'mailer' does some work per batch; it read a quarter of "
+                   f"what was waiting for it and committed at {mailer:,}: lag {end - mailer:,}")
+
+        r = replay_with_crash(log, console, rng)
+        if r["killed_after"] is None:
+            click.echo(f"replay: replayer 'counts' was already at the end ({r['end']:,}): "
+                       f"nothing to replay, so no crash to show")
+        else:
+            since = (f"its last checkpoint at {r['resumed_from']:,}" if r["checkpointed"] else
+                     f"{r['resumed_from']:,} (no checkpoint yet: where it first began)")
+            click.echo(f"replay: a replayer in a child process applied records "
+                       f"[{r['start']:,}, {r['killed_after']:,}) (checkpointing every "
+                       f"{r['every']:,}) and was killed (SIGKILL) before its next checkpoint; "
+                       f"a new one resumed from {since} and reached {r['end']:,} in "
+                       f"{r['resumed_secs']:.2f} s")
+        if r["exact"]:
+            click.echo(f"exactly once: its per-user counts ({r['total']:,} clicks; user "
+                       f"{r['top']} leads with {r['top_count']}) equal a fresh fold of the log")
+        else:
+            ok = False
+            click.echo("tidelog: demo: the resumed replayer's counts differ from a fresh fold",
+                       err=True)
+        good, t_good, bad = determinism(log)
+        click.echo(f"determinism: ClickCounter: {good} ({t_good:.2f} s)")
+        click.echo("counter-example: FlakyCounter breaks the rule on purpose: its apply() also "
+                   "counts the calls this process has made (state outside the log, as a clock "
+                   "or a global would be), so two replicas fed the same records end in "
+                   "different states; verify_determinism must catch it:")
+        click.echo(f"determinism: FlakyCounter (reads state outside the log): {bad}")
+        if not good or bad:
+            ok = False
+            if bad:
+                click.echo("tidelog: demo: the counter-example was not caught", err=True)
+    return ok
+
+
+def _ingest(console, path, events, singles):
+    rng = np.random.default_rng(2024)
+    wcrc = kcrc = 0
+    nbytes = 0
+    t_gen = t_append = 0.0
+    with tidelog.open(path) as log:
+        first = log.end_offset
+        click.echo(f"demo: {events:,} click events (~100 B, keyed by user) into {log.path}")
+        with progress_bar(console) as prog:
+            task = prog.add_task("ingest", total=events)
+            for lo in range(0, events, CHUNK):
+                t0 = time.perf_counter()
+                values, keys = _click_events(rng, lo, min(CHUNK, events - lo))
+                t1 = time.perf_counter()
+                log.append_batch(values, keys=keys)
+                t_append += time.perf_counter() - t1
+                t_gen += t1 - t0
+                wv, wk = b"".join(values), b"".join(keys)
+                wcrc, kcrc = zlib.crc32(wv, wcrc), zlib.crc32(wk, kcrc)
+                nbytes += len(wv) + len(wk)
+                prog.advance(task, len(values))
+        t0 = time.perf_counter()
+        log.sync()
+        t_sync = time.perf_counter() - t0
+
+        rcrc = rkcrc = 0
+        n = 0
+        contiguous = True
+        crc32 = zlib.crc32
+        cur = log.cursor(first)
+        t_batches = 0.0
+        t0 = time.perf_counter()
+        with progress_bar(console) as prog:
+            task = prog.add_task("read + verify", total=events)
+            while n < events:
+                t1 = time.perf_counter()
+                batch = cur.read_batch(min(BATCH, events - n))
+                t_batches += time.perf_counter() - t1
+                if not len(batch):
+                    break
+                contiguous &= bool(batch.offsets[0] == first + n)
+                for v in batch.values:       # one view at a time: no garbage-collector churn
+                    rcrc = crc32(v, rcrc)
+                rkcrc = crc32(b"".join(k or b"" for k in batch.keys), rkcrc)
+                n += len(batch)
+                prog.advance(task, len(batch))
+        t_read = time.perf_counter() - t0
+
+        values, keys = _click_events(rng, events, singles)
+        append1 = log.append
+        t0 = time.perf_counter()
+        for v, k in zip(values, keys):
+            append1(v, key=k)
+        t_single = time.perf_counter() - t0
+        single_bytes = sum(map(len, values)) + sum(map(len, keys))
+        t0 = time.perf_counter()
+        log.sync()
+        t_single_sync = time.perf_counter() - t0
+
+    ok = n == events and contiguous and rcrc == wcrc and rkcrc == kcrc
+    rows = [("append_batch + sync", events, nbytes, t_append + t_sync),
+            ("read_batch (CRC-checked)", n, nbytes, t_batches),
+            ("read_batch + Python crc32", n, nbytes, t_read)]
+    if singles:
+        rows.append(("append (1 per call) + sync", singles, single_bytes,
+                     t_single + t_single_sync))
+    console.print(result_table("throughput (MB/s: key + value bytes)", rows))
+    click.echo(f"(generating the events took {t_gen:.2f} s, not counted above)")
+    if ok:
+        click.echo(f"verified: {n:,} records read back, offsets contiguous, "
+                      f"crc32 values {rcrc:08x} keys {rkcrc:08x} match what was written")
+    else:
+        click.echo(f"tidelog: demo: MISMATCH: wrote {events} records (crc32 {wcrc:08x}/{kcrc:08x}), "
+                   f"read {n} (crc32 {rcrc:08x}/{rkcrc:08x}, contiguous={contiguous})", err=True)
+    return ok, first

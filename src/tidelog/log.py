@@ -15,7 +15,7 @@ from tidelog.errors import LogClosedError, LogFailedError, OffsetOutOfRangeError
 from tidelog.positions import POSITIONS_DIR, PositionStore, check_name
 
 if TYPE_CHECKING:
-    from typing import Any, NoReturn, SupportsIndex
+    from typing import Any, Iterator, NoReturn, SupportsIndex
 
     from typing_extensions import Self, TypeAlias
 
@@ -287,7 +287,7 @@ class Log(_core.LogCore):
         cur = Cursor.__new__(Cursor)
         cur._init(self, self.start_offset, bool(durable_only))
         cur.name = name
-        store = None if name is None else self._positions(create=False)
+        store = None if name is None else self.position_store(create=False)
         stored = None if store is None or name is None else store.get(name)
         if stored is not None:
             position = stored[0]
@@ -301,17 +301,18 @@ class Log(_core.LogCore):
             cur._set_position(position)    # below start_offset: its next read says so
         else:
             named = isinstance(start, str) and start in ("earliest", "latest")
-            cur.seek(start if named else cur._resolve(start, "start"))
+            cur.seek(start if named else cur.resolve_offset(start, "start"))
         return cur
 
     @overload
-    def _positions(self, create: Literal[True] = True) -> PositionStore: ...
+    def position_store(self, create: Literal[True] = True) -> PositionStore: ...
     @overload
-    def _positions(self, create: bool) -> PositionStore | None: ...
+    def position_store(self, create: bool) -> PositionStore | None: ...
 
-    def _positions(self, create: bool = True) -> PositionStore | None:
-        """The positions store (LMDB), opened on first use; None when there is none yet and
-        create is False (reading positions never creates the store)."""
+    def position_store(self, create: bool = True) -> PositionStore | None:
+        """The positions store (a tidelog.positions.PositionStore in LMDB), opened on first use;
+        None when there is none yet and create is False (reading positions never creates the
+        store). For tidelog's own modules (named cursors, replayers): not advertised."""
         if self._store is None:
             with self._store_lock:
                 if self.closed:
@@ -322,7 +323,11 @@ class Log(_core.LogCore):
                     self._store = PositionStore(self.path)
         return self._store
 
-    def _check_commit_offset(self, offset: SupportsIndex, what: str = "offset") -> int:
+    _positions = position_store     # the older spelling (tests reach the store through it)
+
+    def check_commit_offset(self, offset: SupportsIndex, what: str = "offset") -> int:
+        """`offset` as an int if a position may be committed there: in [start_offset,
+        durable_offset]; else TypeError/ValueError naming `what`. (Named cursors use it.)"""
         offset = _args.offset(offset, what)
         start, durable = self.start_offset, self.durable_offset
         if not start <= offset <= durable:
@@ -337,14 +342,14 @@ class Log(_core.LogCore):
         """{name: position} of every named subscriber (replayers included)."""
         if self.closed:
             raise LogClosedError(f"{self.path}: the log is closed")
-        store = self._positions(create=False)
+        store = self.position_store(create=False)
         return {} if store is None else {k: v[0] for k, v in sorted(store.all().items())}
 
     def position_info(self) -> dict[str, tuple[int, int]]:
         """{name: (position, commit time in ns since the epoch)} of every subscriber."""
         if self.closed:
             raise LogClosedError(f"{self.path}: the log is closed")
-        store = self._positions(create=False)
+        store = self.position_store(create=False)
         return {} if store is None else dict(sorted(store.all().items()))
 
     def lag(self) -> dict[str, int]:
@@ -357,14 +362,14 @@ class Log(_core.LogCore):
         """Store `offset` as subscriber `name`'s position (an operator rewinding or skipping a
         consumer); it must lie in [start_offset, durable_offset]."""
         check_name(name)
-        self._positions().put(name, self._check_commit_offset(offset))
+        self.position_store().put(name, self.check_commit_offset(offset))
 
     def delete_position(self, name: str) -> None:
         """Forget subscriber `name`. KeyError if it has no position."""
         if self.closed:
             raise LogClosedError(f"{self.path}: the log is closed")
         check_name(name, existing=True)      # also one an older tidelog let in
-        store = self._positions(create=False)
+        store = self.position_store(create=False)
         if store is None or not store.delete(name):
             raise KeyError(f"no subscriber named {name!r} in {self.path}")
 
@@ -373,6 +378,30 @@ class Log(_core.LogCore):
         if self.closed:
             raise LogClosedError(f"{self.path}: the log is closed")
         return self._segment_info()
+
+    # -------------------------------------------------------------- for tidelog's own modules
+    # Public names for what cursors and the operator tools (tidelog.tools) need from the core;
+    # documented, not advertised. The core still spells these with an underscore.
+
+    wait_for = _core.LogCore._wait_for              # (position, durable, timeout, spin, cancel)
+    wake_sleepers = _core.LogCore._wake_sleepers
+    inherited_copy = _core.LogCore._inherited_copy  # True in a fork() child for a parent's Log
+
+    def index_problems(self) -> list[tuple[str, int]]:
+        """[(index file, entries that disagree with the frames)] of the segments whose .idx or
+        .tix is missing, damaged or wrong (indexes are hints: lookups still work, slower). Reads
+        every frame's length, not its CRC (`tidelog verify`)."""
+        return self._index_problems()
+
+    def rebuild_indexes(self) -> int:
+        """Rewrite the index files of every sealed segment whose indexes disagree with its
+        frames; returns how many segments it rewrote. Needs the writer (`tidelog repair`)."""
+        return self._rebuild_indexes()
+
+    def salvage(self) -> Iterator[_core.Record]:
+        """Yield every CRC-valid record in offset order, skipping damage (offsets may then have
+        gaps): an operator's last resort (`tidelog repair --salvage-to`)."""
+        return self._salvage()
 
     def read_batch(self, offset: SupportsIndex, max_records: SupportsIndex = 65536, *,
                    max_bytes: SupportsIndex | None = None) -> _core.RecordBatch:

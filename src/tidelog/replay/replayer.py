@@ -1,83 +1,39 @@
-"""Replay driver: turn a log into state exactly once, and check that replicas agree.
+"""Replayer: the run loop, its checkpoints and the fence against a second replayer of a name.
 
-A *machine* is a deterministic state machine: the same records applied in the same order give the
-same state (no clocks, no randomness, no I/O in `apply`). Two kinds:
-
-- a snapshot machine, any object with ``apply(record)``, ``snapshot() -> bytes`` and
-  ``restore(snapshot)`` (optionally ``apply_batch(batch)``, which then gets whole
-  `RecordBatch`es: one call per up to 65536 records, for numpy folds; and ``digest() -> bytes``
-  to replace the default digest, blake2b of the snapshot);
-- an `LmdbView`, a materialized view whose state is key/values in an LMDB database:
-  ``apply(record, txn)`` (optionally ``apply_batch(batch, txn)``, ``digest(txn)``) writes through
-  `txn`, the very write transaction that commits the position, so there is no snapshot blob.
-
-`Replayer` reads durable records only (``offset < log.durable_offset``), so a checkpoint never
-covers a record that a power loss could take back.
-
-Storage: the log's positions environment (``<log>/positions``, LMDB with sync on, shared with
-named cursors), one write transaction per checkpoint::
-
-    positions     name -> position   (so log.positions() and log.lag() list replayers)
-    checkpoints   name -> header (format, kind, position, digest, replica progress)
-                  name NUL "snapshot" -> the snapshot (none for a view)
-    digests       name NUL offset (8 bytes, big-endian) -> digest of the state at that offset
-    view:<name>   an LmdbView's key/values
-
-Exactly once. The state (snapshot, or the view's writes) and the position that produced it commit
-in one transaction; LMDB makes the commit atomic and durable. A crash at any moment leaves the
-last committed pair; a new Replayer of the same name restores it and resumes at its position, so
-every record's effect is in the state exactly once. A view's writes since the last checkpoint sit
-in an open write transaction that a crash aborts. Two live replayers of one name would undo that
-guarantee, so each checkpoint (and each view transaction) first checks that the stored checkpoint
-is still the one this replayer restored or wrote, and raises `TidelogError` otherwise.
-
-Side effects outside the state (e-mails, HTTP calls, another database) cannot join the LMDB
-transaction, so they happen at least once, and are made idempotent by keying them on the record's
-offset (with the replayer's name: ``f"{name}:{record.offset}"``), which names the same effect in
-every replay of the record:
-
-- pass the key to a receiver that deduplicates on it (an idempotency key, an upsert keyed on it);
-- or keep an outbox: an LmdbView's `apply` writes the pending effect into its view under the
-  offset (committed exactly once, with the position), and a separate sender delivers the outbox
-  entries in order and deletes each after the receiver acknowledged it; a crash between delivery
-  and deletion redelivers with the same key, which the receiver drops.
-
-Never perform the effect inside `apply` itself: `apply` runs again for every record after the
-last checkpoint when a replayer resumes, and in every replica.
-
-Checkpoints fall at offsets that are multiples of `checkpoint_every` (plus where `run` returns,
-where `checkpoint_interval` elapses, and, for views, where a following replayer is caught up), so
-two replicas with the same `checkpoint_every` checkpoint at the same offsets. Each checkpoint
-records a digest of the state there. A replayer declared ``replica_of="other"`` compares its
-digests with the other's at every common offset, in order, as each checkpoint commits, and raises
-`ReplicaDivergedError` naming the first offset where they differ (the checkpoint is not stored).
-`verify_determinism(log, factory)` runs two fresh replicas side by side without storing anything
-and reports the first difference, down to the record when a record-by-record re-run shows it.
+Owns a Replayer's state: its cursor (the position), the view's open write transaction between
+checkpoints, the replica's verified/agreed offsets, an ephemeral replayer's in-memory digests,
+and the stop/brake flags. Only run() and checkpoint() (one thread) change it, except `_brake`
+and `stop()`, which any thread or a signal handler may call: they only set flags. Each
+checkpoint (and a view's first write after one) first checks, in the same write transaction,
+that the stored checkpoint is still the one this replayer restored or wrote (`_fence`). The GIL
+is released inside the cursor's waits and reads (tidelog._core) and inside LMDB calls; a
+machine's apply runs Python code that may do anything, which is why a failure leaves the
+Replayer unusable.
 """
 
 from __future__ import annotations
 
 import bisect
-import hashlib
 import signal
-import struct
 import threading
 import time
-from dataclasses import dataclass
 from itertools import islice
-from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional
+from typing import TYPE_CHECKING, Any, Callable
 
 from tidelog import _args, _core, lmdbenv
-from tidelog.errors import (LogClosedError, OffsetOutOfRangeError, ReplicaDivergedError,
-                            TidelogError)
+from tidelog.errors import OffsetOutOfRangeError, TidelogError
 from tidelog.positions import check_name
+from tidelog.replay.checkpoint import (CHECKPOINTS_DB, DIGEST_SIZE, DIGESTS_DB, FORMAT, HEADER,
+                                       KIND_NAMES, KIND_SNAPSHOT, KIND_VIEW, MAGIC, NO_DIGEST,
+                                       OFFSET, SNAPSHOT_SUFFIX, VIEW_DB_PREFIX, as_bytes,
+                                       digest_of, digest_key, stored_digests, unpack_header)
+from tidelog.replay.compare import compare_digests
+from tidelog.replay.machine import blame, check_machine
+from tidelog.replay.store import check_log, delete_replayer
+
 
 if TYPE_CHECKING:
     from tidelog.log import Log
-
-__all__ = ["Replayer", "LmdbView", "verify_determinism", "DeterminismReport", "Checkpoint",
-           "check_replica", "delete_replayer", "read_view", "replayers", "MachineCall",
-           "machine_call"]
 
 CHUNK_RECORDS = 16384          # records per step of the per-record loop (progress is called
                                # after each step); stop(), signals and checkpoint_interval end a
@@ -86,253 +42,6 @@ BATCH_RECORDS = 65536          # at most this many records per apply_batch call 
 IDLE_WAIT = 0.05               # seconds a following replayer waits for records between looks
                                # at stop()
 PROGRESS_EVERY = 0.1           # seconds: a per-record step that runs longer is cut for progress()
-DIGEST_SIZE = 16               # bytes of blake2b: an accidental collision is out of reach
-CHECKPOINTS_DB = "checkpoints"
-DIGESTS_DB = "digests"
-VIEW_DB_PREFIX = "view:"
-HEADER = struct.Struct("<4sBBHqqqqq16s")   # magic, format, kind, length of replica_of,
-                                            # position, verified through, last agreement,
-                                            # commit time ns, checkpoint_every, digest; then
-                                            # replica_of (utf-8)
-SNAPSHOT_SUFFIX = b"\0snapshot"   # names hold no NUL: no name's key looks like this
-MAGIC = b"TLRP"
-FORMAT = 1
-KIND_SNAPSHOT, KIND_VIEW = 0, 1
-KIND_NAMES = {KIND_SNAPSHOT: "snapshot machine", KIND_VIEW: "LmdbView"}
-NO_DIGEST = bytes(DIGEST_SIZE)
-OFFSET = struct.Struct(">q")    # big-endian, so a name's digests sort by offset
-
-
-class LmdbView:
-    """Base class of a machine whose state is a materialized view: key/values in its own LMDB
-    database (``view:<name>`` in the log's positions environment), written in the same write
-    transaction that commits the replayer's position: exactly-once effects, no snapshot.
-
-    Define ``apply(self, record, txn)``; optionally ``apply_batch(self, batch, txn)`` (then
-    called instead, with RecordBatches) and ``digest(self, txn) -> bytes``. `txn` is an lmdb
-    write Transaction whose default database is this view's: ``txn.get(key)``,
-    ``txn.put(key, value)``, ``txn.delete(key)``, ``txn.cursor()`` read and write the view (and
-    see the writes of earlier records not yet checkpointed). Don't commit or abort it, and don't
-    keep it, or values read through it, past the call. `self.db` is the view's database handle.
-
-    The default digest hashes every key and value (one pass over the view per checkpoint);
-    override `digest` for a large view (for instance keep a running hash of what apply writes, in
-    the view itself). Read a view from elsewhere with `Replayer.read()` or
-    ``tidelog.replay.read_view(log, name)``.
-    """
-
-    db = None
-
-    def apply(self, record: _core.Record, txn: Any) -> None:
-        raise NotImplementedError(f"{type(self).__name__}.apply(record, txn)")
-
-    def digest(self, txn: Any) -> bytes:
-        """blake2b of every (key, value) of the view, in key order, length-prefixed."""
-        h = hashlib.blake2b(digest_size=DIGEST_SIZE)
-        update = h.update
-        for k, v in txn.cursor(db=self.db).iternext():
-            update(len(k).to_bytes(4, "little"))
-            update(k)
-            update(len(v).to_bytes(8, "little"))
-            update(v)
-        return h.digest()
-
-
-@dataclass(frozen=True)
-class DeterminismReport:
-    """What verify_determinism found. True (as a bool) when the replicas agreed throughout."""
-    deterministic: bool
-    start: int                  # the first record replayed
-    end: int                    # where the comparison stopped (the divergence, or the end)
-    checkpoints: int            # digests compared
-    checkpoint_every: int
-    offset: Optional[int] = None    # first checkpoint offset whose digests differ
-    since: Optional[int] = None     # last checkpoint offset where they agreed
-    record: Optional[int] = None    # the first record after which a re-run's states differ
-
-    def __bool__(self) -> bool:
-        return self.deterministic
-
-    def __str__(self):
-        if self.deterministic:
-            return (f"deterministic: two replicas agree at all {self.checkpoints} checkpoints "
-                    f"over [{self.start}, {self.end}) (every {self.checkpoint_every} records)")
-        since = "no earlier checkpoint" if self.since is None else f"agreed at {self.since}"
-        where = (f"; record {self.record} is the first whose effect differs"
-                 if self.record is not None else "")
-        return (f"NOT deterministic: the replicas' states differ at checkpoint offset "
-                f"{self.offset} ({since}){where}")
-
-
-def _check_log(log):
-    from tidelog.log import Log
-    if not isinstance(log, Log):
-        raise TypeError(f"log: expected a tidelog.Log (from tidelog.open), not "
-                        f"{type(log).__name__}")
-    if log.closed:
-        raise LogClosedError(f"{log.path}: the log is closed")
-
-
-def _check_machine(machine, what="machine"):
-    if isinstance(machine, type):
-        raise TypeError(f"{what}: expected a machine object, not the class {machine.__name__} "
-                        f"(pass an instance: {machine.__name__}())")
-    view = isinstance(machine, LmdbView)
-    needed = ("apply",) if view else ("apply", "snapshot", "restore")
-    for method in needed:
-        if not callable(getattr(machine, method, None)):
-            raise TypeError(
-                f"{what}: {type(machine).__name__} has no {method}() method; a machine needs "
-                f"apply(record), snapshot() and restore(snapshot), or subclasses "
-                f"tidelog.LmdbView and defines apply(record, txn)")
-    if view and type(machine).apply is LmdbView.apply:
-        raise TypeError(f"{what}: {type(machine).__name__} does not define apply(record, txn)")
-    return view
-
-
-def _as_bytes(value, what):
-    if isinstance(value, bytes):
-        return value
-    try:
-        view = memoryview(value)
-    except TypeError:
-        raise TypeError(f"{what}: expected bytes, not {type(value).__name__}") from None
-    if "O" in view.format:      # Python object pointers (a numpy object array): not state
-        raise TypeError(f"{what}: expected bytes, not a buffer of Python objects "
-                        f"({type(value).__name__} of format {view.format!r})")
-    return bytes(view)
-
-
-def _digest_of(machine, view, snap=None, txn=None):
-    """The digest of a machine's state: its digest() when it has one, else blake2b of snap."""
-    if view:
-        d = machine.digest(txn)
-    else:
-        custom = getattr(machine, "digest", None)
-        if custom is not None:
-            d = custom()
-        else:
-            return hashlib.blake2b(snap, digest_size=DIGEST_SIZE).digest()
-    d = _as_bytes(d, "digest()")
-    if len(d) != DIGEST_SIZE:      # any length is fine: fold it to the stored size
-        d = hashlib.blake2b(d, digest_size=DIGEST_SIZE).digest()
-    return d
-
-
-class MachineCall(NamedTuple):
-    """Where a replay machine's own code raised: the exception carries this as
-    ``exc.tidelog_machine_call`` (and, on Python 3.11+, as a note in its traceback)."""
-    machine: str                # the machine's class name
-    method: str                 # "apply", "apply_batch", "snapshot", "digest" or "restore"
-    offset: Optional[int]       # the record (apply), the batch's first record (apply_batch),
-                                # or the checkpoint's offset (snapshot, digest, restore)
-    where: str                  # e.g. "at record offset 650"
-    replayer: Optional[str]     # the replayer's name (None: ephemeral)
-
-    def __str__(self):
-        who = "" if self.replayer is None else f" (replayer {self.replayer!r})"
-        return f"{self.machine}.{self.method}() raised {self.where}{who}"
-
-
-def machine_call(exc):
-    """The MachineCall of an exception raised by a replay machine's method, else None."""
-    call = getattr(exc, "tidelog_machine_call", None)
-    return call if isinstance(call, MachineCall) else None
-
-
-def _blame(exc, machine, method, offset, where, replayer):
-    """Mark `exc`, raised by machine.<method>, with the method and the record offset; the
-    exception itself propagates unchanged (its type is the machine's business)."""
-    if machine_call(exc) is not None or isinstance(exc, KeyboardInterrupt):
-        return                              # said already (innermost call), or not its doing
-    call = MachineCall(type(machine).__name__, method, offset, where, replayer)
-    try:
-        exc.tidelog_machine_call = call
-    except (AttributeError, TypeError):     # an exception type without a __dict__
-        return
-    if hasattr(exc, "add_note"):
-        exc.add_note(f"tidelog: {call}")
-
-
-class Checkpoint(NamedTuple):
-    """A replayer's stored checkpoint, as replayers(log) lists them."""
-    kind: str                   # "snapshot" or "view"
-    position: int
-    time_ns: int                # when it was committed (ns since the epoch)
-    checkpoint_every: int
-    digest: Optional[bytes]     # of the state at `position` (None: digests=False)
-    replica_of: Optional[str]
-    agreed: Optional[int]       # a replica's last offset of agreement with replica_of
-    verified: int               # ... and how far it has compared (-1: not yet)
-
-
-def _unpack(raw):
-    """The Checkpoint of a stored header."""
-    if raw is None or len(raw) < HEADER.size:
-        raise TidelogError("replayer checkpoint: truncated header")
-    magic, fmt, kind, rlen, pos, verified, agreed, t, every, digest = HEADER.unpack_from(raw)
-    if magic != MAGIC or fmt != FORMAT or kind not in KIND_NAMES:
-        raise TidelogError(f"replayer checkpoint: unknown format (magic {magic!r}, format {fmt}, "
-                           f"kind {kind}); written by a newer tidelog?")
-    ref = bytes(raw[HEADER.size:HEADER.size + rlen]).decode("utf-8") if rlen else None
-    return Checkpoint("view" if kind == KIND_VIEW else "snapshot", pos, t, every,
-                      None if digest == NO_DIGEST else bytes(digest), ref,
-                      None if agreed < 0 else agreed, verified)
-
-
-def _dkey(prefix, offset):
-    return prefix + OFFSET.pack(offset)
-
-
-def _stored_digests(txn, db, prefix, start):
-    """(offset, digest) of the name whose digest keys start with `prefix`, from offset `start`."""
-    cur = txn.cursor(db=db)
-    if not cur.set_range(_dkey(prefix, max(start, 0))):
-        return
-    n = len(prefix)
-    for k, v in cur.iternext():
-        if not k.startswith(prefix) or len(k) != n + 8:
-            return
-        yield OFFSET.unpack_from(k, n)[0], v
-
-
-def _compare(txn, cp_db, dg_db, own, name, reference, verified, agreed, upto):
-    """Compare `own` digests ((offset, digest) ascending, offsets > verified) with those of
-    `reference` up to offset `upto`; returns the new (verified, agreed) and how many offsets were
-    compared; ReplicaDivergedError at
-    the first difference. An offset the reference has passed without a digest there is skipped;
-    one it has not reached yet stops the comparison (to be resumed later)."""
-    ref = check_name(reference, "replica_of")
-    raw = txn.get(ref, db=cp_db)
-    ref_pos = None if raw is None else _unpack(raw).position
-    prefix = ref + b"\0"
-    compared = 0
-    for off, digest in own:
-        if off > upto:
-            break
-        if off <= verified:
-            continue
-        theirs = txn.get(_dkey(prefix, off), db=dg_db)
-        if theirs is None:
-            if ref_pos is None or ref_pos < off:
-                break
-            verified = off
-            continue
-        if bytes(theirs) != bytes(digest):
-            who = "an unnamed replica" if name is None else f"replica {name!r}"
-            since = "never agreed before" if agreed < 0 else f"last agreed at {agreed}"
-            lo = max(agreed, 0)
-            raise ReplicaDivergedError(
-                f"{who} diverged from {reference!r} at checkpoint offset {off}: the state after "
-                f"the records below {off} has digest {bytes(digest).hex()}, {reference!r} had "
-                f"{bytes(theirs).hex()} ({since}; the first differing record lies in "
-                f"[{lo}, {off})). A machine must not read clocks, random numbers or anything "
-                f"outside its records: check with tidelog.verify_determinism(log, factory)",
-                offset=off, since=None if agreed < 0 else agreed, name=name, reference=reference,
-                digest=bytes(digest), expected=bytes(theirs))
-        verified = agreed = off
-        compared += 1
-    return (verified, agreed), compared
 
 
 def _raised_by_core(exc):
@@ -416,8 +125,8 @@ class Replayer:
                  checkpoint_every: int = 100_000, checkpoint_interval: float | None = None,
                  replica_of: str | None = None, digests: bool = True,
                  digest_history: int | None = None) -> None:
-        _check_log(log)
-        view = _check_machine(machine)
+        check_log(log)
+        view = check_machine(machine)
         name_b = None if name is None else check_name(name, "name")
         checkpoint_every = _args.count(checkpoint_every, "checkpoint_every")
         checkpoint_interval = _args.seconds(checkpoint_interval, "checkpoint_interval",
@@ -469,7 +178,7 @@ class Replayer:
         self._store = None
         self._tmp_env = None            # an ephemeral view's scratch environment
         if name is not None or replica_of is not None:
-            self._store = store = log._positions()
+            self._store = store = log.position_store()
             if store.shared.locked and store.writable:
                 store.env.reader_check()    # free reader slots of killed processes
             self._open_dbs()
@@ -538,7 +247,7 @@ class Replayer:
                     f"name: {name!r} is the position of a named cursor, not a replayer "
                     f"(pick another name, or log.delete_position({name!r}) first)")
             return start
-        cp = _unpack(raw)
+        cp = unpack_header(raw)
         kind, cp_pos = (KIND_VIEW if cp.kind == "view" else KIND_SNAPSHOT), cp.position
         if pos is None:
             # log.delete_position(name) forgot this replayer: start over, clearing what is left
@@ -566,7 +275,7 @@ class Replayer:
             try:
                 self.machine.restore(snap)
             except BaseException as exc:
-                _blame(exc, self.machine, "restore", cp_pos,
+                blame(exc, self.machine, "restore", cp_pos,
                        f"restoring the checkpoint at offset {cp_pos}", name)
                 raise
         self._checkpointed = cp_pos
@@ -593,7 +302,19 @@ class Replayer:
         if self.name is None:
             return dict(self._mem_digests)
         return self._store.read(lambda txn: {o: bytes(d) for o, d in
-                                             _stored_digests(txn, self._dg_db, self._prefix, 0)})
+                                             stored_digests(txn, self._dg_db, self._prefix, 0)})
+
+    @property
+    def last_digest(self) -> tuple[int, bytes] | None:
+        """(offset, digest) of an ephemeral replayer's latest checkpoint, kept in memory (None
+        before the first one, or for a named replayer: see digests())."""
+        return self._mem_digests[-1] if self._mem_digests else None
+
+    @property
+    def last_snapshot(self) -> bytes | None:
+        """The snapshot an ephemeral snapshot-machine replayer took at its latest checkpoint
+        (None before the first one, for a view, or for a named replayer)."""
+        return self._last_snapshot
 
     def __repr__(self):
         name = "(ephemeral)" if self.name is None else repr(self.name)
@@ -786,7 +507,7 @@ class Replayer:
                     else:
                         batch_fn(batch, txn)
                 except BaseException as exc:
-                    _blame(exc, machine, "apply_batch", at,
+                    blame(exc, machine, "apply_batch", at,
                            f"in the batch of records [{at}, {at + k})", self.name)
                     raise
                 n -= k
@@ -808,7 +529,7 @@ class Replayer:
             except BaseException as exc:
                 if not _raised_by_core(exc):        # the cursor's errors are not the machine's
                     at = cur.position - 1
-                    _blame(exc, machine, "apply", at, f"at record offset {at}", self.name)
+                    blame(exc, machine, "apply", at, f"at record offset {at}", self.name)
                 raise
         if cur.position != stop and not braked:
             raise TidelogError(f"replayer {self.name!r}: stopped at {cur.position} short of "
@@ -833,7 +554,7 @@ class Replayer:
         """Raise unless the stored checkpoint and position are still the ones this replayer
         restored or wrote (another replayer of the same name would double-apply records)."""
         raw = txn.get(self._name_b, db=self._cp_db)
-        stored = None if raw is None else _unpack(raw).position
+        stored = None if raw is None else unpack_header(raw).position
         pos = self._store.get(self.name, txn)
         if stored != self._checkpointed or (pos is not None and pos[0] != stored) or (
                 pos is None and stored is not None):
@@ -866,11 +587,11 @@ class Replayer:
         m = self.machine
         method = "snapshot"
         try:
-            snap = _as_bytes(m.snapshot(), "snapshot()")
+            snap = as_bytes(m.snapshot(), "snapshot()")
             method = "digest"
-            digest = _digest_of(m, False, snap) if self.record_digests else None
+            digest = digest_of(m, False, snap) if self.record_digests else None
         except BaseException as exc:
-            _blame(exc, m, method, pos, f"at the checkpoint at offset {pos}", self.name)
+            blame(exc, m, method, pos, f"at the checkpoint at offset {pos}", self.name)
             raise
         if self.name is None:
             self._remember(pos, digest)
@@ -889,10 +610,10 @@ class Replayer:
             txn = self._begin()
             try:
                 try:
-                    digest = (_digest_of(self.machine, True, txn=txn) if self.record_digests
+                    digest = (digest_of(self.machine, True, txn=txn) if self.record_digests
                               else None)
                 except BaseException as exc:
-                    _blame(exc, self.machine, "digest", pos, f"at the checkpoint at offset {pos}",
+                    blame(exc, self.machine, "digest", pos, f"at the checkpoint at offset {pos}",
                            self.name)
                     raise
                 if self.name is None:
@@ -931,7 +652,7 @@ class Replayer:
         (verified, agreed) of a replica, to take effect once txn commits."""
         verified = (self._verified, self._agreed)
         if digest is not None:
-            txn.put(_dkey(self._prefix, pos), digest, db=self._dg_db)
+            txn.put(digest_key(self._prefix, pos), digest, db=self._dg_db)
             if self.digest_history is not None:
                 self._prune(txn, pos - self.digest_history)
             if self.replica_of is not None:
@@ -961,10 +682,10 @@ class Replayer:
         if self.name is None:
             i = bisect.bisect_right(self._mem_digests, (self._verified, b"\xff" * DIGEST_SIZE))
             return iter(self._mem_digests[i:])
-        return _stored_digests(txn, self._dg_db, self._prefix, self._verified + 1)
+        return stored_digests(txn, self._dg_db, self._prefix, self._verified + 1)
 
     def _compare_in(self, txn, upto):
-        return _compare(txn, self._cp_db, self._dg_db, self._own_digests(txn), self.name,
+        return compare_digests(txn, self._cp_db, self._dg_db, self._own_digests(txn), self.name,
                         self.replica_of, self._verified, self._agreed, upto)[0]
 
     def verify(self):
@@ -1025,180 +746,3 @@ class Replayer:
 
     def __exit__(self, *exc):
         self.close()
-
-
-# ---------------------------------------------------------------------- module functions
-
-def _existing_dbs(log, *names):
-    """(store, [whether it exists, per name]) without creating anything: reading never creates
-    the positions store or a database in it. store is None when there is no store. (Handles
-    are looked up inside each transaction: a lock-less reader's copy may change between.)"""
-    store = log._positions(create=False)
-    if store is None:
-        return None, [False] * len(names)
-    return store, [store.has_db(n) for n in names]
-
-
-def check_replica(log, name, reference):
-    """Compare the stored digests of replayer `name` with those of `reference` at every common
-    checkpoint offset. Returns (offsets compared, last offset where they agree or None);
-    ReplicaDivergedError at the first difference."""
-    _check_log(log)
-    name_b = check_name(name, "name")
-    check_name(reference, "reference")
-    store, (has_cp, has_dg) = _existing_dbs(log, CHECKPOINTS_DB, DIGESTS_DB)
-    if not (has_cp and has_dg):
-        return 0, None
-
-    def compare(txn):
-        cp_db, dg_db = store.db(CHECKPOINTS_DB), store.db(DIGESTS_DB)
-        return _compare(txn, cp_db, dg_db, _stored_digests(txn, dg_db, name_b + b"\0", 0),
-                        name, reference, -1, -1, 1 << 62)
-
-    (_, agreed), n = store.read(compare)
-    return n, None if agreed < 0 else agreed
-
-
-def replayers(log: Log) -> dict[str, Checkpoint]:
-    """{name: Checkpoint} of every replayer with a checkpoint in this log's positions store."""
-    _check_log(log)
-    store, (has_cp,) = _existing_dbs(log, CHECKPOINTS_DB)
-    if not has_cp:
-        return {}
-    return store.read(lambda txn: {bytes(k).decode("utf-8"): _unpack(v) for k, v in
-                                   txn.cursor(db=store.db(CHECKPOINTS_DB)) if b"\0" not in k})
-
-
-def delete_replayer(log: Log, name: str) -> bool:
-    """Forget replayer `name`: its position, checkpoint, digests and view. True if it had any.
-    (A live Replayer of that name in this process must not be used afterwards.)"""
-    _check_log(log)
-    name_b = check_name(name, "name", existing=True)
-    store = log._positions()
-    cp_db, dg_db = store.db(CHECKPOINTS_DB), store.db(DIGESTS_DB)
-    store.positions_db                  # opened before the write transaction, as the others
-    view_key = VIEW_DB_PREFIX + name
-
-    def delete(txn):
-        found = store.delete(name, txn)
-        found |= txn.delete(name_b, db=cp_db)
-        txn.delete(name_b + SNAPSHOT_SUFFIX, db=cp_db)
-        keys = [k for k, _ in _stored_digests(txn, dg_db, name_b + b"\0", 0)]
-        for off in keys:
-            txn.delete(_dkey(name_b + b"\0", off), db=dg_db)
-        found |= bool(keys)
-        if txn.get(view_key.encode(), db=None) is not None:    # a named db lives in the main db
-            txn.drop(store.shared.db(view_key, txn=txn), delete=True)
-            found = True
-        return found
-
-    try:
-        return store.write(delete)
-    finally:
-        store.shared.forget_db(view_key)    # the handle is gone with the database
-
-
-def read_view(log: Log, name: str) -> Any:
-    """A read transaction on the view of LmdbView replayer `name` (default database the view),
-    a context manager: ``with read_view(log, "counts") as txn: txn.get(b"u42")``. KeyError when
-    there is no such view."""
-    _check_log(log)
-    check_name(name, "name", existing=True)
-    store, (has_view,) = _existing_dbs(log, VIEW_DB_PREFIX + name)
-    if not has_view:
-        raise KeyError(f"no replayer view named {name!r} in {log.path}")
-    return store.shared.reader(db=VIEW_DB_PREFIX + name)
-
-
-def verify_determinism(log: Log, factory: Callable[[], Any], *, until: int | None = None,
-                       checkpoint_every: int = 10_000, locate_record: bool = True,
-                       raise_on_divergence: bool = True) -> DeterminismReport:
-    """Replay the log into two fresh machines from `factory()` side by side, stepping both to each
-    multiple of `checkpoint_every` (and to `until`, default the durable end) and comparing their
-    digests there. Stores nothing: no positions, no checkpoints, nothing in the log's directory
-    (two LmdbViews live in temporary LMDB environments outside the log, deleted at the end).
-
-    Returns a DeterminismReport. At the first checkpoint offset whose digests differ, with
-    `locate_record` (snapshot machines), the interval since the last agreement is re-run record
-    by record in two more fresh machines, restored from the agreeing snapshot, comparing digests
-    after each record, to name the first record whose effect differs (`report.record`; None if
-    the re-run does not reproduce it). Then ReplicaDivergedError (with `.report`) unless
-    `raise_on_divergence=False`."""
-    _check_log(log)
-    if not callable(factory):
-        raise TypeError(f"factory: expected a callable that returns a fresh machine, not "
-                        f"{type(factory).__name__}")
-    checkpoint_every = _args.count(checkpoint_every, "checkpoint_every")
-    start, durable = log.start_offset, log.durable_offset
-    if until is None:
-        until = durable
-    elif not start <= (until := _args.offset(until, "until")) <= durable:
-        raise ValueError(f"until: {until} is outside [start_offset, durable_offset] = "
-                         f"[{start}, {durable}]")
-    ma, mb = factory(), factory()
-    view = _check_machine(ma, "factory()")
-    if _check_machine(mb, "factory()") != view or ma is mb:
-        raise TypeError("factory: must return a new machine of the same kind on every call")
-    a = b = None
-    try:
-        a = Replayer(log, ma, name=None, checkpoint_every=checkpoint_every)
-        b = Replayer(log, mb, name=None, checkpoint_every=checkpoint_every)
-        pos, since, compared, agreed_snapshot = start, None, 0, None
-        report = None
-        while pos < until:
-            cp = min(until, (pos // checkpoint_every + 1) * checkpoint_every)
-            a.run(until=cp)
-            b.run(until=cp)
-            (oa, da), (ob, db) = a._mem_digests[-1], b._mem_digests[-1]
-            assert oa == ob == cp, (oa, ob, cp)
-            compared += 1
-            if da != db:
-                record = None
-                if locate_record and not view:
-                    record = _locate_record(log, factory, agreed_snapshot,
-                                            start if since is None else since, cp)
-                report = DeterminismReport(False, start, cp, compared, checkpoint_every,
-                                           offset=cp, since=since, record=record)
-                break
-            since, pos = cp, cp
-            if not view:
-                agreed_snapshot = a._last_snapshot
-        if report is None:
-            report = DeterminismReport(True, start, pos, compared, checkpoint_every, since=since)
-    finally:
-        for r in (a, b):
-            if r is not None:
-                r.close()
-    if not report and raise_on_divergence:
-        raise ReplicaDivergedError(str(report), offset=report.offset, since=report.since,
-                                   record=report.record, report=report)
-    return report
-
-
-def _locate_record(log, factory, snapshot, start, stop):
-    """The first record in [start, stop) after which two fresh machines (restored from
-    `snapshot`, or new when None) applying the same records have different digests, or None."""
-    m1, m2 = factory(), factory()
-    method, at = "restore", start
-    try:
-        if snapshot is not None:
-            m1.restore(snapshot)
-            m2.restore(snapshot)
-        method = None                   # reading the log: not the machine's doing
-        for rec in islice(log.cursor(start, durable_only=True), stop - start):
-            at = rec.offset
-            method = "apply"
-            m1.apply(rec)
-            m2.apply(rec)
-            method = "snapshot"
-            s1, s2 = _as_bytes(m1.snapshot(), "snapshot()"), _as_bytes(m2.snapshot(), "snapshot()")
-            method = "digest"
-            if _digest_of(m1, False, s1) != _digest_of(m2, False, s2):
-                return rec.offset
-            method = None
-    except BaseException as exc:
-        if method is not None:
-            _blame(exc, m1, method, at,
-                   f"at record offset {at} (locating the first differing record)", None)
-        raise
-    return None

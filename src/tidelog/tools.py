@@ -1,0 +1,144 @@
+"""Operator tools over a log directory: verify, repair, salvage (what `tidelog verify` and
+`tidelog repair` run).
+
+Each opens the log itself and closes it before returning, and returns a report; none holds state.
+`verify` and `salvage` open it read-only (they work while a writer appends); `repair` needs the
+writer lock. The reads and the index rebuild release the GIL inside the core (tidelog._core).
+"""
+
+import os
+from dataclasses import dataclass, field
+from typing import List, Optional, Tuple
+
+import tidelog
+from tidelog.errors import CorruptLogError, OffsetOutOfRangeError
+
+__all__ = ["verify", "repair", "salvage", "VerifyReport", "Damage", "RepairReport",
+           "SalvageReport"]
+
+BATCH = 65536           # records per read_batch while verifying
+
+
+@dataclass(frozen=True)
+class Damage:
+    """Where verify stopped: the file and byte position of the damaged frame and the offset of
+    the record it should hold (None where unknown). `file` is None when the log holds fewer
+    records than it claims and no single frame is to blame."""
+    file: Optional[str]
+    position: Optional[int]
+    offset: Optional[int]
+    reason: str
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """What verify found. True (as a bool) when every record read back CRC-valid."""
+    path: str
+    start: int                  # the log's [start, end) when verify began
+    end: int
+    records: int                # records read and CRC-checked
+    damage: Optional[Damage] = None
+    indexes: List[Tuple[str, int]] = field(default_factory=list)
+    # [(index file, entries wrong or missing)]: hints only (lookups still work, slower);
+    # checked only when the records are clean; `repair` rewrites them
+
+    def __bool__(self):
+        return self.damage is None
+
+
+@dataclass(frozen=True)
+class RepairReport:
+    """What repair did: `truncated` is (segment file, byte position, offset, problem) of the
+    cut, None when nothing was cut; `start`/`end` the log's offsets after it."""
+    path: str
+    truncated: Optional[Tuple[str, int, int, str]]
+    start: int
+    end: int
+    indexes_rebuilt: int        # segments whose index files were rewritten
+
+
+@dataclass(frozen=True)
+class SalvageReport:
+    """What salvage copied: `records` records into `out`; `lost` the offset ranges [a, b) of
+    the source that could not be read (damage, a missing segment)."""
+    out: str
+    records: int
+    lost: List[Tuple[int, int]]
+
+
+def verify(path, *, progress=None):
+    """Read every record of the log at `path` from start to end, checking each frame's CRC, then
+    (when clean) check the index files against the frames. Opens the log read-only.
+
+    progress: None, or a callable(records read, records to read) called before the first read
+    and after each batch. Returns a VerifyReport; damage is reported, not raised (a missing or
+    unreadable log still raises as tidelog.open does)."""
+    if progress is not None and not callable(progress):
+        raise TypeError(f"progress: expected a callable, not {type(progress).__name__}")
+    with tidelog.open(path, readonly=True) as log:
+        start, end = log.start_offset, log.end_offset
+        cur = log.cursor(start)
+        n = 0
+        damage = None
+        if progress is not None:
+            progress(0, end - start)
+        try:
+            while cur.position < end:
+                batch = cur.read_batch(min(BATCH, end - cur.position))
+                if not len(batch):
+                    break
+                n += len(batch)
+                if progress is not None:
+                    progress(n, end - start)
+        except CorruptLogError as exc:
+            damage = Damage(exc.path, exc.position, exc.offset,
+                            str(exc).split("; run `tidelog verify")[0])
+        except OffsetOutOfRangeError as exc:       # a segment file is missing
+            damage = Damage(log.path, None, cur.position, str(exc))
+        if damage is None and n != end - start:
+            damage = Damage(None, None, start + n, f"read {n} records, the log claims "
+                                                   f"{end - start} ([{start}, {end}))")
+        indexes = [] if damage is not None else log.index_problems()
+        return VerifyReport(log.path, start, end, n, damage, indexes)
+
+
+def repair(path, *, truncate=False):
+    """Repair the log at `path` (it must exist; needs the writer lock): with `truncate`, cut it
+    at the first damaged record, deleting that record and everything after it (acknowledged or
+    not); then rewrite the index files that disagree with their segments' frames. Check first
+    with verify(). Returns a RepairReport."""
+    if not isinstance(truncate, bool):
+        raise TypeError(f"truncate: expected a bool, not {type(truncate).__name__}")
+    log = tidelog.open(path, create=False, durability="none",
+                       repair="truncate" if truncate else None)
+    try:
+        truncated = tuple(log.repaired) if log.repaired else None
+        start, end = log.start_offset, log.end_offset
+        n = log.rebuild_indexes()
+        return RepairReport(log.path, truncated, start, end, n)
+    finally:
+        log.close()
+
+
+def salvage(path, out):
+    """Copy every CRC-valid record of the log at `path`, skipping damage, into a new log at
+    `out` (which must not exist or be an empty directory): an operator's last resort. The source
+    is opened read-only and left as it is; in the copy, offsets are renumbered from 0, keys and
+    timestamps are kept. Returns a SalvageReport naming the source offsets lost."""
+    out = os.fspath(out)
+    if os.path.exists(out) and os.listdir(out):
+        raise ValueError(f"out: {out} exists and is not empty")
+    kept = 0
+    gaps = []
+    with tidelog.open(path, readonly=True) as src, tidelog.open(out, durability="none") as dst:
+        expect = src.start_offset
+        for rec in src.salvage():
+            if rec.offset > expect:
+                gaps.append((expect, rec.offset))
+            dst.append(bytes(rec.value), key=rec.key, timestamp=rec.timestamp)
+            expect = max(expect, rec.offset + 1)
+            kept += 1
+        end = src.end_offset
+    if expect < end:
+        gaps.append((expect, end))
+    return SalvageReport(out, kept, gaps)
