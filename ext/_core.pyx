@@ -60,6 +60,13 @@ tl_flusher_init_fork_handler()
 tl_crc32c_hw()      # choose the CRC32C implementation (and build its tables) once, at import
 
 
+def _set_native_pause_ns(int64_t flusher, int64_t pretoucher):
+    """Tests only: make the native flusher / pretoucher threads pause this many ns between their
+    stop check and their futex word (the window where a stop was once lost). 0 turns it off."""
+    tl_native_pause_ns[0] = flusher
+    tl_native_pause_ns[1] = pretoucher
+
+
 def crc32c(data, uint32_t crc=0):
     """CRC32C of a bytes-like object, continuing from `crc` (hardware where available)."""
     cdef Py_buffer view

@@ -173,8 +173,13 @@ static void *tl_flusher_main(void *arg) {
     int r;
     while (!__atomic_load_n(&f->stop, __ATOMIC_SEQ_CST)) {
         __atomic_store_n(&f->idle, 1, __ATOMIC_SEQ_CST);
+        tl_native_pause(0);
         seq = __atomic_load_n(&f->kick, __ATOMIC_SEQ_CST);    /* before looking for work: a
                                                                  kick after this ends the wait */
+        /* stop is looked at again after seq: tl_flusher_free stores stop before it bumps kick,
+           so a bump this seq already holds comes with a stop seen here; a later one ends the
+           wait. (Looked at only before seq, a stop landing in between slept forever.) */
+        if (__atomic_load_n(&f->stop, __ATOMIC_SEQ_CST)) break;
         if (__atomic_load_n(&f->err, __ATOMIC_SEQ_CST)) break;
         now = tl_mono_ns();
         if (__atomic_load_n(&f->pending, __ATOMIC_SEQ_CST) && now - f->persisted_at >= f->persist_ns) {

@@ -76,6 +76,15 @@ static inline void tl_sleep_ns(int64_t ns) {
     nanosleep(&ts, NULL);
 }
 
+/* Tests only: a native thread pauses this long between checking for stop and reading its futex
+   word, where a stop used to be lost (tests/test_native_threads.py); [0] the flusher, [1] the
+   pretoucher. 0 in normal use; set through _core._set_native_pause_ns. */
+static int64_t tl_native_pause_ns[2] = {0, 0};
+static inline void tl_native_pause(int which) {
+    int64_t ns = __atomic_load_n(&tl_native_pause_ns[which], __ATOMIC_RELAXED);
+    if (ns > 0) tl_sleep_ns(ns);
+}
+
 static inline int64_t tl_mono_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);

@@ -81,8 +81,11 @@ static void *tl_toucher_main(void *arg) {
     uint32_t seq;
     pthread_mutex_lock(&t->mu);
     while (!__atomic_load_n(&t->stop, __ATOMIC_SEQ_CST)) {
+        tl_native_pause(1);
         seq = __atomic_load_n(&t->seq, __ATOMIC_SEQ_CST);    /* before looking for work: a
                                                                 kick after this wakes the wait */
+        /* stop again after seq (as in tl_flusher_main): a stop between the two was lost */
+        if (__atomic_load_n(&t->stop, __ATOMIC_SEQ_CST)) break;
         n = tl_toucher_due(t);
         if (n) {
             if (madvise(t->base + t->front, n, MADV_POPULATE_WRITE) != 0) {

@@ -10,6 +10,7 @@ cdef extern from "crc32c.h" nogil:
     int tl_crc32c_mode()
 
 cdef extern from "tl_sys.h" nogil:
+    int64_t tl_native_pause_ns[2]     # tests only (see tl_sys.h)
     void tl_store_u32_release(void *p, uint32_t v)
     uint32_t tl_load_u32_acquire(const void *p)
     void tl_store_i64_release(void *p, int64_t v)
