@@ -207,9 +207,10 @@ class TestStoreSharing(WithTmp):
     def test_one_writer_shared_by_recorders_and_released(self):
         a = TidelogApplicationRecorder(self.store())
         b = TidelogProcessRecorder(self.store())
-        assert a.store is b.store and not a.store.readonly
+        assert a.store is b.store and a.store.readonly      # the writer from the first write on
         oid = uuid4()
         assert a.insert_events([ev(oid, 1)]) == [1]
+        assert not b.store.readonly
         assert b.insert_events([ev(oid, 2)], tracking=Tracking("up", 5)) == [2]
         assert [e.originator_version for e in a.select_events(oid)] == [1, 2]
         store = a.store
@@ -230,6 +231,7 @@ class TestStoreSharing(WithTmp):
         """A reader sees an insert's tracking, events and notification ids only once it is
         durable (a projection's wait() returned before its events could be read)."""
         r = TidelogProcessRecorder(self.store())
+        r.store.become_writer()     # the log the insert will sync: the writer's
         log = r.store.log
         seen = []
         sync = log.sync
@@ -342,7 +344,10 @@ class TestOtherProcess(WithTmp):
         w.close()
 
     def test_reader_cannot_write(self):
+        """While another process is the writer (it wrote, or took the lock), an insert is
+        refused clearly and writes nothing."""
         w = TidelogApplicationRecorder(self.store())
+        w.store.become_writer()
         code = textwrap.dedent("""
             import sys
             from uuid import uuid4
@@ -379,6 +384,7 @@ import tidelog.eventsourcing as tes
 path, point, after = sys.argv[1], sys.argv[2], int(sys.argv[3])
 store = TidelogStore.acquire(path, segment_bytes=1 << 16)
 r = TidelogProcessRecorder(store)
+store.become_writer()       # the log the wrappers below patch: the writer's
 count = [0]
 
 def die():
