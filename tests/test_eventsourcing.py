@@ -1057,6 +1057,38 @@ class TestOddInput(WithTmp):
         assert r.select_events("a", limit=0) == []
         r.close()
 
+    def test_select_notifications_and_subscribe_check_their_arguments(self):
+        """start/limit/stop must be ints (or None where allowed), topics a sequence of str: a
+        str `topics` used to filter by its characters, a str start gave an unrelated error."""
+        r = TidelogApplicationRecorder(self.store())
+        r.insert_events([ev("a", 1, topic="x"), ev("a", 2, topic="y")])
+        import numpy
+        cases = [
+            (TypeError, "start", dict(start="1", limit=10)),
+            (TypeError, "start", dict(start=1.0, limit=10)),
+            (TypeError, "start", dict(start=True, limit=10)),
+            (TypeError, "limit", dict(start=1, limit="10")),
+            (TypeError, "limit", dict(start=1, limit=None)),
+            (TypeError, "limit", dict(start=1, limit=2.5)),
+            (TypeError, "stop", dict(start=1, limit=10, stop="2")),
+            (TypeError, "topics", dict(start=1, limit=10, topics="xy")),
+            (TypeError, "topics", dict(start=1, limit=10, topics=b"x")),
+            (TypeError, "topics", dict(start=1, limit=10, topics=5)),
+            (TypeError, "topics", dict(start=1, limit=10, topics=["x", 5])),
+            (ValueError, "topics", dict(start=1, limit=10, topics=["\ud800"])),
+        ]
+        for exc, arg, kw in cases:
+            with pytest.raises(exc, match=arg):
+                r.select_notifications(**kw)
+        for exc, arg, kw in ((TypeError, "gt", dict(gt="0")), (TypeError, "topics",
+                                                              dict(topics="x"))):
+            with pytest.raises(exc, match=arg):
+                r.subscribe(**kw)
+        got = r.select_notifications(numpy.int64(1), numpy.int32(10), topics=("y",))
+        assert [(n.id, n.topic) for n in got] == [(2, "y")]
+        assert [n.id for n in r.select_notifications(None, 10, stop=1)] == [1]
+        r.close()
+
 
 
 class TestLifecycle(WithTmp):

@@ -2,7 +2,9 @@
 
 Owns: TidelogFactory, the four recorders, TidelogStore (one store = what SQLite calls a table) and
 its per-process registry, the store's record format and its LMDB index. Uses tidelog's public API
-only; the index is opened, grown and handled across fork() by tidelog.lmdbenv.
+and its shared argument checks (tidelog._args); the index is opened, grown and handled across
+fork() by tidelog.lmdbenv. Writes: the store's files only (`log/` through its tidelog writer,
+`index/`, and `writer.lock`, flocked while this process takes or tries the log's writer lock).
 
 Select it with PERSISTENCE_MODULE=tidelog.eventsourcing and TIDELOG_PATH=<directory>
 (<APPNAME>_TIDELOG_PATH overrides it per application). Optional: TIDELOG_SEGMENT_BYTES.
@@ -42,7 +44,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 import lmdb
 
 import tidelog
-from tidelog import lmdbenv
+from tidelog import _args, lmdbenv
 
 __all__ = ["TidelogFactory", "TidelogAggregateRecorder", "TidelogApplicationRecorder",
            "TidelogTrackingRecorder", "TidelogProcessRecorder", "TidelogStore", "TidelogSubscription",
@@ -92,6 +94,25 @@ def _version_key(version):
     if not -(1 << 63) <= version < (1 << 63):
         raise ValueError(f"originator_version: {version} is out of the 64-bit range")
     return _BE64.pack((version + (1 << 63)) & 0xFFFFFFFFFFFFFFFF)
+
+
+def _int_or_none(value, name):
+    return None if value is None else _args.integer(value, name)
+
+
+def _topics_arg(topics):
+    """`topics` as a tuple of str: a sequence (or other iterable) of str, not a str itself."""
+    if isinstance(topics, (str, bytes, bytearray, memoryview)):
+        raise TypeError(f"topics: expected a sequence of str, not a single "
+                        f"{type(topics).__name__}")
+    try:
+        out = tuple(topics)
+    except TypeError:
+        raise TypeError(f"topics: expected a sequence of str, not "
+                        f"{type(topics).__name__}") from None
+    for t in out:
+        _text(t, "topics: each topic")
+    return out
 
 
 def _text(value, what):
@@ -1016,6 +1037,10 @@ class TidelogApplicationRecorder(TidelogAggregateRecorder, ApplicationRecorder):
 
     def select_notifications(self, start, limit, stop=None, topics=(), *,
                              inclusive_of_start=True):
+        start = _int_or_none(start, "start")
+        limit = _args.integer(limit, "limit")
+        stop = _int_or_none(stop, "stop")
+        topics = _topics_arg(topics)
         if start is None:
             lo = 0
         else:
@@ -1028,7 +1053,7 @@ class TidelogApplicationRecorder(TidelogAggregateRecorder, ApplicationRecorder):
         return self.store.end() or None
 
     def subscribe(self, gt=None, topics=()):
-        return TidelogSubscription(self, gt=gt, topics=topics)
+        return TidelogSubscription(self, gt=_int_or_none(gt, "gt"), topics=_topics_arg(topics))
 
 
 class TidelogSubscription(Subscription):
