@@ -11,15 +11,17 @@ Select it with PERSISTENCE_MODULE=tidelog.eventsourcing and TIDELOG_PATH=<direct
 
 Design: the tidelog log is the source of truth; notification id = offset + 1. LMDB holds derived
 data (the (originator_id, version) -> offset index, tracking, `indexed_upto`) and may lag the log,
-never lead it: on open a writer re-indexes [indexed_upto, end) from the log. The tracking record of
-an insert travels in its last log record, so exactly-once survives a crash between the log sync and
-the index commit. Inserts are checked before anything is appended (nothing is written on a
+never lead it: whoever takes the log's writer lock re-indexes [indexed_upto, end) from the log
+(at open, briefly, if the lock is free; at a store's first write, when it becomes the writer);
+readers look in the log for what the index lacks. The tracking record of an insert travels in its
+last log record, so exactly-once survives a crash between the log sync and the index commit. Inserts are checked before anything is appended (nothing is written on a
 conflict), appended as one atomic batch, and made durable by a group commit shared by concurrent
 inserts; index entries wait in an in-memory overlay until they are committed to LMDB in bulk.
 """
 from __future__ import annotations
 
 import atexit
+import errno
 import fcntl
 import hashlib
 import os
@@ -249,9 +251,10 @@ class TidelogStore:
     """One store: a tidelog log (`log/`, unless `with_log=False`) plus an LMDB env (`index/`).
 
     Get one with TidelogStore.acquire(path): stores are shared per process (one writer per log),
-    reference-counted; release() drops a reference and closes the store with the last one. If
-    another process holds the log's writer, the store opens read-only: reads and subscriptions
-    work, writes raise OperationalError."""
+    reference-counted; release() drops a reference and closes the store with the last one. A store
+    opens read-only (`readonly`) and becomes the log's writer at its first write (become_writer):
+    a process that only reads never holds the writer lock. While another process is the writer,
+    reads and subscriptions work and writes raise OperationalError, nothing written."""
 
     _registry = {}
     _registry_lock = threading.Lock()
@@ -417,7 +420,9 @@ class TidelogStore:
         with self._writer_turn():
             try:
                 log = self._open_writer()
-            except PermissionError:
+            except OSError as exc:
+                if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                    raise
                 log = None              # may not write here: a reader (nothing to catch up)
             if log is not None:
                 self.log = log
