@@ -874,6 +874,38 @@ def test_two_processes_race_their_first_insert(tmp_path, children):
         r.close()
 
 
+SLOW_CATCH_UP = """
+import sys, time
+from tidelog.eventsourcing import TidelogStore
+recover = TidelogStore.recover
+def slow(self):
+    print("recovering", flush=True)
+    time.sleep(1.0)
+    return recover(self)
+TidelogStore.recover = slow
+s = TidelogStore.acquire(sys.argv[1])
+print("open", s.readonly, flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_a_reader_catching_up_at_open_delays_a_first_insert_but_never_fails_it(tmp_path,
+                                                                                 children):
+    """A process that opens a store holds the writer lock briefly to catch the index up; an
+    application's first insert meanwhile waits for it (store's writer.lock) instead of
+    failing with LogLockedError, and the reader then opens read-only."""
+    path = str(tmp_path / "s")
+    app = TidelogApplicationRecorder(TidelogStore.acquire(path))
+    assert app.store.readonly
+    reader = children(SLOW_CATCH_UP, path)
+    reader.expect("recovering")             # holds the log's writer lock for a second
+    assert app.insert_events([ev("a", 1)]) == [1]
+    assert reader.expect("open") == ["True"]
+    reader.send()
+    assert reader.end()[1] == 0
+    app.close()
+
+
 BECOME_WRITER_KILLED = """
 import sys
 from uuid import UUID
