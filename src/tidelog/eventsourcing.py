@@ -14,9 +14,10 @@ data (the (originator_id, version) -> offset index, tracking, `indexed_upto`) an
 never lead it: whoever takes the log's writer lock re-indexes [indexed_upto, end) from the log
 (at open, briefly, if the lock is free; at a store's first write, when it becomes the writer);
 readers look in the log for what the index lacks. The tracking record of an insert travels in its
-last log record, so exactly-once survives a crash between the log sync and the index commit. Inserts are checked before anything is appended (nothing is written on a
-conflict), appended as one atomic batch, and made durable by a group commit shared by concurrent
-inserts; index entries wait in an in-memory overlay until they are committed to LMDB in bulk.
+last log record, so exactly-once survives a crash between the log sync and the index commit.
+Inserts are checked before anything is appended (nothing is written on a conflict), appended as
+one atomic batch, and made durable by a group commit shared by concurrent inserts; index entries
+wait in an in-memory overlay until they are committed to LMDB in bulk.
 """
 from __future__ import annotations
 
@@ -818,10 +819,10 @@ class TidelogStore:
         return self.committed_end
 
     def max_tracking_id(self, name):
-        if self.readonly:       # (a store that becomes the writer meanwhile answers the same)
+        if self.readonly:   # (a store that becomes the writer meanwhile: the same answer)
             best = None
             with self._index_errors("read"), self.env.reader() as txn:
-                best = self._max_tracking(txn, name)
+                best = self._max_tracking(txn, name, pending=False)
                 upto = self.indexed_upto(txn)
             for off, value in self._scan(upto, self.end()):
                 trk = _parse_head(value)[5]
