@@ -457,17 +457,22 @@ print(json.dumps(out))
 def _run_writer(path, point, after, rng_sleep, env=None):
     child = subprocess.Popen([sys.executable, "-c", CRASH_WRITER, path, point, str(after)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    first = ""
     if rng_sleep is not None:
         first = child.stdout.readline()
         assert first.startswith("start"), child.stderr.read()
         time.sleep(rng_sleep)
         os.kill(child.pid, signal.SIGKILL)
-    out, err = child.communicate(timeout=120)
+        # through the same reader as the first line (communicate() would skip what it
+        # buffered past it); the child is dead: both pipes end
+        out, err = first + child.stdout.read(), child.stderr.read()
+        child.wait(timeout=120)
+    else:
+        out, err = child.communicate(timeout=120)
     assert child.returncode == -signal.SIGKILL, err[-2000:]
-    out = first + out           # the "start" line, read above or not
+    # print() writes its arguments one by one: a kill may cut the last line after "ack " or
+    # after its id; the id alone, whole, says the insert was acknowledged
     acks = [tuple(map(int, line.split()[1:])) for line in out.split("\n")
-            if line.startswith("ack ")]
+            if line.startswith("ack ") and len(line.split()) >= 2]
     start = int(out.split("\n")[0].split()[1])
     return start, acks
 
