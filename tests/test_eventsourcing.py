@@ -207,9 +207,10 @@ class TestStoreSharing(WithTmp):
     def test_one_writer_shared_by_recorders_and_released(self):
         a = TidelogApplicationRecorder(self.store())
         b = TidelogProcessRecorder(self.store())
-        assert a.store is b.store and not a.store.readonly
+        assert a.store is b.store and a.store.readonly      # the writer from the first write on
         oid = uuid4()
         assert a.insert_events([ev(oid, 1)]) == [1]
+        assert not b.store.readonly
         assert b.insert_events([ev(oid, 2)], tracking=Tracking("up", 5)) == [2]
         assert [e.originator_version for e in a.select_events(oid)] == [1, 2]
         store = a.store
@@ -230,6 +231,7 @@ class TestStoreSharing(WithTmp):
         """A reader sees an insert's tracking, events and notification ids only once it is
         durable (a projection's wait() returned before its events could be read)."""
         r = TidelogProcessRecorder(self.store())
+        r.store.become_writer()     # the log the insert will sync: the writer's
         log = r.store.log
         seen = []
         sync = log.sync
@@ -342,7 +344,10 @@ class TestOtherProcess(WithTmp):
         w.close()
 
     def test_reader_cannot_write(self):
+        """While another process is the writer (it wrote, or took the lock), an insert is
+        refused clearly and writes nothing."""
         w = TidelogApplicationRecorder(self.store())
+        w.store.become_writer()
         code = textwrap.dedent("""
             import sys
             from uuid import uuid4
@@ -377,8 +382,11 @@ from tidelog.eventsourcing import TidelogStore, TidelogProcessRecorder
 import tidelog.eventsourcing as tes
 
 path, point, after = sys.argv[1], sys.argv[2], int(sys.argv[3])
+wait = point.endswith("+wait")          # wait for a line on stdin before the first insert
+point = point.removesuffix("+wait")
 store = TidelogStore.acquire(path, segment_bytes=1 << 16)
 r = TidelogProcessRecorder(store)
+store.become_writer()       # the log the wrappers below patch: the writer's
 count = [0]
 
 def die():
@@ -411,6 +419,8 @@ if point == "noflush":                  # leave a long un-indexed tail for the r
     tes.FLUSH_EVERY, tes.FLUSH_SECONDS = 10 ** 9, 10.0 ** 9
 start = (r.max_tracking_id("up") or 0) + 1
 print("start", start, flush=True)
+if wait:
+    sys.stdin.readline()
 for i in range(start, start + 10 ** 6):
     n = (50 if point == "noflush" else 1) + i % 5
     if point == "noflush" and i >= start + 300:
@@ -447,17 +457,22 @@ print(json.dumps(out))
 def _run_writer(path, point, after, rng_sleep, env=None):
     child = subprocess.Popen([sys.executable, "-c", CRASH_WRITER, path, point, str(after)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    first = ""
     if rng_sleep is not None:
         first = child.stdout.readline()
         assert first.startswith("start"), child.stderr.read()
         time.sleep(rng_sleep)
         os.kill(child.pid, signal.SIGKILL)
-    out, err = child.communicate(timeout=120)
+        # through the same reader as the first line (communicate() would skip what it
+        # buffered past it); the child is dead: both pipes end
+        out, err = first + child.stdout.read(), child.stderr.read()
+        child.wait(timeout=120)
+    else:
+        out, err = child.communicate(timeout=120)
     assert child.returncode == -signal.SIGKILL, err[-2000:]
-    out = first + out           # the "start" line, read above or not
+    # print() writes its arguments one by one: a kill may cut the last line after "ack " or
+    # after its id; the id alone, whole, says the insert was acknowledged
     acks = [tuple(map(int, line.split()[1:])) for line in out.split("\n")
-            if line.startswith("ack ")]
+            if line.startswith("ack ") and len(line.split()) >= 2]
     start = int(out.split("\n")[0].split()[1])
     return start, acks
 
@@ -590,6 +605,368 @@ def test_index_ahead_of_log_refuses(tmp_path):
 
 
 
+# -- who is the writer: a store opens read-only and becomes the log's writer at its first write ----
+#
+# Real processes, driven line by line over their stdin/stdout. On 669a8b7 the first process to
+# open a store kept the writer lock for good, even if it only read, and a store opened read-only
+# never became the writer: each test below fails there.
+
+class Child:
+    """A Python child process running `code`, its stdout read line by line (with a timeout)."""
+
+    def __init__(self, code, *args, env=None):
+        import queue
+        import threading
+        self.p = subprocess.Popen([sys.executable, "-c", code, *map(str, args)],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, env=env)
+        self.lines = queue.Queue()
+        self.out = []
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self):
+        for line in self.p.stdout:
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)
+
+    def line(self, timeout=60):
+        line = self.lines.get(timeout=timeout)
+        if line is None:
+            self.p.wait(timeout=60)
+            raise AssertionError(f"the child ended (rc {self.p.returncode}): "
+                                 f"{self.p.stderr.read()[-3000:]}")
+        self.out.append(line)
+        return line
+
+    def expect(self, prefix, timeout=60):
+        line = self.line(timeout)
+        assert line.startswith(prefix), (prefix, line)
+        return line.split()[1:]
+
+    def send(self, text=""):
+        self.p.stdin.write(text + "\n")
+        self.p.stdin.flush()
+
+    def end(self, timeout=60):
+        """Close stdin, collect the rest of stdout; the lines and the return code."""
+        try:
+            self.p.stdin.close()
+        except BrokenPipeError:
+            pass
+        self.p.wait(timeout=timeout)
+        rest = []
+        while True:
+            line = self.lines.get(timeout=timeout)
+            if line is None:
+                break
+            rest.append(line)
+        self.out += rest
+        return rest, self.p.returncode
+
+    def kill(self):
+        if self.p.poll() is None:
+            os.kill(self.p.pid, signal.SIGKILL)
+        self.p.wait(timeout=60)
+
+
+@pytest.fixture
+def children():
+    made = []
+    yield lambda *a, **k: made.append(Child(*a, **k)) or made[-1]
+    for c in made:
+        c.kill()
+        for f in (c.p.stdin, c.p.stderr):
+            try:
+                f.close()
+            except OSError:
+                pass
+
+
+READER_FIRST = """
+import sys
+from tidelog.eventsourcing import TidelogStore, TidelogApplicationRecorder
+r = TidelogApplicationRecorder(TidelogStore.acquire(sys.argv[1]))
+n = int(sys.argv[2])
+print("open", r.store.readonly, r.max_notification_id(), flush=True)
+got = []
+with r.subscribe(gt=0) as sub:
+    for note in sub:
+        if not got:
+            print("first", note.id, flush=True)
+        got.append(note)
+        if len(got) == n:
+            break
+print("ids", ",".join(str(g.id) for g in got), flush=True)
+print("versions", ",".join(str(e.originator_version) for e in r.select_events(got[0].originator_id)))
+print("readonly", r.store.readonly, flush=True)
+"""
+
+APPLICATION = """
+import sys
+from eventsourcing.application import Application
+from eventsourcing.domain import Aggregate, event
+
+class Counter(Aggregate):
+    def __init__(self):
+        self.n = 0
+
+    @event("Incremented")
+    def inc(self):
+        self.n += 1
+
+class Shop(Application):
+    pass
+
+app = Shop(env={"PERSISTENCE_MODULE": "tidelog.eventsourcing", "TIDELOG_PATH": sys.argv[1]})
+c = Counter()
+app.save(c)
+for _ in range(int(sys.argv[2]) - 1):
+    c.inc()
+    app.save(c)
+print("saved", c.id, app.repository.get(c.id).n, flush=True)
+app.close()
+"""
+
+
+def test_reader_opened_first_does_not_stop_the_application(tmp_path, children):
+    """A projection-like reader process opens the store before the application: the
+    application's inserts succeed (on 669a8b7 every one failed: the reader held the writer
+    lock), and the reader, subscribed meanwhile, sees every event as it is recorded."""
+    n = 30
+    reader = children(READER_FIRST, tmp_path / "shop_events", n)
+    assert reader.expect("open") == ["True", "None"]
+    app = children(APPLICATION, tmp_path, n)
+    assert reader.expect("first", timeout=120) == ["1"]      # while the application runs on
+    app_out, rc = app.end(timeout=120)
+    assert rc == 0, app.p.stderr.read()[-3000:]
+    assert app_out[0].split()[0] == "saved" and app_out[0].split()[2] == str(n - 1)
+    assert reader.expect("ids") == [",".join(map(str, range(1, n + 1)))]
+    assert reader.expect("versions") == [",".join(map(str, range(1, n + 1)))]
+    assert reader.expect("readonly") == ["True"]
+    assert reader.end()[1] == 0
+
+
+WRITER_THEN_GONE = """
+import os, signal, sys
+from uuid import UUID
+from eventsourcing.persistence import StoredEvent
+from tidelog.eventsourcing import TidelogStore, TidelogApplicationRecorder
+import tidelog.eventsourcing as tes
+tes.FLUSH_EVERY, tes.FLUSH_SECONDS = 10 ** 9, 10.0 ** 9    # its index lags: nothing committed
+r = TidelogApplicationRecorder(TidelogStore.acquire(sys.argv[1]))
+ids = []
+for v in range(1, 31):
+    ids += r.insert_events([StoredEvent(UUID(int=1), v, "t", b"w")])
+print("acked", ids[0], ids[-1], flush=True)
+sys.stdin.readline()
+if sys.argv[2] == "kill":
+    os.kill(os.getpid(), signal.SIGKILL)
+r.close()
+"""
+
+READER_THEN_WRITER = """
+import sys
+from uuid import UUID
+from eventsourcing.persistence import IntegrityError, OperationalError, StoredEvent
+from tidelog.eventsourcing import TidelogStore, TidelogApplicationRecorder
+r = TidelogApplicationRecorder(TidelogStore.acquire(sys.argv[1]))
+print("open", r.store.readonly, r.max_notification_id(), flush=True)
+
+def attempt(v):
+    try:
+        return "ids", ",".join(map(str, r.insert_events([StoredEvent(UUID(int=1), v, "t", b"r")])))
+    except IntegrityError:
+        return "conflict", "-"
+    except OperationalError as e:
+        return "refused", "LogLockedError" in str(e)
+
+for line in sys.stdin:
+    print(*attempt(int(line)), r.store.readonly, flush=True)
+print("versions", len(r.select_events(UUID(int=1))), r.max_notification_id(), flush=True)
+r.close()
+"""
+
+
+@pytest.mark.parametrize("how", ["exit", "kill"])
+def test_reader_becomes_the_writer_once_the_writer_is_gone(tmp_path, children, how):
+    """A process that opened the store while another was its writer is refused clearly while
+    that writer lives, and becomes the writer once it has exited (or was SIGKILLed with its
+    index lagging the log): the index it catches up sees every acknowledged event (a
+    conflicting version is refused), and its own insert continues the ids. On 669a8b7 the
+    reader could never write."""
+    path = tmp_path / "s"
+    writer = children(WRITER_THEN_GONE, path, how)
+    assert writer.expect("acked") == ["1", "30"]
+    reader = children(READER_THEN_WRITER, path)
+    assert reader.expect("open") == ["True", "30"]
+    reader.send("31")
+    assert reader.expect("refused") == ["True", "True"]      # LogLockedError named, readonly
+    writer.send()
+    rc = writer.end()[1]
+    assert rc == (-signal.SIGKILL if how == "kill" else 0), writer.p.stderr.read()[-3000:]
+    reader.send("30")
+    assert reader.expect("conflict") == ["-", "False"]       # it is the writer now
+    reader.send("31")
+    assert reader.expect("ids") == ["31", "False"]
+    out, rc = reader.end()
+    assert rc == 0, reader.p.stderr.read()[-3000:]
+    assert out == ["versions 31 31"]
+    s = TidelogStore.acquire(path)
+    r = TidelogApplicationRecorder(s)
+    assert [n.id for n in r.select_notifications(1, 100)] == list(range(1, 32))
+    assert [n.state for n in r.select_notifications(1, 100)] == [b"w"] * 30 + [b"r"]
+    assert s.indexed_upto() == s.log.end_offset == 31
+    r.close()
+
+
+RACER = """
+import sys, time
+from eventsourcing.persistence import OperationalError, StoredEvent
+from tidelog.eventsourcing import TidelogStore, TidelogApplicationRecorder
+path, name, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+r = TidelogApplicationRecorder(TidelogStore.acquire(path))
+print("ready", r.store.readonly, flush=True)
+sys.stdin.readline()
+refused, v, deadline = 0, 1, time.monotonic() + 90
+while v <= n:
+    try:
+        ids = r.insert_events([StoredEvent(name, v, "t", name.encode())])
+    except OperationalError as e:
+        assert "LogLockedError" in str(e) and r.store.readonly, e
+        refused += 1
+        assert time.monotonic() < deadline, "never became the writer"
+        time.sleep(0.001)
+        continue
+    print("ack", v, ids[0], flush=True)
+    v += 1
+print("refused", refused, flush=True)
+r.close()
+"""
+
+
+def test_two_processes_race_their_first_insert(tmp_path, children):
+    """Two processes open one store, then race their first insert: one becomes the writer, the
+    other gets OperationalError (nothing written) until the first has closed the store, then
+    becomes the writer itself. Every acknowledged insert is there under the id it was given,
+    the ids are gap-free, each aggregate whole, the index caught up. Five rounds."""
+    n = 40
+    for rnd in range(5):
+        path = tmp_path / f"s{rnd}"
+        racers = [children(RACER, path, name, n) for name in ("a", "b")]
+        for c in racers:
+            assert c.expect("ready") == ["True"]
+        for c in racers:
+            c.send()
+        acked = {}
+        refusals = 0
+        for c, name in zip(racers, ("a", "b")):
+            out, rc = c.end(timeout=120)
+            assert rc == 0, c.p.stderr.read()[-3000:]
+            acks = [line.split()[1:] for line in out if line.startswith("ack ")]
+            assert [int(v) for v, _id in acks] == list(range(1, n + 1))
+            for v, nid in acks:
+                assert int(nid) not in acked
+                acked[int(nid)] = (name, int(v))
+            refusals += int(out[-1].split()[1])
+        assert sorted(acked) == list(range(1, 2 * n + 1))      # gap-free
+        s = TidelogStore.acquire(path)
+        r = TidelogApplicationRecorder(s)
+        notes = r.select_notifications(1, 10 * n)
+        assert {x.id: (x.originator_id, x.originator_version) for x in notes} == acked
+        for name in ("a", "b"):
+            assert [e.originator_version for e in r.select_events(name)] == list(range(1, n + 1))
+        assert s.indexed_upto() == s.log.end_offset == 2 * n
+        r.close()
+
+
+SLOW_CATCH_UP = """
+import sys, time
+from tidelog.eventsourcing import TidelogStore
+recover = TidelogStore.recover
+def slow(self):
+    print("recovering", flush=True)
+    time.sleep(1.0)
+    return recover(self)
+TidelogStore.recover = slow
+s = TidelogStore.acquire(sys.argv[1])
+print("open", s.readonly, flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_a_reader_catching_up_at_open_delays_a_first_insert_but_never_fails_it(tmp_path,
+                                                                                 children):
+    """A process that opens a store holds the writer lock briefly to catch the index up; an
+    application's first insert meanwhile waits for it (store's writer.lock) instead of
+    failing with LogLockedError, and the reader then opens read-only."""
+    path = str(tmp_path / "s")
+    app = TidelogApplicationRecorder(TidelogStore.acquire(path))
+    assert app.store.readonly
+    reader = children(SLOW_CATCH_UP, path)
+    reader.expect("recovering")             # holds the log's writer lock for a second
+    assert app.insert_events([ev("a", 1)]) == [1]
+    assert reader.expect("open") == ["True"]
+    reader.send()
+    assert reader.end()[1] == 0
+    app.close()
+
+
+BECOME_WRITER_KILLED = """
+import sys
+from uuid import UUID
+from eventsourcing.persistence import StoredEvent, Tracking
+from tidelog.eventsourcing import TidelogStore, TidelogProcessRecorder
+r = TidelogProcessRecorder(TidelogStore.acquire(sys.argv[1], segment_bytes=1 << 16))
+print("open", r.store.readonly, flush=True)
+recover = TidelogStore.recover
+def announced(self):
+    print("recovering", flush=True)
+    return recover(self)
+TidelogStore.recover = announced        # from now on: only become_writer recovers
+sys.stdin.readline()
+i = (r.max_tracking_id("up") or 0) + 1
+evs = [StoredEvent(UUID(int=i), v, "t%d" % (v % 3), b"x" * (i % 50)) for v in range(1, 51 + i % 5)]
+ids = r.insert_events(evs, tracking=Tracking("up", i))
+print("ack", i, ids[0], ids[-1], flush=True)
+"""
+
+
+def test_crash_while_becoming_the_writer(tmp_path, children):
+    """Crash case h at the first write: a process opened the store while another was its
+    writer; that writer leaves ~15,000 records never indexed and dies (SIGKILL); the first
+    process's first insert makes it the writer and re-indexes that tail, and is SIGKILLed
+    there. Each time the store reopens consistent and exactly once; a last round lets the
+    insert finish, and it is kept."""
+    import random
+    rng = random.Random(os.getpid())
+    path = str(tmp_path / "s")
+    acked = 0
+    killed_in_recovery = 0
+    for rnd in range(4):
+        writer = children(CRASH_WRITER, path, "noflush+wait", 0)
+        writer.expect("start")
+        late = children(BECOME_WRITER_KILLED, path)
+        assert late.expect("open") == ["True"]
+        writer.send()
+        out, rc = writer.end(timeout=120)
+        assert rc == -signal.SIGKILL, writer.p.stderr.read()[-3000:]
+        acks = [int(line.split()[1]) for line in out if line.startswith("ack ")]
+        assert len(acks) == 300
+        acked = acks[-1]
+        late.send()
+        late.expect("recovering", timeout=120)
+        if rnd < 3:
+            time.sleep(rng.uniform(0, 0.01))
+            late.kill()
+            out, _rc = late.end()
+            killed_in_recovery += not any(line.startswith("ack") for line in out)
+        else:
+            acked = int(late.expect("ack")[0])
+            assert late.end()[1] == 0
+        _assert_consistent(_check(path, 50), acked)
+    assert killed_in_recovery > 0
+
+
 # -- the index goes through tidelog.lmdbenv: a small map that grows, not 1 TiB per store ----------
 
 MANY_STORES = textwrap.dedent("""
@@ -715,6 +1092,38 @@ class TestOddInput(WithTmp):
         assert r.max_notification_id() is None
         assert r.insert_events([ev("a", 1)], tracking=Tracking("up", 1)) == [1]
         assert r.select_events("a", limit=0) == []
+        r.close()
+
+    def test_select_notifications_and_subscribe_check_their_arguments(self):
+        """start/limit/stop must be ints (or None where allowed), topics a sequence of str: a
+        str `topics` used to filter by its characters, a str start gave an unrelated error."""
+        r = TidelogApplicationRecorder(self.store())
+        r.insert_events([ev("a", 1, topic="x"), ev("a", 2, topic="y")])
+        import numpy
+        cases = [
+            (TypeError, "start", dict(start="1", limit=10)),
+            (TypeError, "start", dict(start=1.0, limit=10)),
+            (TypeError, "start", dict(start=True, limit=10)),
+            (TypeError, "limit", dict(start=1, limit="10")),
+            (TypeError, "limit", dict(start=1, limit=None)),
+            (TypeError, "limit", dict(start=1, limit=2.5)),
+            (TypeError, "stop", dict(start=1, limit=10, stop="2")),
+            (TypeError, "topics", dict(start=1, limit=10, topics="xy")),
+            (TypeError, "topics", dict(start=1, limit=10, topics=b"x")),
+            (TypeError, "topics", dict(start=1, limit=10, topics=5)),
+            (TypeError, "topics", dict(start=1, limit=10, topics=["x", 5])),
+            (ValueError, "topics", dict(start=1, limit=10, topics=["\ud800"])),
+        ]
+        for exc, arg, kw in cases:
+            with pytest.raises(exc, match=arg):
+                r.select_notifications(**kw)
+        for exc, arg, kw in ((TypeError, "gt", dict(gt="0")), (TypeError, "topics",
+                                                              dict(topics="x"))):
+            with pytest.raises(exc, match=arg):
+                r.subscribe(**kw)
+        got = r.select_notifications(numpy.int64(1), numpy.int32(10), topics=("y",))
+        assert [(n.id, n.topic) for n in got] == [(2, "y")]
+        assert [n.id for n in r.select_notifications(None, 10, stop=1)] == [1]
         r.close()
 
 

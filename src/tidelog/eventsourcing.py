@@ -2,22 +2,28 @@
 
 Owns: TidelogFactory, the four recorders, TidelogStore (one store = what SQLite calls a table) and
 its per-process registry, the store's record format and its LMDB index. Uses tidelog's public API
-only; the index is opened, grown and handled across fork() by tidelog.lmdbenv.
+and its shared argument checks (tidelog._args); the index is opened, grown and handled across
+fork() by tidelog.lmdbenv. Writes: the store's files only (`log/` through its tidelog writer,
+`index/`, and `writer.lock`, flocked while this process takes or tries the log's writer lock).
 
 Select it with PERSISTENCE_MODULE=tidelog.eventsourcing and TIDELOG_PATH=<directory>
 (<APPNAME>_TIDELOG_PATH overrides it per application). Optional: TIDELOG_SEGMENT_BYTES.
 
 Design: the tidelog log is the source of truth; notification id = offset + 1. LMDB holds derived
 data (the (originator_id, version) -> offset index, tracking, `indexed_upto`) and may lag the log,
-never lead it: on open a writer re-indexes [indexed_upto, end) from the log. The tracking record of
-an insert travels in its last log record, so exactly-once survives a crash between the log sync and
-the index commit. Inserts are checked before anything is appended (nothing is written on a
-conflict), appended as one atomic batch, and made durable by a group commit shared by concurrent
-inserts; index entries wait in an in-memory overlay until they are committed to LMDB in bulk.
+never lead it: whoever takes the log's writer lock re-indexes [indexed_upto, end) from the log
+(at open, briefly, if the lock is free; at a store's first write, when it becomes the writer);
+readers look in the log for what the index lacks. The tracking record of an insert travels in its
+last log record, so exactly-once survives a crash between the log sync and the index commit.
+Inserts are checked before anything is appended (nothing is written on a conflict), appended as
+one atomic batch, and made durable by a group commit shared by concurrent inserts; index entries
+wait in an in-memory overlay until they are committed to LMDB in bulk.
 """
 from __future__ import annotations
 
 import atexit
+import errno
+import fcntl
 import hashlib
 import os
 import struct
@@ -41,7 +47,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 import lmdb
 
 import tidelog
-from tidelog import lmdbenv
+from tidelog import _args, lmdbenv
 
 __all__ = ["TidelogFactory", "TidelogAggregateRecorder", "TidelogApplicationRecorder",
            "TidelogTrackingRecorder", "TidelogProcessRecorder", "TidelogStore", "TidelogSubscription",
@@ -91,6 +97,25 @@ def _version_key(version):
     if not -(1 << 63) <= version < (1 << 63):
         raise ValueError(f"originator_version: {version} is out of the 64-bit range")
     return _BE64.pack((version + (1 << 63)) & 0xFFFFFFFFFFFFFFFF)
+
+
+def _int_or_none(value, name):
+    return None if value is None else _args.integer(value, name)
+
+
+def _topics_arg(topics):
+    """`topics` as a tuple of str: a sequence (or other iterable) of str, not a str itself."""
+    if isinstance(topics, (str, bytes, bytearray, memoryview)):
+        raise TypeError(f"topics: expected a sequence of str, not a single "
+                        f"{type(topics).__name__}")
+    try:
+        out = tuple(topics)
+    except TypeError:
+        raise TypeError(f"topics: expected a sequence of str, not "
+                        f"{type(topics).__name__}") from None
+    for t in out:
+        _text(t, "topics: each topic")
+    return out
 
 
 def _text(value, what):
@@ -227,9 +252,10 @@ class TidelogStore:
     """One store: a tidelog log (`log/`, unless `with_log=False`) plus an LMDB env (`index/`).
 
     Get one with TidelogStore.acquire(path): stores are shared per process (one writer per log),
-    reference-counted; release() drops a reference and closes the store with the last one. If
-    another process holds the log's writer, the store opens read-only: reads and subscriptions
-    work, writes raise OperationalError."""
+    reference-counted; release() drops a reference and closes the store with the last one. A store
+    opens read-only (`readonly`) and becomes the log's writer at its first write (become_writer):
+    a process that only reads never holds the writer lock. While another process is the writer,
+    reads and subscriptions work and writes raise OperationalError, nothing written."""
 
     _registry = {}
     _registry_lock = threading.Lock()
@@ -287,6 +313,7 @@ class TidelogStore:
         self.failure = None
         self.readonly = False
         self.log = None
+        self._old_logs = []                   # read-only logs replaced by the writer's
         self._lock = threading.RLock()        # serialises checks + append (insert order)
         self._flush_lock = threading.Lock()   # one LMDB index commit at a time
         self._changed = threading.Condition()  # committed_end advanced
@@ -327,8 +354,7 @@ class TidelogStore:
         except BaseException:
             lmdbenv.release(self.env)
             raise
-        self.committed_end = (self.log.end_offset if self.log is not None and not self.readonly
-                              else 0)
+        self.committed_end = 0                # a writer's: what readers may see
 
     @contextmanager
     def _index_errors(self, doing):
@@ -349,22 +375,119 @@ class TidelogStore:
         with self._index_errors(doing):
             return self.env.write(fn)
 
-    def _open_log(self, logpath, segment_bytes):
+    @contextmanager
+    def _writer_turn(self):
+        """The store's `writer.lock` (flock, exclusive), held while this process takes the log's
+        writer lock, briefly to catch the index up at open or for good at its first write: so a
+        process that fails to take the writer lock while holding it knows a writer is really at
+        work (not a reader catching up at its open), and two processes never catch the index up
+        at once. Without a writable store directory there is nothing to lock (nor to write)."""
+        path = os.path.join(self.path, "writer.lock")
         try:
-            self.log = tidelog.open(logpath, segment_bytes=segment_bytes, durability="none")
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                yield
+                return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:        # explicit: a fork() child may share this descriptor
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    def _open_writer(self):
+        """A writer of the log, or None while another process holds its writer lock."""
+        try:
+            return tidelog.open(self._logpath, segment_bytes=self._segment_bytes,
+                                durability="none")
         except tidelog.LogLockedError:
-            self.log = tidelog.open(logpath, readonly=True)
-            self.readonly = True
-            return
+            return None
         except tidelog.TidelogError as exc:
             raise _tidelog_error(exc) from exc
-        if self.log.retain_bytes is not None or self.log.retain_seconds is not None:
-            raise DatabaseError(f"{logpath}: an event store must not have retention")
+
+    def _open_log(self, logpath, segment_bytes):
+        """Open the log to read: the store becomes its writer at its first write (become_writer),
+        so a process that only reads never holds the lock an application needs to write.
+
+        At open the index is caught up with the log while this process briefly holds the writer
+        lock, if it is free; if another process writes, its index may lag the log (reads look in
+        the log for what it lacks) but must not lead it."""
+        self._logpath, self._segment_bytes = logpath, segment_bytes
+        with self._writer_turn():
+            try:
+                log = self._open_writer()
+            except OSError as exc:
+                if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                    raise
+                log = None              # may not write here: a reader (nothing to catch up)
+            if log is not None:
+                self.log = log
+                try:
+                    self._check_no_retention()
+                    self.recover()
+                finally:
+                    self.log = None
+                    log.close()
+            try:
+                self.log = tidelog.open(logpath, readonly=True)
+            except tidelog.TidelogError as exc:
+                raise _tidelog_error(exc) from exc
+        self.readonly = True
         try:
-            self.recover()
+            self._check_no_retention()
+            if log is None:
+                upto = self.indexed_upto()          # first: the log's end only grows
+                self._check_not_ahead(upto, self.log.end_offset)
         except BaseException:
             self.log.close()
             raise
+
+    def _check_no_retention(self):
+        if self.log.retain_bytes is not None or self.log.retain_seconds is not None:
+            raise DatabaseError(f"{self._logpath}: an event store must not have retention")
+
+    def _check_not_ahead(self, upto, end):
+        if upto > end:
+            raise DatabaseError(
+                f"{self.path}: the index reaches offset {upto} but the log ends at {end} "
+                f"(acknowledged events are missing from the log); refusing to open")
+
+    def become_writer(self):
+        """Make this process the writer of the store's log (an insert does it at its first
+        write): take the log's writer lock and catch the index up with the log. OperationalError,
+        with nothing written, while another process is the writer (the store stays readable; a
+        later write tries again, e.g. once that process has closed the store or exited)."""
+        self._check_open()
+        if not self.readonly:
+            return
+        with self._flush_lock, self._lock:
+            self._check_open()
+            if not self.readonly:
+                return
+            with self._writer_turn():
+                log = self._open_writer()
+                if log is None:
+                    raise OperationalError(
+                        f"{self.path}: another process is this store's writer "
+                        f"(tidelog.LogLockedError); nothing was written: this process can read, "
+                        f"and write once that process closes the store or exits")
+                old, self.log = self.log, log
+                try:
+                    self.recover()
+                except BaseException:
+                    self.log = old
+                    log.close()
+                    raise
+            self.committed_end = log.end_offset
+            self._old_logs.append(old)      # other threads may be reading through it
+            self.readonly = False
+        with self._changed:
+            self._changed.notify_all()
 
     # -- recovery: the index catches up with the log, never leads it ------------------------------
 
@@ -381,10 +504,7 @@ class TidelogStore:
 
         def index(txn):
             upto = self.indexed_upto(txn)
-            if upto > end:
-                raise DatabaseError(
-                    f"{self.path}: the index reaches offset {upto} but the log ends at {end} "
-                    f"(acknowledged events are missing from the log); refusing to open")
+            self._check_not_ahead(upto, end)
             if upto < self.log.start_offset:
                 raise DatabaseError(f"{self.path}: the log starts at {self.log.start_offset}, "
                                     f"after the indexed point {upto}")
@@ -427,10 +547,17 @@ class TidelogStore:
             raise InterfaceError(f"{self.path}: the store is closed")
 
     def _check_writable(self):
+        """Before a write, outside the store's locks: the store becomes the writer here."""
         self._check_open()
         if self.readonly:
-            raise OperationalError(f"{self.path}: another process holds this store's writer "
-                                   f"(tidelog.LogLockedError); this process can only read")
+            self.become_writer()
+        self._check_usable()
+
+    def _check_usable(self):
+        """Under the store's locks (after _check_writable): still open and not stopped."""
+        self._check_open()
+        if self.readonly:       # never: a store stays the writer once it became it
+            raise OperationalError(f"{self.path}: this store is not the writer of its log")
         if self.failure is not None:
             raise OperationalError(f"{self.path}: the store stopped after a failure "
                                    f"({self.failure!r}); reopen it to recover")
@@ -471,7 +598,7 @@ class TidelogStore:
                 self.insert_tracking(tracking)
             return None
         with self._lock:
-            self._check_writable()
+            self._check_usable()
             entries = []
             seen = set()
             with self._index_errors("read"), self.env.reader() as txn:
@@ -610,11 +737,11 @@ class TidelogStore:
                 self._check_tracking(txn, tracking)
                 self._put_tracking_max(txn, tracking.application_name, tracking.notification_id)
             with self._lock:
-                self._check_writable()
+                self._check_usable()
                 self._write(record, "record tracking")
             return
         with self._flush_lock, self._lock:      # lock order: _flush_lock, then _lock
-            self._check_writable()
+            self._check_usable()
             with self._index_errors("read"), self.env.reader() as txn:
                 self._check_tracking(txn, tracking)
             if self.log is not None:
@@ -692,10 +819,10 @@ class TidelogStore:
         return self.committed_end
 
     def max_tracking_id(self, name):
-        if self.readonly:
+        if self.readonly:   # (a store that becomes the writer meanwhile: the same answer)
             best = None
             with self._index_errors("read"), self.env.reader() as txn:
-                best = self._max_tracking(txn, name)
+                best = self._max_tracking(txn, name, pending=False)
                 upto = self.indexed_upto(txn)
             for off, value in self._scan(upto, self.end()):
                 trk = _parse_head(value)[5]
@@ -720,6 +847,7 @@ class TidelogStore:
         okey = _oid_key(kind, raw)
         if limit is not None and limit <= 0:
             return []
+        readonly = self.readonly    # once: the store may become the writer meanwhile
         end = self.end()
         found = {}
         ov = self._overlay.get(okey)
@@ -734,8 +862,8 @@ class TidelogStore:
                     if not k.startswith(okey) or len(k) != len(okey) + 8:
                         break
                     found.setdefault(k[len(okey):], _BE64.unpack(v)[0])
-            upto = self.indexed_upto(txn) if self.readonly else None
-        if self.readonly:
+            upto = self.indexed_upto(txn) if readonly else None
+        if readonly:
             for off, value in self._scan(upto, end):
                 flags, k2, raw2, version, _t, _trk, _p = _parse_head(value)
                 if k2 == kind and raw2 == raw:
@@ -848,8 +976,8 @@ class TidelogStore:
             return
         if self.inherited:      # a fork() child only lets go of its copy: nothing is written
             self.closed = True
-            if self.log is not None:
-                self.log.close()
+            for log in self._logs():
+                log.close()
             lmdbenv.release(self.env)
             return
         try:
@@ -861,9 +989,12 @@ class TidelogStore:
             self.closed = True
             with self._changed:
                 self._changed.notify_all()
-            if self.log is not None:
-                self.log.close()
+            for log in self._logs():
+                log.close()
             lmdbenv.release(self.env)
+
+    def _logs(self):
+        return ([] if self.log is None else [self.log]) + self._old_logs
 
 
 atexit.register(TidelogStore.close_all)
@@ -912,6 +1043,10 @@ class TidelogApplicationRecorder(TidelogAggregateRecorder, ApplicationRecorder):
 
     def select_notifications(self, start, limit, stop=None, topics=(), *,
                              inclusive_of_start=True):
+        start = _int_or_none(start, "start")
+        limit = _args.integer(limit, "limit")
+        stop = _int_or_none(stop, "stop")
+        topics = _topics_arg(topics)
         if start is None:
             lo = 0
         else:
@@ -924,7 +1059,7 @@ class TidelogApplicationRecorder(TidelogAggregateRecorder, ApplicationRecorder):
         return self.store.end() or None
 
     def subscribe(self, gt=None, topics=()):
-        return TidelogSubscription(self, gt=gt, topics=topics)
+        return TidelogSubscription(self, gt=_int_or_none(gt, "gt"), topics=_topics_arg(topics))
 
 
 class TidelogSubscription(Subscription):
