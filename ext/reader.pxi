@@ -287,6 +287,24 @@ cdef class RecordBatch:
         return "RecordBatch(0 records)"
 
 
+cdef object _pickled_ints(object x, str what, object dtype, object lo, object hi):
+    """A pickled batch's per-record integers as a 1-D array of `dtype`: integers in [lo, hi]
+    only (numpy's own conversion would truncate floats, parse strings and wrap or overflow)."""
+    # (a list goes element by element: numpy would make [1, 2**63] float64)
+    a = x if isinstance(x, np.ndarray) else np.asarray(x, object)
+    if a.ndim != 1:
+        raise ValueError(f"RecordBatch pickle: {what}: expected a 1-D sequence, not {a.ndim}-D")
+    if a.size == 0:
+        return np.empty(0, dtype)
+    if a.dtype.kind == "O":         # Python ints (beyond int64, say): each one checked
+        a = np.array([_args.integer(v, f"RecordBatch pickle: {what}") for v in a], object)
+    elif a.dtype.kind not in "iu":
+        raise TypeError(f"RecordBatch pickle: {what}: expected integers, not {a.dtype}")
+    if a.min() < lo or a.max() > hi:
+        raise ValueError(f"RecordBatch pickle: {what}: outside [{lo}, {hi}]")
+    return np.array(a, dtype)
+
+
 def _batch_from_pickle(first, timestamps, klen, vlen, blob):
     """Rebuild a pickled RecordBatch: per record its timestamp, key length (-1: no key) and
     value length; `blob` holds each record's key area then its value, 8-byte aligned. Checks
@@ -295,16 +313,14 @@ def _batch_from_pickle(first, timestamps, klen, vlen, blob):
     if type(blob) is not bytes:
         raise TypeError(f"RecordBatch pickle: expected bytes, not {type(blob).__name__}")
     first = _args.offset(first, "first")
-    tss = np.array(timestamps, np.int64)
-    kl = np.array(klen, np.int32)
-    vl = np.array(vlen, np.uint32)
+    tss = _pickled_ints(timestamps, "timestamps", np.int64, _args.INT64_MIN, _args.INT64_MAX)
+    kl = _pickled_ints(klen, "key lengths", np.int32, -1, 0x7FFFFFFF)
+    vl = _pickled_ints(vlen, "value lengths", np.uint32, 0, 0xFFFFFFFF)
     n = len(tss)
-    if tss.ndim != 1 or kl.shape != (n,) or vl.shape != (n,):
+    if kl.shape != (n,) or vl.shape != (n,):
         raise ValueError("RecordBatch pickle: timestamps, key and value lengths disagree")
     if n and (first + n - 1 > _args.INT64_MAX or first < 0):
         raise ValueError(f"RecordBatch pickle: offsets {first}.. out of range")
-    if n and kl.min() < -1:
-        raise ValueError("RecordBatch pickle: a key length below -1")
     kspace = np.where(kl < 0, 0, (kl.astype(np.int64) + 7) & ~7)
     vspace = (vl.astype(np.int64) + 7) & ~7
     ends = np.cumsum(kspace + vspace)
@@ -525,13 +541,25 @@ cdef class CursorCore:
             raise cursor_closed(self)
         self.log._check_open()
         limit = self._limit()
-        start = self._next
-        if start >= limit:
-            return empty_batch()
-        self._frame(&length)            # locates the segment and checks the first frame
-        seg = self._seg
-        mv = seg.mv                     # held: numpy calls below may run a GC, whose finalizers
-        cdef char* data = <char*>PyMemoryView_GET_BUFFER(mv).buf   # could make the log unmap seg
+        cdef char* data
+        while True:
+            start = self._next
+            if start >= limit:
+                return empty_batch()
+            self._frame(&length)        # locates the segment and checks the first frame
+            # what follows works on (seg, pos, start) taken here, never on the cursor's fields:
+            # locating lets other threads run, and the allocations below may run a GC whose
+            # finalizers run Python code (a signal handler too), so another user of this cursor
+            # may move it meanwhile. The frame found must be the one at `start`; else it was
+            # moved while locating: start over from where it is now
+            seg = self._seg
+            pos = self._pos
+            mv = seg.mv                 # held: a finalizer could make the log unmap seg
+            data = <char*>PyMemoryView_GET_BUFFER(mv).buf
+            if frame_shape(data, seg.cap, pos, start, &length) == FRAME_OK:
+                break
+            self.log._check_open()
+            limit = self._limit()
         n_max = min(<int64_t>max_records, limit - start)
         if seg.next_base >= 0:
             n_max = min(n_max, seg.next_base - start)
@@ -542,7 +570,6 @@ cdef class CursorCore:
         cdef int64_t[::1] t = tss
         cdef uint32_t[::1] vp = vpos, vn = vlen
         cdef int32_t[::1] kn = klen_a
-        pos = self._pos
         cdef int64_t ulen = -1, ustride = -1, prev_vp = -1, at
         cdef bint uniform = True
         while i < n_max:
