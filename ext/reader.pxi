@@ -455,49 +455,69 @@ cdef class CursorCore:
         self._next = offset
         self._seg = None
 
-    cdef int _locate(self) except -1:
+    cdef int _locate(self, int64_t at) except -1:
+        """Find the frame of offset `at`, the cursor's position: sets _seg, _pos, _llen and
+        _lrc together and returns 1; returns 0, setting nothing, when the position changed
+        meanwhile. Finding it lets other threads run (listing, mapping), and one of them may
+        use this cursor then (close() and commit() may come from another thread; a finalizer
+        or a signal handler may read it): the fields always agree with each other and with
+        _next (else a later check reported damage that is not there)."""
         cdef Segment seg
+        cdef Py_ssize_t pos
+        cdef uint32_t llen = 0
+        cdef int lrc = FRAME_END
         self.log._check_open()
-        if self._next < self.log._start_now():
+        if at < self.log._start_now():
             raise OffsetOutOfRangeError(
-                f"cursor position {self._next} fell below start_offset {self.log._start_now()} "
+                f"cursor position {at} fell below start_offset {self.log._start_now()} "
                 f"(retention removed it)")
         try:
-            seg = seg_for(self.log, self._next)
-            # checked, and found again without the index when that led astray (a hint);
-            # mapping it lets threads run
-            self._pos = seg.find_checked(self._next, &self._llen, &self._lrc)
+            seg = seg_for(self.log, at)
+            # checked, and found again without the index when that led astray (a hint)
+            pos = seg.find_checked(at, &llen, &lrc)
         except CorruptLogError:
             self.log._check_open()
-            if self._next < self.log._start_now():      # retention deleted it meanwhile
+            if at < self.log._start_now():          # retention deleted it meanwhile
                 raise OffsetOutOfRangeError(
-                    f"cursor position {self._next} fell below start_offset "
+                    f"cursor position {at} fell below start_offset "
                     f"{self.log._start_now()} (retention removed it)") from None
+            if self._next != at:
+                return 0
             raise
         self.log._check_open()
+        if self._next != at:
+            return 0
         self._seg = seg
-        return 0
+        self._pos = pos
+        self._llen = llen
+        self._lrc = lrc
+        return 1
 
     cdef inline int _frame(self, uint32_t* length) except -1:
-        """Check the frame at the cursor (locating it first when needed)."""
+        """Check the frame at the cursor (locating it first when needed): 1 when it is good
+        (its length in `length`; _seg and _pos say where), 0 when the cursor was moved
+        meanwhile (see _locate): the caller looks at its position again."""
         cdef int rc
+        cdef int64_t at = self._next
         if (self._seg is None or self._seg.data == NULL or
-                (self._seg.next_base >= 0 and self._next >= self._seg.next_base)):
-            self._locate()
+                (self._seg.next_base >= 0 and at >= self._seg.next_base)):
+            if not self._locate(at):
+                return 0
             rc = self._lrc
             length[0] = self._llen
         else:
-            rc = self._seg.check(self._pos, self._next, length)
+            rc = self._seg.check(self._pos, at, length)
         if rc == FRAME_END:
             # this process has not seen the writer's roll yet
             self.log._refresh()
-            self._locate()
+            if self._next != at or not self._locate(at):
+                return 0
             rc = self._lrc
             length[0] = self._llen
         if rc != FRAME_OK:
             self.log._check_open()
-            raise corrupt(self._seg.path, self._pos, self._next, rc)
-        return 0
+            raise corrupt(self._seg.path, self._pos, at, rc)
+        return 1
 
     def __iter__(self):
         return self
@@ -508,9 +528,11 @@ cdef class CursorCore:
         if self.closed:
             raise cursor_closed(self)
         self.log._check_open()
-        if self._next >= self._limit():
-            raise StopIteration
-        self._frame(&length)
+        while True:
+            if self._next >= self._limit():
+                raise StopIteration
+            if self._frame(&length):
+                break
         r = make_record(self._seg, self._pos, length)
         self._pos += align8(length)
         self._next += 1
@@ -546,12 +568,13 @@ cdef class CursorCore:
             start = self._next
             if start >= limit:
                 return empty_batch()
-            self._frame(&length)        # locates the segment and checks the first frame
+            if not self._frame(&length):    # locates the segment, checks the first frame
+                continue
             # what follows works on (seg, pos, start) taken here, never on the cursor's fields:
             # locating lets other threads run, and the allocations below may run a GC whose
             # finalizers run Python code (a signal handler too), so another user of this cursor
-            # may move it meanwhile. The frame found must be the one at `start`; else it was
-            # moved while locating: start over from where it is now
+            # may move it meanwhile. (_frame made sure the frame is the one at `start`: this
+            # looks once more, cheaply, before trusting its length)
             seg = self._seg
             pos = self._pos
             mv = seg.mv                 # held: a finalizer could make the log unmap seg
@@ -603,6 +626,7 @@ cdef class CursorCore:
             vn[i] = <uint32_t>vl
             pos += align8(length)
             i += 1
+        self._seg = seg                 # (the three together: see _locate)
         self._pos = pos
         self._next = start + i
         cdef RecordBatch b = RecordBatch.__new__(RecordBatch)
