@@ -477,12 +477,12 @@ cdef class CursorCore:
             pos = seg.find_checked(at, &llen, &lrc)
         except CorruptLogError:
             self.log._check_open()
+            if self._next != at:
+                return 0
             if at < self.log._start_now():          # retention deleted it meanwhile
                 raise OffsetOutOfRangeError(
                     f"cursor position {at} fell below start_offset "
                     f"{self.log._start_now()} (retention removed it)") from None
-            if self._next != at:
-                return 0
             raise
         self.log._check_open()
         if self._next != at:
