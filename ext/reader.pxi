@@ -287,6 +287,24 @@ cdef class RecordBatch:
         return "RecordBatch(0 records)"
 
 
+cdef object _pickled_ints(object x, str what, object dtype, object lo, object hi):
+    """A pickled batch's per-record integers as a 1-D array of `dtype`: integers in [lo, hi]
+    only (numpy's own conversion would truncate floats, parse strings and wrap or overflow)."""
+    # (a list goes element by element: numpy would make [1, 2**63] float64)
+    a = x if isinstance(x, np.ndarray) else np.asarray(x, object)
+    if a.ndim != 1:
+        raise ValueError(f"RecordBatch pickle: {what}: expected a 1-D sequence, not {a.ndim}-D")
+    if a.size == 0:
+        return np.empty(0, dtype)
+    if a.dtype.kind == "O":         # Python ints (beyond int64, say): each one checked
+        a = np.array([_args.integer(v, f"RecordBatch pickle: {what}") for v in a], object)
+    elif a.dtype.kind not in "iu":
+        raise TypeError(f"RecordBatch pickle: {what}: expected integers, not {a.dtype}")
+    if a.min() < lo or a.max() > hi:
+        raise ValueError(f"RecordBatch pickle: {what}: outside [{lo}, {hi}]")
+    return np.array(a, dtype)
+
+
 def _batch_from_pickle(first, timestamps, klen, vlen, blob):
     """Rebuild a pickled RecordBatch: per record its timestamp, key length (-1: no key) and
     value length; `blob` holds each record's key area then its value, 8-byte aligned. Checks
@@ -295,16 +313,14 @@ def _batch_from_pickle(first, timestamps, klen, vlen, blob):
     if type(blob) is not bytes:
         raise TypeError(f"RecordBatch pickle: expected bytes, not {type(blob).__name__}")
     first = _args.offset(first, "first")
-    tss = np.array(timestamps, np.int64)
-    kl = np.array(klen, np.int32)
-    vl = np.array(vlen, np.uint32)
+    tss = _pickled_ints(timestamps, "timestamps", np.int64, _args.INT64_MIN, _args.INT64_MAX)
+    kl = _pickled_ints(klen, "key lengths", np.int32, -1, 0x7FFFFFFF)
+    vl = _pickled_ints(vlen, "value lengths", np.uint32, 0, 0xFFFFFFFF)
     n = len(tss)
-    if tss.ndim != 1 or kl.shape != (n,) or vl.shape != (n,):
+    if kl.shape != (n,) or vl.shape != (n,):
         raise ValueError("RecordBatch pickle: timestamps, key and value lengths disagree")
     if n and (first + n - 1 > _args.INT64_MAX or first < 0):
         raise ValueError(f"RecordBatch pickle: offsets {first}.. out of range")
-    if n and kl.min() < -1:
-        raise ValueError("RecordBatch pickle: a key length below -1")
     kspace = np.where(kl < 0, 0, (kl.astype(np.int64) + 7) & ~7)
     vspace = (vl.astype(np.int64) + 7) & ~7
     ends = np.cumsum(kspace + vspace)
@@ -439,49 +455,69 @@ cdef class CursorCore:
         self._next = offset
         self._seg = None
 
-    cdef int _locate(self) except -1:
+    cdef int _locate(self, int64_t at) except -1:
+        """Find the frame of offset `at`, the cursor's position: sets _seg, _pos, _llen and
+        _lrc together and returns 1; returns 0, setting nothing, when the position changed
+        meanwhile. Finding it lets other threads run (listing, mapping), and one of them may
+        use this cursor then (close() and commit() may come from another thread; a finalizer
+        or a signal handler may read it): the fields always agree with each other and with
+        _next (else a later check reported damage that is not there)."""
         cdef Segment seg
+        cdef Py_ssize_t pos
+        cdef uint32_t llen = 0
+        cdef int lrc = FRAME_END
         self.log._check_open()
-        if self._next < self.log._start_now():
+        if at < self.log._start_now():
             raise OffsetOutOfRangeError(
-                f"cursor position {self._next} fell below start_offset {self.log._start_now()} "
+                f"cursor position {at} fell below start_offset {self.log._start_now()} "
                 f"(retention removed it)")
         try:
-            seg = seg_for(self.log, self._next)
-            # checked, and found again without the index when that led astray (a hint);
-            # mapping it lets threads run
-            self._pos = seg.find_checked(self._next, &self._llen, &self._lrc)
+            seg = seg_for(self.log, at)
+            # checked, and found again without the index when that led astray (a hint)
+            pos = seg.find_checked(at, &llen, &lrc)
         except CorruptLogError:
             self.log._check_open()
-            if self._next < self.log._start_now():      # retention deleted it meanwhile
+            if self._next != at:
+                return 0
+            if at < self.log._start_now():          # retention deleted it meanwhile
                 raise OffsetOutOfRangeError(
-                    f"cursor position {self._next} fell below start_offset "
+                    f"cursor position {at} fell below start_offset "
                     f"{self.log._start_now()} (retention removed it)") from None
             raise
         self.log._check_open()
+        if self._next != at:
+            return 0
         self._seg = seg
-        return 0
+        self._pos = pos
+        self._llen = llen
+        self._lrc = lrc
+        return 1
 
     cdef inline int _frame(self, uint32_t* length) except -1:
-        """Check the frame at the cursor (locating it first when needed)."""
+        """Check the frame at the cursor (locating it first when needed): 1 when it is good
+        (its length in `length`; _seg and _pos say where), 0 when the cursor was moved
+        meanwhile (see _locate): the caller looks at its position again."""
         cdef int rc
+        cdef int64_t at = self._next
         if (self._seg is None or self._seg.data == NULL or
-                (self._seg.next_base >= 0 and self._next >= self._seg.next_base)):
-            self._locate()
+                (self._seg.next_base >= 0 and at >= self._seg.next_base)):
+            if not self._locate(at):
+                return 0
             rc = self._lrc
             length[0] = self._llen
         else:
-            rc = self._seg.check(self._pos, self._next, length)
+            rc = self._seg.check(self._pos, at, length)
         if rc == FRAME_END:
             # this process has not seen the writer's roll yet
             self.log._refresh()
-            self._locate()
+            if self._next != at or not self._locate(at):
+                return 0
             rc = self._lrc
             length[0] = self._llen
         if rc != FRAME_OK:
             self.log._check_open()
-            raise corrupt(self._seg.path, self._pos, self._next, rc)
-        return 0
+            raise corrupt(self._seg.path, self._pos, at, rc)
+        return 1
 
     def __iter__(self):
         return self
@@ -492,9 +528,11 @@ cdef class CursorCore:
         if self.closed:
             raise cursor_closed(self)
         self.log._check_open()
-        if self._next >= self._limit():
-            raise StopIteration
-        self._frame(&length)
+        while True:
+            if self._next >= self._limit():
+                raise StopIteration
+            if self._frame(&length):
+                break
         r = make_record(self._seg, self._pos, length)
         self._pos += align8(length)
         self._next += 1
@@ -525,13 +563,26 @@ cdef class CursorCore:
             raise cursor_closed(self)
         self.log._check_open()
         limit = self._limit()
-        start = self._next
-        if start >= limit:
-            return empty_batch()
-        self._frame(&length)            # locates the segment and checks the first frame
-        seg = self._seg
-        mv = seg.mv                     # held: numpy calls below may run a GC, whose finalizers
-        cdef char* data = <char*>PyMemoryView_GET_BUFFER(mv).buf   # could make the log unmap seg
+        cdef char* data
+        while True:
+            start = self._next
+            if start >= limit:
+                return empty_batch()
+            if not self._frame(&length):    # locates the segment, checks the first frame
+                continue
+            # what follows works on (seg, pos, start) taken here, never on the cursor's fields:
+            # locating lets other threads run, and the allocations below may run a GC whose
+            # finalizers run Python code (a signal handler too), so another user of this cursor
+            # may move it meanwhile. (_frame made sure the frame is the one at `start`: this
+            # looks once more, cheaply, before trusting its length)
+            seg = self._seg
+            pos = self._pos
+            mv = seg.mv                 # held: a finalizer could make the log unmap seg
+            data = <char*>PyMemoryView_GET_BUFFER(mv).buf
+            if frame_shape(data, seg.cap, pos, start, &length) == FRAME_OK:
+                break
+            self.log._check_open()
+            limit = self._limit()
         n_max = min(<int64_t>max_records, limit - start)
         if seg.next_base >= 0:
             n_max = min(n_max, seg.next_base - start)
@@ -542,7 +593,6 @@ cdef class CursorCore:
         cdef int64_t[::1] t = tss
         cdef uint32_t[::1] vp = vpos, vn = vlen
         cdef int32_t[::1] kn = klen_a
-        pos = self._pos
         cdef int64_t ulen = -1, ustride = -1, prev_vp = -1, at
         cdef bint uniform = True
         while i < n_max:
@@ -576,6 +626,7 @@ cdef class CursorCore:
             vn[i] = <uint32_t>vl
             pos += align8(length)
             i += 1
+        self._seg = seg                 # (the three together: see _locate)
         self._pos = pos
         self._next = start + i
         cdef RecordBatch b = RecordBatch.__new__(RecordBatch)

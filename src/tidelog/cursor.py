@@ -43,7 +43,11 @@ class Cursor(_core.CursorCore):
     stops; :meth:`follow` waits for more. Anonymous cursors see every appended record; named
     ones (and ``durable_only=True``) only durable records. Reading raises
     :exc:`OffsetOutOfRangeError` when the position fell below `start_offset` (retention),
-    :exc:`CorruptLogError` at damage, :exc:`LogClosedError` once the log is closed."""
+    :exc:`CorruptLogError` at damage, :exc:`LogClosedError` once the log is closed.
+
+    A cursor is for one thread at a time, as a Kafka consumer is: close(), commit() and
+    committed() may come from another thread, but threads reading one cursor may each get the
+    same records (never a wrong or damaged one); give each reading thread its own cursor."""
 
     #: the subscriber name of a named cursor (Log.cursor(name=...)), None for an anonymous one
     name: str | None = None
