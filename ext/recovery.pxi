@@ -64,7 +64,15 @@ cdef zero_tail(Segment s, size_t pos):
     fallocate(FALLOC_FL_ZERO_RANGE) where the system has it (the blocks stay allocated), else
     by clearing through the mapping whatever is not zero."""
     cdef size_t chunk = 65536, a = pos, b
-    cdef size_t end = min(s.cap, s.alloc)      # prealloc.pxi: beyond it holes (zeros)
+    cdef size_t end = min(s.cap, s.alloc)      # prealloc.pxi: the allocated prefix
+    cdef int err
+    # past the allocated prefix (its first hole): holes, but maybe old frames after one (a
+    # punched file; a power loss that kept later blocks but not earlier ones): those are
+    # cleared too, never through the mapping (a hole there may fault), else they would follow
+    # the next appends as if written
+    err = tl_clear_extents(s.fd, max(pos, end), s.cap) if s.fd >= 0 else 0
+    if err:
+        raise_oserror(err, s.path)
     if pos >= end:
         return
     if tl_zero_range(s.fd, pos, end - pos) == 0:

@@ -57,6 +57,44 @@ static inline int64_t tl_allocated_end(int fd, int64_t size) {
     return size;
 }
 
+/* Clear every byte of fd in [from, to) that lies in an allocated extent (found with SEEK_DATA:
+   past the allocated prefix, a punched file or one whose middle blocks never reached the disk
+   before a power loss may still hold old frames after a hole): punched out where the system
+   can, else overwritten with zeros by pwrite (never through a mapping: a hole there may fault).
+   The holes are left alone (they read as zeros and stay unallocated). 0, or an errno value. */
+static inline int tl_clear_extents(int fd, int64_t from, int64_t to) {
+#if defined(SEEK_DATA) && defined(SEEK_HOLE)
+    static const char zeros[65536];
+    int64_t d, h, a;
+    ssize_t w;
+    while (from < to) {
+        d = (int64_t)lseek(fd, (off_t)from, SEEK_DATA);
+        if (d < 0) return errno == ENXIO ? 0 : errno;          /* ENXIO: no data past from */
+        if (d >= to) return 0;
+        h = (int64_t)lseek(fd, (off_t)d, SEEK_HOLE);
+        if (h < 0) return errno;
+        if (h > to) h = to;
+#if defined(__linux__) && defined(FALLOC_FL_PUNCH_HOLE)
+        if (fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, d, h - d) == 0) {
+            from = h;
+            continue;
+        }
+#endif
+        for (a = d; a < h; a += w) {
+            w = pwrite(fd, zeros, (size_t)(h - a < 65536 ? h - a : 65536), (off_t)a);
+            if (w < 0) {
+                if (errno == EINTR) { w = 0; continue; }
+                return errno;
+            }
+        }
+        from = h;
+    }
+#else
+    (void)fd; (void)from; (void)to;
+#endif
+    return 0;
+}
+
 /* Whether files are allocated in steps here: on macOS F_PREALLOCATE only extends a file, so a
    segment is allocated whole when created (as before). */
 #if defined(__APPLE__)
