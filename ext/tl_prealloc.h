@@ -95,6 +95,30 @@ static inline int tl_clear_extents(int fd, int64_t from, int64_t to) {
     return 0;
 }
 
+/* The allocated run of fd at or after `from` (below size): 1 with [*start, *end) set, or 0 when
+   none is left. Where holes cannot be found, [from, size). A reader that must look at every
+   byte of a file (salvage) reads only these: through a mapping, a hole faults in a page (on
+   tmpfs it takes memory, and on a full one it is a SIGBUS). */
+static inline int tl_next_data(int fd, int64_t from, int64_t size, int64_t *start, int64_t *end) {
+    if (from >= size) return 0;
+#if defined(SEEK_DATA) && defined(SEEK_HOLE)
+    {
+        off_t d = lseek(fd, (off_t)from, SEEK_DATA), h;
+        if (d < 0 && errno == ENXIO) return 0;
+        if (d >= 0) {
+            if ((int64_t)d >= size) return 0;
+            h = lseek(fd, d, SEEK_HOLE);
+            *start = (int64_t)d;
+            *end = (h < 0 || (int64_t)h > size) ? size : (int64_t)h;
+            return 1;
+        }
+    }
+#endif
+    *start = from;
+    *end = size;
+    return 1;
+}
+
 /* Whether files are allocated in steps here: on macOS F_PREALLOCATE only extends a file, so a
    segment is allocated whole when created (as before). */
 #if defined(__APPLE__)
