@@ -59,9 +59,10 @@ static inline int64_t tl_allocated_end(int fd, int64_t size) {
 
 /* Clear every byte of fd in [from, to) that lies in an allocated extent (found with SEEK_DATA:
    past the allocated prefix, a punched file or one whose middle blocks never reached the disk
-   before a power loss may still hold old frames after a hole): punched out where the system
-   can, else overwritten with zeros by pwrite (never through a mapping: a hole there may fault).
-   The holes are left alone (they read as zeros and stay unallocated). 0, or an errno value. */
+   before a power loss may still hold old frames after a hole): zeroed in place, its blocks
+   kept (FALLOC_FL_ZERO_RANGE, else pwrite of zeros; never through a mapping, where a hole may
+   fault, and never punched: a reader's view of such a page must not become a hole). The holes
+   are left alone (they read as zeros and stay unallocated). 0, or an errno value. */
 static inline int tl_clear_extents(int fd, int64_t from, int64_t to) {
 #if defined(SEEK_DATA) && defined(SEEK_HOLE)
     static const char zeros[65536];
@@ -74,12 +75,10 @@ static inline int tl_clear_extents(int fd, int64_t from, int64_t to) {
         h = (int64_t)lseek(fd, (off_t)d, SEEK_HOLE);
         if (h < 0) return errno;
         if (h > to) h = to;
-#if defined(__linux__) && defined(FALLOC_FL_PUNCH_HOLE)
-        if (fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, d, h - d) == 0) {
+        if (tl_zero_range(fd, d, h - d) == 0) {
             from = h;
             continue;
         }
-#endif
         for (a = d; a < h; a += w) {
             w = pwrite(fd, zeros, (size_t)(h - a < 65536 ? h - a : 65536), (off_t)a);
             if (w < 0) {
