@@ -64,7 +64,15 @@ cdef zero_tail(Segment s, size_t pos):
     fallocate(FALLOC_FL_ZERO_RANGE) where the system has it (the blocks stay allocated), else
     by clearing through the mapping whatever is not zero."""
     cdef size_t chunk = 65536, a = pos, b
-    cdef size_t end = min(s.cap, s.alloc)      # prealloc.pxi: beyond it holes (zeros)
+    cdef size_t end = min(s.cap, s.alloc)      # prealloc.pxi: the allocated prefix
+    cdef int err
+    # past the allocated prefix (its first hole): holes, but maybe old frames after one (a
+    # punched file; a power loss that kept later blocks but not earlier ones): those are
+    # cleared too, never through the mapping (a hole there may fault), else they would follow
+    # the next appends as if written
+    err = tl_clear_extents(s.fd, max(pos, end), s.cap) if s.fd >= 0 else 0
+    if err:
+        raise_oserror(err, s.path)
     if pos >= end:
         return
     if tl_zero_range(s.fd, pos, end - pos) == 0:
@@ -394,8 +402,9 @@ def salvage(LogCore self):
     cdef Segment seg
     cdef size_t pos
     cdef uint32_t length
-    cdef int64_t last = -1, off
-    cdef int rc
+    cdef int64_t last = -1, off, dstart = 0, dend = 0
+    cdef size_t lim
+    cdef int rc, fd
     self._check_open()
     if self._readonly:
         load_segments(self)
@@ -406,16 +415,33 @@ def salvage(LogCore self):
             seg.ensure()
         except (CorruptLogError, OSError):
             continue                                  # a missing or unreadable segment
-        pos = SEGMENT_HEADER_SIZE
-        while pos + FRAME_HEADER_SIZE <= seg.cap:
-            rc = frame_check(seg.data, seg.cap, pos, -1, &length)
-            off = rd_i64(seg.data + pos + 8) if rc == FRAME_OK else -1
-            if rc == FRAME_OK and off > last:
-                yield make_record(seg, pos, length)
-                if seg.data == NULL:
-                    seg.ensure()            # unmapped meanwhile: the positions still hold
-                last = off
-                pos += align8(length)
-            else:
-                pos += FRAME_ALIGN
+        # only the allocated runs of the file are read (prealloc.pxi: a segment is mostly holes
+        # past its writer's last step; reading a hole through the mapping takes a page, and is
+        # a SIGBUS on a full tmpfs); a frame never runs past the end of its run
+        try:
+            fd = os.open(seg.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            pos = SEGMENT_HEADER_SIZE
+            while tl_next_data(fd, pos, seg.cap, &dstart, &dend):
+                if <size_t>dstart > pos:
+                    pos = align8(<size_t>dstart)
+                lim = <size_t>dend & ~(<size_t>7)
+                while pos + FRAME_HEADER_SIZE <= lim:
+                    rc = frame_check(seg.data, lim, pos, -1, &length)
+                    off = rd_i64(seg.data + pos + 8) if rc == FRAME_OK else -1
+                    if rc == FRAME_OK and off > last:
+                        yield make_record(seg, pos, length)
+                        if seg.data == NULL:
+                            seg.ensure()    # unmapped meanwhile: the positions still hold
+                        last = off
+                        pos += align8(length)
+                    else:
+                        pos += FRAME_ALIGN
+                pos = max(pos, lim)
+                if pos >= seg.cap:
+                    break
+        finally:
+            os.close(fd)
         seg.unmap()

@@ -57,6 +57,67 @@ static inline int64_t tl_allocated_end(int fd, int64_t size) {
     return size;
 }
 
+/* Clear every byte of fd in [from, to) that lies in an allocated extent (found with SEEK_DATA:
+   past the allocated prefix, a punched file or one whose middle blocks never reached the disk
+   before a power loss may still hold old frames after a hole): zeroed in place, its blocks
+   kept (FALLOC_FL_ZERO_RANGE, else pwrite of zeros; never through a mapping, where a hole may
+   fault, and never punched: a reader's view of such a page must not become a hole). The holes
+   are left alone (they read as zeros and stay unallocated). 0, or an errno value. */
+static inline int tl_clear_extents(int fd, int64_t from, int64_t to) {
+#if defined(SEEK_DATA) && defined(SEEK_HOLE)
+    static const char zeros[65536];
+    int64_t d, h, a;
+    ssize_t w;
+    while (from < to) {
+        d = (int64_t)lseek(fd, (off_t)from, SEEK_DATA);
+        if (d < 0) return errno == ENXIO ? 0 : errno;          /* ENXIO: no data past from */
+        if (d >= to) return 0;
+        h = (int64_t)lseek(fd, (off_t)d, SEEK_HOLE);
+        if (h < 0) return errno;
+        if (h > to) h = to;
+        if (tl_zero_range(fd, d, h - d) == 0) {
+            from = h;
+            continue;
+        }
+        for (a = d; a < h; a += w) {
+            w = pwrite(fd, zeros, (size_t)(h - a < 65536 ? h - a : 65536), (off_t)a);
+            if (w < 0) {
+                if (errno == EINTR) { w = 0; continue; }
+                return errno;
+            }
+        }
+        from = h;
+    }
+#else
+    (void)fd; (void)from; (void)to;
+#endif
+    return 0;
+}
+
+/* The allocated run of fd at or after `from` (below size): 1 with [*start, *end) set, or 0 when
+   none is left. Where holes cannot be found, [from, size). A reader that must look at every
+   byte of a file (salvage) reads only these: through a mapping, a hole faults in a page (on
+   tmpfs it takes memory, and on a full one it is a SIGBUS). */
+static inline int tl_next_data(int fd, int64_t from, int64_t size, int64_t *start, int64_t *end) {
+    if (from >= size) return 0;
+#if defined(SEEK_DATA) && defined(SEEK_HOLE)
+    {
+        off_t d = lseek(fd, (off_t)from, SEEK_DATA), h;
+        if (d < 0 && errno == ENXIO) return 0;
+        if (d >= 0) {
+            if ((int64_t)d >= size) return 0;
+            h = lseek(fd, d, SEEK_HOLE);
+            *start = (int64_t)d;
+            *end = (h < 0 || (int64_t)h > size) ? size : (int64_t)h;
+            return 1;
+        }
+    }
+#endif
+    *start = from;
+    *end = size;
+    return 1;
+}
+
 /* Whether files are allocated in steps here: on macOS F_PREALLOCATE only extends a file, so a
    segment is allocated whole when created (as before). */
 #if defined(__APPLE__)

@@ -94,4 +94,6 @@ cdef extern from "tl_prealloc.h" nogil:
     int tl_grow_path(const char* path, int64_t start, int64_t end)
     int64_t tl_file_size(const char* path, uint64_t* ino)
     int64_t tl_allocated_end(int fd, int64_t size)
+    int tl_clear_extents(int fd, int64_t start, int64_t end)
+    int tl_next_data(int fd, int64_t start, int64_t size, int64_t* dstart, int64_t* dend)
     int TL_PREALLOC_STEPS
