@@ -156,7 +156,8 @@ def _formatter(fmt: str) -> Callable[[Record], str]:
     if fmt == "json":
         def line(rec: Record) -> str:
             key = rec.key
-            d: dict[str, Union[int, str, None]] = {"offset": rec.offset, "timestamp": rec.timestamp, "key": None, "key_encoding": None}
+            d: dict[str, Union[int, str, None]] = {
+                "offset": rec.offset, "timestamp": rec.timestamp, "key": None, "key_encoding": None}
             if key is not None:
                 d["key"], d["key_encoding"] = _json_field(key)
             d["value"], d["value_encoding"] = _json_field(bytes(rec))

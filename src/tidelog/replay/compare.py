@@ -4,8 +4,9 @@ Owns the rule of agreement (`compare_digests`): walk a replica's (offset, digest
 compare each with the reference's digest at the same offset, skip offsets the reference passed
 without a digest, stop at one it has not reached, and raise ReplicaDivergedError at the first
 difference. `check_replica(log, name, reference)` applies it to two stored replayers. Reads
-inside its caller's (or its own read) transaction; writes nothing. (`txn` and the database handles are py-lmdb's, typed Any as tidelog.lmdbenv
-hands them out.)
+inside its caller's (or its own read) transaction; writes nothing.
+
+Types: `txn` and the database handles are py-lmdb's, typed Any as tidelog.lmdbenv hands them out.
 """
 
 from __future__ import annotations

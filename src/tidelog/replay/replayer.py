@@ -159,7 +159,7 @@ class Replayer:
         self.replica_of = replica_of
         self.record_digests = digests
         self.digest_history = digest_history
-        self.stopped_by: Optional[int] = None   # the signal number that stopped the last run, if any
+        self.stopped_by: Optional[int] = None   # the signal that stopped the last run, if any
         self._view = view
         self._name_b = name_b
         self._prefix = None if name_b is None else name_b + b"\0"
@@ -168,24 +168,24 @@ class Replayer:
         if not callable(self._apply_batch):
             self._apply_batch = None
         self._stop = False
-        self._brake_step: Optional[Callable[[], None]] = None   # ends the running step (set by each step)
+        self._brake_step: Optional[Callable[[], None]] = None  # ends the running step (set by each)
         self._braked = False
         self._running = False
         self._failed: Optional[BaseException] = None
         self._closed = False
         self._txn: Any = None           # a view's open write transaction (between checkpoints)
         self._txn_env: Optional[lmdbenv.LmdbEnv] = None   # ... and the LmdbEnv it belongs to
-        self._checkpointed: Optional[int] = None   # position of the last checkpoint (stored or restored)
+        self._checkpointed: Optional[int] = None   # position of the last checkpoint (stored/restored)
         self._verified = -1             # replica: digests compared through this offset
         self._agreed = -1               # replica: last offset where the digests were equal
         self._mem_digests: list[tuple[int, bytes]] = []   # ephemeral: [(offset, digest)] ascending
-        self._last_snapshot: Optional[bytes] = None   # ephemeral: the snapshot of the last checkpoint
+        self._last_snapshot: Optional[bytes] = None   # ephemeral: the last checkpoint's snapshot
         self._last_cp_time = time.monotonic()
 
         # LMDB handles (databases) belong to one environment, and a fork() child gets its own:
         # they are looked up (cached per environment) on each use, never kept here
         self._store: Optional[PositionStore] = None
-        self._tmp_env: Optional[lmdbenv.TemporaryEnv] = None   # an ephemeral view's scratch environment
+        self._tmp_env: Optional[lmdbenv.TemporaryEnv] = None   # an ephemeral view's scratch env
         if name is not None or replica_of is not None:
             self._store = store = log.position_store()
             if store.shared.locked and store.writable:
