@@ -175,7 +175,7 @@ class Replayer:
         self._closed = False
         self._txn: Any = None           # a view's open write transaction (between checkpoints)
         self._txn_env: Optional[lmdbenv.LmdbEnv] = None   # ... and the LmdbEnv it belongs to
-        self._checkpointed: Optional[int] = None   # position of the last checkpoint (stored/restored)
+        self._checkpointed: Optional[int] = None   # the last checkpoint (stored or restored)
         self._verified = -1             # replica: digests compared through this offset
         self._agreed = -1               # replica: last offset where the digests were equal
         self._mem_digests: list[tuple[int, bytes]] = []   # ephemeral: [(offset, digest)] ascending
