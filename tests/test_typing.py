@@ -3,8 +3,10 @@ modules, so `mypy --strict` accepts a user script over the public API and reject
 
 tests/typing_user_script.py is that script: it is run first (the types describe code that
 works), then checked with mypy --strict as a user's project would check it, against the tidelog
-that is installed. The modules tidelog annotates are also checked themselves under --strict."""
+that is installed. The package's own modules are also checked themselves under --strict (all of
+them but NOT_YET_TYPED)."""
 import os
+import pkgutil
 import subprocess
 import sys
 import textwrap
@@ -14,10 +16,16 @@ import tidelog
 
 HERE = Path(__file__).resolve().parent
 SCRIPT = HERE / "typing_user_script.py"
-# the modules annotated throughout (replay: its public signatures only; cli, demo and
-# eventsourcing: not yet)
-TYPED_MODULES = ["tidelog", "tidelog.log", "tidelog.cursor", "tidelog.positions",
-                 "tidelog.errors", "tidelog._args", "tidelog.lmdbenv", "tidelog._core"]
+# Every module of the installed package is checked under --strict (new ones too: the list is
+# walked, not written out), except these. tidelog.eventsourcing is left out for now: another
+# change is under way in that file; annotate it and take it off this list afterwards.
+NOT_YET_TYPED = {"tidelog.eventsourcing"}
+
+
+def typed_modules():
+    """The package's modules (tidelog._core: its stub), less NOT_YET_TYPED."""
+    names = ["tidelog"] + [m.name for m in pkgutil.walk_packages(tidelog.__path__, "tidelog.")]
+    return [m for m in names if m not in NOT_YET_TYPED]
 
 
 def mypy(tmp_path, *args):
@@ -68,9 +76,17 @@ def test_mypy_strict_rejects_a_misspelt_method_and_a_wrong_keyword(tmp_path):
             (line, code, out.stdout)
 
 
-def test_the_annotated_modules_pass_mypy_strict_themselves(tmp_path):
+def test_the_module_list_covers_the_package():
+    mods = typed_modules()
+    for m in ["tidelog", "tidelog._core", "tidelog.cli", "tidelog.demo", "tidelog.tools",
+              "tidelog.__main__", "tidelog.replay", "tidelog.replay.replayer", "tidelog.log"]:
+        assert m in mods
+    assert not set(mods) & NOT_YET_TYPED
+
+
+def test_the_package_passes_mypy_strict_itself(tmp_path):
     args = ["--follow-imports=silent"]
-    for m in TYPED_MODULES:
+    for m in typed_modules():
         args += ["-m", m]
     out = mypy(tmp_path, *args)
     assert out.returncode == 0, out.stdout + out.stderr

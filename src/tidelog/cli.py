@@ -6,7 +6,12 @@ stderr and exits 2: one place, `_Group.invoke`, turns any exception into that li
 TIDELOG_TRACEBACK=1 to get the traceback instead). `verify` exits 1 on damage, `replay` 1 when a
 replica diverged or a machine is not deterministic. Names of subscribers are printed with
 backslash escapes for backslashes and unprintable characters (`_shown`).
+
+Types: click's own (click.Context, click.Parameter); a replay machine and its factory, named by
+--machine, are the user's objects (Any: any class with the methods of the contract).
 """
+
+from __future__ import annotations
 
 import base64
 import json
@@ -16,10 +21,13 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn,
+                           TimeElapsedColumn)
 from rich.table import Table
 from rich.text import Text
 
@@ -29,6 +37,11 @@ from tidelog import demo as demo_story
 from tidelog.clishow import progress_bar, rate, result_table
 from tidelog.positions import POSITIONS_DIR
 from tidelog.replay import machine_call
+
+if TYPE_CHECKING:
+    from tidelog.cursor import Cursor, Record
+    from tidelog.log import Log
+    from tidelog.replay import Replayer
 
 __all__ = ["main", "cli"]
 
@@ -49,7 +62,7 @@ class CliError(Exception):
 _PLAIN = (tidelog.TidelogError, OSError, CliError, TypeError, ValueError)
 
 
-def _describe(exc):
+def _describe(exc: BaseException) -> str:
     """One line for any exception: the message, the machine method and record offset when a
     replay machine raised it, the exception's type when that is not obvious."""
     if isinstance(exc, OSError) and exc.strerror:
@@ -67,7 +80,7 @@ def _describe(exc):
     return _shown(msg, backslash=False)
 
 
-def _shown(text, backslash=True):
+def _shown(text: str, backslash: bool = True) -> str:
     """`text` safe to print on one line: unprintable characters (controls, line separators,
     bidi overrides) as escapes, \\t, \\n, \\x1b, \\u202e; with `backslash`, backslashes doubled
     so that the escapes are unambiguous (names in tab-separated output)."""
@@ -85,7 +98,7 @@ def _shown(text, backslash=True):
 
 
 class _Group(click.Group):
-    def invoke(self, ctx):
+    def invoke(self, ctx: click.Context) -> Any:      # Any: click.Group.invoke's
         try:
             return super().invoke(ctx)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort,
@@ -102,22 +115,22 @@ class _Group(click.Group):
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(tidelog.__version__, prog_name="tidelog")
-def cli():
+def cli() -> None:
     """tidelog: an embedded, append-only log. Inspect, append to, verify and benchmark logs."""
 
 
-def main(argv=None):
+def main(argv: Optional[Sequence[str]] = None) -> None:
     """Console-script entry point (`tidelog`, `python -m tidelog`)."""
     cli.main(args=argv, prog_name="tidelog")
 
 
 # ------------------------------------------------------------------------------- helpers
 
-def _open_ro(path):
+def _open_ro(path: str) -> Log:
     return tidelog.open(path, readonly=True)
 
 
-def _iso(ns):
+def _iso(ns: int) -> str:
     """Nanoseconds since the epoch as ISO 8601 UTC, or the plain number if out of range."""
     try:
         sec, frac = divmod(int(ns), 1_000_000_000)
@@ -126,11 +139,11 @@ def _iso(ns):
         return str(ns)
 
 
-def _text(b):
+def _text(b: bytes) -> str:
     return b.decode("utf-8", "backslashreplace")
 
 
-def _json_field(b):
+def _json_field(b: bytes) -> tuple[str, str]:
     """(str, encoding): utf-8 text when decodable, else base64."""
     try:
         return b.decode("utf-8"), "utf-8"
@@ -138,27 +151,28 @@ def _json_field(b):
         return base64.b64encode(b).decode("ascii"), "base64"
 
 
-def _formatter(fmt):
+def _formatter(fmt: str) -> Callable[[Record], str]:
     """A function Record -> one output line for --format text|hex|json."""
     if fmt == "json":
-        def line(rec):
+        def line(rec: Record) -> str:
             key = rec.key
-            d = {"offset": rec.offset, "timestamp": rec.timestamp, "key": None, "key_encoding": None}
+            d: dict[str, Union[int, str, None]] = {
+                "offset": rec.offset, "timestamp": rec.timestamp, "key": None, "key_encoding": None}
             if key is not None:
                 d["key"], d["key_encoding"] = _json_field(key)
             d["value"], d["value_encoding"] = _json_field(bytes(rec))
             return json.dumps(d, ensure_ascii=False)
         return line
-    conv = _text if fmt == "text" else bytes.hex
+    conv: Callable[[bytes], str] = _text if fmt == "text" else bytes.hex
 
-    def line(rec):
+    def line(rec: Record) -> str:  # type: ignore[no-redef]  # the other branch's returned
         key = rec.key
         return (f"{rec.offset}\t{_iso(rec.timestamp)}\t{'-' if key is None else conv(key)}\t"
                 f"{conv(bytes(rec))}")
     return line
 
 
-def _print_batches(cur, count, line):
+def _print_batches(cur: Cursor, count: int, line: Callable[[Record], str]) -> None:
     """Print up to `count` records from cursor `cur`, one line each."""
     while count > 0:
         batch = cur.read_batch(min(count, BATCH))
@@ -168,14 +182,14 @@ def _print_batches(cur, count, line):
         click.echo("\n".join(line(rec) for rec in batch))
 
 
-def _replayers(log):
+def _replayers(log: Log) -> set[str]:
     """Names of the subscribers that are replayers: they have a checkpoint, and their position
     moves only with their checkpointed state (reading this creates nothing)."""
     from tidelog import replay
     return set(replay.replayers(log))
 
 
-def _ago(ns, now_ns):
+def _ago(ns: int, now_ns: int) -> str:
     """A commit time as its age, '42s ago', '5m ago', '3h ago', '2d ago'."""
     s = (now_ns - ns) / 1e9
     if s < 0:
@@ -186,7 +200,7 @@ def _ago(ns, now_ns):
     return f"{int(s)}s ago"
 
 
-def _size(n):
+def _size(n: float) -> str:  # type: ignore[return]  # the loop returns (at TiB at last)
     """Bytes for people: 512 B, 12.0 KiB, 3.4 GiB."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if n < 1024 or unit == "TiB":
@@ -194,7 +208,7 @@ def _size(n):
         n /= 1024
 
 
-def _wide_console():
+def _wide_console() -> Console:
     """A console for tables: the terminal's width, or a wide one when the output is piped (a
     table cut to 80 columns would wrap subscriber names and times)."""
     console = Console()
@@ -211,7 +225,7 @@ _FORMAT = click.option("--format", "fmt", type=click.Choice(["text", "hex", "jso
 
 @cli.command()
 @click.argument("path")
-def info(path):
+def info(path: str) -> None:
     """Offsets, record count, segments and their size on disk, subscribers."""
     with _open_ro(path) as log:
         start, end, durable = log.start_offset, log.end_offset, log.durable_offset
@@ -250,7 +264,7 @@ def info(path):
 @click.option("--count", type=click.IntRange(min=0), default=None,
               help="At most this many records (default: to the end).")
 @_FORMAT
-def dump(path, start, count, fmt):
+def dump(path: str, start: Optional[int], count: Optional[int], fmt: str) -> None:
     """Print records: offset, timestamp, key, value."""
     with _open_ro(path) as log:
         end = log.end_offset
@@ -259,7 +273,8 @@ def dump(path, start, count, fmt):
         _print_batches(cur, left if count is None else min(count, left), _formatter(fmt))
 
 
-def _timeout_arg(ctx, param, value):
+def _timeout_arg(ctx: click.Context, param: click.Parameter,
+                 value: Optional[float]) -> Optional[float]:
     try:
         return _args.timeout(value, "--timeout")
     except ValueError as exc:
@@ -275,7 +290,7 @@ def _timeout_arg(ctx, param, value):
 @click.option("--timeout", type=float, default=None, callback=_timeout_arg,
               help="With -f: stop after this many seconds without a new record.")
 @_FORMAT
-def tail(path, n, follow, timeout, fmt):
+def tail(path: str, n: int, follow: bool, timeout: Optional[float], fmt: str) -> None:
     """Print the last records; -f follows the log."""
     line = _formatter(fmt)
     with _open_ro(path) as log:
@@ -294,8 +309,9 @@ def tail(path, n, follow, timeout, fmt):
 @click.argument("path")
 @click.argument("files", nargs=-1)
 @click.option("--key", default=None, help="Key (utf-8) for every appended record.")
-def append(path, files, key):
+def append(path: str, files: tuple[str, ...], key: Optional[str]) -> None:
     """Append one record per stdin line (newline stripped), or one per FILE's whole content."""
+    chunks: Iterable[list[bytes]]
     if files:
         values = []
         for name in files:           # read them all first: a missing file appends nothing
@@ -304,11 +320,11 @@ def append(path, files, key):
         chunks = [values]
     else:
         chunks = _line_chunks(sys.stdin.buffer)
-    key = None if key is None else os.fsencode(key)
+    key_b = None if key is None else os.fsencode(key)      # (typed: bytes, not the str given)
     first, n = None, 0
     with tidelog.open(path, create=True) as log:
         for chunk in chunks:
-            keys = None if key is None else [key] * len(chunk)
+            keys = None if key_b is None else [key_b] * len(chunk)
             try:
                 off = log.append_batch(chunk, keys=keys, atomic=False)
             except ValueError as exc:        # a record larger than a segment
@@ -320,7 +336,7 @@ def append(path, files, key):
     click.echo(f"appended {n} records, first offset {first}")
 
 
-def _line_chunks(stream):
+def _line_chunks(stream: Iterable[bytes]) -> Iterator[list[bytes]]:
     chunk = []
     for raw in stream:
         chunk.append(raw[:-1] if raw.endswith(b"\n") else raw)
@@ -334,15 +350,15 @@ def _line_chunks(stream):
 @cli.command()
 @click.argument("path")
 @click.pass_context
-def verify(ctx, path):
+def verify(ctx: click.Context, path: str) -> None:
     """Read every record from start to end, checking each frame's CRC.
 
     Exit 0 when clean, 1 on damage (one line: file, byte position, offset)."""
     console = Console(stderr=True)
     with progress_bar(console) as prog:
-        task = []
+        task: list[TaskID] = []
 
-        def progress(done, total):
+        def progress(done: int, total: int) -> None:
             if not task:
                 task.append(prog.add_task("verify", total=total))
             prog.update(task[0], completed=done)
@@ -372,7 +388,7 @@ def verify(ctx, path):
                    "a new log at this path (offsets there are renumbered; keys and timestamps "
                    "kept).")
 @click.pass_context
-def repair(ctx, path, truncate, salvage_to):
+def repair(ctx: click.Context, path: str, truncate: bool, salvage_to: Optional[str]) -> None:
     """Repair a log: rebuild damaged index files; with --truncate, also cut the log at the first
     damaged record; with --salvage-to OUT, copy what is readable around damage into a new log.
     Check first with `tidelog verify`. Needs the writer lock (not for --salvage-to)."""
@@ -381,9 +397,9 @@ def repair(ctx, path, truncate, salvage_to):
             raise CliError("--truncate and --salvage-to exclude each other")
         if os.path.exists(salvage_to) and os.listdir(salvage_to):
             raise CliError(f"{salvage_to}: exists and is not empty")
-        report = tidelog.salvage(path, salvage_to)
-        click.echo(f"salvaged {report.records} records into {salvage_to}")
-        for a, b in report.lost:
+        salvaged = tidelog.salvage(path, salvage_to)      # (typed: not the RepairReport below)
+        click.echo(f"salvaged {salvaged.records} records into {salvage_to}")
+        for a, b in salvaged.lost:
             click.echo(f"lost offsets [{a}, {b})")
         return
     report = tidelog.repair(path, truncate=truncate)
@@ -401,7 +417,7 @@ def repair(ctx, path, truncate, salvage_to):
 @click.option("--exact", is_flag=True,
               help="Count the bytes of every record behind every subscriber, however far back "
                    "(reads them all).")
-def lag(path, exact):
+def lag(path: str, exact: bool) -> None:
     """Named subscribers: position, lag in records and in bytes, last commit, and who leads.
 
     Lag counts to the log's end offset (everything appended, durable or not). Lag in bytes is
@@ -452,7 +468,7 @@ def lag(path, exact):
 @cli.group(invoke_without_command=True, subcommand_metavar="[list | set NAME OFFSET | delete NAME]")
 @click.argument("path")
 @click.pass_context
-def positions(ctx, path):
+def positions(ctx: click.Context, path: str) -> None:
     """List, set or delete named subscribers' positions.
 
     \b
@@ -472,14 +488,14 @@ def positions(ctx, path):
 
 @positions.command("list", short_help="List subscribers (the default).")
 @click.pass_obj
-def positions_list(path):
+def positions_list(path: str) -> None:
     """Name, position, lag in records, last commit time (ISO 8601 UTC) and kind (cursor or
     replayer), tab-separated. A name is printed with backslash escapes for backslashes and
     unprintable characters (a name stored by an older tidelog may hold a tab or a newline)."""
     _list_positions(path)
 
 
-def _list_positions(path):
+def _list_positions(path: str) -> None:
     with _open_ro(path) as log:
         subs = log.position_info()
         end = log.end_offset
@@ -491,7 +507,7 @@ def _list_positions(path):
         click.echo(f"{_shown(name)}\t{pos}\t{end - pos}\t{_iso(committed)}\t{kind}")
 
 
-def _offset_arg(log, text):
+def _offset_arg(log: Log, text: str) -> int:
     """OFFSET of `positions set`: an int, 'earliest' or 'latest'."""
     if text == "earliest":
         return log.start_offset
@@ -508,7 +524,7 @@ def _offset_arg(log, text):
 @click.argument("name")
 @click.argument("offset")
 @click.pass_obj
-def positions_set(path, name, offset):
+def positions_set(path: str, name: str, offset: str) -> None:
     """Store OFFSET (an offset in [start_offset, durable_offset], `earliest` or `latest`) as
     subscriber NAME's position, creating NAME if needed. A replayer's position moves only with
     its checkpointed state: this refuses it (delete the replayer to start it over)."""
@@ -518,19 +534,19 @@ def positions_set(path, name, offset):
             raise CliError(f"subscriber {name!r} is a replayer: its position moves only with its "
                            f"checkpointed state (at {old[0]}); start it over with `tidelog "
                            f"positions {path} delete {name}`")
-        offset = _offset_arg(log, offset)
+        off = _offset_arg(log, offset)          # (typed: an int, not the str given)
         try:
-            log.set_position(name, offset)
+            log.set_position(name, off)
         except (TypeError, ValueError) as exc:
             raise CliError(f"subscriber {name!r}: {exc}") from None
     was = "new subscriber" if old is None else f"was {old[0]}"
-    click.echo(f"{_shown(name)}: position {offset} ({was})")
+    click.echo(f"{_shown(name)}: position {off} ({was})")
 
 
 @positions.command("delete", short_help="Forget subscriber NAME.")
 @click.argument("name")
 @click.pass_obj
-def positions_delete(path, name):
+def positions_delete(path: str, name: str) -> None:
     """Forget subscriber NAME: its next `cursor(name=...)` starts afresh. A replayer loses its
     checkpoint, digests and view too (stop it first), and its next run starts over."""
     with _open_ro(path) as log:
@@ -560,7 +576,7 @@ def positions_delete(path, name):
 @click.option("--singles", type=click.IntRange(min=0, max=DEMO_MAX), default=200_000,
               show_default=True, help="Records for the single-call append phase.")
 @click.pass_context
-def demo(ctx, path, events, singles):
+def demo(ctx: click.Context, path: Optional[str], events: int, singles: int) -> None:
     """The main job: ingest -> tail -> replay, on a synthetic click stream.
 
     Ingest events, read them back and verify them (throughput); two named subscribers, one
@@ -594,14 +610,14 @@ def demo(ctx, path, events, singles):
               help="Records per append phase (the scan reads both).")
 @click.option("--size", type=click.IntRange(min=0), default=100, show_default=True,
               help="Value size in bytes.")
-def bench(records, size):
+def bench(records: int, size: int) -> None:
     """A quick benchmark (a few seconds) in a temporary directory: append, append_batch, scan."""
     rows = quickbench.run(records, size)
     Console().print(result_table(f"tidelog bench: {size} B values, durability=batch", rows))
 
 # ------------------------------------------------------------------------------- replay
 
-def _load_factory(spec):
+def _load_factory(spec: str) -> Callable[[], Any]:
     """The callable named by --machine MODULE:FACTORY (FACTORY may be dotted: mod:Class.make).
     The current directory is importable, as with `python -m`."""
     import importlib
@@ -627,14 +643,14 @@ def _load_factory(spec):
     return obj
 
 
-def _make_machine(factory, spec):
+def _make_machine(factory: Callable[[], Any], spec: str) -> Any:
     try:
         return factory()
     except Exception as exc:
         raise CliError(f"--machine: {spec}() raised {type(exc).__name__}: {exc}") from None
 
 
-def _replay_progress(console):
+def _replay_progress(console: Console) -> Progress:
     return Progress(TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("{task.fields[rate]:>16}"), TextColumn("lag {task.fields[lag]}"),
                     TimeElapsedColumn(), console=console, disable=not console.is_terminal)
@@ -662,8 +678,9 @@ def _replay_progress(console):
               help="Store nothing: replay into two fresh machines side by side and report the "
                    "first checkpoint (and record) where their states differ.")
 @click.pass_context
-def replay(ctx, path, spec, name, checkpoint_every, checkpoint_interval, until, follow,
-           replica_of, determinism):
+def replay(ctx: click.Context, path: str, spec: str, name: Optional[str], checkpoint_every: int,
+           checkpoint_interval: Optional[float], until: Optional[int], follow: bool,
+           replica_of: Optional[str], determinism: bool) -> None:
     """Replay the log's durable records into a state machine, resuming from its last checkpoint.
 
     Exit 0 when done (or stopped by Ctrl-C / SIGTERM after a checkpoint); 1 when a replica
@@ -703,7 +720,7 @@ def replay(ctx, path, spec, name, checkpoint_every, checkpoint_interval, until, 
                 task = prog.add_task("replay", total=None, rate="", lag="")
                 seen = [time.monotonic(), first]
 
-                def progress(r, final=False):
+                def progress(r: Replayer, final: bool = False) -> None:
                     now = time.monotonic()
                     if now - seen[0] < 0.1 and not final:
                         return

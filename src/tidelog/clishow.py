@@ -2,22 +2,28 @@
 and a throughput table. Holds no state.
 """
 
+from __future__ import annotations
+
+from typing import Iterable, Optional, Tuple
+
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 
-def progress_bar(console):
+def progress_bar(console: Console) -> Progress:
     """A progress bar on `console`, drawn only when it is a terminal."""
     return Progress(TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), console=console, disable=not console.is_terminal)
 
 
-def rate(n, seconds):
+def rate(n: float, seconds: float) -> float:
     """n per second (inf for no time at all)."""
     return n / seconds if seconds > 0 else float("inf")
 
 
-def result_table(title, rows):
+def result_table(title: str,
+                 rows: Iterable[Tuple[str, int, Optional[int], float]]) -> Table:
     """A throughput table of rows (phase, records, bytes or None, seconds)."""
     table = Table("phase", "records", "seconds", "records/s", "MB/s", title=title)
     for name, n, nbytes, seconds in rows:

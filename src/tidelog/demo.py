@@ -10,19 +10,32 @@ of an honest machine and of a counter-example. Holds no state between calls.
 works on a demo log.
 """
 
+from __future__ import annotations
+
 import signal
 import subprocess
 import sys
 import threading
 import time
 import zlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Optional, Union
 
 import click
 import numpy as np
+import numpy.typing as npt
+from rich.console import Console
 from rich.table import Table
 
 import tidelog
 from tidelog.clishow import progress_bar, result_table
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
+
+    from tidelog.cursor import Record, RecordBatch
+    from tidelog.log import Log
+    from tidelog.replay import DeterminismReport
 
 __all__ = ["ClickCounter", "FlakyCounter", "subscribers", "replay_with_crash", "determinism",
            "run"]
@@ -32,10 +45,10 @@ KEY_LEN = 7
 _DIGITS = 10 ** np.arange(KEY_LEN - 2, -1, -1, dtype=np.int64)
 
 
-def _users(batch):
+def _users(batch: RecordBatch) -> Optional[npt.NDArray[np.int64]]:
     """User ids of a batch's keys, vectorized (keys b"u%06d"); None if some key is another shape."""
     try:
-        raw = b"".join(batch.keys)
+        raw = b"".join(batch.keys)   # type: ignore[arg-type]  # a None key: TypeError, below
     except TypeError:                       # a record without a key
         return None
     n = len(batch)
@@ -51,18 +64,18 @@ def _users(batch):
 class ClickCounter:
     """Clicks per user: deterministic, so replicas agree and a resumed replay is exact."""
 
-    def __init__(self):
-        self.counts = np.zeros(USERS, np.int64)
+    def __init__(self) -> None:
+        self.counts: npt.NDArray[np.int64] = np.zeros(USERS, np.int64)
         self.other = 0            # records that are not demo click events
 
-    def apply(self, record):
+    def apply(self, record: Record) -> None:
         k = record.key
         if k is not None and len(k) == KEY_LEN and k[:1] == b"u":
             self.counts[int(k[1:])] += 1
         else:
             self.other += 1
 
-    def apply_batch(self, batch):
+    def apply_batch(self, batch: RecordBatch) -> None:
         users = _users(batch)
         if users is None:
             for rec in batch:
@@ -70,10 +83,10 @@ class ClickCounter:
             return
         self.counts += np.bincount(users, minlength=USERS)
 
-    def snapshot(self):
+    def snapshot(self) -> bytes:
         return self.counts.tobytes() + self.other.to_bytes(8, "little")
 
-    def restore(self, snapshot):
+    def restore(self, snapshot: bytes) -> None:
         self.counts = np.frombuffer(snapshot[:-8], np.int64).copy()
         self.other = int.from_bytes(snapshot[-8:], "little")
 
@@ -85,29 +98,29 @@ class FlakyCounter(ClickCounter):
 
     calls = 0
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         self.last_call = 0
 
-    def apply(self, record):
+    def apply(self, record: Record) -> None:
         super().apply(record)
         FlakyCounter.calls += 1
         self.last_call = FlakyCounter.calls
 
-    def apply_batch(self, batch):
+    def apply_batch(self, batch: RecordBatch) -> None:
         super().apply_batch(batch)
         FlakyCounter.calls += 1
         self.last_call = FlakyCounter.calls
 
-    def snapshot(self):
+    def snapshot(self) -> bytes:
         return super().snapshot() + self.last_call.to_bytes(8, "little")
 
-    def restore(self, snapshot):
+    def restore(self, snapshot: bytes) -> None:
         super().restore(snapshot[:-8])
         self.last_call = int.from_bytes(snapshot[-8:], "little")
 
 
-def fold(log, upto):
+def fold(log: Log, upto: int) -> ClickCounter:
     """The reference: counts of the first `upto` records straight from the log."""
     m = ClickCounter()
     cur = log.cursor(log.start_offset)
@@ -119,7 +132,8 @@ def fold(log, upto):
     return m
 
 
-def subscribers(log, console, ingest_more):
+def subscribers(log: Log, console: Console, ingest_more: Callable[[], None]
+                ) -> tuple[dict[str, int], int, float, int]:
     """A fast subscriber follows the log live in a thread (committing as it goes) while
     `ingest_more()` appends a second wave; a slow one reads a quarter and commits. Returns
     ({name: lag}, records the live follower received, seconds)."""
@@ -128,7 +142,7 @@ def subscribers(log, console, ingest_more):
     got = [0]
     stop = threading.Event()
 
-    def follow():
+    def follow() -> None:
         for batch in fast.follow_batches(timeout=0.5):
             got[0] += len(batch)
             fast.commit()
@@ -180,12 +194,14 @@ print("done", rep.position, flush=True)
 """
 
 
-def checkpoint_every_for(log):
+def checkpoint_every_for(log: Log) -> int:
     """About ten checkpoints over the log (at least one record apart, at most 100k)."""
     return int(min(100_000, max(1, (log.durable_offset - log.start_offset) // 10)))
 
 
-def replay_with_crash(log, console, rng, checkpoint_every=None):
+def replay_with_crash(log: Log, console: Console, rng: np.random.Generator,
+                      checkpoint_every: Optional[int] = None
+                      ) -> dict[str, Union[int, float, bool, None]]:
     """A replayer in a child process applies part of the log and is killed (SIGKILL) before its
     next checkpoint; a new Replayer of the same name resumes from its last checkpoint. Its counts
     must equal a fresh fold of the log: nothing lost, nothing counted twice.
@@ -200,6 +216,7 @@ def replay_with_crash(log, console, rng, checkpoint_every=None):
     child = subprocess.Popen([sys.executable, "-c", _CHILD, log.path, str(every), repr(fraction),
                               str(end)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
+    assert child.stdin and child.stdout and child.stderr   # (for mypy) all three are pipes
     killed_at = None
     try:
         first = child.stdout.readline().split()
@@ -237,7 +254,7 @@ def replay_with_crash(log, console, rng, checkpoint_every=None):
                 top=int(ref.counts.argmax()), top_count=int(ref.counts.max()))
 
 
-def determinism(log):
+def determinism(log: Log) -> tuple[DeterminismReport, float, DeterminismReport]:
     """verify_determinism on the honest machine (agrees) and on FlakyCounter (caught)."""
     every = checkpoint_every_for(log)
     t0 = time.perf_counter()
@@ -255,7 +272,7 @@ CHUNK = 10_000        # events per append_batch
 BATCH = 65536         # records per read_batch
 
 
-def run(console, path, events, singles):
+def run(console: Console, path: str, events: int, singles: int) -> bool:
     """The whole demo on the log at `path`; True when every check held."""
     t0 = time.perf_counter()
     ok, first = _ingest(console, path, events, singles)
@@ -269,7 +286,7 @@ _PAGES = (b"home", b"search", b"product", b"cart", b"checkout")
 _EVENT = b'{"seq":%d,"ts":%d,"user":"u%06d","type":"%s","page":"/%s/%d","x":%d,"y":%d}'
 
 
-def _click_events(rng, seq, n):
+def _click_events(rng: np.random.Generator, seq: int, n: int) -> tuple[list[bytes], list[bytes]]:
     """n synthetic click events (~100 bytes of JSON each) and their keys (the user)."""
     users = rng.integers(0, 100_000, n).tolist()
     kinds = rng.integers(0, len(_TYPES), n).tolist()
@@ -282,7 +299,7 @@ def _click_events(rng, seq, n):
     return values, [b"u%06d" % u for u in users]
 
 
-def _story(console, path, events, singles, first):
+def _story(console: Console, path: str, events: int, singles: int, first: int) -> bool:
     """After the ingest (which began at offset `first`): subscribers, the replayer's crash and
     resume, the determinism checks. True when every check held."""
     rng = np.random.default_rng(7)
@@ -290,7 +307,7 @@ def _story(console, path, events, singles, first):
     with tidelog.open(path) as log:
         wave = max(1, events // 4)
 
-        def ingest_more():
+        def ingest_more() -> None:
             for lo in range(0, wave, CHUNK):
                 values, keys = _click_events(rng, 10 ** 9 + lo, min(CHUNK, wave - lo))
                 log.append_batch(values, keys=keys)
@@ -352,7 +369,7 @@ def _story(console, path, events, singles, first):
     return ok
 
 
-def _ingest(console, path, events, singles):
+def _ingest(console: Console, path: str, events: int, singles: int) -> tuple[bool, int]:
     rng = np.random.default_rng(2024)
     wcrc = kcrc = 0
     nbytes = 0
@@ -377,6 +394,7 @@ def _ingest(console, path, events, singles):
         log.sync()
         t_sync = time.perf_counter() - t0
 
+        v: Buffer           # (typed: the values read back, then the ones appended one by one)
         rcrc = rkcrc = 0
         n = 0
         contiguous = True

@@ -3,6 +3,10 @@ one read pass shared by every subscriber, exact or (far behind) estimated. Reads
 state. The reads release the GIL inside the core.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Dict, Iterable, Optional, Tuple
+
 from tidelog.errors import CorruptLogError, OffsetOutOfRangeError, TidelogError
 
 BATCH = 65536                 # records per read_batch
@@ -10,9 +14,14 @@ SCAN_RECORDS = 5_000_000      # by default, read at most this many records back 
 SCAN_BYTES = 1 << 30          # ... and about this many value bytes (~0.3 s from the page cache)
 SAMPLE = 4096                 # records near the end that estimate the record size first
 
+if TYPE_CHECKING:
+    from tidelog.log import Log
 
-def bytes_behind(log, offsets, end, exact=False, *, sample=SAMPLE, scan_records=SCAN_RECORDS,
-                 scan_bytes=SCAN_BYTES):
+
+def bytes_behind(log: Log, offsets: Iterable[int], end: int, exact: bool = False, *,
+                 sample: int = SAMPLE, scan_records: int = SCAN_RECORDS,
+                 scan_bytes: int = SCAN_BYTES
+                 ) -> Tuple[Dict[int, Tuple[int, bool]], Optional[TidelogError]]:
     """({position: (value bytes in [position, end), approximate?)}, problem or None).
 
     One pass from the lowest position serves every subscriber: read_batch stops at each
@@ -33,7 +42,7 @@ def bytes_behind(log, offsets, end, exact=False, *, sample=SAMPLE, scan_records=
             window = scan_records if not mean else int(scan_bytes / mean)
             scan_lo = max(lo, end - max(sample, min(scan_records, window)))
         marks = [pos for pos in inside if pos >= scan_lo]
-        before = {}          # position -> value bytes in [scan_lo, position)
+        before: Dict[int, int] = {}          # position -> value bytes in [scan_lo, position)
         cur = log.cursor(scan_lo)
         at, total, i = scan_lo, 0, 0
         while True:
@@ -50,7 +59,7 @@ def bytes_behind(log, offsets, end, exact=False, *, sample=SAMPLE, scan_records=
     except (CorruptLogError, OffsetOutOfRangeError) as exc:
         return {}, exc
     mean = total / (end - scan_lo) if end > scan_lo else 0.0
-    out = {}
+    out: Dict[int, Tuple[int, bool]] = {}
     for pos in offsets:
         if pos > end:
             continue

@@ -2,9 +2,12 @@
 temporary directory that is removed at the end.
 """
 
+from __future__ import annotations
+
 import shutil
 import tempfile
 import time
+from typing import List, Tuple
 
 import numpy as np
 
@@ -13,7 +16,7 @@ import tidelog
 CHUNK = 10_000        # records per append_batch
 
 
-def run(records, size):
+def run(records: int, size: int) -> List[Tuple[str, int, int, float]]:
     """Append `records` values of `size` bytes one per call, then as many in batches of CHUNK,
     then scan both; returns the throughput rows (phase, records, bytes, seconds)."""
     rng = np.random.default_rng(1)

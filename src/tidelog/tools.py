@@ -6,12 +6,17 @@ Each opens the log itself and closes it before returning, and returns a report; 
 writer lock. The reads and the index rebuild release the GIL inside the core (tidelog._core).
 """
 
+from __future__ import annotations
+
 import os
 from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, List, Optional, Tuple, Union, cast
 
 import tidelog
 from tidelog.errors import CorruptLogError, OffsetOutOfRangeError
+
+if TYPE_CHECKING:
+    from tidelog.log import PathArg
 
 __all__ = ["verify", "repair", "salvage", "VerifyReport", "Damage", "RepairReport",
            "SalvageReport"]
@@ -42,7 +47,7 @@ class VerifyReport:
     # [(index file, entries wrong or missing)]: hints only (lookups still work, slower);
     # checked only when the records are clean; `repair` rewrites them
 
-    def __bool__(self):
+    def __bool__(self) -> bool:
         return self.damage is None
 
 
@@ -66,7 +71,8 @@ class SalvageReport:
     lost: List[Tuple[int, int]]
 
 
-def verify(path, *, progress=None):
+def verify(path: PathArg, *,
+           progress: Optional[Callable[[int, int], object]] = None) -> VerifyReport:
     """Read every record of the log at `path` from start to end, checking each frame's CRC, then
     (when clean) check the index files against the frames. Opens the log read-only.
 
@@ -102,7 +108,7 @@ def verify(path, *, progress=None):
         return VerifyReport(log.path, start, end, n, damage, indexes)
 
 
-def repair(path, *, truncate=False):
+def repair(path: PathArg, *, truncate: bool = False) -> RepairReport:
     """Repair the log at `path` (it must exist; needs the writer lock): with `truncate`, cut it
     at the first damaged record, deleting that record and everything after it (acknowledged or
     not); then rewrite the index files that disagree with their segments' frames. Check first
@@ -112,7 +118,8 @@ def repair(path, *, truncate=False):
     log = tidelog.open(path, create=False, durability="none",
                        repair="truncate" if truncate else None)
     try:
-        truncated = tuple(log.repaired) if log.repaired else None
+        truncated = cast(Optional[Tuple[str, int, int, str]],      # the core's tuple
+                         tuple(log.repaired) if log.repaired else None)
         start, end = log.start_offset, log.end_offset
         n = log.rebuild_indexes()
         return RepairReport(log.path, truncated, start, end, n)
@@ -120,7 +127,8 @@ def repair(path, *, truncate=False):
         log.close()
 
 
-def salvage(path, out):
+# out: typed as a str path (a bytes path works too, but then SalvageReport.out is bytes)
+def salvage(path: PathArg, out: Union[str, os.PathLike[str]]) -> SalvageReport:
     """Copy every CRC-valid record of the log at `path`, skipping damage, into a new log at
     `out` (which must not exist or be an empty directory): an operator's last resort. The source
     is opened read-only and left as it is; in the copy, offsets are renumbered from 0, keys and

@@ -6,11 +6,18 @@ the snapshot's key, the digest keys (name NUL big-endian offset, so a name's dig
 offset), `Checkpoint` (a decoded header), and how a machine's state is digested (its own digest()
 or blake2b of its snapshot, folded to DIGEST_SIZE bytes). Writes nothing itself: every function
 here reads or builds values inside a transaction its caller holds. Nothing here releases the GIL.
+
+Types: `txn` and `db` are py-lmdb's Transaction and database handle, typed Any as
+tidelog.lmdbenv hands them out; a `machine` is the user's object (Any: any class with the
+methods the contract names, checked at run time by machine.check_machine).
 """
+
+from __future__ import annotations
 
 import hashlib
 import struct
-from typing import NamedTuple, Optional
+from collections.abc import Iterator
+from typing import Any, NamedTuple, Optional, Union, cast
 
 from tidelog.errors import TidelogError
 
@@ -31,7 +38,8 @@ NO_DIGEST = bytes(DIGEST_SIZE)
 OFFSET = struct.Struct(">q")    # big-endian, so a name's digests sort by offset
 
 
-def as_bytes(value, what):
+def as_bytes(value: Any, what: str) -> bytes:
+    # value: what a machine's snapshot() or digest() returned (anything: checked here)
     if isinstance(value, bytes):
         return value
     try:
@@ -44,7 +52,7 @@ def as_bytes(value, what):
     return bytes(view)
 
 
-def digest_of(machine, view, snap=None, txn=None):
+def digest_of(machine: Any, view: bool, snap: Optional[bytes] = None, txn: Any = None) -> bytes:
     """The digest of a machine's state: its digest() when it has one, else blake2b of snap."""
     if view:
         d = machine.digest(txn)
@@ -53,7 +61,8 @@ def digest_of(machine, view, snap=None, txn=None):
         if custom is not None:
             d = custom()
         else:
-            return hashlib.blake2b(snap, digest_size=DIGEST_SIZE).digest()
+            # a snapshot machine without digest(): its callers always pass its snapshot
+            return hashlib.blake2b(cast(bytes, snap), digest_size=DIGEST_SIZE).digest()
     d = as_bytes(d, "digest()")
     if len(d) != DIGEST_SIZE:      # any length is fine: fold it to the stored size
         d = hashlib.blake2b(d, digest_size=DIGEST_SIZE).digest()
@@ -72,7 +81,7 @@ class Checkpoint(NamedTuple):
     verified: int               # ... and how far it has compared (-1: not yet)
 
 
-def unpack_header(raw):
+def unpack_header(raw: Union[bytes, memoryview, None]) -> Checkpoint:
     """The Checkpoint of a stored header."""
     if raw is None or len(raw) < HEADER.size:
         raise TidelogError("replayer checkpoint: truncated header")
@@ -86,11 +95,11 @@ def unpack_header(raw):
                       None if agreed < 0 else agreed, verified)
 
 
-def digest_key(prefix, offset):
+def digest_key(prefix: bytes, offset: int) -> bytes:
     return prefix + OFFSET.pack(offset)
 
 
-def stored_digests(txn, db, prefix, start):
+def stored_digests(txn: Any, db: Any, prefix: bytes, start: int) -> Iterator[tuple[int, bytes]]:
     """(offset, digest) of the name whose digest keys start with `prefix`, from offset `start`."""
     cur = txn.cursor(db=db)
     if not cur.set_range(digest_key(prefix, max(start, 0))):

@@ -5,7 +5,14 @@ compare each with the reference's digest at the same offset, skip offsets the re
 without a digest, stop at one it has not reached, and raise ReplicaDivergedError at the first
 difference. `check_replica(log, name, reference)` applies it to two stored replayers. Reads
 inside its caller's (or its own read) transaction; writes nothing.
+
+Types: `txn` and the database handles are py-lmdb's, typed Any as tidelog.lmdbenv hands them out.
 """
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Optional
 
 from tidelog.errors import ReplicaDivergedError
 from tidelog.positions import check_name
@@ -13,8 +20,13 @@ from tidelog.replay.checkpoint import (CHECKPOINTS_DB, DIGESTS_DB, digest_key, s
                                        unpack_header)
 from tidelog.replay.store import check_log, existing_dbs
 
+if TYPE_CHECKING:
+    from tidelog.log import Log
 
-def compare_digests(txn, cp_db, dg_db, own, name, reference, verified, agreed, upto):
+
+def compare_digests(txn: Any, cp_db: Any, dg_db: Any, own: Iterable[tuple[int, bytes]],
+                    name: Optional[str], reference: str, verified: int, agreed: int,
+                    upto: int) -> tuple[tuple[int, int], int]:
     """Compare `own` digests ((offset, digest) ascending, offsets > verified) with those of
     `reference` up to offset `upto`; returns the new (verified, agreed) and how many offsets were
     compared; ReplicaDivergedError at
@@ -53,7 +65,7 @@ def compare_digests(txn, cp_db, dg_db, own, name, reference, verified, agreed, u
     return (verified, agreed), compared
 
 
-def check_replica(log, name, reference):
+def check_replica(log: Log, name: str, reference: str) -> tuple[int, Optional[int]]:
     """Compare the stored digests of replayer `name` with those of `reference` at every common
     checkpoint offset. Returns (offsets compared, last offset where they agree or None);
     ReplicaDivergedError at the first difference."""
@@ -63,8 +75,9 @@ def check_replica(log, name, reference):
     store, (has_cp, has_dg) = existing_dbs(log, CHECKPOINTS_DB, DIGESTS_DB)
     if not (has_cp and has_dg):
         return 0, None
+    assert store is not None            # (for mypy) a database exists only in a store
 
-    def compare(txn):
+    def compare(txn: Any) -> tuple[tuple[int, int], int]:
         cp_db, dg_db = store.db(CHECKPOINTS_DB), store.db(DIGESTS_DB)
         return compare_digests(txn, cp_db, dg_db, stored_digests(txn, dg_db, name_b + b"\0", 0),
                         name, reference, -1, -1, 1 << 62)

@@ -38,7 +38,7 @@ class DeterminismReport:
     def __bool__(self) -> bool:
         return self.deterministic
 
-    def __str__(self):
+    def __str__(self) -> str:
         if self.deterministic:
             return (f"deterministic: two replicas agree at all {self.checkpoints} checkpoints "
                     f"over [{self.start}, {self.end}) (every {self.checkpoint_every} records)")
@@ -88,7 +88,8 @@ def verify_determinism(log: Log, factory: Callable[[], Any], *, until: int | Non
             cp = min(until, (pos // checkpoint_every + 1) * checkpoint_every)
             a.run(until=cp)
             b.run(until=cp)
-            (oa, da), (ob, db) = a.last_digest, b.last_digest
+            # run() checkpointed both at cp, so neither last_digest is None
+            (oa, da), (ob, db) = a.last_digest, b.last_digest  # type: ignore[misc]
             assert oa == ob == cp, (oa, ob, cp)
             compared += 1
             if da != db:
@@ -114,10 +115,13 @@ def verify_determinism(log: Log, factory: Callable[[], Any], *, until: int | Non
     return report
 
 
-def _locate_record(log, factory, snapshot, start, stop):
+def _locate_record(log: Log, factory: Callable[[], Any], snapshot: Optional[bytes], start: int,
+                   stop: int) -> Optional[int]:
+    # factory: the user's (it returns their machine objects: Any)
     """The first record in [start, stop) after which two fresh machines (restored from
     `snapshot`, or new when None) applying the same records have different digests, or None."""
     m1, m2 = factory(), factory()
+    method: Optional[str]
     method, at = "restore", start
     try:
         if snapshot is not None:

@@ -34,7 +34,7 @@ class LmdbView:
     ``tidelog.replay.read_view(log, name)``.
     """
 
-    db = None
+    db: Any = None          # the view's lmdb database handle (set by the Replayer)
 
     def apply(self, record: _core.Record, txn: Any) -> None:
         raise NotImplementedError(f"{type(self).__name__}.apply(record, txn)")
@@ -51,7 +51,8 @@ class LmdbView:
         return h.digest()
 
 
-def check_machine(machine, what="machine"):
+def check_machine(machine: Any, what: str = "machine") -> bool:
+    # machine: the user's object (Any: its class is theirs; what it must have is checked here)
     if isinstance(machine, type):
         raise TypeError(f"{what}: expected a machine object, not the class {machine.__name__} "
                         f"(pass an instance: {machine.__name__}())")
@@ -78,25 +79,26 @@ class MachineCall(NamedTuple):
     where: str                  # e.g. "at record offset 650"
     replayer: Optional[str]     # the replayer's name (None: ephemeral)
 
-    def __str__(self):
+    def __str__(self) -> str:
         who = "" if self.replayer is None else f" (replayer {self.replayer!r})"
         return f"{self.machine}.{self.method}() raised {self.where}{who}"
 
 
-def machine_call(exc):
+def machine_call(exc: BaseException) -> Optional[MachineCall]:
     """The MachineCall of an exception raised by a replay machine's method, else None."""
     call = getattr(exc, "tidelog_machine_call", None)
     return call if isinstance(call, MachineCall) else None
 
 
-def blame(exc, machine, method, offset, where, replayer):
+def blame(exc: BaseException, machine: Any, method: str, offset: Optional[int], where: str,
+          replayer: Optional[str]) -> None:
     """Mark `exc`, raised by machine.<method>, with the method and the record offset; the
     exception itself propagates unchanged (its type is the machine's business)."""
     if machine_call(exc) is not None or isinstance(exc, KeyboardInterrupt):
         return                              # said already (innermost call), or not its doing
     call = MachineCall(type(machine).__name__, method, offset, where, replayer)
     try:
-        exc.tidelog_machine_call = call
+        exc.tidelog_machine_call = call      # type: ignore[attr-defined]  # the mark itself
     except (AttributeError, TypeError):     # an exception type without a __dict__
         return
     if hasattr(exc, "add_note"):

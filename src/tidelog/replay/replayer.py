@@ -9,6 +9,10 @@ that the stored checkpoint is still the one this replayer restored or wrote (`_f
 is released inside the cursor's waits and reads (tidelog._core) and inside LMDB calls; a
 machine's apply runs Python code that may do anything, which is why a failure leaves the
 Replayer unusable.
+
+Types: the machine is the user's object (Any: any class with the methods of the contract,
+checked at run time by machine.check_machine), and so are the callables taken from it; LMDB
+transactions and database handles are py-lmdb's, typed Any as tidelog.lmdbenv hands them out.
 """
 
 from __future__ import annotations
@@ -17,8 +21,9 @@ import bisect
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from itertools import islice
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from tidelog import _args, _core, lmdbenv
 from tidelog.errors import OffsetOutOfRangeError, TidelogError
@@ -33,7 +38,11 @@ from tidelog.replay.store import check_log, delete_replayer
 
 
 if TYPE_CHECKING:
+    from types import FrameType
+
+    from tidelog.cursor import Cursor
     from tidelog.log import Log
+    from tidelog.positions import PositionStore
 
 CHUNK_RECORDS = 16384          # records per step of the per-record loop (progress is called
                                # after each step); stop(), signals and checkpoint_interval end a
@@ -44,7 +53,7 @@ IDLE_WAIT = 0.05               # seconds a following replayer waits for records 
 PROGRESS_EVERY = 0.1           # seconds: a per-record step that runs longer is cut for progress()
 
 
-def _raised_by_core(exc):
+def _raised_by_core(exc: BaseException) -> bool:
     """Whether `exc` came straight out of tidelog's core (a cursor read), not out of a function
     the loop called: the first frame below the loop's own belongs to the extension module."""
     tb = exc.__traceback__
@@ -57,16 +66,16 @@ class _Alarm:
     long per-record step when a checkpoint (checkpoint_interval) or progress() is due, so the
     per-record loop never reads a clock. One per run() that needs it."""
 
-    def __init__(self, brake):
+    def __init__(self, brake: Callable[[], None]) -> None:
         self._brake = brake
         self._cond = threading.Condition()
-        self._due = None
+        self._due: Optional[float] = None
         self._done = False
         self._thread = threading.Thread(target=self._main, name="tidelog-replay-alarm",
                                         daemon=True)
         self._thread.start()
 
-    def set(self, due):
+    def set(self, due: float) -> None:
         """Brake at time.monotonic() `due` (inf: never), replacing the previous deadline."""
         with self._cond:
             earlier = self._due is None or due < self._due
@@ -74,13 +83,13 @@ class _Alarm:
             if earlier:             # a later deadline: the thread finds out when it wakes
                 self._cond.notify()
 
-    def close(self):
+    def close(self) -> None:
         with self._cond:
             self._done = True
             self._cond.notify()
         self._thread.join()
 
-    def _main(self):
+    def _main(self) -> None:
         with self._cond:
             while not self._done:
                 left = None if self._due is None else self._due - time.monotonic()
@@ -150,33 +159,33 @@ class Replayer:
         self.replica_of = replica_of
         self.record_digests = digests
         self.digest_history = digest_history
-        self.stopped_by = None          # the signal number that stopped the last run, if any
+        self.stopped_by: Optional[int] = None   # the signal that stopped the last run, if any
         self._view = view
         self._name_b = name_b
         self._prefix = None if name_b is None else name_b + b"\0"
         self._apply = machine.apply
-        self._apply_batch = getattr(machine, "apply_batch", None)
+        self._apply_batch: Optional[Callable[..., object]] = getattr(machine, "apply_batch", None)
         if not callable(self._apply_batch):
             self._apply_batch = None
         self._stop = False
-        self._brake_step = None         # ends the running step (set by each step)
+        self._brake_step: Optional[Callable[[], None]] = None  # ends the running step (set by each)
         self._braked = False
         self._running = False
-        self._failed = None
+        self._failed: Optional[BaseException] = None
         self._closed = False
-        self._txn = None                # a view's open write transaction (between checkpoints)
-        self._txn_env = None            # ... and the LmdbEnv it belongs to
-        self._checkpointed = None       # position of the last checkpoint (stored or restored)
+        self._txn: Any = None           # a view's open write transaction (between checkpoints)
+        self._txn_env: Optional[lmdbenv.LmdbEnv] = None   # ... and the LmdbEnv it belongs to
+        self._checkpointed: Optional[int] = None   # the last checkpoint (stored or restored)
         self._verified = -1             # replica: digests compared through this offset
         self._agreed = -1               # replica: last offset where the digests were equal
-        self._mem_digests = []          # ephemeral: [(offset, digest)] ascending
-        self._last_snapshot = None      # ephemeral: the snapshot of the last checkpoint
+        self._mem_digests: list[tuple[int, bytes]] = []   # ephemeral: [(offset, digest)] ascending
+        self._last_snapshot: Optional[bytes] = None   # ephemeral: the last checkpoint's snapshot
         self._last_cp_time = time.monotonic()
 
         # LMDB handles (databases) belong to one environment, and a fork() child gets its own:
         # they are looked up (cached per environment) on each use, never kept here
-        self._store = None
-        self._tmp_env = None            # an ephemeral view's scratch environment
+        self._store: Optional[PositionStore] = None
+        self._tmp_env: Optional[lmdbenv.TemporaryEnv] = None   # an ephemeral view's scratch env
         if name is not None or replica_of is not None:
             self._store = store = log.position_store()
             if store.shared.locked and store.writable:
@@ -195,7 +204,7 @@ class Replayer:
                 raise
         self._start = start
         try:
-            self._cur = log.cursor(start, durable_only=True)
+            self._cur: Cursor = log.cursor(start, durable_only=True)
         except BaseException:
             self.close()
             raise
@@ -203,22 +212,25 @@ class Replayer:
     # ------------------------------------------------------------------ LMDB handles
 
     @property
-    def _cp_db(self):
+    def _cp_db(self) -> Any:
+        assert self._store is not None            # (for mypy) named, or a replica
         return self._store.db(CHECKPOINTS_DB)
 
     @property
-    def _dg_db(self):
+    def _dg_db(self) -> Any:
+        assert self._store is not None            # (for mypy) named, or a replica
         return self._store.db(DIGESTS_DB)
 
     @property
-    def _view_env(self):
-        return self._tmp_env if self.name is None else self._store.shared
+    def _view_env(self) -> lmdbenv.LmdbEnv:
+        # ephemeral: the scratch environment (None only once closed); named: the store's
+        return self._tmp_env if self.name is None else self._store.shared  # type: ignore
 
     @property
-    def _view_db(self):
+    def _view_db(self) -> Any:
         return self._view_env.db("view" if self.name is None else VIEW_DB_PREFIX + self.name)
 
-    def _open_dbs(self):
+    def _open_dbs(self) -> None:
         """Open (or look up) every handle this replayer uses before a transaction begins:
         opening a database takes a transaction of its own."""
         if self._store is not None:
@@ -228,11 +240,13 @@ class Replayer:
 
     # ------------------------------------------------------------------ restore
 
-    def _restore(self, start):
+    def _restore(self, start: int) -> int:
         """Load the checkpoint of self.name; returns the position to resume from."""
         store, name = self._store, self.name
+        assert store is not None and name is not None     # (for mypy) a named replayer
 
-        def load(txn):
+        def load(txn: Any) -> tuple[Optional[tuple[int, int]], Any, Any]:
+            assert self._name_b is not None               # (for mypy) a named replayer
             cp_db = self._cp_db
             raw = txn.get(self._name_b, db=cp_db)
             snap = None
@@ -301,8 +315,10 @@ class Replayer:
         ephemeral)."""
         if self.name is None:
             return dict(self._mem_digests)
+        assert self._store is not None and self._prefix is not None   # (for mypy) named
+        # (a lambda does not see the narrowing of self._prefix: hence the ignore)
         return self._store.read(lambda txn: {o: bytes(d) for o, d in
-                                             stored_digests(txn, self._dg_db, self._prefix, 0)})
+                                             stored_digests(txn, self._dg_db, self._prefix, 0)})  # type: ignore[arg-type]
 
     @property
     def last_digest(self) -> tuple[int, bytes] | None:
@@ -316,7 +332,7 @@ class Replayer:
         (None before the first one, for a view, or for a named replayer)."""
         return self._last_snapshot
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         name = "(ephemeral)" if self.name is None else repr(self.name)
         return (f"<tidelog.Replayer {name} of {type(self.machine).__name__} at {self.position}, "
                 f"checkpoint {self._checkpointed}>")
@@ -330,7 +346,7 @@ class Replayer:
         self._stop = True
         self._brake()
 
-    def _brake(self):
+    def _brake(self) -> None:
         """End the running step before its next record or batch (any thread, or a signal
         handler): each step's loop looks at a flag of its own (a closure cell, the cheapest
         thing a loop can test); `_braked` covers a step that has not begun yet."""
@@ -395,11 +411,12 @@ class Replayer:
             for sig, handler in old.items():
                 signal.signal(sig, handler)
 
-    def _on_signal(self, signum, frame):
+    def _on_signal(self, signum: int, frame: Optional[FrameType]) -> None:
         self.stopped_by = signum
         self.stop()
 
-    def _run(self, until, follow, progress):
+    def _run(self, until: Optional[int], follow: bool,
+             progress: Optional[Callable[[Replayer], object]]) -> None:
         cur, log = self._cur, self.log
         every, interval = self.checkpoint_every, self.checkpoint_interval
         chunk = CHUNK_RECORDS if self._apply_batch is None else BATCH_RECORDS
@@ -449,11 +466,11 @@ class Replayer:
             if alarm is not None:
                 alarm.close()
 
-    def _dirty(self):
+    def _dirty(self) -> bool:
         return self._cur.position != (self._start if self._checkpointed is None
                                       else self._checkpointed)
 
-    def _apply_to(self, stop):
+    def _apply_to(self, stop: int) -> None:
         """Apply the records [position, stop), all of them durable (or fewer when braked). A view whose map filled
         up is grown, and the records since the last checkpoint applied again (its state is
         its aborted transaction's writes)."""
@@ -465,7 +482,7 @@ class Replayer:
                     raise
                 self._regrow()
 
-    def _regrow(self):
+    def _regrow(self) -> None:
         """A view's map is full: drop its transaction, grow the map, rewind to the last
         checkpoint."""
         env = self._txn_env or self._view_env
@@ -473,19 +490,20 @@ class Replayer:
         env.grow()
         self._cur.seek(self._start if self._checkpointed is None else self._checkpointed)
 
-    def _end_txn(self, commit=False):
+    def _end_txn(self, commit: bool = False) -> None:
         txn, self._txn = self._txn, None
         env, self._txn_env = self._txn_env, None
         if txn is not None:
+            assert env is not None                  # (for mypy) set with the transaction
             env.end(txn, commit)
 
-    def _apply_range(self, stop):
+    def _apply_range(self, stop: int) -> None:
         cur = self._cur
         n = stop - cur.position
         txn = self._begin() if self._view else None
         braked = False
 
-        def brake():                # a closure cell: the cheapest flag a loop can look at
+        def brake() -> None:        # a closure cell: the cheapest flag a loop can look at
             nonlocal braked
             braked = True
         self._brake_step = brake
@@ -535,7 +553,7 @@ class Replayer:
             raise TidelogError(f"replayer {self.name!r}: stopped at {cur.position} short of "
                                f"{stop}, below durable_offset")
 
-    def _begin(self):
+    def _begin(self) -> Any:
         """A view's write transaction (begun at the first record after a checkpoint)."""
         if self._txn is None:
             self._open_dbs()
@@ -550,9 +568,10 @@ class Replayer:
             self._txn, self._txn_env = txn, env
         return self._txn
 
-    def _fence(self, txn):
+    def _fence(self, txn: Any) -> None:
         """Raise unless the stored checkpoint and position are still the ones this replayer
         restored or wrote (another replayer of the same name would double-apply records)."""
+        assert self._store is not None and self.name is not None    # (for mypy) named
         raw = txn.get(self._name_b, db=self._cp_db)
         stored = None if raw is None else unpack_header(raw).position
         pos = self._store.get(self.name, txn)
@@ -583,7 +602,7 @@ class Replayer:
         self._last_cp_time = time.monotonic()
         return pos
 
-    def _checkpoint_snapshot(self, pos):
+    def _checkpoint_snapshot(self, pos: int) -> None:
         m = self.machine
         method = "snapshot"
         try:
@@ -598,14 +617,15 @@ class Replayer:
             self._last_snapshot = snap
             return
         self._open_dbs()
+        assert self._store is not None              # (for mypy) named
 
-        def write(txn):
+        def write(txn: Any) -> tuple[int, int]:
             self._fence(txn)
             return self._write_checkpoint(txn, pos, digest, snap)
 
         self._verified, self._agreed = self._store.write(write)
 
-    def _checkpoint_view(self, pos):
+    def _checkpoint_view(self, pos: int) -> None:
         while True:
             txn = self._begin()
             try:
@@ -635,7 +655,7 @@ class Replayer:
             self._verified, self._agreed = verified
             return
 
-    def _remember(self, pos, digest):
+    def _remember(self, pos: int, digest: Optional[bytes]) -> None:
         """An ephemeral checkpoint: keep the digest in memory, compare it with the reference."""
         if digest is None:
             return
@@ -645,11 +665,15 @@ class Replayer:
             self._mem_digests.append((pos, digest))
         if self.replica_of is not None:
             self._open_dbs()
+            assert self._store is not None          # (for mypy) a replica has the store
             self._verified, self._agreed = self._store.read(lambda t: self._compare_in(t, pos))
 
-    def _write_checkpoint(self, txn, pos, digest, snap):
+    def _write_checkpoint(self, txn: Any, pos: int, digest: Optional[bytes],
+                          snap: bytes) -> tuple[int, int]:
         """Put digest, position and header (+ snapshot) into txn; returns the new
         (verified, agreed) of a replica, to take effect once txn commits."""
+        assert self._store is not None and self.name is not None    # (for mypy) named
+        assert self._prefix is not None and self._name_b is not None
         verified = (self._verified, self._agreed)
         if digest is not None:
             txn.put(digest_key(self._prefix, pos), digest, db=self._dg_db)
@@ -667,7 +691,8 @@ class Replayer:
             txn.put(self._name_b + SNAPSHOT_SUFFIX, snap, db=self._cp_db)
         return verified
 
-    def _prune(self, txn, below):
+    def _prune(self, txn: Any, below: int) -> None:
+        assert self._prefix is not None             # (for mypy) named
         cur = txn.cursor(db=self._dg_db)
         if not cur.set_range(self._prefix):
             return
@@ -678,17 +703,19 @@ class Replayer:
             if not cur.delete():
                 return
 
-    def _own_digests(self, txn):
+    def _own_digests(self, txn: Any) -> Iterator[tuple[int, bytes]]:
         if self.name is None:
             i = bisect.bisect_right(self._mem_digests, (self._verified, b"\xff" * DIGEST_SIZE))
             return iter(self._mem_digests[i:])
+        assert self._prefix is not None             # (for mypy) named
         return stored_digests(txn, self._dg_db, self._prefix, self._verified + 1)
 
-    def _compare_in(self, txn, upto):
+    def _compare_in(self, txn: Any, upto: int) -> tuple[int, int]:
+        assert self.replica_of is not None          # (for mypy) a replica
         return compare_digests(txn, self._cp_db, self._dg_db, self._own_digests(txn), self.name,
                         self.replica_of, self._verified, self._agreed, upto)[0]
 
-    def verify(self):
+    def verify(self) -> Optional[int]:
         """Compare this replica's digests with its reference's at every common checkpoint offset
         not compared yet (the reference may have caught up since the last checkpoint). Returns
         the last offset where they agree (None: none compared yet); ReplicaDivergedError at the
@@ -697,6 +724,7 @@ class Replayer:
             raise TypeError("verify: this replayer has no replica_of")
         self._check_usable(running_ok=True)
         self._open_dbs()
+        assert self._store is not None              # (for mypy) a replica has the store
         self._verified, self._agreed = self._store.read(lambda t: self._compare_in(t, 1 << 62))
         return None if self._agreed < 0 else self._agreed
 
@@ -710,9 +738,10 @@ class Replayer:
         if self.name is None:
             raise TypeError("read: an ephemeral view is never committed; read it through the "
                             "transaction its apply() gets")
+        assert self._store is not None              # (for mypy) named
         return self._store.shared.reader(db=VIEW_DB_PREFIX + self.name)
 
-    def _check_usable(self, running_ok=False):
+    def _check_usable(self, running_ok: bool = False) -> None:
         if self._closed:
             raise TidelogError(f"replayer {self.name!r}: closed")
         if self._failed is not None:
@@ -723,12 +752,12 @@ class Replayer:
         if self._running and not running_ok:
             raise TidelogError(f"replayer {self.name!r}: run() is already running")
 
-    def _fail(self, exc):
+    def _fail(self, exc: BaseException) -> None:
         if self._failed is None:
             self._failed = exc
         self._end_txn()
 
-    def close(self):
+    def close(self) -> None:
         """Drop a view's uncommitted work (what came after the last checkpoint; an ephemeral
         view entirely). Idempotent. Does not checkpoint: run() did before returning."""
         if self._closed:
@@ -741,8 +770,8 @@ class Replayer:
             if env is not None:
                 env.close()
 
-    def __enter__(self):
+    def __enter__(self) -> Replayer:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()

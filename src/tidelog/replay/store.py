@@ -9,7 +9,7 @@ store or a database in it (`existing_dbs`). The format of what they read is chec
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional
 
 from tidelog.errors import LogClosedError
 from tidelog.positions import check_name
@@ -20,9 +20,10 @@ from tidelog.replay.checkpoint import (CHECKPOINTS_DB, DIGESTS_DB, SNAPSHOT_SUFF
 
 if TYPE_CHECKING:
     from tidelog.log import Log
+    from tidelog.positions import PositionStore
 
 
-def check_log(log):
+def check_log(log: object) -> None:
     from tidelog.log import Log
     if not isinstance(log, Log):
         raise TypeError(f"log: expected a tidelog.Log (from tidelog.open), not "
@@ -31,7 +32,7 @@ def check_log(log):
         raise LogClosedError(f"{log.path}: the log is closed")
 
 
-def existing_dbs(log, *names):
+def existing_dbs(log: Log, *names: str) -> tuple[Optional[PositionStore], list[bool]]:
     """(store, [whether it exists, per name]) without creating anything: reading never creates
     the positions store or a database in it. store is None when there is no store. (Handles
     are looked up inside each transaction: a lock-less reader's copy may change between.)"""
@@ -47,6 +48,7 @@ def replayers(log: Log) -> dict[str, Checkpoint]:
     store, (has_cp,) = existing_dbs(log, CHECKPOINTS_DB)
     if not has_cp:
         return {}
+    assert store is not None            # (for mypy) a database exists only in a store
     return store.read(lambda txn: {bytes(k).decode("utf-8"): unpack_header(v) for k, v in
                                    txn.cursor(db=store.db(CHECKPOINTS_DB)) if b"\0" not in k})
 
@@ -61,7 +63,7 @@ def delete_replayer(log: Log, name: str) -> bool:
     store.positions_db                  # opened before the write transaction, as the others
     view_key = VIEW_DB_PREFIX + name
 
-    def delete(txn):
+    def delete(txn: Any) -> bool:       # txn: an lmdb Transaction (lmdbenv types it Any)
         found = store.delete(name, txn)
         found |= txn.delete(name_b, db=cp_db)
         txn.delete(name_b + SNAPSHOT_SUFFIX, db=cp_db)
@@ -89,4 +91,5 @@ def read_view(log: Log, name: str) -> Any:
     store, (has_view,) = existing_dbs(log, VIEW_DB_PREFIX + name)
     if not has_view:
         raise KeyError(f"no replayer view named {name!r} in {log.path}")
+    assert store is not None            # (for mypy) a database exists only in a store
     return store.shared.reader(db=VIEW_DB_PREFIX + name)
