@@ -9,6 +9,7 @@ import sys
 import pytest
 
 import tidelog
+import smallfs                      # tests/smallfs.py: a small tmpfs in a private mount namespace
 from conftest import spawn_python
 
 SEG0 = "%020d.seg" % 0
@@ -49,28 +50,12 @@ def test_old_frames_past_a_hole_never_come_back_after_recovery(log_path):
 
 
 def run_on_small_tmpfs(tmp_path, script, *args, size="8m"):
-    """Run script in a private mount namespace with a small tmpfs at its first argument (a real
-    full disk; a hole read through a mapping there is a SIGBUS). Fails, not skips, if that
-    cannot be made here."""
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    f = tmp_path / "script.py"
-    f.write_text(script)
-    unshare = shutil.which("unshare")
-    assert unshare, "unshare(1) is needed to make a small filesystem for this test"
-    flags = "-m" if os.geteuid() == 0 else "-rm"
-    proc = subprocess.run(
-        [unshare, flags, "--propagation", "private", "sh", "-c",
-         f'mount -t tmpfs -o size={size} tmpfs "$1" && shift && exec "$@"', "sh",
-         str(mnt), sys.executable, str(f), str(mnt), *args],
-        capture_output=True, text=True, timeout=120)
-    assert "mount" not in proc.stderr.split(":")[0], \
-        f"cannot mount a small tmpfs here: {proc.stderr}"
-    return proc
+    return smallfs.run_on_small_tmpfs(tmp_path, script, *args, size=size)
 
 
 SALVAGE = r"""
 import os, sys, tidelog
+
 mnt, fill = sys.argv[1], sys.argv[2] == "fill"
 path = os.path.join(mnt, "log")
 with tidelog.open(path, durability="none", segment_bytes=32 << 20) as log:

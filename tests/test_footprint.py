@@ -4,9 +4,7 @@
 step (nothing lost, no SIGBUS); readers in other processes follow a segment across its growth;
 recovery accepts a segment shorter than its nominal size and still rejects damage."""
 import os
-import shutil
 import struct
-import subprocess
 import sys
 import textwrap
 
@@ -14,6 +12,7 @@ import crc32c as oracle
 import pytest
 
 import tidelog
+import smallfs                      # tests/smallfs.py: a small tmpfs in a private mount namespace
 from conftest import spawn_python
 
 MiB = 1 << 20
@@ -210,23 +209,7 @@ print("ok", n, flush=True)
 
 
 def run_on_small_tmpfs(tmp_path, script, *args, size="6m"):
-    """Run script in a private mount namespace with a small tmpfs at its first argument (a real
-    full disk). Fails, not skips, if that cannot be made here."""
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    f = tmp_path / "script.py"
-    f.write_text(script)
-    unshare = shutil.which("unshare")
-    assert unshare, "unshare(1) is needed to make a small filesystem for this test"
-    flags = "-m" if os.geteuid() == 0 else "-rm"
-    proc = subprocess.run(
-        [unshare, flags, "--propagation", "private", "sh", "-c",
-         f'mount -t tmpfs -o size={size} tmpfs "$1" && shift && exec "$@"', "sh",
-         str(mnt), sys.executable, str(f), str(mnt), *args],
-        capture_output=True, text=True, timeout=120)
-    assert "mount" not in proc.stderr.split(":")[0], \
-        f"cannot mount a small tmpfs here: {proc.stderr}"
-    return proc
+    return smallfs.run_on_small_tmpfs(tmp_path, script, *args, size=size)
 
 
 @pytest.mark.parametrize("mode", ["none", "batch", "always"])
