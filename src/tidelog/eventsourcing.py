@@ -295,6 +295,14 @@ class TidelogStore:
         cls._registry = {}
         for store in stores:
             store.inherited = True
+            # let go of the copies of the parent's logs now, not at the child's exit: the
+            # writer's lock descriptor is shared with the parent (flock), so a child that lives
+            # on would otherwise keep the parent's writer lock after the parent closed the store
+            for log in store._logs():
+                try:
+                    log.close()
+                except Exception:
+                    pass
 
     def release(self):
         with self._registry_lock:
@@ -470,7 +478,14 @@ class TidelogStore:
             if not self.readonly:
                 return
             with self._writer_turn():
-                log = self._open_writer()
+                try:
+                    log = self._open_writer()
+                except OSError as exc:
+                    if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                        raise
+                    raise OperationalError(
+                        f"{self.path}: this process may not write the store's log ({exc}); "
+                        f"nothing was written: it can only read") from exc
                 if log is None:
                     raise OperationalError(
                         f"{self.path}: another process is this store's writer "
@@ -479,9 +494,12 @@ class TidelogStore:
                 old, self.log = self.log, log
                 try:
                     self.recover()
-                except BaseException:
+                except BaseException as exc:
                     self.log = old
                     log.close()
+                    if isinstance(exc, tidelog.TidelogError):
+                        self._check_open()
+                        raise _tidelog_error(exc) from exc
                     raise
             self.committed_end = log.end_offset
             self._old_logs.append(old)      # other threads may be reading through it
@@ -980,18 +998,22 @@ class TidelogStore:
                 log.close()
             lmdbenv.release(self.env)
             return
-        try:
-            if self.log is not None and not self.readonly and self.failure is None:
-                with self._flush_lock, self._lock:
+        # the locks even while read-only: become_writer() in another thread swaps the logs and
+        # catches the index up under them, and must not find them closed halfway
+        with self._flush_lock, self._lock:
+            if self.closed:     # closed by another thread meanwhile
+                return
+            try:
+                if self.log is not None and not self.readonly and self.failure is None:
                     self.log.sync()
                     self._flush_locked(None)
-        finally:
-            self.closed = True
-            with self._changed:
-                self._changed.notify_all()
-            for log in self._logs():
-                log.close()
-            lmdbenv.release(self.env)
+            finally:
+                self.closed = True
+                with self._changed:
+                    self._changed.notify_all()
+                for log in self._logs():
+                    log.close()
+                lmdbenv.release(self.env)
 
     def _logs(self):
         return ([] if self.log is None else [self.log]) + self._old_logs
