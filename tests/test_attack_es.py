@@ -39,12 +39,15 @@ path = sys.argv[1]
 r = TidelogApplicationRecorder(TidelogStore.acquire(path))
 r.insert_events([StoredEvent(uuid4(), 1, "t", b"x")])     # this process is the writer
 rd, wr = os.pipe()
+rd2, wr2 = os.pipe()
 pid = os.fork()
 if pid == 0:                    # a child that never touches the store, and lives on
     os.close(wr)
+    os.write(wr2, b"r")         # up and running (its fork hooks have run)
     os.read(rd, 1)
     os._exit(0)
 os.close(rd)
+assert os.read(rd2, 1) == b"r"
 r.close()                       # the parent is done with the store
 try:
     tidelog.open(os.path.join(path, "log")).close()
