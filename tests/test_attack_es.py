@@ -156,3 +156,27 @@ def test_insert_into_a_store_this_user_may_not_write(world_dir):
     proc = run_py(READONLY_USER, path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["[1,", "2]", "refused", "[1,", "2]"]
+
+
+def test_acquire_after_close_opens_the_store_again(tmp_path):
+    """store.close() (not release()) left the closed store in the per-process registry, and
+    every later acquire() of the path returned it: the path was unusable in this process."""
+    path = str(tmp_path / "s")
+    store = TidelogStore.acquire(path)
+    first = TidelogApplicationRecorder(store)          # holds a reference of its own
+    first.insert_events([ev()])
+    store.close()
+    again = TidelogStore.acquire(path)
+    try:
+        assert again is not store and not again.closed
+        rec = TidelogApplicationRecorder(again)
+        assert rec.insert_events([ev()]) == [2]
+        assert [n.id for n in rec.select_notifications(1, 10)] == [1, 2]
+        rec.close()
+    finally:
+        again.close()
+    first.close()               # the closed store's references: let go without touching `again`
+    store.release()
+    third = TidelogStore.acquire(path)
+    assert third is not again and not third.closed
+    third.release()

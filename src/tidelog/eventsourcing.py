@@ -267,7 +267,7 @@ class TidelogStore:
         real = os.path.realpath(os.fspath(path))
         with cls._registry_lock:
             store = cls._registry.get(real)
-            if store is None:
+            if store is None or store.closed:   # (closed by close(), not release(): replaced)
                 store = cls(real, with_log=with_log, create=create, segment_bytes=segment_bytes)
                 cls._registry[real] = store
             store._refs += 1
