@@ -180,3 +180,49 @@ def test_acquire_after_close_opens_the_store_again(tmp_path):
     third = TidelogStore.acquire(path)
     assert third is not again and not third.closed
     third.release()
+
+
+SLOW_CATCH_UP = '''
+import sys, time
+from tidelog.eventsourcing import TidelogStore
+recover = TidelogStore.recover
+def slow(self):
+    print("recovering", flush=True)
+    time.sleep(1.0)
+    return recover(self)
+TidelogStore.recover = slow
+s = TidelogStore.acquire(sys.argv[1])
+print("open", s.readonly, flush=True)
+sys.stdin.readline()
+'''
+
+
+@pytest.mark.parametrize("damage", ["deleted", "dir"])
+def test_lock_file_removed_while_a_reader_catches_up(tmp_path, damage):
+    """The turn lock was a file, `writer.lock`: deleted (a "stale lock" cleaned up) or replaced
+    while a process that was opening the store held it to catch the index up, the first insert
+    of an application made a new one, took it, found the log's writer lock held, and failed
+    with OperationalError although no process was writing. Now it waits for the reader."""
+    path = str(tmp_path / "s")
+    app = TidelogApplicationRecorder(TidelogStore.acquire(path))
+    app.insert_events([ev()])   # something for the reader to catch up
+    app.close()
+    app = TidelogApplicationRecorder(TidelogStore.acquire(path))
+    reader = subprocess.Popen([sys.executable, "-c", SLOW_CATCH_UP, path], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert reader.stdout.readline().strip() == "recovering"   # holds the writer lock now
+        lock = os.path.join(path, "writer.lock")
+        if os.path.exists(lock):
+            os.unlink(lock)
+        if damage == "dir":
+            os.mkdir(lock)
+        assert app.insert_events([ev()]) == [2]
+        assert reader.stdout.readline().split() == ["open", "True"]
+        reader.stdin.close()
+        assert reader.wait(60) == 0
+    finally:
+        if reader.poll() is None:
+            reader.kill()
+            reader.wait()
+        app.close()

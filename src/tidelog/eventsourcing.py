@@ -4,7 +4,8 @@ Owns: TidelogFactory, the four recorders, TidelogStore (one store = what SQLite 
 its per-process registry, the store's record format and its LMDB index. Uses tidelog's public API
 and its shared argument checks (tidelog._args); the index is opened, grown and handled across
 fork() by tidelog.lmdbenv. Writes: the store's files only (`log/` through its tidelog writer,
-`index/`, and `writer.lock`, flocked while this process takes or tries the log's writer lock).
+`index/`; the store's directory is flocked while this process takes or tries the log's
+writer lock).
 
 Select it with PERSISTENCE_MODULE=tidelog.eventsourcing and TIDELOG_PATH=<directory>
 (<APPNAME>_TIDELOG_PATH overrides it per application). Optional: TIDELOG_SEGMENT_BYTES.
@@ -385,20 +386,19 @@ class TidelogStore:
 
     @contextmanager
     def _writer_turn(self):
-        """The store's `writer.lock` (flock, exclusive), held while this process takes the log's
-        writer lock, briefly to catch the index up at open or for good at its first write: so a
-        process that fails to take the writer lock while holding it knows a writer is really at
-        work (not a reader catching up at its open), and two processes never catch the index up
-        at once. Without a writable store directory there is nothing to lock (nor to write)."""
-        path = os.path.join(self.path, "writer.lock")
+        """The store's turn lock (flock, exclusive, on the store's directory), held while this
+        process takes the log's writer lock, briefly to catch the index up at open or for good at
+        its first write: so a process that fails to take the writer lock while holding it knows a
+        writer is really at work (not a reader catching up at its open), and two processes never
+        catch the index up at once. The directory, not a file in it: a lock file could be deleted
+        or replaced (a "stale lock" cleaned up) while held, or be unreadable to some user, and a
+        new one would not exclude the process holding the old; any user who can read the store
+        can open its directory, and it cannot be deleted while the store is in it."""
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError:
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            except OSError:
-                yield
-                return
+            yield               # (unreachable in practice: the store was opened through it)
+            return
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:
