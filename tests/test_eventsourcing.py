@@ -897,7 +897,7 @@ sys.stdin.readline()
 def test_a_reader_catching_up_at_open_delays_a_first_insert_but_never_fails_it(tmp_path,
                                                                                  children):
     """A process that opens a store holds the writer lock briefly to catch the index up; an
-    application's first insert meanwhile waits for it (store's writer.lock) instead of
+    application's first insert meanwhile waits for it (the store's turn lock) instead of
     failing with LogLockedError, and the reader then opens read-only."""
     path = str(tmp_path / "s")
     app = TidelogApplicationRecorder(TidelogStore.acquire(path))

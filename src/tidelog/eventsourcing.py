@@ -4,7 +4,8 @@ Owns: TidelogFactory, the four recorders, TidelogStore (one store = what SQLite 
 its per-process registry, the store's record format and its LMDB index. Uses tidelog's public API
 and its shared argument checks (tidelog._args); the index is opened, grown and handled across
 fork() by tidelog.lmdbenv. Writes: the store's files only (`log/` through its tidelog writer,
-`index/`, and `writer.lock`, flocked while this process takes or tries the log's writer lock).
+`index/`; the store's directory is flocked while this process takes or tries the log's
+writer lock).
 
 Select it with PERSISTENCE_MODULE=tidelog.eventsourcing and TIDELOG_PATH=<directory>
 (<APPNAME>_TIDELOG_PATH overrides it per application). Optional: TIDELOG_SEGMENT_BYTES.
@@ -267,7 +268,7 @@ class TidelogStore:
         real = os.path.realpath(os.fspath(path))
         with cls._registry_lock:
             store = cls._registry.get(real)
-            if store is None:
+            if store is None or store.closed:   # (closed by close(), not release(): replaced)
                 store = cls(real, with_log=with_log, create=create, segment_bytes=segment_bytes)
                 cls._registry[real] = store
             store._refs += 1
@@ -295,6 +296,14 @@ class TidelogStore:
         cls._registry = {}
         for store in stores:
             store.inherited = True
+            # let go of the copies of the parent's logs now, not at the child's exit: the
+            # writer's lock descriptor is shared with the parent (flock), so a child that lives
+            # on would otherwise keep the parent's writer lock after the parent closed the store
+            for log in store._logs():
+                try:
+                    log.close()
+                except Exception:
+                    pass
 
     def release(self):
         with self._registry_lock:
@@ -377,20 +386,19 @@ class TidelogStore:
 
     @contextmanager
     def _writer_turn(self):
-        """The store's `writer.lock` (flock, exclusive), held while this process takes the log's
-        writer lock, briefly to catch the index up at open or for good at its first write: so a
-        process that fails to take the writer lock while holding it knows a writer is really at
-        work (not a reader catching up at its open), and two processes never catch the index up
-        at once. Without a writable store directory there is nothing to lock (nor to write)."""
-        path = os.path.join(self.path, "writer.lock")
+        """The store's turn lock (flock, exclusive, on the store's directory), held while this
+        process takes the log's writer lock, briefly to catch the index up at open or for good at
+        its first write: so a process that fails to take the writer lock while holding it knows a
+        writer is really at work (not a reader catching up at its open), and two processes never
+        catch the index up at once. The directory, not a file in it: a lock file could be deleted
+        or replaced (a "stale lock" cleaned up) while held, or be unreadable to some user, and a
+        new one would not exclude the process holding the old; any user who can read the store
+        can open its directory, and it cannot be deleted while the store is in it."""
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError:
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            except OSError:
-                yield
-                return
+            yield               # (unreachable in practice: the store was opened through it)
+            return
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:
@@ -470,7 +478,14 @@ class TidelogStore:
             if not self.readonly:
                 return
             with self._writer_turn():
-                log = self._open_writer()
+                try:
+                    log = self._open_writer()
+                except OSError as exc:
+                    if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                        raise
+                    raise OperationalError(
+                        f"{self.path}: this process may not write the store's log ({exc}); "
+                        f"nothing was written: it can only read") from exc
                 if log is None:
                     raise OperationalError(
                         f"{self.path}: another process is this store's writer "
@@ -479,9 +494,12 @@ class TidelogStore:
                 old, self.log = self.log, log
                 try:
                     self.recover()
-                except BaseException:
+                except BaseException as exc:
                     self.log = old
                     log.close()
+                    if isinstance(exc, tidelog.TidelogError):
+                        self._check_open()
+                        raise _tidelog_error(exc) from exc
                     raise
             self.committed_end = log.end_offset
             self._old_logs.append(old)      # other threads may be reading through it
@@ -980,18 +998,22 @@ class TidelogStore:
                 log.close()
             lmdbenv.release(self.env)
             return
-        try:
-            if self.log is not None and not self.readonly and self.failure is None:
-                with self._flush_lock, self._lock:
+        # the locks even while read-only: become_writer() in another thread swaps the logs and
+        # catches the index up under them, and must not find them closed halfway
+        with self._flush_lock, self._lock:
+            if self.closed:     # closed by another thread meanwhile
+                return
+            try:
+                if self.log is not None and not self.readonly and self.failure is None:
                     self.log.sync()
                     self._flush_locked(None)
-        finally:
-            self.closed = True
-            with self._changed:
-                self._changed.notify_all()
-            for log in self._logs():
-                log.close()
-            lmdbenv.release(self.env)
+            finally:
+                self.closed = True
+                with self._changed:
+                    self._changed.notify_all()
+                for log in self._logs():
+                    log.close()
+                lmdbenv.release(self.env)
 
     def _logs(self):
         return ([] if self.log is None else [self.log]) + self._old_logs
