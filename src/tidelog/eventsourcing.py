@@ -32,15 +32,17 @@ import threading
 import time
 import weakref
 from collections import deque
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any, TypeVar, overload
 from uuid import UUID, SafeUUID
 
 try:
     from eventsourcing.persistence import (
         AggregateRecorder, ApplicationRecorder, DatabaseError, DataError, InfrastructureFactory,
         IntegrityError, InterfaceError, Notification, OperationalError, ProcessRecorder,
-        StoredEvent, Subscription, TrackingRecorder)
-    from eventsourcing.utils import resolve_topic
+        StoredEvent, Subscription, Tracking, TrackingRecorder)
+    from eventsourcing.utils import Environment, EnvType, resolve_topic
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError("tidelog.eventsourcing needs the `eventsourcing` library: "
                       "pip install 'tidelog[eventsourcing]'") from exc
@@ -71,8 +73,17 @@ F_END = 2                  # last record of an insert
 OID_UUID, OID_STR = 0, 1
 LONG_OID = 256             # longer originator ids are hashed in index keys
 
+# lmdbenv hands out its transactions and database handles untyped (Any: a HeldReader forwards
+# to a py-lmdb transaction through __getattr__), so they stay Any here, named by these aliases.
+_Txn = Any
+_Db = Any
+T = TypeVar("T")
+_R = TypeVar("_R", bound="_StoreHolder")
+# a pending insert: (end offset, [(oid key, version key)], first offset, tracking)
+_Pending = tuple[int, list[tuple[bytes, bytes]], int, "Tracking | None"]
 
-def _oid_bytes(oid):
+
+def _oid_bytes(oid: object) -> tuple[int, bytes]:
     if isinstance(oid, UUID):
         return OID_UUID, oid.bytes
     if isinstance(oid, str):
@@ -83,7 +94,7 @@ def _oid_bytes(oid):
     raise TypeError(f"originator_id: expected a UUID or a str, not {type(oid).__name__}")
 
 
-def _oid_key(kind, raw):
+def _oid_key(kind: int, raw: bytes) -> bytes:
     """The index prefix of one originator: unambiguous, so a prefix scan never mixes two ids.
     An id longer than LONG_OID bytes is keyed by its length and SHA-256 (an LMDB key holds at
     most 511 bytes)."""
@@ -92,7 +103,7 @@ def _oid_key(kind, raw):
     return bytes((kind,)) + struct.pack(">I", len(raw)) + raw
 
 
-def _version_key(version):
+def _version_key(version: object) -> bytes:
     if isinstance(version, bool) or not isinstance(version, int):
         raise TypeError(f"originator_version: expected an int, not {type(version).__name__}")
     if not -(1 << 63) <= version < (1 << 63):
@@ -100,11 +111,11 @@ def _version_key(version):
     return _BE64.pack((version + (1 << 63)) & 0xFFFFFFFFFFFFFFFF)
 
 
-def _int_or_none(value, name):
+def _int_or_none(value: object, name: str) -> int | None:
     return None if value is None else _args.integer(value, name)
 
 
-def _topics_arg(topics):
+def _topics_arg(topics: Iterable[str]) -> tuple[str, ...]:
     """`topics` as a tuple of str: a sequence (or other iterable) of str, not a str itself."""
     if isinstance(topics, (str, bytes, bytearray, memoryview)):
         raise TypeError(f"topics: expected a sequence of str, not a single "
@@ -119,7 +130,7 @@ def _topics_arg(topics):
     return out
 
 
-def _text(value, what):
+def _text(value: object, what: str) -> bytes:
     if not isinstance(value, str):
         raise TypeError(f"{what}: expected a str, not {type(value).__name__}")
     try:
@@ -128,7 +139,8 @@ def _text(value, what):
         raise ValueError(f"{what}: not encodable as UTF-8 ({exc})") from None
 
 
-def _encode(event, tracking=None):
+def _encode(event: StoredEvent,
+            tracking: Tracking | None = None) -> tuple[bytes, bytes]:
     kind, raw = _oid_bytes(event.originator_id)
     topic = _text(event.topic, "topic")
     flags = 0
@@ -144,7 +156,8 @@ def _encode(event, tracking=None):
                                 len(trk)), raw, topic, trk, state)), str(event.originator_id).encode("utf-8")
 
 
-def _parse_head(value):
+def _parse_head(value: bytes | memoryview
+                ) -> tuple[int, int, bytes, int, bytes, tuple[str, int] | None, int]:
     """(flags, oid key, version, topic bytes, tracking or None, state start) of a log record."""
     flags, kind, version, nraw, ntopic, ntrk = _HEAD.unpack_from(value, 0)
     p = _HEAD.size
@@ -160,7 +173,7 @@ def _parse_head(value):
     return flags, kind, raw, version, topic, trk, p
 
 
-def _oid_from(kind, raw):
+def _oid_from(kind: int, raw: bytes) -> UUID | str:
     if kind == OID_UUID:
         u = object.__new__(UUID)            # UUID(bytes=raw) without its argument checks
         object.__setattr__(u, "int", int.from_bytes(raw, "big"))
@@ -169,10 +182,14 @@ def _oid_from(kind, raw):
     return raw.decode("utf-8")
 
 
-_topics = {}
+_topics: dict[bytes, str] = {}
 
 
-def _decode(value, nid=None):
+@overload
+def _decode(value: bytes | memoryview, nid: None = None) -> StoredEvent: ...
+@overload
+def _decode(value: bytes | memoryview, nid: int) -> Notification: ...
+def _decode(value: bytes | memoryview, nid: int | None = None) -> StoredEvent:
     """The StoredEvent (or, given its id, the Notification) a log record holds."""
     v = bytes(value)            # one copy: `state` must be bytes anyway
     flags, kind, version, nraw, ntopic, ntrk = _HEAD.unpack_from(v, 0)
@@ -193,7 +210,7 @@ def _decode(value, nid=None):
                         state=state)
 
 
-def _fsync_dir(path):
+def _fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -201,7 +218,7 @@ def _fsync_dir(path):
         os.close(fd)
 
 
-def decode_event(record):
+def decode_event(record: tidelog.Record) -> Notification:
     """The eventsourcing Notification a record of an events log holds (id = offset + 1): for
     readers of the log itself (a tidelog Replayer, a cursor)."""
     return _decode(record.value, record.offset + 1)
@@ -211,26 +228,28 @@ class TopicCounts:
     """A replay machine for `tidelog replay LOG --machine tidelog.eventsourcing:TopicCounts`:
     events per topic of an events log."""
 
-    def __init__(self):
+    counts: dict[str, int]
+
+    def __init__(self) -> None:
         self.counts = {}
 
-    def apply(self, record):
+    def apply(self, record: tidelog.Record) -> None:
         topic = _parse_head(record.value)[4].decode("utf-8")
         self.counts[topic] = self.counts.get(topic, 0) + 1
 
-    def snapshot(self):
+    def snapshot(self) -> bytes:
         import json
         return json.dumps(self.counts, sort_keys=True).encode("utf-8")
 
-    def restore(self, snapshot):
+    def restore(self, snapshot: bytes) -> None:
         import json
         self.counts = json.loads(snapshot)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"TopicCounts({self.counts})"
 
 
-def _tidelog_error(exc):
+def _tidelog_error(exc: BaseException) -> DatabaseError | InterfaceError:
     """The eventsourcing (PEP 249) error for a tidelog error."""
     if isinstance(exc, tidelog.LogLockedError):
         return OperationalError(str(exc))
@@ -241,7 +260,8 @@ def _tidelog_error(exc):
     return OperationalError(str(exc))
 
 
-def _index_error(env, exc, doing):
+def _index_error(env: lmdbenv.LmdbEnv, exc: BaseException,
+                 doing: str) -> DatabaseError | InterfaceError:
     """The eventsourcing error for an error of the LMDB index (py-lmdb's, or lmdbenv's
     translation of one)."""
     if isinstance(exc, lmdb.Error):
@@ -258,11 +278,20 @@ class TidelogStore:
     a process that only reads never holds the writer lock. While another process is the writer,
     reads and subscriptions work and writes raise OperationalError, nothing written."""
 
-    _registry = {}
+    _registry: dict[str, TidelogStore] = {}
     _registry_lock = threading.Lock()
+    failure: BaseException | None
+    log: tidelog.Log | None
+    _old_logs: list[tidelog.Log]
+    _pending: deque[_Pending]
+    _overlay: dict[bytes, dict[bytes, int]]
+    _overlay_tracking: dict[str, int]
+    _visible_tracking: dict[str, int]
+    _dbs: dict[bytes, _Db]
 
     @classmethod
-    def acquire(cls, path, *, with_log=True, create=True, segment_bytes=None):
+    def acquire(cls, path: str | os.PathLike[str], *, with_log: bool = True, create: bool = True,
+                segment_bytes: int | None = None) -> TidelogStore:
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"path: expected a str or os.PathLike, not {type(path).__name__}")
         real = os.path.realpath(os.fspath(path))
@@ -275,7 +304,7 @@ class TidelogStore:
             return store
 
     @classmethod
-    def close_all(cls):
+    def close_all(cls) -> None:
         """Close every store this process holds (at interpreter exit: index flushed, logs closed
         cleanly)."""
         with cls._registry_lock:
@@ -288,7 +317,7 @@ class TidelogStore:
                 pass
 
     @classmethod
-    def _after_fork_in_child(cls):
+    def _after_fork_in_child(cls) -> None:
         """A fork() child starts with no stores of its own: the parent's belong to the parent
         (its log writer, its locks, its LMDB environment); acquire() opens them again here."""
         cls._registry_lock = threading.Lock()
@@ -305,7 +334,7 @@ class TidelogStore:
                 except Exception:
                     pass
 
-    def release(self):
+    def release(self) -> None:
         with self._registry_lock:
             self._refs -= 1
             if self._refs > 0:
@@ -314,7 +343,8 @@ class TidelogStore:
                 del self._registry[self.path]
         self.close()
 
-    def __init__(self, path, *, with_log=True, create=True, segment_bytes=None):
+    def __init__(self, path: str, *, with_log: bool = True, create: bool = True,
+                 segment_bytes: int | None = None) -> None:
         self.path = path
         self._refs = 0
         self.closed = False
@@ -366,7 +396,7 @@ class TidelogStore:
         self.committed_end = 0                # a writer's: what readers may see
 
     @contextmanager
-    def _index_errors(self, doing):
+    def _index_errors(self, doing: str) -> Iterator[None]:
         """Errors of the LMDB index leave as eventsourcing (PEP 249) errors."""
         try:
             yield
@@ -374,18 +404,18 @@ class TidelogStore:
             self._check_open()          # closed (or inherited) meanwhile: say that
             raise _index_error(self.env, exc, doing) from exc
 
-    def _reader(self):
+    def _reader(self) -> lmdbenv.HeldReader:
         """A read transaction of the index (a context manager)."""
         with self._index_errors("read"):
             return self.env.reader()
 
-    def _write(self, fn, doing="write"):
+    def _write(self, fn: Callable[[_Txn], T], doing: str = "write") -> T:
         """fn(txn) in an index write transaction, committed; run again after the map grew."""
         with self._index_errors(doing):
             return self.env.write(fn)
 
     @contextmanager
-    def _writer_turn(self):
+    def _writer_turn(self) -> Iterator[None]:
         """The store's turn lock (flock, exclusive, on the store's directory), held while this
         process takes the log's writer lock, briefly to catch the index up at open or for good at
         its first write: so a process that fails to take the writer lock while holding it knows a
@@ -408,7 +438,7 @@ class TidelogStore:
         finally:
             os.close(fd)
 
-    def _open_writer(self):
+    def _open_writer(self) -> tidelog.Log | None:
         """A writer of the log, or None while another process holds its writer lock."""
         try:
             return tidelog.open(self._logpath, segment_bytes=self._segment_bytes,
@@ -418,7 +448,7 @@ class TidelogStore:
         except tidelog.TidelogError as exc:
             raise _tidelog_error(exc) from exc
 
-    def _open_log(self, logpath, segment_bytes):
+    def _open_log(self, logpath: str, segment_bytes: int) -> None:
         """Open the log to read: the store becomes its writer at its first write (become_writer),
         so a process that only reads never holds the lock an application needs to write.
 
@@ -455,17 +485,18 @@ class TidelogStore:
             self.log.close()
             raise
 
-    def _check_no_retention(self):
+    def _check_no_retention(self) -> None:
+        assert self.log is not None
         if self.log.retain_bytes is not None or self.log.retain_seconds is not None:
             raise DatabaseError(f"{self._logpath}: an event store must not have retention")
 
-    def _check_not_ahead(self, upto, end):
+    def _check_not_ahead(self, upto: int, end: int) -> None:
         if upto > end:
             raise DatabaseError(
                 f"{self.path}: the index reaches offset {upto} but the log ends at {end} "
                 f"(acknowledged events are missing from the log); refusing to open")
 
-    def become_writer(self):
+    def become_writer(self) -> None:
         """Make this process the writer of the store's log (an insert does it at its first
         write): take the log's writer lock and catch the index up with the log. OperationalError,
         with nothing written, while another process is the writer (the store stays readable; a
@@ -502,6 +533,7 @@ class TidelogStore:
                         raise _tidelog_error(exc) from exc
                     raise
             self.committed_end = log.end_offset
+            assert old is not None          # the read-only log this store had
             self._old_logs.append(old)      # other threads may be reading through it
             self.readonly = False
         with self._changed:
@@ -509,18 +541,20 @@ class TidelogStore:
 
     # -- recovery: the index catches up with the log, never leads it ------------------------------
 
-    def indexed_upto(self, txn=None):
+    def indexed_upto(self, txn: _Txn | None = None) -> int:
         if txn is None:
             with self._index_errors("read"), self.env.reader() as t:
                 return self.indexed_upto(t)
         v = txn.get(b"indexed_upto", db=self.meta)
         return 0 if v is None else _BE64.unpack(v)[0]
 
-    def recover(self):
+    def recover(self) -> int:
         """Index every record in [indexed_upto, end) of the log (a writer only; idempotent)."""
+        assert self.log is not None
         end = self.log.end_offset
 
-        def index(txn):
+        def index(txn: _Txn) -> int:
+            assert self.log is not None
             upto = self.indexed_upto(txn)
             self._check_not_ahead(upto, end)
             if upto < self.log.start_offset:
@@ -530,7 +564,7 @@ class TidelogStore:
                 txn.put(b"format", b"%d" % FORMAT, db=self.meta)
             if upto == end:
                 return 0
-            tracking = {}
+            tracking: dict[str, int] = {}
             cur = self.log.cursor(start=upto)
             while cur.position < end:
                 batch = cur.read_batch(max_records=min(65536, end - cur.position))
@@ -549,7 +583,7 @@ class TidelogStore:
 
         return self._write(index, "re-index from the log")
 
-    def _put_tracking_max(self, txn, name, nid):
+    def _put_tracking_max(self, txn: _Txn, name: str, nid: int) -> None:
         key = name.encode("utf-8")
         old = txn.get(key, db=self.tracking_db)
         if old is None or _TRACK.unpack(old)[0] < nid:
@@ -557,21 +591,21 @@ class TidelogStore:
 
     # -- writing ----------------------------------------------------------------------------------
 
-    def _check_open(self):
+    def _check_open(self) -> None:
         if self.inherited:
             raise OperationalError(f"{self.path}: this store was opened by the parent of this "
                                    f"forked process; acquire it again in this process")
         if self.closed:
             raise InterfaceError(f"{self.path}: the store is closed")
 
-    def _check_writable(self):
+    def _check_writable(self) -> None:
         """Before a write, outside the store's locks: the store becomes the writer here."""
         self._check_open()
         if self.readonly:
             self.become_writer()
         self._check_usable()
 
-    def _check_usable(self):
+    def _check_usable(self) -> None:
         """Under the store's locks (after _check_writable): still open and not stopped."""
         self._check_open()
         if self.readonly:       # never: a store stays the writer once it became it
@@ -580,7 +614,7 @@ class TidelogStore:
             raise OperationalError(f"{self.path}: the store stopped after a failure "
                                    f"({self.failure!r}); reopen it to recover")
 
-    def _max_tracking(self, txn, name, pending=True):
+    def _max_tracking(self, txn: _Txn, name: str, pending: bool = True) -> int | None:
         """The tracking id of `name`: with `pending`, counting inserts not yet durable (for the
         checks of new inserts); without, only what readers may see."""
         v = (self._overlay_tracking if pending else self._visible_tracking).get(name)
@@ -590,7 +624,7 @@ class TidelogStore:
             return w
         return v if w is None else max(v, w)
 
-    def _check_tracking(self, txn, tracking):
+    def _check_tracking(self, txn: _Txn, tracking: Tracking) -> None:
         nid = tracking.notification_id
         if isinstance(nid, bool) or not isinstance(nid, int):
             raise TypeError(f"tracking.notification_id: expected an int, not "
@@ -605,7 +639,7 @@ class TidelogStore:
                                  f"{tracking.application_name!r} is not greater than the "
                                  f"recorded {current}")
 
-    def insert(self, events, tracking=None):
+    def insert(self, events: Sequence[StoredEvent], tracking: Tracking | None = None) -> int | None:
         """Record `events` (and `tracking`) all or nothing; returns the first offset (or None
         for no events). IntegrityError, with nothing written, on any conflict."""
         self._check_writable()
@@ -666,9 +700,10 @@ class TidelogStore:
         self._commit(first + n, tracking)
         return first
 
-    def _commit(self, end, tracking=None):
+    def _commit(self, end: int, tracking: Tracking | None = None) -> None:
         """Make everything below `end` durable (shared fdatasync), publish it (and `tracking`),
         maybe index it."""
+        assert self.log is not None
         try:
             self.log.sync()
         except tidelog.TidelogError as exc:
@@ -686,7 +721,7 @@ class TidelogStore:
                 or time.monotonic() - self._last_flush >= FLUSH_SECONDS):
             self.flush_index(blocking=False)
 
-    def flush_index(self, tracking=None, blocking=True):
+    def flush_index(self, tracking: Tracking | None = None, blocking: bool = True) -> bool:
         """Commit the durable part of the overlay (and `tracking`) to LMDB in one transaction.
         With blocking=False, return False at once if another thread is committing."""
         if not self._flush_lock.acquire(blocking=blocking):
@@ -697,7 +732,7 @@ class TidelogStore:
             self._flush_lock.release()
         return True
 
-    def _flush_locked(self, tracking):
+    def _flush_locked(self, tracking: Tracking | None) -> None:
         durable = self.log.durable_offset if self.log is not None else 0
         batch = []
         while self._pending and self._pending[0][0] <= durable:
@@ -713,8 +748,8 @@ class TidelogStore:
                             t.application_name, -1):
                         self._visible_tracking[t.application_name] = t.notification_id
                 self._changed.notify_all()
-        def commit(txn):
-            trk = {}
+        def commit(txn: _Txn) -> None:
+            trk: dict[str, int] = {}
             for end, entries, first, t in batch:
                 for i, (okey, vkey) in enumerate(entries):
                     txn.put(okey + vkey, _BE64.pack(first + i), db=self.idx)
@@ -745,13 +780,13 @@ class TidelogStore:
                         if not ov:
                             del self._overlay[okey]
 
-    def insert_tracking(self, tracking):
+    def insert_tracking(self, tracking: Tracking) -> None:
         """A tracking-only update: checked, then committed to LMDB with the durable overlay."""
         self._check_writable()
         if self.log is None:
             # no log, no writer lock: other processes may write this store too, so the check
             # and the update are one LMDB write transaction (serialised across processes)
-            def record(txn):
+            def record(txn: _Txn) -> None:
                 self._check_tracking(txn, tracking)
                 self._put_tracking_max(txn, tracking.application_name, tracking.notification_id)
             with self._lock:
@@ -771,7 +806,7 @@ class TidelogStore:
             self._flush_locked(tracking)
 
     @contextmanager
-    def transaction(self, tracking=None):
+    def transaction(self, tracking: Tracking | None = None) -> Iterator[_Txn]:
         """An LMDB write transaction that also records `tracking` (checked first): a view's state
         and its tracking record commit together, or neither does."""
         self._check_writable()
@@ -812,7 +847,7 @@ class TidelogStore:
                     raise _index_error(self.env, exc, "commit") from exc
                 raise
 
-    def named_db(self, name):
+    def named_db(self, name: bytes) -> _Db:
         """An LMDB database handle of this store's env, opened (created) once per store."""
         with self._registry_lock:
             db = self._dbs.get(name)
@@ -827,7 +862,7 @@ class TidelogStore:
 
     # -- reading ----------------------------------------------------------------------------------
 
-    def end(self):
+    def end(self) -> int:
         """The exclusive end of what readers may see: committed inserts only."""
         self._check_open()
         if self.log is None:
@@ -836,7 +871,7 @@ class TidelogStore:
             return self.log.durable_offset
         return self.committed_end
 
-    def max_tracking_id(self, name):
+    def max_tracking_id(self, name: str) -> int | None:
         if self.readonly:   # (a store that becomes the writer meanwhile: the same answer)
             best = None
             with self._index_errors("read"), self.env.reader() as txn:
@@ -850,9 +885,10 @@ class TidelogStore:
         with self._index_errors("read"), self.env.reader() as txn:
             return self._max_tracking(txn, name, pending=False)
 
-    def _scan(self, lo, hi):
+    def _scan(self, lo: int, hi: int) -> Iterator[tuple[int, memoryview]]:
         if hi <= lo:
             return
+        assert self.log is not None
         cur = self.log.cursor(start=lo)
         while cur.position < hi:
             batch = cur.read_batch(max_records=min(4096, hi - cur.position))
@@ -860,7 +896,8 @@ class TidelogStore:
                 return
             yield from zip(batch.offsets.tolist(), batch.values)
 
-    def event_offsets(self, oid, gt, lte, desc, limit):
+    def event_offsets(self, oid: UUID | str, gt: int | None, lte: int | None, desc: bool,
+                      limit: int | None) -> list[int]:
         kind, raw = _oid_bytes(oid)
         okey = _oid_key(kind, raw)
         if limit is not None and limit <= 0:
@@ -882,6 +919,7 @@ class TidelogStore:
                     found.setdefault(k[len(okey):], _BE64.unpack(v)[0])
             upto = self.indexed_upto(txn) if readonly else None
         if readonly:
+            assert upto is not None
             for off, value in self._scan(upto, end):
                 flags, k2, raw2, version, _t, _trk, _p = _parse_head(value)
                 if k2 == kind and raw2 == raw:
@@ -899,7 +937,7 @@ class TidelogStore:
                 break
         return out
 
-    def read_events(self, offsets):
+    def read_events(self, offsets: Sequence[int]) -> list[StoredEvent]:
         """The stored events at `offsets` (in that order); runs of consecutive offsets (an
         aggregate's events of one insert) are read as batches."""
         try:
@@ -908,11 +946,12 @@ class TidelogStore:
             self._check_open()
             raise _tidelog_error(exc) from exc
 
-    def _read_events(self, offsets):
+    def _read_events(self, offsets: Sequence[int]) -> list[StoredEvent]:
         out = []
         i, n = 0, len(offsets)
         cur = None
         while i < n:
+            assert self.log is not None
             j = i + 1
             step = offsets[j] - offsets[i] if j < n else 1
             if step not in (1, -1):
@@ -926,7 +965,7 @@ class TidelogStore:
                 cur = self.log.cursor(start=lo)
             else:
                 cur.seek(lo)
-            run = []
+            run: list[StoredEvent] = []
             while len(run) < j - i:
                 batch = cur.read_batch(max_records=j - i - len(run))
                 if len(batch) == 0:
@@ -937,7 +976,8 @@ class TidelogStore:
             i = j
         return out
 
-    def notifications(self, lo, hi, limit, topics):
+    def notifications(self, lo: int, hi: int, limit: int,
+                      topics: Sequence[str]) -> list[Notification]:
         """Notifications of offsets [lo, hi) (hi capped at the committed end), topic-filtered."""
         try:
             return self._notifications(lo, hi, limit, topics)
@@ -945,11 +985,13 @@ class TidelogStore:
             self._check_open()          # closed meanwhile: InterfaceError
             raise _tidelog_error(exc) from exc
 
-    def _notifications(self, lo, hi, limit, topics):
+    def _notifications(self, lo: int, hi: int, limit: int,
+                       topics: Sequence[str]) -> list[Notification]:
         hi = min(hi, self.end())
-        out = []
+        out: list[Notification] = []
         if hi <= lo or limit <= 0:
             return out
+        assert self.log is not None
         want = {t.encode("utf-8") for t in topics} if topics else None
         cur = self.log.cursor(start=lo)
         while cur.position < hi:
@@ -965,7 +1007,7 @@ class TidelogStore:
                     return out
         return out
 
-    def wait_for_change(self, seen_end, timeout):
+    def wait_for_change(self, seen_end: int, timeout: float) -> bool:
         """Block until end() passes `seen_end` or `timeout` seconds pass."""
         if self.readonly:
             try:
@@ -977,8 +1019,9 @@ class TidelogStore:
             return self._changed.wait_for(lambda: self.committed_end > seen_end or self.closed,
                                           timeout)
 
-    def _wait_readonly(self, seen_end, timeout):
+    def _wait_readonly(self, seen_end: int, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
+        assert self.log is not None
         cur = self.log.cursor(start=min(seen_end, self.log.end_offset))
         while self.end() <= seen_end:
             left = deadline - time.monotonic()
@@ -989,7 +1032,7 @@ class TidelogStore:
             time.sleep(0.001)        # appended, not yet durable
         return True
 
-    def close(self):
+    def close(self) -> None:
         if self.closed:
             return
         if self.inherited:      # a fork() child only lets go of its copy: nothing is written
@@ -1015,7 +1058,7 @@ class TidelogStore:
                     log.close()
                 lmdbenv.release(self.env)
 
-    def _logs(self):
+    def _logs(self) -> list[tidelog.Log]:
         return ([] if self.log is None else [self.log]) + self._old_logs
 
 
@@ -1027,13 +1070,13 @@ if hasattr(os, "register_at_fork"):
 class _StoreHolder:
     """What every recorder shares: its store reference, released once (close() or collection)."""
 
-    def __init__(self, store):
+    def __init__(self, store: TidelogStore) -> None:
         if not isinstance(store, TidelogStore):
             raise TypeError(f"store: expected a TidelogStore, not {type(store).__name__}")
         self.store = store
         self._finalizer = weakref.finalize(self, store.release)
 
-    def close(self):
+    def close(self) -> None:
         """Release this recorder's reference to its store."""
         self._finalizer()
 
@@ -1041,14 +1084,17 @@ class _StoreHolder:
 class TidelogAggregateRecorder(_StoreHolder, AggregateRecorder):
     """Stored events of aggregates, in a TidelogStore."""
 
-    def __init__(self, store):
+    def __init__(self, store: TidelogStore) -> None:
         _StoreHolder.__init__(self, store)
 
-    def insert_events(self, stored_events, **kwargs):
+    def insert_events(self, stored_events: Sequence[StoredEvent],
+                      **kwargs: Any) -> Sequence[int] | None:
         self.store.insert(list(stored_events))
         return None
 
-    def select_events(self, originator_id, *, gt=None, lte=None, desc=False, limit=None):
+    def select_events(self, originator_id: UUID | str, *, gt: int | None = None,
+                      lte: int | None = None, desc: bool = False,
+                      limit: int | None = None) -> Sequence[StoredEvent]:
         store = self.store
         return store.read_events(store.event_offsets(originator_id, gt, lte, desc, limit))
 
@@ -1056,15 +1102,17 @@ class TidelogAggregateRecorder(_StoreHolder, AggregateRecorder):
 class TidelogApplicationRecorder(TidelogAggregateRecorder, ApplicationRecorder):
     """Stored events in the application sequence: notification id = log offset + 1."""
 
-    def insert_events(self, stored_events, **kwargs):
+    def insert_events(self, stored_events: Sequence[StoredEvent],
+                      **kwargs: Any) -> Sequence[int] | None:
         stored_events = list(stored_events)
         first = self.store.insert(stored_events)
         if first is None:
             return []
         return list(range(first + 1, first + 1 + len(stored_events)))
 
-    def select_notifications(self, start, limit, stop=None, topics=(), *,
-                             inclusive_of_start=True):
+    def select_notifications(self, start: int | None, limit: int, stop: int | None = None,
+                             topics: Sequence[str] = (), *,
+                             inclusive_of_start: bool = True) -> Sequence[Notification]:
         start = _int_or_none(start, "start")
         limit = _args.integer(limit, "limit")
         stop = _int_or_none(stop, "stop")
@@ -1077,18 +1125,22 @@ class TidelogApplicationRecorder(TidelogAggregateRecorder, ApplicationRecorder):
         hi = self.store.end() if stop is None else max(stop, 0)
         return self.store.notifications(lo, hi, limit, topics)
 
-    def max_notification_id(self):
+    def max_notification_id(self) -> int | None:
         return self.store.end() or None
 
-    def subscribe(self, gt=None, topics=()):
+    def subscribe(self, gt: int | None = None,
+                  topics: Sequence[str] = ()) -> Subscription[ApplicationRecorder]:
         return TidelogSubscription(self, gt=_int_or_none(gt, "gt"), topics=_topics_arg(topics))
 
 
-class TidelogSubscription(Subscription):
+class TidelogSubscription(Subscription[TidelogApplicationRecorder]):
     """Notifications with id > gt: what is recorded, then new ones as they are committed (in this
     process through a condition; across processes on tidelog's wake-up of readers)."""
 
-    def __init__(self, recorder, gt=None, topics=()):
+    buffer: deque[Notification]
+
+    def __init__(self, recorder: TidelogApplicationRecorder, gt: int | None = None,
+                 topics: Sequence[str] = ()) -> None:
         super().__init__(recorder=recorder, gt=gt, topics=topics)
         self.store = recorder.store
         self.topics = tuple(topics)
@@ -1096,11 +1148,11 @@ class TidelogSubscription(Subscription):
         self.buffer = deque()
         self.stopped = threading.Event()
 
-    def stop(self):
+    def stop(self) -> None:
         super().stop()
         self.stopped.set()
 
-    def __next__(self):
+    def __next__(self) -> Notification:
         store = self.store
         while True:
             if self.stopped.is_set():
@@ -1122,16 +1174,16 @@ class TidelogTrackingRecorder(_StoreHolder, TrackingRecorder):
     """Tracking records in a store's LMDB. A view subclass keeps its own state in `view_db()`
     and writes it with `transaction(tracking)`, so state and tracking commit together."""
 
-    def __init__(self, store):
+    def __init__(self, store: TidelogStore) -> None:
         _StoreHolder.__init__(self, store)
 
-    def insert_tracking(self, tracking):
+    def insert_tracking(self, tracking: Tracking) -> None:
         self.store.insert_tracking(tracking)
 
-    def max_tracking_id(self, application_name):
+    def max_tracking_id(self, application_name: str) -> int | None:
         return self.store.max_tracking_id(application_name)
 
-    def view_db(self, name=b"view"):
+    def view_db(self, name: str | bytes = b"view") -> _Db:
         """A named LMDB database of this store for a view's own state (the first call for a
         name must come outside a transaction: it may create the database)."""
         if isinstance(name, str):
@@ -1140,11 +1192,11 @@ class TidelogTrackingRecorder(_StoreHolder, TrackingRecorder):
             raise ValueError(f"name: {name!r} is reserved")
         return self.store.named_db(b"view:" + name)
 
-    def transaction(self, tracking=None):
+    def transaction(self, tracking: Tracking | None = None) -> AbstractContextManager[_Txn]:
         """An LMDB write transaction (context manager) that also records `tracking`."""
         return self.store.transaction(tracking)
 
-    def read_transaction(self):
+    def read_transaction(self) -> lmdbenv.HeldReader:
         """An LMDB read transaction (context manager)."""
         return self.store._reader()
 
@@ -1152,10 +1204,11 @@ class TidelogTrackingRecorder(_StoreHolder, TrackingRecorder):
 class TidelogProcessRecorder(TidelogTrackingRecorder, TidelogApplicationRecorder, ProcessRecorder):
     """Events and the tracking record of the upstream notification they came from, atomically."""
 
-    def __init__(self, store):
+    def __init__(self, store: TidelogStore) -> None:
         _StoreHolder.__init__(self, store)
 
-    def insert_events(self, stored_events, **kwargs):
+    def insert_events(self, stored_events: Sequence[StoredEvent],
+                      **kwargs: Any) -> Sequence[int] | None:
         stored_events = list(stored_events)
         first = self.store.insert(stored_events, kwargs.get("tracking"))
         if first is None:
@@ -1170,8 +1223,9 @@ class TidelogFactory(InfrastructureFactory[TidelogTrackingRecorder]):
     TIDELOG_SEGMENT_BYTES = "TIDELOG_SEGMENT_BYTES"
     CREATE_TABLE = "CREATE_TABLE"
     tracking_recorder_class = TidelogTrackingRecorder
+    _recorders: list[weakref.ref[_StoreHolder]]
 
-    def __init__(self, env):
+    def __init__(self, env: Environment | EnvType | None) -> None:
         super().__init__(env)
         root = self.env.get(self.TIDELOG_PATH)
         if not root:
@@ -1187,27 +1241,28 @@ class TidelogFactory(InfrastructureFactory[TidelogTrackingRecorder]):
         self.prefix = self.env.name.lower() or "stored"
         self._recorders = []
 
-    def _create(self):
+    def _create(self) -> bool:
         v = (self.env.get(self.CREATE_TABLE) or "yes").lower()
         return v not in ("n", "no", "f", "false", "off", "0")
 
-    def _store(self, purpose, with_log=True):
+    def _store(self, purpose: str, with_log: bool = True) -> TidelogStore:
         os.makedirs(self.root, exist_ok=True)
         return TidelogStore.acquire(os.path.join(self.root, f"{self.prefix}_{purpose}"),
                                     with_log=with_log, create=self._create(),
                                     segment_bytes=self.segment_bytes)
 
-    def _keep(self, recorder):
+    def _keep(self, recorder: _R) -> _R:
         self._recorders.append(weakref.ref(recorder))
         return recorder
 
-    def aggregate_recorder(self, purpose="events"):
+    def aggregate_recorder(self, purpose: str = "events") -> AggregateRecorder:
         return self._keep(TidelogAggregateRecorder(self._store(purpose)))
 
-    def application_recorder(self):
+    def application_recorder(self) -> ApplicationRecorder:
         return self._keep(TidelogApplicationRecorder(self._store("events")))
 
-    def tracking_recorder(self, tracking_recorder_class=None):
+    def tracking_recorder(self, tracking_recorder_class: type[TidelogTrackingRecorder] | None = None
+                          ) -> TidelogTrackingRecorder:
         if tracking_recorder_class is None:
             topic = self.env.get(self.TRACKING_RECORDER_TOPIC)
             tracking_recorder_class = (resolve_topic(topic) if topic
@@ -1218,10 +1273,10 @@ class TidelogFactory(InfrastructureFactory[TidelogTrackingRecorder]):
                             f"subclass, not {tracking_recorder_class!r}")
         return self._keep(tracking_recorder_class(self._store("tracking", with_log=False)))
 
-    def process_recorder(self):
+    def process_recorder(self) -> ProcessRecorder:
         return self._keep(TidelogProcessRecorder(self._store("events")))
 
-    def close(self):
+    def close(self) -> None:
         """Release the stores of every recorder this factory built."""
         refs, self._recorders = self._recorders, []
         for ref in refs:
