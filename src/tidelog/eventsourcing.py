@@ -210,14 +210,6 @@ def _decode(value: bytes | memoryview, nid: int | None = None) -> StoredEvent:
                         state=state)
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def decode_event(record: tidelog.Record) -> Notification:
     """The eventsourcing Notification a record of an events log holds (id = offset + 1): for
     readers of the log itself (a tidelog Replayer, a cursor)."""
@@ -383,7 +375,7 @@ class TidelogStore:
         try:
             if fresh:  # LMDB does not sync directory entries: a power loss could drop its files
                 for d in (index, path):
-                    _fsync_dir(d)
+                    lmdbenv.fsync_dir(d)
             with self._index_errors("open its databases"):
                 self.idx = self.env.db("idx")
                 self.tracking_db = self.env.db("tracking")

@@ -89,6 +89,15 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def fsync_dir(path: str) -> None:
+    """Make a directory's entries durable (a store directory just created, and its parent)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _pow2_at_least(n: int) -> int:
     size = INITIAL_MAP
     while size < n:

@@ -29,14 +29,6 @@ WHAT = "the positions store"
 T = TypeVar("T")
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def check_name(name: object, what: str = "name", *, existing: bool = False) -> bytes:
     """The UTF-8 key of subscriber name `name`, or TypeError/ValueError naming `what`.
 
@@ -87,9 +79,9 @@ class PositionStore:
         if self._shared.writable:
             # the directory entries of a new store (and of LMDB's files in it) must be durable
             # before a commit counts: two directory fsyncs per open store
-            _fsync_dir(self.path)
+            lmdbenv.fsync_dir(self.path)
             if made:
-                _fsync_dir(log_path)
+                lmdbenv.fsync_dir(log_path)
 
     @staticmethod
     def exists(log_path: str) -> bool:
