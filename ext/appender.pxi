@@ -202,6 +202,7 @@ cdef int roll_to(LogCore self, size_t need) except -1:
             retain(self)
         except OSError as e:     # the append itself succeeded: report, do not fail it
             warnings.warn(f"{self.path}: retention failed: {e}", RuntimeWarning)
+    seal_handoff(self)      # durability.pxi: at most a few sealed segments keep a descriptor
     return 0
 
 

@@ -2,10 +2,68 @@
 # durable offset), the "batch" mode's timing and backpressure (batch_due, pressure), the native
 # flusher thread's and the pretoucher's control (start_/stop_flusher, nf_update, native_failed,
 # start_/stop_pretoucher), and fail-stop (fail_stop: a failed sync stops the writer for good).
-# Writes: _durable, _syncing, _sync_tid, _last_sync_ns, _ctl_persisted, _kick_at, _nf, _tt,
-# _failure, _wstate (fail-stop only), _dir_dirty, _waiting.
+# Writes: _durable, _syncing, _sync_tid, _sync_segs, _last_sync_ns, _ctl_persisted, _kick_at, _nf,
+# _tt, _failure, _wstate (fail-stop only), _dir_dirty, _waiting; the descriptors of sealed segments
+# waiting for a sync (seal_handoff, end_sync).
 # Releases the GIL: the leader's fdatasync/fsync calls (no other leader meanwhile: _syncing under
 # _durable_cv); the native threads run without it and see only what nf_update hands them.
+
+
+cdef enum:
+    SEALED_FDS = 4      # sealed segments that keep their descriptor until a sync (seal_handoff)
+
+
+cdef extern from "<fcntl.h>" nogil:
+    int c_open "open"(const char* path, int flags)
+    int O_RDONLY, O_CLOEXEC
+
+cdef extern from "<unistd.h>" nogil:
+    int c_close "close"(int fd)
+
+cdef extern from "<errno.h>" nogil:
+    int ENOENT
+
+
+cdef int datasync_path(const char* path) noexcept nogil:
+    """fdatasync of the file at path through a descriptor opened for it (a sealed segment whose
+    own descriptor seal_handoff closed: the page cache is the file's, not the descriptor's):
+    0, or an errno value (ENOENT: the file is gone)."""
+    cdef int fd, err = 0
+    fd = c_open(path, O_RDONLY | O_CLOEXEC)
+    while fd < 0 and errno == EINTR:
+        fd = c_open(path, O_RDONLY | O_CLOEXEC)
+    if fd < 0:
+        return errno or EIO
+    if tl_datasync(fd) != 0:
+        err = errno or EIO
+    c_close(fd)
+    return err
+
+
+cdef int seal_handoff(LogCore self) except -1:
+    """A roll sealed a segment (writer lock held): at most SEALED_FDS sealed segments keep a
+    descriptor while they wait for a sync, else a writer that rolls often between syncs (never,
+    in "none" mode) runs out of descriptors. "batch" / "always": a sync now (group commit: it
+    covers them, their records become durable, end_sync closes them). "none": the oldest lose
+    their descriptor unsynced and stay in _unsynced, so the next sync() syncs them by name
+    (datasync_path) before it reports their records durable. Never one a sync leader is reading
+    the descriptor of (_sync_segs: it read them before it let other threads run)."""
+    cdef Segment s
+    sealed = [s for s in self._unsynced if s is not self._active and (<Segment>s).fd >= 0]
+    if len(sealed) <= SEALED_FDS:
+        return 0
+    if self._mode != MODE_NONE:
+        sync_to(self, self._next)
+        return 0
+    busy = None
+    if self._syncing:
+        busy = self._sync_segs
+        if busy is None:            # (a leader between its start and its snapshot)
+            return 0
+    for s in sealed[:len(sealed) - SEALED_FDS]:
+        if busy is None or s not in busy:
+            s.close_fd()            # (fd -1 before the close: a later leader syncs it by name)
+    return 0
 
 
 cdef inline int64_t pressure_step(int64_t bound) noexcept nogil:
@@ -163,7 +221,8 @@ cdef int64_t sync_to(LogCore self, int64_t target) except -1:
     """Group commit: one thread at a time (the leader) syncs everything appended so far, with
     no lock held; the others wait on the condition and all wake when it is done: those it
     covered return, one of the rest leads the next sync."""
-    cdef int rc = 0, fd
+    cdef int rc = 0, fd, err = 0
+    cdef const char* cpath
     cdef Segment active
     cdef bint ok = False
     cv = self._durable_cv
@@ -190,11 +249,12 @@ cdef int64_t sync_to(LogCore self, int64_t target) except -1:
             cv.wait(SYNC_WAIT_SLICE)          # (a notification lost to an interrupt costs
                                               # at most this)
         self._syncing = True
+        self._sync_segs = list(self._unsynced)      # (before any other Python object is made)
         self._sync_tid = PyThread_get_thread_ident()
         self._last_sync_ns = tl_now_ns()
         target = self._next
         written = self._written
-        segs = list(self._unsynced)
+        segs = self._sync_segs
         active = self._active
         dir_dirty = self._dir_dirty
         self._dir_dirty = False
@@ -205,10 +265,20 @@ cdef int64_t sync_to(LogCore self, int64_t target) except -1:
             fd = (<Segment>seg).fd
             if self._unsafe_ack:
                 continue
-            with nogil:
-                rc = tl_datasync(fd)
+            if fd >= 0:
+                with nogil:
+                    rc = tl_datasync(fd)
+                    err = errno
+            else:                       # its descriptor was closed (seal_handoff): by name
+                pb = os.fsencode((<Segment>seg).path)
+                cpath = pb
+                with nogil:
+                    err = datasync_path(cpath)
+                rc = -1 if err else 0
+                if err == ENOENT and seg not in self._unsynced:
+                    rc = 0              # retention dropped it meanwhile
             if rc != 0:
-                fail_stop(self, errno, (<Segment>seg).path)
+                fail_stop(self, err, (<Segment>seg).path)
         if dir_dirty and not self._unsafe_ack:
             with nogil:
                 rc = fsync(self._dir_fd)
@@ -257,6 +327,7 @@ cdef int end_sync(LogCore self, bint ok, int64_t target, int64_t written, list s
         nf_update(self)
     self._syncing = False
     self._sync_tid = 0
+    self._sync_segs = None
     if self._nf != NULL:
         tl_owner_release(self._nf)
     for seg in done:                  # (out of _unsynced: no other leader syncs them)

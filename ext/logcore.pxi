@@ -92,6 +92,7 @@ cdef class LogCore:
     cdef bint _busy
     cdef object _wlock
     cdef bint _syncing          # a leader is syncing (group commit, under _durable_cv)
+    cdef list _sync_segs        # the segments that leader syncs (their descriptors it reads)
     cdef bint _closing
     cdef unsigned long _wlock_tid   # the thread holding _wlock (0: none)
     cdef unsigned long _sync_tid    # the thread leading a sync (0: none)
