@@ -379,7 +379,7 @@ import os, signal, sys
 from uuid import UUID
 from eventsourcing.persistence import StoredEvent, Tracking, IntegrityError
 from tidelog.eventsourcing import TidelogStore, TidelogProcessRecorder
-import tidelog.eventsourcing as tes
+import tidelog.eventsourcing.store as tes   # (its write path reads FLUSH_*)
 
 path, point, after = sys.argv[1], sys.argv[2], int(sys.argv[3])
 wait = point.endswith("+wait")          # wait for a line on stdin before the first insert
@@ -751,7 +751,7 @@ import os, signal, sys
 from uuid import UUID
 from eventsourcing.persistence import StoredEvent
 from tidelog.eventsourcing import TidelogStore, TidelogApplicationRecorder
-import tidelog.eventsourcing as tes
+import tidelog.eventsourcing.store as tes   # (its write path reads FLUSH_*)
 tes.FLUSH_EVERY, tes.FLUSH_SECONDS = 10 ** 9, 10.0 ** 9    # its index lags: nothing committed
 r = TidelogApplicationRecorder(TidelogStore.acquire(sys.argv[1]))
 ids = []
