@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Sequence
 from typing import overload
 from uuid import UUID, SafeUUID
 
@@ -68,25 +69,72 @@ def text(value: object, what: str) -> bytes:
         raise ValueError(f"{what}: not encodable as UTF-8 ({exc})") from None
 
 
-def encode(event: StoredEvent,
-            tracking: Tracking | None = None) -> tuple[bytes, bytes]:
-    kind, raw = oid_bytes(event.originator_id)
-    topic = text(event.topic, "topic")
-    flags = 0
-    trk = b""
-    if tracking is not None:
-        flags |= F_TRACKING
-        trk = TRACK.pack(tracking.notification_id) + text(tracking.application_name,
-                                                            "tracking.application_name")
+def tracking_trailer(tracking: object) -> bytes:
+    """The trailer a tracking record adds to the last log record of an insert (int64 id, then
+    the application name in UTF-8), every field checked (TypeError/ValueError naming it)."""
+    if not isinstance(tracking, Tracking):
+        raise TypeError(f"tracking: expected a Tracking, not {type(tracking).__name__}")
+    nid = tracking.notification_id
+    if isinstance(nid, bool) or not isinstance(nid, int):
+        raise TypeError(f"tracking.notification_id: expected an int, not "
+                        f"{type(nid).__name__}")
+    if not -(1 << 63) <= nid < (1 << 63):
+        raise ValueError(f"tracking.notification_id: {nid} is out of the 64-bit range")
+    name = text(tracking.application_name, "tracking.application_name")
+    if len(name) > 480:
+        raise ValueError("tracking.application_name: longer than 480 bytes of UTF-8")
+    return TRACK.pack(nid) + name
+
+
+_topic_bytes: dict[str, bytes] = {}
+
+
+def encode(event: StoredEvent, trailer: bytes = b"") -> tuple[bytes, bytes, bytes, bytes]:
+    """(log value, log key, index oid key, index version key) of one stored event; `trailer`
+    (tracking_trailer's) goes on the last record of an insert. TypeError/ValueError naming the
+    field that is wrong."""
+    if not isinstance(event, StoredEvent):
+        raise TypeError(f"stored_events: expected StoredEvent items, not "
+                        f"{type(event).__name__}")
+    oid = event.originator_id
+    kind, raw = oid_bytes(oid)
+    version = event.originator_version
+    vkey = version_key(version)
+    topic = event.topic
+    tb = _topic_bytes.get(topic) if isinstance(topic, str) else None
+    if tb is None:
+        tb = text(topic, "topic")
+        if len(_topic_bytes) < 4096:
+            _topic_bytes[topic] = tb
     state = event.state
     if not isinstance(state, (bytes, bytearray, memoryview)):
         raise TypeError(f"state: expected bytes, not {type(state).__name__}")
-    return b"".join((HEAD.pack(flags, kind, event.originator_version, len(raw), len(topic),
-                                len(trk)), raw, topic, trk, state)), str(event.originator_id).encode("utf-8")
+    value = b"".join((HEAD.pack(F_TRACKING if trailer else 0, kind, version, len(raw),
+                                len(tb), len(trailer)), raw, tb, trailer, state))
+    key = raw if kind == OID_STR else str(oid).encode("ascii")   # the id as text
+    return value, key, oid_key(kind, raw), vkey
+
+
+def encode_insert(events: Sequence[StoredEvent], tracking: Tracking | None
+                  ) -> tuple[list[tuple[bytes, bytes]], list[bytes], list[bytes]]:
+    """An insert's index entries ((oid key, version key) per event), log values and log keys,
+    every field checked first (TypeError/ValueError naming it); the tracking trailer goes on
+    the last record."""
+    trailer = b"" if tracking is None else tracking_trailer(tracking)
+    entries = []
+    values = []
+    keys = []
+    last = len(events) - 1
+    for i, e in enumerate(events):
+        value, key, okey, vkey = encode(e, trailer if i == last else b"")
+        values.append(value)
+        keys.append(key)
+        entries.append((okey, vkey))
+    return entries, values, keys
 
 
 def parse_head(value: bytes | memoryview
-                ) -> tuple[int, int, bytes, int, bytes, tuple[str, int] | None, int]:
+               ) -> tuple[int, int, bytes, int, bytes, tuple[str, int] | None, int]:
     """(flags, oid key, version, topic bytes, tracking or None, state start) of a log record."""
     flags, kind, version, nraw, ntopic, ntrk = HEAD.unpack_from(value, 0)
     p = HEAD.size

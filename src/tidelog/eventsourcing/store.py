@@ -33,7 +33,8 @@ import lmdb
 import tidelog
 from tidelog import lmdbenv
 from tidelog.eventsourcing.codec import (
-    BE64, TRACK, FORMAT, decode, encode, oid_bytes, oid_key, parse_head, text, version_key)
+    BE64, TRACK, FORMAT, decode, encode_insert, oid_bytes, oid_key, parse_head,
+    tracking_trailer, version_key)
 
 DEFAULT_SEGMENT_BYTES = 64 << 20
 FLUSH_EVERY = 512          # pending inserts before the index overlay is committed to LMDB
@@ -68,6 +69,41 @@ def _index_error(env: lmdbenv.LmdbEnv, exc: BaseException,
     if isinstance(exc, lmdb.Error):
         exc = env.translate(exc, doing)
     return _tidelog_error(exc)
+
+
+def _copy_error(exc: BaseException, cause: BaseException | None = None) -> BaseException:
+    """An error like `exc` for one more insert of a group (each caller raises its own)."""
+    if isinstance(exc, (DatabaseError, InterfaceError)):
+        out: BaseException = type(exc)(str(exc))
+    elif isinstance(exc, (lmdb.Error, tidelog.TidelogError)):
+        out = OperationalError(str(exc))
+    else:
+        out = OperationalError(f"{type(exc).__name__}: {exc}")
+    out.__cause__ = exc if cause is None else cause
+    return out
+
+
+class _Insert:
+    """One insert waiting in a store's queue: what the leader appends (checked and encoded by
+    the caller), then its result (first offset and end, or its error), set by the leader."""
+
+    __slots__ = ("events", "entries", "values", "keys", "tracking", "nbytes", "wake", "lead",
+                 "first", "end", "error", "durable")
+
+    def __init__(self, events: Sequence[StoredEvent], entries: list[tuple[bytes, bytes]],
+                 values: list[bytes], keys: list[bytes], tracking: Tracking | None) -> None:
+        self.events = events
+        self.entries = entries
+        self.values = values
+        self.keys = keys
+        self.tracking = tracking
+        self.nbytes = sum(map(len, values)) + 64 * len(values)
+        self.wake: threading.Lock | None = None    # a waiter blocks on it (held) until released
+        self.lead = False                          # released to lead the next group
+        self.first: int | None = None
+        self.end = 0
+        self.error: BaseException | None = None
+        self.durable = False
 
 
 class TidelogStore:
@@ -156,6 +192,10 @@ class TidelogStore:
         self._old_logs = []                   # read-only logs replaced by the writer's
         self._lock = threading.RLock()        # serialises checks + append (insert order)
         self._flush_lock = threading.Lock()   # one LMDB index commit at a time
+        self._queue_lock = threading.Lock()   # the insert queue and the lead
+        self._queue: deque[_Insert] = deque()  # inserts waiting for a leader
+        self._leading = False                 # a thread leads a group (the queue has one)
+        self._group_size = 0                  # inserts in the last group
         self._changed = threading.Condition()  # committed_end advanced
         self._pending = deque()               # (end offset, [(oid key, vkey, offset)], tracking)
         self._overlay = {}                    # oid key -> {version key: offset}, not yet in LMDB
@@ -426,14 +466,7 @@ class TidelogStore:
         return v if w is None else max(v, w)
 
     def _check_tracking(self, txn: _Txn, tracking: Tracking) -> None:
-        nid = tracking.notification_id
-        if isinstance(nid, bool) or not isinstance(nid, int):
-            raise TypeError(f"tracking.notification_id: expected an int, not "
-                            f"{type(nid).__name__}")
-        if not -(1 << 63) <= nid < (1 << 63):
-            raise ValueError(f"tracking.notification_id: {nid} is out of the 64-bit range")
-        if len(text(tracking.application_name, "tracking.application_name")) > 480:
-            raise ValueError("tracking.application_name: longer than 480 bytes of UTF-8")
+        tracking_trailer(tracking)          # its fields: TypeError/ValueError naming them
         current = self._max_tracking(txn, tracking.application_name)
         if current is not None and tracking.notification_id <= current:
             raise IntegrityError(f"tracking notification id {tracking.notification_id} for "
@@ -442,7 +475,13 @@ class TidelogStore:
 
     def insert(self, events: Sequence[StoredEvent], tracking: Tracking | None = None) -> int | None:
         """Record `events` (and `tracking`) all or nothing; returns the first offset (or None
-        for no events). IntegrityError, with nothing written, on any conflict."""
+        for no events). IntegrityError, with nothing written, on any conflict.
+
+        Group commit: the insert is checked and encoded in the caller's thread, then queued; one
+        thread at a time (the leader) takes every queued insert, checks each against the index
+        (a conflicting one is refused alone), appends the accepted ones as ONE atomic batch
+        (each insert's records contiguous, in queue order), makes them durable with one sync,
+        publishes them and wakes their callers; then hands the lead to the next queued insert."""
         self._check_writable()
         if self.log is None:
             raise OperationalError(f"{self.path}: this store holds tracking records only")
@@ -450,77 +489,234 @@ class TidelogStore:
             if tracking is not None:
                 self.insert_tracking(tracking)
             return None
+        req = _Insert(events, *encode_insert(events, tracking), tracking)
+        if len(set(req.entries)) != len(req.entries):
+            seen: set[tuple[bytes, bytes]] = set()
+            for e, entry in zip(events, req.entries):
+                if entry in seen:
+                    raise IntegrityError(f"stored events are not unique: {e.originator_id} "
+                                         f"version {e.originator_version} appears twice")
+                seen.add(entry)
+        with self._queue_lock:
+            self._queue.append(req)
+            lead = not self._leading
+            if lead:
+                self._leading = True
+            else:
+                req.wake = threading.Lock()
+                req.wake.acquire()
+        if not lead:
+            assert req.wake is not None
+            req.wake.acquire()          # released by a leader: the insert is done, or its turn
+            req.wake = None             # to lead has come
+            lead = req.lead
+        if lead:
+            self._lead(req)
+        if req.error is not None:
+            raise req.error
+        if not req.durable:             # the leader stopped before its sync: sync here
+            self._commit(req.end, req.tracking)
+        return req.first
+
+    def _lead(self, me: _Insert) -> None:
+        """The leader's turn: one group (the queued inserts, `me` among them), then the lead
+        passes to the first insert still queued (or to none)."""
+        group: list[_Insert] = []
+        escaped: BaseException | None = None
+        try:
+            assert self.log is not None
+            if self._group_size > 1:
+                # other threads insert too: let those that can run (the callers of the last
+                # group, just woken) queue their next inserts before this group is taken
+                time.sleep(0)
+            # a group's records are one atomic batch, which must fit in a segment
+            budget = self.log.segment_bytes // 4
+            with self._queue_lock:
+                while self._queue and (not group or self._queue[0].nbytes <= budget):
+                    r = self._queue.popleft()
+                    budget -= r.nbytes
+                    group.append(r)
+            self._group_size = len(group)
+            self._run_group(group)
+        except BaseException as exc:
+            escaped = exc
+            raise
+        finally:
+            with self._queue_lock:
+                nxt = self._queue[0] if self._queue else None
+                if nxt is None:
+                    self._leading = False
+                else:
+                    nxt.lead = True
+            for r in group:
+                if r.first is None and r.error is None:     # the leader stopped before
+                    r.error = (_copy_error(escaped) if isinstance(escaped, Exception) else
+                               OperationalError(f"{self.path}: the insert was interrupted "
+                                                f"({escaped!r}); nothing was written"))
+                if r is not me and r.wake is not None:
+                    r.wake.release()
+            if nxt is not None:
+                assert nxt.wake is not None
+                nxt.wake.release()
+        if (len(self._pending) >= FLUSH_EVERY
+                or time.monotonic() - self._last_flush >= FLUSH_SECONDS):
+            self.flush_index(blocking=False)
+
+    def _run_group(self, group: list[_Insert]) -> None:
+        """Check, append (one batch), sync and publish a group of inserts; each one's result
+        (first offset, or its error) is set on it."""
+        assert self.log is not None
         with self._lock:
-            self._check_usable()
-            entries = []
-            seen = set()
-            with self._index_errors("read"), self.env.reader() as txn:
-                for e in events:
-                    if not isinstance(e, StoredEvent):
-                        raise TypeError(f"stored_events: expected StoredEvent items, not "
-                                        f"{type(e).__name__}")
-                    kind, raw = oid_bytes(e.originator_id)
-                    okey = oid_key(kind, raw)
-                    vkey = version_key(e.originator_version)
-                    if (okey, vkey) in seen:
-                        raise IntegrityError(f"stored events are not unique: {e.originator_id} "
-                                             f"version {e.originator_version} appears twice")
-                    seen.add((okey, vkey))
-                    ov = self._overlay.get(okey)
-                    if (ov is not None and vkey in ov) or txn.get(okey + vkey, db=self.idx):
-                        raise IntegrityError(f"stored event already recorded: "
-                                             f"{e.originator_id} version {e.originator_version}")
-                    entries.append((okey, vkey))
-                if tracking is not None:
-                    self._check_tracking(txn, tracking)
-            values, keys = [], []
-            last = len(events) - 1
-            for i, e in enumerate(events):
-                v, key = encode(e, tracking if i == last else None)   # key: the id as text
-                values.append(v)
-                keys.append(key)
+            try:
+                self._check_usable()
+                accepted = self._check_group(group)
+            except Exception as exc:
+                for r in group:
+                    r.error = _copy_error(exc)
+                return
+            if not accepted:
+                return
+            self._append_group(accepted)
+            accepted = [r for r in accepted if r.error is None]
+            if not accepted:
+                return
+        end = accepted[-1].end
+        try:
+            self.log.sync()
+        except tidelog.TidelogError as exc:
+            self.failure = exc
+            for r in accepted:
+                r.error = _tidelog_error(exc)
+                r.error.__cause__ = exc
+            return
+        self._publish(end, [r.tracking for r in accepted if r.tracking is not None])
+        for r in accepted:
+            r.durable = True
+
+    def _check_group(self, group: list[_Insert]) -> list[_Insert]:
+        """The inserts of `group` that conflict with nothing recorded, pending or accepted
+        before them in the group; the others get their IntegrityError."""
+        accepted = []
+        taken: set[tuple[bytes, bytes]] = set()
+        names: dict[str, int] = {}
+        overlay = self._overlay
+        idx = self.idx
+        with self._index_errors("read"), self.env.reader() as txn:
+            get = txn.get
+            for r in group:
+                for entry in r.entries:
+                    okey, vkey = entry
+                    ov = overlay.get(okey)
+                    if (entry in taken or (ov is not None and vkey in ov)
+                            or get(okey + vkey, db=idx)):
+                        e = r.events[r.entries.index(entry)]
+                        r.error = IntegrityError(f"stored event already recorded: "
+                                                 f"{e.originator_id} version "
+                                                 f"{e.originator_version}")
+                        break
+                if r.error is None and r.tracking is not None:
+                    t = r.tracking
+                    current = self._max_tracking(txn, t.application_name)
+                    earlier = names.get(t.application_name)
+                    if earlier is not None and (current is None or earlier > current):
+                        current = earlier
+                    if current is not None and t.notification_id <= current:
+                        r.error = IntegrityError(
+                            f"tracking notification id {t.notification_id} for "
+                            f"{t.application_name!r} is not greater than the recorded {current}")
+                if r.error is None:
+                    accepted.append(r)
+                    taken.update(r.entries)
+                    if r.tracking is not None:
+                        names[r.tracking.application_name] = r.tracking.notification_id
+        return accepted
+
+    def _append_group(self, accepted: list[_Insert]) -> None:
+        """Append the accepted inserts as one atomic batch (under the store's lock); if that
+        fails with nothing appended, each on its own (so each gets its own result or error);
+        the appended ones join the overlay and the pending list."""
+        assert self.log is not None
+        if len(accepted) == 1:
+            reqs = accepted
+        else:
             before = self.log.end_offset
             try:
-                first = self.log.append_batch(values, keys=keys)
-            except tidelog.TidelogError as exc:
-                self._check_open()
-                if isinstance(exc, tidelog.LogFullError) and self.log.end_offset == before:
-                    # nothing was appended: the store stays usable once space is freed
-                    raise OperationalError(f"{self.path}: no space left for the log ({exc}); "
-                                           f"nothing was written: free space and retry") from exc
-                self.failure = exc
-                raise _tidelog_error(exc) from exc
-            except ValueError as exc:
-                raise DataError(f"{self.path}: {exc} (set TIDELOG_SEGMENT_BYTES larger)") from exc
-            n = len(values)
-            for i, (okey, vkey) in enumerate(entries):
-                self._overlay.setdefault(okey, {})[vkey] = first + i
-            if tracking is not None:
-                self._overlay_tracking[tracking.application_name] = tracking.notification_id
-            self._pending.append((first + n, entries, first, tracking))
-        self._commit(first + n, tracking)
-        return first
+                self._append(accepted, [v for r in accepted for v in r.values],
+                             [k for r in accepted for k in r.keys])
+                return
+            except (tidelog.TidelogError, ValueError):
+                if self.log.end_offset != before or self.failure is not None:
+                    return          # (each has its error)
+            reqs = accepted         # e.g. too large for a segment together, a full disk
+        for r in reqs:
+            r.error = None
+            try:
+                self._append([r], r.values, r.keys)
+            except (tidelog.TidelogError, ValueError):
+                pass                # (r has its error)
+
+    def _append(self, reqs: list[_Insert], values: list[bytes], keys: list[bytes]) -> None:
+        """append_batch `values` (the records of `reqs`, in order); on an error, each of `reqs`
+        gets it (and the error is raised for _append_group's fallback)."""
+        assert self.log is not None
+        log = self.log
+        before = log.end_offset
+        err: DatabaseError | InterfaceError
+        try:
+            first = log.append_batch(values, keys=keys)
+        except tidelog.TidelogError as exc:
+            self._check_open()
+            if isinstance(exc, tidelog.LogFullError) and log.end_offset == before:
+                # nothing was appended: the store stays usable once space is freed
+                err = OperationalError(f"{self.path}: no space left for the log ({exc}); "
+                                       f"nothing was written: free space and retry")
+            else:
+                if log.end_offset != before or len(reqs) == 1:
+                    self.failure = exc
+                err = _tidelog_error(exc)
+            for r in reqs:
+                r.error = _copy_error(err, exc)
+            raise
+        except ValueError as exc:
+            for r in reqs:
+                r.error = DataError(f"{self.path}: {exc} (set TIDELOG_SEGMENT_BYTES larger)")
+                r.error.__cause__ = exc
+            raise
+        overlay = self._overlay
+        off = first
+        for r in reqs:
+            r.first = off
+            for okey, vkey in r.entries:
+                ov = overlay.get(okey)
+                if ov is None:
+                    ov = overlay[okey] = {}
+                ov[vkey] = off
+                off += 1
+            r.end = off
+            if r.tracking is not None:
+                self._overlay_tracking[r.tracking.application_name] = r.tracking.notification_id
+            self._pending.append((off, r.entries, r.first, r.tracking))
+
+    def _publish(self, end: int, trackings: list[Tracking]) -> None:
+        """Durable below `end`: readers may see it (and `trackings`)."""
+        with self._changed:
+            if end > self.committed_end:
+                self.committed_end = end
+            for t in trackings:
+                name = t.application_name
+                if t.notification_id > self._visible_tracking.get(name, -1):
+                    self._visible_tracking[name] = t.notification_id
+            self._changed.notify_all()
 
     def _commit(self, end: int, tracking: Tracking | None = None) -> None:
-        """Make everything below `end` durable (shared fdatasync), publish it (and `tracking`),
-        maybe index it."""
+        """Make everything below `end` durable (shared fdatasync), publish it (and `tracking`)."""
         assert self.log is not None
         try:
             self.log.sync()
         except tidelog.TidelogError as exc:
             self.failure = exc
             raise _tidelog_error(exc) from exc
-        with self._changed:
-            if end > self.committed_end:
-                self.committed_end = end
-            if tracking is not None:
-                name = tracking.application_name
-                if tracking.notification_id > self._visible_tracking.get(name, -1):
-                    self._visible_tracking[name] = tracking.notification_id
-            self._changed.notify_all()
-        if (len(self._pending) >= FLUSH_EVERY
-                or time.monotonic() - self._last_flush >= FLUSH_SECONDS):
-            self.flush_index(blocking=False)
+        self._publish(end, [] if tracking is None else [tracking])
 
     def flush_index(self, tracking: Tracking | None = None, blocking: bool = True) -> bool:
         """Commit the durable part of the overlay (and `tracking`) to LMDB in one transaction.
