@@ -390,6 +390,53 @@ class TestGroupCommit(WithTmp):
         r2.close()
 
 
+    def test_an_insert_interrupted_while_queued_leaves_nothing_and_no_stuck_queue(self):
+        """Ctrl-C (KeyboardInterrupt) in a caller whose insert waits in the queue: the insert
+        leaves the queue unwritten, and the inserts queued behind it still get a leader."""
+        import threading
+        r = TidelogApplicationRecorder(self.store())
+        store = r.store
+        store.become_writer()
+        sync = store.log.sync
+        held, go = threading.Event(), threading.Event()
+
+        def held_sync():
+            if not held.is_set():
+                held.set()
+                assert go.wait(30)
+            return sync()
+
+        store.log.sync = held_sync
+        first = threading.Thread(target=lambda: r.insert_events([ev("first", 1)]))
+        first.start()
+        assert held.wait(30)
+        main = threading.get_ident()
+        out = []
+
+        def interrupt_then_go():
+            while len(store._queue) < 1:
+                time.sleep(0.001)
+            signal.pthread_kill(main, signal.SIGINT)        # the main thread waits: interrupt it
+            while len(store._queue) < 1:                    # then one more insert queues
+                time.sleep(0.001)
+            go.set()
+
+        t = threading.Thread(target=interrupt_then_go)
+        t.start()
+        with pytest.raises(KeyboardInterrupt):
+            r.insert_events([ev("interrupted", 1)])
+        t2 = threading.Thread(target=lambda: out.append(r.insert_events([ev("later", 1)])))
+        t2.start()
+        t.join(30)
+        first.join(30)
+        t2.join(30)
+        del store.log.sync
+        assert out == [[2]]
+        assert r.select_events("interrupted") == [] and len(r.select_events("later")) == 1
+        assert r.insert_events([ev("after", 1)]) == [3]
+        r.close()
+
+
 class TestFactoryEnv(WithTmp):
     def test_missing_path_names_the_variable(self):
         with pytest.raises(OSError, match="TIDELOG_PATH"):

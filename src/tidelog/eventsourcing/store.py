@@ -507,8 +507,12 @@ class TidelogStore:
                 req.wake.acquire()
         if not lead:
             assert req.wake is not None
-            req.wake.acquire()          # released by a leader: the insert is done, or its turn
-            req.wake = None             # to lead has come
+            try:
+                req.wake.acquire()      # released by a leader: the insert is done, or its turn
+            except BaseException:       # to lead has come
+                self._withdraw(req)     # (e.g. KeyboardInterrupt)
+                raise
+            req.wake = None
             lead = req.lead
         if lead:
             self._lead(req)
@@ -517,6 +521,25 @@ class TidelogStore:
         if not req.durable:             # the leader stopped before its sync: sync here
             self._commit(req.end, req.tracking)
         return req.first
+
+    def _withdraw(self, req: _Insert) -> None:
+        """A caller interrupted while its insert waited: an insert no leader has taken leaves
+        the queue (nothing written); the lead, if it was handed to it, passes on. (An insert
+        already taken is recorded or refused as if its caller still waited.)"""
+        with self._queue_lock:
+            if req not in self._queue:
+                return
+            self._queue.remove(req)
+            if not req.lead:
+                return
+            nxt = self._queue[0] if self._queue else None
+            if nxt is None:
+                self._leading = False
+            else:
+                nxt.lead = True
+        if nxt is not None:
+            assert nxt.wake is not None
+            nxt.wake.release()
 
     def _lead(self, me: _Insert) -> None:
         """The leader's turn: one group (the queued inserts, `me` among them), then the lead
