@@ -501,21 +501,21 @@ class TidelogStore:
             self._queue.append(req)
             lead = not self._leading
             if lead:
-                self._leading = True
+                self._leading = req.lead = True
             else:
                 req.wake = threading.Lock()
                 req.wake.acquire()
-        if not lead:
-            assert req.wake is not None
-            try:
+        try:
+            if not lead:
+                assert req.wake is not None
                 req.wake.acquire()      # released by a leader: the insert is done, or its turn
-            except BaseException:       # to lead has come
-                self._withdraw(req)     # (e.g. KeyboardInterrupt)
-                raise
-            req.wake = None
-            lead = req.lead
-        if lead:
-            self._lead(req)
+                req.wake = None         # to lead has come
+                lead = req.lead
+            if lead:
+                self._lead(req)
+        except BaseException:           # e.g. KeyboardInterrupt while waiting
+            self._withdraw(req)
+            raise
         if req.error is not None:
             raise req.error
         if not req.durable:             # the leader stopped before its sync: sync here
