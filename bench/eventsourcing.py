@@ -6,9 +6,14 @@ synchronous=FULL), one process, rounds interleaved (tidelog, SQLite, tidelog, ..
   3. select_notifications of 10,000 events (one call, limit 10,000)
   4. select_events of one aggregate with 1,000 events
 
-  python bench/eventsourcing.py [--rounds 5] [--inserts 2000] [--dir DIR]
+  python bench/eventsourcing.py [--rounds 5] [--inserts 2000] [--dir DIR] [--before FILE]
+
+--before FILE adds a third backend, "before": an earlier tidelog.eventsourcing loaded from FILE
+(a single-module version, e.g. `git show REV:src/tidelog/eventsourcing.py > FILE`), interleaved
+with the others in every round: an A/B of two builds in one process, under the same load.
 """
 import argparse
+import importlib.util
 import os
 import shutil
 import sqlite3
@@ -37,16 +42,31 @@ def ev(oid, v):
     return StoredEvent(originator_id=oid, originator_version=v, topic="bench:Event", state=STATE)
 
 
+def load_before(path):
+    """An earlier tidelog.eventsourcing (one file) as a module of its own."""
+    spec = importlib.util.spec_from_file_location("tidelog_eventsourcing_before", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
 class Backends:
-    def __init__(self, root):
+    def __init__(self, root, before=None):
         self.root = root
         self.n = 0
+        self.before = before
 
     def make(self, kind, process):
         self.n += 1
-        if kind == "tidelog":
-            store = TidelogStore.acquire(os.path.join(self.root, f"t{self.n}"))
-            cls = TidelogProcessRecorder if process else TidelogApplicationRecorder
+        if kind in ("tidelog", "before"):
+            mod = self.before if kind == "before" else None
+            acquire = mod.TidelogStore.acquire if mod else TidelogStore.acquire
+            store = acquire(os.path.join(self.root, f"t{self.n}"))
+            if mod:
+                cls = mod.TidelogProcessRecorder if process else mod.TidelogApplicationRecorder
+            else:
+                cls = TidelogProcessRecorder if process else TidelogApplicationRecorder
             return cls(store)
         db = os.path.join(self.root, f"s{self.n}.db")
         ds = SQLiteDatastore(db)
@@ -127,9 +147,12 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--inserts", type=int, default=2000, help="inserts per latency round")
     ap.add_argument("--dir", default=None, help="where the stores go (default: a temp dir)")
+    ap.add_argument("--before", default=None, metavar="FILE",
+                    help="also run an earlier tidelog.eventsourcing loaded from FILE")
     args = ap.parse_args()
     root = tempfile.mkdtemp(prefix="tl-es-bench-", dir=args.dir)
-    b = Backends(root)
+    b = Backends(root, load_before(args.before) if args.before else None)
+    kinds = ["tidelog", "sqlite"] + (["before"] if args.before else [])
     with sqlite3.connect(os.path.join(root, "probe.db")) as c:
         c.execute("PRAGMA journal_mode=WAL")
         sync = c.execute("PRAGMA synchronous").fetchone()[0]
@@ -138,7 +161,7 @@ def main():
     res = {}
     try:
         for rnd in range(args.rounds):
-            for kind in ("tidelog", "sqlite") if rnd % 2 == 0 else ("sqlite", "tidelog"):
+            for kind in kinds[rnd % len(kinds):] + kinds[:rnd % len(kinds)]:
                 for process in (False, True):
                     name = "process" if process else "application"
                     r = b.make(kind, process)
@@ -165,12 +188,18 @@ def main():
     finally:
         shutil.rmtree(root, ignore_errors=True)
     rows = sorted({k for k, _ in res}, key=lambda k: list(res).index((k, "tidelog")))
-    print(f"\n| measure (median of {args.rounds} interleaved rounds) | tidelog | SQLite | ratio |")
-    print("|---|---|---|---|")
+    extra = " before | before vs SQLite |" if args.before else ""
+    print(f"\n| measure (median of {args.rounds} interleaved rounds) | tidelog | SQLite | ratio |"
+          + extra)
+    print("|---|---|---|---|" + ("---|---|" if args.before else ""))
     for row in rows:
         t, s = statistics.median(res[(row, "tidelog")]), statistics.median(res[(row, "sqlite")])
-        better = s / t if ("µs" in row or "ms" in row) else t / s
-        print(f"| {row} | {t:,.1f} | {s:,.1f} | {better:.2f}x tidelog |")
+        ratio = (lambda a: s / a) if ("µs" in row or "ms" in row) else (lambda a: a / s)
+        line = f"| {row} | {t:,.1f} | {s:,.1f} | {ratio(t):.2f}x tidelog |"
+        if args.before:
+            o = statistics.median(res[(row, "before")])
+            line += f" {o:,.1f} | {ratio(o):.2f}x |"
+        print(line)
 
 
 if __name__ == "__main__":

@@ -262,6 +262,181 @@ class TestStoreSharing(WithTmp):
         r.close()
 
 
+class TestGroupCommit(WithTmp):
+    """Concurrent inserts queue behind the leader's sync and go into the log as ONE batch with
+    one sync; each insert stays contiguous and all-or-nothing, a conflicting one is refused
+    alone."""
+
+    def queued_behind_a_held_sync(self, recorder, inserts, n_queued, later_sync=None):
+        """Run `inserts` (callables) in threads while the first one's sync is held, until
+        `n_queued` more inserts wait in the queue; then let the sync go (later syncs call
+        `later_sync` if given). Returns (results in order, append_batch calls, sync calls)."""
+        import threading
+        store = recorder.store
+        store.become_writer()
+        log = store.log
+        held, go = threading.Event(), threading.Event()
+        calls = {"append_batch": [], "sync": 0}
+        append_batch, sync = log.append_batch, log.sync
+
+        def counting_append(values, **kw):
+            first = append_batch(values, **kw)
+            calls["append_batch"].append(len(values))       # (the ones that succeeded)
+            return first
+
+        def held_sync():
+            calls["sync"] += 1
+            if not held.is_set():
+                held.set()
+                assert go.wait(30)
+            elif later_sync is not None:
+                return later_sync(sync)
+            return sync()
+
+        log.append_batch, log.sync = counting_append, held_sync
+        out = [None] * len(inserts)
+
+        def run(i):
+            try:
+                out[i] = inserts[i]()
+            except Exception as exc:
+                out[i] = exc
+
+        ts = [threading.Thread(target=run, args=(0,))]
+        ts[0].start()
+        assert held.wait(30)
+        ts += [threading.Thread(target=run, args=(i,)) for i in range(1, len(inserts))]
+        for t in ts[1:]:
+            t.start()
+        deadline = time.monotonic() + 30
+        while len(store._queue) < n_queued and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert len(store._queue) == n_queued
+        go.set()
+        for t in ts:
+            t.join(30)
+        del log.append_batch, log.sync
+        return out, calls["append_batch"], calls["sync"]
+
+    def test_queued_inserts_share_one_batch_and_one_sync(self):
+        r = TidelogProcessRecorder(self.store())
+        oid = uuid4()
+        r.insert_events([ev(oid, 1)])
+        inserts = [lambda: r.insert_events([ev(uuid4(), 1)])]
+        for k in range(6):          # 1..3 events each, tracking on every other one
+            evs = [ev(uuid4(), v) for v in range(1, 2 + k % 3)]
+            inserts.append(lambda evs=evs, k=k: r.insert_events(
+                evs, tracking=Tracking(f"up{k % 2}", 10 + k) if k % 2 == 0 else None))
+        bad_version = lambda: r.insert_events([ev(uuid4(), 1), ev(oid, 1)])   # noqa: E731
+        bad_tracking = lambda: r.insert_events(                               # noqa: E731
+            [ev(uuid4(), 1)], tracking=Tracking("up0", 10))     # not above the queued 10
+        inserts[3:3] = [bad_version]
+        inserts.append(bad_tracking)
+        out, batches, syncs = self.queued_behind_a_held_sync(r, inserts, len(inserts) - 1)
+        assert isinstance(out[3], IntegrityError) and isinstance(out[-1], IntegrityError)
+        good = [o for i, o in enumerate(out) if i not in (3, len(out) - 1)]
+        assert all(isinstance(o, list) for o in good), out
+        # one batch for the first insert, ONE for the queued good ones; one sync for them
+        assert batches == [1, sum(map(len, good[1:]))]
+        assert syncs == 2
+        ids = sorted(i for o in good for i in o)
+        assert ids == list(range(2, 2 + len(ids)))          # dense: nothing of the refused
+        for o in good:
+            assert o == list(range(o[0], o[0] + len(o)))    # each insert contiguous
+        assert r.max_notification_id() == 1 + len(ids) == r.store.log.end_offset
+        assert r.max_tracking_id("up0") == 14 and r.max_tracking_id("up1") is None
+        assert [e.originator_version for e in r.select_events(oid)] == [1]
+        r.close()
+
+    def test_a_group_too_large_for_one_batch_is_split(self):
+        """Queued inserts whose records together would not fit in a segment all succeed (the
+        leader takes fewer at a time; a batch refused as too large is appended insert by
+        insert)."""
+        r = TidelogApplicationRecorder(self.store(segment_bytes=1 << 16))
+        big = b"x" * 12000
+        inserts = [lambda: r.insert_events([ev(uuid4(), 1, big)]) for _ in range(9)]
+        out, batches, syncs = self.queued_behind_a_held_sync(r, inserts, 8)
+        assert all(isinstance(o, list) and len(o) == 1 for o in out), out
+        assert sorted(o[0] for o in out) == list(range(1, 10))
+        assert len(batches) > 2 and sum(batches) == 9      # several batches, nothing lost
+        assert all(len(r.select_events(n.originator_id)) == 1
+                   for n in r.select_notifications(1, 20))
+        r.close()
+
+    def test_a_failed_sync_fails_every_insert_of_the_group(self):
+        """The leader's sync fails: each queued insert gets an eventsourcing error (not a raw
+        tidelog one), and the store stops (a reopen recovers from the log)."""
+        from eventsourcing.persistence import PersistenceError
+        import tidelog
+        r = TidelogApplicationRecorder(self.store())
+        r.insert_events([ev(uuid4(), 1)])
+
+        def failing_sync(sync):
+            raise tidelog.LogFailedError("injected: fdatasync failed")
+
+        inserts = [lambda: r.insert_events([ev(uuid4(), 1)]) for _ in range(4)]
+        out, batches, syncs = self.queued_behind_a_held_sync(r, inserts, 3, failing_sync)
+        assert out[0] == [2]
+        assert batches == [1, 3] and syncs == 2
+        assert all(isinstance(o, PersistenceError) for o in out[1:]), out
+        assert len({id(o) for o in out[1:]}) == 3           # each caller raises its own
+        assert r.max_notification_id() == 2                 # never published
+        with pytest.raises(OperationalError, match="stopped after a failure"):
+            r.insert_events([ev(uuid4(), 1)])
+        path = r.store.path
+        r.store.close()
+        r2 = TidelogApplicationRecorder(TidelogStore.acquire(path, segment_bytes=SEG))
+        assert r2.max_notification_id() == 5                # appended: recovered from the log
+        r2.close()
+
+
+    def test_an_insert_interrupted_while_queued_leaves_nothing_and_no_stuck_queue(self):
+        """Ctrl-C (KeyboardInterrupt) in a caller whose insert waits in the queue: the insert
+        leaves the queue unwritten, and the inserts queued behind it still get a leader."""
+        import threading
+        r = TidelogApplicationRecorder(self.store())
+        store = r.store
+        store.become_writer()
+        sync = store.log.sync
+        held, go = threading.Event(), threading.Event()
+
+        def held_sync():
+            if not held.is_set():
+                held.set()
+                assert go.wait(30)
+            return sync()
+
+        store.log.sync = held_sync
+        first = threading.Thread(target=lambda: r.insert_events([ev("first", 1)]))
+        first.start()
+        assert held.wait(30)
+        main = threading.get_ident()
+        out = []
+
+        def interrupt_then_go():
+            while len(store._queue) < 1:
+                time.sleep(0.001)
+            signal.pthread_kill(main, signal.SIGINT)        # the main thread waits: interrupt it
+            while len(store._queue) < 1:                    # then one more insert queues
+                time.sleep(0.001)
+            go.set()
+
+        t = threading.Thread(target=interrupt_then_go)
+        t.start()
+        with pytest.raises(KeyboardInterrupt):
+            r.insert_events([ev("interrupted", 1)])
+        t2 = threading.Thread(target=lambda: out.append(r.insert_events([ev("later", 1)])))
+        t2.start()
+        t.join(30)
+        first.join(30)
+        t2.join(30)
+        del store.log.sync
+        assert out == [[2]]
+        assert r.select_events("interrupted") == [] and len(r.select_events("later")) == 1
+        assert r.insert_events([ev("after", 1)]) == [3]
+        r.close()
+
+
 class TestFactoryEnv(WithTmp):
     def test_missing_path_names_the_variable(self):
         with pytest.raises(OSError, match="TIDELOG_PATH"):
@@ -379,7 +554,7 @@ import os, signal, sys
 from uuid import UUID
 from eventsourcing.persistence import StoredEvent, Tracking, IntegrityError
 from tidelog.eventsourcing import TidelogStore, TidelogProcessRecorder
-import tidelog.eventsourcing as tes
+import tidelog.eventsourcing.store as tes   # (its write path reads FLUSH_*)
 
 path, point, after = sys.argv[1], sys.argv[2], int(sys.argv[3])
 wait = point.endswith("+wait")          # wait for a line on stdin before the first insert
@@ -751,7 +926,7 @@ import os, signal, sys
 from uuid import UUID
 from eventsourcing.persistence import StoredEvent
 from tidelog.eventsourcing import TidelogStore, TidelogApplicationRecorder
-import tidelog.eventsourcing as tes
+import tidelog.eventsourcing.store as tes   # (its write path reads FLUSH_*)
 tes.FLUSH_EVERY, tes.FLUSH_SECONDS = 10 ** 9, 10.0 ** 9    # its index lags: nothing committed
 r = TidelogApplicationRecorder(TidelogStore.acquire(sys.argv[1]))
 ids = []

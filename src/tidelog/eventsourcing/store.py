@@ -1,244 +1,54 @@
-"""tidelog as a persistence module for the `eventsourcing` library (extra `tidelog[eventsourcing]`).
+"""tidelog.eventsourcing's store: TidelogStore, one store = what SQLite calls a table: a tidelog
+log (`log/`) plus the LMDB index derived from it (`index/`), its per-process registry (shared,
+reference-counted; fork-aware), recovery (the index catches up with the log, never leads it), the
+write path (checks, one atomic append, group commit, the in-memory overlay committed to LMDB in
+bulk), and the reads (select_events' offsets, notifications, tracking).
 
-Owns: TidelogFactory, the four recorders, TidelogStore (one store = what SQLite calls a table) and
-its per-process registry, the store's record format and its LMDB index. Uses tidelog's public API
-and its shared argument checks (tidelog._args); the index is opened, grown and handled across
-fork() by tidelog.lmdbenv. Writes: the store's files only (`log/` through its tidelog writer,
-`index/`; the store's directory is flocked while this process takes or tries the log's
-writer lock).
-
-Select it with PERSISTENCE_MODULE=tidelog.eventsourcing and TIDELOG_PATH=<directory>
-(<APPNAME>_TIDELOG_PATH overrides it per application). Optional: TIDELOG_SEGMENT_BYTES.
-
-Design: the tidelog log is the source of truth; notification id = offset + 1. LMDB holds derived
-data (the (originator_id, version) -> offset index, tracking, `indexed_upto`) and may lag the log,
-never lead it: whoever takes the log's writer lock re-indexes [indexed_upto, end) from the log
-(at open, briefly, if the lock is free; at a store's first write, when it becomes the writer);
-readers look in the log for what the index lacks. The tracking record of an insert travels in its
-last log record, so exactly-once survives a crash between the log sync and the index commit.
-Inserts are checked before anything is appended (nothing is written on a conflict), appended as
-one atomic batch, and made durable by a group commit shared by concurrent inserts; index entries
-wait in an in-memory overlay until they are committed to LMDB in bulk.
+Owns: every TidelogStore's state and the store's files (the log through its tidelog writer, the
+index through tidelog.lmdbenv; the store's directory is flocked while this process takes or
+tries the log's writer lock). Blocking calls (log sync, LMDB commits, flock, the log's waits)
+run in tidelog's core and py-lmdb, which release the GIL. Errors leave as eventsourcing's
+(PEP 249) errors.
 """
 from __future__ import annotations
 
 import atexit
 import errno
 import fcntl
-import hashlib
 import os
-import struct
 import threading
 import time
-import weakref
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
-from typing import Any, TypeVar, overload
-from uuid import UUID, SafeUUID
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, TypeVar
+from uuid import UUID
 
-try:
-    from eventsourcing.persistence import (
-        AggregateRecorder, ApplicationRecorder, DatabaseError, DataError, InfrastructureFactory,
-        IntegrityError, InterfaceError, Notification, OperationalError, ProcessRecorder,
-        StoredEvent, Subscription, Tracking, TrackingRecorder)
-    from eventsourcing.utils import Environment, EnvType, resolve_topic
-except ImportError as exc:  # pragma: no cover - exercised only without the extra
-    raise ImportError("tidelog.eventsourcing needs the `eventsourcing` library: "
-                      "pip install 'tidelog[eventsourcing]'") from exc
+from eventsourcing.persistence import (
+    DatabaseError, DataError, IntegrityError, InterfaceError, Notification, OperationalError,
+    StoredEvent, Tracking)
 
 import lmdb
 
 import tidelog
-from tidelog import _args, lmdbenv
+from tidelog import lmdbenv
+from tidelog.eventsourcing.codec import (
+    BE64, TRACK, FORMAT, decode, encode_insert, oid_bytes, oid_key, parse_head,
+    tracking_trailer, version_key)
 
-__all__ = ["TidelogFactory", "TidelogAggregateRecorder", "TidelogApplicationRecorder",
-           "TidelogTrackingRecorder", "TidelogProcessRecorder", "TidelogStore", "TidelogSubscription",
-           "decode_event", "TopicCounts"]
-
-FORMAT = 1
 DEFAULT_SEGMENT_BYTES = 64 << 20
 FLUSH_EVERY = 512          # pending inserts before the index overlay is committed to LMDB
 FLUSH_SECONDS = 0.2        # ... or this long since the last commit
 VIEW_HEADROOM = 1 << 20    # free map bytes ensured before a view's write transaction
 MAX_READERS = 1024         # index read transactions open at once (threads of all processes)
 
-# log record: flags, oid type, version, oid length, topic length, tracking length;
-# then oid, topic (utf-8), tracking (int64 id + utf-8 name, on the last record of an insert), state
-_HEAD = struct.Struct("<BBqIII")
-_TRACK = struct.Struct("<q")
-_BE64 = struct.Struct(">Q")
-F_TRACKING = 1
-F_END = 2                  # last record of an insert
-OID_UUID, OID_STR = 0, 1
-LONG_OID = 256             # longer originator ids are hashed in index keys
-
 # lmdbenv hands out its transactions and database handles untyped (Any: a HeldReader forwards
 # to a py-lmdb transaction through __getattr__), so they stay Any here, named by these aliases.
 _Txn = Any
 _Db = Any
 T = TypeVar("T")
-_R = TypeVar("_R", bound="_StoreHolder")
 # a pending insert: (end offset, [(oid key, version key)], first offset, tracking)
 _Pending = tuple[int, list[tuple[bytes, bytes]], int, "Tracking | None"]
-
-
-def _oid_bytes(oid: object) -> tuple[int, bytes]:
-    if isinstance(oid, UUID):
-        return OID_UUID, oid.bytes
-    if isinstance(oid, str):
-        try:
-            return OID_STR, oid.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise ValueError(f"originator_id: not encodable as UTF-8 ({exc})") from None
-    raise TypeError(f"originator_id: expected a UUID or a str, not {type(oid).__name__}")
-
-
-def _oid_key(kind: int, raw: bytes) -> bytes:
-    """The index prefix of one originator: unambiguous, so a prefix scan never mixes two ids.
-    An id longer than LONG_OID bytes is keyed by its length and SHA-256 (an LMDB key holds at
-    most 511 bytes)."""
-    if len(raw) > LONG_OID:
-        return bytes((kind | 0x80,)) + struct.pack(">I", len(raw)) + hashlib.sha256(raw).digest()
-    return bytes((kind,)) + struct.pack(">I", len(raw)) + raw
-
-
-def _version_key(version: object) -> bytes:
-    if isinstance(version, bool) or not isinstance(version, int):
-        raise TypeError(f"originator_version: expected an int, not {type(version).__name__}")
-    if not -(1 << 63) <= version < (1 << 63):
-        raise ValueError(f"originator_version: {version} is out of the 64-bit range")
-    return _BE64.pack((version + (1 << 63)) & 0xFFFFFFFFFFFFFFFF)
-
-
-def _int_or_none(value: object, name: str) -> int | None:
-    return None if value is None else _args.integer(value, name)
-
-
-def _topics_arg(topics: Iterable[str]) -> tuple[str, ...]:
-    """`topics` as a tuple of str: a sequence (or other iterable) of str, not a str itself."""
-    if isinstance(topics, (str, bytes, bytearray, memoryview)):
-        raise TypeError(f"topics: expected a sequence of str, not a single "
-                        f"{type(topics).__name__}")
-    try:
-        out = tuple(topics)
-    except TypeError:
-        raise TypeError(f"topics: expected a sequence of str, not "
-                        f"{type(topics).__name__}") from None
-    for t in out:
-        _text(t, "topics: each topic")
-    return out
-
-
-def _text(value: object, what: str) -> bytes:
-    if not isinstance(value, str):
-        raise TypeError(f"{what}: expected a str, not {type(value).__name__}")
-    try:
-        return value.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise ValueError(f"{what}: not encodable as UTF-8 ({exc})") from None
-
-
-def _encode(event: StoredEvent,
-            tracking: Tracking | None = None) -> tuple[bytes, bytes]:
-    kind, raw = _oid_bytes(event.originator_id)
-    topic = _text(event.topic, "topic")
-    flags = 0
-    trk = b""
-    if tracking is not None:
-        flags |= F_TRACKING
-        trk = _TRACK.pack(tracking.notification_id) + _text(tracking.application_name,
-                                                            "tracking.application_name")
-    state = event.state
-    if not isinstance(state, (bytes, bytearray, memoryview)):
-        raise TypeError(f"state: expected bytes, not {type(state).__name__}")
-    return b"".join((_HEAD.pack(flags, kind, event.originator_version, len(raw), len(topic),
-                                len(trk)), raw, topic, trk, state)), str(event.originator_id).encode("utf-8")
-
-
-def _parse_head(value: bytes | memoryview
-                ) -> tuple[int, int, bytes, int, bytes, tuple[str, int] | None, int]:
-    """(flags, oid key, version, topic bytes, tracking or None, state start) of a log record."""
-    flags, kind, version, nraw, ntopic, ntrk = _HEAD.unpack_from(value, 0)
-    p = _HEAD.size
-    raw = bytes(value[p:p + nraw])
-    p += nraw
-    topic = bytes(value[p:p + ntopic])
-    p += ntopic
-    trk = None
-    if ntrk:
-        (nid,) = _TRACK.unpack_from(value, p)
-        trk = (bytes(value[p + 8:p + ntrk]).decode("utf-8"), nid)
-        p += ntrk
-    return flags, kind, raw, version, topic, trk, p
-
-
-def _oid_from(kind: int, raw: bytes) -> UUID | str:
-    if kind == OID_UUID:
-        u = object.__new__(UUID)            # UUID(bytes=raw) without its argument checks
-        object.__setattr__(u, "int", int.from_bytes(raw, "big"))
-        object.__setattr__(u, "is_safe", SafeUUID.unknown)
-        return u
-    return raw.decode("utf-8")
-
-
-_topics: dict[bytes, str] = {}
-
-
-@overload
-def _decode(value: bytes | memoryview, nid: None = None) -> StoredEvent: ...
-@overload
-def _decode(value: bytes | memoryview, nid: int) -> Notification: ...
-def _decode(value: bytes | memoryview, nid: int | None = None) -> StoredEvent:
-    """The StoredEvent (or, given its id, the Notification) a log record holds."""
-    v = bytes(value)            # one copy: `state` must be bytes anyway
-    flags, kind, version, nraw, ntopic, ntrk = _HEAD.unpack_from(v, 0)
-    p = _HEAD.size
-    oid = _oid_from(kind, v[p:p + nraw])
-    p += nraw
-    tb = v[p:p + ntopic]
-    topic = _topics.get(tb)
-    if topic is None:
-        topic = tb.decode("utf-8")
-        if len(_topics) < 4096:
-            _topics[tb] = topic
-    state = v[p + ntopic + ntrk:]
-    if nid is None:
-        return StoredEvent(originator_id=oid, originator_version=version, topic=topic,
-                           state=state)
-    return Notification(id=nid, originator_id=oid, originator_version=version, topic=topic,
-                        state=state)
-
-
-def decode_event(record: tidelog.Record) -> Notification:
-    """The eventsourcing Notification a record of an events log holds (id = offset + 1): for
-    readers of the log itself (a tidelog Replayer, a cursor)."""
-    return _decode(record.value, record.offset + 1)
-
-
-class TopicCounts:
-    """A replay machine for `tidelog replay LOG --machine tidelog.eventsourcing:TopicCounts`:
-    events per topic of an events log."""
-
-    counts: dict[str, int]
-
-    def __init__(self) -> None:
-        self.counts = {}
-
-    def apply(self, record: tidelog.Record) -> None:
-        topic = _parse_head(record.value)[4].decode("utf-8")
-        self.counts[topic] = self.counts.get(topic, 0) + 1
-
-    def snapshot(self) -> bytes:
-        import json
-        return json.dumps(self.counts, sort_keys=True).encode("utf-8")
-
-    def restore(self, snapshot: bytes) -> None:
-        import json
-        self.counts = json.loads(snapshot)
-
-    def __repr__(self) -> str:
-        return f"TopicCounts({self.counts})"
 
 
 def _tidelog_error(exc: BaseException) -> DatabaseError | InterfaceError:
@@ -259,6 +69,41 @@ def _index_error(env: lmdbenv.LmdbEnv, exc: BaseException,
     if isinstance(exc, lmdb.Error):
         exc = env.translate(exc, doing)
     return _tidelog_error(exc)
+
+
+def _copy_error(exc: BaseException, cause: BaseException | None = None) -> BaseException:
+    """An error like `exc` for one more insert of a group (each caller raises its own)."""
+    if isinstance(exc, (DatabaseError, InterfaceError)):
+        out: BaseException = type(exc)(str(exc))
+    elif isinstance(exc, (lmdb.Error, tidelog.TidelogError)):
+        out = OperationalError(str(exc))
+    else:
+        out = OperationalError(f"{type(exc).__name__}: {exc}")
+    out.__cause__ = exc if cause is None else cause
+    return out
+
+
+class _Insert:
+    """One insert waiting in a store's queue: what the leader appends (checked and encoded by
+    the caller), then its result (first offset and end, or its error), set by the leader."""
+
+    __slots__ = ("events", "entries", "values", "keys", "tracking", "nbytes", "wake", "lead",
+                 "first", "end", "error", "durable")
+
+    def __init__(self, events: Sequence[StoredEvent], entries: list[tuple[bytes, bytes]],
+                 values: list[bytes], keys: list[bytes], tracking: Tracking | None) -> None:
+        self.events = events
+        self.entries = entries
+        self.values = values
+        self.keys = keys
+        self.tracking = tracking
+        self.nbytes = sum(map(len, values)) + 64 * len(values)
+        self.wake: threading.Lock | None = None    # a waiter blocks on it (held) until released
+        self.lead = False                          # released to lead the next group
+        self.first: int | None = None
+        self.end = 0
+        self.error: BaseException | None = None
+        self.durable = False
 
 
 class TidelogStore:
@@ -347,6 +192,10 @@ class TidelogStore:
         self._old_logs = []                   # read-only logs replaced by the writer's
         self._lock = threading.RLock()        # serialises checks + append (insert order)
         self._flush_lock = threading.Lock()   # one LMDB index commit at a time
+        self._queue_lock = threading.Lock()   # the insert queue and the lead
+        self._queue: deque[_Insert] = deque()  # inserts waiting for a leader
+        self._leading = False                 # a thread leads a group (the queue has one)
+        self._group_size = 0                  # inserts in the last group
         self._changed = threading.Condition()  # committed_end advanced
         self._pending = deque()               # (end offset, [(oid key, vkey, offset)], tracking)
         self._overlay = {}                    # oid key -> {version key: offset}, not yet in LMDB
@@ -396,7 +245,7 @@ class TidelogStore:
             self._check_open()          # closed (or inherited) meanwhile: say that
             raise _index_error(self.env, exc, doing) from exc
 
-    def _reader(self) -> lmdbenv.HeldReader:
+    def reader(self) -> lmdbenv.HeldReader:
         """A read transaction of the index (a context manager)."""
         with self._index_errors("read"):
             return self.env.reader()
@@ -538,7 +387,7 @@ class TidelogStore:
             with self._index_errors("read"), self.env.reader() as t:
                 return self.indexed_upto(t)
         v = txn.get(b"indexed_upto", db=self.meta)
-        return 0 if v is None else _BE64.unpack(v)[0]
+        return 0 if v is None else BE64.unpack(v)[0]
 
     def recover(self) -> int:
         """Index every record in [indexed_upto, end) of the log (a writer only; idempotent)."""
@@ -563,14 +412,14 @@ class TidelogStore:
                 if len(batch) == 0:
                     break
                 for off, value in zip(batch.offsets.tolist(), batch.values):
-                    flags, kind, raw, version, _t, trk, _p = _parse_head(value)
-                    txn.put(_oid_key(kind, raw) + _version_key(version), _BE64.pack(off),
+                    flags, kind, raw, version, _t, trk, _p = parse_head(value)
+                    txn.put(oid_key(kind, raw) + version_key(version), BE64.pack(off),
                             db=self.idx)
                     if trk is not None and trk[1] > tracking.get(trk[0], -1):
                         tracking[trk[0]] = trk[1]
             for name, nid in tracking.items():
                 self._put_tracking_max(txn, name, nid)
-            txn.put(b"indexed_upto", _BE64.pack(end), db=self.meta)
+            txn.put(b"indexed_upto", BE64.pack(end), db=self.meta)
             return end - upto
 
         return self._write(index, "re-index from the log")
@@ -578,8 +427,8 @@ class TidelogStore:
     def _put_tracking_max(self, txn: _Txn, name: str, nid: int) -> None:
         key = name.encode("utf-8")
         old = txn.get(key, db=self.tracking_db)
-        if old is None or _TRACK.unpack(old)[0] < nid:
-            txn.put(key, _TRACK.pack(nid), db=self.tracking_db)
+        if old is None or TRACK.unpack(old)[0] < nid:
+            txn.put(key, TRACK.pack(nid), db=self.tracking_db)
 
     # -- writing ----------------------------------------------------------------------------------
 
@@ -611,20 +460,13 @@ class TidelogStore:
         checks of new inserts); without, only what readers may see."""
         v = (self._overlay_tracking if pending else self._visible_tracking).get(name)
         raw = txn.get(name.encode("utf-8"), db=self.tracking_db)
-        w = None if raw is None else _TRACK.unpack(raw)[0]
+        w = None if raw is None else TRACK.unpack(raw)[0]
         if v is None:
             return w
         return v if w is None else max(v, w)
 
     def _check_tracking(self, txn: _Txn, tracking: Tracking) -> None:
-        nid = tracking.notification_id
-        if isinstance(nid, bool) or not isinstance(nid, int):
-            raise TypeError(f"tracking.notification_id: expected an int, not "
-                            f"{type(nid).__name__}")
-        if not -(1 << 63) <= nid < (1 << 63):
-            raise ValueError(f"tracking.notification_id: {nid} is out of the 64-bit range")
-        if len(_text(tracking.application_name, "tracking.application_name")) > 480:
-            raise ValueError("tracking.application_name: longer than 480 bytes of UTF-8")
+        tracking_trailer(tracking)          # its fields: TypeError/ValueError naming them
         current = self._max_tracking(txn, tracking.application_name)
         if current is not None and tracking.notification_id <= current:
             raise IntegrityError(f"tracking notification id {tracking.notification_id} for "
@@ -633,7 +475,13 @@ class TidelogStore:
 
     def insert(self, events: Sequence[StoredEvent], tracking: Tracking | None = None) -> int | None:
         """Record `events` (and `tracking`) all or nothing; returns the first offset (or None
-        for no events). IntegrityError, with nothing written, on any conflict."""
+        for no events). IntegrityError, with nothing written, on any conflict.
+
+        Group commit: the insert is checked and encoded in the caller's thread, then queued; one
+        thread at a time (the leader) takes every queued insert, checks each against the index
+        (a conflicting one is refused alone), appends the accepted ones as ONE atomic batch
+        (each insert's records contiguous, in queue order), makes them durable with one sync,
+        publishes them and wakes their callers; then hands the lead to the next queued insert."""
         self._check_writable()
         if self.log is None:
             raise OperationalError(f"{self.path}: this store holds tracking records only")
@@ -641,77 +489,257 @@ class TidelogStore:
             if tracking is not None:
                 self.insert_tracking(tracking)
             return None
+        req = _Insert(events, *encode_insert(events, tracking), tracking)
+        if len(set(req.entries)) != len(req.entries):
+            seen: set[tuple[bytes, bytes]] = set()
+            for e, entry in zip(events, req.entries):
+                if entry in seen:
+                    raise IntegrityError(f"stored events are not unique: {e.originator_id} "
+                                         f"version {e.originator_version} appears twice")
+                seen.add(entry)
+        with self._queue_lock:
+            self._queue.append(req)
+            lead = not self._leading
+            if lead:
+                self._leading = req.lead = True
+            else:
+                req.wake = threading.Lock()
+                req.wake.acquire()
+        try:
+            if not lead:
+                assert req.wake is not None
+                req.wake.acquire()      # released by a leader: the insert is done, or its turn
+                req.wake = None         # to lead has come
+                lead = req.lead
+            if lead:
+                self._lead(req)
+        except BaseException:           # e.g. KeyboardInterrupt while waiting
+            self._withdraw(req)
+            raise
+        if req.error is not None:
+            raise req.error
+        if not req.durable:             # the leader stopped before its sync: sync here
+            self._commit(req.end, req.tracking)
+        return req.first
+
+    def _withdraw(self, req: _Insert) -> None:
+        """A caller interrupted while its insert waited: an insert no leader has taken leaves
+        the queue (nothing written); the lead, if it was handed to it, passes on. (An insert
+        already taken is recorded or refused as if its caller still waited.)"""
+        with self._queue_lock:
+            if req not in self._queue:
+                return
+            self._queue.remove(req)
+            if not req.lead:
+                return
+            nxt = self._queue[0] if self._queue else None
+            if nxt is None:
+                self._leading = False
+            else:
+                nxt.lead = True
+        if nxt is not None:
+            assert nxt.wake is not None
+            nxt.wake.release()
+
+    def _lead(self, me: _Insert) -> None:
+        """The leader's turn: one group (the queued inserts, `me` among them), then the lead
+        passes to the first insert still queued (or to none)."""
+        group: list[_Insert] = []
+        escaped: BaseException | None = None
+        try:
+            assert self.log is not None
+            if self._group_size > 1:
+                # other threads insert too: let those that can run (the callers of the last
+                # group, just woken) queue their next inserts before this group is taken
+                time.sleep(0)
+            # a group's records are one atomic batch, which must fit in a segment
+            budget = self.log.segment_bytes // 4
+            with self._queue_lock:
+                while self._queue and (not group or self._queue[0].nbytes <= budget):
+                    r = self._queue.popleft()
+                    budget -= r.nbytes
+                    group.append(r)
+            self._group_size = len(group)
+            self._run_group(group)
+        except BaseException as exc:
+            escaped = exc
+            raise
+        finally:
+            with self._queue_lock:
+                nxt = self._queue[0] if self._queue else None
+                if nxt is None:
+                    self._leading = False
+                else:
+                    nxt.lead = True
+            for r in group:
+                if r.first is None and r.error is None:     # the leader stopped before
+                    r.error = (_copy_error(escaped) if isinstance(escaped, Exception) else
+                               OperationalError(f"{self.path}: the insert was interrupted "
+                                                f"({escaped!r}); nothing was written"))
+                if r is not me and r.wake is not None:
+                    r.wake.release()
+            if nxt is not None:
+                assert nxt.wake is not None
+                nxt.wake.release()
+        if (len(self._pending) >= FLUSH_EVERY
+                or time.monotonic() - self._last_flush >= FLUSH_SECONDS):
+            self.flush_index(blocking=False)
+
+    def _run_group(self, group: list[_Insert]) -> None:
+        """Check, append (one batch), sync and publish a group of inserts; each one's result
+        (first offset, or its error) is set on it."""
+        assert self.log is not None
         with self._lock:
-            self._check_usable()
-            entries = []
-            seen = set()
-            with self._index_errors("read"), self.env.reader() as txn:
-                for e in events:
-                    if not isinstance(e, StoredEvent):
-                        raise TypeError(f"stored_events: expected StoredEvent items, not "
-                                        f"{type(e).__name__}")
-                    kind, raw = _oid_bytes(e.originator_id)
-                    okey = _oid_key(kind, raw)
-                    vkey = _version_key(e.originator_version)
-                    if (okey, vkey) in seen:
-                        raise IntegrityError(f"stored events are not unique: {e.originator_id} "
-                                             f"version {e.originator_version} appears twice")
-                    seen.add((okey, vkey))
-                    ov = self._overlay.get(okey)
-                    if (ov is not None and vkey in ov) or txn.get(okey + vkey, db=self.idx):
-                        raise IntegrityError(f"stored event already recorded: "
-                                             f"{e.originator_id} version {e.originator_version}")
-                    entries.append((okey, vkey))
-                if tracking is not None:
-                    self._check_tracking(txn, tracking)
-            values, keys = [], []
-            last = len(events) - 1
-            for i, e in enumerate(events):
-                v, key = _encode(e, tracking if i == last else None)   # key: the id as text
-                values.append(v)
-                keys.append(key)
+            try:
+                self._check_usable()
+                accepted = self._check_group(group)
+            except Exception as exc:
+                for r in group:
+                    r.error = _copy_error(exc)
+                return
+            if not accepted:
+                return
+            self._append_group(accepted)
+            accepted = [r for r in accepted if r.error is None]
+            if not accepted:
+                return
+        end = accepted[-1].end
+        try:
+            self.log.sync()
+        except tidelog.TidelogError as exc:
+            self.failure = exc
+            for r in accepted:
+                r.error = _tidelog_error(exc)
+                r.error.__cause__ = exc
+            return
+        self._publish(end, [r.tracking for r in accepted if r.tracking is not None])
+        for r in accepted:
+            r.durable = True
+
+    def _check_group(self, group: list[_Insert]) -> list[_Insert]:
+        """The inserts of `group` that conflict with nothing recorded, pending or accepted
+        before them in the group; the others get their IntegrityError."""
+        accepted = []
+        taken: set[tuple[bytes, bytes]] = set()
+        names: dict[str, int] = {}
+        overlay = self._overlay
+        idx = self.idx
+        with self._index_errors("read"), self.env.reader() as txn:
+            get = txn.get
+            for r in group:
+                for entry in r.entries:
+                    okey, vkey = entry
+                    ov = overlay.get(okey)
+                    if (entry in taken or (ov is not None and vkey in ov)
+                            or get(okey + vkey, db=idx)):
+                        e = r.events[r.entries.index(entry)]
+                        r.error = IntegrityError(f"stored event already recorded: "
+                                                 f"{e.originator_id} version "
+                                                 f"{e.originator_version}")
+                        break
+                if r.error is None and r.tracking is not None:
+                    t = r.tracking
+                    current = self._max_tracking(txn, t.application_name)
+                    earlier = names.get(t.application_name)
+                    if earlier is not None and (current is None or earlier > current):
+                        current = earlier
+                    if current is not None and t.notification_id <= current:
+                        r.error = IntegrityError(
+                            f"tracking notification id {t.notification_id} for "
+                            f"{t.application_name!r} is not greater than the recorded {current}")
+                if r.error is None:
+                    accepted.append(r)
+                    taken.update(r.entries)
+                    if r.tracking is not None:
+                        names[r.tracking.application_name] = r.tracking.notification_id
+        return accepted
+
+    def _append_group(self, accepted: list[_Insert]) -> None:
+        """Append the accepted inserts as one atomic batch (under the store's lock); if that
+        fails with nothing appended, each on its own (so each gets its own result or error);
+        the appended ones join the overlay and the pending list."""
+        assert self.log is not None
+        if len(accepted) == 1:
+            reqs = accepted
+        else:
             before = self.log.end_offset
             try:
-                first = self.log.append_batch(values, keys=keys)
-            except tidelog.TidelogError as exc:
-                self._check_open()
-                if isinstance(exc, tidelog.LogFullError) and self.log.end_offset == before:
-                    # nothing was appended: the store stays usable once space is freed
-                    raise OperationalError(f"{self.path}: no space left for the log ({exc}); "
-                                           f"nothing was written: free space and retry") from exc
-                self.failure = exc
-                raise _tidelog_error(exc) from exc
-            except ValueError as exc:
-                raise DataError(f"{self.path}: {exc} (set TIDELOG_SEGMENT_BYTES larger)") from exc
-            n = len(values)
-            for i, (okey, vkey) in enumerate(entries):
-                self._overlay.setdefault(okey, {})[vkey] = first + i
-            if tracking is not None:
-                self._overlay_tracking[tracking.application_name] = tracking.notification_id
-            self._pending.append((first + n, entries, first, tracking))
-        self._commit(first + n, tracking)
-        return first
+                self._append(accepted, [v for r in accepted for v in r.values],
+                             [k for r in accepted for k in r.keys])
+                return
+            except (tidelog.TidelogError, ValueError):
+                if self.log.end_offset != before or self.failure is not None:
+                    return          # (each has its error)
+            reqs = accepted         # e.g. too large for a segment together, a full disk
+        for r in reqs:
+            r.error = None
+            try:
+                self._append([r], r.values, r.keys)
+            except (tidelog.TidelogError, ValueError):
+                pass                # (r has its error)
+
+    def _append(self, reqs: list[_Insert], values: list[bytes], keys: list[bytes]) -> None:
+        """append_batch `values` (the records of `reqs`, in order); on an error, each of `reqs`
+        gets it (and the error is raised for _append_group's fallback)."""
+        assert self.log is not None
+        log = self.log
+        before = log.end_offset
+        err: DatabaseError | InterfaceError
+        try:
+            first = log.append_batch(values, keys=keys)
+        except tidelog.TidelogError as exc:
+            self._check_open()
+            if isinstance(exc, tidelog.LogFullError) and log.end_offset == before:
+                # nothing was appended: the store stays usable once space is freed
+                err = OperationalError(f"{self.path}: no space left for the log ({exc}); "
+                                       f"nothing was written: free space and retry")
+            else:
+                if log.end_offset != before or len(reqs) == 1:
+                    self.failure = exc
+                err = _tidelog_error(exc)
+            for r in reqs:
+                r.error = _copy_error(err, exc)
+            raise
+        except ValueError as exc:
+            for r in reqs:
+                r.error = DataError(f"{self.path}: {exc} (set TIDELOG_SEGMENT_BYTES larger)")
+                r.error.__cause__ = exc
+            raise
+        overlay = self._overlay
+        off = first
+        for r in reqs:
+            r.first = off
+            for okey, vkey in r.entries:
+                ov = overlay.get(okey)
+                if ov is None:
+                    ov = overlay[okey] = {}
+                ov[vkey] = off
+                off += 1
+            r.end = off
+            if r.tracking is not None:
+                self._overlay_tracking[r.tracking.application_name] = r.tracking.notification_id
+            self._pending.append((off, r.entries, r.first, r.tracking))
+
+    def _publish(self, end: int, trackings: list[Tracking]) -> None:
+        """Durable below `end`: readers may see it (and `trackings`)."""
+        with self._changed:
+            if end > self.committed_end:
+                self.committed_end = end
+            for t in trackings:
+                name = t.application_name
+                if t.notification_id > self._visible_tracking.get(name, -1):
+                    self._visible_tracking[name] = t.notification_id
+            self._changed.notify_all()
 
     def _commit(self, end: int, tracking: Tracking | None = None) -> None:
-        """Make everything below `end` durable (shared fdatasync), publish it (and `tracking`),
-        maybe index it."""
+        """Make everything below `end` durable (shared fdatasync), publish it (and `tracking`)."""
         assert self.log is not None
         try:
             self.log.sync()
         except tidelog.TidelogError as exc:
             self.failure = exc
             raise _tidelog_error(exc) from exc
-        with self._changed:
-            if end > self.committed_end:
-                self.committed_end = end
-            if tracking is not None:
-                name = tracking.application_name
-                if tracking.notification_id > self._visible_tracking.get(name, -1):
-                    self._visible_tracking[name] = tracking.notification_id
-            self._changed.notify_all()
-        if (len(self._pending) >= FLUSH_EVERY
-                or time.monotonic() - self._last_flush >= FLUSH_SECONDS):
-            self.flush_index(blocking=False)
+        self._publish(end, [] if tracking is None else [tracking])
 
     def flush_index(self, tracking: Tracking | None = None, blocking: bool = True) -> bool:
         """Commit the durable part of the overlay (and `tracking`) to LMDB in one transaction.
@@ -744,7 +772,7 @@ class TidelogStore:
             trk: dict[str, int] = {}
             for end, entries, first, t in batch:
                 for i, (okey, vkey) in enumerate(entries):
-                    txn.put(okey + vkey, _BE64.pack(first + i), db=self.idx)
+                    txn.put(okey + vkey, BE64.pack(first + i), db=self.idx)
                 if t is not None:
                     trk[t.application_name] = max(t.notification_id,
                                                   trk.get(t.application_name, -1))
@@ -754,7 +782,7 @@ class TidelogStore:
                 self._put_tracking_max(txn, tracking.application_name,
                                        tracking.notification_id)
             if batch:
-                txn.put(b"indexed_upto", _BE64.pack(batch[-1][0]), db=self.meta)
+                txn.put(b"indexed_upto", BE64.pack(batch[-1][0]), db=self.meta)
 
         try:
             self._write(commit, "commit the index")
@@ -870,7 +898,7 @@ class TidelogStore:
                 best = self._max_tracking(txn, name, pending=False)
                 upto = self.indexed_upto(txn)
             for off, value in self._scan(upto, self.end()):
-                trk = _parse_head(value)[5]
+                trk = parse_head(value)[5]
                 if trk is not None and trk[0] == name and (best is None or trk[1] > best):
                     best = trk[1]
             return best
@@ -890,8 +918,8 @@ class TidelogStore:
 
     def event_offsets(self, oid: UUID | str, gt: int | None, lte: int | None, desc: bool,
                       limit: int | None) -> list[int]:
-        kind, raw = _oid_bytes(oid)
-        okey = _oid_key(kind, raw)
+        kind, raw = oid_bytes(oid)
+        okey = oid_key(kind, raw)
         if limit is not None and limit <= 0:
             return []
         readonly = self.readonly    # once: the store may become the writer meanwhile
@@ -908,18 +936,18 @@ class TidelogStore:
                 for k, v in cur:
                     if not k.startswith(okey) or len(k) != len(okey) + 8:
                         break
-                    found.setdefault(k[len(okey):], _BE64.unpack(v)[0])
+                    found.setdefault(k[len(okey):], BE64.unpack(v)[0])
             upto = self.indexed_upto(txn) if readonly else None
         if readonly:
             assert upto is not None
             for off, value in self._scan(upto, end):
-                flags, k2, raw2, version, _t, _trk, _p = _parse_head(value)
+                flags, k2, raw2, version, _t, _trk, _p = parse_head(value)
                 if k2 == kind and raw2 == raw:
-                    found.setdefault(_version_key(version), off)
+                    found.setdefault(version_key(version), off)
         items = sorted(found.items(), reverse=desc)
         out = []
         for vkey, off in items:
-            version = _BE64.unpack(vkey)[0] - (1 << 63)
+            version = BE64.unpack(vkey)[0] - (1 << 63)
             if gt is not None and not version > gt:
                 continue
             if lte is not None and not version <= lte:
@@ -947,7 +975,7 @@ class TidelogStore:
             j = i + 1
             step = offsets[j] - offsets[i] if j < n else 1
             if step not in (1, -1):
-                out.append(_decode(self.log.read(offsets[i]).value))
+                out.append(decode(self.log.read(offsets[i]).value))
                 i = j
                 continue
             while j < n and offsets[j] - offsets[j - 1] == step:
@@ -963,7 +991,7 @@ class TidelogStore:
                 if len(batch) == 0:
                     raise DatabaseError(f"{self.path}: the index names offset "
                                         f"{cur.position}, past the log's end")
-                run.extend(_decode(v) for v in batch.values)
+                run.extend(decode(v) for v in batch.values)
             out.extend(run if step == 1 else reversed(run))
             i = j
         return out
@@ -992,9 +1020,9 @@ class TidelogStore:
             if len(batch) == 0:
                 break
             for off, value in zip(batch.offsets.tolist(), batch.values):
-                if want is not None and _parse_head(value)[4] not in want:
+                if want is not None and parse_head(value)[4] not in want:
                     continue
-                out.append(_decode(value, off + 1))
+                out.append(decode(value, off + 1))
                 if len(out) >= limit:
                     return out
         return out
@@ -1057,221 +1085,3 @@ class TidelogStore:
 atexit.register(TidelogStore.close_all)
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=TidelogStore._after_fork_in_child)
-
-
-class _StoreHolder:
-    """What every recorder shares: its store reference, released once (close() or collection)."""
-
-    def __init__(self, store: TidelogStore) -> None:
-        if not isinstance(store, TidelogStore):
-            raise TypeError(f"store: expected a TidelogStore, not {type(store).__name__}")
-        self.store = store
-        self._finalizer = weakref.finalize(self, store.release)
-
-    def close(self) -> None:
-        """Release this recorder's reference to its store."""
-        self._finalizer()
-
-
-class TidelogAggregateRecorder(_StoreHolder, AggregateRecorder):
-    """Stored events of aggregates, in a TidelogStore."""
-
-    def __init__(self, store: TidelogStore) -> None:
-        _StoreHolder.__init__(self, store)
-
-    def insert_events(self, stored_events: Sequence[StoredEvent],
-                      **kwargs: Any) -> Sequence[int] | None:
-        self.store.insert(list(stored_events))
-        return None
-
-    def select_events(self, originator_id: UUID | str, *, gt: int | None = None,
-                      lte: int | None = None, desc: bool = False,
-                      limit: int | None = None) -> Sequence[StoredEvent]:
-        store = self.store
-        return store.read_events(store.event_offsets(originator_id, gt, lte, desc, limit))
-
-
-class TidelogApplicationRecorder(TidelogAggregateRecorder, ApplicationRecorder):
-    """Stored events in the application sequence: notification id = log offset + 1."""
-
-    def insert_events(self, stored_events: Sequence[StoredEvent],
-                      **kwargs: Any) -> Sequence[int] | None:
-        stored_events = list(stored_events)
-        first = self.store.insert(stored_events)
-        if first is None:
-            return []
-        return list(range(first + 1, first + 1 + len(stored_events)))
-
-    def select_notifications(self, start: int | None, limit: int, stop: int | None = None,
-                             topics: Sequence[str] = (), *,
-                             inclusive_of_start: bool = True) -> Sequence[Notification]:
-        start = _int_or_none(start, "start")
-        limit = _args.integer(limit, "limit")
-        stop = _int_or_none(stop, "stop")
-        topics = _topics_arg(topics)
-        if start is None:
-            lo = 0
-        else:
-            lo = start - 1 if inclusive_of_start else start
-        lo = max(lo, 0)
-        hi = self.store.end() if stop is None else max(stop, 0)
-        return self.store.notifications(lo, hi, limit, topics)
-
-    def max_notification_id(self) -> int | None:
-        return self.store.end() or None
-
-    def subscribe(self, gt: int | None = None,
-                  topics: Sequence[str] = ()) -> Subscription[ApplicationRecorder]:
-        return TidelogSubscription(self, gt=_int_or_none(gt, "gt"), topics=_topics_arg(topics))
-
-
-class TidelogSubscription(Subscription[TidelogApplicationRecorder]):
-    """Notifications with id > gt: what is recorded, then new ones as they are committed (in this
-    process through a condition; across processes on tidelog's wake-up of readers)."""
-
-    buffer: deque[Notification]
-
-    def __init__(self, recorder: TidelogApplicationRecorder, gt: int | None = None,
-                 topics: Sequence[str] = ()) -> None:
-        super().__init__(recorder=recorder, gt=gt, topics=topics)
-        self.store = recorder.store
-        self.topics = tuple(topics)
-        self.position = max(gt or 0, 0)     # offsets below it are scanned
-        self.buffer = deque()
-        self.stopped = threading.Event()
-
-    def stop(self) -> None:
-        super().stop()
-        self.stopped.set()
-
-    def __next__(self) -> Notification:
-        store = self.store
-        while True:
-            if self.stopped.is_set():
-                raise StopIteration
-            if self.buffer:
-                return self.buffer.popleft()
-            seen = store.end()
-            got = store.notifications(self.position, seen, 500, self.topics)
-            if got:
-                self.buffer.extend(got)
-            # fewer than the limit: everything below `seen` is scanned (a topic filter may
-            # have skipped it all)
-            self.position = got[-1].id if len(got) == 500 else max(seen, self.position)
-            if not got:
-                store.wait_for_change(self.position, 0.1)
-
-
-class TidelogTrackingRecorder(_StoreHolder, TrackingRecorder):
-    """Tracking records in a store's LMDB. A view subclass keeps its own state in `view_db()`
-    and writes it with `transaction(tracking)`, so state and tracking commit together."""
-
-    def __init__(self, store: TidelogStore) -> None:
-        _StoreHolder.__init__(self, store)
-
-    def insert_tracking(self, tracking: Tracking) -> None:
-        self.store.insert_tracking(tracking)
-
-    def max_tracking_id(self, application_name: str) -> int | None:
-        return self.store.max_tracking_id(application_name)
-
-    def view_db(self, name: str | bytes = b"view") -> _Db:
-        """A named LMDB database of this store for a view's own state (the first call for a
-        name must come outside a transaction: it may create the database)."""
-        if isinstance(name, str):
-            name = name.encode("utf-8")
-        if name in (b"idx", b"tracking", b"meta"):
-            raise ValueError(f"name: {name!r} is reserved")
-        return self.store.named_db(b"view:" + name)
-
-    def transaction(self, tracking: Tracking | None = None) -> AbstractContextManager[_Txn]:
-        """An LMDB write transaction (context manager) that also records `tracking`."""
-        return self.store.transaction(tracking)
-
-    def read_transaction(self) -> lmdbenv.HeldReader:
-        """An LMDB read transaction (context manager)."""
-        return self.store._reader()
-
-
-class TidelogProcessRecorder(TidelogTrackingRecorder, TidelogApplicationRecorder, ProcessRecorder):
-    """Events and the tracking record of the upstream notification they came from, atomically."""
-
-    def __init__(self, store: TidelogStore) -> None:
-        _StoreHolder.__init__(self, store)
-
-    def insert_events(self, stored_events: Sequence[StoredEvent],
-                      **kwargs: Any) -> Sequence[int] | None:
-        stored_events = list(stored_events)
-        first = self.store.insert(stored_events, kwargs.get("tracking"))
-        if first is None:
-            return []
-        return list(range(first + 1, first + 1 + len(stored_events)))
-
-
-class TidelogFactory(InfrastructureFactory[TidelogTrackingRecorder]):
-    """Builds tidelog recorders under TIDELOG_PATH: a store per <app name>_<purpose>."""
-
-    TIDELOG_PATH = "TIDELOG_PATH"
-    TIDELOG_SEGMENT_BYTES = "TIDELOG_SEGMENT_BYTES"
-    CREATE_TABLE = "CREATE_TABLE"
-    tracking_recorder_class = TidelogTrackingRecorder
-    _recorders: list[weakref.ref[_StoreHolder]]
-
-    def __init__(self, env: Environment | EnvType | None) -> None:
-        super().__init__(env)
-        root = self.env.get(self.TIDELOG_PATH)
-        if not root:
-            raise EnvironmentError(
-                f"tidelog.eventsourcing: set {self.TIDELOG_PATH} (or "
-                f"{(self.env.name or 'APPNAME').upper()}_{self.TIDELOG_PATH}) to a directory")
-        self.root = root
-        seg = self.env.get(self.TIDELOG_SEGMENT_BYTES)
-        try:
-            self.segment_bytes = int(seg) if seg else None
-        except ValueError:
-            raise ValueError(f"{self.TIDELOG_SEGMENT_BYTES}: an int, not {seg!r}") from None
-        self.prefix = self.env.name.lower() or "stored"
-        self._recorders = []
-
-    def _create(self) -> bool:
-        v = (self.env.get(self.CREATE_TABLE) or "yes").lower()
-        return v not in ("n", "no", "f", "false", "off", "0")
-
-    def _store(self, purpose: str, with_log: bool = True) -> TidelogStore:
-        os.makedirs(self.root, exist_ok=True)
-        return TidelogStore.acquire(os.path.join(self.root, f"{self.prefix}_{purpose}"),
-                                    with_log=with_log, create=self._create(),
-                                    segment_bytes=self.segment_bytes)
-
-    def _keep(self, recorder: _R) -> _R:
-        self._recorders.append(weakref.ref(recorder))
-        return recorder
-
-    def aggregate_recorder(self, purpose: str = "events") -> AggregateRecorder:
-        return self._keep(TidelogAggregateRecorder(self._store(purpose)))
-
-    def application_recorder(self) -> ApplicationRecorder:
-        return self._keep(TidelogApplicationRecorder(self._store("events")))
-
-    def tracking_recorder(self, tracking_recorder_class: type[TidelogTrackingRecorder] | None = None
-                          ) -> TidelogTrackingRecorder:
-        if tracking_recorder_class is None:
-            topic = self.env.get(self.TRACKING_RECORDER_TOPIC)
-            tracking_recorder_class = (resolve_topic(topic) if topic
-                                       else self.tracking_recorder_class)
-        if not (isinstance(tracking_recorder_class, type)
-                and issubclass(tracking_recorder_class, TidelogTrackingRecorder)):
-            raise TypeError(f"tracking_recorder_class: expected a TidelogTrackingRecorder "
-                            f"subclass, not {tracking_recorder_class!r}")
-        return self._keep(tracking_recorder_class(self._store("tracking", with_log=False)))
-
-    def process_recorder(self) -> ProcessRecorder:
-        return self._keep(TidelogProcessRecorder(self._store("events")))
-
-    def close(self) -> None:
-        """Release the stores of every recorder this factory built."""
-        refs, self._recorders = self._recorders, []
-        for ref in refs:
-            r = ref()
-            if r is not None:
-                r.close()
