@@ -218,7 +218,7 @@ cdef int64_t append1(LogCore self, const char* v, size_t vlen, const char* k, in
         locked_roll(self, need)
         self._check_write()     # a close() deferred during the roll ran as it ended
     off = self._next
-    frame_write(self._w + self._wpos, off, ts, k, klen, v, vlen, 1, True)
+    frame_write(self._w + self._wpos, off, ts, k, klen, v, vlen, 0, True)
     index_note(self, self._wpos, off, ts)
     self._wpos += need
     self._written += need
@@ -479,9 +479,9 @@ cdef int write_run(LogCore self, Item* items, Py_ssize_t n, size_t total) except
     if total < <size_t>self._pwrite_min or fd < 0:
         if total >= NOGIL_COPY_BYTES:
             with nogil:
-                frame_into(self, items, n, self._w + self._wpos, self._wpos, self._next, n)
+                frame_into(self, items, n, self._w + self._wpos, self._wpos, self._next, True, True)
         else:
-            frame_into(self, items, n, self._w + self._wpos, self._wpos, self._next, n)
+            frame_into(self, items, n, self._w + self._wpos, self._wpos, self._next, True, True)
         publish_run(self, items, n, total)
         if self._tt != NULL:
             tl_toucher_kick(self._tt, self._wpos)
@@ -502,8 +502,7 @@ cdef int write_run(LogCore self, Item* items, Py_ssize_t n, size_t total) except
             chunk += need
             j += 1
         with nogil:
-            frame_into(self, items + i, j - i, self._stage, pos, self._next + i,
-                             n if i == 0 else 0)
+            frame_into(self, items + i, j - i, self._stage, pos, self._next + i, i == 0, j == n)
             err = pwrite_all(fd, self._stage, chunk, pos)
         if err:
             # nothing is published; clear what may have reached the file so that stale
@@ -517,16 +516,17 @@ cdef int write_run(LogCore self, Item* items, Py_ssize_t n, size_t total) except
 
 
 cdef void frame_into(LogCore self, Item* items, Py_ssize_t n, char* dst, size_t pos, int64_t off,
-                     Py_ssize_t batch) noexcept nogil:
-    """Frame items[0..n) (offsets off..) at dst, which stands for segment position pos. With
-    batch > 0 the first frame starts a batch of that many records and gets no length (it is
-    published last). Index entries are noted."""
+                     bint head, bint tail) noexcept nogil:
+    """Frame items[0..n) (offsets off..) at dst, which stands for segment position pos, as
+    part of one group: every frame but the group's last (the last here, with tail) carries
+    MORE; with head the first frame is the group's first and gets no length (it is published
+    last). Index entries are noted."""
     cdef Py_ssize_t i
     cdef size_t at = 0
     for i in range(n):
         frame_write(dst + at, off + i, items[i].ts, items[i].k, items[i].klen,
-                    items[i].v, items[i].vlen, <uint32_t>batch if i == 0 else 0,
-                    not (i == 0 and batch != 0))
+                    items[i].v, items[i].vlen, 0 if (tail and i == n - 1) else ATTR_MORE,
+                    not (i == 0 and head))
         index_note(self, pos + at, off + i, items[i].ts)
         at += align8(FRAME_HEADER_SIZE + key_area(items[i].klen) + items[i].vlen)
 

@@ -248,13 +248,13 @@ cdef Py_ssize_t recover(LogCore self, int64_t durable) except -1:
 
 cdef tuple scan_frames(LogCore self, Segment s, size_t pos, int64_t off, int64_t limit):
     """Follow valid frames from pos (offset off) up to offset `limit` (the next segment's
-    base; -1: none; what a sealed segment holds after it is ignored); a batch counts only
-    whole. Returns
-    (position, offset) where the valid data ends and None, or the damage found there as
-    (path, position, offset, problem) when it is not a clean end."""
+    base; -1: none; what a sealed segment holds after it is ignored); a group (frames chained
+    by MORE, FORMAT.md rule 7) counts only whole. Returns (position, offset) where the valid
+    data ends and None, or the damage found there as (path, position, offset, problem) when it
+    is not a clean end."""
     cdef size_t bpos
     cdef int64_t boff
-    cdef uint32_t length, n, k
+    cdef uint32_t length
     cdef int rc
     while True:
         if off == limit:
@@ -264,21 +264,16 @@ cdef tuple scan_frames(LogCore self, Segment s, size_t pos, int64_t off, int64_t
             return pos, off, None
         if rc != FRAME_OK:
             return pos, off, (s.path, pos, off, rc)
-        n = rd_u32(s.data + pos + 28)
-        if n == 0:
-            return pos, off, (s.path, pos, off, FRAME_BAD_LENGTH)   # follower without head
-        bpos = pos + align8(length)
-        boff = off + 1
-        k = 1
-        while k < n:
-            rc = frame_check(s.data, s.cap, bpos, boff, &length)
-            if rc != FRAME_OK or rd_u32(s.data + bpos + 28) != 0:
-                return pos, off, (s.path, bpos, boff, rc if rc != FRAME_OK else FRAME_BAD_LENGTH)
+        bpos = pos
+        boff = off
+        while rd_u16(s.data + bpos + 28) & ATTR_MORE:
+            boff += frame_count(s.data + bpos)
             bpos += align8(length)
-            boff += 1
-            k += 1
-        pos = bpos
-        off = boff
+            rc = frame_check(s.data, s.cap, bpos, boff, &length)
+            if rc != FRAME_OK:
+                return pos, off, (s.path, bpos, boff, FRAME_BAD_GROUP if rc == FRAME_END else rc)
+        pos = bpos + align8(length)
+        off = boff + frame_count(s.data + bpos)
 
 
 cdef sync_after_recovery(LogCore self, Py_ssize_t first):

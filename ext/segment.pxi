@@ -89,9 +89,8 @@ def check_segment_header(bytes h, int64_t base, str path):
     if version < 1:
         raise CorruptLogError(f"{path}: segment header names format version {version}",
                               path=path, position=8, offset=base)
-    if version > FORMAT_VERSION:
-        raise FormatVersionError(f"{path}: format version {version}, this tidelog reads up to "
-                                 f"{FORMAT_VERSION}; upgrade tidelog")
+    if version != FORMAT_VERSION:
+        raise format_version_error(path, version)     # frame.pxi (v1: made by a pre-release)
     if int.from_bytes(h[16:24], "little", signed=True) != base:
         raise CorruptLogError(f"{path}: header base offset does not match the file name",
                               path=path, position=16, offset=base)

@@ -1,6 +1,8 @@
-"""Golden bytes: the on-disk format of docs/FORMAT.md, version 1, pinned byte for byte."""
+"""Golden bytes: the on-disk format of docs/FORMAT.md, version 2, pinned byte for byte."""
 import os
 import struct
+
+import pytest
 
 import crc32c as oracle
 
@@ -9,11 +11,14 @@ import tidelog
 SEG = "00000000000000000000.seg"
 
 
-def frame(offset, ts, key, value, batch=1):
-    """A frame built from the spec with the oracle CRC (independent of the engine's code)."""
+def frame(offset, ts, key, value, more=False):
+    """A single-form frame built from the spec with the oracle CRC (independent of the engine's
+    code): v1's layout but for bytes 28..31, attributes TS_SHARED|UNIFORM (|KEYS with a key,
+    |MORE when a frame of its group follows), vpad 0."""
     ka = 0 if key is None else (len(key) + 7) // 8 * 8
     length = 32 + ka + len(value)
-    body = struct.pack("<qqiI", offset, ts, -1 if key is None else len(key), batch)
+    attrs = 0x30 | (0 if key is None else 0x40) | (0x200 if more else 0)
+    body = struct.pack("<qqiHH", offset, ts, -1 if key is None else len(key), attrs, 0)
     body += (key or b"").ljust(ka, b"\0") + value
     crc = oracle.crc32c(body, oracle.crc32c(struct.pack("<I", length)))
     f = struct.pack("<II", length, crc) + body
@@ -30,23 +35,64 @@ def test_golden_segment_bytes(log_path):
     assert len(data) == 8192                       # preallocated capacity
     hdr = data[:64]
     assert hdr[:8] == b"TDLGSEG\0"
-    assert struct.unpack_from("<IIqqq", hdr, 8)[:2] == (1, 64)
+    assert struct.unpack_from("<IIqqq", hdr, 8)[:2] == (2, 64)
     assert struct.unpack_from("<q", hdr, 16)[0] == 0            # base offset
     assert struct.unpack_from("<q", hdr, 32)[0] == 8192         # capacity
     assert struct.unpack_from("<I", hdr, 60)[0] == oracle.crc32c(hdr[:60])
     golden = bytes.fromhex(
-        "2d000000" "af4faf0b" "0000000000000000" "00002a36fe9c9717" "02000000" "01000000"
+        "2d000000" "4964e2db" "0000000000000000" "00002a36fe9c9717" "02000000" "7000" "0000"
         "6b31000000000000" "68656c6c6f000000"
-        "20000000" "2a238eac" "0100000000000000" "2a00000000000000" "ffffffff" "01000000"
-        "28000000" "02e5170f" "0200000000000000" "0700000000000000" "ffffffff" "02000000"
+        "20000000" "242c8a4f" "0100000000000000" "2a00000000000000" "ffffffff" "3000" "0000"
+        "28000000" "24bc816d" "0200000000000000" "0700000000000000" "ffffffff" "3002" "0000"
         "6162636465666768"
-        "21000000" "7ccc7357" "0300000000000000" "0800000000000000" "00000000" "00000000"
+        "21000000" "5672a8f4" "0300000000000000" "0800000000000000" "00000000" "7000" "0000"
         "7800000000000000")
     expect = (frame(0, 1_700_000_000_000_000_000, b"k1", b"hello") + frame(1, 42, None, b"")
-              + frame(2, 7, None, b"abcdefgh", batch=2) + frame(3, 8, b"", b"x", batch=0))
+              + frame(2, 7, None, b"abcdefgh", more=True) + frame(3, 8, b"", b"x"))
     assert expect == golden, expect.hex()         # the spec as written builds these bytes
     assert data[64:64 + len(golden)] == golden     # and the engine writes exactly them
     assert data[64 + len(golden):] == bytes(8192 - 64 - len(golden))
+
+
+def test_single_form_is_v1_but_for_bytes_28_to_31(log_path):
+    """The design's golden example: offset 1, ts 42, no key, empty value."""
+    f = frame(1, 42, None, b"")
+    assert f[:4] == b"\x20\0\0\0" and f[8:28] == bytes.fromhex(
+        "0100000000000000" "2a00000000000000" "ffffffff")
+    assert f[28:32] == bytes.fromhex("30000000")
+
+
+@pytest.mark.parametrize("where", ["control", "segment"])
+def test_a_version_1_log_is_refused_untouched(log_path, where):
+    """No release carried format version 1: a log made by a pre-release is refused, naming the
+    version and what to do, before anything is changed (readers and writers alike)."""
+    with tidelog.open(log_path, segment_bytes=8192) as log:
+        log.append(b"a")
+    if where == "control":
+        p, off = os.path.join(log_path, "tidelog.ctl"), 8
+        with open(p, "r+b") as f:
+            f.seek(off)
+            f.write(struct.pack("<I", 1))
+    else:
+        p = os.path.join(log_path, SEG)
+        with open(p, "r+b") as f:
+            h = bytearray(f.read(64))
+            struct.pack_into("<I", h, 8, 1)
+            struct.pack_into("<I", h, 60, oracle.crc32c(bytes(h[:60])))
+            f.seek(0)
+            f.write(h)
+    before = {n: (open(os.path.join(log_path, n), "rb").read(),
+                  os.stat(os.path.join(log_path, n)).st_mtime_ns)
+              for n in sorted(os.listdir(log_path))}
+    for kw in ({}, {"readonly": True}):
+        with pytest.raises(tidelog.FormatVersionError,
+                           match="version 1;.*pre-release.*must be re-created"):
+            with tidelog.open(log_path, **kw) as log:
+                list(log.cursor())
+    after = {n: (open(os.path.join(log_path, n), "rb").read(),
+                 os.stat(os.path.join(log_path, n)).st_mtime_ns)
+             for n in sorted(os.listdir(log_path))}
+    assert after == before
 
 
 def test_control_file_layout(log_path):
@@ -56,7 +102,7 @@ def test_control_file_layout(log_path):
         ctl = f.read()
     assert len(ctl) == 4096 and ctl[:8] == b"TDLGCTL\0"
     version, flags, start, end, durable, abase, apos, segb = struct.unpack_from("<IIqqqqqq", ctl, 8)
-    assert (version, flags & 1, start, end, durable, abase) == (1, 1, 0, 3, 3, 0)
+    assert (version, flags & 1, start, end, durable, abase) == (2, 1, 0, 3, 3, 0)
     assert apos == 64 + 3 * 40 and segb == 8192
 
 
@@ -70,8 +116,8 @@ def test_index_files(log_path):
     with open(base + ".tix", "rb") as f:
         tix = f.read()
     assert idx[:8] == b"TDLGIDX\0" and tix[:8] == b"TDLGTIX\0"
-    assert struct.unpack_from("<IIq", idx, 8) == (1, 4, 0)           # version, stride, base
-    assert struct.unpack_from("<IIq", tix, 8) == (1, 64, 0)
+    assert struct.unpack_from("<IIq", idx, 8) == (2, 4, 0)           # version, stride, base
+    assert struct.unpack_from("<IIq", tix, 8) == (2, 64, 0)
     assert struct.unpack_from("<I", idx, 60)[0] == oracle.crc32c(idx[:60])
     max_records = ((1 << 16) - 64) // 32
     assert len(idx) == 64 + 4 * (max_records // 4 + 1)
@@ -95,7 +141,7 @@ def test_index_files_of_stride_16_still_serve(log_path):
     max_records = ((1 << 16) - 64) // 32
     hdr = bytearray(64)
     hdr[0:8] = b"TDLGIDX\0"
-    struct.pack_into("<IIq", hdr, 8, 1, 16, 0)
+    struct.pack_into("<IIq", hdr, 8, 2, 16, 0)
     struct.pack_into("<I", hdr, 60, oracle.crc32c(bytes(hdr[:60])))
     entries = bytearray(4 * (max_records // 16 + 1))
     for j in range(300 // 16 + 1):
@@ -110,7 +156,7 @@ def test_index_files_of_stride_16_still_serve(log_path):
             log.append(b"w" * 100)
     with open(base + ".idx", "rb") as f:
         idx = f.read()
-    assert struct.unpack_from("<IIq", idx, 8) == (1, 16, 0)
+    assert struct.unpack_from("<IIq", idx, 8) == (2, 16, 0)
     assert struct.unpack_from("<I", idx, 64 + 4 * 20)[0] == 64 + 320 * 136
     with tidelog.open(log_path, readonly=True) as r:
         assert r._index_problems() == []

@@ -49,7 +49,8 @@ def check_readable(path):
 def frame(off, value, key=None):
     ka = 0 if key is None else (len(key) + 7) // 8 * 8
     length = 32 + ka + len(value)
-    body = struct.pack("<qqiI", off, 0, -1 if key is None else len(key), 1)
+    body = struct.pack("<qqiHH", off, 0, -1 if key is None else len(key),
+                       0x30 | (0 if key is None else 0x40), 0)      # single form, FORMAT.md §2
     body += (key or b"").ljust(ka, b"\0") + value
     crc = oracle.crc32c(body, oracle.crc32c(struct.pack("<I", length)))
     f = struct.pack("<II", length, crc) + body

@@ -275,7 +275,7 @@ def test_always_mode_threads_each_append_returns_durable(log_path):
 
 def test_large_single_appends_take_the_pwrite_path(tmp_path):
     """Single records of 8 KiB and more are staged and written with pwrite; their frames are the
-    same as any single append's (batch count 1), and reads, reopen and readers agree."""
+    same as any single append's (a single-form frame, no MORE), and reads, reopen and readers agree."""
     import struct
     path = str(tmp_path / "l")
     sizes = [100, 8191, 8192, 70_000, 5, 65536, 9000]
@@ -295,5 +295,6 @@ def test_large_single_appends_take_the_pwrite_path(tmp_path):
                 length, = struct.unpack_from("<I", data, pos)
                 if length == 0:
                     break
-                assert struct.unpack_from("<I", data, pos + 28)[0] == 1     # batch count
+                # attributes TS_SHARED|UNIFORM|KEYS, vpad 0 (FORMAT.md §2): a group of one
+                assert struct.unpack_from("<I", data, pos + 28)[0] == 0x70
                 pos += (length + 7) & ~7
