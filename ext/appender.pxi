@@ -3,7 +3,7 @@
 # (write_run) or copies into the mapping, publishing the new end (publish_run), the .idx/.tix
 # entries (index_note), and rolls to a new segment (roll, roll_to, create_segment, set_active).
 # Writes (under the writer lock _wlock, or with _busy held by the GIL-holding fast path): _active,
-# _w, _wpos, _wcap, _base, _next, _idx, _tix, _idx_stride, _max_ts, _written, _rolling, _stage, _scap.
+# _w, _wpos, _wcap, _whard, _base, _next, _idx, _tix, _idx_stride, _max_ts, _written, _rolling, _stage, _scap.
 # Releases the GIL: large runs are copied and pwritten without it (write_locked holds _wlock, so no
 # other writer and no close() touches the active segment meanwhile); a roll makes os calls.
 
@@ -73,14 +73,15 @@ cdef set_active(LogCore self, Segment s, size_t pos):
     self._active = s
     self._w = s.data
     self._wcap = s.cap
+    self._whard = s.cap
     self._wpos = pos
     self._base = s.base
-    prealloc_activate(self, s, pos)     # prealloc.pxi: sets _wcap (the index may be dropped)
+    prealloc_activate(self, s, pos)     # prealloc.pxi: sets _wcap/_whard (may drop the index)
     self._idx = s.idx
     self._idx_stride = s.idx_stride
     self._tix = s.tix
     if self._tt != NULL:
-        tl_toucher_target(self._tt, self._w, self._wcap)
+        tl_toucher_target(self._tt, self._w, self._whard)
     if s not in self._unsynced:
         self._unsynced.append(s)
 
@@ -171,7 +172,7 @@ cdef int roll_to(LogCore self, size_t need) except -1:
                          f"{self._seg_bytes} (open the log with a larger segment_bytes)")
     cdef Segment old = self._active
     if self._wpos == SEGMENT_HEADER_SIZE:
-        if self._wcap < <size_t>self._seg_bytes:
+        if self._whard < <size_t>self._seg_bytes:
             # an empty active segment made with a smaller segment_bytes (an earlier open):
             # replace it by one of today's size (nothing in it to lose; readers notice the
             # new file by its inode)
@@ -184,7 +185,7 @@ cdef int roll_to(LogCore self, size_t need) except -1:
             self._max_ts = -(1 << 62)
             return 0
         raise ValueError(f"{need} bytes of frames do not fit in the current segment of "
-                         f"{self._wcap} bytes")
+                         f"{self._whard} bytes")
     seg = create_segment(self, self._next, self._seg_bytes)
     old.next_base = seg.base
     if old.newest_ts != TS_UNKNOWN:

@@ -24,7 +24,7 @@ cdef start_pretoucher(LogCore self):
     thread (not Linux, no memory): the writer takes its own faults, as before."""
     self._tt = tl_toucher_start(&self._wpos, PRETOUCH_WINDOW, PRETOUCH_CHUNK, PRETOUCH_MIN_RATE)
     if self._tt != NULL and self._active is not None:
-        tl_toucher_target(self._tt, self._w, self._wcap)
+        tl_toucher_target(self._tt, self._w, self._whard)
 
 
 cdef stop_pretoucher(LogCore self):

@@ -75,7 +75,9 @@ cdef class LogCore:
     cdef Segment _active
     cdef char* _w
     cdef size_t _wpos
-    cdef size_t _wcap
+    cdef size_t _wcap       # where an append next asks prealloc.pxi for room: a mark ahead of
+                            # the allocated end (allocation stays ahead of the pretoucher)
+    cdef size_t _whard      # how far the writer may store (allocated, less a slack page)
     cdef int64_t _base
     cdef int64_t _next
     cdef int64_t _durable
@@ -591,6 +593,7 @@ cdef class LogCore:
         self._active = None
         self._w = NULL
         self._wcap = 0
+        self._whard = 0
         self._wpos = 0
         self._idx = NULL
         self._tix = NULL
