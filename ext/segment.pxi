@@ -151,7 +151,7 @@ cdef class Segment:
                 return self.locate(offset, L, rc)
         return p
 
-    cdef inline int check(self, size_t pos, int64_t offset, uint32_t* length) except -2:
+    cdef inline int check(self, size_t pos, int64_t offset, uint32_t* length) except -128:
         """frame_at() of the frame at pos, which must begin with record `offset`, for callers
         that need only its length."""
         cdef FrameLayout L
@@ -162,12 +162,13 @@ cdef class Segment:
             length[0] = L.length
         return rc
 
-    cdef int frame_at(self, size_t pos, int64_t holding, FrameLayout* L) except -2:
+    cdef int frame_at(self, size_t pos, int64_t holding, FrameLayout* L) except -128:
         """The frame at pos is valid (FORMAT.md rules 1-5) and holds record `holding` (< 0:
         any): FRAME_OK with *L its layout, else the problem. Looks again at the file's size
         when the frame seems to run past what was allocated when this segment was mapped.
         Large multi-form frames (> MEMO_MIN_BYTES) are verified once per mapping (memo_has /
-        memo_add); others at every call. Lets no other thread run."""
+        memo_add); others at every call. Lets no other thread run. (Its error value is -128:
+        the check codes are small negative numbers, and -2 is FRAME_BAD_KEY.)"""
         cdef int rc = self.frame_once(pos, L)
         if rc != FRAME_OK and rc != FRAME_BAD_CRC and self.grew():
             rc = self.frame_once(pos, L)
