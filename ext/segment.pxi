@@ -179,12 +179,15 @@ cdef class Segment:
 
     cdef inline int frame_once(self, size_t pos, FrameLayout* L) noexcept:
         cdef int rc
-        cdef uint32_t crc
+        cdef uint32_t crc, length
         if self.data == NULL or pos + FRAME_HEADER_SIZE > self.cap:
             return FRAME_END
+        length = tl_load_u32_acquire(self.data + pos)
+        if length <= MEMO_MIN_BYTES or not (rd_u16(self.data + pos + 28) & ATTR_MULTI):
+            return frame_verify(self.data + pos, self.cap - pos, L)     # small: every time
         rc = frame_layout(self.data + pos, self.cap - pos, L)
-        if rc != FRAME_OK or L.length <= MEMO_MIN_BYTES or not (L.attrs & ATTR_MULTI):
-            return frame_verify(self.data + pos, self.cap - pos, L) if rc == FRAME_OK else rc
+        if rc != FRAME_OK:
+            return rc
         crc = rd_u32(self.data + pos + 4)
         if self.memo_has(pos, crc):
             return FRAME_OK
