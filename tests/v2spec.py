@@ -23,8 +23,9 @@ API (everything little-endian, positions in bytes):
     Frame(recs, form="multi", **multi_kwargs)   a frame to be placed by segment()/write_log()
                                              (its base and position are known only then);
                                              form="single" needs one record
-    segment(base, frames, capacity) -> Seg   a segment file: header + frames (Frame or raw
-                                             bytes, placed 8-aligned); Seg.data (bytes of
+    segment(base, frames, capacity) -> Seg   a segment file: header + frames (Frame, raw
+                                             bytes, or (raw bytes, record count) for a frame
+                                             whose count word is forged; placed 8-aligned); Seg.data (bytes of
                                              `capacity`), Seg.frames [(pos, base, count)],
                                              Seg.records [Rec], Seg.end (next offset)
     index_files(seg) -> (idx bytes, tix bytes)   .idx (stride 4: position of the frame holding
@@ -276,11 +277,15 @@ def segment(base, frames, capacity=1 << 16, version=FORMAT_VERSION):
         if isinstance(fr, Frame):
             b = fr.build(off, at)
             recs = fr.recs
+        elif isinstance(fr, tuple):
+            b, count = bytes(fr[0]), fr[1]
+            recs = None
         else:
             b = bytes(fr)
             recs = None
-        attrs = struct.unpack_from("<H", b, 28)[0]
-        count = struct.unpack_from("<I", b, 24)[0] if attrs & ATTR_MULTI else 1
+        if not isinstance(fr, tuple):
+            attrs = struct.unpack_from("<H", b, 28)[0]
+            count = struct.unpack_from("<I", b, 24)[0] if attrs & ATTR_MULTI else 1
         placed.append((at, off, count))
         if recs is None:
             recs = [None] * count
