@@ -108,7 +108,8 @@ cdef enum:
 
 
 cdef inline size_t idx_slots_for(size_t cap, size_t stride) noexcept:
-    return (cap - SEGMENT_HEADER_SIZE) // FRAME_HEADER_SIZE // stride + 1
+    # a segment holds at most R = (capacity - 64) / 8 records (FORMAT.md rule 8)
+    return (cap - SEGMENT_HEADER_SIZE) // MIN_RECORD_BYTES // stride + 1
 
 
 cdef class Segment:

@@ -119,14 +119,15 @@ def test_index_files(log_path):
     assert struct.unpack_from("<IIq", idx, 8) == (2, 4, 0)           # version, stride, base
     assert struct.unpack_from("<IIq", tix, 8) == (2, 64, 0)
     assert struct.unpack_from("<I", idx, 60)[0] == oracle.crc32c(idx[:60])
-    max_records = ((1 << 16) - 64) // 32
-    assert len(idx) == 64 + 4 * (max_records // 4 + 1)
-    assert len(tix) == 64 + 8 * (max_records // 64 + 1)
-    for j in range(max_records // 4 + 1):
+    max_records = ((1 << 16) - 64) // 8            # R: a record may take 8 bytes (rule 8)
+    # allocated in whole pages as the records need them, never past the entries of R records
+    assert 64 + 4 * (300 // 4 + 1) <= len(idx) <= 64 + 4 * (max_records // 4 + 1)
+    assert 64 + 8 * (300 // 64 + 1) <= len(tix) <= 64 + 8 * (max_records // 64 + 1)
+    for j in range((len(idx) - 64) // 4):
         pos = struct.unpack_from("<I", idx, 64 + 4 * j)[0]
         assert pos == (64 + 4 * j * 136 if 4 * j < 300 else 0)
     ts = [1000 + (i % 7) * (-1) ** i for i in range(300)]
-    for j in range(max_records // 64 + 1):
+    for j in range((len(tix) - 64) // 8):
         got = struct.unpack_from("<q", tix, 64 + 8 * j)[0]
         assert got == (max(ts[:64 * j + 1]) if 64 * j < 300 else 0)
 
@@ -138,7 +139,7 @@ def test_index_files_of_stride_16_still_serve(log_path):
         for i in range(300):
             log.append(b"v" * 100)
     base = os.path.join(log_path, SEG[:-4])
-    max_records = ((1 << 16) - 64) // 32
+    max_records = ((1 << 16) - 64) // 8
     hdr = bytearray(64)
     hdr[0:8] = b"TDLGIDX\0"
     struct.pack_into("<IIq", hdr, 8, 2, 16, 0)
@@ -161,3 +162,121 @@ def test_index_files_of_stride_16_still_serve(log_path):
     with tidelog.open(log_path, readonly=True) as r:
         assert r._index_problems() == []
         assert [r.read(o).offset for o in range(0, 400, 7)] == list(range(0, 400, 7))
+
+
+# --- multi-form frames (FORMAT.md §2): the writer's bytes against tests/v2spec.py -------------
+
+import numpy as np                                          # noqa: E402
+
+import v2spec                                               # noqa: E402
+from v2spec import Frame, Rec                               # noqa: E402
+
+
+def seg_frames(data):
+    """[(pos, base, count, attrs, frame bytes)] of a segment's data, following lengths."""
+    out = []
+    pos = 64
+    while pos + 32 <= len(data):
+        length = struct.unpack_from("<I", data, pos)[0]
+        if length == 0:
+            break
+        L = v2spec.layout(data[pos:pos + length])
+        out.append((pos, L["base"], L["n"], L["attrs"], data[pos:pos + length]))
+        pos += (length + 7) // 8 * 8
+    return out
+
+
+def multi_log(path, **kw):
+    log = tidelog.open(path, durability="none", **kw)
+    log._multi_form = True
+    return log
+
+
+def test_golden_multi_form_frames(log_path):
+    """Per-record timestamps (C1), value offsets (C2), None vs b"" keys (C3, C4), a numpy batch
+    (UNIFORM | TS_SHARED, values 64-aligned in the file), and single frames around them."""
+    with multi_log(log_path, segment_bytes=8192) as log:
+        log.append(b"hello", key=b"k1", timestamp=1_700_000_000_000_000_000)
+        log.append_batch([b"abc", b"de", b"f"], keys=[None, b"", b"kk"], timestamps=[7, 9, 8])
+        log.append_batch(np.arange(6, dtype=np.int64), timestamps=[5] * 6)
+        log.append_batch([b"x"], timestamps=[3])                   # one record: single form
+        log.append_batch([b"12", b"34"], keys=[b"a", b"b"], timestamps=[4, 4])
+    with open(os.path.join(log_path, SEG), "rb") as f:
+        data = f.read()
+    spec = v2spec.segment(0, [
+        Frame([Rec(b"hello", b"k1", 1_700_000_000_000_000_000)], form="single"),
+        Frame([Rec(b"abc", None, 7), Rec(b"de", b"", 9), Rec(b"f", b"kk", 8)]),
+        Frame([Rec(np.int64(i).tobytes(), None, 5) for i in range(6)]),
+        Frame([Rec(b"x", None, 3)], form="single"),
+        Frame([Rec(b"12", b"a", 4), Rec(b"34", b"b", 4)]),
+    ], capacity=8192)
+    assert data[64:] == spec.data[64:]
+    fr = seg_frames(data)
+    assert [(b, n, a) for _, b, n, a, _ in fr] == [
+        (0, 1, 0x70), (1, 3, 0xC8), (4, 6, 0x38), (10, 1, 0x30), (11, 2, 0x78)]
+    for pos, _, n, attrs, f in fr:
+        if attrs & v2spec.ATTR_MULTI:
+            assert (pos + v2spec.layout(f)["c_values"]) % 64 == 0       # vpad: 64-aligned
+    # and the index: every .idx slot names the frame holding its record; .tix running max
+    idx, tix = v2spec.index_files(spec)
+    with open(os.path.join(log_path, SEG[:-4] + ".idx"), "rb") as f:
+        got = f.read()
+    assert got[:len(idx)] == idx and not any(got[len(idx):])
+    with open(os.path.join(log_path, SEG[:-4] + ".tix"), "rb") as f:
+        got = f.read()
+    assert got[:len(tix)] == tix and not any(got[len(tix):])
+
+
+def test_a_batch_of_one_is_a_single_append(tmp_path):
+    """append_batch([v]) writes exactly the bytes of append(v) (single form, no MORE)."""
+    datas = []
+    for how in ("append", "batch"):
+        p = str(tmp_path / how)
+        with multi_log(p, segment_bytes=8192) as log:
+            if how == "append":
+                log.append(b"value", key=b"key", timestamp=11)
+            else:
+                log.append_batch([b"value"], keys=[b"key"], timestamps=[11])
+        with open(os.path.join(p, SEG), "rb") as f:
+            datas.append(f.read()[64:])
+    assert datas[0] == datas[1]
+
+
+@pytest.mark.parametrize("limit", [200, 1000, 4096])
+@pytest.mark.parametrize("source", ["list", "numpy", "keys"])
+def test_groups_of_frames_by_frame_limit(log_path, limit, source):
+    """A batch above _frame_limit becomes a group: frames of at most that many bytes, every one
+    but the last with MORE, each exactly the spec's frame of its records."""
+    n = 600
+    if source == "numpy":
+        vals = np.arange(n * 3, dtype=np.int32).reshape(n, 3)
+        recs = [Rec(vals[i].tobytes(), None, 77) for i in range(n)]
+        kw = dict(timestamps=[77] * n)
+    else:
+        vals = [bytes([i % 251]) * (i % 37) for i in range(n)]
+        keys = [None if i % 3 == 0 else b"k%d" % i for i in range(n)] if source == "keys" else None
+        recs = [Rec(v, None if keys is None else keys[i], 1000 + i % 5) for i, v in enumerate(vals)]
+        kw = dict(timestamps=[r.ts for r in recs], keys=keys)
+    with multi_log(log_path, segment_bytes=1 << 16) as log:
+        log._frame_limit = limit
+        assert log.append_batch(vals, **kw) == 0
+        log.append(b"after", timestamp=1)
+    with open(os.path.join(log_path, SEG), "rb") as f:
+        data = f.read()
+    fr = seg_frames(data)
+    assert len(fr) > 2
+    off = 0
+    for k, (pos, base, cnt, attrs, f) in enumerate(fr[:-1]):
+        assert base == off
+        assert bool(attrs & v2spec.ATTR_MORE) == (k < len(fr) - 2)
+        assert len(f) <= limit or cnt == 1
+        more = k < len(fr) - 2
+        if attrs & v2spec.ATTR_MULTI:
+            want = v2spec.multi(base, recs[base:base + cnt], at=pos, more=more,
+                                uniform=bool(attrs & v2spec.ATTR_UNIFORM),
+                                ts_shared=bool(attrs & v2spec.ATTR_TS_SHARED))
+        else:
+            want = v2spec.single(base, recs[base], more=more)
+        assert f == want
+        off += cnt
+    assert off == n and fr[-1][1:4] == (n, 1, 0x30)
