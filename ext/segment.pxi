@@ -119,7 +119,8 @@ cdef enum:
 cdef inline int single_verify(const char* f, size_t room, uint32_t length,
                               FrameLayout* L) noexcept nogil:
     """frame_verify's answer for the frame a single append writes (single form, no headers,
-    vpad 0: bytes 28..31 are exactly TS_SHARED|UNIFORM, | KEYS with a key), with less work
+    vpad 0: bytes 28..31 are exactly TS_SHARED|UNIFORM, | KEYS with a key, | MORE in a group of
+    single-form frames), with less work
     (the per-record scan of single appends runs this per record); SINGLE_OTHER for any other
     frame, which frame_verify then checks. Same rules (1, 2, 3, 4; rule 5 has nothing to check
     in this form), same results."""
@@ -128,7 +129,7 @@ cdef inline int single_verify(const char* f, size_t room, uint32_t length,
     cdef size_t ka
     if length < FRAME_HEADER_SIZE or <size_t>length > room:
         return SINGLE_OTHER
-    w = rd_u32(f + 28)
+    w = rd_u32(f + 28) & ~(<uint32_t>ATTR_MORE)      # (a group's frames: the same checks)
     klen = rd_i32(f + 24)
     if klen == -1 and w == <uint32_t>(ATTR_TS_SHARED | ATTR_UNIFORM):
         ka = 0
@@ -143,7 +144,7 @@ cdef inline int single_verify(const char* f, size_t room, uint32_t length,
     memset(L, 0, sizeof(FrameLayout))
     L.length = length
     L.count = 1
-    L.attrs = <uint16_t>w
+    L.attrs = rd_u16(f + 28)
     L.base = rd_i64(f + 8)
     L.ts = rd_i64(f + 16)
     L.klen1 = klen
