@@ -40,7 +40,10 @@ def mark_unclean(path):
 
 
 def make(path, n=1000):
+    # one single-form frame per record (a group chained by MORE), so that damage hits exactly
+    # one record; multi-form frames: the tests at the end of this file
     with tidelog.open(path, segment_bytes=1 << 20, durability="none") as log:
+        log._multi_form = False
         log.append_batch([b"value-%06d" % i for i in range(n)])
 
 
@@ -125,6 +128,7 @@ def test_unclean_reopen_cuts_torn_tail(log_path):
 
 def test_unclean_reopen_drops_incomplete_batch(log_path):
     with tidelog.open(log_path, segment_bytes=1 << 20, durability="none") as log:
+        log._multi_form = False                         # a group of 10 single-form frames
         log.append(b"single")
         log.append_batch([b"b%d" % i for i in range(10)])
     pos = frame_pos(log_path, 6)
@@ -149,6 +153,7 @@ def test_control_file_behind_is_corrected_by_scan(log_path):
 
 def make_segments(path):
     with tidelog.open(path, segment_bytes=4096, durability="none") as log:
+        log._multi_form = False                         # single-form frames (see make())
         log.append_batch([b"r%04d" % i + b"." * 90 for i in range(300)], atomic=False)
         return [b for b, _ in log.segments()]
 
