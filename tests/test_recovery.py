@@ -512,3 +512,25 @@ def test_salvage_yields_every_record_of_each_valid_frame(log_path):
         got = [(x.offset, x.key, x.timestamp, bytes(x.value)) for x in r._salvage()]
     want = [(i, keys[i], i, vals[i]) for i in range(300) if i not in lost]
     assert got == want and len(lost) > 1
+
+
+@pytest.mark.parametrize("kind", ["key-length", "length"])
+def test_readers_report_every_check_code_as_damage(log_path, kind):
+    """Every check result is CorruptLogError for readers, never a crash or a silent end: the
+    codes of a bad key length and a bad length once equalled the values that Cython functions
+    declared `except -2` / `except -1` use to say "an exception is set" (a read crashed, a
+    cursor stopped early as if at the end)."""
+    bad = bytearray(v2spec.single(1, Rec(b"abcdefgh", None, 1)))
+    if kind == "key-length":
+        struct.pack_into("<i", bad, 24, 0x7CFFFFFF)     # KEYS clear, key length set: rule 2
+    else:
+        struct.pack_into("<I", bad, 0, 20)              # below a header: rule 1
+    v2spec.write_log(log_path, [[Frame([Rec(b"good", None, 1)], form="single"),
+                                 v2spec.fix_crc(bytes(bad)) if kind != "length" else bytes(bad),
+                                 Frame([Rec(b"next", None, 1)], form="single")]])
+    with tidelog.open(log_path, readonly=True) as r:
+        assert bytes(r.read(0).value) == b"good"
+        with pytest.raises(tidelog.CorruptLogError):
+            r.read(1)
+        with pytest.raises(tidelog.CorruptLogError):
+            list(r.cursor())
