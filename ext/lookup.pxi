@@ -36,7 +36,7 @@ cdef inline int64_t rec_ts(const char* f, const FrameLayout* L, int64_t i) noexc
     return rd_i64(f + L.c_ts + 8 * i) if L.c_ts else L.ts
 
 
-cdef inline int next_frame(Segment seg, size_t* pos, int64_t off, FrameLayout* L) except -2:
+cdef inline int next_frame(Segment seg, size_t* pos, int64_t off, FrameLayout* L) except -128:
     """Step from the verified frame at *pos (layout L) to the next one, which must begin
     with offset `off`: its check result (L then describes it)."""
     cdef int rc
@@ -135,7 +135,7 @@ cdef bint tix_in_order(Segment seg, int64_t jmax) noexcept:
 
 
 cdef int scan_window(Segment seg, int64_t a, int64_t b, int64_t ts, bint stop,
-                     int64_t* newest, int64_t* found) except -2:
+                     int64_t* newest, int64_t* found) except -128:
     """Read records [a, b) of seg from verified frames: raise *newest to their newest
     timestamp and set *found (when < 0) to the first whose timestamp >= ts; with stop, return
     as soon as one is found. A frame wholly inside the window that cannot hold the answer

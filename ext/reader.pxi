@@ -332,13 +332,20 @@ cdef class RecordBatch:
         return self._nbytes
 
     cdef object view(self, Py_ssize_t i):
-        cdef int64_t ts
-        cdef const char* k
-        cdef const char* v
-        cdef int32_t kl
-        cdef size_t vl
-        self.rec_at(i, &ts, &k, &kl, &v, &vl)
-        return tl_subview(self._mv, <char*>v, vl)
+        cdef _Part p = self.part_of(i)
+        cdef Py_ssize_t j = i - p.start
+        cdef const char* f
+        cdef uint32_t r, a
+        if not p.frame:
+            return tl_subview(self._mv, self._addr + p.vpos[j], p.vlen[j])
+        f = self._addr + p.pos
+        r = <uint32_t>(p.a + j)
+        if p.L.attrs & ATTR_UNIFORM:
+            return tl_subview(self._mv, <char*>f + p.L.c_values + <size_t>r * p.L.usize,
+                              p.L.usize)
+        a = rd_u32(f + p.L.c_voff + 4 * <size_t>r)
+        return tl_subview(self._mv, <char*>f + p.L.c_values + a,
+                          rd_u32(f + p.L.c_voff + 4 * <size_t>r + 4) - a)
 
     def frames(self):
         """The batch split where its records change frames: a list of RecordBatch, one per

@@ -152,7 +152,7 @@ cdef class Segment:
                 return self.locate(offset, L, rc)
         return p
 
-    cdef inline int check(self, size_t pos, int64_t offset, uint32_t* length) except -2:
+    cdef inline int check(self, size_t pos, int64_t offset, uint32_t* length) except -128:
         """frame_at() of the frame at pos, which must begin with record `offset`, for callers
         that need only its length."""
         cdef FrameLayout L
@@ -163,12 +163,13 @@ cdef class Segment:
             length[0] = L.length
         return rc
 
-    cdef int frame_at(self, size_t pos, int64_t holding, FrameLayout* L) except -2:
+    cdef int frame_at(self, size_t pos, int64_t holding, FrameLayout* L) except -128:
         """The frame at pos is valid (FORMAT.md rules 1-5) and holds record `holding` (< 0:
         any): FRAME_OK with *L its layout, else the problem. Looks again at the file's size
         when the frame seems to run past what was allocated when this segment was mapped.
         Large multi-form frames (> MEMO_MIN_BYTES) are verified once per mapping (memo_has /
-        memo_add); others at every call. Lets no other thread run."""
+        memo_add); others at every call. Lets no other thread run. (Its error value is -128:
+        the check codes are small negative numbers, and -2 is FRAME_BAD_KEY.)"""
         cdef int rc = self.frame_once(pos, L)
         if rc != FRAME_OK and rc != FRAME_BAD_CRC and self.grew():
             rc = self.frame_once(pos, L)
@@ -179,12 +180,15 @@ cdef class Segment:
 
     cdef inline int frame_once(self, size_t pos, FrameLayout* L) noexcept:
         cdef int rc
-        cdef uint32_t crc
+        cdef uint32_t crc, length
         if self.data == NULL or pos + FRAME_HEADER_SIZE > self.cap:
             return FRAME_END
+        length = tl_load_u32_acquire(self.data + pos)
+        if length <= MEMO_MIN_BYTES or not (rd_u16(self.data + pos + 28) & ATTR_MULTI):
+            return frame_verify(self.data + pos, self.cap - pos, L)     # small: every time
         rc = frame_layout(self.data + pos, self.cap - pos, L)
-        if rc != FRAME_OK or L.length <= MEMO_MIN_BYTES or not (L.attrs & ATTR_MULTI):
-            return frame_verify(self.data + pos, self.cap - pos, L) if rc == FRAME_OK else rc
+        if rc != FRAME_OK:
+            return rc
         crc = rd_u32(self.data + pos + 4)
         if self.memo_has(pos, crc):
             return FRAME_OK
