@@ -99,7 +99,6 @@ def test_value_views_are_ordinary_memoryviews(log):
 
 def test_values_array_is_a_strided_view(log):
     a = np.arange(1000, dtype=np.float64)
-    log._multi_form = False         # (v2core) single-form frames: the strided run path
     log.append_batch(a)
     b = log.cursor().read_batch()
     arr = b.values_array(np.float64)
