@@ -487,16 +487,17 @@ cdef inline size_t single_bytes(Item* it) noexcept nogil:
 
 
 cdef Py_ssize_t plan_spans(Item* items, Py_ssize_t n, uint16_t attrs, size_t limit,
-                           Span* out) noexcept nogil:
-    """Cut items[0..n) into frames of at most `limit` bytes (a frame takes at least one record;
-    one record alone is a single-form frame, whatever its size). Returns the number of frames."""
+                           Py_ssize_t kmax, Span* out) noexcept nogil:
+    """Cut items[0..n) into frames of at most `limit` bytes and kmax records (a frame takes at
+    least one record; one record alone is a single-form frame, whatever its size). Returns the
+    number of frames."""
     cdef Py_ssize_t i = 0, j, ns = 0
     cdef size_t vb, kb, ub
     while i < n:
         j = i + 1
         vb = items[i].vlen
         kb = <size_t>items[i].klen if items[i].klen > 0 else 0
-        while j < n:
+        while j < n and j - i < kmax:
             ub = align8(multi_prefix(attrs, <size_t>(j + 1 - i),
                                      kb + (<size_t>items[j].klen if items[j].klen > 0 else 0))
                         + VPAD_MAX + vb + items[j].vlen)
@@ -636,8 +637,8 @@ cdef int write_locked(LogCore self, Item* items, Py_ssize_t n, bint atomic,
     each a group published whole (atomic: one group, in one segment; else one group per
     segment the batch reaches)."""
     cdef Span* spans = <Span*>malloc(n * sizeof(Span))
-    cdef Py_ssize_t ns, a, b
-    cdef size_t total, room
+    cdef Py_ssize_t ns, a, b, i
+    cdef size_t total, room, caproom
     cdef int64_t left
     cdef uint16_t attrs
     cdef size_t limit = <size_t>min(max(self._frame_limit, 64), 1 << 30) if self._multi_form else 0
@@ -645,7 +646,7 @@ cdef int write_locked(LogCore self, Item* items, Py_ssize_t n, bint atomic,
         raise MemoryError()
     try:
         attrs = batch_attrs(items, n)
-        ns = plan_spans(items, n, attrs, limit, spans)
+        ns = plan_spans(items, n, attrs, limit, n, spans)
         if atomic:
             total = 0
             for a in range(ns):
@@ -668,7 +669,25 @@ cdef int write_locked(LogCore self, Item* items, Py_ssize_t n, bint atomic,
                 left -= spans[b].k
                 b += 1
             if b == a:
-                roll(self, spans[a].ub, spans[a].k > left)
+                caproom = (self._active.ncap & ~(<size_t>7)) - self._wpos
+                if spans[a].ub <= caproom and spans[a].k <= left:
+                    roll(self, spans[a].ub)         # (prealloc.pxi: allocated a step further)
+                    continue
+                if (spans[a].k > 1 and left > 0 and
+                        single_bytes(items + spans[a].i) <= caproom):
+                    # the frame does not fit in what the segment has left: a smaller one
+                    # fills it first, the rest is planned again (at most n - i frames from a)
+                    i = spans[a].i
+                    plan_spans(items + i, n - i, attrs, min(caproom, limit), left, spans + a)
+                    spans[a].i += i
+                    ns = a + 1 + plan_spans(items + spans[a].i + spans[a].k,
+                                            n - spans[a].i - spans[a].k, attrs, limit, n,
+                                            spans + a + 1)
+                    for b in range(a + 1, ns):
+                        spans[b].i += spans[a].i + spans[a].k
+                    continue
+                # not even its first record fits what the segment has left: a new segment
+                roll(self, single_bytes(items + spans[a].i), True)
                 continue
             write_spans(self, items, spans + a, b - a, attrs, contig)
             a = b
@@ -693,8 +712,13 @@ cdef int write_spans(LogCore self, Item* items, Span* spans, Py_ssize_t ns, uint
         ub += spans[b].ub
         big = max(big, spans[b].ub)
         nrec += spans[b].k
-    err = index_cover_err(self._active, self._next - self._base + nrec)    # prealloc.pxi
-    if err:         # entries for every record first (a multi frame's records can be 8 bytes)
+    # entries for every record first (a multi frame's records can take 8 bytes or fewer), and
+    # for the single appends the allocated rest can hold after them (prealloc.pxi's promise to
+    # append1: its records take >= 32 bytes each; an index store past the file would SIGBUS)
+    err = index_cover_err(self._active, self._next - self._base + nrec +
+                          <int64_t>((self._whard - min(self._whard, self._wpos + ub))
+                                    // FRAME_HEADER_SIZE))
+    if err:
         raise_oserror(err, self._active.path[:len(self._active.path) - 4] + ".idx")
     if ub < <size_t>self._pwrite_min or fd < 0:
         if ub >= NOGIL_COPY_BYTES:

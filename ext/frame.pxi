@@ -46,13 +46,15 @@ cdef enum:
 cdef enum:
     FRAME_OK = 0
     FRAME_END = 1          # length 0: no frame here
-    FRAME_BAD_LENGTH = -1
-    FRAME_BAD_KEY = -2
-    FRAME_BAD_CRC = -3
-    FRAME_BAD_OFFSET = -4
-    FRAME_BAD_ATTR = -5    # rule 2: reserved attribute bits, a codec, a bad form or vpad
-    FRAME_BAD_LAYOUT = -6  # rules 3 and 5: columns out of the frame or not consistent
-    FRAME_BAD_GROUP = -7   # rule 7: a frame with MORE not followed by a valid frame
+    # (never -1 or -2: functions declared `except -1` / `except -2` return these codes, and
+    # Cython takes those two values for "an exception is set" - a missing one crashed a read)
+    FRAME_BAD_LENGTH = -11
+    FRAME_BAD_KEY = -12
+    FRAME_BAD_CRC = -13
+    FRAME_BAD_OFFSET = -14
+    FRAME_BAD_ATTR = -15   # rule 2: reserved attribute bits, a codec, a bad form or vpad
+    FRAME_BAD_LAYOUT = -16 # rules 3 and 5: columns out of the frame or not consistent
+    FRAME_BAD_GROUP = -17  # rule 7: a frame with MORE not followed by a valid frame
 
 # frame attributes (header bytes 28..29; FORMAT.md §2)
 cdef enum:

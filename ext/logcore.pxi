@@ -118,8 +118,8 @@ cdef class LogCore:
     cdef size_t _scap
     cdef public Py_ssize_t _pwrite_min   # runs of at least this many bytes go through pwrite
     cdef public Py_ssize_t _frame_limit  # multi-form frames hold at most this many bytes (F)
-    cdef public bint _multi_form  # batches make multi-form frames (else single-form frames
-                                  # chained by MORE: until every reader reads multi-form ones)
+    cdef public bint _multi_form  # batches make multi-form frames (False, tests only: one
+                                  # single-form frame per record, chained by MORE)
     cdef int64_t _rmax          # records the active segment may hold: (capacity - 64) / 8
 
     def __cinit__(self):
@@ -129,6 +129,7 @@ cdef class LogCore:
         self._retain_ns = -1
         self._pwrite_min = PWRITE_MIN_BYTES
         self._frame_limit = FRAME_LIMIT
+        self._multi_form = True
         self._max_unsynced = -1
         self._kick_at = INT64_MAX
         self._lock_fd = -1

@@ -526,8 +526,5 @@ def salvage(LogCore self):
 
 
 cdef object salvage_record(Segment seg, size_t pos, FrameLayout* L, uint32_t i):
-    """Record i of the verified frame at pos, as salvage hands it out (None: not readable by
-    this build's readers yet)."""
-    if L.attrs & ATTR_MULTI:
-        return None
-    return make_record(seg, pos, L.length)
+    """Record i of the verified frame at pos, as salvage hands it out."""
+    return make_record_at(seg, pos, L, i)

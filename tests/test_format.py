@@ -2,11 +2,14 @@
 import os
 import struct
 
+import numpy as np
 import pytest
 
 import crc32c as oracle
 
 import tidelog
+import v2spec
+from v2spec import Frame, Rec
 
 SEG = "00000000000000000000.seg"
 
@@ -43,12 +46,17 @@ def test_golden_segment_bytes(log_path):
         "2d000000" "4964e2db" "0000000000000000" "00002a36fe9c9717" "02000000" "7000" "0000"
         "6b31000000000000" "68656c6c6f000000"
         "20000000" "242c8a4f" "0100000000000000" "2a00000000000000" "ffffffff" "3000" "0000"
-        "28000000" "24bc816d" "0200000000000000" "0700000000000000" "ffffffff" "3002" "0000"
-        "6162636465666768"
-        "21000000" "5672a8f4" "0300000000000000" "0800000000000000" "00000000" "7000" "0000"
-        "7800000000000000")
+        # the batch: one multi-form frame at 144, attributes MULTI|KEYS|KEY_NULLS, vpad 24
+        "79000000" "e2758416" "0200000000000000" "0800000000000000" "02000000" "c800" "1800"
+        "0700000000000000" "0800000000000000"                   # C1 timestamps
+        "00000000" "08000000" "09000000" "00000000"             # C2 value offsets, pad
+        "0200000000000000"                                      # C3: record 1 has a key
+        "00000000" "00000000" "00000000" "00000000"             # C4 key offsets (b"": empty)
+        + "00" * 24 +                                           # vpad: values 64-aligned
+        "6162636465666768" "7800000000000000")                  # C11 values, pad
     expect = (frame(0, 1_700_000_000_000_000_000, b"k1", b"hello") + frame(1, 42, None, b"")
-              + frame(2, 7, None, b"abcdefgh", more=True) + frame(3, 8, b"", b"x"))
+              + v2spec.multi(2, [Rec(b"abcdefgh", None, 7), Rec(b"x", b"", 8)], at=144)
+              + b"\0" * 7)
     assert expect == golden, expect.hex()         # the spec as written builds these bytes
     assert data[64:64 + len(golden)] == golden     # and the engine writes exactly them
     assert data[64 + len(golden):] == bytes(8192 - 64 - len(golden))
@@ -103,7 +111,7 @@ def test_control_file_layout(log_path):
     assert len(ctl) == 4096 and ctl[:8] == b"TDLGCTL\0"
     version, flags, start, end, durable, abase, apos, segb = struct.unpack_from("<IIqqqqqq", ctl, 8)
     assert (version, flags & 1, start, end, durable, abase) == (2, 1, 0, 3, 3, 0)
-    assert apos == 64 + 3 * 40 and segb == 8192
+    assert apos == 64 + 72 and segb == 8192     # one multi-form frame: 32 + vpad 32 + 3, padded
 
 
 def test_index_files(log_path):
@@ -166,10 +174,6 @@ def test_index_files_of_stride_16_still_serve(log_path):
 
 # --- multi-form frames (FORMAT.md §2): the writer's bytes against tests/v2spec.py -------------
 
-import numpy as np                                          # noqa: E402
-
-import v2spec                                               # noqa: E402
-from v2spec import Frame, Rec                               # noqa: E402
 
 
 def seg_frames(data):

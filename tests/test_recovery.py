@@ -40,7 +40,10 @@ def mark_unclean(path):
 
 
 def make(path, n=1000):
+    # one single-form frame per record (a group chained by MORE), so that damage hits exactly
+    # one record; multi-form frames: the tests at the end of this file
     with tidelog.open(path, segment_bytes=1 << 20, durability="none") as log:
+        log._multi_form = False
         log.append_batch([b"value-%06d" % i for i in range(n)])
 
 
@@ -125,6 +128,7 @@ def test_unclean_reopen_cuts_torn_tail(log_path):
 
 def test_unclean_reopen_drops_incomplete_batch(log_path):
     with tidelog.open(log_path, segment_bytes=1 << 20, durability="none") as log:
+        log._multi_form = False                         # a group of 10 single-form frames
         log.append(b"single")
         log.append_batch([b"b%d" % i for i in range(10)])
     pos = frame_pos(log_path, 6)
@@ -149,6 +153,7 @@ def test_control_file_behind_is_corrected_by_scan(log_path):
 
 def make_segments(path):
     with tidelog.open(path, segment_bytes=4096, durability="none") as log:
+        log._multi_form = False                         # single-form frames (see make())
         log.append_batch([b"r%04d" % i + b"." * 90 for i in range(300)], atomic=False)
         return [b for b, _ in log.segments()]
 
@@ -488,3 +493,44 @@ def test_the_unforged_frame_is_kept(log_path):
     set_durable(log_path, 3)
     with tidelog.open(log_path, segment_bytes=1 << 16, durability="none") as log:
         assert log.end_offset == 8
+
+
+def test_salvage_yields_every_record_of_each_valid_frame(log_path):
+    """repair --salvage-to's reader: a damaged frame loses its records only; every record of
+    every other frame (multi-form, keys None and b"", per-record timestamps) comes out once,
+    in offset order."""
+    with tidelog.open(log_path, segment_bytes=1 << 16, durability="none") as log:
+        log._frame_limit = 400
+        vals = [b"%04d" % i * (1 + i % 5) for i in range(300)]
+        keys = [None if i % 3 == 0 else b"k" * (i % 3 - 1) for i in range(300)]
+        log.append_batch(vals, keys=keys, timestamps=list(range(300)))
+    frames = spec_frames(seg_bytes(log_path))
+    victim_pos, victim = frames[len(frames) // 2]
+    flip(log_path, SEG0, victim_pos + victim["c_values"] + 1)
+    lost = set(range(victim["base"], victim["base"] + victim["n"]))
+    with tidelog.open(log_path, readonly=True) as r:
+        got = [(x.offset, x.key, x.timestamp, bytes(x.value)) for x in r._salvage()]
+    want = [(i, keys[i], i, vals[i]) for i in range(300) if i not in lost]
+    assert got == want and len(lost) > 1
+
+
+@pytest.mark.parametrize("kind", ["key-length", "length"])
+def test_readers_report_every_check_code_as_damage(log_path, kind):
+    """Every check result is CorruptLogError for readers, never a crash or a silent end: the
+    codes of a bad key length and a bad length once equalled the values that Cython functions
+    declared `except -2` / `except -1` use to say "an exception is set" (a read crashed, a
+    cursor stopped early as if at the end)."""
+    bad = bytearray(v2spec.single(1, Rec(b"abcdefgh", None, 1)))
+    if kind == "key-length":
+        struct.pack_into("<i", bad, 24, 0x7CFFFFFF)     # KEYS clear, key length set: rule 2
+    else:
+        struct.pack_into("<I", bad, 0, 20)              # below a header: rule 1
+    v2spec.write_log(log_path, [[Frame([Rec(b"good", None, 1)], form="single"),
+                                 v2spec.fix_crc(bytes(bad)) if kind != "length" else bytes(bad),
+                                 Frame([Rec(b"next", None, 1)], form="single")]])
+    with tidelog.open(log_path, readonly=True) as r:
+        assert bytes(r.read(0).value) == b"good"
+        with pytest.raises(tidelog.CorruptLogError):
+            r.read(1)
+        with pytest.raises(tidelog.CorruptLogError):
+            list(r.cursor())
