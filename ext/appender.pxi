@@ -76,6 +76,7 @@ cdef set_active(LogCore self, Segment s, size_t pos):
     self._whard = s.cap
     self._wpos = pos
     self._base = s.base
+    self._rmax = (<int64_t>s.ncap - SEGMENT_HEADER_SIZE) // MIN_RECORD_BYTES
     prealloc_activate(self, s, pos)     # prealloc.pxi: sets _wcap/_whard (may drop the index)
     self._idx = s.idx
     self._idx_stride = s.idx_stride
@@ -142,18 +143,20 @@ cdef int locked_roll(LogCore self, size_t need) except -1:
     self._lock_writer()
     try:
         self._check_write()
-        if need > self._wcap - self._wpos:      # another thread may have rolled meanwhile
-            roll(self, need)
+        # (another thread may have rolled meanwhile)
+        if need > self._wcap - self._wpos or self._next - self._base >= self._rmax:
+            roll(self, need, self._next - self._base >= self._rmax)
     finally:
         self._unlock_writer()
     return 0
 
 
-cdef int roll(LogCore self, size_t need) except -1:
-    """Roll to a new segment so that `need` bytes of frames fit (writer lock held). The
-    native flusher has no file from here until a Python sync has synced both and the
+cdef int roll(LogCore self, size_t need, bint full=False) except -1:
+    """Roll to a new segment so that `need` bytes of frames fit (writer lock held); `full`:
+    the segment holds as many records as it may (R, FORMAT.md rule 8), a roll even if the bytes
+    fit. The native flusher has no file from here until a Python sync has synced both and the
     directory (nf_update)."""
-    if grow_active(self, need):     # prealloc.pxi: room by allocating a step further
+    if not full and grow_active(self, need):    # prealloc.pxi: room by allocating a step further
         return 0
     self._rolling = True
     try:
@@ -216,11 +219,11 @@ cdef int64_t append1(LogCore self, const char* v, size_t vlen, const char* k, in
         self._wait_idle()
     else:
         self._check_write()     # the caller's argument handling may have let close() run
-    if need > self._wcap - self._wpos:
+    if need > self._wcap - self._wpos or self._next - self._base >= self._rmax:
         locked_roll(self, need)
         self._check_write()     # a close() deferred during the roll ran as it ended
     off = self._next
-    frame_write(self._w + self._wpos, off, ts, k, klen, v, vlen, 1, True)
+    frame_write(self._w + self._wpos, off, ts, k, klen, v, vlen, 0, True)
     index_note(self, self._wpos, off, ts)
     self._wpos += need
     self._written += need
@@ -282,7 +285,7 @@ cdef object append_one(LogCore self, value, key=None, timestamp=None):
             item.k = kp
             item.klen = <int32_t>klen
             item.ts = ts
-            off = write_items(self, &item, 1, True)
+            off = write_items(self, &item, 1, True, False)
         else:
             off = append1(self, vp, <size_t>vlen, kp, <int32_t>klen, ts)
     finally:
@@ -404,7 +407,7 @@ cdef object append_many(LogCore self, values, keys=None, timestamps=None, bint a
         for i in range(n):
             if items[i].vlen > <size_t>(0xFFFFFFFF - 4096) or items[i].klen == 0x7FFFFFFF:
                 raise ValueError(f"values[{i}]: larger than a record can be")
-        first = write_items(self, items, n, atomic) if n else self._next
+        first = write_items(self, items, n, atomic, arel) if n else self._next
     finally:
         for i in range(nbufs):
             PyBuffer_Release(&bufs[i])
@@ -422,7 +425,8 @@ cdef object append_many(LogCore self, values, keys=None, timestamps=None, bint a
     return first
 
 
-cdef int64_t write_items(LogCore self, Item* items, Py_ssize_t n, bint atomic) except -1:
+cdef int64_t write_items(LogCore self, Item* items, Py_ssize_t n, bint atomic,
+                         bint contig) except -1:
     """Write the batch holding the writer lock (it may roll or copy without the GIL, which
     lets other threads run: they wait); returns the first offset."""
     cdef int64_t first
@@ -434,109 +438,364 @@ cdef int64_t write_items(LogCore self, Item* items, Py_ssize_t n, bint atomic) e
     try:
         self._check_write()             # closed (or failed) while the batch was prepared
         first = self._next
-        write_locked(self, items, n, atomic)
+        write_locked(self, items, n, atomic, contig)
     finally:
         self._unlock_writer()
     return first
 
 
-cdef int write_locked(LogCore self, Item* items, Py_ssize_t n, bint atomic) except -1:
-    cdef Py_ssize_t i, j
-    cdef size_t total = 0, need, room
+cdef struct Span:
+    Py_ssize_t i            # first item of a frame
+    Py_ssize_t k            # its records (1: a single-form frame)
+    size_t ub               # its bytes (align8(length)), at most: vpad counted as VPAD_MAX
+
+
+cdef uint16_t batch_attrs(Item* items, Py_ssize_t n) noexcept nogil:
+    """The attributes every multi-form frame of the batch gets (FORMAT.md §2): TS_SHARED when
+    every timestamp is the same, UNIFORM when every value has one size, KEYS when a record has
+    a key and KEY_NULLS when another has none."""
+    cdef Py_ssize_t i
+    cdef bint shared = True, uniform = True, anykey = False, nokey = False
     for i in range(n):
-        total += align8(FRAME_HEADER_SIZE + key_area(items[i].klen) + items[i].vlen)
-    if atomic:
-        if total > self._wcap - self._wpos:
-            roll(self, total)
-        write_run(self, items, n, total)
-        return 0
-    i = 0
+        if items[i].ts != items[0].ts:
+            shared = False
+        if items[i].vlen != items[0].vlen:
+            uniform = False
+        if items[i].klen >= 0:
+            anykey = True
+        else:
+            nokey = True
+    return (ATTR_MULTI | (ATTR_TS_SHARED if shared else 0) | (ATTR_UNIFORM if uniform else 0)
+            | (ATTR_KEYS if anykey else 0) | (ATTR_KEY_NULLS if anykey and nokey else 0))
+
+
+cdef inline size_t multi_prefix(uint16_t attrs, size_t k, size_t kbytes) noexcept nogil:
+    """Bytes of a multi-form frame of k records before its value pad: header and columns."""
+    cdef size_t p = FRAME_HEADER_SIZE
+    if not (attrs & ATTR_TS_SHARED):
+        p += 8 * k
+    if not (attrs & ATTR_UNIFORM):
+        p += align8(4 * (k + 1))
+    if attrs & ATTR_KEY_NULLS:
+        p += align8((k + 7) >> 3)
+    if attrs & ATTR_KEYS:
+        p += align8(4 * (k + 1)) + align8(kbytes)
+    return p
+
+
+cdef inline size_t single_bytes(Item* it) noexcept nogil:
+    return align8(FRAME_HEADER_SIZE + key_area(it.klen) + it.vlen)
+
+
+cdef Py_ssize_t plan_spans(Item* items, Py_ssize_t n, uint16_t attrs, size_t limit,
+                           Py_ssize_t kmax, Span* out) noexcept nogil:
+    """Cut items[0..n) into frames of at most `limit` bytes and kmax records (a frame takes at
+    least one record; one record alone is a single-form frame, whatever its size). Returns the
+    number of frames."""
+    cdef Py_ssize_t i = 0, j, ns = 0
+    cdef size_t vb, kb, ub
     while i < n:
-        room = self._wcap - self._wpos
-        total = 0
-        j = i
-        while j < n:
-            need = align8(FRAME_HEADER_SIZE + key_area(items[j].klen) + items[j].vlen)
-            if total + need > room:
+        j = i + 1
+        vb = items[i].vlen
+        kb = <size_t>items[i].klen if items[i].klen > 0 else 0
+        while j < n and j - i < kmax:
+            ub = align8(multi_prefix(attrs, <size_t>(j + 1 - i),
+                                     kb + (<size_t>items[j].klen if items[j].klen > 0 else 0))
+                        + VPAD_MAX + vb + items[j].vlen)
+            if ub > limit:
                 break
-            total += need
+            vb += items[j].vlen
+            if items[j].klen > 0:
+                kb += <size_t>items[j].klen
             j += 1
-        if j == i:
-            roll(self, align8(FRAME_HEADER_SIZE + key_area(items[i].klen) + items[i].vlen))
-            continue
-        write_run(self, items + i, j - i, total)
+        out[ns].i = i
+        out[ns].k = j - i
+        out[ns].ub = (single_bytes(&items[i]) if j - i == 1 else
+                      align8(multi_prefix(attrs, <size_t>(j - i), kb) + VPAD_MAX + vb))
+        ns += 1
         i = j
+    return ns
+
+
+cdef inline void put_zero_to8(char* p, size_t a) noexcept nogil:
+    """Zero bytes p[a .. align8(a)) (column padding)."""
+    while a & 7:
+        p[a] = 0
+        a += 1
+
+
+cdef uint32_t build_multi(char* f, size_t pos, Item* it, Py_ssize_t k, int64_t off,
+                          uint16_t attrs, bint contig, bint publish) noexcept nogil:
+    """Write a multi-form frame of it[0..k) (offsets off..) at f, which stands for segment
+    position pos: header, columns, value pad (the values start 64-byte aligned in the file),
+    values (one memcpy when contig: they lie back to back in the source), CRC over the
+    result. Its padding is written as zeros (a staging buffer holds old bytes). With publish its
+    length is stored last (release), else left 0. Returns the length."""
+    cdef size_t p = FRAME_HEADER_SIZE, q, kb = 0, vb = 0, c_koff = 0, c_kv = 0
+    cdef Py_ssize_t i
+    cdef int64_t mx
+    cdef uint32_t acc
+    cdef uint16_t vpad
+    cdef uint32_t length
+    wr_i64(f + 8, off)
+    wr_u32(f + 24, <uint32_t>k)
+    if attrs & ATTR_TS_SHARED:
+        mx = it[0].ts
+    else:
+        mx = it[0].ts
+        for i in range(k):
+            wr_i64(f + p + 8 * i, it[i].ts)
+            if it[i].ts > mx:
+                mx = it[i].ts
+        p += 8 * <size_t>k
+    wr_i64(f + 16, mx)
+    if not (attrs & ATTR_UNIFORM):
+        acc = 0
+        wr_u32(f + p, 0)
+        for i in range(k):
+            acc += <uint32_t>it[i].vlen
+            wr_u32(f + p + 4 * (i + 1), acc)
+        vb = acc
+        q = p + 4 * (<size_t>k + 1)
+        put_zero_to8(f, q)
+        p = align8(q)
+    else:
+        vb = <size_t>k * it[0].vlen
+    if attrs & ATTR_KEY_NULLS:
+        c_kv = p
+        q = (<size_t>k + 7) >> 3
+        memset(f + p, 0, align8(q))
+        for i in range(k):
+            if it[i].klen >= 0:
+                f[p + (i >> 3)] = <char>(<uint8_t>f[p + (i >> 3)] | (1 << (i & 7)))
+        p += align8(q)
+    if attrs & ATTR_KEYS:
+        c_koff = p
+        acc = 0
+        wr_u32(f + p, 0)
+        for i in range(k):
+            if it[i].klen > 0:
+                acc += <uint32_t>it[i].klen
+            wr_u32(f + p + 4 * (i + 1), acc)
+        kb = acc
+        q = p + 4 * (<size_t>k + 1)
+        put_zero_to8(f, q)
+        p = align8(q)
+        for i in range(k):
+            if it[i].klen > 0:
+                memcpy(f + p, it[i].k, <size_t>it[i].klen)
+                p += <size_t>it[i].klen
+        put_zero_to8(f, p)
+        p = align8(p)
+    vpad = <uint16_t>((VALUES_ALIGN - ((pos + p) & (VALUES_ALIGN - 1))) & (VALUES_ALIGN - 1))
+    if vpad:
+        memset(f + p, 0, vpad)
+        p += vpad
+    wr_u32(f + 28, <uint32_t>attrs | (<uint32_t>vpad << 16))
+    if contig:
+        memcpy(f + p, it[0].v, vb)
+        p += vb
+    else:
+        for i in range(k):
+            memcpy(f + p, it[i].v, it[i].vlen)
+            p += it[i].vlen
+    length = <uint32_t>p
+    put_zero_to8(f, p)
+    wr_u32(f + 4, frame_crc(f, length))
+    if publish:
+        tl_store_u32_release(f, length)
+    else:
+        wr_u32(f, 0)
+    return length
+
+
+cdef inline void index_frame(LogCore self, size_t pos, int64_t off, Item* it, Py_ssize_t k,
+                             uint16_t attrs) noexcept nogil:
+    """.idx entries for every slot the frame at pos (records off..off+k-1) covers (the frame
+    holding the record: FORMAT.md §3), .tix entries with the running max timestamp."""
+    cdef uint64_t rel = <uint64_t>(off - self._base), end = rel + <uint64_t>k, r, st
+    cdef Py_ssize_t i
+    if (attrs & ATTR_TS_SHARED) or k == 1:
+        if it[0].ts > self._max_ts:
+            self._max_ts = it[0].ts
+        if self._idx == NULL:
+            return
+        st = self._idx_stride
+        r = (rel + st - 1) & ~(st - 1)
+        while r < end:
+            tl_store_u32_release(self._idx + (r // st) * 4, <uint32_t>pos)
+            if (r & (TIX_STRIDE - 1)) == 0:
+                wr_i64(self._tix + (r // TIX_STRIDE) * 8, self._max_ts)
+            r += st
+        return
+    for i in range(k):
+        index_note(self, pos, off + i, it[i].ts)
+
+
+cdef int write_locked(LogCore self, Item* items, Py_ssize_t n, bint atomic,
+                      bint contig) except -1:
+    """Frames for items[0..n) (FORMAT.md §2-3): cut into frames of at most _frame_limit bytes,
+    each a group published whole (atomic: one group, in one segment; else one group per
+    segment the batch reaches)."""
+    cdef Span* spans = <Span*>malloc(n * sizeof(Span))
+    cdef Py_ssize_t ns, a, b, i
+    cdef size_t total, room, caproom
+    cdef int64_t left
+    cdef uint16_t attrs
+    cdef size_t limit = <size_t>min(max(self._frame_limit, 64), 1 << 30) if self._multi_form else 0
+    if spans == NULL:
+        raise MemoryError()
+    try:
+        attrs = batch_attrs(items, n)
+        ns = plan_spans(items, n, attrs, limit, n, spans)
+        if atomic:
+            total = 0
+            for a in range(ns):
+                total += spans[a].ub
+            if n > self._rmax:
+                raise ValueError(f"{n} records do not fit in a segment of segment_bytes="
+                                 f"{self._seg_bytes} (at most {self._rmax} records)")
+            if total > self._wcap - self._wpos or self._next - self._base + n > self._rmax:
+                roll(self, total, self._next - self._base + n > self._rmax)
+            write_spans(self, items, spans, ns, attrs, contig)
+            return 0
+        a = 0
+        while a < ns:
+            room = self._wcap - self._wpos
+            left = self._rmax - (self._next - self._base)
+            total = 0
+            b = a
+            while b < ns and total + spans[b].ub <= room and spans[b].k <= left:
+                total += spans[b].ub
+                left -= spans[b].k
+                b += 1
+            if b == a:
+                caproom = (self._active.ncap & ~(<size_t>7)) - self._wpos
+                if spans[a].ub <= caproom and spans[a].k <= left:
+                    roll(self, spans[a].ub)         # (prealloc.pxi: allocated a step further)
+                    continue
+                if (spans[a].k > 1 and left > 0 and
+                        single_bytes(items + spans[a].i) <= caproom):
+                    # the frame does not fit in what the segment has left: a smaller one
+                    # fills it first, the rest is planned again (at most n - i frames from a)
+                    i = spans[a].i
+                    plan_spans(items + i, n - i, attrs, min(caproom, limit), left, spans + a)
+                    spans[a].i += i
+                    ns = a + 1 + plan_spans(items + spans[a].i + spans[a].k,
+                                            n - spans[a].i - spans[a].k, attrs, limit, n,
+                                            spans + a + 1)
+                    for b in range(a + 1, ns):
+                        spans[b].i += spans[a].i + spans[a].k
+                    continue
+                # not even its first record fits what the segment has left: a new segment
+                roll(self, single_bytes(items + spans[a].i), True)
+                continue
+            write_spans(self, items, spans + a, b - a, attrs, contig)
+            a = b
+    finally:
+        free(spans)
     return 0
 
 
-cdef int write_run(LogCore self, Item* items, Py_ssize_t n, size_t total) except -1:
-    """Frames for items[0..n) into the active segment (they fit), published as one batch.
-    Large runs are framed in a staging buffer and written with pwrite: a store through the
+cdef int write_spans(LogCore self, Item* items, Span* spans, Py_ssize_t ns, uint16_t attrs,
+                     bint contig) except -1:
+    """The frames spans[0..ns) into the active segment (they fit), published as one group.
+    Large groups are framed in a staging buffer and written with pwrite: a store through the
     mapping into a fresh page faults and has the kernel zero the page first, a write of
     whole pages does not. Either way the first frame's length is stored last (mapping)."""
     cdef int fd = self._active.fd
     cdef int err = 0
-    cdef Py_ssize_t i = 0, j
-    cdef size_t pos = self._wpos, chunk, need
-    if total < <size_t>self._pwrite_min or fd < 0:
-        if total >= NOGIL_COPY_BYTES:
+    cdef Py_ssize_t a = 0, b, c, nrec = 0
+    cdef size_t pos = self._wpos, chunk, ub = 0, big = 0, wrote
+    cdef uint32_t first = 0
+    cdef int64_t off = self._next
+    for b in range(ns):
+        ub += spans[b].ub
+        big = max(big, spans[b].ub)
+        nrec += spans[b].k
+    # entries for every record first (a multi frame's records can take 8 bytes or fewer), and
+    # for the single appends the allocated rest can hold after them (prealloc.pxi's promise to
+    # append1: its records take >= 32 bytes each; an index store past the file would SIGBUS)
+    err = index_cover_err(self._active, self._next - self._base + nrec +
+                          <int64_t>((self._whard - min(self._whard, self._wpos + ub))
+                                    // FRAME_HEADER_SIZE))
+    if err:
+        raise_oserror(err, self._active.path[:len(self._active.path) - 4] + ".idx")
+    if ub < <size_t>self._pwrite_min or fd < 0:
+        if ub >= NOGIL_COPY_BYTES:
             with nogil:
-                frame_into(self, items, n, self._w + self._wpos, self._wpos, self._next, n)
+                wrote = frames_into(self, items, spans, ns, attrs, contig, self._w + pos, pos,
+                                    off, True, True, &first)
         else:
-            frame_into(self, items, n, self._w + self._wpos, self._wpos, self._next, n)
-        publish_run(self, items, n, total)
+            wrote = frames_into(self, items, spans, ns, attrs, contig, self._w + pos, pos, off,
+                                True, True, &first)
+        publish_group(self, first, wrote, nrec)
         if self._tt != NULL:
             tl_toucher_kick(self._tt, self._wpos)
         return 0
-    need = 0
-    for j in range(n):
-        need = max(need, align8(FRAME_HEADER_SIZE + key_area(items[j].klen) + items[j].vlen))
-    if max(need, <size_t>STAGE_BYTES) > self._scap:
-        grow_stage(self, max(need, <size_t>STAGE_BYTES))     # before anything is written
-    while i < n:
+    if max(big, <size_t>STAGE_BYTES) > self._scap:
+        grow_stage(self, max(big, <size_t>STAGE_BYTES))     # before anything is written
+    while a < ns:
         # as many frames as fit the staging buffer (at least one: it holds the largest)
         chunk = 0
-        j = i
-        while j < n:
-            need = align8(FRAME_HEADER_SIZE + key_area(items[j].klen) + items[j].vlen)
-            if j > i and chunk + need > STAGE_BYTES:
+        b = a
+        while b < ns:
+            if b > a and chunk + spans[b].ub > STAGE_BYTES:
                 break
-            chunk += need
-            j += 1
+            chunk += spans[b].ub
+            b += 1
         with nogil:
-            frame_into(self, items + i, j - i, self._stage, pos, self._next + i,
-                             n if i == 0 else 0)
+            chunk = frames_into(self, items, spans + a, b - a, attrs, contig, self._stage, pos,
+                                off, a == 0, b == ns, &first if a == 0 else NULL)
             err = pwrite_all(fd, self._stage, chunk, pos)
         if err:
             # nothing is published; clear what may have reached the file so that stale
             # frames never follow the next append
             memset(self._w + self._wpos, 0, pos + chunk - self._wpos)
             raise_oserror(err, self._active.path)
+        for c in range(a, b):
+            off += spans[c].k
         pos += chunk
-        i = j
-    publish_run(self, items, n, total)
+        a = b
+    publish_group(self, first, pos - self._wpos, off - self._next)
     return 0
 
 
-cdef void frame_into(LogCore self, Item* items, Py_ssize_t n, char* dst, size_t pos, int64_t off,
-                     Py_ssize_t batch) noexcept nogil:
-    """Frame items[0..n) (offsets off..) at dst, which stands for segment position pos. With
-    batch > 0 the first frame starts a batch of that many records and gets no length (it is
-    published last). Index entries are noted."""
-    cdef Py_ssize_t i
+cdef size_t frames_into(LogCore self, Item* items, Span* spans, Py_ssize_t ns, uint16_t attrs,
+                        bint contig, char* dst, size_t pos, int64_t off, bint head, bint tail,
+                        uint32_t* first) noexcept nogil:
+    """Frame spans[0..ns) (offsets off..) at dst, which stands for segment position pos, as
+    part of one group: every frame but the group's last (the last here, with tail) carries
+    MORE; with head the first frame is the group's first and gets no length (it is published
+    last; *first gets it). Index entries are noted. Returns the bytes written."""
+    cdef Py_ssize_t s
     cdef size_t at = 0
-    for i in range(n):
-        frame_write(dst + at, off + i, items[i].ts, items[i].k, items[i].klen,
-                    items[i].v, items[i].vlen, <uint32_t>batch if i == 0 else 0,
-                    not (i == 0 and batch != 0))
-        index_note(self, pos + at, off + i, items[i].ts)
-        at += align8(FRAME_HEADER_SIZE + key_area(items[i].klen) + items[i].vlen)
+    cdef uint32_t length
+    cdef uint16_t more
+    cdef Item* it
+    cdef bint pub
+    for s in range(ns):
+        it = items + spans[s].i
+        more = 0 if (tail and s == ns - 1) else ATTR_MORE
+        pub = not (s == 0 and head)
+        if spans[s].k == 1:
+            frame_write(dst + at, off, it.ts, it.k, it.klen, it.v, it.vlen, more, pub)
+            length = <uint32_t>(FRAME_HEADER_SIZE + key_area(it.klen) + it.vlen)
+        else:
+            # the frame's own attributes (a subset of the batch's: never larger than planned)
+            length = build_multi(dst + at, pos + at, it, spans[s].k, off,
+                                 batch_attrs(it, spans[s].k) | more, contig, pub)
+        if s == 0 and head and first != NULL:
+            first[0] = length
+        index_frame(self, pos + at, off, it, spans[s].k, attrs)
+        off += spans[s].k
+        at += align8(length)
+    return at
 
 
-cdef void publish_run(LogCore self, Item* items, Py_ssize_t n, size_t total) noexcept:
-    """The run's frames are in place: store the first frame's length, then the end offset."""
-    tl_store_u32_release(self._w + self._wpos,
-                         <uint32_t>(FRAME_HEADER_SIZE + key_area(items[0].klen) + items[0].vlen))
+cdef void publish_group(LogCore self, uint32_t first, size_t total, Py_ssize_t n) noexcept:
+    """The group's frames are in place: store the first frame's length, then the end offset."""
+    tl_store_u32_release(self._w + self._wpos, first)
     self._wpos += total
     self._written += total
     self._next += n

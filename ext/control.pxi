@@ -105,9 +105,8 @@ cdef check_control(LogCore self, str ctl_path):
         raise NotALogError(f"{ctl_path}: not a tidelog control file (bad magic or size); "
                            f"this directory does not hold a tidelog log")
     version = int.from_bytes(h[8:12], "little")
-    if version > FORMAT_VERSION:
-        raise FormatVersionError(f"{self.path}: log format version {version}; this tidelog "
-                                 f"reads up to version {FORMAT_VERSION}: upgrade tidelog")
+    if version != FORMAT_VERSION:
+        raise format_version_error(self.path, version)
 
 
 cdef object wait_for(LogCore self, int64_t position, bint durable, timeout=None, double spin=0.0,

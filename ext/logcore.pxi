@@ -118,6 +118,10 @@ cdef class LogCore:
     cdef char* _stage           # staging buffer for runs written with pwrite
     cdef size_t _scap
     cdef public Py_ssize_t _pwrite_min   # runs of at least this many bytes go through pwrite
+    cdef public Py_ssize_t _frame_limit  # multi-form frames hold at most this many bytes (F)
+    cdef public bint _multi_form  # batches make multi-form frames (False, tests only: one
+                                  # single-form frame per record, chained by MORE)
+    cdef int64_t _rmax          # records the active segment may hold: (capacity - 64) / 8
 
     def __cinit__(self):
         self._lru = []
@@ -125,6 +129,8 @@ cdef class LogCore:
         self._retain_bytes = -1
         self._retain_ns = -1
         self._pwrite_min = PWRITE_MIN_BYTES
+        self._frame_limit = FRAME_LIMIT
+        self._multi_form = True
         self._max_unsynced = -1
         self._kick_at = INT64_MAX
         self._lock_fd = -1

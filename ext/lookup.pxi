@@ -1,44 +1,66 @@
 # Random reads and time lookup: read (the record at an offset, through seg_for) and
 # find_time (offset_for_time: the first record at or after a timestamp), with the .tix running
-# maxima taken only when they check out against CRC-checked frames (tix_in_order, tix_first_at),
-# else a scan (seg_scan_time, scan_window); seg_holds_newer answers retention by time.
+# maxima taken only when they check out against verified frames (tix_in_order, tix_first_at),
+# else a scan (seg_scan_time, scan_window); seg_holds_newer answers retention by time. Frames
+# (format v2) hold many records: scans step a frame at a time and read each record's timestamp
+# from its column, skipping frames whose header timestamp (their verified maximum) is too old.
 # Writes no LogCore field (Segment.tix_sorted only: entries found in order, read once).
 # Lets other threads run: mapping a segment (seg_for); re-checks _check_open() after.
 
 
 cdef int frames_max_ts(const char* data, size_t cap, size_t* pos, int64_t* off, int64_t end,
                        int64_t* newest) noexcept nogil:
-    """Check the frames from *pos (offset *off) up to offset `end` (FORMAT.md rules 1-4, CRC
-    included) and raise *newest to the newest timestamp among them. FRAME_OK, or the problem
-    of the frame at *pos / *off."""
-    cdef uint32_t length
+    """Verify the frames from *pos (the one beginning with offset *off) up to offset `end`
+    (FORMAT.md rules 1-5, CRC included) and raise *newest to the newest timestamp among them:
+    each frame's header timestamp, which rule 5 makes its records' maximum. FRAME_OK, or the
+    problem of the frame at *pos / *off."""
+    cdef FrameLayout L
     cdef int rc
-    cdef int64_t t
     while off[0] < end:
-        rc = frame_check(data, cap, pos[0], off[0], &length)
+        if pos[0] + FRAME_HEADER_SIZE > cap:
+            return FRAME_END
+        rc = frame_verify(data + pos[0], cap - pos[0], &L)
         if rc != FRAME_OK:
             return rc
-        t = rd_i64(data + pos[0] + 16)
-        if t > newest[0]:
-            newest[0] = t
-        pos[0] += align8(length)
-        off[0] += 1
+        if L.base != off[0]:
+            return FRAME_BAD_OFFSET
+        if L.ts > newest[0]:
+            newest[0] = L.ts
+        pos[0] += align8(L.length)
+        off[0] += L.count
     return FRAME_OK
+
+
+cdef inline int64_t rec_ts(const char* f, const FrameLayout* L, int64_t i) noexcept:
+    """Timestamp of record i of the verified frame f."""
+    return rd_i64(f + L.c_ts + 8 * i) if L.c_ts else L.ts
+
+
+cdef inline int next_frame(Segment seg, size_t* pos, int64_t off, FrameLayout* L) except -128:
+    """Step from the verified frame at *pos (layout L) to the next one, which must begin
+    with offset `off`: its check result (L then describes it)."""
+    cdef int rc
+    pos[0] += align8(L.length)
+    rc = seg.frame_at(pos[0], off, L)
+    if rc == FRAME_OK and L.base != off:
+        rc = FRAME_BAD_OFFSET
+    return rc
 
 
 cdef bint seg_holds_newer(Segment seg, int64_t next_base, int64_t cutoff) except -1:
     """Whether the sealed segment [seg.base, next_base) holds a record with timestamp >= cutoff
-    (retention by time keeps it then). Decided from CRC-checked frames only, never from the
+    (retention by time keeps it then). Decided from verified frames only, never from the
     time index: its pages are not synced, and after a power loss its entries read 0, which
-    would make recent records look old. The last record answers when it is that new
-    (timestamps mostly grow); otherwise every frame is read, once: the newest timestamp is
-    kept in seg.newest_ts (which a writer also knows for the segments it filled from empty).
-    A mapping made here is released."""
+    would make recent records look old. The last frame answers when its newest record (its
+    header timestamp, checked against its records by rule 5) is that new (timestamps mostly
+    grow); otherwise every frame is read, once: the newest timestamp is kept in seg.newest_ts
+    (which a writer also knows for the segments it filled from empty). A mapping made here is
+    released."""
     cdef bint was_mapped = seg.data != NULL
     cdef Py_ssize_t p
     cdef size_t pos = SEGMENT_HEADER_SIZE
     cdef int64_t off = seg.base, newest = INT64_MIN
-    cdef uint32_t length
+    cdef FrameLayout L
     cdef int rc
     cdef const char* data
     cdef size_t cap
@@ -47,10 +69,10 @@ cdef bint seg_holds_newer(Segment seg, int64_t next_base, int64_t cutoff) except
     if next_base <= seg.base:
         return False
     try:
-        p = seg.find_checked(next_base - 1, &length, &rc)
+        p = seg.locate(next_base - 1, &L, &rc)
         if rc != FRAME_OK:
             raise corrupt(seg.path, p, next_base - 1, rc)
-        if rd_i64(seg.data + p + 16) >= cutoff:
+        if L.ts >= cutoff:
             return True
         m = seg.map                     # held: the mapping stays while the GIL is released
         data = seg.data
@@ -67,24 +89,29 @@ cdef bint seg_holds_newer(Segment seg, int64_t next_base, int64_t cutoff) except
 
 
 cdef int64_t seg_scan_time(Segment seg, int64_t first, int64_t last, int64_t ts) except -2:
-    """First offset in [first, last) of `seg` whose timestamp >= ts, or -1. Checks each frame."""
-    cdef int64_t at, off = first
-    cdef uint32_t length
-    cdef Py_ssize_t pos
+    """First offset in [first, last) of `seg` whose timestamp >= ts, or -1. Verifies each
+    frame; skips a frame whose newest record (its header timestamp) is older than ts."""
+    cdef int64_t off = first, hi, o
+    cdef FrameLayout L
+    cdef size_t pos
+    cdef const char* f
     cdef int rc
     if first >= last:
         return -1
-    pos = seg.find_checked(first, &length, &rc)
+    pos = seg.locate(first, &L, &rc)
     while True:
         if rc != FRAME_OK:
             raise corrupt(seg.path, pos, off, rc)
-        if rd_i64(seg.data + pos + 16) >= ts:
-            return off
-        off += 1
+        hi = min(last, L.base + <int64_t>L.count)
+        if L.ts >= ts:
+            f = seg.data + pos
+            for o in range(off, hi):
+                if rec_ts(f, &L, o - L.base) >= ts:
+                    return o
+        off = hi
         if off >= last:
             return -1
-        pos += align8(length)
-        rc = seg.check(pos, off, &length)
+        rc = next_frame(seg, &pos, off, &L)
 
 
 cdef enum:
@@ -108,32 +135,41 @@ cdef bint tix_in_order(Segment seg, int64_t jmax) noexcept:
 
 
 cdef int scan_window(Segment seg, int64_t a, int64_t b, int64_t ts, bint stop,
-                     int64_t* newest, int64_t* found) except -2:
-    """Read records [a, b) of seg, each CRC-checked: raise *newest to their newest timestamp
-    and set *found (when < 0) to the first whose timestamp >= ts; with stop, return as soon as
-    one is found. FRAME_OK, or the problem of a frame (the caller falls back to a scan)."""
-    cdef Py_ssize_t pos
-    cdef uint32_t length
+                     int64_t* newest, int64_t* found) except -128:
+    """Read records [a, b) of seg from verified frames: raise *newest to their newest
+    timestamp and set *found (when < 0) to the first whose timestamp >= ts; with stop, return
+    as soon as one is found. A frame wholly inside the window that cannot hold the answer
+    counts by its header timestamp (its records' maximum, rule 5). FRAME_OK, or the problem
+    of a frame (the caller falls back to a scan)."""
+    cdef size_t pos
+    cdef FrameLayout L
     cdef int rc
-    cdef int64_t off = a, t
+    cdef int64_t off = a, t, hi, o
+    cdef const char* f
     if a >= b:
         return FRAME_OK
-    pos = seg.find_checked(a, &length, &rc)
+    pos = seg.locate(a, &L, &rc)
     while True:
         if rc != FRAME_OK:
             return rc
-        t = rd_i64(seg.data + pos + 16)
-        if t >= ts and found[0] < 0:
-            found[0] = off
-            if stop:
-                return FRAME_OK
-        if t > newest[0]:
-            newest[0] = t
-        off += 1
+        hi = min(b, L.base + <int64_t>L.count)
+        if off == L.base and hi == L.base + <int64_t>L.count and (found[0] >= 0 or L.ts < ts):
+            if L.ts > newest[0]:
+                newest[0] = L.ts
+        else:
+            f = seg.data + pos
+            for o in range(off, hi):
+                t = rec_ts(f, &L, o - L.base)
+                if t >= ts and found[0] < 0:
+                    found[0] = o
+                    if stop:
+                        return FRAME_OK
+                if t > newest[0]:
+                    newest[0] = t
+        off = hi
         if off >= b:
             return FRAME_OK
-        pos += align8(length)
-        rc = seg.check(pos, off, &length)
+        rc = next_frame(seg, &pos, off, &L)
 
 
 cdef int64_t tix_first_at(Segment seg, int64_t last, int64_t ts) except -2:
@@ -221,7 +257,7 @@ cdef object read_one(LogCore self, offset):
     cdef int64_t off, at, end
     cdef Segment seg
     cdef Py_ssize_t pos
-    cdef uint32_t length
+    cdef FrameLayout L
     cdef int rc
     if not PyLong_CheckExact(offset):
         offset = _args.integer(offset, "offset")      # numpy integers; never a bool
@@ -236,7 +272,7 @@ cdef object read_one(LogCore self, offset):
         raise OffsetOutOfRangeError(f"offset {off} is outside the log [{self._start_now()}, {end})")
     try:
         seg = seg_for(self, off)
-        pos = seg.find_checked(off, &length, &rc)       # (mapping it lets threads run)
+        pos = seg.locate(off, &L, &rc)       # (mapping it lets threads run)
     except CorruptLogError:
         self._check_open()
         if off < self._start_now():         # retention deleted it meanwhile
@@ -249,11 +285,11 @@ cdef object read_one(LogCore self, offset):
         # miss it (readdir is not atomic against renames): list again before calling it damage
         load_segments(self)
         seg = seg_for(self, off)
-        pos = seg.find_checked(off, &length, &rc)
+        pos = seg.locate(off, &L, &rc)
         self._check_open()
     if rc != FRAME_OK:
         raise corrupt(seg.path, pos, off, rc)
-    return make_record(seg, pos, length)
+    return make_record_at(seg, pos, &L, <uint32_t>(off - L.base))
 
 
 cdef object find_time(LogCore self, timestamp):

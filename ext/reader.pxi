@@ -1,5 +1,9 @@
-# Readers: records, batches and cursors over (mapping, position, length). Every record handed out
-# has passed its frame check (length bounds, CRC32C, offset).
+# Readers: records, batches and cursors over frames (format v2: a frame holds one record, or
+# many in columns). Every record or value handed out has passed its frame's check (rules 1-5:
+# bounds, CRC32C, columns) and holds the offset asked for; large frames are checked once per
+# mapping (Segment.frame_at's memo). A RecordBatch is a list of parts: a frame part (records
+# a..a+n of one verified frame) or a run part (consecutive single-form frames, per-record
+# arrays). Writes no LogCore field.
 
 from cpython.bytes cimport PyBytes_FromStringAndSize
 
@@ -117,20 +121,96 @@ def _record_from_pickle(offset, timestamp, klen, blob):
     return r
 
 
-cdef inline Record make_record(Segment seg, size_t pos, uint32_t length):
+cdef inline Record make_record_at(Segment seg, size_t pos, const FrameLayout* L, uint32_t i):
+    """Record i of the verified frame at pos (layout L) of seg."""
     mv = seg.mv                     # held across the allocation below (it may run a GC, whose
     cdef Record r = Record.__new__(Record)     # finalizers could make the log unmap seg)
-    cdef char* f = <char*>PyMemoryView_GET_BUFFER(mv).buf + pos
-    cdef int32_t klen = rd_i32(f + 24)
-    cdef size_t ka = key_area(klen)
-    r.offset = rd_i64(f + 8)
-    r.timestamp = rd_i64(f + 16)
+    cdef const char* f = <const char*>PyMemoryView_GET_BUFFER(mv).buf + pos
+    cdef const char* k
+    cdef const char* v
+    cdef size_t vl
+    frame_record(f, L, i, &r.timestamp, &k, &r._klen, &v, &vl)
+    r.offset = L.base + i
     r._mv = mv
-    r._k = f + FRAME_HEADER_SIZE
-    r._klen = klen
-    r._v = f + FRAME_HEADER_SIZE + ka
-    r._vlen = length - FRAME_HEADER_SIZE - ka
+    r._k = <char*>k
+    r._v = <char*>v
+    r._vlen = vl
     return r
+
+
+cdef Record make_record(Segment seg, size_t pos, uint32_t length):
+    """The first record of the frame at pos, which passed frame_check()."""
+    cdef FrameLayout L
+    frame_layout(seg.data + pos, length, &L)
+    return make_record_at(seg, pos, &L, 0)
+
+
+@cython.final
+@cython.no_gc
+cdef class _Part:
+    """Records [start, start + n) of a RecordBatch. A frame part: records a .. a+n-1 of the
+    verified frame at pos (layout L) - O(1) to make, whatever n. A run part: n consecutive
+    single-form frames, each value's position and length and key length in arrays (the key
+    lies just before the value: key area, then value, in a single-form frame with vpad 0 and no
+    headers)."""
+    cdef Py_ssize_t start, n
+    cdef bint frame
+    cdef size_t pos
+    cdef FrameLayout L
+    cdef uint32_t a
+    cdef object ts_a, vpos_a, vlen_a, klen_a
+    cdef const int64_t[::1] ts
+    cdef const uint32_t[::1] vpos
+    cdef const uint32_t[::1] vlen
+    cdef const int32_t[::1] klen
+    cdef int64_t ulen           # run: every value has this length (-1: not known to be uniform)
+    cdef int64_t ustride        # ... and the values lie at this constant stride (-1: not)
+
+    cdef _Part moved(self, Py_ssize_t start):
+        cdef _Part q = _Part.__new__(_Part)
+        q.start = start
+        q.n = self.n
+        q.frame = self.frame
+        q.pos = self.pos
+        q.L = self.L
+        q.a = self.a
+        q.ts_a, q.vpos_a, q.vlen_a, q.klen_a = self.ts_a, self.vpos_a, self.vlen_a, self.klen_a
+        if not self.frame:
+            q.ts, q.vpos, q.vlen, q.klen = self.ts, self.vpos, self.vlen, self.klen
+        q.ulen = self.ulen
+        q.ustride = self.ustride
+        return q
+
+
+cdef inline size_t part_first_value(const char* f, const FrameLayout* L, uint32_t a) noexcept:
+    """Position in frame f of the value of record a."""
+    if L.attrs & ATTR_UNIFORM:
+        return L.c_values + <size_t>a * L.usize
+    return L.c_values + rd_u32(f + L.c_voff + 4 * <size_t>a)
+
+
+cdef inline int64_t frame_bytes(const char* f, const FrameLayout* L, uint32_t a, uint32_t k) noexcept:
+    """Bytes of the values of records a .. a+k-1 of frame f."""
+    if L.attrs & ATTR_UNIFORM:
+        return <int64_t>k * L.usize
+    return <int64_t>rd_u32(f + L.c_voff + 4 * <size_t>(a + k)) - rd_u32(f + L.c_voff + 4 * <size_t>a)
+
+
+cdef inline uint32_t frame_fit(const char* f, const FrameLayout* L, uint32_t a, uint32_t k,
+                               int64_t room) noexcept:
+    """How many records from a (at most k) have values totalling at most room bytes."""
+    cdef uint32_t lo = 0, hi = k, mid
+    if room < 0:
+        return 0
+    if L.attrs & ATTR_UNIFORM:
+        return k if L.usize == 0 else <uint32_t>min(<int64_t>k, room // L.usize)
+    while lo < hi:              # the largest m with bytes(a, m) <= room
+        mid = (lo + hi + 1) >> 1
+        if frame_bytes(f, L, a, mid) <= room:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 cdef class RecordBatch:
@@ -138,33 +218,59 @@ cdef class RecordBatch:
     :meth:`Cursor.poll`, :meth:`Log.read_batch` or :meth:`Cursor.follow_batches`: numpy
     `offsets` and `timestamps`, zero-copy `values`.
 
-    A batch holds the records of one segment only (that keeps :meth:`values_array` zero-copy),
-    so it may hold fewer than asked for; an empty batch means the cursor was at the end.
+    A batch holds the records of one segment only, so it may hold fewer than asked for; an
+    empty batch means the cursor was at the end. It may span several frames of the log (an
+    ``append_batch`` is stored as one frame, or a few when large); :meth:`frames` splits it
+    into one batch per frame (or per run of single appends), each zero-copy in every column.
     ``len(batch)`` is its record count; ``batch[i]`` (negative i counts from the end;
     IndexError outside) and iteration give :class:`Record` objects. A batch pickles with a
     copy of its keys and values.
-
-    - ``timestamps``: the records' timestamps (ns since the epoch), an int64 numpy array.
     """
-    cdef readonly object timestamps
     cdef object _offsets        # made on first use: offsets are consecutive from _first
+    cdef object _timestamps     # made on first use
     cdef int64_t _first
     cdef object _mv             # a memoryview of the segment's mapping (keeps it alive) ...
-    cdef char* _addr            # ... which starts here: the values are made from it
-    # per record: the value's position and length, the key's length (-1: none). Segments are
-    # < 4 GiB, so 32 bits each: 12 bytes per record (with the timestamp 20) keep a batch of
-    # 65536 inside the L2 cache while its values are made
-    cdef object _vpos_a, _vlen_a, _klen_a
-    cdef const uint32_t[::1] _vpos
-    cdef const uint32_t[::1] _vlen
-    cdef const int32_t[::1] _klen
+    cdef char* _addr            # ... which starts here: parts' positions are relative to it
+    cdef list _parts            # _Part objects, in order (none when empty)
+    cdef _Part _one              # the part, when there is exactly one
+    cdef Py_ssize_t _lastp      # index of the part last looked at (sequential access)
     cdef int64_t _nbytes
     cdef Py_ssize_t n
-    cdef int64_t _ulen          # every value has this length (-1: not known to be uniform)
-    cdef int64_t _ustride       # ... and the values lie at this constant stride (-1: not)
 
     def __len__(self):
         return self.n
+
+    cdef _Part part_of(self, Py_ssize_t i):
+        cdef Py_ssize_t lo, hi, mid
+        cdef _Part p
+        if self._one is not None:
+            return self._one
+        p = self._parts[self._lastp]
+        if p.start <= i < p.start + p.n:
+            return p
+        lo = 0
+        hi = len(self._parts) - 1
+        while lo < hi:                  # the last part starting at or before i
+            mid = (lo + hi + 1) >> 1
+            if (<_Part>self._parts[mid]).start <= i:
+                lo = mid
+            else:
+                hi = mid - 1
+        self._lastp = lo
+        return self._parts[lo]
+
+    cdef void rec_at(self, Py_ssize_t i, int64_t* ts, const char** k, int32_t* kl,
+                     const char** v, size_t* vl):
+        cdef _Part p = self.part_of(i)
+        cdef Py_ssize_t j = i - p.start
+        if p.frame:
+            frame_record(self._addr + p.pos, &p.L, <uint32_t>(p.a + j), ts, k, kl, v, vl)
+        else:
+            ts[0] = p.ts[j]
+            v[0] = self._addr + p.vpos[j]
+            vl[0] = p.vlen[j]
+            kl[0] = p.klen[j]
+            k[0] = v[0] - key_area(p.klen[j])
 
     @property
     def offsets(self):
@@ -172,6 +278,31 @@ cdef class RecordBatch:
         if self._offsets is None:
             self._offsets = np.arange(self._first, self._first + self.n, dtype=np.int64)
         return self._offsets
+
+    @property
+    def timestamps(self):
+        """The records' timestamps (ns since the epoch), an int64 numpy array: a read-only
+        zero-copy view of the frame's timestamps column for a batch within one frame that has
+        one, else an array made on first use."""
+        cdef _Part p
+        if self._timestamps is None:
+            chunks = []
+            for p in self._parts:
+                if not p.frame:
+                    chunks.append(p.ts_a)
+                elif p.L.c_ts:
+                    chunks.append(np.frombuffer(tl_subview(
+                        self._mv, self._addr + p.pos + p.L.c_ts + 8 * <size_t>p.a, 8 * p.n),
+                        np.int64))
+                else:
+                    chunks.append(np.full(p.n, p.L.ts, np.int64))
+            if not chunks:
+                self._timestamps = np.empty(0, np.int64)
+            elif len(chunks) == 1:
+                self._timestamps = chunks[0]
+            else:
+                self._timestamps = np.concatenate(chunks)
+        return self._timestamps
 
     @property
     def values(self):
@@ -183,12 +314,17 @@ cdef class RecordBatch:
     @property
     def keys(self):
         """A list of keys (bytes, or None for a record without one)."""
-        return [None if self._klen[i] < 0 else
-                PyBytes_FromStringAndSize(self._addr + self._kpos(i), self._klen[i])
-                for i in range(self.n)]
-
-    cdef inline size_t _kpos(self, Py_ssize_t i):
-        return self._vpos[i] - key_area(self._klen[i])
+        cdef Py_ssize_t i
+        cdef int64_t ts
+        cdef const char* k
+        cdef const char* v
+        cdef int32_t kl
+        cdef size_t vl
+        out = []
+        for i in range(self.n):
+            self.rec_at(i, &ts, &k, &kl, &v, &vl)
+            out.append(None if kl < 0 else PyBytes_FromStringAndSize(k, kl))
+        return out
 
     @property
     def nbytes(self):
@@ -196,43 +332,92 @@ cdef class RecordBatch:
         return self._nbytes
 
     cdef object view(self, Py_ssize_t i):
-        return tl_subview(self._mv, self._addr + self._vpos[i], self._vlen[i])
+        cdef _Part p = self.part_of(i)
+        cdef Py_ssize_t j = i - p.start
+        cdef const char* f
+        cdef uint32_t r, a
+        if not p.frame:
+            return tl_subview(self._mv, self._addr + p.vpos[j], p.vlen[j])
+        f = self._addr + p.pos
+        r = <uint32_t>(p.a + j)
+        if p.L.attrs & ATTR_UNIFORM:
+            return tl_subview(self._mv, <char*>f + p.L.c_values + <size_t>r * p.L.usize,
+                              p.L.usize)
+        a = rd_u32(f + p.L.c_voff + 4 * <size_t>r)
+        return tl_subview(self._mv, <char*>f + p.L.c_values + a,
+                          rd_u32(f + p.L.c_voff + 4 * <size_t>r + 4) - a)
+
+    def frames(self):
+        """The batch split where its records change frames: a list of RecordBatch, one per
+        frame of the log it touches (a run of single appends counts as one), in order. Each
+        is zero-copy in every column: ``values_array`` a view of the frame's values,
+        ``timestamps`` a view of its timestamps column when it has one. An empty batch gives
+        an empty list."""
+        cdef _Part p
+        cdef RecordBatch b
+        out = []
+        for p in self._parts:
+            b = RecordBatch.__new__(RecordBatch)
+            b._mv = self._mv
+            b._addr = self._addr
+            b._one = p.moved(0) if p.start else p
+            b._parts = [b._one]
+            b.n = p.n
+            b._first = self._first + p.start
+            b._nbytes = part_nbytes(self._addr, p)
+            out.append(b)
+        return out
 
     def values_array(self, dtype):
         """The values as one read-only numpy array of `dtype` (anything numpy.dtype() takes),
         one element per record.
 
-        Zero-copy (a strided view of the mapping) when the records lie at a constant stride
-        (same value size and key length), else a copy. Raises ValueError unless every value is
-        exactly dtype's item size in bytes (or for a zero-sized dtype)."""
+        Zero-copy (a view of the mapping) when the values lie at one stride in memory: always
+        for a batch within one frame (the values of an ``append_batch`` are contiguous), and
+        for a run of single appends with the same value size and key length (a strided view).
+        Otherwise - a batch spanning several frames - one gather copy into a new array
+        (:meth:`frames` gives zero-copy views per frame). Raises ValueError unless every value
+        is exactly dtype's item size in bytes (or for a zero-sized dtype)."""
         dt = np.dtype(dtype)
-        cdef Py_ssize_t size = dt.itemsize, stride, n = self.n
+        cdef Py_ssize_t size = dt.itemsize, n = self.n, i, at
+        cdef _Part p
+        cdef const char* src
+        cdef char* dst
+        cdef unsigned char[::1] ob
         if size == 0:
             raise ValueError("dtype: zero-sized dtype")
-        if n and self._ulen >= 0 and self._ustride >= 0:
-            # read_batch saw every value's length and position: no numpy passes needed
-            if self._ulen != size:
-                raise ValueError(f"values_array: every value must be {size} bytes for dtype "
-                                 f"{dt}; they are {self._ulen} bytes")
-            region = tl_subview(self._mv, self._addr + self._vpos[0],
-                                (n - 1) * self._ustride + size)
-            return np.ndarray((n,), dt, buffer=region, strides=(self._ustride,))
-        if n and not (self._vlen_a == size).all():
-            raise ValueError(f"values_array: every value must be {size} bytes for dtype {dt}; "
-                             f"sizes range {self._vlen_a.min()}..{self._vlen_a.max()}")
         if n == 0:
             a = np.empty(0, dt)
             a.flags.writeable = False
             return a
-        stride = self._vpos[1] - self._vpos[0] if n > 1 else size
-        if n > 2 and not (np.diff(self._vpos_a) == stride).all():
-            # keys of different lengths: the values are not evenly spaced, so copy them
-            whole = np.frombuffer(self._mv, np.uint8)
-            a = whole[self._vpos_a[:, None] + np.arange(size)].view(dt).reshape(n)
-            a.flags.writeable = False
-            return a
-        region = tl_subview(self._mv, self._addr + self._vpos[0], (n - 1) * stride + size)
-        return np.ndarray((n,), dt, buffer=region, strides=(stride,))
+        for p in self._parts:
+            part_sizes_are(self._addr, p, size, dt)
+        if self._one is not None:
+            p = self._one
+            if p.frame:
+                region = tl_subview(self._mv, self._addr + p.pos + part_first_value(
+                    self._addr + p.pos, &p.L, p.a), n * size)
+                return np.ndarray((n,), dt, buffer=region)
+            if p.ustride >= 0 or n == 1 or (n == 2 or (np.diff(p.vpos_a) ==
+                                                       p.vpos[1] - p.vpos[0]).all()):
+                stride = p.ustride if p.ustride >= 0 else (p.vpos[1] - p.vpos[0] if n > 1 else size)
+                region = tl_subview(self._mv, self._addr + p.vpos[0], (n - 1) * stride + size)
+                return np.ndarray((n,), dt, buffer=region, strides=(stride,))
+        # several frames (or keys of different lengths): one gather copy
+        out = np.empty(n, dt)
+        ob = out.view(np.uint8).reshape(n * size)
+        dst = <char*>&ob[0]
+        mv = self._mv                   # (keeps the mapping for the copy below)
+        for p in self._parts:
+            if p.frame:
+                memcpy(dst + p.start * size,
+                       self._addr + p.pos + part_first_value(self._addr + p.pos, &p.L, p.a),
+                       p.n * size)
+            else:
+                for i in range(p.n):
+                    memcpy(dst + (p.start + i) * size, self._addr + p.vpos[i], size)
+        out.flags.writeable = False
+        return out
 
     def __iter__(self):
         for i in range(self.n):
@@ -241,18 +426,20 @@ cdef class RecordBatch:
     def __getitem__(self, Py_ssize_t i):
         """The i-th record of the batch."""
         cdef Record r
+        cdef const char* k
+        cdef const char* v
+        cdef size_t vl
         if i < 0:
             i += self.n
         if i < 0 or i >= self.n:
             raise IndexError("batch index out of range")
         r = Record.__new__(Record)
+        self.rec_at(i, &r.timestamp, &k, &r._klen, &v, &vl)
         r.offset = self._first + i
-        r.timestamp = self.timestamps[i]
         r._mv = self._mv
-        r._v = self._addr + self._vpos[i]
-        r._vlen = self._vlen[i]
-        r._klen = self._klen[i]
-        r._k = self._addr + self._kpos(i)
+        r._v = <char*>v
+        r._vlen = vl
+        r._k = <char*>k
         return r
 
     def __reduce__(self):
@@ -261,30 +448,90 @@ cdef class RecordBatch:
         offsets, timestamps, keys and values (values_array still without copying when the
         values lie at a constant stride) that no longer refers to the log."""
         cdef Py_ssize_t i, n = self.n
-        cdef size_t total = 0, at = 0, ka, vl
+        cdef size_t total = 0, at = 0, ka
+        cdef int64_t ts
+        cdef const char* k
+        cdef const char* v
+        cdef int32_t kl
+        cdef size_t vl
         mv = self._mv                   # (keeps the mapping for the copy below)
+        kls = np.empty(n, np.int32)
+        vls = np.empty(n, np.uint32)
+        cdef int32_t[::1] kls_v = kls
+        cdef uint32_t[::1] vls_v = vls
         for i in range(n):
-            total += key_area(self._klen[i]) + align8(self._vlen[i])
+            self.rec_at(i, &ts, &k, &kl, &v, &vl)
+            kls_v[i] = kl
+            vls_v[i] = <uint32_t>vl
+            total += key_area(kl) + align8(vl)
         blob = PyBytes_FromStringAndSize(NULL, total)
         cdef char* b = PyBytes_AS_STRING(blob)
         for i in range(n):
-            ka = key_area(self._klen[i])
-            vl = self._vlen[i]
+            self.rec_at(i, &ts, &k, &kl, &v, &vl)
+            ka = key_area(kl)
             if ka:
-                memcpy(b + at, self._addr + self._kpos(i), ka)
-                memset(b + at + self._klen[i], 0, ka - <size_t>self._klen[i])
+                memcpy(b + at, k, <size_t>kl)
+                memset(b + at + kl, 0, ka - <size_t>kl)
                 at += ka
-            memcpy(b + at, self._addr + self._vpos[i], vl)
+            memcpy(b + at, v, vl)
             memset(b + at + vl, 0, align8(vl) - vl)
             at += align8(vl)
         return (_batch_from_pickle, (self._first, np.array(self.timestamps, np.int64),
-                                     np.array(self._klen_a, np.int32),
-                                     np.array(self._vlen_a, np.uint32), blob))
+                                     kls, vls, blob))
 
     def __repr__(self):
         if self.n:
             return f"RecordBatch({self.n} records, offsets {self._first}..{self._first + self.n - 1})"
         return "RecordBatch(0 records)"
+
+
+cdef int64_t part_nbytes(const char* addr, _Part p):
+    cdef Py_ssize_t i
+    cdef int64_t t = 0
+    if p.frame:
+        return frame_bytes(addr + p.pos, &p.L, p.a, <uint32_t>p.n)
+    for i in range(p.n):
+        t += p.vlen[i]
+    return t
+
+
+cdef int part_sizes_are(const char* addr, _Part p, Py_ssize_t size, object dt) except -1:
+    """ValueError unless every value of the part is `size` bytes."""
+    cdef const char* f
+    cdef uint32_t lo = 0xFFFFFFFF, hi = 0, x, i
+    if p.frame:
+        f = addr + p.pos
+        if p.L.attrs & ATTR_UNIFORM:
+            lo = hi = p.L.usize
+        else:
+            for i in range(p.a, p.a + <uint32_t>p.n):
+                x = rd_u32(f + p.L.c_voff + 4 * <size_t>i + 4) - rd_u32(f + p.L.c_voff + 4 * <size_t>i)
+                lo = min(lo, x)
+                hi = max(hi, x)
+    elif p.ulen >= 0:
+        lo = hi = <uint32_t>p.ulen
+    else:
+        lo = p.vlen_a.min()
+        hi = p.vlen_a.max()
+    if lo != size or hi != size:
+        if lo == hi:
+            raise ValueError(f"values_array: every value must be {size} bytes for dtype {dt}; "
+                             f"they are {lo} bytes")
+        raise ValueError(f"values_array: every value must be {size} bytes for dtype {dt}; "
+                         f"sizes range {lo}..{hi}")
+    return 0
+
+
+cdef _Part run_part(Py_ssize_t start, tss, vpos, vlen, klen_a, int64_t ulen, int64_t ustride):
+    cdef _Part p = _Part.__new__(_Part)
+    p.start = start
+    p.n = len(tss)
+    p.frame = False
+    p.ts_a, p.vpos_a, p.vlen_a, p.klen_a = tss, vpos, vlen, klen_a
+    p.ts, p.vpos, p.vlen, p.klen = tss, vpos, vlen, klen_a
+    p.ulen = ulen
+    p.ustride = ustride
+    return p
 
 
 cdef object _pickled_ints(object x, str what, object dtype, object lo, object hi):
@@ -310,6 +557,7 @@ def _batch_from_pickle(first, timestamps, klen, vlen, blob):
     value length; `blob` holds each record's key area then its value, 8-byte aligned. Checks
     what it is given: a pickle is data from outside."""
     cdef RecordBatch b
+    cdef int64_t ulen = -1, ustride = -1
     if type(blob) is not bytes:
         raise TypeError(f"RecordBatch pickle: expected bytes, not {type(blob).__name__}")
     first = _args.offset(first, "first")
@@ -333,16 +581,18 @@ def _batch_from_pickle(first, timestamps, klen, vlen, blob):
     b.n = n
     b._first = first
     b._nbytes = int(vl.sum(dtype=np.int64))
-    b._ulen = b._ustride = -1
     if n and (vl == vl[0]).all():
         if n == 1:
-            b._ulen = b._ustride = vl[0]
+            ulen = ustride = vl[0]
         elif (np.diff(vpos.astype(np.int64)) == int(vpos[1]) - int(vpos[0])).all():
-            b._ulen = vl[0]
-            b._ustride = int(vpos[1]) - int(vpos[0])
-    b.timestamps = tss
-    b._vpos_a, b._vlen_a, b._klen_a = vpos, vl, kl
-    b._vpos, b._vlen, b._klen = vpos, vl, kl
+            ulen = vl[0]
+            ustride = int(vpos[1]) - int(vpos[0])
+    b._timestamps = tss
+    if n:
+        b._one = run_part(0, tss, vpos, vl, kl, ulen, ustride)
+        b._parts = [b._one]
+    else:
+        b._parts = []
     return b
 
 
@@ -389,13 +639,10 @@ cdef RecordBatch empty_batch():
     cdef RecordBatch b = RecordBatch.__new__(RecordBatch)
     z = np.empty(0, np.int64)
     b._offsets = z
-    b.timestamps = z
-    b._vpos_a = b._vlen_a = np.empty(0, np.uint32)
-    b._klen_a = np.empty(0, np.int32)
-    b._vpos, b._vlen, b._klen = b._vpos_a, b._vlen_a, b._klen_a
+    b._timestamps = z
+    b._parts = []
     b._nbytes = 0
     b.n = 0
-    b._ulen = b._ustride = -1
     return b
 
 
@@ -416,11 +663,13 @@ cdef class CursorCore:
     """
     cdef readonly LogCore log
     cdef Segment _seg
-    cdef size_t _pos
+    cdef size_t _pos            # position of the frame holding _next (_lok), or where the
+                                # frame beginning with _next should be (not _lok)
     cdef int64_t _next
     cdef readonly bint durable_only
-    cdef uint32_t _llen         # _locate's check of the frame it found: its length ...
-    cdef int _lrc               # ... and the frame_check result
+    cdef FrameLayout _L         # the frame at _pos, verified, when _lok
+    cdef bint _lok
+    cdef int _lrc               # _locate's check of the frame it found
     cdef readonly bint closed   # close() was called: every read, seek and wait refuses
 
     def _mark_closed(self):
@@ -437,6 +686,7 @@ cdef class CursorCore:
         self.log = log
         self._next = position
         self._seg = None
+        self._lok = False
         self.durable_only = durable_only
 
     @property
@@ -454,17 +704,18 @@ cdef class CursorCore:
             raise cursor_closed(self)
         self._next = offset
         self._seg = None
+        self._lok = False
 
     cdef int _locate(self, int64_t at) except -1:
-        """Find the frame of offset `at`, the cursor's position: sets _seg, _pos, _llen and
-        _lrc together and returns 1; returns 0, setting nothing, when the position changed
-        meanwhile. Finding it lets other threads run (listing, mapping), and one of them may
-        use this cursor then (close() and commit() may come from another thread; a finalizer
-        or a signal handler may read it): the fields always agree with each other and with
-        _next (else a later check reported damage that is not there)."""
+        """Find the frame holding offset `at`, the cursor's position: sets _seg, _pos, _L,
+        _lok and _lrc together and returns 1; returns 0, setting nothing, when the position
+        changed meanwhile. Finding it lets other threads run (listing, mapping), and one of
+        them may use this cursor then (close() and commit() may come from another thread; a
+        finalizer or a signal handler may read it): the fields always agree with each other
+        and with _next (else a later check reported damage that is not there)."""
         cdef Segment seg
         cdef Py_ssize_t pos
-        cdef uint32_t llen = 0
+        cdef FrameLayout L
         cdef int lrc = FRAME_END
         self.log._check_open()
         if at < self.log._start_now():
@@ -474,7 +725,7 @@ cdef class CursorCore:
         try:
             seg = seg_for(self.log, at)
             # checked, and found again without the index when that led astray (a hint)
-            pos = seg.find_checked(at, &llen, &lrc)
+            pos = seg.locate(at, &L, &lrc)
         except CorruptLogError:
             self.log._check_open()
             if self._next != at:
@@ -489,14 +740,15 @@ cdef class CursorCore:
             return 0
         self._seg = seg
         self._pos = pos
-        self._llen = llen
+        self._L = L
+        self._lok = lrc == FRAME_OK
         self._lrc = lrc
         return 1
 
-    cdef inline int _frame(self, uint32_t* length) except -1:
-        """Check the frame at the cursor (locating it first when needed): 1 when it is good
-        (its length in `length`; _seg and _pos say where), 0 when the cursor was moved
-        meanwhile (see _locate): the caller looks at its position again."""
+    cdef inline int _frame(self) except -1:
+        """Make sure the cursor's frame (_seg, _pos, _L) is verified and holds _next (locating
+        it first when needed): 1 then, 0 when the cursor was moved meanwhile (see _locate):
+        the caller looks at its position again."""
         cdef int rc
         cdef int64_t at = self._next
         if (self._seg is None or self._seg.data == NULL or
@@ -504,17 +756,21 @@ cdef class CursorCore:
             if not self._locate(at):
                 return 0
             rc = self._lrc
-            length[0] = self._llen
+        elif self._lok and self._L.base <= at and at - self._L.base < <int64_t>self._L.count:
+            return 1
         else:
-            rc = self._seg.check(self._pos, at, length)
+            rc = self._seg.frame_at(self._pos, at, &self._L)
+            if rc == FRAME_OK and self._L.base != at:
+                rc = FRAME_BAD_OFFSET
+            self._lok = rc == FRAME_OK
         if rc == FRAME_END:
             # this process has not seen the writer's roll yet
             self.log._refresh()
             if self._next != at or not self._locate(at):
                 return 0
             rc = self._lrc
-            length[0] = self._llen
         if rc != FRAME_OK:
+            self._lok = False
             self.log._check_open()
             raise corrupt(self._seg.path, self._pos, at, rc)
         return 1
@@ -523,19 +779,24 @@ cdef class CursorCore:
         return self
 
     def __next__(self):
-        cdef uint32_t length
         cdef Record r
+        cdef int64_t i
         if self.closed:
             raise cursor_closed(self)
         self.log._check_open()
         while True:
             if self._next >= self._limit():
                 raise StopIteration
-            if self._frame(&length):
+            if self._frame():
                 break
-        r = make_record(self._seg, self._pos, length)
-        self._pos += align8(length)
-        self._next += 1
+        i = self._next - self._L.base
+        r = make_record_at(self._seg, self._pos, &self._L, <uint32_t>i)
+        # (make_record_at may run a GC, whose finalizers may move this cursor: check)
+        if self._next == r.offset:
+            self._next += 1
+            if i + 1 >= self._L.count:
+                self._pos += align8(self._L.length)
+                self._lok = False
         return r
 
     def read_batch(self, max_records=65536, max_bytes=None):
@@ -545,16 +806,18 @@ cdef class CursorCore:
         `max_bytes` (int, bytes, default None: no limit): stop after about this many bytes of
         values (at least one record when any is there). The batch holds records of one segment
         only, so it may be shorter; it is empty at the end of the log (the end offset, or the
-        durable offset for a durable-only cursor). Raises :exc:`OffsetOutOfRangeError` when the
-        position fell below `start_offset` (retention), :exc:`CorruptLogError` at damage."""
-        cdef uint32_t length
+        durable offset for a durable-only cursor). It may begin and end inside a frame (the
+        next call goes on there). Raises :exc:`OffsetOutOfRangeError` when the position fell
+        below `start_offset` (retention), :exc:`CorruptLogError` at damage."""
         cdef int64_t limit, n_max, i = 0, start
-        cdef int64_t mb = -1, got = 0, vl
-        cdef int32_t klen
-        cdef size_t ka, pos
+        cdef int64_t mb = -1, got = 0, vl, fb
+        cdef uint32_t a, k
+        cdef size_t pos
         cdef char* f
         cdef Segment seg
+        cdef FrameLayout L, L2
         cdef int rc
+        cdef bint inside = False        # stopped inside the frame at pos (L verified)
         if not (PyLong_CheckExact(max_records) and 1 <= max_records <= 0x7FFFFFFFFFFFFFFF):
             max_records = _args.count(max_records, "max_records")
         if max_bytes is not None:
@@ -568,66 +831,114 @@ cdef class CursorCore:
             start = self._next
             if start >= limit:
                 return empty_batch()
-            if not self._frame(&length):    # locates the segment, checks the first frame
+            if not self._frame():       # locates the segment, verifies the first frame
                 continue
-            # what follows works on (seg, pos, start) taken here, never on the cursor's fields:
-            # locating lets other threads run, and the allocations below may run a GC whose
-            # finalizers run Python code (a signal handler too), so another user of this cursor
-            # may move it meanwhile. (_frame made sure the frame is the one at `start`: this
-            # looks once more, cheaply, before trusting its length)
+            # what follows works on (seg, pos, L, start) taken here, never on the cursor's
+            # fields: locating lets other threads run, and the allocations below may run a GC
+            # whose finalizers run Python code (a signal handler too), so another user of this
+            # cursor may move it meanwhile. (_frame made sure the frame holds `start`: this
+            # looks once more, cheaply, before trusting it)
             seg = self._seg
             pos = self._pos
+            L = self._L
             mv = seg.mv                 # held: a finalizer could make the log unmap seg
             data = <char*>PyMemoryView_GET_BUFFER(mv).buf
-            if frame_shape(data, seg.cap, pos, start, &length) == FRAME_OK:
+            if (frame_layout(data + pos, seg.cap - pos, &L2) == FRAME_OK and L2.base == L.base
+                    and L2.length == L.length and L.base <= start
+                    and start - L.base < <int64_t>L.count):
                 break
             self.log._check_open()
             limit = self._limit()
         n_max = min(<int64_t>max_records, limit - start)
         if seg.next_base >= 0:
             n_max = min(n_max, seg.next_base - start)
-        tss = np.empty(n_max, np.int64)
-        vpos = np.empty(n_max, np.uint32)
-        vlen = np.empty(n_max, np.uint32)
-        klen_a = np.empty(n_max, np.int32)
-        cdef int64_t[::1] t = tss
-        cdef uint32_t[::1] vp = vpos, vn = vlen
-        cdef int32_t[::1] kn = klen_a
-        cdef int64_t ulen = -1, ustride = -1, prev_vp = -1, at
+        parts = []
+        cdef _Part part
+        # the run of single-form frames being gathered (arrays made when the first comes)
+        tss = vpos = vlen = klen_a = None
+        cdef int64_t[::1] t
+        cdef uint32_t[::1] vp, vn
+        cdef int32_t[::1] kn
+        cdef int64_t r0 = -1, ulen = -1, ustride = -1, prev_vp = -1, at
         cdef bint uniform = True
+        a = <uint32_t>(start - L.base)
         while i < n_max:
             if i:
-                rc = frame_check(data, seg.cap, pos, start + i, &length)
-                if rc == FRAME_END:
-                    break                   # the segment ends here (a reader saw the roll late)
-                if rc != FRAME_OK:
-                    break                   # hand out what is good; the next call raises
+                rc = seg.frame_at(pos, start + i, &L)
+                if rc != FRAME_OK or L.base != start + i:
+                    break           # the segment ends here (FRAME_END: a reader saw the roll
+                                    # late), or damage: hand out what is good; the next raises
+                a = 0
             f = data + pos
-            klen = rd_i32(f + 24)
-            ka = key_area(klen)
-            vl = length - FRAME_HEADER_SIZE - ka
-            if mb >= 0 and i and got + vl > mb:
-                break
-            got += vl
-            at = <int64_t>(pos + FRAME_HEADER_SIZE + ka)
-            if uniform:
-                if i == 0:
-                    ulen = vl
-                elif vl != ulen:
-                    uniform = False
-                elif i == 1:
-                    ustride = at - prev_vp
-                elif at - prev_vp != ustride:
-                    uniform = False
-                prev_vp = at
-            t[i] = rd_i64(f + 16)
-            kn[i] = klen
-            vp[i] = <uint32_t>at
-            vn[i] = <uint32_t>vl
-            pos += align8(length)
-            i += 1
-        self._seg = seg                 # (the three together: see _locate)
+            if (L.attrs & (ATTR_MULTI | ATTR_HEADERS)) or L.c_values != FRAME_HEADER_SIZE + key_area(L.klen1):
+                # a frame part: records a .. a+k-1, O(1) whatever k
+                k = <uint32_t>min(<int64_t>(L.count - a), n_max - i)
+                fb = frame_bytes(f, &L, a, k)
+                if mb >= 0 and got + fb > mb:
+                    k = frame_fit(f, &L, a, k, mb - got)
+                    if k == 0 and i == 0:
+                        k = 1               # at least one record
+                    if k == 0:
+                        break
+                    fb = frame_bytes(f, &L, a, k)
+                if r0 >= 0:                 # close the run before it
+                    parts.append(self._run(r0, i - r0, tss, vpos, vlen, klen_a,
+                                           ulen if uniform else -1, ustride, uniform))
+                    r0 = -1
+                part = _Part.__new__(_Part)
+                part.start = i
+                part.n = k
+                part.frame = True
+                part.pos = pos
+                part.L = L
+                part.a = a
+                parts.append(part)
+                i += k
+                got += fb
+                if a + k < L.count:
+                    inside = True           # cut inside the frame: the cursor stays on it
+                    break
+            else:
+                vl = L.usize
+                if mb >= 0 and i and got + vl > mb:
+                    break
+                if r0 < 0:
+                    r0 = i
+                    tss = np.empty(n_max - i, np.int64)
+                    vpos = np.empty(n_max - i, np.uint32)
+                    vlen = np.empty(n_max - i, np.uint32)
+                    klen_a = np.empty(n_max - i, np.int32)
+                    t = tss
+                    vp = vpos
+                    vn = vlen
+                    kn = klen_a
+                    uniform = True
+                    ulen = ustride = prev_vp = -1
+                got += vl
+                at = <int64_t>(pos + L.c_values)
+                if uniform:
+                    if i == r0:
+                        ulen = vl
+                    elif vl != ulen:
+                        uniform = False
+                    elif i == r0 + 1:
+                        ustride = at - prev_vp
+                    elif at - prev_vp != ustride:
+                        uniform = False
+                    prev_vp = at
+                t[i - r0] = L.ts
+                kn[i - r0] = L.klen1
+                vp[i - r0] = <uint32_t>at
+                vn[i - r0] = <uint32_t>vl
+                i += 1
+            pos += align8(L.length)
+        if r0 >= 0:
+            parts.append(self._run(r0, i - r0, tss, vpos, vlen, klen_a,
+                                   ulen if uniform else -1, ustride, uniform))
+        self._seg = seg                 # (together: see _locate)
         self._pos = pos
+        self._L = L
+        self._lok = inside
         self._next = start + i
         cdef RecordBatch b = RecordBatch.__new__(RecordBatch)
         b._mv = mv
@@ -635,11 +946,17 @@ cdef class CursorCore:
         b.n = i
         b._first = start
         b._nbytes = got
-        b._ulen = ulen if uniform else -1
-        b._ustride = (ustride if i > 1 else ulen) if uniform else -1
-        if i < n_max:
-            tss, vpos, vlen, klen_a = tss[:i], vpos[:i], vlen[:i], klen_a[:i]
-        b.timestamps = tss
-        b._vpos_a, b._vlen_a, b._klen_a = vpos, vlen, klen_a
-        b._vpos, b._vlen, b._klen = vpos, vlen, klen_a
+        b._parts = parts
+        if len(parts) == 1:
+            b._one = parts[0]
         return b
+
+    cdef _Part _run(self, int64_t r0, int64_t n, tss, vpos, vlen, klen_a, int64_t ulen,
+                   int64_t ustride, bint uniform):
+        if n < len(tss):
+            tss, vpos, vlen, klen_a = tss[:n], vpos[:n], vlen[:n], klen_a[:n]
+        if not uniform:
+            ulen = ustride = -1
+        elif n == 1:
+            ustride = ulen
+        return run_part(r0, tss, vpos, vlen, klen_a, ulen, ustride)

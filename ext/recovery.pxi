@@ -8,53 +8,90 @@
 # The tools run on a writer that holds the lock, or on a read-only LogCore (they write nothing).
 
 
+cdef int64_t index_frame_entries(Segment s, size_t pos, const FrameLayout* L, int64_t maxts,
+                                 bint write, Py_ssize_t* bad) noexcept:
+    """The index entries the frame at pos (layout L, checked by frame_layout) describes
+    (FORMAT.md §3): .idx slots of every record it holds = pos, .tix slots = the running max of
+    timestamps from maxts. Writes them (write) or counts those that differ into bad. Returns
+    the running max after the frame."""
+    cdef const char* f = s.data + pos
+    cdef uint64_t rel0 = <uint64_t>(L.base - s.base), st = s.idx_stride, r, i
+    cdef uint64_t end = rel0 + L.count
+    cdef int64_t ts
+    if not L.c_ts:                       # one timestamp for all: only the slots matter
+        if L.ts > maxts:
+            maxts = L.ts
+        r = (rel0 + st - 1) & ~(st - 1)
+        while r < end:
+            index_slot(s, r, pos, maxts, write, bad)
+            r += st
+        return maxts
+    for i in range(L.count):
+        ts = rd_i64(f + L.c_ts + 8 * i)
+        if ts > maxts:
+            maxts = ts
+        r = rel0 + i
+        if (r & (st - 1)) == 0:
+            index_slot(s, r, pos, maxts, write, bad)
+    return maxts
+
+
+cdef inline void index_slot(Segment s, uint64_t r, size_t pos, int64_t maxts, bint write,
+                            Py_ssize_t* bad) noexcept:
+    """The entries of relative record r (a multiple of the .idx stride)."""
+    cdef uint64_t j = r // s.idx_stride
+    if write:
+        if j < s.idx_slots:
+            wr_u32(s.idx + j * 4, <uint32_t>pos)
+        if (r & (TIX_STRIDE - 1)) == 0 and r // TIX_STRIDE < s.tix_slots:
+            wr_i64(s.tix + (r // TIX_STRIDE) * 8, maxts)
+        return
+    if j >= s.idx_slots or rd_u32(s.idx + j * 4) != pos:
+        bad[0] += 1
+    if (r & (TIX_STRIDE - 1)) == 0 and (r // TIX_STRIDE >= s.tix_slots or
+                                        rd_i64(s.tix + (r // TIX_STRIDE) * 8) != maxts):
+        bad[0] += 1
+
+
 cdef Py_ssize_t index_mismatches(Segment s, int64_t log_end) except -1:
     """Index entries of s that are missing or disagree with its frames (hints that would cost a
     scan), counting a missing index as one."""
     cdef size_t pos = SEGMENT_HEADER_SIZE
     cdef int64_t off, end
-    cdef uint32_t length
-    cdef uint64_t rel
-    cdef int64_t maxts = -(1 << 62), ts
+    cdef int64_t maxts = -(1 << 62)
     cdef Py_ssize_t bad = 0
+    cdef FrameLayout L
     s.ensure()
     if s.idx == NULL:
         return 1
     off = s.base
     end = s.next_base if s.next_base >= 0 else log_end
-    while off < end and frame_shape(s.data, s.cap, pos, off, &length) == FRAME_OK:
-        rel = <uint64_t>(off - s.base)
-        ts = rd_i64(s.data + pos + 16)
-        if ts > maxts:
-            maxts = ts
-        if rel % s.idx_stride == 0 and (rel // s.idx_stride >= s.idx_slots or
-                                        rd_u32(s.idx + (rel // s.idx_stride) * 4) != pos):
-            bad += 1
-        if rel % TIX_STRIDE == 0 and (rel // TIX_STRIDE >= s.tix_slots or
-                                      rd_i64(s.tix + (rel // TIX_STRIDE) * 8) != maxts):
-            bad += 1
-        pos += align8(length)
-        off += 1
+    while (off < end and pos + FRAME_HEADER_SIZE <= s.cap and
+           frame_layout(s.data + pos, s.cap - pos, &L) == FRAME_OK and L.base == off):
+        maxts = index_frame_entries(s, pos, &L, maxts, False, &bad)
+        pos += align8(L.length)
+        off += L.count
     return bad
 
 
 cdef rebuild_index(Segment s):
     """Fill the (fresh, zeroed) index files of a writable segment from its frames."""
     cdef size_t pos = SEGMENT_HEADER_SIZE
-    cdef int64_t off = s.base, ts, maxts = -(1 << 62)
-    cdef uint32_t length
-    cdef uint64_t rel
-    while frame_shape(s.data, s.cap, pos, off, &length) == FRAME_OK:
-        rel = <uint64_t>(off - s.base)
-        ts = rd_i64(s.data + pos + 16)
-        if ts > maxts:
-            maxts = ts
-        if rel % s.idx_stride == 0:
-            wr_u32(s.idx + (rel // s.idx_stride) * 4, <uint32_t>pos)
-        if rel % TIX_STRIDE == 0:
-            wr_i64(s.tix + (rel // TIX_STRIDE) * 8, maxts)
-        pos += align8(length)
-        off += 1
+    cdef int64_t off = s.base, maxts = -(1 << 62)
+    cdef Py_ssize_t bad = 0
+    cdef FrameLayout L
+    while (pos + FRAME_HEADER_SIZE <= s.cap and
+           frame_layout(s.data + pos, s.cap - pos, &L) == FRAME_OK and L.base == off):
+        pos += align8(L.length)
+        off += L.count
+    index_cover_err(s, off - s.base)       # (prealloc.pxi) entries for them all, if it can
+    pos = SEGMENT_HEADER_SIZE
+    off = s.base
+    while (pos + FRAME_HEADER_SIZE <= s.cap and
+           frame_layout(s.data + pos, s.cap - pos, &L) == FRAME_OK and L.base == off):
+        maxts = index_frame_entries(s, pos, &L, maxts, True, &bad)
+        pos += align8(L.length)
+        off += L.count
     msync(s.idx_map.addr, s.idx_map.size, MS_SYNC)
     msync(s.tix_map.addr, s.tix_map.size, MS_SYNC)
 
@@ -166,20 +203,53 @@ cdef open_writer(LogCore self):
         raise_oserror(errno, os.path.join(self.path, CONTROL_NAME))
 
 
+cdef Py_ssize_t frame_at(Segment s, int64_t offset, FrameLayout* L) noexcept:
+    """Position of the frame of s holding `offset` (L: its layout, rules 1-3), by its .idx
+    entry (usable when the frame there holds the entry's record: FORMAT.md §3) and a short
+    walk, else by a walk from the segment start; -1 when the data ends first. No CRC."""
+    cdef size_t pos = SEGMENT_HEADER_SIZE, p
+    cdef int64_t rel = offset - s.base, j, slot
+    cdef uint32_t st = <uint32_t>s.idx_stride
+    if rel < 0:
+        return -1
+    if s.idx != NULL:
+        j = rel // st
+        if <size_t>j < s.idx_slots:
+            p = rd_u32(s.idx + j * 4)
+            slot = s.base + j * st
+            if (p >= SEGMENT_HEADER_SIZE and not (p & 7) and p + FRAME_HEADER_SIZE <= s.cap
+                    and frame_layout(s.data + p, s.cap - p, L) == FRAME_OK
+                    and L.base <= slot < L.base + <int64_t>L.count):
+                pos = p
+    while pos + FRAME_HEADER_SIZE <= s.cap:
+        if frame_layout(s.data + pos, s.cap - pos, L) != FRAME_OK:
+            return -1
+        if offset < L.base + <int64_t>L.count:
+            return <Py_ssize_t>pos if offset >= L.base else -1
+        pos += align8(L.length)
+    return -1
+
+
+cdef inline int64_t record_ts(const char* f, const FrameLayout* L, uint32_t i) noexcept:
+    return rd_i64(f + L.c_ts + 8 * <size_t>i) if L.c_ts else L.ts
+
+
 cdef object clean_tail(LogCore self, Segment s, int64_t end, int64_t pos):
     """After a clean close: check in O(1) that `end` and `pos` describe the segment's end.
     Returns pos, or None when they do not (then the segment is scanned)."""
-    cdef int64_t at
     cdef uint32_t length
     cdef Py_ssize_t p
+    cdef FrameLayout L
     if end < s.base or pos < SEGMENT_HEADER_SIZE or pos > <int64_t>s.cap or (pos & 7):
         return None
     if pos + FRAME_HEADER_SIZE <= <int64_t>s.cap and rd_u32(s.data + pos) != 0:
         return None
     if end == s.base:
         return pos if pos == SEGMENT_HEADER_SIZE else None
-    p = s.find(end - 1, &at)
-    if at != end - 1 or frame_check(s.data, s.cap, p, end - 1, &length) != FRAME_OK:
+    p = frame_at(s, end - 1, &L)
+    if p < 0 or L.base + <int64_t>L.count != end:
+        return None
+    if frame_check(s.data, s.cap, p, L.base, &length) != FRAME_OK:
         return None
     if p + <int64_t>align8(length) != pos:
         return None
@@ -248,13 +318,13 @@ cdef Py_ssize_t recover(LogCore self, int64_t durable) except -1:
 
 cdef tuple scan_frames(LogCore self, Segment s, size_t pos, int64_t off, int64_t limit):
     """Follow valid frames from pos (offset off) up to offset `limit` (the next segment's
-    base; -1: none; what a sealed segment holds after it is ignored); a batch counts only
-    whole. Returns
-    (position, offset) where the valid data ends and None, or the damage found there as
-    (path, position, offset, problem) when it is not a clean end."""
+    base; -1: none; what a sealed segment holds after it is ignored); a group (frames chained
+    by MORE, FORMAT.md rule 7) counts only whole. Returns (position, offset) where the valid
+    data ends and None, or the damage found there as (path, position, offset, problem) when it
+    is not a clean end."""
     cdef size_t bpos
     cdef int64_t boff
-    cdef uint32_t length, n, k
+    cdef uint32_t length
     cdef int rc
     while True:
         if off == limit:
@@ -264,21 +334,16 @@ cdef tuple scan_frames(LogCore self, Segment s, size_t pos, int64_t off, int64_t
             return pos, off, None
         if rc != FRAME_OK:
             return pos, off, (s.path, pos, off, rc)
-        n = rd_u32(s.data + pos + 28)
-        if n == 0:
-            return pos, off, (s.path, pos, off, FRAME_BAD_LENGTH)   # follower without head
-        bpos = pos + align8(length)
-        boff = off + 1
-        k = 1
-        while k < n:
-            rc = frame_check(s.data, s.cap, bpos, boff, &length)
-            if rc != FRAME_OK or rd_u32(s.data + bpos + 28) != 0:
-                return pos, off, (s.path, bpos, boff, rc if rc != FRAME_OK else FRAME_BAD_LENGTH)
+        bpos = pos
+        boff = off
+        while rd_u16(s.data + bpos + 28) & ATTR_MORE:
+            boff += frame_count(s.data + bpos)
             bpos += align8(length)
-            boff += 1
-            k += 1
-        pos = bpos
-        off = boff
+            rc = frame_check(s.data, s.cap, bpos, boff, &length)
+            if rc != FRAME_OK:
+                return pos, off, (s.path, bpos, boff, FRAME_BAD_GROUP if rc == FRAME_END else rc)
+        pos = bpos + align8(length)
+        off = boff + frame_count(s.data + bpos)
 
 
 cdef sync_after_recovery(LogCore self, Py_ssize_t first):
@@ -301,8 +366,11 @@ cdef resume_index(LogCore self, Segment s, size_t end_pos, int64_t end, bint reb
     """Make segment s (data ending at end_pos, offset end) the writer's index target:
     check that its index describes exactly the data, else rebuild it from the frames."""
     cdef size_t pos
-    cdef uint32_t length
-    cdef int64_t off, last, at, j, m
+    cdef Py_ssize_t p
+    cdef int64_t last, j, m = 0, off = 0
+    cdef uint32_t i
+    cdef FrameLayout L
+    cdef const char* f
     self._max_ts = -(1 << 62)
     if s.idx == NULL:
         return
@@ -311,47 +379,50 @@ cdef resume_index(LogCore self, Segment s, size_t end_pos, int64_t end, bint reb
         if last < 0:
             rebuild = tl_load_u32_acquire(s.idx) != 0
         else:
-            rebuild = (s.idx_get(<size_t>(last // <int64_t>s.idx_stride)) == 0 or
-                       (<size_t>(last // <int64_t>s.idx_stride) + 1 < s.idx_slots and
-                        tl_load_u32_acquire(s.idx + (last // <int64_t>s.idx_stride + 1) * 4)
-                        != 0))
+            j = last // <int64_t>s.idx_stride
+            p = frame_at(s, end - 1, &L)
+            rebuild = (p < 0 or <size_t>j >= s.idx_slots or
+                       tl_load_u32_acquire(s.idx + j * 4) != <uint32_t>p or
+                       (<size_t>j + 1 < s.idx_slots and
+                        tl_load_u32_acquire(s.idx + (j + 1) * 4) != 0))
         if not rebuild and last >= 0:
             # running max timestamp: the last .tix entry, then the records after it. The
             # entry seeds the entries to come, so it must look right: not 0 (not written),
             # not below the one before it or its own record's timestamp, none after it
             j = last // TIX_STRIDE
             off = s.base + j * TIX_STRIDE
-            m = rd_i64(s.tix + j * 8)
-            pos = s.find(off, &at)
-            rebuild = (at != off or frame_shape(s.data, s.cap, pos, off, &length) != FRAME_OK
-                       or m == 0 or m < rd_i64(s.data + pos + 16)
+            m = rd_i64(s.tix + j * 8) if <size_t>j < s.tix_slots else 0
+            p = frame_at(s, off, &L)
+            rebuild = (p < 0 or m == 0
+                       or m < record_ts(s.data + p, &L, <uint32_t>(off - L.base))
                        or (j > 0 and m < rd_i64(s.tix + (j - 1) * 8))
                        or (<size_t>j + 1 < s.tix_slots and rd_i64(s.tix + (j + 1) * 8) != 0))
         if not rebuild and last >= 0:
             self._max_ts = m
-            while pos < end_pos and at < end:
-                length = rd_u32(s.data + pos)
-                if length == 0:
+            pos = <size_t>p
+            i = <uint32_t>(off - L.base)
+            while True:
+                f = s.data + pos
+                while i < L.count:
+                    self._max_ts = max(self._max_ts, record_ts(f, &L, i))
+                    i += 1
+                pos += align8(L.length)
+                if pos >= end_pos or frame_layout(s.data + pos, s.cap - pos, &L) != FRAME_OK:
                     break
-                self._max_ts = max(self._max_ts, rd_i64(s.data + pos + 16))
-                pos += align8(length)
-                at += 1
+                i = 0
             return
     memset(s.idx, 0, s.idx_slots * 4)
     memset(s.tix, 0, s.tix_slots * 8)
     pos = SEGMENT_HEADER_SIZE
-    off = s.base
     self._idx = s.idx
     self._idx_stride = s.idx_stride
     self._tix = s.tix
     self._base = s.base
-    while pos < end_pos:
-        length = rd_u32(s.data + pos)
-        if length == 0:
-            break
-        index_note(self, pos, off, rd_i64(s.data + pos + 16))
-        pos += align8(length)
-        off += 1
+    while pos < end_pos and frame_layout(s.data + pos, s.cap - pos, &L) == FRAME_OK:
+        f = s.data + pos
+        for i in range(L.count):
+            index_note(self, pos, L.base + i, record_ts(f, &L, i))
+        pos += align8(L.length)
     s.index_fresh = False
 
 
@@ -405,6 +476,8 @@ def salvage(LogCore self):
     cdef int64_t last = -1, off, dstart = 0, dend = 0
     cdef size_t lim
     cdef int rc, fd
+    cdef uint32_t k
+    cdef FrameLayout L
     self._check_open()
     if self._readonly:
         load_segments(self)
@@ -429,14 +502,19 @@ def salvage(LogCore self):
                     pos = align8(<size_t>dstart)
                 lim = <size_t>dend & ~(<size_t>7)
                 while pos + FRAME_HEADER_SIZE <= lim:
-                    rc = frame_check(seg.data, lim, pos, -1, &length)
-                    off = rd_i64(seg.data + pos + 8) if rc == FRAME_OK else -1
-                    if rc == FRAME_OK and off > last:
-                        yield make_record(seg, pos, length)
-                        if seg.data == NULL:
-                            seg.ensure()    # unmapped meanwhile: the positions still hold
-                        last = off
-                        pos += align8(length)
+                    rc = frame_verify(seg.data + pos, lim - pos, &L)
+                    if rc == FRAME_OK and L.base + <int64_t>L.count - 1 > last:
+                        # every record of a valid frame (rules 1-5), none already yielded
+                        k = 0 if L.base > last else <uint32_t>(last + 1 - L.base)
+                        while k < L.count:
+                            r = salvage_record(seg, pos, &L, k)
+                            if r is not None:
+                                yield r
+                            if seg.data == NULL:
+                                seg.ensure()    # unmapped meanwhile: the positions still hold
+                            k += 1
+                        last = L.base + L.count - 1
+                        pos += align8(L.length)
                     else:
                         pos += FRAME_ALIGN
                 pos = max(pos, lim)
@@ -445,3 +523,8 @@ def salvage(LogCore self):
         finally:
             os.close(fd)
         seg.unmap()
+
+
+cdef object salvage_record(Segment seg, size_t pos, FrameLayout* L, uint32_t i):
+    """Record i of the verified frame at pos, as salvage hands it out."""
+    return make_record_at(seg, pos, L, i)

@@ -5,6 +5,8 @@
 # by an earlier version that grew files): `cap` is the size seen when it was mapped and no byte
 # at or past it is ever read (a page past the end of a file would SIGBUS); a reader looks again
 # (grew(), grew_index()) when the data or the index seem to run past what it saw.
+# Frames (format v2) hold one record or many: find() walks frames, locate()/frame_at() verify
+# the one holding a record, remembering large verified frames per mapping (the memo).
 
 cdef object raise_oserror(int err, object path):
     if err == _errno.ENOSPC:
@@ -89,9 +91,8 @@ def check_segment_header(bytes h, int64_t base, str path):
     if version < 1:
         raise CorruptLogError(f"{path}: segment header names format version {version}",
                               path=path, position=8, offset=base)
-    if version > FORMAT_VERSION:
-        raise FormatVersionError(f"{path}: format version {version}, this tidelog reads up to "
-                                 f"{FORMAT_VERSION}; upgrade tidelog")
+    if version != FORMAT_VERSION:
+        raise format_version_error(path, version)     # frame.pxi (v1: made by a pre-release)
     if int.from_bytes(h[16:24], "little", signed=True) != base:
         raise CorruptLogError(f"{path}: header base offset does not match the file name",
                               path=path, position=16, offset=base)
@@ -102,9 +103,55 @@ IDX_STRIDES_READ = (4, 8, 16, 32, 64)
 from libc.stdint cimport INT64_MIN
 cdef int64_t TS_UNKNOWN = INT64_MIN     # Segment.newest_ts not known
 
+cdef enum:
+    MEMO_MIN_BYTES = 1024   # multi-form frames larger than this are verified once per mapping
+
 
 cdef inline size_t idx_slots_for(size_t cap, size_t stride) noexcept:
-    return (cap - SEGMENT_HEADER_SIZE) // FRAME_HEADER_SIZE // stride + 1
+    # a segment holds at most R = (capacity - 64) / 8 records (FORMAT.md rule 8)
+    return (cap - SEGMENT_HEADER_SIZE) // MIN_RECORD_BYTES // stride + 1
+
+
+cdef enum:
+    SINGLE_OTHER = -100     # single_verify: not the common single form, use frame_verify
+
+
+cdef inline int single_verify(const char* f, size_t room, uint32_t length,
+                              FrameLayout* L) noexcept nogil:
+    """frame_verify's answer for the frame a single append writes (single form, no headers,
+    vpad 0: bytes 28..31 are exactly TS_SHARED|UNIFORM, | KEYS with a key, | MORE in a group of
+    single-form frames), with less work
+    (the per-record scan of single appends runs this per record); SINGLE_OTHER for any other
+    frame, which frame_verify then checks. Same rules (1, 2, 3, 4; rule 5 has nothing to check
+    in this form), same results."""
+    cdef uint32_t w
+    cdef int32_t klen
+    cdef size_t ka
+    if length < FRAME_HEADER_SIZE or <size_t>length > room:
+        return SINGLE_OTHER
+    w = rd_u32(f + 28) & ~(<uint32_t>ATTR_MORE)      # (a group's frames: the same checks)
+    klen = rd_i32(f + 24)
+    if klen == -1 and w == <uint32_t>(ATTR_TS_SHARED | ATTR_UNIFORM):
+        ka = 0
+    elif klen >= 0 and w == <uint32_t>(ATTR_TS_SHARED | ATTR_UNIFORM | ATTR_KEYS):
+        ka = align8(<size_t>klen)
+        if FRAME_HEADER_SIZE + ka > length:
+            return SINGLE_OTHER
+    else:
+        return SINGLE_OTHER
+    if frame_crc(f, length) != rd_u32(f + 4):
+        return FRAME_BAD_CRC
+    memset(L, 0, sizeof(FrameLayout))
+    L.length = length
+    L.count = 1
+    L.attrs = rd_u16(f + 28)
+    L.base = rd_i64(f + 8)
+    L.ts = rd_i64(f + 16)
+    L.klen1 = klen
+    L.usize = <uint32_t>(length - FRAME_HEADER_SIZE - ka)
+    L.c_keys = FRAME_HEADER_SIZE if klen >= 0 else 0
+    L.c_values = <uint32_t>(FRAME_HEADER_SIZE + ka)
+    return FRAME_OK
 
 
 cdef class Segment:
@@ -124,25 +171,131 @@ cdef class Segment:
     cdef object ino             # inode of the mapped file (a reader notices a replaced one)
 
     cdef Py_ssize_t find_checked(self, int64_t offset, uint32_t* length, int* rc) except -2:
-        """find() and frame_check() of the frame found; when that fails, once more by walking
-        from the segment start (the index is a hint: a stale entry must not look like damage)."""
-        cdef int64_t at
-        cdef Py_ssize_t p = self.find(offset, &at)
-        rc[0] = frame_check(self.data, self.cap, p, offset, length) if at == offset else FRAME_END
-        if rc[0] != FRAME_OK:
-            p = self.find(offset, &at, False)
-            rc[0] = frame_check(self.data, self.cap, p, offset, length) if at == offset else FRAME_END
-            if rc[0] != FRAME_OK and self.grew():     # the writer allocated more since: again
-                return self.find_checked(offset, length, rc)
+        """locate() for callers that need only the position and length of the (verified) frame
+        holding `offset`."""
+        cdef FrameLayout L
+        cdef Py_ssize_t p = self.locate(offset, &L, rc)
+        if rc[0] == FRAME_OK:
+            length[0] = L.length
         return p
 
-    cdef inline int check(self, size_t pos, int64_t offset, uint32_t* length) except -2:
-        """frame_check of the frame at pos, looking again at the file's size when it seems to
-        run past what was allocated when this segment was mapped (never lets threads run)."""
-        cdef int rc = frame_check(self.data, self.cap, pos, offset, length)
-        if rc != FRAME_OK and self.grew():
-            rc = frame_check(self.data, self.cap, pos, offset, length)
+    cdef Py_ssize_t locate(self, int64_t offset, FrameLayout* L, int* rc) except -2:
+        """find() and frame_at() of the frame holding `offset`: its position, with *rc FRAME_OK
+        and *L its layout when it is valid (rules 1-5) and holds `offset`; when that fails,
+        once more by walking from the segment start (the index is a hint: a stale entry must
+        not look like damage), then once more if the writer allocated more meanwhile."""
+        cdef int64_t at
+        cdef Py_ssize_t p = self.find(offset, &at)
+        rc[0] = self.frame_at(p, offset, L) if at == offset else FRAME_END
+        if rc[0] != FRAME_OK:
+            p = self.find(offset, &at, False)
+            rc[0] = self.frame_at(p, offset, L) if at == offset else FRAME_END
+            if rc[0] != FRAME_OK and self.grew():     # the writer allocated more since: again
+                return self.locate(offset, L, rc)
+        return p
+
+    cdef inline int check(self, size_t pos, int64_t offset, uint32_t* length) except -128:
+        """frame_at() of the frame at pos, which must begin with record `offset`, for callers
+        that need only its length."""
+        cdef FrameLayout L
+        cdef int rc = self.frame_at(pos, offset, &L)
+        if rc == FRAME_OK:
+            if L.base != offset:
+                return FRAME_BAD_OFFSET
+            length[0] = L.length
         return rc
+
+    cdef int frame_at(self, size_t pos, int64_t holding, FrameLayout* L) except -128:
+        """The frame at pos is valid (FORMAT.md rules 1-5) and holds record `holding` (< 0:
+        any): FRAME_OK with *L its layout, else the problem. Looks again at the file's size
+        when the frame seems to run past what was allocated when this segment was mapped.
+        Large multi-form frames (> MEMO_MIN_BYTES) are verified once per mapping (memo_has /
+        memo_add); others at every call. Lets no other thread run. (Its error value is -128:
+        the check codes are small negative numbers, and -2 is FRAME_BAD_KEY.)"""
+        cdef int rc = self.frame_once(pos, L)
+        if rc != FRAME_OK and rc != FRAME_BAD_CRC and self.grew():
+            rc = self.frame_once(pos, L)
+        if rc == FRAME_OK and holding >= 0 and not (
+                L.base <= holding and holding - L.base < <int64_t>L.count):
+            return FRAME_BAD_OFFSET
+        return rc
+
+    cdef inline int frame_once(self, size_t pos, FrameLayout* L) noexcept:
+        cdef int rc
+        cdef uint32_t crc, length
+        if self.data == NULL or pos + FRAME_HEADER_SIZE > self.cap:
+            return FRAME_END
+        length = tl_load_u32_acquire(self.data + pos)
+        if length <= MEMO_MIN_BYTES or not (rd_u16(self.data + pos + 28) & ATTR_MULTI):
+            rc = single_verify(self.data + pos, self.cap - pos, length, L)
+            if rc != SINGLE_OTHER:
+                return rc
+            return frame_verify(self.data + pos, self.cap - pos, L)     # small: every time
+        rc = frame_layout(self.data + pos, self.cap - pos, L)
+        if rc != FRAME_OK:
+            return rc
+        crc = rd_u32(self.data + pos + 4)
+        if self.memo_has(pos, crc):
+            return FRAME_OK
+        rc = frame_verify(self.data + pos, self.cap - pos, L)
+        if rc == FRAME_OK:
+            self.memo_add(pos, crc)
+        return rc
+
+    # The verified-frame memo (docs/design/v2-format.md §7): an open-addressing set of
+    # (position << 32 | crc) of the large frames this mapping verified; 0 = free slot (no
+    # frame lies at position 0). Keyed with the CRC word too, so a frame rewritten at the same
+    # place (a writer that recovered after a crash) is verified again. Dropped with the
+    # mapping (unmap()): a fresh mapping verifies again.
+    cdef bint memo_has(self, size_t pos, uint32_t crc) noexcept:
+        cdef uint64_t key = (<uint64_t>pos << 32) | crc
+        cdef size_t mask, h
+        if self.memo == NULL:
+            return False
+        mask = self.memo_cap - 1
+        h = <size_t>((key * <uint64_t>0x9E3779B97F4A7C15) >> 32) & mask
+        while self.memo[h] != 0:
+            if self.memo[h] == key:
+                return True
+            h = (h + 1) & mask
+        return False
+
+    cdef void memo_add(self, size_t pos, uint32_t crc) noexcept:
+        cdef uint64_t key = (<uint64_t>pos << 32) | crc
+        cdef uint64_t* old = self.memo
+        cdef size_t oldcap = self.memo_cap, i, mask, h, cap
+        if (self.memo_n + 1) * 2 > self.memo_cap:          # grow (or start) at half full
+            cap = 64 if oldcap == 0 else oldcap * 2
+            self.memo = <uint64_t*>calloc(cap, sizeof(uint64_t))
+            if self.memo == NULL:               # no memory: keep verifying every time
+                self.memo = old
+                return
+            self.memo_cap = cap
+            self.memo_n = 0
+            for i in range(oldcap):
+                if old[i]:
+                    self.memo_put(old[i])
+            free(old)
+        self.memo_put(key)
+
+    cdef inline void memo_put(self, uint64_t key) noexcept:
+        cdef size_t mask = self.memo_cap - 1
+        cdef size_t h = <size_t>((key * <uint64_t>0x9E3779B97F4A7C15) >> 32) & mask
+        while self.memo[h] != 0:
+            if self.memo[h] == key:
+                return
+            h = (h + 1) & mask
+        self.memo[h] = key
+        self.memo_n += 1
+
+    cdef void memo_drop(self) noexcept:
+        free(self.memo)
+        self.memo = NULL
+        self.memo_cap = self.memo_n = 0
+
+    def _memo_size(self):
+        """Frames in the verified-frame memo (tests)."""
+        return self.memo_n
 
     cdef bint grew(self) except -1:
         """Take the file's size again (the writer of another Log allocates it in steps): True
@@ -203,6 +356,8 @@ cdef class Segment:
                                 # from CRC-checked frames, or this writer filled the segment
                                 # from empty), else TS_UNKNOWN; never taken from the .tix
     cdef bint any_header        # map it even with a damaged header (salvage reads what it can)
+    cdef uint64_t* memo         # verified large frames of this mapping (frame_once), or NULL
+    cdef size_t memo_cap, memo_n
 
     def __cinit__(self):
         self.fd = -1
@@ -214,6 +369,7 @@ cdef class Segment:
         self.idx_stride = IDX_STRIDE
 
     def __dealloc__(self):
+        self.memo_drop()
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
@@ -221,6 +377,7 @@ cdef class Segment:
     cdef unmap(self):
         """Let go of the mapping (views and records keep theirs alive); the next use maps the
         file again. A reader's RSS stays bounded as a scan moves on."""
+        self.memo_drop()
         self.map = None
         self.mv = None
         self.data = NULL
@@ -370,25 +527,32 @@ cdef class Segment:
         self.tix_sorted = 0
 
     cdef inline size_t idx_get(self, size_t j) noexcept:
-        """Position of record base + stride j per the index, or 0 when the entry is unusable."""
+        """Position of the frame holding record base + stride j per the index, or 0 when the
+        entry is unusable: it must lie in the segment, 8-aligned, and the header there must
+        claim that record (base_offset <= it < base_offset + count; unchecked: a hint)."""
         cdef size_t p
+        cdef int64_t want, b
         if self.idx == NULL or j >= self.idx_slots:
             return 0
         p = tl_load_u32_acquire(self.idx + j * 4)
-        if (p < SEGMENT_HEADER_SIZE or (p & 7) or p + FRAME_HEADER_SIZE > self.cap or
-                rd_i64(self.data + p + 8) != self.base + <int64_t>(j * self.idx_stride)):
+        if p < SEGMENT_HEADER_SIZE or (p & 7) or p + FRAME_HEADER_SIZE > self.cap:
+            return 0
+        want = self.base + <int64_t>(j * self.idx_stride)
+        b = rd_i64(self.data + p + 8)
+        if b > want or want - b >= <int64_t>frame_count(self.data + p):
             return 0
         return p
 
     cdef Py_ssize_t find(self, int64_t offset, int64_t* at_offset, bint use_index=True) except -2:
         """Byte position of the frame holding `offset` (which must be in this segment): the
-        index entry at or below it (O(1)), then a walk of < 16 frames. Sets at_offset to the
-        offset the walk reached, which is `offset` unless the segment's data ends first."""
+        index entry at or below it (O(1)), then a walk of at most a few frames, following
+        only lengths and record counts (unchecked). Sets at_offset to `offset` when a frame
+        holding it was reached, else to the offset where the segment's data ends."""
         cdef size_t pos = SEGMENT_HEADER_SIZE, p = 0
         cdef int64_t cur = self.base
         cdef int64_t j
         cdef int tries = 0
-        cdef uint32_t length
+        cdef uint32_t length, count
         cdef bint hinted = False        # the walk started at an index entry (a hint)
         self.ensure()
         j = (offset - self.base) // <int64_t>self.idx_stride if use_index else 0
@@ -398,12 +562,12 @@ cdef class Segment:
             p = self.idx_get(j)
             if p:
                 pos = p
-                cur = self.base + j * <int64_t>self.idx_stride
+                cur = rd_i64(self.data + p + 8)     # the frame's base (idx_get: it holds base + 4j)
                 hinted = True
                 break
             j -= 1
             tries += 1
-        while cur < offset:
+        while True:
             if pos + FRAME_HEADER_SIZE > self.cap:
                 break
             length = tl_load_u32_acquire(self.data + pos)
@@ -419,7 +583,25 @@ cdef class Segment:
                     hinted = False
                     continue
                 raise corrupt(self.path, pos, cur, FRAME_BAD_LENGTH)
+            count = frame_count(self.data + pos)
+            if offset - cur < <int64_t>count:
+                at_offset[0] = offset           # this frame holds it
+                return pos
+            if count == 0:
+                if hinted:
+                    pos = SEGMENT_HEADER_SIZE
+                    cur = self.base
+                    hinted = False
+                    continue
+                raise corrupt(self.path, pos, cur, FRAME_BAD_ATTR)
             pos += align8(length)
-            cur += 1
+            cur += count
         at_offset[0] = cur
         return pos
+
+
+def _memo_sizes(log):
+    """Per segment of `log` (a LogCore), in order: the frames its verified-frame memo holds
+    (tests; 0 for an unmapped segment)."""
+    cdef Segment s
+    return [s.memo_n for s in (<LogCore>log)._segments]

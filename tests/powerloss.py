@@ -30,18 +30,36 @@ def value(off):
     return hashlib.blake2b(b"%d" % off, digest_size=16).digest() * (1 + off % 11)
 
 
+def nvalue(off):
+    """The value of record `off` when a numpy batch wrote it (rows of one size)."""
+    return hashlib.blake2b(b"n%d" % off, digest_size=24).digest()
+
+
+# TL_FRAME_LIMIT: the writer's _frame_limit (format v2: batches above it are groups of frames);
+# TL_NUMPY=1: every 8th step appends a numpy array (rows nvalue(off))
 WRITER = """
-import sys, hashlib, tidelog
+import os, sys, hashlib, tidelog
 path, mode, unsafe = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
 def value(off):
     return hashlib.blake2b(b"%d" % off, digest_size=16).digest() * (1 + off % 11)
+def nvalue(off):
+    return hashlib.blake2b(b"n%d" % off, digest_size=24).digest()
 log = tidelog.open(path, segment_bytes=16384, durability=mode, sync_interval=0.002)
 log._unsafe_ack_without_sync = unsafe
+log._frame_limit = int(os.environ.get("TL_FRAME_LIMIT", 1 << 20))
+numpy = os.environ.get("TL_NUMPY") == "1"
+if numpy:
+    import numpy as np
 off = log.end_offset
 i = 0
 print("start", off, flush=True)
 while True:
-    if i % 4 == 0:
+    if numpy and i % 8 == 4:
+        n = 2 + i % 60
+        rows = np.frombuffer(b"".join(nvalue(o) for o in range(off, off + n)), np.uint8)
+        assert log.append_batch(rows.reshape(n, 24)) == off
+        off += n
+    elif i % 4 == 0:
         n = 1 + i % 30
         log.append_batch([value(o) for o in range(off, off + n)])
         off += n
@@ -138,7 +156,8 @@ def check_recovered(path, acked):
         n = 0
         for rec in log.cursor():
             assert rec.offset == n
-            assert bytes(rec.value) == value(n), f"record {n} is not what was written"
+            v = bytes(rec.value)
+            assert v == value(n) or v == nvalue(n), f"record {n} is not what was written"
             n += 1
         assert n == log.end_offset
     return n, max(0, acked - n)

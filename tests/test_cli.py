@@ -172,18 +172,18 @@ def test_verify_clean(run, filled_log):
 def test_verify_damaged(run, filled_log):
     with tidelog.open(filled_log, readonly=True) as log:
         seg = log.segments()[0][1]
-    # docs/FORMAT.md: 64-byte segment header; "alpha" is a 37-byte frame padded to 40, so the
-    # frame of offset 1 starts at byte 104 and its value ("beta") at 136.
+    # docs/FORMAT.md (v2): 64-byte segment header, then the batch as one multi-form frame of
+    # offsets 0..2 (header, value offsets, vpad to 64-align the values: "alphabetagamma" at 128)
     with open(seg, "r+b") as f:
-        f.seek(136)
+        f.seek(133)
         assert f.read(4) == b"beta"
-        f.seek(136)
+        f.seek(133)
         f.write(b"B")
     result = run("verify", filled_log)
     assert result.exit_code == 1
     lines = result.output.strip().splitlines()
     assert len(lines) == 1
-    assert seg in lines[0] and "position=104" in lines[0] and "offset=1" in lines[0]
+    assert seg in lines[0] and "position=64" in lines[0] and "offset=0" in lines[0]
     assert_one_line_error(run("dump", filled_log))      # other readers stop at the damage too
 
 

@@ -168,10 +168,10 @@ def test_newer_format_version(log_path):
         log.append(b"a")
     with open(os.path.join(log_path, "tidelog.ctl"), "r+b") as f:
         f.seek(8)
-        f.write(struct.pack("<I", 2))
+        f.write(struct.pack("<I", 3))
     before = snapshot_dir(log_path)
     for kw in ({}, {"readonly": True}):
-        with pytest.raises(tidelog.FormatVersionError, match="version 2"):
+        with pytest.raises(tidelog.FormatVersionError, match="version 3.*upgrade"):
             tidelog.open(log_path, **kw)
     assert snapshot_dir(log_path) == before
 

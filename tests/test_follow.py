@@ -113,7 +113,7 @@ def test_follower_in_another_process_gets_every_record_across_rolls(log_path, mo
         out, errs = p.communicate(timeout=60)
         assert p.returncode == 0, errs
         assert f"got {n}" in out
-        assert len(lg.segments()) > 5
+        assert len(lg.segments()) > 3            # (format v2: batches take less room)
     finally:
         p.kill()
         lg.close()

@@ -111,6 +111,7 @@ def timestamps(kind, n, seed):
 
 def make_log(path, ts):
     with tidelog.open(path, durability="none", segment_bytes=SEG_BYTES) as log:
+        log._multi_form = False         # one single-form frame per record: many segments
         log.append_batch([b"x"] * len(ts), timestamps=ts, atomic=False)
         assert len(log.segments()) > 3
 

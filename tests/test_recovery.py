@@ -40,7 +40,10 @@ def mark_unclean(path):
 
 
 def make(path, n=1000):
+    # one single-form frame per record (a group chained by MORE), so that damage hits exactly
+    # one record; multi-form frames: the tests at the end of this file
     with tidelog.open(path, segment_bytes=1 << 20, durability="none") as log:
+        log._multi_form = False
         log.append_batch([b"value-%06d" % i for i in range(n)])
 
 
@@ -125,6 +128,7 @@ def test_unclean_reopen_cuts_torn_tail(log_path):
 
 def test_unclean_reopen_drops_incomplete_batch(log_path):
     with tidelog.open(log_path, segment_bytes=1 << 20, durability="none") as log:
+        log._multi_form = False                         # a group of 10 single-form frames
         log.append(b"single")
         log.append_batch([b"b%d" % i for i in range(10)])
     pos = frame_pos(log_path, 6)
@@ -149,6 +153,7 @@ def test_control_file_behind_is_corrected_by_scan(log_path):
 
 def make_segments(path):
     with tidelog.open(path, segment_bytes=4096, durability="none") as log:
+        log._multi_form = False                         # single-form frames (see make())
         log.append_batch([b"r%04d" % i + b"." * 90 for i in range(300)], atomic=False)
         return [b for b, _ in log.segments()]
 
@@ -260,3 +265,272 @@ def test_repair_truncate_cuts_at_the_first_damage(log_path):
         assert [bytes(r.value)[:5] for r in log.cursor()] == [b"r%04d" % i for i in range(victim)]
     with pytest.raises(ValueError, match="repair"):
         tidelog.open(log_path, repair="salvage-everything")
+
+
+# --- format v2: multi-form frames and groups (FORMAT.md §2 rules 1-7), checked by recovery ----
+
+import v2spec                                               # noqa: E402
+from v2spec import Frame, Rec                               # noqa: E402
+
+
+def set_durable(path, off):
+    with open(os.path.join(path, "tidelog.ctl"), "r+b") as f:
+        f.seek(32)
+        f.write(struct.pack("<q", off))
+
+
+def seg_bytes(path, base=0):
+    with open(os.path.join(path, "%020d.seg" % base), "rb") as f:
+        return f.read()
+
+
+def index_bytes(path, base=0):
+    out = []
+    for ext in (".idx", ".tix"):
+        with open(os.path.join(path, "%020d%s" % (base, ext)), "rb") as f:
+            out.append(f.read())
+    return out
+
+
+def spec_frames(data):
+    out, pos = [], 64
+    while pos + 32 <= len(data):
+        length = struct.unpack_from("<I", data, pos)[0]
+        if length == 0:
+            break
+        out.append((pos, v2spec.layout(data[pos:pos + length])))
+        pos += (length + 7) // 8 * 8
+    return out
+
+
+def write_multi(path, batches, limit=1 << 20, **kw):
+    with tidelog.open(path, segment_bytes=1 << 16, durability="none", **kw) as log:
+        log._multi_form = True
+        log._frame_limit = limit
+        for b in batches:
+            log.append_batch(b, timestamps=[1000 + len(x) for x in b])
+        return log.end_offset
+
+
+MULTI_BATCHES = [[b"a" * (i % 9) for i in range(300)], [b"bb"] * 50, [b"c"], [b"dd" * i for i in range(70)]]
+
+
+def expected_index(path):
+    """.idx/.tix as the spec makes them for the records the segment holds."""
+    data = seg_bytes(path)
+    recs = []
+    frames = []
+    for pos, L in spec_frames(data):
+        f = data[pos:pos + L["length"]]
+        for i in range(L["n"]):
+            ts = L["ts"] if not L["c_ts"] else struct.unpack_from("<q", f, L["c_ts"] + 8 * i)[0]
+            recs.append(Rec(b"", None, ts))
+        frames.append((pos, L["base"], L["n"]))
+    return v2spec.index_files(v2spec.Seg(0, data, frames, recs))
+
+
+def assert_index_is_spec(path):
+    idx, tix = expected_index(path)
+    got_idx, got_tix = index_bytes(path)
+    assert got_idx[:len(idx)] == idx and not any(got_idx[len(idx):])
+    assert got_tix[:len(tix)] == tix and not any(got_tix[len(tix):])
+
+
+@pytest.mark.parametrize("clean", [True, False])
+@pytest.mark.parametrize("limit", [1 << 20, 300])
+def test_reopen_after_multi_frames_continues_at_the_end(log_path, clean, limit):
+    """Clean reopen (O(1) tail check through the index) and recovery scan both follow
+    multi-form frames and groups: the next offset is right, the index is the spec's."""
+    end = write_multi(log_path, MULTI_BATCHES, limit)
+    assert end == 421
+    before = seg_bytes(log_path)
+    if not clean:
+        mark_unclean(log_path)
+        set_durable(log_path, 0)
+    with tidelog.open(log_path, segment_bytes=1 << 16, durability="none") as log:
+        assert log.end_offset == 421
+        log.append(b"next", timestamp=5)
+        assert log.end_offset == 422
+    after = seg_bytes(log_path)
+    n = len(spec_frames(before))
+    assert spec_frames(after)[:n] == spec_frames(before) and len(spec_frames(after)) == n + 1
+    assert_index_is_spec(log_path)
+
+
+@pytest.mark.parametrize("how", ["idx", "tix", "both"])
+def test_damaged_index_of_multi_frames_is_rebuilt(log_path, how):
+    """Index entries of multi frames (every slot of a frame names it; .tix running max of
+    per-record timestamps) are checked and rebuilt per frame."""
+    write_multi(log_path, MULTI_BATCHES, 300)
+    for ext in {"idx": [".idx"], "tix": [".tix"], "both": [".idx", ".tix"]}[how]:
+        p = os.path.join(log_path, "%020d%s" % (0, ext))
+        with open(p, "r+b") as f:
+            f.seek(64 + 8)
+            f.write(b"\xff" * 8)
+    with tidelog.open(log_path, readonly=True) as r:       # verify's index check, per frame
+        assert [os.path.basename(p) for p, _ in r._index_problems()] == ["%020d.idx" % 0]
+    mark_unclean(log_path)                                 # after a crash: always rebuilt
+    with tidelog.open(log_path, segment_bytes=1 << 16, durability="none") as log:
+        assert log.end_offset == 421
+        assert log._index_problems() == []
+    assert_index_is_spec(log_path)
+
+
+@pytest.mark.parametrize("which", ["first", "middle", "last"])
+def test_a_torn_group_is_cut_whole(log_path, which):
+    """A group (frames chained by MORE) damaged in any frame above the durable point is cut
+    whole: the log ends where the group began, every frame of it zeroed."""
+    write_multi(log_path, [[b"x" * 10] * 20], 1 << 20)            # offsets 0..19, one frame
+    with tidelog.open(log_path, segment_bytes=1 << 16, durability="none") as log:
+        log._multi_form = True
+        log._frame_limit = 256
+        log.append_batch([b"y" * 30] * 40)                           # a group of several frames
+    data = seg_bytes(log_path)
+    frames = spec_frames(data)
+    group = frames[1:]
+    assert len(group) >= 3 and all(L["attrs"] & v2spec.ATTR_MORE for _, L in group[:-1])
+    assert not group[-1][1]["attrs"] & v2spec.ATTR_MORE
+    pos = {"first": group[0][0], "middle": group[len(group) // 2][0], "last": group[-1][0]}[which]
+    flip(log_path, SEG0, pos + 40)
+    mark_unclean(log_path)
+    set_durable(log_path, 20)
+    with tidelog.open(log_path, segment_bytes=1 << 16, durability="none") as log:
+        assert log.end_offset == 20
+    data = seg_bytes(log_path)
+    assert not any(data[group[0][0]:])
+    assert_index_is_spec(log_path)
+
+
+def test_a_group_without_its_last_frame_is_cut(log_path):
+    """MORE on the last frame of a segment's data (its follower never written) is a torn group."""
+    b = v2spec.write_log(log_path, [[Frame([Rec(b"a", None, 1)] * 3),
+                                     Frame([Rec(b"b", None, 1)] * 2, more=True)]], clean=False)
+    set_durable(log_path, 0)
+    with tidelog.open(log_path, segment_bytes=1 << 16, durability="none") as log:
+        assert log.end_offset == 3
+    assert b.end == 5
+
+
+def forged(kind):
+    """A frame (placed at 64 + the first frame's 136 bytes) breaking one validity rule, with a
+    valid CRC where the rule is not the CRC."""
+    recs = [Rec(b"v%d" % (7 * i), None if i % 2 else b"k", 10 + i) for i in range(5)]
+    at = 64 + 72
+    f = bytearray(v2spec.multi(3, recs, at=at))
+    L = v2spec.layout(bytes(f))
+    n = L["n"]
+    if kind == "reserved-bit":
+        struct.pack_into("<H", f, 28, L["attrs"] | 1 << 12)
+    elif kind == "codec":
+        struct.pack_into("<H", f, 28, L["attrs"] | 1)
+    elif kind == "vpad-60":
+        struct.pack_into("<H", f, 30, 60)
+    elif kind == "count-0":
+        struct.pack_into("<I", f, 24, 0)
+    elif kind == "count-huge":
+        struct.pack_into("<I", f, 24, 1 << 20)          # columns past the frame
+    elif kind == "voff-past-frame":
+        struct.pack_into("<I", f, L["c_voff"] + 4 * n, 1 << 20)
+    elif kind == "voff-decreasing":
+        a, b = struct.unpack_from("<II", f, L["c_voff"] + 4)
+        struct.pack_into("<II", f, L["c_voff"] + 4, b, a)
+    elif kind == "koff-decreasing":
+        a, b = struct.unpack_from("<II", f, L["c_koff"] + 4)
+        struct.pack_into("<II", f, L["c_koff"] + 4, b + 1, a)
+    elif kind == "bitmap-trailing":
+        f[L["c_kvalid"]] |= 0x80
+    elif kind == "absent-key-nonempty":
+        # record 1 has no key (bit clear): give it a one-byte range, keeping C4 monotonic
+        for i, v in enumerate((0, 0, 1, 1, 1)):
+            struct.pack_into("<I", f, L["c_koff"] + 4 * i, v)
+    elif kind == "max-ts":
+        struct.pack_into("<q", f, 16, 99)
+    elif kind == "uniform-not-dividing":
+        u = v2spec.multi(3, [Rec(b"ab", None, 1), Rec(b"cd", None, 1), Rec(b"ef", None, 1)], at=at)
+        f = bytearray(u[:-1])                   # 5 value bytes for 3 records
+        struct.pack_into("<I", f, 0, len(f))
+    elif kind == "key-nulls-without-keys":
+        u = v2spec.multi(3, [Rec(b"ab", None, 1)] * 2, at=at)
+        f = bytearray(u)
+        struct.pack_into("<H", f, 28, struct.unpack_from("<H", f, 28)[0] | v2spec.ATTR_KEY_NULLS)
+    elif kind == "single-without-uniform":
+        f = bytearray(v2spec.single(3, Rec(b"abc", None, 1)))
+        struct.pack_into("<H", f, 28, 0x10)
+    elif kind == "crc":
+        f[-1] ^= 1
+        return bytes(f)
+    return v2spec.fix_crc(f)
+
+
+FORGERIES = ["reserved-bit", "codec", "vpad-60", "count-0", "count-huge", "voff-past-frame",
+             "voff-decreasing", "koff-decreasing", "bitmap-trailing", "absent-key-nonempty",
+             "max-ts", "uniform-not-dividing", "key-nulls-without-keys", "single-without-uniform",
+             "crc"]
+
+
+@pytest.mark.parametrize("kind", FORGERIES)
+def test_recovery_cuts_a_frame_breaking_a_rule(log_path, kind):
+    """Each validity rule, broken by a frame with a valid CRC (a forgery): recovery above the
+    durable point cuts the log before it; below it, CorruptLogError naming file, position and
+    offset - never a crash."""
+    good = Frame([Rec(b"g%d" % i, None, 1) for i in range(3)])
+    v2spec.write_log(log_path, [[good, forged(kind)]], clean=False)
+    set_durable(log_path, 3)
+    with tidelog.open(log_path, segment_bytes=1 << 16, durability="none") as log:
+        assert log.end_offset == 3
+    v2spec.write_log(log_path, [[good, forged(kind)]], clean=False)
+    set_durable(log_path, 4)
+    with pytest.raises(tidelog.CorruptLogError) as e:
+        tidelog.open(log_path, segment_bytes=1 << 16, durability="none")
+    assert e.value.offset == 3 and e.value.position == 136 and e.value.path.endswith(SEG0)
+
+
+def test_the_unforged_frame_is_kept(log_path):
+    """(The negative control of the forgeries: the same frame untouched is kept.)"""
+    good = Frame([Rec(b"g%d" % i, None, 1) for i in range(3)])
+    recs = [Rec(b"v%d" % (7 * i), None if i % 2 else b"k", 10 + i) for i in range(5)]
+    v2spec.write_log(log_path, [[good, v2spec.multi(3, recs, at=136)]], clean=False)
+    set_durable(log_path, 3)
+    with tidelog.open(log_path, segment_bytes=1 << 16, durability="none") as log:
+        assert log.end_offset == 8
+
+
+def test_salvage_yields_every_record_of_each_valid_frame(log_path):
+    """repair --salvage-to's reader: a damaged frame loses its records only; every record of
+    every other frame (multi-form, keys None and b"", per-record timestamps) comes out once,
+    in offset order."""
+    with tidelog.open(log_path, segment_bytes=1 << 16, durability="none") as log:
+        log._frame_limit = 400
+        vals = [b"%04d" % i * (1 + i % 5) for i in range(300)]
+        keys = [None if i % 3 == 0 else b"k" * (i % 3 - 1) for i in range(300)]
+        log.append_batch(vals, keys=keys, timestamps=list(range(300)))
+    frames = spec_frames(seg_bytes(log_path))
+    victim_pos, victim = frames[len(frames) // 2]
+    flip(log_path, SEG0, victim_pos + victim["c_values"] + 1)
+    lost = set(range(victim["base"], victim["base"] + victim["n"]))
+    with tidelog.open(log_path, readonly=True) as r:
+        got = [(x.offset, x.key, x.timestamp, bytes(x.value)) for x in r._salvage()]
+    want = [(i, keys[i], i, vals[i]) for i in range(300) if i not in lost]
+    assert got == want and len(lost) > 1
+
+
+@pytest.mark.parametrize("kind", ["key-length", "length"])
+def test_readers_report_every_check_code_as_damage(log_path, kind):
+    """Every check result is CorruptLogError for readers, never a crash or a silent end: the
+    codes of a bad key length and a bad length once equalled the values that Cython functions
+    declared `except -2` / `except -1` use to say "an exception is set" (a read crashed, a
+    cursor stopped early as if at the end)."""
+    bad = bytearray(v2spec.single(1, Rec(b"abcdefgh", None, 1)))
+    if kind == "key-length":
+        struct.pack_into("<i", bad, 24, 0x7CFFFFFF)     # KEYS clear, key length set: rule 2
+    else:
+        struct.pack_into("<I", bad, 0, 20)              # below a header: rule 1
+    v2spec.write_log(log_path, [[Frame([Rec(b"good", None, 1)], form="single"),
+                                 v2spec.fix_crc(bytes(bad)) if kind != "length" else bytes(bad),
+                                 Frame([Rec(b"next", None, 1)], form="single")]])
+    with tidelog.open(log_path, readonly=True) as r:
+        assert bytes(r.read(0).value) == b"good"
+        with pytest.raises(tidelog.CorruptLogError):
+            r.read(1)
+        with pytest.raises(tidelog.CorruptLogError):
+            list(r.cursor())

@@ -20,7 +20,7 @@ def seg_name(base, ext=".seg"):
     return "%020d%s" % (base, ext)
 
 
-def segment_header(base, capacity, version=1, magic=b"TDLGSEG\0"):
+def segment_header(base, capacity, version=2, magic=b"TDLGSEG\0"):
     """The 64-byte segment header of FORMAT.md §2, built from the spec with the oracle CRC."""
     h = bytearray(64)
     h[0:8] = magic
@@ -32,7 +32,7 @@ def segment_header(base, capacity, version=1, magic=b"TDLGSEG\0"):
 def index_header(magic, stride, base):
     h = bytearray(64)
     h[0:8] = magic
-    struct.pack_into("<IIq", h, 8, 1, stride, base)
+    struct.pack_into("<IIq", h, 8, 2, stride, base)
     struct.pack_into("<I", h, 60, oracle.crc32c(bytes(h[:60])))
     return bytes(h)
 
@@ -40,7 +40,7 @@ def index_header(magic, stride, base):
 def frame_bytes(offset, ts, value):
     """A frame without a key (FORMAT.md §2), with the oracle CRC, padded to 8 bytes."""
     length = 32 + len(value)
-    body = struct.pack("<qqiI", offset, ts, -1, 1) + value
+    body = struct.pack("<qqiHH", offset, ts, -1, 0x30, 0) + value     # single form
     f = struct.pack("<II", length, oracle.crc32c(body, oracle.crc32c(struct.pack("<I", length))))
     f += body
     return f + bytes(-len(f) % 8)
@@ -82,7 +82,7 @@ def make_oversized_segment(path, size):
         os.unlink(seg[:-4] + ext)
     len0 = (1 << 32) - 56                        # < 2**32, as rule 1 asks
     pos1 = 64 + len0                             # = 2**32 + 8
-    head0 = struct.pack("<qqiI", 0, 1, -1, 1)
+    head0 = struct.pack("<qqiHH", 0, 1, -1, 0x30, 0)       # single form
     crc0 = oracle.crc32c(head0, oracle.crc32c(struct.pack("<I", len0)))
     zeros = bytes(64 << 20)
     left = len0 - 32                             # record 0's value: zeros (a hole)
@@ -161,8 +161,8 @@ def damage_header(path, base, how):
         else:
             if how == "version0":
                 struct.pack_into("<I", h, 8, 0)
-            elif how == "version2":
-                struct.pack_into("<I", h, 8, 2)
+            elif how == "version3":
+                struct.pack_into("<I", h, 8, 3)
             elif how == "base":
                 struct.pack_into("<q", h, 16, base + 1)
             struct.pack_into("<I", h, 60, oracle.crc32c(bytes(h[:60])))   # a valid CRC
@@ -171,13 +171,13 @@ def damage_header(path, base, how):
     return p
 
 
-@pytest.mark.parametrize("how", ["magic", "crc", "version0", "version2", "base"])
+@pytest.mark.parametrize("how", ["magic", "crc", "version0", "version3", "base"])
 def test_readers_check_segment_headers(log_path, how):
     """Readers never looked at a segment's header: one whose magic, version, base or CRC is
     wrong was read as if it were the segment its name says."""
     bases = make_three_segments(log_path)
     seg = damage_header(log_path, bases[1], how)
-    want = tidelog.FormatVersionError if how == "version2" else tidelog.CorruptLogError
+    want = tidelog.FormatVersionError if how == "version3" else tidelog.CorruptLogError
     with tidelog.open(log_path, readonly=True) as r:
         assert bytes(r.read(0).value[:5]) == b"r0000"          # segment 0 is fine
         for attempt in (lambda: r.read(bases[1]), lambda: r.cursor(bases[1]).read_batch(),

@@ -26,18 +26,24 @@ class LogModel(RuleBasedStateMachine):
         assert self.log.append(v, key=k, timestamp=ts) == len(self.model)
         self.model.append((k, v, ts))
 
-    @rule(vs=st.lists(values, max_size=12), atomic=st.booleans())
-    def append_batch(self, vs, atomic):
-        size = sum((32 + len(v) + 7) // 8 * 8 for v in vs)
-        if atomic and size > 4096 - 64:
-            try:
-                self.log.append_batch(vs)
-            except ValueError:
-                return
-            raise AssertionError("a batch larger than a segment was accepted")
-        first = self.log.append_batch(vs, atomic=atomic, timestamps=list(range(len(vs))))
+    @rule(vs=st.lists(values, max_size=12), ks=st.lists(keys, max_size=12),
+          atomic=st.booleans(), shared=st.booleans(), limit=st.sampled_from([1 << 20, 200]))
+    def append_batch(self, vs, ks, atomic, shared, limit):
+        # format v2: multi-form frames (keys None and b"", one timestamp or one per record),
+        # groups of frames above the frame limit
+        ks = (ks + [None] * len(vs))[:len(vs)]
+        tss = [5] * len(vs) if shared else list(range(len(vs)))
+        self.log._frame_limit = limit
+        try:
+            first = self.log.append_batch(vs, keys=ks, atomic=atomic, timestamps=tss)
+        except ValueError:
+            # only a batch about as large as a segment (columns: at most ~24 B per record,
+            # a header and a value pad per frame) is refused
+            data = sum(map(len, vs)) + sum(len(k) for k in ks if k is not None)
+            assert atomic and data + 96 * len(vs) > 4096 - 64, (data, len(vs))
+            return
         assert first == len(self.model)
-        self.model.extend((None, v, i) for i, v in enumerate(vs))
+        self.model.extend(zip(ks, vs, tss))
 
     @rule(n=st.integers(1, 20), width=st.integers(1, 64))
     def append_array(self, n, width):

@@ -113,16 +113,16 @@ def test_segments_roll_and_reads_cross_them(log_path):
 def test_batch_is_one_segment_or_value_error(log_path):
     with tidelog.open(log_path, segment_bytes=4096, durability="none") as log:
         log.append(b"x" * 1000)
-        first = log.append_batch([b"y" * 100] * 25)       # does not fit the rest: rolls first
+        first = log.append_batch([b"y" * 100] * 30)       # does not fit the rest: rolls first
         assert first == 1
         assert len(log.segments()) == 2 and log.segments()[1][0] == 1
         with pytest.raises(ValueError, match="segment"):
             log.append_batch([b"z" * 100] * 100)          # larger than a segment
-        assert log.end_offset == 26
+        assert log.end_offset == 31
         first = log.append_batch([b"z" * 100] * 100, atomic=False)
-        assert (first, log.end_offset) == (26, 126)
-        assert values_of(log, 26) == [b"z" * 100] * 100
-        assert len(log.segments()) >= 5
+        assert (first, log.end_offset) == (31, 131)
+        assert values_of(log, 31) == [b"z" * 100] * 100
+        assert len(log.segments()) >= 4
 
 
 def test_record_too_large_for_segment(log_path):
@@ -275,7 +275,7 @@ def test_always_mode_threads_each_append_returns_durable(log_path):
 
 def test_large_single_appends_take_the_pwrite_path(tmp_path):
     """Single records of 8 KiB and more are staged and written with pwrite; their frames are the
-    same as any single append's (batch count 1), and reads, reopen and readers agree."""
+    same as any single append's (a single-form frame, no MORE), and reads, reopen and readers agree."""
     import struct
     path = str(tmp_path / "l")
     sizes = [100, 8191, 8192, 70_000, 5, 65536, 9000]
@@ -295,5 +295,6 @@ def test_large_single_appends_take_the_pwrite_path(tmp_path):
                 length, = struct.unpack_from("<I", data, pos)
                 if length == 0:
                     break
-                assert struct.unpack_from("<I", data, pos + 28)[0] == 1     # batch count
+                # attributes TS_SHARED|UNIFORM|KEYS, vpad 0 (FORMAT.md §2): a group of one
+                assert struct.unpack_from("<I", data, pos + 28)[0] == 0x70
                 pos += (length + 7) & ~7
