@@ -182,9 +182,15 @@ cdef class LogCore:
             os.makedirs(path, exist_ok=True)
         elif not _stat.S_ISDIR(st.st_mode):
             raise NotALogError(f"{path}: is a file, not a tidelog log directory")
-        if not os.path.exists(ctl_path):
-            # a creation that crashed leaves only our lock and control .tmp: finish it
-            others = [e for e in os.listdir(path) if e not in (LOCK_NAME, CONTROL_NAME + ".tmp")]
+        ctl_seen = os.path.exists(ctl_path)
+        if not ctl_seen:
+            # a creation that crashed leaves only our lock and control .tmp: finish it. The
+            # listing is looked at again for the control file: a writer creating the log since
+            # the look above has made it (then this is a log, not foreign files)
+            entries = os.listdir(path)
+            ctl_seen = CONTROL_NAME in entries
+        if not ctl_seen:
+            others = [e for e in entries if e not in (LOCK_NAME, CONTROL_NAME + ".tmp")]
             if others:
                 raise NotALogError(f"{path}: holds files that are not a tidelog log "
                                    f"(no {CONTROL_NAME}; found {sorted(others)[0]!r})")

@@ -108,6 +108,15 @@ def op(log, tag, report=None):
 
 FULL_DISK = COMMON + r"""
 def reader(stop):
+    try:
+        follow(stop)
+    except BaseException:
+        import traceback
+        print("reader failed:", traceback.format_exc().replace("\n", " | "), flush=True)
+        os._exit(4)
+
+
+def follow(stop):
     # a reader process following the writer: every record it sees passes its check
     seen = 0
     r = None
@@ -169,7 +178,9 @@ print("ok", len(model), "full", fulls, flush=True)
                                      (320 << 10, "none"), (16 << 20, "always")])
 def test_full_disk_at_and_between_the_mark_and_the_limit(tmp_path, seed, seg, dur):
     proc = smallfs.run_on_small_tmpfs(tmp_path, FULL_DISK, str(seed), str(seg), dur, size="10m")
-    assert proc.returncode == 0, (proc.returncode, proc.stdout, proc.stderr[-3000:])
+    if proc.returncode != 0:        # (pytest.fail: the whole output, not a truncated repr)
+        pytest.fail("exit %d\nstdout: %s\nstderr: %s" % (proc.returncode, proc.stdout,
+                                                         proc.stderr[-3000:]))
     words = proc.stdout.split()
     assert "ok" in words, proc.stdout
     assert int(words[words.index("full") + 1]) > 0, proc.stdout     # the disk did fill

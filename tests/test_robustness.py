@@ -263,3 +263,28 @@ def test_reopen_with_larger_segment_bytes_and_an_empty_active_segment(tmp_path):
     with tidelog.open(path) as log:
         assert [len(x.value) for x in log.cursor(0)] == [3000] * 3 + [20000] * 2
     r.close()
+
+
+def test_a_reader_opening_while_a_writer_creates_the_log_never_sees_foreign_files(tmp_path):
+    # a reader looked for tidelog.ctl, found none, then listed the directory after the writer
+    # had made it: NotALogError ("holds files that are not a tidelog log", 114 of 300 here)
+    # instead of LogNotFoundError or an open log
+    n = 300
+    pid = os.fork()
+    if pid == 0:
+        try:
+            for i in range(n):
+                tidelog.open(str(tmp_path / ("l%d" % i))).close()
+        finally:
+            os._exit(0)
+    try:
+        i = 0
+        while i < n:
+            try:
+                tidelog.open(str(tmp_path / ("l%d" % i)), readonly=True).close()
+                i += 1
+            except tidelog.LogNotFoundError:
+                pass
+    finally:
+        _, status = os.waitpid(pid, 0)
+    assert status == 0
