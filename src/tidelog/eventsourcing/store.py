@@ -87,8 +87,8 @@ class _Insert:
     """One insert waiting in a store's queue: what the leader appends (checked and encoded by
     the caller), then its result (first offset and end, or its error), set by the leader."""
 
-    __slots__ = ("events", "entries", "values", "keys", "tracking", "nbytes", "wake", "lead",
-                 "first", "end", "error", "durable")
+    __slots__ = ("events", "entries", "values", "keys", "tracking", "nbytes", "wake", "group",
+                 "handed_to", "first", "end", "error", "durable")
 
     def __init__(self, events: Sequence[StoredEvent], entries: list[tuple[bytes, bytes]],
                  values: list[bytes], keys: list[bytes], tracking: Tracking | None) -> None:
@@ -99,7 +99,8 @@ class _Insert:
         self.tracking = tracking
         self.nbytes = sum(map(len, values)) + 64 * len(values)
         self.wake: threading.Lock | None = None    # a waiter blocks on it (held) until released
-        self.lead = False                          # released to lead the next group
+        self.group: list[_Insert] = []             # the group its caller took as the leader
+        self.handed_to: _Insert | None = None      # ... and the insert it handed the lead to
         self.first: int | None = None
         self.end = 0
         self.error: BaseException | None = None
@@ -185,6 +186,7 @@ class TidelogStore:
         self.path = path
         self._refs = 0
         self.closed = False
+        self._durable_at_close = 0            # what close() made durable (a leader may sync after)
         self.inherited = False                # by a fork() child from its parent: unusable
         self.failure = None
         self.readonly = False
@@ -194,7 +196,8 @@ class TidelogStore:
         self._flush_lock = threading.Lock()   # one LMDB index commit at a time
         self._queue_lock = threading.Lock()   # the insert queue and the lead
         self._queue: deque[_Insert] = deque()  # inserts waiting for a leader
-        self._leading = False                 # a thread leads a group (the queue has one)
+        self._leader: _Insert | None = None   # the insert whose caller leads (or was handed
+                                              # the lead); None: no thread leads, queue empty
         self._group_size = 0                  # inserts in the last group
         self._changed = threading.Condition()  # committed_end advanced
         self._pending = deque()               # (end offset, [(oid key, vkey, offset)], tracking)
@@ -497,54 +500,67 @@ class TidelogStore:
                     raise IntegrityError(f"stored events are not unique: {e.originator_id} "
                                          f"version {e.originator_version} appears twice")
                 seen.add(entry)
-        with self._queue_lock:
-            self._queue.append(req)
-            lead = not self._leading
-            if lead:
-                self._leading = req.lead = True
-            else:
-                req.wake = threading.Lock()
-                req.wake.acquire()
+        # an interrupt (KeyboardInterrupt: a signal handler's exception, raised at any point of
+        # this thread) anywhere from here on is handled by _hand_on: an insert still queued
+        # leaves the queue; a lead this caller holds, or a group it took, is handed on
         try:
+            with self._queue_lock:
+                self._queue.append(req)
+                lead = self._leader is None
+                if lead:
+                    self._leader = req
+                else:
+                    req.wake = threading.Lock()
+                    req.wake.acquire()
             if not lead:
                 assert req.wake is not None
                 req.wake.acquire()      # released by a leader: the insert is done, or its turn
-                req.wake = None         # to lead has come
-                lead = req.lead
+                lead = self._leader is req  # to lead has come
             if lead:
                 self._lead(req)
-        except BaseException:           # e.g. KeyboardInterrupt while waiting
-            self._withdraw(req)
+        except BaseException:
+            self._hand_on(req)      # (again, if _lead's was cut short)
             raise
         if req.error is not None:
             raise req.error
+        if req.first is None:           # (never: a taken insert gets its offset or its error)
+            raise OperationalError(f"{self.path}: the insert was interrupted; nothing was "
+                                   f"written")
         if not req.durable:             # the leader stopped before its sync: sync here
             self._commit(req.end, req.tracking)
         return req.first
 
-    def _withdraw(self, req: _Insert) -> None:
-        """A caller interrupted while its insert waited: an insert no leader has taken leaves
-        the queue (nothing written); the lead, if it was handed to it, passes on. (An insert
-        already taken is recorded or refused as if its caller still waited.)"""
+    def _hand_on(self, me: _Insert) -> None:
+        """After `me`'s caller led a group, or was interrupted: `me` leaves the queue if still
+        there (nothing of it written), each insert of the group it took has its result (an
+        insert the leader stopped before appending gets an error: nothing was written) and is
+        woken, and the lead, if `me` holds it, passes to the first insert queued (or to none).
+
+        Idempotent, so that what an interrupt cut short here is done by the next call (insert()
+        calls it again on its way out): the state changes are made under the queue lock, and
+        a wake-up made twice is harmless."""
         with self._queue_lock:
-            if req not in self._queue:
-                return
-            self._queue.remove(req)
-            if not req.lead:
-                return
-            nxt = self._queue[0] if self._queue else None
-            if nxt is None:
-                self._leading = False
-            else:
-                nxt.lead = True
-        if nxt is not None:
-            assert nxt.wake is not None
-            nxt.wake.release()
+            queue = self._queue
+            if me in queue:             # not taken (or taken halfway: still queued)
+                queue.remove(me)
+            group = me.group = [r for r in me.group if r not in queue]
+            if self._leader is me:
+                self._leader = me.handed_to = queue[0] if queue else None
+        for r in group:
+            if r.first is None and r.error is None:     # the leader stopped before appending it
+                r.error = OperationalError(f"{self.path}: the insert was interrupted (its "
+                                           f"group's leader stopped); nothing was written")
+        nxt = me.handed_to
+        for r in group + ([] if nxt is None else [nxt]):
+            if r is not me and r.wake is not None:
+                try:
+                    r.wake.release()
+                except RuntimeError:    # woken already
+                    pass
 
     def _lead(self, me: _Insert) -> None:
         """The leader's turn: one group (the queued inserts, `me` among them), then the lead
         passes to the first insert still queued (or to none)."""
-        group: list[_Insert] = []
         escaped: BaseException | None = None
         try:
             assert self.log is not None
@@ -554,33 +570,25 @@ class TidelogStore:
                 time.sleep(0)
             # a group's records are one atomic batch, which must fit in a segment
             budget = self.log.segment_bytes // 4
+            group = me.group
             with self._queue_lock:
-                while self._queue and (not group or self._queue[0].nbytes <= budget):
-                    r = self._queue.popleft()
+                queue = self._queue
+                while queue and (not group or queue[0].nbytes <= budget):
+                    r = queue[0]
+                    group.append(r)         # (then popped: an insert is always in one of them)
+                    queue.popleft()
                     budget -= r.nbytes
-                    group.append(r)
             self._group_size = len(group)
             self._run_group(group)
         except BaseException as exc:
             escaped = exc
             raise
         finally:
-            with self._queue_lock:
-                nxt = self._queue[0] if self._queue else None
-                if nxt is None:
-                    self._leading = False
-                else:
-                    nxt.lead = True
-            for r in group:
-                if r.first is None and r.error is None:     # the leader stopped before
-                    r.error = (_copy_error(escaped) if isinstance(escaped, Exception) else
-                               OperationalError(f"{self.path}: the insert was interrupted "
-                                                f"({escaped!r}); nothing was written"))
-                if r is not me and r.wake is not None:
-                    r.wake.release()
-            if nxt is not None:
-                assert nxt.wake is not None
-                nxt.wake.release()
+            if isinstance(escaped, Exception):  # a failure of the group: each gets it
+                for r in me.group:
+                    if r.first is None and r.error is None:
+                        r.error = _copy_error(escaped)
+            self._hand_on(me)
         if (len(self._pending) >= FLUSH_EVERY
                 or time.monotonic() - self._last_flush >= FLUSH_SECONDS):
             self.flush_index(blocking=False)
@@ -605,12 +613,10 @@ class TidelogStore:
                 return
         end = accepted[-1].end
         try:
-            self.log.sync()
-        except tidelog.TidelogError as exc:
-            self.failure = exc
+            self._sync(end)
+        except (DatabaseError, InterfaceError) as exc:
             for r in accepted:
-                r.error = _tidelog_error(exc)
-                r.error.__cause__ = exc
+                r.error = _copy_error(exc, exc.__cause__)
             return
         self._publish(end, [r.tracking for r in accepted if r.tracking is not None])
         for r in accepted:
@@ -679,14 +685,16 @@ class TidelogStore:
                 pass                # (r has its error)
 
     def _append(self, reqs: list[_Insert], values: list[bytes], keys: list[bytes]) -> None:
-        """append_batch `values` (the records of `reqs`, in order); on an error, each of `reqs`
-        gets it (and the error is raised for _append_group's fallback)."""
+        """append_batch `values` (the records of `reqs`, in order) and enter them in the overlay
+        and the pending list; on an error, each of `reqs` gets it (and the error is raised for
+        _append_group's fallback)."""
         assert self.log is not None
         log = self.log
-        before = log.end_offset
+        before = log.end_offset         # the first offset of the batch (this is the writer)
         err: DatabaseError | InterfaceError
         try:
-            first = log.append_batch(values, keys=keys)
+            log.append_batch(values, keys=keys)
+            self._enter(reqs, before)
         except tidelog.TidelogError as exc:
             self._check_open()
             if isinstance(exc, tidelog.LogFullError) and log.end_offset == before:
@@ -705,20 +713,34 @@ class TidelogStore:
                 r.error = DataError(f"{self.path}: {exc} (set TIDELOG_SEGMENT_BYTES larger)")
                 r.error.__cause__ = exc
             raise
+        except BaseException:
+            # an exception from outside: KeyboardInterrupt (a signal handler's), raised as
+            # append_batch returned or while entering the batch: what is in the log is entered
+            if log.end_offset == before + len(values):
+                self._enter(reqs, before)
+            raise
+
+    def _enter(self, reqs: list[_Insert], first: int) -> None:
+        """Enter the appended records of `reqs` (from offset `first` on) in the overlay and the
+        pending list, and set each insert's offsets; idempotent (an insert whose offset is set
+        is skipped), so that entering cut short by an interrupt can be completed."""
         overlay = self._overlay
         off = first
         for r in reqs:
-            r.first = off
-            for okey, vkey in r.entries:
+            start = off
+            off += len(r.entries)
+            if r.first is not None:
+                continue
+            for i, (okey, vkey) in enumerate(r.entries):
                 ov = overlay.get(okey)
                 if ov is None:
                     ov = overlay[okey] = {}
-                ov[vkey] = off
-                off += 1
-            r.end = off
+                ov[vkey] = start + i
             if r.tracking is not None:
                 self._overlay_tracking[r.tracking.application_name] = r.tracking.notification_id
-            self._pending.append((off, r.entries, r.first, r.tracking))
+            self._pending.append((off, r.entries, start, r.tracking))
+            r.end = off
+            r.first = start             # last: the insert is entered
 
     def _publish(self, end: int, trackings: list[Tracking]) -> None:
         """Durable below `end`: readers may see it (and `trackings`)."""
@@ -733,13 +755,21 @@ class TidelogStore:
 
     def _commit(self, end: int, tracking: Tracking | None = None) -> None:
         """Make everything below `end` durable (shared fdatasync), publish it (and `tracking`)."""
+        self._sync(end)
+        self._publish(end, [] if tracking is None else [tracking])
+
+    def _sync(self, end: int) -> None:
+        """Make the log durable below `end` at least (fdatasync, shared by the inserts
+        appended so far); a failure stops the store (eventsourcing's error). The log closed
+        meanwhile by close() (another thread), which made it durable first, is not a failure."""
         assert self.log is not None
         try:
             self.log.sync()
         except tidelog.TidelogError as exc:
+            if self.closed and self._durable_at_close >= end:
+                return
             self.failure = exc
             raise _tidelog_error(exc) from exc
-        self._publish(end, [] if tracking is None else [tracking])
 
     def flush_index(self, tracking: Tracking | None = None, blocking: bool = True) -> bool:
         """Commit the durable part of the overlay (and `tracking`) to LMDB in one transaction.
@@ -753,10 +783,17 @@ class TidelogStore:
         return True
 
     def _flush_locked(self, tracking: Tracking | None) -> None:
+        if self.closed:         # (a leader's flush after close(), which flushed everything)
+            return
         durable = self.log.durable_offset if self.log is not None else 0
+        # the durable head of the pending list, left there until it is committed: an interrupt
+        # (KeyboardInterrupt) anywhere in here loses nothing (what stays pending is committed
+        # again, harmlessly); a copy, as a leader may be appending to it meanwhile
         batch = []
-        while self._pending and self._pending[0][0] <= durable:
-            batch.append(self._pending.popleft())
+        for item in list(self._pending):
+            if item[0] > durable:
+                break
+            batch.append(item)
         if not batch and tracking is None:
             return
         if batch:       # durable: publish them before the index makes them visible
@@ -791,6 +828,8 @@ class TidelogStore:
             self.failure = exc
             raise OperationalError(f"{self.path}: index commit failed: {exc}") from exc
         self._last_flush = time.monotonic()
+        for _ in batch:             # (only this thread, under _flush_lock, takes from its head)
+            self._pending.popleft()
         with self._lock:            # an insert may be adding to the same originator's dict
             for end, entries, first, t in batch:
                 for okey, vkey in entries:
@@ -1069,6 +1108,7 @@ class TidelogStore:
             try:
                 if self.log is not None and not self.readonly and self.failure is None:
                     self.log.sync()
+                    self._durable_at_close = self.log.durable_offset
                     self._flush_locked(None)
             finally:
                 self.closed = True
