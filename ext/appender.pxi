@@ -287,10 +287,11 @@ cdef object append_one(LogCore self, value, key=None, timestamp=None, headers=No
                                       hdr_cols_bytes(1, item.hn, item.hnb, item.hvb) >
                                       <size_t>(0xFFFFFFFF - 4096)):
                 raise ValueError("value: with its headers larger than a record can be")
-        if hblob is not None or vlen >= self._pwrite_min:
+        if (hblob is not None or vlen >= self._pwrite_min or
+                (self._codec and vlen + FRAME_HEADER_SIZE >= Z_MIN_BYTES)):
             # a large record: staged and written with pwrite like a batch (a store through
             # the mapping would first make the kernel zero each fresh page); a record with
-            # headers too (headers.pxi frames it)
+            # headers too (headers.pxi frames it), and one to compress (compression.pxi)
             if hblob is None:
                 item.h = NULL
                 item.hn = 0
@@ -769,6 +770,8 @@ cdef int write_spans(LogCore self, Item* items, Span* spans, Py_ssize_t ns, uint
     cdef size_t pos = self._wpos, chunk, ub = 0, big = 0, wrote
     cdef uint32_t first = 0
     cdef int64_t off = self._next
+    if self._codec:
+        return write_spans_z(self, items, spans, ns, attrs, contig)     # compression.pxi
     for b in range(ns):
         ub += spans[b].ub
         big = max(big, spans[b].ub)

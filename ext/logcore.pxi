@@ -119,6 +119,8 @@ cdef class LogCore:
     cdef size_t _scap
     cdef public Py_ssize_t _pwrite_min   # runs of at least this many bytes go through pwrite
     cdef public Py_ssize_t _frame_limit  # multi-form frames hold at most this many bytes (F)
+    cdef readonly int _codec            # compression.pxi: CODEC of new frames (0: none)
+    cdef object _zcompress              # ... its compress function (tidelog.codecs)
     cdef public bint _multi_form  # batches make multi-form frames (False, tests only: one
                                   # single-form frame per record, chained by MORE)
     cdef int64_t _rmax          # records the active segment may hold: (capacity - 64) / 8
@@ -486,6 +488,20 @@ cdef class LogCore:
     def _apply_retention(self):
         """Apply retain_bytes / retain_seconds now (the writer also does at every roll)."""
         return apply_retention(self)
+
+    def _setup_codec(self, compression):
+        """A writer's codec for new frames (compression.pxi: codec_setup)."""
+        self._check_open()
+        codec_setup(self, compression)
+
+    @property
+    def compression(self):
+        """The codec a writer gives new frames ("zstd", "lz4"), or None: uncompressed. For a
+        reader, the log's stored setting (what its writer uses)."""
+        cdef int64_t c = self._codec
+        if self._readonly and self._ctl != NULL:
+            c = ctl_get(self._ctl, CTL_CODEC)
+        return {1: "zstd", 2: "lz4"}.get(c)
 
     def append(self, value, *, key=None, timestamp=None, headers=None):
         """Append one record and return its offset (int).

@@ -37,7 +37,7 @@ def nvalue(off):
 
 # TL_FRAME_LIMIT: the writer's _frame_limit (format v2: batches above it are groups of frames);
 # TL_NUMPY=1: every 8th step appends a numpy array (rows nvalue(off)); TL_HEADERS=1: records
-# other than numpy rows get headers hdr_of(off)
+# other than numpy rows get headers hdr_of(off); TL_COMPRESSION=zstd|lz4: the log compresses
 WRITER = """
 import os, sys, hashlib, tidelog
 path, mode, unsafe = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
@@ -45,7 +45,8 @@ def value(off):
     return hashlib.blake2b(b"%d" % off, digest_size=16).digest() * (1 + off % 11)
 def nvalue(off):
     return hashlib.blake2b(b"n%d" % off, digest_size=24).digest()
-log = tidelog.open(path, segment_bytes=16384, durability=mode, sync_interval=0.002)
+log = tidelog.open(path, segment_bytes=16384, durability=mode, sync_interval=0.002,
+                   compression=os.environ.get("TL_COMPRESSION") or None)
 log._unsafe_ack_without_sync = unsafe
 log._frame_limit = int(os.environ.get("TL_FRAME_LIMIT", 1 << 20))
 numpy = os.environ.get("TL_NUMPY") == "1"

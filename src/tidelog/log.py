@@ -9,7 +9,10 @@ import warnings
 import weakref
 from typing import TYPE_CHECKING, Literal, Union, overload
 
+Compression = Literal["zstd", "lz4", "none"]
+
 from tidelog import _args, _core
+from tidelog.codecs import codec_id
 from tidelog.cursor import Cursor
 from tidelog.errors import LogClosedError, LogFailedError, OffsetOutOfRangeError, TidelogError
 from tidelog.positions import POSITIONS_DIR, PositionStore, check_name
@@ -136,8 +139,11 @@ class Log(_core.LogCore):
                  segment_bytes: SupportsIndex = 256 << 20, durability: Durability = "batch",
                  sync_interval: float = 0.005, retain_bytes: SupportsIndex | None = None,
                  retain_seconds: float | None = None, repair: Literal["truncate"] | None = None,
-                 max_unsynced_bytes: SupportsIndex | None = MAX_UNSYNCED_BYTES) -> None:
+                 max_unsynced_bytes: SupportsIndex | None = MAX_UNSYNCED_BYTES,
+                 compression: Compression | None = None) -> None:
         path = _check_path(path)
+        if compression is not None:
+            codec_id(compression)                   # ValueError naming the argument
         if repair not in (None, "truncate"):
             raise ValueError(f"repair: None or 'truncate', not {repair!r}")
         if repair is not None and readonly:
@@ -165,6 +171,12 @@ class Log(_core.LogCore):
         self.max_unsynced_bytes = _check_unsynced(max_unsynced_bytes)
         self._max_unsynced = -1 if self.max_unsynced_bytes is None else self.max_unsynced_bytes
         self._open(path, bool(readonly), bool(create), segment_bytes, durability, repair)
+        if not readonly:
+            try:
+                self._setup_codec(compression)      # MissingCodecError naming the extra
+            except BaseException:
+                self._abandon()
+                raise
         if not readonly and (retain_bytes is not None or retain_seconds is not None):
             try:
                 self._apply_retention()
@@ -504,7 +516,8 @@ def open(path: PathArg, *, readonly: bool = False, create: bool = True,
          segment_bytes: SupportsIndex = 256 << 20, durability: Durability = "batch",
          sync_interval: float = 0.005, retain_bytes: SupportsIndex | None = None,
          retain_seconds: float | None = None, repair: Literal["truncate"] | None = None,
-         max_unsynced_bytes: SupportsIndex | None = MAX_UNSYNCED_BYTES) -> Log:
+         max_unsynced_bytes: SupportsIndex | None = MAX_UNSYNCED_BYTES,
+         compression: Compression | None = None) -> Log:
     """Open (or create) the log in directory `path` and return it as a :class:`Log`.
 
     A log is a directory of segment files, named by their first offset. One process at a time
@@ -543,6 +556,15 @@ def open(path: PathArg, *, readonly: bool = False, create: bool = True,
       ``"batch"`` mode's backpressure: an append that finds the writer this many bytes of
       frames ahead of `durable_offset` waits until a sync brings it back under, and the flusher
       starts a sync early at half of it. This bounds what a power loss can take under any load.
+    - `compression` (``"zstd"``, ``"lz4"``, ``"none"`` or None, default None): how the writer
+      compresses new frames, per log. None keeps the log's own setting (stored in its control
+      page; none for a new log); a choice is stored and kept by later writers that pass None.
+      Frames of at least 512 bytes (an ``append_batch``, a large record) are compressed whole
+      when that makes them smaller; readers need no setting (each frame says its codec) but
+      the codec's package: the extras ``tidelog[zstd]`` (zstandard) and ``tidelog[lz4]`` (lz4);
+      a missing one raises :exc:`MissingCodecError` naming the extra. Values of compressed
+      frames are read from one decompressed copy per frame, which the records and batches
+      keep: zero-copy then means no copy after that decompression.
 
     Returns the open :class:`Log`; after opening, ``durable_offset == end_offset`` (recovery
     syncs what it keeps and cuts a torn tail).
@@ -556,4 +578,5 @@ def open(path: PathArg, *, readonly: bool = False, create: bool = True,
     TypeError or ValueError, naming the argument, for a bad argument."""
     return Log(path, readonly=readonly, create=create, segment_bytes=segment_bytes,
                durability=durability, sync_interval=sync_interval, retain_bytes=retain_bytes,
-               retain_seconds=retain_seconds, repair=repair, max_unsynced_bytes=max_unsynced_bytes)
+               retain_seconds=retain_seconds, repair=repair, max_unsynced_bytes=max_unsynced_bytes,
+               compression=compression)
