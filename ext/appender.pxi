@@ -553,16 +553,18 @@ cdef Py_ssize_t plan_spans(Item* items, Py_ssize_t n, uint16_t attrs, size_t lim
             ub = align8(multi_prefix(attrs, <size_t>(j + 1 - i),
                                      kb + (<size_t>items[j].klen if items[j].klen > 0 else 0),
                                      hdr_cols_bytes(<size_t>(j + 1 - i), hn + items[j].hn,
-                                                    hnb + items[j].hnb, hvb + items[j].hvb))
+                                                    hnb + items[j].hnb, hvb + items[j].hvb)
+                                     if attrs & ATTR_HEADERS else 0)
                         + VPAD_MAX + vb + items[j].vlen)
             if ub > limit:
                 break
             vb += items[j].vlen
             if items[j].klen > 0:
                 kb += <size_t>items[j].klen
-            hn += items[j].hn
-            hnb += items[j].hnb
-            hvb += items[j].hvb
+            if attrs & ATTR_HEADERS:
+                hn += items[j].hn
+                hnb += items[j].hnb
+                hvb += items[j].hvb
             j += 1
         out[ns].i = i
         out[ns].k = j - i
