@@ -55,10 +55,12 @@ cdef enum:
     FRAME_BAD_ATTR = -15   # rule 2: reserved attribute bits, a codec, a bad form or vpad
     FRAME_BAD_LAYOUT = -16 # rules 3 and 5: columns out of the frame or not consistent
     FRAME_BAD_GROUP = -17  # rule 7: a frame with MORE not followed by a valid frame
+    FRAME_BAD_CODEC = -18  # a compressed frame that does not decompress to what it says
 
 # frame attributes (header bytes 28..29; FORMAT.md §2)
 cdef enum:
-    ATTR_CODEC = 0x7               # compression codec: 0 = none (the only one today)
+    ATTR_CODEC = 0x7               # compression codec: 0 = none, 1 = zstd, 2 = lz4
+    CODEC_MAX = 2                  # (compression.pxi: compressed frames)
     ATTR_MULTI = 1 << 3            # multi form: count at 24, columns
     ATTR_TS_SHARED = 1 << 4        # one timestamp (the header's) for every record
     ATTR_UNIFORM = 1 << 5          # every value has the same size: no value offsets column
@@ -185,7 +187,9 @@ cdef int frame_layout(const char* f, size_t room, FrameLayout* L) noexcept nogil
     L.base = rd_i64(f + 8)
     L.ts = rd_i64(f + 16)
     L.klen1 = -1
-    if (attrs & ~(<uint16_t>ATTR_KNOWN)) or (attrs & ATTR_CODEC) or vpad > VPAD_MAX or (vpad & 7):
+    if (attrs & ~(<uint16_t>ATTR_KNOWN)) or (attrs & ATTR_CODEC) > CODEC_MAX or vpad > VPAD_MAX or (vpad & 7):
+        return FRAME_BAD_ATTR
+    if (attrs & ATTR_CODEC) and vpad:
         return FRAME_BAD_ATTR
     if (attrs & ATTR_KEY_NULLS) and not (attrs & ATTR_KEYS):
         return FRAME_BAD_ATTR
@@ -203,6 +207,14 @@ cdef int frame_layout(const char* f, size_t room, FrameLayout* L) noexcept nogil
         n = 1
         L.klen1 = klen
     L.count = <uint32_t>n
+    if attrs & ATTR_CODEC:
+        # compressed (FORMAT.md §2): the header, u32 inner length, u32 zero, codec bytes. The
+        # columns are the inner frame's: seg_inflate (compression.pxi) checks them
+        if length < FRAME_HEADER_SIZE + 8 or rd_u32(f + FRAME_HEADER_SIZE + 4) != 0:
+            return FRAME_BAD_LAYOUT
+        if rd_u32(f + FRAME_HEADER_SIZE) < FRAME_HEADER_SIZE:
+            return FRAME_BAD_LAYOUT
+        return FRAME_OK
     p = FRAME_HEADER_SIZE
     if not (attrs & ATTR_TS_SHARED):
         L.c_ts = <uint32_t>p
@@ -280,8 +292,9 @@ cdef int frame_columns(const char* f, const FrameLayout* L) noexcept nogil:
     cdef uint64_t n = L.count, i, nb
     cdef int64_t mx, t
     cdef uint8_t b
-    if not (L.attrs & ATTR_MULTI) and not (L.attrs & ATTR_HEADERS):
-        return FRAME_OK             # single form: nothing more to check
+    if (not (L.attrs & ATTR_MULTI) and not (L.attrs & ATTR_HEADERS)) or (L.attrs & ATTR_CODEC):
+        return FRAME_OK             # single form: nothing more to check (compressed: the inner
+                                    # frame's columns are checked when it is inflated)
     if L.c_voff and not offsets_ok(f + L.c_voff, n):
         return FRAME_BAD_LAYOUT
     if L.c_koff and not offsets_ok(f + L.c_koff, n):
@@ -398,6 +411,7 @@ FRAME_PROBLEMS = {
     FRAME_BAD_ATTR: "bad frame attributes",
     FRAME_BAD_LAYOUT: "frame columns out of bounds or inconsistent",
     FRAME_BAD_GROUP: "incomplete batch (a frame announces a follower that is missing or damaged)",
+    FRAME_BAD_CODEC: "compressed frame does not decompress to the frame its header describes",
 }
 
 cdef object format_version_error(str path, version):

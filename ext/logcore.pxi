@@ -119,6 +119,8 @@ cdef class LogCore:
     cdef size_t _scap
     cdef public Py_ssize_t _pwrite_min   # runs of at least this many bytes go through pwrite
     cdef public Py_ssize_t _frame_limit  # multi-form frames hold at most this many bytes (F)
+    cdef readonly int _codec            # compression.pxi: CODEC of new frames (0: none)
+    cdef object _zcompress              # ... its compress function (tidelog.codecs)
     cdef public bint _multi_form  # batches make multi-form frames (False, tests only: one
                                   # single-form frame per record, chained by MORE)
     cdef int64_t _rmax          # records the active segment may hold: (capacity - 64) / 8
@@ -493,22 +495,39 @@ cdef class LogCore:
         """Apply retain_bytes / retain_seconds now (the writer also does at every roll)."""
         return apply_retention(self)
 
-    def append(self, value, *, key=None, timestamp=None):
+    def _setup_codec(self, compression):
+        """A writer's codec for new frames (compression.pxi: codec_setup)."""
+        self._check_open()
+        codec_setup(self, compression)
+
+    @property
+    def compression(self):
+        """The codec a writer gives new frames ("zstd", "lz4"), or None: uncompressed. For a
+        reader, the log's stored setting (what its writer uses)."""
+        cdef int64_t c = self._codec
+        if self._readonly and self._ctl != NULL:
+            c = ctl_get(self._ctl, CTL_CODEC)
+        return {1: "zstd", 2: "lz4"}.get(c)
+
+    def append(self, value, *, key=None, timestamp=None, headers=None):
         """Append one record and return its offset (int).
 
         `value` (bytes-like: bytes, bytearray, memoryview, numpy array; stored verbatim) and
         `key` (bytes-like, or None: no key) are copied into the log. `timestamp` (int,
         nanoseconds since the epoch; default: now) is stored with it. In "always" mode this
         returns once the record is durable; in "batch" mode it may wait while the writer is
-        max_unsynced_bytes ahead of durable_offset.
+        max_unsynced_bytes ahead of durable_offset. `headers` (default None): the record's
+        headers, a dict {str: bytes-like} or an iterable of (str, bytes-like) pairs (names may
+        repeat, order is kept), stored with it (FORMAT.md: columns C5..C9).
 
         Raises TypeError for a value or key that is not bytes-like (a str, say), ValueError
         for a record too large for a segment, LogFullError (an OSError) when the disk is full,
         LogFailedError once a sync failed (fail-stop), LogClosedError once closed, TidelogError
         on a reader and LogForkedError in a fork() child."""
-        return append_one(self, value, key, timestamp)
+        return append_one(self, value, key, timestamp, headers)
 
-    def append_batch(self, values, *, keys=None, timestamps=None, bint atomic=True):
+    def append_batch(self, values, *, keys=None, timestamps=None, bint atomic=True,
+                     headers=None):
         """Append many records in one call and return the first one's offset (int; end_offset
         for an empty batch); they get consecutive offsets.
 
@@ -518,11 +537,12 @@ cdef class LogCore:
         (ns since the epoch), one per value (default: now). `atomic` (default True): after any
         crash the batch is in the log whole or not at all, and readers never see part of it; so
         it must fit in one segment (else ValueError). atomic=False splits a larger batch across
-        segments, with prefix semantics.
+        segments, with prefix semantics. `headers`: a sequence of one record's headers each
+        (as for append(); None or empty: none), one per value.
 
         Raises TypeError for a bad element (nothing of the batch is appended), ValueError for
         keys/timestamps of the wrong length or a batch too large, and what append() raises."""
-        return append_many(self, values, keys, timestamps, atomic)
+        return append_many(self, values, keys, timestamps, atomic, headers)
 
     # ---- durability (bodies: durability.pxi) and closing
 

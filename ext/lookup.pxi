@@ -96,6 +96,7 @@ cdef int64_t seg_scan_time(Segment seg, int64_t first, int64_t last, int64_t ts)
     cdef size_t pos
     cdef const char* f
     cdef int rc
+    cdef ZFrame z
     if first >= last:
         return -1
     pos = seg.locate(first, &L, &rc)
@@ -104,6 +105,11 @@ cdef int64_t seg_scan_time(Segment seg, int64_t first, int64_t last, int64_t ts)
             raise corrupt(seg.path, pos, off, rc)
         hi = min(last, L.base + <int64_t>L.count)
         if L.ts >= ts:
+            if L.attrs & ATTR_CODEC:        # compressed: the inflated frame's column
+                z = seg_inflate(seg, pos, &L)
+                for o in range(off, hi):
+                    if rec_ts(z.f, &z.L, o - L.base) >= ts:
+                        return o
             f = seg.data + pos
             for o in range(off, hi):
                 if rec_ts(f, &L, o - L.base) >= ts:
@@ -146,6 +152,8 @@ cdef int scan_window(Segment seg, int64_t a, int64_t b, int64_t ts, bint stop,
     cdef int rc
     cdef int64_t off = a, t, hi, o
     cdef const char* f
+    cdef FrameLayout* Lp
+    cdef ZFrame z
     if a >= b:
         return FRAME_OK
     pos = seg.locate(a, &L, &rc)
@@ -158,8 +166,13 @@ cdef int scan_window(Segment seg, int64_t a, int64_t b, int64_t ts, bint stop,
                 newest[0] = L.ts
         else:
             f = seg.data + pos
+            Lp = &L
+            if L.attrs & ATTR_CODEC:        # compressed: the inflated frame's column
+                z = seg_inflate(seg, pos, &L)
+                f = z.f
+                Lp = &z.L
             for o in range(off, hi):
-                t = rec_ts(f, &L, o - L.base)
+                t = rec_ts(f, Lp, o - L.base)
                 if t >= ts and found[0] < 0:
                     found[0] = o
                     if stop:

@@ -22,11 +22,14 @@ cdef class Record:
     - ``value`` (memoryview): its value, a read-only zero-copy view into the mapped segment.
       The view stays valid (the mapping stays alive) as long as it exists, also after the
       log is closed or retention deleted the segment.
+    - ``headers`` (list of (str, bytes)): its headers in the order appended (names may
+      repeat), copied; an empty list when it has none.
     - ``len(record)``: the value's length in bytes; ``bytes(record)``: a copy of the value.
 
-    Records compare equal by (offset, timestamp, key, value bytes) and hash consistently with
-    that (so they work in sets and as dict keys). A record pickles with a copy of its key and
-    value (for a multiprocessing worker, say): the copy needs neither the log nor its files."""
+    Records compare equal by (offset, timestamp, key, value bytes, headers) and hash
+    consistently with that (so they work in sets and as dict keys). A record pickles with a copy
+    of its key, value and headers (for a multiprocessing worker, say): the copy needs neither
+    the log nor its files."""
     cdef readonly int64_t offset
     cdef readonly int64_t timestamp
     cdef object _mv             # the segment's memoryview: keeps the mapping alive
@@ -34,6 +37,11 @@ cdef class Record:
     cdef Py_ssize_t _vlen
     cdef char* _k
     cdef int32_t _klen
+    cdef object _hdr            # its headers, a list of (str, bytes); None: none (headers.pxi)
+
+    @property
+    def headers(self):
+        return [] if self._hdr is None else list(self._hdr)
 
     @property
     def value(self):
@@ -62,7 +70,8 @@ cdef class Record:
         return (self.offset == o.offset and self.timestamp == o.timestamp and
                 self._klen == o._klen and self._vlen == o._vlen and
                 (self._klen <= 0 or memcmp(self._k, o._k, <size_t>self._klen) == 0) and
-                (self._vlen == 0 or memcmp(self._v, o._v, <size_t>self._vlen) == 0))
+                (self._vlen == 0 or memcmp(self._v, o._v, <size_t>self._vlen) == 0) and
+                (self._hdr or []) == (o._hdr or []))
 
     def __ne__(self, other):
         eq = self.__eq__(other)
@@ -84,18 +93,23 @@ cdef class Record:
             memcpy(b, self._k, <size_t>ka)
         if self._vlen:
             memcpy(b + ka, self._v, <size_t>self._vlen)
+        if self._hdr:
+            return (_record_from_pickle, (self.offset, self.timestamp, self._klen, blob,
+                                          list(self._hdr)))
         return (_record_from_pickle, (self.offset, self.timestamp, self._klen, blob))
 
     def __repr__(self):
         v = PyBytes_FromStringAndSize(self._v, min(self._vlen, 32))
         more = "..." if self._vlen > 32 else ""
+        hd = f", headers={self._hdr!r}" if self._hdr else ""
         return (f"Record(offset={self.offset}, timestamp={self.timestamp}, key={self.key!r}, "
-                f"value={v!r}{more})")
+                f"value={v!r}{more}{hd})")
 
 
-def _record_from_pickle(offset, timestamp, klen, blob):
-    """Rebuild a pickled Record: `blob` holds its key (klen bytes; -1: no key) then its value.
-    Checks what it is given: a pickle is data from outside."""
+def _record_from_pickle(offset, timestamp, klen, blob, headers=None):
+    """Rebuild a pickled Record: `blob` holds its key (klen bytes; -1: no key) then its value;
+    `headers` a list of (str, bytes) or None. Checks what it is given: a pickle is data from
+    outside."""
     cdef Record r
     cdef int32_t kl
     cdef Py_ssize_t size, ka
@@ -118,11 +132,27 @@ def _record_from_pickle(offset, timestamp, klen, blob):
     r._klen = kl
     r._v = r._k + ka
     r._vlen = size - ka
+    r._hdr = pickled_headers(headers, "Record pickle")
     return r
+
+
+cdef object pickled_headers(object h, str what):
+    """A pickled record's headers, checked: None, or a list of (str, bytes) pairs."""
+    if h is None:
+        return None
+    if type(h) is not list:
+        raise TypeError(f"{what}: headers: expected a list, not {type(h).__name__}")
+    for pair in h:
+        if (type(pair) is not tuple or len(pair) != 2 or type(pair[0]) is not str
+                or type(pair[1]) is not bytes):
+            raise TypeError(f"{what}: headers: expected (str, bytes) pairs")
+    return h or None
 
 
 cdef inline Record make_record_at(Segment seg, size_t pos, const FrameLayout* L, uint32_t i):
     """Record i of the verified frame at pos (layout L) of seg."""
+    if L.attrs & ATTR_CODEC:
+        return make_record_z(seg_inflate(seg, pos, L), i)       # compression.pxi
     mv = seg.mv                     # held across the allocation below (it may run a GC, whose
     cdef Record r = Record.__new__(Record)     # finalizers could make the log unmap seg)
     cdef const char* f = <const char*>PyMemoryView_GET_BUFFER(mv).buf + pos
@@ -130,8 +160,27 @@ cdef inline Record make_record_at(Segment seg, size_t pos, const FrameLayout* L,
     cdef const char* v
     cdef size_t vl
     frame_record(f, L, i, &r.timestamp, &k, &r._klen, &v, &vl)
+    if L.attrs & ATTR_HEADERS:
+        r._hdr = frame_headers(f, L, i) or None        # headers.pxi
     r.offset = L.base + i
     r._mv = mv
+    r._k = <char*>k
+    r._v = <char*>v
+    r._vlen = vl
+    return r
+
+
+cdef Record make_record_z(ZFrame z, uint32_t i):
+    """Record i of an inflated compressed frame (its views keep z's buffer alive)."""
+    cdef Record r = Record.__new__(Record)
+    cdef const char* k
+    cdef const char* v
+    cdef size_t vl
+    frame_record(z.f, &z.L, i, &r.timestamp, &k, &r._klen, &v, &vl)
+    if z.L.attrs & ATTR_HEADERS:
+        r._hdr = frame_headers(z.f, &z.L, i) or None
+    r.offset = z.L.base + i
+    r._mv = z.mv
     r._k = <char*>k
     r._v = <char*>v
     r._vlen = vl
@@ -163,6 +212,8 @@ cdef class _Part:
     cdef const uint32_t[::1] vpos
     cdef const uint32_t[::1] vlen
     cdef const int32_t[::1] klen
+    cdef object zmv             # a compressed frame's part: its inflated frame (ZFrame.mv) ...
+    cdef const char* zf         # ... at this address (NULL: the frame is at pos of the mapping)
     cdef int64_t ulen           # run: every value has this length (-1: not known to be uniform)
     cdef int64_t ustride        # ... and the values lie at this constant stride (-1: not)
 
@@ -179,7 +230,19 @@ cdef class _Part:
             q.ts, q.vpos, q.vlen, q.klen = self.ts, self.vpos, self.vlen, self.klen
         q.ulen = self.ulen
         q.ustride = self.ustride
+        q.zmv = self.zmv
+        q.zf = self.zf
         return q
+
+
+cdef inline const char* part_at(const char* addr, _Part p) noexcept:
+    """Where a frame part's frame lies: in the mapping at addr + pos, or its inflated copy."""
+    return p.zf if p.zf != NULL else addr + p.pos
+
+
+cdef inline object part_mv(object mv, _Part p):
+    """The memoryview a part's record views are made from (and that keeps them valid)."""
+    return p.zmv if p.zf != NULL else mv
 
 
 cdef inline size_t part_first_value(const char* f, const FrameLayout* L, uint32_t a) noexcept:
@@ -236,9 +299,37 @@ cdef class RecordBatch:
     cdef Py_ssize_t _lastp      # index of the part last looked at (sequential access)
     cdef int64_t _nbytes
     cdef Py_ssize_t n
+    cdef object _hdrs           # an unpickled batch's headers (a list per record), else None
 
     def __len__(self):
         return self.n
+
+    cdef object hdr_at(self, Py_ssize_t i):
+        """Record i's headers: a list of (str, bytes), or None when it has none."""
+        cdef _Part p
+        if self._hdrs is not None:
+            return self._hdrs[i] or None
+        p = self.part_of(i)
+        if p.frame and (p.L.attrs & ATTR_HEADERS):
+            return frame_headers(part_at(self._addr, p), &p.L, <uint32_t>(p.a + i - p.start)) or None
+        return None
+
+    @property
+    def headers(self):
+        """The records' headers: one list of (str, bytes) per record, in order (an empty list
+        for a record without headers)."""
+        cdef Py_ssize_t i
+        cdef _Part p
+        if self._hdrs is not None:
+            return [list(h) if h else [] for h in self._hdrs]
+        out = []
+        for p in self._parts:
+            if p.frame and (p.L.attrs & ATTR_HEADERS):
+                for i in range(p.n):
+                    out.append(frame_headers(part_at(self._addr, p), &p.L, <uint32_t>(p.a + i)))
+            else:
+                out.extend([[] for i in range(p.n)])
+        return out
 
     cdef _Part part_of(self, Py_ssize_t i):
         cdef Py_ssize_t lo, hi, mid
@@ -264,7 +355,7 @@ cdef class RecordBatch:
         cdef _Part p = self.part_of(i)
         cdef Py_ssize_t j = i - p.start
         if p.frame:
-            frame_record(self._addr + p.pos, &p.L, <uint32_t>(p.a + j), ts, k, kl, v, vl)
+            frame_record(part_at(self._addr, p), &p.L, <uint32_t>(p.a + j), ts, k, kl, v, vl)
         else:
             ts[0] = p.ts[j]
             v[0] = self._addr + p.vpos[j]
@@ -292,7 +383,8 @@ cdef class RecordBatch:
                     chunks.append(p.ts_a)
                 elif p.L.c_ts:
                     chunks.append(np.frombuffer(tl_subview(
-                        self._mv, self._addr + p.pos + p.L.c_ts + 8 * <size_t>p.a, 8 * p.n),
+                        part_mv(self._mv, p), part_at(self._addr, p) + p.L.c_ts + 8 * <size_t>p.a,
+                        8 * p.n),
                         np.int64))
                 else:
                     chunks.append(np.full(p.n, p.L.ts, np.int64))
@@ -338,13 +430,13 @@ cdef class RecordBatch:
         cdef uint32_t r, a
         if not p.frame:
             return tl_subview(self._mv, self._addr + p.vpos[j], p.vlen[j])
-        f = self._addr + p.pos
+        f = part_at(self._addr, p)
         r = <uint32_t>(p.a + j)
         if p.L.attrs & ATTR_UNIFORM:
-            return tl_subview(self._mv, <char*>f + p.L.c_values + <size_t>r * p.L.usize,
+            return tl_subview(part_mv(self._mv, p), <char*>f + p.L.c_values + <size_t>r * p.L.usize,
                               p.L.usize)
         a = rd_u32(f + p.L.c_voff + 4 * <size_t>r)
-        return tl_subview(self._mv, <char*>f + p.L.c_values + a,
+        return tl_subview(part_mv(self._mv, p), <char*>f + p.L.c_values + a,
                           rd_u32(f + p.L.c_voff + 4 * <size_t>r + 4) - a)
 
     def frames(self):
@@ -365,6 +457,8 @@ cdef class RecordBatch:
             b.n = p.n
             b._first = self._first + p.start
             b._nbytes = part_nbytes(self._addr, p)
+            if self._hdrs is not None:
+                b._hdrs = self._hdrs[p.start:p.start + p.n]
             out.append(b)
         return out
 
@@ -395,8 +489,8 @@ cdef class RecordBatch:
         if self._one is not None:
             p = self._one
             if p.frame:
-                region = tl_subview(self._mv, self._addr + p.pos + part_first_value(
-                    self._addr + p.pos, &p.L, p.a), n * size)
+                region = tl_subview(part_mv(self._mv, p), part_at(self._addr, p) + part_first_value(
+                    part_at(self._addr, p), &p.L, p.a), n * size)
                 return np.ndarray((n,), dt, buffer=region)
             if p.ustride >= 0 or n == 1 or (n == 2 or (np.diff(p.vpos_a) ==
                                                        p.vpos[1] - p.vpos[0]).all()):
@@ -411,7 +505,7 @@ cdef class RecordBatch:
         for p in self._parts:
             if p.frame:
                 memcpy(dst + p.start * size,
-                       self._addr + p.pos + part_first_value(self._addr + p.pos, &p.L, p.a),
+                       part_at(self._addr, p) + part_first_value(part_at(self._addr, p), &p.L, p.a),
                        p.n * size)
             else:
                 for i in range(p.n):
@@ -436,10 +530,11 @@ cdef class RecordBatch:
         r = Record.__new__(Record)
         self.rec_at(i, &r.timestamp, &k, &r._klen, &v, &vl)
         r.offset = self._first + i
-        r._mv = self._mv
+        r._mv = part_mv(self._mv, self.part_of(i))
         r._v = <char*>v
         r._vlen = vl
         r._k = <char*>k
+        r._hdr = self.hdr_at(i)
         return r
 
     def __reduce__(self):
@@ -476,6 +571,10 @@ cdef class RecordBatch:
             memcpy(b + at, v, vl)
             memset(b + at + vl, 0, align8(vl) - vl)
             at += align8(vl)
+        hdrs = self.headers
+        if any(hdrs):
+            return (_batch_from_pickle, (self._first, np.array(self.timestamps, np.int64),
+                                         kls, vls, blob, hdrs))
         return (_batch_from_pickle, (self._first, np.array(self.timestamps, np.int64),
                                      kls, vls, blob))
 
@@ -489,7 +588,7 @@ cdef int64_t part_nbytes(const char* addr, _Part p):
     cdef Py_ssize_t i
     cdef int64_t t = 0
     if p.frame:
-        return frame_bytes(addr + p.pos, &p.L, p.a, <uint32_t>p.n)
+        return frame_bytes(part_at(addr, p), &p.L, p.a, <uint32_t>p.n)
     for i in range(p.n):
         t += p.vlen[i]
     return t
@@ -500,7 +599,7 @@ cdef int part_sizes_are(const char* addr, _Part p, Py_ssize_t size, object dt) e
     cdef const char* f
     cdef uint32_t lo = 0xFFFFFFFF, hi = 0, x, i
     if p.frame:
-        f = addr + p.pos
+        f = part_at(addr, p)
         if p.L.attrs & ATTR_UNIFORM:
             lo = hi = p.L.usize
         else:
@@ -552,7 +651,7 @@ cdef object _pickled_ints(object x, str what, object dtype, object lo, object hi
     return np.array(a, dtype)
 
 
-def _batch_from_pickle(first, timestamps, klen, vlen, blob):
+def _batch_from_pickle(first, timestamps, klen, vlen, blob, headers=None):
     """Rebuild a pickled RecordBatch: per record its timestamp, key length (-1: no key) and
     value length; `blob` holds each record's key area then its value, 8-byte aligned. Checks
     what it is given: a pickle is data from outside."""
@@ -588,6 +687,10 @@ def _batch_from_pickle(first, timestamps, klen, vlen, blob):
             ulen = vl[0]
             ustride = int(vpos[1]) - int(vpos[0])
     b._timestamps = tss
+    if headers is not None:
+        if type(headers) is not list or len(headers) != n:
+            raise ValueError("RecordBatch pickle: headers: expected a list, one per record")
+        b._hdrs = [pickled_headers(h, "RecordBatch pickle") for h in headers]
     if n:
         b._one = run_part(0, tss, vpos, vl, kl, ulen, ustride)
         b._parts = [b._one]
@@ -818,6 +921,8 @@ cdef class CursorCore:
         cdef FrameLayout L, L2
         cdef int rc
         cdef bint inside = False        # stopped inside the frame at pos (L verified)
+        cdef FrameLayout* Lp            # the layout of the frame's columns (inflated: zfr's)
+        cdef ZFrame zfr
         if not (PyLong_CheckExact(max_records) and 1 <= max_records <= 0x7FFFFFFFFFFFFFFF):
             max_records = _args.count(max_records, "max_records")
         if max_bytes is not None:
@@ -870,17 +975,29 @@ cdef class CursorCore:
                                     # late), or damage: hand out what is good; the next raises
                 a = 0
             f = data + pos
-            if (L.attrs & (ATTR_MULTI | ATTR_HEADERS)) or L.c_values != FRAME_HEADER_SIZE + key_area(L.klen1):
+            Lp = &L
+            zfr = None
+            if L.attrs & ATTR_CODEC:
+                # compressed: decompressed once into a buffer the part keeps (compression.pxi)
+                try:
+                    zfr = seg_inflate(seg, pos, &L)
+                except CorruptLogError:
+                    if i:
+                        break               # hand out what is good; the next read raises
+                    raise
+                f = zfr.f
+                Lp = &zfr.L
+            if zfr is not None or (L.attrs & (ATTR_MULTI | ATTR_HEADERS)) or L.c_values != FRAME_HEADER_SIZE + key_area(L.klen1):
                 # a frame part: records a .. a+k-1, O(1) whatever k
                 k = <uint32_t>min(<int64_t>(L.count - a), n_max - i)
-                fb = frame_bytes(f, &L, a, k)
+                fb = frame_bytes(f, Lp, a, k)
                 if mb >= 0 and got + fb > mb:
-                    k = frame_fit(f, &L, a, k, mb - got)
+                    k = frame_fit(f, Lp, a, k, mb - got)
                     if k == 0 and i == 0:
                         k = 1               # at least one record
                     if k == 0:
                         break
-                    fb = frame_bytes(f, &L, a, k)
+                    fb = frame_bytes(f, Lp, a, k)
                 if r0 >= 0:                 # close the run before it
                     parts.append(self._run(r0, i - r0, tss, vpos, vlen, klen_a,
                                            ulen if uniform else -1, ustride, uniform))
@@ -890,8 +1007,11 @@ cdef class CursorCore:
                 part.n = k
                 part.frame = True
                 part.pos = pos
-                part.L = L
+                part.L = Lp[0]
                 part.a = a
+                if zfr is not None:
+                    part.zmv = zfr.mv
+                    part.zf = zfr.f
                 parts.append(part)
                 i += k
                 got += fb

@@ -526,5 +526,11 @@ def salvage(LogCore self):
 
 
 cdef object salvage_record(Segment seg, size_t pos, FrameLayout* L, uint32_t i):
-    """Record i of the verified frame at pos, as salvage hands it out."""
+    """Record i of the verified frame at pos, as salvage hands it out (None: a compressed
+    frame that does not inflate to a valid frame, lost like any damaged frame)."""
+    if L.attrs & ATTR_CODEC:
+        try:
+            seg_inflate(seg, pos, L)
+        except CorruptLogError:
+            return None
     return make_record_at(seg, pos, L, i)

@@ -169,6 +169,7 @@ cdef class Segment:
     cdef uint64_t ino_c         # ino as a C value
     cdef bint mapped_rw         # the mapping is writable
     cdef object ino             # inode of the mapped file (a reader notices a replaced one)
+    cdef object zlast           # compression.pxi: the frame inflated last (a ZFrame)
 
     cdef Py_ssize_t find_checked(self, int64_t offset, uint32_t* length, int* rc) except -2:
         """locate() for callers that need only the position and length of the (verified) frame

@@ -106,7 +106,7 @@ recs_st = st.lists(st.tuples(st.binary(max_size=40),
                    min_size=1, max_size=12)
 
 
-def spec_payload(groups, shared, uniform_pad):
+def spec_payload(groups, shared, uniform_pad, codec=0):
     """Frames for `groups` (lists of record lists: a group of frames chained by MORE) placed
     from byte 64 as the spec says; (payload bytes, records in order)."""
     frames, records = [], []
@@ -114,8 +114,9 @@ def spec_payload(groups, shared, uniform_pad):
         for k, rs in enumerate(g):
             recs = [Rec(v.ljust(uniform_pad, b"u") if uniform_pad else v, key,
                         0 if shared else ts, tuple(h)) for v, key, ts, h in rs]
-            frames.append(Frame(recs, more=k < len(g) - 1) if len(recs) > 1 or recs[0].headers
-                          else Frame(recs, form="single", more=k < len(g) - 1))
+            frames.append(Frame(recs, more=k < len(g) - 1, codec=codec)
+                          if len(recs) > 1 or recs[0].headers
+                          else Frame(recs, form="single", more=k < len(g) - 1, codec=codec))
             records.extend(recs)
     seg = v2spec.segment(0, frames, capacity=1 << 16)
     end = seg.frames[-1][0] + v2spec.align8(struct.unpack_from("<I", seg.data, seg.frames[-1][0])[0])
@@ -124,13 +125,14 @@ def spec_payload(groups, shared, uniform_pad):
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.lists(recs_st, min_size=1, max_size=3), min_size=1, max_size=4),
-       st.booleans(), st.sampled_from([0, 8, 40]), st.data())
-def test_multi_frames_with_mutations(groups, shared, pad, data):
+       st.booleans(), st.sampled_from([0, 8, 40]), st.sampled_from([0, 1, 2]), st.data())
+def test_multi_frames_with_mutations(groups, shared, pad, codec, data):
     """Multi-form frames (columns, keys None and b"", headers, groups) with a few random byte
     changes: recovery keeps a prefix of whole groups, never garbage; with the CRC recomputed
     after the change (a forgery), readers and recovery still never crash or read out of
-    bounds (rules 3 and 5), they hand out records or raise CorruptLogError."""
-    payload, placed, records = spec_payload(groups, shared, pad)
+    bounds (rules 3 and 5), they hand out records or raise CorruptLogError. Frames compressed
+    (codec 1 zstd, 2 lz4: issue 14) too: a forged compressed frame is damage at the read."""
+    payload, placed, records = spec_payload(groups, shared, pad, codec)
     payload = bytearray(payload)
     forge = data.draw(st.booleans())
     for _ in range(data.draw(st.integers(0, 3))):

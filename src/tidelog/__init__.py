@@ -3,7 +3,7 @@
 from tidelog.errors import (TidelogError, LogLockedError, OffsetOutOfRangeError, CorruptLogError,
                             LogClosedError, LogFailedError, FormatVersionError, LogFullError,
                             NotALogError, ReplicaDivergedError, LogForkedError,
-                            LogNotFoundError)
+                            LogNotFoundError, MissingCodecError)
 from tidelog.log import Log, open
 from tidelog.cursor import Cursor, Record, RecordBatch
 from tidelog.replay import Replayer, LmdbView, DeterminismReport, verify_determinism
@@ -14,5 +14,5 @@ __version__: str = "0.1.0"
 __all__ = ["open", "Log", "Cursor", "Record", "RecordBatch", "TidelogError", "LogLockedError",
            "OffsetOutOfRangeError", "CorruptLogError", "LogClosedError", "LogFailedError",
            "FormatVersionError", "LogFullError", "NotALogError", "LogNotFoundError",
-           "ReplicaDivergedError", "LogForkedError", "Replayer", "LmdbView", "DeterminismReport",
+           "ReplicaDivergedError", "LogForkedError", "MissingCodecError", "Replayer", "LmdbView", "DeterminismReport",
            "verify_determinism", "verify", "repair", "salvage", "__version__"]

@@ -6,7 +6,8 @@ from typing import Any
 
 __all__ = ["TidelogError", "LogLockedError", "OffsetOutOfRangeError", "CorruptLogError",
            "LogClosedError", "LogFailedError", "FormatVersionError", "LogFullError",
-           "NotALogError", "LogNotFoundError", "ReplicaDivergedError", "LogForkedError"]
+           "NotALogError", "LogNotFoundError", "ReplicaDivergedError", "LogForkedError",
+           "MissingCodecError"]
 
 
 class TidelogError(Exception):
@@ -55,6 +56,11 @@ class LogFullError(TidelogError, OSError):
 
 class NotALogError(TidelogError, NotADirectoryError):
     """The path is a file, or a directory that holds something other than a tidelog log."""
+
+
+class MissingCodecError(TidelogError, ImportError):
+    """The log's frames (or the `compression=` asked for) need a codec whose package is not
+    installed; the message names the extra to install (``tidelog[zstd]``, ``tidelog[lz4]``)."""
 
 
 class LogNotFoundError(TidelogError, FileNotFoundError):

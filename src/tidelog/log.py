@@ -9,7 +9,10 @@ import warnings
 import weakref
 from typing import TYPE_CHECKING, Literal, Union, overload
 
+Compression = Literal["zstd", "lz4", "none"]
+
 from tidelog import _args, _core
+from tidelog.codecs import codec_id
 from tidelog.cursor import Cursor
 from tidelog.errors import LogClosedError, LogFailedError, OffsetOutOfRangeError, TidelogError
 from tidelog.positions import POSITIONS_DIR, PositionStore, check_name
@@ -88,20 +91,24 @@ class Log(_core.LogCore):
 
     Writing (the core's methods; a reader gets :exc:`TidelogError` for each):
 
-    ``append(value, *, key=None, timestamp=None) -> int``
+    ``append(value, *, key=None, timestamp=None, headers=None) -> int``
         Append one record and return its offset. `value` and `key` (None: no key) are any
         bytes-like object (bytes, bytearray, memoryview, numpy array), stored verbatim; a
         ``str`` gets TypeError. `timestamp` (int, nanoseconds since the epoch) defaults to the
-        time of the append. A value too large for a segment gets ValueError. In
+        time of the append. `headers`: the record's headers, a dict ``{str: bytes}`` or a list
+        of ``(str, bytes)`` pairs (Kafka's shape: names may repeat, order is kept; values any
+        bytes-like object; names must be valid UTF-8 text); read back as ``Record.headers``.
+        A record without headers costs nothing extra. A value too large for a segment gets ValueError. In
         ``"always"`` mode it returns once the record is durable. :exc:`LogFailedError` once a
         sync failed; :exc:`LogFullError` when the disk is full.
 
-    ``append_batch(values, *, keys=None, timestamps=None, atomic=True) -> int``
+    ``append_batch(values, *, keys=None, timestamps=None, atomic=True, headers=None) -> int``
         Append many records in one call and return the first one's offset (`end_offset` for
         an empty batch); they get consecutive offsets. `values`: an iterable of bytes-like
         objects, or a numpy array (2-D uint8: one record per row; 1-D of a fixed-size dtype:
         one per element). `keys`: a sequence of bytes-like or None, one per value.
-        `timestamps`: a sequence of ints (ns), one per value. Atomic: after any crash the batch
+        `timestamps`: a sequence of ints (ns), one per value. `headers`: a sequence of one
+        record's headers each (as for ``append``; None or empty: none), one per value. Atomic: after any crash the batch
         is in the log whole or not at all, and readers never see part of it; so it must fit in
         one segment (else ValueError), unless ``atomic=False`` splits it across segments with
         prefix semantics. A bad element gets TypeError and nothing of the batch is appended.
@@ -132,8 +139,11 @@ class Log(_core.LogCore):
                  segment_bytes: SupportsIndex = 256 << 20, durability: Durability = "batch",
                  sync_interval: float = 0.005, retain_bytes: SupportsIndex | None = None,
                  retain_seconds: float | None = None, repair: Literal["truncate"] | None = None,
-                 max_unsynced_bytes: SupportsIndex | None = MAX_UNSYNCED_BYTES) -> None:
+                 max_unsynced_bytes: SupportsIndex | None = MAX_UNSYNCED_BYTES,
+                 compression: Compression | None = None) -> None:
         path = _check_path(path)
+        if compression is not None:
+            codec_id(compression)                   # ValueError naming the argument
         if repair not in (None, "truncate"):
             raise ValueError(f"repair: None or 'truncate', not {repair!r}")
         if repair is not None and readonly:
@@ -161,6 +171,12 @@ class Log(_core.LogCore):
         self.max_unsynced_bytes = _check_unsynced(max_unsynced_bytes)
         self._max_unsynced = -1 if self.max_unsynced_bytes is None else self.max_unsynced_bytes
         self._open(path, bool(readonly), bool(create), segment_bytes, durability, repair)
+        if not readonly:
+            try:
+                self._setup_codec(compression)      # MissingCodecError naming the extra
+            except BaseException:
+                self._abandon()
+                raise
         if not readonly and (retain_bytes is not None or retain_seconds is not None):
             try:
                 self._apply_retention()
@@ -500,7 +516,8 @@ def open(path: PathArg, *, readonly: bool = False, create: bool = True,
          segment_bytes: SupportsIndex = 256 << 20, durability: Durability = "batch",
          sync_interval: float = 0.005, retain_bytes: SupportsIndex | None = None,
          retain_seconds: float | None = None, repair: Literal["truncate"] | None = None,
-         max_unsynced_bytes: SupportsIndex | None = MAX_UNSYNCED_BYTES) -> Log:
+         max_unsynced_bytes: SupportsIndex | None = MAX_UNSYNCED_BYTES,
+         compression: Compression | None = None) -> Log:
     """Open (or create) the log in directory `path` and return it as a :class:`Log`.
 
     A log is a directory of segment files, named by their first offset. One process at a time
@@ -539,6 +556,15 @@ def open(path: PathArg, *, readonly: bool = False, create: bool = True,
       ``"batch"`` mode's backpressure: an append that finds the writer this many bytes of
       frames ahead of `durable_offset` waits until a sync brings it back under, and the flusher
       starts a sync early at half of it. This bounds what a power loss can take under any load.
+    - `compression` (``"zstd"``, ``"lz4"``, ``"none"`` or None, default None): how the writer
+      compresses new frames, per log. None keeps the log's own setting (stored in its control
+      page; none for a new log); a choice is stored and kept by later writers that pass None.
+      Frames of at least 512 bytes (an ``append_batch``, a large record) are compressed whole
+      when that makes them smaller; readers need no setting (each frame says its codec) but
+      the codec's package: the extras ``tidelog[zstd]`` (zstandard) and ``tidelog[lz4]`` (lz4);
+      a missing one raises :exc:`MissingCodecError` naming the extra. Values of compressed
+      frames are read from one decompressed copy per frame, which the records and batches
+      keep: zero-copy then means no copy after that decompression.
 
     Returns the open :class:`Log`; after opening, ``durable_offset == end_offset`` (recovery
     syncs what it keeps and cuts a torn tail).
@@ -552,4 +578,5 @@ def open(path: PathArg, *, readonly: bool = False, create: bool = True,
     TypeError or ValueError, naming the argument, for a bad argument."""
     return Log(path, readonly=readonly, create=create, segment_bytes=segment_bytes,
                durability=durability, sync_interval=sync_interval, retain_bytes=retain_bytes,
-               retain_seconds=retain_seconds, repair=repair, max_unsynced_bytes=max_unsynced_bytes)
+               retain_seconds=retain_seconds, repair=repair, max_unsynced_bytes=max_unsynced_bytes,
+               compression=compression)
