@@ -64,7 +64,7 @@ def value_arrow_type(value_type: object) -> tuple[Any, int, Optional[np.dtype[An
     if dt.names is not None:
         fields = []
         for name in dt.names:
-            sub = dt.fields[name][0]   # type: ignore[index]
+            sub = dt.fields[name][0]
             fields.append(pa.field(name, _numpy_field_type(pa, sub, f"value_type field {name!r}")))
         return pa.struct(fields), dt.itemsize, dt
     return _numpy_field_type(pa, dt, "value_type"), dt.itemsize, None
@@ -152,8 +152,8 @@ def _value_array(pa: Any, part: dict[str, Any], typed: Optional[tuple[Any, int, 
         size = part["value_size"]
         if (start + n) * size > INT32_MAX:
             raise ValueError("a frame holds more than 2 GiB of values: too large for Arrow binary")
-        offs = np.arange(start, start + n + 1, dtype=np.int32) * np.int32(size)
-        return pa.Array.from_buffers(pa.binary(), n, [None, _buf(pa, offs),
+        made = np.arange(start, start + n + 1, dtype=np.int32) * np.int32(size)
+        return pa.Array.from_buffers(pa.binary(), n, [None, _buf(pa, made),
                                                       _buf(pa, part["values"])])
     atype, size, struct_dt = typed
     if "value_offsets" in part:

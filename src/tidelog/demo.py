@@ -265,9 +265,10 @@ def sql_question(log: Log, console: Console, top_count: Optional[int]) -> bool:
     copy): the users with the most clicks. Checked against the replayer's counts (`top_count`,
     its largest per-user count; None: not known). Without duckdb it says what to install.
     False when the answers differ."""
+    from tidelog.arrow import require
     try:
-        import duckdb  # noqa: F401  (only to know it is there: tidelog.sql runs it)
-        import pyarrow  # noqa: F401
+        require("duckdb", "sql")
+        require("pyarrow", "sql")
     except ImportError:
         click.echo("sql: the top users in SQL need DuckDB: pip install 'tidelog[sql]' (skipped)")
         return True
@@ -391,7 +392,8 @@ def _story(console: Console, path: str, events: int, singles: int, first: int) -
             ok = False
             click.echo("tidelog: demo: the resumed replayer's counts differ from a fresh fold",
                        err=True)
-        ok = sql_question(log, console, r["top_count"] if r["exact"] else None) and ok
+        top = r["top_count"]
+        ok = sql_question(log, console, top if r["exact"] and isinstance(top, int) else None) and ok
         good, t_good, bad = determinism(log)
         click.echo(f"determinism: ClickCounter: {good} ({t_good:.2f} s)")
         click.echo("counter-example: FlakyCounter breaks the rule on purpose: its apply() also "
