@@ -312,8 +312,10 @@ def test_damaged_frame_is_refused(tmp_path):
         with pytest.raises(tidelog.CorruptLogError, match="CRC"):
             log.cursor(300).read_arrow()
         cur = log.cursor()
+        assert cur.read_arrow().num_rows == 300     # what is good first (as read_batch) ...
         with pytest.raises(tidelog.CorruptLogError):
-            cur.read_arrow()                    # the good frame first, then damage: refused
+            cur.read_arrow()                        # ... then the damage: refused
+        assert cur.position == 300
         with pytest.raises(tidelog.CorruptLogError):
             log.scan_arrow().read_all()
 
@@ -370,3 +372,21 @@ def test_without_pyarrow_the_error_names_the_extra(log, monkeypatch):
         log.cursor().read_arrow()
     with pytest.raises(ImportError, match=r"tidelog\[arrow\]"):
         log.scan_arrow()
+
+
+def test_pyarrow_and_duckdb_are_imported_only_when_used(tmp_path):
+    code = f"""
+import sys, tidelog, tidelog.cli
+from click.testing import CliRunner
+with tidelog.open({str(tmp_path / 'log')!r}) as log:
+    log.append_batch([b"a", b"b"])
+    list(log.cursor()); log.cursor().read_batch()
+CliRunner().invoke(tidelog.cli.cli, ["info", {str(tmp_path / 'log')!r}])
+assert not {{"pyarrow", "duckdb", "polars"}} & set(sys.modules), sorted(sys.modules)
+with tidelog.open({str(tmp_path / 'log')!r}) as log:
+    assert log.cursor().read_arrow().num_rows == 2
+assert "pyarrow" in sys.modules and "duckdb" not in sys.modules
+print("ok")
+"""
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and p.stdout.strip() == "ok", p.stderr

@@ -260,7 +260,12 @@ def read_arrow(cursor: Cursor, max_records: Optional[int] = None, value_type: ob
         left = _args.count(max_records, "max_records")
     batches = []
     while left > 0:
-        b = cursor.read_batch(min(left, BATCH_RECORDS * 16), READ_BYTES)
+        try:
+            b = cursor.read_batch(min(left, BATCH_RECORDS * 16), READ_BYTES)
+        except CorruptLogError:
+            if not batches:
+                raise
+            break               # as read_batch: what is good first, the next read raises
         if not len(b):
             break
         batches.append(b)

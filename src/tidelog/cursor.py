@@ -193,7 +193,8 @@ class Cursor(_core.CursorCore):
         Zero-copy: the key and value buffers of records written by ``append_batch`` are the
         mapped segment itself, kept alive by the table (it outlives ``log.close()`` and
         retention); values of single appends are copied, once per run (they are not columnar
-        on disk). Every record has passed its CRC check.
+        on disk). Every record has passed its CRC check: at damage the records before it come
+        first, and the next call raises :exc:`CorruptLogError` (as :meth:`read_batch`).
 
         `value_type`: an Arrow fixed-width type (``pa.float64()``, ``pa.binary(16)``,
         ``pa.list_(pa.int32(), 3)``, ...) or a numpy dtype: the ``value`` column is then of that
