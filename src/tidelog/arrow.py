@@ -199,7 +199,7 @@ def _header_array(pa: Any, part: dict[str, Any]) -> Any:
     if "header_index" not in part:
         return pa.array([[]] * n, _headers_type(pa))
     hidx = np.frombuffer(part["header_index"], np.uint32)
-    h = len(hidx) - 1 and int(hidx[-1])
+    h = int(hidx[-1])                  # H: the header entries of the whole frame
     names = pa.Array.from_buffers(pa.string(), h, [None, _buf(pa, part["header_name_offsets"]),
                                                   _buf(pa, part["header_names"])])
     try:
