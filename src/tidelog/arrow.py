@@ -258,7 +258,7 @@ def read_arrow(cursor: Cursor, max_records: Optional[int] = None, value_type: ob
         left = max(0, cursor.log.end_offset - cursor.position)
     else:
         left = _args.count(max_records, "max_records")
-    batches = []
+    batches: list[Any] = []
     while left > 0:
         try:
             b = cursor.read_batch(min(left, BATCH_RECORDS * 16), READ_BYTES)
