@@ -55,6 +55,7 @@ include "durability.pxi"
 include "retention.pxi"
 include "lookup.pxi"
 include "reader.pxi"
+include "columns.pxi"
 include "prealloc.pxi"
 
 

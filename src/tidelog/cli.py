@@ -32,7 +32,7 @@ from rich.table import Table
 from rich.text import Text
 
 import tidelog
-from tidelog import _args, lagbytes, quickbench
+from tidelog import _args, cliarrow, lagbytes, quickbench
 from tidelog import demo as demo_story
 from tidelog.clishow import progress_bar, rate, result_table
 from tidelog.positions import POSITIONS_DIR
@@ -755,6 +755,11 @@ def replay(ctx: click.Context, path: str, spec: str, name: Optional[str], checkp
     click.echo(f"replayed {pos - first:,} records [{first}, {pos}) in {seconds:.2f} s "
                f"({rate(pos - first, seconds):,.0f} records/s){why}; replayer {rep.name!r} "
                f"checkpointed at {pos}, lag {lag:,}")
+
+
+# `export` and `query` (Parquet, DuckDB) live in cliarrow.py
+cli.add_command(cliarrow.export)
+cli.add_command(cliarrow.query)
 
 
 if __name__ == "__main__":

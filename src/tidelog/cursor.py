@@ -177,6 +177,49 @@ class Cursor(_core.CursorCore):
         self.log.position_store().put(self.name, offset)
         return offset
 
+    # ------------------------------------------------ Arrow (tidelog.arrow; the tidelog[arrow] extra)
+
+    def read_arrow(self, max_records: SupportsIndex | None = None, *, value_type: object = None,
+                   headers: bool | None = None) -> Any:
+        """The next records as a ``pyarrow.Table``, and move past them: columns ``offset``
+        (int64), ``timestamp`` (timestamp[ns, UTC]), ``key`` (binary, null where a record has
+        none), ``value`` (binary) and ``headers`` (list of (name, value) structs) when some
+        record has headers (`headers` True/False: always/never). One chunk per frame of the log
+        (a run of single appends is one chunk).
+
+        `max_records` (int, at least 1; None: up to the end as of the call, the durable end for
+        a durable-only cursor). An empty table means the cursor was at the end.
+
+        Zero-copy: the key and value buffers of records written by ``append_batch`` are the
+        mapped segment itself, kept alive by the table (it outlives ``log.close()`` and
+        retention); values of single appends are copied, once per run (they are not columnar
+        on disk). Every record has passed its CRC check: at damage the records before it come
+        first, and the next call raises :exc:`CorruptLogError` (as :meth:`read_batch`).
+
+        `value_type`: an Arrow fixed-width type (``pa.float64()``, ``pa.binary(16)``,
+        ``pa.list_(pa.int32(), 3)``, ...) or a numpy dtype: the ``value`` column is then of that
+        type, zero-copy; a structured dtype makes a struct column (one copy per field: Arrow
+        stores fields column by column). ValueError unless every value has the type's size.
+        Needs pyarrow (``pip install 'tidelog[arrow]'``)."""
+        from tidelog import arrow
+        self._check_usable()
+        return arrow.read_arrow(self, None if max_records is None else
+                                _args.count(max_records, "max_records"), value_type, headers)
+
+    def scan_arrow(self, stop: SupportsIndex | None = None, *,
+                   batch_records: SupportsIndex = 65536, value_type: object = None,
+                   headers: bool = False) -> Any:
+        """A ``pyarrow.RecordBatchReader`` of the records from this cursor's position up to
+        `stop` (an offset; None: the end, or the durable end for a durable-only cursor, as of the
+        call), moving the cursor as it is read: commit() a named cursor after it. Batches as
+        :meth:`read_arrow`'s chunks (one per frame, at most `batch_records` records each); the
+        schema has a ``headers`` column only when `headers` is True. See
+        :meth:`Log.scan_arrow`."""
+        from tidelog import arrow
+        self._check_usable()
+        return arrow.scan_arrow(self, None if stop is None else _args.offset(stop, "stop"),
+                                _args.count(batch_records, "batch_records"), value_type, headers)
+
     # ------------------------------------------------ the shapes of Kafka consumers and sqlite3
 
     def poll(self, timeout: float | None = None, max_records: SupportsIndex = 65536, *,

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from tidelog.replay import DeterminismReport
 
 __all__ = ["ClickCounter", "FlakyCounter", "subscribers", "replay_with_crash", "determinism",
-           "run"]
+           "sql_question", "run"]
 
 USERS = 100_000           # the demo's user ids are 0 .. USERS-1, keys b"u%06d"
 KEY_LEN = 7
@@ -254,6 +254,43 @@ def replay_with_crash(log: Log, console: Console, rng: np.random.Generator,
                 top=int(ref.counts.argmax()), top_count=int(ref.counts.max()))
 
 
+SQL_TOP_USERS = """
+select decode(key) as user, count(*) as clicks,
+       count(*) filter (where contains(decode(value), '"type":"purchase"')) as purchases
+from log where key is not null group by key order by clicks desc, user limit 5"""
+
+
+def sql_question(log: Log, console: Console, top_count: Optional[int]) -> bool:
+    """The demo's SQL question, answered by DuckDB from the log itself (Log.scan_arrow, zero-
+    copy): the users with the most clicks. Checked against the replayer's counts (`top_count`,
+    its largest per-user count; None: not known). Without duckdb it says what to install.
+    False when the answers differ."""
+    from tidelog.arrow import require
+    try:
+        require("duckdb", "sql")
+        require("pyarrow", "sql")
+    except ImportError:
+        click.echo("sql: the top users in SQL need DuckDB: pip install 'tidelog[sql]' (skipped)")
+        return True
+    from tidelog import sql
+    t0 = time.perf_counter()
+    columns, rows = sql.query(log, SQL_TOP_USERS)
+    secs = time.perf_counter() - t0
+    click.echo(f"sql: DuckDB over the log as the table `log` (Log.scan_arrow: Arrow over the "
+               f"mapping, no copy of batch-written values): the top users by clicks ({len(log):,} records, {secs:.2f} s)")
+    table = Table(*columns, title="select ... from log group by key order by clicks desc")
+    for row in rows:
+        table.add_row(*(str(v) for v in row))
+    console.print(table)
+    if top_count is not None and rows and rows[0][1] != top_count:
+        click.echo(f"tidelog: demo: SQL's top user has {rows[0][1]} clicks, the replayer's "
+                   f"{top_count}", err=True)
+        return False
+    if top_count is not None and rows:
+        click.echo(f"sql: the top count ({rows[0][1]:,}) is the replayer's")
+    return True
+
+
 def determinism(log: Log) -> tuple[DeterminismReport, float, DeterminismReport]:
     """verify_determinism on the honest machine (agrees) and on FlakyCounter (caught)."""
     every = checkpoint_every_for(log)
@@ -355,6 +392,8 @@ def _story(console: Console, path: str, events: int, singles: int, first: int) -
             ok = False
             click.echo("tidelog: demo: the resumed replayer's counts differ from a fresh fold",
                        err=True)
+        top = r["top_count"]
+        ok = sql_question(log, console, top if r["exact"] and isinstance(top, int) else None) and ok
         good, t_good, bad = determinism(log)
         click.echo(f"determinism: ClickCounter: {good} ({t_good:.2f} s)")
         click.echo("counter-example: FlakyCounter breaks the rule on purpose: its apply() also "

@@ -441,6 +441,30 @@ class Log(_core.LogCore):
         cur._init(self, offset, False)
         return cur.read_batch(max_records, max_bytes)
 
+    def scan_arrow(self, start: SupportsIndex | Literal["earliest", "latest"] = "earliest",
+                   stop: SupportsIndex | None = None, *, batch_records: SupportsIndex = 65536,
+                   value_type: object = None, headers: bool = False, name: str | None = None,
+                   durable_only: bool | None = None) -> Any:
+        """The records [start, stop) as a ``pyarrow.RecordBatchReader``: the stream DuckDB
+        (``duckdb.sql("select count(*) from reader")``), Polars and ``pyarrow.parquet`` consume
+        without copying. `stop` None: the end as of the call (the durable end for a named or
+        durable-only scan). Columns and zero-copy as :meth:`Cursor.read_arrow`; at most
+        `batch_records` records per batch, one batch per frame. `name` and `durable_only` as in
+        :meth:`cursor` (a named scan starts at the name's committed position and does not
+        commit: use ``log.cursor(name=...).scan_arrow()`` and commit() to move it).
+        Needs pyarrow (``pip install 'tidelog[arrow]'``)."""
+        from tidelog import arrow
+        if isinstance(stop, str):
+            raise TypeError("stop: expected an int offset or None, not str")
+        stop = None if stop is None else _args.offset(stop, "stop")
+        batch_records = _args.count(batch_records, "batch_records")
+        cur = self.cursor(start, name=name, durable_only=durable_only)
+        try:
+            return arrow.scan_arrow(cur, stop, batch_records, value_type, headers, close=True)
+        except BaseException:
+            cur.close()
+            raise
+
     def stats(self) -> dict[str, Any]:
         """What `tidelog info` shows, as a dict:
 
