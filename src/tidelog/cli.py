@@ -752,3 +752,9 @@ def replay(ctx: click.Context, path: str, spec: str, name: Optional[str], checkp
 
 if __name__ == "__main__":
     main(sys.argv[1:])
+
+
+# ------------------------------------------------------------------------------- bridges
+from tidelog.clibridge import add_commands as _add_bridge_commands  # noqa: E402
+
+_add_bridge_commands(cli)
