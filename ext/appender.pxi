@@ -14,6 +14,9 @@ cdef struct Item:
     const char* k
     int32_t klen
     int64_t ts
+    const char* h           # headers (headers.pxi: pack_headers), hn of them; NULL, 0: none
+    uint32_t hn
+    size_t hnb, hvb         # ... their name and value bytes
 
 
 cdef int pwrite_all(int fd, const char* buf, size_t n, size_t pos) noexcept nogil:
@@ -234,7 +237,7 @@ cdef int64_t append1(LogCore self, const char* v, size_t vlen, const char* k, in
     return off
 
 
-cdef object append_one(LogCore self, value, key=None, timestamp=None):
+cdef object append_one(LogCore self, value, key=None, timestamp=None, headers=None):
     # (close() sets _closing and then _wstate: an append that passed the check below holds
     # the GIL until its record is published, which close() waits for)
     cdef Py_buffer vb, kb
@@ -277,9 +280,21 @@ cdef object append_one(LogCore self, value, key=None, timestamp=None):
         ts = now if timestamp is None else to_timestamp(timestamp, "timestamp")
         if <size_t>vlen > <size_t>(0xFFFFFFFF - 4096) - <size_t>(klen if klen > 0 else 0):
             raise ValueError(f"value: {vlen} bytes is larger than a record can be")
-        if vlen >= self._pwrite_min:
+        hblob = None
+        if headers is not None:
+            hblob = pack_headers(headers, "headers", &item)     # headers.pxi
+            if hblob is not None and (<size_t>vlen + <size_t>(klen if klen > 0 else 0) +
+                                      hdr_cols_bytes(1, item.hn, item.hnb, item.hvb) >
+                                      <size_t>(0xFFFFFFFF - 4096)):
+                raise ValueError("value: with its headers larger than a record can be")
+        if hblob is not None or vlen >= self._pwrite_min:
             # a large record: staged and written with pwrite like a batch (a store through
-            # the mapping would first make the kernel zero each fresh page)
+            # the mapping would first make the kernel zero each fresh page); a record with
+            # headers too (headers.pxi frames it)
+            if hblob is None:
+                item.h = NULL
+                item.hn = 0
+                item.hnb = item.hvb = 0
             item.v = vp
             item.vlen = <size_t>vlen
             item.k = kp
@@ -301,7 +316,8 @@ cdef object append_one(LogCore self, value, key=None, timestamp=None):
     return off
 
 
-cdef object append_many(LogCore self, values, keys=None, timestamps=None, bint atomic=True):
+cdef object append_many(LogCore self, values, keys=None, timestamps=None, bint atomic=True,
+                        headers=None):
     cdef Item* items = NULL
     cdef Py_buffer* bufs = NULL
     cdef Py_buffer abuf
@@ -344,10 +360,16 @@ cdef object append_many(LogCore self, values, keys=None, timestamps=None, bint a
                 items[i].v = base + i * row
                 items[i].vlen = <size_t>row
                 items[i].klen = -1
+                items[i].h = NULL
+                items[i].hn = 0
+                items[i].hnb = items[i].hvb = 0
         else:
             objs = PySequence_Fast_ITEMS(seq)      # borrowed: seq holds them
             for i in range(n):
                 items[i].klen = -1
+                items[i].h = NULL
+                items[i].hn = 0
+                items[i].hnb = items[i].hvb = 0
                 if PyBytes_CheckExact_p(objs[i]):
                     items[i].v = PyBytes_AS_STRING_p(objs[i])
                     items[i].vlen = <size_t>PyBytes_GET_SIZE_p(objs[i])
@@ -389,6 +411,22 @@ cdef object append_many(LogCore self, values, keys=None, timestamps=None, bint a
                         keep.append(copy)
                         items[i].k = PyBytes_AS_STRING(copy)
                         items[i].klen = <int32_t>min(PyBytes_GET_SIZE(copy), 0x7FFFFFFF)
+        if headers is not None:
+            if isinstance(headers, (bytes, bytearray, memoryview, str, dict)):
+                raise TypeError("headers: expected a sequence of headers (a dict, a list of "
+                                "(str, bytes) pairs, or None), one per value")
+            try:
+                hseq = headers if isinstance(headers, (list, tuple)) else list(headers)
+            except TypeError:
+                raise TypeError(f"headers: expected a sequence of headers, one per value, not "
+                                f"{type(headers).__name__}") from None
+            if len(hseq) != n:
+                raise ValueError(f"headers: {len(hseq)} headers for {n} values")
+            for i in range(n):
+                if hseq[i] is not None:
+                    blob = pack_headers(hseq[i], f"headers[{i}]", &items[i])   # headers.pxi
+                    if blob is not None:
+                        keep.append(blob)
         if timestamps is not None:
             tarr = np.asarray(timestamps)
             if tarr.ndim != 1 or (tarr.dtype.kind not in "iu" and tarr.size):
@@ -407,6 +445,9 @@ cdef object append_many(LogCore self, values, keys=None, timestamps=None, bint a
         for i in range(n):
             if items[i].vlen > <size_t>(0xFFFFFFFF - 4096) or items[i].klen == 0x7FFFFFFF:
                 raise ValueError(f"values[{i}]: larger than a record can be")
+            if items[i].hn and (items[i].vlen + <size_t>max(items[i].klen, 0) + hdr_cols_bytes(
+                    1, items[i].hn, items[i].hnb, items[i].hvb) > <size_t>(0xFFFFFFFF - 4096)):
+                raise ValueError(f"values[{i}]: with its headers larger than a record can be")
         first = write_items(self, items, n, atomic, arel) if n else self._next
     finally:
         for i in range(nbufs):
@@ -455,8 +496,10 @@ cdef uint16_t batch_attrs(Item* items, Py_ssize_t n) noexcept nogil:
     every timestamp is the same, UNIFORM when every value has one size, KEYS when a record has
     a key and KEY_NULLS when another has none."""
     cdef Py_ssize_t i
-    cdef bint shared = True, uniform = True, anykey = False, nokey = False
+    cdef bint shared = True, uniform = True, anykey = False, nokey = False, anyhdr = False
     for i in range(n):
+        if items[i].hn:
+            anyhdr = True
         if items[i].ts != items[0].ts:
             shared = False
         if items[i].vlen != items[0].vlen:
@@ -466,11 +509,14 @@ cdef uint16_t batch_attrs(Item* items, Py_ssize_t n) noexcept nogil:
         else:
             nokey = True
     return (ATTR_MULTI | (ATTR_TS_SHARED if shared else 0) | (ATTR_UNIFORM if uniform else 0)
-            | (ATTR_KEYS if anykey else 0) | (ATTR_KEY_NULLS if anykey and nokey else 0))
+            | (ATTR_KEYS if anykey else 0) | (ATTR_KEY_NULLS if anykey and nokey else 0)
+            | (ATTR_HEADERS if anyhdr else 0))
 
 
-cdef inline size_t multi_prefix(uint16_t attrs, size_t k, size_t kbytes) noexcept nogil:
-    """Bytes of a multi-form frame of k records before its value pad: header and columns."""
+cdef inline size_t multi_prefix(uint16_t attrs, size_t k, size_t kbytes,
+                                size_t hbytes) noexcept nogil:
+    """Bytes of a multi-form frame of k records before its value pad: header and columns
+    (hbytes: its header columns, with HEADERS)."""
     cdef size_t p = FRAME_HEADER_SIZE
     if not (attrs & ATTR_TS_SHARED):
         p += 8 * k
@@ -480,11 +526,14 @@ cdef inline size_t multi_prefix(uint16_t attrs, size_t k, size_t kbytes) noexcep
         p += align8((k + 7) >> 3)
     if attrs & ATTR_KEYS:
         p += align8(4 * (k + 1)) + align8(kbytes)
+    if attrs & ATTR_HEADERS:
+        p += hbytes
     return p
 
 
 cdef inline size_t single_bytes(Item* it) noexcept nogil:
-    return align8(FRAME_HEADER_SIZE + key_area(it.klen) + it.vlen)
+    return align8(FRAME_HEADER_SIZE + key_area(it.klen) + it.vlen +
+                  (hdr_cols_bytes(1, it.hn, it.hnb, it.hvb) if it.hn else 0))
 
 
 cdef Py_ssize_t plan_spans(Item* items, Py_ssize_t n, uint16_t attrs, size_t limit,
@@ -493,25 +542,33 @@ cdef Py_ssize_t plan_spans(Item* items, Py_ssize_t n, uint16_t attrs, size_t lim
     least one record; one record alone is a single-form frame, whatever its size). Returns the
     number of frames."""
     cdef Py_ssize_t i = 0, j, ns = 0
-    cdef size_t vb, kb, ub
+    cdef size_t vb, kb, ub, hn, hnb, hvb
     while i < n:
         j = i + 1
         vb = items[i].vlen
         kb = <size_t>items[i].klen if items[i].klen > 0 else 0
+        hn, hnb, hvb = items[i].hn, items[i].hnb, items[i].hvb
         while j < n and j - i < kmax:
             ub = align8(multi_prefix(attrs, <size_t>(j + 1 - i),
-                                     kb + (<size_t>items[j].klen if items[j].klen > 0 else 0))
+                                     kb + (<size_t>items[j].klen if items[j].klen > 0 else 0),
+                                     hdr_cols_bytes(<size_t>(j + 1 - i), hn + items[j].hn,
+                                                    hnb + items[j].hnb, hvb + items[j].hvb))
                         + VPAD_MAX + vb + items[j].vlen)
             if ub > limit:
                 break
             vb += items[j].vlen
             if items[j].klen > 0:
                 kb += <size_t>items[j].klen
+            hn += items[j].hn
+            hnb += items[j].hnb
+            hvb += items[j].hvb
             j += 1
         out[ns].i = i
         out[ns].k = j - i
         out[ns].ub = (single_bytes(&items[i]) if j - i == 1 else
-                      align8(multi_prefix(attrs, <size_t>(j - i), kb) + VPAD_MAX + vb))
+                      align8(multi_prefix(attrs, <size_t>(j - i), kb,
+                                          hdr_cols_bytes(<size_t>(j - i), hn, hnb, hvb))
+                             + VPAD_MAX + vb))
         ns += 1
         i = j
     return ns
@@ -581,6 +638,9 @@ cdef uint32_t build_multi(char* f, size_t pos, Item* it, Py_ssize_t k, int64_t o
         q = p + 4 * (<size_t>k + 1)
         put_zero_to8(f, q)
         p = align8(q)
+    if attrs & ATTR_HEADERS:
+        p = put_headers(f, p, it, k)        # headers.pxi: C5..C9, between key offsets and keys
+    if attrs & ATTR_KEYS:
         for i in range(k):
             if it[i].klen > 0:
                 memcpy(f + p, it[i].k, <size_t>it[i].klen)
@@ -778,7 +838,9 @@ cdef size_t frames_into(LogCore self, Item* items, Span* spans, Py_ssize_t ns, u
         it = items + spans[s].i
         more = 0 if (tail and s == ns - 1) else ATTR_MORE
         pub = not (s == 0 and head)
-        if spans[s].k == 1:
+        if spans[s].k == 1 and it.hn:
+            length = frame_write_hdr(dst + at, off, it, more, pub)     # headers.pxi
+        elif spans[s].k == 1:
             frame_write(dst + at, off, it.ts, it.k, it.klen, it.v, it.vlen, more, pub)
             length = <uint32_t>(FRAME_HEADER_SIZE + key_area(it.klen) + it.vlen)
         else:

@@ -487,22 +487,25 @@ cdef class LogCore:
         """Apply retain_bytes / retain_seconds now (the writer also does at every roll)."""
         return apply_retention(self)
 
-    def append(self, value, *, key=None, timestamp=None):
+    def append(self, value, *, key=None, timestamp=None, headers=None):
         """Append one record and return its offset (int).
 
         `value` (bytes-like: bytes, bytearray, memoryview, numpy array; stored verbatim) and
         `key` (bytes-like, or None: no key) are copied into the log. `timestamp` (int,
         nanoseconds since the epoch; default: now) is stored with it. In "always" mode this
         returns once the record is durable; in "batch" mode it may wait while the writer is
-        max_unsynced_bytes ahead of durable_offset.
+        max_unsynced_bytes ahead of durable_offset. `headers` (default None): the record's
+        headers, a dict {str: bytes-like} or an iterable of (str, bytes-like) pairs (names may
+        repeat, order is kept), stored with it (FORMAT.md: columns C5..C9).
 
         Raises TypeError for a value or key that is not bytes-like (a str, say), ValueError
         for a record too large for a segment, LogFullError (an OSError) when the disk is full,
         LogFailedError once a sync failed (fail-stop), LogClosedError once closed, TidelogError
         on a reader and LogForkedError in a fork() child."""
-        return append_one(self, value, key, timestamp)
+        return append_one(self, value, key, timestamp, headers)
 
-    def append_batch(self, values, *, keys=None, timestamps=None, bint atomic=True):
+    def append_batch(self, values, *, keys=None, timestamps=None, bint atomic=True,
+                     headers=None):
         """Append many records in one call and return the first one's offset (int; end_offset
         for an empty batch); they get consecutive offsets.
 
@@ -512,11 +515,12 @@ cdef class LogCore:
         (ns since the epoch), one per value (default: now). `atomic` (default True): after any
         crash the batch is in the log whole or not at all, and readers never see part of it; so
         it must fit in one segment (else ValueError). atomic=False splits a larger batch across
-        segments, with prefix semantics.
+        segments, with prefix semantics. `headers`: a sequence of one record's headers each
+        (as for append(); None or empty: none), one per value.
 
         Raises TypeError for a bad element (nothing of the batch is appended), ValueError for
         keys/timestamps of the wrong length or a batch too large, and what append() raises."""
-        return append_many(self, values, keys, timestamps, atomic)
+        return append_many(self, values, keys, timestamps, atomic, headers)
 
     # ---- durability (bodies: durability.pxi) and closing
 

@@ -22,11 +22,14 @@ cdef class Record:
     - ``value`` (memoryview): its value, a read-only zero-copy view into the mapped segment.
       The view stays valid (the mapping stays alive) as long as it exists, also after the
       log is closed or retention deleted the segment.
+    - ``headers`` (list of (str, bytes)): its headers in the order appended (names may
+      repeat), copied; an empty list when it has none.
     - ``len(record)``: the value's length in bytes; ``bytes(record)``: a copy of the value.
 
-    Records compare equal by (offset, timestamp, key, value bytes) and hash consistently with
-    that (so they work in sets and as dict keys). A record pickles with a copy of its key and
-    value (for a multiprocessing worker, say): the copy needs neither the log nor its files."""
+    Records compare equal by (offset, timestamp, key, value bytes, headers) and hash
+    consistently with that (so they work in sets and as dict keys). A record pickles with a copy
+    of its key, value and headers (for a multiprocessing worker, say): the copy needs neither
+    the log nor its files."""
     cdef readonly int64_t offset
     cdef readonly int64_t timestamp
     cdef object _mv             # the segment's memoryview: keeps the mapping alive
@@ -34,6 +37,11 @@ cdef class Record:
     cdef Py_ssize_t _vlen
     cdef char* _k
     cdef int32_t _klen
+    cdef object _hdr            # its headers, a list of (str, bytes); None: none (headers.pxi)
+
+    @property
+    def headers(self):
+        return [] if self._hdr is None else list(self._hdr)
 
     @property
     def value(self):
@@ -62,7 +70,8 @@ cdef class Record:
         return (self.offset == o.offset and self.timestamp == o.timestamp and
                 self._klen == o._klen and self._vlen == o._vlen and
                 (self._klen <= 0 or memcmp(self._k, o._k, <size_t>self._klen) == 0) and
-                (self._vlen == 0 or memcmp(self._v, o._v, <size_t>self._vlen) == 0))
+                (self._vlen == 0 or memcmp(self._v, o._v, <size_t>self._vlen) == 0) and
+                (self._hdr or []) == (o._hdr or []))
 
     def __ne__(self, other):
         eq = self.__eq__(other)
@@ -84,18 +93,23 @@ cdef class Record:
             memcpy(b, self._k, <size_t>ka)
         if self._vlen:
             memcpy(b + ka, self._v, <size_t>self._vlen)
+        if self._hdr:
+            return (_record_from_pickle, (self.offset, self.timestamp, self._klen, blob,
+                                          list(self._hdr)))
         return (_record_from_pickle, (self.offset, self.timestamp, self._klen, blob))
 
     def __repr__(self):
         v = PyBytes_FromStringAndSize(self._v, min(self._vlen, 32))
         more = "..." if self._vlen > 32 else ""
+        hd = f", headers={self._hdr!r}" if self._hdr else ""
         return (f"Record(offset={self.offset}, timestamp={self.timestamp}, key={self.key!r}, "
-                f"value={v!r}{more})")
+                f"value={v!r}{more}{hd})")
 
 
-def _record_from_pickle(offset, timestamp, klen, blob):
-    """Rebuild a pickled Record: `blob` holds its key (klen bytes; -1: no key) then its value.
-    Checks what it is given: a pickle is data from outside."""
+def _record_from_pickle(offset, timestamp, klen, blob, headers=None):
+    """Rebuild a pickled Record: `blob` holds its key (klen bytes; -1: no key) then its value;
+    `headers` a list of (str, bytes) or None. Checks what it is given: a pickle is data from
+    outside."""
     cdef Record r
     cdef int32_t kl
     cdef Py_ssize_t size, ka
@@ -118,7 +132,21 @@ def _record_from_pickle(offset, timestamp, klen, blob):
     r._klen = kl
     r._v = r._k + ka
     r._vlen = size - ka
+    r._hdr = pickled_headers(headers, "Record pickle")
     return r
+
+
+cdef object pickled_headers(object h, str what):
+    """A pickled record's headers, checked: None, or a list of (str, bytes) pairs."""
+    if h is None:
+        return None
+    if type(h) is not list:
+        raise TypeError(f"{what}: headers: expected a list, not {type(h).__name__}")
+    for pair in h:
+        if (type(pair) is not tuple or len(pair) != 2 or type(pair[0]) is not str
+                or type(pair[1]) is not bytes):
+            raise TypeError(f"{what}: headers: expected (str, bytes) pairs")
+    return h or None
 
 
 cdef inline Record make_record_at(Segment seg, size_t pos, const FrameLayout* L, uint32_t i):
@@ -130,6 +158,8 @@ cdef inline Record make_record_at(Segment seg, size_t pos, const FrameLayout* L,
     cdef const char* v
     cdef size_t vl
     frame_record(f, L, i, &r.timestamp, &k, &r._klen, &v, &vl)
+    if L.attrs & ATTR_HEADERS:
+        r._hdr = frame_headers(f, L, i) or None        # headers.pxi
     r.offset = L.base + i
     r._mv = mv
     r._k = <char*>k
@@ -236,9 +266,37 @@ cdef class RecordBatch:
     cdef Py_ssize_t _lastp      # index of the part last looked at (sequential access)
     cdef int64_t _nbytes
     cdef Py_ssize_t n
+    cdef object _hdrs           # an unpickled batch's headers (a list per record), else None
 
     def __len__(self):
         return self.n
+
+    cdef object hdr_at(self, Py_ssize_t i):
+        """Record i's headers: a list of (str, bytes), or None when it has none."""
+        cdef _Part p
+        if self._hdrs is not None:
+            return self._hdrs[i] or None
+        p = self.part_of(i)
+        if p.frame and (p.L.attrs & ATTR_HEADERS):
+            return frame_headers(self._addr + p.pos, &p.L, <uint32_t>(p.a + i - p.start)) or None
+        return None
+
+    @property
+    def headers(self):
+        """The records' headers: one list of (str, bytes) per record, in order (an empty list
+        for a record without headers)."""
+        cdef Py_ssize_t i
+        cdef _Part p
+        if self._hdrs is not None:
+            return [list(h) if h else [] for h in self._hdrs]
+        out = []
+        for p in self._parts:
+            if p.frame and (p.L.attrs & ATTR_HEADERS):
+                for i in range(p.n):
+                    out.append(frame_headers(self._addr + p.pos, &p.L, <uint32_t>(p.a + i)))
+            else:
+                out.extend([[] for i in range(p.n)])
+        return out
 
     cdef _Part part_of(self, Py_ssize_t i):
         cdef Py_ssize_t lo, hi, mid
@@ -365,6 +423,8 @@ cdef class RecordBatch:
             b.n = p.n
             b._first = self._first + p.start
             b._nbytes = part_nbytes(self._addr, p)
+            if self._hdrs is not None:
+                b._hdrs = self._hdrs[p.start:p.start + p.n]
             out.append(b)
         return out
 
@@ -440,6 +500,7 @@ cdef class RecordBatch:
         r._v = <char*>v
         r._vlen = vl
         r._k = <char*>k
+        r._hdr = self.hdr_at(i)
         return r
 
     def __reduce__(self):
@@ -476,6 +537,10 @@ cdef class RecordBatch:
             memcpy(b + at, v, vl)
             memset(b + at + vl, 0, align8(vl) - vl)
             at += align8(vl)
+        hdrs = self.headers
+        if any(hdrs):
+            return (_batch_from_pickle, (self._first, np.array(self.timestamps, np.int64),
+                                         kls, vls, blob, hdrs))
         return (_batch_from_pickle, (self._first, np.array(self.timestamps, np.int64),
                                      kls, vls, blob))
 
@@ -552,7 +617,7 @@ cdef object _pickled_ints(object x, str what, object dtype, object lo, object hi
     return np.array(a, dtype)
 
 
-def _batch_from_pickle(first, timestamps, klen, vlen, blob):
+def _batch_from_pickle(first, timestamps, klen, vlen, blob, headers=None):
     """Rebuild a pickled RecordBatch: per record its timestamp, key length (-1: no key) and
     value length; `blob` holds each record's key area then its value, 8-byte aligned. Checks
     what it is given: a pickle is data from outside."""
@@ -588,6 +653,10 @@ def _batch_from_pickle(first, timestamps, klen, vlen, blob):
             ulen = vl[0]
             ustride = int(vpos[1]) - int(vpos[0])
     b._timestamps = tss
+    if headers is not None:
+        if type(headers) is not list or len(headers) != n:
+            raise ValueError("RecordBatch pickle: headers: expected a list, one per record")
+        b._hdrs = [pickled_headers(h, "RecordBatch pickle") for h in headers]
     if n:
         b._one = run_part(0, tss, vpos, vl, kl, ulen, ustride)
         b._parts = [b._one]

@@ -36,7 +36,8 @@ def nvalue(off):
 
 
 # TL_FRAME_LIMIT: the writer's _frame_limit (format v2: batches above it are groups of frames);
-# TL_NUMPY=1: every 8th step appends a numpy array (rows nvalue(off))
+# TL_NUMPY=1: every 8th step appends a numpy array (rows nvalue(off)); TL_HEADERS=1: records
+# other than numpy rows get headers hdr_of(off)
 WRITER = """
 import os, sys, hashlib, tidelog
 path, mode, unsafe = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
@@ -48,6 +49,9 @@ log = tidelog.open(path, segment_bytes=16384, durability=mode, sync_interval=0.0
 log._unsafe_ack_without_sync = unsafe
 log._frame_limit = int(os.environ.get("TL_FRAME_LIMIT", 1 << 20))
 numpy = os.environ.get("TL_NUMPY") == "1"
+hdrs = os.environ.get("TL_HEADERS") == "1"
+def hdr_of(off):
+    return [("o", b"%d" % off), ("h\u00e9", b"")][:off % 3] if hdrs else None
 if numpy:
     import numpy as np
 off = log.end_offset
@@ -61,10 +65,11 @@ while True:
         off += n
     elif i % 4 == 0:
         n = 1 + i % 30
-        log.append_batch([value(o) for o in range(off, off + n)])
+        log.append_batch([value(o) for o in range(off, off + n)],
+                         headers=[hdr_of(o) for o in range(off, off + n)] if hdrs else None)
         off += n
     else:
-        log.append(value(off))
+        log.append(value(off), headers=hdr_of(off))
         off += 1
     if mode == "none" and i % 5 == 0:
         log.sync()
@@ -148,7 +153,12 @@ def power_loss_image(logdir, shadow, out, rng, variant):
             f.write(data)
 
 
-def check_recovered(path, acked):
+def hdr_of(off):
+    """The headers WRITER gives record `off` with TL_HEADERS=1."""
+    return [("o", b"%d" % off), ("h\u00e9", b"")][:off % 3]
+
+
+def check_recovered(path, acked, headers=False):
     """Open like a writer (recovery), then read everything: (records, lost acknowledged ones).
     Every record must be CRC-valid and the log a gap-free prefix of what was written."""
     import tidelog
@@ -158,6 +168,8 @@ def check_recovered(path, acked):
             assert rec.offset == n
             v = bytes(rec.value)
             assert v == value(n) or v == nvalue(n), f"record {n} is not what was written"
+            if headers:
+                assert rec.headers == (hdr_of(n) if v == value(n) else []), f"headers of {n}"
             n += 1
         assert n == log.end_offset
     return n, max(0, acked - n)

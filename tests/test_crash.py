@@ -125,7 +125,15 @@ def key_of(off):
     return None if off % 7 == 0 else b"k" * (off % 5)
 
 
-def multi_writer(path, mode, wfd, seed):
+def hdr_of(off):
+    """The headers of record `off` in the header-writing loops: none, or a few (a repeated
+    name, an empty value, a non-ASCII name)."""
+    if off % 3 == 0:
+        return []
+    return [("o", b"%d" % off), ("é", b""), ("o", b"x" * (off % 17))][:1 + off % 3]
+
+
+def multi_writer(path, mode, wfd, seed, headers=False):
     """Like writer(), with format v2's batches: lists (values of varying size, keys with None
     and b"", per-record timestamps now and then) and numpy arrays, cut into groups of several
     frames by a small _frame_limit; each batch announced ("b first n") before it is appended."""
@@ -151,10 +159,13 @@ def multi_writer(path, mode, wfd, seed):
                 tss = [o for o in range(off, off + n)] if rng.random() < 0.5 else None
                 assert log.append_batch([value(o) for o in range(off, off + n)],
                                         keys=[key_of(o) for o in range(off, off + n)],
-                                        timestamps=tss) == off
+                                        timestamps=tss,
+                                        headers=[hdr_of(o) for o in range(off, off + n)]
+                                        if headers else None) == off
                 off += n
             else:
-                assert log.append(value(off), key=key_of(off)) == off
+                assert log.append(value(off), key=key_of(off),
+                                  headers=hdr_of(off) if headers else None) == off
                 off += 1
             if mode == "none" and rng.random() < 0.2:
                 log.sync()
@@ -167,7 +178,7 @@ def multi_writer(path, mode, wfd, seed):
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 @pytest.mark.parametrize("mode", ["none", "batch", "always"])
-def test_kill9_multi_frame_batches_are_whole_or_absent(tmp_path, mode):
+def test_kill9_multi_frame_batches_are_whole_or_absent(tmp_path, mode, headers=False):
     """Format v2 groups (a batch in several frames chained by MORE) under SIGKILL: nothing
     acknowledged is lost, and the log never ends inside a batch (a torn group is cut whole)."""
     seed = int(os.environ.get("TIDELOG_FAULT_SEED", random.randrange(1 << 30)))
@@ -184,7 +195,7 @@ def test_kill9_multi_frame_batches_are_whole_or_absent(tmp_path, mode):
         pid = os.fork()
         if pid == 0:
             os.close(r)
-            multi_writer(path, mode, w, rng.randrange(1 << 30))
+            multi_writer(path, mode, w, rng.randrange(1 << 30), headers)
         os.close(w)
         if rng.random() < 0.8:
             wait_for_start(r)
@@ -215,9 +226,11 @@ def test_kill9_multi_frame_batches_are_whole_or_absent(tmp_path, mode):
                 rec = log.read(off)
                 v = bytes(rec.value)
                 if v == nvalue(off):
-                    assert rec.key is None
+                    assert rec.key is None and rec.headers == []
                 else:
                     assert v == value(off) and rec.key == key_of(off), f"seed {seed}: record {off}"
+                    assert rec.headers == (hdr_of(off) if headers else []), \
+                        f"seed {seed}: headers of record {off}"
             n = sum(1 for _ in log.cursor(max(0, end - 200)))
             assert n == min(end, 200)
             verified = end
@@ -225,3 +238,11 @@ def test_kill9_multi_frame_batches_are_whole_or_absent(tmp_path, mode):
         stats["acknowledged"] = max(stats["acknowledged"], acked)
     assert stats["cycles"] == CYCLES and stats["acknowledged"] > 0, stats
     print(mode, stats)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+@pytest.mark.parametrize("mode", ["none", "batch", "always"])
+def test_kill9_records_with_headers(tmp_path, mode):
+    """Records with headers (issue 14: single frames and groups with header columns) under
+    SIGKILL: what is acknowledged survives with its headers, batches are whole or absent."""
+    test_kill9_multi_frame_batches_are_whole_or_absent(tmp_path, mode, headers=True)

@@ -44,7 +44,7 @@ def power_loss_cycles(tmp_path, shim, mode, unsafe, cycles, seed, **env):
                 continue
             images += 1
             try:
-                n, lost = check_recovered(img, acked)
+                n, lost = check_recovered(img, acked, headers=env.get("TL_HEADERS") == 1)
             except tidelog.CorruptLogError:
                 corrupt += 1        # acknowledged data missing below the durable offset
                 continue
@@ -67,6 +67,17 @@ def test_power_loss_keeps_every_acknowledged_record_of_groups(tmp_path, shim, mo
     recovery leaves a gap-free prefix of CRC-valid records."""
     acked, lost, images, corrupt = power_loss_cycles(tmp_path, shim, mode, False, CYCLES, SEED,
                                                      TL_FRAME_LIMIT=300, TL_NUMPY=1)
+    assert acked > 0 and images == 3 * CYCLES
+    assert (lost, corrupt) == (0, 0), f"TIDELOG_FAULT_SEED={SEED}"
+
+
+@pytest.mark.parametrize("mode", ["none", "batch", "always"])
+def test_power_loss_keeps_records_with_headers(tmp_path, shim, mode):
+    """Issue 14: records with headers (single frames and groups with header columns) through
+    power-loss images: nothing acknowledged is lost, every header survives as appended."""
+    acked, lost, images, corrupt = power_loss_cycles(tmp_path, shim, mode, False, CYCLES, SEED,
+                                                     TL_FRAME_LIMIT=300, TL_NUMPY=1,
+                                                     TL_HEADERS=1)
     assert acked > 0 and images == 3 * CYCLES
     assert (lost, corrupt) == (0, 0), f"TIDELOG_FAULT_SEED={SEED}"
 

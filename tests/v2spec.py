@@ -32,6 +32,8 @@ API (everything little-endian, positions in bytes):
                                              base + 4j) and .tix (stride 64: running max
                                              timestamp up to base + 64j) for the records of seg
     control(start, end, active_base, active_pos, segment_bytes, clean=True) -> bytes
+    decode(frame) -> [Rec]                   the records of a frame (CRC checked), by the spec
+    frames_of(seg bytes) -> [(pos, frame)]   the frames of a segment file, following lengths
     write_log(path, segments, *, segment_bytes=65536, start=0, index=True, clean=True)
         -> Built                             a log directory: `segments` is a list of lists of
                                              Frame/bytes; Built.records {offset: Rec},
@@ -231,6 +233,55 @@ def layout(frame):
         p += align8(struct.unpack_from("<I", f, L["c_koff"] + 4 * n)[0] if m else word)
     L["c_values"] = p + vpad
     return L
+
+
+def decode(frame):
+    """The records of a frame (bytes from its start; CODEC 0) as [Rec] with offsets from
+    base_offset, decoded by the spec alone (headers as (name bytes, value bytes) tuples). Checks
+    the CRC; no other rule (for tests that decode what the engine wrote)."""
+    f = bytes(frame)
+    length = struct.unpack_from("<I", f, 0)[0]
+    f = f[:length]
+    assert fix_crc(f) == f, "CRC mismatch"
+    L = layout(f)
+    n, attrs = L["n"], L["attrs"]
+    assert attrs & ATTR_CODEC == 0, "compressed: decompress first"
+    u32 = lambda at, i: struct.unpack_from("<I", f, at + 4 * i)[0]    # noqa: E731
+    out = []
+    vtotal = length - L["c_values"]
+    for i in range(n):
+        ts = struct.unpack_from("<q", f, L["c_ts"] + 8 * i)[0] if L["c_ts"] else L["ts"]
+        if attrs & ATTR_UNIFORM:
+            s_ = vtotal // n
+            v = f[L["c_values"] + i * s_:L["c_values"] + (i + 1) * s_]
+        else:
+            v = f[L["c_values"] + u32(L["c_voff"], i):L["c_values"] + u32(L["c_voff"], i + 1)]
+        key = None
+        if attrs & ATTR_KEYS:
+            if not attrs & ATTR_MULTI:
+                key = f[L["c_keys"]:L["c_keys"] + L["klen"]]
+            elif not (attrs & ATTR_KEY_NULLS) or (f[L["c_kvalid"] + (i >> 3)] >> (i & 7)) & 1:
+                key = f[L["c_keys"] + u32(L["c_koff"], i):L["c_keys"] + u32(L["c_koff"], i + 1)]
+        hs = []
+        if attrs & ATTR_HEADERS:
+            for h in range(u32(L["c_hidx"], i), u32(L["c_hidx"], i + 1)):
+                hs.append((f[L["c_hname"] + u32(L["c_hnoff"], h):L["c_hname"] + u32(L["c_hnoff"], h + 1)],
+                           f[L["c_hval"] + u32(L["c_hvoff"], h):L["c_hval"] + u32(L["c_hvoff"], h + 1)]))
+        out.append(Rec(v, key, ts, tuple(hs)))
+    return out
+
+
+def frames_of(seg_bytes):
+    """(position, frame bytes) of every frame of a segment file's bytes, in order."""
+    out = []
+    p = SEGMENT_HEADER_SIZE
+    while p + FRAME_HEADER_SIZE <= len(seg_bytes):
+        length = struct.unpack_from("<I", seg_bytes, p)[0]
+        if length == 0:
+            break
+        out.append((p, seg_bytes[p:p + length]))
+        p += align8(length)
+    return out
 
 
 class Frame:

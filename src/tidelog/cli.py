@@ -161,14 +161,21 @@ def _formatter(fmt: str) -> Callable[[Record], str]:
             if key is not None:
                 d["key"], d["key_encoding"] = _json_field(key)
             d["value"], d["value_encoding"] = _json_field(bytes(rec))
+            hs = rec.headers
+            if hs:                  # only records with headers get the field
+                out: dict[str, object] = dict(d)
+                out["headers"] = [[n, *_json_field(v)] for n, v in hs]
+                return json.dumps(out, ensure_ascii=False)
             return json.dumps(d, ensure_ascii=False)
         return line
     conv: Callable[[bytes], str] = _text if fmt == "text" else bytes.hex
 
     def line(rec: Record) -> str:  # type: ignore[no-redef]  # the other branch's returned
         key = rec.key
+        hs = rec.headers        # only records with headers get a fifth column: name=value;...
+        more = ("\t" + ";".join(f"{n}={conv(v)}" for n, v in hs)) if hs else ""
         return (f"{rec.offset}\t{_iso(rec.timestamp)}\t{'-' if key is None else conv(key)}\t"
-                f"{conv(bytes(rec))}")
+                f"{conv(bytes(rec))}{more}")
     return line
 
 

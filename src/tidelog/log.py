@@ -88,20 +88,24 @@ class Log(_core.LogCore):
 
     Writing (the core's methods; a reader gets :exc:`TidelogError` for each):
 
-    ``append(value, *, key=None, timestamp=None) -> int``
+    ``append(value, *, key=None, timestamp=None, headers=None) -> int``
         Append one record and return its offset. `value` and `key` (None: no key) are any
         bytes-like object (bytes, bytearray, memoryview, numpy array), stored verbatim; a
         ``str`` gets TypeError. `timestamp` (int, nanoseconds since the epoch) defaults to the
-        time of the append. A value too large for a segment gets ValueError. In
+        time of the append. `headers`: the record's headers, a dict ``{str: bytes}`` or a list
+        of ``(str, bytes)`` pairs (Kafka's shape: names may repeat, order is kept; values any
+        bytes-like object; names must be valid UTF-8 text); read back as ``Record.headers``.
+        A record without headers costs nothing extra. A value too large for a segment gets ValueError. In
         ``"always"`` mode it returns once the record is durable. :exc:`LogFailedError` once a
         sync failed; :exc:`LogFullError` when the disk is full.
 
-    ``append_batch(values, *, keys=None, timestamps=None, atomic=True) -> int``
+    ``append_batch(values, *, keys=None, timestamps=None, atomic=True, headers=None) -> int``
         Append many records in one call and return the first one's offset (`end_offset` for
         an empty batch); they get consecutive offsets. `values`: an iterable of bytes-like
         objects, or a numpy array (2-D uint8: one record per row; 1-D of a fixed-size dtype:
         one per element). `keys`: a sequence of bytes-like or None, one per value.
-        `timestamps`: a sequence of ints (ns), one per value. Atomic: after any crash the batch
+        `timestamps`: a sequence of ints (ns), one per value. `headers`: a sequence of one
+        record's headers each (as for ``append``; None or empty: none), one per value. Atomic: after any crash the batch
         is in the log whole or not at all, and readers never see part of it; so it must fit in
         one segment (else ValueError), unless ``atomic=False`` splits it across segments with
         prefix semantics. A bad element gets TypeError and nothing of the batch is appended.

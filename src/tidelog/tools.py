@@ -131,8 +131,8 @@ def repair(path: PathArg, *, truncate: bool = False) -> RepairReport:
 def salvage(path: PathArg, out: Union[str, os.PathLike[str]]) -> SalvageReport:
     """Copy every CRC-valid record of the log at `path`, skipping damage, into a new log at
     `out` (which must not exist or be an empty directory): an operator's last resort. The source
-    is opened read-only and left as it is; in the copy, offsets are renumbered from 0, keys and
-    timestamps are kept. Returns a SalvageReport naming the source offsets lost."""
+    is opened read-only and left as it is; in the copy, offsets are renumbered from 0, keys,
+    timestamps and headers are kept. Returns a SalvageReport naming the source offsets lost."""
     out = os.fspath(out)
     if os.path.exists(out) and os.listdir(out):
         raise ValueError(f"out: {out} exists and is not empty")
@@ -143,7 +143,8 @@ def salvage(path: PathArg, out: Union[str, os.PathLike[str]]) -> SalvageReport:
         for rec in src.salvage():
             if rec.offset > expect:
                 gaps.append((expect, rec.offset))
-            dst.append(bytes(rec.value), key=rec.key, timestamp=rec.timestamp)
+            dst.append(bytes(rec.value), key=rec.key, timestamp=rec.timestamp,
+                       headers=rec.headers or None)
             expect = max(expect, rec.offset + 1)
             kept += 1
         end = src.end_offset

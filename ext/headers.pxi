@@ -1,0 +1,185 @@
+# Record headers (FORMAT.md §2, columns C5..C9; issue 14): the checks of `headers=` arguments
+# (pack_headers: one record's headers packed into a bytes object the appender's Item points
+# to), the header columns of a frame (hdr_cols_bytes, put_headers, frame_write_hdr: the
+# single form with headers) and their decoding for readers (frame_headers). Writes no LogCore
+# field. put_headers / frame_write_hdr run without the GIL inside the appender's framing (they
+# touch no Python object); the rest holds the GIL.
+from cpython.unicode cimport PyUnicode_DecodeUTF8
+from collections.abc import Mapping as _Mapping
+import struct as _struct
+
+cdef enum:
+    MAX_RECORD_HEADERS = 1 << 24     # headers of one record (a u32 column; a sane bound)
+
+
+cdef object pack_headers(object h, str name, Item* it):
+    """One record's headers - a mapping {str: bytes-like} or an iterable of (str, bytes-like)
+    pairs (names may repeat; order kept) - checked and packed as: u32 name lengths[hn], u32
+    value lengths[hn], the names (UTF-8), the values. Sets it.h/hn/hnb/hvb and returns the bytes
+    object it.h points into (the caller keeps it alive); None for no headers (None or empty)."""
+    cdef Py_ssize_t n, j
+    it.h = NULL
+    it.hn = 0
+    it.hnb = 0
+    it.hvb = 0
+    if h is None:
+        return None
+    if isinstance(h, _Mapping):
+        pairs = list(h.items())
+    elif isinstance(h, (str, bytes, bytearray, memoryview)):
+        raise TypeError(f"{name}: expected a dict {{str: bytes}} or a list of (str, bytes) "
+                        f"pairs, not {type(h).__name__}")
+    else:
+        try:
+            pairs = h if type(h) is list else list(h)
+        except TypeError:
+            raise TypeError(f"{name}: expected a dict {{str: bytes}} or a list of (str, bytes) "
+                            f"pairs, not {type(h).__name__}") from None
+    n = len(pairs)
+    if n == 0:
+        return None
+    if n > MAX_RECORD_HEADERS:
+        raise ValueError(f"{name}: {n} headers; at most {MAX_RECORD_HEADERS} per record")
+    names = []
+    vals = []
+    nlens = []
+    vlens = []
+    cdef size_t nb = 0, vb = 0
+    for j in range(n):
+        pair = pairs[j]
+        if type(pair) is not tuple and not isinstance(pair, (tuple, list)):
+            raise TypeError(f"{name}[{j}]: expected a (str, bytes) pair, not "
+                            f"{type(pair).__name__}")
+        if len(pair) != 2:
+            raise ValueError(f"{name}[{j}]: expected a (str, bytes) pair, not {len(pair)} items")
+        hname, hval = pair
+        if not isinstance(hname, str):
+            raise TypeError(f"{name}[{j}]: header name: expected str, not {type(hname).__name__}")
+        try:
+            bname = (<str>hname).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"{name}[{j}]: header name {hname!r} is not valid UTF-8 "
+                             f"(a lone surrogate)") from None
+        if type(hval) is not bytes:
+            if isinstance(hval, str) or not PyObject_CheckBuffer(hval):
+                raise TypeError(f"{name}[{j}]: header {hname!r}: value: expected a bytes-like "
+                                f"object, not {type(hval).__name__}")
+            hval = memoryview(hval).tobytes()
+        names.append(bname)
+        vals.append(hval)
+        nlens.append(len(bname))
+        vlens.append(len(hval))
+        nb += <size_t>len(bname)
+        vb += <size_t>len(hval)
+        if nb + vb + 8 * <size_t>j > <size_t>(0xFFFFFFFF - 4096):
+            raise ValueError(f"{name}: headers larger than a record can be")
+    blob = b"".join([_struct.pack(f"<{n}I", *nlens), _struct.pack(f"<{n}I", *vlens)]
+                    + names + vals)
+    it.h = PyBytes_AS_STRING(blob)
+    it.hn = <uint32_t>n
+    it.hnb = nb
+    it.hvb = vb
+    return blob
+
+
+cdef inline size_t hdr_cols_bytes(size_t k, size_t hn, size_t hnb, size_t hvb) noexcept nogil:
+    """Bytes of columns C5..C9 for k records with hn headers of hnb name and hvb value bytes."""
+    return (align8(4 * (k + 1)) + 2 * align8(4 * (hn + 1)) + align8(hnb) + align8(hvb))
+
+
+cdef size_t put_headers(char* f, size_t p, Item* it, Py_ssize_t k) noexcept nogil:
+    """Columns C5..C9 of records it[0..k) at f + p (8-aligned), zero-padded; returns the
+    position after them."""
+    cdef Py_ssize_t i
+    cdef uint32_t j, acc = 0, nacc = 0, vacc = 0, nl, vl
+    cdef size_t hn = 0, nb = 0, vb = 0, c6, c7, c8, c9, end, q
+    cdef const char* src
+    cdef const char* nsrc
+    cdef const char* vsrc
+    for i in range(k):
+        hn += it[i].hn
+        nb += it[i].hnb
+        vb += it[i].hvb
+    wr_u32(f + p, 0)
+    for i in range(k):
+        acc += it[i].hn
+        wr_u32(f + p + 4 * (i + 1), acc)
+    q = p + 4 * (<size_t>k + 1)
+    put_zero_to8(f, q)
+    c6 = align8(q)
+    c7 = c6 + align8(4 * (hn + 1))
+    c8 = c7 + align8(4 * (hn + 1))
+    c9 = c8 + align8(nb)
+    end = c9 + align8(vb)
+    put_zero_to8(f, c6 + 4 * (hn + 1))
+    put_zero_to8(f, c7 + 4 * (hn + 1))
+    put_zero_to8(f, c8 + nb)
+    put_zero_to8(f, c9 + vb)
+    wr_u32(f + c6, 0)
+    wr_u32(f + c7, 0)
+    acc = 0
+    for i in range(k):
+        src = it[i].h
+        nsrc = src + 8 * <size_t>it[i].hn
+        vsrc = nsrc + it[i].hnb
+        for j in range(it[i].hn):
+            nl = rd_u32(src + 4 * <size_t>j)
+            vl = rd_u32(src + 4 * (<size_t>it[i].hn + j))
+            memcpy(f + c8 + nacc, nsrc, nl)
+            memcpy(f + c9 + vacc, vsrc, vl)
+            nsrc += nl
+            vsrc += vl
+            nacc += nl
+            vacc += vl
+            acc += 1
+            wr_u32(f + c6 + 4 * <size_t>acc, nacc)
+            wr_u32(f + c7 + 4 * <size_t>acc, vacc)
+    return end
+
+
+cdef uint32_t frame_write_hdr(char* f, int64_t offset, Item* it, uint16_t more,
+                              bint publish) noexcept nogil:
+    """frame_write for a record with headers: a single-form frame with HEADERS (header, C5..C9,
+    key area, value). Returns its length."""
+    cdef size_t p
+    cdef uint32_t length
+    wr_i64(f + 8, offset)
+    wr_i64(f + 16, it.ts)
+    wr_i32(f + 24, it.klen)
+    wr_u32(f + 28, <uint32_t>(single_attrs(it.klen) | ATTR_HEADERS | more))   # vpad 0
+    p = put_headers(f, FRAME_HEADER_SIZE, it, 1)
+    if it.klen >= 0:
+        if it.klen > 0:
+            memcpy(f + p, it.k, <size_t>it.klen)
+        put_zero_to8(f, p + <size_t>it.klen)
+        p += key_area(it.klen)
+    if it.vlen:
+        memcpy(f + p, it.v, it.vlen)
+    length = <uint32_t>(p + it.vlen)
+    put_zero_to8(f, length)
+    wr_u32(f + 4, frame_crc(f, length))
+    if publish:
+        tl_store_u32_release(f, length)
+    else:
+        wr_u32(f, 0)
+    return length
+
+
+cdef object frame_headers(const char* f, const FrameLayout* L, uint32_t i):
+    """The headers of record i of a verified frame: a list of (str, bytes), in order (empty
+    without HEADERS). Names the writer checked are UTF-8; a forged frame's invalid bytes decode
+    with U+FFFD (the frame passed its CRC: what it holds is handed out, never a crash)."""
+    cdef uint32_t a, b, h, n0, n1, v0, v1
+    out = []
+    if not (L.attrs & ATTR_HEADERS):
+        return out
+    a = rd_u32(f + L.c_hidx + 4 * <size_t>i)
+    b = rd_u32(f + L.c_hidx + 4 * <size_t>i + 4)
+    for h in range(a, b):
+        n0 = rd_u32(f + L.c_hnoff + 4 * <size_t>h)
+        n1 = rd_u32(f + L.c_hnoff + 4 * <size_t>h + 4)
+        v0 = rd_u32(f + L.c_hvoff + 4 * <size_t>h)
+        v1 = rd_u32(f + L.c_hvoff + 4 * <size_t>h + 4)
+        out.append((PyUnicode_DecodeUTF8(f + L.c_hname + n0, n1 - n0, "replace"),
+                    PyBytes_FromStringAndSize(f + L.c_hval + v0, v1 - v0)))
+    return out

@@ -1,0 +1,234 @@
+"""Record headers (issue 14 item 3; FORMAT.md §2, columns C5..C9): append/append_batch take them,
+Record.headers / RecordBatch.headers give them back in order, through every read path, pickling,
+verify, salvage and the CLI; frames without headers are unchanged (v2spec); odd inputs."""
+import json
+import os
+import pickle
+
+import numpy as np
+import pytest
+
+import tidelog
+import v2spec
+
+H1 = [("trace-id", b"abc"), ("é", b""), ("trace-id", b"second")]   # repeated name, kept in order
+
+
+def seg_files(path):
+    return sorted(os.path.join(path, n) for n in os.listdir(path) if n.endswith(".seg"))
+
+
+def spec_records(path):
+    """Every record of the log, decoded from its segment files by v2spec alone."""
+    out = []
+    for p in seg_files(path):
+        with open(p, "rb") as f:
+            data = f.read()
+        for _, fr in v2spec.frames_of(data):
+            out.extend(v2spec.decode(fr))
+    return out
+
+
+def as_spec(h):
+    return tuple((n.encode(), bytes(v)) for n, v in h)
+
+
+def test_single_append_round_trip_and_spec(log_path):
+    with tidelog.open(log_path) as log:
+        log.append(b"v0", key=b"k", headers=dict(H1[:2]), timestamp=7)
+        log.append(b"v1", headers=H1, timestamp=8)
+        log.append(b"v2", headers=[], timestamp=9)          # empty: no headers
+        log.append(b"v3", headers=None, timestamp=10)
+        got = [(r.value.tobytes(), r.key, r.headers) for r in log.cursor()]
+        assert got == [(b"v0", b"k", H1[:2]), (b"v1", None, H1), (b"v2", None, []),
+                       (b"v3", None, [])]
+        assert log.read(1).headers == H1
+    spec = spec_records(log_path)
+    assert [r.headers for r in spec] == [as_spec(H1[:2]), as_spec(H1), (), ()]
+    with open(seg_files(log_path)[0], "rb") as f:
+        data = f.read()
+    frames = v2spec.frames_of(data)
+    # byte for byte the spec's single-form frames, with HEADERS only where headers were given
+    assert frames[0][1] == v2spec.single(0, v2spec.Rec(b"v0", b"k", 7, as_spec(H1[:2])))
+    assert frames[1][1] == v2spec.single(1, v2spec.Rec(b"v1", None, 8, as_spec(H1)))
+    assert frames[2][1] == v2spec.single(2, v2spec.Rec(b"v2", None, 9))
+    assert frames[3][1] == v2spec.single(3, v2spec.Rec(b"v3", None, 10))
+
+
+def test_frames_without_headers_are_unchanged(log_path):
+    """A batch without headers (or with only empty ones) is the spec's frame without HEADERS."""
+    vals = [b"a" * (i % 5) for i in range(20)]
+    keys = [None if i % 3 == 0 else b"k%d" % i for i in range(20)]
+    with tidelog.open(log_path) as log:
+        log.append_batch(vals, keys=keys, timestamps=list(range(20)), headers=[None, {}] * 10)
+    with open(seg_files(log_path)[0], "rb") as f:
+        data = f.read()
+    (pos, fr), = v2spec.frames_of(data)
+    assert fr == v2spec.multi(0, [v2spec.Rec(v, k, t) for t, (v, k) in enumerate(zip(vals, keys))],
+                              at=pos)
+
+
+@pytest.mark.parametrize("limit", [1 << 20, 200])
+def test_batch_round_trip(log_path, limit):
+    """Batches mixing records with and without headers (keys, per-record timestamps), cut into
+    groups of frames by a small frame limit: read back through cursors, batches, frames()."""
+    n = 300
+    hs = [None if i % 4 == 0 else [("n%d" % (i % 3), b"v" * (i % 7))] * (i % 3 + 1)
+          for i in range(n)]
+    vals = [b"x%d" % i * (i % 4) for i in range(n)]
+    with tidelog.open(log_path, segment_bytes=1 << 20) as log:
+        log._frame_limit = limit
+        log.append_batch(vals, keys=[b"k" if i % 2 else None for i in range(n)],
+                         timestamps=[i * 3 % 17 for i in range(n)], headers=hs)
+        log.append_batch(np.zeros((5, 8), np.uint8))            # numpy: no headers
+        want = [h or [] for h in hs] + [[]] * 5
+        assert [r.headers for r in log.cursor()] == want
+        assert [log.read(i).headers for i in range(n + 5)] == want
+        cur = log.cursor()
+        got = []
+        while True:
+            b = cur.read_batch(max_records=37)
+            if not len(b):
+                break
+            assert b.headers == [r.headers for r in b]
+            assert sum((f.headers for f in b.frames()), []) == b.headers
+            got += b.headers
+        assert got == want
+        assert [r.value.tobytes() for r in log.cursor()][:n] == vals
+    assert [list(r.headers) for r in spec_records(log_path)] == [list(as_spec(h)) for h in want]
+
+
+def test_odd_inputs(log_path):
+    big = os.urandom(1 << 20)
+    many = [("h%d" % i, b"%d" % i) for i in range(20000)]
+    odd = [("", b""), ("", b"x"), ("名前", "värde".encode()), ("a\0b", b"\0\xff"),
+           ("\U0001F600", bytearray(b"ba")), ("mv", memoryview(b"xyz")[1:]),
+           ("np", np.arange(3, dtype=np.uint8))]
+    with tidelog.open(log_path, segment_bytes=8 << 20) as log:
+        log.append(b"", headers=[("big", big)])
+        log.append(b"v", headers=many)
+        log.append(b"w", headers=odd)
+        log.append_batch([b"1", b"2"], headers=[many, [("big", big)]])
+        log.append(b"end")
+        want_odd = [(n, bytes(v)) for n, v in odd]
+        assert log.read(0).headers == [("big", big)]
+        assert log.read(1).headers == many
+        assert log.read(2).headers == want_odd
+        assert log.read(3).headers == many and log.read(4).headers == [("big", big)]
+        assert log.read(5).headers == []
+        assert log.cursor().read_batch().headers == [[("big", big)], many, want_odd, many,
+                                                     [("big", big)], []]
+
+
+@pytest.mark.parametrize("bad, exc, words", [
+    ("abc", TypeError, "headers"),
+    (b"abc", TypeError, "headers"),
+    (5, TypeError, "headers"),
+    ({1: b"x"}, TypeError, "header name"),
+    ({"a": "str"}, TypeError, "value"),
+    ({"a": 3}, TypeError, "value"),
+    ({"\udc80": b""}, ValueError, "UTF-8"),
+    ([("a",)], ValueError, "pair"),
+    ([("a", b"", b"")], ValueError, "pair"),
+    ([5], TypeError, "pair"),
+])
+def test_bad_headers_are_refused_and_nothing_is_appended(log_path, bad, exc, words):
+    with tidelog.open(log_path) as log:
+        with pytest.raises(exc, match=words):
+            log.append(b"x", headers=bad)
+        with pytest.raises(exc, match=r"headers\[1\]"):
+            log.append_batch([b"a", b"b"], headers=[None, bad])
+        assert log.end_offset == 0
+
+
+def test_batch_headers_must_match_the_values(log_path):
+    with tidelog.open(log_path) as log:
+        with pytest.raises(ValueError, match="headers: 1 headers for 2 values"):
+            log.append_batch([b"a", b"b"], headers=[None])
+        with pytest.raises(TypeError, match="headers"):
+            log.append_batch([b"a"], headers={"a": b"b"})        # one record's, not a list
+        with pytest.raises(TypeError, match="headers"):
+            log.append_batch([b"a"], headers=3)
+        assert log.end_offset == 0
+        log.append_batch([b"a", b"b"], headers=iter([{"x": b"1"}, None]))    # any iterable
+        assert [r.headers for r in log.cursor()] == [[("x", b"1")], []]
+
+
+def test_pickling_keeps_headers(log_path):
+    with tidelog.open(log_path) as log:
+        log.append(b"a", headers=H1)
+        log.append_batch([b"b", b"c"], keys=[b"k", None], headers=[None, H1[:1]])
+        log.append(b"d")
+        recs = list(log.cursor())
+        batch = log.cursor().read_batch()
+        for r in recs:
+            c = pickle.loads(pickle.dumps(r))
+            assert c == r and c.headers == r.headers
+        b2 = pickle.loads(pickle.dumps(batch))
+        assert b2.headers == batch.headers == [H1, [], H1[:1], []]
+        assert [r.headers for r in b2] == batch.headers
+        assert sum((f.headers for f in b2.frames()), []) == batch.headers
+    # records differing only in headers are not equal
+    assert recs[0] != pickle.loads(pickle.dumps(recs[0]).replace(b"trace-id", b"trace-xx"))
+
+
+def test_bad_pickled_headers_are_refused():
+    from tidelog._core import _record_from_pickle
+    with pytest.raises(TypeError, match="headers"):
+        _record_from_pickle(0, 0, -1, b"v", [("a", "not bytes")])
+    with pytest.raises(TypeError, match="headers"):
+        _record_from_pickle(0, 0, -1, b"v", "x")
+
+
+def test_headers_survive_recovery_verify_and_salvage(log_path, tmp_path):
+    with tidelog.open(log_path, segment_bytes=1 << 14) as log:
+        for i in range(200):
+            if i % 5 == 0:
+                log.append_batch([b"b%d" % i] * 3, headers=[H1, None, [("i", b"%d" % i)]])
+            else:
+                log.append(b"s%d" % i, headers=[("i", b"%d" % i)] if i % 2 else None)
+        want = [(r.value.tobytes(), r.headers) for r in log.cursor()]
+    # an unclean stop: the writer's recovery scans every frame with headers
+    from test_recovery import mark_unclean
+    mark_unclean(log_path)
+    with tidelog.open(log_path) as log:
+        assert [(r.value.tobytes(), r.headers) for r in log.cursor()] == want
+    assert tidelog.verify(log_path)
+    out = str(tmp_path / "salvaged")
+    rep = tidelog.salvage(log_path, out)
+    assert rep.records == len(want)
+    with tidelog.open(out, readonly=True) as log:
+        assert [(r.value.tobytes(), r.headers) for r in log.cursor()] == want
+
+
+def test_a_flipped_header_byte_is_damage(log_path):
+    with tidelog.open(log_path) as log:
+        log.append(b"value", headers=[("name", b"hvalue")])
+    p = seg_files(log_path)[0]
+    with open(p, "r+b") as f:
+        data = f.read()
+        at = data.index(b"hvalue")
+        f.seek(at)
+        f.write(b"H")
+    with tidelog.open(log_path, readonly=True) as log:
+        with pytest.raises(tidelog.CorruptLogError):
+            log.read(0)
+    assert not tidelog.verify(log_path)
+
+
+def test_cli_prints_headers_compactly(log_path):
+    from click.testing import CliRunner
+    from tidelog.cli import cli
+    with tidelog.open(log_path) as log:
+        log.append(b"plain", key=b"k")
+        log.append(b"v", headers=[("a", b"1"), ("b", b"\xff")])
+    r = CliRunner().invoke(cli, ["tail", log_path])
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    assert lines[0].split("\t")[-1] == "plain" and len(lines[0].split("\t")) == 4
+    assert lines[1].split("\t")[-2:] == ["v", "a=1;b=\\xff"]
+    r = CliRunner().invoke(cli, ["dump", "--format", "json", log_path])
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(x) for x in r.output.splitlines()]
+    assert "headers" not in rows[0]
+    assert rows[1]["headers"] == [["a", "1", "utf-8"], ["b", "/w==", "base64"]]
