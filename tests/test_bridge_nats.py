@@ -9,6 +9,7 @@ import random
 import pytest
 
 import tidelog
+import tidelog.bridge
 from tidelog.bridge import nats as bnats
 from tidelog.bridge.base import Message
 
@@ -163,3 +164,105 @@ def test_encoding_round_trips_any_bytes():
     back = bnats.decode_message(9, m.value, h, 0)
     assert (back.key, back.timestamp) == (m.key, m.timestamp)
     assert back.headers == m.headers + [("tidelog-offset", b"5"), ("nats-sequence", b"9")]
+
+
+# ------------------------------------------------------------------------------ ingest
+
+def source_items(rng, start, n):
+    """Messages a stream may hold: foreign ones (text headers, no key) and some written the
+    way a mirror writes them (any key, headers and timestamp)."""
+    out = []
+    for i in range(start, start + n):
+        data = rng.randbytes(rng.randrange(0, 200))
+        if i % 2:
+            out.append((data, {"h": f"v{i}", "z": "x y"}))
+        else:
+            m = Message(i, data, b"k%d" % (i % 5) if i % 4 else None, 10**18 + i,
+                        [("bin", bytes([i % 256, 0])), ("bin", b"")])
+            out.append((data, bnats.encode_headers(m)))
+    return out
+
+
+def expect_ingested(log_path, got):
+    """The log holds every message of `got` (nats_messages) exactly once, in order, intact."""
+    with tidelog.open(log_path, readonly=True) as log:
+        recs = [log.read(o) for o in range(log.start_offset, log.end_offset)]
+    seqs = [int(dict(r.headers)["nats-sequence"]) for r in recs]
+    dups = len(seqs) - len(set(seqs))
+    assert dups == 0, f"{dups} duplicates"
+    assert seqs == [s for s, _, _, _ in got], "missing or out of order"
+    for rec, (seq, _, h, data) in zip(recs, got):
+        want = bnats.decode_message(seq, data, h, rec.timestamp)
+        assert bytes(rec.value) == data
+        assert rec.key == want.key
+        assert [(k, bytes(v)) for k, v in rec.headers] == want.headers
+        if "tidelog-timestamp" in h:
+            assert rec.timestamp == int(h["tidelog-timestamp"])
+
+
+def test_ingest_exactly_once_under_kill_9(nats_server, tmp_path):
+    log_path = str(tmp_path / "in")
+    rng = random.Random(25)
+    per = 3000
+
+    def feed(i):
+        nats_publish(nats_server.port, "SRC", "src.a", source_items(rng, i * per, per),
+                     create=i == 0)
+    killed = kill_loop(["ingest", nats_server.url("SRC"), log_path], feed)
+    assert killed >= CYCLES // 4, f"only {killed} runs were killed mid-way"
+    expect_ingested(log_path, nats_messages(nats_server.port, "SRC"))
+
+
+def test_ingest_negative_control_no_resume_duplicates(nats_server, tmp_path):
+    log_path = str(tmp_path / "in")
+    rng = random.Random(26)
+    kill_loop(["ingest", nats_server.url("SRC"), log_path, "--no-resume"],
+              lambda i: nats_publish(nats_server.port, "SRC", "src.a",
+                                     source_items(rng, i * 300, 300), create=i == 0), cycles=3)
+    with pytest.raises(AssertionError, match="duplicates"):
+        expect_ingested(log_path, nats_messages(nats_server.port, "SRC"))
+
+
+def test_ingest_one_subject_of_a_stream(nats_server, tmp_path):
+    from nats.js.api import StreamConfig  # noqa: F401  (the extra is installed)
+    nats_publish(nats_server.port, "M", "m.*", [], create=True)
+    import asyncio
+    import nats as natspy
+
+    async def pub():
+        nc = await natspy.connect(f"nats://127.0.0.1:{nats_server.port}")
+        js = nc.jetstream()
+        for i in range(50):
+            await js.publish("m.a" if i % 2 else "m.b", b"%d" % i)
+        await nc.close()
+    asyncio.run(pub())
+    r = cli("ingest", nats_server.url("M", subject="m.a"), str(tmp_path / "a"))
+    assert r.returncode == 0 and "ingested 25 records" in r.stdout, r.stderr
+    expect_ingested(str(tmp_path / "a"), nats_messages(nats_server.port, "M", "m.a"))
+    r = cli("ingest", nats_server.url("M"), str(tmp_path / "all"))
+    assert r.returncode == 0 and "ingested 50 records" in r.stdout, r.stderr
+
+
+# ------------------------------------------------------------------------------ round trip
+
+def test_round_trip_is_exact(nats_server, tmp_path):
+    """log -> mirror -> stream -> ingest -> log: key, value, headers and timestamp come back
+    equal, plus the position headers."""
+    src, dst = str(tmp_path / "src"), str(tmp_path / "dst")
+    rng = random.Random(7)
+    with tidelog.open(src) as log:
+        for i in range(500):
+            hs = [] if i % 5 == 0 else [("a", rng.randbytes(i % 9)), ("a", b"\r\n:"),
+                                        ("n\u00e4me", b"\xff")]
+            log.append(rng.randbytes(i % 50), key=None if i % 3 == 0 else rng.randbytes(i % 4),
+                       timestamp=rng.randrange(0, 1 << 62), headers=hs)
+    assert tidelog.bridge.mirror(src, nats_server.url("RT"), create=True) == 500
+    assert tidelog.bridge.ingest(nats_server.url("RT"), dst) == 500
+    with tidelog.open(src, readonly=True) as a, tidelog.open(dst, readonly=True) as b:
+        assert len(b) == len(a)
+        for off in range(len(a)):
+            x, y = a.read(off), b.read(off)
+            assert (bytes(y.value), y.key, y.timestamp) == (bytes(x.value), x.key, x.timestamp)
+            assert [(k, bytes(v)) for k, v in y.headers] == \
+                [(k, bytes(v)) for k, v in x.headers] + [("tidelog-offset", b"%d" % off),
+                                                         ("nats-sequence", b"%d" % (off + 1))]
