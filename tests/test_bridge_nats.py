@@ -63,7 +63,7 @@ def test_negative_control_no_resume_duplicates(nats_server, tmp_path):
     log = tidelog.open(log_path)
     try:
         kill_loop(["mirror", log_path, nats_server.url("S"), "--create", "--no-resume"],
-                  lambda i: fill(log, 300, rng, start=i * 300), cycles=3)
+                  lambda i: fill(log, 300, rng, start=i * 300), cycles=3, max_delay=30)
     finally:
         log.close()
     with pytest.raises(AssertionError, match="duplicates"):
@@ -218,7 +218,7 @@ def test_ingest_negative_control_no_resume_duplicates(nats_server, tmp_path):
     rng = random.Random(26)
     kill_loop(["ingest", nats_server.url("SRC"), log_path, "--no-resume"],
               lambda i: nats_publish(nats_server.port, "SRC", "src.a",
-                                     source_items(rng, i * 300, 300), create=i == 0), cycles=3)
+                                     source_items(rng, i * 300, 300), create=i == 0), cycles=3, max_delay=30)
     with pytest.raises(AssertionError, match="duplicates"):
         expect_ingested(log_path, nats_messages(nats_server.port, "SRC"))
 
