@@ -152,7 +152,11 @@ def kafka_messages(bootstrap, topic, partition=0):
     c = ck.Consumer({"bootstrap.servers": bootstrap, "group.id": "t", "logger": lg,
                      "enable.auto.commit": False, "enable.partition.eof": True})
     tp = ck.TopicPartition(topic, partition)
-    lo, hi = c.get_watermark_offsets(tp, timeout=10)
+    try:
+        lo, hi = c.get_watermark_offsets(tp, timeout=10)
+    except ck.KafkaException:           # no such topic (yet)
+        c.close()
+        return []
     out = []
     if hi > lo:
         c.assign([ck.TopicPartition(topic, partition, lo)])

@@ -48,9 +48,18 @@ def run_ingest(source: object, log: Union[str, os.PathLike[str], tidelog.Log], *
     """Append what `source` (a source object) holds after the log's last ingested position;
     return the number of records appended."""
     own = not isinstance(log, tidelog.Log)
-    lg = tidelog.open(os.fspath(log)) if own else log      # type: ignore[arg-type]
+    path = os.fspath(log) if own else log.path             # type: ignore[arg-type,union-attr]
+    # the bridge lock first when the log exists, so a second ingester hears who runs
+    lock = (BridgeLock(path, "ingest", name)
+            if os.path.isfile(os.path.join(path, "tidelog.lock")) else None)
     try:
-        with BridgeLock(lg.path, "ingest", name):
+        lg = tidelog.open(path) if own else log            # type: ignore[arg-type]
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    try:
+        with lock or BridgeLock(lg.path, "ingest", name):
             after = last_position(lg, header) if resume else None
             got = 0
             n = 0
