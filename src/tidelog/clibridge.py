@@ -8,6 +8,7 @@ never come as arguments: environment variables or the --config file (tidelog.bri
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 from collections.abc import Iterator
@@ -22,6 +23,12 @@ SECRETS_HELP = ("Credentials come from environment variables (TIDELOG_NATS_TOKEN
                 "TIDELOG_NATS_USER/TIDELOG_NATS_PASSWORD, TIDELOG_NATS_CREDS, TIDELOG_NATS_CA/"
                 "CERT/KEY; TIDELOG_KAFKA_SASL_USERNAME/PASSWORD/MECHANISM, TIDELOG_KAFKA_CA/"
                 "CERT/KEY) or the --config file, never from the command line.")
+
+
+def _quiet_logs() -> None:
+    """The command's stderr is for its one line: asyncio's warnings (e.g. about a TLS
+    connection the server closed on refused credentials) go nowhere. The process is ours."""
+    logging.getLogger("asyncio").addHandler(logging.NullHandler())
 
 
 @contextmanager
@@ -75,6 +82,7 @@ def add_commands(group: click.Group) -> None:
         TARGET: kafka://HOST:PORT[,HOST:PORT...]/TOPIC[?partition=N] (kafkas:// for SSL) or
         nats://HOST:PORT/STREAM[?subject=SUBJECT] (tls:// for TLS)."""
         from tidelog import bridge
+        _quiet_logs()
         with _stop_on_signals(follow) as stop:
             n = bridge.mirror(path, target, name=name, follow=follow, create=create,
                               config=config, skip_gap=skip_gap, resume=not no_resume, stop=stop)
@@ -93,6 +101,7 @@ def add_commands(group: click.Group) -> None:
         SOURCE: kafka://HOST:PORT[,...]/TOPIC[?partition=N] or
         nats://HOST:PORT/STREAM[?subject=SUBJECT]."""
         from tidelog import bridge
+        _quiet_logs()
         with _stop_on_signals(follow) as stop:
             n = bridge.ingest(source, path, name=name, follow=follow, create=create,
                               config=config, resume=not no_resume, stop=stop)
