@@ -18,7 +18,7 @@ from typing import Optional, Union
 
 import tidelog
 from tidelog.bridge.address import Address, parse_address
-from tidelog.bridge.base import KAFKA_POSITION, NATS_POSITION, BridgeError
+from tidelog.bridge.base import KAFKA_POSITION, NATS_POSITION, BridgeError, Source, Target
 from tidelog.bridge.ingest import run_ingest
 from tidelog.bridge.lock import BridgeLockedError, check_bridge_name
 from tidelog.bridge.mirror import run_mirror
@@ -33,15 +33,22 @@ def _stopping(stop: Optional[threading.Event]) -> Callable[[], bool]:
     return stop.is_set if stop is not None else (lambda: False)
 
 
-def _endpoint(addr: Address, config: Optional[str], create: bool, direction: str) -> object:
+def _target(addr: Address, config: Optional[str], create: bool) -> Target:
     settings = read_config(config)
     if addr.system == "nats":
         from tidelog.bridge import nats as bnats
-        opts = nats_options(settings)
-        return (bnats.NatsTarget if direction == "out" else bnats.NatsSource)(addr, opts, create)
+        return bnats.NatsTarget(addr, nats_options(settings), create)
     from tidelog.bridge import kafka as bkafka
-    kopts = kafka_options(settings)
-    return (bkafka.KafkaTarget if direction == "out" else bkafka.KafkaSource)(addr, kopts, create)
+    return bkafka.KafkaTarget(addr, kafka_options(settings), create)
+
+
+def _source(addr: Address, config: Optional[str], create: bool) -> Source:
+    settings = read_config(config)
+    if addr.system == "nats":
+        from tidelog.bridge import nats as bnats
+        return bnats.NatsSource(addr, nats_options(settings), create)
+    from tidelog.bridge import kafka as bkafka
+    return bkafka.KafkaSource(addr, kafka_options(settings), create)
 
 
 def mirror(log: LogArg, target: str, *, name: str = "mirror", follow: bool = False,
@@ -60,12 +67,12 @@ def mirror(log: LogArg, target: str, *, name: str = "mirror", follow: bool = Fal
     """
     check_bridge_name(name)
     addr = parse_address(target, argument="target")
-    out = _endpoint(addr, config, create, "out")
+    out = _target(addr, config, create)
     try:
         return run_mirror(log, out, name=name, follow=follow, skip_gap=skip_gap, resume=resume,
                           stopping=_stopping(stop), progress=progress)
     finally:
-        out.close()                                        # type: ignore[attr-defined]
+        out.close()
 
 
 def ingest(source: str, log: LogArg, *, name: str = "ingest", follow: bool = False,
@@ -78,10 +85,10 @@ def ingest(source: str, log: LogArg, *, name: str = "ingest", follow: bool = Fal
     """
     check_bridge_name(name)
     addr = parse_address(source, argument="source")
-    src = _endpoint(addr, config, create, "in")
+    src = _source(addr, config, create)
     try:
         return run_ingest(src, log, name=name, follow=follow, resume=resume,
                           header=KAFKA_POSITION if addr.system == "kafka" else NATS_POSITION,
                           stopping=_stopping(stop), progress=progress)
     finally:
-        src.close()                                        # type: ignore[attr-defined]
+        src.close()

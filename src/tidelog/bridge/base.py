@@ -8,13 +8,14 @@ Message (a record on its way between a log and a broker), the position header na
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Optional
+from typing import Optional, Protocol
 
 from tidelog.errors import TidelogError
 
-__all__ = ["BridgeError", "Message", "require", "OFFSET_HEADER", "KAFKA_POSITION",
+__all__ = ["BridgeError", "Message", "Target", "Source", "require", "OFFSET_HEADER", "KAFKA_POSITION",
            "NATS_POSITION", "headers_of"]
 
 OFFSET_HEADER = "tidelog-offset"     # a mirrored record's offset in its log, decimal ASCII
@@ -37,6 +38,28 @@ class Message:
     key: Optional[bytes]
     timestamp: int                   # nanoseconds since the epoch
     headers: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+class Target(Protocol):
+    """Where a mirror ships (kafka.KafkaTarget, nats.NatsTarget)."""
+
+    def last_offset(self) -> Optional[int]:
+        """The tidelog-offset of the target's last message; None when it holds none."""
+
+    def send(self, msgs: list[Message]) -> None:
+        """Store `msgs` in order; return once the broker acknowledged every one."""
+
+    def close(self) -> None: ...
+
+
+class Source(Protocol):
+    """Where an ingest reads (kafka.KafkaSource, nats.NatsSource)."""
+
+    def batches(self, after: Optional[int], follow: bool,
+                stopping: Callable[[], bool]) -> Iterator[list[Message]]:
+        """Messages after position `after` (None: from the first), in order, in batches."""
+
+    def close(self) -> None: ...
 
 
 def headers_of(record: object) -> list[tuple[str, bytes]]:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Optional, Union
 
 import tidelog
-from tidelog.bridge.base import BridgeError, headers_of
+from tidelog.bridge.base import BridgeError, Source, headers_of
 from tidelog.bridge.lock import BridgeLock
 
 __all__ = ["run_ingest", "last_position"]
@@ -41,19 +41,19 @@ def last_position(log: tidelog.Log, header: str) -> Optional[int]:
     return None
 
 
-def run_ingest(source: object, log: Union[str, os.PathLike[str], tidelog.Log], *,
+def run_ingest(source: Source, log: Union[str, os.PathLike[str], tidelog.Log], *,
                name: str, header: str, follow: bool, resume: bool,
                stopping: Callable[[], bool],
                progress: Optional[Callable[[int], None]] = None) -> int:
     """Append what `source` (a source object) holds after the log's last ingested position;
     return the number of records appended."""
     own = not isinstance(log, tidelog.Log)
-    path = os.fspath(log) if own else log.path             # type: ignore[arg-type,union-attr]
+    path = log.path if isinstance(log, tidelog.Log) else os.fspath(log)
     # the bridge lock first when the log exists, so a second ingester hears who runs
     lock = (BridgeLock(path, "ingest", name)
             if os.path.isfile(os.path.join(path, "tidelog.lock")) else None)
     try:
-        lg = tidelog.open(path) if own else log            # type: ignore[arg-type]
+        lg = log if isinstance(log, tidelog.Log) else tidelog.open(path)
     except BaseException:
         if lock is not None:
             lock.release()
@@ -63,7 +63,7 @@ def run_ingest(source: object, log: Union[str, os.PathLike[str], tidelog.Log], *
             after = last_position(lg, header) if resume else None
             got = 0
             n = 0
-            for msgs in source.batches(after, follow, stopping):   # type: ignore[attr-defined]
+            for msgs in source.batches(after, follow, stopping):
                 lg.append_batch([m.value for m in msgs], keys=[m.key for m in msgs],
                                 timestamps=[m.timestamp for m in msgs],
                                 headers=[m.headers for m in msgs])

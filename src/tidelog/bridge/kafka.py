@@ -25,6 +25,9 @@ CONNECT_TIMEOUT = 8.0     # seconds: give up on an unreachable cluster within ~1
 ACK_TIMEOUT = 30.0        # seconds for the cluster to acknowledge a batch
 POLL = 0.5                # seconds a consumer poll waits
 
+# librdkafka's local error codes are spelled with a leading underscore (its public names)
+PARTITION_EOF = "_PARTITION_EOF"
+
 _quiet = logging.getLogger("tidelog.bridge.librdkafka")
 _quiet.addHandler(logging.NullHandler())
 _quiet.propagate = False
@@ -114,7 +117,7 @@ class KafkaTarget:
                 if m is None:
                     continue
                 if m.error():
-                    if m.error().code() == ck.KafkaError._PARTITION_EOF:
+                    if m.error().code() == getattr(ck.KafkaError, PARTITION_EOF):
                         break
                     raise BridgeError(f"{_where(self.address)}: {m.error().str()}")
                 if m.offset() != hi - 1:
@@ -198,7 +201,7 @@ class KafkaSource:
             for m in got:
                 err = m.error()
                 if err is not None:
-                    if err.code() == ck.KafkaError._PARTITION_EOF:
+                    if err.code() == getattr(ck.KafkaError, PARTITION_EOF):
                         done = not follow
                         continue
                     raise BridgeError(f"{_where(a)}: {err.str()}")

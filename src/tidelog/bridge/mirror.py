@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Optional, Union
 
 import tidelog
-from tidelog.bridge.base import BridgeError, Message, headers_of
+from tidelog.bridge.base import BridgeError, Message, Target, headers_of
 from tidelog.bridge.lock import BridgeLock
 
 __all__ = ["run_mirror"]
@@ -42,16 +42,16 @@ def _resume(log: tidelog.Log, last: Optional[int], skip_gap: bool) -> int:
     return want
 
 
-def run_mirror(log: Union[str, os.PathLike[str], tidelog.Log], target: object, *,
+def run_mirror(log: Union[str, os.PathLike[str], tidelog.Log], target: Target, *,
                name: str, follow: bool, skip_gap: bool, resume: bool,
                stopping: Callable[[], bool],
                progress: Optional[Callable[[int], None]] = None) -> int:
     """Ship `log` to `target` (a target object); return the number of records shipped."""
     own = not isinstance(log, tidelog.Log)
-    lg = tidelog.open(os.fspath(log), readonly=True) if own else log   # type: ignore[arg-type]
+    lg = log if isinstance(log, tidelog.Log) else tidelog.open(os.fspath(log), readonly=True)
     try:
         with BridgeLock(lg.path, "mirror", name):
-            last = target.last_offset()                    # type: ignore[attr-defined]
+            last = target.last_offset()
             pos = _resume(lg, last, skip_gap) if resume else lg.start_offset
             cur = lg.cursor(pos, durable_only=True)
             sent = 0
@@ -59,7 +59,7 @@ def run_mirror(log: Union[str, os.PathLike[str], tidelog.Log], target: object, *
                 msgs = [Message(r.offset, bytes(r.value), r.key, r.timestamp, headers_of(r))
                         for r in itertools.islice(cur, BATCH)]
                 if msgs:
-                    target.send(msgs)                      # type: ignore[attr-defined]
+                    target.send(msgs)
                     sent += len(msgs)
                     if progress is not None:
                         progress(sent)
