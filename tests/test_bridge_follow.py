@@ -64,7 +64,7 @@ def test_mirror_follow_ships_durable_records_only(kafka_mock, tmp_path):
     with tidelog.open(log_path, durability="none") as log:
         log.append(b"a")
         log.sync()
-        p = spawn("mirror", log_path, kafka_mock.url("d"), "--follow")
+        p = spawn("mirror", log_path, kafka_mock.url("d"), "--create", "--follow")
         try:
             assert wait_for(lambda: len(kafka_messages(kafka_mock.bootstrap, "d")) == 1)
             log.append(b"b")            # not durable: "none" mode syncs only on sync()

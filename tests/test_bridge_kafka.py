@@ -53,7 +53,7 @@ def test_mirror_exactly_once_under_kill_9(kafka_mock, tmp_path):
     rng = random.Random(35)
     log = tidelog.open(log_path)
     try:
-        killed = kill_loop(["mirror", log_path, kafka_mock.url("t", 1)],
+        killed = kill_loop(["mirror", log_path, kafka_mock.url("t", 1), "--create"],
                            lambda i: fill(log, PER_CYCLE, rng, start=i * PER_CYCLE))
     finally:
         log.close()
@@ -66,7 +66,7 @@ def test_mirror_negative_control_no_resume_duplicates(kafka_mock, tmp_path):
     rng = random.Random(36)
     log = tidelog.open(log_path)
     try:
-        kill_loop(["mirror", log_path, kafka_mock.url("t"), "--no-resume"],
+        kill_loop(["mirror", log_path, kafka_mock.url("t"), "--create", "--no-resume"],
                   lambda i: fill(log, 300, rng, start=i * 300), cycles=3, max_delay=30)
     finally:
         log.close()
@@ -132,7 +132,7 @@ def test_round_trip_exact_to_the_millisecond(kafka_mock, tmp_path):
             log.append(rng.randbytes(i % 50), key=None if i % 3 == 0 else rng.randbytes(i % 4),
                        timestamp=rng.randrange(0, 1 << 62), headers=hs)
     url = kafka_mock.url("rt", 3)
-    assert tidelog.bridge.mirror(src, url) == 500
+    assert tidelog.bridge.mirror(src, url, create=True) == 500
     assert tidelog.bridge.ingest(url, dst) == 500
     with tidelog.open(src, readonly=True) as a, tidelog.open(dst, readonly=True) as b:
         assert len(b) == len(a)
@@ -150,7 +150,11 @@ def test_missing_partition_foreign_last_message_unreachable(kafka_mock, tmp_path
     with tidelog.open(log_path) as log:
         fill(log, 10, random.Random(2))
     # the mock cluster makes topics of 4 partitions on first use
-    one_line_error(cli("mirror", log_path, kafka_mock.url("p", 9)), "no partition 9")
+    one_line_error(cli("mirror", log_path, kafka_mock.url("p", 9), "--create"), "no partition 9")
+    one_line_error(cli("mirror", log_path, kafka_mock.url("nope")), "'nope' does not exist",
+                   "--create")
+    one_line_error(cli("ingest", kafka_mock.url("nope"), str(tmp_path / "in")),
+                   "'nope' does not exist")
     produce(kafka_mock.bootstrap, "f", 0, [(None, b"foreign", 1, [])])
     one_line_error(cli("mirror", log_path, kafka_mock.url("f")), "no tidelog-offset")
     one_line_error(cli("mirror", log_path, f"kafka://127.0.0.1:{free_port()}/t", timeout=30),
@@ -167,7 +171,7 @@ def test_target_ahead_of_the_log_is_refused(kafka_mock, tmp_path):
         fill(log, 20, random.Random(3))
     with tidelog.open(small) as log:
         fill(log, 5, random.Random(3))
-    assert tidelog.bridge.mirror(big, kafka_mock.url("a")) == 20
+    assert tidelog.bridge.mirror(big, kafka_mock.url("a"), create=True) == 20
     one_line_error(cli("mirror", small, kafka_mock.url("a")), "another log")
 
 
@@ -179,15 +183,16 @@ def test_retention_gap_refused_unless_skipped(kafka_mock, tmp_path):
         log.truncate_before(900)
         start = log.start_offset
     assert start > 0
-    one_line_error(cli("mirror", log_path, kafka_mock.url("g")), "retention", "--skip-gap")
-    r = cli("mirror", log_path, kafka_mock.url("g"), "--skip-gap")
+    one_line_error(cli("mirror", log_path, kafka_mock.url("g"), "--create"), "retention",
+                   "--skip-gap")
+    r = cli("mirror", log_path, kafka_mock.url("g"), "--create", "--skip-gap")
     assert r.returncode == 0, r.stderr
     got = kafka_messages(kafka_mock.bootstrap, "g")
     assert [int(dict(h)["tidelog-offset"]) for *_, h in got] == list(range(start, 1000))
 
 
 def test_kafka_target_reads_nothing_from_an_empty_partition(kafka_mock):
-    t = KafkaTarget(parse_address(kafka_mock.url("e")), {}, False)
+    t = KafkaTarget(parse_address(kafka_mock.url("e")), {}, True)
     try:
         assert t.last_offset() is None
     finally:

@@ -22,6 +22,7 @@ from tidelog.bridge.base import KAFKA_POSITION, OFFSET_HEADER, BridgeError, Mess
 __all__ = ["KafkaTarget", "KafkaSource"]
 
 CONNECT_TIMEOUT = 8.0     # seconds: give up on an unreachable cluster within ~10 s
+CREATE_TIMEOUT = 3.0      # seconds a CreateTopics request may take (the mock cluster: never)
 ACK_TIMEOUT = 30.0        # seconds for the cluster to acknowledge a batch
 POLL = 0.5                # seconds a consumer poll waits
 
@@ -48,35 +49,69 @@ def _where(address: Address) -> str:
     return f"Kafka {','.join(address.servers)}"
 
 
-def _metadata(ck: Any, client: Any, address: Address, create: bool,
-              base: dict[str, Any]) -> None:
-    """Check the topic and partition exist (making the topic when `create`)."""
-    topic = address.name
+def _consumer(ck: Any, base: dict[str, Any], group: str) -> Any:
+    """A consumer that never commits and never asks the cluster to create a topic."""
     try:
-        md = client.list_topics(topic, timeout=CONNECT_TIMEOUT)
+        return ck.Consumer(dict(base, **{"group.id": group, "enable.auto.commit": False,
+                                         "enable.partition.eof": True,
+                                         "allow.auto.create.topics": False,
+                                         "auto.offset.reset": "earliest"}))
     except ck.KafkaException as e:
-        raise BridgeError(f"cannot reach {_where(address)}: {e.args[0].str()}") from None
-    t = md.topics.get(topic)
-    missing = t is None or (t.error is not None and
-                            t.error.code() == ck.KafkaError.UNKNOWN_TOPIC_OR_PART)
-    if missing:
-        if not create:
-            raise BridgeError(f"Kafka topic {topic!r} does not exist (--create makes it)")
-        admin = require("confluent_kafka.admin")
-        ac = admin.AdminClient(dict(base))
-        fs = ac.create_topics([admin.NewTopic(topic, address.partition + 1)],
-                              operation_timeout=CONNECT_TIMEOUT, request_timeout=CONNECT_TIMEOUT)
+        raise BridgeError(f"Kafka settings: {e.args[0].str()}") from None
+
+
+def _create(ck: Any, address: Address, base: dict[str, Any], c: Any) -> Any:
+    """Make the topic: CreateTopics (partition + 1 partitions), or, where a cluster does not
+    answer it (librdkafka's mock cluster), a metadata request that allows auto-creation."""
+    topic = address.name
+    admin = require("confluent_kafka.admin")
+    ac = admin.AdminClient(dict(base))        # kept alive until the answer
+    fs = ac.create_topics(
+        [admin.NewTopic(topic, address.partition + 1)],
+        operation_timeout=CREATE_TIMEOUT, request_timeout=CREATE_TIMEOUT)
+    try:
+        fs[topic].result()
+    except Exception as e:
+        why = e.args[0] if e.args else e
+        code = why.code() if hasattr(why, "code") else None
+        if code not in (ck.KafkaError.TOPIC_ALREADY_EXISTS,
+                        getattr(ck.KafkaError, "_TIMED_OUT")):
+            raise BridgeError(f"{_where(address)}: cannot create topic {topic!r}: "
+                              f"{why.str() if hasattr(why, 'str') else why}") from None
+        p = ck.Producer(dict(base))
         try:
-            fs[topic].result()
-        except Exception as e:
-            raise BridgeError(f"{_where(address)}: cannot create topic {topic!r}: {e}") from None
-        t = client.list_topics(topic, timeout=CONNECT_TIMEOUT).topics.get(topic)
-    elif t.error is not None:
-        raise BridgeError(f"{_where(address)}: topic {topic!r}: {t.error.str()}")
-    if t is None or address.partition not in t.partitions:
-        n = 0 if t is None else len(t.partitions)
-        raise BridgeError(f"Kafka topic {topic!r} has no partition {address.partition} (it has "
-                          f"{n})")
+            p.list_topics(topic, timeout=CONNECT_TIMEOUT)
+        finally:
+            p.flush(0)
+    return c.list_topics(topic, timeout=CONNECT_TIMEOUT).topics.get(topic)
+
+
+def _metadata(ck: Any, address: Address, create: bool, base: dict[str, Any]) -> None:
+    """Check the topic and partition exist (making the topic when `create`). Asked by a
+    consumer that does not allow auto-creation: a metadata request by a producer or an admin
+    client makes a missing topic on brokers that auto-create."""
+    topic = address.name
+    c = _consumer(ck, base, "tidelog-metadata")
+    try:
+        try:
+            md = c.list_topics(topic, timeout=CONNECT_TIMEOUT)
+        except ck.KafkaException as e:
+            raise BridgeError(f"cannot reach {_where(address)}: {e.args[0].str()}") from None
+        t = md.topics.get(topic)
+        missing = t is None or (t.error is not None and
+                                t.error.code() == ck.KafkaError.UNKNOWN_TOPIC_OR_PART)
+        if missing:
+            if not create:
+                raise BridgeError(f"Kafka topic {topic!r} does not exist (--create makes it)")
+            t = _create(ck, address, base, c)
+        elif t is not None and t.error is not None:
+            raise BridgeError(f"{_where(address)}: topic {topic!r}: {t.error.str()}")
+        if t is None or address.partition not in t.partitions:
+            n = 0 if t is None else len(t.partitions)
+            raise BridgeError(f"Kafka topic {topic!r} has no partition {address.partition} "
+                              f"(it has {n})")
+    finally:
+        c.close()
 
 
 class KafkaTarget:
@@ -94,45 +129,52 @@ class KafkaTarget:
         except self.ck.KafkaException as e:
             raise BridgeError(f"Kafka settings: {e.args[0].str()}") from None
         self.base = base
-        _metadata(self.ck, self.producer, address, create, base)
+        _metadata(self.ck, address, create, base)
         self.failed: Optional[str] = None
 
     def _on_error(self, err: Any) -> None:
         self.errors.append(err.str())
 
     def last_offset(self) -> Optional[int]:
-        ck = self.ck
-        tp = ck.TopicPartition(self.address.name, self.address.partition)
-        c = ck.Consumer(dict(self.base, **{"group.id": "tidelog-mirror-check",
-                                           "enable.auto.commit": False,
-                                           "enable.partition.eof": True}))
+        """Read from the reported last offset to the end of the partition (the end a fetch
+        reports, not only the watermark: a broker's ListOffsets answer may lag or be wrong)."""
+        ck, a = self.ck, self.address
+        c = _consumer(ck, self.base, "tidelog-mirror-check")
         try:
-            lo, hi = c.get_watermark_offsets(tp, timeout=CONNECT_TIMEOUT)
-            if hi <= lo:
-                return None
-            c.assign([ck.TopicPartition(tp.topic, tp.partition, hi - 1)])
+            lo, hi = c.get_watermark_offsets(ck.TopicPartition(a.name, a.partition),
+                                             timeout=CONNECT_TIMEOUT)
+            start = max(lo, hi - 1)
+            c.assign([ck.TopicPartition(a.name, a.partition, start)])
+            last = None
             deadline = time.monotonic() + ACK_TIMEOUT
             while time.monotonic() < deadline:
                 m = c.poll(POLL)
                 if m is None:
                     continue
-                if m.error():
-                    if m.error().code() == getattr(ck.KafkaError, PARTITION_EOF):
-                        break
-                    raise BridgeError(f"{_where(self.address)}: {m.error().str()}")
-                if m.offset() != hi - 1:
+                err = m.error()
+                if err is None:
+                    last = m
                     continue
-                for k, v in reversed(m.headers() or []):
+                if err.code() != getattr(ck.KafkaError, PARTITION_EOF):
+                    raise BridgeError(f"{_where(a)}: {err.str()}")
+                end = m.offset()
+                if last is None and end > start:
+                    break                      # the end is past what we could read: unsure
+                if last is None:
+                    return None
+                if last.offset() != end - 1:
+                    break
+                for k, v in reversed(last.headers() or []):
                     if k == OFFSET_HEADER and v is not None and v.isdigit():
                         return int(v)
-                raise BridgeError(f"the last message of Kafka topic {self.address.name!r} "
-                                  f"partition {self.address.partition} (offset {hi - 1}) has no "
-                                  f"{OFFSET_HEADER} header: it was not written by a tidelog "
-                                  f"mirror, so where to resume is unknown")
-            raise BridgeError(f"{_where(self.address)}: could not read the last message of "
-                              f"{self.address.name!r} partition {self.address.partition}")
-        except self.ck.KafkaException as e:
-            raise BridgeError(f"{_where(self.address)}: {e.args[0].str()}") from None
+                raise BridgeError(f"the last message of Kafka topic {a.name!r} partition "
+                                  f"{a.partition} (offset {end - 1}) has no {OFFSET_HEADER} "
+                                  f"header: it was not written by a tidelog mirror, so where "
+                                  f"to resume is unknown")
+            raise BridgeError(f"{_where(a)}: could not read the last message of {a.name!r} "
+                              f"partition {a.partition}")
+        except ck.KafkaException as e:
+            raise BridgeError(f"{_where(a)}: {e.args[0].str()}") from None
         finally:
             c.close()
 
@@ -170,13 +212,8 @@ class KafkaSource:
         self.ck = require("confluent_kafka")
         self.address = address
         base = _base_config(address, opts)
-        try:
-            self.consumer = self.ck.Consumer(dict(base, **{
-                "group.id": "tidelog-ingest", "enable.auto.commit": False,
-                "enable.partition.eof": True, "auto.offset.reset": "earliest"}))
-        except self.ck.KafkaException as e:
-            raise BridgeError(f"Kafka settings: {e.args[0].str()}") from None
-        _metadata(self.ck, self.consumer, address, create, base)
+        _metadata(self.ck, address, create, base)
+        self.consumer = _consumer(self.ck, base, "tidelog-ingest")
 
     def batches(self, after: Optional[int], follow: bool, stopping: Callable[[], bool],
                 max_batch: int = 1000) -> Iterator[list[Message]]:
@@ -191,8 +228,6 @@ class KafkaSource:
             raise BridgeError(f"Kafka topic {a.name!r} partition {a.partition} starts at "
                               f"offset {lo}: offsets {after + 1}..{lo - 1} were deleted before "
                               f"they were ingested")
-        if not follow and start >= hi:
-            return
         self.consumer.assign([ck.TopicPartition(a.name, a.partition, start)])
         while not stopping():
             got = self.consumer.consume(max_batch, POLL)
@@ -212,7 +247,7 @@ class KafkaSource:
                 out.append(Message(m.offset(), m.value() or b"", m.key(), ts, hs))
             if out:
                 yield out
-            if done or (not follow and out and out[-1].position >= hi - 1):
+            if done:                           # the end a fetch saw (not the watermark)
                 return
 
     def close(self) -> None:
