@@ -266,3 +266,23 @@ def test_round_trip_is_exact(nats_server, tmp_path):
             assert [(k, bytes(v)) for k, v in y.headers] == \
                 [(k, bytes(v)) for k, v in x.headers] + [("tidelog-offset", b"%d" % off),
                                                          ("nats-sequence", b"%d" % (off + 1))]
+
+
+def test_ingest_refuses_when_the_source_deleted_what_it_never_got(nats_server, tmp_path):
+    import asyncio
+    import nats as natspy
+    log_path = str(tmp_path / "in")
+    nats_publish(nats_server.port, "G", "G", [(b"%d" % i, None) for i in range(10)])
+    assert tidelog.bridge.ingest(nats_server.url("G"), log_path) == 10
+
+    async def purge_and_publish():
+        nc = await natspy.connect(f"nats://127.0.0.1:{nats_server.port}")
+        js = nc.jetstream()
+        await js.publish("G", b"lost")
+        await js.purge_stream("G")
+        await js.publish("G", b"after")
+        await nc.close()
+    asyncio.run(purge_and_publish())
+    one_line_error(cli("ingest", nats_server.url("G"), log_path), "11..11 were deleted")
+    with tidelog.open(log_path, readonly=True) as log:
+        assert len(log) == 10

@@ -279,7 +279,7 @@ class NatsSource:
         self.conn = _Conn(address, opts)
         self.subject = address.subject
         try:
-            self.conn.stream(create, address.subject or address.name)
+            self.info = self.conn.stream(create, address.subject or address.name)
         except BaseException:
             self.conn.close()
             raise
@@ -292,6 +292,11 @@ class NatsSource:
         api = c.nats.js.api
         cfg = api.ConsumerConfig(ack_policy=api.AckPolicy.NONE, inactive_threshold=60.0,
                                  filter_subject=self.subject, max_ack_pending=-1)
+        first = self.info.state.first_seq
+        if after is not None and after + 1 < first:
+            raise BridgeError(f"NATS stream {c.address.name!r} starts at sequence {first}: "
+                              f"sequences {after + 1}..{first - 1} were deleted before they "
+                              f"were ingested")
         if after:
             cfg.deliver_policy = api.DeliverPolicy.BY_START_SEQUENCE
             cfg.opt_start_seq = after + 1
