@@ -66,7 +66,7 @@ def run_mirror(log: Union[str, os.PathLike[str], tidelog.Log], target: Target, *
                     continue
                 if not follow:
                     break
-                cur.wait(WAIT)
+                lg.wait_durable(cur.position, WAIT)   # wakes when the writer syncs
             return sent
     finally:
         if own:
