@@ -228,7 +228,6 @@ class NatsTarget:
         self.conn.run(self._send(msgs))
 
     async def _send(self, msgs: list[Message]) -> None:
-        nc = self.conn.nc
         start = 0
         if self.last_seq is not None:            # the first send of this session: alone
             h = encode_headers(msgs[0])
