@@ -1,12 +1,11 @@
 """Issue 15: bridge addresses, settings files and the optional extras, without a broker."""
-import os
 import subprocess
 import sys
 
 import pytest
 
 import tidelog
-from tidelog.bridge import Address, BridgeError, parse_address
+from tidelog.bridge import Address, parse_address
 from tidelog.bridge.security import kafka_options, nats_options, read_config
 
 

@@ -2,8 +2,6 @@
 (-js) on a free port, exactly once across kill -9 at random moments, and the failures that must
 give one line and exit 2."""
 import base64
-import json
-import os
 import random
 
 import pytest
@@ -224,7 +222,6 @@ def test_ingest_negative_control_no_resume_duplicates(nats_server, tmp_path):
 
 
 def test_ingest_one_subject_of_a_stream(nats_server, tmp_path):
-    from nats.js.api import StreamConfig  # noqa: F401  (the extra is installed)
     nats_publish(nats_server.port, "M", "m.*", [], create=True)
     import asyncio
     import nats as natspy

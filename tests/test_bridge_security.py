@@ -11,7 +11,7 @@ import pytest
 
 import tidelog
 
-from bridgekit import BIN, cli, free_port, nats_messages, spawn_cli, wait_port  # noqa: F401
+from bridgekit import BIN, cli, free_port, spawn_cli, wait_port
 
 TOKEN = "tok-3f9a1c77d2"
 PASSWORD = "pw-8e41b02a5c"
