@@ -142,8 +142,13 @@ def test_user_password(user_server, pki, log_path, tmp_path):
     p = spawn_cli("mirror", log_path, url, "--follow",
                   env=env(TIDELOG_NATS_USER="alice", TIDELOG_NATS_PASSWORD=PASSWORD,
                           TIDELOG_NATS_CA=pki["ca"]))
+    lock = os.path.join(log_path, "bridges", "mirror-mirror.lock")
     try:
-        time.sleep(1.0)
+        deadline = time.monotonic() + 30          # running: it holds its lock (signals handled)
+        while time.monotonic() < deadline:
+            if os.path.exists(lock) and open(lock).read().strip() == str(p.pid):
+                break
+            time.sleep(0.05)
         with open(f"/proc/{p.pid}/cmdline", "rb") as f:
             assert PASSWORD.encode() not in f.read()
     finally:
