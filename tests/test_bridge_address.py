@@ -93,3 +93,18 @@ def test_importing_the_package_does_not_import_the_clients():
                         "print(sorted(m for m in ('nats', 'confluent_kafka') if m in "
                         "sys.modules))"], capture_output=True, text=True, timeout=60)
     assert r.stdout.strip() == "[]", r.stderr
+
+
+def test_ingest_resume_scan(tmp_path, monkeypatch):
+    """The position comes from the last record carrying the header, even behind records
+    appended by someone else; past the scan limit the ingester refuses instead of starting
+    over."""
+    from tidelog.bridge import ingest as bingest
+    with tidelog.open(str(tmp_path / "l")) as log:
+        assert bingest.last_position(log, "nats-sequence") is None
+        log.append(b"a", headers=[("nats-sequence", b"41"), ("nats-sequence", b"42")])
+        log.append_batch([b"other"] * 5)
+        assert bingest.last_position(log, "nats-sequence") == 42
+        monkeypatch.setattr(bingest, "SCAN_LIMIT", 3)
+        with pytest.raises(tidelog.TidelogError, match="last 3 records"):
+            bingest.last_position(log, "nats-sequence")

@@ -38,6 +38,10 @@ def last_position(log: tidelog.Log, header: str) -> Optional[int]:
                                       f"header; refusing to guess where to resume")
                 return int(text)
         off -= 1
+    if stop > log.start_offset:
+        raise BridgeError(f"none of the log's last {SCAN_LIMIT} records carries {header}: if "
+                          f"it was ever ingested into, where to resume is unknown; ingest into "
+                          f"a log of its own")
     return None
 
 
