@@ -273,7 +273,8 @@ def main():
         k = 0
         for system in where:
             for size in (100, 1024):
-                n = args.records if system == "nats" else min(args.records, 4_000_000 // size)
+                # the mock cluster keeps only about 5 MB per partition
+                n = args.records if system == "nats" else min(args.records, 2_000_000 // size)
                 rows = []
                 for _ in range(args.rounds):
                     k += 1
