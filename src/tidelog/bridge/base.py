@@ -1,0 +1,81 @@
+"""What the two bridge directions share: the error, the message model, optional imports.
+
+Owns BridgeError (every failure of a bridge worth one line and exit 2 at the command line),
+Message (a record on its way between a log and a broker), the position header names, and
+`require` (an optional client library imported only when used, or an error naming the extra).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Optional, Protocol
+
+from tidelog.errors import TidelogError
+
+__all__ = ["BridgeError", "Message", "Target", "Source", "require", "OFFSET_HEADER", "KAFKA_POSITION",
+           "NATS_POSITION", "headers_of"]
+
+OFFSET_HEADER = "tidelog-offset"     # a mirrored record's offset in its log, decimal ASCII
+KAFKA_POSITION = "kafka-offset"      # an ingested record's offset in its Kafka partition
+NATS_POSITION = "nats-sequence"      # an ingested record's stream sequence in JetStream
+
+
+class BridgeError(TidelogError):
+    """A bridge cannot go on: unreachable server, missing topic or stream, refused credentials,
+    a target or log that does not allow an exactly-once resume. The message never holds a
+    secret."""
+
+
+@dataclass
+class Message:
+    """One record between a log and a broker: `position` is the source's position (log offset
+    when mirroring, Kafka offset or stream sequence when ingesting)."""
+    position: int
+    value: bytes
+    key: Optional[bytes]
+    timestamp: int                   # nanoseconds since the epoch
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+class Target(Protocol):
+    """Where a mirror ships (kafka.KafkaTarget, nats.NatsTarget)."""
+
+    def last_offset(self) -> Optional[int]:
+        """The tidelog-offset of the target's last message; None when it holds none."""
+
+    def send(self, msgs: list[Message]) -> None:
+        """Store `msgs` in order; return once the broker acknowledged every one."""
+
+    def close(self) -> None: ...
+
+
+class Source(Protocol):
+    """Where an ingest reads (kafka.KafkaSource, nats.NatsSource)."""
+
+    def batches(self, after: Optional[int], follow: bool,
+                stopping: Callable[[], bool]) -> Iterator[list[Message]]:
+        """Messages after position `after` (None: from the first), in order, in batches."""
+
+    def close(self) -> None: ...
+
+
+def headers_of(record: object) -> list[tuple[str, bytes]]:
+    """A record's headers as a list of (str, bytes) (records of a log without headers: [])."""
+    hs = getattr(record, "headers", None)
+    return [(str(k), bytes(v)) for k, v in hs] if hs else []
+
+
+EXTRAS = {"confluent_kafka": "kafka", "nats": "nats"}
+
+
+def require(module: str) -> ModuleType:
+    """Import an optional client library, or BridgeError naming the extra that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        extra = EXTRAS.get(module.split(".")[0], module)
+        raise BridgeError(f"this bridge needs the {module.split('.')[0]} package: "
+                          f"pip install 'tidelog[{extra}]'") from None

@@ -1,0 +1,84 @@
+"""The ingester: every message of a Kafka partition or a JetStream stream, once, in order, into a
+log.
+
+Owns the resume decision and the append loop; the broker side is a source object (kafka.py,
+nats.py) with batches() / close(). Exactly once by construction: the log is the only record of
+progress. Each record carries its source position in a header (`kafka-offset`, `nats-sequence`);
+at start the ingester reads it from the log's last ingested record and asks the source for what
+follows. After a kill -9 the log reopens as a gap-free prefix of what was appended, so the
+position it holds is exactly where to go on.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Optional, Union
+
+import tidelog
+from tidelog.bridge.base import BridgeError, Source, headers_of
+from tidelog.bridge.lock import BridgeLock
+
+__all__ = ["run_ingest", "last_position"]
+
+SYNC_EVERY = 8        # batches between syncs in follow mode (close() syncs the rest)
+SCAN_LIMIT = 1_000_000  # records read backwards looking for the last ingested one
+
+
+def last_position(log: tidelog.Log, header: str) -> Optional[int]:
+    """The source position in the last record of `log` that carries `header` (None: none)."""
+    off = log.end_offset - 1
+    stop = max(log.start_offset, log.end_offset - SCAN_LIMIT)
+    while off >= stop:
+        for k, v in reversed(headers_of(log.read(off))):
+            if k == header:
+                text = bytes(v).decode("ascii", "replace")
+                if not text.isdigit():
+                    raise BridgeError(f"record {off} of the log has a malformed {header} "
+                                      f"header; refusing to guess where to resume")
+                return int(text)
+        off -= 1
+    if stop > log.start_offset:
+        raise BridgeError(f"none of the log's last {SCAN_LIMIT} records carries {header}: if "
+                          f"it was ever ingested into, where to resume is unknown; ingest into "
+                          f"a log of its own")
+    return None
+
+
+def run_ingest(source: Source, log: Union[str, os.PathLike[str], tidelog.Log], *,
+               name: str, header: str, follow: bool, resume: bool,
+               stopping: Callable[[], bool],
+               progress: Optional[Callable[[int], None]] = None) -> int:
+    """Append what `source` (a source object) holds after the log's last ingested position;
+    return the number of records appended."""
+    own = not isinstance(log, tidelog.Log)
+    path = log.path if isinstance(log, tidelog.Log) else os.fspath(log)
+    # the bridge lock first when the log exists, so a second ingester hears who runs
+    lock = (BridgeLock(path, "ingest", name)
+            if os.path.isfile(os.path.join(path, "tidelog.lock")) else None)
+    try:
+        lg = log if isinstance(log, tidelog.Log) else tidelog.open(path)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    try:
+        with lock or BridgeLock(lg.path, "ingest", name):
+            after = last_position(lg, header) if resume else None
+            got = 0
+            n = 0
+            for msgs in source.batches(after, follow, stopping):
+                lg.append_batch([m.value for m in msgs], keys=[m.key for m in msgs],
+                                timestamps=[m.timestamp for m in msgs],
+                                headers=[m.headers for m in msgs])
+                got += len(msgs)
+                n += 1
+                if n % SYNC_EVERY == 0:
+                    lg.sync()
+                if progress is not None:
+                    progress(got)
+            lg.sync()
+            return got
+    finally:
+        if own:
+            lg.close()

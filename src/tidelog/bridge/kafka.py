@@ -1,0 +1,254 @@
+"""The Kafka side of the bridges: KafkaTarget (mirror produces) and KafkaSource (ingest
+consumes), over confluent-kafka (the `tidelog[kafka]` extra, imported only here, when used).
+
+Owns one librdkafka client per object. librdkafka's own log lines go to a logger that drops them
+(they would reach stderr otherwise); its errors reach us through callbacks and become one
+BridgeError. The producer is idempotent with acks=all: it never reorders and never leaves a gap
+within a run, so the partition holds a prefix of what was sent when a run dies. Fields travel
+natively: key (None stays a null key), value, headers (in order, names may repeat), timestamp
+(Kafka has milliseconds: out `ns // 10**6`, in `ms * 10**6`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, Optional
+
+from tidelog.bridge.address import Address
+from tidelog.bridge.base import KAFKA_POSITION, OFFSET_HEADER, BridgeError, Message, require
+
+__all__ = ["KafkaTarget", "KafkaSource"]
+
+CONNECT_TIMEOUT = 8.0     # seconds: give up on an unreachable cluster within ~10 s
+CREATE_TIMEOUT = 3.0      # seconds a CreateTopics request may take (the mock cluster: never)
+ACK_TIMEOUT = 30.0        # seconds for the cluster to acknowledge a batch
+POLL = 0.5                # seconds a consumer poll waits
+
+# librdkafka's local error codes are spelled with a leading underscore (its public names)
+PARTITION_EOF = "_PARTITION_EOF"
+
+_quiet = logging.getLogger("tidelog.bridge.librdkafka")
+_quiet.addHandler(logging.NullHandler())
+_quiet.propagate = False
+
+
+def _base_config(address: Address, opts: dict[str, str]) -> dict[str, Any]:
+    cfg: dict[str, Any] = {"bootstrap.servers": ",".join(address.servers), "logger": _quiet,
+                           "socket.connection.setup.timeout.ms": int(CONNECT_TIMEOUT * 1000)}
+    if address.tls:
+        cfg["security.protocol"] = "SSL"
+    if "sasl.mechanism" in opts or "sasl.username" in opts:
+        cfg["security.protocol"] = "SASL_SSL" if address.tls else "SASL_PLAINTEXT"
+    cfg.update(opts)
+    return cfg
+
+
+def _where(address: Address) -> str:
+    return f"Kafka {','.join(address.servers)}"
+
+
+def _consumer(ck: Any, base: dict[str, Any], group: str) -> Any:
+    """A consumer that never commits and never asks the cluster to create a topic."""
+    try:
+        return ck.Consumer(dict(base, **{"group.id": group, "enable.auto.commit": False,
+                                         "enable.partition.eof": True,
+                                         "allow.auto.create.topics": False,
+                                         "auto.offset.reset": "earliest"}))
+    except ck.KafkaException as e:
+        raise BridgeError(f"Kafka settings: {e.args[0].str()}") from None
+
+
+def _create(ck: Any, address: Address, base: dict[str, Any], c: Any) -> Any:
+    """Make the topic: CreateTopics (partition + 1 partitions), or, where a cluster does not
+    answer it (librdkafka's mock cluster), a metadata request that allows auto-creation."""
+    topic = address.name
+    admin = require("confluent_kafka.admin")
+    ac = admin.AdminClient(dict(base))        # kept alive until the answer
+    fs = ac.create_topics(
+        [admin.NewTopic(topic, address.partition + 1)],
+        operation_timeout=CREATE_TIMEOUT, request_timeout=CREATE_TIMEOUT)
+    try:
+        fs[topic].result()
+    except Exception as e:
+        why = e.args[0] if e.args else e
+        code = why.code() if hasattr(why, "code") else None
+        if code not in (ck.KafkaError.TOPIC_ALREADY_EXISTS,
+                        getattr(ck.KafkaError, "_TIMED_OUT")):
+            raise BridgeError(f"{_where(address)}: cannot create topic {topic!r}: "
+                              f"{why.str() if hasattr(why, 'str') else why}") from None
+        p = ck.Producer(dict(base))
+        try:
+            p.list_topics(topic, timeout=CONNECT_TIMEOUT)
+        finally:
+            p.flush(0)
+    return c.list_topics(topic, timeout=CONNECT_TIMEOUT).topics.get(topic)
+
+
+def _metadata(ck: Any, address: Address, create: bool, base: dict[str, Any]) -> None:
+    """Check the topic and partition exist (making the topic when `create`). Asked by a
+    consumer that does not allow auto-creation: a metadata request by a producer or an admin
+    client makes a missing topic on brokers that auto-create."""
+    topic = address.name
+    c = _consumer(ck, base, "tidelog-metadata")
+    try:
+        try:
+            md = c.list_topics(topic, timeout=CONNECT_TIMEOUT)
+        except ck.KafkaException as e:
+            raise BridgeError(f"cannot reach {_where(address)}: {e.args[0].str()}") from None
+        t = md.topics.get(topic)
+        missing = t is None or (t.error is not None and
+                                t.error.code() == ck.KafkaError.UNKNOWN_TOPIC_OR_PART)
+        if missing:
+            if not create:
+                raise BridgeError(f"Kafka topic {topic!r} does not exist (--create makes it)")
+            t = _create(ck, address, base, c)
+        elif t is not None and t.error is not None:
+            raise BridgeError(f"{_where(address)}: topic {topic!r}: {t.error.str()}")
+        if t is None or address.partition not in t.partitions:
+            n = 0 if t is None else len(t.partitions)
+            raise BridgeError(f"Kafka topic {topic!r} has no partition {address.partition} "
+                              f"(it has {n})")
+    finally:
+        c.close()
+
+
+class KafkaTarget:
+    """Where a mirror produces: one partition of a topic."""
+
+    def __init__(self, address: Address, opts: dict[str, str], create: bool) -> None:
+        self.ck = require("confluent_kafka")
+        self.address = address
+        self.errors: list[str] = []
+        base = _base_config(address, opts)
+        pcfg = dict(base, **{"enable.idempotence": True, "acks": "all", "linger.ms": 5,
+                             "error_cb": self._on_error})
+        try:
+            self.producer = self.ck.Producer(pcfg)
+        except self.ck.KafkaException as e:
+            raise BridgeError(f"Kafka settings: {e.args[0].str()}") from None
+        self.base = base
+        _metadata(self.ck, address, create, base)
+        self.failed: Optional[str] = None
+
+    def _on_error(self, err: Any) -> None:
+        self.errors.append(err.str())
+
+    def last_offset(self) -> Optional[int]:
+        """Read from the reported last offset to the end of the partition (the end a fetch
+        reports, not only the watermark: a broker's ListOffsets answer may lag or be wrong)."""
+        ck, a = self.ck, self.address
+        c = _consumer(ck, self.base, "tidelog-mirror-check")
+        try:
+            lo, hi = c.get_watermark_offsets(ck.TopicPartition(a.name, a.partition),
+                                             timeout=CONNECT_TIMEOUT)
+            start = max(lo, hi - 1)
+            c.assign([ck.TopicPartition(a.name, a.partition, start)])
+            last = None
+            deadline = time.monotonic() + ACK_TIMEOUT
+            while time.monotonic() < deadline:
+                m = c.poll(POLL)
+                if m is None:
+                    continue
+                err = m.error()
+                if err is None:
+                    last = m
+                    continue
+                if err.code() != getattr(ck.KafkaError, PARTITION_EOF):
+                    raise BridgeError(f"{_where(a)}: {err.str()}")
+                end = m.offset()
+                if last is None and end > start:
+                    break                      # the end is past what we could read: unsure
+                if last is None:
+                    return None
+                if last.offset() != end - 1:
+                    break
+                for k, v in reversed(last.headers() or []):
+                    if k == OFFSET_HEADER and v is not None and v.isdigit():
+                        return int(v)
+                raise BridgeError(f"the last message of Kafka topic {a.name!r} partition "
+                                  f"{a.partition} (offset {end - 1}) has no {OFFSET_HEADER} "
+                                  f"header: it was not written by a tidelog mirror, so where "
+                                  f"to resume is unknown")
+            raise BridgeError(f"{_where(a)}: could not read the last message of {a.name!r} "
+                              f"partition {a.partition}")
+        except ck.KafkaException as e:
+            raise BridgeError(f"{_where(a)}: {e.args[0].str()}") from None
+        finally:
+            c.close()
+
+    def _delivered(self, err: Any, msg: Any) -> None:
+        if err is not None and self.failed is None:
+            self.failed = err.str()
+
+    def send(self, msgs: list[Message]) -> None:
+        p, topic, part = self.producer, self.address.name, self.address.partition
+        for m in msgs:
+            while True:
+                try:
+                    p.produce(topic, m.value, key=m.key, partition=part,
+                              timestamp=m.timestamp // 10**6,
+                              headers=m.headers + [(OFFSET_HEADER, str(m.position).encode())],
+                              on_delivery=self._delivered)
+                    break
+                except BufferError:
+                    p.poll(0.05)
+        left = p.flush(ACK_TIMEOUT)
+        if self.failed is not None or left:
+            why = self.failed or (self.errors[-1] if self.errors else "no acknowledgement")
+            raise BridgeError(f"{_where(self.address)}: producing offsets {msgs[0].position}.."
+                              f"{msgs[-1].position} failed: {why}; a restart resumes exactly "
+                              f"once")
+
+    def close(self) -> None:
+        self.producer.flush(5)
+
+
+class KafkaSource:
+    """Where an ingest reads: one partition of a topic."""
+
+    def __init__(self, address: Address, opts: dict[str, str], create: bool) -> None:
+        self.ck = require("confluent_kafka")
+        self.address = address
+        base = _base_config(address, opts)
+        _metadata(self.ck, address, create, base)
+        self.consumer = _consumer(self.ck, base, "tidelog-ingest")
+
+    def batches(self, after: Optional[int], follow: bool, stopping: Callable[[], bool],
+                max_batch: int = 1000) -> Iterator[list[Message]]:
+        ck, a = self.ck, self.address
+        tp = ck.TopicPartition(a.name, a.partition)
+        try:
+            lo, hi = self.consumer.get_watermark_offsets(tp, timeout=CONNECT_TIMEOUT)
+        except ck.KafkaException as e:
+            raise BridgeError(f"{_where(a)}: {e.args[0].str()}") from None
+        start = lo if after is None else after + 1
+        if after is not None and after + 1 < lo:
+            raise BridgeError(f"Kafka topic {a.name!r} partition {a.partition} starts at "
+                              f"offset {lo}: offsets {after + 1}..{lo - 1} were deleted before "
+                              f"they were ingested")
+        self.consumer.assign([ck.TopicPartition(a.name, a.partition, start)])
+        while not stopping():
+            got = self.consumer.consume(max_batch, POLL)
+            out = []
+            done = False
+            for m in got:
+                err = m.error()
+                if err is not None:
+                    if err.code() == getattr(ck.KafkaError, PARTITION_EOF):
+                        done = not follow
+                        continue
+                    raise BridgeError(f"{_where(a)}: {err.str()}")
+                kind, ms = m.timestamp()
+                ts = ms * 10**6 if kind != ck.TIMESTAMP_NOT_AVAILABLE else time.time_ns()
+                hs = [(k, b"" if v is None else bytes(v)) for k, v in (m.headers() or [])]
+                hs.append((KAFKA_POSITION, str(m.offset()).encode()))
+                out.append(Message(m.offset(), m.value() or b"", m.key(), ts, hs))
+            if out:
+                yield out
+            if done:                           # the end a fetch saw (not the watermark)
+                return
+
+    def close(self) -> None:
+        self.consumer.close()

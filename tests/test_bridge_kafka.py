@@ -1,0 +1,199 @@
+"""Issue 15 with Kafka: `tidelog mirror` / `tidelog ingest` against librdkafka's mock cluster
+(3 brokers in a process of their own, speaking the Kafka protocol on local ports), exactly once
+across kill -9 at random moments, a negative control, an exact (to the millisecond) round trip,
+and the failures that must give one line and exit 2."""
+import random
+
+import pytest
+
+import tidelog
+import tidelog.bridge
+from tidelog.bridge.address import parse_address
+from tidelog.bridge.kafka import KafkaTarget
+
+from bridgekit import CYCLES, cli, free_port, kafka_messages, kafka_mock, kill_loop  # noqa: F401
+
+# the mock cluster keeps only about 5 MB per partition: the loops stay below ~2 MB whatever
+# TIDELOG_BRIDGE_CYCLES asks for
+PER_CYCLE = max(50, min(1000, 20_000 // CYCLES))
+
+
+def fill(log, n, rng, start=0):
+    vals = [rng.randbytes(rng.randrange(0, 100)) for _ in range(n)]
+    keys = [None if i % 3 == 0 else b"k%d" % (i % 7) for i in range(start, start + n)]
+    ts = [1_700_000_000_000_000_000 + (start + i) * 1_234_567 for i in range(n)]
+    hs = [[] if i % 2 else [("h", b"%d" % i), ("h", b"\x00")] for i in range(start, start + n)]
+    log.append_batch(vals, keys=keys, timestamps=ts, headers=hs)
+    log.sync()
+
+
+def expect_mirrored(log_path, got):
+    with tidelog.open(log_path, readonly=True) as log:
+        offsets = [int(dict(h)["tidelog-offset"]) for _, _, _, _, h in got]
+        dups = len(offsets) - len(set(offsets))
+        assert dups == 0, f"{dups} duplicates"
+        assert offsets == list(range(log.end_offset)), "missing or out of order"
+        for (_, key, value, ms, h), off in zip(got, offsets):
+            rec = log.read(off)
+            assert (value, key, ms) == (bytes(rec.value), rec.key, rec.timestamp // 10**6)
+            assert h == [(k, bytes(v)) for k, v in rec.headers] + \
+                [("tidelog-offset", b"%d" % off)]
+
+
+def one_line_error(r, *words):
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tidelog: error: "), r.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def test_mirror_exactly_once_under_kill_9(kafka_mock, tmp_path):
+    log_path = str(tmp_path / "log")
+    rng = random.Random(35)
+    log = tidelog.open(log_path)
+    try:
+        killed = kill_loop(["mirror", log_path, kafka_mock.url("t", 1), "--create"],
+                           lambda i: fill(log, PER_CYCLE, rng, start=i * PER_CYCLE))
+    finally:
+        log.close()
+    assert killed >= CYCLES // 4, f"only {killed} runs were killed mid-way"
+    expect_mirrored(log_path, kafka_messages(kafka_mock.bootstrap, "t", 1))
+
+
+def test_mirror_negative_control_no_resume_duplicates(kafka_mock, tmp_path):
+    log_path = str(tmp_path / "log")
+    rng = random.Random(36)
+    log = tidelog.open(log_path)
+    try:
+        kill_loop(["mirror", log_path, kafka_mock.url("t"), "--create", "--no-resume"],
+                  lambda i: fill(log, 300, rng, start=i * 300), cycles=3, max_delay=30)
+    finally:
+        log.close()
+    with pytest.raises(AssertionError, match="duplicates"):
+        expect_mirrored(log_path, kafka_messages(kafka_mock.bootstrap, "t"))
+
+
+def produce(bootstrap, topic, partition, items):
+    import logging
+    import confluent_kafka as ck
+    lg = logging.getLogger("kafkatest")
+    p = ck.Producer({"bootstrap.servers": bootstrap, "logger": lg, "enable.idempotence": True})
+    for key, value, ms, headers in items:
+        p.produce(topic, value, key=key, partition=partition, timestamp=ms, headers=headers)
+    assert p.flush(30) == 0
+
+
+def source_items(rng, start, n):
+    return [(None if i % 3 == 0 else b"k%d" % (i % 5), rng.randbytes(rng.randrange(0, 100)),
+             1_600_000_000_000 + i, [] if i % 2 else [("x", b"%d" % i), ("x", b"\xff")])
+            for i in range(start, start + n)]
+
+
+def expect_ingested(log_path, got):
+    with tidelog.open(log_path, readonly=True) as log:
+        recs = [log.read(o) for o in range(log.start_offset, log.end_offset)]
+    offs = [int(dict(r.headers)["kafka-offset"]) for r in recs]
+    dups = len(offs) - len(set(offs))
+    assert dups == 0, f"{dups} duplicates"
+    assert offs == [o for o, _, _, _, _ in got], "missing or out of order"
+    for rec, (off, key, value, ms, h) in zip(recs, got):
+        assert (bytes(rec.value), rec.key, rec.timestamp) == (value, key, ms * 10**6)
+        assert [(k, bytes(v)) for k, v in rec.headers] == h + [("kafka-offset", b"%d" % off)]
+
+
+def test_ingest_exactly_once_under_kill_9(kafka_mock, tmp_path):
+    log_path = str(tmp_path / "in")
+    rng = random.Random(45)
+    per = PER_CYCLE
+    killed = kill_loop(["ingest", kafka_mock.url("src", 2), log_path],
+                       lambda i: produce(kafka_mock.bootstrap, "src", 2,
+                                         source_items(rng, i * per, per)))
+    assert killed >= CYCLES // 4, f"only {killed} runs were killed mid-way"
+    expect_ingested(log_path, kafka_messages(kafka_mock.bootstrap, "src", 2))
+
+
+def test_ingest_negative_control_no_resume_duplicates(kafka_mock, tmp_path):
+    log_path = str(tmp_path / "in")
+    rng = random.Random(46)
+    kill_loop(["ingest", kafka_mock.url("src"), log_path, "--no-resume"],
+              lambda i: produce(kafka_mock.bootstrap, "src", 0, source_items(rng, i * 300, 300)),
+              cycles=3, max_delay=30)
+    with pytest.raises(AssertionError, match="duplicates"):
+        expect_ingested(log_path, kafka_messages(kafka_mock.bootstrap, "src"))
+
+
+def test_round_trip_exact_to_the_millisecond(kafka_mock, tmp_path):
+    src, dst = str(tmp_path / "src"), str(tmp_path / "dst")
+    rng = random.Random(8)
+    with tidelog.open(src) as log:
+        for i in range(500):
+            hs = [] if i % 5 == 0 else [("a", rng.randbytes(i % 9)), ("a", b""), ("\u00e9", b"\xff")]
+            log.append(rng.randbytes(i % 50), key=None if i % 3 == 0 else rng.randbytes(i % 4),
+                       timestamp=rng.randrange(0, 1 << 62), headers=hs)
+    url = kafka_mock.url("rt", 3)
+    assert tidelog.bridge.mirror(src, url, create=True) == 500
+    assert tidelog.bridge.ingest(url, dst) == 500
+    with tidelog.open(src, readonly=True) as a, tidelog.open(dst, readonly=True) as b:
+        assert len(b) == len(a)
+        for off in range(len(a)):
+            x, y = a.read(off), b.read(off)
+            assert (bytes(y.value), y.key) == (bytes(x.value), x.key)
+            assert y.timestamp == x.timestamp // 10**6 * 10**6
+            assert [(k, bytes(v)) for k, v in y.headers] == \
+                [(k, bytes(v)) for k, v in x.headers] + [("tidelog-offset", b"%d" % off),
+                                                         ("kafka-offset", b"%d" % off)]
+
+
+def test_missing_partition_foreign_last_message_unreachable(kafka_mock, tmp_path):
+    log_path = str(tmp_path / "log")
+    with tidelog.open(log_path) as log:
+        fill(log, 10, random.Random(2))
+    # the mock cluster makes topics of 4 partitions on first use
+    one_line_error(cli("mirror", log_path, kafka_mock.url("p", 9), "--create"), "no partition 9")
+    one_line_error(cli("mirror", log_path, kafka_mock.url("nope")), "'nope' does not exist",
+                   "--create")
+    one_line_error(cli("ingest", kafka_mock.url("nope"), str(tmp_path / "in")),
+                   "'nope' does not exist")
+    produce(kafka_mock.bootstrap, "f", 0, [(None, b"foreign", 1, [])])
+    one_line_error(cli("mirror", log_path, kafka_mock.url("f")), "no tidelog-offset")
+    one_line_error(cli("mirror", log_path, f"kafka://127.0.0.1:{free_port()}/t", timeout=30),
+                   "cannot reach Kafka")
+    for bad, word in [("kafka://h:1/t?partition=-1", "partition"),
+                      ("kafka://h:1/bad topic", "topic"), ("kafka://h/t", "HOST:PORT"),
+                      ("kafka://h:99999/t", "port")]:
+        one_line_error(cli("mirror", log_path, bad), word)
+
+
+def test_target_ahead_of_the_log_is_refused(kafka_mock, tmp_path):
+    big, small = str(tmp_path / "big"), str(tmp_path / "small")
+    with tidelog.open(big) as log:
+        fill(log, 20, random.Random(3))
+    with tidelog.open(small) as log:
+        fill(log, 5, random.Random(3))
+    assert tidelog.bridge.mirror(big, kafka_mock.url("a"), create=True) == 20
+    one_line_error(cli("mirror", small, kafka_mock.url("a")), "another log")
+
+
+def test_retention_gap_refused_unless_skipped(kafka_mock, tmp_path):
+    log_path = str(tmp_path / "log")
+    with tidelog.open(log_path, segment_bytes=1 << 14) as log:
+        for _ in range(5):
+            fill(log, 200, random.Random(4))
+        log.truncate_before(900)
+        start = log.start_offset
+    assert start > 0
+    one_line_error(cli("mirror", log_path, kafka_mock.url("g"), "--create"), "retention",
+                   "--skip-gap")
+    r = cli("mirror", log_path, kafka_mock.url("g"), "--create", "--skip-gap")
+    assert r.returncode == 0, r.stderr
+    got = kafka_messages(kafka_mock.bootstrap, "g")
+    assert [int(dict(h)["tidelog-offset"]) for *_, h in got] == list(range(start, 1000))
+
+
+def test_kafka_target_reads_nothing_from_an_empty_partition(kafka_mock):
+    t = KafkaTarget(parse_address(kafka_mock.url("e")), {}, True)
+    try:
+        assert t.last_offset() is None
+    finally:
+        t.close()

@@ -1,0 +1,69 @@
+"""Issue 15 on a second Kafka-protocol broker, Tansu (separate process, memory storage): what
+the mock cluster cannot show. A missing topic stays missing without --create and CreateTopics
+makes it with it; the kill -9 loops hold on a broker whose ListOffsets answer (the high
+watermark) is wrong, so the resume must read to the end a fetch reports; and more data than the
+mock keeps (> 5 MB in one partition) goes out and back in whole."""
+import random
+
+import tidelog
+import tidelog.bridge
+
+from bridgekit import CYCLES, cli, kafka_messages, kill_loop, tansu  # noqa: F401
+from test_bridge_kafka import (expect_ingested, expect_mirrored, fill, one_line_error, produce,
+                               source_items)
+
+PER_CYCLE = 1000
+
+
+def test_missing_topic_and_create(tansu, tmp_path):
+    log_path = str(tmp_path / "log")
+    with tidelog.open(log_path) as log:
+        fill(log, 10, random.Random(1))
+    one_line_error(cli("mirror", log_path, tansu.url("t")), "'t' does not exist", "--create")
+    one_line_error(cli("ingest", tansu.url("t"), str(tmp_path / "in")), "'t' does not exist")
+    assert kafka_messages(tansu.bootstrap, "t") == []
+    one_line_error(cli("mirror", log_path, tansu.url("t")), "does not exist")   # still missing
+    r = cli("mirror", log_path, tansu.url("t", 2), "--create")
+    assert r.returncode == 0 and "mirrored 10 records" in r.stdout, r.stderr
+    expect_mirrored(log_path, kafka_messages(tansu.bootstrap, "t", 2))
+
+
+def test_mirror_exactly_once_under_kill_9(tansu, tmp_path):
+    log_path = str(tmp_path / "log")
+    rng = random.Random(55)
+    log = tidelog.open(log_path)
+    try:
+        killed = kill_loop(["mirror", log_path, tansu.url("t"), "--create"],
+                           lambda i: fill(log, PER_CYCLE, rng, start=i * PER_CYCLE))
+    finally:
+        log.close()
+    assert killed >= CYCLES // 4, f"only {killed} runs were killed mid-way"
+    expect_mirrored(log_path, kafka_messages(tansu.bootstrap, "t"))
+
+
+def test_ingest_exactly_once_under_kill_9(tansu, tmp_path):
+    log_path = str(tmp_path / "in")
+    rng = random.Random(56)
+    tidelog.open(str(tmp_path / "empty")).close()
+    r = cli("mirror", str(tmp_path / "empty"), tansu.url("src"), "--create")   # the topic
+    assert r.returncode == 0, r.stderr
+    killed = kill_loop(["ingest", tansu.url("src"), log_path],
+                       lambda i: produce(tansu.bootstrap, "src", 0,
+                                         source_items(rng, i * 2000, 2000)))
+    assert killed >= CYCLES // 4, f"only {killed} runs were killed mid-way"
+    expect_ingested(log_path, kafka_messages(tansu.bootstrap, "src"))
+
+
+def test_more_than_the_mock_keeps_round_trips(tansu, tmp_path):
+    src, dst = str(tmp_path / "src"), str(tmp_path / "dst")
+    rng = random.Random(9)
+    n = 2000
+    with tidelog.open(src) as log:
+        log.append_batch([rng.randbytes(4096) for _ in range(n)],
+                         headers=[[("i", b"%d" % i)] for i in range(n)])
+    assert tidelog.bridge.mirror(src, tansu.url("big"), create=True) == n
+    assert tidelog.bridge.ingest(tansu.url("big"), dst) == n
+    with tidelog.open(src, readonly=True) as a, tidelog.open(dst, readonly=True) as b:
+        assert len(b) == n
+        for off in range(n):
+            assert bytes(a.read(off).value) == bytes(b.read(off).value)
