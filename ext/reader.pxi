@@ -156,6 +156,24 @@ cdef inline Record make_record_at(Segment seg, size_t pos, const FrameLayout* L,
     return r
 
 
+cdef inline Record single_record(Segment seg, size_t pos, int64_t offset, uint32_t length,
+                                 int32_t klen):
+    """The record of the single-form frame at pos of seg that single_at() just took (its
+    length and key length given): make_record_at without a layout."""
+    mv = seg.mv                     # (held across the allocation: see make_record_at)
+    cdef Record r = Record.__new__(Record)
+    cdef const char* f = <const char*>PyMemoryView_GET_BUFFER(mv).buf + pos
+    cdef size_t ka = key_area(klen)
+    r.offset = offset
+    r.timestamp = rd_i64(f + 16)
+    r._mv = mv
+    r._klen = klen
+    r._k = <char*>f + FRAME_HEADER_SIZE if klen >= 0 else NULL
+    r._v = <char*>f + FRAME_HEADER_SIZE + ka
+    r._vlen = length - FRAME_HEADER_SIZE - ka
+    return r
+
+
 cdef Record make_record(Segment seg, size_t pos, uint32_t length):
     """The first record of the frame at pos, which passed frame_check()."""
     cdef FrameLayout L
@@ -805,7 +823,6 @@ cdef class CursorCore:
         cdef uint32_t flen
         cdef int32_t fk
         cdef size_t pos
-        cdef const char* f
         if self.closed:
             raise cursor_closed(self)
         self.log._check_open()
@@ -819,16 +836,7 @@ cdef class CursorCore:
                 # a single append's frame (the common case of a log of single appends): no
                 # layout, no method call
                 pos = self._pos
-                mv = seg.mv                 # (held across the allocation: see make_record_at)
-                r = Record.__new__(Record)
-                f = <const char*>PyMemoryView_GET_BUFFER(mv).buf + pos
-                r.offset = at
-                r.timestamp = rd_i64(f + 16)
-                r._mv = mv
-                r._klen = fk
-                r._k = <char*>f + FRAME_HEADER_SIZE if fk >= 0 else NULL
-                r._v = <char*>f + FRAME_HEADER_SIZE + key_area(fk)
-                r._vlen = flen - FRAME_HEADER_SIZE - key_area(fk)
+                r = single_record(seg, pos, at, flen, fk)
                 if self._next == at:        # (a finalizer may have moved this cursor)
                     self._next = at + 1
                     self._pos = pos + align8(flen)
