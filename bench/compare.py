@@ -8,7 +8,8 @@ length before each value); sqlite3 (WAL); py-lmdb (8-byte big-endian integer key
 append=True); mmapq when it is importable. Workloads per value size:
 
     append   single-call append loop (one call per record)
-    batch    append_batch of 1000 (each peer's natural batch)
+    batch    append_batch of 1000 (each peer's natural batch), the same 1000 values re-sent
+    distinct append_batch of 1000 distinct values each call (tidelog and the raw file only)
     sync     a batch of 1000, then make it durable, repeated
     scan     full sequential scan, one memoryview (or bytes) per record, len() of each
     read     random read(offset)
@@ -66,12 +67,23 @@ clock = time.perf_counter
 WORKLOADS = [
     ("append", "append: 1 call/record"),
     ("batch", "append_batch of 1000"),
+    ("distinct", "append_batch, distinct records"),
     ("sync", "batch 1000 + sync each"),
     ("sync1", "sync after every record"),
     ("scan", "full scan"),
     ("iter", "iterate record by record"),
     ("read", "random read(offset)"),
 ]
+# issue 13's targets, judged from the ratios of this one run: (table, workload) -> (peer, at
+# least this ratio of tidelog's median to the peer's; peer None: at least this many records/s)
+TARGETS = {
+    ("100", "distinct"): ("raw", 3.0),
+    ("100", "read"): (None, 2e6),
+    ("65536", "scan"): ("lmdb", 0.8),
+    ("numpy64", "np_batch"): ("raw", 1.5),
+    ("numpy64", "np_scan"): ("raw", 3.0),
+}
+
 NP_WORKLOADS = [
     ("np_batch", "numpy append 1000x64B"),
     ("np_scan", "numpy scan (array)"),
@@ -92,6 +104,9 @@ class System:
     def iter(self, d, n):
         """Record by record: a peer's scan already is (tidelog's scan goes by batches)."""
         return self.scan(d, n)
+
+    def distinct(self, d, chunks, n):
+        raise NotApplicable("not measured")
 
 
 class Tidelog(System):
@@ -125,6 +140,20 @@ class Tidelog(System):
             append_batch = log.append_batch
             t0 = clock()
             for _ in range(n // len(values)):
+                append_batch(values)
+            t = clock() - t0
+            assert log.end_offset == n
+        finally:
+            log.close()
+        return t
+
+    def distinct(self, d, chunks, n):
+        """chunks: n // 1000 lists of 1000 distinct values (made before the clock starts)."""
+        log = self._open(d)
+        try:
+            append_batch = log.append_batch
+            t0 = clock()
+            for values in chunks:
                 append_batch(values)
             t = clock() - t0
             assert log.end_offset == n
@@ -290,6 +319,17 @@ class RawFile(System):
             write = f.write
             t0 = clock()
             for _ in range(n // len(values)):
+                write(frames(values))
+            f.flush()
+            t = clock() - t0
+        return t
+
+    def distinct(self, d, chunks, n):
+        frames = self._frames
+        with open(self._path(d), "wb") as f:
+            write = f.write
+            t0 = clock()
+            for values in chunks:
                 write(frames(values))
             f.flush()
             t = clock() - t0
@@ -779,6 +819,7 @@ def counts(size, quick):
     return {
         "append": c(96 << 20, 300_000, 2_000),
         "batch": c(160 << 20, 400_000, 2_000),
+        "distinct": c(64 << 20, 200_000, 2_000),
         "sync": c(40 << 20, 100_000, 2_000),
         "sync1": 500 if quick else 2_000,
         "scan": c(256 << 20, 300_000, 4_000),
@@ -807,6 +848,9 @@ def fresh_dir(root):
 
 def measure_size(systems, size, n, repeat, root, rng, results, errors, log, read_seconds):
     values = [rng.randbytes(size) for _ in range(BATCH)]
+    # the distinct row's records: every one its own bytes object, made once per size
+    pool = [rng.randbytes(size) for _ in range(n["distinct"])]
+    chunks = [pool[i:i + BATCH] for i in range(0, n["distinct"], BATCH)]
     res = {wl: {s.name: [] for s in systems} for wl, _ in WORKLOADS}
     wall = {s.name: 0.0 for s in systems}     # every second a system costs, set-up included
     # data sets for scan and read: written once per system, read in every repeat
@@ -850,7 +894,8 @@ def measure_size(systems, size, n, repeat, root, rng, results, errors, log, read
                         count = n[wl]
                         d = fresh_dir(root)
                         try:
-                            t = run_cell(getattr(s, wl), d, values, count)
+                            t = run_cell(getattr(s, wl), d,
+                                         chunks if wl == "distinct" else values, count)
                         finally:
                             shutil.rmtree(d, ignore_errors=True)
                 except NotApplicable:
@@ -945,12 +990,32 @@ def ratio(a, b):
     return a["median"] / b["median"]
 
 
-def print_table(title, workloads, res, systems, scale=1.0, unit="rec/s", out=print):
+def target_status(table, wl, st):
+    """Issue 13's target for this row and whether this run meets it ("" when none)."""
+    if (table, wl) not in TARGETS:
+        return ""
+    peer, need = TARGETS[(table, wl)]
+    tl = st.get("tidelog") if isinstance(st.get("tidelog"), dict) else None
+    if peer is None:
+        got = tl["median"] if tl else None
+        what = f">= {fmt_rate(need)}/s"
+    else:
+        p = st.get(peer)
+        got = ratio(tl, p) if isinstance(p, dict) else None
+        what = f">= x{need:g} {peer}"
+    if got is None:
+        return what + ": not measured"
+    return what + (": met" if got >= need else ": MISSED")
+
+
+def print_table(title, workloads, res, systems, scale=1.0, unit="rec/s", out=print,
+                table=None):
     names = [s.name for s in systems]
     labels = {s.name: s.label for s in systems}
     stats = {wl: {nm: (summary(res[wl][nm]) if res[wl][nm] is not None else "n/a")
                   for nm in names} for wl, _ in workloads}
-    head = ["workload"] + [labels[nm] for nm in names] + ["tidelog/lmdb", "tidelog/sqlite"]
+    head = (["workload"] + [labels[nm] for nm in names] + ["tidelog/lmdb", "tidelog/sqlite"]
+            + ["target (issue 13)"])
     rows = []
     for wl, label in workloads:
         st = stats[wl]
@@ -972,6 +1037,7 @@ def print_table(title, workloads, res, systems, scale=1.0, unit="rec/s", out=pri
         for peer in ("lmdb", "sqlite"):
             p = st.get(peer)
             row.append(fmt_ratio(ratio(tl, p)) if isinstance(p, dict) else "-")
+        row.append(target_status(table, wl, st))
         rows.append(row)
     widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
     out(title)
@@ -1126,10 +1192,11 @@ def main(argv=None):
             read_counts[str(size)] = n_read
             fewer = ", ".join(f"{k} {v}" for k, v in n_read.items() if v < n["read"])
             title = (f"== values of {size} B ==  records per cell: append {n['append']}, "
-                     f"batch {n['batch']}, sync {n['sync']} ({n['sync'] // BATCH} syncs), "
+                     f"batch {n['batch']}, distinct {n['distinct']}, sync {n['sync']} ({n['sync'] // BATCH} syncs), "
                      f"scan {n['scan']}, read {n['read']}"
                      + (f" (fewer for slow readers: {fewer})" if fewer else ""))
-            tables[str(size)] = print_table(title, WORKLOADS, results[str(size)], systems)
+            tables[str(size)] = print_table(title, WORKLOADS, results[str(size)], systems,
+                                            table=str(size))
             sys.stdout.flush()
         if not args.no_numpy:
             n = np_count(args.quick)
@@ -1141,7 +1208,8 @@ def main(argv=None):
                      f"bytes, no framing; sqlite/lmdb: one row per record)")
             tables["numpy64"] = print_table(title, NP_WORKLOADS, results["numpy64"], np_sys,
                                             scale=NP_RECORD,
-                                            unit="bytes of values per second (G = GB/s)")
+                                            unit="bytes of values per second (G = GB/s)",
+                                            table="numpy64")
     finally:
         shutil.rmtree(root, ignore_errors=True)
     elapsed = clock() - t_all

@@ -272,6 +272,8 @@ cdef object read_one(LogCore self, offset):
     cdef Py_ssize_t pos
     cdef FrameLayout L
     cdef int rc
+    cdef uint32_t flen
+    cdef int32_t fk
     if not PyLong_CheckExact(offset):
         offset = _args.integer(offset, "offset")      # numpy integers; never a bool
     self._check_open()
@@ -285,7 +287,11 @@ cdef object read_one(LogCore self, offset):
         raise OffsetOutOfRangeError(f"offset {off} is outside the log [{self._start_now()}, {end})")
     try:
         seg = seg_for(self, off)
-        pos = seg.locate(off, &L, &rc)       # (mapping it lets threads run)
+        pos = seg.find(off, &at)            # (mapping it lets threads run)
+        if at == off and single_at(seg.data, seg.cap, pos, off, &flen, &fk):
+            self._check_open()
+            return single_record(seg, pos, off, flen, fk)     # a single append's frame
+        pos = seg.locate(off, &L, &rc)
     except CorruptLogError:
         self._check_open()
         if off < self._start_now():         # retention deleted it meanwhile

@@ -149,6 +149,24 @@ cdef object pickled_headers(object h, str what):
     return h or None
 
 
+cdef inline bint single_at(const char* data, size_t cap, size_t pos, int64_t expect,
+                           uint32_t* length, int32_t* klen) noexcept nogil:
+    """The frame at data+pos (cap: bytes that may be read) is the single form a single append
+    writes, passes its CRC (segment.pxi's single_check: rules 1-4) and begins with record
+    `expect`: the per-record paths over single appends (cursor iteration, read_batch) take it
+    without a layout or a method call. False for anything else, damage included: the caller
+    then asks frame_at(), which also looks again at a segment that grew and names the problem."""
+    cdef const char* f = data + pos
+    cdef uint32_t n
+    if data == NULL or pos + FRAME_HEADER_SIZE > cap:
+        return False
+    n = tl_load_u32_acquire(f)      # first: the writer stores the length last
+    if rd_i64(f + 8) != expect or single_check(f, cap - pos, n, klen) != FRAME_OK:
+        return False
+    length[0] = n
+    return True
+
+
 cdef inline Record make_record_at(Segment seg, size_t pos, const FrameLayout* L, uint32_t i):
     """Record i of the verified frame at pos (layout L) of seg."""
     if L.attrs & ATTR_CODEC:
@@ -184,6 +202,24 @@ cdef Record make_record_z(ZFrame z, uint32_t i):
     r._k = <char*>k
     r._v = <char*>v
     r._vlen = vl
+    return r
+
+
+cdef inline Record single_record(Segment seg, size_t pos, int64_t offset, uint32_t length,
+                                 int32_t klen):
+    """The record of the single-form frame at pos of seg that single_at() just took (its
+    length and key length given): make_record_at without a layout."""
+    mv = seg.mv                     # (held across the allocation: see make_record_at)
+    cdef Record r = Record.__new__(Record)
+    cdef const char* f = <const char*>PyMemoryView_GET_BUFFER(mv).buf + pos
+    cdef size_t ka = key_area(klen)
+    r.offset = offset
+    r.timestamp = rd_i64(f + 16)
+    r._mv = mv
+    r._klen = klen
+    r._k = <char*>f + FRAME_HEADER_SIZE if klen >= 0 else NULL
+    r._v = <char*>f + FRAME_HEADER_SIZE + ka
+    r._vlen = length - FRAME_HEADER_SIZE - ka
     return r
 
 
@@ -424,7 +460,9 @@ cdef class RecordBatch:
         return self._nbytes
 
     cdef object view(self, Py_ssize_t i):
-        cdef _Part p = self.part_of(i)
+        cdef _Part p = self._one        # (one part: the common case, without a method call)
+        if p is None:
+            p = self.part_of(i)
         cdef Py_ssize_t j = i - p.start
         cdef const char* f
         cdef uint32_t r, a
@@ -883,13 +921,29 @@ cdef class CursorCore:
 
     def __next__(self):
         cdef Record r
-        cdef int64_t i
+        cdef int64_t i, at
+        cdef Segment seg
+        cdef uint32_t flen
+        cdef int32_t fk
+        cdef size_t pos
         if self.closed:
             raise cursor_closed(self)
         self.log._check_open()
         while True:
-            if self._next >= self._limit():
+            at = self._next
+            if at >= self._limit():
                 raise StopIteration
+            seg = self._seg
+            if (not self._lok and seg is not None and (seg.next_base < 0 or at < seg.next_base)
+                    and single_at(seg.data, seg.cap, self._pos, at, &flen, &fk)):
+                # a single append's frame (the common case of a log of single appends): no
+                # layout, no method call
+                pos = self._pos
+                r = single_record(seg, pos, at, flen, fk)
+                if self._next == at:        # (a finalizer may have moved this cursor)
+                    self._next = at + 1
+                    self._pos = pos + align8(flen)
+                return r
             if self._frame():
                 break
         i = self._next - self._L.base
@@ -923,6 +977,11 @@ cdef class CursorCore:
         cdef bint inside = False        # stopped inside the frame at pos (L verified)
         cdef FrameLayout* Lp            # the layout of the frame's columns (inflated: zfr's)
         cdef ZFrame zfr
+        cdef bint fast                  # the frame at pos is a single append's (L not filled)
+        cdef uint32_t flen              # the frame's length, key length, timestamp
+        cdef int32_t fk
+        cdef int64_t fts
+        cdef size_t ka
         if not (PyLong_CheckExact(max_records) and 1 <= max_records <= 0x7FFFFFFFFFFFFFFF):
             max_records = _args.count(max_records, "max_records")
         if max_bytes is not None:
@@ -968,26 +1027,34 @@ cdef class CursorCore:
         cdef bint uniform = True
         a = <uint32_t>(start - L.base)
         while i < n_max:
-            if i:
-                rc = seg.frame_at(pos, start + i, &L)
-                if rc != FRAME_OK or L.base != start + i:
-                    break           # the segment ends here (FRAME_END: a reader saw the roll
-                                    # late), or damage: hand out what is good; the next raises
-                a = 0
             f = data + pos
             Lp = &L
             zfr = None
-            if L.attrs & ATTR_CODEC:
-                # compressed: decompressed once into a buffer the part keeps (compression.pxi)
-                try:
-                    zfr = seg_inflate(seg, pos, &L)
-                except CorruptLogError:
-                    if i:
-                        break               # hand out what is good; the next read raises
-                    raise
-                f = zfr.f
-                Lp = &zfr.L
-            if zfr is not None or (L.attrs & (ATTR_MULTI | ATTR_HEADERS)) or L.c_values != FRAME_HEADER_SIZE + key_area(L.klen1):
+            fast = i > 0 and single_at(data, seg.cap, pos, start + i, &flen, &fk)
+            if fast:
+                fts = rd_i64(f + 16)        # a single append's frame: no layout needed
+            else:
+                if i:
+                    rc = seg.frame_at(pos, start + i, &L)
+                    if rc != FRAME_OK or L.base != start + i:
+                        break       # the segment ends here (FRAME_END: a reader saw the roll
+                                    # late), or damage: hand out what is good; the next raises
+                    a = 0
+                flen = L.length
+                fk = L.klen1
+                fts = L.ts
+                if L.attrs & ATTR_CODEC:
+                    # compressed: decompressed once into a buffer the part keeps (compression.pxi)
+                    try:
+                        zfr = seg_inflate(seg, pos, &L)
+                    except CorruptLogError:
+                        if i:
+                            break           # hand out what is good; the next read raises
+                        raise
+                    f = zfr.f
+                    Lp = &zfr.L
+            if not fast and (zfr is not None or (L.attrs & (ATTR_MULTI | ATTR_HEADERS))
+                             or L.c_values != FRAME_HEADER_SIZE + key_area(L.klen1)):
                 # a frame part: records a .. a+k-1, O(1) whatever k
                 k = <uint32_t>min(<int64_t>(L.count - a), n_max - i)
                 fb = frame_bytes(f, Lp, a, k)
@@ -1019,7 +1086,8 @@ cdef class CursorCore:
                     inside = True           # cut inside the frame: the cursor stays on it
                     break
             else:
-                vl = L.usize
+                ka = key_area(fk)
+                vl = flen - FRAME_HEADER_SIZE - ka
                 if mb >= 0 and i and got + vl > mb:
                     break
                 if r0 < 0:
@@ -1035,7 +1103,7 @@ cdef class CursorCore:
                     uniform = True
                     ulen = ustride = prev_vp = -1
                 got += vl
-                at = <int64_t>(pos + L.c_values)
+                at = <int64_t>(pos + FRAME_HEADER_SIZE + ka)
                 if uniform:
                     if i == r0:
                         ulen = vl
@@ -1046,12 +1114,12 @@ cdef class CursorCore:
                     elif at - prev_vp != ustride:
                         uniform = False
                     prev_vp = at
-                t[i - r0] = L.ts
-                kn[i - r0] = L.klen1
+                t[i - r0] = fts
+                kn[i - r0] = fk
                 vp[i - r0] = <uint32_t>at
                 vn[i - r0] = <uint32_t>vl
                 i += 1
-            pos += align8(L.length)
+            pos += align8(flen)
         if r0 >= 0:
             parts.append(self._run(r0, i - r0, tss, vpos, vlen, klen_a,
                                    ulen if uniform else -1, ustride, uniform))

@@ -116,6 +116,31 @@ cdef enum:
     SINGLE_OTHER = -100     # single_verify: not the common single form, use frame_verify
 
 
+cdef inline int single_check(const char* f, size_t room, uint32_t length,
+                             int32_t* klen) noexcept nogil:
+    """single_verify without the layout: FRAME_OK (*klen set) for the frame a single append
+    writes, whose CRC matches; FRAME_BAD_CRC; SINGLE_OTHER for any other frame. The readers'
+    per-record paths over single appends use it directly (a layout costs a 100-byte clear)."""
+    cdef uint32_t w
+    cdef int32_t k
+    if length < FRAME_HEADER_SIZE or <size_t>length > room:
+        return SINGLE_OTHER
+    w = rd_u32(f + 28) & ~(<uint32_t>ATTR_MORE)      # (a group's frames: the same checks)
+    k = rd_i32(f + 24)
+    if k == -1:
+        if w != <uint32_t>(ATTR_TS_SHARED | ATTR_UNIFORM):
+            return SINGLE_OTHER
+    elif k >= 0 and w == <uint32_t>(ATTR_TS_SHARED | ATTR_UNIFORM | ATTR_KEYS):
+        if FRAME_HEADER_SIZE + align8(<size_t>k) > length:
+            return SINGLE_OTHER
+    else:
+        return SINGLE_OTHER
+    if frame_crc(f, length) != rd_u32(f + 4):
+        return FRAME_BAD_CRC
+    klen[0] = k
+    return FRAME_OK
+
+
 cdef inline int single_verify(const char* f, size_t room, uint32_t length,
                               FrameLayout* L) noexcept nogil:
     """frame_verify's answer for the frame a single append writes (single form, no headers,
@@ -124,23 +149,12 @@ cdef inline int single_verify(const char* f, size_t room, uint32_t length,
     (the per-record scan of single appends runs this per record); SINGLE_OTHER for any other
     frame, which frame_verify then checks. Same rules (1, 2, 3, 4; rule 5 has nothing to check
     in this form), same results."""
-    cdef uint32_t w
     cdef int32_t klen
     cdef size_t ka
-    if length < FRAME_HEADER_SIZE or <size_t>length > room:
-        return SINGLE_OTHER
-    w = rd_u32(f + 28) & ~(<uint32_t>ATTR_MORE)      # (a group's frames: the same checks)
-    klen = rd_i32(f + 24)
-    if klen == -1 and w == <uint32_t>(ATTR_TS_SHARED | ATTR_UNIFORM):
-        ka = 0
-    elif klen >= 0 and w == <uint32_t>(ATTR_TS_SHARED | ATTR_UNIFORM | ATTR_KEYS):
-        ka = align8(<size_t>klen)
-        if FRAME_HEADER_SIZE + ka > length:
-            return SINGLE_OTHER
-    else:
-        return SINGLE_OTHER
-    if frame_crc(f, length) != rd_u32(f + 4):
-        return FRAME_BAD_CRC
+    cdef int rc = single_check(f, room, length, &klen)
+    if rc != FRAME_OK:
+        return rc
+    ka = key_area(klen)
     memset(L, 0, sizeof(FrameLayout))
     L.length = length
     L.count = 1

@@ -247,3 +247,39 @@ except ImportError as e:
     lines = out.stdout.splitlines()
     assert [l.split(":")[0] for l in lines] == ["reader", "writer", "new"]
     assert all("tidelog[zstd]" in l for l in lines)
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_single_appends_of_every_kind_interleaved(log_path, codec):
+    """The readers' fast path for a single append's frame (single_at: no layout) must take only
+    plain single frames: compressed singles, singles with headers and keys mixed in among plain
+    ones read back exactly through iteration, read(), read_batch of any size and a pickle."""
+    rng = random.Random(7)
+    want = []
+    with tidelog.open(log_path, compression=codec, segment_bytes=1 << 20) as log:
+        for i in range(3000):
+            kind = rng.randrange(5)
+            if kind == 0:                   # compressed: large and compressible
+                v = (b"%06d," % i) * rng.randrange(100, 400)
+            else:
+                v = rng.randbytes(rng.randrange(0, 300))
+            key = b"k%d" % i if kind in (1, 3) else None
+            hs = [("h", b"%d" % i)] if kind in (2, 3) else []
+            log.append(v, key=key, timestamp=i, headers=hs or None)
+            want.append((v, key, i, hs))
+        assert got_of(log.cursor()) == want
+        order = list(range(3000))
+        rng.shuffle(order)
+        assert [got_of([log.read(i)])[0] for i in order] == [want[i] for i in order]
+        for size in (1, 2, 7, 64, 1000, 65536):
+            cur = log.cursor()
+            got = []
+            while True:
+                b = cur.read_batch(max_records=size)
+                if not len(b):
+                    break
+                assert [bytes(v) for v in b.values] == [bytes(r.value) for r in b]
+                assert b.headers == [r.headers for r in b]
+                got += got_of(pickle.loads(pickle.dumps(b)))
+            assert got == want, size
+    assert sum(codec_of(fr) == CID[codec] for _, _, fr in seg_frames(log_path)) > 100
