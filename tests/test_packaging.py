@@ -63,3 +63,60 @@ def test_the_core_carries_no_debug_info():
     assert b".debug_info" not in data and b"__debug_info" not in data
     if data[:4] == b"\x7fELF":
         assert b".symtab" not in data, "the symbol table was not stripped"
+
+
+# what a wheel's test run may import besides the standard library and the tests' own modules: the
+# core's dependencies (pyproject [project] dependencies) and cibuildwheel's test-requires
+CORE_DEPENDENCIES = {"tidelog", "numpy", "lmdb", "click", "rich"}
+
+
+def _imports(path, everywhere):
+    """Top-level module names `path` imports (pytest.importorskip too): every import statement
+    when `everywhere`, else only those not inside a function (a helper module's lazy imports run
+    only for its callers)."""
+    import ast
+    tree = ast.parse(path.read_text(), str(path))
+    found = set()
+
+    def visit(node, in_function):
+        for child in ast.iter_child_nodes(node):
+            inner = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef))
+            if isinstance(child, ast.Import) and (everywhere or not in_function):
+                found.update(a.name.split(".")[0] for a in child.names)
+            elif (isinstance(child, ast.ImportFrom) and child.level == 0 and child.module
+                    and (everywhere or not in_function)):
+                found.add(child.module.split(".")[0])
+            elif (isinstance(child, ast.Call) and isinstance(child.func, ast.Attribute)
+                    and child.func.attr == "importorskip" and child.args
+                    and isinstance(child.args[0], ast.Constant)):
+                found.add(child.args[0].value.split(".")[0])     # (a skip is no test either)
+            visit(child, inner)
+    visit(tree, False)
+    return found
+
+
+def test_the_wheel_tests_import_only_what_cibuildwheel_installs():
+    """cibuildwheel tests each wheel with the files named in test-command and the packages of
+    test-requires only (the full test extra lacks wheels for some targets): a file there that
+    imports pyarrow, zstandard or the like fails on those targets."""
+    conf = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["cibuildwheel"]
+    assert "test-extras" not in conf, "the full test extra has no wheels on every target"
+    allowed = set(sys.stdlib_module_names) | CORE_DEPENDENCIES
+    for req in conf["test-requires"]:
+        allowed.add(re.match(r"[A-Za-z0-9_.-]+", req).group(0).replace("-", "_"))
+    files = re.findall(r"\{project\}/tests/(\S+\.py)", conf["test-command"])
+    assert len(files) >= 10 and "test_format.py" in files and "test_packaging.py" in files
+    local = {p.stem for p in (ROOT / "tests").glob("*.py")}
+    seen, todo = set(), [(f, True) for f in files] + [("conftest.py", False)]
+    while todo:
+        name, everywhere = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        path = ROOT / "tests" / name
+        assert path.is_file(), f"test-command names {name}, which is not in tests/"
+        for mod in _imports(path, everywhere):
+            if mod in local:
+                todo.append((mod + ".py", False))
+            else:
+                assert mod in allowed, f"tests/{name} imports {mod}, which test-requires lacks"
