@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 
 import tidelog
+from click.testing import CliRunner
+from tidelog.cli import cli
 import v2spec
 
 pytest.importorskip("zstandard")
@@ -129,8 +131,10 @@ def test_the_setting_persists_and_readers_need_none(log_path, codec):
         assert log.compression == codec
         log.append_batch(clicks(50, 3))
     with tidelog.open(log_path, readonly=True) as r:
-        assert r.compression == codec
+        assert r.compression == codec == r.stats()["compression"]
         assert len(list(r.cursor())) == 100
+    info = CliRunner().invoke(cli, ["info", log_path])
+    assert info.exit_code == 0 and f"compression:    {codec}\n" in info.output, info.output
     with tidelog.open(log_path, compression="none") as log:     # switched off, stored
         assert log.compression is None
         log.append_batch(clicks(50, 4))

@@ -572,8 +572,8 @@ def test_stats_says_what_info_prints(log_path, run):
         log.truncate_before(40)
         s = log.stats()
         assert set(s) == {"path", "start_offset", "end_offset", "durable_offset", "records",
-                          "segments", "segment_file_bytes", "disk_bytes", "subscribers",
-                          "subscribers_error"}
+                          "segments", "segment_file_bytes", "disk_bytes", "compression",
+                          "subscribers", "subscribers_error"}
         assert s["path"] == log.path
         assert (s["start_offset"], s["end_offset"], s["durable_offset"]) == (
             log.start_offset, 150, 150)
@@ -597,6 +597,7 @@ def test_stats_says_what_info_prints(log_path, run):
     assert lines["disk usage"].strip().startswith(f"{s['disk_bytes']:,} bytes")
     assert int(lines["subscribers"]) == len(s["subscribers"]) == 2
     assert "position 100, lag 50" in out
+    assert s["compression"] is None and lines["compression"].strip() == "none"
 
 
 def test_stats_of_a_fresh_log_a_reader_and_a_closed_log(log_path):

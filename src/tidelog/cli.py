@@ -233,9 +233,10 @@ _FORMAT = click.option("--format", "fmt", type=click.Choice(["text", "hex", "jso
 @cli.command()
 @click.argument("path")
 def info(path: str) -> None:
-    """Offsets, record count, segments and their size on disk, subscribers."""
+    """Offsets, record count, segments and their size on disk, compression, subscribers."""
     with _open_ro(path) as log:
         start, end, durable = log.start_offset, log.end_offset, log.durable_offset
+        codec = log.compression
         segs = log.segments()
         try:
             subs, subs_problem = log.position_info(), None
@@ -253,6 +254,7 @@ def info(path: str) -> None:
             ("durable_offset", durable), ("records", end - start),
             ("segments", f"{len(segs)} ({seg_bytes:,} bytes)"),
             ("disk usage", f"{all_bytes:,} bytes (segments, indexes, control, positions)"),
+            ("compression", codec or "none"),
             ("subscribers", len(subs) if subs_problem is None
              else f"unknown ({_describe(subs_problem)})")]
     for name, value in rows:

@@ -473,6 +473,8 @@ class Log(_core.LogCore):
         - "segments": how many segment files; "segment_file_bytes": their sizes added up
         - "disk_bytes": bytes the log's files take on disk (allocated blocks: segments,
           indexes, control page, positions store)
+        - "compression": the codec new frames get ("zstd", "lz4"), or None (uncompressed): the
+          log's stored setting (see :func:`open`)
         - "subscribers": {name: {"position", "lag" (end_offset - position),
           "committed_ns" (commit time, ns since the epoch)}} of every named subscriber, or None
           when the positions store cannot be read; then "subscribers_error" holds the
@@ -510,6 +512,7 @@ class Log(_core.LogCore):
             "path": self.path, "start_offset": start, "end_offset": end,
             "durable_offset": durable, "records": end - start,
             "segments": len(segs), "segment_file_bytes": seg_bytes, "disk_bytes": disk,
+            "compression": self.compression,
             "subscribers": None if subs is None else {
                 name: {"position": pos, "lag": end - pos, "committed_ns": t}
                 for name, (pos, t) in subs.items()},
