@@ -1,0 +1,107 @@
+"""Issue 15, attacked: cases where the bridges lost or duplicated records without a word
+(a Kafka timestamp below one millisecond, a JetStream refusal in the middle of a batch, a target
+whose retention deleted everything the mirror wrote, a log whose retention deleted every
+ingested record). Real brokers: the nats-server and librdkafka mock cluster of bridgekit."""
+import asyncio
+import random
+import time
+
+import tidelog
+import tidelog.bridge
+
+from bridgekit import cli, kafka_messages, kafka_mock, nats_messages, nats_publish, nats_server  # noqa
+
+
+def one_line_error(r, *words):
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tidelog: error: "), r.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def add_stream(port, **cfg):
+    import nats
+    from nats.js.api import StreamConfig
+
+    async def go():
+        nc = await nats.connect(f"nats://127.0.0.1:{port}")
+        await nc.jetstream().add_stream(StreamConfig(**cfg))
+        await nc.close()
+    asyncio.run(go())
+
+
+def test_kafka_timestamps_below_a_millisecond_round_trip(kafka_mock, tmp_path):
+    """librdkafka reads a produce timestamp of 0 as "now": a record stamped below 1 ms (logical
+    clocks, seconds, tests) came out stamped with the wall clock."""
+    src, dst = str(tmp_path / "src"), str(tmp_path / "dst")
+    stamps = [0, 1, 999_999, 1_000_000, 5_000_123]
+    with tidelog.open(src) as log:
+        for ts in stamps:
+            log.append(b"v", timestamp=ts, headers=[("h", b"1")] if ts % 2 else None)
+    url = kafka_mock.url("ts")
+    assert tidelog.bridge.mirror(src, url, create=True) == len(stamps)
+    got = kafka_messages(kafka_mock.bootstrap, "ts")
+    assert [ms for _, _, _, ms, _ in got] == [ts // 10**6 for ts in stamps]
+    assert tidelog.bridge.ingest(url, dst) == len(stamps)
+    with tidelog.open(src, readonly=True) as a, tidelog.open(dst, readonly=True) as b:
+        for off in range(len(stamps)):
+            x, y = a.read(off), b.read(off)
+            assert y.timestamp == x.timestamp // 10**6 * 10**6
+            assert [(k, bytes(v)) for k, v in y.headers] == \
+                [(k, bytes(v)) for k, v in (x.headers or [])] + \
+                [("tidelog-offset", b"%d" % off), ("kafka-offset", b"%d" % off)]
+
+
+def test_nats_refusal_in_the_middle_of_a_batch_leaves_no_gap(nats_server, tmp_path):
+    """JetStream refuses one message of a batch (too large for the stream) and stores the ones
+    published after it: the next run resumed after the last of those, and the refused record
+    was silently lost (exit 0, "mirrored 0 records")."""
+    add_stream(nats_server.port, name="B", subjects=["B"], max_msg_size=1000)
+    log_path = str(tmp_path / "log")
+    with tidelog.open(log_path) as log:
+        for i in range(20):
+            log.append(b"y" * (2000 if i == 5 else 10))
+    one_line_error(cli("mirror", log_path, nats_server.url("B")), "offset 5")
+    offs = [int(h["tidelog-offset"]) for _, _, h, _ in nats_messages(nats_server.port, "B")]
+    assert offs == list(range(5))
+    r = cli("mirror", log_path, nats_server.url("B"))         # still refused, never skipped
+    one_line_error(r, "offset 5")
+    offs = [int(h["tidelog-offset"]) for _, _, h, _ in nats_messages(nats_server.port, "B")]
+    assert offs == list(range(5))
+
+
+def test_nats_target_emptied_by_its_retention_is_refused(nats_server, tmp_path):
+    """Every message the mirror wrote expired (max_age): the subject looked fresh and the
+    mirror shipped the log again from offset 0 (duplicates for every reader)."""
+    add_stream(nats_server.port, name="A", subjects=["A"], max_age=1.0)
+    log_path = str(tmp_path / "log")
+    with tidelog.open(log_path) as log:
+        log.append_batch([b"z"] * 5)
+    assert tidelog.bridge.mirror(log_path, nats_server.url("A")) == 5
+    deadline = time.monotonic() + 20
+    while nats_messages(nats_server.port, "A") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert nats_messages(nats_server.port, "A") == []
+    with tidelog.open(log_path) as log:
+        log.append_batch([b"w"] * 5)
+    one_line_error(cli("mirror", log_path, nats_server.url("A")), "deleted")
+    assert nats_messages(nats_server.port, "A") == []
+
+
+def test_ingest_refuses_when_retention_deleted_every_ingested_record(nats_server, tmp_path):
+    """Ingested records, then local records, then retention: no record left carries
+    nats-sequence, and the ingester started the stream over (every message twice)."""
+    nats_publish(nats_server.port, "I", "I", [(b"v%d" % i, None) for i in range(50)])
+    log_path = str(tmp_path / "in")
+    tidelog.open(log_path, segment_bytes=1 << 14).close()
+    assert tidelog.bridge.ingest(nats_server.url("I"), log_path) == 50
+    with tidelog.open(log_path) as log:
+        log.append_batch([random.Random(1).randbytes(100) for _ in range(1000)])
+        log.sync()
+        log.truncate_before(log.end_offset - 10)
+        assert log.start_offset >= 50
+        end = log.end_offset
+    one_line_error(cli("ingest", nats_server.url("I"), log_path), "nats-sequence")
+    with tidelog.open(log_path, readonly=True) as log:
+        assert log.end_offset == end
