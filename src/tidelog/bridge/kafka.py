@@ -6,7 +6,9 @@ Owns one librdkafka client per object. librdkafka's own log lines go to a logger
 BridgeError. The producer is idempotent with acks=all: it never reorders and never leaves a gap
 within a run, so the partition holds a prefix of what was sent when a run dies. Fields travel
 natively: key (None stays a null key), value, headers (in order, names may repeat), timestamp
-(Kafka has milliseconds: out `ns // 10**6`, in `ms * 10**6`).
+(Kafka has milliseconds: out `ns // 10**6`, in `ms * 10**6`). A timestamp below 1 ms cannot
+travel as a Kafka timestamp (librdkafka reads 0 as "now"): such a record goes with the producer's
+clock plus a header `tidelog-timestamp` (nanoseconds, decimal), which an ingest takes back.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from collections.abc import Callable, Iterator
 from typing import Any, Optional
 
 from tidelog.bridge.address import Address
-from tidelog.bridge.base import KAFKA_POSITION, OFFSET_HEADER, BridgeError, Message, require
+from tidelog.bridge.base import (KAFKA_POSITION, OFFSET_HEADER, TIMESTAMP_HEADER, BridgeError,
+                                 Message, require)
 
 __all__ = ["KafkaTarget", "KafkaSource"]
 
@@ -185,12 +188,14 @@ class KafkaTarget:
     def send(self, msgs: list[Message]) -> None:
         p, topic, part = self.producer, self.address.name, self.address.partition
         for m in msgs:
+            ms = m.timestamp // 10**6
+            hs = m.headers + [(OFFSET_HEADER, str(m.position).encode())]
+            if ms <= 0:                 # 0 would mean "now" to librdkafka: the header keeps it
+                hs.insert(len(m.headers), (TIMESTAMP_HEADER, str(m.timestamp).encode()))
             while True:
                 try:
-                    p.produce(topic, m.value, key=m.key, partition=part,
-                              timestamp=m.timestamp // 10**6,
-                              headers=m.headers + [(OFFSET_HEADER, str(m.position).encode())],
-                              on_delivery=self._delivered)
+                    p.produce(topic, m.value, key=m.key, partition=part, timestamp=max(ms, 0),
+                              headers=hs, on_delivery=self._delivered)
                     break
                 except BufferError:
                     p.poll(0.05)
@@ -243,6 +248,11 @@ class KafkaSource:
                 kind, ms = m.timestamp()
                 ts = ms * 10**6 if kind != ck.TIMESTAMP_NOT_AVAILABLE else time.time_ns()
                 hs = [(k, b"" if v is None else bytes(v)) for k, v in (m.headers() or [])]
+                for i, (k, v) in enumerate(hs):     # a mirrored timestamp below 1 ms
+                    if k == TIMESTAMP_HEADER and v.isdigit():
+                        ts = int(v)
+                        del hs[i]
+                        break
                 hs.append((KAFKA_POSITION, str(m.offset()).encode()))
                 out.append(Message(m.offset(), m.value() or b"", m.key(), ts, hs))
             if out:

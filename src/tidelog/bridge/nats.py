@@ -27,14 +27,15 @@ from collections.abc import Callable, Iterator
 from typing import Any, Optional
 
 from tidelog.bridge.address import Address
-from tidelog.bridge.base import NATS_POSITION, OFFSET_HEADER, BridgeError, Message, require
+from tidelog.bridge.base import (NATS_POSITION, OFFSET_HEADER, TIMESTAMP_HEADER, BridgeError,
+                                 Message, require)
 
 __all__ = ["NatsTarget", "NatsSource", "encode_headers", "decode_message"]
 
 CONNECT_TIMEOUT = 8.0     # seconds: give up on an unreachable server within ~10 s
 ACK_TIMEOUT = 10.0        # seconds to wait for JetStream's acks of a batch
 FETCH_WAIT = 0.5          # seconds a pull request waits for messages
-TS_HEADER, KEY_HEADER, HDRS_HEADER = "tidelog-timestamp", "tidelog-key", "tidelog-headers"
+TS_HEADER, KEY_HEADER, HDRS_HEADER = TIMESTAMP_HEADER, "tidelog-key", "tidelog-headers"
 EXPECT_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 
 
