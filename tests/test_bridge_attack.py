@@ -110,3 +110,20 @@ def test_ingest_refuses_when_retention_deleted_every_ingested_record(nats_server
     one_line_error(cli("ingest", nats_server.url("I"), log_path), "nats-sequence")
     with tidelog.open(log_path, readonly=True) as log:
         assert log.end_offset == end
+
+
+def test_nats_refusal_not_foreseen_by_size_leaves_no_gap(nats_server, tmp_path):
+    """A refusal the mirror cannot foresee (max_bytes with discard=new: a large message does not
+    fit, the small ones after it do): the messages stored after the refused one are deleted
+    again, so the subject holds a prefix and the next run does not skip the refused record."""
+    from nats.js.api import DiscardPolicy
+    add_stream(nats_server.port, name="D", subjects=["D"], max_bytes=2000,
+               discard=DiscardPolicy.NEW)
+    log_path = str(tmp_path / "log")
+    with tidelog.open(log_path) as log:
+        for i in range(20):
+            log.append(b"y" * (1600 if i == 5 else 10))
+    one_line_error(cli("mirror", log_path, nats_server.url("D")), "offset 5")
+    offs = [int(h["tidelog-offset"]) for _, _, h, _ in nats_messages(nats_server.port, "D")]
+    assert offs == list(range(5))
+    one_line_error(cli("mirror", log_path, nats_server.url("D")), "offset 5")
