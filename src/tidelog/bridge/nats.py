@@ -211,6 +211,7 @@ class NatsTarget:
         try:
             m = c.run(c.jsm.get_last_msg(c.address.name, self.subject), ACK_TIMEOUT)
         except c.nats.js.errors.NotFoundError:
+            self._check_never_written()
             self.last_seq = 0
             return None
         except Exception as e:
@@ -222,6 +223,24 @@ class NatsTarget:
                               f"sequence {m.seq}) has no {OFFSET_HEADER} header: it was not "
                               f"written by a tidelog mirror, so where to resume is unknown")
         return int(value)
+
+    def _check_never_written(self) -> None:
+        """The subject holds no message: refuse when the stream shows that messages were
+        stored and are gone (retention such as max_age, or a purge) and they may have been
+        ours: a stream holding nothing at all, or capturing our subject only. Starting from
+        offset 0 there would ship again what readers already got."""
+        c = self.conn
+        try:
+            info = c.run(c.jsm.stream_info(c.address.name), ACK_TIMEOUT)
+        except Exception as e:
+            raise c.check(e, f"stream {c.address.name!r}") from None
+        st, subjects = info.state, info.config.subjects or []
+        if st.last_seq and (st.messages == 0 or subjects == [self.subject]):
+            raise BridgeError(f"NATS subject {self.subject!r} holds no message, but stream "
+                              f"{c.address.name!r} stored {st.last_seq} and they were deleted "
+                              f"(retention or a purge): what the mirror wrote is gone, so where "
+                              f"to resume is unknown; mirror into a new stream (or delete and "
+                              f"recreate this one to ship everything again)")
 
     def send(self, msgs: list[Message]) -> None:
         """Publish in order and wait until JetStream stored every one (BridgeError if not).
