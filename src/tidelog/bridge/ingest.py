@@ -42,6 +42,12 @@ def last_position(log: tidelog.Log, header: str) -> Optional[int]:
         raise BridgeError(f"none of the log's last {SCAN_LIMIT} records carries {header}: if "
                           f"it was ever ingested into, where to resume is unknown; ingest into "
                           f"a log of its own")
+    if log.start_offset > 0:
+        # retention deleted records 0..start-1: they may have been the ingested ones, and
+        # starting the source over would append every message again
+        raise BridgeError(f"no record of the log carries {header}, but its records "
+                          f"0..{log.start_offset - 1} were deleted (retention): if they were "
+                          f"ingested, where to resume is unknown; ingest into a log of its own")
     return None
 
 
