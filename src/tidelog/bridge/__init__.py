@@ -67,6 +67,9 @@ def mirror(log: LogArg, target: str, *, name: str = "mirror", follow: bool = Fal
     """
     check_bridge_name(name)
     addr = parse_address(target, argument="target")
+    if addr.subject is not None and {"*", ">"} & set(addr.subject.split(".")):
+        raise ValueError(f"target {target!r}: subject {addr.subject!r} holds a wildcard: a "
+                         f"mirror publishes to one subject (wildcards are for ingest)")
     out = _target(addr, config, create)
     try:
         return run_mirror(log, out, name=name, follow=follow, skip_gap=skip_gap, resume=resume,
