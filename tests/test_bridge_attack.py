@@ -127,3 +127,26 @@ def test_nats_refusal_not_foreseen_by_size_leaves_no_gap(nats_server, tmp_path):
     offs = [int(h["tidelog-offset"]) for _, _, h, _ in nats_messages(nats_server.port, "D")]
     assert offs == list(range(5))
     one_line_error(cli("mirror", log_path, nats_server.url("D")), "offset 5")
+
+
+def test_ingest_of_another_source_into_the_same_log_is_refused(nats_server, tmp_path):
+    """The position header says where in *a* source the log stopped, not which source: an
+    ingest of stream B into a log that holds stream A's sequence 10 started B at 11, silently
+    skipping B's first ten messages (under any --name)."""
+    nats_publish(nats_server.port, "A", "A", [(b"a%d" % i, None) for i in range(10)])
+    nats_publish(nats_server.port, "B", "B", [(b"b%d" % i, None) for i in range(30)])
+    log_path = str(tmp_path / "in")
+    assert tidelog.bridge.ingest(nats_server.url("A"), log_path) == 10
+    for name in ("ingest", "other"):
+        one_line_error(cli("ingest", nats_server.url("B"), log_path, "--name", name),
+                       "another source")
+    one_line_error(cli("ingest", nats_server.url("A", subject="A"), log_path), "another source")
+    with tidelog.open(log_path, readonly=True) as log:
+        assert log.end_offset == 10
+    nats_publish(nats_server.port, "A", "A", [(b"a10", None)], create=False)
+    assert tidelog.bridge.ingest(nats_server.url("A"), log_path, name="again") == 1
+    # a log that never got a position may switch sources
+    empty = str(tmp_path / "empty")
+    nats_publish(nats_server.port, "E", "E", [])
+    assert tidelog.bridge.ingest(nats_server.url("E"), empty) == 0
+    assert tidelog.bridge.ingest(nats_server.url("B"), empty) == 30

@@ -92,6 +92,15 @@ def ingest(source: str, log: LogArg, *, name: str = "ingest", follow: bool = Fal
     try:
         return run_ingest(src, log, name=name, follow=follow, resume=resume,
                           header=KAFKA_POSITION if addr.system == "kafka" else NATS_POSITION,
-                          stopping=_stopping(stop), progress=progress)
+                          stopping=_stopping(stop), progress=progress, origin=_origin(addr))
     finally:
         src.close()
+
+
+def _origin(addr: Address) -> str:
+    """What identifies a source whose positions a log holds (not its servers: one cluster has
+    many bootstrap lists)."""
+    if addr.system == "kafka":
+        return f"Kafka topic {addr.name!r} partition {addr.partition}"
+    return (f"NATS stream {addr.name!r}" +
+            (f" subject {addr.subject!r}" if addr.subject is not None else " (all subjects)"))

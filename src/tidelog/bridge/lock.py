@@ -13,7 +13,7 @@ import re
 
 from tidelog.errors import TidelogError
 
-__all__ = ["BridgeLock", "BridgeLockedError", "check_bridge_name"]
+__all__ = ["BridgeLock", "BridgeLockedError", "check_bridge_name", "LOCK_DIR"]
 
 LOCK_DIR = "bridges"
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,200}")
