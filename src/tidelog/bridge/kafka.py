@@ -234,27 +234,45 @@ class KafkaSource:
                               f"offset {lo}: offsets {after + 1}..{lo - 1} were deleted before "
                               f"they were ingested")
         self.consumer.assign([ck.TopicPartition(a.name, a.partition, start)])
+        c = self.consumer
+        eof, no_ts = getattr(ck.KafkaError, PARTITION_EOF), ck.TIMESTAMP_NOT_AVAILABLE
         while not stopping():
-            got = self.consumer.consume(max_batch, POLL)
+            # consume(n, t) waits until it has n messages or t passed: at the end of what the
+            # partition holds (or between messages in follow mode) it would sit out the whole
+            # POLL. So: take what is here, and wait only for the first message of a batch.
+            got = c.consume(max_batch, 0)
+            if not got:
+                first = c.poll(POLL)
+                got = [] if first is None else [first] + c.consume(max_batch - 1, 0)
             out = []
             done = False
-            for m in got:
+            for m in got:                      # per message: keep this loop lean
                 err = m.error()
                 if err is not None:
-                    if err.code() == getattr(ck.KafkaError, PARTITION_EOF):
+                    if err.code() == eof:
                         done = not follow
                         continue
                     raise BridgeError(f"{_where(a)}: {err.str()}")
+                off = m.offset()
                 kind, ms = m.timestamp()
-                ts = ms * 10**6 if kind != ck.TIMESTAMP_NOT_AVAILABLE else time.time_ns()
-                hs = [(k, b"" if v is None else bytes(v)) for k, v in (m.headers() or [])]
-                for i, (k, v) in enumerate(hs):     # a mirrored timestamp below 1 ms
-                    if k == TIMESTAMP_HEADER and v.isdigit():
-                        ts = int(v)
-                        del hs[i]
-                        break
-                hs.append((KAFKA_POSITION, str(m.offset()).encode()))
-                out.append(Message(m.offset(), m.value() or b"", m.key(), ts, hs))
+                ts = ms * 1_000_000 if kind != no_ts else time.time_ns()
+                raw = m.headers()
+                if raw:
+                    hs = [(k, b"" if v is None else v) for k, v in raw]
+                    for i, (k, v) in enumerate(hs):     # a mirrored timestamp below 1 ms
+                        if k == TIMESTAMP_HEADER and v.isdigit():
+                            ts = int(v)
+                            del hs[i]
+                            break
+                    hs.append((KAFKA_POSITION, b"%d" % off))
+                else:
+                    hs = [(KAFKA_POSITION, b"%d" % off)]
+                out.append(Message(off, m.value() or b"", m.key(), ts, hs))
+            if out and not follow and not done:
+                # the end the last fetch reported (what PARTITION_EOF is made of, but that
+                # event waits for one more, empty fetch: fetch.wait.max.ms, 0.5 s by default)
+                _, end = c.get_watermark_offsets(tp, cached=True)
+                done = end >= 0 and out[-1].position >= end - 1
             if out:
                 yield out
             if done:                           # the end a fetch saw (not the watermark)
