@@ -150,3 +150,19 @@ def test_ingest_of_another_source_into_the_same_log_is_refused(nats_server, tmp_
     nats_publish(nats_server.port, "E", "E", [])
     assert tidelog.bridge.ingest(nats_server.url("E"), empty) == 0
     assert tidelog.bridge.ingest(nats_server.url("B"), empty) == 30
+
+
+def test_kafka_record_too_large_names_its_offset_and_leaves_a_prefix(kafka_mock, tmp_path):
+    """A record above librdkafka's message.max.bytes: the run stopped with librdkafka's raw
+    exception text (no offset, no hint); the records before it must be in the target, none
+    after it, and the next run must stop at the same record."""
+    log_path = str(tmp_path / "log")
+    with tidelog.open(log_path) as log:
+        for i in range(10):
+            log.append(b"y" * (2_000_000 if i == 5 else 10))
+    r = cli("mirror", log_path, kafka_mock.url("big"), "--create")
+    one_line_error(r, "offset 5", "message.max.bytes")
+    assert "KafkaError{" not in r.stderr
+    got = kafka_messages(kafka_mock.bootstrap, "big")
+    assert [int(dict(h)["tidelog-offset"]) for *_, h in got] == list(range(5))
+    one_line_error(cli("mirror", log_path, kafka_mock.url("big")), "offset 5")

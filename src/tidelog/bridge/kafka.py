@@ -199,6 +199,18 @@ class KafkaTarget:
                     break
                 except BufferError:
                     p.poll(0.05)
+                except self.ck.KafkaException as e:
+                    # refused locally (e.g. larger than message.max.bytes): nothing after it
+                    # was produced; what was before it goes out, a prefix as always
+                    err = e.args[0]
+                    big = err.code() == self.ck.KafkaError.MSG_SIZE_TOO_LARGE
+                    p.flush(ACK_TIMEOUT)
+                    raise BridgeError(
+                        f"{_where(self.address)}: the record at offset {m.position} cannot be "
+                        f"produced: {err.str()}" +
+                        (f" ({len(m.value)} bytes; librdkafka's message.max.bytes, settable "
+                         f"with --config, and the topic's max.message.bytes bound it)"
+                         if big else "")) from None
         left = p.flush(ACK_TIMEOUT)
         if self.failed is not None or left:
             why = self.failed or (self.errors[-1] if self.errors else "no acknowledgement")
