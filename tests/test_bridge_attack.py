@@ -166,3 +166,36 @@ def test_kafka_record_too_large_names_its_offset_and_leaves_a_prefix(kafka_mock,
     got = kafka_messages(kafka_mock.bootstrap, "big")
     assert [int(dict(h)["tidelog-offset"]) for *_, h in got] == list(range(5))
     one_line_error(cli("mirror", log_path, kafka_mock.url("big")), "offset 5")
+
+
+def test_two_mirrors_of_one_log_to_one_subject_under_different_names(nats_server, tmp_path):
+    """The lock was per name only: a second mirror of the same log to the same subject under
+    another --name started while the first idled in --follow, both shipped the next records,
+    and every reader got them twice. Refused now (a lock per log and target)."""
+    import signal
+    import subprocess
+    import sys
+    log_path = str(tmp_path / "log")
+    with tidelog.open(log_path) as log:
+        log.append(b"first")
+        p = subprocess.Popen([sys.executable, "-m", "tidelog", "mirror", log_path,
+                              nats_server.url("T"), "--create", "--follow", "--name", "a"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                try:
+                    if len(nats_messages(nats_server.port, "T")) == 1:
+                        break
+                except Exception:
+                    pass
+                time.sleep(0.1)
+            r = cli("mirror", log_path, nats_server.url("T"), "--name", "b")
+            one_line_error(r, "another mirror of this log to")
+            r = cli("mirror", log_path, nats_server.url("T2"), "--create", "--name", "b")
+            assert r.returncode == 0, r.stderr          # another target: fine
+        finally:
+            p.send_signal(signal.SIGTERM)
+            p.communicate(timeout=30)
+    offs = [int(h["tidelog-offset"]) for _, _, h, _ in nats_messages(nats_server.port, "T")]
+    assert offs == [0]

@@ -73,7 +73,7 @@ def mirror(log: LogArg, target: str, *, name: str = "mirror", follow: bool = Fal
     out = _target(addr, config, create)
     try:
         return run_mirror(log, out, name=name, follow=follow, skip_gap=skip_gap, resume=resume,
-                          stopping=_stopping(stop), progress=progress)
+                          stopping=_stopping(stop), progress=progress, target_id=_target_id(addr))
     finally:
         out.close()
 
@@ -95,6 +95,15 @@ def ingest(source: str, log: LogArg, *, name: str = "ingest", follow: bool = Fal
                           stopping=_stopping(stop), progress=progress, origin=_origin(addr))
     finally:
         src.close()
+
+
+def _target_id(addr: Address) -> str:
+    """What identifies a mirror's target on this machine: servers (sorted), topic and
+    partition, or stream and subject."""
+    servers = ",".join(sorted(addr.servers))
+    if addr.system == "kafka":
+        return f"Kafka {servers} topic {addr.name!r} partition {addr.partition}"
+    return f"NATS {servers} stream {addr.name!r} subject {addr.subject or addr.name!r}"
 
 
 def _origin(addr: Address) -> str:
