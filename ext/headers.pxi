@@ -5,8 +5,8 @@
 # field. put_headers / frame_write_hdr run without the GIL inside the appender's framing (they
 # touch no Python object); the rest holds the GIL.
 from cpython.unicode cimport PyUnicode_DecodeUTF8
+from cpython.bytes cimport PyBytes_FromStringAndSize
 from collections.abc import Mapping as _Mapping
-import struct as _struct
 
 cdef enum:
     MAX_RECORD_HEADERS = 1 << 24     # headers of one record (a u32 column; a sane bound)
@@ -24,7 +24,9 @@ cdef object pack_headers(object h, str name, Item* it):
     it.hvb = 0
     if h is None:
         return None
-    if isinstance(h, _Mapping):
+    if type(h) is list:                  # the common form first: an ABC check costs more
+        pairs = h
+    elif isinstance(h, _Mapping):
         pairs = list(h.items())
     elif isinstance(h, (str, bytes, bytearray, memoryview)):
         raise TypeError(f"{name}: expected a dict {{str: bytes}} or a list of (str, bytes) "
@@ -42,9 +44,9 @@ cdef object pack_headers(object h, str name, Item* it):
         raise ValueError(f"{name}: {n} headers; at most {MAX_RECORD_HEADERS} per record")
     names = []
     vals = []
-    nlens = []
-    vlens = []
     cdef size_t nb = 0, vb = 0
+    cdef char* out
+    cdef size_t q
     for j in range(n):
         pair = pairs[j]
         if type(pair) is not tuple and not isinstance(pair, (tuple, list)):
@@ -67,14 +69,25 @@ cdef object pack_headers(object h, str name, Item* it):
             hval = memoryview(hval).tobytes()
         names.append(bname)
         vals.append(hval)
-        nlens.append(len(bname))
-        vlens.append(len(hval))
-        nb += <size_t>len(bname)
-        vb += <size_t>len(hval)
+        nb += <size_t>PyBytes_GET_SIZE(bname)
+        vb += <size_t>PyBytes_GET_SIZE(hval)
         if nb + vb + 8 * <size_t>j > <size_t>(0xFFFFFFFF - 4096):
             raise ValueError(f"{name}: headers larger than a record can be")
-    blob = b"".join([_struct.pack(f"<{n}I", *nlens), _struct.pack(f"<{n}I", *vlens)]
-                    + names + vals)
+    # the layout above, written in place (struct.pack and a join per record were most of
+    # an append_batch of records with headers)
+    blob = PyBytes_FromStringAndSize(NULL, 8 * n + <Py_ssize_t>(nb + vb))
+    out = PyBytes_AS_STRING(blob)
+    q = 8 * <size_t>n
+    for j in range(n):
+        bname = names[j]
+        wr_u32(out + 4 * <size_t>j, <uint32_t>PyBytes_GET_SIZE(bname))
+        memcpy(out + q, PyBytes_AS_STRING(bname), <size_t>PyBytes_GET_SIZE(bname))
+        q += <size_t>PyBytes_GET_SIZE(bname)
+    for j in range(n):
+        hval = vals[j]
+        wr_u32(out + 4 * (<size_t>n + j), <uint32_t>PyBytes_GET_SIZE(hval))
+        memcpy(out + q, PyBytes_AS_STRING(hval), <size_t>PyBytes_GET_SIZE(hval))
+        q += <size_t>PyBytes_GET_SIZE(hval)
     it.h = PyBytes_AS_STRING(blob)
     it.hn = <uint32_t>n
     it.hnb = nb

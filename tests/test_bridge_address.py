@@ -5,6 +5,7 @@ import sys
 import pytest
 
 import tidelog
+import tidelog.bridge
 from tidelog.bridge import Address, parse_address
 from tidelog.bridge.security import kafka_options, nats_options, read_config
 
@@ -109,3 +110,27 @@ def test_ingest_resume_scan(tmp_path, monkeypatch):
         monkeypatch.setattr(bingest, "SCAN_LIMIT", 3)
         with pytest.raises(tidelog.TidelogError, match="last 3 records"):
             bingest.last_position(log, "nats-sequence")
+
+
+@pytest.mark.parametrize("bad, word", [
+    ("kafka://h:1/t?partition=\u00b2", "partition must be"),   # a digit to isdigit(), not int()
+    ("kafka://h:1/t?partition=\u0663", "partition must be"),   # an Arabic-Indic 3 was taken as 3
+    ("nats://h:1/S\x00", "stream"), ("nats://h:1/%07S", "stream"),  # control characters
+    ("nats://h:1/S?subject=a.>.b", "subject"),                   # '>' only as the last token
+    ("kafka://h:1/t?partition=1&partition=2", "twice"),          # the last one silently won
+    ("nats://h:1/S?subject=a&subject=b", "twice"),
+])
+def test_malformed_addresses_attacked(bad, word):
+    with pytest.raises(ValueError, match=word):
+        parse_address(bad)
+
+
+def test_a_mirror_refuses_a_wildcard_subject(tmp_path):
+    """A mirror publishing to `w.*` was acknowledged and exited 0; a wildcard is a filter for
+    ingest, never a subject to publish to. Refused before any connection."""
+    log_path = str(tmp_path / "log")
+    with tidelog.open(log_path) as log:
+        log.append(b"x")
+    for subject in ("w.*", "w.>"):
+        with pytest.raises(ValueError, match="wildcard"):
+            tidelog.bridge.mirror(log_path, f"nats://127.0.0.1:1/W?subject={subject}")

@@ -67,10 +67,13 @@ def mirror(log: LogArg, target: str, *, name: str = "mirror", follow: bool = Fal
     """
     check_bridge_name(name)
     addr = parse_address(target, argument="target")
+    if addr.subject is not None and {"*", ">"} & set(addr.subject.split(".")):
+        raise ValueError(f"target {target!r}: subject {addr.subject!r} holds a wildcard: a "
+                         f"mirror publishes to one subject (wildcards are for ingest)")
     out = _target(addr, config, create)
     try:
         return run_mirror(log, out, name=name, follow=follow, skip_gap=skip_gap, resume=resume,
-                          stopping=_stopping(stop), progress=progress)
+                          stopping=_stopping(stop), progress=progress, target_id=_target_id(addr))
     finally:
         out.close()
 
@@ -89,6 +92,24 @@ def ingest(source: str, log: LogArg, *, name: str = "ingest", follow: bool = Fal
     try:
         return run_ingest(src, log, name=name, follow=follow, resume=resume,
                           header=KAFKA_POSITION if addr.system == "kafka" else NATS_POSITION,
-                          stopping=_stopping(stop), progress=progress)
+                          stopping=_stopping(stop), progress=progress, origin=_origin(addr))
     finally:
         src.close()
+
+
+def _target_id(addr: Address) -> str:
+    """What identifies a mirror's target on this machine: servers (sorted), topic and
+    partition, or stream and subject."""
+    servers = ",".join(sorted(addr.servers))
+    if addr.system == "kafka":
+        return f"Kafka {servers} topic {addr.name!r} partition {addr.partition}"
+    return f"NATS {servers} stream {addr.name!r} subject {addr.subject or addr.name!r}"
+
+
+def _origin(addr: Address) -> str:
+    """What identifies a source whose positions a log holds (not its servers: one cluster has
+    many bootstrap lists)."""
+    if addr.system == "kafka":
+        return f"Kafka topic {addr.name!r} partition {addr.partition}"
+    return (f"NATS stream {addr.name!r}" +
+            (f" subject {addr.subject!r}" if addr.subject is not None else " (all subjects)"))

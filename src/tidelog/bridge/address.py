@@ -23,10 +23,12 @@ KAFKA_SCHEMES = ("kafka", "kafkas")
 NATS_SCHEMES = ("nats", "tls")
 # Kafka topic names: at most 249 of [a-zA-Z0-9._-] (Kafka's own rule)
 _TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
-# JetStream stream names: no whitespace, '.', '*', '>', path separators
-_STREAM = re.compile(r"[^\s.*>/\\]{1,255}")
-# NATS subjects: tokens of printable non-space characters split by '.', no empty token
-_SUBJECT = re.compile(r"[^\s.]+(\.[^\s.]+)*")
+# JetStream stream names: no whitespace, control characters, '.', '*', '>', path separators
+_STREAM = re.compile(r"[^\s\x00-\x1f\x7f.*>/\\]{1,255}")
+# NATS subjects: tokens of printable non-space characters split by '.', no empty token; '>'
+# only as the last token
+_SUBJECT = re.compile(r"[^\s\x00-\x1f\x7f.]+(\.[^\s\x00-\x1f\x7f.]+)*")
+_PARTITION = re.compile(r"[0-9]{1,10}")
 _HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):([0-9]{1,5})")
 
 
@@ -79,7 +81,11 @@ def parse_address(text: object, *, argument: str = "address") -> Address:
             raise _bad(text, f"port out of range in {s!r}")
     path, _, query = tail.partition("?")
     name = unquote(path)
-    params = dict(parse_qsl(query, keep_blank_values=True, strict_parsing=False)) if query else {}
+    pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=False) if query else []
+    params = dict(pairs)
+    if len(params) < len(pairs):
+        twice = next(k for i, (k, _) in enumerate(pairs) if k in dict(pairs[:i]))
+        raise _bad(text, f"parameter {twice!r} given twice")
     if scheme in KAFKA_SCHEMES:
         if not slash or not _TOPIC.fullmatch(name):
             raise _bad(text, "expected a topic name ([A-Za-z0-9._-], at most 249) after the "
@@ -88,7 +94,7 @@ def parse_address(text: object, *, argument: str = "address") -> Address:
         if unknown:
             raise _bad(text, f"unknown parameter {sorted(unknown)[0]!r} (partition)")
         part = params.get("partition", "0")
-        if not part.isdigit() or int(part) > (1 << 31) - 1:
+        if not _PARTITION.fullmatch(part) or int(part) > (1 << 31) - 1:
             raise _bad(text, f"partition must be a non-negative integer, not {part!r}")
         return Address("kafka", servers, name, partition=int(part), tls=scheme == "kafkas")
     if not slash or not _STREAM.fullmatch(name):
@@ -98,6 +104,7 @@ def parse_address(text: object, *, argument: str = "address") -> Address:
     if unknown:
         raise _bad(text, f"unknown parameter {sorted(unknown)[0]!r} (subject)")
     subject = params.get("subject")
-    if subject is not None and not _SUBJECT.fullmatch(subject):
+    if subject is not None and (not _SUBJECT.fullmatch(subject) or
+                                ">" in subject.split(".")[:-1]):
         raise _bad(text, f"subject {subject!r} is not a NATS subject")
     return Address("nats", servers, name, subject=subject, tls=scheme == "tls")

@@ -16,11 +16,13 @@ from typing import Optional, Protocol
 from tidelog.errors import TidelogError
 
 __all__ = ["BridgeError", "Message", "Target", "Source", "require", "OFFSET_HEADER", "KAFKA_POSITION",
-           "NATS_POSITION", "headers_of"]
+           "NATS_POSITION", "TIMESTAMP_HEADER", "headers_of"]
 
 OFFSET_HEADER = "tidelog-offset"     # a mirrored record's offset in its log, decimal ASCII
 KAFKA_POSITION = "kafka-offset"      # an ingested record's offset in its Kafka partition
 NATS_POSITION = "nats-sequence"      # an ingested record's stream sequence in JetStream
+TIMESTAMP_HEADER = "tidelog-timestamp"  # a record's timestamp in ns, decimal, where the broker
+                                        # cannot carry it (NATS: always; Kafka: below 1 ms)
 
 
 class BridgeError(TidelogError):

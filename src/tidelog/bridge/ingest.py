@@ -7,6 +7,12 @@ progress. Each record carries its source position in a header (`kafka-offset`, `
 at start the ingester reads it from the log's last ingested record and asks the source for what
 follows. After a kill -9 the log reopens as a gap-free prefix of what was appended, so the
 position it holds is exactly where to go on.
+
+The position header says where in *a* source the log stopped, not in which: the file
+`bridges/ingest.source` in the log's directory names the source (Kafka topic and partition, NATS
+stream and subject filter) whose positions the log holds, written before the first append, and
+an ingest of another source into a log holding positions is refused (it would resume at the
+first source's position). It only guards: where to resume still comes from the log alone.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from typing import Optional, Union
 
 import tidelog
 from tidelog.bridge.base import BridgeError, Source, headers_of
-from tidelog.bridge.lock import BridgeLock
+from tidelog.bridge.lock import LOCK_DIR, BridgeLock
 
 __all__ = ["run_ingest", "last_position"]
 
@@ -42,15 +48,53 @@ def last_position(log: tidelog.Log, header: str) -> Optional[int]:
         raise BridgeError(f"none of the log's last {SCAN_LIMIT} records carries {header}: if "
                           f"it was ever ingested into, where to resume is unknown; ingest into "
                           f"a log of its own")
+    if log.start_offset > 0:
+        # retention deleted records 0..start-1: they may have been the ingested ones, and
+        # starting the source over would append every message again
+        raise BridgeError(f"no record of the log carries {header}, but its records "
+                          f"0..{log.start_offset - 1} were deleted (retention): if they were "
+                          f"ingested, where to resume is unknown; ingest into a log of its own")
     return None
+
+
+SOURCE_FILE = "ingest.source"   # in the bridges/ directory of the log (lock.LOCK_DIR)
+
+
+def _check_source(log_path: str, origin: str, holds_positions: bool) -> None:
+    """Refuse when the log holds positions of another source than `origin`; else note
+    `origin` as the log's source (durably, before anything is appended)."""
+    path = os.path.join(log_path, LOCK_DIR, SOURCE_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            known: Optional[str] = f.read().strip() or None
+    except FileNotFoundError:
+        known = None
+    if known == origin:
+        return
+    if known is not None and holds_positions:
+        raise BridgeError(f"the log holds positions of another source ({known}), not of "
+                          f"{origin}: resuming there would skip or repeat messages; ingest into "
+                          f"a log of its own")
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(origin + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fd = os.open(os.path.dirname(path), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def run_ingest(source: Source, log: Union[str, os.PathLike[str], tidelog.Log], *,
                name: str, header: str, follow: bool, resume: bool,
                stopping: Callable[[], bool],
-               progress: Optional[Callable[[int], None]] = None) -> int:
+               progress: Optional[Callable[[int], None]] = None,
+               origin: Optional[str] = None) -> int:
     """Append what `source` (a source object) holds after the log's last ingested position;
-    return the number of records appended."""
+    return the number of records appended. `origin` names the source (see SOURCE_FILE)."""
     own = not isinstance(log, tidelog.Log)
     path = log.path if isinstance(log, tidelog.Log) else os.fspath(log)
     # the bridge lock first when the log exists, so a second ingester hears who runs
@@ -65,6 +109,8 @@ def run_ingest(source: Source, log: Union[str, os.PathLike[str], tidelog.Log], *
     try:
         with lock or BridgeLock(lg.path, "ingest", name):
             after = last_position(lg, header) if resume else None
+            if resume and origin is not None:
+                _check_source(lg.path, origin, after is not None)
             got = 0
             n = 0
             for msgs in source.batches(after, follow, stopping):

@@ -6,7 +6,9 @@ Owns one librdkafka client per object. librdkafka's own log lines go to a logger
 BridgeError. The producer is idempotent with acks=all: it never reorders and never leaves a gap
 within a run, so the partition holds a prefix of what was sent when a run dies. Fields travel
 natively: key (None stays a null key), value, headers (in order, names may repeat), timestamp
-(Kafka has milliseconds: out `ns // 10**6`, in `ms * 10**6`).
+(Kafka has milliseconds: out `ns // 10**6`, in `ms * 10**6`). A timestamp below 1 ms cannot
+travel as a Kafka timestamp (librdkafka reads 0 as "now"): such a record goes with the producer's
+clock plus a header `tidelog-timestamp` (nanoseconds, decimal), which an ingest takes back.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from collections.abc import Callable, Iterator
 from typing import Any, Optional
 
 from tidelog.bridge.address import Address
-from tidelog.bridge.base import KAFKA_POSITION, OFFSET_HEADER, BridgeError, Message, require
+from tidelog.bridge.base import (KAFKA_POSITION, OFFSET_HEADER, TIMESTAMP_HEADER, BridgeError,
+                                 Message, require)
 
 __all__ = ["KafkaTarget", "KafkaSource"]
 
@@ -185,15 +188,29 @@ class KafkaTarget:
     def send(self, msgs: list[Message]) -> None:
         p, topic, part = self.producer, self.address.name, self.address.partition
         for m in msgs:
+            ms = m.timestamp // 10**6
+            hs = m.headers + [(OFFSET_HEADER, str(m.position).encode())]
+            if ms <= 0:                 # 0 would mean "now" to librdkafka: the header keeps it
+                hs.insert(len(m.headers), (TIMESTAMP_HEADER, str(m.timestamp).encode()))
             while True:
                 try:
-                    p.produce(topic, m.value, key=m.key, partition=part,
-                              timestamp=m.timestamp // 10**6,
-                              headers=m.headers + [(OFFSET_HEADER, str(m.position).encode())],
-                              on_delivery=self._delivered)
+                    p.produce(topic, m.value, key=m.key, partition=part, timestamp=max(ms, 0),
+                              headers=hs, on_delivery=self._delivered)
                     break
                 except BufferError:
                     p.poll(0.05)
+                except self.ck.KafkaException as e:
+                    # refused locally (e.g. larger than message.max.bytes): nothing after it
+                    # was produced; what was before it goes out, a prefix as always
+                    err = e.args[0]
+                    big = err.code() == self.ck.KafkaError.MSG_SIZE_TOO_LARGE
+                    p.flush(ACK_TIMEOUT)
+                    raise BridgeError(
+                        f"{_where(self.address)}: the record at offset {m.position} cannot be "
+                        f"produced: {err.str()}" +
+                        (f" ({len(m.value)} bytes; librdkafka's message.max.bytes, settable "
+                         f"with --config, and the topic's max.message.bytes bound it)"
+                         if big else "")) from None
         left = p.flush(ACK_TIMEOUT)
         if self.failed is not None or left:
             why = self.failed or (self.errors[-1] if self.errors else "no acknowledgement")
@@ -229,22 +246,45 @@ class KafkaSource:
                               f"offset {lo}: offsets {after + 1}..{lo - 1} were deleted before "
                               f"they were ingested")
         self.consumer.assign([ck.TopicPartition(a.name, a.partition, start)])
+        c = self.consumer
+        eof, no_ts = getattr(ck.KafkaError, PARTITION_EOF), ck.TIMESTAMP_NOT_AVAILABLE
         while not stopping():
-            got = self.consumer.consume(max_batch, POLL)
+            # consume(n, t) waits until it has n messages or t passed: at the end of what the
+            # partition holds (or between messages in follow mode) it would sit out the whole
+            # POLL. So: take what is here, and wait only for the first message of a batch.
+            got = c.consume(max_batch, 0)
+            if not got:
+                first = c.poll(POLL)
+                got = [] if first is None else [first] + c.consume(max_batch - 1, 0)
             out = []
             done = False
-            for m in got:
+            for m in got:                      # per message: keep this loop lean
                 err = m.error()
                 if err is not None:
-                    if err.code() == getattr(ck.KafkaError, PARTITION_EOF):
+                    if err.code() == eof:
                         done = not follow
                         continue
                     raise BridgeError(f"{_where(a)}: {err.str()}")
+                off = m.offset()
                 kind, ms = m.timestamp()
-                ts = ms * 10**6 if kind != ck.TIMESTAMP_NOT_AVAILABLE else time.time_ns()
-                hs = [(k, b"" if v is None else bytes(v)) for k, v in (m.headers() or [])]
-                hs.append((KAFKA_POSITION, str(m.offset()).encode()))
-                out.append(Message(m.offset(), m.value() or b"", m.key(), ts, hs))
+                ts = ms * 1_000_000 if kind != no_ts else time.time_ns()
+                raw = m.headers()
+                if raw:
+                    hs = [(k, b"" if v is None else v) for k, v in raw]
+                    for i, (k, v) in enumerate(hs):     # a mirrored timestamp below 1 ms
+                        if k == TIMESTAMP_HEADER and v.isdigit():
+                            ts = int(v)
+                            del hs[i]
+                            break
+                    hs.append((KAFKA_POSITION, b"%d" % off))
+                else:
+                    hs = [(KAFKA_POSITION, b"%d" % off)]
+                out.append(Message(off, m.value() or b"", m.key(), ts, hs))
+            if out and not follow and not done:
+                # the end the last fetch reported (what PARTITION_EOF is made of, but that
+                # event waits for one more, empty fetch: fetch.wait.max.ms, 0.5 s by default)
+                _, end = c.get_watermark_offsets(tp, cached=True)
+                done = end >= 0 and out[-1].position >= end - 1
             if out:
                 yield out
             if done:                           # the end a fetch saw (not the watermark)

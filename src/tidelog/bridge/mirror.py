@@ -11,10 +11,12 @@ The log is opened read-only (producers keep appending); only durable records are
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import itertools
 import os
 from collections.abc import Callable
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import tidelog
 from tidelog.bridge.base import BridgeError, Message, Target, headers_of
@@ -42,15 +44,27 @@ def _resume(log: tidelog.Log, last: Optional[int], skip_gap: bool) -> int:
     return want
 
 
+def _target_lock(log_path: str, target_id: Optional[str]) -> Any:
+    if target_id is None:
+        return contextlib.nullcontext()
+    digest = hashlib.sha256(target_id.encode()).hexdigest()[:24]
+    return BridgeLock(log_path, "mirror-to", digest,
+                      busy=f"another mirror of this log to {target_id} is running (under "
+                           f"another --name); two would ship every record twice")
+
+
 def run_mirror(log: Union[str, os.PathLike[str], tidelog.Log], target: Target, *,
                name: str, follow: bool, skip_gap: bool, resume: bool,
                stopping: Callable[[], bool],
-               progress: Optional[Callable[[int], None]] = None) -> int:
-    """Ship `log` to `target` (a target object); return the number of records shipped."""
+               progress: Optional[Callable[[int], None]] = None,
+               target_id: Optional[str] = None) -> int:
+    """Ship `log` to `target` (a target object); return the number of records shipped.
+    `target_id` names the target (its address): one mirror per log and target, whatever the
+    names, since two would each ship every record after the last one they read."""
     own = not isinstance(log, tidelog.Log)
     lg = log if isinstance(log, tidelog.Log) else tidelog.open(os.fspath(log), readonly=True)
     try:
-        with BridgeLock(lg.path, "mirror", name):
+        with BridgeLock(lg.path, "mirror", name), _target_lock(lg.path, target_id):
             last = target.last_offset()
             pos = _resume(lg, last, skip_gap) if resume else lg.start_offset
             cur = lg.cursor(pos, durable_only=True)

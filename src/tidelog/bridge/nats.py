@@ -27,14 +27,15 @@ from collections.abc import Callable, Iterator
 from typing import Any, Optional
 
 from tidelog.bridge.address import Address
-from tidelog.bridge.base import NATS_POSITION, OFFSET_HEADER, BridgeError, Message, require
+from tidelog.bridge.base import (NATS_POSITION, OFFSET_HEADER, TIMESTAMP_HEADER, BridgeError,
+                                 Message, require)
 
 __all__ = ["NatsTarget", "NatsSource", "encode_headers", "decode_message"]
 
 CONNECT_TIMEOUT = 8.0     # seconds: give up on an unreachable server within ~10 s
 ACK_TIMEOUT = 10.0        # seconds to wait for JetStream's acks of a batch
 FETCH_WAIT = 0.5          # seconds a pull request waits for messages
-TS_HEADER, KEY_HEADER, HDRS_HEADER = "tidelog-timestamp", "tidelog-key", "tidelog-headers"
+TS_HEADER, KEY_HEADER, HDRS_HEADER = TIMESTAMP_HEADER, "tidelog-key", "tidelog-headers"
 EXPECT_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 
 
@@ -196,6 +197,7 @@ class NatsTarget:
             self.conn.close()
             raise
         self.last_seq: Optional[int] = None
+        self.stream_max = info.config.max_msg_size or -1    # -1: no limit of the stream's
         self.inbox = self.conn.nc.new_inbox()
         self.acks: dict[int, Any] = {}
         self.sub = self.conn.run(self.conn.nc.subscribe(self.inbox + ".*", cb=self._on_ack))
@@ -209,6 +211,7 @@ class NatsTarget:
         try:
             m = c.run(c.jsm.get_last_msg(c.address.name, self.subject), ACK_TIMEOUT)
         except c.nats.js.errors.NotFoundError:
+            self._check_never_written()
             self.last_seq = 0
             return None
         except Exception as e:
@@ -220,6 +223,24 @@ class NatsTarget:
                               f"sequence {m.seq}) has no {OFFSET_HEADER} header: it was not "
                               f"written by a tidelog mirror, so where to resume is unknown")
         return int(value)
+
+    def _check_never_written(self) -> None:
+        """The subject holds no message: refuse when the stream shows that messages were
+        stored and are gone (retention such as max_age, or a purge) and they may have been
+        ours: a stream holding nothing at all, or capturing our subject only. Starting from
+        offset 0 there would ship again what readers already got."""
+        c = self.conn
+        try:
+            info = c.run(c.jsm.stream_info(c.address.name), ACK_TIMEOUT)
+        except Exception as e:
+            raise c.check(e, f"stream {c.address.name!r}") from None
+        st, subjects = info.state, info.config.subjects or []
+        if st.last_seq and (st.messages == 0 or subjects == [self.subject]):
+            raise BridgeError(f"NATS subject {self.subject!r} holds no message, but stream "
+                              f"{c.address.name!r} stored {st.last_seq} and they were deleted "
+                              f"(retention or a purge): what the mirror wrote is gone, so where "
+                              f"to resume is unknown; mirror into a new stream (or delete and "
+                              f"recreate this one to ship everything again)")
 
     def send(self, msgs: list[Message]) -> None:
         """Publish in order and wait until JetStream stored every one (BridgeError if not).
@@ -238,7 +259,31 @@ class NatsTarget:
         if start < len(msgs):
             await self._publish_and_wait([(m, encode_headers(m)) for m in msgs[start:]])
 
+    def _too_large(self, m: Message, h: dict[str, str]) -> Optional[str]:
+        """Why JetStream would refuse `m` for its size (None: it would not)."""
+        size = len(m.value) + len("NATS/1.0\r\n\r\n") + sum(len(k) + len(v) + 4
+                                                          for k, v in h.items())
+        nc = self.conn.nc
+        if self.stream_max >= 0 and size > self.stream_max:
+            return (f"{size} bytes with its headers; stream {self.conn.address.name!r} takes at "
+                    f"most {self.stream_max} (max_msg_size)")
+        if size > nc.max_payload:
+            return f"{size} bytes with its headers; the server takes at most {nc.max_payload}"
+        return None
+
     async def _publish_and_wait(self, items: list[tuple[Message, dict[str, str]]]) -> None:
+        """Publish `items` in order and wait for every ack. Exactly once needs the subject to
+        hold a prefix of what was sent: a message JetStream would refuse for its size is found
+        before anything after it is published, and a message it refuses for another reason
+        has the messages stored after it deleted again (else the next run would resume after
+        them and leave the refused one out for good)."""
+        for i, (m, h) in enumerate(items):
+            why = self._too_large(m, h)
+            if why is not None:
+                if i:
+                    await self._publish_and_wait(items[:i])
+                raise BridgeError(f"record at offset {m.position} is too large for NATS ({why}); "
+                                  f"nothing after it was published")
         nc = self.conn.nc
         self.acks.clear()
         try:
@@ -257,15 +302,28 @@ class NatsTarget:
                                   f"publishing offsets {items[0][0].position}.."
                                   f"{items[-1][0].position}; a restart resumes exactly once")
             await asyncio.sleep(0.001)
-        for m, _ in items:
-            reply = json.loads(self.acks[m.position])
+        replies = [json.loads(self.acks[m.position]) for m, _ in items]
+        for i, ((m, _), reply) in enumerate(zip(items, replies)):
             if "error" in reply:
                 err = reply["error"]
+                undone = await self._undo([r.get("seq") for r in replies[i + 1:]
+                                           if "error" not in r])
                 raise BridgeError(f"JetStream refused offset {m.position} on subject "
                                   f"{self.subject!r}: {err.get('description', err)}"
                                   + (" (someone else wrote to the subject: a restart resumes "
                                      "after its last message)"
-                                     if err.get("err_code") == 10071 else ""))
+                                     if err.get("err_code") == 10071 else "") + undone)
+
+    async def _undo(self, seqs: list[Any]) -> str:
+        """Delete the messages stored after a refused one (see _publish_and_wait); '' when
+        done, else a warning for the error line."""
+        try:
+            for seq in seqs:
+                await self.conn.jsm.delete_msg(self.conn.address.name, int(seq))
+        except Exception as e:
+            return (f"; deleting the {len(seqs)} messages stored after it failed "
+                    f"({_describe(e)}): the subject now has a gap at that offset")
+        return ""
 
     def close(self) -> None:
         self.conn.close()

@@ -1,0 +1,201 @@
+"""Issue 15, attacked: cases where the bridges lost or duplicated records without a word
+(a Kafka timestamp below one millisecond, a JetStream refusal in the middle of a batch, a target
+whose retention deleted everything the mirror wrote, a log whose retention deleted every
+ingested record). Real brokers: the nats-server and librdkafka mock cluster of bridgekit."""
+import asyncio
+import random
+import time
+
+import tidelog
+import tidelog.bridge
+
+from bridgekit import cli, kafka_messages, kafka_mock, nats_messages, nats_publish, nats_server  # noqa
+
+
+def one_line_error(r, *words):
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tidelog: error: "), r.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def add_stream(port, **cfg):
+    import nats
+    from nats.js.api import StreamConfig
+
+    async def go():
+        nc = await nats.connect(f"nats://127.0.0.1:{port}")
+        await nc.jetstream().add_stream(StreamConfig(**cfg))
+        await nc.close()
+    asyncio.run(go())
+
+
+def test_kafka_timestamps_below_a_millisecond_round_trip(kafka_mock, tmp_path):
+    """librdkafka reads a produce timestamp of 0 as "now": a record stamped below 1 ms (logical
+    clocks, seconds, tests) came out stamped with the wall clock."""
+    src, dst = str(tmp_path / "src"), str(tmp_path / "dst")
+    stamps = [0, 1, 999_999, 1_000_000, 5_000_123]
+    with tidelog.open(src) as log:
+        for ts in stamps:
+            log.append(b"v", timestamp=ts, headers=[("h", b"1")] if ts % 2 else None)
+    url = kafka_mock.url("ts")
+    assert tidelog.bridge.mirror(src, url, create=True) == len(stamps)
+    got = kafka_messages(kafka_mock.bootstrap, "ts")
+    for (_, _, _, ms, h), ts in zip(got, stamps):
+        if ts >= 10**6:
+            assert ms == ts // 10**6
+        else:
+            assert ("tidelog-timestamp", b"%d" % ts) in h
+    assert tidelog.bridge.ingest(url, dst) == len(stamps)
+    with tidelog.open(src, readonly=True) as a, tidelog.open(dst, readonly=True) as b:
+        for off in range(len(stamps)):
+            x, y = a.read(off), b.read(off)
+            assert y.timestamp == (x.timestamp // 10**6 * 10**6 if x.timestamp >= 10**6
+                                   else x.timestamp)
+            assert [(k, bytes(v)) for k, v in y.headers] == \
+                [(k, bytes(v)) for k, v in (x.headers or [])] + \
+                [("tidelog-offset", b"%d" % off), ("kafka-offset", b"%d" % off)]
+
+
+def test_nats_refusal_in_the_middle_of_a_batch_leaves_no_gap(nats_server, tmp_path):
+    """JetStream refuses one message of a batch (too large for the stream) and stores the ones
+    published after it: the next run resumed after the last of those, and the refused record
+    was silently lost (exit 0, "mirrored 0 records")."""
+    add_stream(nats_server.port, name="B", subjects=["B"], max_msg_size=1000)
+    log_path = str(tmp_path / "log")
+    with tidelog.open(log_path) as log:
+        for i in range(20):
+            log.append(b"y" * (2000 if i == 5 else 10))
+    one_line_error(cli("mirror", log_path, nats_server.url("B")), "offset 5")
+    offs = [int(h["tidelog-offset"]) for _, _, h, _ in nats_messages(nats_server.port, "B")]
+    assert offs == list(range(5))
+    r = cli("mirror", log_path, nats_server.url("B"))         # still refused, never skipped
+    one_line_error(r, "offset 5")
+    offs = [int(h["tidelog-offset"]) for _, _, h, _ in nats_messages(nats_server.port, "B")]
+    assert offs == list(range(5))
+
+
+def test_nats_target_emptied_by_its_retention_is_refused(nats_server, tmp_path):
+    """Every message the mirror wrote expired (max_age): the subject looked fresh and the
+    mirror shipped the log again from offset 0 (duplicates for every reader)."""
+    add_stream(nats_server.port, name="A", subjects=["A"], max_age=1.0)
+    log_path = str(tmp_path / "log")
+    with tidelog.open(log_path) as log:
+        log.append_batch([b"z"] * 5)
+    assert tidelog.bridge.mirror(log_path, nats_server.url("A")) == 5
+    deadline = time.monotonic() + 20
+    while nats_messages(nats_server.port, "A") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert nats_messages(nats_server.port, "A") == []
+    with tidelog.open(log_path) as log:
+        log.append_batch([b"w"] * 5)
+    one_line_error(cli("mirror", log_path, nats_server.url("A")), "deleted")
+    assert nats_messages(nats_server.port, "A") == []
+
+
+def test_ingest_refuses_when_retention_deleted_every_ingested_record(nats_server, tmp_path):
+    """Ingested records, then local records, then retention: no record left carries
+    nats-sequence, and the ingester started the stream over (every message twice)."""
+    nats_publish(nats_server.port, "I", "I", [(b"v%d" % i, None) for i in range(50)])
+    log_path = str(tmp_path / "in")
+    tidelog.open(log_path, segment_bytes=1 << 14).close()
+    assert tidelog.bridge.ingest(nats_server.url("I"), log_path) == 50
+    with tidelog.open(log_path) as log:
+        log.append_batch([random.Random(1).randbytes(100) for _ in range(1000)])
+        log.sync()
+        log.truncate_before(log.end_offset - 10)
+        assert log.start_offset >= 50
+        end = log.end_offset
+    one_line_error(cli("ingest", nats_server.url("I"), log_path), "nats-sequence")
+    with tidelog.open(log_path, readonly=True) as log:
+        assert log.end_offset == end
+
+
+def test_nats_refusal_not_foreseen_by_size_leaves_no_gap(nats_server, tmp_path):
+    """A refusal the mirror cannot foresee (max_bytes with discard=new: a large message does not
+    fit, the small ones after it do): the messages stored after the refused one are deleted
+    again, so the subject holds a prefix and the next run does not skip the refused record."""
+    from nats.js.api import DiscardPolicy
+    add_stream(nats_server.port, name="D", subjects=["D"], max_bytes=2000,
+               discard=DiscardPolicy.NEW)
+    log_path = str(tmp_path / "log")
+    with tidelog.open(log_path) as log:
+        for i in range(20):
+            log.append(b"y" * (1600 if i == 5 else 10))
+    one_line_error(cli("mirror", log_path, nats_server.url("D")), "offset 5")
+    offs = [int(h["tidelog-offset"]) for _, _, h, _ in nats_messages(nats_server.port, "D")]
+    assert offs == list(range(5))
+    one_line_error(cli("mirror", log_path, nats_server.url("D")), "offset 5")
+
+
+def test_ingest_of_another_source_into_the_same_log_is_refused(nats_server, tmp_path):
+    """The position header says where in *a* source the log stopped, not which source: an
+    ingest of stream B into a log that holds stream A's sequence 10 started B at 11, silently
+    skipping B's first ten messages (under any --name)."""
+    nats_publish(nats_server.port, "A", "A", [(b"a%d" % i, None) for i in range(10)])
+    nats_publish(nats_server.port, "B", "B", [(b"b%d" % i, None) for i in range(30)])
+    log_path = str(tmp_path / "in")
+    assert tidelog.bridge.ingest(nats_server.url("A"), log_path) == 10
+    for name in ("ingest", "other"):
+        one_line_error(cli("ingest", nats_server.url("B"), log_path, "--name", name),
+                       "another source")
+    one_line_error(cli("ingest", nats_server.url("A", subject="A"), log_path), "another source")
+    with tidelog.open(log_path, readonly=True) as log:
+        assert log.end_offset == 10
+    nats_publish(nats_server.port, "A", "A", [(b"a10", None)], create=False)
+    assert tidelog.bridge.ingest(nats_server.url("A"), log_path, name="again") == 1
+    # a log that never got a position may switch sources
+    empty = str(tmp_path / "empty")
+    nats_publish(nats_server.port, "E", "E", [])
+    assert tidelog.bridge.ingest(nats_server.url("E"), empty) == 0
+    assert tidelog.bridge.ingest(nats_server.url("B"), empty) == 30
+
+
+def test_kafka_record_too_large_names_its_offset_and_leaves_a_prefix(kafka_mock, tmp_path):
+    """A record above librdkafka's message.max.bytes: the run stopped with librdkafka's raw
+    exception text (no offset, no hint); the records before it must be in the target, none
+    after it, and the next run must stop at the same record."""
+    log_path = str(tmp_path / "log")
+    with tidelog.open(log_path) as log:
+        for i in range(10):
+            log.append(b"y" * (2_000_000 if i == 5 else 10))
+    r = cli("mirror", log_path, kafka_mock.url("big"), "--create")
+    one_line_error(r, "offset 5", "message.max.bytes")
+    assert "KafkaError{" not in r.stderr
+    got = kafka_messages(kafka_mock.bootstrap, "big")
+    assert [int(dict(h)["tidelog-offset"]) for *_, h in got] == list(range(5))
+    one_line_error(cli("mirror", log_path, kafka_mock.url("big")), "offset 5")
+
+
+def test_two_mirrors_of_one_log_to_one_subject_under_different_names(nats_server, tmp_path):
+    """The lock was per name only: a second mirror of the same log to the same subject under
+    another --name started while the first idled in --follow, both shipped the next records,
+    and every reader got them twice. Refused now (a lock per log and target)."""
+    import signal
+    import subprocess
+    import sys
+    log_path = str(tmp_path / "log")
+    with tidelog.open(log_path) as log:
+        log.append(b"first")
+        p = subprocess.Popen([sys.executable, "-m", "tidelog", "mirror", log_path,
+                              nats_server.url("T"), "--create", "--follow", "--name", "a"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                try:
+                    if len(nats_messages(nats_server.port, "T")) == 1:
+                        break
+                except Exception:
+                    pass
+                time.sleep(0.1)
+            r = cli("mirror", log_path, nats_server.url("T"), "--name", "b")
+            one_line_error(r, "another mirror of this log to")
+            r = cli("mirror", log_path, nats_server.url("T2"), "--create", "--name", "b")
+            assert r.returncode == 0, r.stderr          # another target: fine
+        finally:
+            p.send_signal(signal.SIGTERM)
+            p.communicate(timeout=30)
+    offs = [int(h["tidelog-offset"]) for _, _, h, _ in nats_messages(nats_server.port, "T")]
+    assert offs == [0]
