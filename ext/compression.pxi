@@ -47,6 +47,11 @@ cdef ZFrame seg_inflate(Segment seg, size_t pos, const FrameLayout* L):
         return z
     dec = _codecs.decompressor(L.attrs & ATTR_CODEC)
     raw = rd_u32(f + FRAME_HEADER_SIZE)
+    # the inner length sizes the codec's output buffer: a forged one (4 GiB under a valid CRC)
+    # must not allocate that much. The writer compresses only a frame it planned to fit the
+    # segment uncompressed, so no true inner frame is longer than the segment's capacity
+    if <size_t>raw > max(seg.ncap, seg.cap) - SEGMENT_HEADER_SIZE:
+        raise corrupt(seg.path, pos, L.base, FRAME_BAD_CODEC)
     mv = seg.mv                 # (keeps the mapping while the codec runs without the GIL)
     try:
         buf = dec(tl_subview(mv, <char*>f + FRAME_HEADER_SIZE + Z_PREFIX,

@@ -83,6 +83,11 @@ def decompressor(cid: int) -> Callable[[memoryview, int], bytes]:
             local = threading.local()           # a ZstdDecompressor is not thread-safe
 
             def fn(data: memoryview, size: int) -> bytes:
+                # the zstd frame must declare its size (the writer's always does) and it must be
+                # `size`: without one, zstandard allocates max_output_size up front, and `size`
+                # comes from disk (a forged frame could ask for 4 GiB)
+                if zstandard.frame_content_size(data) != size:
+                    raise ValueError("zstd frame content size is not the inner length")
                 d = getattr(local, "d", None)
                 if d is None:
                     d = local.d = zstandard.ZstdDecompressor()
@@ -95,6 +100,10 @@ def decompressor(cid: int) -> Callable[[memoryview, int], bytes]:
             block = lz4.block
 
             def fn(data: memoryview, size: int) -> bytes:
+                # an lz4 block expands at most ~255 times (a match's length costs a byte per
+                # 255): a larger `size` (from disk) is damage, not a buffer to allocate
+                if size > 255 * len(data) + 64:
+                    raise ValueError("lz4 inner length beyond what the block can expand to")
                 return block.decompress(data, uncompressed_size=size)  # type: ignore[no-any-return]
         else:
             raise ValueError(f"unknown codec {cid}")

@@ -1,0 +1,146 @@
+"""Attacks on the data-integration features (record headers, per-log compression, Arrow, the
+readers' single-append fast path): inputs that change under the writer while it packs them,
+forged compressed frames that ask for huge buffers, zero-copy tables against close / retention,
+races of the fast path with close and truncate_before. Each test here failed before its fix.
+
+Crash-prone cases run in a child interpreter (run_python): a segfault fails the test instead of
+ending the run."""
+import os
+import struct
+import sys
+import threading
+
+import pytest
+
+import tidelog
+from conftest import run_python
+
+sys.path.insert(0, os.path.dirname(__file__))
+import v2spec  # noqa: E402
+
+# --- inputs that change while the writer packs them -----------------------------------------
+
+# A header pair that is a list subclass: its __len__ runs Python code in the middle of
+# pack_headers / append_batch (which index their sequences unchecked and borrow their items)
+EVIL = """
+import os, sys, tidelog
+class Evil(list):
+    def __init__(self, target, *a):
+        super().__init__(*a)
+        self.target = target
+    def __len__(self):
+        if self.target:
+            self.target.clear()
+            self.junk = [os.urandom(200) for _ in range(20000)]     # reuse what was freed
+        return 2
+log = tidelog.open(sys.argv[1])
+"""
+
+
+def test_header_pair_emptying_the_headers_list_of_one_append(log_path):
+    """log.append(v, headers=list): the list emptied by a pair's __len__ while it is packed
+    (was: an unchecked pairs[j] read past the list: segfault)."""
+    out = run_python(EVIL + """
+hs = []
+hs.extend([Evil(hs, ["a", b"1"])] + [("b%d" % i, b"x") for i in range(1000)])
+log.append(b"v", headers=hs)
+h = log.read(0).headers
+assert len(h) == 1001 and h[0] == ("a", b"1") and h[-1] == ("b999", b"x"), h[:3]
+print("ok")
+""", log_path, check=False)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", (out.returncode, out.stderr)
+
+
+def test_header_pair_emptying_the_batch_headers_list(log_path):
+    """append_batch(headers=list): the per-value list emptied while a record's headers are
+    packed (was: an unchecked hseq[i] past the list: segfault)."""
+    out = run_python(EVIL + """
+hseq = []
+hseq.extend([[Evil(hseq, ["a", b"1"])]] + [[("b", b"%d" % i)] for i in range(999)])
+log.append_batch([b"v"] * 1000, headers=hseq)
+got = [r.headers for r in log.cursor()]
+assert got[0] == [("a", b"1")] and got[999] == [("b", b"998")], got[:2]
+print("ok")
+""", log_path, check=False)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", (out.returncode, out.stderr)
+
+
+@pytest.mark.parametrize("victim", ["values", "keys", "timestamps"])
+def test_python_code_emptying_the_values_or_keys_list_mid_append_batch(log_path, victim):
+    """append_batch borrowed its values' and keys' bytes from the caller's lists, then ran
+    Python code (a header pair's __len__, a timestamps object's __array__) that may empty them:
+    the freed bytes were written to the log (was: silently garbage records)."""
+    out = run_python(EVIL + """
+import numpy as np
+victim = sys.argv[2]
+vals = [os.urandom(200) for _ in range(1000)]
+keys = [os.urandom(200) for _ in range(1000)]
+want_v = [bytes(bytearray(v)) for v in vals]
+want_k = [bytes(bytearray(k)) for k in keys]
+class T:
+    def __array__(self, dtype=None, copy=None):
+        vals.clear()
+        keys.clear()
+        self.junk = [os.urandom(200) for _ in range(20000)]
+        return np.arange(1000, dtype=np.int64)
+if victim == "timestamps":
+    log.append_batch(vals, keys=keys, timestamps=T())
+else:
+    target = vals if victim == "values" else keys
+    log.append_batch(vals, keys=keys, headers=[[Evil(target, ["a", b"1"])]] + [None] * 999)
+got = [(bytes(r.value), r.key) for r in log.cursor()]
+assert got == list(zip(want_v, want_k)), "garbage records"
+print("ok")
+""", log_path, victim, check=False)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", (out.returncode, out.stderr)
+
+
+# --- forged compressed frames ---------------------------------------------------------------
+
+FORGE = """
+import os, resource, struct, sys
+sys.path.insert(0, sys.argv[3])
+import tidelog, v2spec
+path, codec = sys.argv[1], sys.argv[2]
+with tidelog.open(path, compression=codec) as log:
+    log.append(b"x" * 2000)
+    log.append(b"y" * 3000)
+name = sorted(n for n in os.listdir(path) if n.endswith(".seg"))[0]
+fp = os.path.join(path, name)
+data = bytearray(open(fp, "rb").read())
+pos, fr = v2spec.frames_of(bytes(data))[0]
+length = len(fr)
+if codec == "zstd":             # a zstd frame that does not declare its size
+    import zstandard
+    z = zstandard.ZstdCompressor(write_content_size=False).compress(v2spec.inflate(fr))
+    nf = v2spec._finish(bytes(fr[8:40]) + z)
+    assert len(nf) <= length
+    data[pos:pos + len(nf)] = nf
+    length = len(nf)
+struct.pack_into("<I", data, pos + 32, int(sys.argv[4]))       # the inner length: forged
+data[pos:pos + length] = v2spec.fix_crc(bytes(data[pos:pos + length]))
+with open(fp, "r+b") as f:
+    f.write(data)
+# 1 GiB of address space more than now: a buffer of the forged size cannot be had
+now = int(open("/proc/self/statm").read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+resource.setrlimit(resource.RLIMIT_AS, (now + (1 << 30), resource.RLIM_INFINITY))
+with tidelog.open(path, readonly=True) as log:
+    try:
+        log.read(0)
+    except tidelog.CorruptLogError as e:
+        assert e.offset == 0
+        print("corrupt")
+    assert bytes(log.read(1).value) == b"y" * 3000
+"""
+
+
+@pytest.mark.parametrize("codec", ["zstd", "lz4"])
+@pytest.mark.parametrize("raw", [2_000_000_000, 0xFFFFFFF0])
+def test_forged_inner_length_is_damage_not_an_allocation(log_path, codec, raw):
+    """A compressed frame whose inner length says ~4 GiB under a valid CRC: CorruptLogError,
+    never a buffer of that size (was: MemoryError under a 1 GiB address-space limit, else a
+    multi-GB allocation per read)."""
+    pytest.importorskip("zstandard")
+    pytest.importorskip("lz4")
+    out = run_python(FORGE, log_path, codec, os.path.dirname(__file__), raw, check=False)
+    assert out.returncode == 0 and out.stdout.strip() == "corrupt", (out.stdout, out.stderr)
