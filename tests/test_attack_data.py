@@ -144,3 +144,21 @@ def test_forged_inner_length_is_damage_not_an_allocation(log_path, codec, raw):
     pytest.importorskip("lz4")
     out = run_python(FORGE, log_path, codec, os.path.dirname(__file__), raw, check=False)
     assert out.returncode == 0 and out.stdout.strip() == "corrupt", (out.stdout, out.stderr)
+
+
+# --- the command line's header output -------------------------------------------------------
+
+def test_dump_hex_is_all_hex_even_for_header_names(log_path, run):
+    """`dump --format hex` prints every byte field as hex; header names went out raw, so a name
+    holding a tab, newline, '=' or ';' broke the line apart (a forged extra record line)."""
+    with tidelog.open(log_path) as log:
+        log.append(b"v", headers=[("a\n0\tforged", b"1"), ("x=y;z", b"\x00")])
+    r = run("dump", log_path, "--format", "hex")
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()
+    assert len(lines) == 1, lines
+    cols = lines[0].split("\t")
+    assert cols[3] == b"v".hex()
+    pairs = [p.split("=") for p in cols[4].split(";")]
+    assert [(bytes.fromhex(n).decode(), bytes.fromhex(v)) for n, v in pairs] == [
+        ("a\n0\tforged", b"1"), ("x=y;z", b"\x00")]
