@@ -162,3 +162,32 @@ def test_dump_hex_is_all_hex_even_for_header_names(log_path, run):
     pairs = [p.split("=") for p in cols[4].split(";")]
     assert [(bytes.fromhex(n).decode(), bytes.fromhex(v)) for n, v in pairs] == [
         ("a\n0\tforged", b"1"), ("x=y;z", b"\x00")]
+
+
+# --- Arrow ----------------------------------------------------------------------------------
+
+def test_value_type_of_zero_length_lists_is_refused_not_a_crash(log_path):
+    """read_arrow(value_type=fixed_size_list<..>[0]) on a log of empty values (their size, 0,
+    matches): pyarrow divides by the list size (was: SIGFPE, the interpreter gone). Also a
+    numpy dtype with a sub-array of 0 items, alone or as a struct field."""
+    pytest.importorskip("pyarrow")
+    out = run_python("""
+import sys, numpy as np, pyarrow as pa, tidelog
+with tidelog.open(sys.argv[1]) as log:
+    log.append_batch([b""] * 5)
+    log.append(b"")
+    log.append_batch(np.zeros((3, 8), np.uint8))
+    for vt in [pa.list_(pa.int64(), 0), pa.list_(pa.binary(4), 0), np.dtype(("<i8", (0,))),
+               np.dtype([("a", "<i8"), ("b", "<i4", (2, 0))])]:
+        for read in (lambda: log.cursor().read_arrow(value_type=vt),
+                     lambda: log.scan_arrow(value_type=vt).read_all()):
+            try:
+                read()
+            except ValueError as e:
+                assert "value_type" in str(e), e
+            else:
+                raise AssertionError(f"{vt} accepted")
+    assert log.cursor().read_arrow(6, value_type=pa.binary(0)).num_rows == 6
+print("ok")
+""", log_path, check=False)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", (out.returncode, out.stderr)
