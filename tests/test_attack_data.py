@@ -191,3 +191,30 @@ with tidelog.open(sys.argv[1]) as log:
 print("ok")
 """, log_path, check=False)
     assert out.returncode == 0 and out.stdout.strip() == "ok", (out.returncode, out.stderr)
+
+
+# --- compression: tools without the codec --------------------------------------------------
+
+def test_salvage_without_the_codec_leaves_no_half_made_log(log_path, tmp_path):
+    """salvage of a compressed log where zstandard is missing raises MissingCodecError naming
+    the extra; it left `out` holding an empty log, so the retry (codec installed) was refused:
+    "out exists and is not empty"."""
+    pytest.importorskip("zstandard")
+    with tidelog.open(log_path, compression="zstd") as log:
+        log.append_batch([b'{"i": %d, "pad": "................"}' % i for i in range(200)])
+        log.append(b"plain")
+    out = str(tmp_path / "salvaged")
+    run_python("""
+import sys
+sys.modules["zstandard"] = None        # as if not installed
+import tidelog
+try:
+    tidelog.salvage(sys.argv[1], sys.argv[2])
+except tidelog.MissingCodecError as e:
+    assert "tidelog[zstd]" in str(e)
+else:
+    raise AssertionError("salvage read a zstd frame without zstandard")
+""", log_path, out)
+    assert not os.path.exists(out)
+    s = tidelog.salvage(log_path, out)          # the retry, with the codec
+    assert s.records == 201 and s.lost == []
