@@ -218,3 +218,31 @@ else:
     assert not os.path.exists(out)
     s = tidelog.salvage(log_path, out)          # the retry, with the codec
     assert s.records == 201 and s.lost == []
+
+
+def test_writers_of_different_logs_compress_at_once(tmp_path):
+    """One ZstdCompressor served every log of the process ("used under the writer lock" - but
+    that lock is one log's): writers of two logs in two threads compressed at once with the GIL
+    released (was: segfault, or garbage frames)."""
+    pytest.importorskip("zstandard")
+    out = run_python("""
+import json, random, sys, threading, tidelog
+d, N = sys.argv[1], 4
+logs = [tidelog.open(f"{d}/log{i}", compression="zstd", durability="none") for i in range(N)]
+want = [[] for _ in range(N)]
+def w(i):
+    rng = random.Random(i)
+    for j in range(80):
+        vals = [json.dumps({"log": i, "j": j, "k": k, "r": rng.random()}).encode() * 4
+                for k in range(200)]
+        logs[i].append_batch(vals)
+        want[i] += vals
+ts = [threading.Thread(target=w, args=(i,)) for i in range(N)]
+for t in ts: t.start()
+for t in ts: t.join()
+for i in range(N):
+    assert [bytes(r.value) for r in logs[i].cursor()] == want[i], i
+    logs[i].close()
+print("ok")
+""", str(tmp_path), check=False, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", (out.returncode, out.stderr[-2000:])

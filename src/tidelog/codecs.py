@@ -4,7 +4,8 @@ The core (ext/compression.pxi) calls the functions returned here once per frame:
 for a writer, ``decompressor`` for every reader of a compressed frame.
 
 Releases the GIL: zstandard and lz4 release it while they compress or decompress a buffer (the
-calls here hold it only to look up the codec). Owns no state but the loaded codec functions.
+calls here hold it only to look up the codec). Owns no state but the loaded codec functions
+and their per-thread zstd contexts (one ZstdCompressor or ZstdDecompressor per thread).
 """
 from __future__ import annotations
 
@@ -50,8 +51,15 @@ def compressor(cid: int) -> Callable[[memoryview], bytes]:
                 import zstandard
             except ImportError as e:
                 raise _missing(cid, e) from None
-            zc = zstandard.ZstdCompressor(level=ZSTD_LEVEL)     # used under the writer lock
-            fn = zc.compress
+            # a ZstdCompressor is not thread-safe, and the writer lock is one log's: writers of
+            # two logs compress at once (the GIL is released meanwhile) - one per thread
+            clocal = threading.local()
+
+            def fn(data: memoryview) -> bytes:
+                c = getattr(clocal, "c", None)
+                if c is None:
+                    c = clocal.c = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+                return c.compress(data)  # type: ignore[no-any-return]
         elif cid == LZ4:
             try:
                 import lz4.block  # type: ignore[import-untyped]
