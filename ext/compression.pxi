@@ -101,7 +101,8 @@ cdef object codec_setup(LogCore self, object compression):
     cdef int64_t stored = ctl_get(self._ctl, CTL_CODEC)
     cdef int cid
     if compression is None:
-        cid = <int>stored if 0 <= stored <= 7 else 0
+        # (a value no codec has - damage, 3..7 included - is no preference: none, as for 8+)
+        cid = <int>stored if 0 <= stored <= CODEC_MAX else 0
     else:
         cid = _codecs.codec_id(compression)
     self._zcompress = _codecs.compressor(cid) if cid else None     # MissingCodecError

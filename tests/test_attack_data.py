@@ -246,3 +246,21 @@ for i in range(N):
 print("ok")
 """, str(tmp_path), check=False, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", (out.returncode, out.stderr[-2000:])
+
+
+@pytest.mark.parametrize("stored", [3, 7, 8, -1])
+def test_a_damaged_codec_field_is_no_preference(log_path, stored):
+    """The control page's codec field is a preference, never truth (FORMAT.md §2): a value no
+    codec has makes a writer append uncompressed (was: 3..7 - the CODEC bits' invalid values -
+    made every writer's open fail with a bare ValueError 'unknown codec 3'; 8+ was fine)."""
+    with tidelog.open(log_path, compression="zstd") as log:
+        log.append_batch([b"a" * 100] * 50)
+    with open(os.path.join(log_path, "tidelog.ctl"), "r+b") as f:
+        f.seek(88)
+        f.write(struct.pack("<q", stored))
+    with tidelog.open(log_path) as log:
+        log.append_batch([b"b" * 100] * 50)
+        assert [bytes(r.value) for r in log.cursor()] == [b"a" * 100] * 50 + [b"b" * 100] * 50
+    frames = [fr for name in sorted(os.listdir(log_path)) if name.endswith(".seg")
+              for _, fr in v2spec.frames_of(open(os.path.join(log_path, name), "rb").read())]
+    assert [struct.unpack_from("<H", fr, 28)[0] & 7 for fr in frames] == [1, 0]
