@@ -264,3 +264,35 @@ def test_a_damaged_codec_field_is_no_preference(log_path, stored):
     frames = [fr for name in sorted(os.listdir(log_path)) if name.endswith(".seg")
               for _, fr in v2spec.frames_of(open(os.path.join(log_path, name), "rb").read())]
     assert [struct.unpack_from("<H", fr, 28)[0] & 7 for fr in frames] == [1, 0]
+
+
+@pytest.mark.parametrize("codec", ["zstd", "lz4"])
+def test_repair_truncate_cuts_where_verify_finds_a_bad_compressed_frame(log_path, codec):
+    """A compressed frame that passes its CRC but does not inflate to what its header says:
+    verify reports it, yet repair(truncate=True) (which checks outer frames only) found nothing
+    to cut - the log stayed damaged with no tool to mend it but salvage."""
+    pytest.importorskip("zstandard")
+    pytest.importorskip("lz4")
+    pad = b'"................................................................"'
+    with tidelog.open(log_path, compression=codec) as log:
+        log.append_batch([b'{"a": %d, "p": %s}' % (i, pad) for i in range(100)])
+        log.append_batch([b'{"b": %d, "p": %s}' % (i, pad) for i in range(100)])
+        log.append(b"after")
+    name = sorted(n for n in os.listdir(log_path) if n.endswith(".seg"))[0]
+    fp = os.path.join(log_path, name)
+    with open(fp, "rb") as f:
+        data = bytearray(f.read())
+    pos, fr = v2spec.frames_of(bytes(data))[1]
+    assert struct.unpack_from("<H", fr, 28)[0] & 7
+    length = struct.unpack_from("<I", data, pos)[0]
+    data[pos + length // 2] ^= 0x5A
+    data[pos:pos + length] = v2spec.fix_crc(bytes(data[pos:pos + length]))
+    with open(fp, "r+b") as f:
+        f.write(data)
+    rep = tidelog.verify(log_path)
+    assert not rep and rep.damage.offset == 100
+    r = tidelog.repair(log_path, truncate=True)
+    assert r.truncated is not None and r.truncated[2] == 100 and r.end == 100
+    assert tidelog.verify(log_path)
+    with tidelog.open(log_path, readonly=True) as log:
+        assert log.end_offset == 100 and bytes(log.read(99).value).startswith(b'{"a": 99')
