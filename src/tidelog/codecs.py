@@ -59,7 +59,7 @@ def compressor(cid: int) -> Callable[[memoryview], bytes]:
                 c = getattr(clocal, "c", None)
                 if c is None:
                     c = clocal.c = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
-                return c.compress(data)  # type: ignore[no-any-return]
+                return c.compress(data)
         elif cid == LZ4:
             try:
                 import lz4.block  # type: ignore[import-untyped]
