@@ -323,3 +323,51 @@ with tidelog.open(p, readonly=True) as log:
 print(grown)
 """, str(tmp_path / "log"), timeout=120)
     assert int(out.stdout.strip()) < 40, out.stdout
+
+
+@pytest.mark.parametrize("mode", ["iter", "read", "batch"])
+def test_a_segment_unmapped_while_its_frame_is_inflated(log_path, mode):
+    """seg_inflate took its frame pointer from seg.data, then made Python calls (the codec
+    lookup, the codec: other threads run) before reading through it and taking seg.mv: a
+    thread whose reads made the Log's LRU unmap that segment meanwhile left it reading unmapped
+    (or remapped) memory - a healthy log reported damaged (CorruptLogError), or a crash. The
+    other thread's reads are run here at that very point, from the codec lookup."""
+    pytest.importorskip("zstandard")
+    out = run_python("""
+import json, sys, tidelog
+from tidelog import codecs
+p, mode = sys.argv[1], sys.argv[2]
+with tidelog.open(p, compression="zstd", segment_bytes=1 << 16, durability="none") as log:
+    for j in range(3000):
+        log.append_batch([json.dumps({"j": j, "k": k, "p": "x" * 40,
+                                      "r": j * 7919 % 10007 * k}).encode() for k in range(10)])
+log = tidelog.open(p, readonly=True)
+log._max_mapped = 1
+bases = [b for b, _ in log.segments()]
+assert len(bases) > 5
+real = codecs.decompressor
+calls = [0]
+def other_thread_meanwhile(cid):
+    calls[0] += 1
+    if calls[0] % 50 == 3:
+        for b in bases[-4:]:        # reads elsewhere: the LRU unmaps the segment being inflated
+            log.read(b)
+    return real(cid)
+codecs.decompressor = other_thread_meanwhile
+if mode == "iter":
+    n = sum(1 for _ in log.cursor())
+elif mode == "read":
+    n = sum(1 for o in range(0, 30000, 7) if log.read(o))
+else:
+    c = log.cursor()
+    n = 0
+    while True:
+        b = c.read_batch(25)
+        if not len(b):
+            break
+        n += len(b)
+log.close()
+print(n)
+""", log_path, mode, check=False, timeout=120)
+    assert out.returncode == 0, (out.returncode, out.stderr[-1500:])
+    assert int(out.stdout.strip()) == {"iter": 30000, "read": 4286, "batch": 30000}[mode]
