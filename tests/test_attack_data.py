@@ -371,3 +371,27 @@ print(n)
 """, log_path, mode, check=False, timeout=120)
     assert out.returncode == 0, (out.returncode, out.stderr[-1500:])
     assert int(out.stdout.strip()) == {"iter": 30000, "read": 4286, "batch": 30000}[mode]
+
+
+def test_arrow_of_an_unpickled_batch_keeps_its_headers(log_path):
+    """tidelog.arrow.batch_table of a RecordBatch that went through pickle (one run of copied
+    records, headers kept as lists): the headers column came out empty for every record
+    (batch_columns read header columns from frames only)."""
+    pa = pytest.importorskip("pyarrow")
+    import pickle
+    from tidelog import arrow
+    with tidelog.open(log_path, compression="none") as log:
+        log.append_batch([b"v%d" % i for i in range(50)], keys=[None, b"k"] * 25,
+                         headers=[{"a": b"%d" % i} if i % 3 else None for i in range(50)])
+        log.append(b"s", key=b"kk", headers=[("x", b""), ("x", b"\xff")])
+        log.append(b"plain")
+        b = log.cursor().read_batch()
+    want = [[{"name": n, "value": v} for n, v in h] for h in b.headers]
+    assert arrow.batch_table(b, headers=True).column("headers").to_pylist() == want
+    b2 = pickle.loads(pickle.dumps(b))
+    assert b2.headers == b.headers
+    t = arrow.batch_table(b2, headers=True)
+    t.validate(full=True)
+    assert t.column("headers").to_pylist() == want
+    assert t.column("key").to_pylist() == [r.key for r in b]
+    assert arrow.batch_table(b2).column_names[-1] == "headers"      # None: some record has them
