@@ -395,3 +395,4 @@ def test_arrow_of_an_unpickled_batch_keeps_its_headers(log_path):
     assert t.column("headers").to_pylist() == want
     assert t.column("key").to_pylist() == [r.key for r in b]
     assert arrow.batch_table(b2).column_names[-1] == "headers"      # None: some record has them
+

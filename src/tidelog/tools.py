@@ -137,12 +137,14 @@ def salvage(path: PathArg, out: Union[str, os.PathLike[str]]) -> SalvageReport:
     existed = os.path.exists(out)
     if existed and os.listdir(out):
         raise ValueError(f"out: {out} exists and is not empty")
+    made: list[bool] = []
     try:
-        return _salvage(path, out)
+        return _salvage(path, out, made)
     except BaseException:
         # a failed salvage (a codec missing for a compressed frame, a full disk) leaves no
-        # half-made log behind: `out` is as it was, and a retry may use it
-        if os.path.isdir(out):
+        # half-made log behind: `out` is as it was, and a retry may use it. Only a log this
+        # call made (it held its writer lock): never the files of another salvage into `out`
+        if made and os.path.isdir(out):
             for name in os.listdir(out):
                 try:
                     os.unlink(os.path.join(out, name))
@@ -156,10 +158,11 @@ def salvage(path: PathArg, out: Union[str, os.PathLike[str]]) -> SalvageReport:
         raise
 
 
-def _salvage(path: PathArg, out: str) -> SalvageReport:
+def _salvage(path: PathArg, out: str, made: list[bool]) -> SalvageReport:
     kept = 0
     gaps = []
     with tidelog.open(path, readonly=True) as src, tidelog.open(out, durability="none") as dst:
+        made.append(True)
         expect = src.start_offset
         for rec in src.salvage():
             if rec.offset > expect:
