@@ -346,7 +346,10 @@ cdef object append_many(LogCore self, values, keys=None, timestamps=None, bint a
             raise TypeError(f"values: expected an iterable of bytes-like objects or a numpy "
                             f"array, not a single {type(values).__name__}")
         try:
-            seq = values if type(values) is list or type(values) is tuple else list(values)
+            # a tuple is used as it is; anything else (a list included) is copied: the items
+            # below are borrowed from seq while Python code runs (a key's or header's
+            # __len__/__iter__, a timestamps __array__), which could empty the caller's list
+            seq = values if type(values) is tuple else list(values)
         except TypeError:
             raise TypeError(f"values: expected an iterable of bytes-like objects or a numpy "
                             f"array, not {type(values).__name__}") from None
@@ -390,7 +393,7 @@ cdef object append_many(LogCore self, values, keys=None, timestamps=None, bint a
         if keys is not None:
             if isinstance(keys, (bytes, bytearray, memoryview, str)):
                 raise TypeError("keys: expected a sequence of keys (bytes-like or None), one per value")
-            kseq = keys if isinstance(keys, (list, tuple)) else list(keys)
+            kseq = keys if type(keys) is tuple else list(keys)     # (a copy: see seq)
             if len(kseq) != n:
                 raise ValueError(f"keys: {len(kseq)} keys for {n} values")
             for i in range(n):
@@ -417,7 +420,7 @@ cdef object append_many(LogCore self, values, keys=None, timestamps=None, bint a
                 raise TypeError("headers: expected a sequence of headers (a dict, a list of "
                                 "(str, bytes) pairs, or None), one per value")
             try:
-                hseq = headers if isinstance(headers, (list, tuple)) else list(headers)
+                hseq = headers if type(headers) is tuple else list(headers)   # (see seq)
             except TypeError:
                 raise TypeError(f"headers: expected a sequence of headers, one per value, not "
                                 f"{type(headers).__name__}") from None

@@ -109,6 +109,32 @@ cdef dict run_part_columns(RecordBatch b, _Part p):
     return d
 
 
+cdef dict list_header_columns(dict d, list hs):
+    """Header columns (as frame_part_columns gives them) made from lists of (str, bytes) per
+    record: the headers of an unpickled batch, which has no frame columns to point into."""
+    hidx = [0]
+    noffs = [0]
+    voffs = [0]
+    names = []
+    vals = []
+    for h in hs:
+        for name, val in (h or ()):
+            bn = (<str>name).encode("utf-8", "replace")     # (a pickle's str: maybe not UTF-8)
+            names.append(bn)
+            vals.append(val)
+            noffs.append(noffs[len(noffs) - 1] + len(bn))
+            voffs.append(voffs[len(voffs) - 1] + len(val))
+        hidx.append(len(names))
+    if noffs[len(noffs) - 1] > 0xFFFFFFFF or voffs[len(voffs) - 1] > 0xFFFFFFFF:
+        raise ValueError("headers of more than 4 GiB in one batch: read fewer at a time")
+    d["header_index"] = np.array(hidx, np.uint32)
+    d["header_name_offsets"] = np.array(noffs, np.uint32)
+    d["header_value_offsets"] = np.array(voffs, np.uint32)
+    d["header_names"] = np.frombuffer(b"".join(names), np.uint8)
+    d["header_values"] = np.frombuffer(b"".join(vals), np.uint8)
+    return d
+
+
 def batch_columns(RecordBatch batch not None):
     """The buffers of `batch`, one dict per part (a frame's records, or a run of single appends),
     in order, for building Arrow arrays (tidelog.arrow). Keys:
@@ -127,5 +153,10 @@ def batch_columns(RecordBatch batch not None):
     Buffers of a frame are read-only memoryviews of the mapping (zero-copy; they keep it alive
     after the log is closed); those of a run of single-form frames are new numpy arrays."""
     cdef _Part p
-    return [frame_part_columns(batch, p) if p.frame else run_part_columns(batch, p)
-            for p in batch._parts]
+    out = [frame_part_columns(batch, p) if p.frame else run_part_columns(batch, p)
+           for p in batch._parts]
+    if batch._hdrs is not None and any(batch._hdrs):
+        # an unpickled batch (one run part): its headers are lists, not frame columns
+        for p, d in zip(batch._parts, out):
+            list_header_columns(d, batch._hdrs[p.start:p.start + p.n])
+    return out

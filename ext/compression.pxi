@@ -40,14 +40,27 @@ cdef ZFrame seg_inflate(Segment seg, size_t pos, const FrameLayout* L):
     package is missing. The last one inflated per segment is kept (a cursor reads a frame's
     records one by one)."""
     cdef ZFrame z = seg.zlast
-    cdef const char* f = seg.data + pos
-    cdef uint32_t crc = rd_u32(f + 4), raw
+    cdef const char* f
+    cdef uint32_t crc, raw
     cdef int rc
+    # the mapping first, held to the end, and f from it: the Python calls below (the codec
+    # lookup, the codec) let other threads run, and one may unmap seg (a Log's LRU) - f from
+    # seg.data then pointed at unmapped memory (a crash, or a healthy frame called damaged)
+    mv = seg.mv
+    if mv is None:
+        seg.ensure()            # unmapped since the caller's check: the positions still hold
+        mv = seg.mv
+    f = <const char*>PyMemoryView_GET_BUFFER(mv).buf + pos
+    crc = rd_u32(f + 4)
     if z is not None and z.pos == pos and z.length == L.length and z.crc == crc:
         return z
     dec = _codecs.decompressor(L.attrs & ATTR_CODEC)
     raw = rd_u32(f + FRAME_HEADER_SIZE)
-    mv = seg.mv                 # (keeps the mapping while the codec runs without the GIL)
+    # the inner length sizes the codec's output buffer: a forged one (4 GiB under a valid CRC)
+    # must not allocate that much. The writer compresses only a frame it planned to fit the
+    # segment uncompressed, so no true inner frame is longer than the segment's capacity
+    if <size_t>raw > max(seg.ncap, seg.cap) - SEGMENT_HEADER_SIZE:
+        raise corrupt(seg.path, pos, L.base, FRAME_BAD_CODEC)
     try:
         buf = dec(tl_subview(mv, <char*>f + FRAME_HEADER_SIZE + Z_PREFIX,
                              L.length - FRAME_HEADER_SIZE - Z_PREFIX), raw)
@@ -96,7 +109,8 @@ cdef object codec_setup(LogCore self, object compression):
     cdef int64_t stored = ctl_get(self._ctl, CTL_CODEC)
     cdef int cid
     if compression is None:
-        cid = <int>stored if 0 <= stored <= 7 else 0
+        # (a value no codec has - damage, 3..7 included - is no preference: none, as for 8+)
+        cid = <int>stored if 0 <= stored <= CODEC_MAX else 0
     else:
         cid = _codecs.codec_id(compression)
     self._zcompress = _codecs.compressor(cid) if cid else None     # MissingCodecError

@@ -33,7 +33,9 @@ cdef object pack_headers(object h, str name, Item* it):
                         f"pairs, not {type(h).__name__}")
     else:
         try:
-            pairs = h if type(h) is list else list(h)
+            # a copy even of a list: a pair's __len__ / __iter__ (a list subclass) runs Python
+            # code that could shrink the caller's list under the unchecked pairs[j] below
+            pairs = h if type(h) is tuple else list(h)
         except TypeError:
             raise TypeError(f"{name}: expected a dict {{str: bytes}} or a list of (str, bytes) "
                             f"pairs, not {type(h).__name__}") from None

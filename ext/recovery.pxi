@@ -330,6 +330,8 @@ cdef tuple scan_frames(LogCore self, Segment s, size_t pos, int64_t off, int64_t
         if off == limit:
             return pos, off, None
         rc = frame_check(s.data, s.cap, pos, off, &length)
+        if rc == FRAME_OK and self._repair is not None:
+            rc = inner_check(s, pos)
         if rc == FRAME_END:
             return pos, off, None
         if rc != FRAME_OK:
@@ -340,10 +342,29 @@ cdef tuple scan_frames(LogCore self, Segment s, size_t pos, int64_t off, int64_t
             boff += frame_count(s.data + bpos)
             bpos += align8(length)
             rc = frame_check(s.data, s.cap, bpos, boff, &length)
+            if rc == FRAME_OK and self._repair is not None:
+                rc = inner_check(s, bpos)
             if rc != FRAME_OK:
                 return pos, off, (s.path, bpos, boff, FRAME_BAD_GROUP if rc == FRAME_END else rc)
         pos = bpos + align8(length)
         off = boff + frame_count(s.data + bpos)
+
+
+cdef int inner_check(Segment s, size_t pos) except -128:
+    """For a repair (which must cut where verify finds damage): a compressed frame at pos that
+    passed frame_check also inflates to a valid frame agreeing with its header (compression.pxi:
+    seg_inflate); FRAME_BAD_CODEC when it does not. MissingCodecError when its codec's package
+    is missing (a repair cannot tell then). Plain frames: FRAME_OK."""
+    cdef FrameLayout L
+    if not (rd_u16(s.data + pos + 28) & ATTR_CODEC):
+        return FRAME_OK
+    if frame_layout(s.data + pos, s.cap - pos, &L) != FRAME_OK:
+        return FRAME_BAD_LAYOUT
+    try:
+        seg_inflate(s, pos, &L)
+    except CorruptLogError:
+        return FRAME_BAD_CODEC
+    return FRAME_OK
 
 
 cdef sync_after_recovery(LogCore self, Py_ssize_t first):

@@ -391,8 +391,11 @@ cdef class Segment:
 
     cdef unmap(self):
         """Let go of the mapping (views and records keep theirs alive); the next use maps the
-        file again. A reader's RSS stays bounded as a scan moves on."""
+        file again. A reader's RSS stays bounded as a scan moves on: the frame inflated last
+        (compression.pxi) goes too, else every segment a scan passed kept one (up to a
+        segment's size each)."""
         self.memo_drop()
+        self.zlast = None
         self.map = None
         self.mv = None
         self.data = NULL

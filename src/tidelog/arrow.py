@@ -49,6 +49,9 @@ def value_arrow_type(value_type: object) -> tuple[Any, int, Optional[np.dtype[An
     those) or a numpy dtype (anything numpy.dtype() takes, structured ones included)."""
     pa = _pa()
     if isinstance(value_type, pa.DataType):
+        if pa.types.is_fixed_size_list(value_type) and value_type.list_size == 0:
+            # (pyarrow divides by the list size: a table of these ends the interpreter, SIGFPE)
+            raise ValueError(f"value_type: {value_type} has lists of length 0")
         size = _fixed_size(pa, value_type)
         if size is None:
             raise ValueError(f"value_type: {value_type} is not a fixed-width Arrow type "
@@ -78,6 +81,8 @@ def _numpy_field_type(pa: Any, dt: np.dtype[Any], what: str) -> Any:
     if dt.subdtype is not None:
         base, shape = dt.subdtype
         n = int(np.prod(shape))
+        if n == 0:          # a fixed_size_list of 0: pyarrow divides by it (SIGFPE)
+            raise ValueError(f"{what}: {dt} has a sub-array of 0 items")
         return pa.list_(_numpy_field_type(pa, base, what), n)
     if dt.kind == "V" or dt.kind == "S":
         return pa.binary(dt.itemsize)

@@ -169,11 +169,14 @@ def _formatter(fmt: str) -> Callable[[Record], str]:
             return json.dumps(d, ensure_ascii=False)
         return line
     conv: Callable[[bytes], str] = _text if fmt == "text" else bytes.hex
+    # header names: as they are in text (for people), hex in hex (every field parses back)
+    nconv: Callable[[str], str] = (lambda n: n) if fmt == "text" else (
+        lambda n: n.encode("utf-8", "surrogatepass").hex())
 
     def line(rec: Record) -> str:  # type: ignore[no-redef]  # the other branch's returned
         key = rec.key
         hs = rec.headers        # only records with headers get a fifth column: name=value;...
-        more = ("\t" + ";".join(f"{n}={conv(v)}" for n, v in hs)) if hs else ""
+        more = ("\t" + ";".join(f"{nconv(n)}={conv(v)}" for n, v in hs)) if hs else ""
         return (f"{rec.offset}\t{_iso(rec.timestamp)}\t{'-' if key is None else conv(key)}\t"
                 f"{conv(bytes(rec))}{more}")
     return line

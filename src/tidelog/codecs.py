@@ -4,7 +4,8 @@ The core (ext/compression.pxi) calls the functions returned here once per frame:
 for a writer, ``decompressor`` for every reader of a compressed frame.
 
 Releases the GIL: zstandard and lz4 release it while they compress or decompress a buffer (the
-calls here hold it only to look up the codec). Owns no state but the loaded codec functions.
+calls here hold it only to look up the codec). Owns no state but the loaded codec functions
+and their per-thread zstd contexts (one ZstdCompressor or ZstdDecompressor per thread).
 """
 from __future__ import annotations
 
@@ -50,8 +51,15 @@ def compressor(cid: int) -> Callable[[memoryview], bytes]:
                 import zstandard
             except ImportError as e:
                 raise _missing(cid, e) from None
-            zc = zstandard.ZstdCompressor(level=ZSTD_LEVEL)     # used under the writer lock
-            fn = zc.compress
+            # a ZstdCompressor is not thread-safe, and the writer lock is one log's: writers of
+            # two logs compress at once (the GIL is released meanwhile) - one per thread
+            clocal = threading.local()
+
+            def fn(data: memoryview) -> bytes:
+                c = getattr(clocal, "c", None)
+                if c is None:
+                    c = clocal.c = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+                return c.compress(data)
         elif cid == LZ4:
             try:
                 import lz4.block  # type: ignore[import-untyped]
@@ -83,6 +91,11 @@ def decompressor(cid: int) -> Callable[[memoryview, int], bytes]:
             local = threading.local()           # a ZstdDecompressor is not thread-safe
 
             def fn(data: memoryview, size: int) -> bytes:
+                # the zstd frame must declare its size (the writer's always does) and it must be
+                # `size`: without one, zstandard allocates max_output_size up front, and `size`
+                # comes from disk (a forged frame could ask for 4 GiB)
+                if zstandard.frame_content_size(data) != size:
+                    raise ValueError("zstd frame content size is not the inner length")
                 d = getattr(local, "d", None)
                 if d is None:
                     d = local.d = zstandard.ZstdDecompressor()
@@ -95,6 +108,10 @@ def decompressor(cid: int) -> Callable[[memoryview, int], bytes]:
             block = lz4.block
 
             def fn(data: memoryview, size: int) -> bytes:
+                # an lz4 block expands at most ~255 times (a match's length costs a byte per
+                # 255): a larger `size` (from disk) is damage, not a buffer to allocate
+                if size > 255 * len(data) + 64:
+                    raise ValueError("lz4 inner length beyond what the block can expand to")
                 return block.decompress(data, uncompressed_size=size)  # type: ignore[no-any-return]
         else:
             raise ValueError(f"unknown codec {cid}")

@@ -134,11 +134,35 @@ def salvage(path: PathArg, out: Union[str, os.PathLike[str]]) -> SalvageReport:
     is opened read-only and left as it is; in the copy, offsets are renumbered from 0, keys,
     timestamps and headers are kept. Returns a SalvageReport naming the source offsets lost."""
     out = os.fspath(out)
-    if os.path.exists(out) and os.listdir(out):
+    existed = os.path.exists(out)
+    if existed and os.listdir(out):
         raise ValueError(f"out: {out} exists and is not empty")
+    made: list[bool] = []
+    try:
+        return _salvage(path, out, made)
+    except BaseException:
+        # a failed salvage (a codec missing for a compressed frame, a full disk) leaves no
+        # half-made log behind: `out` is as it was, and a retry may use it. Only a log this
+        # call made (it held its writer lock): never the files of another salvage into `out`
+        if made and os.path.isdir(out):
+            for name in os.listdir(out):
+                try:
+                    os.unlink(os.path.join(out, name))
+                except OSError:
+                    pass
+            if not existed:
+                try:
+                    os.rmdir(out)
+                except OSError:
+                    pass
+        raise
+
+
+def _salvage(path: PathArg, out: str, made: list[bool]) -> SalvageReport:
     kept = 0
     gaps = []
     with tidelog.open(path, readonly=True) as src, tidelog.open(out, durability="none") as dst:
+        made.append(True)
         expect = src.start_offset
         for rec in src.salvage():
             if rec.offset > expect:
