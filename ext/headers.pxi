@@ -25,7 +25,8 @@ cdef object pack_headers(object h, str name, Item* it):
     if h is None:
         return None
     if type(h) is list:                  # the common form first: an ABC check costs more
-        pairs = h
+        pairs = list(h)                 # a copy: a pair's __len__ (a list subclass) runs Python
+                                        # code that could shrink h under the unchecked pairs[j]
     elif isinstance(h, _Mapping):
         pairs = list(h.items())
     elif isinstance(h, (str, bytes, bytearray, memoryview)):
