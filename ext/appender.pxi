@@ -329,6 +329,8 @@ cdef object append_many(LogCore self, values, keys=None, timestamps=None, bint a
     cdef char* base
     cdef PyObject** objs
     cdef list keep = []
+    cdef size_t vmax = 0, uneven = 0
+    cdef uint16_t attrs
     self._check_entry()
     if isinstance(values, np.ndarray):
         arr = values
@@ -366,6 +368,7 @@ cdef object append_many(LogCore self, values, keys=None, timestamps=None, bint a
                 items[i].h = NULL
                 items[i].hn = 0
                 items[i].hnb = items[i].hvb = 0
+            vmax = <size_t>row
         else:
             objs = PySequence_Fast_ITEMS(seq)      # borrowed: seq holds them
             for i in range(n):
@@ -390,6 +393,10 @@ cdef object append_many(LogCore self, values, keys=None, timestamps=None, bint a
                         keep.append(copy)
                         items[i].v = PyBytes_AS_STRING(copy)
                         items[i].vlen = PyBytes_GET_SIZE(copy)
+                # (the batch's attributes found in this pass when values are all there is)
+                uneven |= items[i].vlen ^ items[0].vlen
+                if items[i].vlen > vmax:
+                    vmax = items[i].vlen
         if keys is not None:
             if isinstance(keys, (bytes, bytearray, memoryview, str)):
                 raise TypeError("keys: expected a sequence of keys (bytes-like or None), one per value")
@@ -442,8 +449,16 @@ cdef object append_many(LogCore self, values, keys=None, timestamps=None, bint a
             tsv = np.ascontiguousarray(tarr, dtype=np.int64)
             for i in range(n):
                 items[i].ts = tsv[i]
-        first = (write_items(self, items, n, atomic, arel, check_items(items, n)) if n
-                 else self._next)
+        if not n:
+            first = self._next
+        else:
+            if (keys is None and headers is None and timestamps is None and
+                    vmax <= <size_t>(0xFFFFFFFF - 4096)):
+                # no keys, no headers, one timestamp, no value too large: check_items' answer
+                attrs = ATTR_MULTI | ATTR_TS_SHARED | (0 if uneven else ATTR_UNIFORM)
+            else:
+                attrs = check_items(items, n)
+            first = write_items(self, items, n, atomic, arel, attrs)
     finally:
         for i in range(nbufs):
             PyBuffer_Release(&bufs[i])
