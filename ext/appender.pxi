@@ -372,6 +372,12 @@ cdef object append_many(LogCore self, values, keys=None, timestamps=None, bint a
         else:
             objs = PySequence_Fast_ITEMS(seq)      # borrowed: seq holds them
             for i in range(n):
+                # distinct objects lie scattered in memory: ask for a later one's first lines
+                # now (its size here, its bytes when build_multi copies them)
+                if i + 8 < n:
+                    tl_prefetch(objs[i + 8])
+                    tl_prefetch(<char*>objs[i + 8] + 64)
+                    tl_prefetch(<char*>objs[i + 8] + 128)
                 items[i].ts = now
                 items[i].klen = -1
                 items[i].h = NULL
