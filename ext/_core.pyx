@@ -27,6 +27,8 @@ cdef extern from "Python.h":
     char* PyBytes_AS_STRING_p "PyBytes_AS_STRING"(PyObject* o)
     Py_ssize_t PyBytes_GET_SIZE_p "PyBytes_GET_SIZE"(PyObject* o)
     Py_buffer* PyMemoryView_GET_BUFFER(object mv)
+    # (GCC / clang, the compilers tidelog builds with): a hint to start loading p's cache line
+    void tl_prefetch "__builtin_prefetch"(const void* p) nogil
 
 from includes.sys cimport *
 

@@ -301,7 +301,7 @@ cdef object append_one(LogCore self, value, key=None, timestamp=None, headers=No
             item.k = kp
             item.klen = <int32_t>klen
             item.ts = ts
-            off = write_items(self, &item, 1, True, False)
+            off = write_items(self, &item, 1, True, False, 0)
         else:
             off = append1(self, vp, <size_t>vlen, kp, <int32_t>klen, ts)
     finally:
@@ -329,6 +329,8 @@ cdef object append_many(LogCore self, values, keys=None, timestamps=None, bint a
     cdef char* base
     cdef PyObject** objs
     cdef list keep = []
+    cdef size_t vmax = 0, uneven = 0
+    cdef uint16_t attrs
     self._check_entry()
     if isinstance(values, np.ndarray):
         arr = values
@@ -358,18 +360,28 @@ cdef object append_many(LogCore self, values, keys=None, timestamps=None, bint a
         items = <Item*>malloc(max(n, 1) * sizeof(Item))
         if items == NULL:
             raise MemoryError()
+        now = tl_now_ns()       # every record's timestamp unless `timestamps` gives them
         if arel:
             base = <char*>abuf.buf
             for i in range(n):
                 items[i].v = base + i * row
                 items[i].vlen = <size_t>row
+                items[i].ts = now
                 items[i].klen = -1
                 items[i].h = NULL
                 items[i].hn = 0
                 items[i].hnb = items[i].hvb = 0
+            vmax = <size_t>row
         else:
             objs = PySequence_Fast_ITEMS(seq)      # borrowed: seq holds them
             for i in range(n):
+                # distinct objects lie scattered in memory: ask for a later one's first lines
+                # now (its size here, its bytes when build_multi copies them)
+                if i + 8 < n:
+                    tl_prefetch(objs[i + 8])
+                    tl_prefetch(<char*>objs[i + 8] + 64)
+                    tl_prefetch(<char*>objs[i + 8] + 128)
+                items[i].ts = now
                 items[i].klen = -1
                 items[i].h = NULL
                 items[i].hn = 0
@@ -390,6 +402,10 @@ cdef object append_many(LogCore self, values, keys=None, timestamps=None, bint a
                         keep.append(copy)
                         items[i].v = PyBytes_AS_STRING(copy)
                         items[i].vlen = PyBytes_GET_SIZE(copy)
+                # (the batch's attributes found in this pass when values are all there is)
+                uneven |= items[i].vlen ^ items[0].vlen
+                if items[i].vlen > vmax:
+                    vmax = items[i].vlen
         if keys is not None:
             if isinstance(keys, (bytes, bytearray, memoryview, str)):
                 raise TypeError("keys: expected a sequence of keys (bytes-like or None), one per value")
@@ -442,17 +458,16 @@ cdef object append_many(LogCore self, values, keys=None, timestamps=None, bint a
             tsv = np.ascontiguousarray(tarr, dtype=np.int64)
             for i in range(n):
                 items[i].ts = tsv[i]
+        if not n:
+            first = self._next
         else:
-            now = tl_now_ns()
-            for i in range(n):
-                items[i].ts = now
-        for i in range(n):
-            if items[i].vlen > <size_t>(0xFFFFFFFF - 4096) or items[i].klen == 0x7FFFFFFF:
-                raise ValueError(f"values[{i}]: larger than a record can be")
-            if items[i].hn and (items[i].vlen + <size_t>max(items[i].klen, 0) + hdr_cols_bytes(
-                    1, items[i].hn, items[i].hnb, items[i].hvb) > <size_t>(0xFFFFFFFF - 4096)):
-                raise ValueError(f"values[{i}]: with its headers larger than a record can be")
-        first = write_items(self, items, n, atomic, arel) if n else self._next
+            if (keys is None and headers is None and timestamps is None and
+                    vmax <= <size_t>(0xFFFFFFFF - 4096)):
+                # no keys, no headers, one timestamp, no value too large: check_items' answer
+                attrs = ATTR_MULTI | ATTR_TS_SHARED | (0 if uneven else ATTR_UNIFORM)
+            else:
+                attrs = check_items(items, n)
+            first = write_items(self, items, n, atomic, arel, attrs)
     finally:
         for i in range(nbufs):
             PyBuffer_Release(&bufs[i])
@@ -470,10 +485,39 @@ cdef object append_many(LogCore self, values, keys=None, timestamps=None, bint a
     return first
 
 
+cdef uint16_t check_items(Item* items, Py_ssize_t n) except 0:
+    """ValueError for a record too large to frame; else the batch's attributes (batch_attrs),
+    found in the same pass."""
+    cdef Py_ssize_t i
+    cdef bint shared = True, uniform = True, anykey = False, nokey = False, anyhdr = False
+    cdef int64_t ts0 = items[0].ts
+    cdef size_t v0 = items[0].vlen
+    for i in range(n):
+        if items[i].vlen > <size_t>(0xFFFFFFFF - 4096) or items[i].klen == 0x7FFFFFFF:
+            raise ValueError(f"values[{i}]: larger than a record can be")
+        if items[i].hn:
+            anyhdr = True
+            if (items[i].vlen + <size_t>max(items[i].klen, 0) + hdr_cols_bytes(
+                    1, items[i].hn, items[i].hnb, items[i].hvb) > <size_t>(0xFFFFFFFF - 4096)):
+                raise ValueError(f"values[{i}]: with its headers larger than a record can be")
+        if items[i].ts != ts0:
+            shared = False
+        if items[i].vlen != v0:
+            uniform = False
+        if items[i].klen >= 0:
+            anykey = True
+        else:
+            nokey = True
+    return (ATTR_MULTI | (ATTR_TS_SHARED if shared else 0) | (ATTR_UNIFORM if uniform else 0)
+            | (ATTR_KEYS if anykey else 0) | (ATTR_KEY_NULLS if anykey and nokey else 0)
+            | (ATTR_HEADERS if anyhdr else 0))
+
+
 cdef int64_t write_items(LogCore self, Item* items, Py_ssize_t n, bint atomic,
-                         bint contig) except -1:
+                         bint contig, uint16_t attrs) except -1:
     """Write the batch holding the writer lock (it may roll or copy without the GIL, which
-    lets other threads run: they wait); returns the first offset."""
+    lets other threads run: they wait); returns the first offset. attrs: batch_attrs(items, n)
+    when the caller has them (check_items), else 0."""
     cdef int64_t first
     if self._written >= self._kick_at:
         pressure(self)
@@ -483,7 +527,7 @@ cdef int64_t write_items(LogCore self, Item* items, Py_ssize_t n, bint atomic,
     try:
         self._check_write()             # closed (or failed) while the batch was prepared
         first = self._next
-        write_locked(self, items, n, atomic, contig)
+        write_locked(self, items, n, atomic, contig, attrs)
     finally:
         self._unlock_writer()
     return first
@@ -540,6 +584,44 @@ cdef inline size_t single_bytes(Item* it) noexcept nogil:
                   (hdr_cols_bytes(1, it.hn, it.hnb, it.hvb) if it.hn else 0))
 
 
+cdef inline bint uniform_plain(uint16_t attrs) noexcept nogil:
+    """Every value of the batch has one size, and no record has a key or headers: every frame
+    of k records takes the same bytes (plan_uniform), and any run of its records has the
+    batch's attributes (but TS_SHARED: a run of a batch of several timestamps may have one)."""
+    return (attrs & ATTR_UNIFORM) and not (attrs & (ATTR_KEYS | ATTR_KEY_NULLS | ATTR_HEADERS))
+
+
+cdef Py_ssize_t plan_uniform(Item* items, Py_ssize_t n, uint16_t attrs, size_t limit,
+                             Py_ssize_t kmax, Span* out) noexcept nogil:
+    """plan_spans for a uniform_plain batch in O(frames): a frame of c records takes
+    align8(multi_prefix + VPAD_MAX + c * vlen), which fits `limit` iff the unaligned bytes fit
+    floor8(limit); the frames plan_spans' loop would make, record for record."""
+    cdef size_t per = items[0].vlen + (0 if attrs & ATTR_TS_SHARED else 8)
+    cdef size_t lim8 = limit & ~(<size_t>7)
+    cdef size_t fixed = FRAME_HEADER_SIZE + VPAD_MAX
+    cdef Py_ssize_t cmax, i = 0, k, ns = 0
+    if lim8 < fixed + 2 * per:          # (not even two records: every frame is a single)
+        cmax = 1
+    elif per == 0:
+        cmax = n
+    else:
+        cmax = <Py_ssize_t>min(<size_t>n, (lim8 - fixed) // per)
+    if cmax > kmax:
+        cmax = kmax
+    if cmax < 1:
+        cmax = 1
+    while i < n:
+        k = min(n - i, cmax)
+        out[ns].i = i
+        out[ns].k = k
+        out[ns].ub = (single_bytes(&items[i]) if k == 1 else
+                      align8(multi_prefix(attrs, <size_t>k, 0, 0) + VPAD_MAX +
+                             <size_t>k * items[0].vlen))
+        ns += 1
+        i += k
+    return ns
+
+
 cdef Py_ssize_t plan_spans(Item* items, Py_ssize_t n, uint16_t attrs, size_t limit,
                            Py_ssize_t kmax, Span* out) noexcept nogil:
     """Cut items[0..n) into frames of at most `limit` bytes and kmax records (a frame takes at
@@ -547,6 +629,8 @@ cdef Py_ssize_t plan_spans(Item* items, Py_ssize_t n, uint16_t attrs, size_t lim
     number of frames."""
     cdef Py_ssize_t i = 0, j, ns = 0
     cdef size_t vb, kb, ub, hn, hnb, hvb
+    if uniform_plain(attrs):
+        return plan_uniform(items, n, attrs, limit, kmax, out)
     while i < n:
         j = i + 1
         vb = items[i].vlen
@@ -699,7 +783,7 @@ cdef inline void index_frame(LogCore self, size_t pos, int64_t off, Item* it, Py
 
 
 cdef int write_locked(LogCore self, Item* items, Py_ssize_t n, bint atomic,
-                      bint contig) except -1:
+                      bint contig, uint16_t attrs) except -1:
     """Frames for items[0..n) (FORMAT.md §2-3): cut into frames of at most _frame_limit bytes,
     each a group published whole (atomic: one group, in one segment; else one group per
     segment the batch reaches)."""
@@ -707,12 +791,12 @@ cdef int write_locked(LogCore self, Item* items, Py_ssize_t n, bint atomic,
     cdef Py_ssize_t ns, a, b, i
     cdef size_t total, room, caproom
     cdef int64_t left
-    cdef uint16_t attrs
     cdef size_t limit = <size_t>min(max(self._frame_limit, 64), 1 << 30) if self._multi_form else 0
     if spans == NULL:
         raise MemoryError()
     try:
-        attrs = batch_attrs(items, n)
+        if not attrs:
+            attrs = batch_attrs(items, n)
         ns = plan_spans(items, n, attrs, limit, n, spans)
         if atomic:
             total = 0
@@ -852,9 +936,11 @@ cdef size_t frames_into(LogCore self, Item* items, Span* spans, Py_ssize_t ns, u
             frame_write(dst + at, off, it.ts, it.k, it.klen, it.v, it.vlen, more, pub)
             length = <uint32_t>(FRAME_HEADER_SIZE + key_area(it.klen) + it.vlen)
         else:
-            # the frame's own attributes (a subset of the batch's: never larger than planned)
+            # the frame's own attributes (a subset of the batch's: never larger than planned;
+            # a run of a uniform_plain batch with one timestamp has the batch's)
             length = build_multi(dst + at, pos + at, it, spans[s].k, off,
-                                 batch_attrs(it, spans[s].k) | more, contig, pub)
+                                 (attrs if uniform_plain(attrs) and (attrs & ATTR_TS_SHARED)
+                                  else batch_attrs(it, spans[s].k)) | more, contig, pub)
         if s == 0 and head and first != NULL:
             first[0] = length
         index_frame(self, pos + at, off, it, spans[s].k, attrs)

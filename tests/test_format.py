@@ -284,3 +284,40 @@ def test_groups_of_frames_by_frame_limit(log_path, limit, source):
         assert f == want
         off += cnt
     assert off == n and fr[-1][1:4] == (n, 1, 0x30)
+
+
+@pytest.mark.parametrize("ts_shared", [True, False])
+@pytest.mark.parametrize("row", [0, 1, 8, 24, 100])
+@pytest.mark.parametrize("limit", [64, 88, 200, 207, 208, 216, 1000, 4096])
+def test_uniform_batch_frames_are_filled_greedily(log_path, ts_shared, row, limit):
+    """A batch of values of one size (no keys, no headers) is cut into frames by a closed form
+    (appender.pxi plan_uniform): each frame takes as many records as fit the limit counting
+    the largest value pad, VPAD_MAX (56), as the record-by-record planning does, and every
+    frame is the spec's frame of its records."""
+    n = 300
+    vals = np.arange(n * row, dtype=np.uint64).view(np.uint8)[:n * row].reshape(n, row) \
+        if row else np.zeros((n, 0), np.uint8)
+    tss = [5] * n if ts_shared else [5 + i % 3 for i in range(n)]
+    recs = [Rec(vals[i].tobytes(), None, tss[i]) for i in range(n)]
+    with multi_log(log_path, segment_bytes=1 << 20) as log:
+        log._frame_limit = limit
+        assert log.append_batch(vals, timestamps=tss) == 0
+    with open(os.path.join(log_path, SEG), "rb") as f:
+        fr = seg_frames(f.read())
+    eff = max(limit, 64) & ~7             # the writer's floor on the limit, and align8 of a frame
+    per = row + (0 if ts_shared else 8)
+    c = 1 if eff < 32 + 56 + 2 * per else (n if per == 0 else (eff - 88) // per)
+    off = 0
+    for k, (pos, base, cnt, attrs, f) in enumerate(fr):
+        assert base == off
+        assert cnt == min(c, n - off), (k, cnt, c)
+        more = k < len(fr) - 1
+        if attrs & v2spec.ATTR_MULTI:
+            want = v2spec.multi(base, recs[base:base + cnt], at=pos, more=more,
+                                uniform=bool(attrs & v2spec.ATTR_UNIFORM),
+                                ts_shared=bool(attrs & v2spec.ATTR_TS_SHARED))
+        else:
+            want = v2spec.single(base, recs[base], more=more)
+        assert f == want
+        off += cnt
+    assert off == n
