@@ -283,3 +283,28 @@ def test_ingest_refuses_when_the_source_deleted_what_it_never_got(nats_server, t
     one_line_error(cli("ingest", nats_server.url("G"), log_path), "11..11 were deleted")
     with tidelog.open(log_path, readonly=True) as log:
         assert len(log) == 10
+
+
+@pytest.mark.parametrize("headers,word", [
+    ({"tidelog-key": "not base64!"}, "tidelog-key"),
+    ({"tidelog-timestamp": "-5"}, "tidelog-timestamp"),
+    ({"tidelog-timestamp": "99999999999999999999"}, "tidelog-timestamp"),
+    ({"tidelog-headers": "@@@"}, "tidelog-headers"),
+    ({"tidelog-headers": "eyJhIjogMX0="}, "tidelog-headers"),             # {"a": 1}
+    ({"tidelog-headers": "W1siYSIsIDFdXQ=="}, "tidelog-headers"),          # [["a", 1]]
+    ({"tidelog-headers": "W1siYSIsICIhISJdXQ=="}, "tidelog-headers"),      # [["a", "!!"]]
+])
+def test_ingest_of_a_message_with_malformed_tidelog_headers(nats_server, tmp_path, headers, word):
+    """A foreign message carrying tidelog-* headers that do not decode: one line naming the
+    message and exit 2; the log holds at most the good message before it (a fetched batch is
+    decoded before it is appended), nothing made up."""
+    stream = "M" + str(abs(hash(word + str(headers))) % 10**8)
+    nats_publish(nats_server.port, stream, stream, [(b"good", None), (b"bad", headers)])
+    log_path = str(tmp_path / "in")
+    r = cli("ingest", nats_server.url(stream), log_path, "--create")
+    one_line_error(r, "malformed tidelog header")
+    assert "message 2" in r.stderr, r.stderr
+    with tidelog.open(log_path, readonly=True) as log:
+        assert [bytes(rec.value) for rec in log.cursor()] in ([], [b"good"])
+    decoded = bnats.decode_message(1, b"v", {"tidelog-key": "a2V5", "tidelog-timestamp": "7"}, 0)
+    assert (decoded.key, decoded.timestamp) == (b"key", 7)

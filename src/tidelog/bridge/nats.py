@@ -51,15 +51,31 @@ def encode_headers(msg: Message) -> dict[str, str]:
 
 def decode_message(seq: int, data: bytes, headers: Optional[dict[str, str]],
                    timestamp_ns: int) -> Message:
+    """A stream message as a record. Its tidelog-* headers (a mirror's, or anyone's who wrote
+    them) are checked: a malformed one is a BridgeError naming the message, never a raw
+    binascii/JSON/ValueError, and never a record with a made-up key or time."""
     h = dict(headers or {})
-    key = base64.b64decode(h[KEY_HEADER]) if KEY_HEADER in h else None
-    ts = int(h[TS_HEADER]) if TS_HEADER in h else timestamp_ns
-    if HDRS_HEADER in h:
-        pairs = json.loads(base64.b64decode(h[HDRS_HEADER]))
-        out = [(str(k), base64.b64decode(v)) for k, v in pairs]
-    else:
-        out = [(k, v.encode()) for k, v in h.items()
-               if k not in (TS_HEADER, KEY_HEADER, OFFSET_HEADER) and not k.startswith("Nats-")]
+    try:
+        key = base64.b64decode(h[KEY_HEADER], validate=True) if KEY_HEADER in h else None
+        ts = timestamp_ns
+        if TS_HEADER in h:
+            text = h[TS_HEADER]
+            if not (text.isascii() and text.isdigit()) or int(text) >= 1 << 63:
+                raise ValueError(f"{TS_HEADER} {text[:40]!r} is not a timestamp in ns")
+            ts = int(text)
+        if HDRS_HEADER in h:
+            pairs = json.loads(base64.b64decode(h[HDRS_HEADER], validate=True))
+            if not (isinstance(pairs, list) and all(
+                    isinstance(p, list) and len(p) == 2 and isinstance(p[0], str)
+                    and isinstance(p[1], str) for p in pairs)):
+                raise ValueError(f"{HDRS_HEADER} is not a list of [name, base64 value] pairs")
+            out = [(k, base64.b64decode(v, validate=True)) for k, v in pairs]
+        else:
+            out = [(k, v.encode()) for k, v in h.items()
+                   if k not in (TS_HEADER, KEY_HEADER, OFFSET_HEADER) and not k.startswith("Nats-")]
+    except (ValueError, TypeError) as exc:      # binascii.Error and JSONDecodeError are these
+        raise BridgeError(f"stream message {seq}: malformed tidelog header ({exc}); it was not "
+                          f"written by tidelog mirror, or was damaged") from None
     if OFFSET_HEADER in h:
         out.append((OFFSET_HEADER, h[OFFSET_HEADER].encode()))
     out.append((NATS_POSITION, str(seq).encode()))
