@@ -56,6 +56,7 @@ cdef enum:
     FRAME_BAD_LAYOUT = -16 # rules 3 and 5: columns out of the frame or not consistent
     FRAME_BAD_GROUP = -17  # rule 7: a frame with MORE not followed by a valid frame
     FRAME_BAD_CODEC = -18  # a compressed frame that does not decompress to what it says
+    FRAME_BAD_COUNT = -19  # rule 8: the frame takes its segment past R records
 
 # frame attributes (header bytes 28..29; FORMAT.md §2)
 cdef enum:
@@ -412,6 +413,7 @@ FRAME_PROBLEMS = {
     FRAME_BAD_LAYOUT: "frame columns out of bounds or inconsistent",
     FRAME_BAD_GROUP: "incomplete batch (a frame announces a follower that is missing or damaged)",
     FRAME_BAD_CODEC: "compressed frame does not decompress to the frame its header describes",
+    FRAME_BAD_COUNT: "more records than a segment may hold",
 }
 
 cdef object format_version_error(str path, version):

@@ -240,7 +240,8 @@ cdef object clean_tail(LogCore self, Segment s, int64_t end, int64_t pos):
     cdef uint32_t length
     cdef Py_ssize_t p
     cdef FrameLayout L
-    if end < s.base or pos < SEGMENT_HEADER_SIZE or pos > <int64_t>s.cap or (pos & 7):
+    if (end < s.base or end - s.base > seg_rmax(s.ncap) or pos < SEGMENT_HEADER_SIZE
+            or pos > <int64_t>s.cap or (pos & 7)):
         return None
     if pos + FRAME_HEADER_SIZE <= <int64_t>s.cap and rd_u32(s.data + pos) != 0:
         return None
@@ -324,6 +325,7 @@ cdef tuple scan_frames(LogCore self, Segment s, size_t pos, int64_t off, int64_t
     is not a clean end."""
     cdef size_t bpos
     cdef int64_t boff
+    cdef int64_t rmax = seg_rmax(s.ncap)
     cdef uint32_t length
     cdef int rc
     while True:
@@ -334,6 +336,8 @@ cdef tuple scan_frames(LogCore self, Segment s, size_t pos, int64_t off, int64_t
             rc = inner_check(s, pos)
         if rc == FRAME_END:
             return pos, off, None
+        if rc == FRAME_OK and off - s.base + frame_count(s.data + pos) > rmax:
+            rc = FRAME_BAD_COUNT            # rule 8 (a forged count under a valid CRC)
         if rc != FRAME_OK:
             return pos, off, (s.path, pos, off, rc)
         bpos = pos
@@ -344,6 +348,8 @@ cdef tuple scan_frames(LogCore self, Segment s, size_t pos, int64_t off, int64_t
             rc = frame_check(s.data, s.cap, bpos, boff, &length)
             if rc == FRAME_OK and self._repair is not None:
                 rc = inner_check(s, bpos)
+            if rc == FRAME_OK and boff - s.base + frame_count(s.data + bpos) > rmax:
+                rc = FRAME_BAD_COUNT
             if rc != FRAME_OK:
                 return pos, off, (s.path, bpos, boff, FRAME_BAD_GROUP if rc == FRAME_END else rc)
         pos = bpos + align8(length)
@@ -390,6 +396,7 @@ cdef resume_index(LogCore self, Segment s, size_t end_pos, int64_t end, bint reb
     cdef Py_ssize_t p
     cdef int64_t last, j, m = 0, off = 0
     cdef uint32_t i
+    cdef int err
     cdef FrameLayout L
     cdef const char* f
     self._max_ts = -(1 << 62)
@@ -432,6 +439,14 @@ cdef resume_index(LogCore self, Segment s, size_t end_pos, int64_t end, bint reb
                     break
                 i = 0
             return
+    # index_note writes without bounds checks: the index files are grown to hold entries for
+    # every record up to `end` first (they may be smaller: damaged, replaced), and the walk
+    # follows the chain of offsets (after a clean close only the last frame was checked),
+    # never notes past `end` and stops where a frame's records would not fit the index (a
+    # count past R: recover cuts such a frame, clean_tail refuses it; this is the last guard)
+    err = index_cover_err(s, min(end - s.base, seg_rmax(s.ncap)))
+    if err:
+        raise_oserror(err, s.path[:len(s.path) - 4] + ".idx")
     memset(s.idx, 0, s.idx_slots * 4)
     memset(s.tix, 0, s.tix_slots * 8)
     pos = SEGMENT_HEADER_SIZE
@@ -439,11 +454,16 @@ cdef resume_index(LogCore self, Segment s, size_t end_pos, int64_t end, bint reb
     self._idx_stride = s.idx_stride
     self._tix = s.tix
     self._base = s.base
-    while pos < end_pos and frame_layout(s.data + pos, s.cap - pos, &L) == FRAME_OK:
+    off = s.base
+    while (pos < end_pos and frame_layout(s.data + pos, s.cap - pos, &L) == FRAME_OK
+           and L.base == off and off + <int64_t>L.count <= end
+           and <uint64_t>(off + L.count - 1 - s.base) // s.idx_stride < s.idx_slots
+           and <uint64_t>(off + L.count - 1 - s.base) // TIX_STRIDE < s.tix_slots):
         f = s.data + pos
         for i in range(L.count):
-            index_note(self, pos, L.base + i, record_ts(f, &L, i))
+            index_note(self, pos, off + i, record_ts(f, &L, i))
         pos += align8(L.length)
+        off += L.count
     s.index_fresh = False
 
 

@@ -107,6 +107,13 @@ cdef enum:
     MEMO_MIN_BYTES = 1024   # multi-form frames larger than this are verified once per mapping
 
 
+cdef inline int64_t seg_rmax(size_t ncap) noexcept nogil:
+    """R: the most records a segment of nominal capacity ncap may hold (FORMAT.md rule 8; its
+    index files are sized for R records). A frame of empty uniform values costs no bytes per
+    record, so only this bound keeps a forged count from reaching the index."""
+    return <int64_t>((ncap - SEGMENT_HEADER_SIZE) // MIN_RECORD_BYTES)
+
+
 cdef inline size_t idx_slots_for(size_t cap, size_t stride) noexcept:
     # a segment holds at most R = (capacity - 64) / 8 records (FORMAT.md rule 8)
     return (cap - SEGMENT_HEADER_SIZE) // MIN_RECORD_BYTES // stride + 1

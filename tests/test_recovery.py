@@ -2,6 +2,7 @@
 that reaches it); an unclean stop is scanned, a torn tail cut, damage before the durable point
 reported with file, position and offset."""
 import os
+import shutil
 import struct
 
 import pytest
@@ -456,16 +457,25 @@ def forged(kind):
     elif kind == "single-without-uniform":
         f = bytearray(v2spec.single(3, Rec(b"abc", None, 1)))
         struct.pack_into("<H", f, 28, 0x10)
+    elif kind == "count-past-R":
+        # empty uniform values and one timestamp: a record costs no byte, so a count of any
+        # size fits the frame (rules 1-5 hold); rule 8 allows a 64 KiB segment R = 8184
+        # records, and this frame takes it to R + 1 (a count past R once reached the
+        # writer's index unchecked at open: a write past its mapping, the interpreter died)
+        f = bytearray(v2spec.multi(3, [Rec(b"", None, 1)], at=at, count=R_64K - 3 + 1))
     elif kind == "crc":
         f[-1] ^= 1
         return bytes(f)
     return v2spec.fix_crc(f)
 
 
+R_64K = ((1 << 16) - 64) // 8      # FORMAT.md rule 8: R of a 64 KiB segment
+
+
 FORGERIES = ["reserved-bit", "codec", "vpad-60", "count-0", "count-huge", "voff-past-frame",
              "voff-decreasing", "koff-decreasing", "bitmap-trailing", "absent-key-nonempty",
              "max-ts", "uniform-not-dividing", "key-nulls-without-keys", "single-without-uniform",
-             "crc"]
+             "count-past-R", "crc"]
 
 
 @pytest.mark.parametrize("kind", FORGERIES)
@@ -493,6 +503,69 @@ def test_the_unforged_frame_is_kept(log_path):
     set_durable(log_path, 3)
     with tidelog.open(log_path, segment_bytes=1 << 16, durability="none") as log:
         assert log.end_offset == 8
+
+
+def test_a_segment_of_exactly_R_records_is_kept_and_one_more_is_damage(log_path):
+    """Rule 8 at its edge, on every open path: frames of empty values (no byte per record)
+    holding exactly R records are a whole segment, and the writer rolls after them; one
+    record more is damage - cut above the durable point, CorruptLogError below it and after
+    a clean close (whose O(1) check trusted the control page and went on to rebuild the index
+    for it), and `repair --truncate` cuts it."""
+    good = Frame([Rec(b"g%d" % i, None, 1) for i in range(3)])
+    edge = v2spec.fix_crc(v2spec.multi(3, [Rec(b"", None, 1)], at=136, count=R_64K - 3))
+    v2spec.write_log(log_path, [[good, edge]], clean=False)
+    with tidelog.open(log_path, segment_bytes=1 << 16, durability="none") as log:
+        assert log.end_offset == R_64K
+        assert bytes(log.read(R_64K - 1).value) == b""
+        log.append(b"after")                     # a full segment: this one starts the next
+        assert log.segments()[-1][0] == R_64K
+    with tidelog.open(log_path, readonly=True) as log:
+        assert bytes(log.read(R_64K).value) == b"after"
+
+    shutil.rmtree(log_path)
+    v2spec.write_log(log_path, [[good, forged("count-past-R")]], clean=True)
+    with pytest.raises(tidelog.CorruptLogError, match="more records than a segment may hold") as e:
+        tidelog.open(log_path, segment_bytes=1 << 16, durability="none")
+    assert e.value.offset == 3 and e.value.position == 136
+    report = tidelog.repair(log_path, truncate=True)
+    assert report.truncated[1:3] == (136, 3)
+    with tidelog.open(log_path, durability="none") as log:
+        assert log.end_offset == 3
+        assert [bytes(r.value) for r in log.cursor()] == [b"g0", b"g1", b"g2"]
+
+
+@pytest.mark.parametrize("clean", [False, True])
+def test_a_forged_count_far_past_R_never_reaches_the_index(log_path, clean):
+    """A forged frame (valid CRC) claiming 2**28 records of empty values, after a clean close or
+    an unclean stop, in a child process (the crash this guards against killed the interpreter:
+    the writer's index rebuild at open wrote entries for every claimed record past the end of
+    its mapping - SIGSEGV, found by test_fuzz). Unclean: cut, 3 records kept; clean:
+    CorruptLogError naming rule 8."""
+    import subprocess
+    import sys
+    good = Frame([Rec(b"g%d" % i, None, 1) for i in range(3)])
+    v2spec.write_log(log_path, [[good, forged("count-past-R")]], clean=clean)
+    seg = os.path.join(log_path, SEG0)
+    with open(seg, "r+b") as f:                 # (v2spec.Built would list 2**28 records)
+        f.seek(136)
+        frame = bytearray(f.read(struct.unpack("<I", f.read(4))[0]))
+        f.seek(136)
+        frame = bytearray(f.read(len(frame)))
+        struct.pack_into("<I", frame, 24, 1 << 28)
+        f.seek(136)
+        f.write(v2spec.fix_crc(bytes(frame)))
+    with open(os.path.join(log_path, "tidelog.ctl"), "r+b") as f:
+        f.seek(24)
+        f.write(struct.pack("<qq", 3 + (1 << 28), 3 + (1 << 28) if clean else 0))
+    code = (f"import tidelog\n"
+            f"try:\n"
+            f"    with tidelog.open({log_path!r}, durability='none') as log:\n"
+            f"        print('end', log.end_offset)\n"
+            f"except tidelog.CorruptLogError as e:\n"
+            f"    print('corrupt', e.offset, e.position)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == (["corrupt", "3", "136"] if clean else ["end", "3"])
 
 
 def test_salvage_yields_every_record_of_each_valid_frame(log_path):
