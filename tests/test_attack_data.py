@@ -164,6 +164,22 @@ def test_dump_hex_is_all_hex_even_for_header_names(log_path, run):
         ("a\n0\tforged", b"1"), ("x=y;z", b"\x00")]
 
 
+def test_dump_text_escapes_what_would_break_the_line_or_drive_the_terminal(log_path, run):
+    """`dump` (text) and `tail` print one line per record: a tab, newline or escape sequence in
+    a header name, key or value went out raw (a forged extra record line, or a terminal
+    command); they are escaped now, and the hex format still gives the bytes back."""
+    name, key, value = "a\n1\tforged", b"k\x1b[2J", b"v\nsecond\tline\r"
+    with tidelog.open(log_path) as log:
+        log.append(value, key=key, headers=[(name, b"x\ny")])
+    for cmd in (["dump", log_path], ["tail", log_path]):
+        r = run(*cmd)
+        assert r.exit_code == 0, r.output
+        lines = r.stdout.splitlines()
+        assert len(lines) == 1 and "\x1b" not in r.stdout and "\r" not in r.stdout, lines
+        cols = lines[0].split("\t")
+        assert cols[2:] == ["k\\x1b[2J", "v\\nsecond\\tline\\r", "a\\n1\\tforged=x\\ny"]
+
+
 # --- Arrow ----------------------------------------------------------------------------------
 
 def test_value_type_of_zero_length_lists_is_refused_not_a_crash(log_path):

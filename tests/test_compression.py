@@ -152,6 +152,20 @@ def test_bad_compression_argument(log_path):
     assert not os.path.exists(log_path)
 
 
+def test_a_readers_writer_settings_are_refused_not_dropped(log_path):
+    """compression= (and retention) on a reader cannot take effect: a ValueError naming the
+    argument, where it was once accepted and ignored (a reader passing compression="zstd"
+    believed it chose something)."""
+    with tidelog.open(log_path) as log:
+        log.append(b"x")
+    for kw in ({"compression": "zstd"}, {"compression": "none"}, {"retain_bytes": 1 << 20},
+               {"retain_seconds": 60.0}):
+        with pytest.raises(ValueError, match=list(kw)[0]):
+            tidelog.open(log_path, readonly=True, **kw)
+    with tidelog.open(log_path, readonly=True, compression=None, retain_bytes=None) as r:
+        assert bytes(r.read(0).value) == b"x"
+
+
 @pytest.mark.parametrize("codec", CODECS)
 def test_engine_reads_spec_built_compressed_frames(tmp_path, codec):
     recs = [v2spec.Rec(v, None if i % 2 else b"k", 100 + i, ((b"h", b"%d" % i),) if i % 3 else ())

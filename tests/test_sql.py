@@ -81,6 +81,28 @@ def test_export_writes_the_records(run, log, log_path, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["log", "out.parquet"]
 
 
+def test_export_keeps_headers_and_a_file_named_like_its_temporary(run, log, log_path, tmp_path):
+    """Headers go into the Parquet file (they were dropped: a round trip lost them), unless
+    --no-headers; the temporary file is the export's own (a fixed name beside OUT was unlinked
+    or overwritten whoever owned it)."""
+    hs = [[("h", b"%d" % i), ("h", b"\xff")] if i % 2 else [] for i in range(30)]
+    log.append_batch([b"v%d" % i for i in range(30)], headers=hs)
+    log.append(b"single", headers={"only": b"one"})
+    log.sync()
+    out = tmp_path / "out.parquet"
+    squatter = tmp_path / "out.parquet.tidelog-tmp"
+    squatter.write_bytes(b"someone else's")
+    result = run("export", log_path, out)
+    assert result.exit_code == 0, result.stderr
+    got = pq.read_table(out).column("headers").to_pylist()
+    assert [[(p["name"], p["value"]) for p in h] for h in got] == hs + [[("only", b"one")]]
+    assert squatter.read_bytes() == b"someone else's"
+    result = run("export", log_path, out, "--no-headers")
+    assert result.exit_code == 0, result.stderr
+    assert pq.read_table(out).column_names == ["offset", "timestamp", "key", "value"]
+    assert sorted(os.listdir(tmp_path)) == ["log", "out.parquet", "out.parquet.tidelog-tmp"]
+
+
 def test_export_errors_are_one_line(run, log, log_path, tmp_path):
     fill(log)
     out = tmp_path / "out.parquet"

@@ -140,7 +140,9 @@ def _iso(ns: int) -> str:
 
 
 def _text(b: bytes) -> str:
-    return b.decode("utf-8", "backslashreplace")
+    """Bytes for people on one line: UTF-8, other bytes as \\xNN, unprintable characters (tab,
+    newline, escape sequences) escaped: a field never breaks the line or drives the terminal."""
+    return _shown(b.decode("utf-8", "backslashreplace"), backslash=False)
 
 
 def _json_field(b: bytes) -> tuple[str, str]:
@@ -169,8 +171,9 @@ def _formatter(fmt: str) -> Callable[[Record], str]:
             return json.dumps(d, ensure_ascii=False)
         return line
     conv: Callable[[bytes], str] = _text if fmt == "text" else bytes.hex
-    # header names: as they are in text (for people), hex in hex (every field parses back)
-    nconv: Callable[[str], str] = (lambda n: n) if fmt == "text" else (
+    # header names: escaped as keys and values are in text (for people: '=' and ';' in a name
+    # stay as they are), hex in hex (every field parses back)
+    nconv: Callable[[str], str] = (lambda n: _shown(n, backslash=False)) if fmt == "text" else (
         lambda n: n.encode("utf-8", "surrogatepass").hex())
 
     def line(rec: Record) -> str:  # type: ignore[no-redef]  # the other branch's returned

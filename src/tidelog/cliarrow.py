@@ -7,6 +7,7 @@ and `tidelog[sql]` extras; the error names the extra to install otherwise).
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from typing import Any, Optional
 
@@ -68,12 +69,16 @@ def _range(log: Any, start: Optional[int], stop: Optional[int]) -> tuple[int, in
 @click.option("--value-type", "value_type", default=None,
               help="Export values as this fixed-width type (a numpy dtype such as f8 or <u4, "
                    "or an Arrow type name such as float64) instead of binary.")
+@click.option("--headers/--no-headers", default=True, show_default=True,
+              help="Include the records' headers (a list of (name, value) per record; empty "
+                   "for a record without).")
 def export(path: str, out: str, start: Optional[int], stop: Optional[int],
-           value_type: Optional[str]) -> None:
-    """Write records to a Parquet file OUT: columns offset, timestamp, key, value.
+           value_type: Optional[str], headers: bool) -> None:
+    """Write records to a Parquet file OUT: columns offset, timestamp, key, value, headers.
 
     Reads the log as Arrow batches (zero-copy for records written by append_batch); the file
-    appears complete or not at all (written beside OUT, then renamed)."""
+    appears complete or not at all (written to a temporary file of its own beside OUT, then
+    renamed)."""
     pq = require("pyarrow.parquet", "arrow")
     vt = value_type_arg(value_type)
     if os.path.isdir(out):
@@ -82,8 +87,11 @@ def export(path: str, out: str, start: Optional[int], stop: Optional[int],
     t0 = time.perf_counter()
     with tidelog.open(path, readonly=True) as log:
         a, b = _range(log, start, stop)
-        reader = log.scan_arrow(a, b, value_type=vt)
-        tmp = f"{out}.tidelog-tmp"
+        reader = log.scan_arrow(a, b, value_type=vt, headers=headers)
+        # a name no other export (or file) has: two exports to one OUT never share it
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(out)),
+                                   prefix=os.path.basename(out) + ".", suffix=".tidelog-tmp")
+        os.close(fd)
         n = 0
         try:
             with pq.ParquetWriter(tmp, reader.schema) as writer, progress_bar(console) as prog:

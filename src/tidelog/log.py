@@ -148,6 +148,12 @@ class Log(_core.LogCore):
             raise ValueError(f"repair: None or 'truncate', not {repair!r}")
         if repair is not None and readonly:
             raise ValueError("repair: a repair needs a writer (readonly=False)")
+        # the writer's settings cannot take effect on a reader: refused, never silently dropped
+        for name, value in (("compression", compression), ("retain_bytes", retain_bytes),
+                            ("retain_seconds", retain_seconds)):
+            if value is not None and readonly:
+                raise ValueError(f"{name}: a writer's setting (readonly=False); a reader "
+                                 f"takes the log as it is")
         segment_bytes = _args.count(segment_bytes, "segment_bytes", MIN_SEGMENT_BYTES,
                                     MAX_SEGMENT_BYTES)
         if not isinstance(durability, str):
@@ -574,6 +580,8 @@ def open(path: PathArg, *, readonly: bool = False, create: bool = True,
       at open and as segments roll; never the active segment.
     - `retain_seconds` (float, seconds, default None: no limit): retention; delete whole
       segments whose newest record is older than this.
+      (`retain_bytes`, `retain_seconds` and `compression` are a writer's: with ``readonly=True``
+      any of them other than None is a :exc:`ValueError`, never silently dropped.)
     - `repair` (``None`` or ``"truncate"``, default None): ``"truncate"`` (an operator's
       opt-in, as ``tidelog repair --truncate`` does) checks every frame from the start and
       cuts the log at the first damage, deleting everything after it, acknowledged or not;
