@@ -2,11 +2,20 @@
 this test with `openssl`) and a token or a user/password. Right credentials through environment
 variables or a --config file get in; wrong or missing credentials and an untrusted certificate
 each give exit 2 and one line naming the cause, and the secret shows nowhere: not in the line,
-not in the command line of the running process."""
+not in the command line of the running process.
+
+NATS `.creds` files: a nats-server in operator mode (decentralized JWT auth: an operator, a system
+account and an account with JetStream, their nkeys and JWTs made here with the nkeys package)
+lets in only a user whose JWT an account it knows signed, holding that user's nkey seed."""
+import base64
+import hashlib
+import json
 import os
 import subprocess
+import sys
 import time
 
+import nkeys
 import pytest
 
 import tidelog
@@ -165,3 +174,172 @@ def test_settings_file_errors_name_the_line_not_the_value(log_path, tmp_path):
     (tmp_path / "unk.conf").write_text(f"secret={PASSWORD}\n")
     one_line_error(cli("mirror", log_path, "nats://127.0.0.1:1/S", "--config",
                        str(tmp_path / "unk.conf")), "unknown NATS setting 'secret'")
+
+
+# --- NATS .creds (JWT + nkey seed) ------------------------------------------------------------
+
+def nkey(prefix):
+    """A fresh nkey pair of the role `prefix` (nkeys.PREFIX_BYTE_*)."""
+    return nkeys.from_seed(bytearray(nkeys.encode_seed(os.urandom(32), prefix)))
+
+
+def b64url(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def make_jwt(issuer, subject, name, nats, **extra):
+    """A NATS JWT (v2): claims about `subject` (a public key) signed by `issuer`'s nkey."""
+    claims = {"iat": int(time.time()), "iss": issuer.public_key.decode(), "name": name,
+              "sub": subject, "nats": dict(nats, version=2), **extra}
+    claims["jti"] = base64.b32encode(hashlib.sha256(json.dumps(
+        claims, sort_keys=True).encode()).digest()).decode().rstrip("=")
+    head = b64url(json.dumps({"typ": "JWT", "alg": "ed25519-nkey"}).encode())
+    body = b64url(json.dumps(claims).encode())
+    return f"{head}.{body}.{b64url(issuer.sign(f'{head}.{body}'.encode()))}"
+
+
+UNLIMITED = {"subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+             "wildcards": True, "conn": -1, "leaf": -1}
+
+
+def user_jwt(account, user, **extra):
+    return make_jwt(account, user.public_key.decode(), "alice",
+                    {"type": "user", "pub": {}, "sub": {}, "subs": -1, "data": -1,
+                     "payload": -1}, **extra)
+
+
+def creds_text(jwt, seed):
+    return (f"-----BEGIN NATS USER JWT-----\n{jwt}\n------END NATS USER JWT------\n\n"
+            f"************************* IMPORTANT *************************\n"
+            f"NKEY Seed printed below can be used to sign and prove identity.\n\n"
+            f"-----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n")
+
+
+@pytest.fixture
+def creds_server(tmp_path):
+    """A nats-server with JetStream that trusts one operator; yields (port, account key pair,
+    path of a good .creds file, that file's seed and JWT)."""
+    op, sys_acc, acc = (nkey(nkeys.PREFIX_BYTE_OPERATOR), nkey(nkeys.PREFIX_BYTE_ACCOUNT),
+                        nkey(nkeys.PREFIX_BYTE_ACCOUNT))
+    op_jwt = make_jwt(op, op.public_key.decode(), "op", {"type": "operator"})
+    sys_jwt = make_jwt(op, sys_acc.public_key.decode(), "SYS",
+                       {"type": "account", "limits": UNLIMITED})
+    acc_jwt = make_jwt(op, acc.public_key.decode(), "app", {
+        "type": "account", "default_permissions": {"pub": {}, "sub": {}},
+        "limits": dict(UNLIMITED, mem_storage=-1, disk_storage=-1, streams=-1, consumer=-1)})
+    user = nkey(nkeys.PREFIX_BYTE_USER)
+    good = tmp_path / "alice.creds"
+    jwt, seed = user_jwt(acc, user), user.seed.decode()
+    good.write_text(creds_text(jwt, seed))
+    port = free_port()
+    conf = tmp_path / "server.conf"
+    conf.write_text(f"""
+listen: "127.0.0.1:{port}"
+jetstream {{ store_dir: "{tmp_path / 'js'}" }}
+operator: "{op_jwt}"
+system_account: {sys_acc.public_key.decode()}
+resolver: MEMORY
+resolver_preload: {{
+  {sys_acc.public_key.decode()}: "{sys_jwt}"
+  {acc.public_key.decode()}: "{acc_jwt}"
+}}
+""")
+    proc = subprocess.Popen([os.path.join(BIN, "nats-server"), "-c", str(conf)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port, proc)
+    yield {"port": port, "account": acc, "creds": str(good), "seed": seed, "jwt": jwt}
+    proc.terminate()
+    proc.wait(10)
+
+
+def no_secret(r, *secrets):
+    for s in secrets:
+        assert s not in r.stdout + r.stderr
+
+
+def test_creds_file_round_trip(creds_server, log_path, tmp_path):
+    """A .creds file from TIDELOG_NATS_CREDS, or named by creds= in a --config file, gets a
+    mirror in and an ingest back out: the same 100 records."""
+    url = f"nats://127.0.0.1:{creds_server['port']}/SEC"
+    r = cli("mirror", log_path, url, "--create",
+            env=env(TIDELOG_NATS_CREDS=creds_server["creds"]), timeout=60)
+    assert r.returncode == 0 and "mirrored 100 records" in r.stdout, r.stderr
+    (tmp_path / "nats.conf").write_text(f"creds={creds_server['creds']}\n")
+    r = cli("ingest", url, str(tmp_path / "in"), "--config", str(tmp_path / "nats.conf"),
+            env=env(), timeout=60)
+    assert r.returncode == 0 and "ingested 100 records" in r.stdout, r.stderr
+    with tidelog.open(log_path, readonly=True) as a, \
+            tidelog.open(str(tmp_path / "in"), readonly=True) as b:
+        assert len(b) == len(a) == 100
+        assert all(bytes(b.read(i).value) == bytes(a.read(i).value) for i in range(100))
+    no_secret(r, creds_server["seed"], creds_server["jwt"])
+
+
+def test_wrong_or_missing_creds(creds_server, log_path, tmp_path):
+    """Well-formed credentials the server does not accept, and none at all: exit 2, one line
+    saying the server refused them, no seed and no JWT in it."""
+    url = f"nats://127.0.0.1:{creds_server['port']}/SEC"
+    acc, user = creds_server["account"], nkey(nkeys.PREFIX_BYTE_USER)
+    stranger = nkey(nkeys.PREFIX_BYTE_ACCOUNT)          # an account the server never heard of
+    cases = {
+        "unknown-account": (user_jwt(stranger, user), user.seed.decode()),
+        "other-seed": (user_jwt(acc, user), nkey(nkeys.PREFIX_BYTE_USER).seed.decode()),
+        "expired": (user_jwt(acc, user, exp=int(time.time()) - 60), user.seed.decode()),
+        "forged": (user_jwt(acc, user)[:-8] + "AAAAAAAA", user.seed.decode()),
+    }
+    for name, (jwt, seed) in cases.items():
+        path = tmp_path / f"{name}.creds"
+        path.write_text(creds_text(jwt, seed))
+        r = cli("mirror", log_path, url, "--create", env=env(TIDELOG_NATS_CREDS=str(path)),
+                timeout=60)
+        one_line_error(r, "refused the credentials")
+        no_secret(r, seed, jwt, creds_server["seed"])
+    one_line_error(cli("mirror", log_path, url, "--create", env=env(), timeout=60),
+                   "refused the credentials")
+
+
+def garbled(creds, seed, jwt):
+    """Ways a .creds file can be damaged: name -> its text."""
+    account_seed = nkey(nkeys.PREFIX_BYTE_ACCOUNT).seed.decode()
+    flipped = seed[:20] + ("A" if seed[20] != "A" else "B") + seed[21:]
+    return {
+        "seed-only": creds.split("\n\n", 1)[1],      # first: nats-py hung on it for good
+        "empty": "",
+        "jwt-only": creds.split("\n\n", 1)[0] + "\n",
+        "seed-checksum": creds.replace(seed, flipped),
+        "seed-truncated": creds.replace(seed, seed[:-3]),
+        "account-seed": creds.replace(seed, account_seed),
+        "jwt-two-parts": creds.replace(jwt, jwt.rsplit(".", 1)[0]),
+        "jwt-not-json": creds.replace(jwt, "e30." + b64url(b"{nope") + ".c2ln"),
+        "blank-line-after-begin": creds.replace("JWT-----\n", "JWT-----\n\n"),
+    }
+
+
+def test_garbled_creds_file(creds_server, log_path, tmp_path):
+    """A damaged .creds file is refused before connecting: exit 2, one line naming the file and
+    what is wrong, nothing of its content. Without the check nats-py looped forever on a file
+    without a JWT block (seed-only) and failed with a bare TypeError on one without a seed."""
+    url = f"nats://127.0.0.1:{creds_server['port']}/SEC"
+    good = open(creds_server["creds"]).read()
+    for name, text in garbled(good, creds_server["seed"], creds_server["jwt"]).items():
+        path = tmp_path / f"{name}.creds"
+        path.write_text(text)
+        r = cli("mirror", log_path, url, "--create", env=env(TIDELOG_NATS_CREDS=str(path)),
+                timeout=60)
+        one_line_error(r, f"creds {str(path)!r}")
+        no_secret(r, creds_server["seed"], creds_server["jwt"], creds_server["seed"][:12])
+    r = cli("mirror", log_path, url, env=env(TIDELOG_NATS_CREDS=str(tmp_path / "none.creds")),
+            timeout=60)
+    one_line_error(r, "creds: no such file")
+
+
+def test_creds_without_nkeys_names_the_extra(creds_server, log_path):
+    """nats-py reads .creds files with the nkeys package (its `nkeys` extra, which tidelog[nats]
+    asks for): without it the error says what to install, not a bare ModuleNotFoundError."""
+    url = f"nats://127.0.0.1:{creds_server['port']}/SEC"
+    code = ("import sys; sys.modules['nkeys'] = None; sys.argv[0] = 'tidelog'; "
+            "from tidelog.cli import main; main()")
+    r = subprocess.run([sys.executable, "-c", code, "mirror", log_path, url, "--create"],
+                       capture_output=True, text=True, timeout=60,
+                       env=env(TIDELOG_NATS_CREDS=creds_server["creds"]))
+    one_line_error(r, "nkeys", "tidelog[nats]")
