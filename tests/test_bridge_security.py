@@ -459,3 +459,39 @@ def test_kafka_password_echoed_by_the_broker_is_not_shown(pki, log_path):
         assert wrong not in r.stdout + r.stderr
     finally:
         g.stop()
+
+
+KEY_PASSWORD = "kkp-0b6e2f9a41"
+
+
+def test_kafka_client_certificate(pki, log_path, tmp_path):
+    """Mutual TLS: a broker that wants a client certificate signed by the CA. The certificate
+    and its key (encrypted; ssl.key.password in a --config file) get a mirror in; without them,
+    or with a wrong key password: exit 2, one line, no key password in it."""
+    d = pki["dir"]
+    openssl("req", "-newkey", "rsa:2048", "-subj", "/CN=tidelog-client", "-passout",
+            f"pass:{KEY_PASSWORD}", "-keyout", str(tmp_path / "client.key"), "-out",
+            str(tmp_path / "client.csr"), cwd=d)
+    openssl("x509", "-req", "-in", str(tmp_path / "client.csr"), "-CA", "ca.pem", "-CAkey",
+            "ca.key", "-CAcreateserial", "-days", "2", "-out", str(tmp_path / "client.pem"), cwd=d)
+    g = KafkaGate(cert=os.path.join(d, "server.pem"), key=os.path.join(d, "server.key"),
+                  client_ca=pki["ca"])
+    try:
+        url = g.url("MTLS")
+        conf = tmp_path / "kafka.conf"
+        conf.write_text(f"ssl.key.password={KEY_PASSWORD}\n")
+        certs = dict(TIDELOG_KAFKA_CA=pki["ca"], TIDELOG_KAFKA_CERT=str(tmp_path / "client.pem"),
+                     TIDELOG_KAFKA_KEY=str(tmp_path / "client.key"))
+        r = cli("mirror", log_path, url, "--create", "--config", str(conf), env=env(**certs),
+                timeout=120)
+        assert r.returncode == 0 and "mirrored 100 records" in r.stdout, r.stderr
+        r = cli("mirror", log_path, url, "--name", "m2", env=env(TIDELOG_KAFKA_CA=pki["ca"]),
+                timeout=120)
+        one_line_error(r, "requires a client certificate")
+        conf.write_text(f"ssl.key.password=x{KEY_PASSWORD}\n")
+        r = cli("mirror", log_path, url, "--name", "m3", "--config", str(conf),
+                env=env(**certs), timeout=120)
+        one_line_error(r, "Kafka settings", "ssl.key")
+        assert KEY_PASSWORD not in r.stdout + r.stderr
+    finally:
+        g.stop()

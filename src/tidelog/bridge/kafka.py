@@ -76,7 +76,10 @@ class _Errors:
             if "certificate verify failed" in low:
                 return ("TLS: the broker's certificate is not trusted (certificate verify "
                         "failed; ssl.ca.location / TIDELOG_KAFKA_CA names the CA)")
-            if name == "_SSL" or "ssl handshake failed" in low:
+            if "alert certificate required" in low:
+                return ("TLS: the broker requires a client certificate (ssl.certificate.location "
+                        "and ssl.key.location / TIDELOG_KAFKA_CERT and TIDELOG_KAFKA_KEY)")
+            if name == "_SSL" or "ssl handshake failed" in low or "ssl routines" in low:
                 return f"TLS: {self._clean(text)}"
         for name, text in reversed(seen):
             if name != "_ALL_BROKERS_DOWN":          # "1/1 brokers are down" tells nothing
