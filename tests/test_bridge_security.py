@@ -430,6 +430,20 @@ def test_kafka_untrusted_certificate(kafka_gate, pki, log_path):
         kafka_error(r, "not trusted")
 
 
+def test_kafka_missing_ca_file(kafka_gate, pki, log_path, tmp_path):
+    """A CA (or certificate, or key) file that is not there: exit 2, one line naming the setting
+    and the file (librdkafka said only 'ssl.ca.location failed: ... BIO lib')."""
+    none = str(tmp_path / "none.pem")
+    for var, key in (("TIDELOG_KAFKA_CA", "ssl.ca.location"),
+                     ("TIDELOG_KAFKA_CERT", "ssl.certificate.location"),
+                     ("TIDELOG_KAFKA_KEY", "ssl.key.location")):
+        e = kafka_env(pki)
+        e[var] = none
+        for cmd in (("mirror", log_path, kafka_gate.url("SEC")),
+                    ("ingest", kafka_gate.url("SEC"), str(tmp_path / "in"))):
+            kafka_error(cli(*cmd, env=e, timeout=120), f"{key}: no such file {none!r}")
+
+
 def test_kafka_scram_refused_by_a_real_broker(log_path):
     """Tansu with --authentication: a SCRAM login is refused by the broker itself (this build
     stores no SCRAM credential, so every login is): exit 2, one line naming the refusal."""

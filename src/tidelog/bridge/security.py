@@ -40,6 +40,9 @@ KAFKA_ENV = {"sasl.mechanism": "TIDELOG_KAFKA_SASL_MECHANISM",
              "ssl.ca.location": "TIDELOG_KAFKA_CA",
              "ssl.certificate.location": "TIDELOG_KAFKA_CERT",
              "ssl.key.location": "TIDELOG_KAFKA_KEY"}
+# librdkafka settings naming a file ("probe": ssl.ca.location's search of the system's CAs)
+_KAFKA_FILES = ("ssl.ca.location", "ssl.certificate.location", "ssl.key.location",
+                "ssl.crl.location", "ssl.keystore.location")
 # settings whose values are secrets: never shown, whatever the message
 SECRET_KEYS = frozenset({"token", "password", "sasl.password", "ssl.key.password",
                          "sasl.oauthbearer.client.secret", "ssl.keystore.password"})
@@ -159,4 +162,9 @@ def kafka_options(config: Mapping[str, str],
     """librdkafka settings from the environment and `config` (passed through)."""
     opts = {k: environ[v] for k, v in KAFKA_ENV.items() if environ.get(v)}
     opts.update(config)
+    # librdkafka says only "ssl.ca.location failed: ... BIO lib" of a file that is not there
+    for key in _KAFKA_FILES:
+        path = opts.get(key)
+        if path and path != "probe" and not os.path.exists(path):
+            raise ValueError(f"{key}: no such file {path!r}")
     return opts
