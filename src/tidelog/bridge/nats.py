@@ -138,6 +138,7 @@ class _Conn:
             kw["user"] = opts["user"]
             kw["password"] = opts.get("password", "")
         if "creds" in opts:
+            require("nkeys")          # nats-py imports it only inside connect(): name the extra
             kw["user_credentials"] = opts["creds"]
         scheme = "tls" if self.address.tls or "ca" in opts else "nats"
         if scheme == "tls":

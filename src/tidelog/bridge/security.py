@@ -12,15 +12,22 @@ Owns the reading of settings from three places, in this order (a later one wins)
      token_file, password_file;
 3. nothing else: an address holding credentials is refused (tidelog.bridge.address).
 Values are never put into an error message or a log line: errors name the setting and the file.
+A NATS `.creds` file is checked here, before a client library reads it (check_creds): a user JWT
+block and a user nkey seed block, well formed; nats-py loops forever on a file without a JWT
+block and fails with a bare TypeError on one without a seed.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import os
+import re
 from collections.abc import Mapping
 from typing import Optional
 
-__all__ = ["read_config", "nats_options", "kafka_options", "SECRET_KEYS"]
+__all__ = ["read_config", "nats_options", "kafka_options", "check_creds", "SECRET_KEYS"]
 
 NATS_KEYS = ("token", "user", "password", "creds", "ca", "cert", "key",
              "token_file", "password_file")
@@ -33,6 +40,9 @@ KAFKA_ENV = {"sasl.mechanism": "TIDELOG_KAFKA_SASL_MECHANISM",
              "ssl.ca.location": "TIDELOG_KAFKA_CA",
              "ssl.certificate.location": "TIDELOG_KAFKA_CERT",
              "ssl.key.location": "TIDELOG_KAFKA_KEY"}
+# librdkafka settings naming a file ("probe": ssl.ca.location's search of the system's CAs)
+_KAFKA_FILES = ("ssl.ca.location", "ssl.certificate.location", "ssl.key.location",
+                "ssl.crl.location", "ssl.keystore.location")
 # settings whose values are secrets: never shown, whatever the message
 SECRET_KEYS = frozenset({"token", "password", "sasl.password", "ssl.key.password",
                          "sasl.oauthbearer.client.secret", "ssl.keystore.password"})
@@ -67,6 +77,63 @@ def _read_secret_file(setting: str, path: str) -> str:
         raise ValueError(f"{setting}: cannot read {path!r}: {e.strerror}") from None
 
 
+# the blocks of a .creds file as nats-py reads them: the line after BEGIN is the value (nsc
+# writes 5 dashes around BEGIN, 6 around END)
+_JWT_BLOCK = re.compile(r"-{3,}BEGIN NATS USER JWT-{3,}\n(\S+)\n-{3,}END NATS USER JWT-{3,}")
+_SEED_BLOCK = re.compile(r"-{3,}BEGIN USER NKEY SEED-{3,}\n(\S+)\n-{3,}END USER NKEY SEED-{3,}")
+_SEED_BYTE, _USER_BYTE = 18 << 3, 20 << 3      # nkeys' prefix bytes: 'S' (seed), 'U' (user)
+
+
+def _crc16(data: bytes) -> int:
+    """CRC-16/XMODEM (polynomial 0x1021, initial 0), the checksum of an nkey."""
+    crc = 0
+    for byte in data:
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021 if crc & 0x8000 else crc << 1) & 0xFFFF
+    return crc
+
+
+def _b64url(part: str) -> bytes:
+    return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+
+
+def check_creds(path: str) -> None:
+    """ValueError naming `path` and what is wrong when it is not a NATS user credentials file:
+    a user JWT (three base64url parts, a JSON payload with a subject) and a user nkey seed
+    (base32, role 'user', checksum right). Never shows the file's content."""
+    where = f"creds {path!r}"
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read(1 << 20)
+    except (OSError, UnicodeDecodeError) as e:
+        why = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
+        raise ValueError(f"{where}: cannot read it: {why}") from None
+    jwt, seed = _JWT_BLOCK.search(text), _SEED_BLOCK.search(text)
+    if jwt is None or seed is None:
+        missing = ("NATS USER JWT" if jwt is None else "USER NKEY SEED")
+        raise ValueError(f"{where} is not a NATS credentials file: it has no -----BEGIN "
+                         f"{missing}----- block (the value on the line after it)")
+    parts = jwt.group(1).split(".")
+    try:
+        if len(parts) != 3 or not all(parts):
+            raise ValueError
+        claims = json.loads(_b64url(parts[1]))
+        if not isinstance(claims, dict) or not isinstance(claims.get("sub"), str):
+            raise ValueError
+    except (ValueError, binascii.Error):         # JSONDecodeError and bad base64 are these
+        raise ValueError(f"{where}: its user JWT is malformed") from None
+    text_seed = seed.group(1)
+    try:
+        raw = base64.b32decode(text_seed + "=" * (-len(text_seed) % 8))
+    except (ValueError, binascii.Error):
+        raw = b""
+    role = ((raw[0] & 7) << 5 | (raw[1] & 248) >> 3) if len(raw) == 36 else -1
+    if (len(raw) != 36 or raw[0] & 248 != _SEED_BYTE or role != _USER_BYTE
+            or _crc16(raw[:34]) != int.from_bytes(raw[34:], "little")):
+        raise ValueError(f"{where}: its nkey seed is not a valid user seed")
+
+
 def nats_options(config: Mapping[str, str],
                  environ: Mapping[str, str] = os.environ) -> dict[str, str]:
     """The NATS settings (keys of NATS_KEYS, files read) from the environment and `config`."""
@@ -83,6 +150,8 @@ def nats_options(config: Mapping[str, str],
     for name in ("creds", "ca", "cert", "key"):
         if name in opts and not os.path.isfile(opts[name]):
             raise ValueError(f"{name}: no such file {opts[name]!r}")
+    if "creds" in opts:
+        check_creds(opts["creds"])
     if "password" in opts and "user" not in opts:
         raise ValueError("a NATS password is set but no user (TIDELOG_NATS_USER or user=)")
     return opts
@@ -93,4 +162,9 @@ def kafka_options(config: Mapping[str, str],
     """librdkafka settings from the environment and `config` (passed through)."""
     opts = {k: environ[v] for k, v in KAFKA_ENV.items() if environ.get(v)}
     opts.update(config)
+    # librdkafka says only "ssl.ca.location failed: ... BIO lib" of a file that is not there
+    for key in _KAFKA_FILES:
+        path = opts.get(key)
+        if path and path != "probe" and not os.path.exists(path):
+            raise ValueError(f"{key}: no such file {path!r}")
     return opts
