@@ -515,7 +515,7 @@ def salvage(LogCore self):
     cdef size_t pos
     cdef uint32_t length
     cdef int64_t last = -1, off, dstart = 0, dend = 0
-    cdef size_t lim
+    cdef size_t lim, ncap
     cdef int rc, fd
     cdef uint32_t k
     cdef FrameLayout L
@@ -537,6 +537,15 @@ def salvage(LogCore self):
         except OSError:
             continue
         try:
+            # rule 8 holds frames to the R records of the capacity the header states (a
+            # damaged header: the largest a segment may have), so a forged count cannot make
+            # billions of records out of a few bytes
+            try:
+                h = os.pread(fd, SEGMENT_HEADER_SIZE, 0)
+                check_segment_header(h, seg.base, seg.path)
+                ncap = nominal_capacity(h, seg.ncap, seg.base, seg.path)
+            except TidelogError:
+                ncap = <size_t>MAX_SEGMENT_BYTES
             pos = SEGMENT_HEADER_SIZE
             while tl_next_data(fd, pos, seg.cap, &dstart, &dend):
                 if <size_t>dstart > pos:
@@ -544,7 +553,8 @@ def salvage(LogCore self):
                 lim = <size_t>dend & ~(<size_t>7)
                 while pos + FRAME_HEADER_SIZE <= lim:
                     rc = frame_verify(seg.data + pos, lim - pos, &L)
-                    if rc == FRAME_OK and L.base + <int64_t>L.count - 1 > last:
+                    if (rc == FRAME_OK and L.base + <int64_t>L.count - 1 > last
+                            and not past_rmax(seg.base, ncap, L.base, L.count)):
                         # every record of a valid frame (rules 1-5), none already yielded
                         k = 0 if L.base > last else <uint32_t>(last + 1 - L.base)
                         while k < L.count:
