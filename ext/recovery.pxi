@@ -66,8 +66,10 @@ cdef Py_ssize_t index_mismatches(Segment s, int64_t log_end) except -1:
         return 1
     off = s.base
     end = s.next_base if s.next_base >= 0 else log_end
+    # (rule 8 bounds the walk: a forged count would cost a slot per claimed record)
     while (off < end and pos + FRAME_HEADER_SIZE <= s.cap and
-           frame_layout(s.data + pos, s.cap - pos, &L) == FRAME_OK and L.base == off):
+           frame_layout(s.data + pos, s.cap - pos, &L) == FRAME_OK and L.base == off
+           and not past_rmax(s.base, s.ncap, L.base, L.count)):
         maxts = index_frame_entries(s, pos, &L, maxts, False, &bad)
         pos += align8(L.length)
         off += L.count
@@ -81,14 +83,16 @@ cdef rebuild_index(Segment s):
     cdef Py_ssize_t bad = 0
     cdef FrameLayout L
     while (pos + FRAME_HEADER_SIZE <= s.cap and
-           frame_layout(s.data + pos, s.cap - pos, &L) == FRAME_OK and L.base == off):
+           frame_layout(s.data + pos, s.cap - pos, &L) == FRAME_OK and L.base == off
+           and not past_rmax(s.base, s.ncap, L.base, L.count)):
         pos += align8(L.length)
         off += L.count
     index_cover_err(s, off - s.base)       # (prealloc.pxi) entries for them all, if it can
     pos = SEGMENT_HEADER_SIZE
     off = s.base
     while (pos + FRAME_HEADER_SIZE <= s.cap and
-           frame_layout(s.data + pos, s.cap - pos, &L) == FRAME_OK and L.base == off):
+           frame_layout(s.data + pos, s.cap - pos, &L) == FRAME_OK and L.base == off
+           and not past_rmax(s.base, s.ncap, L.base, L.count)):
         maxts = index_frame_entries(s, pos, &L, maxts, True, &bad)
         pos += align8(L.length)
         off += L.count
@@ -426,16 +430,22 @@ cdef resume_index(LogCore self, Segment s, size_t end_pos, int64_t end, bint reb
                        or (j > 0 and m < rd_i64(s.tix + (j - 1) * 8))
                        or (<size_t>j + 1 < s.tix_slots and rd_i64(s.tix + (j + 1) * 8) != 0))
         if not rebuild and last >= 0:
+            # (the records from `off` to `end` only, along the chain of offsets: after a clean
+            # close only the last frame was checked, and a frame before it may claim 2**32 - 1
+            # records of empty values - a walk of each claimed record took minutes per frame)
             self._max_ts = m
             pos = <size_t>p
             i = <uint32_t>(off - L.base)
             while True:
                 f = s.data + pos
-                while i < L.count:
+                while i < L.count and off < end:
                     self._max_ts = max(self._max_ts, record_ts(f, &L, i))
                     i += 1
+                    off += 1
                 pos += align8(L.length)
-                if pos >= end_pos or frame_layout(s.data + pos, s.cap - pos, &L) != FRAME_OK:
+                if (off >= end or pos >= end_pos
+                        or frame_layout(s.data + pos, s.cap - pos, &L) != FRAME_OK
+                        or L.base != off):
                     break
                 i = 0
             return
