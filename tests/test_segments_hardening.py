@@ -121,6 +121,22 @@ def test_a_reader_refuses_a_segment_larger_than_the_maximum(log_path):
     assert os.path.getsize(seg) == (1 << 32) + 4096       # which changed nothing
 
 
+@pytest.mark.parametrize("readonly", [False, True])
+def test_a_segment_name_beyond_the_largest_offset_is_damage(log_path, readonly):
+    """A file named like a segment whose 20 digits exceed 2**63 - 1 (no offset is that large):
+    CorruptLogError naming it, from the writer's open and from a reader; it was an
+    OverflowError ("Python int too large to convert to C long") out of tidelog.open."""
+    with tidelog.open(log_path, durability="none") as log:
+        log.append(b"a")
+    name = "99999999999999999999.seg"
+    with open(os.path.join(log_path, name), "wb") as f:
+        f.write(bytes(4096))
+    with pytest.raises(tidelog.CorruptLogError, match="segment name beyond") as e:
+        with tidelog.open(log_path, readonly=readonly) as log:
+            log.read(0)
+    assert e.value.path == os.path.join(log_path, name)
+
+
 def test_a_segment_of_the_maximum_size_is_read(log_path):
     """The bound is the largest size whose positions fit in u32 (log.py's MAX_SEGMENT_BYTES)."""
     assert tidelog.log.MAX_SEGMENT_BYTES == MAX_SEGMENT_BYTES
