@@ -195,6 +195,12 @@ cdef open_writer(LogCore self):
         else:
             first = recover(self, c_durable)
             sync_after_recovery(self, first)
+    if self._base > MAX_BASE_OFFSET or self._next > MAX_BASE_OFFSET:
+        # (forged: a segment named, or a control page saying, an offset near 2**63; its
+        # appends would wrap to negative offsets, which name no segment file)
+        raise CorruptLogError(f"{self.path}: offset {self._next} of segment {self._base} is "
+                              f"beyond the largest a log may reach ({MAX_BASE_OFFSET})",
+                              path=self.path, position=None, offset=self._next)
     self._durable = self._next
     ctl_set(ctl, CTL_START, self._start)
     ctl_set(ctl, CTL_END, self._next)
