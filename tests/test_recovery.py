@@ -606,6 +606,32 @@ def test_forged_counts_before_the_last_frame_cost_no_walk_at_a_clean_reopen(log_
     assert r.stdout.split() == [str(end + 1), "end", "corrupt", "3"]
 
 
+def test_index_checks_stop_at_a_count_past_R(log_path):
+    """verify's index check and repair's (index_problems, rebuild_indexes) compared a slot per
+    claimed record of each frame: a forged frame of 2**32 - 1 empty values in a sealed segment
+    cost ~7 s, one per segment. They stop at a frame taking its segment past R (rule 8) now.
+    In a child process: 20 segments with such a frame each."""
+    import subprocess
+    import sys
+    segs = [[Frame([Rec(b"g", None, 1)] * 3), Frame([Rec(b"", None, 2)] * 10)]
+            for _ in range(21)]
+    b = v2spec.write_log(log_path, segs, clean=True)
+    for s in b.segs[:-1]:
+        pos = s.frames[1][0]
+        with open(s.path, "r+b") as f:
+            f.seek(pos)
+            fr = bytearray(f.read(struct.unpack_from("<I", s.data, pos)[0]))
+            struct.pack_into("<I", fr, 24, 0xFFFFFFFF)
+            f.seek(pos)
+            f.write(v2spec.fix_crc(bytes(fr)))
+    code = (f"import tidelog\n"
+            f"with tidelog.open({log_path!r}, readonly=True) as log:\n"
+            f"    print(len(log.index_problems()))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["0"]     # (the walk stops at the damage, which verify reports)
+
+
 def test_salvage_yields_every_record_of_each_valid_frame(log_path):
     """repair --salvage-to's reader: a damaged frame loses its records only; every record of
     every other frame (multi-form, keys None and b"", per-record timestamps) comes out once,
