@@ -192,6 +192,9 @@ cdef int roll_to(LogCore self, size_t need) except -1:
             return 0
         raise ValueError(f"{need} bytes of frames do not fit in the current segment of "
                          f"{self._whard} bytes")
+    if self._next > MAX_BASE_OFFSET:
+        raise TidelogError(f"{self.path}: offset {self._next} is beyond the largest a log may "
+                           f"reach ({MAX_BASE_OFFSET}): no new segment")
     seg = create_segment(self, self._next, self._seg_bytes)
     old.next_base = seg.base
     if old.newest_ts != TS_UNKNOWN:

@@ -26,6 +26,9 @@ cdef enum:
 # Positions inside a segment (of frames in .idx entries, of values in a RecordBatch) are u32: no
 # segment may be larger than this (FORMAT.md §2). A writer never makes one; a reader refuses one.
 cdef int64_t MAX_SEGMENT_BYTES = (1 << 32) - 4096
+# the largest segment base a writer uses: a segment's records (at most R < 2**30) then stay
+# below 2**63 - 1, so offsets never wrap (no log gets there by appending: 2**62 records)
+cdef int64_t MAX_BASE_OFFSET = 1 << 62
 
 # control page field positions (FORMAT.md §1)
 cdef enum:

@@ -66,8 +66,10 @@ cdef Py_ssize_t index_mismatches(Segment s, int64_t log_end) except -1:
         return 1
     off = s.base
     end = s.next_base if s.next_base >= 0 else log_end
+    # (rule 8 bounds the walk: a forged count would cost a slot per claimed record)
     while (off < end and pos + FRAME_HEADER_SIZE <= s.cap and
-           frame_layout(s.data + pos, s.cap - pos, &L) == FRAME_OK and L.base == off):
+           frame_layout(s.data + pos, s.cap - pos, &L) == FRAME_OK and L.base == off
+           and not past_rmax(s.base, s.ncap, L.base, L.count)):
         maxts = index_frame_entries(s, pos, &L, maxts, False, &bad)
         pos += align8(L.length)
         off += L.count
@@ -81,14 +83,16 @@ cdef rebuild_index(Segment s):
     cdef Py_ssize_t bad = 0
     cdef FrameLayout L
     while (pos + FRAME_HEADER_SIZE <= s.cap and
-           frame_layout(s.data + pos, s.cap - pos, &L) == FRAME_OK and L.base == off):
+           frame_layout(s.data + pos, s.cap - pos, &L) == FRAME_OK and L.base == off
+           and not past_rmax(s.base, s.ncap, L.base, L.count)):
         pos += align8(L.length)
         off += L.count
     index_cover_err(s, off - s.base)       # (prealloc.pxi) entries for them all, if it can
     pos = SEGMENT_HEADER_SIZE
     off = s.base
     while (pos + FRAME_HEADER_SIZE <= s.cap and
-           frame_layout(s.data + pos, s.cap - pos, &L) == FRAME_OK and L.base == off):
+           frame_layout(s.data + pos, s.cap - pos, &L) == FRAME_OK and L.base == off
+           and not past_rmax(s.base, s.ncap, L.base, L.count)):
         maxts = index_frame_entries(s, pos, &L, maxts, True, &bad)
         pos += align8(L.length)
         off += L.count
@@ -191,6 +195,12 @@ cdef open_writer(LogCore self):
         else:
             first = recover(self, c_durable)
             sync_after_recovery(self, first)
+    if self._base > MAX_BASE_OFFSET or self._next > MAX_BASE_OFFSET:
+        # (forged: a segment named, or a control page saying, an offset near 2**63; its
+        # appends would wrap to negative offsets, which name no segment file)
+        raise CorruptLogError(f"{self.path}: offset {self._next} of segment {self._base} is "
+                              f"beyond the largest a log may reach ({MAX_BASE_OFFSET})",
+                              path=self.path, position=None, offset=self._next)
     self._durable = self._next
     ctl_set(ctl, CTL_START, self._start)
     ctl_set(ctl, CTL_END, self._next)
@@ -426,16 +436,22 @@ cdef resume_index(LogCore self, Segment s, size_t end_pos, int64_t end, bint reb
                        or (j > 0 and m < rd_i64(s.tix + (j - 1) * 8))
                        or (<size_t>j + 1 < s.tix_slots and rd_i64(s.tix + (j + 1) * 8) != 0))
         if not rebuild and last >= 0:
+            # (the records from `off` to `end` only, along the chain of offsets: after a clean
+            # close only the last frame was checked, and a frame before it may claim 2**32 - 1
+            # records of empty values - a walk of each claimed record took minutes per frame)
             self._max_ts = m
             pos = <size_t>p
             i = <uint32_t>(off - L.base)
             while True:
                 f = s.data + pos
-                while i < L.count:
+                while i < L.count and off < end:
                     self._max_ts = max(self._max_ts, record_ts(f, &L, i))
                     i += 1
+                    off += 1
                 pos += align8(L.length)
-                if pos >= end_pos or frame_layout(s.data + pos, s.cap - pos, &L) != FRAME_OK:
+                if (off >= end or pos >= end_pos
+                        or frame_layout(s.data + pos, s.cap - pos, &L) != FRAME_OK
+                        or L.base != off):
                     break
                 i = 0
             return
@@ -515,7 +531,7 @@ def salvage(LogCore self):
     cdef size_t pos
     cdef uint32_t length
     cdef int64_t last = -1, off, dstart = 0, dend = 0
-    cdef size_t lim
+    cdef size_t lim, ncap
     cdef int rc, fd
     cdef uint32_t k
     cdef FrameLayout L
@@ -537,6 +553,15 @@ def salvage(LogCore self):
         except OSError:
             continue
         try:
+            # rule 8 holds frames to the R records of the capacity the header states (a
+            # damaged header: the largest a segment may have), so a forged count cannot make
+            # billions of records out of a few bytes
+            try:
+                h = os.pread(fd, SEGMENT_HEADER_SIZE, 0)
+                check_segment_header(h, seg.base, seg.path)
+                ncap = nominal_capacity(h, seg.ncap, seg.base, seg.path)
+            except TidelogError:
+                ncap = <size_t>MAX_SEGMENT_BYTES
             pos = SEGMENT_HEADER_SIZE
             while tl_next_data(fd, pos, seg.cap, &dstart, &dend):
                 if <size_t>dstart > pos:
@@ -544,7 +569,8 @@ def salvage(LogCore self):
                 lim = <size_t>dend & ~(<size_t>7)
                 while pos + FRAME_HEADER_SIZE <= lim:
                     rc = frame_verify(seg.data + pos, lim - pos, &L)
-                    if rc == FRAME_OK and L.base + <int64_t>L.count - 1 > last:
+                    if (rc == FRAME_OK and L.base + <int64_t>L.count - 1 > last
+                            and not past_rmax(seg.base, ncap, L.base, L.count)):
                         # every record of a valid frame (rules 1-5), none already yielded
                         k = 0 if L.base > last else <uint32_t>(last + 1 - L.base)
                         while k < L.count:

@@ -114,6 +114,16 @@ cdef inline int64_t seg_rmax(size_t ncap) noexcept nogil:
     return <int64_t>((ncap - SEGMENT_HEADER_SIZE) // MIN_RECORD_BYTES)
 
 
+cdef inline bint past_rmax(int64_t seg_base, size_t ncap, int64_t base, uint32_t count) noexcept nogil:
+    """Rule 8 for a frame of `count` records from offset `base` in the segment of base seg_base
+    (nominal capacity ncap): True when they take it past R records. (A base below seg_base is
+    rule 6's concern: then the count alone is held to R.) No sum can wrap."""
+    cdef int64_t rmax = seg_rmax(ncap)
+    if base < seg_base:
+        return <int64_t>count > rmax
+    return base - seg_base > rmax - <int64_t>count
+
+
 cdef inline size_t idx_slots_for(size_t cap, size_t stride) noexcept:
     # a segment holds at most R = (capacity - 64) / 8 records (FORMAT.md rule 8)
     return (cap - SEGMENT_HEADER_SIZE) // MIN_RECORD_BYTES // stride + 1
@@ -228,7 +238,7 @@ cdef class Segment:
         return rc
 
     cdef int frame_at(self, size_t pos, int64_t holding, FrameLayout* L) except -128:
-        """The frame at pos is valid (FORMAT.md rules 1-5) and holds record `holding` (< 0:
+        """The frame at pos is valid (FORMAT.md rules 1-5 and 8) and holds record `holding` (< 0:
         any): FRAME_OK with *L its layout, else the problem. Looks again at the file's size
         when the frame seems to run past what was allocated when this segment was mapped.
         Large multi-form frames (> MEMO_MIN_BYTES) are verified once per mapping (memo_has /
@@ -237,6 +247,10 @@ cdef class Segment:
         cdef int rc = self.frame_once(pos, L)
         if rc != FRAME_OK and rc != FRAME_BAD_CRC and self.grew():
             rc = self.frame_once(pos, L)
+        if rc == FRAME_OK and past_rmax(self.base, self.ncap, L.base, L.count):
+            # rule 8: a forged count (empty uniform values cost no byte per record) would
+            # hand out more records than the segment may hold: billions from a 40-byte frame
+            return FRAME_BAD_COUNT
         if rc == FRAME_OK and holding >= 0 and not (
                 L.base <= holding and holding - L.base < <int64_t>L.count):
             return FRAME_BAD_OFFSET

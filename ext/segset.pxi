@@ -30,7 +30,13 @@ cdef list list_bases(LogCore self, bint cleanup):
     for name in os.listdir(self.path):
         m = SEGMENT_RE.match(name)
         if m:
-            bases.append(int(m.group(1)))
+            b = int(m.group(1))
+            if b > INT64_MAX:       # (20 digits reach past it: no offset is that large)
+                raise CorruptLogError(f"{os.path.join(self.path, name)}: segment name beyond "
+                                      f"the largest offset {INT64_MAX}",
+                                      path=os.path.join(self.path, name), position=None,
+                                      offset=None)
+            bases.append(b)
         elif cleanup and name.endswith(".seg.tmp"):
             os.unlink(os.path.join(self.path, name))
 

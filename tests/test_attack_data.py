@@ -146,6 +146,54 @@ def test_forged_inner_length_is_damage_not_an_allocation(log_path, codec, raw):
     assert out.returncode == 0 and out.stdout.strip() == "corrupt", (out.stdout, out.stderr)
 
 
+FORGE_DECLARED = """
+import os, resource, struct, sys
+sys.path.insert(0, sys.argv[2])
+import tidelog, v2spec
+path = sys.argv[1]
+with tidelog.open(path, compression="zstd") as log:      # segments of 256 MiB (the default)
+    log.append(b"x" * 2000)
+    log.append(b"y" * 3000)
+name = sorted(n for n in os.listdir(path) if n.endswith(".seg"))[0]
+fp = os.path.join(path, name)
+data = bytearray(open(fp, "rb").read(1 << 16))
+pos, fr = v2spec.frames_of(bytes(data))[0]
+raw = 200 << 20             # below the capacity: the inner length check lets it through
+# a zstd frame of 17 bytes declaring `raw` bytes of content (magic, single segment, 8-byte
+# content size, then one empty last raw block): zstandard allocates the declared size first
+# (zeros after it keep the frame's length: the next frame stays where it is)
+z = struct.pack("<IBQ", 0xFD2FB528, 0xE0, raw) + bytes([1, 0, 0])
+z += bytes(len(fr) - 40 - len(z))
+nf = v2spec._finish(bytes(fr[8:32]) + struct.pack("<II", raw, 0) + z)
+assert len(nf) == len(fr)
+data[pos:pos + len(nf)] = nf
+with open(fp, "r+b") as f:
+    f.write(data)
+with tidelog.open(path, readonly=True) as log:
+    assert bytes(log.read(1).value) == b"y" * 3000      # (the segment mapped first)
+    # 64 MiB of address space more than now: a buffer of the declared size cannot be had
+    now = int(open("/proc/self/statm").read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    resource.setrlimit(resource.RLIMIT_AS, (now + (64 << 20), resource.RLIM_INFINITY))
+    try:
+        log.read(0)
+    except tidelog.CorruptLogError as e:
+        assert e.offset == 0
+        print("corrupt")
+    assert bytes(log.read(1).value) == b"y" * 3000
+"""
+
+
+def test_a_zstd_frame_declaring_a_huge_content_size_is_damage_not_an_allocation(log_path):
+    """A compressed frame of a few bytes whose zstd frame declares (and whose inner length says)
+    200 MiB, within a 256 MiB segment's capacity: zstandard allocates the declared size before
+    it decompresses, so this was MemoryError under an address-space limit (else 200 MiB per
+    read, up to 4 GiB with a forged segment capacity). A zstd block makes at most 128 KiB from
+    4 bytes: a larger declared size is damage (CorruptLogError), never a buffer."""
+    pytest.importorskip("zstandard")
+    out = run_python(FORGE_DECLARED, log_path, os.path.dirname(__file__), check=False)
+    assert out.returncode == 0 and out.stdout.strip() == "corrupt", (out.stdout, out.stderr)
+
+
 # --- the command line's header output -------------------------------------------------------
 
 def test_dump_hex_is_all_hex_even_for_header_names(log_path, run):

@@ -568,6 +568,70 @@ def test_a_forged_count_far_past_R_never_reaches_the_index(log_path, clean):
     assert r.stdout.split() == (["corrupt", "3", "136"] if clean else ["end", "3"])
 
 
+def test_forged_counts_before_the_last_frame_cost_no_walk_at_a_clean_reopen(log_path):
+    """After a clean close only the last frame is checked; the writer then takes the running
+    maximum timestamp from the last .tix entry's record on, and walked every record each frame
+    claimed (2**32 - 1 for a forged frame of empty values: ~20 s per frame here, so a segment of
+    such frames held the open for hours). The walk now follows the offsets up to the end only;
+    the forged frames are damage at the read that reaches them. In a child process (the hang
+    was the symptom): 40 forged frames, each 2**32 - 1 records."""
+    import subprocess
+    import sys
+    good = Frame([Rec(b"g%d" % i, None, 1) for i in range(3)])
+    anchor = Frame([Rec(b"", None, 2)] * 100)                  # holds the .tix entry's record
+    tail = [Frame([Rec(b"", None, 3)] * 2) for _ in range(40)]
+    last = Frame([Rec(b"end", None, 4)] * 2)
+    b = v2spec.write_log(log_path, [[good, anchor] + tail + [last]], clean=True)
+    end = b.end
+    seg = os.path.join(log_path, SEG0)
+    with open(seg, "r+b") as f:
+        data = bytearray(f.read())
+        for pos, base, count in b.segs[0].frames[1:-1]:        # every frame but the first/last
+            length = struct.unpack_from("<I", data, pos)[0]
+            fr = bytearray(data[pos:pos + length])
+            struct.pack_into("<I", fr, 24, 0xFFFFFFFF)
+            data[pos:pos + length] = v2spec.fix_crc(bytes(fr))
+        f.seek(0)
+        f.write(data)
+    code = (f"import tidelog\n"
+            f"with tidelog.open({log_path!r}, durability='none') as log:\n"
+            f"    log.append(b'next')\n"
+            f"    print(log.end_offset, bytes(log.read({end - 1}).value).decode())\n"
+            f"    try:\n"
+            f"        log.read(3)\n"
+            f"    except tidelog.CorruptLogError as e:\n"
+            f"        print('corrupt', e.offset)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == [str(end + 1), "end", "corrupt", "3"]
+
+
+def test_index_checks_stop_at_a_count_past_R(log_path):
+    """verify's index check and repair's (index_problems, rebuild_indexes) compared a slot per
+    claimed record of each frame: a forged frame of 2**32 - 1 empty values in a sealed segment
+    cost ~7 s, one per segment. They stop at a frame taking its segment past R (rule 8) now.
+    In a child process: 20 segments with such a frame each."""
+    import subprocess
+    import sys
+    segs = [[Frame([Rec(b"g", None, 1)] * 3), Frame([Rec(b"", None, 2)] * 10)]
+            for _ in range(21)]
+    b = v2spec.write_log(log_path, segs, clean=True)
+    for s in b.segs[:-1]:
+        pos = s.frames[1][0]
+        with open(s.path, "r+b") as f:
+            f.seek(pos)
+            fr = bytearray(f.read(struct.unpack_from("<I", s.data, pos)[0]))
+            struct.pack_into("<I", fr, 24, 0xFFFFFFFF)
+            f.seek(pos)
+            f.write(v2spec.fix_crc(bytes(fr)))
+    code = (f"import tidelog\n"
+            f"with tidelog.open({log_path!r}, readonly=True) as log:\n"
+            f"    print(len(log.index_problems()))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["0"]     # (the walk stops at the damage, which verify reports)
+
+
 def test_salvage_yields_every_record_of_each_valid_frame(log_path):
     """repair --salvage-to's reader: a damaged frame loses its records only; every record of
     every other frame (multi-form, keys None and b"", per-record timestamps) comes out once,

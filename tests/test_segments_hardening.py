@@ -121,6 +121,55 @@ def test_a_reader_refuses_a_segment_larger_than_the_maximum(log_path):
     assert os.path.getsize(seg) == (1 << 32) + 4096       # which changed nothing
 
 
+@pytest.mark.parametrize("readonly", [False, True])
+def test_a_segment_name_beyond_the_largest_offset_is_damage(log_path, readonly):
+    """A file named like a segment whose 20 digits exceed 2**63 - 1 (no offset is that large):
+    CorruptLogError naming it, from the writer's open and from a reader; it was an
+    OverflowError ("Python int too large to convert to C long") out of tidelog.open."""
+    with tidelog.open(log_path, durability="none") as log:
+        log.append(b"a")
+    name = "99999999999999999999.seg"
+    with open(os.path.join(log_path, name), "wb") as f:
+        f.write(bytes(4096))
+    with pytest.raises(tidelog.CorruptLogError, match="segment name beyond") as e:
+        with tidelog.open(log_path, readonly=readonly) as log:
+            log.read(0)
+    assert e.value.path == os.path.join(log_path, name)
+
+
+def _log_at_base(path, base):
+    """A log of one empty segment whose base (file name, header, control page) is `base`."""
+    import sys
+    sys.path.insert(0, os.path.dirname(__file__))
+    import v2spec
+    os.makedirs(path)
+    with open(v2spec.seg_path(path, base), "wb") as f:
+        f.write(v2spec.segment(base, [], 1 << 16).data)
+    with open(os.path.join(path, "tidelog.ctl"), "wb") as f:
+        f.write(v2spec.control(base, base, base, 64, 1 << 16, clean=True))
+
+
+def test_offsets_near_the_int64_limit_never_wrap(tmp_path):
+    """A forged log whose segment starts at 2**63 - 10: its appends went on to negative offsets
+    (end_offset -9223372036854775806, and a roll names a file no listing matches). The writer's
+    open refuses offsets past 2**62 (no log appends that many) as damage; a log just below it
+    appends, and refuses to roll past it."""
+    bad = str(tmp_path / "bad")
+    _log_at_base(bad, (1 << 63) - 10)
+    with pytest.raises(tidelog.CorruptLogError, match="beyond the largest"):
+        with tidelog.open(bad, durability="none") as log:
+            log.append_batch([b"x"] * 20)
+    near = str(tmp_path / "near")
+    _log_at_base(near, (1 << 62) - 5)
+    with tidelog.open(near, durability="none", segment_bytes=1 << 16) as log:
+        log.append_batch([b""] * 100)
+        assert log.end_offset == (1 << 62) + 95
+        with pytest.raises(tidelog.TidelogError, match="beyond the largest"):
+            for _ in range(10):
+                log.append_batch([b""] * 8000, atomic=False)
+        assert log.end_offset > 0 and len(log.segments()) == 1
+
+
 def test_a_segment_of_the_maximum_size_is_read(log_path):
     """The bound is the largest size whose positions fit in u32 (log.py's MAX_SEGMENT_BYTES)."""
     assert tidelog.log.MAX_SEGMENT_BYTES == MAX_SEGMENT_BYTES

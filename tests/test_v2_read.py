@@ -381,6 +381,57 @@ def test_forged_frame_is_corruption_never_a_crash(tmp_path, name):
             log.offset_for_time(10 ** 9)
 
 
+R_64K = ((1 << 16) - 64) // 8      # FORMAT.md rule 8: R of a 64 KiB segment
+
+
+@pytest.mark.parametrize("past", [1, 3 * R_64K])
+def test_a_count_past_R_is_damage_to_every_reader(tmp_path, past):
+    """Rule 8 for the readers: a forged frame (valid CRC) of empty uniform values costs no byte
+    per record, so its count (rules 1-5 hold) may claim any number of records; one taking its
+    segment past R is damage at the read, for verify, and lost to salvage. Readers handed
+    every claimed record out (with a count of 2**32 - 1: a cursor, `tidelog dump` and salvage
+    ran for hours, read_arrow went out of memory) and verify called the log clean."""
+    good1 = recs_for(1, 0)
+    good2 = recs_for(5, 1)
+    seg = S.segment(0, [S.Frame(good1, "single"), S.Frame(good2)], 1 << 16)
+    at = seg.frames[-1][0] + S.align8(struct.unpack_from("<I", seg.data, seg.frames[-1][0])[0])
+    count = R_64K - 6 + past
+    bad = bytearray(S.multi(6, [S.Rec(b"", None, 7)], at=at))
+    struct.pack_into("<I", bad, 24, count)       # (a Built would list every claimed record)
+    built = S.write_log(str(tmp_path / "log"), [[S.Frame(good1, "single"), S.Frame(good2),
+                                                 (S.fix_crc(bad), 1)]])
+    with open(os.path.join(built.path, "tidelog.ctl"), "r+b") as f:
+        f.seek(24)
+        f.write(struct.pack("<qq", 6 + count, 6 + count))      # end and durable offsets
+    segpath = S.seg_path(built.path, 0)
+    with tidelog.open(built.path, readonly=True) as log:
+        assert log.end_offset == 6 + count
+        for o in range(6):
+            same(log.read(o), o, built.records[o])
+        for o in (6, 6 + count - 1):
+            with pytest.raises(tidelog.CorruptLogError, match="more records than a segment") as e:
+                log.read(o)
+            assert e.value.path == segpath and e.value.position == at
+        got = []
+        with pytest.raises(tidelog.CorruptLogError) as e:
+            for r in log.cursor():
+                got.append(r.offset)
+        assert got == list(range(6)) and e.value.offset == 6 and e.value.position == at
+        cur = log.cursor(start=3)
+        assert list(cur.read_batch(1 << 40).offsets) == [3, 4, 5]
+        with pytest.raises(tidelog.CorruptLogError):
+            cur.read_batch(1 << 40)
+        with pytest.raises(tidelog.CorruptLogError):
+            log.offset_for_time(10 ** 7)      # (above every good record: read on)
+    report = tidelog.verify(built.path)
+    assert report.damage is not None and report.damage.offset == 6
+    assert report.damage.position == at and "more records" in report.damage.reason
+    out = str(tmp_path / "salvaged")
+    assert tidelog.salvage(built.path, out).records == 6
+    with tidelog.open(out, readonly=True) as log:
+        assert [bytes(r.value) for r in log.cursor()] == [r.value for r in good1 + good2]
+
+
 def test_damage_in_a_large_frame_found_at_first_read(tmp_path):
     recs = recs_for(600, 0, size=16, keys=False)
     built = S.write_log(str(tmp_path / "log"), [[S.Frame(recs[:300]), S.Frame(recs[300:])]])

@@ -19,6 +19,8 @@ IDS = {"zstd": ZSTD, "lz4": LZ4}
 NAMES = {ZSTD: "zstd", LZ4: "lz4"}
 _EXTRA = {ZSTD: ("zstandard", "tidelog[zstd]"), LZ4: ("lz4", "tidelog[lz4]")}
 ZSTD_LEVEL = 3          # zstandard's default: ~ lz4's ratio x 1.3 on JSON at a third of its speed
+ZSTD_BLOCK_MAX = 128 << 10  # the most a zstd block decompresses to (RFC 8878 Block_Maximum_Size)
+ZSTD_MAX_EXPANSION = ZSTD_BLOCK_MAX // 4     # ... from at least 4 bytes (an RLE block)
 
 _lock = threading.Lock()
 _compressors: dict[int, Callable[[memoryview], bytes]] = {}
@@ -96,6 +98,12 @@ def decompressor(cid: int) -> Callable[[memoryview, int], bytes]:
                 # comes from disk (a forged frame could ask for 4 GiB)
                 if zstandard.frame_content_size(data) != size:
                     raise ValueError("zstd frame content size is not the inner length")
+                # ... and zstandard allocates that size before it decompresses: a forged frame
+                # of a few bytes declaring it would cost a buffer up to the segment's capacity.
+                # A zstd block makes at most 128 KiB from at least 4 bytes (an RLE block: 3
+                # bytes of header, 1 of content), so a larger `size` is damage
+                if size > ZSTD_MAX_EXPANSION * len(data) + ZSTD_BLOCK_MAX:
+                    raise ValueError("zstd inner length beyond what the frame can expand to")
                 d = getattr(local, "d", None)
                 if d is None:
                     d = local.d = zstandard.ZstdDecompressor()
