@@ -193,11 +193,20 @@ static inline uint32_t shift_clmul(uint64_t c, uint32_t k) {
     return (uint32_t)_mm_crc32_u64(0, (uint64_t)_mm_cvtsi128_si64(prod));
 }
 
+#define MIXED_MIN 2048        /* from here: folding and chains (clmul_long), below the chains alone */
+static int fold_wide = 0;     /* 1: the CPU has 256-bit VPCLMULQDQ (clmul_long) */
+static uint32_t clmul_long(uint64_t c, const unsigned char *p, size_t len);
+
+/* the finished CRC (inverted) of p[0..len) from register c; long: inputs of MIXED_MIN bytes and
+ * more may go to clmul_long (a tail call, so that the short inputs' path saves no registers) */
 __attribute__((always_inline, target("sse4.2,pclmul")))
-static inline uint64_t clmul_body(uint64_t c, const unsigned char *p, size_t len) {
+static inline uint32_t clmul_body(uint64_t c, const unsigned char *p, size_t len, int long_ok) {
     while (len && ((uintptr_t)p & 7)) { c = CRC8(c, *p++); len--; }
-    TRIPLE(LONG_BLOCK, shift_long)
-    TRIPLE(SHORT_BLOCK, shift_short)
+    if (len >= 3 * SHORT_BLOCK) {
+        if (long_ok && len >= MIXED_MIN && fold_wide) return clmul_long(c, p, len);
+        TRIPLE(LONG_BLOCK, shift_long)
+        TRIPLE(SHORT_BLOCK, shift_short)
+    }
     if (len >= MID_MIN) {                     /* here len < 3 SHORT_BLOCK */
         size_t block = len / 24 * 8;
         uint64_t c1 = 0, c2 = 0;
@@ -213,7 +222,7 @@ static inline uint64_t clmul_body(uint64_t c, const unsigned char *p, size_t len
         len -= 3 * block;
     }
     TAIL
-    return c;
+    return ~(uint32_t)c;
 }
 
 /* Long inputs (MIXED_MIN and more) where the CPU has 256-bit VPCLMULQDQ: folding. A carry-less
@@ -229,7 +238,6 @@ static inline uint64_t clmul_body(uint64_t c, const unsigned char *p, size_t len
  * steps), and the crc32 instruction over that lane's 16 bytes from 0 turns it into the CRC
  * register (the instruction computes exactly lane * x^32 mod P). */
 static uint64_t k_fold128[2], k_fold16[2];    /* {lo, hi} constants for 128 and 16 bytes */
-static int fold_wide = 0;                     /* 1: 256-bit VPCLMULQDQ folding */
 
 static uint32_t xpow_mod(long n) {            /* x^n mod P, 32-bit reflected */
     uint32_t v = 0x80000000u;
@@ -271,7 +279,6 @@ WIDE_TARGET static inline __m256i fold32(__m256i s, __m256i k) {
  * three runs of m = 32 n bytes for the chains (4 crc32 each per step); the four registers are
  * then joined by shifting over m bytes: shift_clmul with K = x^(8m - 33) mod P, made from
  * k_pow2[j] = x^(2^j - 33) mod P (shift_clmul(x^(a-33), x^(b-33)) = x^(a+b-33)). */
-#define MIXED_MIN 2048                        /* below: the three chains alone are as fast */
 static uint32_t k_pow2[64];                   /* j >= 8 only (8m is a multiple of 256) */
 
 __attribute__((target("sse4.2,pclmul")))
@@ -334,22 +341,20 @@ WIDE_TARGET static uint64_t mixed_256(uint64_t c, const unsigned char **pp, size
     return c;
 }
 
-__attribute__((target("sse4.2,pclmul")))
-static uint64_t clmul_any(uint64_t c, const unsigned char *p, size_t len) {
-    if (fold_wide && len >= MIXED_MIN) {
-        c = mixed_256(c, &p, &len);
-    }
-    return clmul_body(c, p, len);
+__attribute__((noinline, target("sse4.2,pclmul")))
+static uint32_t clmul_long(uint64_t c, const unsigned char *p, size_t len) {
+    c = mixed_256(c, &p, &len);
+    return clmul_body(c, p, len, 0);
 }
 
 __attribute__((target("sse4.2,pclmul")))
 static uint32_t crc32c_hw_clmul(uint32_t crc, const void *buf, size_t len) {
-    return ~(uint32_t)clmul_any(~crc, (const unsigned char *)buf, len);
+    return clmul_body(~crc, (const unsigned char *)buf, len, 1);
 }
 
 __attribute__((target("sse4.2,pclmul")))
 static uint32_t crc32c_hw_clmul_frame(uint32_t length, const void *buf, size_t len) {
-    return ~(uint32_t)clmul_any(CRC32W(0xFFFFFFFFu, length), (const unsigned char *)buf, len);
+    return clmul_body(CRC32W(0xFFFFFFFFu, length), (const unsigned char *)buf, len, 1);
 }
 static int cpu_has_clmul(void) { __builtin_cpu_init(); return __builtin_cpu_supports("pclmul"); }
 static int cpu_has_wide(void) {
