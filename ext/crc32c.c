@@ -193,7 +193,7 @@ static inline uint32_t shift_clmul(uint64_t c, uint32_t k) {
     return (uint32_t)_mm_crc32_u64(0, (uint64_t)_mm_cvtsi128_si64(prod));
 }
 
-#define MIXED_MIN 2048        /* from here: folding and chains (clmul_long), below the chains alone */
+#define MIXED_MIN 2048        /* from here folding and chains (clmul_long), below chains alone */
 static int fold_wide = 0;     /* 1: the CPU has 256-bit VPCLMULQDQ (clmul_long) */
 static uint32_t clmul_long(uint64_t c, const unsigned char *p, size_t len);
 
@@ -291,7 +291,8 @@ __attribute__((target("sse4.2,pclmul")))
 static uint32_t k_shift(uint64_t bits) {      /* x^(bits - 33) mod P; bits a multiple of 256 */
     int j = __builtin_ctzll(bits);
     uint32_t k = k_pow2[j];
-    for (bits &= bits - 1; bits; bits &= bits - 1) k = shift_clmul(k, k_pow2[__builtin_ctzll(bits)]);
+    for (bits &= bits - 1; bits; bits &= bits - 1)
+        k = shift_clmul(k, k_pow2[__builtin_ctzll(bits)]);
     return k;
 }
 
@@ -307,7 +308,8 @@ WIDE_TARGET static uint64_t mixed_256(uint64_t c, const unsigned char **pp, size
     __m256i x2 = _mm256_loadu_si256((const __m256i *)(p + 64));
     __m256i x3 = _mm256_loadu_si256((const __m256i *)(p + 96));
     __m128i lane[8];
-    x0 = _mm256_xor_si256(x0, _mm256_zextsi128_si256(_mm_cvtsi32_si128((int)(uint32_t)c)));
+    x0 = _mm256_xor_si256(x0, _mm256_inserti128_si256(_mm256_setzero_si256(),
+                                                      _mm_cvtsi32_si128((int)(uint32_t)c), 0));
     p += 128;
 #define CHAINS                                                                            \
     c1 = CRC64(c1, load64(b1)); c2 = CRC64(c2, load64(b2)); c3 = CRC64(c3, load64(b3));   \
