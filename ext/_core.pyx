@@ -113,8 +113,10 @@ def crc32c_hardware():
 
 def crc32c_implementation():
     """Which CRC32C runs here: "crc32" (the instruction), "crc32+clmul" (the instruction, short
-    inputs in three chains combined by carry-less multiply) or "table"."""
-    return {1: "crc32", 2: "table", 3: "crc32+clmul"}[tl_crc32c_mode()]
+    inputs in three chains combined by carry-less multiply), "crc32+vpclmul" (that, and inputs
+    of 2 KiB or more folded by 256-bit carry-less multiplies alongside three crc32 chains) or
+    "table"."""
+    return {1: "crc32", 2: "table", 3: "crc32+clmul", 4: "crc32+vpclmul"}[tl_crc32c_mode()]
 
 
 FORMAT_VERSION_ = FORMAT_VERSION
