@@ -8,6 +8,7 @@ never come as arguments: environment variables or the --config file (tidelog.bri
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import threading
@@ -27,8 +28,14 @@ SECRETS_HELP = ("Credentials come from environment variables (TIDELOG_NATS_TOKEN
 
 def _quiet_logs() -> None:
     """The command's stderr is for its one line: asyncio's warnings (e.g. about a TLS
-    connection the server closed on refused credentials) go nowhere. The process is ours."""
+    connection the server closed on refused credentials) go nowhere. The process is ours, so
+    also: what is alive once the command is set up (modules, the client library's) is left out
+    of the cyclic GC's full collections (gc.freeze). The batches a bridge keeps alive while it
+    builds them set off a full collection every batch or two, and each went over every object
+    of the interpreter (measured, 200k messages of 100 B: 1.1-1.6 s of full collections
+    without, 0.3-0.7 s with)."""
     logging.getLogger("asyncio").addHandler(logging.NullHandler())
+    gc.freeze()
 
 
 @contextmanager
@@ -93,8 +100,11 @@ def add_commands(group: click.Group) -> None:
     @click.argument("path")
     @click.option("--name", default="ingest", show_default=True,
                   help="Ingester name: one running ingester per name and log.")
+    @click.option("--skip-gap", "skip_gap", is_flag=True,
+                  help="Go on from the source's first message when its retention deleted "
+                       "messages the log never got (else an error).")
     @_common
-    def ingest(source: str, path: str, name: str, follow: bool, create: bool,
+    def ingest(source: str, path: str, name: str, skip_gap: bool, follow: bool, create: bool,
                config: Optional[str], no_resume: bool) -> None:
         """Append SOURCE's messages to PATH (created if missing) exactly once, in order.
 
@@ -104,5 +114,5 @@ def add_commands(group: click.Group) -> None:
         _quiet_logs()
         with _stop_on_signals(follow) as stop:
             n = bridge.ingest(source, path, name=name, follow=follow, create=create,
-                              config=config, resume=not no_resume, stop=stop)
+                              config=config, skip_gap=skip_gap, resume=not no_resume, stop=stop)
         click.echo(f"ingested {n} records")
