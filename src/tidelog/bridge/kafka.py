@@ -330,13 +330,11 @@ class KafkaSource:
                 offs = list(map(offset, got))
                 now = time.time_ns()       # for a message without a timestamp (old brokers)
                 tss = [ms * 1_000_000 if kind != no_ts else now for kind, ms in map(stamp, got)]
-                # tuples, not lists, and no list of the messages' own headers kept: a tuple of
-                # str and bytes leaves the cyclic GC's care at its first collection, a list
-                # never does, and objects that stay alive while a batch is built set off
-                # collections (with lists, they were half the CPU time per message)
-                own = [((pos, b"%d" % o),) for o in offs]
-                hs = [(*r, *o) if r else o for r, o in zip(map(headers, got), own)]
-                del own
+                # one tuple per record: a message's own headers (a list confluent-kafka makes
+                # per call, freed at once) and its position header; a tuple of str and bytes
+                # leaves the cyclic GC's care at its first collection, a list never does
+                hs = [(*r, (pos, b"%d" % o)) if r else ((pos, b"%d" % o),)
+                      for r, o in zip(map(headers, got), offs)]
                 self._fix_headers(hs, tss)
                 vals = list(map(value, got))
                 if vals.count(None):                    # a null value is an empty record
@@ -357,8 +355,11 @@ class KafkaSource:
         """In place: a null header value becomes b"", and a mirrored timestamp below 1 ms
         (TIMESTAMP_HEADER) goes back into tss[i] and out of the record's headers. Checked for
         the whole batch at once: most batches have neither."""
-        names, vals = zip(*chain.from_iterable(hs))
-        if None not in vals and TIMESTAMP_HEADER not in names:
+        # names are str, values bytes or None: a pass over the names and values together finds
+        # either, making no object per header
+        flat = chain.from_iterable(chain.from_iterable(hs))
+        if TIMESTAMP_HEADER not in flat and None not in chain.from_iterable(
+                chain.from_iterable(hs)):
             return
         for i, h in enumerate(hs):
             fixed = [(k, b"" if v is None else v) for k, v in h]
