@@ -293,9 +293,7 @@ class KafkaSource:
                 got = c.consume(max_batch, 0)
                 if not got:
                     first = c.poll(POLL)
-                    if first is None:
-                        continue
-                    got = [first] + c.consume(max_batch - 1, 0)
+                    got = [] if first is None else [first] + c.consume(max_batch - 1, 0)
             else:
                 # catching up: wait for a full batch, but ask for no more than the end the
                 # last fetch reported leaves (the watermark asked at the start, at first), or
@@ -303,8 +301,18 @@ class KafkaSource:
                 # of a few messages whenever the broker was slower than this loop: the
                 # per-batch cost and the spinning doubled the CPU time per message.
                 got = c.consume(max(1, min(max_batch, end - start)), POLL)
-                if not got:
-                    continue
+            if not got:
+                # nothing came: a partition whose end (as a fetch reported it) is before the
+                # position is not the one the log's positions are from (deleted and made
+                # again?); a broker that does not answer OFFSET_OUT_OF_RANGE there (Tansu) made
+                # this wait for ever
+                _, seen = c.get_watermark_offsets(tp, cached=True)
+                if 0 <= seen < start:
+                    raise BridgeError(f"Kafka topic {a.name!r} partition {a.partition} ends at "
+                                      f"offset {seen}, before offset {start} where the log's "
+                                      f"positions go on: was it deleted and made again? "
+                                      f"Ingest into a log of its own")
+                continue
             done = False
             errs = list(map(error, got))
             # (not errs.count(None): a KafkaError compared with None raises)
