@@ -13,6 +13,13 @@ The position header says where in *a* source the log stopped, not in which: the 
 stream and subject filter) whose positions the log holds, written before the first append, and
 an ingest of another source into a log holding positions is refused (it would resume at the
 first source's position). It only guards: where to resume still comes from the log alone.
+
+The positions a source hands out must go on past the log's last one, strictly increasing
+(_check_order): a batch that goes back or repeats is refused whole, since the next resume would
+trust it. Gaps are the source's to find (Kafka offsets skip legitimately: transaction markers,
+compaction): a position its retention deleted is an error there, or with skip_gap a jump.
+A catch-up run (not follow) opens the log with durability "none" and syncs it every
+SYNC_SECONDS and at the end; exactly once never rests on a sync, only on the log being a prefix.
 """
 
 from __future__ import annotations

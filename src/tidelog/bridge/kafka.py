@@ -265,7 +265,7 @@ class KafkaSource:
             raise BridgeError(f"Kafka topic {a.name!r} partition {a.partition} starts at "
                               f"offset {lo}: offsets {missing}..{lo - 1} were deleted (retention) "
                               f"before they were ingested; --skip-gap ingests from {lo} on")
-        return lo
+        return int(lo)
 
     def batches(self, after: Optional[int], follow: bool, stopping: Callable[[], bool],
                 max_batch: int = 10_000) -> Iterator[Batch]:
@@ -341,7 +341,7 @@ class KafkaSource:
                 # one tuple per record: a message's own headers (a list confluent-kafka makes
                 # per call, freed at once) and its position header; a tuple of str and bytes
                 # leaves the cyclic GC's care at its first collection, a list never does
-                hs = [(*r, (pos, b"%d" % o)) if r else ((pos, b"%d" % o),)
+                hs: list[Any] = [(*r, (pos, b"%d" % o)) if r else ((pos, b"%d" % o),)
                       for r, o in zip(map(headers, got), offs)]
                 self._fix_headers(hs, tss)
                 vals = list(map(value, got))
