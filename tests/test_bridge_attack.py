@@ -199,3 +199,70 @@ def test_two_mirrors_of_one_log_to_one_subject_under_different_names(nats_server
             p.communicate(timeout=30)
     offs = [int(h["tidelog-offset"]) for _, _, h, _ in nats_messages(nats_server.port, "T")]
     assert offs == [0]
+
+
+def test_ingest_after_kafka_retention_deleted_unread_messages(kafka_mock, tmp_path):
+    """The mock cluster keeps ~5 MB per partition: 2,000 messages ingested, 8,000 more of 1 KB
+    produced, and the partition starts past the log's last position. The ingest refuses (one
+    line naming the deleted range and --skip-gap); --skip-gap goes on from the first offset
+    the partition holds, once, with the gap where the deleted messages were."""
+    from test_bridge_kafka import produce
+    log_path = str(tmp_path / "in")
+    item = [(None, b"z" * 1000, 1_600_000_000_000, [])]
+    produce(kafka_mock.bootstrap, "r", 0, item * 2000)
+    r = cli("ingest", kafka_mock.url("r"), log_path)
+    assert r.returncode == 0 and "ingested 2000 records" in r.stdout, r.stderr
+    for _ in range(4):
+        produce(kafka_mock.bootstrap, "r", 0, item * 2000)
+    first = kafka_messages(kafka_mock.bootstrap, "r")[0][0]
+    assert first > 2000, "the mock kept everything: no gap to test"
+    one_line_error(cli("ingest", kafka_mock.url("r"), log_path),
+                   f"offsets 2000..{first - 1} were deleted", "--skip-gap")
+    with tidelog.open(log_path, readonly=True) as log:
+        assert log.end_offset == 2000                   # nothing appended by the refusal
+    r = cli("ingest", kafka_mock.url("r"), log_path, "--skip-gap")
+    assert r.returncode == 0 and f"ingested {10_000 - first} records" in r.stdout, r.stderr
+    with tidelog.open(log_path, readonly=True) as log:
+        offs = [int(dict(log.read(o).headers)["kafka-offset"]) for o in range(log.end_offset)]
+    assert offs == list(range(2000)) + list(range(first, 10_000))
+
+
+class _Source:
+    """A source whose positions are given: what a broker that lost or re-made a partition in
+    the middle of a run would hand out."""
+
+    def __init__(self, batches):
+        self.given = batches
+
+    def batches(self, after, follow, stopping):
+        from tidelog.bridge.base import Batch
+        for ps in self.given:
+            yield Batch(ps, [b"v%d" % p for p in ps], [None] * len(ps), [1] * len(ps),
+                        [[("kafka-offset", b"%d" % p)] for p in ps])
+
+    def close(self):
+        pass
+
+
+def test_ingest_refuses_positions_that_go_backwards_or_repeat(tmp_path):
+    """In the middle of a run, a batch whose positions do not go on past the last appended one
+    (back to 0 after a topic was re-made, a repeat, a step back inside a batch) is a
+    BridgeError; what came before it stays in the log, nothing of it is appended."""
+    import pytest
+    from tidelog.bridge.base import BridgeError
+    from tidelog.bridge.ingest import run_ingest
+    cases = [([[0, 1, 2], [3, 4], [0, 1]], 5, "kafka-offset 0 came after kafka-offset 4"),
+             ([[0, 1, 2], [2, 3]], 3, "kafka-offset 2 came after kafka-offset 2"),
+             ([[5, 6], [7, 9, 8]], 2, "kafka-offset 8 came after kafka-offset 9")]
+    for i, (given, kept, words) in enumerate(cases):
+        path = str(tmp_path / f"l{i}")
+        with pytest.raises(BridgeError, match=words):
+            run_ingest(_Source(given), path, name="ingest", header="kafka-offset",
+                       follow=False, resume=True, stopping=lambda: False)
+        with tidelog.open(path, readonly=True) as log:
+            assert log.end_offset == kept
+    # and on resume: a source handing out the log's last position again
+    path = str(tmp_path / "l0")
+    with pytest.raises(BridgeError, match="kafka-offset 4 came after kafka-offset 4"):
+        run_ingest(_Source([[4, 5]]), path, name="ingest", header="kafka-offset",
+                   follow=False, resume=True, stopping=lambda: False)

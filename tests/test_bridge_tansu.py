@@ -67,3 +67,23 @@ def test_more_than_the_mock_keeps_round_trips(tansu, tmp_path):
         assert len(b) == n
         for off in range(n):
             assert bytes(a.read(off).value) == bytes(b.read(off).value)
+
+
+def test_ingest_from_a_topic_deleted_and_made_again_is_refused(tansu, tmp_path):
+    """100 messages ingested; the topic is deleted and made again with 10: the log's next
+    position (100) is past the partition's end. One line and exit 2, nothing appended (it
+    waited for ever: Tansu answers no OFFSET_OUT_OF_RANGE there)."""
+    import confluent_kafka.admin as adm
+    log_path = str(tmp_path / "in")
+    ac = adm.AdminClient({"bootstrap.servers": tansu.bootstrap})
+    ac.create_topics([adm.NewTopic("d", 1)])["d"].result()
+    produce(tansu.bootstrap, "d", 0, source_items(random.Random(3), 0, 100))
+    r = cli("ingest", tansu.url("d"), log_path)
+    assert r.returncode == 0 and "ingested 100 records" in r.stdout, r.stderr
+    ac.delete_topics(["d"], operation_timeout=10)["d"].result()
+    ac.create_topics([adm.NewTopic("d", 1)])["d"].result()
+    produce(tansu.bootstrap, "d", 0, source_items(random.Random(4), 0, 10))
+    one_line_error(cli("ingest", tansu.url("d"), log_path, timeout=60),
+                   "ends at offset 10, before offset 100", "made again")
+    with tidelog.open(log_path, readonly=True) as log:
+        assert log.end_offset == 100

@@ -8,6 +8,7 @@ never come as arguments: environment variables or the --config file (tidelog.bri
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import threading
@@ -25,10 +26,23 @@ SECRETS_HELP = ("Credentials come from environment variables (TIDELOG_NATS_TOKEN
                 "CERT/KEY) or the --config file, never from the command line.")
 
 
+GC_YOUNG = 100_000   # allocations between young collections while a bridge runs (default 700)
+
+
 def _quiet_logs() -> None:
     """The command's stderr is for its one line: asyncio's warnings (e.g. about a TLS
-    connection the server closed on refused credentials) go nowhere. The process is ours."""
+    connection the server closed on refused credentials) go nowhere.
+
+    The process is ours, so also the cyclic GC, tuned for batches: what is alive once the
+    command is set up (modules, client libraries) is left out of full collections
+    (gc.freeze), and young collections come every GC_YOUNG allocations. A batch of 10,000
+    messages keeps ~50,000 objects alive while it is built; with the defaults every one was
+    traversed by a young collection and again by older ones, half the ingest's CPU time per
+    message (measured: 6.5-9.1 us per 100 B message in the consuming thread, 4.0-4.6 with
+    this; the reference counts free all a bridge makes, the GC only finds cycles)."""
     logging.getLogger("asyncio").addHandler(logging.NullHandler())
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG, *gc.get_threshold()[1:])
 
 
 @contextmanager
@@ -93,8 +107,11 @@ def add_commands(group: click.Group) -> None:
     @click.argument("path")
     @click.option("--name", default="ingest", show_default=True,
                   help="Ingester name: one running ingester per name and log.")
+    @click.option("--skip-gap", "skip_gap", is_flag=True,
+                  help="Go on from the source's first message when its retention deleted "
+                       "messages the log never got (else an error).")
     @_common
-    def ingest(source: str, path: str, name: str, follow: bool, create: bool,
+    def ingest(source: str, path: str, name: str, skip_gap: bool, follow: bool, create: bool,
                config: Optional[str], no_resume: bool) -> None:
         """Append SOURCE's messages to PATH (created if missing) exactly once, in order.
 
@@ -104,5 +121,5 @@ def add_commands(group: click.Group) -> None:
         _quiet_logs()
         with _stop_on_signals(follow) as stop:
             n = bridge.ingest(source, path, name=name, follow=follow, create=create,
-                              config=config, resume=not no_resume, stop=stop)
+                              config=config, skip_gap=skip_gap, resume=not no_resume, stop=stop)
         click.echo(f"ingested {n} records")

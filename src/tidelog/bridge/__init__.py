@@ -42,13 +42,13 @@ def _target(addr: Address, config: Optional[str], create: bool) -> Target:
     return bkafka.KafkaTarget(addr, kafka_options(settings), create)
 
 
-def _source(addr: Address, config: Optional[str], create: bool) -> Source:
+def _source(addr: Address, config: Optional[str], create: bool, skip_gap: bool) -> Source:
     settings = read_config(config)
     if addr.system == "nats":
         from tidelog.bridge import nats as bnats
-        return bnats.NatsSource(addr, nats_options(settings), create)
+        return bnats.NatsSource(addr, nats_options(settings), create, skip_gap)
     from tidelog.bridge import kafka as bkafka
-    return bkafka.KafkaSource(addr, kafka_options(settings), create)
+    return bkafka.KafkaSource(addr, kafka_options(settings), create, skip_gap)
 
 
 def mirror(log: LogArg, target: str, *, name: str = "mirror", follow: bool = False,
@@ -79,16 +79,18 @@ def mirror(log: LogArg, target: str, *, name: str = "mirror", follow: bool = Fal
 
 
 def ingest(source: str, log: LogArg, *, name: str = "ingest", follow: bool = False,
-           create: bool = False, config: Optional[str] = None, resume: bool = True,
-           stop: Optional[threading.Event] = None,
+           create: bool = False, config: Optional[str] = None, skip_gap: bool = False,
+           resume: bool = True, stop: Optional[threading.Event] = None,
            progress: Optional[Callable[[int], None]] = None) -> int:
     """Append every message of `source` to `log` (created if missing) exactly once, in source
     order, with key, value, timestamp and headers plus the source position in a header
-    (`kafka-offset` or `nats-sequence`); return how many were appended. Arguments as mirror()'s.
+    (`kafka-offset` or `nats-sequence`); return how many were appended. Arguments as mirror()'s,
+    but `skip_gap`: go on from the source's first position when its retention deleted messages
+    after the log's last ingested one (else BridgeError), at the start or while reading.
     """
     check_bridge_name(name)
     addr = parse_address(source, argument="source")
-    src = _source(addr, config, create)
+    src = _source(addr, config, create, skip_gap)
     try:
         return run_ingest(src, log, name=name, follow=follow, resume=resume,
                           header=KAFKA_POSITION if addr.system == "kafka" else NATS_POSITION,

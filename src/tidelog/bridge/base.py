@@ -1,21 +1,22 @@
 """What the two bridge directions share: the error, the message model, optional imports.
 
 Owns BridgeError (every failure of a bridge worth one line and exit 2 at the command line),
-Message (a record on its way between a log and a broker), the position header names, and
-`require` (an optional client library imported only when used, or an error naming the extra).
+Message (a record on its way between a log and a broker), Batch (an ingest's messages in the
+columns append_batch takes), the position header names, and `require` (an optional client
+library imported only when used, or an error naming the extra).
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Optional, Protocol
 
 from tidelog.errors import TidelogError
 
-__all__ = ["BridgeError", "Message", "Target", "Source", "require", "OFFSET_HEADER", "KAFKA_POSITION",
+__all__ = ["BridgeError", "Message", "Batch", "Target", "Source", "require", "OFFSET_HEADER", "KAFKA_POSITION",
            "NATS_POSITION", "TIMESTAMP_HEADER", "headers_of"]
 
 OFFSET_HEADER = "tidelog-offset"     # a mirrored record's offset in its log, decimal ASCII
@@ -42,6 +43,27 @@ class Message:
     headers: list[tuple[str, bytes]] = field(default_factory=list)
 
 
+@dataclass
+class Batch:
+    """Messages a source read, in order, as the columns Log.append_batch takes (built column
+    by column: no object per message). `positions[i]` is message i's source position, which its
+    last header already carries (KAFKA_POSITION, NATS_POSITION)."""
+    positions: list[int]
+    values: list[bytes]
+    keys: list[Optional[bytes]]
+    timestamps: list[int]            # nanoseconds since the epoch
+    headers: list[Sequence[tuple[str, bytes]]]   # lists or tuples of (name, value)
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    @classmethod
+    def of(cls, msgs: list[Message]) -> "Batch":
+        """The columns of `msgs` (whose headers already end with their position's)."""
+        return cls([m.position for m in msgs], [m.value for m in msgs], [m.key for m in msgs],
+                   [m.timestamp for m in msgs], [m.headers for m in msgs])
+
+
 class Target(Protocol):
     """Where a mirror ships (kafka.KafkaTarget, nats.NatsTarget)."""
 
@@ -58,7 +80,7 @@ class Source(Protocol):
     """Where an ingest reads (kafka.KafkaSource, nats.NatsSource)."""
 
     def batches(self, after: Optional[int], follow: bool,
-                stopping: Callable[[], bool]) -> Iterator[list[Message]]:
+                stopping: Callable[[], bool]) -> Iterator[Batch]:
         """Messages after position `after` (None: from the first), in order, in batches."""
 
     def close(self) -> None: ...

@@ -13,12 +13,19 @@ The position header says where in *a* source the log stopped, not in which: the 
 stream and subject filter) whose positions the log holds, written before the first append, and
 an ingest of another source into a log holding positions is refused (it would resume at the
 first source's position). It only guards: where to resume still comes from the log alone.
+
+The positions a source hands out must go on past the log's last one, strictly increasing
+(_check_order): a batch that goes back or repeats is refused whole, since the next resume would
+trust it. Gaps are the source's to find (Kafka offsets skip legitimately: transaction markers,
+compaction): a position its retention deleted is an error there, or with skip_gap a jump.
 """
 
 from __future__ import annotations
 
+import operator
 import os
 from collections.abc import Callable
+from itertools import islice
 from typing import Optional, Union
 
 import tidelog
@@ -27,7 +34,7 @@ from tidelog.bridge.lock import LOCK_DIR, BridgeLock
 
 __all__ = ["run_ingest", "last_position"]
 
-SYNC_EVERY = 8        # batches between syncs in follow mode (close() syncs the rest)
+SYNC_EVERY = 8        # batches between syncs (close() syncs the rest)
 SCAN_LIMIT = 1_000_000  # records read backwards looking for the last ingested one
 
 
@@ -88,6 +95,24 @@ def _check_source(log_path: str, origin: str, holds_positions: bool) -> None:
         os.close(fd)
 
 
+def _check_order(positions: list[int], last: Optional[int], header: str) -> None:
+    """Refuse a batch whose positions do not all follow `last` (the log's last ingested one)
+    in strictly increasing order: a source whose positions went backwards or repeated (a topic
+    or stream deleted and made again, a broker that lost what it acknowledged) would make the
+    resume point lie. Nothing of the batch is appended; what was before it stays."""
+    if (last is None or positions[0] > last) and all(map(operator.lt, positions,
+                                                         islice(positions, 1, None))):
+        return
+    prev = last
+    for p in positions:
+        if prev is not None and p <= prev:
+            raise BridgeError(f"the source's message at {header} {p} came after {header} "
+                              f"{prev}: its positions went backwards or repeated (was it "
+                              f"deleted and made again?); ingesting it would break the resume "
+                              f"point; ingest into a log of its own")
+        prev = p
+
+
 def run_ingest(source: Source, log: Union[str, os.PathLike[str], tidelog.Log], *,
                name: str, header: str, follow: bool, resume: bool,
                stopping: Callable[[], bool],
@@ -101,6 +126,8 @@ def run_ingest(source: Source, log: Union[str, os.PathLike[str], tidelog.Log], *
     lock = (BridgeLock(path, "ingest", name)
             if os.path.isfile(os.path.join(path, "tidelog.lock")) else None)
     try:
+        # (durability "none" with a sync every second was measured too: slower at 1 KiB, 0.35x
+        # against 0.49x of the raw loop, the syncs blocking the loop instead of the flusher's)
         lg = log if isinstance(log, tidelog.Log) else tidelog.open(path)
     except BaseException:
         if lock is not None:
@@ -113,11 +140,13 @@ def run_ingest(source: Source, log: Union[str, os.PathLike[str], tidelog.Log], *
                 _check_source(lg.path, origin, after is not None)
             got = 0
             n = 0
-            for msgs in source.batches(after, follow, stopping):
-                lg.append_batch([m.value for m in msgs], keys=[m.key for m in msgs],
-                                timestamps=[m.timestamp for m in msgs],
-                                headers=[m.headers for m in msgs])
-                got += len(msgs)
+            last = after
+            for b in source.batches(after, follow, stopping):
+                _check_order(b.positions, last, header)
+                lg.append_batch(b.values, keys=b.keys, timestamps=b.timestamps,
+                                headers=b.headers)
+                last = b.positions[-1]
+                got += len(b)
                 n += 1
                 if n % SYNC_EVERY == 0:
                     lg.sync()

@@ -20,12 +20,14 @@ import collections
 import logging
 import re
 import time
+from itertools import chain, repeat
+from operator import is_not
 from collections.abc import Callable, Iterator
 from typing import Any, Optional
 
 from tidelog.bridge.address import Address
-from tidelog.bridge.base import (KAFKA_POSITION, OFFSET_HEADER, TIMESTAMP_HEADER, BridgeError,
-                                 Message, require)
+from tidelog.bridge.base import (KAFKA_POSITION, OFFSET_HEADER, TIMESTAMP_HEADER, Batch,
+                                 BridgeError, Message, require)
 from tidelog.bridge.security import SECRET_KEYS
 
 __all__ = ["KafkaTarget", "KafkaSource"]
@@ -37,6 +39,7 @@ POLL = 0.5                # seconds a consumer poll waits
 
 # librdkafka's local error codes are spelled with a leading underscore (its public names)
 PARTITION_EOF = "_PARTITION_EOF"
+OFFSET_RESET = "_AUTO_OFFSET_RESET"   # auto.offset.reset=error: the position is out of range
 
 _quiet = logging.getLogger("tidelog.bridge.librdkafka")
 _quiet.addHandler(logging.NullHandler())
@@ -107,13 +110,14 @@ def _where(address: Address) -> str:
     return f"Kafka {','.join(address.servers)}"
 
 
-def _consumer(ck: Any, base: dict[str, Any], group: str) -> Any:
-    """A consumer that never commits and never asks the cluster to create a topic."""
+def _consumer(ck: Any, base: dict[str, Any], group: str, reset: str = "earliest") -> Any:
+    """A consumer that never commits and never asks the cluster to create a topic; `reset`:
+    what it does at a position the partition does not hold ("error": an event, no jump)."""
     try:
         return ck.Consumer(dict(base, **{"group.id": group, "enable.auto.commit": False,
                                          "enable.partition.eof": True,
                                          "allow.auto.create.topics": False,
-                                         "auto.offset.reset": "earliest"}))
+                                         "auto.offset.reset": reset}))
     except ck.KafkaException as e:
         raise BridgeError(f"Kafka settings: {e.args[0].str()}") from None
 
@@ -144,12 +148,14 @@ def _create(ck: Any, address: Address, base: dict[str, Any], c: Any) -> Any:
     return c.list_topics(topic, timeout=CONNECT_TIMEOUT).topics.get(topic)
 
 
-def _metadata(ck: Any, address: Address, create: bool, base: dict[str, Any]) -> None:
+def _metadata(ck: Any, address: Address, create: bool, base: dict[str, Any],
+              consumer: Any = None) -> None:
     """Check the topic and partition exist (making the topic when `create`). Asked by a
-    consumer that does not allow auto-creation: a metadata request by a producer or an admin
-    client makes a missing topic on brokers that auto-create."""
+    consumer that does not allow auto-creation (`consumer`, or one made here): a metadata
+    request by a producer or an admin client makes a missing topic on brokers that
+    auto-create."""
     topic = address.name
-    c = _consumer(ck, base, "tidelog-metadata")
+    c = consumer if consumer is not None else _consumer(ck, base, "tidelog-metadata")
     try:
         try:
             md = c.list_topics(topic, timeout=CONNECT_TIMEOUT)
@@ -175,7 +181,8 @@ def _metadata(ck: Any, address: Address, create: bool, base: dict[str, Any]) -> 
             raise BridgeError(f"Kafka topic {topic!r} has no partition {address.partition} "
                               f"(it has {n})")
     finally:
-        c.close()
+        if consumer is None:
+            c.close()
 
 
 class KafkaTarget:
@@ -280,72 +287,153 @@ class KafkaTarget:
 
 
 class KafkaSource:
-    """Where an ingest reads: one partition of a topic."""
+    """Where an ingest reads: one partition of a topic. Its consumer never jumps: a position
+    the partition no longer holds (retention deleted it, before the start or while reading) is
+    an error, or with `skip_gap` a jump to the partition's first offset, never a silent reset."""
 
-    def __init__(self, address: Address, opts: dict[str, str], create: bool) -> None:
+    def __init__(self, address: Address, opts: dict[str, str], create: bool,
+                 skip_gap: bool = False) -> None:
         self.ck = require("confluent_kafka")
         self.address = address
+        self.skip_gap = skip_gap
         base = _base_config(address, opts)
-        _metadata(self.ck, address, create, base)
-        self.consumer = _consumer(self.ck, base, "tidelog-ingest")
+        # one consumer asks the metadata and reads (a second one cost a connection to every
+        # broker again: 20-40 ms of an ingest's fixed cost on the mock cluster)
+        self.consumer = _consumer(self.ck, base, "tidelog-ingest", reset="error")
+        try:
+            _metadata(self.ck, address, create, base, self.consumer)
+        except BaseException:
+            self.consumer.close()
+            raise
+
+    def _gap(self, tp: Any, missing: int) -> int:
+        """Where to go on when offset `missing` is no longer in the partition: its first
+        offset if `skip_gap`, else BridgeError."""
+        a = self.address
+        try:
+            lo, _ = self.consumer.get_watermark_offsets(tp, timeout=CONNECT_TIMEOUT)
+        except self.ck.KafkaException as e:
+            raise BridgeError(f"{_where(a)}: {e.args[0].str()}") from None
+        if lo <= missing:
+            raise BridgeError(f"Kafka topic {a.name!r} partition {a.partition} no longer holds "
+                              f"offset {missing} but starts at {lo}: was it deleted and made "
+                              f"again? Ingest into a log of its own")
+        if not self.skip_gap:
+            raise BridgeError(f"Kafka topic {a.name!r} partition {a.partition} starts at "
+                              f"offset {lo}: offsets {missing}..{lo - 1} were deleted (retention) "
+                              f"before they were ingested; --skip-gap ingests from {lo} on")
+        return int(lo)
 
     def batches(self, after: Optional[int], follow: bool, stopping: Callable[[], bool],
-                max_batch: int = 1000) -> Iterator[list[Message]]:
-        ck, a = self.ck, self.address
+                max_batch: int = 10_000) -> Iterator[Batch]:
+        ck, a, c = self.ck, self.address, self.consumer
         tp = ck.TopicPartition(a.name, a.partition)
         try:
-            lo, hi = self.consumer.get_watermark_offsets(tp, timeout=CONNECT_TIMEOUT)
+            lo, end = c.get_watermark_offsets(tp, timeout=CONNECT_TIMEOUT)
         except ck.KafkaException as e:
             raise BridgeError(f"{_where(a)}: {e.args[0].str()}") from None
         start = lo if after is None else after + 1
-        if after is not None and after + 1 < lo:
-            raise BridgeError(f"Kafka topic {a.name!r} partition {a.partition} starts at "
-                              f"offset {lo}: offsets {after + 1}..{lo - 1} were deleted before "
-                              f"they were ingested")
-        self.consumer.assign([ck.TopicPartition(a.name, a.partition, start)])
-        c = self.consumer
-        eof, no_ts = getattr(ck.KafkaError, PARTITION_EOF), ck.TIMESTAMP_NOT_AVAILABLE
+        if start < lo:
+            start = self._gap(tp, start)
+        c.assign([ck.TopicPartition(a.name, a.partition, start)])
+        eof, reset = getattr(ck.KafkaError, PARTITION_EOF), getattr(ck.KafkaError, OFFSET_RESET)
+        no_ts = ck.TIMESTAMP_NOT_AVAILABLE
+        km = ck.Message
+        error, offset, value, key, stamp, headers = (km.error, km.offset, km.value, km.key,
+                                                     km.timestamp, km.headers)
+        pos = KAFKA_POSITION
         while not stopping():
-            # consume(n, t) waits until it has n messages or t passed: at the end of what the
-            # partition holds (or between messages in follow mode) it would sit out the whole
-            # POLL. So: take what is here, and wait only for the first message of a batch.
-            got = c.consume(max_batch, 0)
+            # consume(n, t) returns once it has n messages (or events) or t passed
+            if follow:
+                # between messages it would sit out the whole POLL: take what is here, and
+                # wait only for the first message of a batch
+                got = c.consume(max_batch, 0)
+                if not got:
+                    first = c.poll(POLL)
+                    got = [] if first is None else [first] + c.consume(max_batch - 1, 0)
+            else:
+                # catching up: wait for a full batch, but ask for no more than the end the
+                # last fetch reported leaves (the watermark asked at the start, at first), or
+                # the last batch would sit out POLL. Taking only what had arrived made batches
+                # of a few messages whenever the broker was slower than this loop (same
+                # speed within the noise once the GC is tuned, but fewer wake-ups).
+                got = c.consume(max(1, min(max_batch, end - start)), POLL)
             if not got:
-                first = c.poll(POLL)
-                got = [] if first is None else [first] + c.consume(max_batch - 1, 0)
-            out = []
+                # nothing came: a partition whose end (as a fetch reported it) is before the
+                # position is not the one the log's positions are from (deleted and made
+                # again?); a broker that does not answer OFFSET_OUT_OF_RANGE there (Tansu) made
+                # this wait for ever
+                _, seen = c.get_watermark_offsets(tp, cached=True)
+                if 0 <= seen < start:
+                    raise BridgeError(f"Kafka topic {a.name!r} partition {a.partition} ends at "
+                                      f"offset {seen}, before offset {start} where the log's "
+                                      f"positions go on: was it deleted and made again? "
+                                      f"Ingest into a log of its own")
+                continue
             done = False
-            for m in got:                      # per message: keep this loop lean
-                err = m.error()
-                if err is not None:
-                    if err.code() == eof:
+            errs = list(map(error, got))
+            # (not errs.count(None): a KafkaError compared with None raises)
+            if any(map(is_not, errs, repeat(None))):    # events among the messages: rare
+                kept = []
+                for m, err in zip(got, errs):
+                    if err is None:
+                        kept.append(m)
+                    elif err.code() == eof:
                         done = not follow
-                        continue
-                    raise BridgeError(f"{_where(a)}: {err.str()}")
-                off = m.offset()
-                kind, ms = m.timestamp()
-                ts = ms * 1_000_000 if kind != no_ts else time.time_ns()
-                raw = m.headers()
-                if raw:
-                    hs = [(k, b"" if v is None else v) for k, v in raw]
-                    for i, (k, v) in enumerate(hs):     # a mirrored timestamp below 1 ms
-                        if k == TIMESTAMP_HEADER and v.isdigit():
-                            ts = int(v)
-                            del hs[i]
-                            break
-                    hs.append((KAFKA_POSITION, b"%d" % off))
-                else:
-                    hs = [(KAFKA_POSITION, b"%d" % off)]
-                out.append(Message(off, m.value() or b"", m.key(), ts, hs))
-            if out and not follow and not done:
-                # the end the last fetch reported (what PARTITION_EOF is made of, but that
-                # event waits for one more, empty fetch: fetch.wait.max.ms, 0.5 s by default)
-                _, end = c.get_watermark_offsets(tp, cached=True)
-                done = end >= 0 and out[-1].position >= end - 1
-            if out:
-                yield out
+                    elif err.code() == reset:
+                        # the consumer's position is gone (retention): after what was kept
+                        at = kept[-1].offset() + 1 if kept else start
+                        to = self._gap(tp, at)
+                        c.assign([ck.TopicPartition(a.name, a.partition, to)])
+                        break
+                    else:
+                        raise BridgeError(f"{_where(a)}: {err.str()}")
+                got = kept
+            if got:
+                # column by column, with no object per message but its position header (the
+                # per-message cost of an ingest: keep it lean)
+                offs = list(map(offset, got))
+                now = time.time_ns()       # for a message without a timestamp (old brokers)
+                tss = [ms * 1_000_000 if kind != no_ts else now for kind, ms in map(stamp, got)]
+                # one tuple per record: a message's own headers (a list confluent-kafka makes
+                # per call, freed at once) and its position header; a tuple of str and bytes
+                # leaves the cyclic GC's care at its first collection, a list never does
+                hs: list[Any] = [(*r, (pos, b"%d" % o)) if r else ((pos, b"%d" % o),)
+                      for r, o in zip(map(headers, got), offs)]
+                self._fix_headers(hs, tss)
+                vals = list(map(value, got))
+                if vals.count(None):                    # a null value is an empty record
+                    vals = [b"" if v is None else v for v in vals]
+                start = offs[-1] + 1
+                if not follow and not done:
+                    # the end the last fetch reported (what PARTITION_EOF is made of, but that
+                    # event waits for one more, empty fetch: fetch.wait.max.ms, 0.5 s default)
+                    _, seen = c.get_watermark_offsets(tp, cached=True)
+                    end = max(end, seen)
+                    done = seen >= 0 and offs[-1] >= seen - 1
+                yield Batch(offs, vals, list(map(key, got)), tss, hs)
             if done:                           # the end a fetch saw (not the watermark)
                 return
+
+    @staticmethod
+    def _fix_headers(hs: list[tuple[tuple[str, Optional[bytes]], ...]], tss: list[int]) -> None:
+        """In place: a null header value becomes b"", and a mirrored timestamp below 1 ms
+        (TIMESTAMP_HEADER) goes back into tss[i] and out of the record's headers. Checked for
+        the whole batch at once: most batches have neither."""
+        # names are str, values bytes or None: a pass over the names and values together finds
+        # either, making no object per header
+        flat = chain.from_iterable(chain.from_iterable(hs))
+        if TIMESTAMP_HEADER not in flat and None not in chain.from_iterable(
+                chain.from_iterable(hs)):
+            return
+        for i, h in enumerate(hs):
+            fixed = [(k, b"" if v is None else v) for k, v in h]
+            for j, (k, v) in enumerate(fixed):
+                if k == TIMESTAMP_HEADER and v.isdigit():
+                    tss[i] = int(v)
+                    del fixed[j]
+                    break
+            hs[i] = tuple(fixed)
 
     def close(self) -> None:
         self.consumer.close()

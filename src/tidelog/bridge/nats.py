@@ -27,8 +27,8 @@ from collections.abc import Callable, Iterator
 from typing import Any, Optional
 
 from tidelog.bridge.address import Address
-from tidelog.bridge.base import (NATS_POSITION, OFFSET_HEADER, TIMESTAMP_HEADER, BridgeError,
-                                 Message, require)
+from tidelog.bridge.base import (NATS_POSITION, OFFSET_HEADER, TIMESTAMP_HEADER, Batch,
+                                 BridgeError, Message, require)
 
 __all__ = ["NatsTarget", "NatsSource", "encode_headers", "decode_message"]
 
@@ -349,9 +349,11 @@ class NatsTarget:
 class NatsSource:
     """Where an ingest reads: a JetStream stream (all of it, or one subject)."""
 
-    def __init__(self, address: Address, opts: dict[str, str], create: bool) -> None:
+    def __init__(self, address: Address, opts: dict[str, str], create: bool,
+                 skip_gap: bool = False) -> None:
         self.conn = _Conn(address, opts)
         self.subject = address.subject
+        self.skip_gap = skip_gap
         try:
             self.info = self.conn.stream(create, address.subject or address.name)
         except BaseException:
@@ -359,7 +361,7 @@ class NatsSource:
             raise
 
     def batches(self, after: Optional[int], follow: bool, stopping: Callable[[], bool],
-                max_batch: int = 1000) -> Iterator[list[Message]]:
+                max_batch: int = 1000) -> Iterator[Batch]:
         """Messages after stream sequence `after` (None: from the first), in batches; without
         `follow`, until the stream's end as of the start."""
         c = self.conn
@@ -368,9 +370,11 @@ class NatsSource:
                                  filter_subject=self.subject, max_ack_pending=-1)
         first = self.info.state.first_seq
         if after is not None and after + 1 < first:
-            raise BridgeError(f"NATS stream {c.address.name!r} starts at sequence {first}: "
-                              f"sequences {after + 1}..{first - 1} were deleted before they "
-                              f"were ingested")
+            if not self.skip_gap:
+                raise BridgeError(f"NATS stream {c.address.name!r} starts at sequence {first}: "
+                                  f"sequences {after + 1}..{first - 1} were deleted before "
+                                  f"they were ingested; --skip-gap ingests from {first} on")
+            after = first - 1
         if after:
             cfg.deliver_policy = api.DeliverPolicy.BY_START_SEQUENCE
             cfg.opt_start_seq = after + 1
@@ -401,7 +405,7 @@ class NatsSource:
                 ts = int(md.timestamp.timestamp()) * 10**9 + md.timestamp.microsecond * 1000
                 out.append(decode_message(md.sequence.stream, m.data, m.headers, ts))
             if out:
-                yield out
+                yield Batch.of(out)
                 if not follow and msgs[-1].metadata.num_pending == 0:
                     return
 
