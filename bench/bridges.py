@@ -42,17 +42,22 @@ def free_port():
     return p
 
 
+def wait_port(port):
+    """Wait (up to ~10 s) until a server listens on the local `port`."""
+    for _ in range(200):
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+
+
 def start_nats(tmp):
     port = free_port()
     exe = os.path.join(os.path.dirname(sys.executable), "nats-server")
     proc = subprocess.Popen([exe, "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", tmp],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(200):
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
+    wait_port(port)
     return proc, port
 
 
@@ -80,12 +85,7 @@ def start_tansu():
     url = f"tcp://127.0.0.1:{port}"
     proc = subprocess.Popen([exe, "broker", "--listener-url", url, "--advertised-listener-url",
                              url, "--silent"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(200):
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
+    wait_port(port)
     return proc, f"127.0.0.1:{port}"
 
 

@@ -111,6 +111,14 @@ def one_line_error(r, *words):
     assert TOKEN not in r.stderr + r.stdout and PASSWORD not in r.stderr + r.stdout
 
 
+
+def assert_same_100(path_a, path_b):
+    """Both logs hold the same 100 values (a mirror out, then an ingest back in)."""
+    with tidelog.open(str(path_a), readonly=True) as a, \
+            tidelog.open(str(path_b), readonly=True) as b:
+        assert len(b) == len(a) == 100
+        assert all(bytes(b.read(i).value) == bytes(a.read(i).value) for i in range(100))
+
 def test_token_over_tls(token_server, pki, log_path, tmp_path):
     url = f"tls://127.0.0.1:{token_server}/SEC"
     r = cli("mirror", log_path, url, "--create",
@@ -274,10 +282,7 @@ def test_creds_file_round_trip(creds_server, log_path, tmp_path):
     r = cli("ingest", url, str(tmp_path / "in"), "--config", str(tmp_path / "nats.conf"),
             env=env(), timeout=60)
     assert r.returncode == 0 and "ingested 100 records" in r.stdout, r.stderr
-    with tidelog.open(log_path, readonly=True) as a, \
-            tidelog.open(str(tmp_path / "in"), readonly=True) as b:
-        assert len(b) == len(a) == 100
-        assert all(bytes(b.read(i).value) == bytes(a.read(i).value) for i in range(100))
+    assert_same_100(log_path, tmp_path / "in")
     no_secret(r, creds_server["seed"], creds_server["jwt"])
 
 
@@ -387,10 +392,7 @@ def test_kafka_sasl_ssl_round_trip(kafka_gate, pki, log_path, tmp_path):
     r = cli("ingest", url, str(tmp_path / "in"), "--config", str(tmp_path / "kafka.conf"),
             env=env(), timeout=120)
     assert r.returncode == 0 and "ingested 100 records" in r.stdout, r.stderr
-    with tidelog.open(log_path, readonly=True) as a, \
-            tidelog.open(str(tmp_path / "in"), readonly=True) as b:
-        assert len(b) == len(a) == 100
-        assert all(bytes(b.read(i).value) == bytes(a.read(i).value) for i in range(100))
+    assert_same_100(log_path, tmp_path / "in")
     assert KAFKA_PASSWORD not in r.stdout + r.stderr
 
 

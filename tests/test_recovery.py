@@ -4,6 +4,8 @@ reported with file, position and offset."""
 import os
 import shutil
 import struct
+import subprocess
+import sys
 
 import pytest
 
@@ -534,6 +536,15 @@ def test_a_segment_of_exactly_R_records_is_kept_and_one_more_is_damage(log_path)
         assert [bytes(r.value) for r in log.cursor()] == [b"g0", b"g1", b"g2"]
 
 
+def run_child(code, timeout=120):
+    """Run `code` in a child Python (a crash or hang there fails the test, not the run); its
+    output's words."""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=timeout)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r.stdout.split()
+
+
 @pytest.mark.parametrize("clean", [False, True])
 def test_a_forged_count_far_past_R_never_reaches_the_index(log_path, clean):
     """A forged frame (valid CRC) claiming 2**28 records of empty values, after a clean close or
@@ -541,8 +552,6 @@ def test_a_forged_count_far_past_R_never_reaches_the_index(log_path, clean):
     the writer's index rebuild at open wrote entries for every claimed record past the end of
     its mapping - SIGSEGV, found by test_fuzz). Unclean: cut, 3 records kept; clean:
     CorruptLogError naming rule 8."""
-    import subprocess
-    import sys
     good = Frame([Rec(b"g%d" % i, None, 1) for i in range(3)])
     v2spec.write_log(log_path, [[good, forged("count-past-R")]], clean=clean)
     seg = os.path.join(log_path, SEG0)
@@ -563,9 +572,7 @@ def test_a_forged_count_far_past_R_never_reaches_the_index(log_path, clean):
             f"        print('end', log.end_offset)\n"
             f"except tidelog.CorruptLogError as e:\n"
             f"    print('corrupt', e.offset, e.position)\n")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.split() == (["corrupt", "3", "136"] if clean else ["end", "3"])
+    assert run_child(code) == (["corrupt", "3", "136"] if clean else ["end", "3"])
 
 
 def test_forged_counts_before_the_last_frame_cost_no_walk_at_a_clean_reopen(log_path):
@@ -575,8 +582,6 @@ def test_forged_counts_before_the_last_frame_cost_no_walk_at_a_clean_reopen(log_
     such frames held the open for hours). The walk now follows the offsets up to the end only;
     the forged frames are damage at the read that reaches them. In a child process (the hang
     was the symptom): 40 forged frames, each 2**32 - 1 records."""
-    import subprocess
-    import sys
     good = Frame([Rec(b"g%d" % i, None, 1) for i in range(3)])
     anchor = Frame([Rec(b"", None, 2)] * 100)                  # holds the .tix entry's record
     tail = [Frame([Rec(b"", None, 3)] * 2) for _ in range(40)]
@@ -601,9 +606,7 @@ def test_forged_counts_before_the_last_frame_cost_no_walk_at_a_clean_reopen(log_
             f"        log.read(3)\n"
             f"    except tidelog.CorruptLogError as e:\n"
             f"        print('corrupt', e.offset)\n")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.split() == [str(end + 1), "end", "corrupt", "3"]
+    assert run_child(code) == [str(end + 1), "end", "corrupt", "3"]
 
 
 def test_index_checks_stop_at_a_count_past_R(log_path):
@@ -611,8 +614,6 @@ def test_index_checks_stop_at_a_count_past_R(log_path):
     claimed record of each frame: a forged frame of 2**32 - 1 empty values in a sealed segment
     cost ~7 s, one per segment. They stop at a frame taking its segment past R (rule 8) now.
     In a child process: 20 segments with such a frame each."""
-    import subprocess
-    import sys
     segs = [[Frame([Rec(b"g", None, 1)] * 3), Frame([Rec(b"", None, 2)] * 10)]
             for _ in range(21)]
     b = v2spec.write_log(log_path, segs, clean=True)
@@ -627,9 +628,7 @@ def test_index_checks_stop_at_a_count_past_R(log_path):
     code = (f"import tidelog\n"
             f"with tidelog.open({log_path!r}, readonly=True) as log:\n"
             f"    print(len(log.index_problems()))\n")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.split() == ["0"]     # (the walk stops at the damage, which verify reports)
+    assert run_child(code, timeout=60) == ["0"]  # (the walk stops at the damage, verify reports it)
 
 
 def test_salvage_yields_every_record_of_each_valid_frame(log_path):
