@@ -4,8 +4,9 @@
 # single form with headers) and their decoding for readers (frame_headers). Writes no LogCore
 # field. put_headers / frame_write_hdr run without the GIL inside the appender's framing (they
 # touch no Python object); the rest holds the GIL.
-from cpython.unicode cimport PyUnicode_DecodeUTF8
+from cpython.unicode cimport PyUnicode_DecodeUTF8, PyUnicode_AsUTF8AndSize
 from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from collections.abc import Mapping as _Mapping
 
 cdef enum:
@@ -45,6 +46,9 @@ cdef object pack_headers(object h, str name, Item* it):
         return None
     if n > MAX_RECORD_HEADERS:
         raise ValueError(f"{name}: {n} headers; at most {MAX_RECORD_HEADERS} per record")
+    blob = pack_exact(pairs, n, name, it)
+    if blob is not None:
+        return blob
     names = []
     vals = []
     cdef size_t nb = 0, vb = 0
@@ -88,6 +92,53 @@ cdef object pack_headers(object h, str name, Item* it):
         q += <size_t>PyBytes_GET_SIZE(bname)
     for j in range(n):
         hval = vals[j]
+        wr_u32(out + 4 * (<size_t>n + j), <uint32_t>PyBytes_GET_SIZE(hval))
+        memcpy(out + q, PyBytes_AS_STRING(hval), <size_t>PyBytes_GET_SIZE(hval))
+        q += <size_t>PyBytes_GET_SIZE(hval)
+    it.h = PyBytes_AS_STRING(blob)
+    it.hn = <uint32_t>n
+    it.hnb = nb
+    it.hvb = vb
+    return blob
+
+
+cdef object pack_exact(object pairs, Py_ssize_t n, str name, Item* it):
+    """pack_headers for the common form - every pair an exact tuple of an exact str and exact
+    bytes - with no object per header: the sizes in one pass, the copies in a second. `pairs`
+    is a tuple or pack_headers' own list, and nothing between the passes runs Python code that
+    could reach it (the pairs, names and values are immutable). None when a pair is of another
+    form or a name is not valid UTF-8: the general path checks it and says why."""
+    cdef Py_ssize_t j, ln
+    cdef size_t nb = 0, vb = 0, q
+    cdef object pair
+    cdef const char* src
+    cdef char* out
+    for j in range(n):
+        pair = pairs[j]
+        if type(pair) is not tuple or PyTuple_GET_SIZE(pair) != 2:
+            return None
+        hname = <object>PyTuple_GET_ITEM(pair, 0)
+        hval = <object>PyTuple_GET_ITEM(pair, 1)
+        if type(hname) is not str or type(hval) is not bytes:
+            return None
+        try:
+            PyUnicode_AsUTF8AndSize(hname, &ln)      # (kept in the str: the second pass's)
+        except UnicodeEncodeError:
+            return None
+        nb += <size_t>ln
+        vb += <size_t>PyBytes_GET_SIZE(hval)
+        if nb + vb + 8 * <size_t>j > <size_t>(0xFFFFFFFF - 4096):
+            raise ValueError(f"{name}: headers larger than a record can be")
+    blob = PyBytes_FromStringAndSize(NULL, 8 * n + <Py_ssize_t>(nb + vb))
+    out = PyBytes_AS_STRING(blob)
+    q = 8 * <size_t>n
+    for j in range(n):
+        src = PyUnicode_AsUTF8AndSize(<object>PyTuple_GET_ITEM(pairs[j], 0), &ln)
+        wr_u32(out + 4 * <size_t>j, <uint32_t>ln)
+        memcpy(out + q, src, <size_t>ln)
+        q += <size_t>ln
+    for j in range(n):
+        hval = <object>PyTuple_GET_ITEM(pairs[j], 1)
         wr_u32(out + 4 * (<size_t>n + j), <uint32_t>PyBytes_GET_SIZE(hval))
         memcpy(out + q, PyBytes_AS_STRING(hval), <size_t>PyBytes_GET_SIZE(hval))
         q += <size_t>PyBytes_GET_SIZE(hval)

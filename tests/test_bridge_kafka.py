@@ -197,3 +197,31 @@ def test_kafka_target_reads_nothing_from_an_empty_partition(kafka_mock):
         assert t.last_offset() is None
     finally:
         t.close()
+
+
+def test_ingest_mends_null_header_values_and_takes_back_the_timestamp_header(kafka_mock,
+                                                                            tmp_path):
+    """A Kafka header may have a null value (a record's header value cannot): it comes in as
+    b"". A `tidelog-timestamp` header (a mirrored record stamped below 1 ms) goes back into the
+    record's timestamp and out of its headers, the rest of the record's headers kept in order;
+    in the same batch as records that need neither, which keep theirs untouched."""
+    items = [(None, b"plain", 1_600_000_000_001, [("a", b"1")]),
+             (None, b"null", 1_600_000_000_002, [("a", None), ("b", b"2"), ("a", None)]),
+             (None, b"none", 1_600_000_000_003, []),
+             (b"k", b"stamped", 1_600_000_000_004,
+              [("x", b"y"), ("tidelog-timestamp", b"999"), ("z", None)]),
+             (None, b"foreign", 1_600_000_000_005, [("tidelog-timestamp", b"not a number")])]
+    produce(kafka_mock.bootstrap, "nulls", 0, items)
+    dst = str(tmp_path / "dst")
+    assert tidelog.bridge.ingest(kafka_mock.url("nulls"), dst) == len(items)
+    with tidelog.open(dst, readonly=True) as log:
+        got = [log.read(o) for o in range(log.end_offset)]
+    want = [(b"plain", None, 1_600_000_000_001 * 10**6, [("a", b"1")]),
+            (b"null", None, 1_600_000_000_002 * 10**6, [("a", b""), ("b", b"2"), ("a", b"")]),
+            (b"none", None, 1_600_000_000_003 * 10**6, []),
+            (b"stamped", b"k", 999, [("x", b"y"), ("z", b"")]),
+            (b"foreign", None, 1_600_000_000_005 * 10**6,
+             [("tidelog-timestamp", b"not a number")])]
+    for off, (rec, (value, key, ts, hs)) in enumerate(zip(got, want)):
+        assert (bytes(rec.value), rec.key, rec.timestamp) == (value, key, ts), off
+        assert [(k, bytes(v)) for k, v in rec.headers] == hs + [("kafka-offset", b"%d" % off)]

@@ -395,12 +395,14 @@ class KafkaSource:
                 offs = list(map(offset, got))
                 now = time.time_ns()       # for a message without a timestamp (old brokers)
                 tss = [ms * 1_000_000 if kind != no_ts else now for kind, ms in map(stamp, got)]
-                # one tuple per record: a message's own headers (a list confluent-kafka makes
-                # per call, freed at once) and its position header; a tuple of str and bytes
-                # leaves the cyclic GC's care at its first collection, a list never does
+                # a message's own headers (a list of pairs confluent-kafka makes per call, or
+                # None), mended first where they need it (_fix_headers), then one tuple per
+                # record of them and its position header; a tuple of str and bytes leaves the
+                # cyclic GC's care at its first collection, a list never does
+                raw = list(map(headers, got))
+                self._fix_headers(raw, tss)
                 hs: list[Any] = [(*r, (pos, b"%d" % o)) if r else ((pos, b"%d" % o),)
-                      for r, o in zip(map(headers, got), offs)]
-                self._fix_headers(hs, tss)
+                                 for r, o in zip(raw, offs)]
                 vals = list(map(value, got))
                 if vals.count(None):                    # a null value is an empty record
                     vals = [b"" if v is None else v for v in vals]
@@ -416,24 +418,29 @@ class KafkaSource:
                 return
 
     @staticmethod
-    def _fix_headers(hs: list[tuple[tuple[str, Optional[bytes]], ...]], tss: list[int]) -> None:
-        """In place: a null header value becomes b"", and a mirrored timestamp below 1 ms
+    def _fix_headers(raw: list[Optional[list[tuple[str, Optional[bytes]]]]],
+                     tss: list[int]) -> None:
+        """In place, on the messages' own headers (`raw`: a list of pairs or None per
+        message): a null header value becomes b"", and a mirrored timestamp below 1 ms
         (TIMESTAMP_HEADER) goes back into tss[i] and out of the record's headers. Checked for
-        the whole batch at once: most batches have neither."""
-        # names are str, values bytes or None: a pass over the names and values together finds
-        # either, making no object per header
-        flat = chain.from_iterable(chain.from_iterable(hs))
-        if TIMESTAMP_HEADER not in flat and None not in chain.from_iterable(
-                chain.from_iterable(hs)):
+        the whole batch at once, on the names and the values apart (a pass comparing str
+        with bytes cost 0.45 us per message): most batches have neither."""
+        pairs = list(chain.from_iterable(filter(None, raw)))
+        if not pairs:
             return
-        for i, h in enumerate(hs):
+        names, values = zip(*pairs)
+        if TIMESTAMP_HEADER not in names and None not in values:
+            return
+        for i, h in enumerate(raw):
+            if not h:
+                continue
             fixed = [(k, b"" if v is None else v) for k, v in h]
             for j, (k, v) in enumerate(fixed):
                 if k == TIMESTAMP_HEADER and v.isdigit():
                     tss[i] = int(v)
                     del fixed[j]
                     break
-            hs[i] = tuple(fixed)
+            raw[i] = fixed
 
     def close(self) -> None:
         self.consumer.close()
