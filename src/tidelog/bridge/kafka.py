@@ -434,9 +434,10 @@ class KafkaSource:
         for i, h in enumerate(raw):
             if not h:
                 continue
-            fixed = [(k, b"" if v is None else v) for k, v in h]
+            fixed: list[tuple[str, Optional[bytes]]] = [(k, b"" if v is None else v)
+                                                       for k, v in h]
             for j, (k, v) in enumerate(fixed):
-                if k == TIMESTAMP_HEADER and v.isdigit():
+                if k == TIMESTAMP_HEADER and v is not None and v.isdigit():
                     tss[i] = int(v)
                     del fixed[j]
                     break
