@@ -250,7 +250,9 @@ cdef object clean_tail(LogCore self, Segment s, int64_t end, int64_t pos):
     cdef uint32_t length
     cdef Py_ssize_t p
     cdef FrameLayout L
-    if (end < s.base or end - s.base > seg_rmax(s.ncap) or pos < SEGMENT_HEADER_SIZE
+    # (rule 8 on `end` first, as the start of a frame of no records: a control page claiming
+    # more than R is refused without looking for its last frame)
+    if (end < s.base or past_rmax(s.base, s.ncap, end, 0) or pos < SEGMENT_HEADER_SIZE
             or pos > <int64_t>s.cap or (pos & 7)):
         return None
     if pos + FRAME_HEADER_SIZE <= <int64_t>s.cap and rd_u32(s.data + pos) != 0:
@@ -258,7 +260,9 @@ cdef object clean_tail(LogCore self, Segment s, int64_t end, int64_t pos):
     if end == s.base:
         return pos if pos == SEGMENT_HEADER_SIZE else None
     p = frame_at(s, end - 1, &L)
-    if p < 0 or L.base + <int64_t>L.count != end:
+    # rule 8 on the last frame too: it ends at `end`, but its base may lie below the segment's
+    # (then its count alone is held to R); checked before the sum, which it keeps from wrapping
+    if p < 0 or past_rmax(s.base, s.ncap, L.base, L.count) or L.base + <int64_t>L.count != end:
         return None
     if frame_check(s.data, s.cap, p, L.base, &length) != FRAME_OK:
         return None
@@ -335,7 +339,6 @@ cdef tuple scan_frames(LogCore self, Segment s, size_t pos, int64_t off, int64_t
     is not a clean end."""
     cdef size_t bpos
     cdef int64_t boff
-    cdef int64_t rmax = seg_rmax(s.ncap)
     cdef uint32_t length
     cdef int rc
     while True:
@@ -346,7 +349,7 @@ cdef tuple scan_frames(LogCore self, Segment s, size_t pos, int64_t off, int64_t
             rc = inner_check(s, pos)
         if rc == FRAME_END:
             return pos, off, None
-        if rc == FRAME_OK and off - s.base + frame_count(s.data + pos) > rmax:
+        if rc == FRAME_OK and past_rmax(s.base, s.ncap, off, frame_count(s.data + pos)):
             rc = FRAME_BAD_COUNT            # rule 8 (a forged count under a valid CRC)
         if rc != FRAME_OK:
             return pos, off, (s.path, pos, off, rc)
@@ -358,7 +361,7 @@ cdef tuple scan_frames(LogCore self, Segment s, size_t pos, int64_t off, int64_t
             rc = frame_check(s.data, s.cap, bpos, boff, &length)
             if rc == FRAME_OK and self._repair is not None:
                 rc = inner_check(s, bpos)
-            if rc == FRAME_OK and boff - s.base + frame_count(s.data + bpos) > rmax:
+            if rc == FRAME_OK and past_rmax(s.base, s.ncap, boff, frame_count(s.data + bpos)):
                 rc = FRAME_BAD_COUNT
             if rc != FRAME_OK:
                 return pos, off, (s.path, bpos, boff, FRAME_BAD_GROUP if rc == FRAME_END else rc)

@@ -536,6 +536,26 @@ def test_a_segment_of_exactly_R_records_is_kept_and_one_more_is_damage(log_path)
         assert [bytes(r.value) for r in log.cursor()] == [b"g0", b"g1", b"g2"]
 
 
+def test_a_clean_reopen_holds_a_last_frame_based_below_its_segment_to_R(log_path):
+    """Rule 8 after a clean close, for a last frame whose base lies below its segment's (a
+    forgery, valid CRC): its records end at the control page's end, within R of the segment's
+    base, but its count is past R. The O(1) check compared only the end with R and kept the
+    log (every read of the segment was then damage); it holds the frame to R as every other
+    rule-8 check does now, so the reopen scans and finds the damage: CorruptLogError below
+    the durable point."""
+    good = Frame([Rec(b"g%d" % i, None, 1) for i in range(10)])
+    count = R_64K + 6
+    low = v2spec.fix_crc(v2spec.multi(0, [Rec(b"", None, 1)], at=64, count=count))
+    b = v2spec.write_log(log_path, [[good], [(low, count)]], clean=True)
+    seg1 = b.segs[1].path
+    with open(os.path.join(log_path, "tidelog.ctl"), "r+b") as f:
+        f.seek(24)
+        f.write(struct.pack("<qq", count, count))  # end = its last record + 1 = 10 + R - 4
+    with pytest.raises(tidelog.CorruptLogError) as e:
+        tidelog.open(log_path, segment_bytes=1 << 16, durability="none")
+    assert e.value.path == seg1 and e.value.offset == 10 and e.value.position == 64
+
+
 def run_child(code, timeout=120):
     """Run `code` in a child Python (a crash or hang there fails the test, not the run); its
     output's words."""
