@@ -556,15 +556,18 @@ def salvage(LogCore self):
         except OSError:
             continue
         try:
-            # rule 8 holds frames to the R records of the capacity the header states (a
-            # damaged header: the largest a segment may have), so a forged count cannot make
-            # billions of records out of a few bytes
+            # rule 8 holds frames to the R records of the capacity the header states, so a
+            # forged count cannot make billions of records out of a few bytes. A damaged
+            # header states none: the file's size (seg.ncap, mapped with any_header) is its
+            # capacity (a writer makes it at its capacity, FORMAT.md §2) unless it was cut or
+            # an older build's; the largest capacity a segment may have let one forged frame
+            # of empty values yield up to about 2**29 records
             try:
                 h = os.pread(fd, SEGMENT_HEADER_SIZE, 0)
                 check_segment_header(h, seg.base, seg.path)
                 ncap = nominal_capacity(h, seg.ncap, seg.base, seg.path)
             except TidelogError:
-                ncap = <size_t>MAX_SEGMENT_BYTES
+                ncap = seg.ncap
             pos = SEGMENT_HEADER_SIZE
             while tl_next_data(fd, pos, seg.cap, &dstart, &dend):
                 if <size_t>dstart > pos:

@@ -670,6 +670,54 @@ def test_salvage_yields_every_record_of_each_valid_frame(log_path):
     assert got == want and len(lost) > 1
 
 
+def write_headless_empty_frame(path, count):
+    """A 64 KiB segment holding 3 records, then a frame (valid CRC) of `count` empty values
+    that cost no byte each, whose segment header is damaged (a bit of its creation time):
+    the capacity it stated is unknown. The frame is written small, then its count forged (a
+    Built would list every claimed record). Returns the end offset, 3 + count."""
+    good = Frame([Rec(b"g%d" % i, None, 1) for i in range(3)])
+    v2spec.write_log(path, [[good, Frame([Rec(b"", None, 1)] * 2)]], clean=True)
+    with open(os.path.join(path, SEG0), "r+b") as f:
+        data = bytearray(f.read(4096))
+        frame = bytearray(data[136:136 + struct.unpack_from("<I", data, 136)[0]])
+        struct.pack_into("<I", frame, 24, count)
+        f.seek(136)
+        f.write(v2spec.fix_crc(bytes(frame)))
+        f.seek(24)
+        f.write(bytes([data[24] ^ 1]))
+    with open(os.path.join(path, "tidelog.ctl"), "r+b") as f:
+        f.seek(24)
+        f.write(struct.pack("<qq", 3 + count, 3 + count))
+    return 3 + count
+
+
+@pytest.mark.parametrize("past", [0, 1])
+def test_salvage_holds_a_segment_whose_header_is_damaged_to_R_of_its_size(log_path, tmp_path,
+                                                                           past):
+    """Rule 8 for salvage when the segment header is damaged: R of the file's size (its
+    capacity, as a writer makes it), not of the largest capacity a segment may have (R of
+    that is about 2**29: a forged frame of empty values made that many records). At the
+    edge: a segment of exactly R records is salvaged whole; one record more and the frame is
+    lost."""
+    end = write_headless_empty_frame(log_path, R_64K - 3 + past)
+    report = tidelog.salvage(log_path, str(tmp_path / "out"))
+    if past:
+        assert report.records == 3 and report.lost == [(3, end)]
+    else:
+        assert report.records == R_64K and report.lost == []
+
+
+def test_salvage_loses_a_forged_count_of_2_28_in_a_segment_whose_header_is_damaged(log_path):
+    """The far case: a frame claiming 2**28 empty records yielded every one of them (~20 s
+    here; `repair --salvage-to` then copied them all); now it is lost at once. In a child
+    process (the hang was the symptom)."""
+    write_headless_empty_frame(log_path, 1 << 28)
+    code = (f"import tidelog\n"
+            f"with tidelog.open({log_path!r}, readonly=True) as r:\n"
+            f"    print(sum(1 for _ in r._salvage()))\n")
+    assert run_child(code) == ["3"]
+
+
 @pytest.mark.parametrize("kind", ["key-length", "length"])
 def test_readers_report_every_check_code_as_damage(log_path, kind):
     """Every check result is CorruptLogError for readers, never a crash or a silent end: the
