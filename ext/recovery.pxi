@@ -533,16 +533,22 @@ def salvage(LogCore self):
     cdef Segment seg
     cdef size_t pos
     cdef uint32_t length
-    cdef int64_t last = -1, off, dstart = 0, dend = 0
+    cdef int64_t last = -1, off, dstart = 0, dend = 0, nb
     cdef size_t lim, ncap
     cdef int rc, fd
     cdef uint32_t k
+    cdef Py_ssize_t i
     cdef FrameLayout L
     self._check_open()
     if self._readonly:
         load_segments(self)
-    for known in list(self._segments):
-        seg = new_segment_obj(self, (<Segment>known).base, False)
+    known = list(self._segments)
+    for i in range(len(known)):
+        seg = new_segment_obj(self, (<Segment>known[i]).base, False)
+        # rule 8 (no overlaps): its records lie below the next segment's base. A forged frame
+        # reaching past it would take the next segment's offsets, whose records were then
+        # skipped as already yielded
+        nb = (<Segment>known[i + 1]).base if i + 1 < len(known) else -1
         seg.any_header = True
         try:
             seg.ensure()
@@ -575,9 +581,11 @@ def salvage(LogCore self):
                 lim = <size_t>dend & ~(<size_t>7)
                 while pos + FRAME_HEADER_SIZE <= lim:
                     rc = frame_verify(seg.data + pos, lim - pos, &L)
-                    if (rc == FRAME_OK and L.base + <int64_t>L.count - 1 > last
-                            and not past_rmax(seg.base, ncap, L.base, L.count)):
-                        # every record of a valid frame (rules 1-5), none already yielded
+                    # (past_rmax first: it keeps the sums below from wrapping)
+                    if (rc == FRAME_OK and not past_rmax(seg.base, ncap, L.base, L.count)
+                            and L.base + <int64_t>L.count - 1 > last
+                            and (nb < 0 or L.base + <int64_t>L.count <= nb)):
+                        # every record of a valid frame (rules 1-5 and 8), none already yielded
                         k = 0 if L.base > last else <uint32_t>(last + 1 - L.base)
                         while k < L.count:
                             r = salvage_record(seg, pos, &L, k)

@@ -718,6 +718,27 @@ def test_salvage_loses_a_forged_count_of_2_28_in_a_segment_whose_header_is_damag
     assert run_child(code) == ["3"]
 
 
+def test_salvage_loses_a_frame_reaching_the_next_segments_base(log_path):
+    """Rule 8 (no overlaps) for salvage: a forged frame (valid CRC) of empty values in segment 0
+    whose count, within R, runs past segment 1's base took segment 1's offsets, and segment
+    1's records were then skipped as already yielded (100 empty records out, the 5 real ones
+    lost). Now such a frame is damage: the 3 good records of segment 0 and the 5 of segment 1
+    come out, and only the forged frame's offsets are lost."""
+    good = Frame([Rec(b"g%d" % i, None, 1) for i in range(3)])
+    b = v2spec.write_log(log_path, [[good, Frame([Rec(b"", None, 1)] * 2)],
+                                    [Frame([Rec(b"r%d" % i, None, 1) for i in range(5)])]])
+    assert b.segs[1].base == 5
+    with open(os.path.join(log_path, SEG0), "r+b") as f:
+        data = f.read(4096)
+        frame = bytearray(data[136:136 + struct.unpack_from("<I", data, 136)[0]])
+        struct.pack_into("<I", frame, 24, 100)        # offsets 3..102
+        f.seek(136)
+        f.write(v2spec.fix_crc(bytes(frame)))
+    with tidelog.open(log_path, readonly=True) as r:
+        got = [(x.offset, bytes(x.value)) for x in r._salvage()]
+    assert got == [(0, b"g0"), (1, b"g1"), (2, b"g2")] + [(5 + i, b"r%d" % i) for i in range(5)]
+
+
 @pytest.mark.parametrize("kind", ["key-length", "length"])
 def test_readers_report_every_check_code_as_damage(log_path, kind):
     """Every check result is CorruptLogError for readers, never a crash or a silent end: the
