@@ -250,7 +250,9 @@ cdef object clean_tail(LogCore self, Segment s, int64_t end, int64_t pos):
     cdef uint32_t length
     cdef Py_ssize_t p
     cdef FrameLayout L
-    if (end < s.base or end - s.base > seg_rmax(s.ncap) or pos < SEGMENT_HEADER_SIZE
+    # (rule 8 on `end` first, as the start of a frame of no records: a control page claiming
+    # more than R is refused without looking for its last frame)
+    if (end < s.base or past_rmax(s.base, s.ncap, end, 0) or pos < SEGMENT_HEADER_SIZE
             or pos > <int64_t>s.cap or (pos & 7)):
         return None
     if pos + FRAME_HEADER_SIZE <= <int64_t>s.cap and rd_u32(s.data + pos) != 0:
@@ -258,7 +260,9 @@ cdef object clean_tail(LogCore self, Segment s, int64_t end, int64_t pos):
     if end == s.base:
         return pos if pos == SEGMENT_HEADER_SIZE else None
     p = frame_at(s, end - 1, &L)
-    if p < 0 or L.base + <int64_t>L.count != end:
+    # rule 8 on the last frame too: it ends at `end`, but its base may lie below the segment's
+    # (then its count alone is held to R); checked before the sum, which it keeps from wrapping
+    if p < 0 or past_rmax(s.base, s.ncap, L.base, L.count) or L.base + <int64_t>L.count != end:
         return None
     if frame_check(s.data, s.cap, p, L.base, &length) != FRAME_OK:
         return None
@@ -335,7 +339,6 @@ cdef tuple scan_frames(LogCore self, Segment s, size_t pos, int64_t off, int64_t
     is not a clean end."""
     cdef size_t bpos
     cdef int64_t boff
-    cdef int64_t rmax = seg_rmax(s.ncap)
     cdef uint32_t length
     cdef int rc
     while True:
@@ -346,7 +349,7 @@ cdef tuple scan_frames(LogCore self, Segment s, size_t pos, int64_t off, int64_t
             rc = inner_check(s, pos)
         if rc == FRAME_END:
             return pos, off, None
-        if rc == FRAME_OK and off - s.base + frame_count(s.data + pos) > rmax:
+        if rc == FRAME_OK and past_rmax(s.base, s.ncap, off, frame_count(s.data + pos)):
             rc = FRAME_BAD_COUNT            # rule 8 (a forged count under a valid CRC)
         if rc != FRAME_OK:
             return pos, off, (s.path, pos, off, rc)
@@ -358,7 +361,7 @@ cdef tuple scan_frames(LogCore self, Segment s, size_t pos, int64_t off, int64_t
             rc = frame_check(s.data, s.cap, bpos, boff, &length)
             if rc == FRAME_OK and self._repair is not None:
                 rc = inner_check(s, bpos)
-            if rc == FRAME_OK and boff - s.base + frame_count(s.data + bpos) > rmax:
+            if rc == FRAME_OK and past_rmax(s.base, s.ncap, boff, frame_count(s.data + bpos)):
                 rc = FRAME_BAD_COUNT
             if rc != FRAME_OK:
                 return pos, off, (s.path, bpos, boff, FRAME_BAD_GROUP if rc == FRAME_END else rc)
@@ -530,16 +533,22 @@ def salvage(LogCore self):
     cdef Segment seg
     cdef size_t pos
     cdef uint32_t length
-    cdef int64_t last = -1, off, dstart = 0, dend = 0
+    cdef int64_t last = -1, off, dstart = 0, dend = 0, nb
     cdef size_t lim, ncap
     cdef int rc, fd
     cdef uint32_t k
+    cdef Py_ssize_t i
     cdef FrameLayout L
     self._check_open()
     if self._readonly:
         load_segments(self)
-    for known in list(self._segments):
-        seg = new_segment_obj(self, (<Segment>known).base, False)
+    known = list(self._segments)
+    for i in range(len(known)):
+        seg = new_segment_obj(self, (<Segment>known[i]).base, False)
+        # rule 8 (no overlaps): its records lie below the next segment's base. A forged frame
+        # reaching past it would take the next segment's offsets, whose records were then
+        # skipped as already yielded
+        nb = (<Segment>known[i + 1]).base if i + 1 < len(known) else -1
         seg.any_header = True
         try:
             seg.ensure()
@@ -553,15 +562,18 @@ def salvage(LogCore self):
         except OSError:
             continue
         try:
-            # rule 8 holds frames to the R records of the capacity the header states (a
-            # damaged header: the largest a segment may have), so a forged count cannot make
-            # billions of records out of a few bytes
+            # rule 8 holds frames to the R records of the capacity the header states, so a
+            # forged count cannot make billions of records out of a few bytes. A damaged
+            # header states none: the file's size (seg.ncap, mapped with any_header) is its
+            # capacity (a writer makes it at its capacity, FORMAT.md §2) unless it was cut or
+            # an older build's; the largest capacity a segment may have let one forged frame
+            # of empty values yield up to about 2**29 records
             try:
                 h = os.pread(fd, SEGMENT_HEADER_SIZE, 0)
                 check_segment_header(h, seg.base, seg.path)
                 ncap = nominal_capacity(h, seg.ncap, seg.base, seg.path)
             except TidelogError:
-                ncap = <size_t>MAX_SEGMENT_BYTES
+                ncap = seg.ncap
             pos = SEGMENT_HEADER_SIZE
             while tl_next_data(fd, pos, seg.cap, &dstart, &dend):
                 if <size_t>dstart > pos:
@@ -569,9 +581,11 @@ def salvage(LogCore self):
                 lim = <size_t>dend & ~(<size_t>7)
                 while pos + FRAME_HEADER_SIZE <= lim:
                     rc = frame_verify(seg.data + pos, lim - pos, &L)
-                    if (rc == FRAME_OK and L.base + <int64_t>L.count - 1 > last
-                            and not past_rmax(seg.base, ncap, L.base, L.count)):
-                        # every record of a valid frame (rules 1-5), none already yielded
+                    # (past_rmax first: it keeps the sums below from wrapping)
+                    if (rc == FRAME_OK and not past_rmax(seg.base, ncap, L.base, L.count)
+                            and L.base + <int64_t>L.count - 1 > last
+                            and (nb < 0 or L.base + <int64_t>L.count <= nb)):
+                        # every record of a valid frame (rules 1-5 and 8), none already yielded
                         k = 0 if L.base > last else <uint32_t>(last + 1 - L.base)
                         while k < L.count:
                             r = salvage_record(seg, pos, &L, k)

@@ -117,7 +117,9 @@ cdef inline int64_t seg_rmax(size_t ncap) noexcept nogil:
 cdef inline bint past_rmax(int64_t seg_base, size_t ncap, int64_t base, uint32_t count) noexcept nogil:
     """Rule 8 for a frame of `count` records from offset `base` in the segment of base seg_base
     (nominal capacity ncap): True when they take it past R records. (A base below seg_base is
-    rule 6's concern: then the count alone is held to R.) No sum can wrap."""
+    rule 6's concern: then the count alone is held to R.) No sum can wrap. Every rule-8
+    check goes through it: readers, recovery's scan, the O(1) reopen after a clean close, the
+    index walks and salvage."""
     cdef int64_t rmax = seg_rmax(ncap)
     if base < seg_base:
         return <int64_t>count > rmax

@@ -536,6 +536,26 @@ def test_a_segment_of_exactly_R_records_is_kept_and_one_more_is_damage(log_path)
         assert [bytes(r.value) for r in log.cursor()] == [b"g0", b"g1", b"g2"]
 
 
+def test_a_clean_reopen_holds_a_last_frame_based_below_its_segment_to_R(log_path):
+    """Rule 8 after a clean close, for a last frame whose base lies below its segment's (a
+    forgery, valid CRC): its records end at the control page's end, within R of the segment's
+    base, but its count is past R. The O(1) check compared only the end with R and kept the
+    log (every read of the segment was then damage); it holds the frame to R as every other
+    rule-8 check does now, so the reopen scans and finds the damage: CorruptLogError below
+    the durable point."""
+    good = Frame([Rec(b"g%d" % i, None, 1) for i in range(10)])
+    count = R_64K + 6
+    low = v2spec.fix_crc(v2spec.multi(0, [Rec(b"", None, 1)], at=64, count=count))
+    b = v2spec.write_log(log_path, [[good], [(low, count)]], clean=True)
+    seg1 = b.segs[1].path
+    with open(os.path.join(log_path, "tidelog.ctl"), "r+b") as f:
+        f.seek(24)
+        f.write(struct.pack("<qq", count, count))  # end = its last record + 1 = 10 + R - 4
+    with pytest.raises(tidelog.CorruptLogError) as e:
+        tidelog.open(log_path, segment_bytes=1 << 16, durability="none")
+    assert e.value.path == seg1 and e.value.offset == 10 and e.value.position == 64
+
+
 def run_child(code, timeout=120):
     """Run `code` in a child Python (a crash or hang there fails the test, not the run); its
     output's words."""
@@ -648,6 +668,75 @@ def test_salvage_yields_every_record_of_each_valid_frame(log_path):
         got = [(x.offset, x.key, x.timestamp, bytes(x.value)) for x in r._salvage()]
     want = [(i, keys[i], i, vals[i]) for i in range(300) if i not in lost]
     assert got == want and len(lost) > 1
+
+
+def write_headless_empty_frame(path, count):
+    """A 64 KiB segment holding 3 records, then a frame (valid CRC) of `count` empty values
+    that cost no byte each, whose segment header is damaged (a bit of its creation time):
+    the capacity it stated is unknown. The frame is written small, then its count forged (a
+    Built would list every claimed record). Returns the end offset, 3 + count."""
+    good = Frame([Rec(b"g%d" % i, None, 1) for i in range(3)])
+    v2spec.write_log(path, [[good, Frame([Rec(b"", None, 1)] * 2)]], clean=True)
+    with open(os.path.join(path, SEG0), "r+b") as f:
+        data = bytearray(f.read(4096))
+        frame = bytearray(data[136:136 + struct.unpack_from("<I", data, 136)[0]])
+        struct.pack_into("<I", frame, 24, count)
+        f.seek(136)
+        f.write(v2spec.fix_crc(bytes(frame)))
+        f.seek(24)
+        f.write(bytes([data[24] ^ 1]))
+    with open(os.path.join(path, "tidelog.ctl"), "r+b") as f:
+        f.seek(24)
+        f.write(struct.pack("<qq", 3 + count, 3 + count))
+    return 3 + count
+
+
+@pytest.mark.parametrize("past", [0, 1])
+def test_salvage_holds_a_segment_whose_header_is_damaged_to_R_of_its_size(log_path, tmp_path,
+                                                                           past):
+    """Rule 8 for salvage when the segment header is damaged: R of the file's size (its
+    capacity, as a writer makes it), not of the largest capacity a segment may have (R of
+    that is about 2**29: a forged frame of empty values made that many records). At the
+    edge: a segment of exactly R records is salvaged whole; one record more and the frame is
+    lost."""
+    end = write_headless_empty_frame(log_path, R_64K - 3 + past)
+    report = tidelog.salvage(log_path, str(tmp_path / "out"))
+    if past:
+        assert report.records == 3 and report.lost == [(3, end)]
+    else:
+        assert report.records == R_64K and report.lost == []
+
+
+def test_salvage_loses_a_forged_count_of_2_28_in_a_segment_whose_header_is_damaged(log_path):
+    """The far case: a frame claiming 2**28 empty records yielded every one of them (~20 s
+    here; `repair --salvage-to` then copied them all); now it is lost at once. In a child
+    process (the hang was the symptom)."""
+    write_headless_empty_frame(log_path, 1 << 28)
+    code = (f"import tidelog\n"
+            f"with tidelog.open({log_path!r}, readonly=True) as r:\n"
+            f"    print(sum(1 for _ in r._salvage()))\n")
+    assert run_child(code) == ["3"]
+
+
+def test_salvage_loses_a_frame_reaching_the_next_segments_base(log_path):
+    """Rule 8 (no overlaps) for salvage: a forged frame (valid CRC) of empty values in segment 0
+    whose count, within R, runs past segment 1's base took segment 1's offsets, and segment
+    1's records were then skipped as already yielded (100 empty records out, the 5 real ones
+    lost). Now such a frame is damage: the 3 good records of segment 0 and the 5 of segment 1
+    come out, and only the forged frame's offsets are lost."""
+    good = Frame([Rec(b"g%d" % i, None, 1) for i in range(3)])
+    b = v2spec.write_log(log_path, [[good, Frame([Rec(b"", None, 1)] * 2)],
+                                    [Frame([Rec(b"r%d" % i, None, 1) for i in range(5)])]])
+    assert b.segs[1].base == 5
+    with open(os.path.join(log_path, SEG0), "r+b") as f:
+        data = f.read(4096)
+        frame = bytearray(data[136:136 + struct.unpack_from("<I", data, 136)[0]])
+        struct.pack_into("<I", frame, 24, 100)        # offsets 3..102
+        f.seek(136)
+        f.write(v2spec.fix_crc(bytes(frame)))
+    with tidelog.open(log_path, readonly=True) as r:
+        got = [(x.offset, bytes(x.value)) for x in r._salvage()]
+    assert got == [(0, b"g0"), (1, b"g1"), (2, b"g2")] + [(5 + i, b"r%d" % i) for i in range(5)]
 
 
 @pytest.mark.parametrize("kind", ["key-length", "length"])
