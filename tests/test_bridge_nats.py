@@ -9,7 +9,7 @@ import pytest
 import tidelog
 import tidelog.bridge
 from tidelog.bridge import nats as bnats
-from tidelog.bridge.base import Message
+from tidelog.bridge.base import Batch, Message
 
 from bridgekit import CYCLES, cli, kill_loop, nats_messages, nats_publish, nats_server  # noqa
 
@@ -120,7 +120,7 @@ def test_someone_else_writes_between_read_and_first_publish(nats_server, tmp_pat
         nats_publish(nats_server.port, "X", "X", [(b"intruder", {"tidelog-offset": "7"})],
                      create=False)
         with pytest.raises(tidelog.TidelogError, match="someone else wrote"):
-            t.send([Message(0, b"v", None, 1, [])])
+            t.send(Batch.of([Message(0, b"v", None, 1, [])]))
     finally:
         t.close()
     assert [d for _, _, _, d in nats_messages(nats_server.port, "X")] == [b"intruder"]

@@ -45,23 +45,30 @@ class Message:
 
 @dataclass
 class Batch:
-    """Messages a source read, in order, as the columns Log.append_batch takes (built column
-    by column: no object per message). `positions[i]` is message i's source position, which its
-    last header already carries (KAFKA_POSITION, NATS_POSITION)."""
+    """Records on their way, in order, as columns (built column by column: no object per
+    record). Ingest: messages a source read, in the columns Log.append_batch takes;
+    `positions[i]` is message i's source position, which its last header already carries
+    (KAFKA_POSITION, NATS_POSITION). Mirror: records of the log; `positions[i]` is record i's
+    offset, which the target adds as OFFSET_HEADER."""
     positions: list[int]
     values: list[bytes]
     keys: list[Optional[bytes]]
     timestamps: list[int]            # nanoseconds since the epoch
-    headers: list[Sequence[tuple[str, bytes]]]   # lists or tuples of (name, value)
+    headers: Sequence[Sequence[tuple[str, bytes]]]   # lists or tuples of (name, value)
 
     def __len__(self) -> int:
         return len(self.positions)
 
     @classmethod
     def of(cls, msgs: list[Message]) -> "Batch":
-        """The columns of `msgs` (whose headers already end with their position's)."""
+        """The columns of `msgs`."""
         return cls([m.position for m in msgs], [m.value for m in msgs], [m.key for m in msgs],
                    [m.timestamp for m in msgs], [m.headers for m in msgs])
+
+    def messages(self) -> list[Message]:
+        """One Message per record (for a target that handles records one by one)."""
+        return [Message(p, v, k, t, list(h)) for p, v, k, t, h in
+                zip(self.positions, self.values, self.keys, self.timestamps, self.headers)]
 
 
 class Target(Protocol):
@@ -70,8 +77,13 @@ class Target(Protocol):
     def last_offset(self) -> Optional[int]:
         """The tidelog-offset of the target's last message; None when it holds none."""
 
-    def send(self, msgs: list[Message]) -> None:
-        """Store `msgs` in order; return once the broker acknowledged every one."""
+    def send(self, batch: Batch) -> None:
+        """Store the batch's records in order, each with its OFFSET_HEADER, after those of
+        earlier sends; it may return before the broker acknowledged them (BridgeError for a
+        failure it heard of)."""
+
+    def flush(self) -> None:
+        """Return once the broker acknowledged every record sent (BridgeError if not)."""
 
     def close(self) -> None: ...
 

@@ -2,7 +2,7 @@
 subject.
 
 Owns the resume decision and the shipping loop; the broker side is a target object (kafka.py,
-nats.py) with last_offset() / send() / close(). Exactly once by construction: the target is the
+nats.py) with last_offset() / send() / flush() / close(). Exactly once by construction: the target is the
 only record of progress. At start the mirror asks the target for the `tidelog-offset` of its last
 message and ships from the next offset; a target fed in log order by one sender holds a prefix of
 what was sent, so after a kill -9 at any moment nothing is missing and nothing is sent twice.
@@ -13,18 +13,18 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import itertools
 import os
 from collections.abc import Callable
 from typing import Any, Optional, Union
 
 import tidelog
-from tidelog.bridge.base import BridgeError, Message, Target, headers_of
+from tidelog.bridge.base import Batch, BridgeError, Target
 from tidelog.bridge.lock import BridgeLock
 
 __all__ = ["run_mirror"]
 
-BATCH = 1000          # records per send (one wait for the broker's acks)
+BATCH = 1000          # records per send (a target waits for acks in its own rhythm, and once
+                      # the mirror caught up: Target.flush)
 WAIT = 0.2            # seconds between checks for new durable records / a stop in follow mode
 
 
@@ -70,17 +70,22 @@ def run_mirror(log: Union[str, os.PathLike[str], tidelog.Log], target: Target, *
             cur = lg.cursor(pos, durable_only=True)
             sent = 0
             while not stopping():
-                msgs = [Message(r.offset, bytes(r.value), r.key, r.timestamp, headers_of(r))
-                        for r in itertools.islice(cur, BATCH)]
-                if msgs:
-                    target.send(msgs)
-                    sent += len(msgs)
-                    if progress is not None:
-                        progress(sent)
+                # the records as columns (read_batch: one segment's at most, values copied
+                # out of the mapping, since the client libraries take bytes only)
+                b = cur.read_batch(BATCH)
+                if len(b):
+                    target.send(Batch(b.offsets.tolist(), list(map(bytes, b.values)), b.keys,
+                                      b.timestamps.tolist(), b.headers))
+                    sent += len(b)
                     continue
+                # caught up: what was sent is acknowledged before the mirror waits or ends
+                target.flush()
+                if progress is not None:
+                    progress(sent)
                 if not follow:
                     break
                 lg.wait_durable(cur.position, WAIT)   # wakes when the writer syncs
+            target.flush()
             return sent
     finally:
         if own:

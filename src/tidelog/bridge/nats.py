@@ -259,11 +259,14 @@ class NatsTarget:
                               f"to resume is unknown; mirror into a new stream (or delete and "
                               f"recreate this one to ship everything again)")
 
-    def send(self, msgs: list[Message]) -> None:
+    def send(self, batch: Batch) -> None:
         """Publish in order and wait until JetStream stored every one (BridgeError if not).
         The first message after a resume carries the expected last subject sequence: had
         anyone written to the subject since last_offset() read it, JetStream refuses it."""
-        self.conn.run(self._send(msgs))
+        self.conn.run(self._send(batch.messages()))
+
+    def flush(self) -> None:
+        """Nothing to wait for: send() returns once JetStream stored every message."""
 
     async def _send(self, msgs: list[Message]) -> None:
         start = 0
