@@ -36,7 +36,6 @@ CONNECT_TIMEOUT = 8.0     # seconds: give up on an unreachable cluster within ~1
 CREATE_TIMEOUT = 3.0      # seconds a CreateTopics request may take (the mock cluster: never)
 ACK_TIMEOUT = 30.0        # seconds for the cluster to acknowledge a batch
 POLL = 0.5                # seconds a consumer poll waits
-FLUSH_RECORDS = 50_000    # records a mirror produces between waits for the cluster's acks
 BATCH_BYTES = 2 << 20     # an ingest batch's values, about: a batch of 10,000 1 KiB messages
                           # (10 MB, out of the caches by the time it is appended) ingested at
                           # 0.48x of the raw loop, of 2,000 at 0.80x (Tansu, same run)
@@ -203,13 +202,15 @@ class KafkaTarget:
         self.errors: _Errors = base["error_cb"]
         self.failed: Optional[str] = None
         self.first: Optional[int] = None        # the first and last offset produced since
-        self.last: Optional[int] = None         # the last flush, and how many
-        self.unacked = 0
+        self.last: Optional[int] = None         # the last flush
         # delivery reports of failures only, to one callback: a Python call per message (an
-        # on_delivery per produce) was a third of a mirror's time per 100 B record
+        # on_delivery per produce) was a third of a mirror's time per 100 B record. Up to
+        # 500,000 records in flight (librdkafka's default 100,000 made a 100 B mirror wait
+        # for room half its time; its 1 GB bound on their bytes stays)
         pcfg = dict(base, **{"enable.idempotence": True, "acks": "all", "linger.ms": 5,
                              "on_delivery": self._delivered,
-                             "delivery.report.only.error": True})
+                             "delivery.report.only.error": True,
+                             "queue.buffering.max.messages": 500_000})
         try:
             self.producer = self.ck.Producer(pcfg)
         except self.ck.KafkaException as e:
@@ -268,10 +269,13 @@ class KafkaTarget:
 
     def send(self, batch: Batch) -> None:
         """Produce the batch's records in order, each with its tidelog-offset header, column
-        by column, with no object per record but its headers list. Waits for the cluster's
-        acks only every FLUSH_RECORDS records (flush(): all of them): a wait per batch of
-        1,000 cost a quarter of the raw producer's speed at 100 B. The idempotent producer
-        keeps them in order, so a run killed meanwhile leaves a prefix, as always."""
+        by column, with no object per record but its headers list. Does not wait for the
+        cluster's acks (flush() does, once the mirror caught up): a wait per batch of 1,000
+        cost a quarter of the raw producer's speed at 100 B, and one every 50,000 stopped
+        producing while the broker drained (half a run's time). librdkafka's queue bounds
+        what is in flight (BufferError: _produce_when_room), its delivery reports of failures
+        are polled here, and the idempotent producer keeps the records in order, so a run
+        killed meanwhile leaves a prefix, as always."""
         p, topic, part = self.producer, self.address.name, self.address.partition
         produce = p.produce
         offsets = batch.positions
@@ -295,9 +299,8 @@ class KafkaTarget:
             except self.ck.KafkaException as e:
                 self._refused(o, v, e)
         self.last = offsets[-1]
-        self.unacked += len(offsets)
         p.poll(0)                       # delivery reports (failures only) and errors
-        if self.failed is not None or self.unacked >= FLUSH_RECORDS:
+        if self.failed is not None:
             self.flush()
 
     def flush(self) -> None:
@@ -308,14 +311,15 @@ class KafkaTarget:
             raise BridgeError(f"{_where(self.address)}: producing offsets {self.first}.."
                               f"{self.last} failed: {why}; a restart resumes exactly once")
         self.first = None
-        self.unacked = 0
 
     def _produce_when_room(self, o: int, v: bytes, k: Optional[bytes], ms: int,
                            hs: list[tuple[str, bytes]]) -> None:
         """produce() once the local queue has room (it was full: BufferError)."""
         p = self.producer
         while True:
-            p.poll(0.05)
+            # (short: with delivery reports of failures only, a poll serves no event while the
+            # cluster takes the queued records, and sits out its whole timeout)
+            p.poll(0.005)
             try:
                 p.produce(self.address.name, v, k, self.address.partition, timestamp=ms,
                           headers=hs)
