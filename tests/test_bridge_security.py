@@ -511,3 +511,49 @@ def test_kafka_client_certificate(pki, log_path, tmp_path):
         assert KEY_PASSWORD not in r.stdout + r.stderr
     finally:
         g.stop()
+
+
+def test_nats_client_certificate(pki, log_path, tmp_path):
+    """Mutual TLS with NATS: a server that verifies client certificates (signed by the CA) and
+    wants a token. The certificate and key from the environment get a mirror out and an ingest
+    back; without them, or with a certificate another CA signed: exit 2 and one line naming the
+    cause, no token in it."""
+    d = pki["dir"]
+    for name, ca in (("client", "ca"), ("stranger", "other")):
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN=tidelog-{name}",
+                "-keyout", str(tmp_path / f"{name}.key"), "-out", str(tmp_path / f"{name}.csr"),
+                cwd=d)
+        openssl("x509", "-req", "-in", str(tmp_path / f"{name}.csr"), "-CA", f"{ca}.pem",
+                "-CAkey", f"{ca}.key", "-CAcreateserial", "-days", "2",
+                "-out", str(tmp_path / f"{name}.pem"), cwd=d)
+    port = free_port()
+    conf = tmp_path / "server.conf"
+    conf.write_text(f"""
+listen: "127.0.0.1:{port}"
+jetstream {{ store_dir: "{tmp_path / 'js'}" }}
+tls {{ cert_file: "{d}/server.pem", key_file: "{d}/server.key", ca_file: "{pki['ca']}",
+      verify: true }}
+authorization {{ token: "{TOKEN}" }}
+""")
+    proc = subprocess.Popen([os.path.join(BIN, "nats-server"), "-c", str(conf)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port, proc)
+        url = f"tls://127.0.0.1:{port}/MTLS"
+        base = dict(TIDELOG_NATS_TOKEN=TOKEN, TIDELOG_NATS_CA=pki["ca"])
+        mine = dict(base, TIDELOG_NATS_CERT=str(tmp_path / "client.pem"),
+                    TIDELOG_NATS_KEY=str(tmp_path / "client.key"))
+        r = cli("mirror", log_path, url, "--create", env=env(**mine), timeout=60)
+        assert r.returncode == 0 and "mirrored 100 records" in r.stdout, r.stderr
+        r = cli("ingest", url, str(tmp_path / "in"), env=env(**mine), timeout=60)
+        assert r.returncode == 0 and "ingested 100 records" in r.stdout, r.stderr
+        assert_same_100(log_path, tmp_path / "in")
+        one_line_error(cli("mirror", log_path, url, "--name", "m2", env=env(**base),
+                           timeout=60), "may require a client certificate")
+        stranger = dict(base, TIDELOG_NATS_CERT=str(tmp_path / "stranger.pem"),
+                        TIDELOG_NATS_KEY=str(tmp_path / "stranger.key"))
+        one_line_error(cli("mirror", log_path, url, "--name", "m3", env=env(**stranger),
+                           timeout=60), "does not trust the client certificate")
+    finally:
+        proc.terminate()
+        proc.wait(10)

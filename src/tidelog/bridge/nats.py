@@ -95,6 +95,21 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}" + (f": {text}" if text and len(text) < 200 else "")
 
 
+def _tls_hint(exc: BaseException, why: str, has_cert: bool) -> str:
+    """`why` with what a TLS failure says about the client certificate: a server that
+    verifies client certificates refuses one its CA did not sign (an alert the client hears),
+    and with TLS 1.3 closes the connection to a client that sent none (all the client hears is
+    the connection lost)."""
+    low = str(exc).lower()
+    if "unknown_ca" in low or "unknown ca" in low or "bad_certificate" in low:
+        return f"TLS: the server does not trust the client certificate ({why})"
+    if "certificate_required" in low or "certificate required" in low or (
+            not has_cert and (isinstance(exc, ConnectionError) or "connection lost" in low)):
+        return (f"{why}; the server may require a client certificate (TIDELOG_NATS_CERT and "
+                f"TIDELOG_NATS_KEY, or cert= and key= in --config)")
+    return why
+
+
 class _Conn:
     """A connection and its private event loop."""
 
@@ -155,7 +170,10 @@ class _Conn:
             cause = self.errors[-1] if self.errors else e
             if "NoServers" in type(e).__name__ and self.errors:
                 cause = self.errors[-1]
-            raise BridgeError(f"cannot connect to NATS at {where}: {_describe(cause)}") from None
+            why = _describe(cause)
+            if scheme == "tls":
+                why = _tls_hint(cause, why, "cert" in opts)
+            raise BridgeError(f"cannot connect to NATS at {where}: {why}") from None
 
     def check(self, exc: BaseException, doing: str) -> BridgeError:
         return BridgeError(f"NATS {','.join(self.address.servers)}: {doing}: "
