@@ -210,7 +210,11 @@ class KafkaTarget:
         pcfg = dict(base, **{"enable.idempotence": True, "acks": "all", "linger.ms": 5,
                              "on_delivery": self._delivered,
                              "delivery.report.only.error": True,
-                             "queue.buffering.max.messages": 500_000})
+                             "queue.buffering.max.messages": 500_000,
+                             # a record the cluster refuses for good stops the producer (a
+                             # fatal error) rather than letting later ones through: the
+                             # partition keeps a prefix, never a gap
+                             "enable.gapless.guarantee": True})
         try:
             self.producer = self.ck.Producer(pcfg)
         except self.ck.KafkaException as e:
