@@ -221,6 +221,15 @@ class KafkaTarget:
             raise BridgeError(f"Kafka settings: {e.args[0].str()}") from None
         self.base = base
         _metadata(self.ck, address, create, base)
+        # a metadata request of the producer's own (every topic's: one naming the topic would
+        # make a missing one on a cluster that auto-creates) brings its connection up now; an
+        # idempotent producer left alone got its producer id only at its next 0.5 s timer
+        # tick, 0.5-1.0 s into every mirror (Tansu)
+        try:
+            self.producer.list_topics(timeout=CONNECT_TIMEOUT)
+        except self.ck.KafkaException as e:
+            raise BridgeError(f"cannot reach {_where(address)}: "
+                              f"{self.errors.explain(e.args[0].str())}") from None
 
     def last_offset(self) -> Optional[int]:
         """Read from the reported last offset to the end of the partition (the end a fetch
