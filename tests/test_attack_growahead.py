@@ -5,7 +5,10 @@ fills and empties at random under single appends, atomic and non-atomic batches 
 huge records, rolls and reopens, with a reader process following the whole time; and a writer
 SIGKILLed at random moments on that full disk, then reopened. Every outcome is checked against a
 model of what each call reported: no SIGBUS anywhere, no record lost or changed, a refused call
-wrote nothing (or, non-atomic, a prefix)."""
+wrote nothing (or, non-atomic, a prefix). Seeds per configuration of the full-disk run: 3, and
+6 in the long runs (TIDELOG_CRASH_CYCLES above its default 200, as for tests/test_crash.py)."""
+import os
+
 import pytest
 
 import smallfs                      # tests/smallfs.py: a small tmpfs in a private mount namespace
@@ -172,8 +175,10 @@ assert status == 0, ("reader", status)
 print("ok", len(model), "full", fulls, flush=True)
 """
 
+FULL_DISK_SEEDS = 6 if int(os.environ.get("TIDELOG_CRASH_CYCLES", "200")) > 200 else 3
 
-@pytest.mark.parametrize("seed", range(6))
+
+@pytest.mark.parametrize("seed", range(FULL_DISK_SEEDS))
 @pytest.mark.parametrize("seg,dur", [(4 << 20, "none"), (64 << 20, "none"), (1 << 20, "batch"),
                                      (320 << 10, "none"), (16 << 20, "always")])
 def test_full_disk_at_and_between_the_mark_and_the_limit(tmp_path, seed, seg, dur):

@@ -33,6 +33,7 @@ from tidelog.bridge.security import SECRET_KEYS
 __all__ = ["KafkaTarget", "KafkaSource"]
 
 CONNECT_TIMEOUT = 8.0     # seconds: give up on an unreachable cluster within ~10 s
+CONNECT_SLICE = 0.25      # seconds: a first metadata request waits this long, then we look why
 CREATE_TIMEOUT = 3.0      # seconds a CreateTopics request may take (the mock cluster: never)
 ACK_TIMEOUT = 30.0        # seconds for the cluster to acknowledge a batch
 POLL = 0.5                # seconds a consumer poll waits
@@ -71,8 +72,9 @@ class _Errors:
             text = text.replace(secret, "***")
         return text
 
-    def cause(self) -> Optional[str]:
-        """Why the cluster could not be reached (None: nothing telling was reported)."""
+    def refusal(self) -> Optional[str]:
+        """A cause that waiting longer cannot change: the credentials were refused, or TLS
+        failed (None: nothing of the kind was reported, e.g. the host is only unreachable)."""
         seen = list(self.seen)
         for name, text in reversed(seen):
             if name == "_AUTHENTICATION":
@@ -87,7 +89,14 @@ class _Errors:
                         "and ssl.key.location / TIDELOG_KAFKA_CERT and TIDELOG_KAFKA_KEY)")
             if name == "_SSL" or "ssl handshake failed" in low or "ssl routines" in low:
                 return f"TLS: {self._clean(text)}"
-        for name, text in reversed(seen):
+        return None
+
+    def cause(self) -> Optional[str]:
+        """Why the cluster could not be reached (None: nothing telling was reported)."""
+        refused = self.refusal()
+        if refused is not None:
+            return refused
+        for name, text in reversed(list(self.seen)):
             if name != "_ALL_BROKERS_DOWN":          # "1/1 brokers are down" tells nothing
                 return self._clean(text)
         return None
@@ -155,6 +164,31 @@ def _create(ck: Any, address: Address, base: dict[str, Any], c: Any) -> Any:
     return c.list_topics(topic, timeout=CONNECT_TIMEOUT).topics.get(topic)
 
 
+def _first_metadata(ck: Any, address: Address, base: dict[str, Any], c: Any) -> Any:
+    """The cluster's metadata of the topic, asked in short slices for up to CONNECT_TIMEOUT:
+    between two, poll(0) lets error_cb run (it runs only inside poll()), and a refusal it
+    reported (credentials, TLS) ends the wait at once instead of after the whole timeout."""
+    errors: _Errors = base["error_cb"]
+    deadline = time.monotonic() + CONNECT_TIMEOUT
+    while True:
+        end = min(time.monotonic() + CONNECT_SLICE, deadline)
+        try:
+            return c.list_topics(address.name, timeout=max(end - time.monotonic(), 0.01))
+        except ck.KafkaException as e:
+            # a request failed before its time was up (e.g. the broker closed the connection):
+            # librdkafka gave up on it, so do we; a slice that ran out: look why, go on
+            if time.monotonic() >= end - 0.02:
+                c.poll(0)
+                if errors.refusal() is None and time.monotonic() < deadline:
+                    continue
+            for _ in range(10):        # error_cb runs only inside poll(): let it tell why
+                if errors.cause() is not None:
+                    break
+                c.poll(0.05)
+            raise BridgeError(f"cannot reach {_where(address)}: "
+                              f"{errors.explain(e.args[0].str())}") from None
+
+
 def _metadata(ck: Any, address: Address, create: bool, base: dict[str, Any],
               consumer: Any = None) -> None:
     """Check the topic and partition exist (making the topic when `create`). Asked by a
@@ -164,16 +198,7 @@ def _metadata(ck: Any, address: Address, create: bool, base: dict[str, Any],
     topic = address.name
     c = consumer if consumer is not None else _consumer(ck, base, "tidelog-metadata")
     try:
-        try:
-            md = c.list_topics(topic, timeout=CONNECT_TIMEOUT)
-        except ck.KafkaException as e:
-            errors = base["error_cb"]
-            for _ in range(10):        # error_cb runs only inside poll(): let it tell why
-                if errors.cause() is not None:
-                    break
-                c.poll(0.05)
-            raise BridgeError(f"cannot reach {_where(address)}: "
-                              f"{errors.explain(e.args[0].str())}") from None
+        md = _first_metadata(ck, address, base, c)
         t = md.topics.get(topic)
         missing = t is None or (t.error is not None and
                                 t.error.code() == ck.KafkaError.UNKNOWN_TOPIC_OR_PART)
