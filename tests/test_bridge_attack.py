@@ -266,3 +266,76 @@ def test_ingest_refuses_positions_that_go_backwards_or_repeat(tmp_path):
     with pytest.raises(BridgeError, match="kafka-offset 4 came after kafka-offset 4"):
         run_ingest(_Source([[4, 5]]), path, name="ingest", header="kafka-offset",
                    follow=False, resume=True, stopping=lambda: False)
+
+
+def test_kafka_negative_timestamps_round_trip(kafka_mock, tmp_path):
+    """A record stamped before the epoch (append takes any int64): the mirror keeps it in a
+    tidelog-timestamp header (as for stamps below 1 ms), but the ingester took back only
+    digits, so "-5" stayed a header and the record was stamped with the produce time."""
+    src, dst = str(tmp_path / "src"), str(tmp_path / "dst")
+    stamps = [-5, -1, -1_000_000_000, -(1 << 63), 0, 7]
+    with tidelog.open(src) as log:
+        for ts in stamps:
+            log.append(b"v", timestamp=ts, headers=[("h", b"1")] if ts % 2 else None)
+    url = kafka_mock.url("neg")
+    assert tidelog.bridge.mirror(src, url, create=True) == len(stamps)
+    assert tidelog.bridge.ingest(url, dst) == len(stamps)
+    with tidelog.open(src, readonly=True) as a, tidelog.open(dst, readonly=True) as b:
+        for off in range(len(stamps)):
+            x, y = a.read(off), b.read(off)
+            assert y.timestamp == x.timestamp, off
+            assert [(k, bytes(v)) for k, v in y.headers] == \
+                [(k, bytes(v)) for k, v in (x.headers or [])] + \
+                [("tidelog-offset", b"%d" % off), ("kafka-offset", b"%d" % off)]
+
+
+def test_kafka_record_too_large_after_many_in_flight_leaves_the_prefix(kafka_mock, tmp_path):
+    """20,000 records in flight (the mirror no longer waits for acks per batch) and then one
+    above message.max.bytes, in a log of several segments: every record before it is in the
+    target, once, none after it; empty and null keys kept apart."""
+    log_path = str(tmp_path / "log")
+    n = 20_000
+    with tidelog.open(log_path, segment_bytes=1 << 20) as log:
+        for s in range(0, n, 1000):
+            log.append_batch([b"%50d" % i for i in range(s, s + 1000)],
+                             keys=[None if i % 3 == 0 else b"" if i % 3 == 1 else b"k"
+                                   for i in range(s, s + 1000)])
+        assert len(log.segments()) > 1
+    with tidelog.open(log_path, segment_bytes=4 << 20) as log:
+        log.append(b"y" * 2_000_000)
+        log.append(b"after")
+    r = cli("mirror", log_path, kafka_mock.url("bigafter"), "--create")
+    one_line_error(r, f"offset {n}", "message.max.bytes")
+    got = kafka_messages(kafka_mock.bootstrap, "bigafter")
+    assert [int(dict(h)["tidelog-offset"]) for *_, h in got] == list(range(n))
+    assert [(k, v) for _, k, v, _, _ in got] == \
+        [(None if i % 3 == 0 else b"" if i % 3 == 1 else b"k", b"%50d" % i) for i in range(n)]
+
+
+def test_kafka_ingest_of_odd_tidelog_timestamp_headers(kafka_mock, tmp_path):
+    """Foreign messages carrying a tidelog-timestamp header whose digits are past int64 (or
+    odd in other ways), among ordinary ones: each either gives the record its stamp or stays a
+    header; none makes the ingest fail at the same message on every run (was: the digits were
+    taken, and append_batch refused the batch's timestamps)."""
+    from confluent_kafka import Producer
+    odd = [b"9" * 30, b"9223372036854775808", b"-9223372036854775809", b"", b"-", b"--5",
+           b"+5", b" 5", b"5\n", b"\xd9\xa3", b"0x10", None]
+    import logging
+    p = Producer({"bootstrap.servers": kafka_mock.bootstrap,
+                  "logger": logging.getLogger("kafkatest")})
+    for i, v in enumerate(odd):
+        p.produce("odd", b"v%d" % i, partition=0, timestamp=1_600_000_000_000 + i,
+                  headers=[("tidelog-timestamp", v)])
+    p.produce("odd", b"ok", partition=0, timestamp=1_600_000_000_100,
+              headers=[("tidelog-timestamp", b"-42")])
+    p.flush(10)
+    dst = str(tmp_path / "dst")
+    assert tidelog.bridge.ingest(kafka_mock.url("odd"), dst) == len(odd) + 1
+    with tidelog.open(dst, readonly=True) as log:
+        for i, v in enumerate(odd):
+            rec = log.read(i)
+            assert rec.timestamp == (1_600_000_000_000 + i) * 10**6, (i, v)
+            assert [(k, bytes(x)) for k, x in rec.headers] == \
+                [("tidelog-timestamp", v or b""), ("kafka-offset", b"%d" % i)], (i, v)
+        last = log.read(len(odd))
+        assert last.timestamp == -42 and last.headers == [("kafka-offset", b"%d" % len(odd))]

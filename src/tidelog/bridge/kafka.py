@@ -109,6 +109,20 @@ def _base_config(address: Address, opts: dict[str, str]) -> dict[str, Any]:
     return cfg
 
 
+_STAMP = re.compile(rb"-?[0-9]{1,19}")
+
+
+def _stamp(v: Optional[bytes]) -> Optional[int]:
+    """The timestamp (ns) a TIMESTAMP_HEADER value states: decimal ASCII, negative for a
+    record stamped before the epoch (the mirror writes one for every stamp below 1 ms), within
+    int64 (a record's range); None when it states none (a foreign header: it stays one, and
+    more digits than an int64 holds would make the batch's timestamps fail at every run)."""
+    if v is None or _STAMP.fullmatch(v) is None:
+        return None
+    t = int(v)
+    return t if -(1 << 63) <= t < (1 << 63) else None
+
+
 def _where(address: Address) -> str:
     return f"Kafka {','.join(address.servers)}"
 
@@ -499,10 +513,12 @@ class KafkaSource:
             fixed: list[tuple[str, Optional[bytes]]] = [(k, b"" if v is None else v)
                                                        for k, v in h]
             for j, (k, v) in enumerate(fixed):
-                if k == TIMESTAMP_HEADER and v is not None and v.isdigit():
-                    tss[i] = int(v)
-                    del fixed[j]
-                    break
+                if k == TIMESTAMP_HEADER:
+                    ts = _stamp(v)
+                    if ts is not None:
+                        tss[i] = ts
+                        del fixed[j]
+                        break
             raw[i] = fixed
 
     def close(self) -> None:
