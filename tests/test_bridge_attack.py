@@ -339,3 +339,49 @@ def test_kafka_ingest_of_odd_tidelog_timestamp_headers(kafka_mock, tmp_path):
                 [("tidelog-timestamp", v or b""), ("kafka-offset", b"%d" % i)], (i, v)
         last = log.read(len(odd))
         assert last.timestamp == -42 and last.headers == [("kafka-offset", b"%d" % len(odd))]
+
+
+GONE = """
+import sys, threading, time
+import tidelog, tidelog.bridge
+import tidelog.bridge.kafka as kafka
+kafka.ACK_TIMEOUT = 3.0                 # (the test's patience; 30 s in a run)
+log_path, url, conf, pid = sys.argv[1:5]
+sending = threading.Event()
+send = kafka.KafkaTarget.send
+def send_and_tell(self, batch):
+    sending.set()
+    send(self, batch)
+kafka.KafkaTarget.send = send_and_tell
+def kill_the_cluster():              # once the mirror produces
+    import os, signal
+    sending.wait()
+    time.sleep(0.5)
+    os.kill(int(pid), signal.SIGKILL)
+threading.Thread(target=kill_the_cluster, daemon=True).start()
+try:
+    n = tidelog.bridge.mirror(log_path, url, create=True, config=conf)
+    print("mirrored", n)
+except tidelog.bridge.BridgeError as e:
+    print("error", e)
+"""
+
+
+def test_kafka_cluster_gone_with_the_queue_full_is_an_error_not_a_hang(kafka_mock, tmp_path):
+    """The cluster killed while librdkafka's queue is full (the mirror no longer waits for
+    acks per batch; a small queue.buffering.max.kbytes fills at once): the mirror waited for
+    room until message.timeout.ms expired every queued record (here 10 minutes; 5 by default),
+    deaf to a stop, and then went on producing after the failures. It must stop with a
+    BridgeError once nothing was acknowledged for ACK_TIMEOUT."""
+    from conftest import run_python
+    log_path = str(tmp_path / "log")
+    with tidelog.open(log_path) as log:
+        for s in range(0, 400_000, 50_000):
+            log.append_batch([b"%100d" % i for i in range(s, s + 50_000)])
+    conf = tmp_path / "k.conf"
+    conf.write_text("queue.buffering.max.kbytes=256\nmessage.timeout.ms=600000\n")
+    out = run_python(GONE, log_path, kafka_mock.url("gone"), conf, kafka_mock.proc.pid,
+                     timeout=240, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("error "), out.stdout
+    assert "restart resumes exactly once" in out.stdout, out.stdout

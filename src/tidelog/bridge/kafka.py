@@ -328,12 +328,23 @@ class KafkaTarget:
 
     def _produce_when_room(self, o: int, v: bytes, k: Optional[bytes], ms: int,
                            hs: list[tuple[str, bytes]]) -> None:
-        """produce() once the local queue has room (it was full: BufferError)."""
+        """produce() once the local queue has room (it was full: BufferError). A failure
+        reported meanwhile, or no room for ACK_TIMEOUT (the cluster acknowledges nothing: it
+        is gone), ends the run through flush() (BridgeError): waiting on would last until
+        message.timeout.ms failed every queued record (5 minutes by default; the mirror deaf
+        to a stop meanwhile), and producing on after a failure could put later records in the
+        target after a gap once the cluster is back."""
         p = self.producer
+        deadline = time.monotonic() + ACK_TIMEOUT
         while True:
             # (short: with delivery reports of failures only, a poll serves no event while the
             # cluster takes the queued records, and sits out its whole timeout)
             p.poll(0.005)
+            if self.failed is not None or time.monotonic() > deadline:
+                self.last = o - 1       # (the records before o: a log's offsets follow on)
+                self.flush()            # raises unless every record was acknowledged
+                self.first = o
+                deadline = time.monotonic() + ACK_TIMEOUT
             try:
                 p.produce(self.address.name, v, k, self.address.partition, timestamp=ms,
                           headers=hs)
