@@ -385,3 +385,28 @@ def test_kafka_cluster_gone_with_the_queue_full_is_an_error_not_a_hang(kafka_moc
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("error "), out.stdout
     assert "restart resumes exactly once" in out.stdout, out.stdout
+
+
+def test_kafka_mirror_killed_with_many_records_in_flight_tansu(tmp_path):
+    """kill -9 of a mirror with up to tens of thousands of records in librdkafka's queue (it no
+    longer waits for acks per batch), on Tansu, in a log of several segments: the partition
+    holds a prefix each time, and the runs after it finish it exactly once."""
+    from bridgekit import Tansu, kill_loop
+    from test_bridge_kafka import expect_mirrored, fill
+    t = Tansu()
+    log_path = str(tmp_path / "log")
+    rng = random.Random(77)
+    log = tidelog.open(log_path, segment_bytes=4 << 20)
+    try:
+        def feed(i):
+            for j in range(3):
+                fill(log, 20_000, rng, start=i * 60_000 + j * 20_000)
+        killed = kill_loop(["mirror", log_path, t.url("many"), "--create"], feed, cycles=6,
+                           rng=random.Random(5), max_delay=0.8)
+        assert len(log.segments()) > 1
+        log.close()
+        assert killed >= 2, f"only {killed} runs were killed mid-way"
+        expect_mirrored(log_path, kafka_messages(t.bootstrap, "many"))
+    finally:
+        log.close()
+        t.stop()
