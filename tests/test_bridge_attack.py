@@ -460,3 +460,55 @@ def test_kafka_mirror_sigterm_with_records_in_flight_tansu(tmp_path):
             print("shipped before the stop:", n)
         finally:
             t.stop()
+
+
+def test_kafka_ingest_of_mixed_sizes_and_nulls_is_whole_and_durable(kafka_mock, tmp_path):
+    """Batch sizes now follow the last batch's mean value size: messages of 0 bytes, 1 byte and
+    ~1 MB mixed, null values, null header values and tidelog-timestamp headers among them, read
+    into a log the ingester opens, a Log of durability "none" passed in (its syncs are the
+    ingester's), and in follow mode: every message once, in order, durable when ingest
+    returns."""
+    import threading
+    from test_bridge_kafka import produce
+    rng = random.Random(3)
+    items = []
+    for i in range(3000):
+        r = rng.random()
+        v = (None if r < 0.1 else b"" if r < 0.3 else b"x" if r < 0.5 else
+             rng.randbytes(900_000) if r < 0.5012 else rng.randbytes(rng.randrange(2000)))
+        hs = [("a", None), ("tidelog-timestamp", b"-%d" % i)] if i % 7 == 0 else \
+            [("b", b"%d" % i)] if i % 2 else None
+        items.append((b"k" if i % 5 else None, v, 1_600_000_000_000 + i, hs))
+    assert sum(1 for it in items if it[1] is not None and len(it[1]) == 900_000) >= 2
+    produce(kafka_mock.bootstrap, "mixed", 0, items)
+    url = kafka_mock.url("mixed")
+
+    def check(log):
+        assert log.durable_offset == log.end_offset == len(items)
+        for off, (key, v, ms, hs) in enumerate(items):
+            rec = log.read(off)
+            ts = -off if off % 7 == 0 else ms * 10**6
+            want_h = ([("a", b"")] if off % 7 == 0 else [("b", b"%d" % off)] if off % 2
+                      else []) + [("kafka-offset", b"%d" % off)]
+            assert (bytes(rec.value), rec.key, rec.timestamp) == (v or b"", key, ts), off
+            assert [(k, bytes(x)) for k, x in rec.headers] == want_h, off
+
+    own = str(tmp_path / "own")
+    assert tidelog.bridge.ingest(url, own) == len(items)
+    with tidelog.open(own, readonly=True) as log:
+        check(log)
+    with tidelog.open(str(tmp_path / "none"), durability="none") as log:
+        assert tidelog.bridge.ingest(url, log) == len(items)
+        check(log)
+    with tidelog.open(str(tmp_path / "follow")) as log:
+        stop = threading.Event()
+        th = threading.Thread(target=tidelog.bridge.ingest, args=(url, log),
+                              kwargs={"follow": True, "stop": stop})
+        th.start()
+        deadline = time.monotonic() + 60
+        while log.end_offset < len(items) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stop.set()
+        th.join(60)
+        assert not th.is_alive()
+        check(log)
