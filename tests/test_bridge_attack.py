@@ -512,3 +512,19 @@ def test_kafka_ingest_of_mixed_sizes_and_nulls_is_whole_and_durable(kafka_mock, 
         th.join(60)
         assert not th.is_alive()
         check(log)
+
+
+def test_nats_negative_timestamps_round_trip(nats_server, tmp_path):
+    """A record stamped before the epoch: the NATS mirror writes its stamp in the
+    tidelog-timestamp header ("-5"), which the ingester refused as "not a timestamp in ns" -
+    at the same message on every run, so nothing after it could be ingested."""
+    src, dst = str(tmp_path / "src"), str(tmp_path / "dst")
+    stamps = [-5, -(1 << 63), 0, 1_700_000_000_000_000_123]
+    with tidelog.open(src) as log:
+        for ts in stamps:
+            log.append(b"v", timestamp=ts)
+    url = nats_server.url("NEG")
+    assert tidelog.bridge.mirror(src, url, create=True) == len(stamps)
+    assert tidelog.bridge.ingest(url, dst) == len(stamps)
+    with tidelog.open(dst, readonly=True) as b:
+        assert [b.read(o).timestamp for o in range(len(stamps))] == stamps
