@@ -528,3 +528,41 @@ def test_nats_negative_timestamps_round_trip(nats_server, tmp_path):
     assert tidelog.bridge.ingest(url, dst) == len(stamps)
     with tidelog.open(dst, readonly=True) as b:
         assert [b.read(o).timestamp for o in range(len(stamps))] == stamps
+
+
+CREATE_GONE = """
+import os, signal, sys
+import confluent_kafka as ck
+import confluent_kafka.admin as admin
+import tidelog, tidelog.bridge
+log_path, url, pid = sys.argv[1], sys.argv[2], int(sys.argv[3])
+
+class Admin:                    # the cluster dies while CreateTopics times out
+    def __init__(self, cfg):
+        pass
+    def create_topics(self, topics, **kw):
+        os.kill(pid, signal.SIGKILL)
+        class F:
+            def result(self):
+                raise ck.KafkaException(ck.KafkaError(ck.KafkaError._TIMED_OUT))
+        return {t.topic: F() for t in topics}
+admin.AdminClient = Admin
+try:
+    tidelog.bridge.mirror(log_path, url, create=True)
+except tidelog.bridge.BridgeError as e:
+    print("BridgeError", e)
+"""
+
+
+def test_kafka_cluster_gone_while_the_topic_is_made_is_a_bridge_error(kafka_mock, tmp_path):
+    """CreateTopics timed out (what the mock cluster does) and the cluster died before the
+    metadata request that makes the topic: librdkafka's raw KafkaException escaped (a traceback
+    from the CLI), not a BridgeError."""
+    from conftest import run_python
+    log_path = str(tmp_path / "log")
+    with tidelog.open(log_path) as log:
+        log.append(b"x")
+    out = run_python(CREATE_GONE, log_path, kafka_mock.url("made"), kafka_mock.proc.pid,
+                     timeout=120, check=False)
+    assert out.returncode == 0 and out.stdout.startswith("BridgeError"), out.stderr[-2000:]
+    assert "cannot create topic 'made'" in out.stdout, out.stdout

@@ -164,9 +164,16 @@ def _create(ck: Any, address: Address, base: dict[str, Any], c: Any) -> Any:
         p = ck.Producer(dict(base))
         try:
             p.list_topics(topic, timeout=CONNECT_TIMEOUT)
+        except ck.KafkaException as e:         # (the cluster gone meanwhile)
+            raise BridgeError(f"{_where(address)}: cannot create topic {topic!r}: "
+                              f"{base['error_cb'].explain(e.args[0].str())}") from None
         finally:
             p.flush(0)
-    return c.list_topics(topic, timeout=CONNECT_TIMEOUT).topics.get(topic)
+    try:
+        return c.list_topics(topic, timeout=CONNECT_TIMEOUT).topics.get(topic)
+    except ck.KafkaException as e:
+        raise BridgeError(f"{_where(address)}: cannot create topic {topic!r}: "
+                          f"{base['error_cb'].explain(e.args[0].str())}") from None
 
 
 def _metadata(ck: Any, address: Address, create: bool, base: dict[str, Any],
