@@ -136,7 +136,8 @@ cdef object pack_exact(tuple pairs, Py_ssize_t n, str name, Item* it):
     out = PyBytes_AS_STRING(blob)
     q = 8 * <size_t>n
     for j in range(n):
-        src = PyUnicode_AsUTF8AndSize(<object>PyTuple_GET_ITEM(<object>PyTuple_GET_ITEM(pairs, j), 0), &ln)
+        pair = <object>PyTuple_GET_ITEM(pairs, j)
+        src = PyUnicode_AsUTF8AndSize(<object>PyTuple_GET_ITEM(pair, 0), &ln)
         wr_u32(out + 4 * <size_t>j, <uint32_t>ln)
         memcpy(out + q, src, <size_t>ln)
         q += <size_t>ln
