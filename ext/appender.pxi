@@ -351,10 +351,11 @@ cdef object append_many(LogCore self, values, keys=None, timestamps=None, bint a
             raise TypeError(f"values: expected an iterable of bytes-like objects or a numpy "
                             f"array, not a single {type(values).__name__}")
         try:
-            # a tuple is used as it is; anything else (a list included) is copied: the items
-            # below are borrowed from seq while Python code runs (a key's or header's
-            # __len__/__iter__, a timestamps __array__), which could empty the caller's list
-            seq = values if type(values) is tuple else list(values)
+            # a tuple is used as it is; anything else (a list included) is copied, to a tuple:
+            # the items below are borrowed from seq while Python code runs (a key's or
+            # header's __len__/__iter__, a timestamps __array__, a gc.callbacks hook), which
+            # could empty the caller's list - or a list copy, found with gc.get_referrers
+            seq = values if type(values) is tuple else tuple(values)
         except TypeError:
             raise TypeError(f"values: expected an iterable of bytes-like objects or a numpy "
                             f"array, not {type(values).__name__}") from None
@@ -412,7 +413,7 @@ cdef object append_many(LogCore self, values, keys=None, timestamps=None, bint a
         if keys is not None:
             if isinstance(keys, (bytes, bytearray, memoryview, str)):
                 raise TypeError("keys: expected a sequence of keys (bytes-like or None), one per value")
-            kseq = keys if type(keys) is tuple else list(keys)     # (a copy: see seq)
+            kseq = keys if type(keys) is tuple else tuple(keys)    # (a copy: see seq)
             if len(kseq) != n:
                 raise ValueError(f"keys: {len(kseq)} keys for {n} values")
             for i in range(n):
@@ -439,7 +440,7 @@ cdef object append_many(LogCore self, values, keys=None, timestamps=None, bint a
                 raise TypeError("headers: expected a sequence of headers (a dict, a list of "
                                 "(str, bytes) pairs, or None), one per value")
             try:
-                hseq = headers if type(headers) is tuple else list(headers)   # (see seq)
+                hseq = headers if type(headers) is tuple else tuple(headers)   # (see seq)
             except TypeError:
                 raise TypeError(f"headers: expected a sequence of headers, one per value, not "
                                 f"{type(headers).__name__}") from None

@@ -19,25 +19,27 @@ cdef object pack_headers(object h, str name, Item* it):
     value lengths[hn], the names (UTF-8), the values. Sets it.h/hn/hnb/hvb and returns the bytes
     object it.h points into (the caller keeps it alive); None for no headers (None or empty)."""
     cdef Py_ssize_t n, j
+    cdef tuple pairs
     it.h = NULL
     it.hn = 0
     it.hnb = 0
     it.hvb = 0
     if h is None:
         return None
+    # pairs: a tuple, the caller's or a copy. A pair's __len__ (a list subclass), a mapping's
+    # items or a collection's gc.callbacks hook runs Python code, which could shrink the
+    # caller's list under the unchecked pairs[j] below - or a list copy of it, found with
+    # gc.get_referrers / gc.get_objects; no Python code can change a tuple
     if type(h) is list:                  # the common form first: an ABC check costs more
-        pairs = list(h)                 # a copy: a pair's __len__ (a list subclass) runs Python
-                                        # code that could shrink h under the unchecked pairs[j]
+        pairs = tuple(h)
     elif isinstance(h, _Mapping):
-        pairs = list(h.items())
+        pairs = tuple(h.items())
     elif isinstance(h, (str, bytes, bytearray, memoryview)):
         raise TypeError(f"{name}: expected a dict {{str: bytes}} or a list of (str, bytes) "
                         f"pairs, not {type(h).__name__}")
     else:
         try:
-            # a copy even of a list: a pair's __len__ / __iter__ (a list subclass) runs Python
-            # code that could shrink the caller's list under the unchecked pairs[j] below
-            pairs = h if type(h) is tuple else list(h)
+            pairs = h if type(h) is tuple else tuple(h)     # (a list subclass too: see above)
         except TypeError:
             raise TypeError(f"{name}: expected a dict {{str: bytes}} or a list of (str, bytes) "
                             f"pairs, not {type(h).__name__}") from None
@@ -102,19 +104,20 @@ cdef object pack_headers(object h, str name, Item* it):
     return blob
 
 
-cdef object pack_exact(object pairs, Py_ssize_t n, str name, Item* it):
+cdef object pack_exact(tuple pairs, Py_ssize_t n, str name, Item* it):
     """pack_headers for the common form - every pair an exact tuple of an exact str and exact
     bytes - with no object per header: the sizes in one pass, the copies in a second. `pairs`
-    is a tuple or pack_headers' own list, and nothing between the passes runs Python code that
-    could reach it (the pairs, names and values are immutable). None when a pair is of another
-    form or a name is not valid UTF-8: the general path checks it and says why."""
+    (n of them) is a tuple, and so are the pairs, and their names and values are immutable:
+    no Python code (a collection's gc.callbacks hook) can change what the first pass saw. None
+    when a pair is of another form or a name is not valid UTF-8: the general path checks it
+    and says why."""
     cdef Py_ssize_t j, ln
     cdef size_t nb = 0, vb = 0, q
     cdef object pair
     cdef const char* src
     cdef char* out
     for j in range(n):
-        pair = pairs[j]
+        pair = <object>PyTuple_GET_ITEM(pairs, j)
         if type(pair) is not tuple or PyTuple_GET_SIZE(pair) != 2:
             return None
         hname = <object>PyTuple_GET_ITEM(pair, 0)
@@ -133,12 +136,13 @@ cdef object pack_exact(object pairs, Py_ssize_t n, str name, Item* it):
     out = PyBytes_AS_STRING(blob)
     q = 8 * <size_t>n
     for j in range(n):
-        src = PyUnicode_AsUTF8AndSize(<object>PyTuple_GET_ITEM(pairs[j], 0), &ln)
+        pair = <object>PyTuple_GET_ITEM(pairs, j)
+        src = PyUnicode_AsUTF8AndSize(<object>PyTuple_GET_ITEM(pair, 0), &ln)
         wr_u32(out + 4 * <size_t>j, <uint32_t>ln)
         memcpy(out + q, src, <size_t>ln)
         q += <size_t>ln
     for j in range(n):
-        hval = <object>PyTuple_GET_ITEM(pairs[j], 1)
+        hval = <object>PyTuple_GET_ITEM(<object>PyTuple_GET_ITEM(pairs, j), 1)
         wr_u32(out + 4 * (<size_t>n + j), <uint32_t>PyBytes_GET_SIZE(hval))
         memcpy(out + q, PyBytes_AS_STRING(hval), <size_t>PyBytes_GET_SIZE(hval))
         q += <size_t>PyBytes_GET_SIZE(hval)

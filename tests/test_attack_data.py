@@ -460,3 +460,91 @@ def test_arrow_of_an_unpickled_batch_keeps_its_headers(log_path):
     assert t.column("key").to_pylist() == [r.key for r in b]
     assert arrow.batch_table(b2).column_names[-1] == "headers"      # None: some record has them
 
+
+
+# --- the writer's own copies, reached through the gc module ----------------------------------
+
+# The copies above kept the caller's lists out of reach, but not Python code's: gc.get_referrers
+# (or gc.get_objects from a gc.callbacks hook) finds a list copy and can empty it, and a list
+# copy was indexed unchecked and its items borrowed. A pair whose __len__ empties every list
+# holding `self.of` (and, as above, makes junk to reuse what was freed):
+REFERRERS = """
+import gc, os, sys, tidelog
+class Evil(list):
+    def __len__(self):
+        for r in gc.get_referrers(self.of):
+            if type(r) is list and r is not self:
+                r.clear()
+        self.junk = [os.urandom(200) for _ in range(20000)]
+        return 2
+def evil(of=None):
+    e = Evil(["a", b"1"])
+    e.of = e if of is None else of
+    return e
+log = tidelog.open(sys.argv[1])
+"""
+
+
+def test_a_pair_emptying_pack_headers_own_copy_through_gc(log_path):
+    """append(headers=list): pack_headers' own copy of the list, found by gc.get_referrers from
+    a pair's __len__ and emptied (was: an unchecked pairs[j] past it: segfault)."""
+    out = run_python(REFERRERS + """
+log.append(b"v", headers=[evil()] + [("b%d" % i, b"x") for i in range(1000)])
+h = log.read(0).headers
+assert len(h) == 1001 and h[0] == ("a", b"1") and h[-1] == ("b999", b"x"), h[:3]
+print("ok")
+""", log_path, check=False)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", (out.returncode, out.stderr)
+
+
+@pytest.mark.parametrize("victim", ["values", "keys", "headers"])
+def test_a_pair_emptying_append_batch_own_copies_through_gc(log_path, victim):
+    """append_batch: its own copies of the values / keys / headers lists, found by
+    gc.get_referrers from a header pair's __len__ and emptied (was: the freed values or keys
+    written to the log, or an unchecked hseq[i] past the list: garbage records or segfault)."""
+    out = run_python(REFERRERS + """
+victim = sys.argv[2]
+want_v = [os.urandom(200) for _ in range(1000)]
+want_k = [os.urandom(200) for _ in range(1000)]
+hs = [[("b", b"%d" % i)] for i in range(1000)]
+vals = [bytes(bytearray(v)) for v in want_v]
+keys = [bytes(bytearray(k)) for k in want_k]
+of = {"values": vals[500], "keys": keys[500], "headers": hs[500]}[victim]
+hs[0] = [evil(of)]
+vals_ = vals; keys_ = keys
+del vals, keys
+log.append_batch(vals_, keys=keys_, headers=hs)
+got = [(bytes(r.value), r.key, r.headers) for r in log.cursor()]
+want_h = [[("a", b"1")]] + [[("b", b"%d" % i)] for i in range(1, 1000)]
+assert got == list(zip(want_v, want_k, want_h)), "garbage records"
+print("ok")
+""", log_path, victim, check=False)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", (out.returncode, out.stderr)
+
+
+def test_a_gc_callback_emptying_the_copy_as_pack_exact_gives_up(log_path):
+    """A name that is no UTF-8 (a lone surrogate) after exact (str, bytes) pairs: the fast
+    path's UnicodeEncodeError makes objects, so a collection may run, and a gc.callbacks hook
+    empties pack_headers' copy before the general path reads it (was: segfault). The error is
+    the general path's, and nothing is appended."""
+    out = run_python("""
+import gc, sys, tidelog
+log = tidelog.open(sys.argv[1])
+marker = ("zz-marker", b"m")
+h = [marker, ("\\ud800", b"x")] + [("b%d" % i, b"y") for i in range(100)]
+def cb(phase, info):
+    if phase == "start":
+        for r in gc.get_referrers(marker):
+            if type(r) is list and r is not h:
+                r.clear()
+gc.callbacks.append(cb)
+gc.set_threshold(1)
+try:
+    log.append(b"v", headers=h)
+except ValueError as e:
+    assert "headers[1]" in str(e) and "UTF-8" in str(e), e
+    gc.set_threshold(700)
+    assert log.end_offset == 0
+    print("ok")
+""", log_path, check=False)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", (out.returncode, out.stderr)

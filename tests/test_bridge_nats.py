@@ -287,7 +287,7 @@ def test_ingest_refuses_when_the_source_deleted_what_it_never_got(nats_server, t
 
 @pytest.mark.parametrize("headers,word", [
     ({"tidelog-key": "not base64!"}, "tidelog-key"),
-    ({"tidelog-timestamp": "-5"}, "tidelog-timestamp"),
+    ({"tidelog-timestamp": "--5"}, "tidelog-timestamp"),
     ({"tidelog-timestamp": "99999999999999999999"}, "tidelog-timestamp"),
     ({"tidelog-headers": "@@@"}, "tidelog-headers"),
     ({"tidelog-headers": "eyJhIjogMX0="}, "tidelog-headers"),             # {"a": 1}

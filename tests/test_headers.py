@@ -232,3 +232,78 @@ def test_cli_prints_headers_compactly(log_path):
     rows = [json.loads(x) for x in r.output.splitlines()]
     assert "headers" not in rows[0]
     assert rows[1]["headers"] == [["a", "1", "utf-8"], ["b", "/w==", "base64"]]
+
+
+# --- pack_exact (the fast path for exact (str, bytes) tuples) against the general path -------
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+class S(str):
+    pass
+
+
+class B(bytes):
+    pass
+
+
+_name = st.one_of(st.text(max_size=6), st.sampled_from(["\ud800", "é", "", "tidelog-x"]))
+_value = st.one_of(st.binary(max_size=8), st.sampled_from([b"", b"\0\xff"]))
+_pair = st.tuples(_name, _value, st.sampled_from(["exact", "exact", "exact", "S", "B", "list"]))
+
+
+def _outcome(log, headers):
+    try:
+        log.append(b"v", headers=headers)
+    except (TypeError, ValueError) as e:
+        return type(e), str(e)
+    return log.read(log.end_offset - 1).headers
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_pair, max_size=12), st.sampled_from(["list", "tuple", "dict"]))
+def test_exact_pairs_give_what_the_general_path_gives(tmp_path_factory, pairs, outer):
+    """The same headers as exact tuples (pack_exact) and as lists (the general path): the same
+    headers read back, or the same error; str/bytes subclasses and lone surrogates mixed in."""
+    def shaped(as_lists):
+        out = []
+        for n, v, kind in pairs:
+            n2 = S(n) if kind == "S" else n
+            v2 = B(v) if kind == "B" else v
+            out.append([n2, v2] if as_lists or kind == "list" else (n2, v2))
+        if outer == "tuple":
+            return tuple(out)
+        if outer == "dict":
+            return {p[0]: p[1] for p in out}
+        return out
+    path = str(tmp_path_factory.mktemp("px"))
+    with tidelog.open(path) as log:
+        fast = _outcome(log, shaped(False))
+        slow = _outcome(log, shaped(True))
+        assert fast == slow
+        if not isinstance(fast, tuple):
+            want = [(n, v) for n, v, _ in pairs]
+            if outer == "dict":
+                want = list(dict(want).items())
+            assert fast == want
+            batch = [shaped(False), None, shaped(True)]
+            log.append_batch([b"a", b"b", b"c"], headers=batch)
+            assert [r.headers for r in log.cursor(start=log.end_offset - 3)] == [want, [], want]
+
+
+@pytest.mark.parametrize("shape", ["tuple", "list"])
+def test_headers_past_a_record_are_refused_before_any_copy(log_path, shape):
+    """65 references to one 64 MiB value: 4 GiB of headers, refused as the general path
+    refuses them (the same error, no 4 GiB allocated), and a bad pair after them too."""
+    big = b"\0" * (64 << 20)
+    pair = ("n", big) if shape == "tuple" else ["n", big]
+    with tidelog.open(log_path) as log:
+        with pytest.raises(ValueError, match=r"^headers: headers larger than a record can be$"):
+            log.append(b"v", headers=[pair] * 65)
+        with pytest.raises(ValueError, match=r"^headers: headers larger than a record can be$"):
+            log.append(b"v", headers=[pair] * 65 + [5])
+        with pytest.raises(ValueError, match=r"headers\[1\]: headers larger"):
+            log.append_batch([b"a", b"b"], headers=[None, (pair,) * 65])
+        with pytest.raises(ValueError, match="16777217 headers"):
+            log.append(b"v", headers=(("a", b""),) * ((1 << 24) + 1))
+        assert log.end_offset == 0

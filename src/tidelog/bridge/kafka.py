@@ -118,6 +118,20 @@ def _base_config(address: Address, opts: dict[str, str]) -> dict[str, Any]:
     return cfg
 
 
+_STAMP = re.compile(rb"-?[0-9]{1,19}")
+
+
+def _stamp(v: Optional[bytes]) -> Optional[int]:
+    """The timestamp (ns) a TIMESTAMP_HEADER value states: decimal ASCII, negative for a
+    record stamped before the epoch (the mirror writes one for every stamp below 1 ms), within
+    int64 (a record's range); None when it states none (a foreign header: it stays one, and
+    more digits than an int64 holds would make the batch's timestamps fail at every run)."""
+    if v is None or _STAMP.fullmatch(v) is None:
+        return None
+    t = int(v)
+    return t if -(1 << 63) <= t < (1 << 63) else None
+
+
 def _where(address: Address) -> str:
     return f"Kafka {','.join(address.servers)}"
 
@@ -159,9 +173,16 @@ def _create(ck: Any, address: Address, base: dict[str, Any], c: Any) -> Any:
         p = ck.Producer(dict(base))
         try:
             p.list_topics(topic, timeout=CONNECT_TIMEOUT)
+        except ck.KafkaException as e:         # (the cluster gone meanwhile)
+            raise BridgeError(f"{_where(address)}: cannot create topic {topic!r}: "
+                              f"{base['error_cb'].explain(e.args[0].str())}") from None
         finally:
             p.flush(0)
-    return c.list_topics(topic, timeout=CONNECT_TIMEOUT).topics.get(topic)
+    try:
+        return c.list_topics(topic, timeout=CONNECT_TIMEOUT).topics.get(topic)
+    except ck.KafkaException as e:
+        raise BridgeError(f"{_where(address)}: cannot create topic {topic!r}: "
+                          f"{base['error_cb'].explain(e.args[0].str())}") from None
 
 
 def _first_metadata(ck: Any, address: Address, base: dict[str, Any], c: Any) -> Any:
@@ -352,12 +373,23 @@ class KafkaTarget:
 
     def _produce_when_room(self, o: int, v: bytes, k: Optional[bytes], ms: int,
                            hs: list[tuple[str, bytes]]) -> None:
-        """produce() once the local queue has room (it was full: BufferError)."""
+        """produce() once the local queue has room (it was full: BufferError). A failure
+        reported meanwhile, or no room for ACK_TIMEOUT (the cluster acknowledges nothing: it
+        is gone), ends the run through flush() (BridgeError): waiting on would last until
+        message.timeout.ms failed every queued record (5 minutes by default; the mirror deaf
+        to a stop meanwhile), and producing on after a failure could put later records in the
+        target after a gap once the cluster is back."""
         p = self.producer
+        deadline = time.monotonic() + ACK_TIMEOUT
         while True:
             # (short: with delivery reports of failures only, a poll serves no event while the
             # cluster takes the queued records, and sits out its whole timeout)
             p.poll(0.005)
+            if self.failed is not None or time.monotonic() > deadline:
+                self.last = o - 1       # (the records before o: a log's offsets follow on)
+                self.flush()            # raises unless every record was acknowledged
+                self.first = o
+                deadline = time.monotonic() + ACK_TIMEOUT
             try:
                 p.produce(self.address.name, v, k, self.address.partition, timestamp=ms,
                           headers=hs)
@@ -537,10 +569,12 @@ class KafkaSource:
             fixed: list[tuple[str, Optional[bytes]]] = [(k, b"" if v is None else v)
                                                        for k, v in h]
             for j, (k, v) in enumerate(fixed):
-                if k == TIMESTAMP_HEADER and v is not None and v.isdigit():
-                    tss[i] = int(v)
-                    del fixed[j]
-                    break
+                if k == TIMESTAMP_HEADER:
+                    ts = _stamp(v)
+                    if ts is not None:
+                        tss[i] = ts
+                        del fixed[j]
+                        break
             raw[i] = fixed
 
     def close(self) -> None:

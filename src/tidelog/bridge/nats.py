@@ -60,7 +60,10 @@ def decode_message(seq: int, data: bytes, headers: Optional[dict[str, str]],
         ts = timestamp_ns
         if TS_HEADER in h:
             text = h[TS_HEADER]
-            if not (text.isascii() and text.isdigit()) or int(text) >= 1 << 63:
+            # (negative: a record stamped before the epoch, which a log may hold)
+            digits = text[1:] if text.startswith("-") else text
+            if (not (digits.isascii() and digits.isdigit() and len(digits) <= 19)
+                    or not -(1 << 63) <= int(text) < 1 << 63):
                 raise ValueError(f"{TS_HEADER} {text[:40]!r} is not a timestamp in ns")
             ts = int(text)
         if HDRS_HEADER in h:
