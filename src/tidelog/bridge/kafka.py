@@ -238,6 +238,9 @@ def _metadata(ck: Any, address: Address, create: bool, base: dict[str, Any],
             c.close()
 
 
+TUNABLE = ("linger.ms", "queue.buffering.max.messages", "queue.buffering.max.kbytes")
+
+
 class KafkaTarget:
     """Where a mirror produces: one partition of a topic."""
 
@@ -261,6 +264,11 @@ class KafkaTarget:
                              # fatal error) rather than letting later ones through: the
                              # partition keeps a prefix, never a gap
                              "enable.gapless.guarantee": True})
+        # what only tunes speed stays the user's to set (--config); what exactly once rests on
+        # (idempotence, acks, gapless, the delivery reports) does not
+        for key in TUNABLE:
+            if key in opts:
+                pcfg[key] = opts[key]
         try:
             self.producer = self.ck.Producer(pcfg)
         except self.ck.KafkaException as e:
