@@ -9,6 +9,7 @@ library imported only when used, or an error naming the extra).
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -17,7 +18,7 @@ from typing import Optional, Protocol
 from tidelog.errors import TidelogError
 
 __all__ = ["BridgeError", "Message", "Batch", "Target", "Source", "require", "OFFSET_HEADER", "KAFKA_POSITION",
-           "NATS_POSITION", "TIMESTAMP_HEADER", "headers_of"]
+           "NATS_POSITION", "TIMESTAMP_HEADER", "headers_of", "stamp_of"]
 
 OFFSET_HEADER = "tidelog-offset"     # a mirrored record's offset in its log, decimal ASCII
 KAFKA_POSITION = "kafka-offset"      # an ingested record's offset in its Kafka partition
@@ -96,6 +97,22 @@ class Source(Protocol):
         """Messages after position `after` (None: from the first), in order, in batches."""
 
     def close(self) -> None: ...
+
+
+_STAMP = re.compile(r"-?[0-9]{1,19}")
+
+
+def stamp_of(value: Optional[str | bytes]) -> Optional[int]:
+    """The timestamp (ns) a TIMESTAMP_HEADER value states: decimal ASCII, negative for a record
+    stamped before the epoch (a log may hold one; the mirrors write it as such), within int64
+    (a record's range); None when it states none."""
+    if value is None:
+        return None
+    text = value.decode("ascii", "replace") if isinstance(value, bytes) else value
+    if _STAMP.fullmatch(text) is None:
+        return None
+    t = int(text)
+    return t if -(1 << 63) <= t < (1 << 63) else None
 
 
 def headers_of(record: object) -> list[tuple[str, bytes]]:

@@ -27,7 +27,7 @@ from typing import Any, Optional
 
 from tidelog.bridge.address import Address
 from tidelog.bridge.base import (KAFKA_POSITION, OFFSET_HEADER, TIMESTAMP_HEADER, Batch,
-                                 BridgeError, require)
+                                 BridgeError, require, stamp_of)
 from tidelog.bridge.security import SECRET_KEYS
 
 __all__ = ["KafkaTarget", "KafkaSource"]
@@ -116,20 +116,6 @@ def _base_config(address: Address, opts: dict[str, str]) -> dict[str, Any]:
         cfg["security.protocol"] = "SASL_SSL" if address.tls else "SASL_PLAINTEXT"
     cfg.update(opts)
     return cfg
-
-
-_STAMP = re.compile(rb"-?[0-9]{1,19}")
-
-
-def _stamp(v: Optional[bytes]) -> Optional[int]:
-    """The timestamp (ns) a TIMESTAMP_HEADER value states: decimal ASCII, negative for a
-    record stamped before the epoch (the mirror writes one for every stamp below 1 ms), within
-    int64 (a record's range); None when it states none (a foreign header: it stays one, and
-    more digits than an int64 holds would make the batch's timestamps fail at every run)."""
-    if v is None or _STAMP.fullmatch(v) is None:
-        return None
-    t = int(v)
-    return t if -(1 << 63) <= t < (1 << 63) else None
 
 
 def _where(address: Address) -> str:
@@ -578,7 +564,7 @@ class KafkaSource:
                                                        for k, v in h]
             for j, (k, v) in enumerate(fixed):
                 if k == TIMESTAMP_HEADER:
-                    ts = _stamp(v)
+                    ts = stamp_of(v)
                     if ts is not None:
                         tss[i] = ts
                         del fixed[j]

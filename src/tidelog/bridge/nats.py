@@ -28,7 +28,7 @@ from typing import Any, Optional
 
 from tidelog.bridge.address import Address
 from tidelog.bridge.base import (NATS_POSITION, OFFSET_HEADER, TIMESTAMP_HEADER, Batch,
-                                 BridgeError, Message, require)
+                                 BridgeError, Message, require, stamp_of)
 
 __all__ = ["NatsTarget", "NatsSource", "encode_headers", "decode_message"]
 
@@ -60,12 +60,10 @@ def decode_message(seq: int, data: bytes, headers: Optional[dict[str, str]],
         ts = timestamp_ns
         if TS_HEADER in h:
             text = h[TS_HEADER]
-            # (negative: a record stamped before the epoch, which a log may hold)
-            digits = text[1:] if text.startswith("-") else text
-            if (not (digits.isascii() and digits.isdigit() and len(digits) <= 19)
-                    or not -(1 << 63) <= int(text) < 1 << 63):
+            stamp = stamp_of(text)
+            if stamp is None:
                 raise ValueError(f"{TS_HEADER} {text[:40]!r} is not a timestamp in ns")
-            ts = int(text)
+            ts = stamp
         if HDRS_HEADER in h:
             pairs = json.loads(base64.b64decode(h[HDRS_HEADER], validate=True))
             if not (isinstance(pairs, list) and all(
