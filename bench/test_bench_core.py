@@ -192,6 +192,29 @@ def test_append_batch_numpy_64B(benchmark, logs):
     note(benchmark, n, 64)
 
 
+@pytest.mark.benchmark(group="append_batch")
+@pytest.mark.parametrize("form", ["tuple", "list", "dict"])
+def test_append_batch_headers_100B(benchmark, logs, form):
+    """1000 records per call, each with one header of its own (a position, as an ingest
+    writes): the per-record cost of checking and packing headers, by the form they come in."""
+    values = values_for(100)
+    n = N_BATCH[100]
+    make = {"tuple": lambda i: (("src-offset", b"%d" % i),),
+            "list": lambda i: [("src-offset", b"%d" % i)],
+            "dict": lambda i: {"src-offset": b"%d" % i}}[form]
+    headers = [[make(j * BATCH + i) for i in range(BATCH)] for j in range(n // BATCH)]
+
+    def run(log):
+        append_batch = log.append_batch
+        for h in headers:
+            append_batch(values, headers=h)
+        assert log.end_offset == n
+
+    benchmark.pedantic(run, setup=lambda: ((logs.fresh(durability="none"),), {}),
+                       teardown=logs.close, rounds=ROUNDS)
+    note(benchmark, n, 100)
+
+
 # ---------------------------------------------------------------------------------- read
 
 @pytest.mark.benchmark(group="read")

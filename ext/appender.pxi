@@ -285,7 +285,7 @@ cdef object append_one(LogCore self, value, key=None, timestamp=None, headers=No
             raise ValueError(f"value: {vlen} bytes is larger than a record can be")
         hblob = None
         if headers is not None:
-            hblob = pack_headers(headers, "headers", &item)     # headers.pxi
+            hblob = pack_headers(headers, -1, &item)     # headers.pxi
             if hblob is not None and (<size_t>vlen + <size_t>(klen if klen > 0 else 0) +
                                       hdr_cols_bytes(1, item.hn, item.hnb, item.hvb) >
                                       <size_t>(0xFFFFFFFF - 4096)):
@@ -448,7 +448,7 @@ cdef object append_many(LogCore self, values, keys=None, timestamps=None, bint a
                 raise ValueError(f"headers: {len(hseq)} headers for {n} values")
             for i in range(n):
                 if hseq[i] is not None:
-                    blob = pack_headers(hseq[i], f"headers[{i}]", &items[i])   # headers.pxi
+                    blob = pack_headers(hseq[i], i, &items[i])   # headers.pxi
                     if blob is not None:
                         keep.append(blob)
         if timestamps is not None:
