@@ -181,6 +181,50 @@ def kafka_messages(bootstrap, topic, partition=0):
     return out
 
 
+def kafka_produce_raw(bootstrap, topic, partition, items):
+    """Produce [(value, [(name bytes, value bytes or None)])] through librdkafka itself
+    (ctypes; the one confluent-kafka bundles, else the system's): header names of any bytes,
+    which confluent-kafka's produce() cannot write (it takes str names, and str() of bytes)."""
+    import ctypes
+    import ctypes.util
+    import glob
+    import confluent_kafka
+    libs = glob.glob(os.path.join(os.path.dirname(confluent_kafka.__file__), os.pardir,
+                                  "confluent_kafka.libs", "librdkafka*"))
+    lib = ctypes.CDLL(libs[0] if libs else ctypes.util.find_library("rdkafka"))
+    vp, cp, size = ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t
+    lib.rd_kafka_conf_new.restype = vp
+    lib.rd_kafka_conf_set.argtypes = [vp, cp, cp, cp, size]
+    lib.rd_kafka_new.restype = vp
+    lib.rd_kafka_new.argtypes = [ctypes.c_int, vp, cp, size]
+    lib.rd_kafka_headers_new.restype = vp
+    lib.rd_kafka_headers_new.argtypes = [size]
+    lib.rd_kafka_header_add.argtypes = [vp, cp, ctypes.c_ssize_t, cp, ctypes.c_ssize_t]
+    lib.rd_kafka_flush.argtypes = [vp, ctypes.c_int]
+    lib.rd_kafka_destroy.argtypes = [vp]
+    err = ctypes.create_string_buffer(512)
+    conf = lib.rd_kafka_conf_new()
+    for k, v in ((b"bootstrap.servers", bootstrap.encode()), (b"log_level", b"0")):
+        assert lib.rd_kafka_conf_set(conf, k, v, err, 512) == 0, err.value
+    rk = lib.rd_kafka_new(0, conf, err, 512)                # RD_KAFKA_PRODUCER
+    assert rk, err.value
+    try:
+        for value, hs in items:
+            h = lib.rd_kafka_headers_new(len(hs))
+            for n, v in hs:
+                assert lib.rd_kafka_header_add(h, n, len(n), v, -1 if v is None else len(v)) == 0
+            # rd_kafka_producev(rk, TOPIC, PARTITION, VALUE, MSGFLAGS=COPY, HEADERS, END)
+            r = lib.rd_kafka_producev(vp(rk), ctypes.c_int(1), cp(topic.encode()),
+                                      ctypes.c_int(3), ctypes.c_int32(partition),
+                                      ctypes.c_int(4), cp(value), size(len(value)),
+                                      ctypes.c_int(7), ctypes.c_int(2),
+                                      ctypes.c_int(10), vp(h), ctypes.c_int(0))
+            assert r == 0, r
+        assert lib.rd_kafka_flush(vp(rk), 30_000) == 0
+    finally:
+        lib.rd_kafka_destroy(vp(rk))
+
+
 def cli(*args, env=None, **kw):
     """Run `python -m tidelog ARGS` in a child: CompletedProcess (text)."""
     return subprocess.run([sys.executable, "-m", "tidelog", *map(str, args)],

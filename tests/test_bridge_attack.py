@@ -9,7 +9,8 @@ import time
 import tidelog
 import tidelog.bridge
 
-from bridgekit import cli, kafka_messages, kafka_mock, nats_messages, nats_publish, nats_server  # noqa
+from bridgekit import (cli, kafka_messages, kafka_mock, kafka_produce_raw, nats_messages,  # noqa
+                       nats_publish, nats_server)
 
 
 def one_line_error(r, *words):
@@ -339,6 +340,31 @@ def test_kafka_ingest_of_odd_tidelog_timestamp_headers(kafka_mock, tmp_path):
                 [("tidelog-timestamp", v or b""), ("kafka-offset", b"%d" % i)], (i, v)
         last = log.read(len(odd))
         assert last.timestamp == -42 and last.headers == [("kafka-offset", b"%d" % len(odd))]
+
+
+def test_kafka_header_name_not_utf8_is_one_line_naming_its_offset(kafka_mock, tmp_path):
+    """A Kafka header name is bytes on the wire; one that is not UTF-8 (a non-Java producer's)
+    makes confluent-kafka's Message.headers() raise SystemError (was the error line:
+    'SystemError: <method 'headers' ...> returned a result with an exception set', no offset).
+    Ingest: one line naming the message's offset, nothing appended from its batch; a mirror
+    to a topic whose last message is such: 'no tidelog-offset', as for any foreign one."""
+    kafka_produce_raw(kafka_mock.bootstrap, "bad", 0,
+                      [(b"v0", [(b"ok", b"1")]), (b"v1", [(b"x", None), (b"\xff\xfe", b"2")]),
+                       (b"v2", [(b"ok", b"3")])])
+    dst = str(tmp_path / "dst")
+    one_line_error(cli("ingest", kafka_mock.url("bad"), dst), "offset 1", "not UTF-8")
+    with tidelog.open(dst, readonly=True) as log:
+        assert log.end_offset == 0
+    src = str(tmp_path / "src")
+    with tidelog.open(src) as log:
+        log.append(b"r")
+    one_line_error(cli("mirror", src, kafka_mock.url("bad")), "no tidelog-offset")
+    import confluent_kafka as ck
+    c = ck.Consumer({"bootstrap.servers": kafka_mock.bootstrap, "group.id": "t"})
+    try:                                                    # the mirror produced nothing
+        assert c.get_watermark_offsets(ck.TopicPartition("bad", 0), timeout=10) == (0, 3)
+    finally:
+        c.close()
 
 
 GONE = """

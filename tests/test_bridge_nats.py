@@ -109,6 +109,20 @@ def test_target_whose_last_message_is_foreign(nats_server, tmp_path):
     one_line_error(cli("mirror", log_path, nats_server.url("F")), "no tidelog-offset")
 
 
+@pytest.mark.parametrize("value", ["\u00b2", "\u0661\u0662", "\u00e9"])
+def test_target_whose_last_message_has_a_non_ascii_offset_header(nats_server, tmp_path, value):
+    """A foreign last message whose tidelog-offset is not ASCII digits: 'no tidelog-offset',
+    one line, as for one without the header. nats-py hands such a value (read back with the
+    stream's last message) as an email Header object: it was an AttributeError (and as a str,
+    a digit of another script passes str.isdigit)."""
+    log_path = str(tmp_path / "log")
+    with tidelog.open(log_path) as log:
+        fill(log, 20, random.Random(2))
+    nats_publish(nats_server.port, "F", "F", [(b"foreign", {"tidelog-offset": value})])
+    one_line_error(cli("mirror", log_path, nats_server.url("F")), "no tidelog-offset")
+    assert len(nats_messages(nats_server.port, "F")) == 1       # nothing was published
+
+
 def test_someone_else_writes_between_read_and_first_publish(nats_server, tmp_path):
     """The first publish after a resume carries the expected last subject sequence: a message
     someone else stored after the mirror looked is refused, never silently interleaved."""

@@ -108,6 +108,16 @@ class _Errors:
         return self.cause() or text
 
 
+def _unreadable(a: Address, m: Any) -> BridgeError:
+    """A message whose headers confluent-kafka cannot read: a header name that is not UTF-8
+    (bytes on the wire: librdkafka writes any). Its Message.headers() raises SystemError (a
+    UnicodeDecodeError inside) and keeps a list holding a pair with no name, which a second
+    call hands out (its name read: a segfault, confluent-kafka 2.16.1): call it once only."""
+    return BridgeError(f"Kafka topic {a.name!r} partition {a.partition}: the message at offset "
+                       f"{m.offset()} has a header whose name is not UTF-8 text, which "
+                       f"confluent-kafka cannot read: it cannot be ingested")
+
+
 def _base_config(address: Address, opts: dict[str, str]) -> dict[str, Any]:
     cfg: dict[str, Any] = {"bootstrap.servers": ",".join(address.servers), "logger": _quiet,
                            "socket.connection.setup.timeout.ms": int(CONNECT_TIMEOUT * 1000),
@@ -304,7 +314,11 @@ class KafkaTarget:
                     return None
                 if last.offset() != end - 1:
                     break
-                for k, v in reversed(last.headers() or []):
+                try:
+                    hs = last.headers() or []
+                except (SystemError, UnicodeDecodeError):
+                    hs = []        # a header name that is not UTF-8 (_unreadable): foreign
+                for k, v in reversed(hs):
                     if k == OFFSET_HEADER and v is not None and v.isdigit():
                         return int(v)
                 raise BridgeError(f"the last message of Kafka topic {a.name!r} partition "
@@ -526,7 +540,11 @@ class KafkaSource:
                 # place, by map in C (a tuple built per record in Python cost ~0.5 us): the
                 # list is the message's own (confluent-kafka makes it at the first headers()
                 # and keeps it), and the message is dropped with this batch
-                raw = list(map(headers, got))
+                raw: list[Any] = []
+                try:
+                    raw.extend(map(headers, got))     # (extend: keeps those before a failure)
+                except (SystemError, UnicodeDecodeError):
+                    raise _unreadable(a, got[len(raw)]) from None
                 self._fix_headers(raw, tss)
                 if not all(raw):           # (all: a third of list.count(None)'s cost)
                     raw = [r or [] for r in raw]

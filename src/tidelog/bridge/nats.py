@@ -254,7 +254,9 @@ class NatsTarget:
             raise c.check(e, f"reading the last message on {self.subject!r}") from None
         self.last_seq = m.seq
         value = (m.headers or {}).get(OFFSET_HEADER)
-        if value is None or not value.isdigit():
+        # (nats-py gives a value with bytes beyond ASCII as an email.header.Header, not a str;
+        # and str.isdigit takes digits of any script, which int() refuses ('²') or reads)
+        if not isinstance(value, str) or not (value.isascii() and value.isdigit()):
             raise BridgeError(f"the last message on NATS subject {self.subject!r} (stream "
                               f"sequence {m.seq}) has no {OFFSET_HEADER} header: it was not "
                               f"written by a tidelog mirror, so where to resume is unknown")
