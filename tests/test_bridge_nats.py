@@ -278,6 +278,30 @@ def test_ingest_of_foreign_messages_keeps_jetstream_time_to_the_nanosecond(nats_
         assert [log.read(o).timestamp for o in range(20)] == want
 
 
+
+def test_ingest_of_large_messages_keeps_what_the_server_sends_ahead_bounded(tmp_path):
+    """Messages of 64 KiB from a server that drops a client with more than 8 MiB of messages
+    not yet read (max_pending; 64 MiB by default): the ingester's pull requests ask for at most
+    a few MiB ahead, whatever the message size, so the server never drops it as a slow
+    consumer. (Pull requests of 1,000 messages each asked for 64 MB: at 64 KiB the default
+    server dropped the connection while a batch was appended.)"""
+    from bridgekit import NatsServer
+    conf = tmp_path / "nats.conf"
+    conf.write_text("max_pending: 8MB\n")
+    srv = NatsServer(tmp_path / "nats", "-c", str(conf))
+    try:
+        rng = random.Random(3)
+        values = [rng.randbytes(65536) for _ in range(400)]
+        nats_publish(srv.port, "BIG", "BIG", [(v, None) for v in values])
+        log_path = str(tmp_path / "in")
+        assert tidelog.bridge.ingest(srv.url("BIG"), log_path) == 400
+        with tidelog.open(log_path, readonly=True) as log:   # (nats_messages would be dropped)
+            got = [(bytes(r.value), dict(r.headers)["nats-sequence"]) for r in log.cursor()]
+        assert got == [(v, b"%d" % (i + 1)) for i, v in enumerate(values)]
+    finally:
+        srv.stop()
+
+
 # ------------------------------------------------------------------------------ round trip
 
 def test_round_trip_is_exact(nats_server, tmp_path):

@@ -28,7 +28,6 @@ import asyncio
 import base64
 import json
 import ssl
-from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any, Optional
 
@@ -43,6 +42,10 @@ ACK_TIMEOUT = 10.0        # seconds to wait for JetStream's acks of a batch
 FETCH_WAIT = 0.5          # seconds a pull request waits for messages
 PULL_GRACE = 1.0          # seconds past FETCH_WAIT without an answer: the requests are gone
 PULL_AHEAD = 2            # pull requests outstanding while a batch is appended
+PULL_BYTES = 2 << 20      # bytes a pull request asks for at most: what the server sends ahead
+                          # stays far below its max_pending per client (64 MiB by default; it
+                          # drops a client it cannot write that much to as a slow consumer)
+_PULL_ENDS = ("Message Size Exceeds MaxBytes", "Leadership Change", "Server Shutdown")  # 409s
 API_PREFIX = "$JS.API"    # JetStream's API subjects (no domain: _Conn asks for none)
 TS_HEADER, KEY_HEADER, HDRS_HEADER = TIMESTAMP_HEADER, "tidelog-key", "tidelog-headers"
 EXPECT_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
@@ -395,22 +398,32 @@ class _Pull:
     (nats-py's fetch() waits for every message with a task, a timer and a uuid of its own:
     ~70 us of CPU per message, four times what this costs.)
 
-    Each request asks for `batch` messages with no_wait and an expiry: the server sends what
-    the consumer holds at once and ends the request with status 404, or, holding nothing,
-    waits up to FETCH_WAIT for a first message (408 when none came); a request it filled ends
-    with no status. PULL_AHEAD requests stay outstanding, so the server sends the next batch
-    while the last one is appended. Order and completeness are checked on the messages
-    themselves (NatsSource._batch: consumer sequences 1, 2, 3, ...), not on this accounting."""
+    Each request asks for `batch` messages and at most max_bytes, with no_wait and an expiry:
+    the server sends what the consumer holds at once and ends the request with status 404 (or
+    409 once max_bytes are sent), or, holding nothing, waits up to FETCH_WAIT for a first
+    message (408 when none came); a request it filled ends with 409 Batch Completed, and a
+    no_wait request that finds earlier ones waiting for more than the consumer holds is
+    refused on arrival (408 Requests Pending). Two waiting requests are served by turns.
+    PULL_AHEAD requests stay outstanding, so the server sends the next batch while the last one
+    is appended; max_bytes bounds what it sends ahead.
+    Order and completeness are checked on the messages themselves (NatsSource._batch: consumer
+    sequences 1, 2, 3, ...), not on this accounting."""
 
     def __init__(self, conn: _Conn, consumer: str, batch: int) -> None:
         self.conn = conn
         self.subject = f"{API_PREFIX}.CONSUMER.MSG.NEXT.{conn.address.name}.{consumer}"
-        self.request = json.dumps({"batch": batch, "expires": int(FETCH_WAIT * 1e9),
-                                   "no_wait": True}).encode()
+        # room for the largest message the server takes (its size counts subjects and headers)
+        max_bytes = max(PULL_BYTES, 2 * conn.nc.max_payload)
+        self.request = json.dumps({"batch": batch, "max_bytes": max_bytes,
+                                   "expires": int(FETCH_WAIT * 1e9), "no_wait": True}).encode()
         self.batch = batch
         self.msgs: list[Any] = []
-        self.due: deque[int] = deque()      # messages each outstanding request may still send
-        self.dry = False                    # a request ended: the server had no more
+        # The requests outstanding and the messages they may still send, as far as one can
+        # tell: the server may send to two waiting requests by turns, so which request a
+        # message answers is not known; a status that ends one says how many it still owed.
+        self.open = 0
+        self.credit = 0
+        self.ended = False                  # a request ended early (no more, or max_bytes)
         self.error: Optional[str] = None
         self.waiter: Optional[asyncio.Future[None]] = None
         self.inbox = conn.nc.new_inbox()
@@ -421,24 +434,31 @@ class _Pull:
     async def _on_msg(self, m: Any) -> None:
         if m.reply:                                   # a stream message ($JS.ACK.... reply)
             self.msgs.append(m)
-            if self.due:
-                self.due[0] -= 1
-                if self.due[0] <= 0:
-                    self.due.popleft()
+            self.credit -= 1
+            if self.credit <= 0:                      # every request filled
+                self.open = self.credit = 0
             if len(self.msgs) < self.batch:
                 return
         else:                                         # a status of the server
             h = m.headers or {}
-            status = h.get("Status")
+            status, what = h.get("Status"), h.get("Description")
             if status == "100":                       # a heartbeat (not asked for)
                 return
-            if status in ("404", "408") or (status == "409" and h.get("Description") in
-                                            ("Leadership Change", "Server Shutdown")):
-                if self.due:
-                    self.due.popleft()
-                self.dry = True
+            owed = h.get("Nats-Pending-Messages")
+            owed = int(owed) if owed is not None and owed.isdigit() else self.batch
+            if status == "408" and what == "Requests Pending":
+                self._close_one(self.batch)           # refused on arrival: it got nothing
+                return
+            if status == "409" and what == "Batch Completed":
+                self._close_one(owed)                 # filled (with max_bytes, a status says so)
+                return
+            if status == "409" and what == "Message Size Exceeds MaxBytes" and owed >= self.batch:
+                self.error = "a message larger than a pull request's max_bytes"
+            elif status in ("404", "408") or (status == "409" and what in _PULL_ENDS):
+                self._close_one(owed)
+                self.ended = True
             elif status:
-                why = f"{status} {h.get('Description') or ''}".strip()
+                why = f"{status} {what or ''}".strip()
                 self.error = f"the stream's reader was refused ({why})"
             else:
                 self.error = ("a message without JetStream metadata (no reply subject) in the "
@@ -446,24 +466,30 @@ class _Pull:
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(None)
 
+    def _close_one(self, owed: int) -> None:
+        """A request ended owing `owed` messages."""
+        self.open = max(self.open - 1, 0)
+        self.credit = min(max(self.credit - owed, 0), self.open * self.batch)
+
     async def next(self) -> list[Any]:
-        """Up to `batch` messages: once `batch` are here, or the server had no more, or (no
+        """Up to `batch` messages: once `batch` are here, or a request ended early, or (no
         answer) FETCH_WAIT + PULL_GRACE passed; [] when none came."""
         nc = self.conn.nc
-        while len(self.due) < PULL_AHEAD:
+        while self.open < PULL_AHEAD:
             await nc.publish(self.subject, self.request, reply=self.inbox)
-            self.due.append(self.batch)
-        if len(self.msgs) < self.batch and not self.dry and self.error is None:
+            self.open += 1
+            self.credit += self.batch
+        if len(self.msgs) < self.batch and not self.ended and self.error is None:
             self.waiter = asyncio.get_running_loop().create_future()
             try:
                 await asyncio.wait_for(self.waiter, FETCH_WAIT + PULL_GRACE)
             except asyncio.TimeoutError:
-                self.due.clear()          # every request expired at the server by now
+                self.open = self.credit = 0     # every request expired at the server by now
             self.waiter = None
         if self.error is not None:
             raise BridgeError(f"NATS {','.join(self.conn.address.servers)}: {self.error}; a "
                               f"restart resumes exactly once")
-        self.dry = False
+        self.ended = False
         out = self.msgs[:self.batch]
         del self.msgs[:self.batch]
         return out
