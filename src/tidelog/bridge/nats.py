@@ -412,8 +412,9 @@ class _Pull:
     def __init__(self, conn: _Conn, consumer: str, batch: int) -> None:
         self.conn = conn
         self.subject = f"{API_PREFIX}.CONSUMER.MSG.NEXT.{conn.address.name}.{consumer}"
-        # room for the largest message the server takes (its size counts subjects and headers)
-        max_bytes = max(PULL_BYTES, 2 * conn.nc.max_payload)
+        # room for the largest message the server takes (max_payload counts its headers; the
+        # server's size adds the subject and reply subject, far below 64 KiB)
+        max_bytes = max(PULL_BYTES, conn.nc.max_payload + 65536)
         self.request = json.dumps({"batch": batch, "max_bytes": max_bytes,
                                    "expires": int(FETCH_WAIT * 1e9), "no_wait": True}).encode()
         self.batch = batch
