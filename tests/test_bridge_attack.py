@@ -6,6 +6,8 @@ import asyncio
 import random
 import time
 
+import pytest
+
 import tidelog
 import tidelog.bridge
 
@@ -592,3 +594,93 @@ def test_kafka_cluster_gone_while_the_topic_is_made_is_a_bridge_error(kafka_mock
                      timeout=120, check=False)
     assert out.returncode == 0 and out.stdout.startswith("BridgeError"), out.stderr[-2000:]
     assert "cannot create topic 'made'" in out.stdout, out.stdout
+
+
+def _pull_request(port, stream, act):
+    """Wait (up to 10 s) for the next pull request an ingester sends for `stream`; then
+    `await act(nc, consumer, inbox)` on a connection of its own."""
+    import nats
+
+    async def go():
+        nc = await nats.connect(f"nats://127.0.0.1:{port}")
+        sub = await nc.subscribe(f"$JS.API.CONSUMER.MSG.NEXT.{stream}.*")
+        req = await sub.next_msg(timeout=10)
+        await act(nc, req.subject.rsplit(".", 1)[1], req.reply)
+        await nc.flush()
+        await nc.close()
+    asyncio.run(go())
+
+
+def _follow_ingest(nats_server, stream, log_path, n):
+    """An `ingest --follow` of `stream` that ingested its first `n` messages."""
+    from bridgekit import spawn_cli
+    p = spawn_cli("ingest", nats_server.url(stream), log_path, "--follow")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with tidelog.open(log_path, readonly=True) as log:
+                if log.durable_offset == n:
+                    return p
+        except Exception:
+            pass
+        time.sleep(0.05)
+    p.kill()
+    raise AssertionError("the ingester did not ingest the stream")
+
+
+def _exit_of(p):
+    try:
+        p.wait(20)
+    except Exception:
+        p.kill()
+        p.wait()
+        raise AssertionError("the ingester went on") from None
+    err = p.stderr.read().decode()
+    p.stderr.close()
+    return p.returncode, err
+
+
+@pytest.mark.parametrize("reply", ["_INBOX.x.y", None])
+def test_nats_ingest_refuses_a_message_not_from_its_consumer(nats_server, tmp_path, reply):
+    """A message in the ingester's inbox that its consumer did not send (another client's; the
+    server refuses a publish with a $JS.ACK reply subject, so it has no JetStream metadata):
+    one line and exit 2 naming what is wrong, nothing appended, the next start goes on.
+    (nats-py's fetch() left it to its metadata property: "NotJSMessageError: nats: not a
+    JetStream message". The ingester now reads its pull requests' replies itself.)"""
+    log_path = str(tmp_path / "in")
+    nats_publish(nats_server.port, "Q", "Q", [(b"m%d" % i, None) for i in range(3)])
+    p = _follow_ingest(nats_server, "Q", log_path, 3)
+
+    async def forge(nc, consumer, inbox):
+        await nc.publish(inbox, b"forged", reply=reply or "")
+    _pull_request(nats_server.port, "Q", forge)
+    code, err = _exit_of(p)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "without JetStream metadata" in err, err
+    nats_publish(nats_server.port, "Q", "Q", [(b"m3", None)], create=False)
+    assert tidelog.bridge.ingest(nats_server.url("Q"), log_path) == 1
+    with tidelog.open(log_path, readonly=True) as log:
+        assert [bytes(r.value) for r in log.cursor()] == [b"m0", b"m1", b"m2", b"m3"]
+        assert [dict(r.headers)["nats-sequence"] for r in log.cursor()] == [b"1", b"2", b"3",
+                                                                            b"4"]
+
+
+def test_nats_reader_deleted_under_a_running_ingest(nats_server, tmp_path):
+    """The ingester's consumer deleted on the server (by an operator, or a server that lost
+    it): one line and exit 2, not an ingest that waits for ever (the server ends the waiting
+    pull request with 409 Consumer Deleted and answers the next with 503); the next start
+    goes on."""
+    log_path = str(tmp_path / "in")
+    nats_publish(nats_server.port, "C", "C", [(b"m%d" % i, None) for i in range(3)])
+    p = _follow_ingest(nats_server, "C", log_path, 3)
+
+    async def delete(nc, consumer, inbox):
+        await nc.jetstream().delete_consumer("C", consumer)
+    _pull_request(nats_server.port, "C", delete)
+    code, err = _exit_of(p)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "NATS" in err, err
+    nats_publish(nats_server.port, "C", "C", [(b"m3", None)], create=False)
+    assert tidelog.bridge.ingest(nats_server.url("C"), log_path) == 1
+    with tidelog.open(log_path, readonly=True) as log:
+        assert [bytes(r.value) for r in log.cursor()] == [b"m0", b"m1", b"m2", b"m3"]

@@ -132,6 +132,33 @@ def test_nats_restart_under_a_running_mirror(nats_server, tmp_path):
     assert [int(h["tidelog-offset"]) for _, _, h, _ in got] == list(range(2010))
 
 
+def test_nats_restart_under_a_running_ingest(nats_server, tmp_path):
+    """The server restarts under an `ingest --follow` waiting for messages: one line and exit
+    2 (the connection never reconnects); the next start ingests what came since, exactly
+    once."""
+    log_path = str(tmp_path / "in")
+    nats_publish(nats_server.port, "IR", "IR", [(b"%d" % i, None) for i in range(1500)])
+    p = spawn("ingest", nats_server.url("IR"), log_path, "--follow")
+    try:
+        assert wait_for(lambda: _durable(log_path) == 1500)
+        nats_server.stop()
+        nats_server.start()
+        out, err = p.communicate(timeout=40)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    assert p.returncode == 2, (out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tidelog: error: ") and "NATS" in lines[0], err
+    nats_publish(nats_server.port, "IR", "IR", [(b"after", None)], create=False)
+    r = cli("ingest", nats_server.url("IR"), log_path)
+    assert r.returncode == 0 and "ingested 1 records" in r.stdout, (r.stdout, r.stderr)
+    with tidelog.open(log_path, readonly=True) as log:
+        got = [(int(dict(r.headers)["nats-sequence"]), bytes(r.value)) for r in log.cursor()]
+    assert got == [(i + 1, b"%d" % i) for i in range(1500)] + [(1501, b"after")]
+
+
 def test_second_ingester_with_the_same_name_is_refused(nats_server, tmp_path):
     log_path = str(tmp_path / "in")
     nats_publish(nats_server.port, "I", "I", [(b"x", None)])

@@ -3,6 +3,7 @@
 give one line and exit 2."""
 import base64
 import random
+import time
 
 import pytest
 
@@ -252,6 +253,67 @@ def test_ingest_one_subject_of_a_stream(nats_server, tmp_path):
     expect_ingested(str(tmp_path / "a"), nats_messages(nats_server.port, "M", "m.a"))
     r = cli("ingest", nats_server.url("M"), str(tmp_path / "all"))
     assert r.returncode == 0 and "ingested 50 records" in r.stdout, r.stderr
+
+
+
+def stored_times(port, stream, n):
+    """The time (ns since the epoch) JetStream stored with each of messages 1..n of a stream,
+    as its STREAM.MSG.GET API states it (RFC 3339, nanosecond digits)."""
+    import asyncio
+    import calendar
+    import json
+    import nats as natspy
+
+    async def go():
+        nc = await natspy.connect(f"nats://127.0.0.1:{port}")
+        out = []
+        for seq in range(1, n + 1):
+            r = await nc.request(f"$JS.API.STREAM.MSG.GET.{stream}",
+                                 json.dumps({"seq": seq}).encode(), timeout=5)
+            text = json.loads(r.data)["message"]["time"]          # 2026-12-01T14:20:01.12345Z
+            whole, _, frac = text.rstrip("Z").partition(".")
+            secs = calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S"))
+            out.append(secs * 10**9 + int((frac + "000000000")[:9]))
+        await nc.close()
+        return out
+    return asyncio.run(go())
+
+
+def test_ingest_of_foreign_messages_keeps_jetstream_time_to_the_nanosecond(nats_server, tmp_path):
+    """A message without tidelog-timestamp comes in with the time JetStream stored, whole: the
+    nanoseconds of the consumer's metadata, not a datetime's microseconds."""
+    nats_publish(nats_server.port, "T", "T", [(b"%d" % i, {"h": "v"} if i % 2 else None)
+                                              for i in range(20)])
+    log_path = str(tmp_path / "in")
+    assert tidelog.bridge.ingest(nats_server.url("T"), log_path) == 20
+    want = stored_times(nats_server.port, "T", 20)
+    assert any(t % 1000 for t in want)          # else the test could not tell ns from us
+    with tidelog.open(log_path, readonly=True) as log:
+        assert [log.read(o).timestamp for o in range(20)] == want
+
+
+
+def test_ingest_of_large_messages_keeps_what_the_server_sends_ahead_bounded(tmp_path):
+    """Messages of 64 KiB from a server that drops a client with more than 8 MiB of messages
+    not yet read (max_pending; 64 MiB by default): the ingester's pull requests ask for at most
+    a few MiB ahead, whatever the message size, so the server never drops it as a slow
+    consumer. (Pull requests of 1,000 messages each asked for 64 MB: at 64 KiB the default
+    server dropped the connection while a batch was appended.)"""
+    from bridgekit import NatsServer
+    conf = tmp_path / "nats.conf"
+    conf.write_text("max_pending: 8MB\n")
+    srv = NatsServer(tmp_path / "nats", "-c", str(conf))
+    try:
+        rng = random.Random(3)
+        values = [rng.randbytes(65536) for _ in range(400)]
+        nats_publish(srv.port, "BIG", "BIG", [(v, None) for v in values])
+        log_path = str(tmp_path / "in")
+        assert tidelog.bridge.ingest(srv.url("BIG"), log_path) == 400
+        with tidelog.open(log_path, readonly=True) as log:   # (nats_messages would be dropped)
+            got = [(bytes(r.value), dict(r.headers)["nats-sequence"]) for r in log.cursor()]
+        assert got == [(v, b"%d" % (i + 1)) for i, v in enumerate(values)]
+    finally:
+        srv.stop()
 
 
 # ------------------------------------------------------------------------------ round trip
