@@ -384,3 +384,40 @@ def test_ingest_of_a_message_with_malformed_tidelog_headers(nats_server, tmp_pat
         assert [bytes(rec.value) for rec in log.cursor()] in ([], [b"good"])
     decoded = bnats.decode_message(1, b"v", {"tidelog-key": "a2V5", "tidelog-timestamp": "7"}, 0)
     assert (decoded.key, decoded.timestamp) == (b"key", 7)
+
+
+def test_ingest_without_follow_ends_when_the_stream_tail_is_deleted_under_it(nats_server,
+                                                                             tmp_path):
+    """An ingest without --follow stops at the stream's end as of its start, told by the
+    pending count of the last message it got. When the last messages are deleted after its
+    reader was made but before they were sent, no message says 'nothing pending': the ingest
+    must still end with what it got (it went on asking forever; here a watchdog's stop event
+    ends it, and the test fails when that was needed)."""
+    import asyncio
+    import threading
+    import nats as natspy
+    nats_publish(nats_server.port, "D", "D", [(b"%d" % i, None) for i in range(2050)])
+
+    async def delete_tail():
+        nc = await natspy.connect(f"nats://127.0.0.1:{nats_server.port}")
+        for seq in range(2001, 2051):
+            await nc.jsm().delete_msg("D", seq)
+        await nc.close()
+    deleted = []
+
+    def progress(got):             # after the first batch of 1,000: 1001..2000 are on the way
+        if not deleted:
+            deleted.append(got)
+            asyncio.run(delete_tail())
+    watchdog = threading.Event()
+    timer = threading.Timer(60, watchdog.set)
+    timer.start()
+    try:
+        n = tidelog.bridge.ingest(nats_server.url("D"), str(tmp_path / "in"), stop=watchdog,
+                                  progress=progress)
+    finally:
+        timer.cancel()
+    assert deleted == [1000]
+    assert not watchdog.is_set(), "the ingest did not end by itself"
+    assert n == 2000
+    expect_ingested(str(tmp_path / "in"), nats_messages(nats_server.port, "D"))

@@ -559,6 +559,19 @@ class NatsSource:
                 yield self._batch(msgs)
                 if not follow and self.pending == 0:
                     return
+            elif not follow and self._drained(info.name):
+                return
+
+    def _drained(self, consumer: str) -> bool:
+        """Whether the reader holds nothing more and everything it sent was read: the end of
+        an ingest without follow when no message said so (the stream's last messages were
+        deleted after the reader was made, before they were sent)."""
+        c = self.conn
+        try:
+            ci = c.run(c.jsm.consumer_info(c.address.name, consumer), ACK_TIMEOUT)
+        except Exception as e:
+            raise c.check(e, "reading") from None
+        return bool(ci.num_pending == 0 and ci.delivered.consumer_seq <= self.cseq)
 
     def _batch(self, msgs: list[Any]) -> Batch:
         """The records of consecutive messages of the consumer (a BridgeError for a message
