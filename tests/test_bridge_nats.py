@@ -421,3 +421,29 @@ def test_ingest_without_follow_ends_when_the_stream_tail_is_deleted_under_it(nat
     assert not watchdog.is_set(), "the ingest did not end by itself"
     assert n == 2000
     expect_ingested(str(tmp_path / "in"), nats_messages(nats_server.port, "D"))
+
+
+def test_ingest_from_a_server_with_a_large_max_payload_keeps_what_it_sends_ahead_bounded(
+        tmp_path):
+    """A server whose max_payload is as large as its max_pending (8 MiB both): a pull request
+    must have room for one message of max_payload, but two such requests outstanding asked the
+    server to send up to twice its max_pending ahead; with messages of 256 KiB it dropped the
+    ingester as a slow consumer while a batch was appended (exit 2 at every start)."""
+    from bridgekit import NatsServer
+    conf = tmp_path / "nats.conf"
+    conf.write_text("max_payload: 8MB\nmax_pending: 8MB\n")
+    srv = NatsServer(tmp_path / "nats", "-c", str(conf))
+    try:
+        rng = random.Random(4)
+        values = [rng.randbytes(262144) for _ in range(400)]
+        for k in range(0, len(values), 20):
+            nats_publish(srv.port, "BIG", "BIG", [(v, None) for v in values[k:k + 20]],
+                         create=k == 0)
+        log_path = str(tmp_path / "in")
+        r = cli("ingest", srv.url("BIG"), log_path, timeout=120)
+        assert r.returncode == 0, r.stderr
+        with tidelog.open(log_path, readonly=True) as log:
+            got = [(bytes(r.value), dict(r.headers)["nats-sequence"]) for r in log.cursor()]
+        assert got == [(v, b"%d" % (i + 1)) for i, v in enumerate(values)]
+    finally:
+        srv.stop()

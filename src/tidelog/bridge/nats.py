@@ -407,18 +407,26 @@ class _Pull:
     no_wait request that finds earlier ones waiting for more than the consumer holds is
     refused on arrival (408 Requests Pending). Two waiting requests are served by turns.
     PULL_AHEAD requests stay outstanding, so the server sends the next batch while the last one
-    is appended; max_bytes bounds what it sends ahead.
+    is appended; max_bytes (PULL_BYTES) bounds what it sends ahead. A message larger than that
+    (409 Message Size Exceeds MaxBytes before the request got any) is asked for alone: one
+    request of one message with room for the largest one the server takes, and nothing else
+    outstanding (a server's max_pending may be no larger than its max_payload: asking for more
+    ahead got the ingester dropped as a slow consumer).
     Order and completeness are checked on the messages themselves (NatsSource._batch: consumer
     sequences 1, 2, 3, ...), not on this accounting."""
 
     def __init__(self, conn: _Conn, consumer: str, batch: int) -> None:
         self.conn = conn
         self.subject = f"{API_PREFIX}.CONSUMER.MSG.NEXT.{conn.address.name}.{consumer}"
+        self.request = json.dumps({"batch": batch, "max_bytes": PULL_BYTES,
+                                   "expires": int(FETCH_WAIT * 1e9), "no_wait": True}).encode()
         # room for the largest message the server takes (max_payload counts its headers; the
         # server's size adds the subject and reply subject, far below 64 KiB)
-        max_bytes = max(PULL_BYTES, conn.nc.max_payload + 65536)
-        self.request = json.dumps({"batch": batch, "max_bytes": max_bytes,
-                                   "expires": int(FETCH_WAIT * 1e9), "no_wait": True}).encode()
+        self.big_bytes = conn.nc.max_payload + 65536
+        self.big_request = json.dumps({"batch": 1, "max_bytes": self.big_bytes,
+                                       "expires": int(FETCH_WAIT * 1e9),
+                                       "no_wait": True}).encode()
+        self.big = False                    # the next message is larger than PULL_BYTES
         self.batch = batch
         self.msgs: list[Any] = []
         # The requests outstanding and the messages they may still send, as far as one can
@@ -440,7 +448,7 @@ class _Pull:
             self.credit -= 1
             if self.credit <= 0:                      # every request filled
                 self.open = self.credit = 0
-            if len(self.msgs) < self.batch:
+            elif len(self.msgs) < self.batch:
                 return
         else:                                         # a status of the server
             h = m.headers or {}
@@ -456,7 +464,11 @@ class _Pull:
                 self._close_one(owed)                 # filled (with max_bytes, a status says so)
                 return
             if status == "409" and what == "Message Size Exceeds MaxBytes" and owed >= self.batch:
-                self.error = "a message larger than a pull request's max_bytes"
+                if self.big_bytes <= PULL_BYTES:
+                    self.error = "a message larger than a pull request's max_bytes"
+                else:                                 # the next message alone, next time
+                    self._close_one(owed)
+                    self.big = self.ended = True
             elif status in ("404", "408") or (status == "409" and what in _PULL_ENDS):
                 self._close_one(owed)
                 self.ended = True
@@ -478,10 +490,15 @@ class _Pull:
         """Up to `batch` messages: once `batch` are here, or a request ended early, or (no
         answer) FETCH_WAIT + PULL_GRACE passed; [] when none came."""
         nc = self.conn.nc
-        while self.open < PULL_AHEAD:
-            await nc.publish(self.subject, self.request, reply=self.inbox)
-            self.open += 1
-            self.credit += self.batch
+        if self.big:
+            if self.open == 0:                        # alone: see the class's comment
+                await nc.publish(self.subject, self.big_request, reply=self.inbox)
+                self.open, self.credit, self.big = 1, 1, False
+        else:
+            while self.open < PULL_AHEAD:
+                await nc.publish(self.subject, self.request, reply=self.inbox)
+                self.open += 1
+                self.credit += self.batch
         if len(self.msgs) < self.batch and not self.ended and self.error is None:
             self.waiter = asyncio.get_running_loop().create_future()
             try:
