@@ -447,3 +447,42 @@ def test_ingest_from_a_server_with_a_large_max_payload_keeps_what_it_sends_ahead
         assert got == [(v, b"%d" % (i + 1)) for i, v in enumerate(values)]
     finally:
         srv.stop()
+
+
+def test_ingest_refuses_when_the_stream_is_purged_under_it(nats_server, tmp_path):
+    """Messages purged from the stream after the reader was made, before they were sent: the
+    reader's consumer sequences go on 1, 2, 3 (the server skips them), so only the stream
+    sequences show the jump. Like at the start, a jump past the stream's first sequence is one
+    error line naming the range (before, the ingest went on after the gap, silently)."""
+    import asyncio
+    import threading
+    import nats as natspy
+    nats_publish(nats_server.port, "P", "P", [(b"%d" % i, None) for i in range(2050)])
+
+    async def purge_and_publish():
+        nc = await natspy.connect(f"nats://127.0.0.1:{nats_server.port}")
+        await nc.jsm().purge_stream("P")
+        await nc.jetstream().publish("P", b"after")
+        await nc.close()
+    done = []
+
+    def progress(got):             # after the first batch of 1,000: 1001..2000 are on the way
+        if not done:
+            done.append(got)
+            asyncio.run(purge_and_publish())
+    watchdog = threading.Event()
+    timer = threading.Timer(60, watchdog.set)
+    timer.start()
+    log_path = str(tmp_path / "in")
+    try:
+        with pytest.raises(tidelog.bridge.BridgeError, match="2001..2050 were deleted"):
+            tidelog.bridge.ingest(nats_server.url("P"), log_path, follow=True, stop=watchdog,
+                                  progress=progress)
+    finally:
+        timer.cancel()
+    assert done == [1000]
+    with tidelog.open(log_path, readonly=True) as log:
+        assert [int(dict(log.read(o).headers)["nats-sequence"]) for o in range(len(log))] == \
+            list(range(1, 2001))
+    r = cli("ingest", nats_server.url("P"), log_path, "--skip-gap")
+    assert r.returncode == 0 and "ingested 1 records" in r.stdout, r.stderr

@@ -562,6 +562,7 @@ class NatsSource:
         except Exception as e:
             raise c.check(e, "creating a reader") from None
         self.cseq = 0
+        prev = after if after is not None else max(first - 1, 0)  # last stream sequence read
         while not stopping():
             if c.nc.is_closed:
                 raise BridgeError(f"NATS {','.join(c.address.servers)}: connection lost; a "
@@ -573,11 +574,33 @@ class NatsSource:
             except Exception as e:
                 raise c.check(e, "reading") from None
             if msgs:
-                yield self._batch(msgs)
+                b = self._batch(msgs)
+                if self.subject is None and b.positions[-1] - prev != len(b):
+                    self._check_gaps(prev, b.positions)
+                prev = b.positions[-1]
+                yield b
                 if not follow and self.pending == 0:
                     return
             elif not follow and self._drained(info.name):
                 return
+
+    def _check_gaps(self, prev: int, positions: list[int]) -> None:
+        """Stream sequences skipped between `prev` (the last read) and `positions`: fine when
+        deleted in the middle of the stream, but a BridgeError (unless skip_gap) when the
+        stream's first sequence is now past them: its retention or a purge took messages before
+        they were ingested (the consumer skips them by itself; its sequences show nothing).
+        Only without a subject filter: with one, skipped sequences are the other subjects'."""
+        c = self.conn
+        try:
+            first = c.run(c.jsm.stream_info(c.address.name), ACK_TIMEOUT).state.first_seq
+        except Exception as e:
+            raise c.check(e, "reading") from None
+        for p in positions:
+            if p > prev + 1 and first > prev + 1 and not self.skip_gap:
+                raise BridgeError(f"NATS stream {c.address.name!r} starts at sequence {first}: "
+                                  f"sequences {prev + 1}..{p - 1} were deleted before they "
+                                  f"were ingested; --skip-gap ingests from {first} on")
+            prev = p
 
     def _drained(self, consumer: str) -> bool:
         """Whether the reader holds nothing more and everything it sent was read: the end of
