@@ -226,6 +226,20 @@ def test_ingest_exactly_once_under_kill_9(nats_server, tmp_path):
     expect_ingested(log_path, nats_messages(nats_server.port, "SRC"))
 
 
+def test_ingest_resumes_a_log_whose_creation_was_killed(nats_server, tmp_path):
+    """An ingester killed while it created its log (tidelog.lock made, tidelog.ctl not yet:
+    the moment the kill -9 loop above once hit) leaves a directory the next run finishes
+    making and ingests into; the bridge lock must not add a file there before the log exists
+    (the log refuses a directory of foreign files)."""
+    log_path = tmp_path / "in"
+    log_path.mkdir()
+    (log_path / "tidelog.lock").write_bytes(b"")
+    nats_publish(nats_server.port, "SRC", "src.a", source_items(random.Random(27), 0, 30))
+    r = cli("ingest", nats_server.url("SRC"), log_path)
+    assert r.returncode == 0 and "ingested 30 records" in r.stdout, r.stderr
+    expect_ingested(str(log_path), nats_messages(nats_server.port, "SRC"))
+
+
 def test_ingest_negative_control_no_resume_duplicates(nats_server, tmp_path):
     log_path = str(tmp_path / "in")
     rng = random.Random(26)

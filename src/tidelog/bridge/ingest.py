@@ -123,9 +123,12 @@ def run_ingest(source: Source, log: Union[str, os.PathLike[str], tidelog.Log], *
     return the number of records appended. `origin` names the source (see SOURCE_FILE)."""
     own = not isinstance(log, tidelog.Log)
     path = log.path if isinstance(log, tidelog.Log) else os.fspath(log)
-    # the bridge lock first when the log exists, so a second ingester hears who runs
+    # the bridge lock first when the log exists, so a second ingester hears who runs. A log
+    # exists once its control file does: a creation killed before that leaves tidelog.lock
+    # alone, which the open below finishes, but not with a bridges/ directory added (files
+    # that are not a log's: the open would refuse the directory)
     lock = (BridgeLock(path, "ingest", name)
-            if os.path.isfile(os.path.join(path, "tidelog.lock")) else None)
+            if os.path.isfile(os.path.join(path, "tidelog.ctl")) else None)
     try:
         # A log the ingester opens syncs in the background ("batch": the flusher, every 5 ms)
         # with no bound on what is not yet synced: max_unsynced_bytes makes an append wait for

@@ -124,14 +124,21 @@ def _tls_hint(exc: BaseException, why: str, has_cert: bool) -> str:
     """`why` with what a TLS failure says about the client certificate: a server that
     verifies client certificates refuses one its CA did not sign (an alert the client hears),
     and with TLS 1.3 closes the connection to a client that sent none (all the client hears is
-    the connection lost)."""
+    the connection lost). With TLS 1.3 the refusal of a certificate comes after the client's
+    side of the handshake, when the client has sent its first request: the server hangs up on
+    that unread request (a reset), and the alert before it is lost when the reset comes first.
+    So a connection lost with a certificate sent may be that refusal too."""
     low = str(exc).lower()
     if "unknown_ca" in low or "unknown ca" in low or "bad_certificate" in low:
         return f"TLS: the server does not trust the client certificate ({why})"
+    lost = isinstance(exc, ConnectionError) or "connection lost" in low
     if "certificate_required" in low or "certificate required" in low or (
-            not has_cert and (isinstance(exc, ConnectionError) or "connection lost" in low)):
+            not has_cert and lost):
         return (f"{why}; the server may require a client certificate (TIDELOG_NATS_CERT and "
                 f"TIDELOG_NATS_KEY, or cert= and key= in --config)")
+    if has_cert and lost:
+        return (f"{why}; the server may not trust the client certificate (signed by a CA it "
+                f"does not know?)")
     return why
 
 
