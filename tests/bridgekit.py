@@ -17,12 +17,41 @@ BIN = os.path.dirname(sys.executable)
 CYCLES = int(os.environ.get("TIDELOG_BRIDGE_CYCLES", "20"))
 
 
+_ports = random.Random(os.urandom(16))
+_held = []          # lock files of the ports this process handed out (released at its exit)
+PORT_RANGE = (20000, 32768)     # below Linux's ephemeral range (32768-60999 by default)
+
+
 def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    """A local TCP port for a server a test starts. Below the ephemeral range, so no client
+    connection of this or another test takes it while the server starts (a port bind(0) found
+    and released was free for anyone's connect() until the server bound it); held for the
+    process's life with a lock file shared by pytest-xdist's workers (one TMPDIR), so no two
+    workers - and no two calls, e.g. KafkaGate's two ports - get the same one; and bindable
+    when handed out."""
+    import fcntl
+    import tempfile
+    d = os.path.join(tempfile.gettempdir(), "tidelog-test-ports")
+    os.makedirs(d, exist_ok=True)
+    for _ in range(2000):
+        port = _ports.randrange(*PORT_RANGE)
+        fd = os.open(os.path.join(d, str(port)), os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:                 # another worker's (or this process's) port
+            os.close(fd)
+            continue
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:                 # taken by something else on the machine
+            os.close(fd)
+            continue
+        finally:
+            s.close()
+        _held.append(fd)
+        return port
+    raise RuntimeError(f"no free port in {PORT_RANGE}")
 
 
 def wait_port(port, proc, timeout=20):
