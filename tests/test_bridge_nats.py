@@ -400,6 +400,27 @@ def test_ingest_of_a_message_with_malformed_tidelog_headers(nats_server, tmp_pat
     assert (decoded.key, decoded.timestamp) == (b"key", 7)
 
 
+def _ingest_acting_after_the_first_batch(url, log_path, act, **kw):
+    """tidelog.bridge.ingest(url, log_path, **kw) calling act(got) once, after its first batch
+    of 1,000 (1001..2000 are then on the way), stopped by a watchdog after 60 s. Returns (the
+    counts progress saw when act ran, the watchdog event, the ingest's result)."""
+    import threading
+    seen = []
+
+    def progress(got):
+        if not seen:
+            seen.append(got)
+            act(got)
+    watchdog = threading.Event()
+    timer = threading.Timer(60, watchdog.set)
+    timer.start()
+    try:
+        n = tidelog.bridge.ingest(url, log_path, stop=watchdog, progress=progress, **kw)
+    finally:
+        timer.cancel()
+    return seen, watchdog, n
+
+
 def test_ingest_without_follow_ends_when_the_stream_tail_is_deleted_under_it(nats_server,
                                                                              tmp_path):
     """An ingest without --follow stops at the stream's end as of its start, told by the
@@ -408,7 +429,6 @@ def test_ingest_without_follow_ends_when_the_stream_tail_is_deleted_under_it(nat
     must still end with what it got (it went on asking forever; here a watchdog's stop event
     ends it, and the test fails when that was needed)."""
     import asyncio
-    import threading
     import nats as natspy
     nats_publish(nats_server.port, "D", "D", [(b"%d" % i, None) for i in range(2050)])
 
@@ -417,20 +437,8 @@ def test_ingest_without_follow_ends_when_the_stream_tail_is_deleted_under_it(nat
         for seq in range(2001, 2051):
             await nc.jsm().delete_msg("D", seq)
         await nc.close()
-    deleted = []
-
-    def progress(got):             # after the first batch of 1,000: 1001..2000 are on the way
-        if not deleted:
-            deleted.append(got)
-            asyncio.run(delete_tail())
-    watchdog = threading.Event()
-    timer = threading.Timer(60, watchdog.set)
-    timer.start()
-    try:
-        n = tidelog.bridge.ingest(nats_server.url("D"), str(tmp_path / "in"), stop=watchdog,
-                                  progress=progress)
-    finally:
-        timer.cancel()
+    deleted, watchdog, n = _ingest_acting_after_the_first_batch(
+        nats_server.url("D"), str(tmp_path / "in"), lambda got: asyncio.run(delete_tail()))
     assert deleted == [1000]
     assert not watchdog.is_set(), "the ingest did not end by itself"
     assert n == 2000
@@ -469,7 +477,6 @@ def test_ingest_refuses_when_the_stream_is_purged_under_it(nats_server, tmp_path
     sequences show the jump. Like at the start, a jump past the stream's first sequence is one
     error line naming the range (before, the ingest went on after the gap, silently)."""
     import asyncio
-    import threading
     import nats as natspy
     nats_publish(nats_server.port, "P", "P", [(b"%d" % i, None) for i in range(2050)])
 
@@ -478,22 +485,14 @@ def test_ingest_refuses_when_the_stream_is_purged_under_it(nats_server, tmp_path
         await nc.jsm().purge_stream("P")
         await nc.jetstream().publish("P", b"after")
         await nc.close()
+    log_path = str(tmp_path / "in")
     done = []
 
-    def progress(got):             # after the first batch of 1,000: 1001..2000 are on the way
-        if not done:
-            done.append(got)
-            asyncio.run(purge_and_publish())
-    watchdog = threading.Event()
-    timer = threading.Timer(60, watchdog.set)
-    timer.start()
-    log_path = str(tmp_path / "in")
-    try:
-        with pytest.raises(tidelog.bridge.BridgeError, match="2001..2050 were deleted"):
-            tidelog.bridge.ingest(nats_server.url("P"), log_path, follow=True, stop=watchdog,
-                                  progress=progress)
-    finally:
-        timer.cancel()
+    def act(got):
+        done.append(got)
+        asyncio.run(purge_and_publish())
+    with pytest.raises(tidelog.bridge.BridgeError, match="2001..2050 were deleted"):
+        _ingest_acting_after_the_first_batch(nats_server.url("P"), log_path, act, follow=True)
     assert done == [1000]
     with tidelog.open(log_path, readonly=True) as log:
         assert [int(dict(log.read(o).headers)["nats-sequence"]) for o in range(len(log))] == \

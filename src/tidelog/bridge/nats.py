@@ -549,9 +549,7 @@ class NatsSource:
         first = self.info.state.first_seq
         if after is not None and after + 1 < first:
             if not self.skip_gap:
-                raise BridgeError(f"NATS stream {c.address.name!r} starts at sequence {first}: "
-                                  f"sequences {after + 1}..{first - 1} were deleted before "
-                                  f"they were ingested; --skip-gap ingests from {first} on")
+                raise self._deleted(first, after + 1, first - 1)
             after = first - 1
         if after:
             cfg.deliver_policy = api.DeliverPolicy.BY_START_SEQUENCE
@@ -604,10 +602,15 @@ class NatsSource:
             raise c.check(e, "reading") from None
         for p in positions:
             if p > prev + 1 and first > prev + 1 and not self.skip_gap:
-                raise BridgeError(f"NATS stream {c.address.name!r} starts at sequence {first}: "
-                                  f"sequences {prev + 1}..{p - 1} were deleted before they "
-                                  f"were ingested; --skip-gap ingests from {first} on")
+                raise self._deleted(first, prev + 1, p - 1)
             prev = p
+
+    def _deleted(self, first: int, lo: int, hi: int) -> BridgeError:
+        """The error for stream sequences lo..hi deleted (retention, a purge) before they were
+        ingested, the stream now starting at `first`: at the start and under a running ingest."""
+        return BridgeError(f"NATS stream {self.conn.address.name!r} starts at sequence {first}: "
+                           f"sequences {lo}..{hi} were deleted before they were ingested; "
+                           f"--skip-gap ingests from {first} on")
 
     def _drained(self, consumer: str) -> bool:
         """Whether the reader holds nothing more and everything it sent was read: the end of
