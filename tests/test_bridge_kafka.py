@@ -225,3 +225,33 @@ def test_ingest_mends_null_header_values_and_takes_back_the_timestamp_header(kaf
     for off, (rec, (value, key, ts, hs)) in enumerate(zip(got, want)):
         assert (bytes(rec.value), rec.key, rec.timestamp) == (value, key, ts), off
         assert [(k, bytes(v)) for k, v in rec.headers] == hs + [("kafka-offset", b"%d" % off)]
+
+
+def test_ingest_consumer_rests_briefly_when_its_queue_is_full(kafka_mock, tmp_path, monkeypatch):
+    """librdkafka's fetcher rests fetch.queue.backoff.ms once the consumer's queue is full (1 s
+    by default): an ingest slower than the fetcher then waited most of each second with an empty
+    queue (0.41x of the raw loop at 1 KiB). The ingest's consumer asks for FETCH_BACKOFF_MS,
+    and a user's --config setting of its own wins. (What this protects is speed, measured in
+    bench/bridges.py; here only that the setting reaches the consumer, and the data through.)"""
+    import confluent_kafka
+    from tidelog.bridge import kafka as bk
+    seen = []
+    real = confluent_kafka.Consumer
+
+    def spy(conf):
+        seen.append(dict(conf))
+        return real(conf)
+    monkeypatch.setattr(confluent_kafka, "Consumer", spy)
+    produce(kafka_mock.bootstrap, "qb", 0, [(None, b"v%d" % i, 1_600_000_000_000 + i, [])
+                                           for i in range(50)])
+    assert tidelog.bridge.ingest(kafka_mock.url("qb"), str(tmp_path / "a")) == 50
+    ingest = [c for c in seen if c.get("group.id") == "tidelog-ingest"]
+    assert ingest and all(c["fetch.queue.backoff.ms"] == bk.FETCH_BACKOFF_MS for c in ingest)
+    assert bk.FETCH_BACKOFF_MS <= 100
+    conf = tmp_path / "k.conf"
+    conf.write_text("fetch.queue.backoff.ms=700\n")
+    seen.clear()
+    assert tidelog.bridge.ingest(kafka_mock.url("qb"), str(tmp_path / "b"),
+                                 config=str(conf)) == 50
+    ingest = [c for c in seen if c.get("group.id") == "tidelog-ingest"]
+    assert ingest and all(str(c["fetch.queue.backoff.ms"]) == "700" for c in ingest)

@@ -41,6 +41,14 @@ BATCH_BYTES = 2 << 20     # an ingest batch's values, about: a batch of 10,000 1
                           # (10 MB, out of the caches by the time it is appended) ingested at
                           # 0.48x of the raw loop, of 2,000 at 0.80x (Tansu, same run)
 
+FETCH_BACKOFF_MS = 20     # librdkafka's fetch.queue.backoff.ms for an ingest (default 1000): how
+                          # long its fetcher rests once the consumer's queue is full. An ingest
+                          # slower than the fetcher fills the queue (64 MiB), and the fetcher then
+                          # rested a whole second while the queue drained in a third of one: at
+                          # 1 KiB the ingest went from 0.41x to 0.66-0.72x of the raw loop (whose
+                          # queue never fills) with 10-100 ms (Tansu, same run). A user's
+                          # --config setting wins.
+
 # librdkafka's local error codes are spelled with a leading underscore (its public names)
 PARTITION_EOF = "_PARTITION_EOF"
 OFFSET_RESET = "_AUTO_OFFSET_RESET"   # auto.offset.reset=error: the position is out of range
@@ -135,12 +143,15 @@ def _where(address: Address) -> str:
 
 
 def _consumer(ck: Any, base: dict[str, Any], group: str, reset: str = "earliest",
-              wait_ms: Optional[int] = None) -> Any:
+              wait_ms: Optional[int] = None, backoff_ms: Optional[int] = None) -> Any:
     """A consumer that never commits and never asks the cluster to create a topic; `reset`:
     what it does at a position the partition does not hold ("error": an event, no jump);
     `wait_ms`: how long the broker may hold a fetch that finds nothing new (librdkafka's
-    fetch.wait.max.ms, 500 by default)."""
-    extra = {} if wait_ms is None else {"fetch.wait.max.ms": wait_ms}
+    fetch.wait.max.ms, 500 by default); `backoff_ms`: fetch.queue.backoff.ms unless the
+    user's settings (in `base`) name it."""
+    extra: dict[str, Any] = {} if wait_ms is None else {"fetch.wait.max.ms": wait_ms}
+    if backoff_ms is not None and "fetch.queue.backoff.ms" not in base:
+        extra["fetch.queue.backoff.ms"] = backoff_ms
     try:
         return ck.Consumer(dict(base, **{"group.id": group, "enable.auto.commit": False,
                                          "enable.partition.eof": True,
@@ -438,7 +449,8 @@ class KafkaSource:
         base = _base_config(address, opts)
         # one consumer asks the metadata and reads (a second one cost a connection to every
         # broker again: 20-40 ms of an ingest's fixed cost on the mock cluster)
-        self.consumer = _consumer(self.ck, base, "tidelog-ingest", reset="error")
+        self.consumer = _consumer(self.ck, base, "tidelog-ingest", reset="error",
+                                  backoff_ms=FETCH_BACKOFF_MS)
         try:
             _metadata(self.ck, address, create, base, self.consumer)
         except BaseException:
