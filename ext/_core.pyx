@@ -15,7 +15,7 @@ from cpython.buffer cimport (PyObject_GetBuffer, PyBuffer_Release, PyBuffer_Fill
                              PyBUF_SIMPLE, PyBUF_FULL_RO, PyBuffer_ToContiguous, PyObject_CheckBuffer)
 from cpython.bytes cimport PyBytes_Check, PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.memoryview cimport PyMemoryView_FromObject
-from cpython.long cimport PyLong_Check, PyLong_CheckExact
+from cpython.long cimport PyLong_Check, PyLong_CheckExact, PyLong_AsLongLongAndOverflow
 from cpython.ref cimport PyObject
 from cpython.exc cimport PyErr_CheckSignals
 from posix.unistd cimport getpid

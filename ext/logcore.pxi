@@ -527,7 +527,7 @@ cdef class LogCore:
         return append_one(self, value, key, timestamp, headers)
 
     def append_batch(self, values, *, keys=None, timestamps=None, bint atomic=True,
-                     headers=None):
+                     headers=None, int_headers=None):
         """Append many records in one call and return the first one's offset (int; end_offset
         for an empty batch); they get consecutive offsets.
 
@@ -538,11 +538,14 @@ cdef class LogCore:
         crash the batch is in the log whole or not at all, and readers never see part of it; so
         it must fit in one segment (else ValueError). atomic=False splits a larger batch across
         segments, with prefix semantics. `headers`: a sequence of one record's headers each
-        (as for append(); None or empty: none), one per value.
+        (as for append(); None or empty: none), one per value. `int_headers`: a dict
+        {name: a sequence of ints (int64), one per value}: each record gets, after its own
+        headers, a header of that name whose value is its int in decimal ASCII (a source
+        position, say), in the dict's order; read back as any header is.
 
         Raises TypeError for a bad element (nothing of the batch is appended), ValueError for
         keys/timestamps of the wrong length or a batch too large, and what append() raises."""
-        return append_many(self, values, keys, timestamps, atomic, headers)
+        return append_many(self, values, keys, timestamps, atomic, headers, int_headers)
 
     # ---- durability (bodies: durability.pxi) and closing
 

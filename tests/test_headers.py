@@ -307,3 +307,127 @@ def test_headers_past_a_record_are_refused_before_any_copy(log_path, shape):
         with pytest.raises(ValueError, match="16777217 headers"):
             log.append(b"v", headers=(("a", b""),) * ((1 << 24) + 1))
         assert log.end_offset == 0
+
+
+# ---- append_batch(int_headers=): a column of ints, one header per record, packed in C
+
+INT64_EDGES = [0, 1, -1, 9, 10, 99, 100, -10, 2**31, 2**32 + 1, 2**63 - 1, -2**63,
+               10**18, -10**18 + 1]
+
+
+@pytest.mark.parametrize("form", ["list", "tuple", "array", "uint32", "deque"])
+def test_int_headers_read_back_as_decimal_headers_after_the_records_own(log_path, form):
+    """Each record gets, after its own headers (exact pairs, the general path's lists and
+    bytearrays, a dict, none), one header per column in the dict's order, its value the int in
+    decimal ASCII (what b"%d" gives), through every read path and the format's own decoder."""
+    n = 60
+    ints = [INT64_EDGES[i % len(INT64_EDGES)] * (1 if i % 3 else -1) if form != "uint32"
+            else (i * 7919) % 2**32 for i in range(n)]
+    ints = [max(min(v, 2**63 - 1), -2**63) for v in ints]
+    import collections
+    seq = {"list": lambda: ints, "tuple": lambda: tuple(ints),
+           "array": lambda: np.array(ints, np.int64), "uint32": lambda: np.array(ints, np.uint32),
+           "deque": lambda: collections.deque(ints)}[form]()
+    own = [None, [], [("a", b"1")], [["b", bytearray(b"2")]], {"c": b"3", "d": b""},
+           (("e", b"4"), ("e", b"5"))]
+    hs = [own[i % len(own)] for i in range(n)]
+    second = list(range(n, 0, -1))
+    with tidelog.open(log_path) as log:
+        log.append_batch([b"v%d" % i for i in range(n)], headers=hs,
+                         int_headers={"pos": seq, "kafka-offset": second})
+        log.append_batch([b"w%d" % i for i in range(n)], int_headers={"pos": seq})
+        want = []
+        for i in range(n):
+            mine = [(k, bytes(v)) for k, v in (hs[i].items() if isinstance(hs[i], dict)
+                                               else hs[i] or [])]
+            want.append(mine + [("pos", b"%d" % ints[i]), ("kafka-offset", b"%d" % second[i])])
+        want += [[("pos", b"%d" % v)] for v in ints]
+        assert [log.read(o).headers for o in range(2 * n)] == want
+        assert [r.headers for r in log.cursor()] == want
+        assert log.cursor().read_batch().headers == want
+    assert [list(r.headers) for r in spec_records(log_path)] == [list(as_spec(h)) for h in want]
+
+
+def test_int_headers_equal_the_same_headers_given_as_pairs(log_path, tmp_path):
+    """The same batch with its ints as (name, b"%d") pairs: byte-identical frames."""
+    n = 257
+    ints = [(i * 2654435761) % 2**40 - 2**39 for i in range(n)]
+    vals = [b"x" * (i % 9) for i in range(n)]
+    own = [None if i % 2 else [("h", b"%d" % i)] for i in range(n)]
+    ts = list(range(1000, 1000 + n))
+    with tidelog.open(log_path) as log:
+        log.append_batch(vals, timestamps=ts, headers=own, int_headers={"p": ints})
+    other = str(tmp_path / "pairs")
+    with tidelog.open(other) as log:
+        log.append_batch(vals, timestamps=ts,
+                         headers=[(h or []) + [("p", b"%d" % v)] for h, v in zip(own, ints)])
+    def frames(path):
+        out = []
+        for p in seg_files(path):
+            with open(p, "rb") as f:
+                out += [fr for _, fr in v2spec.frames_of(f.read())]
+        return out
+    mine, theirs = frames(log_path), frames(other)
+    assert mine and mine == theirs
+
+
+@pytest.mark.parametrize("bad, exc, words", [
+    ([1, 2], TypeError, "expected a dict"),
+    ("p", TypeError, "expected a dict"),
+    ({1: [1, 2]}, TypeError, "header name"),
+    ({"\udc80": [1, 2]}, ValueError, "UTF-8"),
+    ({"p": [1]}, ValueError, "1 ints for 2 values"),
+    ({"p": [1, 2, 3]}, ValueError, "3 ints for 2 values"),
+    ({"p": "12"}, TypeError, "sequence of ints"),
+    ({"p": b"12"}, TypeError, "sequence of ints"),
+    ({"p": [1.0, 2.0]}, TypeError, "sequence of ints"),
+    ({"p": [1, None]}, TypeError, "sequence of ints"),
+    ({"p": [2**64, 1]}, TypeError, "sequence of ints"),
+    ({"p": np.array([2**63, 1], np.uint64)}, ValueError, "int64 range"),
+    ({"p": np.zeros((2, 1), np.int64)}, TypeError, "sequence of ints"),
+    ({"p": 5}, TypeError, "sequence of ints"),
+])
+def test_bad_int_headers_are_refused_and_nothing_is_appended(log_path, bad, exc, words):
+    with tidelog.open(log_path) as log:
+        with pytest.raises(exc, match=words):
+            log.append_batch([b"a", b"b"], int_headers=bad)
+        with pytest.raises(exc, match=words):
+            log.append_batch([b"a", b"b"], headers=[None, [("x", b"y")]], int_headers=bad)
+        assert log.end_offset == 0
+        log.append_batch([b"a", b"b"], int_headers={})                 # no columns: no headers
+        assert [log.read(o).headers for o in range(2)] == [[], []]
+
+
+def test_int_headers_empty_batch_and_bool_ints(log_path):
+    with tidelog.open(log_path) as log:
+        assert log.append_batch([], int_headers={"p": []}) == 0
+        log.append_batch([b"a", b"b"], int_headers={"p": [True, 2]})   # numpy's int: 1
+        assert log.read(0).headers == [("p", b"1")] and log.read(1).headers == [("p", b"2")]
+
+
+@pytest.mark.parametrize("form", ["list", "tuple"])
+def test_timestamp_lists_take_the_fast_path_with_numpys_outcomes(log_path, form):
+    """Lists and tuples of exact ints skip numpy's conversion (appender.pxi int64_list); what
+    is not one - a bool, a float, a big int, a numpy int, None - goes the numpy way. Either way
+    the outcome is what a deque of the same timestamps gets (always numpy's way): the same
+    timestamps read back, or the same error with nothing appended."""
+    import collections
+    mk = tuple if form == "tuple" else list
+    cases = [[0, 1, 2**63 - 1, 12345678901234567], [-5, 6, 7, 8], [np.int64(5), 6, True, 0],
+             [2**63, 1, 2, 3], [2**63 - 1, 2**63, 0, 0], [2**64, 1, 2, 3], [-2**63 - 1, 1, 2, 3],
+             [1.5, 1, 2, 3], [1, 2, 3], [None, 1, 2, 3], [1, 2, 3, 4, 5]]
+
+    def outcome(log, ts):
+        try:
+            first = log.append_batch([b"c"] * 4, timestamps=ts)
+        except (TypeError, ValueError) as e:
+            return type(e), str(e)
+        return [log.read(o).timestamp for o in range(first, first + 4)]
+    with tidelog.open(log_path) as log:
+        for ts in cases:
+            end = log.end_offset
+            want = outcome(log, collections.deque(ts))
+            got = outcome(log, mk(ts))
+            assert got == want, ts
+            assert log.end_offset == end + (0 if isinstance(want, tuple) else 8)
+        assert outcome(log, mk([0, 1, 2**63 - 1, 5])) == [0, 1, 2**63 - 1, 5]
