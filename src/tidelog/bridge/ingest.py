@@ -34,8 +34,9 @@ from tidelog.bridge.lock import LOCK_DIR, BridgeLock
 
 __all__ = ["run_ingest", "last_position"]
 
-SYNC_EVERY = 8        # batches between syncs of a log whose durability is "none" (a "batch" or
-                      # "always" log's own syncs keep up; the end of a run syncs the rest)
+SYNC_BYTES = 16 << 20  # values appended between syncs of a log whose durability is "none" (a
+                       # "batch" or "always" log's own syncs keep up; the end of a run syncs the
+                       # rest)
 SCAN_LIMIT = 1_000_000  # records read backwards looking for the last ingested one
 
 
@@ -149,18 +150,24 @@ def run_ingest(source: Source, log: Union[str, os.PathLike[str], tidelog.Log], *
             if resume and origin is not None:
                 _check_source(lg.path, origin, after is not None)
             got = 0
-            n = 0
+            unsynced = 0
             last = after
             own_syncs = lg.durability != "none"
             for b in source.batches(after, follow, stopping):
                 _check_order(b.positions, last, header)
-                lg.append_batch(b.values, keys=b.keys, timestamps=b.timestamps,
-                                headers=b.headers)
+                # (no keys at all: None, and the log looks at no key per record)
+                keys = None if b.keys.count(None) == len(b.keys) else b.keys
+                lg.append_batch(b.values, keys=keys, timestamps=b.timestamps,
+                                headers=b.headers,
+                                int_headers=(None if b.position_header is None else
+                                             {b.position_header: b.positions}))
                 last = b.positions[-1]
                 got += len(b)
-                n += 1
-                if not own_syncs and n % SYNC_EVERY == 0:
-                    lg.sync()
+                if not own_syncs:
+                    unsynced += sum(map(len, b.values))
+                    if unsynced >= SYNC_BYTES:
+                        lg.sync()
+                        unsynced = 0
                 if progress is not None:
                     progress(got)
             lg.sync()

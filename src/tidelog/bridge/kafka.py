@@ -37,9 +37,18 @@ CONNECT_SLICE = 0.25      # seconds: a first metadata request waits this long, t
 CREATE_TIMEOUT = 3.0      # seconds a CreateTopics request may take (the mock cluster: never)
 ACK_TIMEOUT = 30.0        # seconds for the cluster to acknowledge a batch
 POLL = 0.5                # seconds a consumer poll waits
-BATCH_BYTES = 2 << 20     # an ingest batch's values, about: a batch of 10,000 1 KiB messages
-                          # (10 MB, out of the caches by the time it is appended) ingested at
-                          # 0.48x of the raw loop, of 2,000 at 0.80x (Tansu, same run)
+BATCH_BYTES = 2 << 20     # an ingest batch's values, at most, about: a batch of 10,000 1 KiB
+                          # messages (10 MB, out of the caches by the time it is appended)
+                          # ingested at 0.48x of the raw loop, of 2,000 at 0.80x (Tansu, same run)
+CONSUME = 100             # messages per consume(): a Message is tracked by the cyclic GC, and
+                          # the fewer live at a time the less its collections walk and promote
+                          # (the raw loop of bench/bridges.py ran 1.3-1.6x faster at 100 than at
+                          # 10,000); a batch takes several, its columns kept, its messages not
+BATCH_MESSAGES = 500      # an ingest batch's messages, at most: each consume() makes a Message
+                          # per message, tracked by the cyclic GC, and the fewer live at a time
+                          # the less its collections walk and promote. 1 KiB, Tansu, one run,
+                          # against the raw loop: 10,000 0.70x, 1,000 0.82x, 500 0.85x, 250
+                          # 0.84x, 100 0.76x (per-call costs); 100 B: 500 best too
 
 FETCH_BACKOFF_MS = 20     # librdkafka's fetch.queue.backoff.ms for an ingest (default 1000): how
                           # long its fetcher rests once the consumer's queue is full. An ingest
@@ -476,7 +485,7 @@ class KafkaSource:
         return int(lo)
 
     def batches(self, after: Optional[int], follow: bool, stopping: Callable[[], bool],
-                max_batch: int = 10_000) -> Iterator[Batch]:
+                max_batch: int = BATCH_MESSAGES) -> Iterator[Batch]:
         ck, a, c = self.ck, self.address, self.consumer
         tp = ck.TopicPartition(a.name, a.partition)
         try:
@@ -493,24 +502,86 @@ class KafkaSource:
         error, offset, value, key, stamp, headers = (km.error, km.offset, km.value, km.key,
                                                      km.timestamp, km.headers)
         pos = KAFKA_POSITION
-        want = min(max_batch, 1000)        # messages per batch: BATCH_BYTES of the last ones
+        want = max_batch                   # messages per batch: BATCH_BYTES of the last ones
+        # a batch's columns, filled CONSUME messages at a time: the messages themselves are
+        # dropped as soon as their columns are taken (see CONSUME)
+        offs: list[int] = []
+        vals: list[bytes] = []
+        keys: list[Optional[bytes]] = []
+        tss: list[int] = []
+        hs: list[Any] = []
         while not stopping():
+            ask = max(1, min(CONSUME, want - len(offs)))
             # consume(n, t) returns once it has n messages (or events) or t passed
             if follow:
                 # between messages it would sit out the whole POLL: take what is here, and
-                # wait only for the first message of a batch
-                got = c.consume(want, 0)
-                if not got:
+                # wait only for the first message of a batch (what has come goes on as soon
+                # as no more is here)
+                got = c.consume(ask, 0)
+                if not got and not offs:
                     first = c.poll(POLL)
-                    got = [] if first is None else [first] + c.consume(want - 1, 0)
+                    got = [] if first is None else [first] + c.consume(ask - 1, 0)
             else:
-                # catching up: wait for a full batch, but ask for no more than the end the
+                # catching up: wait for a full chunk, but ask for no more than the end the
                 # last fetch reported leaves (the watermark asked at the start, at first), or
-                # the last batch would sit out POLL. Taking only what had arrived made batches
+                # the last chunk would sit out POLL. Taking only what had arrived made batches
                 # of a few messages whenever the broker was slower than this loop (same
                 # speed within the noise once the GC is tuned, but fewer wake-ups).
-                got = c.consume(max(1, min(want, end - start)), POLL)
-            if not got:
+                got = c.consume(max(1, min(ask, end - start)), POLL)
+            short = len(got) < ask
+            done = False
+            if got:
+                errs = list(map(error, got))
+                # (not errs.count(None): a KafkaError compared with None raises)
+                if any(map(is_not, errs, repeat(None))):    # events among the messages: rare
+                    kept = []
+                    for m, err in zip(got, errs):
+                        if err is None:
+                            kept.append(m)
+                        elif err.code() == eof:
+                            done = not follow
+                        elif err.code() == reset:
+                            # the consumer's position is gone (retention): after what was kept
+                            at = kept[-1].offset() + 1 if kept else start
+                            to = self._gap(tp, at)
+                            c.assign([ck.TopicPartition(a.name, a.partition, to)])
+                            short = True
+                            break
+                        else:
+                            raise BridgeError(f"{_where(a)}: {err.str()}")
+                    got = kept
+            if got:
+                # column by column, with no object of ours per message (the per-message cost
+                # of an ingest: keep it lean)
+                o = list(map(offset, got))
+                now = time.time_ns()       # for a message without a timestamp (old brokers)
+                t = [ms * 1_000_000 if kind != no_ts else now for kind, ms in map(stamp, got)]
+                # a message's own headers (a list of pairs, or None), mended first where they
+                # need it (_fix_headers); its position header the log adds (Batch's
+                # position_header: append_batch's int_headers, in C)
+                h: list[Any] = []
+                try:
+                    h.extend(map(headers, got))     # (extend: keeps those before a failure)
+                except (SystemError, UnicodeDecodeError):
+                    raise _unreadable(a, got[len(h)]) from None
+                self._fix_headers(h, t)
+                v = list(map(value, got))
+                if not all(v):            # a null value is an empty record (b"" stays)
+                    v = [b"" if x is None else x for x in v]
+                keys += map(key, got)
+                offs += o
+                tss += t
+                hs += h
+                vals += v
+                del got
+                start = o[-1] + 1
+                if not follow and not done:
+                    # the end the last fetch reported (what PARTITION_EOF is made of, but that
+                    # event waits for one more, empty fetch: fetch.wait.max.ms, 0.5 s default)
+                    _, seen = c.get_watermark_offsets(tp, cached=True)
+                    end = max(end, seen)
+                    done = seen >= 0 and o[-1] >= seen - 1
+            elif not offs and not done:
                 # nothing came: a partition whose end (as a fetch reported it) is before the
                 # position is not the one the log's positions are from (deleted and made
                 # again?); a broker that does not answer OFFSET_OUT_OF_RANGE there (Tansu) made
@@ -522,60 +593,11 @@ class KafkaSource:
                                       f"positions go on: was it deleted and made again? "
                                       f"Ingest into a log of its own")
                 continue
-            done = False
-            errs = list(map(error, got))
-            # (not errs.count(None): a KafkaError compared with None raises)
-            if any(map(is_not, errs, repeat(None))):    # events among the messages: rare
-                kept = []
-                for m, err in zip(got, errs):
-                    if err is None:
-                        kept.append(m)
-                    elif err.code() == eof:
-                        done = not follow
-                    elif err.code() == reset:
-                        # the consumer's position is gone (retention): after what was kept
-                        at = kept[-1].offset() + 1 if kept else start
-                        to = self._gap(tp, at)
-                        c.assign([ck.TopicPartition(a.name, a.partition, to)])
-                        break
-                    else:
-                        raise BridgeError(f"{_where(a)}: {err.str()}")
-                got = kept
-            if got:
-                # column by column, with no object per message but its position header (the
-                # per-message cost of an ingest: keep it lean)
-                offs = list(map(offset, got))
-                now = time.time_ns()       # for a message without a timestamp (old brokers)
-                tss = [ms * 1_000_000 if kind != no_ts else now for kind, ms in map(stamp, got)]
-                # a message's own headers (a list of pairs, or None), mended first where they
-                # need it (_fix_headers), then its position header appended to that list in
-                # place, by map in C (a tuple built per record in Python cost ~0.5 us): the
-                # list is the message's own (confluent-kafka makes it at the first headers()
-                # and keeps it), and the message is dropped with this batch
-                raw: list[Any] = []
-                try:
-                    raw.extend(map(headers, got))     # (extend: keeps those before a failure)
-                except (SystemError, UnicodeDecodeError):
-                    raise _unreadable(a, got[len(raw)]) from None
-                self._fix_headers(raw, tss)
-                if not all(raw):           # (all: a third of list.count(None)'s cost)
-                    raw = [r or [] for r in raw]
-                hs: list[Any] = raw
-                collections.deque(map(list.append, hs,
-                                      zip(repeat(pos), map(b"%d".__mod__, offs))), 0)
-                vals = list(map(value, got))
-                if not all(vals):         # a null value is an empty record (b"" stays)
-                    vals = [b"" if v is None else v for v in vals]
+            if offs and (len(offs) >= want or short or done):
                 size = sum(map(len, vals)) // len(vals) + 64    # (64: a message's own cost)
                 want = max(2, min(max_batch, BATCH_BYTES // size))
-                start = offs[-1] + 1
-                if not follow and not done:
-                    # the end the last fetch reported (what PARTITION_EOF is made of, but that
-                    # event waits for one more, empty fetch: fetch.wait.max.ms, 0.5 s default)
-                    _, seen = c.get_watermark_offsets(tp, cached=True)
-                    end = max(end, seen)
-                    done = seen >= 0 and offs[-1] >= seen - 1
-                yield Batch(offs, vals, list(map(key, got)), tss, hs)
+                yield Batch(offs, vals, keys, tss, hs, pos)
+                offs, vals, keys, tss, hs = [], [], [], [], []
             if done:                           # the end a fetch saw (not the watermark)
                 return
 
