@@ -193,12 +193,26 @@ def test_append_batch_numpy_64B(benchmark, logs):
 
 
 @pytest.mark.benchmark(group="append_batch")
-@pytest.mark.parametrize("form", ["tuple", "list", "dict"])
+@pytest.mark.parametrize("form", ["tuple", "list", "dict", "int_headers"])
 def test_append_batch_headers_100B(benchmark, logs, form):
     """1000 records per call, each with one header of its own (a position, as an ingest
-    writes): the per-record cost of checking and packing headers, by the form they come in."""
+    writes): the per-record cost of checking and packing headers, by the form they come in
+    (int_headers: the positions as a column of ints, append_batch(int_headers={name: ints}))."""
     values = values_for(100)
     n = N_BATCH[100]
+    if form == "int_headers":
+        columns = [{"src-offset": list(range(j * BATCH, (j + 1) * BATCH))}
+                   for j in range(n // BATCH)]
+
+        def run(log):
+            append_batch = log.append_batch
+            for c in columns:
+                append_batch(values, int_headers=c)
+            assert log.end_offset == n
+        benchmark.pedantic(run, setup=lambda: ((logs.fresh(durability="none"),), {}),
+                           teardown=logs.close, rounds=ROUNDS)
+        note(benchmark, n, 100)
+        return
     make = {"tuple": lambda i: (("src-offset", b"%d" % i),),
             "list": lambda i: [("src-offset", b"%d" % i)],
             "dict": lambda i: {"src-offset": b"%d" % i}}[form]
