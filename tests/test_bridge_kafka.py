@@ -255,3 +255,56 @@ def test_ingest_consumer_rests_briefly_when_its_queue_is_full(kafka_mock, tmp_pa
                                  config=str(conf)) == 50
     ingest = [c for c in seen if c.get("group.id") == "tidelog-ingest"]
     assert ingest and all(str(c["fetch.queue.backoff.ms"]) == "700" for c in ingest)
+
+
+def test_mirror_producer_takes_the_users_tuning_but_not_what_exactly_once_rests_on(
+        kafka_mock, tmp_path, monkeypatch):
+    """--config reaches the mirror's producer: linger.ms and queue.buffering.* (TUNABLE) are
+    the user's; enable.idempotence, acks, enable.gapless.guarantee and the failures-only
+    delivery reports stay the mirror's, whatever the file says. (librdkafka does not report
+    its settings back: what the Producer was given is what is checked, and the data through.)"""
+    import confluent_kafka
+    seen = []
+    real = confluent_kafka.Producer
+
+    def spy(conf):
+        seen.append(dict(conf))
+        return real(conf)
+    monkeypatch.setattr(confluent_kafka, "Producer", spy)
+    log_path = str(tmp_path / "src")
+    with tidelog.open(log_path) as log:
+        fill(log, 30, random.Random(5))
+    conf = tmp_path / "k.conf"
+    conf.write_text("linger.ms=17\nqueue.buffering.max.messages=4321\n"
+                    "queue.buffering.max.kbytes=2048\nenable.idempotence=false\nacks=1\n"
+                    "enable.gapless.guarantee=false\n")
+    assert tidelog.bridge.mirror(log_path, kafka_mock.url("tune"), create=True,
+                                 config=str(conf)) == 30
+    mine = [c for c in seen if "on_delivery" in c]
+    assert len(mine) == 1, seen
+    c = mine[0]
+    assert (str(c["linger.ms"]), str(c["queue.buffering.max.messages"]),
+            str(c["queue.buffering.max.kbytes"])) == ("17", "4321", "2048")
+    assert (c["enable.idempotence"], c["acks"], c["enable.gapless.guarantee"],
+            c["delivery.report.only.error"]) == (True, "all", True, True)
+    expect_mirrored(log_path, kafka_messages(kafka_mock.bootstrap, "tune"))
+
+
+@pytest.mark.parametrize("key", ["delivery.report.only.error", "error_cb", "logger",
+                                 "default.topic.config", "stats_cb"])
+def test_python_level_settings_in_a_config_file_are_one_line_errors(kafka_mock, tmp_path, key):
+    """confluent-kafka reads some settings in Python (callbacks, a logger, a bool, a dict): from
+    a key=value file they were a TypeError/AttributeError traceback (or, for `logger`, took the
+    place of the logger that keeps librdkafka's lines off stderr). Now a clear error, exit 2."""
+    log_path = str(tmp_path / "src")
+    with tidelog.open(log_path) as log:
+        fill(log, 3, random.Random(1))
+    conf = tmp_path / "k.conf"
+    conf.write_text(f"{key}=false\n")
+    with pytest.raises(ValueError, match=key):
+        tidelog.bridge.mirror(log_path, kafka_mock.url("py"), config=str(conf))
+    with pytest.raises(ValueError, match=key):
+        tidelog.bridge.ingest(kafka_mock.url("py"), str(tmp_path / "in"), config=str(conf))
+    for cmd in (("mirror", log_path, kafka_mock.url("py"), "--config", str(conf)),
+                ("ingest", kafka_mock.url("py"), str(tmp_path / "in2"), "--config", str(conf))):
+        one_line_error(cli(*cmd), key)

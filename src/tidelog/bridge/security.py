@@ -157,9 +157,24 @@ def nats_options(config: Mapping[str, str],
     return opts
 
 
+# confluent-kafka's own settings, read in Python (callbacks, a logger, a bool, a dict), not
+# librdkafka's: a key=value file can only give them a string, which confluent-kafka refused
+# with a TypeError or AttributeError (a traceback), or took (a string `logger` replaced the one
+# that keeps librdkafka's lines off stderr)
+_PYTHON_LEVEL = frozenset({"error_cb", "throttle_cb", "stats_cb", "oauth_cb", "logger",
+                           "on_delivery", "on_commit", "delivery.report.only.error",
+                           "default.topic.config", "dr_cb", "dr_msg_cb", "log_cb"})
+
+
 def kafka_options(config: Mapping[str, str],
                   environ: Mapping[str, str] = os.environ) -> dict[str, str]:
-    """librdkafka settings from the environment and `config` (passed through)."""
+    """librdkafka settings from the environment and `config` (passed through, but for
+    confluent-kafka's Python-level settings: ValueError)."""
+    for key in config:
+        if key in _PYTHON_LEVEL:
+            raise ValueError(f"{key}: a setting of confluent-kafka's Python layer (a callback, "
+                             f"a logger or a Python value), which a key=value file cannot give; "
+                             f"tidelog sets what it needs")
     opts = {k: environ[v] for k, v in KAFKA_ENV.items() if environ.get(v)}
     opts.update(config)
     # librdkafka says only "ssl.ca.location failed: ... BIO lib" of a file that is not there
