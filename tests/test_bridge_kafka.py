@@ -255,3 +255,34 @@ def test_ingest_consumer_rests_briefly_when_its_queue_is_full(kafka_mock, tmp_pa
                                  config=str(conf)) == 50
     ingest = [c for c in seen if c.get("group.id") == "tidelog-ingest"]
     assert ingest and all(str(c["fetch.queue.backoff.ms"]) == "700" for c in ingest)
+
+
+def test_ingest_batches_hold_at_most_batch_bytes_of_values(kafka_mock, tmp_path, monkeypatch):
+    """An ingest batch (one atomic append_batch, which must fit in one segment) holds at most
+    BATCH_BYTES of values (or one message larger than that). The batch sizes came from the last
+    batch's mean value size only: the first batch took up to BATCH_MESSAGES whatever their
+    size (1 MB messages, Kafka's usual bound: 500 MB in one append, past the default 256 MiB
+    segment: refused at every restart), and so did a batch of large messages after small ones.
+    Here (within the ~5 MB the mock cluster keeps) 250 messages of 12 KB, 400 small ones, 100
+    of 12 KB again, into a log of 2.5 MiB segments (was: 3 MB in the first append, refused):
+    every message once, and no batch past the bound."""
+    from tidelog.bridge import kafka as bk
+    rng = random.Random(11)
+    sizes = [12_000] * 250 + [10] * 400 + [12_000] * 100
+    items = [(None, rng.randbytes(s), 1_600_000_000_000 + i, []) for i, s in enumerate(sizes)]
+    produce(kafka_mock.bootstrap, "big", 0, items)
+    seen = []
+    real = bk.KafkaSource.batches
+
+    def spy(self, *a, **kw):
+        for b in real(self, *a, **kw):
+            seen.append((len(b), sum(map(len, b.values))))
+            yield b
+    monkeypatch.setattr(bk.KafkaSource, "batches", spy)
+    with tidelog.open(str(tmp_path / "in"), segment_bytes=5 << 19) as log:
+        assert tidelog.bridge.ingest(kafka_mock.url("big"), log) == len(items)
+        for off, (_, value, _, _) in enumerate(items):
+            rec = log.read(off)
+            assert bytes(rec.value) == value and rec.headers == [("kafka-offset", b"%d" % off)]
+    assert sum(n for n, _ in seen) == len(items)
+    assert all(size <= bk.BATCH_BYTES for _, size in seen), seen

@@ -20,7 +20,8 @@ import collections
 import logging
 import re
 import time
-from itertools import chain, repeat
+from bisect import bisect_right
+from itertools import accumulate, chain, repeat
 from operator import is_, is_not, itemgetter
 from collections.abc import Callable, Iterator
 from typing import Any, Optional
@@ -510,6 +511,7 @@ class KafkaSource:
         keys: list[Optional[bytes]] = []
         tss: list[int] = []
         hs: list[Any] = []
+        nbytes = 0                         # their values' bytes
         while not stopping():
             ask = max(1, min(CONSUME, want - len(offs)))
             # consume(n, t) returns once it has n messages (or events) or t passed
@@ -573,6 +575,7 @@ class KafkaSource:
                 tss += t
                 hs += h
                 vals += v
+                nbytes += sum(map(len, v))
                 del got
                 start = o[-1] + 1
                 if not follow and not done:
@@ -593,11 +596,24 @@ class KafkaSource:
                                       f"positions go on: was it deleted and made again? "
                                       f"Ingest into a log of its own")
                 continue
-            if offs and (len(offs) >= want or short or done):
-                size = sum(map(len, vals)) // len(vals) + 64    # (64: a message's own cost)
-                want = max(2, min(max_batch, BATCH_BYTES // size))
-                yield Batch(offs, vals, keys, tss, hs, pos)
-                offs, vals, keys, tss, hs = [], [], [], [], []
+            while offs and (len(offs) >= want or short or done or nbytes > BATCH_BYTES):
+                if nbytes <= BATCH_BYTES:
+                    b = Batch(offs, vals, keys, tss, hs, pos)
+                    offs, vals, keys, tss, hs = [], [], [], [], []
+                    size = nbytes
+                else:
+                    # at most BATCH_BYTES of values per batch (or one larger message): `want`
+                    # follows the last batch's mean size, but a first batch, or large messages
+                    # after small ones, came CONSUME at a time whatever their size (1 MB
+                    # messages: 500 MB in one append, past a segment: refused at every start)
+                    cut = max(1, bisect_right(list(accumulate(map(len, vals))), BATCH_BYTES))
+                    b = Batch(offs[:cut], vals[:cut], keys[:cut], tss[:cut], hs[:cut], pos)
+                    del offs[:cut], vals[:cut], keys[:cut], tss[:cut], hs[:cut]
+                    size = sum(map(len, b.values))
+                nbytes -= size
+                # (64: a message's own cost)
+                want = max(2, min(max_batch, BATCH_BYTES // (size // len(b) + 64)))
+                yield b
             if done:                           # the end a fetch saw (not the watermark)
                 return
 
