@@ -532,6 +532,7 @@ class KafkaSource:
                 got = c.consume(max(1, min(ask, end - start)), POLL)
             short = len(got) < ask
             done = False
+            gap = None                     # where retention deleted what was next, if it did
             if got:
                 errs = list(map(error, got))
                 # (not errs.count(None): a KafkaError compared with None raises)
@@ -543,10 +544,10 @@ class KafkaSource:
                         elif err.code() == eof:
                             done = not follow
                         elif err.code() == reset:
-                            # the consumer's position is gone (retention): after what was kept
-                            at = kept[-1].offset() + 1 if kept else start
-                            to = self._gap(tp, at)
-                            c.assign([ck.TopicPartition(a.name, a.partition, to)])
+                            # the consumer's position is gone (retention): after what was
+                            # kept, which goes to the log first with the rest of the batch
+                            # (was: dropped when _gap refused, and its range not named)
+                            gap = kept[-1].offset() + 1 if kept else start
                             short = True
                             break
                         else:
@@ -584,7 +585,7 @@ class KafkaSource:
                     _, seen = c.get_watermark_offsets(tp, cached=True)
                     end = max(end, seen)
                     done = seen >= 0 and o[-1] >= seen - 1
-            elif not offs and not done:
+            elif not offs and not done and gap is None:
                 # nothing came: a partition whose end (as a fetch reported it) is before the
                 # position is not the one the log's positions are from (deleted and made
                 # again?); a broker that does not answer OFFSET_OUT_OF_RANGE there (Tansu) made
@@ -614,6 +615,9 @@ class KafkaSource:
                 # (64: a message's own cost)
                 want = max(2, min(max_batch, BATCH_BYTES // (size // len(b) + 64)))
                 yield b
+            if gap is not None:
+                to = self._gap(tp, gap)
+                c.assign([ck.TopicPartition(a.name, a.partition, to)])
             if done:                           # the end a fetch saw (not the watermark)
                 return
 
