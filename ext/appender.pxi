@@ -329,16 +329,20 @@ cdef object append_one(LogCore self, value, key=None, timestamp=None, headers=No
 cdef object int64_list(object seq, Py_ssize_t n):
     """An exact list or tuple of n exact ints, each in the int64 range, as an int64 array; else
     None (the caller converts it with numpy, and words any error). numpy's conversion of a list
-    cost ~450 instructions per int; this loop ~15. It runs no Python code: nothing can change
-    the list under it."""
+    cost ~450 instructions per int; this loop ~15. The array is made before the length is
+    checked: making it (and the memoryview on it) may run a collection, whose gc.callbacks hook
+    can empty the list (was: seq[i] past its end, unchecked: segfault); from the check on no
+    Python code runs and nothing is allocated, so nothing can change the list under the loop."""
     cdef Py_ssize_t i
     cdef int overflow = 0
     cdef long long v
     cdef int64_t[::1] out
-    if (type(seq) is not list and type(seq) is not tuple) or len(seq) != n:
+    if type(seq) is not list and type(seq) is not tuple:
         return None
     arr = np.empty(n, dtype=np.int64)
     out = arr
+    if len(seq) != n:
+        return None
     for i in range(n):
         item = seq[i]
         if not PyLong_CheckExact(item):

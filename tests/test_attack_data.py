@@ -548,3 +548,60 @@ except ValueError as e:
     print("ok")
 """, log_path, check=False)
     assert out.returncode == 0 and out.stdout.strip() == "ok", (out.returncode, out.stderr)
+
+
+@pytest.mark.parametrize("arg", ["timestamps", "int_headers"])
+def test_a_gc_callback_emptying_a_list_of_ints_as_int64_list_reads_it(log_path, arg):
+    """append_batch(timestamps=list, int_headers={name: list}): the lists-of-ints fast path
+    (appender.pxi int64_list) makes its int64 array after checking the list's length; a
+    collection run by that allocation, whose gc.callbacks hook empties the list, left the loop
+    reading past its end (was: segfault). Every collection of the call is tried in turn (and
+    the young generation's count after one, so that the next allocation collects): each call
+    appends its records with the ints given, or refuses the emptied list with nothing
+    appended."""
+    out = run_python("""
+import gc, sys, tidelog
+log = tidelog.open(sys.argv[1])
+arg = sys.argv[2]
+n = 50
+state = {}
+hold = []
+def cb(phase, info):
+    if phase == "start":
+        state["count"] += 1
+        if state["count"] == state["k"]:
+            state["ints"].clear()
+    else:
+        hold.extend([] for _ in range(state["young"]))   # the count the next one starts from
+gc.callbacks.append(cb)
+outcomes = set()
+for young in range(5):
+    for k in range(1, 40):
+        ints = list(range(10**12, 10**12 + n))
+        want = list(ints)
+        state.update(k=k, count=0, ints=ints, young=young)
+        end = log.end_offset
+        gc.collect()
+        gc.set_threshold(1)
+        try:
+            if arg == "timestamps":
+                log.append_batch([b"v"] * n, timestamps=ints)
+            else:
+                log.append_batch([b"v"] * n, int_headers={"p": ints})
+        except ValueError as e:
+            gc.set_threshold(700)
+            assert "0 " in str(e) and log.end_offset == end, (e, log.end_offset, end)
+            outcomes.add("refused")
+            continue
+        gc.set_threshold(700)
+        assert log.end_offset == end + n
+        if arg == "timestamps":
+            got = [log.read(o).timestamp for o in range(end, end + n)]
+        else:
+            got = [int(log.read(o).headers[0][1]) for o in range(end, end + n)]
+        assert got == want, (k, young)
+        outcomes.add("appended")
+assert outcomes == {"refused", "appended"}, outcomes
+print("ok")
+""", log_path, arg, check=False, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", (out.returncode, out.stderr)

@@ -308,3 +308,94 @@ def test_python_level_settings_in_a_config_file_are_one_line_errors(kafka_mock, 
     for cmd in (("mirror", log_path, kafka_mock.url("py"), "--config", str(conf)),
                 ("ingest", kafka_mock.url("py"), str(tmp_path / "in2"), "--config", str(conf))):
         one_line_error(cli(*cmd), key)
+
+
+def test_ingest_batches_hold_at_most_batch_bytes_of_values(kafka_mock, tmp_path, monkeypatch):
+    """An ingest batch (one atomic append_batch, which must fit in one segment) holds at most
+    BATCH_BYTES of values (or one message larger than that). The batch sizes came from the last
+    batch's mean value size only: the first batch took up to BATCH_MESSAGES whatever their
+    size (1 MB messages, Kafka's usual bound: 500 MB in one append, past the default 256 MiB
+    segment: refused at every restart), and so did a batch of large messages after small ones.
+    Here (within the ~5 MB the mock cluster keeps) 250 messages of 12 KB, 400 small ones, 100
+    of 12 KB again, into a log of 2.5 MiB segments (was: 3 MB in the first append, refused):
+    every message once, and no batch past the bound."""
+    from tidelog.bridge import kafka as bk
+    rng = random.Random(11)
+    sizes = [12_000] * 250 + [10] * 400 + [12_000] * 100
+    items = [(None, rng.randbytes(s), 1_600_000_000_000 + i, []) for i, s in enumerate(sizes)]
+    produce(kafka_mock.bootstrap, "big", 0, items)
+    seen = []
+    real = bk.KafkaSource.batches
+
+    def spy(self, *a, **kw):
+        for b in real(self, *a, **kw):
+            seen.append((len(b), sum(map(len, b.values))))
+            yield b
+    monkeypatch.setattr(bk.KafkaSource, "batches", spy)
+    with tidelog.open(str(tmp_path / "in"), segment_bytes=5 << 19) as log:
+        assert tidelog.bridge.ingest(kafka_mock.url("big"), log) == len(items)
+        for off, (_, value, _, _) in enumerate(items):
+            rec = log.read(off)
+            assert bytes(rec.value) == value and rec.headers == [("kafka-offset", b"%d" % off)]
+    assert sum(n for n, _ in seen) == len(items)
+    assert all(size <= bk.BATCH_BYTES for _, size in seen), seen
+
+
+def test_retention_gap_met_in_the_middle_of_a_batch_keeps_what_came_before_it(kafka_mock,
+                                                                              tmp_path,
+                                                                              monkeypatch):
+    """A batch takes several consume() calls: messages 0..99 came in the first, and before the
+    second the partition's retention deleted the next ones (the consumer's position out of
+    range: an OFFSET_RESET event). The messages in hand are ingested before the refusal, which
+    names the deleted range from the log's next position (was: 0..99 dropped, the log left
+    empty, and the error naming 100..: a gap it did not mention); with --skip-gap, the ingest
+    goes on after them from the partition's first offset."""
+    import confluent_kafka as ck
+    from tidelog.bridge import kafka as bk
+    from tidelog.bridge.base import BridgeError
+    item = [(None, b"z" * 1000, 1_600_000_000_000, [])]
+    produce(kafka_mock.bootstrap, "gap", 0, item * 1000)
+    real_consumer = bk._consumer
+    calls = []
+
+    class Proxy:
+        """The source's consumer, but before its second consume() the partition's retention
+        deletes offsets 100 and on (the mock cluster keeps ~5 MB: 6 MB more produced) and the
+        consumer's prefetched messages are dropped (assign), so the next fetch finds 100 gone;
+        that consume() returns once the event has come."""
+
+        def __init__(self, c):
+            self.c = c
+
+        def __getattr__(self, name):
+            return getattr(self.c, name)
+
+        def consume(self, n, timeout):
+            calls.append(n)
+            if len(calls) != 2:
+                return self.c.consume(n, timeout)
+            produce(kafka_mock.bootstrap, "gap", 0, item * 6000)
+            self.c.assign([ck.TopicPartition("gap", 0, 100)])
+            for _ in range(100):
+                got = self.c.consume(n, 0.2)
+                if got:
+                    return got
+            raise AssertionError("no event after the retention")
+
+    monkeypatch.setattr(bk, "_consumer", lambda *a, **kw: Proxy(real_consumer(*a, **kw)))
+    log_path = str(tmp_path / "in")
+    with pytest.raises(BridgeError, match=r"offsets (\d+)\.\.\d+ were deleted") as e:
+        tidelog.bridge.ingest(kafka_mock.url("gap"), log_path)
+    assert calls[0] == 100
+    with tidelog.open(log_path, readonly=True) as log:
+        offs = [int(dict(log.read(o).headers)["kafka-offset"]) for o in range(log.end_offset)]
+    assert offs == list(range(100))
+    assert "offsets 100.." in str(e.value)
+    monkeypatch.setattr(bk, "_consumer", real_consumer)
+    first = kafka_messages(kafka_mock.bootstrap, "gap")[0][0]
+    assert first > 100
+    assert tidelog.bridge.ingest(kafka_mock.url("gap"), log_path, skip_gap=True) == \
+        7000 - first
+    with tidelog.open(log_path, readonly=True) as log:
+        offs = [int(dict(log.read(o).headers)["kafka-offset"]) for o in range(log.end_offset)]
+    assert offs == list(range(100)) + list(range(first, 7000))

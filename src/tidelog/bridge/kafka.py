@@ -20,7 +20,8 @@ import collections
 import logging
 import re
 import time
-from itertools import chain, repeat
+from bisect import bisect_right
+from itertools import accumulate, chain, repeat
 from operator import is_, is_not, itemgetter
 from collections.abc import Callable, Iterator
 from typing import Any, Optional
@@ -510,6 +511,7 @@ class KafkaSource:
         keys: list[Optional[bytes]] = []
         tss: list[int] = []
         hs: list[Any] = []
+        nbytes = 0                         # their values' bytes
         while not stopping():
             ask = max(1, min(CONSUME, want - len(offs)))
             # consume(n, t) returns once it has n messages (or events) or t passed
@@ -530,6 +532,7 @@ class KafkaSource:
                 got = c.consume(max(1, min(ask, end - start)), POLL)
             short = len(got) < ask
             done = False
+            gap = None                     # where retention deleted what was next, if it did
             if got:
                 errs = list(map(error, got))
                 # (not errs.count(None): a KafkaError compared with None raises)
@@ -541,10 +544,10 @@ class KafkaSource:
                         elif err.code() == eof:
                             done = not follow
                         elif err.code() == reset:
-                            # the consumer's position is gone (retention): after what was kept
-                            at = kept[-1].offset() + 1 if kept else start
-                            to = self._gap(tp, at)
-                            c.assign([ck.TopicPartition(a.name, a.partition, to)])
+                            # the consumer's position is gone (retention): after what was
+                            # kept, which goes to the log first with the rest of the batch
+                            # (was: dropped when _gap refused, and its range not named)
+                            gap = kept[-1].offset() + 1 if kept else start
                             short = True
                             break
                         else:
@@ -573,6 +576,7 @@ class KafkaSource:
                 tss += t
                 hs += h
                 vals += v
+                nbytes += sum(map(len, v))
                 del got
                 start = o[-1] + 1
                 if not follow and not done:
@@ -581,7 +585,7 @@ class KafkaSource:
                     _, seen = c.get_watermark_offsets(tp, cached=True)
                     end = max(end, seen)
                     done = seen >= 0 and o[-1] >= seen - 1
-            elif not offs and not done:
+            elif not offs and not done and gap is None:
                 # nothing came: a partition whose end (as a fetch reported it) is before the
                 # position is not the one the log's positions are from (deleted and made
                 # again?); a broker that does not answer OFFSET_OUT_OF_RANGE there (Tansu) made
@@ -593,11 +597,27 @@ class KafkaSource:
                                       f"positions go on: was it deleted and made again? "
                                       f"Ingest into a log of its own")
                 continue
-            if offs and (len(offs) >= want or short or done):
-                size = sum(map(len, vals)) // len(vals) + 64    # (64: a message's own cost)
-                want = max(2, min(max_batch, BATCH_BYTES // size))
-                yield Batch(offs, vals, keys, tss, hs, pos)
-                offs, vals, keys, tss, hs = [], [], [], [], []
+            while offs and (len(offs) >= want or short or done or nbytes > BATCH_BYTES):
+                if nbytes <= BATCH_BYTES:
+                    b = Batch(offs, vals, keys, tss, hs, pos)
+                    offs, vals, keys, tss, hs = [], [], [], [], []
+                    size = nbytes
+                else:
+                    # at most BATCH_BYTES of values per batch (or one larger message): `want`
+                    # follows the last batch's mean size, but a first batch, or large messages
+                    # after small ones, came CONSUME at a time whatever their size (1 MB
+                    # messages: 500 MB in one append, past a segment: refused at every start)
+                    cut = max(1, bisect_right(list(accumulate(map(len, vals))), BATCH_BYTES))
+                    b = Batch(offs[:cut], vals[:cut], keys[:cut], tss[:cut], hs[:cut], pos)
+                    del offs[:cut], vals[:cut], keys[:cut], tss[:cut], hs[:cut]
+                    size = sum(map(len, b.values))
+                nbytes -= size
+                # (64: a message's own cost)
+                want = max(2, min(max_batch, BATCH_BYTES // (size // len(b) + 64)))
+                yield b
+            if gap is not None:
+                to = self._gap(tp, gap)
+                c.assign([ck.TopicPartition(a.name, a.partition, to)])
             if done:                           # the end a fetch saw (not the watermark)
                 return
 
