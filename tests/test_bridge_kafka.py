@@ -227,7 +227,7 @@ def test_ingest_mends_null_header_values_and_takes_back_the_timestamp_header(kaf
         assert [(k, bytes(v)) for k, v in rec.headers] == hs + [("kafka-offset", b"%d" % off)]
 
 
-def test_ingest_consumer_rests_briefly_when_its_queue_is_full(kafka_mock, tmp_path, monkeypatch):
+def test_ingest_consumer_rests_briefly_when_its_queue_is_full_and_waits_briefly_on_fetches(kafka_mock, tmp_path, monkeypatch):
     """librdkafka's fetcher rests fetch.queue.backoff.ms once the consumer's queue is full (1 s
     by default): an ingest slower than the fetcher then waited most of each second with an empty
     queue (0.41x of the raw loop at 1 KiB). The ingest's consumer asks for FETCH_BACKOFF_MS,
@@ -248,13 +248,18 @@ def test_ingest_consumer_rests_briefly_when_its_queue_is_full(kafka_mock, tmp_pa
     ingest = [c for c in seen if c.get("group.id") == "tidelog-ingest"]
     assert ingest and all(c["fetch.queue.backoff.ms"] == bk.FETCH_BACKOFF_MS for c in ingest)
     assert bk.FETCH_BACKOFF_MS <= 100
+    # and fetch.wait.max.ms: a broker that holds an empty fetch its whole length (Tansu, the
+    # mock cluster) made a following ingest see each message ~0.25-0.5 s late
+    assert all(c["fetch.wait.max.ms"] == bk.FETCH_WAIT_MS for c in ingest)
+    assert bk.FETCH_WAIT_MS <= 50
     conf = tmp_path / "k.conf"
-    conf.write_text("fetch.queue.backoff.ms=700\n")
+    conf.write_text("fetch.queue.backoff.ms=700\nfetch.wait.max.ms=300\n")
     seen.clear()
     assert tidelog.bridge.ingest(kafka_mock.url("qb"), str(tmp_path / "b"),
                                  config=str(conf)) == 50
     ingest = [c for c in seen if c.get("group.id") == "tidelog-ingest"]
     assert ingest and all(str(c["fetch.queue.backoff.ms"]) == "700" for c in ingest)
+    assert all(str(c["fetch.wait.max.ms"]) == "300" for c in ingest)
 
 
 def test_mirror_producer_takes_the_users_tuning_but_not_what_exactly_once_rests_on(
