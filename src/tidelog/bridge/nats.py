@@ -715,9 +715,10 @@ class NatsSource:
         name = self.conn.address.name
         what = (f"sequence {lo} was" if lo == hi else f"sequences {lo}..{hi} were"
                 if n == hi - lo + 1 else f"{n} of sequences {lo}..{hi} were")
-        whose = (f"messages of subject {self.subject!r}" if self.only_ours else
-                 f"perhaps messages of subject {self.subject!r} (JetStream keeps no subject for "
-                 f"a deleted message)")
+        what_of = "a message" if lo == hi else "messages"
+        whose = (f"{what_of} of subject {self.subject!r}" if self.only_ours else
+                 f"perhaps {what_of} of subject {self.subject!r} (JetStream keeps no subject "
+                 f"for a deleted message)")
         return BridgeError(f"NATS stream {name!r}: {what} deleted before "
                            f"{'it was' if lo == hi else 'they were'} ingested, {whose}; "
                            f"--skip-gap ingests on past {'it' if lo == hi else 'them'}")
