@@ -653,7 +653,8 @@ class NatsSource:
 
         Cost: one STREAM.INFO per batch whose sequences jump (with subjects interleaved, every
         batch), and the deleted sequences' list only while the stream has any and they changed
-        (see _deleted_seqs); no work per message unless a sequence was deleted."""
+        (see _deleted_seqs); no work per message unless the stream holds deleted sequences
+        after the last one read."""
         if self.skip_gap:
             return
         end = positions[-1] if end is None else end
