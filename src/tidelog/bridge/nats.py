@@ -21,7 +21,7 @@ requests of its own (_Pull: nats-py's fetch() costs ~4x the CPU per message), an
 consumer sequence of every message (1, 2, 3, ...): a message lost or repeated on the way is an
 error before anything after it is appended. Messages the stream deleted before they were read
 (retention, a purge) the consumer skips by itself, its sequences showing nothing: the stream
-sequences do (NatsSource._check_gaps, _check_subject_gaps), checked before a batch with a jump
+sequences do (NatsSource._check_subject_gaps), checked before a batch with a jump
 is appended, and at the start against the log's last one.
 """
 
@@ -571,6 +571,10 @@ class NatsSource:
             if not self.skip_gap:
                 raise self._deleted(first, after + 1, first - 1)
             after = first - 1
+        elif after is not None and after < self.info.state.last_seq:
+            # interior deletes after the log's last one (a purge of one subject of the
+            # stream, max_msgs_per_subject, a message deleted): every sequence is ours here
+            self._check_subject_gaps(after, [], self.info.state.last_seq)
         if after:
             cfg.deliver_policy = api.DeliverPolicy.BY_START_SEQUENCE
             cfg.opt_start_seq = after + 1
@@ -604,10 +608,7 @@ class NatsSource:
                 if fresh:          # a new ingest of a subject: what was deleted before its
                     prev, fresh = b.positions[0] - 1, False   # first message was never due
                 if b.positions[-1] - prev != len(b):          # the stream sequences jump
-                    if self.subject is None:
-                        self._check_gaps(prev, b.positions)
-                    else:
-                        self._check_subject_gaps(prev, b.positions)
+                    self._check_subject_gaps(prev, b.positions)
                 prev = b.positions[-1]
                 yield b
                 if not follow and self.pending == 0:
@@ -615,31 +616,20 @@ class NatsSource:
             elif not follow and self._drained(info.name):
                 return
 
-    def _check_gaps(self, prev: int, positions: list[int]) -> None:
-        """Stream sequences skipped between `prev` (the last read) and `positions`: fine when
-        deleted in the middle of the stream, but a BridgeError (unless skip_gap) when the
-        stream's first sequence is now past them: its retention or a purge took messages before
-        they were ingested (the consumer skips them by itself; its sequences show nothing).
-        Only without a subject filter (with one: _check_subject_gaps)."""
-        c = self.conn
-        try:
-            first = c.run(c.jsm.stream_info(c.address.name), ACK_TIMEOUT).state.first_seq
-        except Exception as e:
-            raise c.check(e, "reading") from None
-        for p in positions:
-            if p > prev + 1 and first > prev + 1 and not self.skip_gap:
-                raise self._deleted(first, prev + 1, p - 1)
-            prev = p
-
     def _check_subject_gaps(self, prev: int, positions: list[int],
                             end: Optional[int] = None) -> None:
-        """With a subject filter: a BridgeError (unless skip_gap) when a stream sequence after
+        """A BridgeError (unless skip_gap) when a stream sequence after
         `prev` up to `end` (by default the last of `positions`) that is not one of `positions`
         (ascending: the messages read) was deleted. Checked once the reader went past such a
         sequence, so a message of ours it skipped was deleted by then; at the start, with no
         positions, every sequence after the log's last one up to the stream's last.
 
-        What JetStream tells, and what it does not: a sequence skipped that the stream still
+        Without a subject filter every sequence is the ingest's: a skipped one was deleted (the
+        head of the stream: retention, a purge; or inside it: a purge of one subject,
+        max_msgs_per_subject, a message deleted), and is refused as a loss; the error names no
+        subject. (Only the stream's first sequence was compared before: interior deletes were
+        a silent gap.) With a subject filter, what JetStream tells, and what it does not: a
+        sequence skipped that the stream still
         holds is another subject's message (the common jump: subjects interleaved), never a
         gap. A deleted one (below the stream's first sequence, or an interior delete: a purge
         of a subject, max_msgs_per_subject, a message deleted) may have been ours or another
@@ -717,11 +707,12 @@ class NatsSource:
         what = (f"sequence {lo} was" if lo == hi else f"sequences {lo}..{hi} were"
                 if n == hi - lo + 1 else f"{n} of sequences {lo}..{hi} were")
         what_of = "a message" if lo == hi else "messages"
-        whose = (f"{what_of} of subject {self.subject!r}" if self.only_ours else
-                 f"perhaps {what_of} of subject {self.subject!r} (JetStream keeps no subject "
-                 f"for a deleted message)")
+        whose = ("" if self.subject is None else
+                 f", {what_of} of subject {self.subject!r}" if self.only_ours else
+                 f", perhaps {what_of} of subject {self.subject!r} (JetStream keeps no "
+                 f"subject for a deleted message)")
         return BridgeError(f"NATS stream {name!r}: {what} deleted before "
-                           f"{'it was' if lo == hi else 'they were'} ingested, {whose}; "
+                           f"{'it was' if lo == hi else 'they were'} ingested{whose}; "
                            f"--skip-gap ingests on past {'it' if lo == hi else 'them'}")
 
     def _deleted(self, first: int, lo: int, hi: int) -> BridgeError:
