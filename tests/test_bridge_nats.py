@@ -499,3 +499,228 @@ def test_ingest_refuses_when_the_stream_is_purged_under_it(nats_server, tmp_path
             list(range(1, 2001))
     r = cli("ingest", nats_server.url("P"), log_path, "--skip-gap")
     assert r.returncode == 0 and "ingested 1 records" in r.stdout, r.stderr
+
+
+# ------------------------------------------------------------- one subject: deleted, or not ours
+
+def js_do(port, act, **stream):
+    """Run `act(nc)` (a coroutine function) on a connection to the server, after making the
+    stream `stream` (StreamConfig's fields) when given."""
+    import asyncio
+    import nats as natspy
+    from nats.js.api import StreamConfig
+
+    async def go():
+        nc = await natspy.connect(f"nats://127.0.0.1:{port}")
+        if stream:
+            await nc.jsm().add_stream(StreamConfig(**stream))
+        await act(nc)
+        await nc.close()
+    asyncio.run(go())
+
+
+def publish(subjects):
+    """An act for js_do publishing b'<i>' to subjects[i], in order, each acknowledged."""
+    async def act(nc):
+        js = nc.jetstream()
+        for i, s in enumerate(subjects):
+            await js.publish(s, b"%d" % i)
+    return act
+
+
+def purge(subject, then=()):
+    """An act for js_do purging a subject's messages from stream M, then publishing `then`."""
+    async def act(nc):
+        await nc.jsm().purge_stream("M", subject=subject)
+        await publish(then)(nc)
+    return act
+
+
+def ingested_seqs(log_path):
+    with tidelog.open(log_path, readonly=True) as log:
+        return [int(dict(r.headers)["nats-sequence"]) for r in log.cursor()]
+
+
+def test_subject_ingest_refuses_its_subject_purged_before_the_start(nats_server, tmp_path):
+    """A purge of the subject (purge with filter) between two runs: 5 messages of m.a never
+    ingested are gone, the stream's first sequence unchanged. The next run refuses, naming
+    where they were; --skip-gap goes on past them, the records after the gap exact. (The
+    start-up check compared with the stream's first sequence only: the run went on, silently.)
+    The other subject's messages in between, stored, are no gap: the first run read m.a's
+    every other sequence without a word."""
+    port, log_path = nats_server.port, str(tmp_path / "in")
+    ab = ["m.b", "m.a"] * 5                                   # m.a at even sequences
+    js_do(port, publish(ab), name="M", subjects=["m.*"])      # 1..10
+    assert tidelog.bridge.ingest(nats_server.url("M", subject="m.a"), log_path) == 5
+    js_do(port, publish(ab))                                  # 11..20, m.a's 12..20 lost
+    js_do(port, purge("m.a", then=ab))                        # 21..30
+    one_line_error(cli("ingest", nats_server.url("M", subject="m.a"), log_path),
+                   "5 of sequences 12..20 were deleted before they were ingested",
+                   "perhaps messages of subject 'm.a'", "--skip-gap")
+    assert ingested_seqs(log_path) == [2, 4, 6, 8, 10]
+    r = cli("ingest", nats_server.url("M", subject="m.a"), log_path, "--skip-gap")
+    assert r.returncode == 0 and "ingested 5 records" in r.stdout, r.stderr
+    assert ingested_seqs(log_path) == [2, 4, 6, 8, 10, 22, 24, 26, 28, 30]
+    expect_ingested_tail(log_path, nats_messages(port, "M", "m.a"))
+
+
+def expect_ingested_tail(log_path, got):
+    """The log's last records are the messages `got` (nats_messages), intact."""
+    with tidelog.open(log_path, readonly=True) as log:
+        recs = list(log.cursor())[-len(got):]
+    assert [(int(dict(r.headers)["nats-sequence"]), bytes(r.value)) for r in recs] == \
+        [(seq, data) for seq, _, _, data in got]
+
+
+def test_subject_ingest_of_a_stream_of_that_subject_only_names_the_loss(nats_server, tmp_path):
+    """A stream capturing nothing but the subject, purged whole while the ingest runs (after
+    its first batch): every deleted sequence was one of ours, and the error says so (no
+    'perhaps'). (With ?subject= the run went on past them, silently: the check of the stream's
+    first sequence under a running ingest was made without a subject only.)"""
+    port, log_path = nats_server.port, str(tmp_path / "in")
+    js_do(port, publish(["G"] * 2050), name="G", subjects=["G"])
+
+    async def purge_all(nc):
+        await nc.jsm().purge_stream("G")
+        await publish(["G"])(nc)                              # 2051
+    with pytest.raises(tidelog.bridge.BridgeError) as e:
+        _ingest_acting_after_the_first_batch(nats_server.url("G", subject="G"), log_path,
+                                             lambda got: js_do(port, purge_all), follow=True)
+    assert "sequences 2001..2050 were deleted before they were ingested, messages of " \
+        "subject 'G';" in str(e.value), str(e.value)
+    assert ingested_seqs(log_path) == list(range(1, 2001))
+    r = cli("ingest", nats_server.url("G", subject="G"), log_path, "--skip-gap")
+    assert r.returncode == 0 and "ingested 1 records" in r.stdout, r.stderr
+    assert ingested_seqs(log_path)[-2:] == [2000, 2051]
+
+
+def test_subject_ingest_refuses_what_max_msgs_per_subject_trimmed(nats_server, tmp_path):
+    """max_msgs_per_subject (5) trims m.a's messages 9..11 before the ingest read them: the
+    other subject's older messages keep the stream's first sequence at 1, so only the interior
+    deletes show it."""
+    port, log_path = nats_server.port, str(tmp_path / "in")
+    js_do(port, publish(["m.b"] * 3 + ["m.a"] * 5), name="M", subjects=["m.*"],
+          max_msgs_per_subject=5)                             # m.b 1..3, m.a 4..8
+    assert tidelog.bridge.ingest(nats_server.url("M", subject="m.a"), log_path) == 5
+    js_do(port, publish(["m.a"] * 8))                         # 9..16: m.a keeps 12..16
+    one_line_error(cli("ingest", nats_server.url("M", subject="m.a"), log_path),
+                   "sequences 9..11 were deleted before they were ingested")
+    r = cli("ingest", nats_server.url("M", subject="m.a"), log_path, "--skip-gap")
+    assert r.returncode == 0 and "ingested 5 records" in r.stdout, r.stderr
+    assert ingested_seqs(log_path) == list(range(4, 9)) + list(range(12, 17))
+
+
+def test_subject_ingest_refuses_its_subject_purged_under_it(nats_server, tmp_path):
+    """A purge of the subject while the ingest runs (after its first batch of 1,000 m.a
+    messages, the next 1,000 on the way): the reader skips the 50 purged ones with nothing
+    in its consumer sequences, and the other subject's messages make every batch jump. The
+    jump over the purged ones is one error naming them, before anything after it is
+    appended (the ingest went on with the message published after the purge, silently)."""
+    port, log_path = nats_server.port, str(tmp_path / "in")
+    js_do(port, publish(["m.b", "m.a"] * 2050), name="M", subjects=["m.*"])   # m.a: 2..4100
+    done = []
+
+    def act(got):
+        done.append(got)
+        js_do(port, purge("m.a", then=["m.a"]))                                # 4101
+    with pytest.raises(tidelog.bridge.BridgeError,
+                       match=r"50 of sequences 4002\.\.4100 were deleted"):
+        _ingest_acting_after_the_first_batch(nats_server.url("M", subject="m.a"), log_path,
+                                             act, follow=True)
+    assert done == [1000]
+    assert ingested_seqs(log_path) == list(range(2, 4001, 2))
+    r = cli("ingest", nats_server.url("M", subject="m.a"), log_path, "--skip-gap")
+    assert r.returncode == 0 and "ingested 1 records" in r.stdout, r.stderr
+    assert ingested_seqs(log_path)[-2:] == [4000, 4101]
+
+
+def test_subject_ingest_of_interleaved_subjects_with_deletions_elsewhere(nats_server, tmp_path):
+    """No false alarm: m.a's messages between m.b's (stored: not a gap), while the stream has
+    deleted sequences where they cannot be a loss of m.a's: m.b's and m.a's messages the log
+    already holds (purged after they were ingested), and the stream's first sequence past
+    them; resumed twice, mid-stream and at its end, and in batches of 1,000 that jump."""
+    port, log_path = nats_server.port, str(tmp_path / "in")
+    url = nats_server.url("M", subject="m.a")
+    js_do(port, publish(["m.a", "m.b", "m.b"] * 1500), name="M", subjects=["m.*"])
+    assert tidelog.bridge.ingest(url, log_path) == 1500       # m.a: 1, 4, ..., 4498
+
+    async def act(nc):
+        jsm = nc.jsm()
+        await jsm.delete_msg("M", 4)                          # m.a's, ingested
+        await jsm.delete_msg("M", 3000)                       # m.b's, before m.a's last one
+        await jsm.delete_msg("M", 4498)                       # m.a's last one, ingested
+        await publish(["m.b", "m.a"] * 1500)(nc)              # 4501..7500
+    js_do(port, act)
+    assert tidelog.bridge.ingest(url, log_path) == 1500
+    js_do(port, purge("m.b", then=["m.b", "m.a"] * 10))       # 7501..7520, m.b's all gone
+    assert tidelog.bridge.ingest(url, log_path) == 10
+    js_do(port, purge("m.a", then=["m.b", "m.a"] * 10))       # 7521..7540, the first past all
+    assert tidelog.bridge.ingest(url, log_path) == 10
+    want = (list(range(1, 4500, 3)) + list(range(4502, 7501, 2)) + list(range(7502, 7521, 2))
+            + list(range(7522, 7541, 2)))
+    assert ingested_seqs(log_path) == want
+
+
+def test_subject_ingest_cannot_tell_a_deleted_message_of_another_subject(nats_server, tmp_path):
+    """The limit, stated: a message of the other subject deleted between two of ours leaves a
+    deleted sequence the reader skipped, and JetStream keeps no subject for it, so it is
+    refused as a possible loss ('perhaps'), and --skip-gap goes on (the records exact)."""
+    port, log_path = nats_server.port, str(tmp_path / "in")
+    url = nats_server.url("M", subject="m.a")
+    js_do(port, publish(["m.a", "m.b", "m.a"]), name="M", subjects=["m.*"])
+    assert tidelog.bridge.ingest(url, log_path) == 2                    # 1, 3
+
+    async def act(nc):
+        await publish(["m.b", "m.a"])(nc)                               # 4, 5
+        await nc.jsm().delete_msg("M", 4)
+    js_do(port, act)
+    one_line_error(cli("ingest", url, log_path),
+                   "sequence 4 was deleted before it was ingested, perhaps a message of "
+                   "subject 'm.a' (JetStream keeps no subject for a deleted message)")
+    r = cli("ingest", url, log_path, "--skip-gap")
+    assert r.returncode == 0 and "ingested 1 records" in r.stdout, r.stderr
+    assert ingested_seqs(log_path) == [1, 3, 5]
+
+
+# ------------------------------------------------------------- no subject: interior deletes
+
+def test_ingest_refuses_interior_deletes_of_the_whole_stream(nats_server, tmp_path):
+    """Without ?subject= every sequence is the ingest's. A purge of one subject of a
+    multi-subject stream, or a message deleted, after the log's last record leaves the stream's
+    first sequence where it was: only the interior deletes show the loss. Refused at the start
+    and under a running ingest (one line naming the sequences, no subject), --skip-gap goes on
+    past them; the records after the gap exact. (Both were a silent gap: only the stream's
+    first sequence was compared.)"""
+    port, log_path = nats_server.port, str(tmp_path / "in")
+    url = nats_server.url("W")
+    js_do(port, publish(["w.a", "w.b"] * 3), name="W", subjects=["w.*"])     # 1..6
+    assert tidelog.bridge.ingest(url, log_path) == 6
+    js_do(port, publish(["w.a", "w.b"] * 3))                                  # 7..12
+
+    async def purge_b(nc):
+        await nc.jsm().purge_stream("W", subject="w.b")                       # 8, 10, 12 (and
+        await nc.jsm().delete_msg("W", 9)                                     # 2, 4, 6) and 9
+        await publish(["w.a"])(nc)                                            # 13
+    js_do(port, purge_b)
+    one_line_error(cli("ingest", url, log_path), "4 of sequences 8..12 were deleted before "
+                   "they were ingested;", "--skip-gap")
+    assert ingested_seqs(log_path) == list(range(1, 7))
+    r = cli("ingest", url, log_path, "--skip-gap")
+    assert r.returncode == 0 and "ingested 3 records" in r.stdout, r.stderr
+    assert ingested_seqs(log_path) == list(range(1, 8)) + [11, 13]
+
+    # under a running ingest: after its first batch, a message it has not asked for yet is
+    # deleted (two pull requests of 1,000 are out at a time: past 2,000)
+    big = str(tmp_path / "big")
+    js_do(port, publish(["x"] * 2050), name="X", subjects=["x"])
+
+    async def delete_one(nc):
+        await nc.jsm().delete_msg("X", 2040)
+    with pytest.raises(tidelog.bridge.BridgeError) as e:
+        _ingest_acting_after_the_first_batch(nats_server.url("X"), big,
+                                             lambda got: js_do(port, delete_one), follow=True)
+    assert "sequence 2040 was deleted before it was ingested;" in str(e.value), str(e.value)
+    assert ingested_seqs(big) == list(range(1, 2001))
+    r = cli("ingest", nats_server.url("X"), big, "--skip-gap")
+    assert r.returncode == 0 and "ingested 49 records" in r.stdout, r.stderr
+    assert ingested_seqs(big) == [s for s in range(1, 2051) if s != 2040]

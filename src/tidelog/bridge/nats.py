@@ -19,13 +19,17 @@ time, ns), no key, and its text headers as the record's headers (utf-8), in orde
 An ingest reads an ephemeral pull consumer (AckPolicy none) created at the resume point, with pull
 requests of its own (_Pull: nats-py's fetch() costs ~4x the CPU per message), and checks the
 consumer sequence of every message (1, 2, 3, ...): a message lost or repeated on the way is an
-error before anything after it is appended.
+error before anything after it is appended. Messages the stream deleted before they were read
+(retention, a purge) the consumer skips by itself, its sequences showing nothing: the stream
+sequences do (NatsSource._check_subject_gaps), checked before a batch with a jump
+is appended, and at the start against the log's last one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import bisect
 import json
 import ssl
 from collections.abc import Callable, Iterator
@@ -240,11 +244,13 @@ class _Conn:
 
 
 def _covers(pattern: str, subject: str) -> bool:
+    """Whether every subject that `subject` names (itself, or what its wildcards match) matches
+    `pattern`."""
     p, s = pattern.split("."), subject.split(".")
     for i, tok in enumerate(p):
         if tok == ">":
             return len(s) > i
-        if i >= len(s) or (tok != "*" and tok != s[i]):
+        if i >= len(s) or s[i] == ">" or (tok != "*" and tok != s[i]):
             return False
     return len(p) == len(s)
 
@@ -532,11 +538,22 @@ class NatsSource:
         self.skip_gap = skip_gap
         self.cseq = 0          # the consumer sequence of the last message read
         self.pending = -1      # messages the consumer held after the last one read
+        # the stream's interior deleted sequences as last fetched: (first_seq, num_deleted,
+        # sorted sequences); see _deleted_seqs
+        self.dels: tuple[int, int, list[int]] = (0, 0, [])
         try:
             self.info = self.conn.stream(create, address.subject or address.name)
         except BaseException:
             self.conn.close()
             raise
+        cfg = self.info.config
+        # Whether every message the stream can hold is the subject's: then every deleted
+        # sequence was one of ours (a stream with sources, a mirror or a subject transform
+        # may hold others than its subjects say)
+        self.only_ours = bool(
+            self.subject is not None and cfg.subjects and not cfg.sources and not cfg.mirror
+            and not getattr(cfg, "subject_transform", None)
+            and all(_covers(self.subject, p) for p in cfg.subjects))
 
     def batches(self, after: Optional[int], follow: bool, stopping: Callable[[], bool],
                 max_batch: int = 1000) -> Iterator[Batch]:
@@ -547,10 +564,17 @@ class NatsSource:
         cfg = api.ConsumerConfig(ack_policy=api.AckPolicy.NONE, inactive_threshold=60.0,
                                  filter_subject=self.subject, max_ack_pending=-1)
         first = self.info.state.first_seq
-        if after is not None and after + 1 < first:
+        if self.subject is not None:
+            if after is not None and after < self.info.state.last_seq:
+                self._check_subject_gaps(after, [], self.info.state.last_seq)
+        elif after is not None and after + 1 < first:
             if not self.skip_gap:
                 raise self._deleted(first, after + 1, first - 1)
             after = first - 1
+        elif after is not None and after < self.info.state.last_seq:
+            # interior deletes after the log's last one (a purge of one subject of the
+            # stream, max_msgs_per_subject, a message deleted): every sequence is ours here
+            self._check_subject_gaps(after, [], self.info.state.last_seq)
         if after:
             cfg.deliver_policy = api.DeliverPolicy.BY_START_SEQUENCE
             cfg.opt_start_seq = after + 1
@@ -568,6 +592,7 @@ class NatsSource:
             raise c.check(e, "creating a reader") from None
         self.cseq = 0
         prev = after if after is not None else max(first - 1, 0)  # last stream sequence read
+        fresh = after is None and self.subject is not None
         while not stopping():
             if c.nc.is_closed:
                 raise BridgeError(f"NATS {','.join(c.address.servers)}: connection lost; a "
@@ -580,8 +605,10 @@ class NatsSource:
                 raise c.check(e, "reading") from None
             if msgs:
                 b = self._batch(msgs)
-                if self.subject is None and b.positions[-1] - prev != len(b):
-                    self._check_gaps(prev, b.positions)
+                if fresh:          # a new ingest of a subject: what was deleted before its
+                    prev, fresh = b.positions[0] - 1, False   # first message was never due
+                if b.positions[-1] - prev != len(b):          # the stream sequences jump
+                    self._check_subject_gaps(prev, b.positions)
                 prev = b.positions[-1]
                 yield b
                 if not follow and self.pending == 0:
@@ -589,21 +616,104 @@ class NatsSource:
             elif not follow and self._drained(info.name):
                 return
 
-    def _check_gaps(self, prev: int, positions: list[int]) -> None:
-        """Stream sequences skipped between `prev` (the last read) and `positions`: fine when
-        deleted in the middle of the stream, but a BridgeError (unless skip_gap) when the
-        stream's first sequence is now past them: its retention or a purge took messages before
-        they were ingested (the consumer skips them by itself; its sequences show nothing).
-        Only without a subject filter: with one, skipped sequences are the other subjects'."""
+    def _check_subject_gaps(self, prev: int, positions: list[int],
+                            end: Optional[int] = None) -> None:
+        """A BridgeError (unless skip_gap) when a stream sequence after
+        `prev` up to `end` (by default the last of `positions`) that is not one of `positions`
+        (ascending: the messages read) was deleted. Checked once the reader went past such a
+        sequence, so a message of ours it skipped was deleted by then; at the start, with no
+        positions, every sequence after the log's last one up to the stream's last.
+
+        Without a subject filter every sequence is the ingest's: a skipped one was deleted (the
+        head of the stream: retention, a purge; or inside it: a purge of one subject,
+        max_msgs_per_subject, a message deleted), and is refused as a loss; the error names no
+        subject. (Only the stream's first sequence was compared before: interior deletes were
+        a silent gap.) With a subject filter, what JetStream tells, and what it does not: a
+        sequence skipped that the stream still
+        holds is another subject's message (the common jump: subjects interleaved), never a
+        gap. A deleted one (below the stream's first sequence, or an interior delete: a purge
+        of a subject, max_msgs_per_subject, a message deleted) may have been ours or another
+        subject's: JetStream keeps no subject for a deleted sequence. So it is refused as a
+        possible loss, named by the first and last such sequence and their number; the message
+        says 'perhaps' unless the stream holds nothing but the subject's messages. Messages of
+        another subject deleted between two of ours are thus an alarm too, which nothing the
+        server keeps tells from a loss (--skip-gap goes on). Not seen: on a new ingest, a
+        message of ours deleted before the first one it read (the ingest starts from what the
+        stream holds: deleted before it began, or in the moment after).
+
+        Cost: one STREAM.INFO per batch whose sequences jump (with subjects interleaved, every
+        batch), and the deleted sequences' list only while the stream has any and they changed
+        (see _deleted_seqs); no work per message unless the stream holds deleted sequences
+        after the last one read."""
+        if self.skip_gap:
+            return
+        end = positions[-1] if end is None else end
+        st = self._stream_state(False)
+        first, nd = st.get("first_seq", 0), st.get("num_deleted") or 0
+        if first <= prev + 1 and not nd:           # nothing deleted after our last one
+            return
+        dels: list[int] = []
+        if nd:
+            first, dels = self._deleted_seqs(first, nd)
+        have = set(positions)
+        lost = [d for d in dels[bisect.bisect_right(dels, max(prev, first - 1)):
+                                bisect.bisect_right(dels, end)] if d not in have]
+        top = min(first - 1, end)                  # sequences up to top are all deleted
+        k = bisect.bisect_right(positions, top)
+        n = top - prev - k                         # ... those of them not read
+        if n > 0:
+            lo = next(q for i, q in enumerate(range(prev + 1, top + 1))
+                      if i >= k or positions[i] != q)
+            hi = next(q for i, q in enumerate(range(top, prev, -1))
+                      if i >= k or positions[k - 1 - i] != q)
+            raise self._subject_deleted(lo, lost[-1] if lost else hi, n + len(lost))
+        if lost:
+            raise self._subject_deleted(lost[0], lost[-1], len(lost))
+
+    def _stream_state(self, details: bool) -> dict[str, Any]:
+        """The stream's state as STREAM.INFO tells it (with its interior deleted sequences
+        when `details`): nats-py's stream_info() asks for no deleted details."""
         c = self.conn
         try:
-            first = c.run(c.jsm.stream_info(c.address.name), ACK_TIMEOUT).state.first_seq
+            r = c.run(c.nc.request(f"{API_PREFIX}.STREAM.INFO.{c.address.name}",
+                                   b'{"deleted_details":true}' if details else b"",
+                                   timeout=ACK_TIMEOUT))
+            resp = json.loads(r.data)
         except Exception as e:
-            raise c.check(e, "reading") from None
-        for p in positions:
-            if p > prev + 1 and first > prev + 1 and not self.skip_gap:
-                raise self._deleted(first, prev + 1, p - 1)
-            prev = p
+            raise c.check(e, "reading the stream's state") from None
+        if not isinstance(resp, dict) or "error" in resp or "state" not in resp:
+            err = resp.get("error") if isinstance(resp, dict) else None
+            raise BridgeError(f"NATS stream {c.address.name!r}: reading its state: "
+                              f"{(err or {}).get('description', 'no state in the answer')}")
+        state: dict[str, Any] = resp["state"]
+        return state
+
+    def _deleted_seqs(self, first: int, nd: int) -> tuple[int, list[int]]:
+        """(first sequence, its interior deleted sequences sorted) of the stream, `first` and
+        `nd` being its first sequence and number of deleted ones as just read. Fetched again
+        only when these changed: with the first sequence unchanged, a deletion adds one to
+        num_deleted (last - first + 1 - messages) and nothing takes one away, so equal counts
+        mean the same deleted set. (The state fetched may be newer than first and nd: its own
+        first sequence goes with its list.)"""
+        if self.dels[:2] != (first, nd):
+            st = self._stream_state(True)
+            self.dels = (st.get("first_seq", 0), st.get("num_deleted") or 0,
+                         sorted(st.get("deleted") or []))
+        return self.dels[0], self.dels[2]
+
+    def _subject_deleted(self, lo: int, hi: int, n: int) -> BridgeError:
+        """The error for `n` deleted sequences in lo..hi (see _check_subject_gaps)."""
+        name = self.conn.address.name
+        what = (f"sequence {lo} was" if lo == hi else f"sequences {lo}..{hi} were"
+                if n == hi - lo + 1 else f"{n} of sequences {lo}..{hi} were")
+        what_of = "a message" if lo == hi else "messages"
+        whose = ("" if self.subject is None else
+                 f", {what_of} of subject {self.subject!r}" if self.only_ours else
+                 f", perhaps {what_of} of subject {self.subject!r} (JetStream keeps no "
+                 f"subject for a deleted message)")
+        return BridgeError(f"NATS stream {name!r}: {what} deleted before "
+                           f"{'it was' if lo == hi else 'they were'} ingested{whose}; "
+                           f"--skip-gap ingests on past {'it' if lo == hi else 'them'}")
 
     def _deleted(self, first: int, lo: int, hi: int) -> BridgeError:
         """The error for stream sequences lo..hi deleted (retention, a purge) before they were
