@@ -613,8 +613,11 @@ class NatsSource:
                 yield b
                 if not follow and self.pending == 0:
                     return
-            elif not follow and self._drained(info.name):
-                return
+            elif not follow:
+                if self._drained(info.name):
+                    return
+            elif self.subject is not None and not fresh:
+                prev = self._none_of_ours_after(prev)
 
     def _check_subject_gaps(self, prev: int, positions: list[int],
                             end: Optional[int] = None) -> None:
@@ -637,7 +640,9 @@ class NatsSource:
         possible loss, named by the first and last such sequence and their number; the message
         says 'perhaps' unless the stream holds nothing but the subject's messages. Messages of
         another subject deleted between two of ours are thus an alarm too, which nothing the
-        server keeps tells from a loss (--skip-gap goes on). Not seen: on a new ingest, a
+        server keeps tells from a loss (--skip-gap goes on); following, while nothing comes,
+        _none_of_ours_after moves `prev` past those the stream still holds, so that retention
+        trimming them later is no alarm. Not seen: on a new ingest, a
         message of ours deleted before the first one it read (the ingest starts from what the
         stream holds: deleted before it began, or in the moment after).
 
@@ -669,6 +674,34 @@ class NatsSource:
             raise self._subject_deleted(lo, lost[-1] if lost else hi, n + len(lost))
         if lost:
             raise self._subject_deleted(lost[0], lost[-1], len(lost))
+
+    def _none_of_ours_after(self, prev: int) -> int:
+        """With a subject, following and nothing come: the last stream sequence up to which
+        the subject has no message left to read (`prev`, or the stream's last one as of now).
+        A sequence the stream holds then that is not the subject's is another subject's for
+        good: its removal later (retention trimming a busy stream past a quiet subject's last
+        message) is no gap, and moving `prev` past it keeps _check_subject_gaps from taking it
+        for one. In this order: the stream's last sequence; then no message of the subject
+        stored after `prev` (STREAM.MSG.GET next_by_subj, from the store itself: a consumer's
+        pending count may lag a message just stored); then nothing after `prev` up to that
+        last one deleted (_check_subject_gaps, which raises what the next message of the
+        subject would: a deletion is for good)."""
+        c = self.conn
+        last = self._stream_state(False).get("last_seq", 0)
+        if last <= prev:
+            return prev
+        req = json.dumps({"seq": prev + 1, "next_by_subj": self.subject}).encode()
+        try:
+            r = c.run(c.nc.request(f"{API_PREFIX}.STREAM.MSG.GET.{c.address.name}", req,
+                                   timeout=ACK_TIMEOUT))
+            resp = json.loads(r.data)
+        except Exception as e:
+            raise c.check(e, "reading the stream's state") from None
+        err = resp.get("error") if isinstance(resp, dict) else None
+        if not isinstance(err, dict) or err.get("err_code") != 10037:    # 10037: no message
+            return prev                  # one of ours is there (or no answer): read it first
+        self._check_subject_gaps(prev, [], last)
+        return last
 
     def _stream_state(self, details: bool) -> dict[str, Any]:
         """The stream's state as STREAM.INFO tells it (with its interior deleted sequences
