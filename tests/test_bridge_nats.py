@@ -767,20 +767,23 @@ def _following(url, log_path):
     return wait_for, end
 
 
-def test_following_a_quiet_subject_while_the_stream_trims_others(nats_server, tmp_path):
+@pytest.mark.parametrize("subject", ["m.a", "m.*", "m.>"])
+def test_following_a_quiet_subject_while_the_stream_trims_others(nats_server, tmp_path,
+                                                                  subject):
     """A subject ingest with follow, its subject quiet while another subject's messages come
     and go (max_msgs trims the oldest): those the ingest waited past while the stream held them
     are not its own, and their removal later is no gap. (It was refused as a possible loss,
     'perhaps', at the next message of the subject: a long-running ingest of a quiet subject of
-    a busy stream with limits died with exit 2.)"""
+    a busy stream with limits died with exit 2.) The subject as itself and with wildcards
+    (STREAM.MSG.GET's next_by_subj takes them)."""
     port, log_path = nats_server.port, str(tmp_path / "in")
-    js_do(port, publish(["m.a"]), name="M", subjects=["m.*"], max_msgs=12)       # 1
-    wait_for, end = _following(nats_server.url("M", subject="m.a"), log_path)
+    js_do(port, publish(["m.a"]), name="M", subjects=["m.*", "n.*"], max_msgs=12)  # 1
+    wait_for, end = _following(nats_server.url("M", subject=subject), log_path)
     try:
         wait_for(1)
-        js_do(port, publish(["m.b"] * 10))          # 2..11, held while the ingest waits
+        js_do(port, publish(["n.b"] * 10))          # 2..11, held while the ingest waits
         time.sleep(4)                               # ... a few empty pulls
-        js_do(port, publish(["m.b"] * 10 + ["m.a"]))  # 12..22: 1..10 trimmed
+        js_do(port, publish(["n.b"] * 10 + ["m.a"]))  # 12..22: 1..10 trimmed
         wait_for(2)
     finally:
         n = end()
