@@ -789,3 +789,30 @@ def test_following_a_quiet_subject_while_the_stream_trims_others(nats_server, tm
         n = end()
     assert n == 2
     assert ingested_seqs(log_path) == [1, 22]
+
+
+def test_new_ingest_of_a_stream_with_deleted_values_like_a_kv_bucket(nats_server, tmp_path):
+    """A new ingest starts from what the stream holds: the interior sequences a KV-style stream
+    (max_msgs_per_subject=1) deleted before it began were never due, like those below its first
+    sequence; a sequence deleted after it began is still refused, naming that one only. (The
+    first batch was refused, naming the old values: a new ingest of a KV bucket, with or
+    without ?subject=, failed unless --skip-gap, which then hid any later gap of the run.)"""
+    port, log_path = nats_server.port, str(tmp_path / "in")
+    keys = ["x.b", "x.a", "x.a"] + ["x.%d" % i for i in range(2050)]   # 2 deleted (x.a's old)
+    js_do(port, publish(keys), name="X", subjects=["x.*"], max_msgs_per_subject=1)
+    held = [1] + list(range(3, 2054))
+
+    async def delete_one(nc):
+        await nc.jsm().delete_msg("X", 2040)
+    with pytest.raises(tidelog.bridge.BridgeError) as e:
+        _ingest_acting_after_the_first_batch(nats_server.url("X"), log_path,
+                                             lambda got: js_do(port, delete_one), follow=True)
+    assert "sequence 2040 was deleted before it was ingested;" in str(e.value), str(e.value)
+    assert ingested_seqs(log_path) == held[:2000]
+    r = cli("ingest", nats_server.url("X"), log_path, "--skip-gap")
+    assert r.returncode == 0 and "ingested 51 records" in r.stdout, r.stderr
+    assert ingested_seqs(log_path) == [s for s in held if s != 2040]
+
+    sub = str(tmp_path / "sub")                 # with a subject: the same
+    assert tidelog.bridge.ingest(nats_server.url("X", subject="x.>"), sub) == len(held) - 1
+    assert ingested_seqs(sub) == [s for s in held if s != 2040]
