@@ -816,3 +816,50 @@ def test_new_ingest_of_a_stream_with_deleted_values_like_a_kv_bucket(nats_server
     sub = str(tmp_path / "sub")                 # with a subject: the same
     assert tidelog.bridge.ingest(nats_server.url("X", subject="x.>"), sub) == len(held) - 1
     assert ingested_seqs(sub) == [s for s in held if s != 2040]
+
+
+def test_following_a_subject_as_a_user_not_allowed_to_get_messages(tmp_path, monkeypatch):
+    """A user allowed what an ingest reads with (stream info, a consumer, its pull requests),
+    not STREAM.MSG.GET: following a subject, the check made while nothing comes (see the test
+    above) gets no answer, and the ingest goes on without it (it ended with exit 2 at the first
+    pause, 'reading the stream's state: TimeoutError')."""
+    from bridgekit import NatsServer
+    monkeypatch.setattr(bnats, "ACK_TIMEOUT", 2.0)
+    api = "$JS.API"
+    conf = tmp_path / "nats.conf"
+    conf.write_text(
+        'authorization { users = [ {user: admin, password: a}, {user: r, password: r, '
+        'permissions: { publish: { allow: ["%s.STREAM.INFO.M", "%s.CONSUMER.CREATE.M.>", '
+        '"%s.CONSUMER.CREATE.M", "%s.CONSUMER.MSG.NEXT.M.>", "%s.CONSUMER.INFO.M.>", '
+        '"%s.INFO"] }, subscribe: { allow: ["_INBOX.>"] } } } ] }\n' % ((api,) * 6))
+    srv = NatsServer(tmp_path / "nats", "-c", str(conf))
+    try:
+        import asyncio
+        import nats as natspy
+        from nats.js.api import StreamConfig
+
+        def admin(subjects, create=False):
+            async def go():
+                nc = await natspy.connect(f"nats://admin:a@127.0.0.1:{srv.port}")
+                if create:
+                    await nc.jsm().add_stream(StreamConfig(name="M", subjects=["m.*", "n.*"]))
+                await publish(subjects)(nc)
+                await nc.close()
+            asyncio.run(go())
+        admin(["m.a"], create=True)                                       # 1
+        monkeypatch.setenv("TIDELOG_NATS_USER", "r")
+        monkeypatch.setenv("TIDELOG_NATS_PASSWORD", "r")
+        log_path = str(tmp_path / "in")
+        wait_for, end = _following(srv.url("M", subject="m.a"), log_path)
+        try:
+            wait_for(1)
+            admin(["n.b"] * 3)                                            # 2..4
+            time.sleep(6)                                                 # pauses, no answers
+            admin(["m.a"])                                                # 5
+            wait_for(2)
+        finally:
+            n = end()
+    finally:
+        srv.stop()
+    assert n == 2
+    assert ingested_seqs(log_path) == [1, 5]
