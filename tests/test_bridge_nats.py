@@ -724,3 +724,142 @@ def test_ingest_refuses_interior_deletes_of_the_whole_stream(nats_server, tmp_pa
     r = cli("ingest", nats_server.url("X"), big, "--skip-gap")
     assert r.returncode == 0 and "ingested 49 records" in r.stdout, r.stderr
     assert ingested_seqs(big) == [s for s in range(1, 2051) if s != 2040]
+
+
+# ------------------------------------------------------------- follow: others' messages trimmed
+
+def _following(url, log_path):
+    """An ingest with follow running in a thread: (wait_for(n): block until progress saw n
+    records, stop(): end it and return its result or raise its error)."""
+    import threading
+    stop, seen, cond, out = threading.Event(), [0], threading.Condition(), []
+
+    def progress(got):
+        with cond:
+            seen[0] = got
+            cond.notify_all()
+
+    def run():
+        try:
+            out.append(tidelog.bridge.ingest(url, log_path, follow=True, stop=stop,
+                                             progress=progress))
+        except BaseException as e:                  # handed to stop()
+            out.append(e)
+        with cond:
+            cond.notify_all()
+    t = threading.Thread(target=run)
+    t.start()
+
+    def wait_for(n):
+        with cond:
+            assert cond.wait_for(lambda: seen[0] >= n or out, 60), "no progress in 60 s"
+        if out and isinstance(out[0], BaseException):
+            stop.set()
+            raise out[0]
+
+    def end():
+        stop.set()
+        t.join(60)
+        assert not t.is_alive()
+        if isinstance(out[0], BaseException):
+            raise out[0]
+        return out[0]
+    return wait_for, end
+
+
+@pytest.mark.parametrize("subject", ["m.a", "m.*", "m.>"])
+def test_following_a_quiet_subject_while_the_stream_trims_others(nats_server, tmp_path,
+                                                                  subject):
+    """A subject ingest with follow, its subject quiet while another subject's messages come
+    and go (max_msgs trims the oldest): those the ingest waited past while the stream held them
+    are not its own, and their removal later is no gap. (It was refused as a possible loss,
+    'perhaps', at the next message of the subject: a long-running ingest of a quiet subject of
+    a busy stream with limits died with exit 2.) The subject as itself and with wildcards
+    (STREAM.MSG.GET's next_by_subj takes them)."""
+    port, log_path = nats_server.port, str(tmp_path / "in")
+    js_do(port, publish(["m.a"]), name="M", subjects=["m.*", "n.*"], max_msgs=12)  # 1
+    wait_for, end = _following(nats_server.url("M", subject=subject), log_path)
+    try:
+        wait_for(1)
+        js_do(port, publish(["n.b"] * 10))          # 2..11, held while the ingest waits
+        time.sleep(4)                               # ... a few empty pulls
+        js_do(port, publish(["n.b"] * 10 + ["m.a"]))  # 12..22: 1..10 trimmed
+        wait_for(2)
+    finally:
+        n = end()
+    assert n == 2
+    assert ingested_seqs(log_path) == [1, 22]
+
+
+def test_new_ingest_of_a_stream_with_deleted_values_like_a_kv_bucket(nats_server, tmp_path):
+    """A new ingest starts from what the stream holds: the interior sequences a KV-style stream
+    (max_msgs_per_subject=1) deleted before it began were never due, like those below its first
+    sequence; a sequence deleted after it began is still refused, naming that one only. (The
+    first batch was refused, naming the old values: a new ingest of a KV bucket, with or
+    without ?subject=, failed unless --skip-gap, which then hid any later gap of the run.)"""
+    port, log_path = nats_server.port, str(tmp_path / "in")
+    keys = ["x.b", "x.a", "x.a"] + ["x.%d" % i for i in range(2050)]   # 2 deleted (x.a's old)
+    js_do(port, publish(keys), name="X", subjects=["x.*"], max_msgs_per_subject=1)
+    held = [1] + list(range(3, 2054))
+
+    async def delete_one(nc):
+        await nc.jsm().delete_msg("X", 2040)
+    with pytest.raises(tidelog.bridge.BridgeError) as e:
+        _ingest_acting_after_the_first_batch(nats_server.url("X"), log_path,
+                                             lambda got: js_do(port, delete_one), follow=True)
+    assert "sequence 2040 was deleted before it was ingested;" in str(e.value), str(e.value)
+    assert ingested_seqs(log_path) == held[:2000]
+    r = cli("ingest", nats_server.url("X"), log_path, "--skip-gap")
+    assert r.returncode == 0 and "ingested 51 records" in r.stdout, r.stderr
+    assert ingested_seqs(log_path) == [s for s in held if s != 2040]
+
+    sub = str(tmp_path / "sub")                 # with a subject: the same
+    assert tidelog.bridge.ingest(nats_server.url("X", subject="x.>"), sub) == len(held) - 1
+    assert ingested_seqs(sub) == [s for s in held if s != 2040]
+
+
+def test_following_a_subject_as_a_user_not_allowed_to_get_messages(tmp_path, monkeypatch):
+    """A user allowed what an ingest reads with (stream info, a consumer, its pull requests),
+    not STREAM.MSG.GET: following a subject, the check made while nothing comes (see the test
+    above) gets no answer, and the ingest goes on without it (it ended with exit 2 at the first
+    pause, 'reading the stream's state: TimeoutError')."""
+    from bridgekit import NatsServer
+    monkeypatch.setattr(bnats, "ACK_TIMEOUT", 2.0)
+    api = "$JS.API"
+    conf = tmp_path / "nats.conf"
+    conf.write_text(
+        'authorization { users = [ {user: admin, password: a}, {user: r, password: r, '
+        'permissions: { publish: { allow: ["%s.STREAM.INFO.M", "%s.CONSUMER.CREATE.M.>", '
+        '"%s.CONSUMER.CREATE.M", "%s.CONSUMER.MSG.NEXT.M.>", "%s.CONSUMER.INFO.M.>", '
+        '"%s.INFO"] }, subscribe: { allow: ["_INBOX.>"] } } } ] }\n' % ((api,) * 6))
+    srv = NatsServer(tmp_path / "nats", "-c", str(conf))
+    try:
+        import asyncio
+        import nats as natspy
+        from nats.js.api import StreamConfig
+
+        def admin(subjects, create=False):
+            async def go():
+                nc = await natspy.connect(f"nats://admin:a@127.0.0.1:{srv.port}")
+                if create:
+                    await nc.jsm().add_stream(StreamConfig(name="M", subjects=["m.*", "n.*"]))
+                await publish(subjects)(nc)
+                await nc.close()
+            asyncio.run(go())
+        admin(["m.a"], create=True)                                       # 1
+        monkeypatch.setenv("TIDELOG_NATS_USER", "r")
+        monkeypatch.setenv("TIDELOG_NATS_PASSWORD", "r")
+        log_path = str(tmp_path / "in")
+        wait_for, end = _following(srv.url("M", subject="m.a"), log_path)
+        try:
+            wait_for(1)
+            admin(["n.b"] * 3)                                            # 2..4
+            time.sleep(6)                                                 # pauses, no answers
+            admin(["m.a"])                                                # 5
+            wait_for(2)
+        finally:
+            n = end()
+    finally:
+        srv.stop()
+    assert n == 2
+    assert ingested_seqs(log_path) == [1, 5]

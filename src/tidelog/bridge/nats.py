@@ -255,6 +255,12 @@ def _covers(pattern: str, subject: str) -> bool:
     return len(p) == len(s)
 
 
+def _holds(seqs: list[int], seq: int) -> bool:
+    """Whether sorted `seqs` holds `seq`."""
+    i = bisect.bisect_left(seqs, seq)
+    return i < len(seqs) and seqs[i] == seq
+
+
 class NatsTarget:
     """Where a mirror publishes: the subject of a JetStream stream."""
 
@@ -541,6 +547,10 @@ class NatsSource:
         # the stream's interior deleted sequences as last fetched: (first_seq, num_deleted,
         # sorted sequences); see _deleted_seqs
         self.dels: tuple[int, int, list[int]] = (0, 0, [])
+        # on a new ingest, the stream's interior sequences deleted before it began (sorted):
+        # never due, like those below its first sequence then; see batches
+        self.gone: list[int] = []
+        self.can_get = True    # STREAM.MSG.GET answered (see _none_of_ours_after)
         try:
             self.info = self.conn.stream(create, address.subject or address.name)
         except BaseException:
@@ -593,6 +603,11 @@ class NatsSource:
         self.cseq = 0
         prev = after if after is not None else max(first - 1, 0)  # last stream sequence read
         fresh = after is None and self.subject is not None
+        if after is None and (self.info.state.num_deleted or 0) and not self.skip_gap:
+            # a new ingest starts from what the stream holds: its interior deletes as of now
+            # (a KV bucket's old values: max_msgs_per_subject) were never due (they were
+            # refused as a gap at the first batch: a new ingest of a KV stream failed)
+            self.gone = sorted(self._stream_state(True).get("deleted") or [])
         while not stopping():
             if c.nc.is_closed:
                 raise BridgeError(f"NATS {','.join(c.address.servers)}: connection lost; a "
@@ -613,8 +628,11 @@ class NatsSource:
                 yield b
                 if not follow and self.pending == 0:
                     return
-            elif not follow and self._drained(info.name):
-                return
+            elif not follow:
+                if self._drained(info.name):
+                    return
+            elif self.subject is not None and not fresh:
+                prev = self._none_of_ours_after(prev)
 
     def _check_subject_gaps(self, prev: int, positions: list[int],
                             end: Optional[int] = None) -> None:
@@ -637,9 +655,12 @@ class NatsSource:
         possible loss, named by the first and last such sequence and their number; the message
         says 'perhaps' unless the stream holds nothing but the subject's messages. Messages of
         another subject deleted between two of ours are thus an alarm too, which nothing the
-        server keeps tells from a loss (--skip-gap goes on). Not seen: on a new ingest, a
-        message of ours deleted before the first one it read (the ingest starts from what the
-        stream holds: deleted before it began, or in the moment after).
+        server keeps tells from a loss (--skip-gap goes on); following, while nothing comes,
+        _none_of_ours_after moves `prev` past those the stream still holds, so that retention
+        trimming them later is no alarm. Not seen: on a new ingest, a
+        message of ours deleted before the first one it read, or inside the stream before it
+        began (self.gone) (the ingest starts from what the stream holds: deleted before it
+        began, or in the moment after); with or without a subject.
 
         Cost: one STREAM.INFO per batch whose sequences jump (with subjects interleaved, every
         batch), and the deleted sequences' list only while the stream has any and they changed
@@ -655,20 +676,54 @@ class NatsSource:
         dels: list[int] = []
         if nd:
             first, dels = self._deleted_seqs(first, nd)
+        gone = self.gone
+        if gone and gone[0] <= prev:               # behind the reader: no longer asked about
+            del gone[:bisect.bisect_right(gone, prev)]
         have = set(positions)
         lost = [d for d in dels[bisect.bisect_right(dels, max(prev, first - 1)):
-                                bisect.bisect_right(dels, end)] if d not in have]
+                                bisect.bisect_right(dels, end)]
+                if d not in have and not _holds(gone, d)]
         top = min(first - 1, end)                  # sequences up to top are all deleted
         k = bisect.bisect_right(positions, top)
-        n = top - prev - k                         # ... those of them not read
-        if n > 0:
-            lo = next(q for i, q in enumerate(range(prev + 1, top + 1))
-                      if i >= k or positions[i] != q)
-            hi = next(q for i, q in enumerate(range(top, prev, -1))
-                      if i >= k or positions[k - 1 - i] != q)
+        n = top - prev - k - bisect.bisect_right(gone, top)   # ... those of them not read
+        if n > 0:                                  # (nor deleted before a new ingest began)
+            lo = next(q for q in range(prev + 1, top + 1) if q not in have and not _holds(gone, q))
+            hi = next(q for q in range(top, prev, -1) if q not in have and not _holds(gone, q))
             raise self._subject_deleted(lo, lost[-1] if lost else hi, n + len(lost))
         if lost:
             raise self._subject_deleted(lost[0], lost[-1], len(lost))
+
+    def _none_of_ours_after(self, prev: int) -> int:
+        """With a subject, following and nothing come: the last stream sequence up to which
+        the subject has no message left to read (`prev`, or the stream's last one as of now).
+        A sequence the stream holds then that is not the subject's is another subject's for
+        good: its removal later (retention trimming a busy stream past a quiet subject's last
+        message) is no gap, and moving `prev` past it keeps _check_subject_gaps from taking it
+        for one. In this order: the stream's last sequence; then no message of the subject
+        stored after `prev` (STREAM.MSG.GET next_by_subj, from the store itself: a consumer's
+        pending count may lag a message just stored); then nothing after `prev` up to that
+        last one deleted (_check_subject_gaps, which raises what the next message of the
+        subject would: a deletion is for good). A user not allowed STREAM.MSG.GET (no answer)
+        does without: `prev` stays, as before."""
+        c = self.conn
+        if not self.can_get:
+            return prev
+        last = self._stream_state(False).get("last_seq", 0)
+        if last <= prev:
+            return prev
+        req = json.dumps({"seq": prev + 1, "next_by_subj": self.subject}).encode()
+        try:
+            r = c.run(c.nc.request(f"{API_PREFIX}.STREAM.MSG.GET.{c.address.name}", req,
+                                   timeout=ACK_TIMEOUT))
+            resp = json.loads(r.data)
+        except Exception:
+            self.can_get = False
+            return prev
+        err = resp.get("error") if isinstance(resp, dict) else None
+        if not isinstance(err, dict) or err.get("err_code") != 10037:    # 10037: no message
+            return prev                  # one of ours is there (or no answer): read it first
+        self._check_subject_gaps(prev, [], last)
+        return last
 
     def _stream_state(self, details: bool) -> dict[str, Any]:
         """The stream's state as STREAM.INFO tells it (with its interior deleted sequences
