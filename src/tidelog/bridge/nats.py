@@ -708,7 +708,7 @@ class NatsSource:
         c = self.conn
         if not self.can_get:
             return prev
-        last = self._stream_state(False).get("last_seq", 0)
+        last = int(self._stream_state(False).get("last_seq", 0))
         if last <= prev:
             return prev
         req = json.dumps({"seq": prev + 1, "next_by_subj": self.subject}).encode()
