@@ -201,27 +201,19 @@ def test_append_batch_headers_100B(benchmark, logs, form):
     values = values_for(100)
     n = N_BATCH[100]
     if form == "int_headers":
-        columns = [{"src-offset": list(range(j * BATCH, (j + 1) * BATCH))}
-                   for j in range(n // BATCH)]
-
-        def run(log):
-            append_batch = log.append_batch
-            for c in columns:
-                append_batch(values, int_headers=c)
-            assert log.end_offset == n
-        benchmark.pedantic(run, setup=lambda: ((logs.fresh(durability="none"),), {}),
-                           teardown=logs.close, rounds=ROUNDS)
-        note(benchmark, n, 100)
-        return
-    make = {"tuple": lambda i: (("src-offset", b"%d" % i),),
-            "list": lambda i: [("src-offset", b"%d" % i)],
-            "dict": lambda i: {"src-offset": b"%d" % i}}[form]
-    headers = [[make(j * BATCH + i) for i in range(BATCH)] for j in range(n // BATCH)]
+        calls = [{"int_headers": {"src-offset": list(range(j * BATCH, (j + 1) * BATCH))}}
+                 for j in range(n // BATCH)]
+    else:
+        make = {"tuple": lambda i: (("src-offset", b"%d" % i),),
+                "list": lambda i: [("src-offset", b"%d" % i)],
+                "dict": lambda i: {"src-offset": b"%d" % i}}[form]
+        calls = [{"headers": [make(j * BATCH + i) for i in range(BATCH)]}
+                 for j in range(n // BATCH)]
 
     def run(log):
         append_batch = log.append_batch
-        for h in headers:
-            append_batch(values, headers=h)
+        for kw in calls:
+            append_batch(values, **kw)
         assert log.end_offset == n
 
     benchmark.pedantic(run, setup=lambda: ((logs.fresh(durability="none"),), {}),

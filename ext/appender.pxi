@@ -354,6 +354,23 @@ cdef object int64_list(object seq, Py_ssize_t n):
     return arr
 
 
+cdef object int64_column(object seq, Py_ssize_t n, str arg, str noun, str what):
+    """`seq` (append_batch's timestamps=, a column of int_headers=) as a contiguous int64 array
+    of n: int64_list's, or numpy's conversion, checked; errors name `arg` ("timestamps: 3
+    timestamps for 4 values" - `noun` - "expected a sequence of ints" - `what`)."""
+    arr = int64_list(seq, n)
+    if arr is not None:
+        return arr
+    arr = np.asarray(seq)
+    if arr.ndim != 1 or (arr.dtype.kind not in "iu" and arr.size):
+        raise TypeError(f"{arg}: expected a sequence of {what}")
+    if len(arr) != n:
+        raise ValueError(f"{arg}: {len(arr)} {noun} for {n} values")
+    if arr.dtype.kind == "u" and n and arr.max() > 0x7FFFFFFFFFFFFFFF:
+        raise ValueError(f"{arg}: beyond the int64 range")
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
 cdef object append_many(LogCore self, values, keys=None, timestamps=None, bint atomic=True,
                         headers=None, int_headers=None):
     cdef Item* items = NULL
@@ -492,20 +509,9 @@ cdef object append_many(LogCore self, values, keys=None, timestamps=None, bint a
         elif ncols:
             for i in range(n):
                 keep.append(pack_headers(None, i, &items[i], cols, ncols))
-        tarr = None if timestamps is None else int64_list(timestamps, n)
-        if tarr is not None:
-            tsv = tarr
-            for i in range(n):
-                items[i].ts = tsv[i]
-        elif timestamps is not None:
-            tarr = np.asarray(timestamps)
-            if tarr.ndim != 1 or (tarr.dtype.kind not in "iu" and tarr.size):
-                raise TypeError("timestamps: expected a sequence of ints (ns since the epoch)")
-            if len(tarr) != n:
-                raise ValueError(f"timestamps: {len(tarr)} timestamps for {n} values")
-            if tarr.dtype.kind == "u" and n and tarr.max() > 0x7FFFFFFFFFFFFFFF:
-                raise ValueError("timestamps: beyond the int64 range")
-            tsv = np.ascontiguousarray(tarr, dtype=np.int64)
+        if timestamps is not None:
+            tsv = int64_column(timestamps, n, "timestamps", "timestamps",
+                               "ints (ns since the epoch)")
             for i in range(n):
                 items[i].ts = tsv[i]
         if not n:

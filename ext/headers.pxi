@@ -261,16 +261,7 @@ cdef Py_ssize_t int_header_cols(object int_headers, Py_ssize_t n, list keep,
         if isinstance(ints, (str, bytes, bytearray, memoryview)):
             raise TypeError(f"int_headers[{hname!r}]: expected a sequence of ints, not "
                             f"{type(ints).__name__}")
-        arr = int64_list(ints, n)            # appender.pxi: a list of ints, fast
-        if arr is None:
-            arr = np.asarray(ints)
-            if arr.ndim != 1 or (arr.dtype.kind not in "iu" and arr.size):
-                raise TypeError(f"int_headers[{hname!r}]: expected a sequence of ints")
-            if len(arr) != n:
-                raise ValueError(f"int_headers[{hname!r}]: {len(arr)} ints for {n} values")
-            if arr.dtype.kind == "u" and n and arr.max() > 0x7FFFFFFFFFFFFFFF:
-                raise ValueError(f"int_headers[{hname!r}]: beyond the int64 range")
-            arr = np.ascontiguousarray(arr, dtype=np.int64)
+        arr = int64_column(ints, n, f"int_headers[{hname!r}]", "ints", "ints")  # appender.pxi
         keep.append(bname)
         keep.append(arr)
         out[0][c].name = PyBytes_AS_STRING(bname)

@@ -227,21 +227,28 @@ def test_ingest_mends_null_header_values_and_takes_back_the_timestamp_header(kaf
         assert [(k, bytes(v)) for k, v in rec.headers] == hs + [("kafka-offset", b"%d" % off)]
 
 
+def configs_given(monkeypatch, kind):
+    """The configs every confluent_kafka.`kind` ("Consumer", "Producer") made from now on is
+    given, in a list (librdkafka does not report its settings back)."""
+    import confluent_kafka
+    seen = []
+    real = getattr(confluent_kafka, kind)
+
+    def spy(conf):
+        seen.append(dict(conf))
+        return real(conf)
+    monkeypatch.setattr(confluent_kafka, kind, spy)
+    return seen
+
+
 def test_ingest_consumer_rests_briefly_when_its_queue_is_full_and_waits_briefly_on_fetches(kafka_mock, tmp_path, monkeypatch):
     """librdkafka's fetcher rests fetch.queue.backoff.ms once the consumer's queue is full (1 s
     by default): an ingest slower than the fetcher then waited most of each second with an empty
     queue (0.41x of the raw loop at 1 KiB). The ingest's consumer asks for FETCH_BACKOFF_MS,
     and a user's --config setting of its own wins. (What this protects is speed, measured in
     bench/bridges.py; here only that the setting reaches the consumer, and the data through.)"""
-    import confluent_kafka
     from tidelog.bridge import kafka as bk
-    seen = []
-    real = confluent_kafka.Consumer
-
-    def spy(conf):
-        seen.append(dict(conf))
-        return real(conf)
-    monkeypatch.setattr(confluent_kafka, "Consumer", spy)
+    seen = configs_given(monkeypatch, "Consumer")
     produce(kafka_mock.bootstrap, "qb", 0, [(None, b"v%d" % i, 1_600_000_000_000 + i, [])
                                            for i in range(50)])
     assert tidelog.bridge.ingest(kafka_mock.url("qb"), str(tmp_path / "a")) == 50
@@ -268,14 +275,7 @@ def test_mirror_producer_takes_the_users_tuning_but_not_what_exactly_once_rests_
     the user's; enable.idempotence, acks, enable.gapless.guarantee and the failures-only
     delivery reports stay the mirror's, whatever the file says. (librdkafka does not report
     its settings back: what the Producer was given is what is checked, and the data through.)"""
-    import confluent_kafka
-    seen = []
-    real = confluent_kafka.Producer
-
-    def spy(conf):
-        seen.append(dict(conf))
-        return real(conf)
-    monkeypatch.setattr(confluent_kafka, "Producer", spy)
+    seen = configs_given(monkeypatch, "Producer")
     log_path = str(tmp_path / "src")
     with tidelog.open(log_path) as log:
         fill(log, 30, random.Random(5))
