@@ -3,6 +3,7 @@
 across kill -9 at random moments, a negative control, an exact (to the millisecond) round trip,
 and the failures that must give one line and exit 2."""
 import random
+import time
 
 import pytest
 
@@ -404,3 +405,81 @@ def test_retention_gap_met_in_the_middle_of_a_batch_keeps_what_came_before_it(ka
     with tidelog.open(log_path, readonly=True) as log:
         offs = [int(dict(log.read(o).headers)["kafka-offset"]) for o in range(log.end_offset)]
     assert offs == list(range(100)) + list(range(first, 7000))
+
+
+def test_kafka_error_is_true():
+    """The ingester finds events among a consume()'s messages with any(map(Message.error,
+    ...)): that a KafkaError is true (and None false) is what it rests on."""
+    import confluent_kafka as ck
+    from tidelog.bridge import kafka as bk
+    for code in (bk.PARTITION_EOF, bk.OFFSET_RESET, "_TRANSPORT", "_ALL_BROKERS_DOWN"):
+        assert ck.KafkaError(getattr(ck.KafkaError, code))
+    ok = ck.Message(topic="t", partition=0, offset=1, value=b"v", error=None)
+    bad = ck.Message(topic="t", partition=0, offset=2,
+                     error=ck.KafkaError(ck.KafkaError._PARTITION_EOF))
+    assert not any(map(ck.Message.error, [ok, ok]))
+    assert any(map(ck.Message.error, [ok, bad, ok]))
+
+
+def _rewrap(ck, m, **change):
+    """Message `m` as a new Message with some fields changed."""
+    fields = dict(topic=m.topic(), partition=m.partition(), offset=m.offset(), key=m.key(),
+                  value=m.value(), headers=m.headers(), error=m.error(),
+                  timestamp=m.timestamp())
+    fields.update(change)
+    return ck.Message(**fields)
+
+
+def test_ingest_stamps_a_message_without_timestamp_when_it_comes_and_fails_on_an_error_event(
+        kafka_mock, tmp_path, monkeypatch):
+    """A message without a timestamp (TIMESTAMP_NOT_AVAILABLE: an old broker's) among stamped
+    ones is stamped with the time it is ingested, the others keep theirs; an error event among
+    the messages of a consume() ends the ingest with its text, what came before appended."""
+    import confluent_kafka as ck
+    from tidelog.bridge import kafka as bk
+    from tidelog.bridge.base import BridgeError
+    items = [(None, b"v%d" % i, 1_600_000_000_000 + i, [("h", b"%d" % i)]) for i in range(300)]
+    produce(kafka_mock.bootstrap, "nots", 0, items)
+    real_consumer = bk._consumer
+    fail_at = []
+
+    class Proxy:
+        def __init__(self, c):
+            self.c = c
+
+        def __getattr__(self, name):
+            return getattr(self.c, name)
+
+        def consume(self, n, timeout):
+            got = []
+            for m in self.c.consume(n, timeout):
+                if m.error() is None and m.offset() % 7 == 3:
+                    m = _rewrap(ck, m, timestamp=(ck.TIMESTAMP_NOT_AVAILABLE, 0))
+                got.append(m)
+                if fail_at and m.error() is None and m.offset() == fail_at[0]:
+                    got.append(ck.Message(topic="nots", partition=0, error=ck.KafkaError(
+                        ck.KafkaError._TRANSPORT, "the broker went away")))
+            return got
+
+    monkeypatch.setattr(bk, "_consumer", lambda *a, **kw: Proxy(real_consumer(*a, **kw)))
+    before = time.time_ns()
+    dst = str(tmp_path / "dst")
+    assert tidelog.bridge.ingest(kafka_mock.url("nots"), dst) == len(items)
+    after = time.time_ns()
+    with tidelog.open(dst, readonly=True) as log:
+        for off, (_, value, ms, hs) in enumerate(items):
+            rec = log.read(off)
+            assert bytes(rec.value) == value and rec.headers == hs + [("kafka-offset",
+                                                                       b"%d" % off)]
+            if off % 7 == 3:
+                assert before <= rec.timestamp <= after, off
+            else:
+                assert rec.timestamp == ms * 10**6, off
+    fail_at.append(250)
+    dst2 = str(tmp_path / "dst2")
+    with pytest.raises(BridgeError, match="the broker went away"):
+        tidelog.bridge.ingest(kafka_mock.url("nots"), dst2)
+    with tidelog.open(dst2, readonly=True) as log:
+        assert log.end_offset <= 250
+        assert [bytes(log.read(o).value) for o in range(log.end_offset)] == \
+            [v for _, v, _, _ in items[:log.end_offset]]

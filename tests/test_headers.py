@@ -431,3 +431,54 @@ def test_timestamp_lists_take_the_fast_path_with_numpys_outcomes(log_path, form)
             assert got == want, ts
             assert log.end_offset == end + (0 if isinstance(want, tuple) else 8)
         assert outcome(log, mk([0, 1, 2**63 - 1, 5])) == [0, 1, 2**63 - 1, 5]
+
+
+def test_header_marks():
+    """_core.header_marks (a bridge's look at a batch of client-library headers, in C): 1 for a
+    None value, 2 for the name asked, 3 for any other form, 0 for neither - and the caller's
+    lists untouched."""
+    from tidelog._core import header_marks
+    name = "tidelog-timestamp"
+    assert header_marks([], name) == 0
+    assert header_marks([None, [], [("a", b"1"), ("b", b"")]], name) == 0
+    assert header_marks([[("a", b"1")], [("b", None)]], name) == 1
+    assert header_marks([None, [("a", b"1"), (name, b"5")]], name) == 2
+    assert header_marks([[(name, None)]], name) == 3
+    assert header_marks([[("a", None)], [("x" + name, b"1"), (name[:-1], b"")]], name) == 1
+    # a name equal but not the same object, and non-ASCII names
+    assert header_marks([[("".join(name), b"1"), ("ä", b"")]], name) == 2
+    assert header_marks([[("ä", b"1")]], "ä") == 2
+    for odd in ([("a", b"1")], [{"a": b"1"}], [(("a", b"1"),)], [[("a", b"1", b"2")]],
+                [[("a",)]], [[["a", b"1"]]], [[(b"a", b"1")]], [[(1, b"1")]], [7]):
+        assert header_marks(odd, name) == 3, odd
+    raw = [[("a", None)], None]
+    header_marks(raw, name)
+    assert raw == [[("a", None)], None]
+    with pytest.raises(TypeError):
+        header_marks((["a"],), name)
+    with pytest.raises(TypeError):
+        header_marks(None, name)
+    with pytest.raises(TypeError):
+        header_marks([], None)
+
+
+def test_lists_of_pairs_pack_from_the_list_or_its_copy(log_path):
+    """append_batch's headers as lists: exact (str, bytes) tuples pack from the list itself
+    (pack_exact), any other form (a list pair, a bytearray or memoryview value, a list
+    subclass, a non-UTF-8 name) through the copy and the general path, mixed in one batch, each
+    record's headers as given."""
+    class L(list):
+        pass
+    hs = [[("a", b"1"), ("b", b"")], [["c", b"2"]], [("d", bytearray(b"3"))],
+          L([("e", b"4")]), [("f", memoryview(b"56")[1:])], [("ä", b"\xff")], [], None,
+          [("g", b"7")] * 300]
+    with tidelog.open(log_path) as log:
+        log.append_batch([b"v"] * len(hs), headers=hs, int_headers={"p": range(len(hs))})
+        with pytest.raises(ValueError, match=r"headers\[1\]\[1\].*UTF-8"):
+            log.append_batch([b"v", b"w"], headers=[[("a", b"1")], [("b", b"1"),
+                                                                     ("\ud800", b"x")]])
+        assert log.end_offset == len(hs)
+        got = [log.read(i).headers for i in range(len(hs))]
+    want = [[("a", b"1"), ("b", b"")], [("c", b"2")], [("d", b"3")], [("e", b"4")],
+            [("f", b"6")], [("ä", b"\xff")], [], [], [("g", b"7")] * 300]
+    assert got == [w + [("p", b"%d" % i)] for i, w in enumerate(want)]
