@@ -29,6 +29,16 @@ ext = Extension(
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
 )
 
-setup(ext_modules=cythonize([ext], include_path=["ext"],
+# the Kafka ingest's reading loop in C (tidelog.bridge._rdkc): librdkafka is no build
+# dependency (its functions are looked up at run time in confluent-kafka's own copy, dlopen)
+rdkc = Extension(
+    "tidelog.bridge._rdkc",
+    ["ext/_rdkc.pyx"],
+    extra_compile_args=cflags,
+    extra_link_args=ldflags,
+    libraries=["dl"] if sys.platform.startswith("linux") else [],
+)
+
+setup(ext_modules=cythonize([ext, rdkc], include_path=["ext"],
                             compiler_directives={"language_level": 3},
                             annotate=os.environ.get("TIDELOG_ANNOTATE") == "1"))

@@ -31,6 +31,7 @@ import time
 
 import tidelog
 import tidelog.bridge
+from tidelog.bridge.kafka import FAST_ENV, fast_unavailable
 
 QUIET = logging.getLogger("bench.bridges")
 QUIET.addHandler(logging.NullHandler())
@@ -241,17 +242,30 @@ def one_round(system, where, size, n, tmp, k):
         # record: less at the mercy of other load on the machine than the wall clock
         out["consume raw cpu"] = (time.process_time() - c0) / n * 1e6
 
-    def ingest():
+    def ingest(label="ingest"):
         c0 = time.process_time()
         t0 = time.perf_counter()
-        assert tidelog.bridge.ingest(url, os.path.join(tmp, f"in{k}")) == n
-        out["ingest"] = n / (time.perf_counter() - t0)
-        out["ingest cpu"] = (time.process_time() - c0) / n * 1e6
+        assert tidelog.bridge.ingest(url, os.path.join(tmp, f"in{k}{label}")) == n
+        out[label] = n / (time.perf_counter() - t0)
+        out[f"{label} cpu"] = (time.process_time() - c0) / n * 1e6
+        shutil.rmtree(os.path.join(tmp, f"in{k}{label}"))
 
-    for step in ((raw_loop, ingest) if k % 2 else (ingest, raw_loop)):
+    def ingest_confluent():
+        # the same ingest reading through confluent-kafka's Messages (as where _rdkc's C loop
+        # cannot load): the row's "confluent path" figure
+        os.environ[FAST_ENV] = "confluent"
+        try:
+            ingest("ingest confluent")
+        finally:
+            del os.environ[FAST_ENV]
+
+    steps = [raw_loop, ingest]
+    if system != "nats" and fast_unavailable() is None:
+        steps.append(ingest_confluent)
+    # (rotated from round to round: each goes first in turn)
+    for step in steps[k % len(steps):] + steps[:k % len(steps)]:
         step()
     shutil.rmtree(log_path)
-    shutil.rmtree(os.path.join(tmp, f"in{k}"))
     if system == "tansu":
         kafka_drop(where, [raw_name, m_name])
     return out
@@ -413,6 +427,12 @@ def main():
                       f"{med['consume raw']:9.0f} ({med['ingest'] / med['consume raw']:.2f}x)"
                       f" | CPU us/record: ingest {med['ingest cpu']:.2f}, raw consume "
                       f"{med['consume raw cpu']:.2f}", flush=True)
+                if "ingest confluent" in med:
+                    print(f"{system:5} {size:5d} B  n={n}: ingest through confluent-kafka's "
+                          f"Messages {med['ingest confluent']:9.0f} rec/s "
+                          f"({med['ingest confluent'] / med['consume raw']:.2f}x of raw), "
+                          f"the C loop {med['ingest'] / med['ingest confluent']:.2f}x of it | "
+                          f"CPU us/record {med['ingest confluent cpu']:.2f}", flush=True)
             if args.latency:
                 p50, p99, got, sent = latency(system, where[system], tmp, args.latency)
                 print(f"{system:5} follow latency append -> visible in target: p50 {p50:.2f} ms,"

@@ -131,6 +131,21 @@ def kafka_mock():
     k.stop()
 
 
+@pytest.fixture(params=["c", "confluent"])
+def kafka_read(request, monkeypatch):
+    """How a Kafka ingest of the test reads, in this process and its children: "c" (the
+    default: tidelog.bridge._rdkc's C loop on confluent-kafka's librdkafka, which must load
+    here) or "confluent" (confluent-kafka's Messages: TIDELOG_KAFKA_CONSUMER=confluent, as
+    where the C loop cannot load)."""
+    from tidelog.bridge import kafka
+    if request.param == "confluent":
+        monkeypatch.setenv(kafka.FAST_ENV, "confluent")
+    else:
+        monkeypatch.delenv(kafka.FAST_ENV, raising=False)
+        assert kafka.fast_unavailable() is None, kafka.fast_unavailable()
+    return request.param
+
+
 def nats_messages(port, stream, subject=None):
     """[(stream sequence, subject, headers dict, data)] of a stream, in order."""
     import nats

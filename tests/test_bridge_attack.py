@@ -11,8 +11,8 @@ import pytest
 import tidelog
 import tidelog.bridge
 
-from bridgekit import (cli, kafka_messages, kafka_mock, kafka_produce_raw, nats_messages,  # noqa
-                       nats_publish, nats_server)
+from bridgekit import (cli, kafka_messages, kafka_mock, kafka_produce_raw, kafka_read,  # noqa
+                       nats_messages, nats_publish, nats_server)
 
 
 def one_line_error(r, *words):
@@ -34,7 +34,7 @@ def add_stream(port, **cfg):
     asyncio.run(go())
 
 
-def test_kafka_timestamps_below_a_millisecond_round_trip(kafka_mock, tmp_path):
+def test_kafka_timestamps_below_a_millisecond_round_trip(kafka_read, kafka_mock, tmp_path):
     """librdkafka reads a produce timestamp of 0 as "now": a record stamped below 1 ms (logical
     clocks, seconds, tests) came out stamped with the wall clock."""
     src, dst = str(tmp_path / "src"), str(tmp_path / "dst")
@@ -204,7 +204,7 @@ def test_two_mirrors_of_one_log_to_one_subject_under_different_names(nats_server
     assert offs == [0]
 
 
-def test_ingest_after_kafka_retention_deleted_unread_messages(kafka_mock, tmp_path):
+def test_ingest_after_kafka_retention_deleted_unread_messages(kafka_read, kafka_mock, tmp_path):
     """The mock cluster keeps ~5 MB per partition: 2,000 messages ingested, 8,000 more of 1 KB
     produced, and the partition starts past the log's last position. The ingest refuses (one
     line naming the deleted range and --skip-gap); --skip-gap goes on from the first offset
@@ -271,7 +271,7 @@ def test_ingest_refuses_positions_that_go_backwards_or_repeat(tmp_path):
                    follow=False, resume=True, stopping=lambda: False)
 
 
-def test_kafka_negative_timestamps_round_trip(kafka_mock, tmp_path):
+def test_kafka_negative_timestamps_round_trip(kafka_read, kafka_mock, tmp_path):
     """A record stamped before the epoch (append takes any int64): the mirror keeps it in a
     tidelog-timestamp header (as for stamps below 1 ms), but the ingester took back only
     digits, so "-5" stayed a header and the record was stamped with the produce time."""
@@ -315,7 +315,7 @@ def test_kafka_record_too_large_after_many_in_flight_leaves_the_prefix(kafka_moc
         [(None if i % 3 == 0 else b"" if i % 3 == 1 else b"k", b"%50d" % i) for i in range(n)]
 
 
-def test_kafka_ingest_of_odd_tidelog_timestamp_headers(kafka_mock, tmp_path):
+def test_kafka_ingest_of_odd_tidelog_timestamp_headers(kafka_read, kafka_mock, tmp_path):
     """Foreign messages carrying a tidelog-timestamp header whose digits are past int64 (or
     odd in other ways), among ordinary ones: each either gives the record its stamp or stays a
     header; none makes the ingest fail at the same message on every run (was: the digits were
@@ -344,7 +344,7 @@ def test_kafka_ingest_of_odd_tidelog_timestamp_headers(kafka_mock, tmp_path):
         assert last.timestamp == -42 and last.headers == [("kafka-offset", b"%d" % len(odd))]
 
 
-def test_kafka_header_name_not_utf8_is_one_line_naming_its_offset(kafka_mock, tmp_path):
+def test_kafka_header_name_not_utf8_is_one_line_naming_its_offset(kafka_read, kafka_mock, tmp_path):
     """A Kafka header name is bytes on the wire; one that is not UTF-8 (a non-Java producer's)
     makes confluent-kafka's Message.headers() raise SystemError (was the error line:
     'SystemError: <method 'headers' ...> returned a result with an exception set', no offset).
@@ -490,7 +490,7 @@ def test_kafka_mirror_sigterm_with_records_in_flight_tansu(tmp_path):
             t.stop()
 
 
-def test_kafka_ingest_of_mixed_sizes_and_nulls_is_whole_and_durable(kafka_mock, tmp_path):
+def test_kafka_ingest_of_mixed_sizes_and_nulls_is_whole_and_durable(kafka_read, kafka_mock, tmp_path):
     """Batch sizes now follow the last batch's mean value size: messages of 0 bytes, 1 byte and
     ~1 MB mixed, null values, null header values and tidelog-timestamp headers among them, read
     into a log the ingester opens, a Log of durability "none" passed in (its syncs are the

@@ -10,8 +10,8 @@ import pytest
 
 import tidelog
 
-from bridgekit import (cli, kafka_messages, kafka_mock, nats_messages, nats_publish,  # noqa: F401
-                       nats_server)
+from bridgekit import (cli, kafka_messages, kafka_mock, kafka_read, nats_messages,  # noqa: F401
+                       nats_publish, nats_server)
 
 
 def wait_for(pred, timeout=30):
@@ -78,7 +78,7 @@ def test_mirror_follow_ships_durable_records_only(kafka_mock, tmp_path):
     assert p.returncode == 0, err
 
 
-def test_ingest_follow_and_signal(kafka_mock, tmp_path):
+def test_ingest_follow_and_signal(kafka_read, kafka_mock, tmp_path):
     from test_bridge_kafka import produce
     log_path = str(tmp_path / "in")
     produce(kafka_mock.bootstrap, "fi", 0, [(None, b"x", 1, [])])

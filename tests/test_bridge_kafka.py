@@ -12,7 +12,8 @@ import tidelog.bridge
 from tidelog.bridge.address import parse_address
 from tidelog.bridge.kafka import KafkaTarget
 
-from bridgekit import CYCLES, cli, free_port, kafka_messages, kafka_mock, kill_loop  # noqa: F401
+from bridgekit import (CYCLES, cli, free_port, kafka_messages, kafka_mock, kafka_read,  # noqa: F401
+                       kill_loop)
 
 # the mock cluster keeps only about 5 MB per partition: the loops stay below ~2 MB whatever
 # TIDELOG_BRIDGE_CYCLES asks for
@@ -103,7 +104,7 @@ def expect_ingested(log_path, got):
         assert [(k, bytes(v)) for k, v in rec.headers] == h + [("kafka-offset", b"%d" % off)]
 
 
-def test_ingest_exactly_once_under_kill_9(kafka_mock, tmp_path):
+def test_ingest_exactly_once_under_kill_9(kafka_read, kafka_mock, tmp_path):
     log_path = str(tmp_path / "in")
     rng = random.Random(45)
     per = PER_CYCLE
@@ -124,7 +125,7 @@ def test_ingest_negative_control_no_resume_duplicates(kafka_mock, tmp_path):
         expect_ingested(log_path, kafka_messages(kafka_mock.bootstrap, "src"))
 
 
-def test_round_trip_exact_to_the_millisecond(kafka_mock, tmp_path):
+def test_round_trip_exact_to_the_millisecond(kafka_read, kafka_mock, tmp_path):
     src, dst = str(tmp_path / "src"), str(tmp_path / "dst")
     rng = random.Random(8)
     with tidelog.open(src) as log:
@@ -200,7 +201,7 @@ def test_kafka_target_reads_nothing_from_an_empty_partition(kafka_mock):
         t.close()
 
 
-def test_ingest_mends_null_header_values_and_takes_back_the_timestamp_header(kafka_mock,
+def test_ingest_mends_null_header_values_and_takes_back_the_timestamp_header(kafka_read, kafka_mock,
                                                                             tmp_path):
     """A Kafka header may have a null value (a record's header value cannot): it comes in as
     b"". A `tidelog-timestamp` header (a mirrored record stamped below 1 ms) goes back into the
@@ -242,23 +243,47 @@ def configs_given(monkeypatch, kind):
     return seen
 
 
-def test_ingest_consumer_rests_briefly_when_its_queue_is_full_and_waits_briefly_on_fetches(kafka_mock, tmp_path, monkeypatch):
+def fast_settings_given(monkeypatch):
+    """The settings every _rdkc.Consumer (the C loop's) made from now on is given, in a list
+    (str values, as librdkafka's C API takes them)."""
+    from tidelog.bridge import kafka as bk
+    seen = []
+
+    class Spy(bk._rdkc.Consumer):
+        def __init__(self, settings, *a):
+            seen.append(dict(settings))
+            super().__init__(settings, *a)
+    monkeypatch.setattr(bk._rdkc, "Consumer", Spy)
+    return seen
+
+
+def test_ingest_consumer_rests_briefly_when_its_queue_is_full_and_waits_briefly_on_fetches(kafka_read, kafka_mock, tmp_path, monkeypatch):
     """librdkafka's fetcher rests fetch.queue.backoff.ms once the consumer's queue is full (1 s
     by default): an ingest slower than the fetcher then waited most of each second with an empty
     queue (0.41x of the raw loop at 1 KiB). The ingest's consumer asks for FETCH_BACKOFF_MS,
     and a user's --config setting of its own wins. (What this protects is speed, measured in
     bench/bridges.py; here only that the setting reaches the consumer, and the data through.)"""
     from tidelog.bridge import kafka as bk
-    seen = configs_given(monkeypatch, "Consumer")
+    seen = (configs_given(monkeypatch, "Consumer") if kafka_read == "confluent" else
+            fast_settings_given(monkeypatch))
     produce(kafka_mock.bootstrap, "qb", 0, [(None, b"v%d" % i, 1_600_000_000_000 + i, [])
                                            for i in range(50)])
     assert tidelog.bridge.ingest(kafka_mock.url("qb"), str(tmp_path / "a")) == 50
     ingest = [c for c in seen if c.get("group.id") == "tidelog-ingest"]
-    assert ingest and all(c["fetch.queue.backoff.ms"] == bk.FETCH_BACKOFF_MS for c in ingest)
+    assert ingest and all(str(c["fetch.queue.backoff.ms"]) == str(bk.FETCH_BACKOFF_MS)
+                          for c in ingest)
     assert bk.FETCH_BACKOFF_MS <= 100
     # and fetch.wait.max.ms: a broker that holds an empty fetch its whole length (Tansu, the
     # mock cluster) made a following ingest see each message ~0.25-0.5 s late
-    assert all(c["fetch.wait.max.ms"] == bk.FETCH_WAIT_MS for c in ingest)
+    assert all(str(c["fetch.wait.max.ms"]) == str(bk.FETCH_WAIT_MS) for c in ingest)
+    # what the ingest's consumer rests on, the C loop's too: no commits, no topic made by a
+    # metadata request, an event (not a jump) where the position is gone, the end told
+    assert all((str(c["enable.auto.commit"]).lower(), str(c["allow.auto.create.topics"]).lower(),
+                c["auto.offset.reset"], str(c["enable.partition.eof"]).lower()) ==
+               ("false", "false", "error", "true") for c in ingest)
+    # (the C loop's has no Python-level settings: its log and error callbacks are C's)
+    assert kafka_read == "confluent" or not any("logger" in c or "error_cb" in c
+                                                for c in ingest)
     assert bk.FETCH_WAIT_MS <= 50
     conf = tmp_path / "k.conf"
     conf.write_text("fetch.queue.backoff.ms=700\nfetch.wait.max.ms=300\n")
@@ -316,7 +341,7 @@ def test_python_level_settings_in_a_config_file_are_one_line_errors(kafka_mock, 
         one_line_error(cli(*cmd), key)
 
 
-def test_ingest_batches_hold_at_most_batch_bytes_of_values(kafka_mock, tmp_path, monkeypatch):
+def test_ingest_batches_hold_at_most_batch_bytes_of_values(kafka_read, kafka_mock, tmp_path, monkeypatch):
     """An ingest batch (one atomic append_batch, which must fit in one segment) holds at most
     BATCH_BYTES of values (or one message larger than that). The batch sizes came from the last
     batch's mean value size only: the first batch took up to BATCH_MESSAGES whatever their
@@ -347,7 +372,8 @@ def test_ingest_batches_hold_at_most_batch_bytes_of_values(kafka_mock, tmp_path,
     assert all(size <= bk.BATCH_BYTES for _, size in seen), seen
 
 
-def test_retention_gap_met_in_the_middle_of_a_batch_keeps_what_came_before_it(kafka_mock,
+def test_retention_gap_met_in_the_middle_of_a_batch_keeps_what_came_before_it(kafka_read,
+                                                                              kafka_mock,
                                                                               tmp_path,
                                                                               monkeypatch):
     """A batch takes several consume() calls: messages 0..99 came in the first, and before the
@@ -388,7 +414,29 @@ def test_retention_gap_met_in_the_middle_of_a_batch_keeps_what_came_before_it(ka
                     return got
             raise AssertionError("no event after the retention")
 
-    monkeypatch.setattr(bk, "_consumer", lambda *a, **kw: Proxy(real_consumer(*a, **kw)))
+    real_fast = bk._rdkc.Consumer
+
+    class Fast(real_fast):
+        """The C loop's consumer, and the same retention before its second take(), where
+        the first took 100 (a batch of 500: max_batch, below)."""
+
+        def take(self, n, timeout, whole, *columns):
+            calls.append(n)
+            if len(calls) != 2:
+                return super().take(n, timeout, whole, *columns)
+            produce(kafka_mock.bootstrap, "gap", 0, item * 6000)
+            self.assign(100)
+            for _ in range(100):
+                got = super().take(n, 0.2, whole, *columns)
+                if got[0] or got[3]:
+                    return got
+            raise AssertionError("no event after the retention")
+
+    if kafka_read == "confluent":
+        monkeypatch.setattr(bk, "_consumer", lambda *a, **kw: Proxy(real_consumer(*a, **kw)))
+    else:
+        monkeypatch.setattr(bk._rdkc, "Consumer", Fast)
+        monkeypatch.setattr(bk._FastReader, "chunk", 100)
     log_path = str(tmp_path / "in")
     with pytest.raises(BridgeError, match=r"offsets (\d+)\.\.\d+ were deleted") as e:
         tidelog.bridge.ingest(kafka_mock.url("gap"), log_path)
@@ -398,6 +446,7 @@ def test_retention_gap_met_in_the_middle_of_a_batch_keeps_what_came_before_it(ka
     assert offs == list(range(100))
     assert "offsets 100.." in str(e.value)
     monkeypatch.setattr(bk, "_consumer", real_consumer)
+    monkeypatch.setattr(bk._rdkc, "Consumer", real_fast)
     first = kafka_messages(kafka_mock.bootstrap, "gap")[0][0]
     assert first > 100
     assert tidelog.bridge.ingest(kafka_mock.url("gap"), log_path, skip_gap=True) == \
@@ -434,10 +483,12 @@ def test_ingest_stamps_a_message_without_timestamp_when_it_comes_and_fails_on_an
         kafka_mock, tmp_path, monkeypatch):
     """A message without a timestamp (TIMESTAMP_NOT_AVAILABLE: an old broker's) among stamped
     ones is stamped with the time it is ingested, the others keep theirs; an error event among
-    the messages of a consume() ends the ingest with its text, what came before appended."""
+    the messages of a consume() ends the ingest with its text, what came before appended.
+    (Through confluent-kafka's Messages, which the test makes; the C loop's: the next test.)"""
     import confluent_kafka as ck
     from tidelog.bridge import kafka as bk
     from tidelog.bridge.base import BridgeError
+    monkeypatch.setenv(bk.FAST_ENV, "confluent")
     items = [(None, b"v%d" % i, 1_600_000_000_000 + i, [("h", b"%d" % i)]) for i in range(300)]
     produce(kafka_mock.bootstrap, "nots", 0, items)
     real_consumer = bk._consumer
@@ -483,3 +534,35 @@ def test_ingest_stamps_a_message_without_timestamp_when_it_comes_and_fails_on_an
         assert log.end_offset <= 250
         assert [bytes(log.read(o).value) for o in range(log.end_offset)] == \
             [v for _, v, _, _ in items[:log.end_offset]]
+
+
+def test_c_loop_ends_the_ingest_on_an_error_event_with_its_text(kafka_mock, tmp_path,
+                                                                monkeypatch):
+    """The C loop hands over an error event among the messages of a take() as (name, text,
+    offset): the ingest ends with its text, what came before it appended (in order, whole)."""
+    from tidelog.bridge import kafka as bk
+    from tidelog.bridge.base import BridgeError
+    monkeypatch.delenv(bk.FAST_ENV, raising=False)
+    items = [(None, b"v%d" % i, 1_600_000_000_000 + i, [("h", b"%d" % i)]) for i in range(300)]
+    produce(kafka_mock.bootstrap, "ev", 0, items)
+
+    class Fast(bk._rdkc.Consumer):
+        def take(self, n, timeout, whole, offs, *columns):
+            taken, size, marked, events = super().take(n, timeout, whole, offs, *columns)
+            if offs and offs[-1] >= 250:
+                events = events + [("_TRANSPORT", "the broker went away", -1)]
+            return taken, size, marked, events
+
+    monkeypatch.setattr(bk._rdkc, "Consumer", Fast)
+    monkeypatch.setattr(bk._FastReader, "chunk", 50)           # (takes of 50, batches of
+    monkeypatch.setattr(bk.KafkaSource.batches, "__defaults__", (100,))    # 100)
+    dst = str(tmp_path / "dst")
+    with pytest.raises(BridgeError, match="the broker went away"):
+        tidelog.bridge.ingest(kafka_mock.url("ev"), dst)
+    with tidelog.open(dst, readonly=True) as log:
+        assert 0 < log.end_offset <= 250
+        for off in range(log.end_offset):
+            rec = log.read(off)
+            assert (bytes(rec.value), rec.timestamp) == (b"v%d" % off,
+                                                         (1_600_000_000_000 + off) * 10**6)
+            assert rec.headers == [("h", b"%d" % off), ("kafka-offset", b"%d" % off)]

@@ -8,7 +8,7 @@ import random
 import tidelog
 import tidelog.bridge
 
-from bridgekit import CYCLES, cli, kafka_messages, kill_loop, tansu  # noqa: F401
+from bridgekit import CYCLES, cli, kafka_messages, kafka_read, kill_loop, tansu  # noqa: F401
 from test_bridge_kafka import (expect_ingested, expect_mirrored, fill, one_line_error, produce,
                                source_items)
 
@@ -41,7 +41,7 @@ def test_mirror_exactly_once_under_kill_9(tansu, tmp_path):
     expect_mirrored(log_path, kafka_messages(tansu.bootstrap, "t"))
 
 
-def test_ingest_exactly_once_under_kill_9(tansu, tmp_path):
+def test_ingest_exactly_once_under_kill_9(kafka_read, tansu, tmp_path):
     log_path = str(tmp_path / "in")
     rng = random.Random(56)
     tidelog.open(str(tmp_path / "empty")).close()
@@ -54,7 +54,7 @@ def test_ingest_exactly_once_under_kill_9(tansu, tmp_path):
     expect_ingested(log_path, kafka_messages(tansu.bootstrap, "src"))
 
 
-def test_more_than_the_mock_keeps_round_trips(tansu, tmp_path):
+def test_more_than_the_mock_keeps_round_trips(kafka_read, tansu, tmp_path):
     src, dst = str(tmp_path / "src"), str(tmp_path / "dst")
     rng = random.Random(9)
     n = 2000
@@ -69,7 +69,7 @@ def test_more_than_the_mock_keeps_round_trips(tansu, tmp_path):
             assert bytes(a.read(off).value) == bytes(b.read(off).value)
 
 
-def test_ingest_from_a_topic_deleted_and_made_again_is_refused(tansu, tmp_path):
+def test_ingest_from_a_topic_deleted_and_made_again_is_refused(kafka_read, tansu, tmp_path):
     """100 messages ingested; the topic is deleted and made again with 10: the log's next
     position (100) is past the partition's end. One line and exit 2, nothing appended (it
     waited for ever: Tansu answers no OFFSET_OUT_OF_RANGE there)."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import re
 import time
 from bisect import bisect_right
@@ -31,6 +32,11 @@ from tidelog.bridge.address import Address
 from tidelog.bridge.base import (KAFKA_POSITION, OFFSET_HEADER, TIMESTAMP_HEADER, Batch,
                                  BridgeError, require, stamp_of)
 from tidelog.bridge.security import SECRET_KEYS
+
+try:
+    from tidelog.bridge import _rdkc
+except ImportError:                 # (a build without it: confluent-kafka's Messages)
+    _rdkc = None
 
 __all__ = ["KafkaTarget", "KafkaSource"]
 
@@ -134,13 +140,13 @@ class _Errors:
         return self.cause() or text
 
 
-def _unreadable(a: Address, m: Any) -> BridgeError:
-    """A message whose headers confluent-kafka cannot read: a header name that is not UTF-8
-    (bytes on the wire: librdkafka writes any). Its Message.headers() raises SystemError (a
+def _unreadable(a: Address, offset: int) -> BridgeError:
+    """A message whose headers cannot be read: a header name that is not UTF-8 (bytes on the
+    wire: librdkafka writes any). Its Message.headers() raises SystemError (a
     UnicodeDecodeError inside) and keeps a list holding a pair with no name, which a second
     call hands out (its name read: a segfault, confluent-kafka 2.16.1): call it once only."""
     return BridgeError(f"Kafka topic {a.name!r} partition {a.partition}: the message at offset "
-                       f"{m.offset()} has a header whose name is not UTF-8 text, which "
+                       f"{offset} has a header whose name is not UTF-8 text, which "
                        f"confluent-kafka cannot read: it cannot be ingested")
 
 
@@ -160,21 +166,27 @@ def _where(address: Address) -> str:
     return f"Kafka {','.join(address.servers)}"
 
 
-def _consumer(ck: Any, base: dict[str, Any], group: str, reset: str = "earliest",
-              wait_ms: Optional[int] = None, backoff_ms: Optional[int] = None) -> Any:
-    """A consumer that never commits and never asks the cluster to create a topic; `reset`:
-    what it does at a position the partition does not hold ("error": an event, no jump);
-    `wait_ms`: how long the broker may hold a fetch that finds nothing new (librdkafka's
-    fetch.wait.max.ms, 500 by default); `backoff_ms`: fetch.queue.backoff.ms unless the
-    user's settings (in `base`) name it."""
+def _consumer_config(base: dict[str, Any], group: str, reset: str = "earliest",
+                     wait_ms: Optional[int] = None,
+                     backoff_ms: Optional[int] = None) -> dict[str, Any]:
+    """The settings of a consumer that never commits and never asks the cluster to create a
+    topic; `reset`: what it does at a position the partition does not hold ("error": an event,
+    no jump); `wait_ms`: how long the broker may hold a fetch that finds nothing new
+    (librdkafka's fetch.wait.max.ms, 500 by default); `backoff_ms`: fetch.queue.backoff.ms
+    unless the user's settings (in `base`) name it."""
     extra: dict[str, Any] = {} if wait_ms is None else {"fetch.wait.max.ms": wait_ms}
     if backoff_ms is not None and "fetch.queue.backoff.ms" not in base:
         extra["fetch.queue.backoff.ms"] = backoff_ms
+    return dict(base, **{"group.id": group, "enable.auto.commit": False,
+                         "enable.partition.eof": True, "allow.auto.create.topics": False,
+                         "auto.offset.reset": reset}, **extra)
+
+
+def _consumer(ck: Any, base: dict[str, Any], group: str, reset: str = "earliest",
+              wait_ms: Optional[int] = None, backoff_ms: Optional[int] = None) -> Any:
+    """A confluent-kafka consumer with _consumer_config's settings."""
     try:
-        return ck.Consumer(dict(base, **{"group.id": group, "enable.auto.commit": False,
-                                         "enable.partition.eof": True,
-                                         "allow.auto.create.topics": False,
-                                         "auto.offset.reset": reset}, **extra))
+        return ck.Consumer(_consumer_config(base, group, reset, wait_ms, backoff_ms))
     except ck.KafkaException as e:
         raise BridgeError(f"Kafka settings: {e.args[0].str()}") from None
 
@@ -454,10 +466,171 @@ class KafkaTarget:
         self.producer.flush(5)
 
 
+FAST_ENV = "TIDELOG_KAFKA_CONSUMER"   # "confluent": an ingest reads through confluent-kafka
+                                     # even where _rdkc's C loop is available (tests, a doubt)
+
+
+def fast_unavailable() -> Optional[str]:
+    """Why an ingest reads through confluent-kafka's Messages rather than _rdkc's C loop on
+    the same librdkafka (None: it does not, it reads in C)."""
+    if os.environ.get(FAST_ENV, "") == "confluent":
+        return f"{FAST_ENV}=confluent"
+    if _rdkc is None:
+        return "tidelog.bridge._rdkc is not built"
+    return _rdkc.load()
+
+
+def _setting(v: Any) -> str:
+    """A setting as librdkafka's C API takes it (confluent-kafka's dict: also bool, int)."""
+    if v is True or v is False:
+        return "true" if v else "false"
+    return str(v)
+
+
+class _Unreadable(Exception):
+    """A message's header name is not UTF-8 text: args (offset,)."""
+
+
+_UNREADABLE: tuple[type[Exception], ...] = ((_Unreadable,) if _rdkc is None else
+                                            (_Unreadable, _rdkc.UnreadableHeader))
+
+
+class _ConfluentReader:
+    """One partition read through a confluent-kafka Consumer: its Messages made into columns
+    in Python (see _FastReader for what each method does)."""
+
+    chunk = CONSUME                     # messages per take(), at most
+
+    def __init__(self, ck: Any, consumer: Any, address: Address) -> None:
+        self.ck, self.c, self.address = ck, consumer, address
+        self.tp = ck.TopicPartition(address.name, address.partition)
+        km = ck.Message
+        self.fields = (km.error, km.offset, km.value, km.key, km.timestamp, km.headers)
+
+    def watermarks(self, timeout: float) -> tuple[int, int]:
+        try:
+            lo, hi = self.c.get_watermark_offsets(self.tp, timeout=timeout)
+        except self.ck.KafkaException as e:
+            raise BridgeError(f"{_where(self.address)}: {e.args[0].str()}") from None
+        return int(lo), int(hi)
+
+    def cached_end(self) -> int:
+        return int(self.c.get_watermark_offsets(self.tp, cached=True)[1])
+
+    def assign(self, offset: int) -> None:
+        a = self.address
+        self.c.assign([self.ck.TopicPartition(a.name, a.partition, offset)])
+
+    def take(self, n: int, timeout: float, whole: bool, offs: list[int], vals: list[bytes],
+             keys: list[Optional[bytes]], tss: list[int],
+             hs: list[Any]) -> tuple[int, int, bool, list[tuple[str, str, int]]]:
+        c = self.c
+        error, offset, value, key, stamp, headers = self.fields
+        # consume(n, t) returns once it has n messages (or events) or t passed
+        if whole:
+            got = c.consume(n, timeout)
+        else:
+            first = c.poll(timeout)
+            got = [] if first is None else [first] + c.consume(n - 1, 0)
+        events: list[tuple[str, str, int]] = []
+        # events among the messages (rare): a KafkaError is true, None false (test_kafka_
+        # error_is_true; `is not None` per message in Python cost ~0.1 us a message, and
+        # errs.count(None) compares a KafkaError with None, which raises)
+        if got and any(map(error, got)):
+            kept = []
+            for m in got:
+                err = m.error()
+                if err is None:
+                    kept.append(m)
+                    continue
+                events.append((err.name(), err.str(), m.offset()))
+                if err.name() != PARTITION_EOF:
+                    break                  # (nothing after it is taken)
+            got = kept
+        if not got:
+            return 0, 0, False, events
+        # column by column, with no object of ours per message (the per-message cost of an
+        # ingest: keep it lean)
+        o = list(map(offset, got))
+        # (kind, ms) pairs: ms * 10**6, in C (map), unless a message has none (old brokers:
+        # stamped now); a comprehension cost ~0.1 us a message more
+        st = list(map(stamp, got))
+        no_ts = self.ck.TIMESTAMP_NOT_AVAILABLE
+        if no_ts in map(_kind_of, st):
+            now = time.time_ns()
+            t = [ms * 1_000_000 if kind != no_ts else now for kind, ms in st]
+        else:
+            t = list(map(mul, map(_ms_of, st), repeat(1_000_000)))
+        # a message's own headers (a list of pairs, or None), mended first where they need it
+        # (KafkaSource._fix_headers: null values too)
+        h: list[Any] = []
+        try:
+            h.extend(map(headers, got))     # (extend: keeps those before a failure)
+        except (SystemError, UnicodeDecodeError):
+            raise _Unreadable(got[len(h)].offset()) from None
+        KafkaSource._fix_headers(h, t)
+        v = list(map(value, got))
+        if not all(v):            # a null value is an empty record (b"" stays)
+            v = [b"" if x is None else x for x in v]
+        keys += map(key, got)
+        offs += o
+        tss += t
+        hs += h
+        vals += v
+        return len(o), sum(map(len, v)), False, events
+
+    def close(self) -> None:
+        self.c.close()
+
+
+class _FastReader:
+    """One partition read through _rdkc's C loop (librdkafka's C API, no Message objects)."""
+
+    # messages per take(), at most: they are no Python objects, so a whole batch per take
+    # (fewer calls), where confluent-kafka's Messages are taken CONSUME at a time
+    chunk = BATCH_MESSAGES
+
+    def __init__(self, base: dict[str, Any], address: Address) -> None:
+        assert _rdkc is not None
+        self.address = address
+        settings = {k: _setting(v) for k, v in base.items() if k not in ("logger", "error_cb")}
+        try:
+            self.c = _rdkc.Consumer(settings, address.name, address.partition)
+        except (ValueError, TypeError) as e:
+            raise BridgeError(f"Kafka settings: {e}") from None
+        # take(n, timeout, whole, offs, vals, keys, tss, hs) -> (taken, value bytes, marked,
+        # events): up to n messages appended to the columns; `whole`: wait up to timeout for
+        # all n, else for the first only; `marked`: a header is named TIMESTAMP_HEADER; events
+        # (error name, text, offset) among them, nothing taken after one but PARTITION_EOF
+        self.take = self.c.take
+
+    def watermarks(self, timeout: float) -> tuple[int, int]:
+        """(first offset, end) as the cluster says now."""
+        try:
+            lo, hi = self.c.watermarks(timeout)
+        except RuntimeError as e:
+            raise BridgeError(f"{_where(self.address)}: {e}") from None
+        return int(lo), int(hi)
+
+    def cached_end(self) -> int:
+        """The end the last fetch reported (-1: none yet)."""
+        return int(self.c.cached_watermarks()[1])
+
+    def assign(self, offset: int) -> None:
+        """Read from `offset` on."""
+        self.c.assign(offset)
+
+    def close(self) -> None:
+        self.c.close()
+
+
 class KafkaSource:
     """Where an ingest reads: one partition of a topic. Its consumer never jumps: a position
     the partition no longer holds (retention deleted it, before the start or while reading) is
-    an error, or with `skip_gap` a jump to the partition's first offset, never a silent reset."""
+    an error, or with `skip_gap` a jump to the partition's first offset, never a silent reset.
+    It reads through _rdkc's C loop where it can (fast_unavailable() says why not), else
+    through confluent-kafka's Messages; the metadata, the topic's creation and the checks go
+    through confluent-kafka either way."""
 
     def __init__(self, address: Address, opts: dict[str, str], create: bool,
                  skip_gap: bool = False) -> None:
@@ -465,26 +638,32 @@ class KafkaSource:
         self.address = address
         self.skip_gap = skip_gap
         base = _base_config(address, opts)
+        how = dict(reset="error", backoff_ms=FETCH_BACKOFF_MS,
+                   wait_ms=None if "fetch.wait.max.ms" in opts else FETCH_WAIT_MS)
         # one consumer asks the metadata and reads (a second one cost a connection to every
-        # broker again: 20-40 ms of an ingest's fixed cost on the mock cluster)
-        self.consumer = _consumer(self.ck, base, "tidelog-ingest", reset="error",
-                                  backoff_ms=FETCH_BACKOFF_MS,
-                                  wait_ms=(None if "fetch.wait.max.ms" in opts else
-                                           FETCH_WAIT_MS))
+        # broker again: 20-40 ms of an ingest's fixed cost on the mock cluster); the C loop's
+        # consumer is a second one, made once the metadata is known (the first closed then)
+        consumer = _consumer(self.ck, base, "tidelog-ingest", **how)
+        self.reader: Any = None
         try:
-            _metadata(self.ck, address, create, base, self.consumer)
+            _metadata(self.ck, address, create, base, consumer)
+            if fast_unavailable() is None:
+                consumer.close()
+                consumer = None
+                self.reader = _FastReader(_consumer_config(base, "tidelog-ingest", **how),
+                                          address)
+            else:
+                self.reader = _ConfluentReader(self.ck, consumer, address)
         except BaseException:
-            self.consumer.close()
+            if consumer is not None:
+                consumer.close()
             raise
 
-    def _gap(self, tp: Any, missing: int) -> int:
+    def _gap(self, missing: int) -> int:
         """Where to go on when offset `missing` is no longer in the partition: its first
         offset if `skip_gap`, else BridgeError."""
         a = self.address
-        try:
-            lo, _ = self.consumer.get_watermark_offsets(tp, timeout=CONNECT_TIMEOUT)
-        except self.ck.KafkaException as e:
-            raise BridgeError(f"{_where(a)}: {e.args[0].str()}") from None
+        lo, _ = self.reader.watermarks(CONNECT_TIMEOUT)
         if lo <= missing:
             raise BridgeError(f"Kafka topic {a.name!r} partition {a.partition} no longer holds "
                               f"offset {missing} but starts at {lo}: was it deleted and made "
@@ -493,29 +672,21 @@ class KafkaSource:
             raise BridgeError(f"Kafka topic {a.name!r} partition {a.partition} starts at "
                               f"offset {lo}: offsets {missing}..{lo - 1} were deleted (retention) "
                               f"before they were ingested; --skip-gap ingests from {lo} on")
-        return int(lo)
+        return lo
 
     def batches(self, after: Optional[int], follow: bool, stopping: Callable[[], bool],
                 max_batch: int = BATCH_MESSAGES) -> Iterator[Batch]:
-        ck, a, c = self.ck, self.address, self.consumer
-        tp = ck.TopicPartition(a.name, a.partition)
-        try:
-            lo, end = c.get_watermark_offsets(tp, timeout=CONNECT_TIMEOUT)
-        except ck.KafkaException as e:
-            raise BridgeError(f"{_where(a)}: {e.args[0].str()}") from None
+        a, r = self.address, self.reader
+        lo, end = r.watermarks(CONNECT_TIMEOUT)
         start = lo if after is None else after + 1
         if start < lo:
-            start = self._gap(tp, start)
-        c.assign([ck.TopicPartition(a.name, a.partition, start)])
-        eof, reset = getattr(ck.KafkaError, PARTITION_EOF), getattr(ck.KafkaError, OFFSET_RESET)
-        no_ts = ck.TIMESTAMP_NOT_AVAILABLE
-        km = ck.Message
-        error, offset, value, key, stamp, headers = (km.error, km.offset, km.value, km.key,
-                                                     km.timestamp, km.headers)
+            start = self._gap(start)
+        r.assign(start)
+        take, chunk = r.take, r.chunk
         pos = KAFKA_POSITION
         want = max_batch                   # messages per batch: BATCH_BYTES of the last ones
-        # a batch's columns, filled CONSUME messages at a time: the messages themselves are
-        # dropped as soon as their columns are taken (see CONSUME)
+        # a batch's columns, filled CONSUME messages at a time (confluent-kafka: its messages
+        # are dropped as soon as their columns are taken, see CONSUME)
         offs: list[int] = []
         vals: list[bytes] = []
         keys: list[Optional[bytes]] = []
@@ -523,97 +694,66 @@ class KafkaSource:
         hs: list[Any] = []
         nbytes = 0                         # their values' bytes
         while not stopping():
-            ask = max(1, min(CONSUME, want - len(offs)))
-            # consume(n, t) returns once it has n messages (or events) or t passed
-            if follow:
-                # between messages it would sit out the whole POLL: take what is here, and
-                # wait only for the first message of a batch (what has come goes on as soon
-                # as no more is here)
-                got = c.consume(ask, 0)
-                if not got and not offs:
-                    first = c.poll(POLL)
-                    got = [] if first is None else [first] + c.consume(ask - 1, 0)
-            else:
-                # catching up: wait for a full chunk, but ask for no more than the end the
-                # last fetch reported leaves (the watermark asked at the start, at first), or
-                # the last chunk would sit out POLL. Taking only what had arrived made batches
-                # of a few messages whenever the broker was slower than this loop (same
-                # speed within the noise once the GC is tuned, but fewer wake-ups). The end
-                # is asked again (the last fetch's, cached) only when the one known limits
-                # the chunk: a call per consume() cost ~0.07 us a message.
-                if end - start < ask:
-                    _, seen = c.get_watermark_offsets(tp, cached=True)
-                    end = max(end, seen)
-                got = c.consume(max(1, min(ask, end - start)), POLL)
-            short = len(got) < ask
+            ask = max(1, min(chunk, want - len(offs)))
+            here = len(offs)
+            try:
+                if follow:
+                    # between messages it would sit out the whole POLL: take what is here, and
+                    # wait only for the first message of a batch (what has come goes on as
+                    # soon as no more is here)
+                    taken, size, marked, events = take(ask, 0, True, offs, vals, keys, tss, hs)
+                    if not taken and not events and not offs:
+                        taken, size, marked, events = take(ask, POLL, False, offs, vals, keys,
+                                                           tss, hs)
+                else:
+                    # catching up: wait for a full chunk, but ask for no more than the end the
+                    # last fetch reported leaves (the watermark asked at the start, at first),
+                    # or the last chunk would sit out POLL. Taking only what had arrived made
+                    # batches of a few messages whenever the broker was slower than this loop
+                    # (same speed within the noise once the GC is tuned, but fewer wake-ups).
+                    # The end is asked again (the last fetch's, cached) only when the one known
+                    # limits the chunk: a call per consume() cost ~0.07 us a message.
+                    if end - start < ask:
+                        end = max(end, r.cached_end())
+                    taken, size, marked, events = take(max(1, min(ask, end - start)), POLL,
+                                                       True, offs, vals, keys, tss, hs)
+            except _UNREADABLE as e:
+                raise _unreadable(a, e.args[0]) from None
+            short = taken + len(events) < ask
             done = False
             gap = None                     # where retention deleted what was next, if it did
-            # events among the messages (rare): a KafkaError is true, None false (test_kafka_
-            # error_is_true; `is not None` per message in Python cost ~0.1 us a message, and
-            # errs.count(None) compares a KafkaError with None, which raises)
-            if got and any(map(error, got)):
-                kept = []
-                for m in got:
-                    err = m.error()
-                    if err is None:
-                        kept.append(m)
-                    elif err.code() == eof:
-                        done = not follow
-                    elif err.code() == reset:
-                        # the consumer's position is gone (retention): after what was
-                        # kept, which goes to the log first with the rest of the batch
-                        # (was: dropped when _gap refused, and its range not named)
-                        gap = kept[-1].offset() + 1 if kept else start
-                        short = True
-                        break
-                    else:
-                        raise BridgeError(f"{_where(a)}: {err.str()}")
-                got = kept
-            if got:
-                # column by column, with no object of ours per message (the per-message cost
-                # of an ingest: keep it lean)
-                o = list(map(offset, got))
-                # (kind, ms) pairs: ms * 10**6, in C (map), unless a message has none (old
-                # brokers: stamped now); a comprehension cost ~0.1 us a message more
-                st = list(map(stamp, got))
-                if no_ts in map(_kind_of, st):
-                    now = time.time_ns()
-                    t = [ms * 1_000_000 if kind != no_ts else now for kind, ms in st]
+            for name, text, _ in events:
+                if name == PARTITION_EOF:
+                    done = not follow
+                elif name == OFFSET_RESET:
+                    # the consumer's position is gone (retention): after what was taken, which
+                    # goes to the log first with the rest of the batch (was: dropped when _gap
+                    # refused, and its range not named)
+                    gap = offs[-1] + 1 if taken else start
+                    short = True
                 else:
-                    t = list(map(mul, map(_ms_of, st), repeat(1_000_000)))
-                # a message's own headers (a list of pairs, or None), mended first where they
-                # need it (_fix_headers); its position header the log adds (Batch's
-                # position_header: append_batch's int_headers, in C)
-                h: list[Any] = []
-                try:
-                    h.extend(map(headers, got))     # (extend: keeps those before a failure)
-                except (SystemError, UnicodeDecodeError):
-                    raise _unreadable(a, got[len(h)]) from None
-                self._fix_headers(h, t)
-                v = list(map(value, got))
-                if not all(v):            # a null value is an empty record (b"" stays)
-                    v = [b"" if x is None else x for x in v]
-                keys += map(key, got)
-                offs += o
-                tss += t
-                hs += h
-                vals += v
-                nbytes += sum(map(len, v))
-                del got
-                start = o[-1] + 1
-                if not follow and not done and o[-1] >= end - 1:
+                    raise BridgeError(f"{_where(a)}: {text}")
+            if taken:
+                if marked:                 # (the C loop: a TIMESTAMP_HEADER to take back)
+                    h, t = hs[here:], tss[here:]
+                    self._fix_headers(h, t)
+                    hs[here:], tss[here:] = h, t
+                nbytes += size
+                last = offs[-1]
+                start = last + 1
+                if not follow and not done and last >= end - 1:
                     # the end the last fetch reported (what PARTITION_EOF is made of, but that
                     # event waits for one more, empty fetch: fetch.wait.max.ms, 0.5 s default),
                     # asked once the known one is reached (it only grows)
-                    _, seen = c.get_watermark_offsets(tp, cached=True)
+                    seen = r.cached_end()
                     end = max(end, seen)
-                    done = seen >= 0 and o[-1] >= seen - 1
+                    done = seen >= 0 and last >= seen - 1
             elif not offs and not done and gap is None:
                 # nothing came: a partition whose end (as a fetch reported it) is before the
                 # position is not the one the log's positions are from (deleted and made
                 # again?); a broker that does not answer OFFSET_OUT_OF_RANGE there (Tansu) made
                 # this wait for ever
-                _, seen = c.get_watermark_offsets(tp, cached=True)
+                seen = r.cached_end()
                 if 0 <= seen < start:
                     raise BridgeError(f"Kafka topic {a.name!r} partition {a.partition} ends at "
                                       f"offset {seen}, before offset {start} where the log's "
@@ -639,14 +779,13 @@ class KafkaSource:
                 want = max(2, min(max_batch, BATCH_BYTES // (size // len(b) + 64)))
                 yield b
             if gap is not None:
-                to = self._gap(tp, gap)
-                c.assign([ck.TopicPartition(a.name, a.partition, to)])
+                r.assign(self._gap(gap))
             if done:                           # the end a fetch saw (not the watermark)
                 return
 
     @staticmethod
     def _fix_headers(raw: list[Optional[list[tuple[str, Optional[bytes]]]]],
-                     tss: list[int]) -> None:
+                    tss: list[int]) -> None:
         """In place, on the messages' own headers (`raw`: a list of pairs or None per
         message): a null header value becomes b"", and a mirrored timestamp below 1 ms
         (TIMESTAMP_HEADER) goes back into tss[i] and out of the record's headers. Checked for
@@ -669,4 +808,6 @@ class KafkaSource:
             raw[i] = fixed
 
     def close(self) -> None:
-        self.consumer.close()
+        if self.reader is not None:
+            self.reader.close()
+            self.reader = None

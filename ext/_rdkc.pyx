@@ -1,0 +1,536 @@
+# cython: language_level=3, embedsignature=True
+"""tidelog.bridge._rdkc: a Kafka ingest's reading loop in C, on librdkafka's C API, with no
+confluent-kafka Message per message (each cost ~0.8 us to make and ~0.3 us more to read its
+headers: most of an ingest's time at 100 B values).
+
+Owns: the librdkafka function pointers (`_lib`, written once by `load()`, under the GIL, and
+only read afterwards), and per Consumer one rd_kafka_t consumer handle with its consumer queue
+and its last reported error (`_State`), which only its own methods write.
+
+librdkafka is not a build dependency: the few prototypes and the message struct used here are
+declared below (rd_kafka_message_t is public and stable across librdkafka 1.x and 2.x), and the
+functions are looked up at run time, with dlopen(RTLD_NOLOAD) + dlsym, in the librdkafka that
+confluent-kafka has already loaded (the same library, so the same protocol behaviour and the
+same configuration keys). Where that is not possible (not Linux, no such library mapped, a
+symbol missing, a librdkafka version outside 2.x) `load()` says why and the bridge reads through
+confluent-kafka instead.
+
+GIL: released only around librdkafka calls that wait (rd_kafka_consume_batch_queue, the
+watermark query, rd_kafka_consumer_close / rd_kafka_destroy); those touch no Python object.
+librdkafka calls back into this module only with C functions: the log callback (from its own
+threads: drops every line, librdkafka must never write to stderr) and the error callback (from
+inside the consume call of the thread that waits, GIL released: it copies code and text into the
+Consumer's _State, read by Python once the call returned). A Consumer is used by one thread at a
+time (a bridge's own); a process made by fork() must not touch its parent's handle (its threads
+are not there): every method checks the pid, and a child's dealloc leaks the handle.
+"""
+
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.list cimport PyList_Append
+from cpython.long cimport PyLong_FromLongLong
+from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_DecodeUTF8
+from libc.stdint cimport int32_t, int64_t
+from libc.stdlib cimport free, malloc
+from libc.string cimport memcmp, strlen, strncpy
+from posix.unistd cimport getpid, pid_t
+
+cdef extern from "<dlfcn.h>" nogil:
+    void *dlopen(const char *filename, int flags)
+    void *dlsym(void *handle, const char *symbol)
+    int dlclose(void *handle)
+    int RTLD_NOW
+    int RTLD_NOLOAD
+
+cdef extern from "<time.h>" nogil:
+    ctypedef long time_t
+    struct timespec:
+        time_t tv_sec
+        long tv_nsec
+    int clock_gettime(int clk, timespec *ts)
+    int CLOCK_REALTIME
+
+
+# ------------------------------------------------------------------ librdkafka's C API (rdkafka.h)
+
+ctypedef struct rd_kafka_message_t:      # public, stable layout (rdkafka.h)
+    int err                             # rd_kafka_resp_err_t
+    void *rkt
+    int32_t partition
+    void *payload
+    size_t len
+    void *key
+    size_t key_len
+    int64_t offset
+    void *_private
+
+cdef enum:
+    RD_KAFKA_CONSUMER = 1
+    RD_KAFKA_CONF_OK = 0
+    ERR_NOENT = -156                    # RD_KAFKA_RESP_ERR__NOENT
+    ERR_PARTITION_EOF = -191            # RD_KAFKA_RESP_ERR__PARTITION_EOF
+    ERR_AUTO_OFFSET_RESET = -140        # RD_KAFKA_RESP_ERR__AUTO_OFFSET_RESET
+    ERRSTR = 512
+    MAX_TAKE = 100000                   # messages per take(), at most
+
+cdef int64_t MS_MAX = 9223372036854        # ms whose ns still fit in an int64
+
+ctypedef void (*error_cb_t)(void *rk, int err, const char *reason, void *opaque) noexcept nogil
+ctypedef void (*log_cb_t)(const void *rk, int level, const char *fac,
+                          const char *buf) noexcept nogil
+
+ctypedef int (*version_f)() noexcept nogil
+ctypedef const char *(*err2str_f)(int err) noexcept nogil
+ctypedef void *(*conf_new_f)() noexcept nogil
+ctypedef int (*conf_set_f)(void *conf, const char *name, const char *value, char *errstr,
+                           size_t errstr_size) noexcept nogil
+ctypedef void (*conf_destroy_f)(void *conf) noexcept nogil
+ctypedef void (*conf_set_error_cb_f)(void *conf, error_cb_t cb) noexcept nogil
+ctypedef void (*conf_set_log_cb_f)(void *conf, log_cb_t cb) noexcept nogil
+ctypedef void (*conf_set_opaque_f)(void *conf, void *opaque) noexcept nogil
+ctypedef void *(*new_f)(int type, void *conf, char *errstr, size_t errstr_size) noexcept nogil
+ctypedef void (*destroy_f)(void *rk) noexcept nogil
+ctypedef int (*consumer_close_f)(void *rk) noexcept nogil
+ctypedef int (*poll_set_consumer_f)(void *rk) noexcept nogil
+ctypedef void *(*queue_get_consumer_f)(void *rk) noexcept nogil
+ctypedef void (*queue_destroy_f)(void *rkqu) noexcept nogil
+ctypedef Py_ssize_t (*consume_batch_queue_f)(void *rkqu, int timeout_ms,
+                                             rd_kafka_message_t **msgs,
+                                             size_t size) noexcept nogil
+ctypedef void (*message_destroy_f)(rd_kafka_message_t *m) noexcept nogil
+ctypedef int64_t (*message_timestamp_f)(const rd_kafka_message_t *m, int *tstype) noexcept nogil
+ctypedef int (*message_headers_f)(const rd_kafka_message_t *m, void **hdrs) noexcept nogil
+ctypedef int (*header_get_all_f)(const void *hdrs, size_t idx, const char **name,
+                                 const void **value, size_t *size) noexcept nogil
+ctypedef void *(*tpl_new_f)(int size) noexcept nogil
+ctypedef void *(*tpl_add_f)(void *tpl, const char *topic, int32_t partition) noexcept nogil
+ctypedef int (*tpl_set_offset_f)(void *tpl, const char *topic, int32_t partition,
+                                 int64_t offset) noexcept nogil
+ctypedef void (*tpl_destroy_f)(void *tpl) noexcept nogil
+ctypedef int (*assign_f)(void *rk, const void *tpl) noexcept nogil
+ctypedef int (*query_wm_f)(void *rk, const char *topic, int32_t partition, int64_t *lo,
+                           int64_t *hi, int timeout_ms) noexcept nogil
+ctypedef int (*get_wm_f)(void *rk, const char *topic, int32_t partition, int64_t *lo,
+                         int64_t *hi) noexcept nogil
+
+ctypedef struct Lib:
+    version_f version
+    err2str_f err2str
+    err2str_f err2name
+    conf_new_f conf_new
+    conf_set_f conf_set
+    conf_destroy_f conf_destroy
+    conf_set_error_cb_f conf_set_error_cb
+    conf_set_log_cb_f conf_set_log_cb
+    conf_set_opaque_f conf_set_opaque
+    new_f new
+    destroy_f destroy
+    consumer_close_f consumer_close
+    poll_set_consumer_f poll_set_consumer
+    queue_get_consumer_f queue_get_consumer
+    queue_destroy_f queue_destroy
+    consume_batch_queue_f consume_batch_queue
+    message_destroy_f message_destroy
+    message_timestamp_f message_timestamp
+    message_headers_f message_headers
+    header_get_all_f header_get_all
+    tpl_new_f tpl_new
+    tpl_add_f tpl_add
+    tpl_set_offset_f tpl_set_offset
+    tpl_destroy_f tpl_destroy
+    assign_f assign
+    query_wm_f query_watermark_offsets
+    get_wm_f get_watermark_offsets
+
+cdef Lib _lib
+cdef bint _loaded = False
+cdef object _why_not = None            # why load() failed (str), once it did
+
+_SYMBOLS = (
+    ("version", "rd_kafka_version"), ("err2str", "rd_kafka_err2str"),
+    ("err2name", "rd_kafka_err2name"), ("conf_new", "rd_kafka_conf_new"),
+    ("conf_set", "rd_kafka_conf_set"), ("conf_destroy", "rd_kafka_conf_destroy"),
+    ("conf_set_error_cb", "rd_kafka_conf_set_error_cb"),
+    ("conf_set_log_cb", "rd_kafka_conf_set_log_cb"),
+    ("conf_set_opaque", "rd_kafka_conf_set_opaque"), ("new", "rd_kafka_new"),
+    ("destroy", "rd_kafka_destroy"), ("consumer_close", "rd_kafka_consumer_close"),
+    ("poll_set_consumer", "rd_kafka_poll_set_consumer"),
+    ("queue_get_consumer", "rd_kafka_queue_get_consumer"),
+    ("queue_destroy", "rd_kafka_queue_destroy"),
+    ("consume_batch_queue", "rd_kafka_consume_batch_queue"),
+    ("message_destroy", "rd_kafka_message_destroy"),
+    ("message_timestamp", "rd_kafka_message_timestamp"),
+    ("message_headers", "rd_kafka_message_headers"),
+    ("header_get_all", "rd_kafka_header_get_all"),
+    ("tpl_new", "rd_kafka_topic_partition_list_new"),
+    ("tpl_add", "rd_kafka_topic_partition_list_add"),
+    ("tpl_set_offset", "rd_kafka_topic_partition_list_set_offset"),
+    ("tpl_destroy", "rd_kafka_topic_partition_list_destroy"),
+    ("assign", "rd_kafka_assign"),
+    ("query_watermark_offsets", "rd_kafka_query_watermark_offsets"),
+    ("get_watermark_offsets", "rd_kafka_get_watermark_offsets"),
+)
+
+
+def _library_path():
+    """The librdkafka confluent-kafka loaded (a path in /proc/self/maps), or None."""
+    import confluent_kafka  # noqa: F401  (loads its librdkafka)
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                i = line.find("/")
+                p = line[i:].rstrip("\n") if i >= 0 else ""
+                name = p.rsplit("/", 1)[-1]
+                if name.startswith("librdkafka") and ".so" in name:
+                    return p
+    except OSError:
+        return None
+    return None
+
+
+cdef int _fill(void *handle) except -1:
+    cdef void **slots = <void **>&_lib
+    cdef void *f
+    cdef int i
+    for i, (_, sym) in enumerate(_SYMBOLS):
+        f = dlsym(handle, sym.encode())
+        if f == NULL:
+            raise LookupError(f"librdkafka has no {sym}")
+        slots[i] = f
+    return 0
+
+
+def load():
+    """Make the C API usable: None when it is, else why not (a str, said once and kept)."""
+    global _loaded, _why_not
+    if _loaded:
+        return None
+    if _why_not is not None:
+        return _why_not
+    if sizeof(Lib) != len(_SYMBOLS) * sizeof(void *):
+        _why_not = "the function table does not match its symbol list"
+        return _why_not
+    try:
+        path = _library_path()
+    except ImportError as e:
+        _why_not = f"confluent-kafka is not installed ({e})"
+        return _why_not
+    if path is None:
+        _why_not = "no librdkafka found mapped in this process (/proc/self/maps)"
+        return _why_not
+    cdef void *handle = dlopen(path.encode(), RTLD_NOW | RTLD_NOLOAD)
+    if handle == NULL:
+        _why_not = f"{path} cannot be opened (dlopen RTLD_NOLOAD)"
+        return _why_not
+    try:
+        _fill(handle)
+    except LookupError as e:
+        _why_not = str(e)
+        return _why_not
+    # (the handle stays open: the library is confluent-kafka's, loaded for the process's life)
+    cdef int v = _lib.version()
+    if not (0x02000000 <= v < 0x03000000):
+        _why_not = f"librdkafka version 0x{v:08x} is not a 2.x one"
+        return _why_not
+    _loaded = True
+    return None
+
+
+# ------------------------------------------------------------------ callbacks (C only)
+
+ctypedef struct _State:
+    int err                     # the last error error_cb reported (0: none)
+    char text[ERRSTR]           # its text, NUL-terminated
+
+
+cdef void _drop_log(const void *rk, int level, const char *fac, const char *buf) noexcept nogil:
+    pass
+
+
+cdef void _note_error(void *rk, int err, const char *reason, void *opaque) noexcept nogil:
+    cdef _State *st = <_State *>opaque
+    if st == NULL:
+        return
+    st.err = err
+    if reason == NULL:
+        st.text[0] = 0
+    else:
+        strncpy(st.text, reason, ERRSTR - 1)
+        st.text[ERRSTR - 1] = 0
+
+
+class UnreadableHeader(Exception):
+    """A message has a header whose name is not UTF-8 text: args (offset,)."""
+
+
+cdef inline str _text(const char *s):
+    return "" if s == NULL else s[:strlen(s)].decode("utf-8", "replace")
+
+
+cdef inline int64_t _now_ns() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
+
+
+cdef class Consumer:
+    """One partition's reader: an rd_kafka_t consumer made from string settings (the same the
+    confluent-kafka Consumer of the bridge gets, less its Python callbacks)."""
+    cdef void *rk
+    cdef void *rkqu
+    cdef _State *state
+    cdef pid_t pid
+    cdef bytes topic
+    cdef const char *ctopic              # topic's bytes (kept alive by it)
+    cdef int32_t partition
+    cdef rd_kafka_message_t **buf
+    cdef bint closed
+
+    def __cinit__(self):
+        self.rk = NULL
+        self.rkqu = NULL
+        self.buf = NULL
+        self.closed = True
+        self.state = <_State *>malloc(sizeof(_State))
+        if self.state == NULL:
+            raise MemoryError()
+        self.state.err = 0
+        self.state.text[0] = 0
+        self.buf = <rd_kafka_message_t **>malloc(MAX_TAKE * sizeof(rd_kafka_message_t *))
+        if self.buf == NULL:
+            raise MemoryError()
+
+    def __init__(self, dict settings not None, str topic not None, int partition):
+        """`settings`: name -> str value (librdkafka's configuration keys). ValueError for a
+        setting librdkafka refuses (its text), RuntimeError when load() failed."""
+        if not _loaded:
+            raise RuntimeError(f"librdkafka's C API is not available: {load()}")
+        if self.rk != NULL:
+            raise RuntimeError("Consumer already made")
+        cdef char errstr[ERRSTR]
+        cdef void *conf = _lib.conf_new()
+        cdef bytes k, v
+        errstr[0] = 0
+        try:
+            for name, value in settings.items():
+                if type(name) is not str or type(value) is not str:
+                    raise TypeError(f"setting {name!r}: names and values are str")
+                k = name.encode()
+                v = value.encode()
+                if b"\0" in k or b"\0" in v:
+                    raise ValueError(f"setting {name!r}: a NUL character")
+                if _lib.conf_set(conf, k, v, errstr, ERRSTR) != RD_KAFKA_CONF_OK:
+                    raise ValueError(_text(errstr))
+        except BaseException:
+            _lib.conf_destroy(conf)
+            raise
+        _lib.conf_set_log_cb(conf, _drop_log)
+        _lib.conf_set_error_cb(conf, _note_error)
+        _lib.conf_set_opaque(conf, self.state)
+        self.rk = _lib.new(RD_KAFKA_CONSUMER, conf, errstr, ERRSTR)
+        if self.rk == NULL:
+            _lib.conf_destroy(conf)          # (rd_kafka_new owns it only when it succeeds)
+            raise ValueError(_text(errstr))
+        self.pid = getpid()
+        self.closed = False
+        _lib.poll_set_consumer(self.rk)
+        self.rkqu = _lib.queue_get_consumer(self.rk)
+        self.topic = topic.encode()
+        if b"\0" in self.topic:
+            self.close()
+            raise ValueError("a topic name with a NUL character")
+        self.ctopic = self.topic
+        self.partition = partition
+
+    cdef int _check(self) except -1:
+        if self.closed:
+            raise ValueError("the Kafka consumer is closed")
+        if getpid() != self.pid:
+            raise RuntimeError("the Kafka consumer belongs to the parent process (fork)")
+        return 0
+
+    def assign(self, int64_t offset):
+        """Read the partition from `offset` on (again: a new position)."""
+        self._check()
+        cdef void *tpl = _lib.tpl_new(1)
+        _lib.tpl_add(tpl, self.topic, self.partition)
+        _lib.tpl_set_offset(tpl, self.topic, self.partition, offset)
+        cdef int err = _lib.assign(self.rk, tpl)
+        _lib.tpl_destroy(tpl)
+        if err:
+            raise RuntimeError(_text(_lib.err2str(err)))
+
+    def watermarks(self, double timeout):
+        """(low, high) as the cluster says now. RuntimeError(text) when it does not answer."""
+        self._check()
+        cdef int64_t lo = -1, hi = -1
+        cdef int ms = <int>max(0.0, min(timeout, 3600.0) * 1000)
+        cdef int err
+        with nogil:
+            err = _lib.query_watermark_offsets(self.rk, self.ctopic, self.partition, &lo, &hi, ms)
+        if err:
+            raise RuntimeError(_text(_lib.err2str(err)))
+        return lo, hi
+
+    def cached_watermarks(self):
+        """(low, high) as the last fetch reported them (-1: not known yet)."""
+        self._check()
+        cdef int64_t lo = -1, hi = -1
+        if _lib.get_watermark_offsets(self.rk, self.topic, self.partition, &lo, &hi):
+            return -1, -1
+        return lo, hi
+
+    def last_error(self):
+        """(name, text) of the last error librdkafka reported through error_cb, or None."""
+        self._check()
+        if self.state.err == 0:
+            return None
+        return _text(_lib.err2name(self.state.err)), _text(self.state.text)
+
+    def take(self, Py_ssize_t n, double timeout, bint whole, list offsets not None,
+             list values not None, list keys not None, list stamps not None,
+             list headers not None):
+        """Up to `n` messages, appended column by column to the lists given: offsets (int),
+        values (bytes; a null value b""), keys (bytes or None), stamps (ns: ms * 10**6, now
+        where a message has none), headers (None, or a list of (str, bytes) pairs, a null
+        value b""). `whole`: wait up to `timeout` s for all n; else for the first only, then
+        take what has come. Returns (taken, value bytes, marked, events): `marked` if a header
+        is named TIMESTAMP (the caller takes it back), events a list of (error name, text,
+        offset) for what came among the messages; after an _AUTO_OFFSET_RESET or another
+        error (not _PARTITION_EOF) no message is taken. UnreadableHeader(offset) for a header
+        name that is not UTF-8, with the messages before it taken."""
+        self._check()
+        if n < 1:
+            n = 1
+        elif n > MAX_TAKE:
+            n = MAX_TAKE
+        cdef int ms = <int>max(0.0, min(timeout, 3600.0) * 1000)
+        cdef Py_ssize_t got, more, i = 0
+        cdef rd_kafka_message_t **buf = self.buf
+        with nogil:
+            if whole:
+                got = _lib.consume_batch_queue(self.rkqu, ms, buf, n)
+            else:
+                got = _lib.consume_batch_queue(self.rkqu, ms, buf, 1)
+                if got == 1 and n > 1:
+                    more = _lib.consume_batch_queue(self.rkqu, 0, buf + 1, n - 1)
+                    if more > 0:
+                        got += more
+        if got < 0:
+            raise RuntimeError("rd_kafka_consume_batch_queue failed")
+        try:
+            return self._columns(got, offsets, values, keys, stamps, headers)
+        finally:
+            for i in range(got):
+                _lib.message_destroy(buf[i])
+
+    cdef tuple _columns(self, Py_ssize_t got, list offsets, list values, list keys,
+                        list stamps, list headers):
+        cdef rd_kafka_message_t *m
+        cdef Py_ssize_t i, taken = 0
+        cdef size_t nbytes = 0, j, size
+        cdef int tstype, err
+        cdef int64_t ms
+        cdef bint marked = False, stop = False
+        cdef void *hdrs
+        cdef Py_ssize_t hlen_name
+        cdef const char *hname
+        cdef const void *hval
+        cdef size_t hlen
+        cdef list events = []
+        cdef list hl
+        cdef object name, val
+        cdef str last = None             # the last header name decoded, and its UTF-8
+        cdef const char *last_utf8 = NULL
+        cdef Py_ssize_t last_len = -1
+        for i in range(got):
+            m = self.buf[i]
+            if m.err:
+                if m.payload != NULL:
+                    text = PyUnicode_DecodeUTF8(<const char *>m.payload, m.len, "replace")
+                else:
+                    text = _text(_lib.err2str(m.err))
+                events.append((_text(_lib.err2name(m.err)), text, m.offset))
+                if m.err != ERR_PARTITION_EOF:
+                    break
+                continue
+            # headers first: a name that is not text refuses the message before any column
+            if _lib.message_headers(m, &hdrs) == 0:
+                hl = []
+                j = 0
+                while _lib.header_get_all(hdrs, j, &hname, &hval, &hlen) == 0:
+                    hlen_name = strlen(hname)
+                    # the last name made is made again (most messages of a topic have the
+                    # same headers): its str kept, not decoded per message
+                    if (hlen_name == last_len and last_len >= 0 and
+                            memcmp(hname, last_utf8, hlen_name) == 0):
+                        name = last
+                    else:
+                        try:
+                            name = PyUnicode_DecodeUTF8(hname, hlen_name, NULL)
+                        except UnicodeDecodeError:
+                            raise UnreadableHeader(m.offset) from None
+                        last = name
+                        last_utf8 = PyUnicode_AsUTF8AndSize(last, &last_len)
+                    if hlen_name == 17 and memcmp(hname, b"tidelog-timestamp", 17) == 0:
+                        marked = True
+                    val = (PyBytes_FromStringAndSize(<const char *>hval, hlen)
+                           if hval != NULL else b"")
+                    hl.append((name, val))
+                    j += 1
+                h = hl
+            else:
+                h = None
+            PyList_Append(offsets, PyLong_FromLongLong(m.offset))
+            if m.payload == NULL:
+                PyList_Append(values, b"")
+            else:
+                PyList_Append(values, PyBytes_FromStringAndSize(<const char *>m.payload, m.len))
+                nbytes += m.len
+            if m.key == NULL:
+                PyList_Append(keys, None)
+            else:
+                PyList_Append(keys, PyBytes_FromStringAndSize(<const char *>m.key, m.key_len))
+            ms = _lib.message_timestamp(m, &tstype)
+            if tstype == 0 or ms == -1:          # RD_KAFKA_TIMESTAMP_NOT_AVAILABLE
+                PyList_Append(stamps, PyLong_FromLongLong(_now_ns()))
+            elif ms > MS_MAX or ms < -MS_MAX:    # (ns past int64: append_batch refuses it)
+                PyList_Append(stamps, PyLong_FromLongLong(ms) * 1000000)
+            else:
+                PyList_Append(stamps, PyLong_FromLongLong(ms * 1000000))
+            PyList_Append(headers, h)
+            taken += 1
+        return taken, nbytes, marked, events
+
+    def close(self):
+        """Leave the partition and free the handle (again: nothing)."""
+        if self.closed:
+            return
+        self.closed = True
+        if getpid() != self.pid:
+            self.rk = NULL                 # the parent's: its threads are not in this process
+            self.rkqu = NULL
+            return
+        cdef void *rk = self.rk
+        cdef void *rkqu = self.rkqu
+        self.rk = NULL
+        self.rkqu = NULL
+        with nogil:
+            if rkqu != NULL:
+                _lib.queue_destroy(rkqu)
+            _lib.consumer_close(rk)
+            _lib.destroy(rk)
+
+    def __dealloc__(self):
+        cdef void *rk = self.rk
+        cdef void *rkqu = self.rkqu
+        self.rk = NULL
+        self.rkqu = NULL
+        if not self.closed and rk != NULL and getpid() == self.pid:
+            with nogil:
+                if rkqu != NULL:
+                    _lib.queue_destroy(rkqu)
+                _lib.consumer_close(rk)
+                _lib.destroy(rk)
+        # (a child leaks its parent's handle, whose threads are not in it: nothing calls back)
+        free(self.state)
+        free(self.buf)
