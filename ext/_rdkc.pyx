@@ -266,6 +266,15 @@ cdef inline str _text(const char *s):
     return "" if s == NULL else s[:strlen(s)].decode("utf-8", "replace")
 
 
+cdef inline int _ms(double timeout) noexcept nogil:
+    """A timeout in s as librdkafka's ms: 0 for a negative one (or NaN), at most an hour."""
+    if not (timeout > 0):
+        return 0
+    if timeout > 3600:
+        return 3600000
+    return <int>(timeout * 1000)
+
+
 cdef inline int64_t _now_ns() noexcept nogil:
     cdef timespec ts
     clock_gettime(CLOCK_REALTIME, &ts)
@@ -363,7 +372,7 @@ cdef class Consumer:
         """(low, high) as the cluster says now. RuntimeError(text) when it does not answer."""
         self._check()
         cdef int64_t lo = -1, hi = -1
-        cdef int ms = <int>max(0.0, min(timeout, 3600.0) * 1000)
+        cdef int ms = _ms(timeout)
         cdef int err
         with nogil:
             err = _lib.query_watermark_offsets(self.rk, self.ctopic, self.partition, &lo, &hi, ms)
@@ -403,7 +412,7 @@ cdef class Consumer:
             n = 1
         elif n > MAX_TAKE:
             n = MAX_TAKE
-        cdef int ms = <int>max(0.0, min(timeout, 3600.0) * 1000)
+        cdef int ms = _ms(timeout)
         cdef Py_ssize_t got, more, i = 0
         cdef rd_kafka_message_t **buf = self.buf
         with nogil:

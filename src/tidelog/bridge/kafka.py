@@ -25,6 +25,7 @@ from bisect import bisect_right
 from itertools import accumulate, repeat
 from operator import itemgetter, mul
 from collections.abc import Callable, Iterator
+from types import ModuleType
 from typing import Any, Optional
 
 from tidelog import _core
@@ -33,6 +34,7 @@ from tidelog.bridge.base import (KAFKA_POSITION, OFFSET_HEADER, TIMESTAMP_HEADER
                                  BridgeError, require, stamp_of)
 from tidelog.bridge.security import SECRET_KEYS
 
+_rdkc: Optional[ModuleType]
 try:
     from tidelog.bridge import _rdkc
 except ImportError:                 # (a build without it: confluent-kafka's Messages)
@@ -477,7 +479,8 @@ def fast_unavailable() -> Optional[str]:
         return f"{FAST_ENV}=confluent"
     if _rdkc is None:
         return "tidelog.bridge._rdkc is not built"
-    return _rdkc.load()
+    why: Optional[str] = _rdkc.load()
+    return why
 
 
 def _setting(v: Any) -> str:
@@ -638,20 +641,19 @@ class KafkaSource:
         self.address = address
         self.skip_gap = skip_gap
         base = _base_config(address, opts)
-        how = dict(reset="error", backoff_ms=FETCH_BACKOFF_MS,
-                   wait_ms=None if "fetch.wait.max.ms" in opts else FETCH_WAIT_MS)
+        wait = None if "fetch.wait.max.ms" in opts else FETCH_WAIT_MS
         # one consumer asks the metadata and reads (a second one cost a connection to every
         # broker again: 20-40 ms of an ingest's fixed cost on the mock cluster); the C loop's
         # consumer is a second one, made once the metadata is known (the first closed then)
-        consumer = _consumer(self.ck, base, "tidelog-ingest", **how)
+        consumer = _consumer(self.ck, base, "tidelog-ingest", "error", wait, FETCH_BACKOFF_MS)
         self.reader: Any = None
         try:
             _metadata(self.ck, address, create, base, consumer)
             if fast_unavailable() is None:
                 consumer.close()
                 consumer = None
-                self.reader = _FastReader(_consumer_config(base, "tidelog-ingest", **how),
-                                          address)
+                self.reader = _FastReader(_consumer_config(base, "tidelog-ingest", "error",
+                                                           wait, FETCH_BACKOFF_MS), address)
             else:
                 self.reader = _ConfluentReader(self.ck, consumer, address)
         except BaseException:
@@ -672,7 +674,7 @@ class KafkaSource:
             raise BridgeError(f"Kafka topic {a.name!r} partition {a.partition} starts at "
                               f"offset {lo}: offsets {missing}..{lo - 1} were deleted (retention) "
                               f"before they were ingested; --skip-gap ingests from {lo} on")
-        return lo
+        return int(lo)
 
     def batches(self, after: Optional[int], follow: bool, stopping: Callable[[], bool],
                 max_batch: int = BATCH_MESSAGES) -> Iterator[Batch]:
