@@ -9,11 +9,12 @@ and its last reported error (`_State`), which only its own methods write.
 
 librdkafka is not a build dependency: the few prototypes and the message struct used here are
 declared below (rd_kafka_message_t is public and stable across librdkafka 1.x and 2.x), and the
-functions are looked up at run time, with dlopen(RTLD_NOLOAD) + dlsym, in the librdkafka that
-confluent-kafka has already loaded (the same library, so the same protocol behaviour and the
-same configuration keys). Where that is not possible (not Linux, no such library mapped, a
-symbol missing, a librdkafka version outside 2.x) `load()` says why and the bridge reads through
-confluent-kafka instead.
+functions are looked up at run time in the librdkafka that confluent-kafka has already loaded:
+dlopen(RTLD_NOLOAD) of confluent_kafka.cimpl's own file, then dlsym through that handle, which
+searches what cimpl loaded (the same library, so the same protocol behaviour and the same
+configuration keys). Where that is not possible (confluent-kafka missing, a symbol missing, a
+librdkafka version outside 2.x) `load()` says why and the bridge reads through confluent-kafka
+instead.
 
 GIL: released only around librdkafka calls that wait (rd_kafka_consume_batch_queue, the
 watermark query, rd_kafka_consumer_close / rd_kafka_destroy); those touch no Python object.
@@ -21,9 +22,13 @@ librdkafka calls back into this module only with C functions: the log callback (
 threads: drops every line, librdkafka must never write to stderr) and the error callback (from
 inside the consume call of the thread that waits, GIL released: it copies code and text into the
 Consumer's _State, read by Python once the call returned). A Consumer is used by one thread at a
-time (a bridge's own); a process made by fork() must not touch its parent's handle (its threads
-are not there): every method checks the pid, and a child's dealloc leaks the handle.
+time (a bridge's own): `busy` is set while a call has the GIL released, and another call on it
+meanwhile (close() included) raises instead of sharing its buffer or destroying the handle under
+it. A process made by fork() must not touch its parent's handle (its threads are not there):
+every method checks the pid, and a child's close() and dealloc leave the handle alone.
 """
+
+import os
 
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.list cimport PyList_Append
@@ -172,19 +177,11 @@ _SYMBOLS = (
 
 
 def _library_path():
-    """The librdkafka confluent-kafka loaded (a path in /proc/self/maps), or None."""
-    import confluent_kafka  # noqa: F401  (loads its librdkafka)
-    try:
-        with open("/proc/self/maps") as f:
-            for line in f:
-                i = line.find("/")
-                p = line[i:].rstrip("\n") if i >= 0 else ""
-                name = p.rsplit("/", 1)[-1]
-                if name.startswith("librdkafka") and ".so" in name:
-                    return p
-    except OSError:
-        return None
-    return None
+    """The file of confluent-kafka's own extension module (its librdkafka is among what that
+    one loaded: dlsym through its handle finds the functions there, whichever librdkafka it
+    was built against, the wheel's bundled one or a system one)."""
+    from confluent_kafka import cimpl
+    return getattr(cimpl, "__file__", None)
 
 
 cdef int _fill(void *handle) except -1:
@@ -215,9 +212,11 @@ def load():
         _why_not = f"confluent-kafka is not installed ({e})"
         return _why_not
     if path is None:
-        _why_not = "no librdkafka found mapped in this process (/proc/self/maps)"
+        _why_not = "confluent_kafka.cimpl has no file"
         return _why_not
-    cdef void *handle = dlopen(path.encode(), RTLD_NOW | RTLD_NOLOAD)
+    # (RTLD_NOLOAD: the handle of what is loaded already, never a second copy)
+    cdef bytes fpath = os.fsencode(path)
+    cdef void *handle = dlopen(fpath, RTLD_NOW | RTLD_NOLOAD)
     if handle == NULL:
         _why_not = f"{path} cannot be opened (dlopen RTLD_NOLOAD)"
         return _why_not
@@ -291,8 +290,9 @@ cdef class Consumer:
     cdef bytes topic
     cdef const char *ctopic              # topic's bytes (kept alive by it)
     cdef int32_t partition
-    cdef rd_kafka_message_t **buf
+    cdef rd_kafka_message_t **buf         # take()'s messages (MAX_TAKE pointers)
     cdef bint closed
+    cdef bint busy                        # a call waits in librdkafka (GIL released)
 
     def __cinit__(self):
         self.rk = NULL
@@ -355,6 +355,8 @@ cdef class Consumer:
             raise ValueError("the Kafka consumer is closed")
         if getpid() != self.pid:
             raise RuntimeError("the Kafka consumer belongs to the parent process (fork)")
+        if self.busy:
+            raise RuntimeError("the Kafka consumer is in use by another thread")
         return 0
 
     def assign(self, int64_t offset):
@@ -374,8 +376,10 @@ cdef class Consumer:
         cdef int64_t lo = -1, hi = -1
         cdef int ms = _ms(timeout)
         cdef int err
+        self.busy = True
         with nogil:
             err = _lib.query_watermark_offsets(self.rk, self.ctopic, self.partition, &lo, &hi, ms)
+        self.busy = False
         if err:
             raise RuntimeError(_text(_lib.err2str(err)))
         return lo, hi
@@ -415,6 +419,7 @@ cdef class Consumer:
         cdef int ms = _ms(timeout)
         cdef Py_ssize_t got, more, i = 0
         cdef rd_kafka_message_t **buf = self.buf
+        self.busy = True
         with nogil:
             if whole:
                 got = _lib.consume_batch_queue(self.rkqu, ms, buf, n)
@@ -424,6 +429,7 @@ cdef class Consumer:
                     more = _lib.consume_batch_queue(self.rkqu, 0, buf + 1, n - 1)
                     if more > 0:
                         got += more
+        self.busy = False
         if got < 0:
             raise RuntimeError("rd_kafka_consume_batch_queue failed")
         try:
@@ -480,6 +486,7 @@ cdef class Consumer:
                             raise UnreadableHeader(m.offset) from None
                         last = name
                         last_utf8 = PyUnicode_AsUTF8AndSize(last, &last_len)
+                    # (base.TIMESTAMP_HEADER: the mirrors' stamp below 1 ms)
                     if hlen_name == 17 and memcmp(hname, b"tidelog-timestamp", 17) == 0:
                         marked = True
                     val = (PyBytes_FromStringAndSize(<const char *>hval, hlen)
@@ -500,7 +507,7 @@ cdef class Consumer:
             else:
                 PyList_Append(keys, PyBytes_FromStringAndSize(<const char *>m.key, m.key_len))
             ms = _lib.message_timestamp(m, &tstype)
-            if tstype == 0 or ms == -1:          # RD_KAFKA_TIMESTAMP_NOT_AVAILABLE
+            if tstype == 0:                      # RD_KAFKA_TIMESTAMP_NOT_AVAILABLE
                 PyList_Append(stamps, PyLong_FromLongLong(_now_ns()))
             elif ms > MS_MAX or ms < -MS_MAX:    # (ns past int64: append_batch refuses it)
                 PyList_Append(stamps, PyLong_FromLongLong(ms) * 1000000)
@@ -514,6 +521,8 @@ cdef class Consumer:
         """Leave the partition and free the handle (again: nothing)."""
         if self.closed:
             return
+        if self.busy and getpid() == self.pid:
+            raise RuntimeError("the Kafka consumer is in use by another thread")
         self.closed = True
         if getpid() != self.pid:
             self.rk = NULL                 # the parent's: its threads are not in this process

@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 
 import pytest
 
@@ -252,3 +254,25 @@ def test_a_forked_child_does_not_touch_its_parents_handle(kafka_mock, tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        timeout=60, cwd=tmp_path)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+def test_a_second_thread_cannot_close_or_take_while_one_waits(kafka_mock):
+    """While one thread waits in take() (the GIL released), another's take() or close() on
+    the same Consumer raises (it would share its buffer, or destroy the handle under it)."""
+    produce(kafka_mock.bootstrap, "busy", 0, [(None, b"v", 1, [])])
+    c = consumer(kafka_mock.bootstrap, "busy")
+    c.assign(1)                                   # (past the end: take() waits)
+    waited = []
+    t = threading.Thread(target=lambda: waited.append(c.take(10, 2.0, True, [], [], [], [],
+                                                             [])))
+    t.start()
+    try:
+        time.sleep(0.5)
+        with pytest.raises(RuntimeError, match="another thread"):
+            c.close()
+        with pytest.raises(RuntimeError, match="another thread"):
+            c.take(1, 0, True, [], [], [], [], [])
+    finally:
+        t.join()
+        c.close()
+    assert waited and waited[0][0] == 0
