@@ -3,14 +3,16 @@ a stripped core, and the cibuildwheel matrix that builds every Python the classi
 
 The metadata checks read the installed distribution, so they hold for the wheel .ci/run tests as
 well as for an editable install; the matrix check reads pyproject.toml beside tests/."""
+import importlib
 import os
 import re
 import sys
 from importlib import metadata
 from pathlib import Path
 
+import pytest
+
 import tidelog
-from tidelog import _core
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHONS = ["3.9", "3.10", "3.11", "3.12", "3.13", "3.14"]
@@ -55,8 +57,11 @@ def test_cibuildwheel_builds_every_python_and_the_free_threaded_one():
     assert conf["project"]["license"] == "MIT"
 
 
-def test_the_core_carries_no_debug_info():
-    data = Path(_core.__file__).read_bytes()
+@pytest.mark.parametrize("module", ["tidelog._core", "tidelog.bridge._rdkc"])
+def test_the_compiled_modules_carry_no_debug_info(module):
+    """The core, and the Kafka ingest's C loop (a wheel carries it on every target: it needs
+    no librdkafka to build or to import, only confluent-kafka's at run time)."""
+    data = Path(importlib.import_module(module).__file__).read_bytes()
     if b"__asan_init" in data:          # TIDELOG_DEBUG=1: a sanitizer build keeps -g on purpose
         return
     # ELF section names (.debug_info, .symtab) or Mach-O's (__debug_info) of a build with -g
