@@ -135,7 +135,7 @@ def kafka_mock():
 def kafka_read(request, monkeypatch):
     """How a Kafka ingest of the test reads, in this process and its children: "c" (the
     default: tidelog.bridge._rdkc's C loop on confluent-kafka's librdkafka, which must load
-    here) or "confluent" (confluent-kafka's Messages: TIDELOG_KAFKA_CONSUMER=confluent, as
+    here) or "confluent" (confluent-kafka's Messages: TIDELOG_INGEST_KAFKA=confluent, as
     where the C loop cannot load)."""
     from tidelog.bridge import kafka
     if request.param == "confluent":

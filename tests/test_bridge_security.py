@@ -25,7 +25,8 @@ import pytest
 
 import tidelog
 
-from bridgekit import BIN, KafkaGate, Tansu, cli, free_port, spawn_cli, wait_port
+from bridgekit import (BIN, KafkaGate, Tansu, cli, free_port, kafka_read, spawn_cli,  # noqa: F401
+                       wait_port)
 
 TOKEN = "tok-3f9a1c77d2"
 PASSWORD = "pw-8e41b02a5c"
@@ -380,7 +381,7 @@ def kafka_env(pki, password=KAFKA_PASSWORD, ca="ca", **kw):
     return env(**e)
 
 
-def test_kafka_sasl_ssl_round_trip(kafka_gate, pki, log_path, tmp_path):
+def test_kafka_sasl_ssl_round_trip(kafka_read, kafka_gate, pki, log_path, tmp_path):
     """SASL/PLAIN over TLS: settings from environment variables get a mirror in; from a --config
     file of librdkafka settings (the password in the file) an ingest back out: same records."""
     url = kafka_gate.url("SEC")

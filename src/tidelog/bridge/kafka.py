@@ -468,8 +468,10 @@ class KafkaTarget:
         self.producer.flush(5)
 
 
-FAST_ENV = "TIDELOG_KAFKA_CONSUMER"   # "confluent": an ingest reads through confluent-kafka
-                                     # even where _rdkc's C loop is available (tests, a doubt)
+FAST_ENV = "TIDELOG_INGEST_KAFKA"   # "confluent": an ingest reads through confluent-kafka
+                                    # even where _rdkc's C loop is available (tests, a doubt);
+                                    # not TIDELOG_KAFKA_*: those are client settings
+                                    # (security.py)
 
 
 def fast_unavailable() -> Optional[str]:
