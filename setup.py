@@ -36,7 +36,7 @@ rdkc = Extension(
     ["ext/_rdkc.pyx"],
     extra_compile_args=cflags,
     extra_link_args=ldflags,
-    libraries=["dl"] if sys.platform.startswith("linux") else [],
+    libraries=["dl", "pthread"] if sys.platform.startswith("linux") else [],
 )
 
 setup(ext_modules=cythonize([ext, rdkc], include_path=["ext"],

@@ -4,8 +4,8 @@ confluent-kafka Message per message (each cost ~0.8 us to make and ~0.3 us more 
 headers: most of an ingest's time at 100 B values).
 
 Owns: the librdkafka function pointers (`_lib`, written once by `load()`, under the GIL, and
-only read afterwards), and per Consumer one rd_kafka_t consumer handle with its consumer queue
-and its last reported error (`_State`), which only its own methods write.
+only read afterwards), and per Consumer one rd_kafka_t consumer handle with its consumer queue, its
+last reported error and its pump (`_State`), which only its own methods and its pump write.
 
 librdkafka is not a build dependency: the few prototypes and the message struct used here are
 declared below (rd_kafka_message_t is public and stable across librdkafka 1.x and 2.x), and the
@@ -16,16 +16,23 @@ configuration keys). Where that is not possible (confluent-kafka missing, a symb
 librdkafka version outside 2.x) `load()` says why and the bridge reads through confluent-kafka
 instead.
 
-GIL: released only around librdkafka calls that wait (rd_kafka_consume_batch_queue, the
-watermark query, rd_kafka_consumer_close / rd_kafka_destroy); those touch no Python object.
-librdkafka calls back into this module only with C functions: the log callback (from its own
-threads: drops every line, librdkafka must never write to stderr) and the error callback (from
-inside the consume call of the thread that waits, GIL released: it copies code and text into the
-Consumer's _State, read by Python once the call returned). A Consumer is used by one thread at a
-time (a bridge's own): `busy` is set while a call has the GIL released, and another call on it
-meanwhile (close() included) raises instead of sharing its buffer or destroying the handle under
-it. A process made by fork() must not touch its parent's handle (its threads are not there):
-every method checks the pid, and a child's close() and dealloc leave the handle alone.
+GIL: released only around calls that wait (take()'s wait for messages, the watermark query,
+assign()/close() stopping the pump, rd_kafka_consumer_close / rd_kafka_destroy); those touch no
+Python object. A Consumer has a thread of its own, the pump (C only, never holding the GIL): it
+takes messages off librdkafka's consumer queue (rd_kafka_consume_batch_queue), parses their
+headers and puts them in a ring, and destroys those take() is done with, so that librdkafka's own
+per-message costs (its serving of the queue, header parsing, frees) run beside the caller's
+thread, which makes the Python objects; the ring, the hand-back list and the error are guarded by
+_State.lock, held only for copies of pointers. assign() and close() stop and join the pump (and
+drop what it held) before they touch the assignment or the handle. librdkafka calls back into
+this module only with C functions: the log callback (from its own threads: drops every line,
+librdkafka must never write to stderr) and the error callback (from inside the pump's consume
+call, or close()'s: it copies code and text into _State under its lock). A Consumer is used by
+one thread at a time (a bridge's own): `busy` is set while a call has the GIL released, and
+another call on it meanwhile (close() included) raises instead of sharing its buffer or stopping
+the pump under it. A process made by fork() must not touch its parent's handle (its threads, the
+pump's too, are not there, and the lock may have been held): every method checks the pid, and a
+child's close() and dealloc leave the handle, the lock and the messages alone.
 """
 
 import os
@@ -35,8 +42,8 @@ from cpython.list cimport PyList_Append
 from cpython.long cimport PyLong_FromLongLong
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_DecodeUTF8
 from libc.stdint cimport int32_t, int64_t
-from libc.stdlib cimport free, malloc
-from libc.string cimport memcmp, strlen, strncpy
+from libc.stdlib cimport calloc, free, malloc
+from libc.string cimport memcmp, memcpy, strlen, strncpy
 from posix.unistd cimport getpid, pid_t
 
 cdef extern from "<dlfcn.h>" nogil:
@@ -46,6 +53,29 @@ cdef extern from "<dlfcn.h>" nogil:
     int RTLD_NOW
     int RTLD_NOLOAD
 
+cdef extern from "<errno.h>" nogil:
+    int ETIMEDOUT
+
+cdef extern from "<pthread.h>" nogil:
+    ctypedef struct pthread_mutex_t:
+        pass
+    ctypedef struct pthread_cond_t:
+        pass
+    ctypedef struct pthread_t:
+        pass
+    ctypedef void *(*start_f)(void *) noexcept nogil
+    int pthread_mutex_init(pthread_mutex_t *m, const void *attr)
+    int pthread_mutex_destroy(pthread_mutex_t *m)
+    int pthread_mutex_lock(pthread_mutex_t *m)
+    int pthread_mutex_unlock(pthread_mutex_t *m)
+    int pthread_cond_init(pthread_cond_t *c, const void *attr)
+    int pthread_cond_destroy(pthread_cond_t *c)
+    int pthread_cond_signal(pthread_cond_t *c)
+    int pthread_cond_broadcast(pthread_cond_t *c)
+    int pthread_cond_wait(pthread_cond_t *c, pthread_mutex_t *m)
+    int pthread_create(pthread_t *t, const void *attr, start_f run, void *arg)
+    int pthread_join(pthread_t t, void **ret)
+
 cdef extern from "<time.h>" nogil:
     ctypedef long time_t
     struct timespec:
@@ -53,6 +83,9 @@ cdef extern from "<time.h>" nogil:
         long tv_nsec
     int clock_gettime(int clk, timespec *ts)
     int CLOCK_REALTIME
+
+cdef extern from "<pthread.h>" nogil:
+    int pthread_cond_timedwait(pthread_cond_t *c, pthread_mutex_t *m, const timespec *t)
 
 
 # ------------------------------------------------------------------ librdkafka's C API (rdkafka.h)
@@ -75,7 +108,10 @@ cdef enum:
     ERR_PARTITION_EOF = -191            # RD_KAFKA_RESP_ERR__PARTITION_EOF
     ERR_AUTO_OFFSET_RESET = -140        # RD_KAFKA_RESP_ERR__AUTO_OFFSET_RESET
     ERRSTR = 512
-    MAX_TAKE = 100000                   # messages per take(), at most
+    MAX_TAKE = 4096                     # messages per take(), at most
+    RING = 8192                         # messages the pump holds for take(), at most
+    PUMP_CHUNK = 512                    # messages the pump takes from librdkafka at a time
+    PUMP_WAIT_MS = 100                  # how long it waits for one (a stop wakes it sooner)
 
 cdef int64_t MS_MAX = 9223372036854        # ms whose ns still fit in an int64
 
@@ -98,6 +134,7 @@ ctypedef int (*consumer_close_f)(void *rk) noexcept nogil
 ctypedef int (*poll_set_consumer_f)(void *rk) noexcept nogil
 ctypedef void *(*queue_get_consumer_f)(void *rk) noexcept nogil
 ctypedef void (*queue_destroy_f)(void *rkqu) noexcept nogil
+ctypedef void (*queue_yield_f)(void *rkqu) noexcept nogil
 ctypedef Py_ssize_t (*consume_batch_queue_f)(void *rkqu, int timeout_ms,
                                              rd_kafka_message_t **msgs,
                                              size_t size) noexcept nogil
@@ -145,6 +182,7 @@ ctypedef struct Lib:
     assign_f assign
     query_wm_f query_watermark_offsets
     get_wm_f get_watermark_offsets
+    queue_yield_f queue_yield
 
 cdef Lib _lib
 cdef bint _loaded = False
@@ -173,6 +211,7 @@ _SYMBOLS = (
     ("assign", "rd_kafka_assign"),
     ("query_watermark_offsets", "rd_kafka_query_watermark_offsets"),
     ("get_watermark_offsets", "rd_kafka_get_watermark_offsets"),
+    ("queue_yield", "rd_kafka_queue_yield"),
 )
 
 
@@ -237,8 +276,26 @@ def load():
 # ------------------------------------------------------------------ callbacks (C only)
 
 ctypedef struct _State:
+    # under `lock`: error_cb runs on the pump's thread, last_error() on the caller's
+    pthread_mutex_t lock
+    pthread_cond_t ready        # take(): messages came
+    pthread_cond_t room         # the pump: room in the ring, messages to destroy, or stop
     int err                     # the last error error_cb reported (0: none)
     char text[ERRSTR]           # its text, NUL-terminated
+    # the pump: a thread of ours that takes librdkafka's messages off the consumer queue and
+    # parses their headers (librdkafka's costs per message, off the caller's thread), into a
+    # ring take() pops under `lock`; take() hands the messages it made columns of back on
+    # `dead`, which the pump destroys (their frees off the caller's thread too)
+    pthread_t thread
+    bint running                # the thread was started and not yet joined
+    bint stop                   # asked to end
+    void *rkqu
+    rd_kafka_message_t **ring   # RING pointers, circular: from head, count of them
+    Py_ssize_t head
+    Py_ssize_t count
+    rd_kafka_message_t **dead   # RING pointers to destroy, ndead of them
+    rd_kafka_message_t **spare  # the pump's own: swapped with dead to destroy outside lock
+    Py_ssize_t ndead
 
 
 cdef void _drop_log(const void *rk, int level, const char *fac, const char *buf) noexcept nogil:
@@ -246,15 +303,136 @@ cdef void _drop_log(const void *rk, int level, const char *fac, const char *buf)
 
 
 cdef void _note_error(void *rk, int err, const char *reason, void *opaque) noexcept nogil:
+    # (from inside a librdkafka call that serves the queue: the pump's, or close()'s; neither
+    # holds st.lock meanwhile)
     cdef _State *st = <_State *>opaque
     if st == NULL:
         return
+    pthread_mutex_lock(&st.lock)
     st.err = err
     if reason == NULL:
         st.text[0] = 0
     else:
         strncpy(st.text, reason, ERRSTR - 1)
         st.text[ERRSTR - 1] = 0
+    pthread_mutex_unlock(&st.lock)
+
+
+cdef void *_pump(void *arg) noexcept nogil:
+    """The pump's thread: until asked to stop, messages from librdkafka into the ring (never
+    more than RING), their headers parsed; the messages take() is done with, destroyed."""
+    cdef _State *p = <_State *>arg
+    cdef rd_kafka_message_t *got_[PUMP_CHUNK]
+    cdef rd_kafka_message_t **swap
+    cdef Py_ssize_t got, more, i, nd
+    cdef bint full
+    cdef void *hdrs
+    while True:
+        pthread_mutex_lock(&p.lock)
+        while not p.stop and p.count > RING - PUMP_CHUNK and p.ndead == 0:
+            pthread_cond_wait(&p.room, &p.lock)
+        if p.stop:
+            pthread_mutex_unlock(&p.lock)
+            return NULL
+        swap = p.dead
+        p.dead = p.spare
+        p.spare = swap
+        nd = p.ndead
+        p.ndead = 0
+        full = p.count > RING - PUMP_CHUNK
+        pthread_mutex_unlock(&p.lock)
+        for i in range(nd):
+            _lib.message_destroy(p.spare[i])
+        if full:
+            continue
+        # the first message waited for, the rest taken as they are (a wait for a whole chunk
+        # would hold back what came: a following ingest's latency)
+        got = _lib.consume_batch_queue(p.rkqu, PUMP_WAIT_MS, got_, 1)
+        if got == 1:
+            more = _lib.consume_batch_queue(p.rkqu, 0, got_ + 1, PUMP_CHUNK - 1)
+            if more > 0:
+                got += more
+        if got <= 0:
+            continue
+        for i in range(got):
+            if got_[i].err == 0:
+                _lib.message_headers(got_[i], &hdrs)      # (parsed now, kept in the message)
+        pthread_mutex_lock(&p.lock)
+        for i in range(got):
+            p.ring[(p.head + p.count + i) % RING] = got_[i]
+        p.count += got
+        pthread_cond_signal(&p.ready)
+        pthread_mutex_unlock(&p.lock)
+
+
+cdef void _pump_stop(_State *p) noexcept nogil:
+    """Stop the pump and drop what it holds (messages of the position read so far)."""
+    cdef bint running
+    cdef Py_ssize_t i
+    pthread_mutex_lock(&p.lock)
+    running = p.running
+    p.stop = True
+    pthread_cond_broadcast(&p.room)
+    pthread_mutex_unlock(&p.lock)
+    if running:
+        _lib.queue_yield(p.rkqu)             # (wakes a wait of the pump in librdkafka)
+        pthread_join(p.thread, NULL)
+    pthread_mutex_lock(&p.lock)
+    p.running = False
+    for i in range(p.count):
+        _lib.message_destroy(p.ring[(p.head + i) % RING])
+    for i in range(p.ndead):
+        _lib.message_destroy(p.dead[i])
+    p.head = p.count = p.ndead = 0
+    pthread_mutex_unlock(&p.lock)
+
+
+cdef bint _pump_take(_State *p, rd_kafka_message_t **buf, Py_ssize_t n, Py_ssize_t need,
+                     int ms, Py_ssize_t *got) noexcept nogil:
+    """Up to n messages of the ring into buf, waiting up to ms for `need` of them (the pump
+    started if it is not running). False: the pump's thread could not be started."""
+    cdef timespec deadline
+    cdef Py_ssize_t i, k
+    cdef int64_t ns
+    pthread_mutex_lock(&p.lock)
+    if not p.running:
+        p.stop = False
+        if pthread_create(&p.thread, NULL, _pump, p) != 0:
+            pthread_mutex_unlock(&p.lock)
+            return False
+        p.running = True
+    if p.count < need and ms > 0:
+        clock_gettime(CLOCK_REALTIME, &deadline)
+        ns = deadline.tv_nsec + <int64_t>(ms % 1000) * 1000000
+        deadline.tv_sec += ms // 1000 + ns // 1000000000
+        deadline.tv_nsec = ns % 1000000000
+        while p.count < need:
+            if pthread_cond_timedwait(&p.ready, &p.lock, &deadline) == ETIMEDOUT:
+                break
+    k = p.count if p.count < n else n
+    for i in range(k):
+        buf[i] = p.ring[(p.head + i) % RING]
+    p.head = (p.head + k) % RING
+    p.count -= k
+    pthread_cond_signal(&p.room)
+    pthread_mutex_unlock(&p.lock)
+    got[0] = k
+    return True
+
+
+cdef void _pump_give_back(_State *p, rd_kafka_message_t **buf, Py_ssize_t n) noexcept nogil:
+    """Messages take() is done with: for the pump to destroy (here when its list is full)."""
+    cdef Py_ssize_t i
+    pthread_mutex_lock(&p.lock)
+    if p.running and p.ndead + n <= RING:
+        for i in range(n):
+            p.dead[p.ndead + i] = buf[i]
+        p.ndead += n
+        pthread_cond_signal(&p.room)
+        n = 0
+    pthread_mutex_unlock(&p.lock)
+    for i in range(n):
+        _lib.message_destroy(buf[i])
 
 
 class UnreadableHeader(Exception):
@@ -299,14 +477,25 @@ cdef class Consumer:
         self.rkqu = NULL
         self.buf = NULL
         self.closed = True
-        self.state = <_State *>malloc(sizeof(_State))
-        if self.state == NULL:
-            raise MemoryError()
-        self.state.err = 0
-        self.state.text[0] = 0
         self.buf = <rd_kafka_message_t **>malloc(MAX_TAKE * sizeof(rd_kafka_message_t *))
         if self.buf == NULL:
             raise MemoryError()
+        cdef _State *st = <_State *>calloc(1, sizeof(_State))
+        if st == NULL:
+            raise MemoryError()
+        st.ring = <rd_kafka_message_t **>malloc(RING * sizeof(rd_kafka_message_t *))
+        st.dead = <rd_kafka_message_t **>malloc(RING * sizeof(rd_kafka_message_t *))
+        st.spare = <rd_kafka_message_t **>malloc(RING * sizeof(rd_kafka_message_t *))
+        if (st.ring == NULL or st.dead == NULL or st.spare == NULL or
+                pthread_mutex_init(&st.lock, NULL) != 0):
+            free(st.ring)
+            free(st.dead)
+            free(st.spare)
+            free(st)
+            raise MemoryError()
+        pthread_cond_init(&st.ready, NULL)
+        pthread_cond_init(&st.room, NULL)
+        self.state = st
 
     def __init__(self, dict settings not None, str topic not None, int partition):
         """`settings`: name -> str value (librdkafka's configuration keys). ValueError for a
@@ -343,6 +532,7 @@ cdef class Consumer:
         self.closed = False
         _lib.poll_set_consumer(self.rk)
         self.rkqu = _lib.queue_get_consumer(self.rk)
+        self.state.rkqu = self.rkqu
         self.topic = topic.encode()
         if b"\0" in self.topic:
             self.close()
@@ -362,6 +552,8 @@ cdef class Consumer:
     def assign(self, int64_t offset):
         """Read the partition from `offset` on (again: a new position)."""
         self._check()
+        with nogil:
+            _pump_stop(self.state)           # (what it holds is of the old position)
         cdef void *tpl = _lib.tpl_new(1)
         _lib.tpl_add(tpl, self.topic, self.partition)
         _lib.tpl_set_offset(tpl, self.topic, self.partition, offset)
@@ -395,9 +587,15 @@ cdef class Consumer:
     def last_error(self):
         """(name, text) of the last error librdkafka reported through error_cb, or None."""
         self._check()
-        if self.state.err == 0:
+        cdef int err
+        cdef char text[ERRSTR]
+        pthread_mutex_lock(&self.state.lock)
+        err = self.state.err
+        memcpy(text, self.state.text, ERRSTR)
+        pthread_mutex_unlock(&self.state.lock)
+        if err == 0:
             return None
-        return _text(_lib.err2name(self.state.err)), _text(self.state.text)
+        return _text(_lib.err2name(err)), _text(text)
 
     def take(self, Py_ssize_t n, double timeout, bint whole, list offsets not None,
              list values not None, list keys not None, list stamps not None,
@@ -417,26 +615,21 @@ cdef class Consumer:
         elif n > MAX_TAKE:
             n = MAX_TAKE
         cdef int ms = _ms(timeout)
-        cdef Py_ssize_t got, more, i = 0
+        cdef Py_ssize_t got = 0
+        cdef Py_ssize_t need = n if whole else 1
+        cdef bint ok
         cdef rd_kafka_message_t **buf = self.buf
         self.busy = True
         with nogil:
-            if whole:
-                got = _lib.consume_batch_queue(self.rkqu, ms, buf, n)
-            else:
-                got = _lib.consume_batch_queue(self.rkqu, ms, buf, 1)
-                if got == 1 and n > 1:
-                    more = _lib.consume_batch_queue(self.rkqu, 0, buf + 1, n - 1)
-                    if more > 0:
-                        got += more
+            ok = _pump_take(self.state, buf, n, need, ms, &got)
         self.busy = False
-        if got < 0:
-            raise RuntimeError("rd_kafka_consume_batch_queue failed")
+        if not ok:
+            raise RuntimeError("cannot start the Kafka reading thread")
         try:
             return self._columns(got, offsets, values, keys, stamps, headers)
         finally:
-            for i in range(got):
-                _lib.message_destroy(buf[i])
+            with nogil:
+                _pump_give_back(self.state, buf, got)
 
     cdef tuple _columns(self, Py_ssize_t got, list offsets, list values, list keys,
                         list stamps, list headers):
@@ -533,6 +726,7 @@ cdef class Consumer:
         self.rk = NULL
         self.rkqu = NULL
         with nogil:
+            _pump_stop(self.state)
             if rkqu != NULL:
                 _lib.queue_destroy(rkqu)
             _lib.consumer_close(rk)
@@ -543,12 +737,24 @@ cdef class Consumer:
         cdef void *rkqu = self.rkqu
         self.rk = NULL
         self.rkqu = NULL
-        if not self.closed and rk != NULL and getpid() == self.pid:
+        cdef _State *st = self.state
+        cdef bint mine = self.pid == 0 or getpid() == self.pid
+        if not self.closed and rk != NULL and mine:
             with nogil:
+                _pump_stop(st)
                 if rkqu != NULL:
                     _lib.queue_destroy(rkqu)
                 _lib.consumer_close(rk)
                 _lib.destroy(rk)
-        # (a child leaks its parent's handle, whose threads are not in it: nothing calls back)
-        free(self.state)
+        # (a child leaks its parent's handle and the messages its pump held, whose threads
+        # are not in it: nothing calls back; its lock may have been held at the fork)
+        if st != NULL:
+            if mine:
+                pthread_cond_destroy(&st.ready)
+                pthread_cond_destroy(&st.room)
+                pthread_mutex_destroy(&st.lock)
+            free(st.ring)
+            free(st.dead)
+            free(st.spare)
+            free(st)
         free(self.buf)
