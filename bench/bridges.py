@@ -253,11 +253,15 @@ def one_round(system, where, size, n, tmp, k):
     def ingest_confluent():
         # the same ingest reading through confluent-kafka's Messages (as where _rdkc's C loop
         # cannot load): the row's "confluent path" figure
+        was = os.environ.get(FAST_ENV)
         os.environ[FAST_ENV] = "confluent"
         try:
             ingest("ingest confluent")
         finally:
-            del os.environ[FAST_ENV]
+            if was is None:
+                del os.environ[FAST_ENV]
+            else:
+                os.environ[FAST_ENV] = was
 
     steps = [raw_loop, ingest]
     if system != "nats" and fast_unavailable() is None:
