@@ -276,3 +276,43 @@ def test_a_second_thread_cannot_close_or_take_while_one_waits(kafka_mock):
         t.join()
         c.close()
     assert waited and waited[0][0] == 0
+
+
+def test_consumers_made_read_and_dropped_in_a_loop(kafka_mock, tmp_path):
+    """The pump started by a take(), then stopped by assign() again, close(), or the dealloc of
+    a Consumer dropped unclosed (here and at interpreter exit): no hang, no crash, nothing on
+    stderr, and each reads from where it was assigned."""
+    produce(kafka_mock.bootstrap, "loop", 0, [(None, b"v%d" % i, 1 + i, []) for i in range(20)])
+    for i in range(12):
+        c = consumer(kafka_mock.bootstrap, "loop")
+        cols = ([], [], [], [], [])
+        c.assign(i % 20)
+        for _ in range(50):
+            if c.take(5, 0.1, False, *cols)[0]:
+                break
+        assert cols[0][0] == i % 20
+        c.assign(0)
+        cols = ([], [], [], [], [])
+        for _ in range(50):
+            if c.take(1, 0.1, True, *cols)[0]:
+                break
+        assert cols[0] == [0]
+        if i % 2:
+            c.close()
+        del c                                   # (the others: dealloc stops the pump)
+    code = textwrap.dedent(f"""
+        import sys
+        sys.path[:0] = {sys.path!r}
+        from tidelog.bridge import _rdkc
+        assert _rdkc.load() is None
+        c = _rdkc.Consumer({{"bootstrap.servers": {kafka_mock.bootstrap!r}, "group.id": "t"}},
+                           "loop", 0)
+        c.assign(0)
+        cols = ([], [], [], [], [])
+        while not cols[0]:
+            c.take(5, 0.1, False, *cols)
+        print(cols[0][0])                       # (exits with the pump running, unclosed)
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=60, cwd=tmp_path)
+    assert (r.returncode, r.stdout.strip(), r.stderr) == (0, "0", "")
