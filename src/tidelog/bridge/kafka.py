@@ -645,22 +645,29 @@ class KafkaSource:
         base = _base_config(address, opts)
         wait = None if "fetch.wait.max.ms" in opts else FETCH_WAIT_MS
         # one consumer asks the metadata and reads (a second one cost a connection to every
-        # broker again: 20-40 ms of an ingest's fixed cost on the mock cluster); the C loop's
-        # consumer is a second one, made once the metadata is known (the first closed then)
+        # broker again: 20-40 ms of an ingest's fixed cost on the mock cluster). The C loop's
+        # consumer is a second one: made before the metadata is asked, so that its connections
+        # come up meanwhile (made after it, the first batch came 50-700 ms later on the mock
+        # cluster), and the first one closed once the metadata is known
         consumer = _consumer(self.ck, base, "tidelog-ingest", "error", wait, FETCH_BACKOFF_MS)
         self.reader: Any = None
+        fast: Optional[_FastReader] = None
         try:
-            _metadata(self.ck, address, create, base, consumer)
             if fast_unavailable() is None:
+                fast = _FastReader(_consumer_config(base, "tidelog-ingest", "error", wait,
+                                                    FETCH_BACKOFF_MS), address)
+            _metadata(self.ck, address, create, base, consumer)
+            if fast is not None:
                 consumer.close()
                 consumer = None
-                self.reader = _FastReader(_consumer_config(base, "tidelog-ingest", "error",
-                                                           wait, FETCH_BACKOFF_MS), address)
+                self.reader = fast
             else:
                 self.reader = _ConfluentReader(self.ck, consumer, address)
         except BaseException:
             if consumer is not None:
                 consumer.close()
+            if fast is not None:
+                fast.close()
             raise
 
     def _gap(self, missing: int) -> int:
