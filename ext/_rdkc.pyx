@@ -113,6 +113,10 @@ cdef enum:
     PUMP_CHUNK = 512                    # messages the pump takes from librdkafka at a time
     PUMP_WAIT_MS = 100                  # how long it waits for one (a stop wakes it sooner)
 
+cdef size_t RING_BYTES = 32 << 20       # the ring's values and keys, about, at most: once taken
+                                        # off librdkafka's queue, its queued.max.messages.kbytes
+                                        # no longer counts them (8192 x 1 MB would be 8 GB)
+
 cdef int64_t MS_MAX = 9223372036854        # ms whose ns still fit in an int64
 
 ctypedef void (*error_cb_t)(void *rk, int err, const char *reason, void *opaque) noexcept nogil
@@ -296,6 +300,8 @@ ctypedef struct _State:
     rd_kafka_message_t **dead   # RING pointers to destroy, ndead of them
     rd_kafka_message_t **spare  # the pump's own: swapped with dead to destroy outside lock
     Py_ssize_t ndead
+    size_t bytes                # the ring's messages' values and keys
+    size_t mean                 # the last chunk's bytes per message (a first guess: 1 MiB)
 
 
 cdef void _drop_log(const void *rk, int level, const char *fac, const char *buf) noexcept nogil:
@@ -324,12 +330,14 @@ cdef void *_pump(void *arg) noexcept nogil:
     cdef _State *p = <_State *>arg
     cdef rd_kafka_message_t *got_[PUMP_CHUNK]
     cdef rd_kafka_message_t **swap
-    cdef Py_ssize_t got, more, i, nd
+    cdef Py_ssize_t got, more, i, nd, chunk
+    cdef size_t size
     cdef bint full
     cdef void *hdrs
     while True:
         pthread_mutex_lock(&p.lock)
-        while not p.stop and p.count > RING - PUMP_CHUNK and p.ndead == 0:
+        while (not p.stop and p.ndead == 0 and
+               (p.count > RING - PUMP_CHUNK or p.bytes >= RING_BYTES)):
             pthread_cond_wait(&p.room, &p.lock)
         if p.stop:
             pthread_mutex_unlock(&p.lock)
@@ -339,7 +347,13 @@ cdef void *_pump(void *arg) noexcept nogil:
         p.spare = swap
         nd = p.ndead
         p.ndead = 0
-        full = p.count > RING - PUMP_CHUNK
+        full = p.count > RING - PUMP_CHUNK or p.bytes >= RING_BYTES
+        # as many as RING_BYTES leaves room for, at the last chunk's mean size
+        chunk = (RING_BYTES - p.bytes) // p.mean if not full else 0
+        if chunk > PUMP_CHUNK:
+            chunk = PUMP_CHUNK
+        elif chunk < 1:
+            chunk = 1
         pthread_mutex_unlock(&p.lock)
         for i in range(nd):
             _lib.message_destroy(p.spare[i])
@@ -348,21 +362,30 @@ cdef void *_pump(void *arg) noexcept nogil:
         # the first message waited for, the rest taken as they are (a wait for a whole chunk
         # would hold back what came: a following ingest's latency)
         got = _lib.consume_batch_queue(p.rkqu, PUMP_WAIT_MS, got_, 1)
-        if got == 1:
-            more = _lib.consume_batch_queue(p.rkqu, 0, got_ + 1, PUMP_CHUNK - 1)
+        if got == 1 and chunk > 1:
+            more = _lib.consume_batch_queue(p.rkqu, 0, got_ + 1, chunk - 1)
             if more > 0:
                 got += more
         if got <= 0:
             continue
+        size = 0
         for i in range(got):
+            size += _size(got_[i])
             if got_[i].err == 0:
                 _lib.message_headers(got_[i], &hdrs)      # (parsed now, kept in the message)
         pthread_mutex_lock(&p.lock)
         for i in range(got):
             p.ring[(p.head + p.count + i) % RING] = got_[i]
         p.count += got
+        p.bytes += size
+        p.mean = size // got + 64
         pthread_cond_signal(&p.ready)
         pthread_mutex_unlock(&p.lock)
+
+
+cdef inline size_t _size(const rd_kafka_message_t *m) noexcept nogil:
+    """What a message weighs in the ring: its value and key (an error's text)."""
+    return m.len + (m.key_len if m.key != NULL else 0)
 
 
 cdef void _pump_stop(_State *p) noexcept nogil:
@@ -383,7 +406,7 @@ cdef void _pump_stop(_State *p) noexcept nogil:
         _lib.message_destroy(p.ring[(p.head + i) % RING])
     for i in range(p.ndead):
         _lib.message_destroy(p.dead[i])
-    p.head = p.count = p.ndead = 0
+    p.head = p.count = p.ndead = p.bytes = 0
     pthread_mutex_unlock(&p.lock)
 
 
@@ -412,6 +435,7 @@ cdef bint _pump_take(_State *p, rd_kafka_message_t **buf, Py_ssize_t n, Py_ssize
     k = p.count if p.count < n else n
     for i in range(k):
         buf[i] = p.ring[(p.head + i) % RING]
+        p.bytes -= _size(buf[i])
     p.head = (p.head + k) % RING
     p.count -= k
     pthread_cond_signal(&p.room)
@@ -495,6 +519,7 @@ cdef class Consumer:
             raise MemoryError()
         pthread_cond_init(&st.ready, NULL)
         pthread_cond_init(&st.room, NULL)
+        st.mean = 1 << 20
         self.state = st
 
     def __init__(self, dict settings not None, str topic not None, int partition):
