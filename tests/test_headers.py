@@ -309,6 +309,19 @@ def test_headers_past_a_record_are_refused_before_any_copy(log_path, shape):
         assert log.end_offset == 0
 
 
+@pytest.mark.parametrize("form", [list, tuple])
+def test_headers_and_int_headers_past_the_bound_together_are_refused(log_path, form):
+    """2**24 pairs (the most a record holds, FORMAT.md §2) and an int_headers column: 2**24 + 1
+    headers, refused whatever the form of the pairs (was: an exact list took pack_exact with
+    its own pairs counted alone, and the record was written with 2**24 + 1 headers)."""
+    with tidelog.open(log_path) as log:
+        with pytest.raises(ValueError, match=r"^headers\[0\]: 16777217 headers; at most "
+                                             r"16777216 per record$"):
+            log.append_batch([b"v"], headers=[form([("a", b"")] * (1 << 24))],
+                             int_headers={"p": [7]})
+        assert log.end_offset == 0
+
+
 # ---- append_batch(int_headers=): a column of ints, one header per record, packed in C
 
 INT64_EDGES = [0, 1, -1, 9, 10, 99, 100, -10, 2**31, 2**32 + 1, 2**63 - 1, -2**63,
