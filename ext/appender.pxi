@@ -363,6 +363,12 @@ cdef object int64_column(object seq, Py_ssize_t n, str arg, str noun, str what):
         return arr
     arr = np.asarray(seq)
     if arr.ndim != 1 or (arr.dtype.kind not in "iu" and arr.size):
+        # ints of which one is beyond int64 convert to objects or to floats: name it (was:
+        # "expected a sequence of ints", of a list of ints; only on this failure path)
+        if arr.ndim == 1:
+            for i, x in enumerate(arr if arr.dtype.hasobject else seq):
+                if type(x) is int and not -0x8000000000000000 <= x <= 0x7FFFFFFFFFFFFFFF:
+                    raise ValueError(f"{arg}[{i}]: {x} is beyond the int64 range")
         raise TypeError(f"{arg}: expected a sequence of {what}")
     if len(arr) != n:
         raise ValueError(f"{arg}: {len(arr)} {noun} for {n} values")

@@ -50,9 +50,11 @@ cdef object pack_headers(object h, Py_ssize_t idx, Item* it, const IntCol* cols=
         pairs = <tuple>h
     elif type(h) is list:
         # an exact list of exact pairs packs from the list itself (pack_exact runs no Python
-        # code, so nothing can change the list under it): the copy cost ~35 ns a record
+        # code, so nothing can change the list under it): the copy cost ~35 ns a record. The
+        # int columns' headers count too (was: n alone, so a list of 2**24 pairs with an
+        # int_headers column packed 2**24 + 1 headers, past the format's bound)
         n = PyList_GET_SIZE(h)
-        if 0 < n <= MAX_RECORD_HEADERS:
+        if 0 < n and n + m <= MAX_RECORD_HEADERS:
             blob = pack_exact(h, n, idx, it, cols, m)
             if blob is not None:
                 return blob

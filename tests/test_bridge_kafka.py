@@ -566,3 +566,28 @@ def test_c_loop_ends_the_ingest_on_an_error_event_with_its_text(kafka_mock, tmp_
             assert (bytes(rec.value), rec.timestamp) == (b"v%d" % off,
                                                          (1_600_000_000_000 + off) * 10**6)
             assert rec.headers == [("h", b"%d" % off), ("kafka-offset", b"%d" % off)]
+
+
+def test_ingest_of_a_timestamp_beyond_a_records_range_is_a_one_line_error_naming_it(
+        kafka_read, kafka_mock, tmp_path):
+    """Kafka timestamps are int64 ms: ms * 10**6 fits a record's int64 ns only up to
+    9223372036854 ms (2262) and down to -9223372036854. Those edges ingest exactly; one beyond
+    them is a one-line error naming its offset and stamp, its batch not appended (was:
+    "timestamps: expected a sequence of ints (ns since the epoch)", of no message)."""
+    edge, over = 9_223_372_036_854, 9_223_372_036_855
+    fits = [(None, b"v%d" % i, ms, None) for i, ms in enumerate([1, edge, -edge, -1])]
+    produce(kafka_mock.bootstrap, "edge", 0, fits)
+    r = cli("ingest", kafka_mock.url("edge"), tmp_path / "edge")
+    assert r.returncode == 0, r.stderr
+    with tidelog.open(str(tmp_path / "edge"), readonly=True) as log:
+        got = [log.read(o).timestamp for o in range(log.end_offset)]
+    assert got == [ms * 10**6 for _, _, ms, _ in fits]
+    for topic, ms in (("over", over), ("under", -over), ("far", 2**62)):
+        produce(kafka_mock.bootstrap, topic, 0,
+                [(None, b"v%d" % i, ms if i == 3 else 1_600_000_000_000 + i, None)
+                 for i in range(6)])
+        dst = tmp_path / topic
+        r = cli("ingest", kafka_mock.url(topic), dst)
+        one_line_error(r, "kafka-offset 3", "stamped %d ns" % (ms * 10**6), "int64")
+        with tidelog.open(str(dst), readonly=True) as log:
+            assert log.end_offset == 0

@@ -309,6 +309,19 @@ def test_headers_past_a_record_are_refused_before_any_copy(log_path, shape):
         assert log.end_offset == 0
 
 
+@pytest.mark.parametrize("form", [list, tuple])
+def test_headers_and_int_headers_past_the_bound_together_are_refused(log_path, form):
+    """2**24 pairs (the most a record holds, FORMAT.md §2) and an int_headers column: 2**24 + 1
+    headers, refused whatever the form of the pairs (was: an exact list took pack_exact with
+    its own pairs counted alone, and the record was written with 2**24 + 1 headers)."""
+    with tidelog.open(log_path) as log:
+        with pytest.raises(ValueError, match=r"^headers\[0\]: 16777217 headers; at most "
+                                             r"16777216 per record$"):
+            log.append_batch([b"v"], headers=[form([("a", b"")] * (1 << 24))],
+                             int_headers={"p": [7]})
+        assert log.end_offset == 0
+
+
 # ---- append_batch(int_headers=): a column of ints, one header per record, packed in C
 
 INT64_EDGES = [0, 1, -1, 9, 10, 99, 100, -10, 2**31, 2**32 + 1, 2**63 - 1, -2**63,
@@ -382,7 +395,8 @@ def test_int_headers_equal_the_same_headers_given_as_pairs(log_path, tmp_path):
     ({"p": b"12"}, TypeError, "sequence of ints"),
     ({"p": [1.0, 2.0]}, TypeError, "sequence of ints"),
     ({"p": [1, None]}, TypeError, "sequence of ints"),
-    ({"p": [2**64, 1]}, TypeError, "sequence of ints"),
+    ({"p": [2**64, 1]}, ValueError, r"int_headers\['p'\]\[0\]: 18446744073709551616 is beyond "
+                                    r"the int64 range"),
     ({"p": np.array([2**63, 1], np.uint64)}, ValueError, "int64 range"),
     ({"p": np.zeros((2, 1), np.int64)}, TypeError, "sequence of ints"),
     ({"p": 5}, TypeError, "sequence of ints"),
@@ -482,3 +496,26 @@ def test_lists_of_pairs_pack_from_the_list_or_its_copy(log_path):
     want = [[("a", b"1"), ("b", b"")], [("c", b"2")], [("d", b"3")], [("e", b"4")],
             [("f", b"6")], [("ä", b"\xff")], [], [], [("g", b"7")] * 300]
     assert got == [w + [("p", b"%d" % i)] for i, w in enumerate(want)]
+
+
+@pytest.mark.parametrize("form", ["list", "tuple", "deque", "array"])
+def test_ints_beyond_int64_are_named_as_such(log_path, form):
+    """Timestamps or int_headers that are ints, one beyond the int64 range (numpy converts
+    them to objects, or to floats when the others fit): a ValueError naming the int and its
+    index, nothing appended (was: "expected a sequence of ints", of a sequence of ints)."""
+    import collections
+    mk = {"list": list, "tuple": tuple, "deque": collections.deque,
+          "array": lambda x: np.array(x, dtype=object)}[form]
+    cases = [([1, 2**63], 1, 2**63), ([2**64, 1], 0, 2**64), ([-1, 2**63], 1, 2**63),
+             ([5, -2**63 - 1], 1, -2**63 - 1), ([0, 2**70], 1, 2**70), ([1.5, 2**70], 1, 2**70)]
+    with tidelog.open(log_path) as log:
+        for ints, i, bad in cases:
+            with pytest.raises(ValueError, match=rf"^timestamps\[{i}\]: {bad} is beyond the "
+                                                 rf"int64 range$"):
+                log.append_batch([b"a", b"b"], timestamps=mk(ints))
+            with pytest.raises(ValueError, match=rf"^int_headers\['p'\]\[{i}\]: {bad} is "
+                                                 rf"beyond the int64 range$"):
+                log.append_batch([b"a", b"b"], int_headers={"p": mk(ints)})
+        with pytest.raises(TypeError, match="sequence of ints"):
+            log.append_batch([b"a", b"b"], timestamps=mk([1.5, 2]))
+        assert log.end_offset == 0

@@ -115,6 +115,21 @@ def _check_order(positions: list[int], last: Optional[int], header: str) -> None
         prev = p
 
 
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1   # a record's timestamp range (ns)
+
+
+def _check_stamps(stamps: list[int], positions: list[int], header: str) -> None:
+    """On a batch the log refused: a message stamped beyond what a record holds (int64 ns
+    since the epoch: 1677-09-21 to 2262-04-11; a Kafka timestamp in ms can be any int64) is
+    named by its position (was: append_batch's words only, of a batch's `timestamps`, which
+    the user never gave). Checked after the refusal only: nothing per message before it."""
+    for t, p in zip(stamps, positions):
+        if not INT64_MIN <= t <= INT64_MAX:
+            raise BridgeError(f"the source's message at {header} {p} is stamped {t} ns since "
+                              f"the epoch, beyond what a log's record holds (int64 ns: "
+                              f"1677-09-21 to 2262-04-11); it cannot be ingested") from None
+
+
 def run_ingest(source: Source, log: Union[str, os.PathLike[str], tidelog.Log], *,
                name: str, header: str, follow: bool, resume: bool,
                stopping: Callable[[], bool],
@@ -157,10 +172,14 @@ def run_ingest(source: Source, log: Union[str, os.PathLike[str], tidelog.Log], *
                 _check_order(b.positions, last, header)
                 # (no keys at all: None, and the log looks at no key per record)
                 keys = None if b.keys.count(None) == len(b.keys) else b.keys
-                lg.append_batch(b.values, keys=keys, timestamps=b.timestamps,
-                                headers=b.headers,
-                                int_headers=(None if b.position_header is None else
-                                             {b.position_header: b.positions}))
+                try:
+                    lg.append_batch(b.values, keys=keys, timestamps=b.timestamps,
+                                    headers=b.headers,
+                                    int_headers=(None if b.position_header is None else
+                                                 {b.position_header: b.positions}))
+                except (TypeError, ValueError):
+                    _check_stamps(b.timestamps, b.positions, header)
+                    raise
                 last = b.positions[-1]
                 got += len(b)
                 if not own_syncs:
