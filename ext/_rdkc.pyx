@@ -552,8 +552,11 @@ cdef class Consumer:
     def assign(self, int64_t offset):
         """Read the partition from `offset` on (again: a new position)."""
         self._check()
+        # (busy: another thread's close() meanwhile would destroy the handle under it)
+        self.busy = True
         with nogil:
             _pump_stop(self.state)           # (what it holds is of the old position)
+        self.busy = False
         cdef void *tpl = _lib.tpl_new(1)
         _lib.tpl_add(tpl, self.topic, self.partition)
         _lib.tpl_set_offset(tpl, self.topic, self.partition, offset)
