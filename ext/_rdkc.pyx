@@ -111,6 +111,10 @@ cdef enum:
     MAX_TAKE = 4096                     # messages per take(), at most
     RING = 8192                         # messages the pump holds for take(), at most
     PUMP_CHUNK = 512                    # messages the pump takes from librdkafka at a time
+    RING_BYTES = 16 << 20               # bytes (values and keys) it holds, about: it takes no
+                                        # more while it holds this much (or the consumer's
+                                        # queued.max.messages.kbytes, if less); was RING
+                                        # messages whatever their size, 8 GB of 1 MB ones
     PUMP_WAIT_MS = 100                  # how long it waits for one (a stop wakes it sooner)
 
 cdef int64_t MS_MAX = 9223372036854        # ms whose ns still fit in an int64
@@ -293,6 +297,8 @@ ctypedef struct _State:
     rd_kafka_message_t **ring   # RING pointers, circular: from head, count of them
     Py_ssize_t head
     Py_ssize_t count
+    Py_ssize_t bytes            # their values' and keys' bytes
+    Py_ssize_t cap              # RING_BYTES, or less (queued.max.messages.kbytes)
     rd_kafka_message_t **dead   # RING pointers to destroy, ndead of them
     rd_kafka_message_t **spare  # the pump's own: swapped with dead to destroy outside lock
     Py_ssize_t ndead
@@ -329,7 +335,8 @@ cdef void *_pump(void *arg) noexcept nogil:
     cdef void *hdrs
     while True:
         pthread_mutex_lock(&p.lock)
-        while not p.stop and p.count > RING - PUMP_CHUNK and p.ndead == 0:
+        while (not p.stop and (p.count > RING - PUMP_CHUNK or p.bytes >= p.cap) and
+               p.ndead == 0):
             pthread_cond_wait(&p.room, &p.lock)
         if p.stop:
             pthread_mutex_unlock(&p.lock)
@@ -339,7 +346,7 @@ cdef void *_pump(void *arg) noexcept nogil:
         p.spare = swap
         nd = p.ndead
         p.ndead = 0
-        full = p.count > RING - PUMP_CHUNK
+        full = p.count > RING - PUMP_CHUNK or p.bytes >= p.cap
         pthread_mutex_unlock(&p.lock)
         for i in range(nd):
             _lib.message_destroy(p.spare[i])
@@ -360,6 +367,7 @@ cdef void *_pump(void *arg) noexcept nogil:
         pthread_mutex_lock(&p.lock)
         for i in range(got):
             p.ring[(p.head + p.count + i) % RING] = got_[i]
+            p.bytes += got_[i].len + got_[i].key_len
         p.count += got
         pthread_cond_signal(&p.ready)
         pthread_mutex_unlock(&p.lock)
@@ -383,7 +391,7 @@ cdef void _pump_stop(_State *p) noexcept nogil:
         _lib.message_destroy(p.ring[(p.head + i) % RING])
     for i in range(p.ndead):
         _lib.message_destroy(p.dead[i])
-    p.head = p.count = p.ndead = 0
+    p.head = p.count = p.ndead = p.bytes = 0
     pthread_mutex_unlock(&p.lock)
 
 
@@ -406,12 +414,14 @@ cdef bint _pump_take(_State *p, rd_kafka_message_t **buf, Py_ssize_t n, Py_ssize
         ns = deadline.tv_nsec + <int64_t>(ms % 1000) * 1000000
         deadline.tv_sec += ms // 1000 + ns // 1000000000
         deadline.tv_nsec = ns % 1000000000
-        while p.count < need:
+        # (a ring holding its bytes' worth gets no more until some are taken)
+        while p.count < need and p.bytes < p.cap:
             if pthread_cond_timedwait(&p.ready, &p.lock, &deadline) == ETIMEDOUT:
                 break
     k = p.count if p.count < n else n
     for i in range(k):
         buf[i] = p.ring[(p.head + i) % RING]
+        p.bytes -= buf[i].len + buf[i].key_len
     p.head = (p.head + k) % RING
     p.count -= k
     pthread_cond_signal(&p.room)
@@ -495,6 +505,7 @@ cdef class Consumer:
             raise MemoryError()
         pthread_cond_init(&st.ready, NULL)
         pthread_cond_init(&st.room, NULL)
+        st.cap = RING_BYTES
         self.state = st
 
     def __init__(self, dict settings not None, str topic not None, int partition):
@@ -518,6 +529,8 @@ cdef class Consumer:
                     raise ValueError(f"setting {name!r}: a NUL character")
                 if _lib.conf_set(conf, k, v, errstr, ERRSTR) != RD_KAFKA_CONF_OK:
                     raise ValueError(_text(errstr))
+                if name == "queued.max.messages.kbytes" and value.strip().isdigit():
+                    self.state.cap = min(RING_BYTES, int(value) * 1024)
         except BaseException:
             _lib.conf_destroy(conf)
             raise

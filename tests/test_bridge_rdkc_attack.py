@@ -7,12 +7,13 @@ import subprocess
 import sys
 import textwrap
 
-from bridgekit import kafka_mock  # noqa: F401
+from bridgekit import kafka_mock, tansu  # noqa: F401
 
 
 def run(code, tmp_path, timeout=120):
     """`code` in a child interpreter with this one's path: (returncode, stdout, stderr)."""
-    code = f"import sys\nsys.path[:0] = {sys.path!r}\n" + textwrap.dedent(code)
+    path = [os.path.dirname(__file__)] + sys.path
+    code = f"import sys\nsys.path[:0] = {path!r}\n" + textwrap.dedent(code)
     r = subprocess.run([sys.executable, "-X", "faulthandler", "-c", code],
                        capture_output=True, text=True, timeout=timeout, cwd=tmp_path)
     return r.returncode, r.stdout, r.stderr
@@ -56,3 +57,46 @@ def test_close_while_another_thread_is_in_assign_raises_not_crashes(kafka_mock, 
     """
     rc, out, err = run(code, tmp_path)
     assert rc == 0 and out.split() == ["ok", "True"], (rc, out, err[-2000:])
+
+
+def test_the_pump_holds_a_bounded_number_of_bytes_ahead(tansu, tmp_path):
+    """The pump took messages off librdkafka's queue while its ring had room for 8,192 of
+    them, whatever their size: with queued.max.messages.kbytes=1024 (librdkafka's own bound on
+    what it holds ahead: 1 MB) a consumer that took one 256 KB message grew by the whole
+    topic (75 MB here; 8 GB of 1 MB messages). Now the ring takes no more once it holds
+    RING_BYTES (16 MB) or that setting's bytes, if less; take() asking for more messages than
+    fit does not wait for them, and every message still comes, in order."""
+    code = f"""
+        import time
+        from test_bridge_kafka import produce
+        from tidelog.bridge import _rdkc
+        assert _rdkc.load() is None
+        def rss():
+            return int(open("/proc/self/statm").read().split()[1]) * 4096
+        big = [b"%d" % i + b"x" * (256 << 10) for i in range(300)]
+        for j in range(0, 300, 50):
+            produce({tansu.bootstrap!r}, "big", 0, [(None, v, 1, []) for v in big[j:j + 50]])
+        c = _rdkc.Consumer({{"bootstrap.servers": {tansu.bootstrap!r}, "group.id": "t",
+                             "queued.max.messages.kbytes": "1024",
+                             "fetch.queue.backoff.ms": "10"}}, "big", 0)
+        c.assign(0)
+        cols = ([], [], [], [], [])
+        while not cols[0]:
+            c.take(1, 10, True, *cols)
+        before = rss()
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline and rss() - before < 40 << 20:
+            time.sleep(0.1)
+        print("grew", (rss() - before) >> 20)
+        for _ in range(200):
+            if len(cols[0]) >= 300:
+                break
+            c.take(300, 2, True, *cols)
+        assert cols[0] == list(range(300)), cols[0]
+        assert cols[1] == big
+        c.close()
+    """
+    rc, out, err = run(code, tmp_path)
+    assert rc == 0, (rc, out, err[-2000:])
+    grew = int(out.split()[1])
+    assert grew < 40, f"{grew} MB more after one message taken"
