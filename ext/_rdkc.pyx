@@ -249,16 +249,21 @@ def load():
     if sizeof(Lib) != len(_SYMBOLS) * sizeof(void *):
         _why_not = "the function table does not match its symbol list"
         return _why_not
+    cdef bytes fpath = None
     try:
         path = _library_path()
+        if path is not None:
+            fpath = os.fsencode(path)
     except ImportError as e:
         _why_not = f"confluent-kafka is not installed ({e})"
+        return _why_not
+    except Exception as e:          # (a broken or odd install: the fallback reads through it)
+        _why_not = f"confluent_kafka.cimpl's file cannot be found ({type(e).__name__}: {e})"
         return _why_not
     if path is None:
         _why_not = "confluent_kafka.cimpl has no file"
         return _why_not
     # (RTLD_NOLOAD: the handle of what is loaded already, never a second copy)
-    cdef bytes fpath = os.fsencode(path)
     cdef void *handle = dlopen(fpath, RTLD_NOW | RTLD_NOLOAD)
     if handle == NULL:
         _why_not = f"{path} cannot be opened (dlopen RTLD_NOLOAD)"

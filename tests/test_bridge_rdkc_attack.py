@@ -100,3 +100,45 @@ def test_the_pump_holds_a_bounded_number_of_bytes_ahead(tansu, tmp_path):
     assert rc == 0, (rc, out, err[-2000:])
     grew = int(out.split()[1])
     assert grew < 40, f"{grew} MB more after one message taken"
+
+
+LOOKUPS = {     # how confluent_kafka.cimpl's file is found, made to fail: why load() says not
+    "missing": ("raise ImportError('No module named confluent_kafka.cimpl')",
+                "confluent-kafka is not installed"),
+    "no file": ("return None", "has no file"),
+    "not loaded": ("import json; return json.__file__", "cannot be opened"),
+    "no librdkafka in it": ("import tidelog._core as c; return c.__file__",
+                            "librdkafka has no rd_kafka_version"),
+    "broken": ("raise OSError('a broken install')", "OSError: a broken install"),
+    "not a path": ("return 5", "TypeError"),
+}
+
+
+def test_when_librdkafka_cannot_be_found_the_ingest_reads_through_confluent_kafka(kafka_mock,
+                                                                                  tmp_path):
+    """However the lookup of confluent-kafka's librdkafka fails (no cimpl, no file, a file
+    not loaded or without the functions, an exception other than ImportError, a path that is
+    not one), load() says why and the ingest reads through confluent-kafka's Messages: every
+    message, no traceback. (An OSError or a TypeError came out of load() and ended the
+    ingest.)"""
+    from test_bridge_kafka import produce
+    produce(kafka_mock.bootstrap, "ld", 0, [(None, b"v%d" % i, 1 + i, []) for i in range(10)])
+    for case, (body, why) in LOOKUPS.items():
+        code = f"""
+            def lookup():
+                {body}
+            from tidelog.bridge import _rdkc
+            _rdkc._library_path = lookup
+            import tidelog, tidelog.bridge
+            from tidelog.bridge import kafka
+            print(kafka.fast_unavailable())
+            n = tidelog.bridge.ingest({kafka_mock.url("ld")!r}, {str(tmp_path / case)!r})
+            with tidelog.open({str(tmp_path / case)!r}, readonly=True) as log:
+                assert [bytes(log.read(o).value) for o in range(n)] == \\
+                    [b"v%d" % i for i in range(10)]
+            print(n)
+        """
+        rc, out, err = run(code, tmp_path)
+        assert rc == 0 and err == "", (case, rc, out, err[-2000:])
+        first, n = out.splitlines()
+        assert why in first and n == "10", (case, out)
