@@ -640,17 +640,21 @@ cdef class Consumer:
         cdef Py_ssize_t need = n if whole else 1
         cdef bint ok
         cdef rd_kafka_message_t **buf = self.buf
+        # (busy until the messages are given back: a finalizer run by a collection while the
+        # columns are made must not take into buf or close the handle under them)
         self.busy = True
-        with nogil:
-            ok = _pump_take(self.state, buf, n, need, ms, &got)
-        self.busy = False
-        if not ok:
-            raise RuntimeError("cannot start the Kafka reading thread")
         try:
-            return self._columns(got, offsets, values, keys, stamps, headers)
-        finally:
             with nogil:
-                _pump_give_back(self.state, buf, got)
+                ok = _pump_take(self.state, buf, n, need, ms, &got)
+            if not ok:
+                raise RuntimeError("cannot start the Kafka reading thread")
+            try:
+                return self._columns(got, offsets, values, keys, stamps, headers)
+            finally:
+                with nogil:
+                    _pump_give_back(self.state, buf, got)
+        finally:
+            self.busy = False
 
     cdef tuple _columns(self, Py_ssize_t got, list offsets, list values, list keys,
                         list stamps, list headers):

@@ -142,3 +142,53 @@ def test_when_librdkafka_cannot_be_found_the_ingest_reads_through_confluent_kafk
         assert rc == 0 and err == "", (case, rc, out, err[-2000:])
         first, n = out.splitlines()
         assert why in first and n == "10", (case, out)
+
+
+def test_a_finalizer_run_while_take_makes_its_columns_cannot_reenter_it(kafka_mock, tmp_path):
+    """take() makes Python objects (header tuples and lists: the cyclic GC may run between
+    them, and with it any finalizer): one that called take() on the same Consumer took into
+    the buffer the outer take() was reading (its messages destroyed twice: 'double free or
+    corruption', an abort), one that called close() destroyed the handle while the outer held
+    messages of it (rd_kafka_destroy waited for them: a hang). The Consumer stays busy until
+    take() has given its messages back: the inner call raises, the outer takes on."""
+    code = f"""
+        import gc, time
+        from test_bridge_kafka import produce
+        from tidelog.bridge import _rdkc
+        assert _rdkc.load() is None
+        produce({kafka_mock.bootstrap!r}, "re", 0,
+                [(None, b"v%d" % i, 1 + i, [("h", b"%d" % i), ("g", b"")]) for i in range(1200)])
+        for inner in ("take", "close"):
+            c = _rdkc.Consumer({{"bootstrap.servers": {kafka_mock.bootstrap!r},
+                                 "group.id": "t"}}, "re", 0)
+            c.assign(0)
+            c.take(1, 10, True, [], [], [], [], [])
+            said = []
+
+            class Inner:
+                def __init__(self):
+                    self.me = self          # (a cycle: only the collector frees it)
+
+                def __del__(self):
+                    try:
+                        if inner == "take":
+                            c.take(500, 0, True, [], [], [], [], [])
+                        else:
+                            c.close()
+                        said.append("ran")
+                    except RuntimeError as e:
+                        said.append(str(e))
+            cols = ([], [], [], [], [])
+            gc.collect()
+            gc.set_threshold(100)           # (a collection within the first ~30 messages)
+            Inner()
+            taken = c.take(1000, 20, True, *cols)[0]
+            gc.set_threshold(700)
+            assert said == ["the Kafka consumer is in use by another thread"], said
+            assert taken == 1000 and cols[0] == list(range(1, 1001)), cols[0][:5]
+            assert cols[1] == [b"v%d" % i for i in range(1, 1001)]
+            c.close()
+        print("ok")
+    """
+    rc, out, err = run(code, tmp_path, timeout=60)
+    assert rc == 0 and out.strip() == "ok", (rc, out, err[-2000:])
