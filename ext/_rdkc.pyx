@@ -249,16 +249,21 @@ def load():
     if sizeof(Lib) != len(_SYMBOLS) * sizeof(void *):
         _why_not = "the function table does not match its symbol list"
         return _why_not
+    cdef bytes fpath = None
     try:
         path = _library_path()
+        if path is not None:
+            fpath = os.fsencode(path)
     except ImportError as e:
         _why_not = f"confluent-kafka is not installed ({e})"
+        return _why_not
+    except Exception as e:          # (a broken or odd install: the fallback reads through it)
+        _why_not = f"confluent_kafka.cimpl's file cannot be found ({type(e).__name__}: {e})"
         return _why_not
     if path is None:
         _why_not = "confluent_kafka.cimpl has no file"
         return _why_not
     # (RTLD_NOLOAD: the handle of what is loaded already, never a second copy)
-    cdef bytes fpath = os.fsencode(path)
     cdef void *handle = dlopen(fpath, RTLD_NOW | RTLD_NOLOAD)
     if handle == NULL:
         _why_not = f"{path} cannot be opened (dlopen RTLD_NOLOAD)"
@@ -302,6 +307,7 @@ ctypedef struct _State:
     Py_ssize_t ndead
     size_t bytes                # the ring's messages' values and keys
     size_t mean                 # the last chunk's bytes per message (a first guess: 1 MiB)
+    size_t cap                  # RING_BYTES, or less (the consumer's queued.max.messages.kbytes)
 
 
 cdef void _drop_log(const void *rk, int level, const char *fac, const char *buf) noexcept nogil:
@@ -337,7 +343,7 @@ cdef void *_pump(void *arg) noexcept nogil:
     while True:
         pthread_mutex_lock(&p.lock)
         while (not p.stop and p.ndead == 0 and
-               (p.count > RING - PUMP_CHUNK or p.bytes >= RING_BYTES)):
+               (p.count > RING - PUMP_CHUNK or p.bytes >= p.cap)):
             pthread_cond_wait(&p.room, &p.lock)
         if p.stop:
             pthread_mutex_unlock(&p.lock)
@@ -347,9 +353,9 @@ cdef void *_pump(void *arg) noexcept nogil:
         p.spare = swap
         nd = p.ndead
         p.ndead = 0
-        full = p.count > RING - PUMP_CHUNK or p.bytes >= RING_BYTES
-        # as many as RING_BYTES leaves room for, at the last chunk's mean size
-        chunk = (RING_BYTES - p.bytes) // p.mean if not full else 0
+        full = p.count > RING - PUMP_CHUNK or p.bytes >= p.cap
+        # as many as the cap leaves room for, at the last chunk's mean size
+        chunk = (p.cap - p.bytes) // p.mean if not full else 0
         if chunk > PUMP_CHUNK:
             chunk = PUMP_CHUNK
         elif chunk < 1:
@@ -429,7 +435,8 @@ cdef bint _pump_take(_State *p, rd_kafka_message_t **buf, Py_ssize_t n, Py_ssize
         ns = deadline.tv_nsec + <int64_t>(ms % 1000) * 1000000
         deadline.tv_sec += ms // 1000 + ns // 1000000000
         deadline.tv_nsec = ns % 1000000000
-        while p.count < need:
+        # (a ring holding its bytes' worth gets no more until some are taken)
+        while p.count < need and p.bytes < p.cap:
             if pthread_cond_timedwait(&p.ready, &p.lock, &deadline) == ETIMEDOUT:
                 break
     k = p.count if p.count < n else n
@@ -520,12 +527,13 @@ cdef class Consumer:
         pthread_cond_init(&st.ready, NULL)
         pthread_cond_init(&st.room, NULL)
         st.mean = 1 << 20
+        st.cap = RING_BYTES
         self.state = st
 
     def __init__(self, dict settings not None, str topic not None, int partition):
         """`settings`: name -> str value (librdkafka's configuration keys). ValueError for a
         setting librdkafka refuses (its text), RuntimeError when load() failed."""
-        if not _loaded:
+        if not _loaded and load() is not None:
             raise RuntimeError(f"librdkafka's C API is not available: {load()}")
         if self.rk != NULL:
             raise RuntimeError("Consumer already made")
@@ -543,6 +551,8 @@ cdef class Consumer:
                     raise ValueError(f"setting {name!r}: a NUL character")
                 if _lib.conf_set(conf, k, v, errstr, ERRSTR) != RD_KAFKA_CONF_OK:
                     raise ValueError(_text(errstr))
+                if name == "queued.max.messages.kbytes" and value.strip().isdigit():
+                    self.state.cap = min(RING_BYTES, int(value) * 1024)
         except BaseException:
             _lib.conf_destroy(conf)
             raise
@@ -577,8 +587,11 @@ cdef class Consumer:
     def assign(self, int64_t offset):
         """Read the partition from `offset` on (again: a new position)."""
         self._check()
+        # (busy: another thread's close() meanwhile would destroy the handle under it)
+        self.busy = True
         with nogil:
             _pump_stop(self.state)           # (what it holds is of the old position)
+        self.busy = False
         cdef void *tpl = _lib.tpl_new(1)
         _lib.tpl_add(tpl, self.topic, self.partition)
         _lib.tpl_set_offset(tpl, self.topic, self.partition, offset)
@@ -644,17 +657,21 @@ cdef class Consumer:
         cdef Py_ssize_t need = n if whole else 1
         cdef bint ok
         cdef rd_kafka_message_t **buf = self.buf
+        # (busy until the messages are given back: a finalizer run by a collection while the
+        # columns are made must not take into buf or close the handle under them)
         self.busy = True
-        with nogil:
-            ok = _pump_take(self.state, buf, n, need, ms, &got)
-        self.busy = False
-        if not ok:
-            raise RuntimeError("cannot start the Kafka reading thread")
         try:
-            return self._columns(got, offsets, values, keys, stamps, headers)
-        finally:
             with nogil:
-                _pump_give_back(self.state, buf, got)
+                ok = _pump_take(self.state, buf, n, need, ms, &got)
+            if not ok:
+                raise RuntimeError("cannot start the Kafka reading thread")
+            try:
+                return self._columns(got, offsets, values, keys, stamps, headers)
+            finally:
+                with nogil:
+                    _pump_give_back(self.state, buf, got)
+        finally:
+            self.busy = False
 
     cdef tuple _columns(self, Py_ssize_t got, list offsets, list values, list keys,
                         list stamps, list headers):
