@@ -28,9 +28,10 @@ drop what it held) before they touch the assignment or the handle. librdkafka ca
 this module only with C functions: the log callback (from its own threads: drops every line,
 librdkafka must never write to stderr) and the error callback (from inside the pump's consume
 call, or close()'s: it copies code and text into _State under its lock). A Consumer is used by
-one thread at a time (a bridge's own): `busy` is set while a call has the GIL released, and
-another call on it meanwhile (close() included) raises instead of sharing its buffer or stopping
-the pump under it. A process made by fork() must not touch its parent's handle (its threads, the
+one thread at a time (a bridge's own): `busy` is set while a call has the GIL released, and by
+take() until the messages it made columns of are given back (a finalizer run by a collection
+meanwhile may call in), and another call on it meanwhile (close() included) raises instead of
+sharing its buffer or stopping the pump under it. A process made by fork() must not touch its parent's handle (its threads, the
 pump's too, are not there, and the lock may have been held): every method checks the pid, and a
 child's close() and dealloc leave the handle, the lock and the messages alone.
 """

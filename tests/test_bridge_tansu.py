@@ -87,3 +87,46 @@ def test_ingest_from_a_topic_deleted_and_made_again_is_refused(kafka_read, tansu
                    "ends at offset 10, before offset 100", "made again")
     with tidelog.open(log_path, readonly=True) as log:
         assert log.end_offset == 100
+
+
+def test_ingest_catching_up_when_the_broker_dies_is_one_error_not_a_wait_for_ever(
+        kafka_read, tansu, tmp_path):
+    """The broker killed while an ingest (not --follow) catches up: it ends with one
+    BridgeError saying the cluster stopped answering (was: a wait for ever on both read
+    paths), the log a gap-free prefix of the topic from offset 0."""
+    import time
+    from tidelog.bridge.base import BridgeError
+    n = 3000
+    produce(tansu.bootstrap, "dies", 0,
+            [(None, (b"%06d" % i) * 170, 1_600_000_000_000 + i, []) for i in range(n)])
+    conf = tmp_path / "small.conf"
+    # librdkafka (and the C loop's ring) hold about 1 MB ahead: most of the topic is still
+    # on the broker when it dies
+    conf.write_text("queued.max.messages.kbytes=1024\nqueued.min.messages=100\n"
+                    "max.partition.fetch.bytes=65536\n")
+
+    class KillAfterFirst:
+        calls = 0
+
+        def is_set(self):
+            self.calls += 1
+            if self.calls == 2:
+                tansu.stop()
+            return False
+
+    dst = str(tmp_path / "dst")
+    t0 = time.monotonic()
+    try:
+        got = tidelog.bridge.ingest(tansu.url("dies"), dst, config=str(conf),
+                                    stop=KillAfterFirst())
+    except BridgeError as e:
+        assert "stopped answering" in str(e), e
+        assert "\n" not in str(e)
+    else:
+        raise AssertionError(f"ingest returned {got} after the broker died")
+    assert time.monotonic() - t0 < 40
+    with tidelog.open(dst, readonly=True) as log:
+        k = log.end_offset
+        assert 0 < k < n
+        assert [bytes(log.read(o).value) for o in range(k)] == \
+            [(b"%06d" % i) * 170 for i in range(k)]

@@ -47,6 +47,8 @@ CONNECT_SLICE = 0.25      # seconds: a first metadata request waits this long, t
 CREATE_TIMEOUT = 3.0      # seconds a CreateTopics request may take (the mock cluster: never)
 ACK_TIMEOUT = 30.0        # seconds for the cluster to acknowledge a batch
 POLL = 0.5                # seconds a consumer poll waits
+STALL = 4.0               # seconds with no message before an ingest that is catching up (not
+                          # --follow) asks the cluster whether it is still there
 BATCH_BYTES = 2 << 20     # an ingest batch's values, at most, about: a batch of 10,000 1 KiB
                           # messages (10 MB, out of the caches by the time it is appended)
                           # ingested at 0.48x of the raw loop, of 2,000 at 0.80x (Tansu, same run)
@@ -704,6 +706,7 @@ class KafkaSource:
         tss: list[int] = []
         hs: list[Any] = []
         nbytes = 0                         # their values' bytes
+        quiet = time.monotonic()           # when the last message came
         while not stopping():
             ask = max(1, min(chunk, want - len(offs)))
             here = len(offs)
@@ -745,6 +748,7 @@ class KafkaSource:
                 else:
                     raise BridgeError(f"{_where(a)}: {text}")
             if taken:
+                quiet = time.monotonic()
                 if marked:                 # (the C loop: a TIMESTAMP_HEADER to take back)
                     h, t = hs[here:], tss[here:]
                     self._fix_headers(h, t)
@@ -763,7 +767,16 @@ class KafkaSource:
                 # nothing came: a partition whose end (as a fetch reported it) is before the
                 # position is not the one the log's positions are from (deleted and made
                 # again?); a broker that does not answer OFFSET_OUT_OF_RANGE there (Tansu) made
-                # this wait for ever
+                # this wait for ever. Catching up, STALL seconds of nothing: the cluster is
+                # asked for the partition's ends, and one that does not answer within
+                # CONNECT_TIMEOUT ends the ingest (was: a broker gone mid-run, a wait for ever)
+                if not follow and time.monotonic() - quiet > STALL:
+                    try:
+                        r.watermarks(CONNECT_TIMEOUT)
+                    except BridgeError as e:
+                        raise BridgeError(f"{e} (nothing came for {STALL:g} s: the cluster "
+                                          f"stopped answering)") from None
+                    quiet = time.monotonic()
                 seen = r.cached_end()
                 if 0 <= seen < start:
                     raise BridgeError(f"Kafka topic {a.name!r} partition {a.partition} ends at "
