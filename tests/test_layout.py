@@ -45,8 +45,9 @@ def foreign_private_uses(path):
         if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tidelog"):
             for alias in node.names:
                 module = PACKAGE.joinpath(*(node.module.split(".")[1:] + [alias.name]))
+                # (a compiled module - tidelog._core, tidelog.bridge._rdkc - has its .pyi)
                 is_module = module.with_suffix(".py").exists() or module.is_dir() or \
-                    alias.name == "_core"
+                    module.with_suffix(".pyi").exists() or alias.name == "_core"
                 if alias.name.startswith("_") and not is_module:
                     found.append((node.lineno, f"from {node.module} import {alias.name}"))
         elif isinstance(node, ast.Attribute) and node.attr.startswith("_") and \
