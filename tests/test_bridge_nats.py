@@ -421,6 +421,22 @@ def _ingest_acting_after_the_first_batch(url, log_path, act, **kw):
     return seen, watchdog, n
 
 
+def _deleted_after_the_first_batch_then_skipped(port, url, path, held, seq=2040):
+    """Stream X holding sequences `held`: sequence `seq` deleted under an ingest (--follow)
+    after its first batch (the first 2,000 then in hand) stops it naming `seq`, those 2,000
+    ingested; --skip-gap then ingests the rest but `seq`."""
+    async def delete_one(nc):
+        await nc.jsm().delete_msg("X", seq)
+    with pytest.raises(tidelog.bridge.BridgeError) as e:
+        _ingest_acting_after_the_first_batch(url, path, lambda got: js_do(port, delete_one),
+                                             follow=True)
+    assert f"sequence {seq} was deleted before it was ingested;" in str(e.value), str(e.value)
+    assert ingested_seqs(path) == held[:2000]
+    r = cli("ingest", url, path, "--skip-gap")
+    assert r.returncode == 0 and f"ingested {len(held) - 2001} records" in r.stdout, r.stderr
+    assert ingested_seqs(path) == [s for s in held if s != seq]
+
+
 def test_ingest_without_follow_ends_when_the_stream_tail_is_deleted_under_it(nats_server,
                                                                              tmp_path):
     """An ingest without --follow stops at the stream's end as of its start, told by the
@@ -713,17 +729,8 @@ def test_ingest_refuses_interior_deletes_of_the_whole_stream(nats_server, tmp_pa
     # deleted (two pull requests of 1,000 are out at a time: past 2,000)
     big = str(tmp_path / "big")
     js_do(port, publish(["x"] * 2050), name="X", subjects=["x"])
-
-    async def delete_one(nc):
-        await nc.jsm().delete_msg("X", 2040)
-    with pytest.raises(tidelog.bridge.BridgeError) as e:
-        _ingest_acting_after_the_first_batch(nats_server.url("X"), big,
-                                             lambda got: js_do(port, delete_one), follow=True)
-    assert "sequence 2040 was deleted before it was ingested;" in str(e.value), str(e.value)
-    assert ingested_seqs(big) == list(range(1, 2001))
-    r = cli("ingest", nats_server.url("X"), big, "--skip-gap")
-    assert r.returncode == 0 and "ingested 49 records" in r.stdout, r.stderr
-    assert ingested_seqs(big) == [s for s in range(1, 2051) if s != 2040]
+    _deleted_after_the_first_batch_then_skipped(port, nats_server.url("X"), big,
+                                                list(range(1, 2051)))
 
 
 # ------------------------------------------------------------- follow: others' messages trimmed
@@ -801,17 +808,7 @@ def test_new_ingest_of_a_stream_with_deleted_values_like_a_kv_bucket(nats_server
     keys = ["x.b", "x.a", "x.a"] + ["x.%d" % i for i in range(2050)]   # 2 deleted (x.a's old)
     js_do(port, publish(keys), name="X", subjects=["x.*"], max_msgs_per_subject=1)
     held = [1] + list(range(3, 2054))
-
-    async def delete_one(nc):
-        await nc.jsm().delete_msg("X", 2040)
-    with pytest.raises(tidelog.bridge.BridgeError) as e:
-        _ingest_acting_after_the_first_batch(nats_server.url("X"), log_path,
-                                             lambda got: js_do(port, delete_one), follow=True)
-    assert "sequence 2040 was deleted before it was ingested;" in str(e.value), str(e.value)
-    assert ingested_seqs(log_path) == held[:2000]
-    r = cli("ingest", nats_server.url("X"), log_path, "--skip-gap")
-    assert r.returncode == 0 and "ingested 51 records" in r.stdout, r.stderr
-    assert ingested_seqs(log_path) == [s for s in held if s != 2040]
+    _deleted_after_the_first_batch_then_skipped(port, nats_server.url("X"), log_path, held)
 
     sub = str(tmp_path / "sub")                 # with a subject: the same
     assert tidelog.bridge.ingest(nats_server.url("X", subject="x.>"), sub) == len(held) - 1

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Optional, Protocol
 
+from tidelog import _args
 from tidelog.errors import TidelogError
 
 __all__ = ["BridgeError", "Message", "Batch", "Target", "Source", "require", "OFFSET_HEADER", "KAFKA_POSITION",
@@ -117,7 +118,7 @@ def stamp_of(value: Optional[str | bytes]) -> Optional[int]:
     if _STAMP.fullmatch(text) is None:
         return None
     t = int(text)
-    return t if -(1 << 63) <= t < (1 << 63) else None
+    return t if _args.INT64_MIN <= t <= _args.INT64_MAX else None
 
 
 def headers_of(record: object) -> list[tuple[str, bytes]]:

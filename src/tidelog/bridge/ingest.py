@@ -29,6 +29,7 @@ from itertools import islice
 from typing import Optional, Union
 
 import tidelog
+from tidelog import _args
 from tidelog.bridge.base import BridgeError, Source, headers_of
 from tidelog.bridge.lock import LOCK_DIR, BridgeLock
 
@@ -115,16 +116,13 @@ def _check_order(positions: list[int], last: Optional[int], header: str) -> None
         prev = p
 
 
-INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1   # a record's timestamp range (ns)
-
-
 def _check_stamps(stamps: list[int], positions: list[int], header: str) -> None:
     """On a batch the log refused: a message stamped beyond what a record holds (int64 ns
     since the epoch: 1677-09-21 to 2262-04-11; a Kafka timestamp in ms can be any int64) is
     named by its position (was: append_batch's words only, of a batch's `timestamps`, which
     the user never gave). Checked after the refusal only: nothing per message before it."""
     for t, p in zip(stamps, positions):
-        if not INT64_MIN <= t <= INT64_MAX:
+        if not _args.INT64_MIN <= t <= _args.INT64_MAX:
             raise BridgeError(f"the source's message at {header} {p} is stamped {t} ns since "
                               f"the epoch, beyond what a log's record holds (int64 ns: "
                               f"1677-09-21 to 2262-04-11); it cannot be ingested") from None
