@@ -38,6 +38,7 @@ child's close() and dealloc leave the handle, the lock and the messages alone.
 
 import os
 
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.list cimport PyList_Append
 from cpython.long cimport PyLong_FromLongLong
@@ -503,6 +504,7 @@ cdef class Consumer:
     cdef rd_kafka_message_t **buf         # take()'s messages (MAX_TAKE pointers)
     cdef bint closed
     cdef bint busy                        # a call waits in librdkafka (GIL released)
+    cdef Py_ssize_t _vat, _taken          # _fill's progress (packed values: bytes, messages)
 
     def __cinit__(self):
         self.rk = NULL
@@ -637,18 +639,25 @@ cdef class Consumer:
         return _text(_lib.err2name(err)), _text(text)
 
     def take(self, Py_ssize_t n, double timeout, bint whole, list offsets not None,
-             list values not None, list keys not None, list stamps not None,
-             list headers not None):
+             object values not None, list keys not None, list stamps not None,
+             list headers not None, bytearray ends=None):
         """Up to `n` messages, appended column by column to the lists given: offsets (int),
         values (bytes; a null value b""), keys (bytes or None), stamps (ns: ms * 10**6, now
         where a message has none), headers (None, or a list of (str, bytes) pairs, a null
-        value b""). `whole`: wait up to `timeout` s for all n; else for the first only, then
+        value b""). With `ends` (a bytearray) `values` is a bytearray too: each value is
+        appended to it, back to back (no object per value), and its end in it to `ends` as
+        a native int64 (append_batch's value_offsets, less the first).
+        `whole`: wait up to `timeout` s for all n; else for the first only, then
         take what has come. Returns (taken, value bytes, marked, events): `marked` if a header
         is named TIMESTAMP (the caller takes it back), events a list of (error name, text,
         offset) for what came among the messages; after an _AUTO_OFFSET_RESET or another
         error (not _PARTITION_EOF) no message is taken. UnreadableHeader(offset) for a header
         name that is not UTF-8, with the messages before it taken."""
         self._check()
+        if ends is not None and type(values) is not bytearray:
+            raise TypeError("values: a bytearray with ends")
+        if ends is None and type(values) is not list:
+            raise TypeError("values: a list (a bytearray with ends)")
         if n < 1:
             n = 1
         elif n > MAX_TAKE:
@@ -667,15 +676,41 @@ cdef class Consumer:
             if not ok:
                 raise RuntimeError("cannot start the Kafka reading thread")
             try:
-                return self._columns(got, offsets, values, keys, stamps, headers)
+                return self._columns(got, offsets, values, keys, stamps, headers, ends)
             finally:
                 with nogil:
                     _pump_give_back(self.state, buf, got)
         finally:
             self.busy = False
 
-    cdef tuple _columns(self, Py_ssize_t got, list offsets, list values, list keys,
-                        list stamps, list headers):
+    cdef tuple _columns(self, Py_ssize_t got, list offsets, object values, list keys,
+                        list stamps, list headers, bytearray ends):
+        cdef Py_ssize_t i, v0 = 0, e0 = 0, need = 0
+        # packed (ends given): values and ends grown once to hold every message taken, and
+        # cut back (finally) to what was made: messages after an error, or after a header
+        # name that is not text, are not
+        if ends is not None:
+            v0 = PyByteArray_GET_SIZE(values)
+            e0 = PyByteArray_GET_SIZE(ends)
+            for i in range(got):
+                if self.buf[i].err == 0 and self.buf[i].payload != NULL:
+                    need += <Py_ssize_t>self.buf[i].len
+            PyByteArray_Resize(values, v0 + need)
+            try:
+                PyByteArray_Resize(ends, e0 + got * 8)
+            except BaseException:
+                PyByteArray_Resize(values, v0)
+                raise
+        try:
+            return self._fill(got, offsets, values, keys, stamps, headers, ends, v0, e0)
+        finally:
+            if ends is not None:
+                # (cut to what _fill made: the sizes it left in _vat / _taken)
+                PyByteArray_Resize(values, v0 + self._vat)
+                PyByteArray_Resize(ends, e0 + self._taken * 8)
+
+    cdef tuple _fill(self, Py_ssize_t got, list offsets, object values, list keys,
+                     list stamps, list headers, bytearray ends, Py_ssize_t v0, Py_ssize_t e0):
         cdef rd_kafka_message_t *m
         cdef Py_ssize_t i, taken = 0
         cdef size_t nbytes = 0, j, size
@@ -693,6 +728,10 @@ cdef class Consumer:
         cdef str last = None             # the last header name decoded, and its UTF-8
         cdef const char *last_utf8 = NULL
         cdef Py_ssize_t last_len = -1
+        cdef Py_ssize_t vat = 0
+        cdef int64_t end
+        self._vat = 0
+        self._taken = 0
         for i in range(got):
             m = self.buf[i]
             if m.err:
@@ -732,8 +771,21 @@ cdef class Consumer:
                 h = hl
             else:
                 h = None
+            # (sizes checked again, before any column: Python code a collection ran meanwhile
+            # may have resized them)
+            if ends is not None and (
+                    PyByteArray_GET_SIZE(values) < v0 + vat + <Py_ssize_t>m.len or
+                    PyByteArray_GET_SIZE(ends) < e0 + (taken + 1) * 8):
+                raise RuntimeError("take(): values or ends changed size meanwhile")
             PyList_Append(offsets, PyLong_FromLongLong(m.offset))
-            if m.payload == NULL:
+            if ends is not None:
+                if m.payload != NULL:
+                    memcpy(PyByteArray_AS_STRING(values) + v0 + vat, m.payload, m.len)
+                    vat += m.len
+                    nbytes += m.len
+                end = v0 + vat
+                memcpy(PyByteArray_AS_STRING(ends) + e0 + taken * 8, &end, 8)
+            elif m.payload == NULL:
                 PyList_Append(values, b"")
             else:
                 PyList_Append(values, PyBytes_FromStringAndSize(<const char *>m.payload, m.len))
@@ -751,6 +803,8 @@ cdef class Consumer:
                 PyList_Append(stamps, PyLong_FromLongLong(ms * 1000000))
             PyList_Append(headers, h)
             taken += 1
+            self._vat = vat
+            self._taken = taken
         return taken, nbytes, marked, events
 
     def close(self):

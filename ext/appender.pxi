@@ -377,8 +377,29 @@ cdef object int64_column(object seq, Py_ssize_t n, str arg, str noun, str what):
     return np.ascontiguousarray(arr, dtype=np.int64)
 
 
+cdef object packed_offsets(object value_offsets):
+    """append_batch's value_offsets as a contiguous int64 array of n + 1 >= 1 (checked against
+    the buffer by the caller); TypeError / ValueError naming the argument."""
+    arr = int64_list(value_offsets, len(value_offsets)) if type(value_offsets) in (list, tuple) \
+        else None
+    if arr is None:
+        try:
+            arr = np.asarray(value_offsets)
+        except (TypeError, ValueError):
+            raise TypeError(f"value_offsets: expected a sequence of ints, not "
+                            f"{type(value_offsets).__name__}") from None
+        if arr.ndim != 1 or (arr.dtype.kind not in "iu" and arr.size):
+            raise TypeError("value_offsets: expected a sequence of ints (int64)")
+        if arr.dtype.kind == "u" and arr.size and arr.max() > 0x7FFFFFFFFFFFFFFF:
+            raise ValueError("value_offsets: beyond the int64 range")
+        arr = np.ascontiguousarray(arr, dtype=np.int64)
+    if len(arr) < 1:
+        raise ValueError("value_offsets: at least one offset (n values take n + 1)")
+    return arr
+
+
 cdef object append_many(LogCore self, values, keys=None, timestamps=None, bint atomic=True,
-                        headers=None, int_headers=None):
+                        headers=None, int_headers=None, value_offsets=None):
     cdef Item* items = NULL
     cdef IntCol* cols = NULL
     cdef Py_ssize_t ncols = 0
@@ -393,8 +414,28 @@ cdef object append_many(LogCore self, values, keys=None, timestamps=None, bint a
     cdef list keep = []
     cdef size_t vmax = 0, uneven = 0
     cdef uint16_t attrs
+    cdef const int64_t[::1] voff
+    voffs = None
     self._check_entry()
-    if isinstance(values, np.ndarray):
+    if value_offsets is not None:
+        # one buffer, its values back to back (Arrow's binary layout): value i is
+        # values[value_offsets[i]:value_offsets[i + 1]] - no object per value
+        if not PyObject_CheckBuffer(values) or isinstance(values, str):
+            raise TypeError(f"values: with value_offsets, one bytes-like object holding the "
+                            f"values back to back, not {type(values).__name__}")
+        voffs = packed_offsets(value_offsets)
+        n = len(voffs) - 1
+        PyObject_GetBuffer(values, &abuf, PyBUF_SIMPLE)
+        arel = True
+        voff = voffs
+        if voff[0] < 0 or voff[n] > abuf.len:
+            raise ValueError(f"value_offsets: {voff[0]}..{voff[n]} reach outside values' "
+                             f"{abuf.len} bytes")
+        for i in range(n):
+            if voff[i + 1] < voff[i]:
+                raise ValueError(f"value_offsets: {voff[i + 1]} after {voff[i]} (at {i + 1}): "
+                                 f"they never decrease")
+    elif isinstance(values, np.ndarray):
         arr = values
         if arr.ndim == 0:
             raise TypeError("values: a 0-d array is one value; pass a 1-D or 2-D array")
@@ -424,7 +465,20 @@ cdef object append_many(LogCore self, values, keys=None, timestamps=None, bint a
         if items == NULL:
             raise MemoryError()
         now = tl_now_ns()       # every record's timestamp unless `timestamps` gives them
-        if arel:
+        if arel and voffs is not None:
+            base = <char*>abuf.buf
+            for i in range(n):
+                items[i].v = base + voff[i]
+                items[i].vlen = <size_t>(voff[i + 1] - voff[i])
+                items[i].ts = now
+                items[i].klen = -1
+                items[i].h = NULL
+                items[i].hn = 0
+                items[i].hnb = items[i].hvb = 0
+                uneven |= items[i].vlen ^ items[0].vlen
+                if items[i].vlen > vmax:
+                    vmax = items[i].vlen
+        elif arel:
             base = <char*>abuf.buf
             for i in range(n):
                 items[i].v = base + i * row

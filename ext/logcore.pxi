@@ -527,7 +527,7 @@ cdef class LogCore:
         return append_one(self, value, key, timestamp, headers)
 
     def append_batch(self, values, *, keys=None, timestamps=None, bint atomic=True,
-                     headers=None, int_headers=None):
+                     headers=None, int_headers=None, value_offsets=None):
         """Append many records in one call and return the first one's offset (int; end_offset
         for an empty batch); they get consecutive offsets.
 
@@ -541,11 +541,16 @@ cdef class LogCore:
         (as for append(); None or empty: none), one per value. `int_headers`: a dict
         {name: a sequence of ints (int64), one per value}: each record gets, after its own
         headers, a header of that name whose value is its int in decimal ASCII (a source
-        position, say), in the dict's order; read back as any header is.
+        position, say), in the dict's order; read back as any header is. `value_offsets`: a
+        sequence of n + 1 ints (or an int64 array) that makes `values` one bytes-like object
+        holding n values back to back (Arrow's binary layout): value i is
+        values[value_offsets[i]:value_offsets[i + 1]]; no object per value. They never
+        decrease and stay within the buffer (else ValueError).
 
         Raises TypeError for a bad element (nothing of the batch is appended), ValueError for
         keys/timestamps of the wrong length or a batch too large, and what append() raises."""
-        return append_many(self, values, keys, timestamps, atomic, headers, int_headers)
+        return append_many(self, values, keys, timestamps, atomic, headers, int_headers,
+                           value_offsets)
 
     # ---- durability (bodies: durability.pxi) and closing
 

@@ -360,7 +360,8 @@ def test_ingest_batches_hold_at_most_batch_bytes_of_values(kafka_read, kafka_moc
 
     def spy(self, *a, **kw):
         for b in real(self, *a, **kw):
-            seen.append((len(b), sum(map(len, b.values))))
+            seen.append((len(b), b.value_bytes()))
+            assert sum(map(len, b.value_list())) == b.value_bytes()
             yield b
     monkeypatch.setattr(bk.KafkaSource, "batches", spy)
     with tidelog.open(str(tmp_path / "in"), segment_bytes=5 << 19) as log:

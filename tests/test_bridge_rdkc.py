@@ -92,6 +92,42 @@ def test_columns_are_what_the_confluent_path_makes(kafka_mock):
         c.close()
 
 
+def test_packed_values_are_the_list_values_back_to_back(kafka_mock):
+    """take(..., ends): the values go into one bytearray back to back (a null value adds
+    nothing), each one's end (int64) into `ends`, the other columns as without it; a second
+    take appends to both; what append_batch(value_offsets=) makes of them is the list's."""
+    import numpy as np
+    items = [(None, b"a", 1_600_000_000_001, [("h", b"1")]),
+             (b"k", b"", 1_600_000_000_002, []),
+             (b"", b"ccc", 1_600_000_000_003, []),
+             (None, b"dddd", 1_600_000_000_004, [])]
+    produce(kafka_mock.bootstrap, "packed", 0, items)
+    c = consumer(kafka_mock.bootstrap, "packed")
+    try:
+        c.assign(0)
+        offs, vals, keys, tss, hs, ends = [], bytearray(b"pre"), [], [], [], bytearray(8)
+        taken = 0
+        for _ in range(100):
+            taken += c.take(3 - taken, 0.2, True, offs, vals, keys, tss, hs, ends)[0]
+            if taken == 3:
+                break
+        assert offs == [0, 1, 2] and keys == [None, b"k", b""]
+        assert bytes(vals) == b"preaccc"
+        assert np.frombuffer(ends, np.int64).tolist() == [0, 4, 4, 7]
+        assert hs == [[("h", b"1")], None, None]
+        for _ in range(100):
+            if c.take(1, 0.2, True, offs, vals, keys, tss, hs, ends)[0]:
+                break
+        assert bytes(vals) == b"preacccdddd" and offs == [0, 1, 2, 3]
+        assert np.frombuffer(ends, np.int64).tolist() == [0, 4, 4, 7, 11]
+        with pytest.raises(TypeError):
+            c.take(1, 0, True, [], [], [], [], [], bytearray())     # list values with ends
+        with pytest.raises(TypeError):
+            c.take(1, 0, True, [], bytearray(), [], [], [])         # bytearray without ends
+    finally:
+        c.close()
+
+
 def test_a_header_name_not_utf8_is_an_exception_naming_its_offset(kafka_mock):
     """(Bytes on the wire: librdkafka takes any.) UnreadableHeader(offset), the messages
     before it taken, and the consumer usable after it."""
@@ -108,6 +144,13 @@ def test_a_header_name_not_utf8_is_an_exception_naming_its_offset(kafka_mock):
                 c.take(3, 0.2, True, *cols)
         assert e.value.args == (1,)
         assert cols[0] == [0] and cols[1] == [b"v0"]
+        # packed: values and ends cut back to the messages taken before it
+        c.assign(0)
+        offs, vals, keys, tss, hs, ends = [], bytearray(), [], [], [], bytearray(8)
+        with pytest.raises(_rdkc.UnreadableHeader):
+            for _ in range(50):
+                c.take(3, 0.2, True, offs, vals, keys, tss, hs, ends)
+        assert offs == [0] and bytes(vals) == b"v0" and len(ends) == 16
         c.assign(2)
         cols = ([], [], [], [], [])
         for _ in range(50):

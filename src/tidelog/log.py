@@ -102,7 +102,7 @@ class Log(_core.LogCore):
         ``"always"`` mode it returns once the record is durable. :exc:`LogFailedError` once a
         sync failed; :exc:`LogFullError` when the disk is full.
 
-    ``append_batch(values, *, keys=None, timestamps=None, atomic=True, headers=None, int_headers=None) -> int``
+    ``append_batch(values, *, keys=None, timestamps=None, atomic=True, headers=None, int_headers=None, value_offsets=None) -> int``
         Append many records in one call and return the first one's offset (`end_offset` for
         an empty batch); they get consecutive offsets. `values`: an iterable of bytes-like
         objects, or a numpy array (2-D uint8: one record per row; 1-D of a fixed-size dtype:
@@ -111,7 +111,10 @@ class Log(_core.LogCore):
         record's headers each (as for ``append``; None or empty: none), one per value.
         `int_headers`: a dict {name: a sequence of ints (int64), one per value}; each record
         gets, after its own headers, a header of that name whose value is its int in decimal
-        ASCII (e.g. a source position, with no Python object per record). Atomic: after any crash the batch
+        ASCII (e.g. a source position, with no Python object per record). `value_offsets`:
+        n + 1 ints (or an int64 array) that make `values` one bytes-like object holding the n
+        values back to back, value i at ``values[value_offsets[i]:value_offsets[i + 1]]``
+        (Arrow's binary layout; no object per value). Atomic: after any crash the batch
         is in the log whole or not at all, and readers never see part of it; so it must fit in
         one segment (else ValueError), unless ``atomic=False`` splits it across segments with
         prefix semantics. A bad element gets TypeError and nothing of the batch is appended.

@@ -174,14 +174,15 @@ def run_ingest(source: Source, log: Union[str, os.PathLike[str], tidelog.Log], *
                     lg.append_batch(b.values, keys=keys, timestamps=b.timestamps,
                                     headers=b.headers,
                                     int_headers=(None if b.position_header is None else
-                                                 {b.position_header: b.positions}))
+                                                 {b.position_header: b.positions}),
+                                    value_offsets=b.value_offsets)
                 except (TypeError, ValueError):
                     _check_stamps(b.timestamps, b.positions, header)
                     raise
                 last = b.positions[-1]
                 got += len(b)
                 if not own_syncs:
-                    unsynced += sum(map(len, b.values))
+                    unsynced += b.value_bytes()
                     if unsynced >= SYNC_BYTES:
                         lg.sync()
                         unsynced = 0

@@ -28,6 +28,8 @@ from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import Any, Optional
 
+import numpy as np
+
 from tidelog import _core
 from tidelog.bridge.address import Address
 from tidelog.bridge.base import (KAFKA_POSITION, OFFSET_HEADER, TIMESTAMP_HEADER, Batch,
@@ -596,6 +598,8 @@ class _FastReader:
     # messages per take(), at most: they are no Python objects, so a whole batch per take
     # (fewer calls), where confluent-kafka's Messages are taken CONSUME at a time
     chunk = BATCH_MESSAGES
+    # take() packs values into a bytearray (its `ends` argument): see Batch.value_offsets
+    packed = True
 
     def __init__(self, base: dict[str, Any], address: Address) -> None:
         assert _rdkc is not None
@@ -605,10 +609,12 @@ class _FastReader:
             self.c = _rdkc.Consumer(settings, address.name, address.partition)
         except (ValueError, TypeError) as e:
             raise BridgeError(f"Kafka settings: {e}") from None
-        # take(n, timeout, whole, offs, vals, keys, tss, hs) -> (taken, value bytes, marked,
-        # events): up to n messages appended to the columns; `whole`: wait up to timeout for
-        # all n, else for the first only; `marked`: a header is named TIMESTAMP_HEADER; events
-        # (error name, text, offset) among them, nothing taken after one but PARTITION_EOF
+        # take(n, timeout, whole, offs, vals, keys, tss, hs, ends) -> (taken, value bytes,
+        # marked, events): up to n messages appended to the columns (vals a bytearray the
+        # values go into back to back, ends one of their ends, int64); `whole`: wait up to
+        # timeout for all n, else for the first only; `marked`: a header is named
+        # TIMESTAMP_HEADER; events (error name, text, offset) among them, nothing taken after
+        # one but PARTITION_EOF
         self.take = self.c.take
 
     def watermarks(self, timeout: float) -> tuple[int, int]:
@@ -701,7 +707,12 @@ class KafkaSource:
         # a batch's columns, filled CONSUME messages at a time (confluent-kafka: its messages
         # are dropped as soon as their columns are taken, see CONSUME)
         offs: list[int] = []
-        vals: list[bytes] = []
+        # the C loop's values: one bytearray, back to back, and their ends (int64, after a 0:
+        # append_batch's value_offsets); confluent-kafka's: a list of bytes
+        packed = getattr(r, "packed", False)
+        vals: Any = bytearray() if packed else []
+        ends = bytearray(8)
+        more: tuple[bytearray, ...] = (ends,) if packed else ()
         keys: list[Optional[bytes]] = []
         tss: list[int] = []
         hs: list[Any] = []
@@ -715,10 +726,11 @@ class KafkaSource:
                     # between messages it would sit out the whole POLL: take what is here, and
                     # wait only for the first message of a batch (what has come goes on as
                     # soon as no more is here)
-                    taken, size, marked, events = take(ask, 0, True, offs, vals, keys, tss, hs)
+                    taken, size, marked, events = take(ask, 0, True, offs, vals, keys, tss, hs,
+                                                       *more)
                     if not taken and not events and not offs:
                         taken, size, marked, events = take(ask, POLL, False, offs, vals, keys,
-                                                           tss, hs)
+                                                           tss, hs, *more)
                 else:
                     # catching up: wait for a full chunk, but ask for no more than the end the
                     # last fetch reported leaves (the watermark asked at the start, at first),
@@ -730,7 +742,7 @@ class KafkaSource:
                     if end - start < ask:
                         end = max(end, r.cached_end())
                     taken, size, marked, events = take(max(1, min(ask, end - start)), POLL,
-                                                       True, offs, vals, keys, tss, hs)
+                                                       True, offs, vals, keys, tss, hs, *more)
             except _UNREADABLE as e:
                 raise _unreadable(a, e.args[0]) from None
             short = taken + len(events) < ask
@@ -785,7 +797,15 @@ class KafkaSource:
                                       f"Ingest into a log of its own")
                 continue
             while offs and (len(offs) >= want or short or done or nbytes > BATCH_BYTES):
-                if nbytes <= BATCH_BYTES:
+                if packed:
+                    b, vals, ends = self._packed_batch(offs, vals, ends, keys, tss, hs)
+                    more = (ends,)
+                    if len(b) == len(offs):
+                        offs, keys, tss, hs = [], [], [], []
+                    else:
+                        del offs[:len(b)], keys[:len(b)], tss[:len(b)], hs[:len(b)]
+                    size = b.value_bytes()
+                elif nbytes <= BATCH_BYTES:
                     b = Batch(offs, vals, keys, tss, hs, pos)
                     offs, vals, keys, tss, hs = [], [], [], [], []
                     size = nbytes
@@ -806,6 +826,25 @@ class KafkaSource:
                 r.assign(self._gap(gap))
             if done:                           # the end a fetch saw (not the watermark)
                 return
+
+    @staticmethod
+    def _packed_batch(offs: list[int], vals: bytearray, ends: bytearray, keys: list[Any],
+                      tss: list[int], hs: list[Any]) -> tuple[Batch, bytearray, bytearray]:
+        """The next batch of packed columns (the C loop's: values back to back in `vals`,
+        their ends in `ends`): all of them when their values are at most BATCH_BYTES, else the
+        first ones within it (at least one); returns it and new vals and ends for the rest
+        (the batch keeps the old ones; the caller drops its messages from the lists)."""
+        eo = np.frombuffer(ends, dtype=np.int64)
+        n = len(offs)
+        if int(eo[n]) <= BATCH_BYTES:
+            return (Batch(offs, vals, keys, tss, hs, KAFKA_POSITION, eo), bytearray(),
+                    bytearray(8))
+        cut = max(1, int(np.searchsorted(eo[1:], BATCH_BYTES, side="right")))
+        vend = int(eo[cut])
+        b = Batch(offs[:cut], vals[:vend], keys[:cut], tss[:cut], hs[:cut], KAFKA_POSITION,
+                  eo[:cut + 1].copy())
+        rest = bytearray((eo[cut:] - vend).tobytes())
+        return b, vals[vend:], rest
 
     @staticmethod
     def _fix_headers(raw: list[Optional[list[tuple[str, Optional[bytes]]]]],
