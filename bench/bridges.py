@@ -392,6 +392,8 @@ def main():
                     help="comma-separated: nats, kafka (librdkafka's mock cluster), tansu")
     ap.add_argument("--latency", type=int, default=1000,
                     help="records in the follow-mode latency run (0: skip)")
+    ap.add_argument("--sizes", default="100,1024",
+                    help="comma-separated value sizes in bytes")
     args = ap.parse_args()
     # the cyclic GC as `tidelog mirror` / `tidelog ingest` set it once set up (clibridge.py):
     # what is alive now is left out of full collections, young ones every 100,000 allocations;
@@ -417,7 +419,7 @@ def main():
             where["tansu"] = bootstrap
         k = 0
         for system in where:
-            for size in (100, 1024):
+            for size in map(int, args.sizes.split(",")):
                 # the mock cluster keeps only about 5 MB per partition
                 n = args.records if system != "kafka" else min(args.records, 2_000_000 // size)
                 rows = []
@@ -431,6 +433,13 @@ def main():
                       f"{med['consume raw']:9.0f} ({med['ingest'] / med['consume raw']:.2f}x)"
                       f" | CPU us/record: ingest {med['ingest cpu']:.2f}, raw consume "
                       f"{med['consume raw cpu']:.2f}", flush=True)
+                if args.rounds > 1:
+                    # each round's own ratios (the medians' ratio above mixes rounds)
+                    mr = sorted(r["mirror"] / r["produce raw"] for r in rows)
+                    ir = sorted(r["ingest"] / r["consume raw"] for r in rows)
+                    print(f"{system:5} {size:5d} B  per round: mirror/raw "
+                          f"{' '.join(f'{x:.2f}' for x in mr)} | ingest/raw "
+                          f"{' '.join(f'{x:.2f}' for x in ir)}", flush=True)
                 if "ingest confluent" in med:
                     print(f"{system:5} {size:5d} B  n={n}: ingest through confluent-kafka's "
                           f"Messages {med['ingest confluent']:9.0f} rec/s "
