@@ -592,3 +592,29 @@ def test_ingest_of_a_timestamp_beyond_a_records_range_is_a_one_line_error_naming
         one_line_error(r, "kafka-offset 3", "stamped %d ns" % (ms * 10**6), "int64")
         with tidelog.open(str(dst), readonly=True) as log:
             assert log.end_offset == 0
+
+
+def test_messages_without_a_timestamp_are_stamped_when_ingested(kafka_read, kafka_mock,
+                                                                 tmp_path):
+    """A message in Kafka's oldest format (v0, produced as to a 0.8 broker) has no timestamp
+    (librdkafka: TIMESTAMP_NOT_AVAILABLE): its record is stamped with the ingest's time, on
+    both read paths (was: the C loop's branch for it untested), the others keep theirs, and
+    each message is in the log once with its value and position."""
+    import logging
+    import confluent_kafka as ck
+    lg = logging.getLogger("kafkatest")
+    old = ck.Producer({"bootstrap.servers": kafka_mock.bootstrap, "logger": lg,
+                       "api.version.request": False, "broker.version.fallback": "0.8.2"})
+    for i in range(3):
+        old.produce("nots", b"old%d" % i, partition=0)
+    assert old.flush(30) == 0
+    produce(kafka_mock.bootstrap, "nots", 0, [(None, b"new", 1_600_000_000_123, [])])
+    before = time.time_ns()
+    assert tidelog.bridge.ingest(kafka_mock.url("nots"), str(tmp_path / "in")) == 4
+    after = time.time_ns()
+    with tidelog.open(str(tmp_path / "in"), readonly=True) as log:
+        recs = [log.read(o) for o in range(4)]
+    assert [bytes(r.value) for r in recs] == [b"old0", b"old1", b"old2", b"new"]
+    assert [r.headers for r in recs] == [[("kafka-offset", b"%d" % i)] for i in range(4)]
+    assert all(before <= r.timestamp <= after for r in recs[:3]), [r.timestamp for r in recs]
+    assert recs[3].timestamp == 1_600_000_000_123 * 10**6
