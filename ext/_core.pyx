@@ -57,6 +57,7 @@ include "durability.pxi"
 include "retention.pxi"
 include "lookup.pxi"
 include "reader.pxi"
+include "cursor.pxi"
 include "columns.pxi"
 include "prealloc.pxi"
 
