@@ -425,16 +425,16 @@ cdef object append_many(LogCore self, values, keys=None, timestamps=None, bint a
                             f"values back to back, not {type(values).__name__}")
         voffs = packed_offsets(value_offsets)
         n = len(voffs) - 1
-        PyObject_GetBuffer(values, &abuf, PyBUF_SIMPLE)
-        arel = True
         voff = voffs
-        if voff[0] < 0 or voff[n] > abuf.len:
-            raise ValueError(f"value_offsets: {voff[0]}..{voff[n]} reach outside values' "
-                             f"{abuf.len} bytes")
-        for i in range(n):
-            if voff[i + 1] < voff[i]:
-                raise ValueError(f"value_offsets: {voff[i + 1]} after {voff[i]} (at {i + 1}): "
-                                 f"they never decrease")
+        # (a strided view is copied, as append()'s value is: its bytes in order)
+        copy = get_buffer(values, &abuf, "values")
+        if copy is not None:
+            keep.append(copy)
+            PyObject_GetBuffer(copy, &abuf, PyBUF_SIMPLE)
+        arel = True
+        # (the offsets are checked inside the try below, which releases the buffer: was
+        # before it, and a refused batch left a bytearray never resizable again, an mmap
+        # never closable)
     elif isinstance(values, np.ndarray):
         arr = values
         if arr.ndim == 0:
@@ -461,6 +461,14 @@ cdef object append_many(LogCore self, values, keys=None, timestamps=None, bint a
                             f"array, not {type(values).__name__}") from None
         n = len(seq)
     try:
+        if voffs is not None:
+            if voff[0] < 0 or voff[n] > abuf.len:
+                raise ValueError(f"value_offsets: {voff[0]}..{voff[n]} reach outside values' "
+                                 f"{abuf.len} bytes")
+            for i in range(n):
+                if voff[i + 1] < voff[i]:
+                    raise ValueError(f"value_offsets: {voff[i + 1]} after {voff[i]} "
+                                     f"(at {i + 1}): they never decrease")
         items = <Item*>malloc(max(n, 1) * sizeof(Item))
         if items == NULL:
             raise MemoryError()
