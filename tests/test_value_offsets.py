@@ -142,3 +142,4 @@ def test_a_strided_buffer_is_its_bytes_in_order(tmp_path):
         with pytest.raises(ValueError, match="outside values' 10 bytes"):
             log.append_batch(arr[::2], value_offsets=[0, 11])
         assert log.end_offset == 4
+
