@@ -14,7 +14,9 @@ from libc.errno cimport errno
 from cpython.buffer cimport (PyObject_GetBuffer, PyBuffer_Release, PyBuffer_FillInfo,
                              PyBUF_SIMPLE, PyBUF_FULL_RO, PyBuffer_ToContiguous, PyObject_CheckBuffer)
 from cpython.bytes cimport PyBytes_Check, PyBytes_AS_STRING, PyBytes_GET_SIZE
-from cpython.memoryview cimport PyMemoryView_FromObject
+from cpython.memoryview cimport (PyMemoryView_FromObject, PyMemoryView_Check,
+                                 PyMemoryView_GET_BUFFER)
+from cpython.object cimport PyObject_TypeCheck, PyTypeObject
 from cpython.long cimport PyLong_Check, PyLong_CheckExact, PyLong_AsLongLongAndOverflow
 from cpython.ref cimport PyObject
 from cpython.exc cimport PyErr_CheckSignals

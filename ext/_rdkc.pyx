@@ -45,7 +45,7 @@ from cpython.long cimport PyLong_FromLongLong
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_DecodeUTF8
 from libc.stdint cimport int32_t, int64_t
 from libc.stdlib cimport calloc, free, malloc
-from libc.string cimport memcmp, memcpy, strlen, strncpy
+from libc.string cimport memcmp, memcpy, memset, strlen, strncpy
 from posix.unistd cimport getpid, pid_t
 
 cdef extern from "<dlfcn.h>" nogil:
@@ -472,6 +472,18 @@ class UnreadableHeader(Exception):
     """A message has a header whose name is not UTF-8 text: args (offset,)."""
 
 
+cdef int _cut(bytearray b, Py_ssize_t size) except -1:
+    """take()'s packed columns cut back to `size` bytes, never grown: Python code a collection
+    ran during take() may have shrunk them (was: grown back, uninitialized - bytes of freed
+    objects in the caller's bytearray); the bytes cut are zeroed first, in case the resize
+    is refused (a buffer exported meanwhile: BufferError, the bytearray left as it is)."""
+    cdef Py_ssize_t have = PyByteArray_GET_SIZE(b)
+    if have > size:
+        memset(PyByteArray_AS_STRING(b) + size, 0, have - size)
+        PyByteArray_Resize(b, size)
+    return 0
+
+
 cdef inline str _text(const char *s):
     return "" if s == NULL else s[:strlen(s)].decode("utf-8", "replace")
 
@@ -706,8 +718,8 @@ cdef class Consumer:
         finally:
             if ends is not None:
                 # (cut to what _fill made: the sizes it left in _vat / _taken)
-                PyByteArray_Resize(values, v0 + self._vat)
-                PyByteArray_Resize(ends, e0 + self._taken * 8)
+                _cut(values, v0 + self._vat)
+                _cut(ends, e0 + self._taken * 8)
 
     cdef tuple _fill(self, Py_ssize_t got, list offsets, object values, list keys,
                      list stamps, list headers, bytearray ends, Py_ssize_t v0, Py_ssize_t e0):

@@ -52,12 +52,34 @@ cdef Py_buffer* grow_bufs(Py_buffer* p, Py_ssize_t* cap) except NULL:
     return q
 
 
+cdef type NDARRAY = np.ndarray     # (holds_objects: a type check, no isinstance call)
+
+
+cdef bint holds_objects(object obj) except -1:
+    """obj is a numpy array holding Python objects (a field of them too), or a memoryview of
+    one: its buffer is the objects' addresses, not bytes of theirs (was: written to the log as
+    a value's, key's or header's bytes; append_batch's array path refused one already)."""
+    cdef PyObject* base
+    if PyMemoryView_Check(obj):
+        # its exporter (a view of a view names the exporter too), read from the C struct: the
+        # attribute lookup (.obj) cost ~100 instructions per memoryview value
+        base = <PyObject*>PyMemoryView_GET_BUFFER(obj).obj
+        if base == NULL:
+            return False
+        obj = <object>base
+    if type(obj) is bytearray or type(obj) is bytes:
+        return False                # (the usual exporters: no walk of their types' MRO)
+    return PyObject_TypeCheck(obj, <PyTypeObject*>NDARRAY) and obj.dtype.hasobject
+
+
 cdef object get_buffer(object obj, Py_buffer* view, str name):
     """Fill view with obj's contiguous buffer and return None; or return a bytes copy of a
     non-contiguous buffer; TypeError naming the argument for anything else."""
     if not PyObject_CheckBuffer(obj):
         raise TypeError(f"{name}: expected a bytes-like object (bytes, bytearray, memoryview, "
                         f"numpy array), not {type(obj).__name__}")
+    if holds_objects(obj):
+        raise TypeError(f"{name}: an array of Python objects is not bytes-like")
     try:
         PyObject_GetBuffer(obj, view, PyBUF_SIMPLE)
         return None
@@ -425,16 +447,16 @@ cdef object append_many(LogCore self, values, keys=None, timestamps=None, bint a
                             f"values back to back, not {type(values).__name__}")
         voffs = packed_offsets(value_offsets)
         n = len(voffs) - 1
-        PyObject_GetBuffer(values, &abuf, PyBUF_SIMPLE)
-        arel = True
         voff = voffs
-        if voff[0] < 0 or voff[n] > abuf.len:
-            raise ValueError(f"value_offsets: {voff[0]}..{voff[n]} reach outside values' "
-                             f"{abuf.len} bytes")
-        for i in range(n):
-            if voff[i + 1] < voff[i]:
-                raise ValueError(f"value_offsets: {voff[i + 1]} after {voff[i]} (at {i + 1}): "
-                                 f"they never decrease")
+        # (a strided view is copied, as append()'s value is: its bytes in order)
+        copy = get_buffer(values, &abuf, "values")
+        if copy is not None:
+            keep.append(copy)
+            PyObject_GetBuffer(copy, &abuf, PyBUF_SIMPLE)
+        arel = True
+        # (the offsets are checked inside the try below, which releases the buffer: was
+        # before it, and a refused batch left a bytearray never resizable again, an mmap
+        # never closable)
     elif isinstance(values, np.ndarray):
         arr = values
         if arr.ndim == 0:
@@ -461,6 +483,14 @@ cdef object append_many(LogCore self, values, keys=None, timestamps=None, bint a
                             f"array, not {type(values).__name__}") from None
         n = len(seq)
     try:
+        if voffs is not None:
+            if voff[0] < 0 or voff[n] > abuf.len:
+                raise ValueError(f"value_offsets: {voff[0]}..{voff[n]} reach outside values' "
+                                 f"{abuf.len} bytes")
+            for i in range(n):
+                if voff[i + 1] < voff[i]:
+                    raise ValueError(f"value_offsets: {voff[i + 1]} after {voff[i]} "
+                                     f"(at {i + 1}): they never decrease")
         items = <Item*>malloc(max(n, 1) * sizeof(Item))
         if items == NULL:
             raise MemoryError()

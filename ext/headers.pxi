@@ -103,7 +103,7 @@ cdef object pack_headers(object h, Py_ssize_t idx, Item* it, const IntCol* cols=
             raise ValueError(f"{name}[{j}]: header name {hname!r} is not valid UTF-8 "
                              f"(a lone surrogate)") from None
         if type(hval) is not bytes:
-            if isinstance(hval, str) or not PyObject_CheckBuffer(hval):
+            if isinstance(hval, str) or not PyObject_CheckBuffer(hval) or holds_objects(hval):
                 raise TypeError(f"{name}[{j}]: header {hname!r}: value: expected a bytes-like "
                                 f"object, not {type(hval).__name__}")
             hval = memoryview(hval).tobytes()

@@ -544,8 +544,9 @@ cdef class LogCore:
         position, say), in the dict's order; read back as any header is. `value_offsets`: a
         sequence of n + 1 ints (or an int64 array) that makes `values` one bytes-like object
         holding n values back to back (Arrow's binary layout): value i is
-        values[value_offsets[i]:value_offsets[i + 1]]; no object per value. They never
-        decrease and stay within the buffer (else ValueError).
+        values[value_offsets[i]:value_offsets[i + 1]]; no object per value (a strided buffer
+        is copied: its bytes in order). They never decrease and stay within the buffer (else
+        ValueError).
 
         Raises TypeError for a bad element (nothing of the batch is appended), ValueError for
         keys/timestamps of the wrong length or a batch too large, and what append() raises."""

@@ -1,7 +1,8 @@
 """Attacks on the data-integration features (record headers, per-log compression, Arrow, the
 readers' single-append fast path): inputs that change under the writer while it packs them,
 forged compressed frames that ask for huge buffers, zero-copy tables against close / retention,
-races of the fast path with close and truncate_before. Each test here failed before its fix.
+races of the fast path with close and truncate_before, a numpy array of Python objects given
+where bytes are. Each test here failed before its fix.
 
 Crash-prone cases run in a child interpreter (run_python): a segfault fails the test instead of
 ending the run."""
@@ -10,6 +11,7 @@ import struct
 import sys
 import threading
 
+import numpy as np
 import pytest
 
 import tidelog
@@ -605,3 +607,35 @@ assert outcomes == {"refused", "appended"}, outcomes
 print("ok")
 """, log_path, arg, check=False, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", (out.returncode, out.stderr)
+
+
+_OBJECTS = np.array([b"ab", None], dtype=object)
+
+
+@pytest.mark.parametrize("how", ["value_offsets", "view", "record", "append", "list", "key",
+                                 "keys", "header"])
+@pytest.mark.parametrize("arr", [_OBJECTS, np.zeros(2, dtype=[("a", "i4"), ("o", "O")])],
+                         ids=["objects", "object-field"])
+def test_an_array_of_python_objects_is_not_bytes(tmp_path, how, arr):
+    """A numpy array holding Python objects exports their addresses as its buffer: a
+    TypeError wherever a bytes-like object is taken, as append_batch's array path had it
+    (was: the addresses written as the value's, key's or header's bytes)."""
+    with tidelog.open(tmp_path / "log") as log:
+        with pytest.raises(TypeError, match="Python objects|bytes-like"):
+            if how == "value_offsets":
+                log.append_batch(arr, value_offsets=[0, 8])
+            elif how == "view":
+                log.append_batch(memoryview(arr)[::1], value_offsets=[0, 8])
+            elif how == "record":
+                log.append(arr)
+            elif how == "append":
+                log.append(memoryview(arr))
+            elif how == "list":
+                log.append_batch([b"x", arr])
+            elif how == "key":
+                log.append(b"x", key=arr)
+            elif how == "keys":
+                log.append_batch([b"x"], keys=[arr])
+            else:
+                log.append(b"x", headers=[("h", arr)])
+        assert log.end_offset == 0

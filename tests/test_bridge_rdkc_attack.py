@@ -192,3 +192,54 @@ def test_a_finalizer_run_while_take_makes_its_columns_cannot_reenter_it(kafka_mo
     """
     rc, out, err = run(code, tmp_path, timeout=60)
     assert rc == 0 and out.strip() == "ok", (rc, out, err[-2000:])
+
+
+def test_packed_columns_shrunk_or_exported_during_take_never_show_stale_bytes(kafka_mock,
+                                                                              tmp_path):
+    """take(..., ends) grows `values` once and cuts it back after; a gc.callbacks hook run
+    meanwhile (header tuples are made per message) may shrink it, or hold a view of it. Shrunk:
+    RuntimeError, and the bytearray is left as the hook left it (was: grown back,
+    uninitialized - the bytes of freed objects in the caller's bytearray). Exported, then a
+    header name that is not text: the cut is refused (BufferError) and the bytes take() did
+    not fill are zeros (were what the memory held before: here a 'Q' the caller had deleted)."""
+    code = f"""
+        import gc
+        from bridgekit import kafka_produce_raw
+        from tidelog.bridge import _rdkc
+        assert _rdkc.load() is None
+        kafka_produce_raw({kafka_mock.bootstrap!r}, "gc", 0,
+                          [(b"v%03d" % i, [(b"h", b"1"), (b"g", b"2")]) for i in range(40)]
+                          + [(b"bad!", [(b"\\xff", b"3")])] + [(b"late", [])] * 5)
+        for case in ("shrunk", "exported"):
+            c = _rdkc.Consumer({{"bootstrap.servers": {kafka_mock.bootstrap!r},
+                                 "group.id": "t"}}, "gc", 0)
+            c.assign(0)
+            vals = bytearray(b"Q" * 10000)
+            del vals[6000:]                  # (the bytes stay allocated, past its size)
+            ends = bytearray(8)
+            held = []
+
+            def hook(phase, info):
+                if phase == "start" and not held:
+                    held.append(vals.clear() if case == "shrunk" else memoryview(vals))
+            gc.collect()
+            gc.set_threshold(10)
+            gc.callbacks.append(hook)
+            try:
+                c.take(46, 20, True, [], vals, [], [], [], ends)
+            except Exception as e:
+                print(case, type(e).__name__)
+            finally:
+                gc.callbacks.remove(hook)
+                gc.set_threshold(700)
+            if case == "shrunk":
+                print(len(vals))
+            else:
+                print(b"Q" in vals[6000:], len(vals) > 6000)
+            held.clear()
+            c.close()
+    """
+    rc, out, err = run(code, tmp_path, timeout=60)
+    assert rc == 0, (rc, out, err[-2000:])
+    assert out.split("\n")[:4] == ["shrunk RuntimeError", "0", "exported BufferError",
+                                   "False True"], out

@@ -108,3 +108,38 @@ def test_the_buffer_is_held_while_appending(tmp_path):
         log.append_batch(ba, value_offsets=[0, 500, 1000])
         ba.extend(b"more")                      # released: resizable again
         assert bytes(log.read(1).value) == b"x" * 500
+
+
+@pytest.mark.parametrize("offsets", [[0, 9], [0, 3, 2], [-1, 2]])
+def test_a_refused_batch_lets_its_buffer_go(tmp_path, offsets):
+    """Offsets refused (outside the buffer, decreasing): the buffer is released all the same
+    (was: held for ever, the bytearray never resizable again, an mmap never closable)."""
+    import mmap
+    ba = bytearray(b"abcdef")
+    (tmp_path / "f").write_bytes(b"abcdef")
+    with tidelog.open(tmp_path / "log") as log, open(tmp_path / "f", "r+b") as f:
+        m = mmap.mmap(f.fileno(), 0)
+        for values in (ba, m):
+            with pytest.raises(ValueError, match="value_offsets"):
+                log.append_batch(values, value_offsets=offsets)
+        ba.extend(b"g")
+        m.close()
+        assert log.end_offset == 0
+
+
+def test_a_strided_buffer_is_its_bytes_in_order(tmp_path):
+    """A non-contiguous buffer (a strided memoryview or array) is taken as its bytes in order
+    (copied, as append()'s value is), its length what the offsets are checked against (was:
+    numpy's or memoryview's own error, naming neither argument)."""
+    arr = np.arange(20, dtype=np.uint8)
+    with tidelog.open(tmp_path / "log") as log:
+        log.append_batch(arr[::2], value_offsets=[0, 3, 10])
+        log.append_batch(memoryview(bytes(arr))[1::2], value_offsets=[0, 10])
+        log.append_batch(np.arange(6, dtype=np.uint8).reshape(2, 3).T, value_offsets=[0, 6])
+        assert [bytes(log.read(i).value) for i in range(4)] == [
+            bytes([0, 2, 4]), bytes([6, 8, 10, 12, 14, 16, 18]), bytes(range(1, 20, 2)),
+            bytes([0, 3, 1, 4, 2, 5])]
+        with pytest.raises(ValueError, match="outside values' 10 bytes"):
+            log.append_batch(arr[::2], value_offsets=[0, 11])
+        assert log.end_offset == 4
+

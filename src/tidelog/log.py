@@ -114,10 +114,11 @@ class Log(_core.LogCore):
         ASCII (e.g. a source position, with no Python object per record). `value_offsets`:
         n + 1 ints (or an int64 array) that make `values` one bytes-like object holding the n
         values back to back, value i at ``values[value_offsets[i]:value_offsets[i + 1]]``
-        (Arrow's binary layout; no object per value). Atomic: after any crash the batch
-        is in the log whole or not at all, and readers never see part of it; so it must fit in
-        one segment (else ValueError), unless ``atomic=False`` splits it across segments with
-        prefix semantics. A bad element gets TypeError and nothing of the batch is appended.
+        (Arrow's binary layout; no object per value; a strided buffer is copied). Atomic:
+        after any crash the batch is in the log whole or not at all, and readers never see
+        part of it; so it must fit in one segment (else ValueError), unless ``atomic=False``
+        splits it across segments with prefix semantics. A bad element gets TypeError and
+        nothing of the batch is appended.
 
     ``sync() -> int``
         Make everything appended so far durable (fdatasync, shared with concurrent callers)
