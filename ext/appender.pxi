@@ -401,7 +401,14 @@ cdef object int64_column(object seq, Py_ssize_t n, str arg, str noun, str what):
 
 cdef object packed_offsets(object value_offsets):
     """append_batch's value_offsets as a contiguous int64 array of n + 1 >= 1 (checked against
-    the buffer by the caller); TypeError / ValueError naming the argument."""
+    the buffer by the caller); TypeError / ValueError naming the argument. Bytes (bytes,
+    bytearray, a memoryview of bytes) are refused: read as one offset per byte they would name
+    other records without an error (e.g. int64 offsets packed in a bytearray)."""
+    if isinstance(value_offsets, (bytes, bytearray)) or (
+            isinstance(value_offsets, memoryview) and value_offsets.format in ("B", "b", "c")):
+        raise TypeError(f"value_offsets: {type(value_offsets).__name__} (bytes, one offset per "
+                        f"byte?): pass ints, or an int64 array (numpy.frombuffer(b, "
+                        f"numpy.int64) for int64 offsets in bytes)")
     arr = int64_list(value_offsets, len(value_offsets)) if type(value_offsets) in (list, tuple) \
         else None
     if arr is None:

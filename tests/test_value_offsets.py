@@ -3,6 +3,8 @@
 name, with keys, timestamps, headers and int_headers as for a list; across segments
 (atomic=False) and compressed; every bad offset or argument a clear error with nothing
 appended."""
+import array
+
 import numpy as np
 import pytest
 
@@ -13,12 +15,13 @@ def _slices(buf, offs):
     return [bytes(buf[a:b]) for a, b in zip(offs, offs[1:])]
 
 
-@pytest.mark.parametrize("form", ["list", "tuple", "int64", "int32", "uint64"])
+@pytest.mark.parametrize("form", ["list", "tuple", "int64", "int32", "uint64", "memoryview"])
 def test_records_are_the_slices_the_offsets_name(tmp_path, form):
     buf = bytes(range(256)) * 4
     offs = [3, 3, 10, 500, 500, 1024]
     arg = {"list": offs, "tuple": tuple(offs), "int64": np.array(offs, np.int64),
-           "int32": np.array(offs, np.int32), "uint64": np.array(offs, np.uint64)}[form]
+           "int32": np.array(offs, np.int32), "uint64": np.array(offs, np.uint64),
+           "memoryview": memoryview(array.array("q", offs))}[form]
     with tidelog.open(tmp_path / "log") as log:
         first = log.append_batch(memoryview(buf), value_offsets=arg,
                                  keys=[b"k%d" % i for i in range(5)],
@@ -76,6 +79,9 @@ def test_across_segments_and_compressed(tmp_path):
     (b"abc", np.array([0, 2**63], np.uint64), ValueError, "int64"),
     (b"abc", np.zeros((2, 2), np.int64), TypeError, "value_offsets"),
     (b"abc", 3, TypeError, "value_offsets"),
+    (b"abc", bytearray(b"\x00\x01"), TypeError, "one offset per byte"),
+    (b"abc", b"\x00\x01", TypeError, "one offset per byte"),
+    (b"abc", memoryview(b"\x00\x01"), TypeError, "one offset per byte"),
     ("abc", [0, 1], TypeError, "values"),
     ([b"a", b"b"], [0, 1, 2], TypeError, "values"),
     (None, [0], TypeError, "values"),
