@@ -439,7 +439,11 @@ def main():
                     ir = sorted(r["ingest"] / r["consume raw"] for r in rows)
                     print(f"{system:5} {size:5d} B  per round: mirror/raw "
                           f"{' '.join(f'{x:.2f}' for x in mr)} | ingest/raw "
-                          f"{' '.join(f'{x:.2f}' for x in ir)}", flush=True)
+                          f"{' '.join(f'{x:.2f}' for x in ir)} | in round order, ingest / "
+                          f"raw consume k rec/s: " + " ".join(
+                              "%.0f/%.0f" % (r["ingest"] / 1e3, r["consume raw"] / 1e3)
+                              for r in rows),
+                          flush=True)
                 if "ingest confluent" in med:
                     print(f"{system:5} {size:5d} B  n={n}: ingest through confluent-kafka's "
                           f"Messages {med['ingest confluent']:9.0f} rec/s "
