@@ -72,6 +72,8 @@ FETCH_BACKOFF_MS = 20     # librdkafka's fetch.queue.backoff.ms for an ingest (d
                           # queue never fills) with 10-100 ms (Tansu, same run). A user's
                           # --config setting wins.
 
+RECONNECT_BACKOFF_MS = 10   # librdkafka's reconnect.backoff.ms for the bridges (default 100): see
+                            # _base_config
 FETCH_WAIT_MS = 20        # librdkafka's fetch.wait.max.ms for an ingest (default 500): how long
                           # a broker may hold a fetch that finds nothing new. Kafka answers as
                           # soon as a message comes; Tansu and librdkafka's mock cluster hold it
@@ -157,8 +159,13 @@ def _unreadable(a: Address, offset: int) -> BridgeError:
 
 
 def _base_config(address: Address, opts: dict[str, str]) -> dict[str, Any]:
+    # reconnect.backoff.ms (librdkafka: 100, doubling up to reconnect.backoff.max.ms, 10 s): a
+    # new client's first connection to a broker also waited about half of it - ~47 ms of a
+    # short ingest's first watermark request in 1 of 4 tries on the mock cluster (scratch runs:
+    # none of 8 at 10 ms); 10 ms still doubles per failure up to the same 10 s
     cfg: dict[str, Any] = {"bootstrap.servers": ",".join(address.servers), "logger": _quiet,
                            "socket.connection.setup.timeout.ms": int(CONNECT_TIMEOUT * 1000),
+                           "reconnect.backoff.ms": RECONNECT_BACKOFF_MS,
                            "error_cb": _Errors(opts)}
     if address.tls:
         cfg["security.protocol"] = "SSL"
@@ -791,10 +798,7 @@ class KafkaSource:
                     quiet = time.monotonic()
                 seen = r.cached_end()
                 if 0 <= seen < start:
-                    raise BridgeError(f"Kafka topic {a.name!r} partition {a.partition} ends at "
-                                      f"offset {seen}, before offset {start} where the log's "
-                                      f"positions go on: was it deleted and made again? "
-                                      f"Ingest into a log of its own")
+                    raise self._ends_before(seen, start)
                 continue
             while offs and (len(offs) >= want or short or done or nbytes > BATCH_BYTES):
                 if packed:
@@ -826,6 +830,14 @@ class KafkaSource:
                 r.assign(self._gap(gap))
             if done:                           # the end a fetch saw (not the watermark)
                 return
+
+    def _ends_before(self, end: int, start: int) -> BridgeError:
+        """The error for a partition that ends (at `end`) before `start`, where the log's
+        positions go on."""
+        a = self.address
+        return BridgeError(f"Kafka topic {a.name!r} partition {a.partition} ends at offset "
+                           f"{end}, before offset {start} where the log's positions go on: was "
+                           f"it deleted and made again? Ingest into a log of its own")
 
     @staticmethod
     def _packed_batch(offs: list[int], vals: bytearray, ends: bytearray, keys: list[Any],
