@@ -684,3 +684,34 @@ def test_nats_reader_deleted_under_a_running_ingest(nats_server, tmp_path):
     assert tidelog.bridge.ingest(nats_server.url("C"), log_path) == 1
     with tidelog.open(log_path, readonly=True) as log:
         assert [bytes(r.value) for r in log.cursor()] == [b"m0", b"m1", b"m2", b"m3"]
+
+
+def test_the_ingesters_own_log_syncs_every_catch_up_sync_unless_it_follows(tmp_path,
+                                                                          monkeypatch):
+    """A log the ingester opens is synced by its flusher every CATCH_UP_SYNC (50 ms) while it
+    catches up, every 5 ms (the log's default) when it follows; a Log the caller gives keeps
+    its own setting; every record is durable when the run returns, either way."""
+    import importlib
+    bi = importlib.import_module("tidelog.bridge.ingest")
+    opened = []
+    real = tidelog.open
+
+    def spy_open(p, **kw):
+        lg = real(p, **kw)
+        opened.append(lg.sync_interval)
+        return lg
+    monkeypatch.setattr(tidelog, "open", spy_open)
+
+    def run(target, follow):
+        assert bi.run_ingest(_Source([[0, 1], [2]]), target, name="ingest",
+                             header="kafka-offset", follow=follow, resume=True,
+                             stopping=lambda: False) == 3
+    run(str(tmp_path / "a"), follow=False)
+    run(str(tmp_path / "b"), follow=True)
+    assert opened == [bi.CATCH_UP_SYNC, 0.005] and bi.CATCH_UP_SYNC == 0.05
+    with real(str(tmp_path / "c"), sync_interval=0.25) as own:
+        run(own, follow=False)
+        assert own.sync_interval == 0.25 and len(opened) == 2
+    for name in "abc":
+        with real(str(tmp_path / name), readonly=True) as lg:
+            assert lg.durable_offset == lg.end_offset == 3
