@@ -159,9 +159,12 @@ def run_ingest(source: Source, log: Union[str, os.PathLike[str], tidelog.Log], *
         # against 0.49x of the raw loop, the syncs blocking the loop instead of the flusher's)
         # Catching up (not follow), the flusher syncs every CATCH_UP_SYNC instead of 5 ms:
         # readers of durable records only (named cursors, replay) see them that much later.
-        lg = (log if isinstance(log, tidelog.Log) else
-              tidelog.open(path, max_unsynced_bytes=None,
-                           **({} if follow else {"sync_interval": CATCH_UP_SYNC})))
+        if isinstance(log, tidelog.Log):
+            lg = log
+        elif follow:
+            lg = tidelog.open(path, max_unsynced_bytes=None)
+        else:
+            lg = tidelog.open(path, max_unsynced_bytes=None, sync_interval=CATCH_UP_SYNC)
     except BaseException:
         if lock is not None:
             lock.release()
