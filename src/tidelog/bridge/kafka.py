@@ -520,6 +520,7 @@ class _ConfluentReader:
     in Python (see _FastReader for what each method does)."""
 
     chunk = CONSUME                     # messages per take(), at most
+    packed = False                      # values as a list of bytes (see _FastReader.packed)
 
     def __init__(self, ck: Any, consumer: Any, address: Address) -> None:
         self.ck, self.c, self.address = ck, consumer, address
@@ -720,7 +721,7 @@ class KafkaSource:
         offs: list[int] = []
         # the C loop's values: one bytearray, back to back, and their ends (int64, after a 0:
         # append_batch's value_offsets); confluent-kafka's: a list of bytes
-        packed = getattr(r, "packed", False)
+        packed = r.packed
         vals: Any = bytearray() if packed else []
         ends = bytearray(8)
         more: tuple[bytearray, ...] = (ends,) if packed else ()
